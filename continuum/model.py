@@ -1,0 +1,432 @@
+"""The domain model: what every package of Continuum speaks.
+
+Documents users write (``Workflow``) look like Kubernetes objects: ``apiVersion``,
+``kind``, ``metadata``, ``spec``, camelCase field names. Every model rejects unknown
+fields, so a typo is a 422 naming the field rather than a silently ignored setting.
+
+Units are explicit in field names or docstrings: cores, bytes, seconds (s),
+milliseconds (ms), bits per second (bit/s), watts (W), joules (J).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from continuum.units import Bytes, Cores, Seconds
+
+API_VERSION = "continuum/v1"
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _dns_label(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"name {value!r} is not a DNS-1123 label: use 1-63 lower-case letters, digits "
+            "and '-', starting and ending with a letter or digit (e.g. 'train-model')"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_dns_label)]
+"""A DNS-1123 label (Kubernetes object-name rules), e.g. ``preprocess``."""
+
+
+class Model(BaseModel):
+    """Base: camelCase aliases on the wire, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        use_enum_values=False,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """JSON-ready dict with camelCase keys (what the API returns)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---------------------------------------------------------------- enumerations
+
+
+class Tier(StrEnum):
+    """Where in the continuum a node sits, nearest the data first."""
+
+    device = "device"
+    edge = "edge"
+    cloud = "cloud"
+    hpc = "hpc"
+
+
+class SiteKind(StrEnum):
+    """The backend that runs a site's work."""
+
+    sim = "sim"
+    devices = "devices"
+    kubernetes = "kubernetes"
+    kubeedge = "kubeedge"
+    slurm = "slurm"
+
+
+class SiteHealth(StrEnum):
+    """A site's health as the control plane sees it."""
+
+    Ready = "Ready"
+    Degraded = "Degraded"
+    Unreachable = "Unreachable"
+    Draining = "Draining"
+
+
+class RunState(StrEnum):
+    """The life of one attempt of a task on one node.
+
+    Pending → Placed → Dispatched → Running → Succeeded | Failed | Cancelled;
+    a migration ends a run as Migrated and starts the next.
+    """
+
+    Pending = "Pending"
+    """Created; waiting for a placement."""
+    Placed = "Placed"
+    """A node was chosen; not yet handed to the backend."""
+    Dispatched = "Dispatched"
+    """The backend accepted it (it may be queued there)."""
+    Running = "Running"
+    """The backend reports it running."""
+    Succeeded = "Succeeded"
+    """Finished with exit code 0 and its outputs kept."""
+    Failed = "Failed"
+    """Finished unsuccessfully, or the backend lost it."""
+    Cancelled = "Cancelled"
+    """Stopped on request."""
+    Migrated = "Migrated"
+    """Stopped here because the work moved to another run."""
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_RUN_STATES
+
+    @property
+    def active(self) -> bool:
+        return self in (RunState.Placed, RunState.Dispatched, RunState.Running)
+
+
+TERMINAL_RUN_STATES = frozenset(
+    {RunState.Succeeded, RunState.Failed, RunState.Cancelled, RunState.Migrated}
+)
+
+
+class TaskState(StrEnum):
+    """A task's state within its workflow."""
+
+    Waiting = "Waiting"
+    """Some dependency has not succeeded yet."""
+    Ready = "Ready"
+    """Every dependency succeeded; waiting for a run (or a retry's backoff)."""
+    Running = "Running"
+    """A run is placed, dispatched or running."""
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+    """Every allowed attempt failed, or a dependency failed."""
+    Cancelled = "Cancelled"
+
+
+class WorkflowState(StrEnum):
+    """A workflow's state."""
+
+    Pending = "Pending"
+    Running = "Running"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+    Cancelling = "Cancelling"
+    Cancelled = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (WorkflowState.Succeeded, WorkflowState.Failed, WorkflowState.Cancelled)
+
+
+# ---------------------------------------------------------------- resources and power
+
+
+class Resources(Model):
+    """Compute resources: ``cpu`` in cores, ``memory`` in bytes, ``gpu`` as a count."""
+
+    cpu: Cores = 1.0
+    memory: Bytes = 256 * 2**20
+    gpu: int = Field(default=0, ge=0)
+
+
+class PowerProfile(Model):
+    """A node's linear power model: ``idle_watts`` at 0 % and ``max_watts`` at 100 % CPU.
+
+    The linear idle→max model is from Fan, Weber & Barroso, "Power provisioning for a
+    warehouse-sized computer", ISCA 2007. ``gpu_watts`` is each GPU's board power
+    (TDP) when busy. ``source`` cites where the figures come from.
+    """
+
+    idle_watts: float = Field(ge=0)
+    max_watts: float = Field(ge=0)
+    gpu_watts: float = Field(default=0.0, ge=0)
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _max_above_idle(self) -> PowerProfile:
+        if self.max_watts < self.idle_watts:
+            raise ValueError(
+                f"maxWatts ({self.max_watts}) must be >= idleWatts ({self.idle_watts})"
+            )
+        return self
+
+
+class Taint(Model):
+    """A Kubernetes-style taint: work without a matching toleration is kept off."""
+
+    key: str
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+
+class Toleration(Model):
+    """Tolerates taints with ``key`` (and ``value`` when operator is Equal)."""
+
+    key: str
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Location(Model):
+    """A named place. ``lat``/``lon`` in degrees let RTTs be modelled from distance."""
+
+    name: str
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    zone: str | None = None
+
+
+# ---------------------------------------------------------------- workflows
+
+
+class Script(Model):
+    """Inline source run by an interpreter, as in Argo Workflows' script template."""
+
+    interpreter: list[str] = Field(default_factory=lambda: ["python3"], min_length=1)
+    source: str = Field(min_length=1)
+
+
+class InputRef(Model):
+    """An artifact this task reads, placed at ``path`` in its working directory."""
+
+    name: str = Field(description="artifact name, as declared in another task's outputs")
+    path: str | None = Field(default=None, description="relative path; defaults to the name")
+
+
+class OutputSpec(Model):
+    """A file the task writes; kept by the control plane under ``name`` when the run succeeds."""
+
+    name: str
+    path: str = Field(description="path of the file, relative to the task's working directory")
+    size: Bytes | None = Field(
+        default=None, description="expected size (bytes); placement uses it before the file exists"
+    )
+
+
+class Dataset(Model):
+    """A data set read in place by tasks (not moved by Continuum), for data locality.
+
+    ``size`` in bytes; ``locations`` names the sites, devices or locations holding a
+    replica. A task listing the dataset pays ``size / bandwidth + RTT`` from the
+    nearest replica.
+    """
+
+    name: str
+    size: Bytes
+    locations: list[str] = Field(min_length=1)
+
+
+class Constraints(Model):
+    """Hard rules on where a task may run. Empty means anywhere."""
+
+    tiers: list[Tier] = Field(default_factory=list)
+    arch: list[str] = Field(default_factory=list, description="e.g. x86_64, aarch64")
+    labels: dict[str, str] = Field(default_factory=dict, description="node labels that must match")
+    sites: list[str] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class Slo(Model):
+    """A latency objective: RTT from the node to ``target`` (a location or device) ≤ ``latency_ms``."""
+
+    target: str
+    latency_ms: float = Field(gt=0)
+
+
+class Task(Model):
+    """One step of a workflow: a ``job`` runs to completion, a ``service`` keeps running."""
+
+    name: Name
+    kind: Literal["job", "service"] = "job"
+    command: list[str] | None = Field(default=None, min_length=1)
+    script: Script | None = None
+    image: str | None = Field(default=None, description="container image; needs a container runtime")
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    work: Seconds | None = Field(
+        default=None,
+        description="expected work in core-seconds on a reference core (speed 1.0); "
+        "runtime on a node ≈ work / (speed × cpu)",
+    )
+    timeout: Seconds | None = None
+    retries: int = Field(default=2, ge=0, le=20, description="attempts after the first one")
+    depends_on: list[str] = Field(default_factory=list)
+    inputs: list[InputRef] = Field(default_factory=list)
+    outputs: list[OutputSpec] = Field(default_factory=list)
+    datasets: list[str] = Field(default_factory=list, description="names of spec.datasets read in place")
+    constraints: Constraints = Field(default_factory=Constraints)
+    slo: Slo | None = None
+
+    @model_validator(mode="after")
+    def _one_entrypoint(self) -> Task:
+        if (self.command is None) == (self.script is None):
+            raise ValueError("give exactly one of 'command' (argv list) or 'script' (interpreter + source)")
+        return self
+
+
+class Objective(Model):
+    """Weights of the placement score terms (relative; 0 switches a term off)."""
+
+    time: float = Field(default=1.0, ge=0, description="predicted completion time")
+    latency: float = Field(default=1.0, ge=0, description="RTT to the task's SLO target")
+    energy: float = Field(default=1.0, ge=0, description="predicted energy (J)")
+    data: float = Field(default=1.0, ge=0, description="input bytes moved")
+
+
+class WorkflowSpec(Model):
+    tasks: list[Task] = Field(min_length=1)
+    datasets: list[Dataset] = Field(default_factory=list)
+    objective: Objective = Field(default_factory=Objective)
+
+
+class Metadata(Model):
+    name: Name
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class WorkflowDocument(Model):
+    """What users submit: ``apiVersion: continuum/v1``, ``kind: Workflow``."""
+
+    api_version: Literal["continuum/v1"] = Field(alias="apiVersion")
+    kind: Literal["Workflow"]
+    metadata: Metadata
+    spec: WorkflowSpec
+
+
+# ---------------------------------------------------------------- sites and nodes
+
+
+class SiteSpec(Model):
+    """A federation member as registered. ``config`` is the kind's own settings."""
+
+    name: Name
+    kind: SiteKind
+    tier: Tier | None = Field(default=None, description="default tier of its nodes")
+    location: str | None = None
+    prometheus_url: str | None = None
+    carbon_intensity: float | None = Field(default=None, ge=0, description="gCO2e per kWh")
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Node(Model):
+    """The unit placement chooses: a Kubernetes node, a Slurm partition, a device, ...
+
+    ``id`` is ``{site}/{name}``. ``capacity`` is the whole node; ``allocatable`` what
+    work may use; ``free`` what is left after running work. ``speed`` is per-core speed
+    relative to the reference core (1.0). ``utilisation`` is CPU busy fraction 0..1
+    observed at ``observed_at``.
+    """
+
+    id: str
+    name: str
+    site: str
+    site_kind: SiteKind
+    tier: Tier
+    arch: str = "x86_64"
+    capacity: Resources
+    allocatable: Resources
+    free: Resources | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    taints: list[Taint] = Field(default_factory=list)
+    speed: float = Field(default=1.0, gt=0)
+    power: PowerProfile
+    location: str
+    runtimes: list[str] = Field(default_factory=lambda: ["process"])
+    ready: bool = True
+    simulated: bool = False
+    utilisation: float | None = Field(default=None, ge=0, le=1)
+    power_watts: float | None = None
+    observed_at: datetime | None = None
+    queue_wait_s: float = Field(default=0.0, ge=0, description="expected wait before start (s)")
+
+
+# ---------------------------------------------------------------- topology
+
+
+class Link(Model):
+    """Network between two locations: ``rtt_ms`` round-trip, ``bandwidth_bps`` in bit/s."""
+
+    a: str
+    b: str
+    rtt_ms: float = Field(ge=0)
+    bandwidth_bps: float = Field(gt=0)
+    source: Literal["measured", "configured", "modelled"] = "configured"
+
+
+class Topology(Model):
+    """Locations and the links between them, as placement sees them."""
+
+    locations: list[Location] = Field(default_factory=list)
+    links: list[Link] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- placement and runs
+
+
+class Prediction(Model):
+    """What placement expects of a run on its chosen node.
+
+    completion_s = queue_wait_s + transfer_s + runtime_s.
+    """
+
+    runtime_s: float
+    queue_wait_s: float = 0.0
+    transfer_s: float = 0.0
+    completion_s: float
+    latency_ms: float | None = None
+    energy_j: float
+    bytes_moved: int = 0
+
+
+class PlacementDecision(Model):
+    """The decision for a run, explainable: per-plugin scores (0..100), weights, predictions."""
+
+    node: str
+    site: str
+    tier: Tier
+    scores: dict[str, float]
+    weights: dict[str, float]
+    total: float
+    predicted: Prediction
+    reasons: list[str] = Field(default_factory=list)
+    filtered: dict[str, int] = Field(
+        default_factory=dict, description="nodes rejected, by filter reason"
+    )
+    alternatives: list[dict[str, Any]] = Field(default_factory=list)
+    model_version: str = "analytic-v1"
+    feasible_nodes: int = 0

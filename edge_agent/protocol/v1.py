@@ -1,0 +1,223 @@
+"""Payload models and topics of protocol version 1 (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from continuum.model import PowerProfile, Tier
+
+PROTOCOL_VERSION = 1
+TOPIC_PREFIX = "continuum/v1/devices"
+MAX_PAYLOAD_BYTES = 256 * 1024
+"""Largest payload accepted (bytes): output tails are capped well below it."""
+OUTPUT_TAIL_BYTES = 8 * 1024
+"""Largest output tail an agent sends in one update (bytes)."""
+
+RunPhase = Literal["Accepted", "Running", "Succeeded", "Failed", "Cancelled"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def topic(device_id: str, leaf: str) -> str:
+    """``continuum/v1/devices/{device_id}/{leaf}``; ``leaf`` e.g. ``hello`` or ``runs/r-1``."""
+    return f"{TOPIC_PREFIX}/{device_id}/{leaf}"
+
+
+def device_id_from_topic(t: str) -> str:
+    """The ``{device_id}`` segment of a protocol topic.
+
+    Raises:
+        ProtocolError: the topic is not under :data:`TOPIC_PREFIX`.
+    """
+    prefix = TOPIC_PREFIX + "/"
+    if not t.startswith(prefix) or "/" not in t[len(prefix):]:
+        raise ProtocolError(f"topic {t!r} is not under {prefix}{{device_id}}/")
+    return t[len(prefix):].split("/", 1)[0]
+
+
+class ProtocolError(ValueError):
+    """A payload or topic that does not follow the protocol; the message says what."""
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = 1
+
+
+class Hello(Payload):
+    """A device's capabilities. ``memory`` in bytes; ``speed`` per-core, reference 1.0."""
+
+    device_id: str
+    hostname: str
+    arch: str
+    cpus: float
+    memory: int
+    gpus: int = 0
+    tier: Tier = Tier.device
+    labels: dict[str, str] = Field(default_factory=dict)
+    location: str
+    power: PowerProfile
+    speed: float = 1.0
+    runtimes: list[str] = Field(default_factory=lambda: ["process"])
+    profile: str | None = None
+    emulated: bool = False
+    """True when cpus/memory/power are a declared profile, not this host's own figures."""
+    agent_version: str
+    started_at: datetime = Field(default_factory=_now)
+    known_runs: list[str] = Field(default_factory=list)
+    """Run ids the agent still holds (running, or finished and not yet forgotten)."""
+
+
+class DeviceStatus(Payload):
+    device_id: str
+    state: Literal["online", "offline"]
+    at: datetime = Field(default_factory=_now)
+    running: list[str] = Field(default_factory=list)
+
+
+class Telemetry(Payload):
+    """Measured at ``at``: CPU busy percent, memory bytes, 1-min load, power (W).
+
+    ``power_source`` is ``model`` when watts come from the linear idle→max model.
+    """
+
+    device_id: str
+    at: datetime = Field(default_factory=_now)
+    cpu_percent: float
+    memory_used: int
+    memory_total: int
+    load1: float
+    power_watts: float
+    power_source: Literal["model", "rapl", "ina219"] = "model"
+    temperature_c: float | None = None
+    running: int = 0
+    rtt_ms: float | None = None
+    """Round trip to the broker (ms), measured by the agent."""
+
+
+class OutputDigest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    sha256: str
+    size: int
+
+
+class RunUpdate(Payload):
+    """One state change of one run; ``seq`` increases by one per update of that run."""
+
+    device_id: str
+    run_id: str
+    seq: int
+    state: RunPhase
+    at: datetime = Field(default_factory=_now)
+    exit_code: int | None = None
+    reason: str = ""
+    output_tail: str = Field(default="", max_length=OUTPUT_TAIL_BYTES)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    outputs: list[OutputDigest] = Field(default_factory=list)
+
+
+class ArtifactGet(BaseModel):
+    """Fetch ``url`` to ``path`` (relative); verify ``sha256``; ``size`` in bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    path: str
+    url: str
+    sha256: str
+    size: int
+
+
+class ArtifactPut(BaseModel):
+    """After exit 0, upload the file at ``path`` (relative) by HTTP PUT to ``url``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    path: str
+    url: str
+
+
+class RunSpec(BaseModel):
+    """What to run: ``argv`` (or ``script`` written to a file and run by ``interpreter``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_id: str
+    workflow_id: str
+    task: str
+    argv: list[str] | None = None
+    interpreter: list[str] | None = None
+    script: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = None
+    cpu: float = 1.0
+    memory: int = 256 * 2**20
+    inputs: list[ArtifactGet] = Field(default_factory=list)
+    outputs: list[ArtifactPut] = Field(default_factory=list)
+
+
+class RunCommand(Payload):
+    id: str
+    type: Literal["run"] = "run"
+    spec: RunSpec
+
+
+class CancelCommand(Payload):
+    id: str
+    type: Literal["cancel"] = "cancel"
+    run_id: str
+
+
+class ForgetCommand(Payload):
+    """The control plane recorded the run's final state; the agent may drop it."""
+
+    id: str
+    type: Literal["forget"] = "forget"
+    run_id: str
+
+
+Command = Annotated[RunCommand | CancelCommand | ForgetCommand, Field(discriminator="type")]
+_COMMAND = TypeAdapter(Command)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode(payload: BaseModel) -> bytes:
+    """Serialise a payload model to UTF-8 JSON bytes."""
+    return payload.model_dump_json().encode()
+
+
+def decode(model: type[M] | object, data: bytes) -> M:
+    """Parse ``data`` as ``model`` (a payload class, or :data:`Command`).
+
+    Raises:
+        ProtocolError: larger than :data:`MAX_PAYLOAD_BYTES`, not UTF-8 JSON, another
+            protocol version, or not of the model (the message names the field).
+    """
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"payload of {len(data)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"payload is not UTF-8 JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"payload must be a JSON object, got {type(obj).__name__}")
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {obj.get('v')!r} is not supported (this side speaks v{PROTOCOL_VERSION})")
+    try:
+        if model is Command:
+            return _COMMAND.validate_python(obj)  # type: ignore[return-value]
+        return model.model_validate(obj)  # type: ignore[union-attr,no-any-return]
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        name = "Command" if model is Command else getattr(model, "__name__", "payload")
+        raise ProtocolError(f"invalid {name}: {where or '(root)'}: {first['msg']}") from e
