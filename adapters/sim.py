@@ -1,0 +1,513 @@
+"""The digital twin: a site of kind ``sim`` whose nodes and runs are simulated.
+
+The twin stands in for an edge cluster, a cloud region or an HPC centre in the embedded
+demo, in benchmarks, in what-if previews and to bootstrap the predictors with training
+data. Everything it reports is labelled simulated (``Node.simulated``,
+``RunStatus.simulated``, artifacts stored with ``simulated=True``, log lines prefixed
+``[simulated]``): it is never passed off as real work.
+
+Configuration (the site's ``config``, camelCase, unknown fields rejected)::
+
+    kind: sim
+    tier: cloud
+    location: frankfurt
+    config:
+      timeScale: 60              # virtual seconds per wall second: a 10-minute job
+                                 # takes 10 wall seconds; 3600 makes an hour a second
+      failureRate: 0.02          # 0..1, drawn per run from an RNG seeded by the run id
+      ingressBandwidth: 1e9      # bit/s into the site, for input transfer (default 1 Gbit/s)
+      nodes:
+        - name: c5               # count > 1 names them c5-0, c5-1, ...
+          count: 3
+          cpu: 32                # cores ("500m" accepted)
+          memory: 128Gi
+          gpu: 0
+          arch: x86_64
+          speed: 1.0             # per-core speed relative to the reference core
+          power: {idleWatts: 80, maxWatts: 250, gpuWatts: 0, source: "..."}
+          labels: {instance-type: c5.9xlarge}
+          taints: []
+          runtimes: [process, container]
+          queueWait: 0s          # expected wait before start (e.g. an HPC partition: 5m)
+
+The model of a run (all in *virtual* seconds; wall seconds = virtual / ``timeScale``):
+
+* ``queue wait`` — the node's ``queueWait``; the run is ``Dispatched`` meanwhile;
+* ``transfer`` — (input artifact bytes + ``dataset_bytes``) × 8 / ``ingressBandwidth``;
+* ``runtime`` — ``task.work / (node.speed × min(cpu request, node cpu))``, with
+  ``work`` = 60 core-seconds when the task does not say;
+
+the run is ``Running`` during transfer and runtime, then ``Succeeded``; or ``Failed``
+with exit code 1 and reason ``simulated failure`` when the failure draw says so (at a
+drawn point of its runtime), or reason ``timeout`` when ``task.timeout`` is shorter than
+transfer + runtime (it fails when the timeout elapses). Services run until cancelled.
+
+Energy (J) = compute seconds × attributed power, with the linear model of
+:class:`~continuum.model.PowerProfile` shared by CPU fraction
+``f = min(cpu, node cpu) / node cpu``: ``P_run = f·idle + f·(max − idle) + gpus·gpuWatts``
+(the idle power is attributed in proportion to the cores a run holds, as Kepler does).
+The node reports ``P = idle + (max − idle)·u + gpuWatts·busy GPUs`` with
+``u`` = cores of running runs / capacity, so the runs' shares never exceed it.
+
+Time is computed from ``ctx.clock()`` (wall epoch seconds) and the facts in
+``Handle.data``, never from in-memory timers: no threads, and a new adapter instance
+(after a control-plane restart) answers ``status`` for old handles and counts their
+resources as busy. The twin also journals its handles to ``ctx.state_dir`` so a
+resubmission with the same request id after a restart returns the same handle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from adapters.base import (
+    AdapterContext,
+    ArtifactRecord,
+    Handle,
+    RunStatus,
+    TaskRun,
+    register,
+)
+from continuum.errors import PermanentError
+from continuum.model import (
+    Model,
+    Name,
+    Node,
+    PowerProfile,
+    Resources,
+    RunState,
+    SiteHealth,
+    SiteKind,
+    SiteSpec,
+    Taint,
+    Tier,
+)
+from continuum.units import Bytes, Cores, Seconds, format_bytes, format_duration
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORK_CORE_S = 60.0
+"""Work (core-seconds on a reference core) assumed when a task does not give ``work``."""
+
+_HANDLE_VERSION = 1
+
+
+# ---------------------------------------------------------------- configuration
+
+
+class SimNodeGroup(Model):
+    """One group of identical simulated nodes (or one HPC partition)."""
+
+    name: Name
+    count: int = Field(default=1, ge=1, le=100_000)
+    cpu: Cores = Field(description="cores per node; accepts 500m")
+    memory: Bytes = Field(description="bytes per node; accepts 64Gi")
+    gpu: int = Field(default=0, ge=0)
+    arch: str = "x86_64"
+    speed: float = Field(default=1.0, gt=0, description="per-core speed; reference core = 1.0")
+    power: PowerProfile
+    labels: dict[str, str] = Field(default_factory=dict)
+    taints: list[Taint] = Field(default_factory=list)
+    runtimes: list[str] = Field(default_factory=lambda: ["process", "container"])
+    queue_wait: Seconds = Field(default=0.0, description="expected wait before start (s)")
+
+    @field_validator("cpu")
+    @classmethod
+    def _positive_cpu(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("cpu must be more than 0 cores (e.g. 16 or 500m)")
+        return v
+
+
+class SimConfig(Model):
+    """The ``config`` of a ``sim`` site. See the module docstring for an example."""
+
+    time_scale: float = Field(
+        default=60.0, gt=0, description="virtual seconds per wall second (60: a minute per second)"
+    )
+    nodes: list[SimNodeGroup] = Field(min_length=1)
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    ingress_bandwidth: float = Field(default=1e9, gt=0, description="bit/s into the site")
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_names(cls, groups: list[SimNodeGroup]) -> list[SimNodeGroup]:
+        seen: set[str] = set()
+        for g in groups:
+            for n in _expand_names(g):
+                if n in seen:
+                    raise ValueError(f"node name {n!r} appears twice; give each group its own name")
+                seen.add(n)
+        return groups
+
+
+class SimConfigError(PermanentError, ValueError):
+    """A ``sim`` site's config is invalid; the message names the field (``config.nodes.0.cpu``)."""
+
+
+def parse_config(site: SiteSpec) -> SimConfig:
+    """Validate ``site.config``.
+
+    Raises:
+        SimConfigError: naming each bad field as ``config.<path>`` and how to fix it.
+    """
+    try:
+        return SimConfig.model_validate(site.config)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in ("config", *err["loc"]))
+            parts.append(f"{loc}: {err['msg']}")
+        raise SimConfigError(
+            "invalid sim config: " + "; ".join(parts), site=site.name,
+            details={"errors": [{"loc": ["config", *err["loc"]], "msg": err["msg"]}
+                                for err in e.errors()]},
+        ) from e
+
+
+def _expand_names(group: SimNodeGroup) -> list[str]:
+    if group.count == 1:
+        return [group.name]
+    return [f"{group.name}-{i}" for i in range(group.count)]
+
+
+# ---------------------------------------------------------------- the adapter
+
+
+class SimAdapter:
+    """A simulated site; see the module docstring for the model and ``timeScale``."""
+
+    def __init__(self, site: SiteSpec, ctx: AdapterContext):
+        self.site = site
+        self.ctx = ctx
+        self.config = parse_config(site)
+        self.tier = site.tier or Tier.cloud
+        self.location = site.location or site.name
+        self._nodes: dict[str, SimNodeGroup] = {}
+        for g in self.config.nodes:
+            for n in _expand_names(g):
+                self._nodes[n] = g
+        self._runs: dict[str, Handle] = {}
+        self._journal = Path(ctx.state_dir) / f"sim-{site.name}.json" if ctx.state_dir else None
+        self._load_journal()
+
+    # -------------------------------------------------------- journal
+
+    def _load_journal(self) -> None:
+        if self._journal is None or not self._journal.exists():
+            return
+        try:
+            items = json.loads(self._journal.read_text())
+            for d in items:
+                h = Handle.from_json(d)
+                self._runs[h.run_id] = h
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("sim site %s: ignoring unreadable journal %s: %s",
+                        self.site.name, self._journal, e)
+
+    def _save_journal(self) -> None:
+        if self._journal is None:
+            return
+        try:
+            self._journal.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._journal.with_suffix(".tmp")
+            tmp.write_text(json.dumps([h.to_json() for h in self._runs.values()]))
+            os.replace(tmp, self._journal)
+        except OSError as e:
+            log.warning("sim site %s: cannot write journal %s: %s",
+                        self.site.name, self._journal, e)
+
+    # -------------------------------------------------------- protocol
+
+    def inventory(self) -> list[Node]:
+        now = self.ctx.clock()
+        reserved: dict[str, list[float]] = {n: [0.0, 0.0, 0.0] for n in self._nodes}
+        running: dict[str, list[float]] = {n: [0.0, 0.0] for n in self._nodes}
+        for h in self._runs.values():
+            d = h.data
+            if h.node not in reserved:
+                continue
+            state = self._timeline(d, now)[0]
+            if state.terminal:
+                continue
+            reserved[h.node][0] += d["cpu"]
+            reserved[h.node][1] += d["memory"]
+            reserved[h.node][2] += d["gpu"]
+            if state is RunState.Running:
+                running[h.node][0] += d["cpuEff"]
+                running[h.node][1] += d["gpu"]
+        observed = datetime.fromtimestamp(now, UTC)
+        out = []
+        for name, g in self._nodes.items():
+            cpu_r, mem_r, gpu_r = reserved[name]
+            busy_cpu = min(running[name][0], g.cpu)
+            busy_gpu = min(int(running[name][1]), g.gpu)
+            u = busy_cpu / g.cpu
+            watts = (g.power.idle_watts + (g.power.max_watts - g.power.idle_watts) * u
+                     + g.power.gpu_watts * busy_gpu)
+            cap = Resources(cpu=g.cpu, memory=g.memory, gpu=g.gpu)
+            free = Resources(cpu=max(0.0, g.cpu - cpu_r), memory=max(0, g.memory - int(mem_r)),
+                             gpu=max(0, g.gpu - int(gpu_r)))
+            out.append(Node(
+                id=f"{self.site.name}/{name}", name=name, site=self.site.name,
+                site_kind=SiteKind.sim, tier=self.tier, arch=g.arch,
+                capacity=cap, allocatable=cap.model_copy(), free=free,
+                labels={**g.labels, "continuum.io/simulated": "true"},
+                taints=list(g.taints), speed=g.speed, power=g.power,
+                location=self.location, runtimes=list(g.runtimes), ready=True,
+                simulated=True, utilisation=u, power_watts=watts, observed_at=observed,
+                queue_wait_s=g.queue_wait,
+            ))
+        return out
+
+    def submit(self, run: TaskRun, node: Node, request_id: str) -> Handle:
+        known = self._runs.get(request_id)
+        if known is not None:
+            return known
+        name = node.name if node.name in self._nodes else node.id.rsplit("/", 1)[-1]
+        group = self._nodes.get(name)
+        if group is None:
+            raise PermanentError(
+                f"node {node.id!r} is not part of sim site {self.site.name!r} "
+                f"(nodes: {', '.join(sorted(self._nodes))})", site=self.site.name)
+        task = run.task
+        res = task.resources
+        if res.memory > group.memory or res.gpu > group.gpu:
+            raise PermanentError(
+                f"task {task.name!r} asks for memory {format_bytes(res.memory)}, gpu {res.gpu}; "
+                f"node {name} has {format_bytes(group.memory)}, gpu {group.gpu}",
+                site=self.site.name)
+        # a task asking for 0 cores still runs somewhere: model it on one core
+        cpu_eff = min(res.cpu, group.cpu) if res.cpu > 0 else min(1.0, group.cpu)
+        work = task.work if task.work is not None else DEFAULT_WORK_CORE_S
+        bytes_in = sum(a.size for a in run.inputs)
+        transfer_v = (bytes_in + run.dataset_bytes) * 8.0 / self.config.ingress_bandwidth
+        service = task.kind == "service"
+        runtime_v = None if service else work / (group.speed * cpu_eff)
+        rng = random.Random(f"{self.site.name}/{request_id}")
+        draw, fail_point = rng.random(), rng.random()
+        outcome, end_v, reason = "succeeded", None, ""
+        if not service:
+            assert runtime_v is not None
+            exec_v = transfer_v + runtime_v
+            end_v = group.queue_wait + exec_v
+            if self.config.failure_rate > 0 and draw < self.config.failure_rate:
+                outcome, reason = "failed", "simulated failure"
+                end_v = group.queue_wait + transfer_v + runtime_v * fail_point
+            if task.timeout is not None and task.timeout < end_v - group.queue_wait:
+                outcome, reason = "failed", "timeout"
+                end_v = group.queue_wait + task.timeout
+        outputs = ([{"name": o.name, "path": o.path, "size": o.size_hint} for o in run.outputs]
+                   if run.outputs else
+                   [{"name": o.name, "path": o.path, "size": o.size} for o in task.outputs])
+        pw = group.power
+        frac = cpu_eff / group.cpu
+        run_watts = frac * pw.idle_watts + frac * (pw.max_watts - pw.idle_watts) \
+            + res.gpu * pw.gpu_watts
+        data: dict[str, Any] = {
+            "v": _HANDLE_VERSION,
+            "simulated": True,
+            "submittedAt": self.ctx.clock(),
+            "timeScale": self.config.time_scale,
+            "queueWaitV": group.queue_wait,
+            "transferV": transfer_v,
+            "runtimeV": runtime_v,
+            "endV": end_v,
+            "outcome": outcome,
+            "reason": reason,
+            "node": name,
+            "cpu": res.cpu,
+            "cpuEff": cpu_eff,
+            "memory": res.memory,
+            "gpu": res.gpu,
+            "speed": group.speed,
+            "work": work,
+            "watts": run_watts,
+            "bytesIn": bytes_in,
+            "datasetBytes": run.dataset_bytes,
+            "bandwidth": self.config.ingress_bandwidth,
+            "workflowId": run.workflow_id,
+            "task": task.name,
+            "attempt": run.attempt,
+            "outputs": outputs,
+            "cancelledAt": None,
+        }
+        h = Handle(site=self.site.name, run_id=request_id, backend_id=f"sim-{request_id}",
+                   node=name, data=data)
+        self._runs[request_id] = h
+        self._save_journal()
+        return h
+
+    def status(self, handles: Sequence[Handle]) -> dict[str, RunStatus]:
+        now = self.ctx.clock()
+        out: dict[str, RunStatus] = {}
+        changed = False
+        for given in handles:
+            h = self._runs.get(given.run_id)
+            if h is None:
+                if not _is_sim_handle(given):
+                    continue  # not ours; unknown right now
+                h = Handle.from_json(given.to_json())  # re-adopt (a copy we own)
+                self._runs[h.run_id] = h
+                changed = True
+            out[h.run_id] = self._status(h, now)
+        if changed:
+            self._save_journal()
+        return out
+
+    def cancel(self, handle: Handle) -> None:
+        h = self._runs.get(handle.run_id)
+        if h is None:
+            if not _is_sim_handle(handle):
+                return
+            h = Handle.from_json(handle.to_json())
+            self._runs[h.run_id] = h
+        now = self.ctx.clock()
+        if h.data.get("cancelledAt") is None and not self._timeline(h.data, now)[0].terminal:
+            h.data["cancelledAt"] = now
+            handle.data["cancelledAt"] = now  # so a persisted copy re-adopts as Cancelled
+            self._save_journal()
+
+    def logs(self, handle: Handle, tail: int = 50) -> str:
+        h = self._runs.get(handle.run_id) or (handle if _is_sim_handle(handle) else None)
+        if h is None:
+            return f"[simulated] run {handle.run_id} is unknown to sim site {self.site.name}"
+        lines = self._status(h, self.ctx.clock()).output_tail.splitlines()
+        return "\n".join(lines[-tail:] if tail > 0 else [])
+
+    def release(self, handle: Handle) -> None:
+        if self._runs.pop(handle.run_id, None) is not None:
+            self._save_journal()
+
+    def health(self) -> tuple[SiteHealth, str]:
+        return SiteHealth.Ready, ""
+
+    def close(self) -> None:
+        return None
+
+    # -------------------------------------------------------- the model
+
+    @staticmethod
+    def _timeline(d: dict[str, Any], now: float) -> tuple[RunState, float]:
+        """State and virtual elapsed seconds at wall time ``now``."""
+        elapsed_v = max(0.0, now - d["submittedAt"]) * d["timeScale"]
+        cancelled = d.get("cancelledAt")
+        if cancelled is not None:
+            c_v = max(0.0, cancelled - d["submittedAt"]) * d["timeScale"]
+            if d["endV"] is None or c_v < d["endV"]:
+                if elapsed_v >= c_v:
+                    return RunState.Cancelled, c_v
+        if d["endV"] is not None and elapsed_v >= d["endV"]:
+            st = RunState.Succeeded if d["outcome"] == "succeeded" else RunState.Failed
+            return st, d["endV"]
+        if elapsed_v < d["queueWaitV"]:
+            return RunState.Dispatched, elapsed_v
+        return RunState.Running, elapsed_v
+
+    def _status(self, h: Handle, now: float) -> RunStatus:
+        d = h.data
+        state, at_v = self._timeline(d, now)
+        ts = d["timeScale"]
+        t0 = d["submittedAt"]
+
+        def wall(v: float) -> datetime:
+            return datetime.fromtimestamp(t0 + v / ts, UTC)
+
+        started = wall(d["queueWaitV"]) if at_v >= d["queueWaitV"] else None
+        compute_v = max(0.0, at_v - d["queueWaitV"] - d["transferV"])
+        if d["runtimeV"] is not None:
+            compute_v = min(compute_v, d["runtimeV"])
+        energy = compute_v * d["watts"]
+        st = RunStatus(state=state, simulated=True, started_at=started, energy_j=energy,
+                       bytes_in=d["bytesIn"] if started else 0)
+        if state.terminal:
+            st.finished_at = wall(at_v)
+        if state is RunState.Succeeded:
+            st.exit_code = 0
+            st.outputs = self._produce_outputs(h)
+            st.bytes_out = sum(r.size if o["size"] is None else o["size"]
+                               for o, r in zip(d["outputs"], st.outputs, strict=True))
+        elif state is RunState.Failed:
+            st.exit_code = 1
+            st.reason = d["reason"]
+        elif state is RunState.Cancelled:
+            st.reason = "cancelled on request"
+        st.output_tail = self._tail(h, state, at_v, energy, st)
+        return st
+
+    def _produce_outputs(self, h: Handle) -> list[ArtifactRecord]:
+        d = h.data
+        recs = []
+        for o in d["outputs"]:
+            body = {
+                "simulated": True,
+                "note": "produced by the Continuum digital twin; no real computation ran",
+                "site": h.site, "node": h.node, "task": d["task"], "runId": h.run_id,
+                "workflowId": d["workflowId"], "artifact": o["name"], "path": o["path"],
+                "declaredSize": o["size"],
+            }
+            blob = json.dumps(body, sort_keys=True).encode()
+            prev = self.ctx.artifacts.record(d["workflowId"], o["name"])
+            if prev is not None and prev.simulated and prev.size == len(blob):
+                recs.append(prev)  # already stored by us (or a previous instance)
+            else:
+                recs.append(self.ctx.artifacts.put_bytes(d["workflowId"], o["name"], blob,
+                                                         simulated=True))
+        return recs
+
+    def _tail(self, h: Handle, state: RunState, at_v: float, energy: float,
+              st: RunStatus) -> str:
+        d = h.data
+        moved = d["bytesIn"] + d["datasetBytes"]
+        lines = [
+            f"[simulated] node {h.site}/{h.node} (digital twin, time scale "
+            f"{d['timeScale']:g} virtual s per wall s); task {d['task']} run {h.run_id}",
+            f"[simulated] queue wait {format_duration(d['queueWaitV'])}, input transfer "
+            f"{format_duration(d['transferV'])} ({format_bytes(moved)}B at "
+            f"{d['bandwidth'] / 1e9:g} Gbit/s)",
+        ]
+        if d["runtimeV"] is None:
+            lines.append(f"[simulated] service on {d['cpuEff']:g} cores × speed {d['speed']:g}; "
+                         "runs until cancelled")
+        else:
+            lines.append(
+                f"[simulated] virtual runtime {format_duration(d['runtimeV'])} "
+                f"(work {d['work']:g} core-s on {d['cpuEff']:g} cores × speed {d['speed']:g})")
+        lines.append(f"[simulated] state {state.value} at virtual "
+                     f"{format_duration(at_v)}; energy {energy:.4g} J at "
+                     f"{d['watts']:.4g} W attributed")
+        if state is RunState.Succeeded:
+            lines.append(f"[simulated] exit 0; {len(st.outputs)} simulated output(s), "
+                         f"{format_bytes(st.bytes_out)}B declared")
+        elif state is RunState.Failed:
+            lines.append(f"[simulated] exit 1: {d['reason']}")
+        elif state is RunState.Cancelled:
+            lines.append("[simulated] cancelled on request")
+        return "\n".join(lines)
+
+
+def _is_sim_handle(h: Handle) -> bool:
+    d = h.data or {}
+    need = ("submittedAt", "timeScale", "queueWaitV", "transferV", "runtimeV", "endV",
+            "outcome", "cpu", "cpuEff", "memory", "gpu", "watts", "outputs")
+    return bool(d.get("simulated")) and all(k in d for k in need)
+
+
+def factory(site: SiteSpec, ctx: AdapterContext) -> SimAdapter:
+    """Build a :class:`SimAdapter` (registered for :attr:`SiteKind.sim`)."""
+    return SimAdapter(site, ctx)
+
+
+register(SiteKind.sim, factory)
+
+__all__ = ["SimAdapter", "SimConfig", "SimConfigError", "SimNodeGroup", "factory",
+           "parse_config", "DEFAULT_WORK_CORE_S"]
