@@ -1,0 +1,387 @@
+"""The digital twin (adapters/sim.py): inventory, timeline, outputs, failures, re-adoption.
+
+Time comes from a fake clock given as ``ctx.clock``; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters import base
+from adapters.base import (
+    AdapterContext,
+    ArtifactIn,
+    ArtifactOut,
+    ArtifactRecord,
+    Handle,
+    TaskRun,
+)
+from adapters.sim import DEFAULT_WORK_CORE_S, SimAdapter, SimConfigError, factory
+from continuum.model import RunState, SiteHealth, SiteKind, SiteSpec, Task, Tier
+
+T0 = 1_800_000_000.0
+
+
+class FakeClock:
+    def __init__(self, t: float = T0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, wall_s: float) -> None:
+        self.t += wall_s
+
+
+class MemoryArtifacts:
+    """An in-memory :class:`adapters.base.ArtifactStore`."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[tuple[str, str], bytes] = {}
+        self.records: dict[tuple[str, str], ArtifactRecord] = {}
+        self.puts = 0
+
+    def put_bytes(self, workflow_id: str, name: str, data: bytes, *,
+                  simulated: bool = False) -> ArtifactRecord:
+        self.puts += 1
+        rec = ArtifactRecord(name=name, sha256=hashlib.sha256(data).hexdigest(),
+                             size=len(data), simulated=simulated)
+        self.blobs[(workflow_id, name)] = data
+        self.records[(workflow_id, name)] = rec
+        return rec
+
+    def record(self, workflow_id: str, name: str) -> ArtifactRecord | None:
+        return self.records.get((workflow_id, name))
+
+
+POWER = {"idleWatts": 100, "maxWatts": 300, "gpuWatts": 70, "source": "test figures"}
+
+
+def site(**config) -> SiteSpec:
+    cfg = {
+        "timeScale": 60,
+        "nodes": [
+            {"name": "c5", "count": 2, "cpu": 16, "memory": "64Gi", "power": POWER},
+            {"name": "gpu", "cpu": "8000m", "memory": "32Gi", "gpu": 2, "speed": 2.0,
+             "power": POWER, "labels": {"accelerator": "nvidia-t4"}},
+            {"name": "part", "cpu": 128, "memory": "512Gi", "queueWait": "2m",
+             "power": POWER},
+        ],
+    }
+    cfg.update(config)
+    return SiteSpec(name="cloud-test", kind=SiteKind.sim, tier=Tier.cloud,
+                    location="frankfurt", config=cfg)
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    clock = FakeClock()
+    store = MemoryArtifacts()
+    ctx = AdapterContext(artifacts=store, state_dir=tmp_path, clock=clock)
+    return clock, store, ctx
+
+
+def task(name="t", **kw) -> Task:
+    kw.setdefault("command", ["true"])
+    return Task(name=name, **kw)
+
+
+def trun(t: Task, run_id="run-1", **kw) -> TaskRun:
+    return TaskRun(run_id=run_id, workflow_id="wf-1", workflow_name="demo", task=t, **kw)
+
+
+def node(adapter: SimAdapter, name: str):
+    return next(n for n in adapter.inventory() if n.name == name)
+
+
+# ---------------------------------------------------------------- registration, config
+
+
+def test_registered_for_sim_kind(env):
+    _, _, ctx = env
+    assert base._REGISTRY[SiteKind.sim] is factory
+    a = factory(site(), ctx)
+    assert isinstance(a, SimAdapter)
+    assert isinstance(a, base.Adapter)
+    assert a.health() == (SiteHealth.Ready, "")
+    a.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"timeScale": 0}, "config.timeScale"),
+        ({"failureRate": 1.5}, "config.failureRate"),
+        ({"nodes": []}, "config.nodes"),
+        ({"nodes": [{"name": "a", "cpu": "lots", "memory": "1Gi", "power": POWER}]},
+         "config.nodes.0.cpu"),
+        ({"nodes": [{"name": "a", "cpu": 1, "memory": "1Gx", "power": POWER}]},
+         "config.nodes.0.memory"),
+        ({"nodes": [{"name": "a", "cpu": 1, "memory": "1Gi", "power": POWER,
+                     "queueWait": "soon"}]}, "config.nodes.0.queueWait"),
+        ({"nodes": [{"name": "a", "cpu": 1, "memory": "1Gi",
+                     "power": {"idleWatts": 50, "maxWatts": 10}}]}, "config.nodes.0.power"),
+        ({"nodes": [{"name": "a", "cpu": 1, "memory": "1Gi", "power": POWER, "cores": 2}]},
+         "config.nodes.0.cores"),
+        ({"nodes": [{"name": "Bad_Name", "cpu": 1, "memory": "1Gi", "power": POWER}]},
+         "config.nodes.0.name"),
+        ({"bandwidth": 1}, "config.bandwidth"),
+    ],
+)
+def test_config_errors_name_the_field(env, config, field):
+    _, _, ctx = env
+    with pytest.raises(SimConfigError) as e:
+        SimAdapter(site(**config), ctx)
+    assert field in str(e.value)
+    assert "cloud-test" in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+# ---------------------------------------------------------------- inventory
+
+
+def test_inventory_nodes_are_simulated_and_expanded(env):
+    _, _, ctx = env
+    nodes = {n.name: n for n in SimAdapter(site(), ctx).inventory()}
+    assert sorted(nodes) == ["c5-0", "c5-1", "gpu", "part"]
+    for n in nodes.values():
+        assert n.simulated and n.site_kind is SiteKind.sim
+        assert n.tier is Tier.cloud and n.location == "frankfurt"
+        assert n.id == f"cloud-test/{n.name}"
+        assert n.free == n.allocatable
+        assert n.utilisation == 0 and n.power_watts == 100
+        assert n.observed_at is not None and n.observed_at.timestamp() == T0
+        assert n.runtimes == ["process", "container"]
+    assert nodes["gpu"].capacity.cpu == 8 and nodes["gpu"].capacity.gpu == 2
+    assert nodes["gpu"].speed == 2.0 and nodes["gpu"].labels["accelerator"] == "nvidia-t4"
+    assert nodes["c5-0"].capacity.memory == 64 * 2**30
+    assert nodes["part"].queue_wait_s == 120
+
+
+def test_inventory_deducts_active_runs_and_models_power(env):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    t = task(resources={"cpu": 4, "memory": "8Gi", "gpu": 1}, work=3600)
+    a.submit(trun(t, "r1"), node(a, "gpu"), "r1")
+    a.submit(trun(task(resources={"cpu": 4}), "r2"), node(a, "part"), "r2")  # queued 2 min
+    clock.advance(0.5)  # 30 virtual seconds
+    nodes = {n.name: n for n in a.inventory()}
+    g = nodes["gpu"]
+    assert (g.free.cpu, g.free.memory, g.free.gpu) == (4, 24 * 2**30, 1)
+    assert g.utilisation == pytest.approx(0.5)
+    assert g.power_watts == pytest.approx(100 + 200 * 0.5 + 70)
+    p = nodes["part"]  # reserved while queued, but not busy
+    assert p.free.cpu == 124 and p.utilisation == 0 and p.power_watts == 100
+    assert nodes["c5-0"].free == nodes["c5-0"].allocatable
+
+
+# ---------------------------------------------------------------- submit and timeline
+
+
+def test_submit_is_idempotent_by_request_id(env):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    t = task(resources={"cpu": 2}, work=7200)
+    h1 = a.submit(trun(t), node(a, "c5-0"), "run-1")
+    clock.advance(5)
+    h2 = a.submit(trun(t), node(a, "c5-0"), "run-1")
+    assert h2 is h1 and h2.data["submittedAt"] == T0
+    assert node(a, "c5-0").free.cpu == 14  # counted once
+    assert h1.site == "cloud-test" and h1.node == "c5-0" and h1.run_id == "run-1"
+
+
+def test_timeline_dispatched_running_succeeded(env):
+    clock, store, ctx = env
+    a = SimAdapter(site(), ctx)
+    t = task(resources={"cpu": 8}, work=8 * 600,  # 10 virtual minutes on 8 cores
+             outputs=[{"name": "report", "path": "out/report.json", "size": "10Mi"},
+                      {"name": "log", "path": "log.txt"}])
+    inp = ArtifactIn(name="features", path="features.npz", url="http://x", sha256="0",
+                     size=125_000_000)  # 1 Gbit → 1 virtual second at 1 Gbit/s
+    run = trun(t, inputs=[inp], outputs=[
+        ArtifactOut(name="report", path="out/report.json", url="http://x", size_hint=10 * 2**20),
+        ArtifactOut(name="log", path="log.txt", url="http://x")])
+    h = a.submit(run, node(a, "part"), "run-1")  # queue wait 120 virtual s = 2 wall s
+    timeline = [
+        (1.0, RunState.Dispatched),
+        (2.5, RunState.Running),
+        (2.0 + (1 + 600) / 60 - 0.01, RunState.Running),
+        (2.0 + (1 + 600) / 60 + 0.01, RunState.Succeeded),
+    ]
+    for wall, want in timeline:
+        clock.t = T0 + wall
+        st = a.status([h])["run-1"]
+        assert st.state is want, (wall, st)
+        assert st.simulated
+    assert st.exit_code == 0
+    assert st.started_at.timestamp() == pytest.approx(T0 + 2)
+    assert st.finished_at.timestamp() == pytest.approx(T0 + 2 + 601 / 60)
+    assert st.bytes_in == 125_000_000
+    assert [r.name for r in st.outputs] == ["report", "log"]
+    assert all(r.simulated for r in st.outputs)
+    log_blob = store.blobs[("wf-1", "log")]
+    assert st.bytes_out == 10 * 2**20 + len(log_blob)
+    body = json.loads(store.blobs[("wf-1", "report")])
+    assert body["simulated"] is True and body["task"] == "t" and body["runId"] == "run-1"
+    assert body["declaredSize"] == 10 * 2**20
+    assert "[simulated]" in st.output_tail and "cloud-test/part" in st.output_tail
+    assert "virtual runtime 10m00s" in st.output_tail
+    puts = store.puts
+    a.status([h])  # asking again stores nothing new
+    assert store.puts == puts
+    assert a.logs(h, tail=1) == st.output_tail.splitlines()[-1]
+    assert node(a, "part").free.cpu == 128  # finished work holds nothing
+
+
+def test_default_work_and_cpu_capped_by_node(env):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    h = a.submit(trun(task(resources={"cpu": 64})), node(a, "gpu"), "r")  # 8 cores × 2.0
+    assert h.data["runtimeV"] == pytest.approx(DEFAULT_WORK_CORE_S / (2.0 * 8))
+    clock.advance(DEFAULT_WORK_CORE_S / 16 / 60 + 0.001)
+    assert a.status([h])["r"].state is RunState.Succeeded
+
+
+def test_energy_matches_linear_model(env):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    t = task(resources={"cpu": 4, "gpu": 1}, work=4 * 3600)  # 1 h on 4 of 8 cores × 2.0
+    h = a.submit(trun(t), node(a, "gpu"), "r")
+    runtime = 4 * 3600 / (2.0 * 4)
+    clock.advance(runtime / 60 + 1)
+    st = a.status([h])["r"]
+    f = 4 / 8
+    watts = f * 100 + f * (300 - 100) + 1 * 70
+    assert st.state is RunState.Succeeded
+    assert st.energy_j == pytest.approx(runtime * watts)
+
+
+@pytest.mark.parametrize(
+    ("rate", "timeout", "reason", "end_v"),
+    [
+        (1.0, None, "simulated failure", None),  # at a drawn point of the runtime
+        (0.0, "5m", "timeout", 300.0),
+        (0.0, None, "", 600.0),
+    ],
+)
+def test_failures(env, rate, timeout, reason, end_v):
+    clock, store, ctx = env
+    a = SimAdapter(site(failureRate=rate), ctx)
+    t = task(resources={"cpu": 1}, work=600, timeout=timeout,
+             outputs=[{"name": "o", "path": "o.json"}])
+    h = a.submit(trun(t), node(a, "c5-0"), "r")
+    if end_v is not None:
+        assert h.data["endV"] == pytest.approx(end_v)
+    else:
+        assert 0 <= h.data["endV"] <= 600
+    clock.advance(600 / 60 + 1)
+    st = a.status([h])["r"]
+    if reason:
+        assert st.state is RunState.Failed and st.exit_code == 1 and st.reason == reason
+        assert st.outputs == [] and store.puts == 0
+        assert st.energy_j == pytest.approx(h.data["endV"] * 1 / 16 * 300)
+        assert reason in st.output_tail
+    else:
+        assert st.state is RunState.Succeeded and st.exit_code == 0
+
+
+def test_failure_draw_is_deterministic_per_run_id(env):
+    _, _, ctx = env
+    outcomes = []
+    for _ in range(2):
+        a = SimAdapter(site(failureRate=0.5), ctx)
+        hs = [a.submit(trun(task(), f"r{i}"), node(a, "c5-0"), f"r{i}") for i in range(40)]
+        outcomes.append([h.data["outcome"] for h in hs])
+        for h in hs:
+            a.release(h)
+    assert outcomes[0] == outcomes[1]
+    assert 5 < outcomes[0].count("failed") < 35
+
+
+def test_cancel(env):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    h = a.submit(trun(task(work=6000)), node(a, "c5-0"), "r")
+    clock.advance(10)  # 600 virtual seconds into a 6000 s run
+    a.cancel(h)
+    a.cancel(h)  # idempotent
+    clock.advance(1000)
+    st = a.status([h])["r"]
+    assert st.state is RunState.Cancelled and st.outputs == []
+    assert st.finished_at.timestamp() == pytest.approx(T0 + 10)
+    assert st.energy_j == pytest.approx(600 * 300 / 16)
+    assert node(a, "c5-0").free.cpu == 16
+    # a cancelled handle as persisted re-adopts as Cancelled
+    b = SimAdapter(site(), AdapterContext(artifacts=MemoryArtifacts(), state_dir=None,
+                                          clock=clock))
+    assert b.status([Handle.from_json(h.to_json())])["r"].state is RunState.Cancelled
+
+
+def test_service_runs_until_cancelled(env):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    h = a.submit(trun(task(kind="service")), node(a, "c5-1"), "svc")
+    clock.advance(10**6)
+    assert a.status([h])["svc"].state is RunState.Running
+    a.cancel(h)
+    assert a.status([h])["svc"].state is RunState.Cancelled
+
+
+def test_readoption_by_new_instance(env, tmp_path):
+    clock, store, _ = env
+    ctx1 = AdapterContext(artifacts=store, state_dir=None, clock=clock)
+    a = SimAdapter(site(), ctx1)
+    t = task(resources={"cpu": 6, "memory": "4Gi"}, work=6 * 1200,
+             outputs=[{"name": "m", "path": "m.pkl", "size": 1000}])
+    h = a.submit(trun(t), node(a, "c5-1"), "run-7")
+    persisted = json.loads(json.dumps(h.to_json()))  # what the control plane stores
+    clock.advance(5)
+
+    b = SimAdapter(site(), AdapterContext(artifacts=store, state_dir=None, clock=clock))
+    st = b.status([Handle.from_json(persisted)])["run-7"]
+    assert st.state is RunState.Running
+    n = node(b, "c5-1")
+    assert n.free.cpu == 10 and n.free.memory == 60 * 2**30
+    assert n.utilisation == pytest.approx(6 / 16)
+    clock.advance(1200 / 60)
+    st = b.status([Handle.from_json(persisted)])["run-7"]
+    assert st.state is RunState.Succeeded and st.outputs[0].simulated
+    assert st.bytes_out == 1000
+
+
+def test_journal_keeps_submit_idempotent_across_restarts(env):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    h = a.submit(trun(task()), node(a, "c5-0"), "run-1")
+    clock.advance(0.2)
+    b = SimAdapter(site(), ctx)  # same state_dir
+    assert node(b, "c5-0").free.cpu == 15
+    h2 = b.submit(trun(task()), node(b, "c5-0"), "run-1")
+    assert h2.to_json() == h.to_json()
+    b.release(h2)
+    assert SimAdapter(site(), ctx).inventory()[0].free.cpu == 16
+
+
+def test_status_ignores_foreign_handles(env):
+    _, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    foreign = Handle(site="other", run_id="x", backend_id="slurm-1", node="n", data={})
+    assert a.status([foreign]) == {}
+    assert "unknown" in a.logs(foreign)
+
+
+@pytest.mark.parametrize(
+    ("node_name", "resources"),
+    [("gpu", {"gpu": 3}), ("c5-0", {"memory": "65Gi"})],
+)
+def test_submit_rejects_impossible_requests(env, node_name, resources):
+    from continuum.errors import PermanentError
+
+    _, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    with pytest.raises(PermanentError):
+        a.submit(trun(task(resources=resources)), node(a, node_name), "r")
