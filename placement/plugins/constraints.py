@@ -1,0 +1,114 @@
+"""NodeConstraints: the task's hard rules about *where* — not about how much.
+
+Checks, in this order (a node is attributed to the first it fails): node ready; tier in
+``constraints.tiers``; arch in ``constraints.arch``; every ``constraints.labels`` pair
+present on the node; site in ``constraints.sites``; every ``NoSchedule``/``NoExecute``
+taint tolerated (Kubernetes toleration semantics; ``PreferNoSchedule`` is not a filter
+and is ignored here); a task with an ``image`` needs ``"container"`` in the node's
+runtimes. Empty constraint lists mean "anywhere".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from continuum.model import Taint, Tier, Toleration
+from placement.framework import FilterResult, Rejection
+from placement.predict import CycleState
+from placement.snapshot import TIER_CODE, TIERS
+
+if TYPE_CHECKING:
+    from placement.assign import PlacementRequest
+    from placement.snapshot import Snapshot
+
+NAME = "NodeConstraints"
+REASON_NOT_READY = "nodes not ready"
+REASON_TIER = "wrong tier"
+REASON_ARCH = "wrong arch"
+REASON_LABELS = "labels do not match"
+REASON_SITE = "site not allowed"
+REASON_TAINT = "have untolerated taints"
+REASON_NO_CONTAINER = "have no container runtime"
+
+FILTER_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+def tolerates(tol: Toleration, taint: Taint) -> bool:
+    """Kubernetes ``Toleration.ToleratesTaint``: effect (empty = any), key, operator."""
+    if tol.effect is not None and tol.effect != taint.effect:
+        return False
+    if tol.operator == "Exists" and tol.key == "":
+        return True
+    if tol.key != taint.key:
+        return False
+    return tol.operator == "Exists" or tol.value == taint.value
+
+
+def untolerated(taints: tuple[Taint, ...], tolerations: list[Toleration]) -> list[Taint]:
+    """The filtering taints (NoSchedule/NoExecute) no toleration matches."""
+    return [t for t in taints if t.effect in FILTER_EFFECTS
+            and not any(tolerates(tol, t) for tol in tolerations)]
+
+
+class NodeConstraints:
+    """Filter: readiness, tiers, arch, labels, sites, taints/tolerations, container runtime."""
+
+    name = NAME
+
+    def filter(self, req: PlacementRequest, snap: Snapshot, state: CycleState) -> FilterResult:
+        task = req.task
+        c = task.constraints
+        n = snap.n
+        none = np.zeros(n, dtype=bool)
+        rejections = [Rejection(REASON_NOT_READY, ~snap.ready,
+                                fix="wait for nodes to become ready")]
+
+        if c.tiers:
+            allowed = [TIER_CODE[Tier(t)] for t in c.tiers]
+            names = ", ".join(str(Tier(t)) for t in c.tiers)
+            rejections.append(Rejection(
+                REASON_TIER, ~np.isin(snap.tier, allowed),
+                lambda att: f"allowed: {names}; these are "
+                            + ", ".join(sorted({str(TIERS[i]) for i in snap.tier[att]})),
+                f"widen constraints.tiers beyond {names}",
+            ))
+        if c.arch:
+            archs = ", ".join(c.arch)
+            rejections.append(Rejection(
+                REASON_ARCH, ~np.isin(snap.arch, list(c.arch)),
+                lambda att: f"allowed: {archs}", f"build for more than {archs}",
+            ))
+        if c.labels:
+            ok = np.ones(n, dtype=bool)
+            for k, v in c.labels.items():
+                ok &= snap.label_mask(k, v)
+            want = ", ".join(f"{k}={v}" for k, v in c.labels.items())
+            rejections.append(Rejection(REASON_LABELS, ~ok, lambda att: f"need {want}",
+                                        f"relax constraints.labels ({want})"))
+        if c.sites:
+            sites = ", ".join(c.sites)
+            rejections.append(Rejection(
+                REASON_SITE, ~np.isin(snap.site, list(c.sites)),
+                lambda att: f"allowed: {sites}", f"widen constraints.sites beyond {sites}",
+            ))
+        if snap.taint_sets:
+            bad_groups = [untolerated(ts, c.tolerations) for ts in snap.taint_sets]
+            group_bad = np.array([bool(b) for b in bad_groups], dtype=bool)
+            mask = group_bad[snap.taint_group] if n else none
+
+            def describe(att: np.ndarray) -> str:
+                keys = sorted({f"{t.key}:{t.effect}" for g in np.unique(snap.taint_group[att])
+                               for t in bad_groups[g]})
+                return "taints " + ", ".join(keys)
+
+            rejections.append(Rejection(REASON_TAINT, mask, describe,
+                                        "add constraints.tolerations for the taints"))
+        if task.image is not None:
+            rejections.append(Rejection(
+                REASON_NO_CONTAINER, ~snap.container,
+                lambda att: f"image {task.image} needs a container runtime",
+                "use command/script instead of image, or target container-capable nodes",
+            ))
+        return FilterResult.from_rejections(n, rejections)

@@ -1,0 +1,164 @@
+"""The per-cycle view placement works on: nodes as numpy arrays, plus the network.
+
+A :class:`Snapshot` is built once per placement cycle. Its constructor turns the node
+list into column arrays (one entry per node, in ``nodes`` order) so every filter and
+score plugin is a handful of vector operations rather than a Python loop over nodes.
+RTT and bandwidth are fetched from the :class:`~placement.network.Network` once per
+(location, location) pair and cached; labels and taints are grouped so that a task's
+label selector or tolerations are evaluated once per distinct value, not per node.
+
+The free-capacity arrays are *mutable*: :meth:`Snapshot.assume` deducts a placed
+request (kube-scheduler's "assume"), so later placements in the same cycle see it.
+Use :meth:`Snapshot.copy` for what-if previews that must leave the original alone.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from continuum.model import Node, Resources, Taint, Tier
+from placement.network import Network
+
+TIERS: tuple[Tier, ...] = (Tier.device, Tier.edge, Tier.cloud, Tier.hpc)
+"""Tier codes: ``snapshot.tier[i]`` is an index into this tuple."""
+TIER_CODE = {t: i for i, t in enumerate(TIERS)}
+
+CPU_EPS = 1e-9
+"""Slack (cores) when comparing float CPU quantities, so 0.1 + 0.2 fits in 0.3."""
+
+
+@dataclass
+class Snapshot:
+    """Nodes, network and time of one placement cycle.
+
+    Args:
+        nodes: the candidate nodes (any readiness; the constraints filter checks it).
+        network: RTT/bandwidth between location names.
+        now: cycle time (Unix seconds); recorded, not used by the analytic predictors.
+
+    Arrays (length ``n = len(nodes)``), built in ``__post_init__``:
+        ``free_cpu`` (cores, float64), ``free_mem`` (bytes, int64), ``free_gpu`` (int64)
+        — from ``node.free`` if set else ``node.allocatable``; ``cap_cpu`` (cores,
+        ``capacity.cpu``); ``speed`` (per-core, reference 1.0); ``idle_watts``,
+        ``max_watts``, ``gpu_watts`` (W); ``tier`` (int8 code into :data:`TIERS`);
+        ``arch``, ``site`` (str arrays); ``loc`` (int index into ``locations``);
+        ``ready``, ``container`` (bool: "container" in ``node.runtimes``);
+        ``queue_wait_s`` (s); ``taint_group`` (int index into ``taint_sets``).
+    """
+
+    nodes: list[Node]
+    network: Network
+    now: float = 0.0
+    _rtt_cache: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _bw_cache: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _label_cache: dict[tuple[str, str], np.ndarray] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        nodes = self.nodes
+        self.n = len(nodes)
+        self.ids: list[str] = [nd.id for nd in nodes]
+        self.index: dict[str, int] = {nid: i for i, nid in enumerate(self.ids)}
+        free = [nd.free if nd.free is not None else nd.allocatable for nd in nodes]
+        self.free_cpu = np.array([f.cpu for f in free], dtype=np.float64)
+        self.free_mem = np.array([f.memory for f in free], dtype=np.int64)
+        self.free_gpu = np.array([f.gpu for f in free], dtype=np.int64)
+        self.cap_cpu = np.array([nd.capacity.cpu for nd in nodes], dtype=np.float64)
+        self.speed = np.array([nd.speed for nd in nodes], dtype=np.float64)
+        self.idle_watts = np.array([nd.power.idle_watts for nd in nodes], dtype=np.float64)
+        self.max_watts = np.array([nd.power.max_watts for nd in nodes], dtype=np.float64)
+        self.gpu_watts = np.array([nd.power.gpu_watts for nd in nodes], dtype=np.float64)
+        self.tier = np.array([TIER_CODE[Tier(nd.tier)] for nd in nodes], dtype=np.int8)
+        self.arch = np.array([nd.arch for nd in nodes], dtype=object)
+        self.site = np.array([nd.site for nd in nodes], dtype=object)
+        self.ready = np.array([nd.ready for nd in nodes], dtype=bool)
+        self.container = np.array(["container" in nd.runtimes for nd in nodes], dtype=bool)
+        self.queue_wait_s = np.array([nd.queue_wait_s for nd in nodes], dtype=np.float64)
+
+        self.locations: list[str] = []
+        loc_index: dict[str, int] = {}
+        for nd in nodes:
+            loc_index.setdefault(nd.location, len(loc_index))
+        self.locations = list(loc_index)
+        self.loc = np.array([loc_index[nd.location] for nd in nodes], dtype=np.int64)
+
+        taint_keys: dict[tuple[tuple[str, str, str], ...], int] = {}
+        self.taint_sets: list[tuple[Taint, ...]] = []
+        groups = []
+        for nd in nodes:
+            ts = tuple(sorted(nd.taints, key=lambda t: (t.key, t.value, t.effect)))
+            key = tuple((t.key, t.value, t.effect) for t in ts)
+            if key not in taint_keys:
+                taint_keys[key] = len(self.taint_sets)
+                self.taint_sets.append(ts)
+            groups.append(taint_keys[key])
+        self.taint_group = np.array(groups, dtype=np.int64)
+
+        # Names a data source or SLO target may use: location, node id, node name, site.
+        self._where: dict[str, str] = {}
+        for nd in nodes:
+            self._where.setdefault(nd.site, nd.location)
+            self._where.setdefault(nd.name, nd.location)
+        for nd in nodes:
+            self._where[nd.id] = nd.location
+        for loc in self.locations:
+            self._where[loc] = loc
+
+    # ------------------------------------------------------------------ lookups
+
+    def resolve_location(self, name: str) -> str:
+        """The location of ``name``: a location, node id, node name or site; else ``name``."""
+        return self._where.get(name, name)
+
+    def rtt_from(self, location: str) -> np.ndarray:
+        """RTT (ms) from ``location`` to every node's location, shape ``(n,)``; cached."""
+        vec = self._rtt_cache.get(location)
+        if vec is None:
+            per_loc = np.array(
+                [self.network.rtt_ms(location, b) for b in self.locations], dtype=np.float64
+            )
+            vec = per_loc[self.loc] if self.n else np.zeros(0)
+            self._rtt_cache[location] = vec
+        return vec
+
+    def bandwidth_from(self, location: str) -> np.ndarray:
+        """Bandwidth (bit/s) from ``location`` to every node's location, shape ``(n,)``; cached."""
+        vec = self._bw_cache.get(location)
+        if vec is None:
+            per_loc = np.array(
+                [self.network.bandwidth_bps(location, b) for b in self.locations],
+                dtype=np.float64,
+            )
+            vec = per_loc[self.loc] if self.n else np.zeros(0)
+            self._bw_cache[location] = vec
+        return vec
+
+    def label_mask(self, key: str, value: str) -> np.ndarray:
+        """Boolean ``(n,)``: node has label ``key`` = ``value``; cached per pair."""
+        mask = self._label_cache.get((key, value))
+        if mask is None:
+            mask = np.fromiter(
+                (nd.labels.get(key) == value for nd in self.nodes), dtype=bool, count=self.n
+            )
+            self._label_cache[(key, value)] = mask
+        return mask
+
+    # ------------------------------------------------------------------ assume
+
+    def assume(self, i: int, resources: Resources) -> None:
+        """Deduct ``resources`` from node ``i``'s free arrays (assume-and-deduct)."""
+        self.free_cpu[i] -= resources.cpu
+        self.free_mem[i] -= resources.memory
+        self.free_gpu[i] -= resources.gpu
+
+    def copy(self) -> Snapshot:
+        """A snapshot sharing nodes, network and caches but with its own free arrays."""
+        other = _copy.copy(self)
+        other.free_cpu = self.free_cpu.copy()
+        other.free_mem = self.free_mem.copy()
+        other.free_gpu = self.free_gpu.copy()
+        return other
