@@ -7,3 +7,5 @@ telemetry (psutil) and the persistent outbox. It installs on a device with the b
 distribution only, so it imports nothing of ours but :mod:`continuum`, and no server
 dependency (no FastAPI, SQLAlchemy, numpy).
 """
+
+__version__ = "0.1.0"

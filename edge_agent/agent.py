@@ -1,0 +1,430 @@
+"""The MQTT session of one device: :class:`Agent`.
+
+On (re)connect the agent publishes a retained :class:`Hello` and a retained online
+:class:`DeviceStatus` (its last will is the retained offline status), subscribes to its
+``commands`` topic at QoS 1, re-publishes every unacknowledged outbox message in order
+and the latest state of every run it still holds. Telemetry (the heartbeat) goes out
+every ``telemetry_interval`` s at QoS 0.
+
+Commands: a :class:`RunCommand` outside the local policy (``allow_command`` prefixes,
+``max_cpu``/``max_memory``) is answered with a Failed update naming the policy; a
+duplicate RunCommand (same run id) re-publishes the run's latest state and starts
+nothing; :class:`CancelCommand` kills the run's process tree; :class:`ForgetCommand`
+drops the run's record and clears its retained message. Malformed payloads are logged
+(WARNING, with the reason) and counted in :attr:`Agent.rejected`.
+
+Reconnects use paho's loop thread with a jittered exponential backoff between
+``reconnect_min`` and ``reconnect_max`` seconds (re-armed through
+``reconnect_delay_set`` on every failure), so a broker that is down at start or goes
+away later is retried forever.
+
+Threading: paho's loop thread runs the callbacks; each run executes in its own thread.
+``_pub_lock`` serialises publishing (so a run's updates leave in order) and is never
+taken in ``on_publish``, which paho calls while holding its own message lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shlex
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+import edge_agent
+from edge_agent.config import AgentConfig
+from edge_agent.outbox import Outbox
+from edge_agent.profiles import DeviceProfile, get_profile
+from edge_agent.protocol import (
+    CancelCommand,
+    Command,
+    DeviceStatus,
+    ForgetCommand,
+    Hello,
+    ProtocolError,
+    RunCommand,
+    RunSpec,
+    RunUpdate,
+    decode,
+    encode,
+    topic,
+)
+from edge_agent.runtime import Runtime
+from edge_agent.telemetry import TelemetrySampler
+
+log = logging.getLogger(__name__)
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def jittered_backoff(attempt: int, low: float, high: float) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based): full-jitter exponential.
+
+    ``uniform(low, min(high, low·2^attempt))`` — the "full jitter" of AWS's
+    "Exponential Backoff and Jitter" (Brooker, 2015), floored at ``low``.
+    """
+    cap = min(high, low * (2 ** min(attempt, 30)))
+    return random.uniform(low, max(low, cap))
+
+
+@dataclass
+class _Active:
+    thread: threading.Thread
+    cancel: threading.Event
+
+
+class Agent:
+    """One device's agent. :meth:`start` connects (in the background); :meth:`stop` ends it.
+
+    Attributes:
+        rejected: count of command payloads rejected as malformed.
+        connected: set while the MQTT session is up.
+    """
+
+    def __init__(self, config: AgentConfig, profile: DeviceProfile | None = None) -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self.profile = profile or get_profile(config.profile)
+        self.log = logging.LoggerAdapter(log, {"device_id": self.device_id})
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(config.state_dir / "outbox.sqlite3")
+        self.runtime = Runtime(config.state_dir, kill_grace=config.kill_grace,
+                               upload_deadline=config.upload_deadline)
+        self.sampler = TelemetrySampler(self.device_id, self.profile)
+        self.rejected = 0
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._stopping = False
+        self._pub_lock = threading.Lock()
+        self._mid_lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox id
+        self._early_acks: set[int] = set()
+        self._state_lock = threading.Lock()
+        self._active: dict[str, _Active] = {}
+        self._attempt = 0
+        self._telemetry_thread: threading.Thread | None = None
+        self._client = self._make_client()
+        self._recover()
+
+    # ------------------------------------------------------------ setup
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"continuum-agent-{self.device_id}",
+                        clean_session=False, protocol=mqtt.MQTTv311)
+        if cfg.username:
+            c.username_pw_set(cfg.username, cfg.password)
+        if cfg.address.tls or cfg.tls_ca:
+            c.tls_set(ca_certs=str(cfg.tls_ca) if cfg.tls_ca else None,
+                      cert_reqs=ssl.CERT_REQUIRED)
+            c.tls_insecure_set(cfg.tls_insecure)
+        offline = DeviceStatus(device_id=self.device_id, state="offline")
+        c.will_set(topic(self.device_id, "status"), encode(offline), qos=1, retain=True)
+        c.reconnect_delay_set(min_delay=1, max_delay=1)
+        self._arm_backoff(c)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        return c
+
+    def _arm_backoff(self, c: mqtt.Client | None = None) -> float:
+        delay = jittered_backoff(self._attempt, self.config.reconnect_min,
+                                 self.config.reconnect_max)
+        self._attempt += 1
+        # paho waits min_delay before the next attempt when its own delay is reset,
+        # which reconnect_delay_set does; so this arms exactly one jittered wait.
+        (c or self._client).reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
+        return delay
+
+    def _recover(self) -> None:
+        """Runs the database holds as active lost their process when the agent stopped."""
+        for rec in self.outbox.runs():
+            if not rec.terminal:
+                self.log.warning("run %s: was active when the agent stopped; reporting it Failed",
+                                 rec.run_id)
+                self._report(rec.run_id, "Failed",
+                             reason="the agent restarted while the run was active; its "
+                                    "process was lost")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Connect in the background (retrying forever) and start telemetry."""
+        a = self.config.address
+        self.log.info("device %s: connecting to %s (profile %s)", self.device_id,
+                      self.config.broker, self.profile.name)
+        self._client.connect_async(a.host, a.port, keepalive=self.config.keepalive)
+        self._client.loop_start()
+        self._telemetry_thread = threading.Thread(target=self._telemetry_loop,
+                                                  name="telemetry", daemon=True)
+        self._telemetry_thread.start()
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called (from another thread or a signal handler)."""
+        while not self._stop.wait(0.5):
+            pass
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (safe in a signal handler)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Kill active runs (reported Failed), publish offline status, disconnect."""
+        self._stopping = True
+        self._stop.set()
+        for act in list(self._active.values()):
+            act.cancel.set()
+        for act in list(self._active.values()):
+            act.thread.join(timeout=self.config.kill_grace + 5)
+        if self.connected.is_set():
+            info = self._client.publish(
+                topic(self.device_id, "status"),
+                encode(DeviceStatus(device_id=self.device_id, state="offline")), qos=1,
+                retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.outbox.close()
+        self.log.info("device %s: stopped", self.device_id)
+
+    # ------------------------------------------------------------ paho callbacks
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                    properties: Any = None) -> None:
+        if rc.is_failure:
+            self.log.error("device %s: broker %s refused the connection: %s", self.device_id,
+                           self.config.broker, rc)
+            self._arm_backoff()
+            return
+        self._attempt = 0
+        self.log.info("device %s: connected to %s", self.device_id, self.config.broker)
+        client.subscribe(topic(self.device_id, "commands"), qos=1)
+        with self._mid_lock:
+            self._inflight.clear()
+            self._early_acks.clear()
+        self.connected.set()
+        client.publish(topic(self.device_id, "hello"), encode(self.hello()), qos=1, retain=True)
+        client.publish(topic(self.device_id, "status"), encode(self._status("online")), qos=1,
+                       retain=True)
+        # Held runs whose latest state is not already queued are re-published, so a
+        # control plane with a fresh broker re-adopts them.
+        queued = {p.run_id for p in self.outbox.pending() if p.run_id}
+        for rec in self.outbox.runs():
+            if rec.latest is not None and rec.run_id not in queued:
+                self.outbox.enqueue(topic(self.device_id, f"runs/{rec.run_id}"),
+                                    encode(rec.latest), run_id=rec.run_id)
+        self._flush()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        delay = self._arm_backoff()
+        self.log.warning("device %s: broker %s unreachable; retrying in %.1f s", self.device_id,
+                         self.config.broker, delay)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                       properties: Any = None) -> None:
+        self.connected.clear()
+        if self._stopping:
+            return
+        delay = self._arm_backoff()
+        self.log.warning("device %s: disconnected from %s (%s); reconnecting in %.1f s",
+                         self.device_id, self.config.broker, rc, delay)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
+                    properties: Any = None) -> None:
+        with self._mid_lock:
+            oid = self._inflight.pop(mid, None)
+            if oid is None:
+                if len(self._early_acks) > 4096:
+                    self._early_acks.clear()
+                self._early_acks.add(mid)
+                return
+        self.outbox.ack(oid)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            cmd = decode(Command, msg.payload)
+        except ProtocolError as e:
+            self.rejected += 1
+            self.log.warning("device %s: rejected command on %s: %s", self.device_id,
+                             msg.topic, e)
+            return
+        try:
+            if isinstance(cmd, RunCommand):
+                self._handle_run(cmd)
+            elif isinstance(cmd, CancelCommand):
+                self._handle_cancel(cmd)
+            elif isinstance(cmd, ForgetCommand):
+                self._handle_forget(cmd)
+        except Exception:  # a bug must not kill paho's loop thread
+            self.log.exception("device %s: command %s failed", self.device_id, cmd.id)
+
+    # ------------------------------------------------------------ publishing
+
+    def _flush(self) -> None:
+        """Publish every pending outbox message not yet in flight, oldest first."""
+        if not self.connected.is_set():
+            return
+        with self._pub_lock:
+            with self._mid_lock:
+                flying = set(self._inflight.values())
+            for p in self.outbox.pending():
+                if p.id in flying:
+                    continue
+                info = self._client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return  # disconnected; everything is re-published on reconnect
+                with self._mid_lock:
+                    if info.mid in self._early_acks:
+                        self._early_acks.discard(info.mid)
+                        acked = True
+                    else:
+                        self._inflight[info.mid] = p.id
+                        acked = False
+                if acked:
+                    self.outbox.ack(p.id)
+
+    def _report(self, run_id: str, state: str, **fields: Any) -> RunUpdate | None:
+        """Record and queue the run's next update (seq + 1), then publish what is pending."""
+        with self._state_lock:
+            rec = self.outbox.get_run(run_id)
+            if rec is None:
+                return None  # forgotten meanwhile
+            seq = (rec.latest.seq if rec.latest else 0) + 1
+            update = RunUpdate(device_id=self.device_id, run_id=run_id, seq=seq,
+                               state=state, **fields)  # type: ignore[arg-type]
+            self.outbox.record_update(update, topic(self.device_id, f"runs/{run_id}"),
+                                      encode(update))
+        self.log.info("run %s: %s%s", run_id, state,
+                      f" ({fields['reason']})" if fields.get("reason") else "")
+        self._flush()
+        return update
+
+    def hello(self) -> Hello:
+        """This device's Hello (capabilities from the profile; known runs from the outbox)."""
+        p = self.profile
+        labels = {**p.labels, **self.config.labels}
+        if p.emulated:
+            labels.setdefault("continuum.io/profile", p.name)
+        return Hello(
+            device_id=self.device_id, hostname=socket.gethostname(), arch=p.arch,
+            cpus=p.cpus, memory=p.memory, gpus=p.gpus, tier=self.config.tier, labels=labels,
+            location=self.config.location, power=p.power, speed=p.speed,
+            profile=p.name if p.emulated else None, emulated=p.emulated,
+            agent_version=edge_agent.__version__,
+            known_runs=[r.run_id for r in self.outbox.runs()],
+        )
+
+    def _status(self, state: str) -> DeviceStatus:
+        return DeviceStatus(device_id=self.device_id, state=state,  # type: ignore[arg-type]
+                            running=sorted(self._active))
+
+    def _telemetry_loop(self) -> None:
+        while not self._stop.wait(self.config.telemetry_interval):
+            if not self.connected.is_set():
+                continue
+            try:
+                t = self.sampler.sample(running=len(self._active))
+                self._client.publish(topic(self.device_id, "telemetry"), encode(t), qos=0)
+            except Exception:
+                self.log.exception("device %s: telemetry failed", self.device_id)
+
+    # ------------------------------------------------------------ commands
+
+    def policy_violation(self, spec: RunSpec) -> str | None:
+        """Why the local policy refuses ``spec``, or ``None`` when it is allowed."""
+        cfg = self.config
+        argv = spec.argv or spec.interpreter or ["python3"]
+        if cfg.allow_command:
+            allowed = [shlex.split(p) for p in cfg.allow_command]
+            if not any(argv[: len(a)] == a for a in allowed):
+                return (f"refused by local policy allow-command: {shlex.join(argv)!r} does not "
+                        f"start with any allowed prefix ({', '.join(cfg.allow_command)})")
+        max_cpu = cfg.max_cpu if cfg.max_cpu is not None else self.profile.cpus
+        if spec.cpu > max_cpu:
+            return f"refused by local policy max-cpu: requests {spec.cpu:g} cores > {max_cpu:g}"
+        max_mem = cfg.max_memory if cfg.max_memory is not None else self.profile.memory
+        if spec.memory > max_mem:
+            return (f"refused by local policy max-memory: requests {spec.memory} bytes > "
+                    f"{max_mem}")
+        return None
+
+    def _handle_run(self, cmd: RunCommand) -> None:
+        spec = cmd.spec
+        if not _RUN_ID.match(spec.run_id):
+            self.rejected += 1
+            self.log.warning("device %s: rejected command %s: run id %r is not a safe name",
+                             self.device_id, cmd.id, spec.run_id)
+            return
+        if not self.outbox.add_run(spec):
+            rec = self.outbox.get_run(spec.run_id)
+            self.log.info("run %s: duplicate RunCommand %s; re-publishing its latest state",
+                          spec.run_id, cmd.id)
+            if rec is not None and rec.latest is not None:
+                self.outbox.enqueue(topic(self.device_id, f"runs/{spec.run_id}"),
+                                    encode(rec.latest), run_id=spec.run_id)
+                self._flush()
+            return
+        why = self.policy_violation(spec)
+        if why:
+            self.log.warning("run %s: %s", spec.run_id, why)
+            self._report(spec.run_id, "Failed", reason=why)
+            return
+        self._report(spec.run_id, "Accepted")
+        cancel = threading.Event()
+        t = threading.Thread(target=self._execute, args=(spec, cancel),
+                             name=f"run-{spec.run_id}", daemon=True)
+        self._active[spec.run_id] = _Active(t, cancel)
+        t.start()
+
+    def _execute(self, spec: RunSpec, cancel: threading.Event) -> None:
+        try:
+            out = self.runtime.execute(
+                spec, lambda state, **f: self._report(spec.run_id, state, **f), cancel)
+            state, fields = out.state, out.fields()
+            if self._stopping and state == "Cancelled":
+                state = "Failed"
+                fields["reason"] = "the agent shut down while the run was active"
+            self._report(spec.run_id, state, **fields)
+        finally:
+            self._active.pop(spec.run_id, None)
+
+    def _handle_cancel(self, cmd: CancelCommand) -> None:
+        act = self._active.get(cmd.run_id)
+        if act is not None:
+            self.log.info("run %s: cancel requested (command %s)", cmd.run_id, cmd.id)
+            act.cancel.set()
+            return
+        rec = self.outbox.get_run(cmd.run_id)
+        if rec is not None and rec.latest is not None:
+            # Already finished: say so again.
+            self.outbox.enqueue(topic(self.device_id, f"runs/{cmd.run_id}"),
+                                encode(rec.latest), run_id=cmd.run_id)
+            self._flush()
+        else:
+            self.log.info("run %s: cancel for an unknown run ignored", cmd.run_id)
+
+    def _handle_forget(self, cmd: ForgetCommand) -> None:
+        act = self._active.get(cmd.run_id)
+        if act is not None:
+            self.log.warning("run %s: forget while active; cancelling it first", cmd.run_id)
+            act.cancel.set()
+            act.thread.join(timeout=self.config.kill_grace + 5)
+        with self._state_lock:
+            held = self.outbox.forget_run(cmd.run_id)
+            # An empty retained payload clears the broker's retained message.
+            self.outbox.enqueue(topic(self.device_id, f"runs/{cmd.run_id}"), b"",
+                                run_id=cmd.run_id)
+        self.log.info("run %s: forgotten%s", cmd.run_id, "" if held else " (was not held)")
+        self._flush()

@@ -1,0 +1,155 @@
+"""``continuum-agent``: the device daemon's command line (typer).
+
+Every option of ``run`` may also come from the environment as ``CONTINUUM_AGENT_<NAME>``
+(upper case, ``-`` → ``_``), e.g. ``CONTINUUM_AGENT_BROKER=mqtt://broker:1883``; list
+options (``--label``, ``--allow-command``) take space-separated values there.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from edge_agent.config import ENV_PREFIX, AgentConfig
+from edge_agent.profiles import PROFILES, get_profile
+
+app = typer.Typer(
+    name="continuum-agent",
+    help="The Continuum device agent: enrols this device with a Continuum control plane "
+    "over MQTT (wire protocol v1), reports its capabilities and telemetry, and runs the "
+    "tasks it is given as local processes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _env(name: str) -> str:
+    return ENV_PREFIX + name.upper().replace("-", "_")
+
+
+def _parse_labels(items: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise typer.BadParameter(f"label {item!r} must be key=value", param_hint="--label")
+        labels[k] = v
+    return labels
+
+
+@app.command()
+def run(
+    device_id: Annotated[str, typer.Option(
+        "--device-id", envvar=_env("device_id"),
+        help="This device's id, used in its MQTT topics (letters, digits, '_', '.', '-').")],
+    broker: Annotated[str, typer.Option(
+        envvar=_env("broker"),
+        help="Broker URL: mqtt://host:port, or mqtts://host:port for TLS.")]
+        = "mqtt://127.0.0.1:1883",
+    tls_ca: Annotated[Path | None, typer.Option(
+        envvar=_env("tls_ca"), help="CA certificate (PEM) of the broker; enables TLS.")] = None,
+    tls_insecure: Annotated[bool, typer.Option(
+        envvar=_env("tls_insecure"),
+        help="Do not check the broker certificate's host name (testing only).")] = False,
+    username: Annotated[str | None, typer.Option(
+        envvar=_env("username"), help="Broker user name.")] = None,
+    password: Annotated[str | None, typer.Option(
+        envvar=_env("password"), help="Broker password (prefer the environment variable).")]
+        = None,
+    location: Annotated[str, typer.Option(
+        envvar=_env("location"), help="Location name known to the control plane's topology.")]
+        = "unknown",
+    tier: Annotated[str, typer.Option(
+        envvar=_env("tier"), help="Tier of this node: device, edge, cloud or hpc.")] = "device",
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", envvar=_env("label"),
+        help="Node label key=value (repeatable); placement constraints match on them.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        envvar=_env("profile"),
+        help="Declare a device profile instead of this host's figures: "
+        + ", ".join(["host", *sorted(PROFILES)]) + ". Hello then says emulated=true.")] = None,
+    state_dir: Annotated[Path, typer.Option(
+        envvar=_env("state_dir"),
+        help="Directory for run working dirs, the artifact cache and the outbox database.")]
+        = Path("/var/lib/continuum-agent"),
+    telemetry_interval: Annotated[float, typer.Option(
+        envvar=_env("telemetry_interval"),
+        help="Seconds between telemetry messages (also the heartbeat).")] = 5.0,
+    allow_command: Annotated[list[str] | None, typer.Option(
+        "--allow-command", envvar=_env("allow_command"),
+        help="Allowed command prefix, e.g. 'python3' or '/usr/bin/env python3' "
+        "(repeatable; matched token by token; none = allow all).")] = None,
+    max_cpu: Annotated[float | None, typer.Option(
+        envvar=_env("max_cpu"), help="Refuse runs requesting more cores (default: all).")]
+        = None,
+    max_memory: Annotated[int | None, typer.Option(
+        envvar=_env("max_memory"),
+        help="Refuse runs requesting more memory, bytes (default: all).")] = None,
+    kill_grace: Annotated[float, typer.Option(
+        envvar=_env("kill_grace"),
+        help="Seconds between SIGTERM and SIGKILL on cancel or timeout.")] = 5.0,
+    upload_deadline: Annotated[float, typer.Option(
+        envvar=_env("upload_deadline"),
+        help="Seconds an output upload keeps retrying before the run fails.")] = 300.0,
+    reconnect_max: Annotated[float, typer.Option(
+        envvar=_env("reconnect_max"),
+        help="Longest wait (s) between reconnect attempts (jittered exponential backoff).")]
+        = 30.0,
+    log_level: Annotated[str, typer.Option(
+        envvar=_env("log_level"), help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Connect to the broker and serve this device until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = AgentConfig(
+            broker=broker, tls_ca=tls_ca, tls_insecure=tls_insecure, username=username,
+            password=password, device_id=device_id, location=location, tier=tier,
+            labels=_parse_labels(label or []), profile=profile, state_dir=state_dir,
+            telemetry_interval=telemetry_interval, allow_command=allow_command or [],
+            max_cpu=max_cpu, max_memory=max_memory, kill_grace=kill_grace,
+            upload_deadline=upload_deadline, reconnect_max=reconnect_max,
+        )
+        prof = get_profile(config.profile)
+    except (ValidationError, ValueError) as e:
+        typer.echo(f"continuum-agent: invalid configuration: {e}", err=True)
+        raise typer.Exit(2) from e
+    from edge_agent.agent import Agent
+
+    agent = Agent(config, prof)
+
+    def _term(signum: int, frame: object) -> None:
+        agent.request_stop()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    agent.start()
+    agent.wait()
+    agent.stop()
+
+
+@app.command()
+def profiles() -> None:
+    """List the device profiles --profile accepts, with their declared figures."""
+    for name in ["host", *sorted(PROFILES)]:
+        p = get_profile(name)
+        typer.echo(f"{name:12} {p.cpus:g} cores  {p.memory / 2**30:.1f} GiB  {p.arch:8} "
+                   f"{p.power.idle_watts:g}-{p.power.max_watts:g} W  speed {p.speed:g}  "
+                   f"{p.description}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

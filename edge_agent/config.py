@@ -1,0 +1,112 @@
+"""The agent's configuration (:class:`AgentConfig`), validated with pydantic.
+
+Every field is a ``continuum-agent run`` option and may also be given as an environment
+variable ``CONTINUUM_AGENT_<FIELD>`` (e.g. ``CONTINUUM_AGENT_BROKER``); see :mod:`edge_agent.cli`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from continuum.model import Tier
+
+ENV_PREFIX = "CONTINUUM_AGENT_"
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class BrokerAddress(BaseModel):
+    """A parsed broker URL: ``mqtt://host:port`` (default 1883) or ``mqtts://`` (8883)."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+
+    Raises:
+        ValueError: another scheme, or no host.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(
+            f"broker {url!r} is not a broker URL; use mqtt://host:port or mqtts://host:port"
+        )
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls)
+
+
+class AgentConfig(BaseModel):
+    """What one ``continuum-agent`` needs. Units: seconds (s), cores, bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker: str = "mqtt://127.0.0.1:1883"
+    """Broker URL, ``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
+    tls_ca: Path | None = None
+    """CA bundle that signed the broker's certificate (PEM); implies TLS."""
+    tls_insecure: bool = False
+    """Skip the broker certificate's host-name check (testing only)."""
+    username: str | None = None
+    password: str | None = None
+    device_id: str
+    """This device's id: the ``{device_id}`` of its topics (letters, digits, ``_.-``)."""
+    location: str = "unknown"
+    """A location name known to the control plane's topology (e.g. ``lab-1``)."""
+    tier: Tier = Tier.device
+    labels: dict[str, str] = Field(default_factory=dict)
+    profile: str | None = None
+    """A device profile (see :mod:`edge_agent.profiles`); ``None`` = this host's own figures."""
+    state_dir: Path = Path("/var/lib/continuum-agent")
+    """Working directories, the artifact cache and the outbox database live here."""
+    telemetry_interval: float = Field(default=5.0, gt=0)
+    """Seconds between telemetry messages (they double as the heartbeat)."""
+    allow_command: list[str] = Field(default_factory=list)
+    """Command prefixes this device runs (shell-like tokens, e.g. ``python3`` or
+    ``/usr/bin/env python3``); empty = any command."""
+    max_cpu: float | None = Field(default=None, gt=0)
+    """Largest cpu request (cores) accepted; ``None`` = the device's cpus."""
+    max_memory: int | None = Field(default=None, gt=0)
+    """Largest memory request (bytes) accepted; ``None`` = the device's memory."""
+    kill_grace: float = Field(default=5.0, ge=0)
+    """Seconds between SIGTERM and SIGKILL when a run is cancelled or times out."""
+    upload_deadline: float = Field(default=300.0, gt=0)
+    """Seconds an output upload keeps retrying (the control plane may be restarting)."""
+    keepalive: int = Field(default=30, ge=5)
+    """MQTT keep-alive (s)."""
+    reconnect_min: float = Field(default=0.5, gt=0)
+    reconnect_max: float = Field(default=30.0, gt=0)
+    """Bounds (s) of the jittered exponential reconnect backoff."""
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str) -> str:
+        if not _DEVICE_ID.match(v):
+            raise ValueError(
+                f"device id {v!r} must be 1-63 letters, digits, '_', '.' or '-' (no '/', '+', '#')"
+            )
+        return v
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        parse_broker_url(v)
+        return v
+
+    @field_validator("allow_command")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not shlex.split(p):
+                raise ValueError("an --allow-command prefix must not be empty")
+        return v
+
+    @property
+    def address(self) -> BrokerAddress:
+        return parse_broker_url(self.broker)

@@ -1,0 +1,375 @@
+"""The task runtime: runs one :class:`RunSpec` as a local process tree.
+
+For each run: a working directory ``{state_dir}/runs/{run_id}/work``; inputs fetched by
+HTTP GET and verified against their sha256 (through a content-addressed cache in
+``{state_dir}/cache`` so bytes this device already fetched or produced are not
+downloaded again); the process started in its own session (``start_new_session``) with a
+minimal environment; a timeout or a cancel kills the whole process tree (SIGTERM, then
+SIGKILL after a grace period); after exit 0 each output is uploaded by HTTP PUT, retried
+with backoff until a deadline. Every state change is handed to a ``report`` callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from edge_agent.protocol import ArtifactGet, OutputDigest, RunSpec
+from edge_agent.protocol.v1 import OUTPUT_TAIL_BYTES
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 16
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+INHERITED_ENV = ("PATH", "HOME", "LANG")
+"""The only variables a run inherits from the agent's environment."""
+
+Report = Callable[..., None]
+"""``report(state, **fields)``: fields are RunUpdate fields (exit_code, reason, ...)."""
+
+
+class RunFailure(Exception):
+    """A run cannot go on; the message is the reason reported in the Failed update."""
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run reports. ``state`` is Succeeded, Failed or Cancelled."""
+
+    state: str
+    exit_code: int | None = None
+    reason: str = ""
+    output_tail: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    outputs: list[OutputDigest] = field(default_factory=list)
+
+    def fields(self) -> dict[str, Any]:
+        return {"exit_code": self.exit_code, "reason": self.reason,
+                "output_tail": self.output_tail, "started_at": self.started_at,
+                "finished_at": self.finished_at, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "outputs": self.outputs}
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path``."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """``root / rel``, refusing absolute paths and ``..`` that would leave ``root``.
+
+    Raises:
+        RunFailure: the path escapes the working directory.
+    """
+    p = (root / rel).resolve()
+    if os.path.isabs(rel) or not p.is_relative_to(root.resolve()):
+        raise RunFailure(f"path {rel!r} is outside the run's working directory")
+    return p
+
+
+def kill_tree(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Kill ``proc`` and every descendant: SIGTERM, then SIGKILL after ``grace`` s.
+
+    ``proc`` must have been started with ``start_new_session=True`` (its pid is its
+    process group id). Descendants are found with psutil (recursively) before signalling,
+    so children that left the group are killed too; the whole group is then ``killpg``-ed.
+    """
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+
+    def signal_all(sig: signal.Signals) -> None:
+        for p in descendants:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        if proc.poll() is None:
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _alive(descendants):
+            break
+        time.sleep(0.02)
+    signal_all(signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - unkillable (D state)
+        log.error("process %d did not die after SIGKILL", proc.pid)
+    psutil.wait_procs([p for p in descendants if _alive([p])], timeout=2)
+
+
+def _alive(procs: list[psutil.Process]) -> bool:
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            continue
+    return False
+
+
+def _tail(path: Path, limit: int = OUTPUT_TAIL_BYTES) -> str:
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return text[-limit:]
+
+
+class Runtime:
+    """Runs RunSpecs under ``state_dir``; one call of :meth:`execute` per run (own thread).
+
+    Args:
+        state_dir: the agent's state directory.
+        kill_grace: seconds between SIGTERM and SIGKILL.
+        upload_deadline: seconds an output upload keeps retrying.
+        http_timeout: seconds per HTTP request.
+    """
+
+    def __init__(self, state_dir: Path, *, kill_grace: float = 5.0,
+                 upload_deadline: float = 300.0, http_timeout: float = 30.0) -> None:
+        self.state_dir = state_dir
+        self.cache_dir = state_dir / "cache"
+        self.runs_dir = state_dir / "runs"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.kill_grace = kill_grace
+        self.upload_deadline = upload_deadline
+        self.http_timeout = http_timeout
+
+    # ------------------------------------------------------------ cache
+
+    def cached(self, sha256: str) -> Path | None:
+        """The cached file with this digest, if this device holds it."""
+        p = self.cache_dir / sha256
+        return p if _SHA256.match(sha256) and p.is_file() else None
+
+    def _cache_put(self, src: Path, sha256: str) -> None:
+        dst = self.cache_dir / sha256
+        if dst.exists():
+            return
+        tmp = self.cache_dir / f".{sha256}.{threading.get_ident()}.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+    # ------------------------------------------------------------ inputs
+
+    def fetch_input(self, get: ArtifactGet, workdir: Path) -> int:
+        """Place input ``get`` in ``workdir``; returns bytes downloaded (0 on a cache hit).
+
+        Raises:
+            RunFailure: download failed, or the content's sha256 differs.
+        """
+        dest = safe_join(workdir, get.path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        digest = get.sha256.lower()
+        hit = self.cached(digest)
+        if hit is not None:
+            shutil.copyfile(hit, dest)
+            log.info("input %s: cache hit (%s)", get.name, digest[:12])
+            return 0
+        tmp = dest.with_name(dest.name + ".part")
+        h = hashlib.sha256()
+        n = 0
+        try:
+            with httpx.stream("GET", get.url, timeout=self.http_timeout,
+                              follow_redirects=True) as r:
+                if r.status_code != 200:
+                    raise RunFailure(f"input {get.name!r}: GET {get.url} returned HTTP "
+                                     f"{r.status_code}")
+                with tmp.open("wb") as f:
+                    for chunk in r.iter_bytes(_CHUNK):
+                        h.update(chunk)
+                        n += len(chunk)
+                        f.write(chunk)
+        except httpx.HTTPError as e:
+            tmp.unlink(missing_ok=True)
+            raise RunFailure(f"input {get.name!r}: GET {get.url} failed: {e}") from e
+        got = h.hexdigest()
+        if got != digest:
+            tmp.unlink(missing_ok=True)
+            raise RunFailure(f"input {get.name!r}: sha256 mismatch (expected {digest}, "
+                             f"got {got}, {n} bytes from {get.url})")
+        os.replace(tmp, dest)
+        self._cache_put(dest, digest)
+        return n
+
+    # ------------------------------------------------------------ outputs
+
+    def upload(self, url: str, path: Path, name: str) -> int:
+        """PUT the file's bytes to ``url``, retrying 5xx/network errors until the deadline.
+
+        Returns bytes uploaded. Raises:
+            RunFailure: a 4xx answer, or still failing at the deadline.
+        """
+        data = path.read_bytes()
+        deadline = time.monotonic() + self.upload_deadline
+        delay = 0.2
+        last = ""
+        while True:
+            try:
+                r = httpx.put(url, content=data, timeout=self.http_timeout,
+                              headers={"Content-Type": "application/octet-stream"})
+                if r.status_code < 300:
+                    return len(data)
+                last = f"HTTP {r.status_code}"
+                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                    raise RunFailure(f"output {name!r}: PUT {url} was refused: {last}")
+            except httpx.HTTPError as e:
+                last = str(e) or type(e).__name__
+            if time.monotonic() + delay > deadline:
+                raise RunFailure(f"output {name!r}: PUT {url} still failing after "
+                                 f"{self.upload_deadline:g} s: {last}")
+            log.warning("output %s: PUT %s failed (%s); retrying in %.1f s", name, url, last,
+                        delay)
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 10.0)
+
+    # ------------------------------------------------------------ execute
+
+    def command(self, spec: RunSpec, workdir: Path) -> list[str]:
+        """The argv to run: ``spec.argv``, or ``interpreter + [script file]``."""
+        if spec.argv:
+            return list(spec.argv)
+        if spec.script is not None:
+            script = workdir / ".continuum-script"
+            script.write_text(spec.script)
+            return [*(spec.interpreter or ["python3"]), str(script)]
+        raise RunFailure("the run has neither argv nor script")
+
+    def environment(self, spec: RunSpec) -> dict[str, str]:
+        """PATH/HOME/LANG from the agent, then ``spec.env``, then the CONTINUUM_* ids."""
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.update(spec.env)
+        env["CONTINUUM_RUN_ID"] = spec.run_id
+        env["CONTINUUM_WORKFLOW_ID"] = spec.workflow_id
+        return env
+
+    def execute(self, spec: RunSpec, report: Report, cancel: threading.Event) -> RunOutcome:
+        """Run ``spec`` to the end; ``report("Running", ...)`` when the process starts.
+
+        The final state is returned (the caller reports it). ``cancel`` set at any time
+        kills the process tree and ends the run as Cancelled.
+        """
+        rundir = self.runs_dir / spec.run_id
+        workdir = rundir / "work"
+        logfile = rundir / "output.log"
+        out = RunOutcome(state="Failed")
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for get in spec.inputs:
+                if cancel.is_set():
+                    return self._finish(out, "Cancelled", "cancelled before start", logfile)
+                out.bytes_in += self.fetch_input(get, workdir)
+            argv = self.command(spec, workdir)
+            if cancel.is_set():
+                return self._finish(out, "Cancelled", "cancelled before start", logfile)
+            with logfile.open("wb") as lf:
+                try:
+                    proc = subprocess.Popen(
+                        argv, cwd=workdir, env=self.environment(spec), stdout=lf,
+                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                except OSError as e:
+                    raise RunFailure(f"cannot start {argv[0]!r}: {e}") from e
+            out.started_at = datetime.now(UTC)
+            log.info("run %s: started pid %d: %s", spec.run_id, proc.pid, argv)
+            report("Running", started_at=out.started_at, bytes_in=out.bytes_in)
+            deadline = (time.monotonic() + spec.timeout_s) if spec.timeout_s else None
+            why = ""
+            while True:
+                try:
+                    proc.wait(timeout=0.05)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if cancel.is_set():
+                    why = "cancel"
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    why = "timeout"
+                    break
+            if why:
+                kill_tree(proc, self.kill_grace)
+            else:
+                # The leader exited; do not leave orphans of the run behind.
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            out.exit_code = proc.returncode
+            out.finished_at = datetime.now(UTC)
+            if why == "cancel":
+                return self._finish(out, "Cancelled", "cancelled on request; process tree "
+                                    "killed", logfile)
+            if why == "timeout":
+                return self._finish(out, "Failed", f"timed out after {spec.timeout_s:g} s; "
+                                    "process tree killed", logfile)
+            if proc.returncode != 0:
+                return self._finish(out, "Failed", f"exited with code {proc.returncode}",
+                                    logfile)
+            for put in spec.outputs:
+                path = safe_join(workdir, put.path)
+                if not path.is_file():
+                    raise RunFailure(f"output {put.name!r}: file {put.path!r} was not "
+                                     "written by the task")
+                digest = sha256_file(path)
+                out.bytes_out += self.upload(put.url, path, put.name)
+                self._cache_put(path, digest)
+                out.outputs.append(OutputDigest(name=put.name, sha256=digest,
+                                                size=path.stat().st_size))
+            return self._finish(out, "Succeeded", "", logfile)
+        except RunFailure as e:
+            log.warning("run %s failed: %s", spec.run_id, e)
+            return self._finish(out, "Failed", str(e), logfile)
+        except Exception as e:  # a bug or an OS error must still end the run
+            log.exception("run %s: unexpected error", spec.run_id)
+            return self._finish(out, "Failed", f"agent error: {type(e).__name__}: {e}",
+                                logfile)
+
+    def _finish(self, out: RunOutcome, state: str, reason: str, logfile: Path) -> RunOutcome:
+        out.state = state
+        out.reason = reason
+        out.finished_at = out.finished_at or datetime.now(UTC)
+        out.output_tail = _tail(logfile)
+        return out
