@@ -197,31 +197,62 @@ class SimAdapter:
             for n in _expand_names(g):
                 self._nodes[n] = g
         self._runs: dict[str, Handle] = {}
-        self._journal = Path(ctx.state_dir) / f"sim-{site.name}.json" if ctx.state_dir else None
+        self._journal = Path(ctx.state_dir) / f"sim-{site.name}.jsonl" if ctx.state_dir else None
         self._load_journal()
 
     # -------------------------------------------------------- journal
 
     def _load_journal(self) -> None:
+        """Replay the append-only journal (one JSON line per put / delete), then compact it."""
         if self._journal is None or not self._journal.exists():
             return
+        lines = 0
         try:
-            items = json.loads(self._journal.read_text())
-            for d in items:
-                h = Handle.from_json(d)
-                self._runs[h.run_id] = h
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("sim site %s: ignoring unreadable journal %s: %s",
+            with self._journal.open() as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    lines += 1
+                    try:
+                        ev = json.loads(line)
+                        if ev["op"] == "put":
+                            h = Handle.from_json(ev["handle"])
+                            self._runs[h.run_id] = h
+                        else:
+                            self._runs.pop(ev["runId"], None)
+                    except (ValueError, KeyError, TypeError) as e:
+                        log.warning("sim site %s: skipping bad journal line in %s: %s",
+                                    self.site.name, self._journal, e)
+        except OSError as e:
+            log.warning("sim site %s: cannot read journal %s: %s", self.site.name, self._journal, e)
+            return
+        if lines > len(self._runs):
+            self._compact_journal()
+
+    def _compact_journal(self) -> None:
+        assert self._journal is not None
+        try:
+            tmp = self._journal.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps({"op": "put", "handle": h.to_json()}) + "\n"
+                                   for h in self._runs.values()))
+            os.replace(tmp, self._journal)
+        except OSError as e:
+            log.warning("sim site %s: cannot compact journal %s: %s",
                         self.site.name, self._journal, e)
 
-    def _save_journal(self) -> None:
+    def _journal_put(self, h: Handle) -> None:
+        self._append({"op": "put", "handle": h.to_json()})
+
+    def _journal_del(self, run_id: str) -> None:
+        self._append({"op": "del", "runId": run_id})
+
+    def _append(self, event: dict[str, Any]) -> None:
         if self._journal is None:
             return
         try:
             self._journal.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._journal.with_suffix(".tmp")
-            tmp.write_text(json.dumps([h.to_json() for h in self._runs.values()]))
-            os.replace(tmp, self._journal)
+            with self._journal.open("a") as f:
+                f.write(json.dumps(event) + "\n")
         except OSError as e:
             log.warning("sim site %s: cannot write journal %s: %s",
                         self.site.name, self._journal, e)
@@ -344,41 +375,40 @@ class SimAdapter:
         h = Handle(site=self.site.name, run_id=request_id, backend_id=f"sim-{request_id}",
                    node=name, data=data)
         self._runs[request_id] = h
-        self._save_journal()
+        self._journal_put(h)
         return h
 
     def status(self, handles: Sequence[Handle]) -> dict[str, RunStatus]:
         now = self.ctx.clock()
         out: dict[str, RunStatus] = {}
-        changed = False
         for given in handles:
-            h = self._runs.get(given.run_id)
-            if h is None:
-                if not _is_sim_handle(given):
-                    continue  # not ours; unknown right now
-                h = Handle.from_json(given.to_json())  # re-adopt (a copy we own)
-                self._runs[h.run_id] = h
-                changed = True
-            out[h.run_id] = self._status(h, now)
-        if changed:
-            self._save_journal()
+            h = self._runs.get(given.run_id) or self._adopt(given)
+            if h is not None:
+                out[h.run_id] = self._status(h, now)
         return out
 
+    def _adopt(self, given: Handle) -> Handle | None:
+        """Take over a handle another instance of this site issued (after a restart)."""
+        if given.site != self.site.name or not _is_sim_handle(given):
+            return None  # not ours: unknown right now
+        h = Handle.from_json(json.loads(json.dumps(given.to_json())))  # a copy we own
+        self._runs[h.run_id] = h
+        self._journal_put(h)
+        return h
+
     def cancel(self, handle: Handle) -> None:
-        h = self._runs.get(handle.run_id)
+        h = self._runs.get(handle.run_id) or self._adopt(handle)
         if h is None:
-            if not _is_sim_handle(handle):
-                return
-            h = Handle.from_json(handle.to_json())
-            self._runs[h.run_id] = h
+            return
         now = self.ctx.clock()
         if h.data.get("cancelledAt") is None and not self._timeline(h.data, now)[0].terminal:
             h.data["cancelledAt"] = now
             handle.data["cancelledAt"] = now  # so a persisted copy re-adopts as Cancelled
-            self._save_journal()
+            self._journal_put(h)
 
     def logs(self, handle: Handle, tail: int = 50) -> str:
-        h = self._runs.get(handle.run_id) or (handle if _is_sim_handle(handle) else None)
+        h = self._runs.get(handle.run_id) or (
+            handle if handle.site == self.site.name and _is_sim_handle(handle) else None)
         if h is None:
             return f"[simulated] run {handle.run_id} is unknown to sim site {self.site.name}"
         lines = self._status(h, self.ctx.clock()).output_tail.splitlines()
@@ -386,7 +416,7 @@ class SimAdapter:
 
     def release(self, handle: Handle) -> None:
         if self._runs.pop(handle.run_id, None) is not None:
-            self._save_journal()
+            self._journal_del(handle.run_id)
 
     def health(self) -> tuple[SiteHealth, str]:
         return SiteHealth.Ready, ""

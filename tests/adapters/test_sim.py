@@ -385,3 +385,24 @@ def test_submit_rejects_impossible_requests(env, node_name, resources):
     a = SimAdapter(site(), ctx)
     with pytest.raises(PermanentError):
         a.submit(trun(task(resources=resources)), node(a, node_name), "r")
+
+
+def test_journal_tolerates_bad_lines_and_compacts(env, tmp_path):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    hs = [a.submit(trun(task(work=7200), f"r{i}"), node(a, "c5-0"), f"r{i}") for i in range(3)]
+    a.release(hs[0])
+    journal = tmp_path / "sim-cloud-test.jsonl"
+    with journal.open("a") as f:
+        f.write("{not json\n")
+    b = SimAdapter(site(), ctx)
+    assert node(b, "c5-0").free.cpu == 14
+    assert len(journal.read_text().splitlines()) == 2  # compacted to the live runs
+
+
+def test_status_answers_only_own_site_handles(env):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    h = a.submit(trun(task()), node(a, "c5-0"), "r")
+    other = Handle.from_json({**h.to_json(), "site": "elsewhere", "runId": "r2"})
+    assert list(a.status([h, other])) == ["r"]
