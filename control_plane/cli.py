@@ -1,0 +1,265 @@
+"""``continuum`` — the command line of the control plane.
+
+Commands that talk to a running control plane take ``--url`` (default
+``$CONTINUUM_URL`` or http://127.0.0.1:8080).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from control_plane import render
+from control_plane.client import ApiError, Client, ConnectionFailed
+
+app = typer.Typer(
+    help="Continuum: one control plane for devices, edge, cloud and HPC.\n\n"
+    "Start with `continuum demo`; run a server with `continuum server`; submit work with "
+    "`continuum submit FILE --watch`.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+get_app = typer.Typer(help="List workflows, runs, nodes, sites or devices.", no_args_is_help=True)
+describe_app = typer.Typer(help="Show one object in full.", no_args_is_help=True)
+app.add_typer(get_app, name="get")
+app.add_typer(describe_app, name="describe")
+
+console = Console()
+err = Console(stderr=True)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="CONTINUUM_URL",
+                                     help="control-plane API URL")]
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+OutOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+
+
+def _client(url: str) -> Client:
+    return Client(url)
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[red]error:[/red] {e}")
+    raise typer.Exit(1)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- server, demo
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="address to listen on", envvar="CONTINUUM_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on", envvar="CONTINUUM_PORT")] = 8080,
+    state_dir: Annotated[Path, typer.Option(help="SQLite database and artifacts",
+                                            envvar="CONTINUUM_STATE_DIR")] = Path("./state"),
+    federation: Annotated[Path | None, typer.Option(
+        help="federation YAML whose sites are registered at start", envvar="CONTINUUM_FEDERATION",
+        exists=True, dir_okay=False)] = None,
+    broker_url: Annotated[str, typer.Option(
+        help="MQTT broker for device sites that name none", envvar="CONTINUUM_BROKER_URL")
+    ] = "mqtt://127.0.0.1:1883",
+    database_url: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL (default: SQLite in the state dir)", envvar="CONTINUUM_DATABASE_URL")
+    ] = None,
+    public_url: Annotated[str | None, typer.Option(
+        help="URL agents use to reach this API for artifacts (default http://HOST:PORT)",
+        envvar="CONTINUUM_PUBLIC_URL")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run the control plane: REST API, reconciler and adapters, until interrupted."""
+    from control_plane.server import run_server
+    from control_plane.settings import Settings
+
+    _setup_logging(log_level)
+    run_server(Settings(host=host, port=port, state_dir=state_dir, federation=federation,
+                        broker_url=broker_url, database_url=database_url, public_url=public_url))
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="leave everything running afterwards (Ctrl-C ends)")] = False,
+    broker: Annotated[str | None, typer.Option(
+        help="use this MQTT broker (mqtt://host:port) instead of the embedded one")] = None,
+    port: Annotated[int, typer.Option(help="API port (0 = any free port)")] = 8080,
+    state_dir: Annotated[Path | None, typer.Option(help="state directory (default: a new temp dir)")] = None,
+    federation: Annotated[Path | None, typer.Option(help="federation YAML")] = None,
+    workflows: Annotated[list[Path] | None, typer.Option(
+        "--workflow", "-w", help="workflow files (default: examples/workflows/*.yaml)")] = None,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 600.0,
+    log_level: Annotated[str, typer.Option(help="log level of the control plane")] = "warning",
+) -> None:
+    """Run the whole continuum on this machine and a real workflow through it.
+
+    Starts the control plane (SQLite), an MQTT broker, two local device agents (a
+    Raspberry-Pi-class and a Jetson-class profile) and the simulated edge, cloud and HPC
+    sites of examples/federation.yaml; submits examples/workflows/*.yaml; shows live
+    progress and every placement with its reasons; exits 0 when all succeeded.
+    """
+    from control_plane.demo import Demo
+
+    _setup_logging(log_level)
+    code = Demo(console=console, keep=keep, broker_url=broker, port=port, state_dir=state_dir,
+                federation=federation, workflows=workflows, timeout=timeout).run()
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- workflows
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="workflow YAML or JSON", exists=True, dir_okay=False)],
+    watch: Annotated[bool, typer.Option(help="follow progress until the workflow ends")] = False,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Submit a workflow; with --watch, show progress and exit non-zero unless it succeeds."""
+    c = _client(url)
+    try:
+        wf = c.submit_file(file)
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
+    console.print(f"workflow [bold]{wf['id']}[/bold] ({wf['name']}) accepted")
+    if not watch:
+        return
+    try:
+        with Live(console=console, refresh_per_second=4) as live:
+            final = c.wait(wf["id"], on_update=lambda w: live.update(render.progress_table([w])))
+    except (ApiError, ConnectionFailed, TimeoutError) as e:
+        _fail(e)
+    console.print(f"workflow {final['id']}: ", render.state(final["state"]), final.get("reason", ""))
+    raise typer.Exit(0 if final["state"] == "Succeeded" else 1)
+
+
+@app.command()
+def cancel(workflow_id: Annotated[str, typer.Argument(help="workflow id")],
+           url: UrlOpt = DEFAULT_URL) -> None:
+    """Cancel a workflow: every run still placed or running is stopped on its backend."""
+    try:
+        wf = _client(url).cancel(workflow_id)
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
+    console.print(f"workflow {wf['id']}: ", render.state(wf["state"]))
+
+
+# ---------------------------------------------------------------- get / describe
+
+
+def _show(data: dict[str, object], table: object, output: Output) -> None:
+    if output == Output.json:
+        console.print_json(json.dumps(data))
+    else:
+        console.print(table)
+
+
+@get_app.command("workflows")
+def get_workflows(state: Annotated[str | None, typer.Option(help="only this state")] = None,
+                  limit: int = 50, url: UrlOpt = DEFAULT_URL,
+                  output: OutOpt = Output.table) -> None:
+    """List workflows, newest first."""
+    try:
+        data = _client(url).workflows(state=state, limit=limit)
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
+    _show(data, render.workflows_table(data["items"]), output)
+
+
+@get_app.command("runs")
+def get_runs(workflow: Annotated[str | None, typer.Option(help="only runs of this workflow")] = None,
+             state: Annotated[str | None, typer.Option(help="only this state")] = None,
+             url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
+    """List runs, newest first."""
+    try:
+        data = _client(url).runs(workflow=workflow, state=state)
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
+    _show(data, render.runs_table(data["items"]), output)
+
+
+@get_app.command("nodes")
+def get_nodes(site: Annotated[str | None, typer.Option(help="only this site")] = None,
+              tier: Annotated[str | None, typer.Option(help="device, edge, cloud or hpc")] = None,
+              url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
+    """List the nodes placement can choose from."""
+    try:
+        data = _client(url).nodes(site=site, tier=tier)
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
+    _show(data, render.nodes_table(data["items"]), output)
+
+
+@get_app.command("sites")
+def get_sites(url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
+    """List the sites of the federation with their health."""
+    try:
+        data = _client(url).sites()
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
+    _show(data, render.sites_table(data["items"]), output)
+
+
+@get_app.command("devices")
+def get_devices(url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
+    """List the device agents with their last telemetry."""
+    try:
+        data = _client(url).devices()
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
+    _show(data, render.devices_table(data["items"]), output)
+
+
+@describe_app.command("run")
+def describe_run(run_id: Annotated[str, typer.Argument(help="run id")],
+                 tail: Annotated[int, typer.Option(help="output lines to show")] = 20,
+                 url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
+    """Explain a run's placement: per-plugin scores, predicted vs observed figures."""
+    try:
+        data = _client(url).run(run_id, tail=tail)
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
+    _show(data, render.explain_run(data), output)
+
+
+@describe_app.command("workflow")
+def describe_workflow(workflow_id: Annotated[str, typer.Argument(help="workflow id")],
+                      url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
+    """A workflow's tasks, runs and events."""
+    try:
+        data = _client(url).workflow(workflow_id)
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
+    if output == Output.json:
+        console.print_json(json.dumps(data))
+        return
+    console.print(render.progress_table([data]))
+    for e in data["events"]:
+        console.print(f"[dim]{e['at'][11:23]}[/dim] {e['type']:<20} {e['message']}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app(prog_name="continuum")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

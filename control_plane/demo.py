@@ -1,0 +1,207 @@
+"""``continuum demo``: the whole continuum on one machine, and real work through it.
+
+What it starts, in this order:
+
+1. an MQTT broker — the embedded amqtt one on a free loopback port, unless
+   ``broker_url`` names an existing broker (the test suite passes a real Mosquitto);
+2. the control plane on 127.0.0.1 with SQLite in a fresh state directory, the sites of
+   ``examples/federation.yaml`` (the simulated edge, cloud and HPC sites, and the
+   device fleet);
+3. two ``continuum-agent`` processes with different device profiles (``pi-camera-1``,
+   a Raspberry Pi 4 profile labelled ``role=camera``; ``jetson-1``, a Jetson Nano
+   profile labelled ``accelerator=nvidia-maxwell``), at the fleet's location.
+
+Then it submits every workflow through the REST API, shows live progress, prints every
+placement with its reasons and predicted vs observed figures, and returns 0 when every
+workflow succeeded.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from continuum.federation import load_federation
+from continuum.model import SiteKind
+from continuum.units import format_bytes, format_duration
+from control_plane import render
+from control_plane.broker import EmbeddedBroker, free_port
+from control_plane.client import TERMINAL_WORKFLOW_STATES, Client
+from control_plane.server import ControlPlane
+from control_plane.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+AGENTS = (
+    {"device_id": "pi-camera-1", "profile": "pi4", "labels": ["role=camera"]},
+    {"device_id": "jetson-1", "profile": "jetson-nano", "labels": ["accelerator=nvidia-maxwell"]},
+)
+
+
+def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Demo:
+    """One demo session; :meth:`run` returns the process exit code."""
+
+    def __init__(self, console: Console, *, keep: bool = False, broker_url: str | None = None,
+                 port: int = 8080, state_dir: Path | None = None, federation: Path | None = None,
+                 workflows: list[Path] | None = None, timeout: float = 600.0):
+        self.console = console
+        self.keep = keep
+        self.broker_url = broker_url
+        self.port = port or free_port()
+        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="continuum-demo-"))
+        self.federation = federation or EXAMPLES / "federation.yaml"
+        self.workflows = workflows or sorted((EXAMPLES / "workflows").glob("*.yaml"))
+        self.timeout = timeout
+        self._agents: list[subprocess.Popen[bytes]] = []
+        self._broker: EmbeddedBroker | None = None
+        self._server: uvicorn.Server | None = None
+        self._cp: ControlPlane | None = None
+
+    # ------------------------------------------------------------ start and stop
+
+    def _start(self) -> Client:
+        say = self.console.print
+        if self.broker_url is None:
+            self._broker = EmbeddedBroker()
+            self._broker.start()
+            self.broker_url = self._broker.url
+            say(f"[bold]broker[/bold]        embedded amqtt on {self.broker_url}")
+        else:
+            say(f"[bold]broker[/bold]        {self.broker_url}")
+        fed = load_federation(self.federation)
+        settings = Settings(state_dir=self.state_dir, port=self.port, broker_url=self.broker_url,
+                            reconcile_interval_s=0.5, inventory_interval_s=1.0)
+        self._cp = ControlPlane(settings, fed)
+        self._cp.start()
+        config = uvicorn.Config(self._cp.app, host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        threading.Thread(target=self._server.run, name="api", daemon=True).start()
+        client = Client(f"http://127.0.0.1:{self.port}")
+        _wait(client.ready, 30, "the control plane API")
+        say(f"[bold]control plane[/bold] http://127.0.0.1:{self.port}  (API docs /docs, "
+            f"state {self.state_dir})")
+        fleet = next(s for s in fed.spec.sites if s.kind == SiteKind.devices)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        for a in AGENTS:
+            cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--device-id", a["device_id"],
+                   "--broker", self.broker_url, "--profile", a["profile"],
+                   "--location", fleet.location or "", "--telemetry-interval", "2",
+                   "--state-dir", str(self.state_dir / "agents" / a["device_id"])]
+            for label in a["labels"]:
+                cmd += ["--label", label]
+            log = open(self.state_dir / f"agent-{a['device_id']}.log", "wb")  # noqa: SIM115
+            self._agents.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+            say(f"[bold]agent[/bold]         {a['device_id']} (profile {a['profile']}, "
+                f"{' '.join(a['labels'])}) pid {self._agents[-1].pid}")
+
+        def agents_online() -> bool:
+            for p in self._agents:
+                if p.poll() is not None:
+                    raise RuntimeError(f"agent pid {p.pid} exited with {p.returncode}; "
+                                       f"see {self.state_dir}/agent-*.log")
+            nodes = client.nodes(site=fleet.name)["items"]
+            return sum(1 for n in nodes if n.get("ready")) >= len(AGENTS)
+
+        _wait(agents_online, 60, "both device agents to come online")
+        self.console.print(render.sites_table(client.sites()["items"]))
+        self.console.print(render.nodes_table(client.nodes()["items"]))
+        return client
+
+    def stop(self) -> None:
+        for p in self._agents:
+            if p.poll() is None:
+                p.terminate()
+        for p in self._agents:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._cp is not None:
+            self._cp.stop()
+        if self._broker is not None:
+            self._broker.stop()
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> int:
+        try:
+            client = self._start()
+            ids = []
+            for path in self.workflows:
+                wf = client.submit_file(path)
+                ids.append(wf["id"])
+                self.console.print(f"submitted [bold]{path.name}[/bold] → workflow {wf['id']}")
+            deadline = time.monotonic() + self.timeout
+            with Live(console=self.console, refresh_per_second=4, transient=False) as live:
+                while True:
+                    wfs = [client.workflow(i) for i in ids]
+                    live.update(render.progress_table(wfs))
+                    if all(w["state"] in TERMINAL_WORKFLOW_STATES for w in wfs):
+                        break
+                    if time.monotonic() > deadline:
+                        self.console.print(f"[red]timed out after {self.timeout:.0f}s[/red]")
+                        break
+                    time.sleep(0.5)
+            for wf in wfs:
+                self._report(wf)
+            ok = all(w["state"] == "Succeeded" for w in wfs)
+            self.console.print(("[green]all workflows succeeded[/green]" if ok
+                                else "[red]some workflows did not succeed[/red]"))
+            if self.keep:
+                self.console.print(f"everything stays up: http://127.0.0.1:{self.port}/docs — "
+                                   "Ctrl-C to stop")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
+            return 0 if ok else 1
+        except (RuntimeError, TimeoutError) as e:
+            self.console.print(f"[red]demo failed:[/red] {e}")
+            return 1
+        finally:
+            self.stop()
+
+    def _report(self, wf: dict[str, Any]) -> None:
+        t = Table(title=f"Placements of {wf['name']} ({wf['id']}): {wf['state']}")
+        for c in ("task", "node", "tier", "why", "pred. runtime", "obs. runtime", "pred. energy",
+                  "obs. energy", "bytes moved", "state"):
+            t.add_column(c)
+        for r in wf["runs"]:
+            p = r.get("placement") or {}
+            pred, obs = p.get("predicted", {}), r.get("observed", {})
+            t.add_row(r["task"], (r.get("node") or "") + (" [sim]" if r.get("simulated") else ""),
+                      p.get("tier", ""), "; ".join(p.get("reasons", []))[:90],
+                      format_duration(pred["runtimeS"]) if pred.get("runtimeS") is not None else "-",
+                      format_duration(obs["runtimeS"]) if obs.get("runtimeS") is not None else "-",
+                      f"{pred.get('energyJ', 0):.3g} J",
+                      f"{obs['energyJ']:.3g} J" if obs.get("energyJ") is not None else "-",
+                      format_bytes(obs.get("bytesIn", 0) + obs.get("bytesOut", 0)),
+                      render.state(r["state"]))
+        self.console.print(t)
+        if wf["state"] != "Succeeded":
+            self.console.print(f"[red]{wf['name']}: {wf.get('reason')}[/red]")

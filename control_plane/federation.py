@@ -1,0 +1,183 @@
+"""The federation at run time: one adapter per site, their inventories and health.
+
+Sites are persisted in the store; at start every stored site gets its adapter back,
+so a restarted control plane sees the same federation. Inventories are refreshed per
+site at most every ``inventory_interval_s``; a site whose inventory call fails keeps
+its last nodes (marked not ready) and shows Unreachable with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from adapters import base as adapters
+from adapters.base import Adapter, AdapterContext
+from continuum.errors import AdapterError, AuthError, Conflict, NotFound
+from continuum.model import Node, SiteHealth, SiteKind, SiteSpec
+from control_plane.settings import Settings
+from control_plane.store import SiteRow, Store
+from monitoring.metrics import ControlPlaneMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteRuntime:
+    """A registered site and what the control plane knows of it now."""
+
+    spec: SiteSpec
+    adapter: Adapter
+    draining: bool = False
+    health: SiteHealth = SiteHealth.Ready
+    message: str = ""
+    nodes: list[Node] = field(default_factory=list)
+    inventory_at: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        health = SiteHealth.Draining if self.draining else self.health
+        return {**self.spec.wire(), "health": health.value, "message": self.message,
+                "nodes": len(self.nodes),
+                "simulated": bool(self.nodes) and all(n.simulated for n in self.nodes)}
+
+
+class Federation:
+    """Sites, adapters and the merged node inventory. Thread-safe."""
+
+    def __init__(self, store: Store, ctx: AdapterContext, settings: Settings,
+                 metrics: ControlPlaneMetrics):
+        self.store = store
+        self.ctx = ctx
+        self.settings = settings
+        self.metrics = metrics
+        self._sites: dict[str, SiteRuntime] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------ registration
+
+    def _effective(self, spec: SiteSpec) -> SiteSpec:
+        if spec.kind == SiteKind.devices and "broker" not in spec.config:
+            return spec.model_copy(update={"config": {**spec.config,
+                                                      "broker": self.settings.broker_url}})
+        return spec
+
+    def load(self) -> None:
+        """Re-create the adapter of every stored site (at start)."""
+        with self.store.session() as s:
+            rows = s.scalars(select(SiteRow)).all()
+            specs = [(SiteSpec.model_validate(r.spec), r.draining) for r in rows]
+        for spec, draining in specs:
+            try:
+                rt = SiteRuntime(spec=spec, adapter=adapters.create(self._effective(spec), self.ctx),
+                                 draining=draining)
+            except AdapterError as e:
+                log.error("site %s: cannot start its adapter: %s", spec.name, e)
+                continue
+            with self._lock:
+                self._sites[spec.name] = rt
+
+    def register(self, spec: SiteSpec, *, exist_ok: bool = False) -> SiteRuntime:
+        """Create the site's adapter, check it, persist it.
+
+        Raises:
+            Conflict: a site of that name exists (unless ``exist_ok``).
+            AdapterError: the adapter could not be created or its first inventory failed.
+        """
+        with self._lock:
+            if spec.name in self._sites:
+                if exist_ok:
+                    return self._sites[spec.name]
+                raise Conflict(f"site {spec.name!r} is already registered; remove it first "
+                               "or choose another name")
+        adapter = adapters.create(self._effective(spec), self.ctx)
+        rt = SiteRuntime(spec=spec, adapter=adapter)
+        self._refresh_site(rt, time.time())
+        if rt.health == SiteHealth.Unreachable and spec.kind != SiteKind.devices:
+            adapter.close()
+            raise AdapterError(rt.message, site=spec.name)
+        with self.store.session() as s:
+            if s.get(SiteRow, spec.name) is None:
+                s.add(SiteRow(name=spec.name, kind=spec.kind.value, spec=spec.wire()))
+        with self._lock:
+            self._sites[spec.name] = rt
+        log.info("site %s (%s) registered: %s, %d nodes", spec.name, spec.kind.value,
+                 rt.health.value, len(rt.nodes))
+        return rt
+
+    # ------------------------------------------------------------ lookup
+
+    def sites(self) -> list[SiteRuntime]:
+        with self._lock:
+            return list(self._sites.values())
+
+    def site(self, name: str) -> SiteRuntime:
+        with self._lock:
+            try:
+                return self._sites[name]
+            except KeyError:
+                raise NotFound(f"site {name!r} is not registered") from None
+
+    def get_adapter(self, name: str) -> Adapter | None:
+        with self._lock:
+            rt = self._sites.get(name)
+            return rt.adapter if rt else None
+
+    def nodes(self) -> list[Node]:
+        """Every known node of every site."""
+        return [n for rt in self.sites() for n in rt.nodes]
+
+    def placeable_nodes(self) -> list[Node]:
+        """Nodes of sites that take new work (not draining, not unreachable) and are ready."""
+        return [n for rt in self.sites()
+                if not rt.draining and rt.health != SiteHealth.Unreachable
+                for n in rt.nodes if n.ready]
+
+    def node(self, node_id: str) -> Node | None:
+        site = node_id.split("/", 1)[0]
+        with self._lock:
+            rt = self._sites.get(site)
+        return next((n for n in rt.nodes if n.id == node_id), None) if rt else None
+
+    # ------------------------------------------------------------ refresh
+
+    def refresh(self, now: float, *, force: bool = False) -> None:
+        """Refresh inventories older than the interval (all of them with ``force``)."""
+        for rt in self.sites():
+            if force or now - rt.inventory_at >= self.settings.inventory_interval_s:
+                self._refresh_site(rt, now)
+
+    def _refresh_site(self, rt: SiteRuntime, now: float) -> None:
+        try:
+            nodes = rt.adapter.inventory()
+            health, message = rt.adapter.health()
+        except AuthError as e:
+            health, message, nodes = SiteHealth.Unreachable, f"credentials rejected: {e.message}", None
+        except AdapterError as e:
+            health, message, nodes = SiteHealth.Unreachable, e.message, None
+        except Exception as e:  # an adapter bug must not stop the loop
+            log.exception("site %s: inventory failed", rt.spec.name)
+            health, message, nodes = SiteHealth.Unreachable, f"inventory failed: {e!r}", None
+        if nodes is None:
+            nodes = [n.model_copy(update={"ready": False}) for n in rt.nodes]
+        if (health, message) != (rt.health, rt.message):
+            log.info("site %s: %s %s", rt.spec.name, health.value, message)
+        rt.nodes, rt.health, rt.message, rt.inventory_at = nodes, health, message, now
+        self.metrics.site_up.labels(rt.spec.name, rt.spec.kind.value).set(
+            0 if health == SiteHealth.Unreachable else 1)
+        tiers: dict[str, int] = {}
+        for n in nodes:
+            tiers[n.tier.value] = tiers.get(n.tier.value, 0) + 1
+        for tier, count in tiers.items():
+            self.metrics.nodes.labels(rt.spec.name, tier).set(count)
+
+    def close(self) -> None:
+        for rt in self.sites():
+            try:
+                rt.adapter.close()
+            except Exception:
+                log.exception("site %s: close failed", rt.spec.name)

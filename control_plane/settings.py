@@ -1,0 +1,68 @@
+"""Control-plane settings, from flags, environment (``CONTINUUM_*``) or defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTINUUM_", extra="ignore")
+
+    state_dir: Path = Field(
+        default=Path("./state"),
+        description="where the SQLite database and the kept artifacts live",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///<state_dir>/continuum.db. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    host: str = Field(default="127.0.0.1", description="address the API listens on")
+    port: int = Field(default=8080, description="port the API listens on")
+    public_url: str | None = Field(
+        default=None,
+        description="URL agents use to reach this API (artifact fetch/upload); "
+        "default http://<host>:<port>",
+    )
+    broker_url: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="MQTT broker for device sites that do not name their own",
+    )
+    federation: Path | None = Field(
+        default=None, description="federation YAML whose sites are registered at start"
+    )
+    reconcile_interval_s: float = Field(
+        default=1.0, description="longest pause between reconcile cycles (s); events wake it sooner"
+    )
+    inventory_interval_s: float = Field(
+        default=2.0, description="how often each site's inventory is refreshed (s)"
+    )
+    retry_backoff_s: float = Field(
+        default=2.0, description="first retry delay of a failed task (s); doubles per attempt"
+    )
+    retry_backoff_max_s: float = Field(default=60.0, description="cap of the retry delay (s)")
+    dispatch_deadline_s: float = Field(
+        default=60.0,
+        description="a placed run its backend keeps refusing for this long is failed and re-placed (s)",
+    )
+    control_plane_location: str = Field(
+        default="control-plane",
+        description="location name of this control plane (where artifacts are kept)",
+    )
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.state_dir / 'continuum.db').resolve()}"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    @property
+    def api_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -1,0 +1,196 @@
+"""Parsing and checking of submitted workflow documents.
+
+:func:`parse_document` turns a JSON or YAML body into a
+:class:`~continuum.model.WorkflowDocument`; :func:`check_workflow` finds what the
+schema cannot: duplicate and unknown task names, dependency cycles (named), inputs no
+task produces, unknown datasets, and tasks no node of the federation could ever hold.
+Every problem is a :class:`~continuum.errors.Problem` naming the field and the fix.
+
+A task that reads another task's output depends on it, whether or not ``dependsOn``
+says so: :func:`effective_dependencies` adds that edge.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from continuum.errors import Problem, ValidationFailed
+from continuum.model import Node, WorkflowDocument
+from placement import never_fits
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+def parse_body(body: bytes, content_type: str | None) -> Any:
+    """Decode a request body as JSON or YAML (by ``Content-Type``; JSON when absent).
+
+    Raises:
+        ValidationFailed: the body is empty or not valid JSON/YAML (with line and column).
+    """
+    ctype = (content_type or "application/json").split(";")[0].strip().lower()
+    if not body.strip():
+        raise ValidationFailed([Problem(["body"], "the request body is empty; send a "
+                                        "Workflow document as JSON or YAML", "empty_body")])
+    if ctype in YAML_TYPES:
+        try:
+            return yaml.safe_load(body)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValidationFailed([Problem(["body"], f"the body is not valid YAML{where}: "
+                                            f"{getattr(e, 'problem', e)}", "yaml_invalid")]) from e
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as e:
+        hint = (" (to send YAML, set Content-Type: application/yaml)"
+                if ctype == "application/json" else "")
+        raise ValidationFailed([Problem(["body"], f"the body is not valid JSON at line {e.lineno}, "
+                                        f"column {e.colno}: {e.msg}{hint}", "json_invalid")]) from e
+
+
+def pydantic_problems(e: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
+    """Translate pydantic errors into problems with a fix in each message."""
+    problems = []
+    for err in e.errors():
+        loc = [*prefix, *err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = (f"unknown field {str(err['loc'][-1])!r}: remove it or check its spelling "
+                   "(field names are camelCase, see docs/workflows.md)")
+        elif err["type"] == "missing":
+            msg = f"field {str(err['loc'][-1])!r} is required"
+        elif err["type"] == "literal_error" and err["loc"] and err["loc"][-1] in ("apiVersion", "kind"):
+            msg = f"{err['loc'][-1]} must be {err['ctx']['expected']}, got {err['input']!r}"
+        problems.append(Problem(loc, msg, err["type"]))
+    return problems
+
+
+def parse_document(body: bytes, content_type: str | None) -> WorkflowDocument:
+    """Parse and schema-check a workflow body.
+
+    Raises:
+        ValidationFailed: with one problem per wrong field.
+    """
+    data = parse_body(body, content_type)
+    if not isinstance(data, dict):
+        raise ValidationFailed([Problem(["body"], "the body must be a Workflow object "
+                                        "(apiVersion, kind, metadata, spec)", "not_an_object")])
+    try:
+        return WorkflowDocument.model_validate(data)
+    except ValidationError as e:
+        raise ValidationFailed(pydantic_problems(e)) from e
+
+
+def producers(doc: WorkflowDocument) -> dict[str, str]:
+    """Artifact name → name of the task that outputs it."""
+    return {o.name: t.name for t in doc.spec.tasks for o in t.outputs}
+
+
+def effective_dependencies(doc: WorkflowDocument) -> dict[str, list[str]]:
+    """Task name → the tasks it waits for: ``dependsOn`` plus producers of its inputs."""
+    made_by = producers(doc)
+    deps: dict[str, list[str]] = {}
+    for t in doc.spec.tasks:
+        d = list(dict.fromkeys(t.depends_on))
+        for i in t.inputs:
+            p = made_by.get(i.name)
+            if p is not None and p not in d and p != t.name:
+                d.append(p)
+        deps[t.name] = d
+    return deps
+
+
+def _find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as a list of task names (first repeated at the end), or None."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(deps, white)
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        colour[n] = grey
+        stack.append(n)
+        for m in deps.get(n, []):
+            if m not in colour:
+                continue
+            if colour[m] == grey:
+                return [*stack[stack.index(m):], m]
+            if colour[m] == white and (c := visit(m)):
+                return c
+        stack.pop()
+        colour[n] = black
+        return None
+
+    for n in deps:
+        if colour[n] == white and (c := visit(n)):
+            return c
+    return None
+
+
+def check_workflow(doc: WorkflowDocument, nodes: list[Node]) -> None:
+    """Check what the schema cannot; ``nodes`` is the federation's current inventory.
+
+    Raises:
+        ValidationFailed: with every problem found.
+    """
+    problems: list[Problem] = []
+    tasks = doc.spec.tasks
+    names = [t.name for t in tasks]
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tasks):
+        if t.name in seen:
+            problems.append(Problem(["spec", "tasks", i, "name"],
+                                    f"task name {t.name!r} is used twice (tasks {seen[t.name]} "
+                                    f"and {i}); give each task a unique name", "duplicate_task"))
+        seen.setdefault(t.name, i)
+    known = set(names)
+    made_by: dict[str, str] = {}
+    for i, t in enumerate(tasks):
+        for j, o in enumerate(t.outputs):
+            if o.name in made_by:
+                problems.append(Problem(["spec", "tasks", i, "outputs", j, "name"],
+                                        f"artifact {o.name!r} is already an output of task "
+                                        f"{made_by[o.name]!r}; output names must be unique "
+                                        "within a workflow", "duplicate_output"))
+            made_by.setdefault(o.name, t.name)
+    datasets = {d.name for d in doc.spec.datasets}
+    for i, t in enumerate(tasks):
+        for j, dep in enumerate(t.depends_on):
+            if dep not in known:
+                problems.append(Problem(["spec", "tasks", i, "dependsOn", j],
+                                        f"task {t.name!r} depends on {dep!r}, which is not a task "
+                                        f"of this workflow (tasks: {', '.join(names)})",
+                                        "unknown_dependency"))
+        for j, inp in enumerate(t.inputs):
+            if inp.name not in made_by:
+                outs = ", ".join(sorted(made_by)) or "none"
+                problems.append(Problem(["spec", "tasks", i, "inputs", j, "name"],
+                                        f"input {inp.name!r} of task {t.name!r} is not an output "
+                                        f"of any task (declared outputs: {outs})",
+                                        "unknown_input"))
+        for j, ds in enumerate(t.datasets):
+            if ds not in datasets:
+                problems.append(Problem(["spec", "tasks", i, "datasets", j],
+                                        f"dataset {ds!r} is not declared in spec.datasets "
+                                        f"(declared: {', '.join(sorted(datasets)) or 'none'})",
+                                        "unknown_dataset"))
+    cycle = _find_cycle(effective_dependencies(doc))
+    if cycle:
+        i = names.index(cycle[0])
+        problems.append(Problem(["spec", "tasks", i, "dependsOn"],
+                                f"dependency cycle {' → '.join(cycle)}: remove one of these "
+                                "dependencies (an input counts as a dependency on its producer)",
+                                "dependency_cycle"))
+    if nodes:
+        for i, t in enumerate(tasks):
+            why = never_fits(t, nodes)
+            if why:
+                problems.append(Problem(["spec", "tasks", i, "resources"],
+                                        f"task {t.name!r} can never be placed: {why}; lower the "
+                                        "request or register a site with larger nodes",
+                                        "unsatisfiable_resources"))
+    if problems:
+        raise ValidationFailed(problems)
