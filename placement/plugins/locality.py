@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from placement import fmt
+from placement.framework import Term
 from placement.predict import CycleState, predictions
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ class DataLocality:
     """Score: predicted input transfer time (s), lower is better."""
 
     name = NAME
-    term = "data"
+    term: Term = "data"
     lower_is_better = True
     floor = 1.0
     """s: a second of transfer is the unit that matters next to runtimes."""

@@ -76,7 +76,7 @@ def request(t: Task, key: str = "run-1", sources: list[DataSource] | None = None
 
 
 def network() -> StaticNetwork:
-    """munich–frankfurt 6 ms / 1 Gbit/s; munich–camera-1 2 ms / 100 Mbit/s; else 50 ms / 50 Mbit/s."""
+    """munich–frankfurt 6 ms, 1 Gbit/s; munich–camera-1 2 ms, 100 Mbit/s; else 50 ms, 50 Mbit/s."""
     return (StaticNetwork()
             .add("munich", "frankfurt", 6.0, 1e9)
             .add("munich", "camera-1", 2.0, 100e6))
