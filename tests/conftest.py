@@ -1,0 +1,157 @@
+"""Shared fixtures: a real Mosquitto broker, ``continuum-agent`` subprocesses, artifacts.
+
+* ``mosquitto`` (session): a private Mosquitto started by ``deploy/dev/mosquitto.sh`` on a
+  free loopback port; ``.host``, ``.port``, ``.url``, ``.stop()``, ``.start()``,
+  ``.restart()`` (same port, so clients reconnect to it).
+* ``agents`` (function): ``agents.spawn(device_id, *args)`` starts
+  ``python -m edge_agent.cli run`` against the broker; every agent is killed at teardown.
+* ``observer`` (function): a :class:`tests.helpers.Observer` on the broker.
+* ``artifacts`` (function): a :class:`tests.helpers.ArtifactServer` (GET inputs, PUT outputs).
+
+Wait on conditions with :func:`tests.helpers.wait_for`, never with a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ArtifactServer, Observer
+
+REPO = Path(__file__).resolve().parent.parent
+MOSQUITTO_SH = REPO / "deploy" / "dev" / "mosquitto.sh"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Mosquitto:
+    """A Mosquitto broker on 127.0.0.1:``port``, controlled through ``mosquitto.sh``."""
+
+    dir: Path
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        r = subprocess.run([str(MOSQUITTO_SH), "start", str(self.dir), str(self.port)],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"could not start Mosquitto on port {self.port} with "
+                               f"{MOSQUITTO_SH}: {r.stderr.strip() or r.stdout.strip()}")
+
+    def stop(self) -> None:
+        subprocess.run([str(MOSQUITTO_SH), "stop", str(self.dir)], capture_output=True,
+                       text=True, timeout=30, check=False)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A real Mosquitto for the test session (fails with the script's reason if it can't)."""
+    broker = Mosquitto(dir=tmp_path_factory.mktemp("mosquitto"), port=free_port())
+    try:
+        broker.start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield broker
+    broker.stop()
+
+
+@dataclass
+class AgentProcess:
+    """One ``continuum-agent`` subprocess; its combined output goes to ``log_path``."""
+
+    device_id: str
+    state_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait; SIGKILL if it lingers. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return int(self.proc.returncode)
+
+
+@dataclass
+class AgentFactory:
+    broker: Mosquitto
+    tmp: Path
+    spawned: list[AgentProcess] = field(default_factory=list)
+
+    def spawn(self, device_id: str | None = None, *args: str, state_dir: Path | None = None,
+              telemetry_interval: float = 0.5) -> AgentProcess:
+        """Start an agent (``python -m edge_agent.cli run``) with extra CLI ``args``."""
+        device_id = device_id or f"dev-{uuid.uuid4().hex[:8]}"
+        state_dir = state_dir or self.tmp / f"agent-{device_id}"
+        log_path = self.tmp / f"agent-{device_id}-{len(self.spawned)}.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "edge_agent.cli", "run", "--broker", self.broker.url,
+                "--device-id", device_id, "--state-dir", str(state_dir),
+                "--telemetry-interval", str(telemetry_interval), "--kill-grace", "1",
+                "--reconnect-max", "1", "--log-level", "INFO", *args]
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        agent = AgentProcess(device_id, state_dir, log_path, proc)
+        self.spawned.append(agent)
+        return agent
+
+    def close(self) -> None:
+        for a in self.spawned:
+            if a.proc.poll() is None:
+                a.proc.kill()
+                a.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def agents(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[AgentFactory]:
+    """Spawns ``continuum-agent`` subprocesses; all are killed at teardown."""
+    factory = AgentFactory(mosquitto, tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def observer(mosquitto: Mosquitto) -> Iterator[Observer]:
+    """An MQTT client recording every protocol message on the broker."""
+    obs = Observer(mosquitto.host, mosquitto.port)
+    yield obs
+    obs.close()
+
+
+@pytest.fixture
+def artifacts() -> Iterator[ArtifactServer]:
+    """A loopback HTTP server for artifact GETs (inputs) and PUTs (outputs)."""
+    server = ArtifactServer().start()
+    yield server
+    server.stop()
