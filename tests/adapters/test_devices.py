@@ -1,0 +1,215 @@
+"""The devices adapter end to end: a real Mosquitto and a real agent subprocess.
+
+Aspects: inventory (profile figures, readiness, telemetry, free resources), health,
+submit → status through the one state table, cancel, logs, release (clears the retained
+run message), re-adoption by a fresh adapter from retained messages, rogue payloads
+(counted and ignored), typed errors (offline device, unreachable broker, bad config),
+registration for site kind ``devices``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters import base
+from adapters.base import AdapterContext, ArtifactOut, Handle, TaskRun
+from adapters.devices import RUN_STATE_TABLE, DevicesAdapter
+from continuum.errors import PermanentError, TransientError
+from continuum.model import Resources, RunState, SiteHealth, SiteKind, SiteSpec, Task
+from edge_agent.protocol import Telemetry, encode, topic
+from tests.conftest import free_port
+from tests.helpers import ArtifactServer, wait_for
+
+PY = sys.executable
+
+
+class _NoArtifacts:
+    def put_bytes(self, workflow_id: str, name: str, data: bytes, *, simulated: bool = False):  # type: ignore[no-untyped-def]
+        raise AssertionError("the devices adapter must not store artifacts in-process")
+
+    def record(self, workflow_id: str, name: str) -> None:
+        return None
+
+
+class Wakes:
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+def make_adapter(url: str, tmp: Path, wake: Wakes | None = None, **config: Any) -> DevicesAdapter:
+    site = SiteSpec(name="fleet", kind=SiteKind.devices, config={"broker": url, **config})
+    ctx = AdapterContext(artifacts=_NoArtifacts(), state_dir=tmp, wake=wake or Wakes())
+    return DevicesAdapter(site, ctx)
+
+
+@pytest.fixture
+def wakes() -> Wakes:
+    return Wakes()
+
+
+@pytest.fixture
+def adapter(mosquitto, tmp_path, wakes) -> Iterator[DevicesAdapter]:  # type: ignore[no-untyped-def]
+    a = make_adapter(mosquitto.url, tmp_path, wakes, offlineAfter=10)
+    wait_for(lambda: a.connected, 10, message="adapter connected")
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def device(agents, adapter):  # type: ignore[no-untyped-def]
+    """A pi4-profile agent that the adapter sees as ready."""
+    ag = agents.spawn(None, "--profile", "pi4", "--location", "lab-1")
+    wait_for(lambda: any(n.name == ag.device_id and n.ready and n.utilisation is not None
+                         for n in adapter.inventory()), 15,
+             message=lambda: f"device ready in inventory; agent log:\n{ag.logs()}")
+    return ag
+
+
+def node_of(adapter: DevicesAdapter, device_id: str):  # type: ignore[no-untyped-def]
+    return next(n for n in adapter.inventory() if n.name == device_id)
+
+
+def task_run(run_id: str, **task: Any) -> TaskRun:
+    return TaskRun(run_id=run_id, workflow_id="wf-1", workflow_name="wf", task=Task(**task))
+
+
+def test_registered_for_devices_kind() -> None:
+    assert base._REGISTRY[SiteKind.devices] is not None
+
+
+def test_state_table_covers_every_agent_phase() -> None:
+    assert RUN_STATE_TABLE == {
+        "Accepted": RunState.Dispatched, "Running": RunState.Running,
+        "Succeeded": RunState.Succeeded, "Failed": RunState.Failed,
+        "Cancelled": RunState.Cancelled,
+    }
+
+
+def test_inventory_and_health(adapter, device, wakes) -> None:  # type: ignore[no-untyped-def]
+    n = node_of(adapter, device.device_id)
+    assert n.id == f"fleet/{device.device_id}" and n.site == "fleet"
+    assert n.site_kind == SiteKind.devices and n.tier.value == "device"
+    assert (n.capacity.cpu, n.capacity.memory, n.arch) == (4, 4 * 2**30, "aarch64")
+    assert n.allocatable == n.capacity and n.free is not None and n.free.cpu == 4
+    assert (n.power.idle_watts, n.power.max_watts, n.speed) == (2.7, 6.4, 0.35)
+    assert n.location == "lab-1" and n.labels["continuum.io/emulated"] == "true"
+    assert n.ready and 0 <= (n.utilisation or 0) <= 1 and n.power_watts is not None
+    assert n.observed_at is not None
+    assert adapter.health() == (SiteHealth.Ready, "")
+    assert wakes.count >= 1
+    [d] = [d for d in adapter.devices() if d["deviceId"] == device.device_id]
+    assert d["online"] and d["hello"]["profile"] == "pi4" and d["telemetry"]["cpu_percent"] >= 0
+
+
+def test_submit_status_logs_release(adapter, device, mosquitto, observer, artifacts: ArtifactServer,  # type: ignore[no-untyped-def]
+                                    tmp_path) -> None:
+    go = tmp_path / "go"
+    node = node_of(adapter, device.device_id)
+    run = task_run("run-ok-1", name="count", script={"interpreter": [PY], "source": (
+        "import os, time\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.05)\n"
+        "open('out.txt', 'w').write('42')\nprint('line1')\nprint('line2')\n")},
+        resources=Resources(cpu=3, memory=2**30))
+    run.outputs = [ArtifactOut(name="answer", path="out.txt", url=artifacts.url("up/answer"))]
+    h = adapter.submit(run, node, "run-ok-1")
+    assert (h.site, h.run_id, h.backend_id, h.node) == ("fleet", "run-ok-1", "run-ok-1", node.id)
+    assert h.data == {"device": device.device_id}
+    assert adapter.submit(run, node, "run-ok-1") == h  # idempotent by request id
+
+    wait_for(lambda: adapter.status([h]).get("run-ok-1", None) and
+             adapter.status([h])["run-ok-1"].state == RunState.Running, 10, message="Running")
+    assert node_of(adapter, device.device_id).free.cpu == 1  # 4 - 3 cores dispatched
+    go.touch()
+    st = wait_for(lambda: (s := adapter.status([h]).get("run-ok-1")) and s.state.terminal and s,
+                  10, message="terminal status")
+    assert st.state == RunState.Succeeded and st.exit_code == 0, st.reason
+    assert [(o.name, o.size) for o in st.outputs] == [("answer", 2)] and st.bytes_out == 2
+    assert artifacts.uploads["/up/answer"] == b"42"
+    assert st.started_at is not None and st.finished_at is not None
+    assert node_of(adapter, device.device_id).free.cpu == 4
+    assert adapter.logs(h, tail=1) == "line2"
+
+    # A fresh adapter (a restarted control plane) re-adopts the run from retained messages.
+    other = make_adapter(mosquitto.url, tmp_path)
+    try:
+        wait_for(lambda: "run-ok-1" in other.status([Handle.from_json(h.to_json())]), 10,
+                 message="re-adopted status")
+    finally:
+        other.close()
+
+    adapter.release(h)
+    wait_for(lambda: observer.latest(topic(device.device_id, "runs/run-ok-1")) == b"", 10,
+             message="retained run message cleared")
+    assert "run-ok-1" not in adapter.status([h])
+
+
+def test_failure_and_cancel(adapter, device) -> None:  # type: ignore[no-untyped-def]
+    node = node_of(adapter, device.device_id)
+    hf = adapter.submit(task_run("run-fail", name="f", command=["sh", "-c", "exit 3"]), node,
+                        "run-fail")
+    hc = adapter.submit(task_run("run-cancel", name="c", command=["sleep", "60"]), node,
+                        "run-cancel")
+    wait_for(lambda: (s := adapter.status([hc]).get("run-cancel")) and
+             s.state == RunState.Running, 10, message="run-cancel running")
+    adapter.cancel(hc)
+    got = wait_for(lambda: (s := adapter.status([hf, hc])) and len(s) == 2 and
+                   all(x.state.terminal for x in s.values()) and s, 10, message="both terminal")
+    assert (got["run-fail"].state, got["run-fail"].exit_code) == (RunState.Failed, 3)
+    assert got["run-cancel"].state == RunState.Cancelled
+
+
+ROGUE = [
+    # id, topic device, payload, reason counted
+    ("garbage", "rogue-1", b"\x00\xffnot json", "payload is not UTF-8 JSON"),
+    ("wrong-version", "rogue-1", json.dumps({"v": 9}).encode(), "protocol version 9"),
+    ("device-mismatch", "rogue-1", None, "device id mismatch"),
+]
+
+
+def test_rogue_payloads_are_counted_and_ignored(adapter, device, observer) -> None:  # type: ignore[no-untyped-def]
+    before = adapter.malformed
+    for _, dev, payload, _ in ROGUE:
+        if payload is None:  # a well-formed telemetry claiming another device
+            payload = encode(Telemetry(device_id=device.device_id, cpu_percent=1,
+                                       memory_used=1, memory_total=2, load1=0,
+                                       power_watts=1))
+        observer.client.publish(topic(dev, "telemetry"), payload, qos=1).wait_for_publish(5)
+    wait_for(lambda: adapter.malformed >= before + len(ROGUE), 5,
+             message=lambda: f"rogue payloads counted ({adapter.malformed_by_reason})")
+    for _, _, _, reason in ROGUE:
+        assert any(reason in k for k in adapter.malformed_by_reason), reason
+    assert [n.name for n in adapter.inventory()].count("rogue-1") == 0
+    assert node_of(adapter, device.device_id).ready
+
+
+def test_typed_errors(mosquitto, tmp_path, adapter, device) -> None:  # type: ignore[no-untyped-def]
+    node = node_of(adapter, device.device_id)
+    offline = node.model_copy(update={"name": "no-such-device", "id": "fleet/no-such-device"})
+    with pytest.raises(TransientError, match="offline"):
+        adapter.submit(task_run("r-x", name="x", command=["true"]), offline, "r-x")
+
+    dead = make_adapter(f"mqtt://127.0.0.1:{free_port()}", tmp_path)
+    try:
+        health, reason = wait_for(lambda: dead.health(), 5, message="health")
+        assert health == SiteHealth.Unreachable and "unreachable" in reason
+        with pytest.raises(TransientError):
+            dead.submit(task_run("r-y", name="y", command=["true"]), node, "r-y")
+    finally:
+        dead.close()
+
+    with pytest.raises(PermanentError, match="broker"):
+        make_adapter("http://nope", tmp_path)
+    with pytest.raises(PermanentError, match="bogus"):
+        make_adapter(mosquitto.url, tmp_path, bogus=1)
