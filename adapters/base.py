@@ -121,6 +121,9 @@ class RunStatus:
     bytes_out: int = 0
     outputs: list[ArtifactRecord] = field(default_factory=list)
     energy_j: float | None = None
+    runtime_s: float | None = None
+    """The backend's own measure of the run's runtime (s), where it differs from the
+    wall clock between ``started_at`` and ``finished_at`` (the twin reports virtual s)."""
     simulated: bool = False
 
 

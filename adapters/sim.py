@@ -461,6 +461,7 @@ class SimAdapter:
                        bytes_in=d["bytesIn"] if started else 0)
         if state.terminal:
             st.finished_at = wall(at_v)
+            st.runtime_s = compute_v  # virtual seconds of compute, comparable to predictions
         if state is RunState.Succeeded:
             st.exit_code = 0
             st.outputs = self._produce_outputs(h)

@@ -64,8 +64,6 @@ def _iso(dt: Any) -> str | None:
 
 def run_view(r: RunRow, *, tail: bool = True) -> dict[str, Any]:
     """A run as the API shows it; ``observed`` holds measured figures beside ``placement``."""
-    runtime = ((r.finished_at - r.started_at).total_seconds()
-               if r.finished_at and r.started_at else None)
     view: dict[str, Any] = {
         "id": r.id, "workflowId": r.workflow_id, "task": r.task_name, "attempt": r.attempt,
         "state": r.state, "reason": r.reason, "site": r.site, "node": r.node,
@@ -73,7 +71,7 @@ def run_view(r: RunRow, *, tail: bool = True) -> dict[str, Any]:
         "dispatchedAt": _iso(r.dispatched_at), "startedAt": _iso(r.started_at),
         "finishedAt": _iso(r.finished_at), "exitCode": r.exit_code,
         "placement": r.placement, "handle": r.handle,
-        "observed": {"runtimeS": runtime, "energyJ": r.energy_j,
+        "observed": {"runtimeS": r.runtime_s, "energyJ": r.energy_j,
                      "bytesIn": r.bytes_in, "bytesOut": r.bytes_out},
     }
     if tail:

@@ -30,7 +30,6 @@ from typing import Any
 import uvicorn
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from continuum.federation import load_federation
 from continuum.model import SiteKind
@@ -77,6 +76,8 @@ class Demo:
         self._broker: EmbeddedBroker | None = None
         self._server: uvicorn.Server | None = None
         self._cp: ControlPlane | None = None
+        self.results: list[dict[str, Any]] = []
+        """The final state of every submitted workflow (as ``GET /v1/workflows/{id}``)."""
 
     # ------------------------------------------------------------ start and stop
 
@@ -166,6 +167,7 @@ class Demo:
                         self.console.print(f"[red]timed out after {self.timeout:.0f}s[/red]")
                         break
                     time.sleep(0.5)
+            self.results = wfs
             for wf in wfs:
                 self._report(wf)
             ok = all(w["state"] == "Succeeded" for w in wfs)
@@ -187,21 +189,29 @@ class Demo:
             self.stop()
 
     def _report(self, wf: dict[str, Any]) -> None:
-        t = Table(title=f"Placements of {wf['name']} ({wf['id']}): {wf['state']}")
-        for c in ("task", "node", "tier", "why", "pred. runtime", "obs. runtime", "pred. energy",
-                  "obs. energy", "bytes moved", "state"):
-            t.add_column(c)
+        """Every placement of ``wf``: node, reasons, predicted vs observed figures."""
+        say = self.console.print
+        say(f"\n[bold]{wf['name']}[/bold] ({wf['id']}): ", render.state(wf["state"]),
+            f" {wf.get('reason') or ''}")
         for r in wf["runs"]:
             p = r.get("placement") or {}
             pred, obs = p.get("predicted", {}), r.get("observed", {})
-            t.add_row(r["task"], (r.get("node") or "") + (" [sim]" if r.get("simulated") else ""),
-                      p.get("tier", ""), "; ".join(p.get("reasons", []))[:90],
-                      format_duration(pred["runtimeS"]) if pred.get("runtimeS") is not None else "-",
-                      format_duration(obs["runtimeS"]) if obs.get("runtimeS") is not None else "-",
-                      f"{pred.get('energyJ', 0):.3g} J",
-                      f"{obs['energyJ']:.3g} J" if obs.get("energyJ") is not None else "-",
-                      format_bytes(obs.get("bytesIn", 0) + obs.get("bytesOut", 0)),
-                      render.state(r["state"]))
-        self.console.print(t)
-        if wf["state"] != "Succeeded":
-            self.console.print(f"[red]{wf['name']}: {wf.get('reason')}[/red]")
+            sim = " [dim]\\[simulated][/dim]" if r.get("simulated") else ""
+            say(f"  [bold]{r['task']}[/bold] → {r.get('node')} ({p.get('tier', '?')}){sim}  ",
+                render.state(r["state"]), f"  run {r['id']}")
+            say(f"      why:     {'; '.join(p.get('reasons', [])) or '-'}", highlight=False)
+            say(f"      runtime: predicted {_dur(pred.get('runtimeS'))}, observed "
+                f"{_dur(obs.get('runtimeS'))}   completion predicted "
+                f"{_dur(pred.get('completionS'))}", highlight=False)
+            observed_j = obs.get("energyJ")
+            say(f"      energy:  predicted {pred.get('energyJ', 0):.3g} J, observed "
+                + (f"{observed_j:.3g} J" if observed_j is not None else "not measured here"),
+                highlight=False)
+            say(f"      data:    predicted {format_bytes(pred.get('bytesMoved', 0))}B in, observed "
+                f"{format_bytes(obs.get('bytesIn', 0))}B in / {format_bytes(obs.get('bytesOut', 0))}B out"
+                + (f"   RTT to SLO target {pred['latencyMs']:.3g} ms" if pred.get("latencyMs")
+                   is not None else ""), highlight=False)
+
+
+def _dur(x: float | None) -> str:
+    return "-" if x is None else format_duration(x)

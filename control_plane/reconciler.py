@@ -224,6 +224,9 @@ class Reconciler:
         run.finished_at = st.finished_at or _ts(now)
         run.exit_code, run.bytes_in, run.bytes_out = st.exit_code, st.bytes_in, st.bytes_out
         run.energy_j = st.energy_j
+        run.runtime_s = st.runtime_s
+        if run.runtime_s is None and run.started_at is not None:
+            run.runtime_s = max(0.0, (run.finished_at - run.started_at).total_seconds())
         self.metrics.bytes_moved.labels("in").inc(st.bytes_in)
         self.metrics.bytes_moved.labels("out").inc(st.bytes_out)
         task = s.get(TaskRow, run.task_id)
@@ -242,8 +245,8 @@ class Reconciler:
         run.reason = reason
         if state == RunState.Succeeded:
             self._set_run_state(s, run, state, f"succeeded on {run.node}"
-                                + (f" in {(run.finished_at - run.started_at).total_seconds():.1f}s"
-                                   if run.started_at else ""))
+                                + (f" in {run.runtime_s:.1f}s" if run.runtime_s is not None
+                                   else ""))
             if task.state == TaskState.Running.value:
                 task.state, task.reason = TaskState.Succeeded.value, ""
         else:

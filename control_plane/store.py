@@ -115,6 +115,7 @@ class RunRow(Base):
     bytes_in: Mapped[int] = mapped_column(Integer, default=0)
     bytes_out: Mapped[int] = mapped_column(Integer, default=0)
     energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
+    runtime_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     released: Mapped[bool] = mapped_column(Boolean, default=False)
 

@@ -1,0 +1,34 @@
+# Continuum — `make demo` runs the whole continuum locally; `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install test-deps lint clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[server,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install Continuum with the server and dev extras
+
+demo: install  ## run the demo: control plane, broker, two agents, simulated sites, workflows
+	$(BIN)/continuum demo
+
+test-deps:  ## install the Debian packages the tests start for real (Mosquitto)
+	bash deploy/dev/install-test-deps.sh
+
+test: install test-deps  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+lint: install  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy continuum edge_agent adapters placement monitoring control_plane
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

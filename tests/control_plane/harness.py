@@ -1,0 +1,73 @@
+"""An in-process control plane on a small simulated federation, for API and reconciler tests.
+
+The federation has one simulated cloud site (``cloud``: two 8-core nodes) whose twin
+runs at 1000× virtual time, so a task of ``work: 100`` core-seconds on one core takes
+0.1 s of wall time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from continuum.federation import FederationDocument
+from control_plane.server import ControlPlane
+from control_plane.settings import Settings
+from tests.helpers import wait_for
+
+
+def federation(failure_rate: float = 0.0, time_scale: float = 1000.0) -> FederationDocument:
+    return FederationDocument.model_validate({
+        "apiVersion": "continuum/v1", "kind": "Federation", "metadata": {"name": "test"},
+        "spec": {
+            "controlPlane": {"location": "dc"},
+            "locations": [{"name": "dc", "lat": 50.1, "lon": 8.7}],
+            "sites": [{
+                "name": "cloud", "kind": "sim", "tier": "cloud", "location": "dc",
+                "config": {"timeScale": time_scale, "failureRate": failure_rate, "nodes": [
+                    {"name": "vm", "count": 2, "cpu": 8, "memory": "32Gi", "speed": 1.0,
+                     "power": {"idleWatts": 50, "maxWatts": 200, "source": "test figure"}}]},
+            }],
+        },
+    })
+
+
+def workflow(name: str = "wf", tasks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A valid workflow document; default: ``a`` → ``b`` passing artifact ``x``."""
+    return {
+        "apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": name},
+        "spec": {"tasks": tasks or [
+            {"name": "a", "command": ["true"], "work": 100, "outputs": [{"name": "x", "path": "x"}]},
+            {"name": "b", "command": ["true"], "work": 100, "inputs": [{"name": "x"}]},
+        ]},
+    }
+
+
+@contextmanager
+def control_plane(state_dir: Path, **kw: Any) -> Iterator[tuple[ControlPlane, TestClient]]:
+    """A started control plane and a TestClient on its app; stopped afterwards."""
+    fed_kw = {k: kw.pop(k) for k in ("failure_rate", "time_scale") if k in kw}
+    settings = Settings(state_dir=state_dir, reconcile_interval_s=0.05,
+                        inventory_interval_s=0.05, retry_backoff_s=0.05, **kw)
+    cp = ControlPlane(settings, federation(**fed_kw))
+    cp.start()
+    try:
+        with TestClient(cp.app) as client:
+            yield cp, client
+    finally:
+        cp.stop()
+
+
+def wait_state(client: TestClient, workflow_id: str, states: tuple[str, ...],
+               timeout: float = 20.0) -> dict[str, Any]:
+    """Poll ``GET /v1/workflows/{id}`` until its state is one of ``states``."""
+    def check() -> dict[str, Any] | None:
+        wf = client.get(f"/v1/workflows/{workflow_id}").json()
+        return wf if wf["state"] in states else None
+    return wait_for(check, timeout=timeout,
+                    message=lambda: f"workflow {workflow_id} to reach {states}; now "
+                    f"{client.get(f'/v1/workflows/{workflow_id}').json()}")
