@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psutil
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 import edge_agent
@@ -56,7 +57,7 @@ from edge_agent.protocol import (
     encode,
     topic,
 )
-from edge_agent.runtime import Runtime
+from edge_agent.runtime import Runtime, kill_orphan_group
 from edge_agent.telemetry import TelemetrySampler
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,13 @@ def jittered_backoff(attempt: int, low: float, high: float) -> float:
     """
     cap = min(high, low * (2 ** min(attempt, 30)))
     return random.uniform(low, max(low, cap))
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 @dataclass
@@ -149,6 +157,10 @@ class Agent:
         """Runs the database holds as active lost their process when the agent stopped."""
         for rec in self.outbox.runs():
             if not rec.terminal:
+                proc = self.outbox.process_of(rec.run_id)
+                if proc is not None and kill_orphan_group(*proc):
+                    self.log.warning("run %s: killed its process group %d left from before "
+                                     "the restart", rec.run_id, proc[0])
                 self.log.warning("run %s: was active when the agent stopped; reporting it Failed",
                                  rec.run_id)
                 self._report(rec.run_id, "Failed",
@@ -391,7 +403,9 @@ class Agent:
     def _execute(self, spec: RunSpec, cancel: threading.Event) -> None:
         try:
             out = self.runtime.execute(
-                spec, lambda state, **f: self._report(spec.run_id, state, **f), cancel)
+                spec, lambda state, **f: self._report(spec.run_id, state, **f), cancel,
+                on_start=lambda pid: self.outbox.set_process(spec.run_id, pid,
+                                                             _create_time(pid)))
             state, fields = out.state, out.fields()
             if self._stopping and state == "Cancelled":
                 state = "Failed"

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS runs (
     latest TEXT,
     seq INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT '',
+    pid INTEGER,
+    pid_started REAL,
     created REAL NOT NULL DEFAULT (julianday('now'))
 );
 """
@@ -147,6 +149,19 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
             return int(cur.lastrowid or 0)
+
+    def set_process(self, run_id: str, pid: int, started: float) -> None:
+        """Remember the run's process (group leader pid and its start time, s since epoch)."""
+        with self._lock:
+            self._db.execute("UPDATE runs SET pid = ?, pid_started = ? WHERE run_id = ?",
+                             (pid, started, run_id))
+
+    def process_of(self, run_id: str) -> tuple[int, float] | None:
+        """The ``(pid, start time)`` recorded for the run, if any."""
+        with self._lock:
+            row = self._db.execute("SELECT pid, pid_started FROM runs WHERE run_id = ?",
+                                   (run_id,)).fetchone()
+        return (int(row[0]), float(row[1])) if row and row[0] is not None else None
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._lock:

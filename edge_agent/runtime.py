@@ -132,6 +132,32 @@ def kill_tree(proc: subprocess.Popen[bytes], grace: float) -> None:
     psutil.wait_procs([p for p in descendants if _alive([p])], timeout=2)
 
 
+def kill_orphan_group(pid: int, started: float) -> bool:
+    """Kill the process group ``pid`` if its leader is the process that started at ``started``.
+
+    Used after an agent restart for runs whose process outlived the agent (they run in
+    their own session). The start time (s since the epoch, psutil's ``create_time``)
+    guards against a recycled pid. Returns True when something was killed.
+    """
+    try:
+        p = psutil.Process(pid)
+        if abs(p.create_time() - started) > 1.0:
+            return False
+        victims = [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for v in victims:
+        try:
+            v.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return True
+
+
 def _alive(procs: list[psutil.Process]) -> bool:
     for p in procs:
         try:
@@ -284,8 +310,11 @@ class Runtime:
         env["CONTINUUM_WORKFLOW_ID"] = spec.workflow_id
         return env
 
-    def execute(self, spec: RunSpec, report: Report, cancel: threading.Event) -> RunOutcome:
+    def execute(self, spec: RunSpec, report: Report, cancel: threading.Event,
+                on_start: Callable[[int], None] | None = None) -> RunOutcome:
         """Run ``spec`` to the end; ``report("Running", ...)`` when the process starts.
+
+        ``on_start(pid)`` is called with the process (group leader) id once it runs.
 
         The final state is returned (the caller reports it). ``cancel`` set at any time
         kills the process tree and ends the run as Cancelled.
@@ -313,6 +342,8 @@ class Runtime:
                 except OSError as e:
                     raise RunFailure(f"cannot start {argv[0]!r}: {e}") from e
             out.started_at = datetime.now(UTC)
+            if on_start is not None:
+                on_start(proc.pid)
             log.info("run %s: started pid %d: %s", spec.run_id, proc.pid, argv)
             report("Running", started_at=out.started_at, bytes_in=out.bytes_in)
             deadline = (time.monotonic() + spec.timeout_s) if spec.timeout_s else None

@@ -198,6 +198,8 @@ def test_duplicate_run_command_runs_once_and_forget_clears(agent, observer, tmp_
 def test_broker_restart_mid_run_loses_no_update(agents, observer, mosquitto, tmp_path):  # type: ignore[no-untyped-def]
     a = agents.spawn(None)
     wait_for(lambda: _online(observer, a.device_id), 15, message=lambda: a.logs())
+    done_before = observer.run(a.device_id, argv=["true"])
+    observer.wait_run(a.device_id, done_before)
     go = tmp_path / "go"
     run_id = observer.run(a.device_id, argv=[
         "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; echo finished; exit 0"])
@@ -209,6 +211,17 @@ def test_broker_restart_mid_run_loses_no_update(agents, observer, mosquitto, tmp
     final = observer.wait_run(a.device_id, run_id, timeout=20)
     assert final.state == "Succeeded" and final.exit_code == 0
     assert "finished" in final.output_tail
+    # The restarted broker (persistence false) lost every retained message; the agent
+    # re-published the latest state of every run it holds, so a late subscriber (a fresh
+    # control plane) re-adopts them.
+    late = Observer(mosquitto.host, mosquitto.port)
+    try:
+        for rid in (done_before, run_id):
+            wait_for(lambda r=rid: late.latest(topic(a.device_id, f"runs/{r}")), 10,
+                     message=f"retained state of {rid} re-published after the restart")
+        assert late.updates(a.device_id, run_id)[-1].state == "Succeeded"
+    finally:
+        late.close()
     # The agent keeps working after the restart.
     r2 = observer.run(a.device_id, argv=["true"])
     assert observer.wait_run(a.device_id, r2).state == "Succeeded"
@@ -271,3 +284,25 @@ def test_local_policy_refuses_commands(agents, observer):  # type: ignore[no-unt
         assert [u.state for u in observer.updates(a.device_id, run_id)] == ["Failed"], case
     ok = observer.run(a.device_id, argv=["echo", "allowed"], cpu=1)
     assert observer.wait_run(a.device_id, ok).state == "Succeeded"
+
+
+def test_agent_restart_reports_lost_run_and_keeps_finished_ones(agents, observer, tmp_path):  # type: ignore[no-untyped-def]
+    a = agents.spawn(None)
+    wait_for(lambda: _online(observer, a.device_id), 15, message=lambda: a.logs())
+    done = observer.run(a.device_id, argv=["true"])
+    observer.wait_run(a.device_id, done)
+    pidfile = tmp_path / "pid"
+    lost = observer.run(a.device_id, argv=["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"])
+    observer.wait_run(a.device_id, lost, {"Running"})
+    orphan = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 5,
+                          message="pid written"))
+    a.proc.kill()  # the device loses power
+    a.proc.wait(timeout=10)
+    b = agents.spawn(a.device_id, state_dir=a.state_dir)
+    final = observer.wait_run(a.device_id, lost, timeout=15)
+    assert final.state == "Failed" and "agent restarted" in final.reason, b.logs()
+    assert not psutil.pid_exists(orphan) or \
+        psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE  # the orphan was killed
+    hello = wait_for(lambda: (h := decode(Hello, observer.latest(topic(a.device_id, "hello"))))
+                     and lost in h.known_runs and h, 10, message="hello lists known runs")
+    assert done in hello.known_runs
