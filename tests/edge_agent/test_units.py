@@ -1,0 +1,157 @@
+"""Unit tests of the agent's parts without a broker.
+
+Aspects: the linear power model, profiles, config validation and broker URLs, the
+reconnect backoff bounds, the outbox (order, ack, persistence across reopen, forget),
+local policy decisions, the runtime's path safety and environment, kill_tree.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from pydantic import ValidationError
+
+from continuum.model import PowerProfile
+from edge_agent.agent import Agent, jittered_backoff
+from edge_agent.config import AgentConfig, parse_broker_url
+from edge_agent.outbox import Outbox
+from edge_agent.profiles import PROFILES, get_profile
+from edge_agent.protocol import RunSpec, RunUpdate
+from edge_agent.runtime import RunFailure, Runtime, kill_tree, safe_join
+from edge_agent.telemetry import model_power
+
+
+@pytest.mark.parametrize(("u", "watts"), [(0.0, 2.7), (0.5, 4.55), (1.0, 6.4), (1.7, 6.4),
+                                          (-1, 2.7)])
+def test_linear_power_model(u: float, watts: float) -> None:
+    p = PowerProfile(idle_watts=2.7, max_watts=6.4)
+    assert model_power(p, u) == pytest.approx(watts)
+
+
+def test_profiles() -> None:
+    assert set(PROFILES) >= {"pi4", "jetson-nano"}
+    nano = get_profile("jetson-nano")
+    assert (nano.cpus, nano.arch, nano.power.idle_watts, nano.power.max_watts) == (
+        4, "aarch64", 5.0, 10.0)
+    assert nano.labels["accelerator"] == "nvidia-maxwell" and nano.emulated
+    host = get_profile(None)
+    assert not host.emulated and host.cpus >= 1 and "default" in host.power.source
+    with pytest.raises(ValueError, match="known profiles: host, jetson-nano, pi4"):
+        get_profile("cray-1")
+
+
+@pytest.mark.parametrize(("url", "host", "port", "tls"), [
+    ("mqtt://127.0.0.1:1884", "127.0.0.1", 1884, False),
+    ("mqtt://broker", "broker", 1883, False),
+    ("mqtts://broker.example.org", "broker.example.org", 8883, True),
+])
+def test_broker_urls(url: str, host: str, port: int, tls: bool) -> None:
+    a = parse_broker_url(url)
+    assert (a.host, a.port, a.tls) == (host, port, tls)
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("broker", "http://x", "mqtt://host:port"),
+    ("device_id", "a/b", "device id"),
+    ("device_id", "+", "device id"),
+    ("telemetry_interval", 0, "greater than 0"),
+])
+def test_config_rejects(field: str, value: object, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        AgentConfig(**{"device_id": "d1", field: value})  # type: ignore[arg-type]
+
+
+def test_backoff_is_bounded_and_jittered() -> None:
+    for attempt in range(40):
+        d = jittered_backoff(attempt, 0.5, 30.0)
+        assert 0.5 <= d <= 30.0
+    assert len({round(jittered_backoff(8, 0.5, 30.0), 6) for _ in range(20)}) > 1
+
+
+def test_outbox_order_ack_persistence_and_forget(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    ob = Outbox(path)
+    spec = RunSpec(run_id="r1", workflow_id="w", task="t", argv=["true"])
+    assert ob.add_run(spec) is True and ob.add_run(spec) is False
+    ids = []
+    for seq, state in enumerate(["Accepted", "Running", "Succeeded"], 1):
+        u = RunUpdate(device_id="d", run_id="r1", seq=seq, state=state)  # type: ignore[arg-type]
+        ids.append(ob.record_update(u, "t/r1", u.model_dump_json().encode()))
+    ob.ack(ids[0])
+    ob.close()
+
+    ob = Outbox(path)  # an agent restart
+    assert [p.id for p in ob.pending()] == ids[1:]
+    [rec] = ob.runs()
+    assert rec.terminal and rec.latest is not None and rec.latest.seq == 3
+    assert ob.forget_run("r1") is True and ob.get_run("r1") is None
+    assert ob.pending() == [] and ob.forget_run("r1") is False
+    ob.close()
+
+
+def _agent(tmp_path: Path, **cfg: object) -> Agent:
+    return Agent(AgentConfig(device_id="d1", state_dir=tmp_path, profile="pi4", **cfg))  # type: ignore[arg-type]
+
+
+POLICY = [
+    # allow prefixes, spec fields, refused by (None = allowed)
+    ([], {"argv": ["anything"]}, None),
+    (["python3"], {"argv": ["python3", "x.py"]}, None),
+    (["python3"], {"argv": ["python3evil"]}, "allow-command"),
+    (["/usr/bin/env python3"], {"argv": ["/usr/bin/env", "python3", "-c", "1"]}, None),
+    (["/usr/bin/env python3"], {"argv": ["/usr/bin/env", "bash"]}, "allow-command"),
+    (["python3"], {"script": "print(1)"}, None),  # interpreter defaults to python3
+    (["python3"], {"script": "echo", "interpreter": ["sh"]}, "allow-command"),
+    ([], {"argv": ["x"], "cpu": 5}, "max-cpu"),  # the pi4 has 4 cores
+    ([], {"argv": ["x"], "memory": 5 * 2**30}, "max-memory"),
+]
+
+
+@pytest.mark.parametrize(("allow", "spec", "refused"), POLICY)
+def test_policy(tmp_path: Path, allow: list[str], spec: dict[str, object],
+                refused: str | None) -> None:
+    agent = _agent(tmp_path, allow_command=allow)
+    try:
+        why = agent.policy_violation(RunSpec(run_id="r", workflow_id="w", task="t", **spec))  # type: ignore[arg-type]
+        assert (why is None) if refused is None else (why is not None and refused in why)
+    finally:
+        agent.outbox.close()
+
+
+@pytest.mark.parametrize("rel", ["/etc/passwd", "../escape", "a/../../b"])
+def test_paths_may_not_leave_the_working_dir(tmp_path: Path, rel: str) -> None:
+    with pytest.raises(RunFailure, match="outside"):
+        safe_join(tmp_path, rel)
+
+
+def test_environment_is_minimal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_TOKEN", "x")
+    env = Runtime(tmp_path).environment(
+        RunSpec(run_id="r1", workflow_id="w1", task="t", argv=["x"], env={"A": "1"}))
+    assert "SECRET_TOKEN" not in env
+    assert env["A"] == "1" and env["CONTINUUM_RUN_ID"] == "r1"
+    assert env["CONTINUUM_WORKFLOW_ID"] == "w1" and "PATH" in env
+
+
+def test_kill_tree_escalates_to_sigkill(tmp_path: Path) -> None:
+    # A parent that ignores SIGTERM, with a child that ignores it too.
+    code = ("import signal, subprocess, sys, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import signal,time;"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)'],"
+            " stdout=subprocess.PIPE)\n"
+            "c.stdout.readline(); print(c.pid, flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    kill_tree(proc, grace=0.3)
+    assert proc.returncode is not None and proc.returncode < 0
+    try:
+        assert psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        pass
