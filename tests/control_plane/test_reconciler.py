@@ -1,0 +1,85 @@
+"""The reconciler: retries with backoff then failure with the reason, dependants
+cancelled, unschedulable tasks waiting with a reason, a restart of the control plane
+(same state directory) re-adopting runs instead of starting them again, and a run
+placed but not yet dispatched before a crash being submitted exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from control_plane.store import RunRow
+from tests.control_plane.harness import control_plane, wait_state, workflow
+from tests.helpers import wait_for
+
+
+def test_failing_task_is_retried_then_fails_the_workflow(tmp_path: Path) -> None:
+    with control_plane(tmp_path, failure_rate=1.0) as (_, api):
+        doc = workflow(tasks=[
+            {"name": "flaky", "command": ["true"], "work": 10, "retries": 2},
+            {"name": "after", "command": ["true"], "dependsOn": ["flaky"]},
+        ])
+        wid = api.post("/v1/workflows", json=doc).json()["id"]
+        wf = wait_state(api, wid, ("Failed",))
+    runs = [r for r in wf["runs"] if r["task"] == "flaky"]
+    assert [r["attempt"] for r in runs] == [1, 2, 3]
+    assert all(r["state"] == "Failed" and r["exitCode"] == 1 for r in runs)
+    assert "task 'flaky' failed after 3 attempt(s)" in wf["reason"]
+    assert "exit code 1" in wf["reason"]
+    tasks = {t["name"]: t for t in wf["tasks"]}
+    assert tasks["flaky"]["state"] == "Failed"
+    assert tasks["after"]["state"] == "Cancelled"
+    assert not [r for r in wf["runs"] if r["task"] == "after"]
+    retries = [e for e in wf["events"] if e["type"] == "TaskRetry"]
+    assert len(retries) == 2 and "retrying in" in retries[0]["message"]
+
+
+def test_unschedulable_task_waits_with_a_reason(tmp_path: Path) -> None:
+    with control_plane(tmp_path) as (_, api):
+        doc = workflow(tasks=[{"name": "gpu-only", "command": ["true"],
+                               "constraints": {"tiers": ["hpc"]}}])
+        wid = api.post("/v1/workflows", json=doc).json()["id"]
+
+        def reason() -> str | None:
+            t = api.get(f"/v1/workflows/{wid}").json()["tasks"][0]
+            return t["reason"] if t["reason"].startswith("unschedulable") else None
+
+        msg = wait_for(reason, timeout=10, message="an unschedulable reason")
+        assert "wrong tier" in msg and "hpc" in msg
+        wf = api.get(f"/v1/workflows/{wid}").json()
+        assert wf["state"] == "Pending" and wf["runs"] == []
+        events = [e for e in wf["events"] if e["type"] == "TaskUnschedulable"]
+        assert len(events) == 1  # said once, not every cycle
+
+
+def test_restart_readopts_running_runs(tmp_path: Path) -> None:
+    # time scale 10: work 20 core-s on one core takes 2 s of wall time
+    doc = workflow(tasks=[
+        {"name": "a", "command": ["true"], "work": 20, "outputs": [{"name": "x", "path": "x"}]},
+        {"name": "b", "command": ["true"], "work": 5, "inputs": [{"name": "x"}]},
+    ])
+    with control_plane(tmp_path, time_scale=10.0) as (_, api):
+        wid = api.post("/v1/workflows", json=doc).json()["id"]
+        wait_for(lambda: any(r["state"] == "Running" for r in
+                             api.get(f"/v1/workflows/{wid}").json()["runs"]),
+                 timeout=10, message="task a running")
+    with control_plane(tmp_path, time_scale=10.0) as (_, api):
+        wf = wait_state(api, wid, ("Succeeded", "Failed"), timeout=30)
+    assert wf["state"] == "Succeeded", wf["reason"]
+    assert sorted(r["task"] for r in wf["runs"]) == ["a", "b"]  # nothing ran twice
+
+
+def test_run_placed_before_a_crash_is_submitted_once(tmp_path: Path) -> None:
+    with control_plane(tmp_path, time_scale=10.0) as (cp, api):
+        cp.stop()  # stop the loop; drive the cycle by hand
+        wid = api.post("/v1/workflows", json=workflow(tasks=[
+            {"name": "a", "command": ["true"], "work": 5}])).json()["id"]
+        cp.reconciler._place(cp.reconciler.clock())  # placed, then "crash" before dispatch
+        with cp.store.session() as s:
+            (run,) = s.scalars(select(RunRow).where(RunRow.workflow_id == wid)).all()
+            assert run.state == "Placed" and run.handle is None
+    with control_plane(tmp_path, time_scale=10.0) as (_, api):
+        wf = wait_state(api, wid, ("Succeeded", "Failed"), timeout=30)
+    assert wf["state"] == "Succeeded"
+    assert [r["id"] for r in wf["runs"]] == [run.id]
