@@ -200,6 +200,9 @@ class Demo:
             say(f"  [bold]{r['task']}[/bold] → {r.get('node')} ({p.get('tier', '?')}){sim}  ",
                 render.state(r["state"]), f"  run {r['id']}")
             say(f"      why:     {'; '.join(p.get('reasons', [])) or '-'}", highlight=False)
+            if r["state"] != "Succeeded" and r.get("reason"):
+                say(f"      failed:  {r['reason']} (exit code {r.get('exitCode')}); "
+                    "the task was retried", highlight=False)
             say(f"      runtime: predicted {_dur(pred.get('runtimeS'))}, observed "
                 f"{_dur(obs.get('runtimeS'))}   completion predicted "
                 f"{_dur(pred.get('completionS'))}", highlight=False)

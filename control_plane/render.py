@@ -72,7 +72,8 @@ def runs_table(items: list[dict[str, Any]]) -> Table:
 
 def nodes_table(items: list[dict[str, Any]]) -> Table:
     t = Table(title="Nodes")
-    for c in ("ID", "TIER", "ARCH", "CPU free/alloc", "MEMORY free/alloc", "GPU", "POWER W",
+    t.add_column("ID", no_wrap=True, min_width=24)
+    for c in ("TIER", "ARCH", "CPU free/alloc", "MEMORY free/alloc", "GPU", "POWER W",
               "UTIL", "READY", "SIM"):
         t.add_column(c)
     for n in items:
