@@ -234,7 +234,7 @@ class DevicesAdapter:
         except Exception:  # never let a payload kill the loop thread
             log.exception("site %s: error handling a message on %s", self.site.name, msg.topic)
 
-    def _handle(self, t: str, payload: bytes) -> None:
+    def _handle(self, t: str, payload: bytes | bytearray) -> None:
         rest = t[len(TOPIC_PREFIX) + 1:].split("/")
         if not t.startswith(TOPIC_PREFIX + "/") or len(rest) < 2:
             self._reject(t, "topic is not a protocol topic")

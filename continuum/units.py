@@ -65,7 +65,8 @@ def parse_bytes(value: object) -> int:
         ValueError: unknown suffix or not a non-negative number.
     """
     if isinstance(value, bool):
-        raise ValueError(f"size {value!r} is not a quantity; use bytes like 1024, 512Mi or 2Gi")
+        raise ValueError(
+            f"size {value!r} is not a quantity; use bytes like 1024, 512Mi or 2Gi")
     if isinstance(value, int | float):
         return int(_finite_non_negative(float(value), "size", value))
     m = _QUANTITY.match(str(value))
@@ -86,7 +87,8 @@ def parse_duration(value: object) -> float:
         ValueError: not a number of seconds nor a run of ``<number><ms|s|m|h|d>`` parts.
     """
     if isinstance(value, bool):
-        raise ValueError(f"duration {value!r} is not valid; use seconds like 45 or units like 30s, 5m, 2h, 1h30m")
+        raise ValueError(
+            f"duration {value!r} is not valid; use seconds like 45 or units like 30s, 5m, 2h, 1h30m")
     if isinstance(value, int | float):
         return _finite_non_negative(float(value), "duration", value)
     text = str(value).strip()
@@ -104,7 +106,8 @@ def parse_duration(value: object) -> float:
 
 def format_bytes(n: float) -> str:
     """Render bytes with a binary suffix for people (``1.5Gi``)."""
-    for suffix, scale in (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        scale = _BYTE_SUFFIX[suffix]
         if abs(n) >= scale:
             return f"{n / scale:.3g}{suffix}"
     return f"{int(n)}"

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 
 import continuum
@@ -84,7 +84,7 @@ def _event_view(e: EventRow) -> dict[str, Any]:
 
 
 def workflow_summary(wf: WorkflowRow, counts: dict[str, int] | None = None) -> dict[str, Any]:
-    out = {"id": wf.id, "name": wf.name, "state": wf.state, "reason": wf.reason,
+    out: dict[str, Any] = {"id": wf.id, "name": wf.name, "state": wf.state, "reason": wf.reason,
            "createdAt": _iso(wf.created_at), "finishedAt": _iso(wf.finished_at)}
     if counts is not None:
         out["tasks"] = counts
@@ -100,7 +100,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
         "Submit workflows, register sites, watch runs and their placements.",
     )
     # Models only referenced from openapi_extra must be registered by hand.
-    _schemas = {"WorkflowDocument": WorkflowDocument, "SiteSpec": SiteSpec}
+    _schemas: dict[str, type[BaseModel]] = {"WorkflowDocument": WorkflowDocument,
+                                            "SiteSpec": SiteSpec}
 
     def custom_openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -334,8 +335,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.get("/v1/topology", tags=["nodes"], summary="RTT and bandwidth between locations")
     def topology() -> dict[str, Any]:
-        links = getattr(cp.network, "links", lambda: [])()
-        return {"links": [link.wire() for link in links]}
+        return {"links": [link.wire() for link in cp.network.links()]}
 
     # ------------------------------------------------------------ health and metrics
 

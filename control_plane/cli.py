@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -251,8 +250,8 @@ def describe_workflow(workflow_id: Annotated[str, typer.Argument(help="workflow 
         console.print_json(json.dumps(data))
         return
     console.print(render.progress_table([data]))
-    for e in data["events"]:
-        console.print(f"[dim]{e['at'][11:23]}[/dim] {e['type']:<20} {e['message']}")
+    for ev in data["events"]:
+        console.print(f"[dim]{ev['at'][11:23]}[/dim] {ev['type']:<20} {ev['message']}")
 
 
 def main() -> None:
@@ -262,4 +261,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

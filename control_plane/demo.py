@@ -43,7 +43,7 @@ from control_plane.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
-AGENTS = (
+AGENTS: tuple[dict[str, Any], ...] = (
     {"device_id": "pi-camera-1", "profile": "pi4", "labels": ["role=camera"]},
     {"device_id": "jetson-1", "profile": "jetson-nano", "labels": ["accelerator=nvidia-maxwell"]},
 )
@@ -171,8 +171,8 @@ class Demo:
             for wf in wfs:
                 self._report(wf)
             ok = all(w["state"] == "Succeeded" for w in wfs)
-            self.console.print(("[green]all workflows succeeded[/green]" if ok
-                                else "[red]some workflows did not succeed[/red]"))
+            self.console.print("[green]all workflows succeeded[/green]" if ok
+                                else "[red]some workflows did not succeed[/red]")
             if self.keep:
                 self.console.print(f"everything stays up: http://127.0.0.1:{self.port}/docs — "
                                    "Ctrl-C to stop")

@@ -447,9 +447,10 @@ class Reconciler:
                     log.exception("site %s: submit of %s failed", site, run_id)
                     error = f"submit failed: {e!r}"
             with self.store.session() as s:
-                run = s.get(RunRow, run_id)
-                if run is None or run.state != RunState.Placed.value:
+                row = s.get(RunRow, run_id)
+                if row is None or row.state != RunState.Placed.value:
                     continue
+                run = row
                 if handle is not None:
                     run.handle, run.dispatched_at = handle.to_json(), _ts(now)
                     self._set_run_state(s, run, RunState.Dispatched, f"submitted to {site}")
@@ -488,15 +489,15 @@ class Reconciler:
 
     def _gauges(self) -> None:
         with self.store.session() as s:
-            for state in RunState:
-                self.metrics.runs.labels(state.value).set(0)
-            for state, n in s.execute(select(RunRow.state, func.count()).group_by(RunRow.state)):
-                self.metrics.runs.labels(state).set(n)
+            for rstate in RunState:
+                self.metrics.runs.labels(rstate.value).set(0)
+            for name, n in s.execute(select(RunRow.state, func.count()).group_by(RunRow.state)):
+                self.metrics.runs.labels(name).set(n)
             for wstate in WorkflowState:
                 self.metrics.workflows.labels(wstate.value).set(0)
-            for state, n in s.execute(select(WorkflowRow.state, func.count())
-                                      .group_by(WorkflowRow.state)):
-                self.metrics.workflows.labels(state).set(n)
+            for name, n in s.execute(select(WorkflowRow.state, func.count())
+                                     .group_by(WorkflowRow.state)):
+                self.metrics.workflows.labels(name).set(n)
         self.metrics.reconcile_lag.set(0)
 
 

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from continuum.model import Tier
 from edge_agent.config import ENV_PREFIX, AgentConfig
 from edge_agent.profiles import PROFILES, get_profile
 
@@ -112,7 +113,7 @@ def run(
     try:
         config = AgentConfig(
             broker=broker, tls_ca=tls_ca, tls_insecure=tls_insecure, username=username,
-            password=password, device_id=device_id, location=location, tier=tier,
+            password=password, device_id=device_id, location=location, tier=Tier(tier),
             labels=_parse_labels(label or []), profile=profile, state_dir=state_dir,
             telemetry_interval=telemetry_interval, allow_command=allow_command or [],
             max_cpu=max_cpu, max_memory=max_memory, kill_grace=kill_grace,

@@ -40,7 +40,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 INHERITED_ENV = ("PATH", "HOME", "LANG")
 """The only variables a run inherits from the agent's environment."""
 
-Report = Callable[..., None]
+Report = Callable[..., object]
 """``report(state, **fields)``: fields are RunUpdate fields (exit_code, reason, ...)."""
 
 

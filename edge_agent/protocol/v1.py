@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -185,7 +185,7 @@ class ForgetCommand(Payload):
 
 
 Command = Annotated[RunCommand | CancelCommand | ForgetCommand, Field(discriminator="type")]
-_COMMAND = TypeAdapter(Command)
+_COMMAND: TypeAdapter[RunCommand | CancelCommand | ForgetCommand] = TypeAdapter(Command)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -195,7 +195,11 @@ def encode(payload: BaseModel) -> bytes:
     return payload.model_dump_json().encode()
 
 
-def decode(model: type[M] | object, data: bytes) -> M:
+@overload
+def decode(model: type[M], data: bytes | bytearray) -> M: ...
+@overload
+def decode(model: object, data: bytes | bytearray) -> Any: ...
+def decode(model: type[M] | object, data: bytes | bytearray) -> Any:
     """Parse ``data`` as ``model`` (a payload class, or :data:`Command`).
 
     Raises:
@@ -211,11 +215,12 @@ def decode(model: type[M] | object, data: bytes) -> M:
     if not isinstance(obj, dict):
         raise ProtocolError(f"payload must be a JSON object, got {type(obj).__name__}")
     if obj.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {obj.get('v')!r} is not supported (this side speaks v{PROTOCOL_VERSION})")
+        raise ProtocolError(f"protocol version {obj.get('v')!r} is not supported "
+                            f"(this side speaks v{PROTOCOL_VERSION})")
     try:
         if model is Command:
-            return _COMMAND.validate_python(obj)  # type: ignore[return-value]
-        return model.model_validate(obj)  # type: ignore[union-attr,no-any-return]
+            return _COMMAND.validate_python(obj)
+        return model.model_validate(obj)  # type: ignore[union-attr]
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
