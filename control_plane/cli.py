@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,6 +34,7 @@ app.add_typer(get_app, name="get")
 app.add_typer(describe_app, name="describe")
 
 console = Console()
+T = TypeVar("T")
 err = Console(stderr=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="CONTINUUM_URL",
@@ -52,9 +54,17 @@ def _client(url: str) -> Client:
     return Client(url)
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> NoReturn:
     err.print(f"[red]error:[/red] {e}")
     raise typer.Exit(1)
+
+
+def _call(fn: Callable[[], T]) -> T:
+    """Run one client call; an API or connection error ends the command with its message."""
+    try:
+        return fn()
+    except (ApiError, ConnectionFailed) as e:
+        _fail(e)
 
 
 def _setup_logging(level: str) -> None:
@@ -133,10 +143,7 @@ def submit(
 ) -> None:
     """Submit a workflow; with --watch, show progress and exit non-zero unless it succeeds."""
     c = _client(url)
-    try:
-        wf = c.submit_file(file)
-    except (ApiError, ConnectionFailed) as e:
-        _fail(e)
+    wf = _call(lambda: c.submit_file(file))
     console.print(f"workflow [bold]{wf['id']}[/bold] ({wf['name']}) accepted")
     if not watch:
         return
@@ -153,10 +160,7 @@ def submit(
 def cancel(workflow_id: Annotated[str, typer.Argument(help="workflow id")],
            url: UrlOpt = DEFAULT_URL) -> None:
     """Cancel a workflow: every run still placed or running is stopped on its backend."""
-    try:
-        wf = _client(url).cancel(workflow_id)
-    except (ApiError, ConnectionFailed) as e:
-        _fail(e)
+    wf = _call(lambda: _client(url).cancel(workflow_id))
     console.print(f"workflow {wf['id']}: ", render.state(wf["state"]))
 
 
@@ -175,10 +179,7 @@ def get_workflows(state: Annotated[str | None, typer.Option(help="only this stat
                   limit: int = 50, url: UrlOpt = DEFAULT_URL,
                   output: OutOpt = Output.table) -> None:
     """List workflows, newest first."""
-    try:
-        data = _client(url).workflows(state=state, limit=limit)
-    except (ApiError, ConnectionFailed) as e:
-        _fail(e)
+    data = _call(lambda: _client(url).workflows(state=state, limit=limit))
     _show(data, render.workflows_table(data["items"]), output)
 
 
@@ -187,10 +188,7 @@ def get_runs(workflow: Annotated[str | None, typer.Option(help="only runs of thi
              state: Annotated[str | None, typer.Option(help="only this state")] = None,
              url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """List runs, newest first."""
-    try:
-        data = _client(url).runs(workflow=workflow, state=state)
-    except (ApiError, ConnectionFailed) as e:
-        _fail(e)
+    data = _call(lambda: _client(url).runs(workflow=workflow, state=state))
     _show(data, render.runs_table(data["items"]), output)
 
 
@@ -199,30 +197,21 @@ def get_nodes(site: Annotated[str | None, typer.Option(help="only this site")] =
               tier: Annotated[str | None, typer.Option(help="device, edge, cloud or hpc")] = None,
               url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """List the nodes placement can choose from."""
-    try:
-        data = _client(url).nodes(site=site, tier=tier)
-    except (ApiError, ConnectionFailed) as e:
-        _fail(e)
+    data = _call(lambda: _client(url).nodes(site=site, tier=tier))
     _show(data, render.nodes_table(data["items"]), output)
 
 
 @get_app.command("sites")
 def get_sites(url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """List the sites of the federation with their health."""
-    try:
-        data = _client(url).sites()
-    except (ApiError, ConnectionFailed) as e:
-        _fail(e)
+    data = _call(lambda: _client(url).sites())
     _show(data, render.sites_table(data["items"]), output)
 
 
 @get_app.command("devices")
 def get_devices(url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """List the device agents with their last telemetry."""
-    try:
-        data = _client(url).devices()
-    except (ApiError, ConnectionFailed) as e:
-        _fail(e)
+    data = _call(lambda: _client(url).devices())
     _show(data, render.devices_table(data["items"]), output)
 
 
@@ -231,10 +220,7 @@ def describe_run(run_id: Annotated[str, typer.Argument(help="run id")],
                  tail: Annotated[int, typer.Option(help="output lines to show")] = 20,
                  url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """Explain a run's placement: per-plugin scores, predicted vs observed figures."""
-    try:
-        data = _client(url).run(run_id, tail=tail)
-    except (ApiError, ConnectionFailed) as e:
-        _fail(e)
+    data = _call(lambda: _client(url).run(run_id, tail=tail))
     _show(data, render.explain_run(data), output)
 
 
@@ -242,10 +228,7 @@ def describe_run(run_id: Annotated[str, typer.Argument(help="run id")],
 def describe_workflow(workflow_id: Annotated[str, typer.Argument(help="workflow id")],
                       url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """A workflow's tasks, runs and events."""
-    try:
-        data = _client(url).workflow(workflow_id)
-    except (ApiError, ConnectionFailed) as e:
-        _fail(e)
+    data = _call(lambda: _client(url).workflow(workflow_id))
     if output == Output.json:
         console.print_json(json.dumps(data))
         return
