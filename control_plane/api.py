@@ -1,8 +1,8 @@
 """The REST API (FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``).
 
 Errors share one shape: ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``
-for 422 (every problem, each naming its field and the fix) and
-``{"detail": "..."}`` for 404, 409, 413 and 503.
+for 422 (each problem naming its field and the fix; an oversized body is a 422 of
+type ``body_too_large``) and ``{"detail": "..."}`` for 404, 409 and 503.
 """
 
 from __future__ import annotations

@@ -452,7 +452,7 @@ class Reconciler:
                     continue
                 run = row
                 if handle is not None:
-                    run.handle, run.dispatched_at = handle.to_json(), _ts(now)
+                    run.handle, run.dispatched_at = handle.to_json(), _ts(self.clock())
                     self._set_run_state(s, run, RunState.Dispatched, f"submitted to {site}")
                     continue
                 waited = now - (placed_at.timestamp() if placed_at else now)

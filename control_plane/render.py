@@ -142,8 +142,9 @@ def explain_run(run: dict[str, Any]) -> Group:
         cmp.add_row("runtime", _dur(pred.get("runtimeS")), _dur(obs.get("runtimeS")))
         cmp.add_row("completion (queue + transfer + runtime)", _dur(pred.get("completionS")), "")
         cmp.add_row("energy", _num(pred.get("energyJ"), " J"), _num(obs.get("energyJ"), " J"))
-        cmp.add_row("bytes moved", format_bytes(pred.get("bytesMoved", 0)),
-                    format_bytes(obs.get("bytesIn", 0) + obs.get("bytesOut", 0)))
+        cmp.add_row("bytes in", format_bytes(pred.get("bytesMoved", 0)),
+                    format_bytes(obs.get("bytesIn", 0)))
+        cmp.add_row("bytes out (outputs kept)", "", format_bytes(obs.get("bytesOut", 0)))
         if pred.get("latencyMs") is not None:
             cmp.add_row("RTT to SLO target", _num(pred.get("latencyMs"), " ms"), "")
         parts.append(cmp)

@@ -125,8 +125,12 @@ class ControlPlane:
             Conflict: the run already finished, or is not of this workflow.
         """
         with self.store.session() as s:
-            if s.get(WorkflowRow, workflow_id) is None:
+            wf = s.get(WorkflowRow, workflow_id)
+            if wf is None:
                 raise NotFound(f"workflow {workflow_id!r} does not exist")
+            if WorkflowState(wf.state).terminal:
+                raise Conflict(f"workflow {workflow_id} already {wf.state.lower()}; "
+                               "its artifacts can no longer change")
             if run_id is None:
                 return None
             run = s.get(RunRow, run_id)

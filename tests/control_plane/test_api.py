@@ -236,3 +236,11 @@ def test_oversized_body(api) -> None:  # type: ignore[no-untyped-def]
     r = api.post("/v1/workflows", content=b" " * (2 << 20),
                  headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "limit" in r.json()["detail"][0]["msg"]
+
+
+def test_artifacts_of_a_finished_workflow_are_closed(api) -> None:  # type: ignore[no-untyped-def]
+    wid = api.post("/v1/workflows", json=workflow()).json()["id"]
+    wait_state(api, wid, ("Succeeded",))
+    r = api.put(f"/v1/artifacts/{wid}/x", content=b"overwrite")
+    assert r.status_code == 409 and "can no longer change" in r.json()["detail"]
+    assert b"simulated" in api.get(f"/v1/artifacts/{wid}/x").content
