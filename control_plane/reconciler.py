@@ -331,13 +331,9 @@ class Reconciler:
             art = s.get(ArtifactRow, (workflow_id, ref.name))
             if art is None:
                 continue
-            locations, nodes = [cp], []
-            if art.node:
-                nodes.append(art.node)
-                producer = self.federation.node(art.node)
-                if producer is not None:
-                    locations.append(producer.location)
-            sources.append(DataSource(bytes=art.size, locations=locations, nodes=nodes))
+            # placement resolves node ids and site names to locations itself
+            sources.append(DataSource(bytes=art.size, locations=[cp],
+                                      nodes=[art.node] if art.node else []))
             inputs.append(ArtifactIn(
                 name=ref.name, path=ref.path or ref.name,
                 url=f"{self.settings.api_url}/v1/artifacts/{workflow_id}/{ref.name}",
@@ -345,19 +341,8 @@ class Reconciler:
         datasets = {d.name: d for d in doc.spec.datasets}
         for name in task.datasets:
             ds = datasets[name]
-            sources.append(DataSource(bytes=ds.size,
-                                      locations=[self._location_of(x) for x in ds.locations]))
+            sources.append(DataSource(bytes=ds.size, locations=list(ds.locations)))
         return sources, inputs
-
-    def _location_of(self, name: str) -> str:
-        """A dataset location may name a site, a node/device or a location."""
-        for rt in self.federation.sites():
-            if rt.spec.name == name and rt.spec.location:
-                return rt.spec.location
-            for n in rt.nodes:
-                if n.name == name or n.id == name:
-                    return n.location
-        return name
 
     def _place(self, now: float) -> None:
         with self.store.session() as s:

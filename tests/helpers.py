@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -203,3 +206,25 @@ class ArtifactServer:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+def gate_source(pid_file: Path, timeout: float = 60.0) -> str:
+    """Python source for a task that holds until :func:`open_gate` (or ``timeout`` s).
+
+    The task blocks SIGUSR1, publishes its pid in ``pid_file`` (atomically) and waits for
+    the signal with ``sigtimedwait`` — a wait on the condition, with a deadline, no polling.
+    """
+    return (
+        "import os, signal\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+        f"_tmp = {str(pid_file)!r} + '.tmp'\n"
+        "open(_tmp, 'w').write(str(os.getpid()))\n"
+        f"os.replace(_tmp, {str(pid_file)!r})\n"
+        f"signal.sigtimedwait({{signal.SIGUSR1}}, {timeout!r})\n"
+    )
+
+
+def open_gate(pid_file: Path, timeout: float = 30.0) -> None:
+    """Let the task waiting in :func:`gate_source` go on (waits for its pid first)."""
+    wait_for(pid_file.exists, timeout=timeout, message=f"the gated task to write {pid_file}")
+    os.kill(int(pid_file.read_text()), signal.SIGUSR1)

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from rich.console import Console
 
 from control_plane.demo import Demo
 from tests.conftest import REPO, AgentFactory, Mosquitto, free_port
-from tests.helpers import wait_for
+from tests.helpers import gate_source, open_gate, wait_for
 
 
 def test_demo_runs_to_success_with_the_real_broker(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -51,16 +50,11 @@ def test_demo_runs_to_success_with_the_real_broker(mosquitto: Mosquitto, tmp_pat
 
 # ---------------------------------------------------------------- crash and restart
 
-STEP = textwrap.dedent("""
-    import pathlib, sys, time
-    name, marker, release = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
-    with marker.open("a") as f:
-        f.write(name + "\\n")
-    deadline = time.monotonic() + 60
-    while not release.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pathlib.Path("out.txt").write_text(name + " done\\n")
-""")
+def step(name: str, marker: Path, gate: Path | None) -> str:
+    """A device task: records that it ran, holds at ``gate`` if given, writes out.txt."""
+    return (f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n"
+            + (gate_source(gate) if gate else "")
+            + f"open('out.txt', 'w').write({name!r} + ' done\\n')\n")
 
 
 class Server:
@@ -119,21 +113,21 @@ def server(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Server]:
 
 def test_sigkill_mid_workflow_loses_nothing_and_runs_nothing_twice(
         server: Server, agents: AgentFactory, tmp_path: Path) -> None:
-    marker, release = tmp_path / "executions.txt", tmp_path / "release"
+    marker, gate = tmp_path / "executions.txt", tmp_path / "first.pid"
     agent = agents.spawn("dev-1", "--location", "floor")
     server.start()
     wait_for(lambda: any(n["ready"] for n in server.get("/v1/nodes?site=fleet")["items"]),
              timeout=20, message="the device to join")
 
-    def device_task(name: str, **kw: Any) -> dict[str, Any]:
-        return {"name": name, "command": [sys.executable, "-c", STEP, name, str(marker),
-                                          str(release)],
+    def device_task(name: str, gated: bool = False, **kw: Any) -> dict[str, Any]:
+        return {"name": name,
+                "command": [sys.executable, "-c", step(name, marker, gate if gated else None)],
                 "resources": {"cpu": "500m", "memory": "128Mi"}, "work": 1,
                 "constraints": {"tiers": ["device"]}, **kw}
 
     doc = {"apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": "crashy"},
            "spec": {"tasks": [
-               device_task("first", outputs=[{"name": "first.txt", "path": "out.txt"}]),
+               device_task("first", gated=True, outputs=[{"name": "first.txt", "path": "out.txt"}]),
                {"name": "middle", "command": ["true"], "work": 40, "resources": {"cpu": 1},
                 "constraints": {"tiers": ["cloud"]}, "inputs": [{"name": "first.txt"}],
                 "outputs": [{"name": "middle.json", "path": "m.json"}]},
@@ -152,7 +146,7 @@ def test_sigkill_mid_workflow_loses_nothing_and_runs_nothing_twice(
     wait_for(lambda: marker.exists() and task_state("first") == "Running", timeout=30,
              message="first running on the device")
     server.kill()
-    release.touch()
+    open_gate(gate)
     server.start()
     # 2: kill while the simulated task runs; the new process re-adopts it by its handle
     wait_for(lambda: task_state("middle") == "Running", timeout=60,

@@ -25,7 +25,7 @@ from continuum.errors import PermanentError, TransientError
 from continuum.model import Resources, RunState, SiteHealth, SiteKind, SiteSpec, Task
 from edge_agent.protocol import Telemetry, encode, topic
 from tests.conftest import free_port
-from tests.helpers import ArtifactServer, wait_for
+from tests.helpers import ArtifactServer, gate_source, open_gate, wait_for
 
 PY = sys.executable
 
@@ -115,11 +115,10 @@ def test_inventory_and_health(adapter, device, wakes) -> None:  # type: ignore[n
 
 def test_submit_status_logs_release(adapter, device, mosquitto, observer, artifacts: ArtifactServer,  # type: ignore[no-untyped-def]
                                     tmp_path) -> None:
-    go = tmp_path / "go"
+    gate = tmp_path / "gate.pid"
     node = node_of(adapter, device.device_id)
     run = task_run("run-ok-1", name="count", script={"interpreter": [PY], "source": (
-        "import os, time\n"
-        f"while not os.path.exists({str(go)!r}): time.sleep(0.05)\n"
+        gate_source(gate) +
         "open('out.txt', 'w').write('42')\nprint('line1')\nprint('line2')\n")},
         resources=Resources(cpu=3, memory=2**30))
     run.outputs = [ArtifactOut(name="answer", path="out.txt", url=artifacts.url("up/answer"))]
@@ -131,7 +130,7 @@ def test_submit_status_logs_release(adapter, device, mosquitto, observer, artifa
     wait_for(lambda: adapter.status([h]).get("run-ok-1", None) and
              adapter.status([h])["run-ok-1"].state == RunState.Running, 10, message="Running")
     assert node_of(adapter, device.device_id).free.cpu == 1  # 4 - 3 cores dispatched
-    go.touch()
+    open_gate(gate)
     st = wait_for(lambda: (s := adapter.status([h]).get("run-ok-1")) and s.state.terminal and s,
                   10, message="terminal status")
     assert st.state == RunState.Succeeded and st.exit_code == 0, st.reason

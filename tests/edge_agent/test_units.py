@@ -142,9 +142,9 @@ def test_kill_tree_escalates_to_sigkill(tmp_path: Path) -> None:
     code = ("import signal, subprocess, sys, time\n"
             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
             "c = subprocess.Popen([sys.executable, '-c', 'import signal,time;"
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)'],"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); signal.pause()'],"
             " stdout=subprocess.PIPE)\n"
-            "c.stdout.readline(); print(c.pid, flush=True); time.sleep(60)\n")
+            "c.stdout.readline(); print(c.pid, flush=True); signal.pause()\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             start_new_session=True)
     assert proc.stdout is not None
