@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite runs for real, when missing (needs root).
-# Mosquitto 2.0 (the broker the agent tests talk to).
+# Installs the Debian packages the test suite runs for real, when missing (needs root):
+# Mosquitto 2.0 (the agents' broker), Slurm 22.05 with slurmrestd and its JWT plugin plus
+# munge (the Slurm adapter's cluster), Prometheus, node-exporter and pushgateway (the
+# metrics collector's sources). Nothing is started here; the tests start what they need
+# through deploy/dev/*.sh on loopback.
 set -euo pipefail
 need=()
-command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto mosquitto-clients)
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+have mosquitto || need+=(mosquitto mosquitto-clients)
+have slurmctld || need+=(slurmctld)
+have slurmd || need+=(slurmd)
+have slurmrestd || need+=(slurmrestd)
+have sbatch || need+=(slurm-client)
+have munged || need+=(munge)
+[ -e /usr/lib/x86_64-linux-gnu/slurm-wlm/auth_jwt.so ] || ls /usr/lib/*/slurm-wlm/auth_jwt.so >/dev/null 2>&1 \
+  || need+=(slurm-wlm-jwt-plugin)
+have prometheus || need+=(prometheus)
+have promtool || need+=(prometheus)
+have prometheus-node-exporter || need+=(prometheus-node-exporter)
+have prometheus-pushgateway || need+=(prometheus-pushgateway)
+have curl || need+=(curl)
+have openssl || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" != 0 ]; then
   echo "install-test-deps: missing ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2
   exit 1
