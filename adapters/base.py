@@ -236,4 +236,5 @@ def available_kinds() -> list[SiteKind]:
 def _load_builtin() -> None:
     # Importing registers them; done lazily so `adapters.base` stays import-light.
     import adapters.devices  # noqa: F401
+    import adapters.kubernetes  # noqa: F401
     import adapters.sim  # noqa: F401

@@ -268,6 +268,14 @@ class Slo(Model):
     latency_ms: float = Field(gt=0)
 
 
+class ServicePort(Model):
+    """A port a service task listens on; Kubernetes sites publish it with a Service."""
+
+    port: int = Field(ge=1, le=65535)
+    name: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
 class Task(Model):
     """One step of a workflow: a ``job`` runs to completion, a ``service`` keeps running."""
 
@@ -291,6 +299,7 @@ class Task(Model):
     datasets: list[str] = Field(default_factory=list, description="names of spec.datasets read in place")
     constraints: Constraints = Field(default_factory=Constraints)
     slo: Slo | None = None
+    ports: list[ServicePort] = Field(default_factory=list, description="ports a service listens on")
 
     @model_validator(mode="after")
     def _one_entrypoint(self) -> Task:
@@ -343,6 +352,16 @@ class SiteSpec(Model):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class NodeCondition(Model):
+    """A backend's condition of a node (Kubernetes ``NodeCondition``): ``status`` True/False/Unknown."""
+
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+    since: datetime | None = None
+
+
 class Node(Model):
     """The unit placement chooses: a Kubernetes node, a Slurm partition, a device, ...
 
@@ -368,6 +387,7 @@ class Node(Model):
     location: str
     runtimes: list[str] = Field(default_factory=lambda: ["process"])
     ready: bool = True
+    conditions: list[NodeCondition] = Field(default_factory=list)
     simulated: bool = False
     utilisation: float | None = Field(default=None, ge=0, le=1)
     power_watts: float | None = None

@@ -1,0 +1,75 @@
+"""Fixtures for the Kubernetes/KubeEdge adapter tests: the API-server stand-in and adapters.
+
+``apiserver`` is a fresh :class:`~tests.adapters.kubernetes.apiserver.ApiServer` per test
+(two nodes: ``cloud-1`` 8 cores/32 GiB/1 GPU and ``cloud-2`` 4 cores/16 GiB); at teardown
+it fails the test if any object it received was invalid against the 1.30 schemas.
+``make_adapter(kind, **config)`` builds an adapter for it (closed at teardown).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.base import AdapterContext
+from adapters.kubernetes import KubeEdgeAdapter, KubernetesAdapter
+from continuum.model import SiteKind, SiteSpec
+from tests.adapters.kubernetes.apiserver import ApiServer
+
+
+class Wakes:
+    """Counts ``ctx.wake()`` calls (the adapter wakes the reconciler on each watch event)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+class _NoArtifacts:
+    def put_bytes(self, *a: Any, **k: Any) -> Any:
+        raise AssertionError("the kubernetes adapter does not store artifacts itself")
+
+    def record(self, *a: Any, **k: Any) -> Any:
+        return None
+
+
+@pytest.fixture
+def apiserver() -> Iterator[ApiServer]:
+    server = ApiServer().start()
+    server.add_node("cloud-1", cpu="8", memory="32Gi", gpu=1,
+                    labels={"node.kubernetes.io/instance-type": "g4dn.2xlarge"})
+    server.add_node("cloud-2", cpu="4", memory="16Gi")
+    yield server
+    server.stop()
+    assert not server.rejected, f"the stand-in rejected invalid objects: {server.rejected}"
+
+
+AdapterFactory = Callable[..., KubernetesAdapter]
+
+
+@pytest.fixture
+def make_adapter(apiserver: ApiServer, tmp_path: Path) -> Iterator[AdapterFactory]:
+    made: list[KubernetesAdapter] = []
+
+    def make(kind: str = "kubernetes", name: str = "k8s", wake: Wakes | None = None,
+             **config: Any) -> KubernetesAdapter:
+        config.setdefault("kubeconfig", apiserver.kubeconfig())
+        config.setdefault("watchTimeout", 2)
+        site = SiteSpec(name=name, kind=SiteKind(kind), location="frankfurt", config=config)
+        ctx = AdapterContext(artifacts=_NoArtifacts(), state_dir=tmp_path, wake=wake or Wakes())
+        adapter: KubernetesAdapter = (KubeEdgeAdapter(site, ctx) if kind == "kubeedge"
+                                      else KubernetesAdapter(site, ctx))
+        made.append(adapter)
+        return adapter
+
+    yield make
+    for a in made:
+        a.close()
