@@ -107,6 +107,7 @@ class Permission:
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission("list", "nodes", namespaced=False),
     Permission("list", "pods", namespaced=False),
+    Permission("list", "pods"),
     Permission("watch", "pods"),
     Permission("get", "pods", subresource="log"),
     Permission("create", "jobs", "batch"),
@@ -118,6 +119,7 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission("list", "deployments", "apps"),
     Permission("delete", "deployments", "apps"),
     Permission("create", "services"),
+    Permission("get", "services"),
     Permission("delete", "services"),
 )
 """What ``deploy/kubernetes/rbac.yaml`` grants, and what the connectivity check verifies."""
