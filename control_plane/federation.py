@@ -41,7 +41,11 @@ class SiteRuntime:
 
     def summary(self) -> dict[str, Any]:
         health = SiteHealth.Draining if self.draining else self.health
-        return {**self.spec.wire(), "health": health.value, "message": self.message,
+        wire = self.spec.wire()
+        secret = {"kubeconfig", "password", "token"}  # uploaded credentials are never echoed
+        wire["config"] = {k: ("<redacted>" if k in secret and v else v)
+                          for k, v in wire.get("config", {}).items()}
+        return {**wire, "health": health.value, "message": self.message,
                 "nodes": len(self.nodes),
                 "simulated": bool(self.nodes) and all(n.simulated for n in self.nodes)}
 
