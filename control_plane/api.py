@@ -28,6 +28,7 @@ from continuum.model import (
     WorkflowDocument,
     WorkflowState,
 )
+from control_plane import routes_kubernetes
 from control_plane.artifacts import check_name
 from control_plane.store import EventRow, RunRow, TaskRow, WorkflowRow, add_event
 from control_plane.validation import parse_body, parse_document, pydantic_problems
@@ -119,6 +120,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return schema
 
     app.openapi = custom_openapi  # type: ignore[method-assign]
+    routes_kubernetes.add_routes(app, cp)
 
     @app.exception_handler(ValidationFailed)
     async def _invalid(_: Request, e: ValidationFailed) -> JSONResponse:

@@ -15,8 +15,8 @@
   else the site's tier, else ``cloud``).
 * **workloads** — :mod:`adapters.kubernetes.manifests` (Job / Deployment + Service,
   pinned by node affinity, labelled with the run ids).
-* **status** — a watch thread per site (pods of this site, with ``resourceVersion``)
-  feeds a cache that :meth:`status` reads without a network call. A ``410 Gone``
+* **status** — a watch thread per site (pods of this site, with ``resourceVersion``;
+  started by the first successful connectivity check) feeds a cache that :meth:`status` reads without a network call. A ``410 Gone``
   (resource version too old) makes the thread relist and watch again from the list's
   version; it also relists every ``resyncInterval`` seconds, as an informer resyncs.
   Pod phases and container states map to run states through
@@ -208,7 +208,6 @@ class KubernetesAdapter:
         self._watch: _RawWatch | None = None
         self._thread = threading.Thread(target=self._watch_loop, daemon=True,
                                         name=f"k8s-watch-{site.name}")
-        self._thread.start()
 
     # ------------------------------------------------------------ hooks for kubeedge
 
@@ -314,6 +313,8 @@ class KubernetesAdapter:
                             details={"missing": missing})
         self.server_version = str(info.git_version)
         self._checked = True
+        if self._thread.ident is None and not self._stop.is_set():
+            self._thread.start()  # watch once the server is known to answer
         return self.server_version
 
     def _permissions(self) -> tuple[Permission, ...]:
@@ -707,7 +708,8 @@ class KubernetesAdapter:
         w = self._watch
         if w is not None:
             w.stop()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self.api.close()
 
 

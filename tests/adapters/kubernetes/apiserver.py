@@ -732,3 +732,41 @@ class ApiServer:
                "spec": {"deviceModelRef": {"name": model}, "nodeName": node,
                         "protocol": {"protocolName": "modbus"}}}
         self.create("devices", dev, namespace)
+
+
+def main() -> None:
+    """``python -m tests.adapters.kubernetes.apiserver KUBECONFIG [--edge]``: run the stand-in
+    (two cloud nodes; with ``--edge`` also two KubeEdge edge nodes and a Device) with its
+    kubelet, write a kubeconfig for it, and serve until interrupted. For trying the
+    adapter and the docs' commands on a machine without a cluster."""
+    import argparse
+
+    import yaml
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("kubeconfig", type=Path)
+    p.add_argument("--edge", action="store_true")
+    args = p.parse_args()
+    server = ApiServer().start()
+    server.add_node("cloud-1", cpu="8", memory="32Gi", gpu=1)
+    server.add_node("cloud-2", cpu="4", memory="16Gi")
+    if args.edge:
+        labels = {"node-role.kubernetes.io/edge": ""}
+        taint = [{"key": "node-role.kubernetes.io/edge", "effect": "NoSchedule"}]
+        server.add_node("edge-1", cpu="4", memory="4Gi", arch="arm64", labels=labels,
+                        taints=taint)
+        server.add_node("edge-2", cpu="4", memory="4Gi", arch="arm64", labels=labels,
+                        taints=taint)
+        server.add_device("thermo-01", "edge-1", namespace="factory")
+    server.start_kubelet()
+    args.kubeconfig.write_text(yaml.safe_dump(server.kubeconfig(context="stand-in")))
+    print(f"kube-apiserver stand-in on {server.url}; kubeconfig in {args.kubeconfig}",
+          flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

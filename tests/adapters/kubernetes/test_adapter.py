@@ -284,6 +284,7 @@ def test_submit_is_idempotent_and_a_new_adapter_readopts(apiserver: ApiServer,
     wait_state(a, h1, RunState.Running)
     a.close()
     b = make_adapter()  # a restarted control plane, same handle
+    b.inventory()  # as the reconciler's first cycle does: the check starts the watch
     restored = Handle.from_json(h1.to_json())
     wait_state(b, restored, RunState.Running)
     apiserver.finish_pod(apiserver.pod_of(run.run_id))

@@ -115,6 +115,9 @@ def test_workflow_across_agent_kubernetes_and_kubeedge(
             assert by_id["edge/edge-1"]["tier"] == "edge" and by_id["edge/master"]["tier"] == "cloud"
             assert by_id["edge/edge-1"]["labels"]["device.continuum.io/thermo-01"] == "true"
             assert by_id["cloud/cloud-1"]["allocatable"]["gpu"] == 2
+            sources = client.get("/v1/data-sources").json()["items"]
+            assert [(d["site"], d["name"], d["node"], d["location"], d["online"])
+                    for d in sources] == [("edge", "thermo-01", "edge/edge-1", "factory", True)]
 
             # -- the workflow
             doc = {"apiVersion": "continuum/v1", "kind": "Workflow",

@@ -1,0 +1,35 @@
+"""Routes of the Kubernetes/KubeEdge area: KubeEdge Device objects as data sources.
+
+``GET /v1/data-sources`` lists every Device of every ``kubeedge`` site (from each
+site's last inventory): its model, protocol, the node it is bound to (a Continuum node
+id), that node's location and whether it is online. A task runs next to a device with
+``constraints.labels: {"device.continuum.io/<device>": "true"}``, or reads its data in
+place by naming the node (or location) in a Dataset's ``locations``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+
+from continuum.model import SiteKind
+
+if TYPE_CHECKING:
+    from control_plane.server import ControlPlane
+
+
+def add_routes(app: FastAPI, cp: ControlPlane) -> None:
+    """Register the routes on ``app``."""
+
+    @app.get("/v1/data-sources", tags=["nodes"],
+             summary="KubeEdge devices (data sources) of every kubeedge site")
+    def list_data_sources(site: str | None = None) -> dict[str, Any]:
+        items: list[dict[str, Any]] = []
+        for rt in cp.federation.sites():
+            if rt.spec.kind != SiteKind.kubeedge or (site is not None and rt.spec.name != site):
+                continue
+            sources = getattr(rt.adapter, "data_sources", None)
+            if callable(sources):
+                items += [{"site": rt.spec.name, **d} for d in sources()]
+        return {"items": items}
