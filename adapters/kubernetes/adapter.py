@@ -16,10 +16,11 @@
 * **workloads** — :mod:`adapters.kubernetes.manifests` (Job / Deployment + Service,
   pinned by node affinity, labelled with the run ids).
 * **status** — a watch thread per site (pods of this site, with ``resourceVersion``;
-  started by the first successful connectivity check) feeds a cache that :meth:`status` reads without a network call. A ``410 Gone``
-  (resource version too old) makes the thread relist and watch again from the list's
-  version; it also relists every ``resyncInterval`` seconds, as an informer resyncs.
-  Pod phases and container states map to run states through
+  started by the first successful connectivity check) feeds a cache that
+  :meth:`status` reads without a network call. A ``410 Gone`` (resource version too
+  old) makes the thread relist and watch again from the list's version; it also
+  relists every ``resyncInterval`` seconds, as an informer resyncs. Pod phases and
+  container states map to run states through
   :data:`adapters.kubernetes.states.POD_STATE_TABLE`.
 * **cancel** deletes the workload with ``propagationPolicy: Foreground`` (its pods go
   first); **release** with ``Background``; **logs** read the pod log API.
