@@ -169,6 +169,8 @@ class ApiServer:
         self.deletions: list[tuple[str, str, str]] = []
         """(resource, name, propagationPolicy) of every DELETE."""
         self.watches_opened = 0
+        self.served_crds = {"devices"}
+        """Custom resources whose CRD is installed; discard "devices" for a cluster without it."""
         self.stopping = False
         self.server: http.server.ThreadingHTTPServer | None = None
 
@@ -276,6 +278,8 @@ class ApiServer:
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else ""
         r = RESOURCES.get(plural)
+        if r is not None and "." in r.group and plural not in self.served_crds:
+            r = None
         if r is None or r.group != group:
             raise HttpError(404, "NotFound", f"the server could not find the requested resource ({path})")
         watch = q.get("watch") in ("1", "true")

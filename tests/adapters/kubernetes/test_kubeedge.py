@@ -133,3 +133,11 @@ def test_rbac_on_devices_is_checked(edge: ApiServer, make_adapter: AdapterFactor
     with pytest.raises(AuthError, match="list devices.devices.kubeedge.io cluster-wide"):
         make_adapter("kubeedge", name="edge-site").inventory()
     assert len(make_adapter("kubernetes", name="plain").inventory()) == 4
+
+
+def test_cluster_without_the_device_crd_has_no_devices(edge: ApiServer,
+                                                       make_adapter: AdapterFactory) -> None:
+    edge.served_crds.discard("devices")
+    a = make_adapter("kubeedge", name="edge-site")
+    assert isinstance(a, KubeEdgeAdapter)
+    assert len(a.inventory()) == 4 and a.data_sources() == []
