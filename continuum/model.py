@@ -305,6 +305,8 @@ class Task(Model):
     def _one_entrypoint(self) -> Task:
         if (self.command is None) == (self.script is None):
             raise ValueError("give exactly one of 'command' (argv list) or 'script' (interpreter + source)")
+        if self.ports and self.kind != "service":
+            raise ValueError("ports are for service tasks (kind: service); remove them from this job")
         return self
 
 

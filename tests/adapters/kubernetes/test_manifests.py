@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from adapters.base import ArtifactIn, ArtifactOut, TaskRun
 from adapters.kubernetes import manifests as mf
@@ -139,3 +140,16 @@ def test_rbac_manifest_is_valid_and_grants_what_the_check_verifies() -> None:
 def test_object_names_are_dns_1035_labels(task: str, run_id: str, expected: str) -> None:
     name = mf.object_name(task, run_id)
     assert name == expected and len(name) <= 63
+
+
+@pytest.mark.parametrize(("task", "needle"), [
+    ({"kind": "job", "ports": [{"port": 80}]}, "ports are for service tasks"),
+    ({"kind": "service", "ports": [{"port": 0}]}, "greater than or equal to 1"),
+    ({"kind": "service", "ports": [{"port": 70000}]}, "less than or equal to 65535"),
+    ({"kind": "service", "ports": [{"port": 80, "name": "much-too-long-name"}]}, "pattern"),
+    ({"kind": "service", "ports": [{"port": 80, "protocol": "HTTP"}]}, "'TCP', 'UDP' or 'SCTP'"),
+])
+def test_bad_ports_are_rejected_with_the_reason(task: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        Task.model_validate({"name": "api", "command": ["serve"], **task})
+    assert needle in str(e.value)
