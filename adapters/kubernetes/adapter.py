@@ -84,6 +84,9 @@ LABEL_GPU_W = "continuum.io/gpu-watts"
 EDGE_ROLE = "node-role.kubernetes.io/edge"
 ARCH_LABEL = "kubernetes.io/arch"
 
+OUTPUT_TAIL_LINES = 50
+"""Log lines of a finished pod kept as the run's output tail."""
+
 GOARCH_TO_UNAME = {"amd64": "x86_64", "arm64": "aarch64", "arm": "armv7l", "386": "i686"}
 """Kubernetes reports Go's GOARCH names; Continuum speaks ``uname -m`` names."""
 
@@ -193,6 +196,7 @@ class KubernetesAdapter:
         self._lock = threading.Lock()
         self._pods: dict[str, dict[str, dict[str, Any]]] = {}
         self._gone: dict[str, str] = {}
+        self._tails: dict[str, tuple[str, str]] = {}
         self._workloads: set[str] = set()
         self._relisted_at = 0.0
         self._nodes: dict[str, Node] = {}
@@ -521,6 +525,9 @@ class KubernetesAdapter:
                 by_run.setdefault(run_id, {})[pod["metadata"]["name"]] = pod
         workloads = {((o.get("metadata") or {}).get("labels") or {}).get(mf.LABEL_RUN, "")
                      for o in jobs["items"] + deps["items"]}
+        for run_id, run_pods in by_run.items():
+            for pod in run_pods.values():
+                self._keep_tail(run_id, pod)
         with self._lock:
             self._pods = by_run
             self._workloads = workloads
@@ -561,11 +568,32 @@ class KubernetesAdapter:
             self._watch = None
         return rv
 
+    def _keep_tail(self, run_id: str, pod: dict[str, Any]) -> None:
+        """Read a finished pod's log tail once, before its state enters the cache, so the
+        control plane records the output with the final state (the pod goes on release)."""
+        if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            return
+        name = pod["metadata"]["name"]
+        with self._lock:
+            if self._tails.get(run_id, ("", ""))[0] == name:
+                return
+        try:
+            text = self._call(f"read the log of pod {self.namespace}/{name}",
+                              lambda: self.core.read_namespaced_pod_log(
+                                  name, self.namespace, container=mf.CONTAINER,
+                                  tail_lines=OUTPUT_TAIL_LINES, _request_timeout=self._timeout))
+        except AdapterError as e:
+            text = f"(log unavailable: {e.message})"
+        with self._lock:
+            self._tails[run_id] = (name, str(text))
+
     def _apply_event(self, kind: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata") or {}
         run_id = (meta.get("labels") or {}).get(mf.LABEL_RUN)
         if not run_id:
             return
+        if kind != "DELETED":
+            self._keep_tail(run_id, pod)
         with self._lock:
             pods = self._pods.setdefault(run_id, {})
             if kind == "DELETED":
@@ -597,7 +625,11 @@ class KubernetesAdapter:
                 if pods:
                     pod = max(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "",
                                                    p["metadata"]["name"]))
-                    out[h.run_id] = self._annotate(pod_run_status(pod), pod)
+                    st = self._annotate(pod_run_status(pod), pod)
+                    tail = self._tails.get(h.run_id)
+                    if tail is not None and tail[0] == pod["metadata"]["name"]:
+                        st.output_tail = tail[1]
+                    out[h.run_id] = st
                 elif h.run_id in self._gone:
                     out[h.run_id] = RunStatus(RunState.Failed, reason=self._gone[h.run_id])
                 elif (self._relisted_at > float(h.data.get("submittedAt") or 0)
@@ -661,6 +693,7 @@ class KubernetesAdapter:
         with self._lock:
             self._pods.pop(handle.run_id, None)
             self._gone.pop(handle.run_id, None)
+            self._tails.pop(handle.run_id, None)
 
     def logs(self, handle: Handle, tail: int = 50) -> str:
         """The last ``tail`` lines of the run's newest pod (pod log API, container ``main``)."""

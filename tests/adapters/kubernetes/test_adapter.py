@@ -209,6 +209,7 @@ def test_job_runs_to_success(apiserver: ApiServer, make_adapter: AdapterFactory)
     apiserver.finish_pod(pod, exit_code=0)
     st = wait_state(a, h, RunState.Succeeded)
     assert st.exit_code == 0 and st.finished_at is not None
+    assert st.output_tail.endswith("line 8\nline 9")  # kept with the final state
     assert a.logs(h, tail=2) == "line 8\nline 9"
     assert wakes.count >= 3
     a.release(h)

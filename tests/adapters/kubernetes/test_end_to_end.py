@@ -143,6 +143,8 @@ def test_workflow_across_agent_kubernetes_and_kubeedge(
             assert runs["sense"]["node"] == "factory-devices/pi-1"
             assert runs["filter"]["node"] == "edge/edge-1"
             assert runs["train"]["node"] == "cloud/cloud-1"
+            filtered = client.get(f"/v1/runs/{runs['filter']['id']}").json()
+            assert "on edge-1" in filtered["outputTail"]  # the pod log, kept with the state
 
             # the Jobs as the clusters received them: pinned, labelled, tolerating
             edge_job = next(o for o in edge.received if o.get("kind") == "Job")
