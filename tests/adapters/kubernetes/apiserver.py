@@ -187,6 +187,7 @@ class ApiServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers+body writes wait for delayed ACKs
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -216,8 +217,13 @@ class ApiServer:
             def do_DELETE(self) -> None:
                 self._handle("DELETE")
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client closing its watch mid-stream is normal, not an error
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True,
                          name="apiserver-stand-in").start()
         return self
