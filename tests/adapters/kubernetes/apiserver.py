@@ -149,8 +149,10 @@ def _match_fields(obj: dict[str, Any], selector: str) -> bool:
 class ApiServer:
     """The stand-in; see the module docstring. ``start()`` / ``stop()``; ``url``, ``token``."""
 
-    def __init__(self, version: tuple[int, int] = (1, 30)) -> None:
+    def __init__(self, version: tuple[int, int] = (1, 30), tls_dir: Path | None = None) -> None:
         self.version = version
+        self.tls_dir = tls_dir
+        """With a directory: serve HTTPS with a self-signed certificate (``ca.crt`` there)."""
         self.token = secrets.token_hex(16)
         self.tokens = {self.token}
         self.deny: set[tuple[str, str, str]] = set()
@@ -180,7 +182,28 @@ class ApiServer:
     def url(self) -> str:
         assert self.server is not None
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls_dir else 'http'}://{host}:{port}"
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.tls_dir is not None
+        return self.tls_dir / "ca.crt"
+
+    def _wrap_tls(self, d: Path) -> None:
+        """A self-signed certificate for 127.0.0.1 (openssl), as a cluster CA would issue."""
+        import ssl
+        import subprocess
+
+        d.mkdir(parents=True, exist_ok=True)
+        key, crt = d / "server.key", d / "ca.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", str(key), "-out", str(crt), "-subj", "/CN=kube-apiserver",
+                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                       check=True, capture_output=True, timeout=60)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(crt), str(key))
+        assert self.server is not None
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
 
     def start(self) -> ApiServer:
         outer = self
@@ -224,6 +247,8 @@ class ApiServer:
                 pass  # a client closing its watch mid-stream is normal, not an error
 
         self.server = Server(("127.0.0.1", 0), Handler)
+        if self.tls_dir is not None:
+            self._wrap_tls(self.tls_dir)
         threading.Thread(target=self.server.serve_forever, daemon=True,
                          name="apiserver-stand-in").start()
         return self
@@ -239,8 +264,13 @@ class ApiServer:
     def kubeconfig(self, token: str | None = None, context: str = "stand-in",
                    namespace: str = "continuum") -> dict[str, Any]:
         """A kubeconfig (as a mapping) for this server with a bearer token."""
+        cluster: dict[str, Any] = {"server": self.url}
+        if self.tls_dir is not None:
+            import base64
+            cluster["certificate-authority-data"] = base64.b64encode(
+                self.ca_file.read_bytes()).decode()
         return {"apiVersion": "v1", "kind": "Config", "current-context": context,
-                "clusters": [{"name": "stand-in", "cluster": {"server": self.url}}],
+                "clusters": [{"name": "stand-in", "cluster": cluster}],
                 "users": [{"name": "continuum", "user": {"token": token or self.token}}],
                 "contexts": [{"name": context, "context": {
                     "cluster": "stand-in", "user": "continuum", "namespace": namespace}}]}
@@ -326,7 +356,8 @@ class ApiServer:
 
     def _auth(self, h: Any) -> None:
         auth = h.headers.get("Authorization") or ""
-        if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or token not in self.tokens:  # the scheme is case-insensitive
             raise HttpError(401, "Unauthorized", "Unauthorized")
 
     def _authorize(self, verb: str, resource: str, group: str, ns: str | None) -> None:

@@ -386,3 +386,50 @@ def test_state_table_covers_the_reasons_the_issue_names() -> None:
                 "condition:Unschedulable", "phase:Pending", "phase:Running",
                 "phase:Succeeded", "phase:Failed"):
         assert key in POD_STATE_TABLE
+
+
+# ---------------------------------------------------------------- TLS and in-cluster
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Any:
+    server = ApiServer(tls_dir=tmp_path / "tls").start()
+    server.add_node("tls-1")
+    yield server
+    server.stop()
+    assert not server.rejected
+
+
+def test_kubeconfig_with_cluster_ca_over_https(tls_server: ApiServer,
+                                               make_adapter: AdapterFactory) -> None:
+    a = make_adapter(kubeconfig=tls_server.kubeconfig())
+    assert [n.name for n in a.inventory()] == ["tls-1"]
+    assert a.where.startswith("https://127.0.0.1:")
+    run = task_run()
+    h = a.submit(run, node_named(a, "tls-1"), run.run_id)
+    tls_server.run_pod(tls_server.pod_of(run.run_id))
+    wait_state(a, h, RunState.Running)  # the watch streams over TLS too
+    kc = tls_server.kubeconfig()
+    del kc["clusters"][0]["cluster"]["certificate-authority-data"]
+    with pytest.raises(TransientError, match="CERTIFICATE_VERIFY_FAILED"):
+        make_adapter(kubeconfig=kc).inventory()
+
+
+def test_in_cluster_service_account(tls_server: ApiServer, make_adapter: AdapterFactory,
+                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.config import incluster_config
+
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text(tls_server.token)
+    (sa / "ca.crt").write_bytes(tls_server.ca_file.read_bytes())
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(sa / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(sa / "ca.crt"))
+    with pytest.raises(PermanentError, match="Service host/port is not set"):
+        make_adapter(kubeconfig=None, inCluster=True)
+    port = tls_server.url.rsplit(":", 1)[1]
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+    a = make_adapter(kubeconfig=None, inCluster=True)
+    assert a.where == f"https://127.0.0.1:{port} (in-cluster service account)"
+    assert [n.name for n in a.inventory()] == ["tls-1"]
