@@ -667,6 +667,10 @@ class ApiServer:
                         evicted.append(key[1])
         return evicted
 
+    def received_of(self, kind: str) -> list[dict[str, Any]]:
+        """Every object of ``kind`` the server received (creates, reviews, options)."""
+        return [o for o in self.received if isinstance(o, dict) and o.get("kind") == kind]
+
     def pods(self, run_id: str | None = None) -> list[dict[str, Any]]:
         with self.cond:
             return [copy.deepcopy(p) for p in self.objects["pods"].values()

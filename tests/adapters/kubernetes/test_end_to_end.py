@@ -10,7 +10,9 @@ as YAML text and as a mapping, a context chosen), the registration refusing wron
 credentials and a missing RBAC permission with a 422 that says why, the kubeconfig never
 echoed back, KubeEdge nodes and devices in ``/v1/nodes``, the workflow placed by
 constraints (site; device label) and run to success on all three, its Kubernetes objects
-pinned and labelled, released afterwards; a cancelled service deletes its objects.
+pinned and labelled, released afterwards; a cancelled service deletes its objects; a
+control plane restarted while a Job runs re-adopts it from the store (site and kubeconfig
+persisted) and the pod's labels, and does not run it again.
 """
 
 from __future__ import annotations
@@ -182,3 +184,46 @@ def test_workflow_across_agent_kubernetes_and_kubeedge(
             assert not cloud.pods(run["id"])
     finally:
         cp.stop()
+
+
+def test_restarted_control_plane_readopts_a_running_job(tmp_path: Path) -> None:
+    cloud = ApiServer().start()
+    cloud.add_node("cloud-1", cpu="8", memory="32Gi")
+    settings = Settings(state_dir=tmp_path / "cp", reconcile_interval_s=0.1,
+                        inventory_interval_s=0.3, retry_backoff_s=0.1)
+    fed = FederationDocument.model_validate({
+        "apiVersion": "continuum/v1", "kind": "Federation", "metadata": {"name": "restart"},
+        "spec": {"controlPlane": {"location": "cloud-dc"}, "locations": [{"name": "cloud-dc"}]}})
+    doc = {"apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": "long"},
+           "spec": {"tasks": [{"name": "train", "command": ["python3", "train.py"]}]}}
+    try:
+        cp = ControlPlane(settings, fed)
+        cp.start()
+        try:
+            with TestClient(cp.app) as client:
+                r = client.post("/v1/sites", json=kube_site("cloud", "kubernetes", "cloud-dc",
+                                                            cloud.kubeconfig()))
+                assert r.status_code == 201, r.text
+                wf_id = client.post("/v1/workflows", json=doc).json()["id"]
+                wait_for(lambda: cloud.pods(), 20, message="the Job's pod")
+                run_id = cloud.pods()[0]["metadata"]["labels"]["continuum.io/run-id"]
+                cloud.run_pod(cloud.pod_of(run_id))
+                wait_for(lambda: client.get(f"/v1/runs/{run_id}").json()["state"] == "Running",
+                         20, message="the run to be Running")
+        finally:
+            cp.stop()
+        cloud.finish_pod(cloud.pod_of(run_id))  # finishes while no control plane runs
+        cp2 = ControlPlane(settings, fed)  # same state dir: the site and its kubeconfig persist
+        cp2.start()
+        try:
+            with TestClient(cp2.app) as client:
+                wf = wait_state(client, wf_id, ("Succeeded", "Failed"), timeout=30)
+                assert wf["state"] == "Succeeded", wf
+                runs = client.get(f"/v1/runs?workflow={wf_id}").json()["items"]
+                assert [r["id"] for r in runs] == [run_id]  # re-adopted, not re-run
+                assert len(cloud.received_of("Job")) == 1
+        finally:
+            cp2.stop()
+    finally:
+        cloud.stop()
+    assert not cloud.rejected
