@@ -69,3 +69,9 @@ def test_cluster_add_and_data_sources(url: str, apiserver: ApiServer, tmp_path: 
 
     r = runner.invoke(app, ["cluster", "add", "x", str(tmp_path / "missing"), "--url", url])
     assert r.exit_code == 1 and "cannot read the kubeconfig" in r.output
+
+
+@pytest.mark.parametrize("args", [["cluster"], ["cluster", "add"], ["cluster", "data-sources"]])
+def test_help(args: list[str]) -> None:
+    r = runner.invoke(app, [*args, "--help"])
+    assert r.exit_code == 0 and "Usage" in r.output, r.output
