@@ -101,6 +101,13 @@ def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework) -> Outcome:
         if line:
             reasons.append(line)
     reasons.append(f"{table.idx.size} of {snap.n} nodes feasible")
+    version = fw.predictor.version
+    fallback_fn = getattr(fw.predictor, "fallback", None)
+    if callable(fallback_fn) and version != "analytic-v1":
+        why = fallback_fn(req.task, snap, chosen)
+        if why:
+            reasons.append(why)
+            version = "analytic-v1"
 
     ranked = np.argsort(-table.total, kind="stable")
     alternatives = [
@@ -128,7 +135,7 @@ def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework) -> Outcome:
         reasons=reasons,
         filtered=feas.filtered,
         alternatives=alternatives,
-        model_version=fw.predictor.version,
+        model_version=version,
         feasible_nodes=int(table.idx.size),
     )
     snap.assume(chosen, req.task.resources)
