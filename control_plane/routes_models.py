@@ -45,6 +45,7 @@ class ModelService:
         self.store = ModelStore(cp.settings.state_dir / "models")
         self.predictor = LearnedPredictor(self.store.load_latest())
         self.framework = default_framework(ClassCachedPredictor(self.predictor))
+        self.framework.mode = cp.settings.placement_mode
         self._lock = threading.Lock()
         self._last_train = time.time()
         self._export()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,9 @@ class Settings(BaseSettings):
     )
 
     # -- learned placement and migration (issue 6)
+    placement_mode: Literal["fast", "quality"] = Field(
+        default="fast",
+        description="fast: greedy batch placement; quality: small batches solved exactly (MILP)")
     model_retrain_interval_s: float = Field(
         default=3600.0,
         description="retrain the learned predictors this often (s); 0 = only on demand")

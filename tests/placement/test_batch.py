@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement import Snapshot, default_framework
+from placement import Snapshot, default_framework, place
 from placement.batch import BatchAssigner, ClassCachedPredictor, NodeClasses, naive_assign
 from placement.milp import objective, solve
 from placement.predict import AnalyticPredictor
@@ -127,3 +127,22 @@ def test_class_cached_predictor_equals_direct() -> None:
     assert np.allclose(cached.energy_j(t, snap, rt), direct.energy_j(t, snap, rt))
     fw = default_framework(cached)
     assert fw.predictor.version == "analytic-v1"
+
+
+def test_quality_mode_places_as_the_milp_and_says_so() -> None:
+    nodes = [node("s/fast", 4, speed=4.0), node("s/slow", 4, speed=1.0)]
+    reqs = [request(task("big", 3, GI, work=10.0), key="big", energy=0, latency=0, data=0),
+            request(task("s1", 2, GI, work=1000.0), key="s1", energy=0, latency=0, data=0),
+            request(task("s2", 2, GI, work=1000.0), key="s2", energy=0, latency=0, data=0)]
+    fast = place(reqs, Snapshot(nodes=nodes, network=network()))
+    assert [o.decision.node for o in fast if o.decision] == ["s/fast", "s/slow", "s/slow"]
+    fw = default_framework()
+    fw.mode = "quality"
+    quality = place(reqs, Snapshot(nodes=nodes, network=network()), fw)
+    assert [o.decision.node for o in quality if o.decision] == ["s/slow", "s/fast", "s/fast"]
+    assert all(any("exact MILP" in r for r in o.decision.reasons) for o in quality if o.decision)
+    # too large a batch for the MILP: the greedy answer, no MILP note
+    fw.quality_max_pairs = 2
+    capped = place(reqs, Snapshot(nodes=nodes, network=network()), fw)
+    assert [o.decision.node for o in capped if o.decision] == ["s/fast", "s/slow", "s/slow"]
+    assert not any("exact MILP" in r for o in capped if o.decision for r in o.decision.reasons)
