@@ -15,7 +15,11 @@ Called at the end of every reconcile cycle (:meth:`MigrationController.on_cycle`
    the hysteresis margin, the run has dwelt at least ``migration_min_dwell_s`` on its
    node, and fewer than ``migration_max_per_cycle`` moved this cycle. A moved queued
    job is cancelled and re-placed (break-before-make is harmless: it never started);
-   a service is moved make-before-break — see :meth:`MigrationController._move`.
+   a running service is moved make-before-break: a new run is placed on the target
+   while the old one keeps serving (its reason ``migrating to run <id>``, durable in the
+   store); once the new run is Running the old one is cancelled and ends ``Migrated``;
+   if the new run fails the move is aborted and the old run goes on serving. A
+   service's state bytes are taken as its memory request.
 
 Every migration is an event ``RunMigrated`` with its reason and figures, and counts in
 ``continuum_migrations_total{reason}``.
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from continuum.model import RunState, Task
-from control_plane.store import RunRow, TaskRow, add_event, utcnow
+from control_plane.store import RunRow, TaskRow, add_event, new_id, utcnow
 
 if TYPE_CHECKING:
     from control_plane.server import ControlPlane
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACTIVE = (RunState.Placed.value, RunState.Dispatched.value, RunState.Running.value)
+MOVING_TO = "migrating to run "
+"""Prefix of the reason of a service run being replaced make-before-break (durable in
+the store, so a restarted control plane finishes or aborts the move)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class MigrationController:
         self._last_eval = 0.0
 
     def on_cycle(self, now: float) -> None:
+        self.complete_moves(now)
         moved = self.replace_lost(now)
         st = self.cp.settings
         if st.migration_interval_s > 0 and now - self._last_eval >= st.migration_interval_s:
@@ -143,7 +151,13 @@ class MigrationController:
                   + (f" (cancel on the backend failed: {err})" if err else ""),
                   workflow_id=run.workflow_id, run_id=run.id)
         task = s.get(TaskRow, run.task_id)
-        if task is not None and task.state == "Running":
+        others = s.scalars(select(RunRow).where(RunRow.task_id == run.task_id,
+                                                RunRow.id != run.id,
+                                                RunRow.state.in_(ACTIVE))).all()
+        for other in others:  # a make-before-break pair: the survivor serves alone now
+            if other.reason.startswith(MOVING_TO):
+                other.reason = ""
+        if task is not None and task.state == "Running" and not others:
             task.state, task.not_before = "Ready", None
             task.attempts = max(0, task.attempts - 1)  # a migration is not a failed attempt
             task.reason = f"migrating: {message}"
@@ -154,8 +168,8 @@ class MigrationController:
     def reevaluate(self, now: float) -> int:
         """Score queued jobs on their node vs the best alternative; move the worthwhile ones.
 
-        Returns the number moved. Services are evaluated the same way but are only
-        moved when ``migration_services`` support exists (see module docstring).
+        Returns the number moved (or started moving, for services). Running jobs are
+        left alone: they finish where they are.
         """
         from placement import PlacementRequest, Snapshot
         from placement.batch import BatchAssigner
@@ -170,16 +184,23 @@ class MigrationController:
         moved = 0
         with self.cp.store.session() as s:
             runs = s.scalars(select(RunRow).where(
-                RunRow.state == RunState.Dispatched.value)).all()
+                RunRow.state.in_([RunState.Dispatched.value, RunState.Running.value]))).all()
             for run in runs:
                 if moved >= st.migration_max_per_cycle:
                     break
-                if run.node not in snap.index:
+                if run.node not in snap.index or run.reason.startswith(MOVING_TO):
                     continue
                 task_row = s.get(TaskRow, run.task_id)
-                if task_row is None:
+                if task_row is None or task_row.state != "Running":
                     continue
                 task = Task.model_validate(task_row.spec)
+                service = task.kind == "service"
+                if run.state == RunState.Running.value and not service:
+                    continue  # a running job finishes where it is
+                if s.scalars(select(RunRow.id).where(
+                        RunRow.task_id == run.task_id, RunRow.id != run.id,
+                        RunRow.state.in_(ACTIVE))).first() is not None:
+                    continue  # a move of this task is already under way
                 doc = self.cp.reconciler._doc(s, run.workflow_id)
                 req = PlacementRequest(run.id, task, doc.spec.objective)
                 cc = assigner.costs(req)
@@ -188,17 +209,85 @@ class MigrationController:
                 if best is None:
                     continue
                 since = run.placed_at.timestamp() if run.placed_at else now
-                v = decide(Candidate(here, best[1], now - since, downtime_s=0.0),
+                state_bytes = task.resources.memory if service else 0
+                v = decide(Candidate(here, best[1], now - since, downtime_s=0.0,
+                                     state_bytes=state_bytes,
+                                     bandwidth_bps=st.migration_bandwidth_bps),
                            st.migration_horizon_s, st.migration_hysteresis,
                            st.migration_min_dwell_s)
-                if v.move:
+                if not v.move:
+                    continue
+                if service:
+                    self._start_move(s, run, task_row, task, doc, best[0], v, now)
+                else:
                     self._migrate(s, run, "better-node",
                                   f"queued job moves from {run.node} toward {best[0]}: "
                                   f"{v.reason}")
-                    moved += 1
+                moved += 1
         if moved:
             self.cp.reconciler.wake()
         return moved
+
+    def _start_move(self, s: object, run: RunRow, task_row: TaskRow, task: Task, doc: object,
+                    target: str, v: Verdict, now: float) -> None:
+        """Make-before-break: a new run on ``target``; the old one serves until it runs."""
+        from datetime import UTC, datetime
+
+        from sqlalchemy.orm import Session
+
+        from continuum.model import WorkflowDocument
+        from placement import PlacementRequest, Snapshot, place
+
+        assert isinstance(s, Session) and isinstance(doc, WorkflowDocument)
+        node = self.cp.federation.node(target)
+        if node is None:
+            return
+        snap = Snapshot(nodes=[node], network=self.cp.network, now=now)  # type: ignore[arg-type]
+        out = place([PlacementRequest(run.id, task, doc.spec.objective)], snap,
+                    self.cp.models.framework)[0]
+        if out.decision is None:
+            return
+        d = out.decision
+        d.reasons.append(f"migration of run {run.id} from {run.node}: {v.reason}")
+        task_row.attempts += 1
+        at = datetime.fromtimestamp(now, UTC)
+        new = RunRow(id=new_id("run"), workflow_id=run.workflow_id, task_id=run.task_id,
+                     task_name=run.task_name, attempt=task_row.attempts,
+                     state=RunState.Placed.value, site=d.site, node=d.node,
+                     placement=d.wire(), created_at=at, placed_at=at)
+        s.add(new)
+        s.flush()
+        run.reason = f"{MOVING_TO}{new.id} on {d.node}"
+        add_event(s, "RunMigrating",
+                  f"better-node: service moves make-before-break from {run.node} to {d.node} "
+                  f"as run {new.id}: {v.reason}", workflow_id=run.workflow_id, run_id=run.id)
+        self.cp.metrics.run_transitions.labels(RunState.Placed.value).inc()
+        add_event(s, "RunPlaced", f"placed on {d.node} ({d.tier.value}) to replace run {run.id}",
+                  workflow_id=run.workflow_id, run_id=new.id)
+
+    def complete_moves(self, now: float) -> None:
+        """Finish make-before-break moves: the old run stops once the new one runs; a new
+        run that failed aborts the move (the old one goes on serving)."""
+        with self.cp.store.session() as s:
+            olds = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE),
+                                                  RunRow.reason.startswith(MOVING_TO))).all()
+            for old in olds:
+                new_id_ = old.reason[len(MOVING_TO):].split(" ", 1)[0]
+                new = s.get(RunRow, new_id_)
+                if new is not None and new.state == RunState.Running.value:
+                    self._migrate(s, old, "better-node",
+                                  f"replaced by run {new.id} now running on {new.node}")
+                elif new is None or RunState(new.state).terminal:
+                    old.reason = ""
+                    task = s.get(TaskRow, old.task_id)
+                    if task is not None and task.state != "Running":
+                        # the reconciler scheduled a retry for the failed new run: undo it,
+                        # the old run still serves the task
+                        task.state, task.not_before, task.reason = "Running", None, ""
+                    add_event(s, "MigrationAborted",
+                              f"run {new_id_} did not start ({new.reason if new else 'gone'}); "
+                              f"run {old.id} keeps serving on {old.node}",
+                              workflow_id=old.workflow_id, run_id=old.id)
 
     @staticmethod
     def _best_other(assigner: object, cc: object, req: object, current: str

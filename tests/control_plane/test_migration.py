@@ -176,3 +176,50 @@ def test_work_of_an_offline_device_is_replaced_within_two_heartbeats(
             assert 'continuum_migrations_total{reason="node-lost"} 1.0' in text
     finally:
         cp.stop()
+
+
+# ---------------------------------------------------------------- services, make-before-break
+
+
+def test_service_moves_make_before_break_to_a_better_node_and_stays(tmp_path: Path) -> None:
+    from tests.control_plane.harness import control_plane
+
+    with control_plane(tmp_path, migration_interval_s=0.05, migration_min_dwell_s=0.0,
+                       model_retrain_interval_s=0) as (cp, api):
+        doc = {"apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": "svc"},
+               "spec": {"tasks": [{"name": "serve", "kind": "service", "command": ["serve"],
+                                   "work": 600, "resources": {"cpu": 1, "memory": "64Mi"}}]}}
+        wf = api.post("/v1/workflows", json=doc).json()["id"]
+
+        def runs() -> list[dict]:
+            return api.get("/v1/runs", params={"workflow": wf}).json()["items"]
+
+        first = wait_for(lambda: next((r for r in runs() if r["state"] == "Running"), None), 20,
+                         message="the service running")
+        assert first["node"].startswith("cloud/")
+        # a faster, far more frugal node appears
+        site = {"name": "green", "kind": "sim", "tier": "cloud", "location": "dc",
+                "config": {"timeScale": 1000, "nodes": [
+                    {"name": "arm", "count": 1, "cpu": 8, "memory": "32Gi", "speed": 4.0,
+                     "power": {"idleWatts": 5, "maxWatts": 20, "source": "test figure"}}]}}
+        assert api.post("/v1/sites", json=site).status_code == 201
+
+        def moved() -> list[dict] | None:
+            rs = runs()
+            done = [r for r in rs if r["state"] == "Migrated"]
+            return rs if done else None
+
+        rs = wait_for(moved, 30, message=lambda: f"the service migrated; runs {runs()}")
+        new = next(r for r in rs if r["id"] != first["id"])
+        assert new["node"] == "green/arm" and new["state"] == "Running"
+        events = api.get(f"/v1/workflows/{wf}").json()["events"]
+        kinds = [(e["type"], e.get("runId")) for e in events]
+        # make before break: the new run ran before the old one stopped
+        assert kinds.index(("RunRunning", new["id"])) < kinds.index(("RunMigrated", first["id"]))
+        starting = next(e for e in events if e["type"] == "RunMigrating")
+        assert "gain" in starting["message"] and "cost" in starting["message"]
+        # and it stays: many more evaluations, no move back
+        target = cp.reconciler.cycles + 40
+        wait_for(lambda: cp.reconciler.cycles >= target, 30, message="40 more cycles")
+        assert [r["state"] for r in runs()].count("Migrated") == 1
+        assert 'continuum_migrations_total{reason="better-node"} 1.0' in api.get("/metrics").text
