@@ -14,8 +14,8 @@ run once per node per request. This module avoids both:
   the predictor — analytic or learned — runs once per (task class, node class), and the
   result is cached for the rest of the batch.
 * **Capacity** is the only per-node state: the assigner walks the feasible classes in
-  cost order and takes the first node of the first class that still fits (first fit
-  within a class; every node of a class has the same cost). Each class keeps an upper
+  cost order and takes, in the first class with room, the fitting node with the least
+  free cpu (best fit; every node of a class has the same cost). Each class keeps an upper
   bound of its members' free cpu/memory/gpu, refreshed only after a scan that found
   nothing, so a full class is skipped in O(1) without rescanning its members.
 
@@ -161,12 +161,35 @@ def linear_cost(raw: dict[str, np.ndarray], floors: dict[str, float],
     return out
 
 
-def evaluate(req: PlacementRequest, classes: NodeClasses, fw: Framework) -> ClassCosts:
-    """Run the static filters and the score plugins of ``fw`` over the representatives."""
+def static_mask(req: PlacementRequest, classes: NodeClasses, fw: Framework) -> np.ndarray:
+    """Feasible classes under every filter of ``fw`` but the capacity one, shape ``(C,)``."""
     rep = classes.rep_snap
     state = CycleState(fw.predictor)
-    feas = fw.run_filters(req, rep, state)
-    mask = feas.mask
+    mask = np.ones(rep.n, dtype=bool)
+    for f in fw.filters:
+        if f.name != NodeResourcesFit.name:
+            mask &= f.filter(req, rep, state).mask
+    return mask
+
+
+def static_key(req: PlacementRequest) -> tuple[object, ...]:
+    """The part of :func:`task_class_key` the static filters read (constraints, image, SLO).
+
+    :class:`BatchAssigner` shares one static verdict among task classes with this key, so
+    a filter plugin other than ``NodeResourcesFit`` must read only these fields of a
+    request (true of the built-in ``NodeConstraints`` and ``SloLatency``).
+    """
+    return task_class_key(req)[5:12]
+
+
+def evaluate(req: PlacementRequest, classes: NodeClasses, fw: Framework,
+             mask: np.ndarray | None = None) -> ClassCosts:
+    """Run the static filters (unless ``mask`` gives their verdict) and the score plugins
+    of ``fw`` over the representatives."""
+    rep = classes.rep_snap
+    state = CycleState(fw.predictor)
+    if mask is None:
+        mask = static_mask(req, classes, fw)
     raw: dict[str, np.ndarray] = {}
     floors: dict[str, float] = {}
     for p in fw.scores:
@@ -205,10 +228,14 @@ class BatchAssigner:
     framework: Framework = field(default_factory=default_framework)
     classes: NodeClasses | None = None
     cache: dict[tuple[object, ...], ClassCosts] = field(default_factory=dict)
+    best_fit: bool = True
+    """Within a class take the fitting node with the least free cpu (best fit, which
+    leaves large holes for large requests); False = the first fitting node."""
 
     def __post_init__(self) -> None:
         if self.classes is None:
             self.classes = NodeClasses(self.snap)
+        self._static: dict[tuple[object, ...], np.ndarray] = {}
         cl = self.classes
         s = self.snap
         self._ub_cpu = np.array([s.free_cpu[m].max() if m.size else -1.0 for m in cl.members])
@@ -221,7 +248,11 @@ class BatchAssigner:
         cc = self.cache.get(key)
         if cc is None:
             assert self.classes is not None
-            cc = evaluate(req, self.classes, self.framework)
+            skey = key[5:12]
+            mask = self._static.get(skey)
+            if mask is None:
+                mask = self._static[skey] = static_mask(req, self.classes, self.framework)
+            cc = evaluate(req, self.classes, self.framework, mask)
             self.cache[key] = cc
         return cc
 
@@ -237,7 +268,11 @@ class BatchAssigner:
                 continue
             m = self.classes.members[c]
             fits = (s.free_cpu[m] >= cpu) & (s.free_mem[m] >= mem) & (s.free_gpu[m] >= gpu)
-            k = int(fits.argmax())
+            if self.best_fit:
+                left = np.where(fits, s.free_cpu[m], np.inf)
+                k = int(left.argmin())
+            else:
+                k = int(fits.argmax())
             if not fits[k]:
                 self._ub_cpu[c] = s.free_cpu[m].max()
                 self._ub_mem[c] = s.free_mem[m].max()
@@ -379,6 +414,8 @@ __all__ = [
     "linear_cost",
     "naive_assign",
     "node_classes",
+    "static_key",
+    "static_mask",
     "size_order",
     "task_class_key",
 ]
