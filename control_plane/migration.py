@@ -3,8 +3,9 @@
 Called at the end of every reconcile cycle (:meth:`MigrationController.on_cycle`):
 
 1. **Lost work** (every cycle): an active run (Placed, Dispatched, Running) whose node
-   is no longer placeable — the node vanished from the inventory or is not ready (a
-   device whose agent went offline), or its site is draining or unreachable — ends as
+   has not been placeable for ``migration_lost_grace_s`` as this process observed it —
+   the node vanished from the inventory or is not ready (a device whose agent went
+   offline), or its site is draining or unreachable — ends as
    ``Migrated`` with the reason, the backend is told to cancel (best effort), and its
    task goes back to Ready *without* a retry backoff and without counting an attempt
    against ``retries``; the reconciler is woken so the next cycle re-places it.
@@ -103,6 +104,8 @@ class MigrationController:
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp
         self._last_eval = 0.0
+        self._lost_since: dict[str, float] = {}
+        """run id → when this process first saw its node not placeable."""
 
     def on_cycle(self, now: float) -> None:
         self.complete_moves(now)
@@ -117,16 +120,25 @@ class MigrationController:
     # ------------------------------------------------------------ lost work
 
     def replace_lost(self, now: float) -> int:
-        """Migrate every active run whose node is gone or not placeable; returns the count."""
+        """Migrate every active run whose node has been gone or not placeable for the grace
+        period (counted from this process's first observation, so a restarted control
+        plane that has not relearnt its inventory yet does not move healthy work);
+        returns the count."""
         fed = self.cp.federation
         placeable = {nd.id for nd in fed.placeable_nodes()}
         known = {nd.id: nd for nd in fed.nodes()}
+        grace = self.cp.settings.migration_lost_grace_s
         moved = 0
+        seen: set[str] = set()
         with self.cp.store.session() as s:
             runs = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE))).all()
             for run in runs:
                 if run.node is None or run.node in placeable:
                     continue
+                seen.add(run.id)
+                since = self._lost_since.setdefault(run.id, now)
+                if now - since < grace:
+                    continue  # e.g. a restarted control plane still relearning its inventory
                 nd = known.get(run.node)
                 if nd is None:
                     why = f"node {run.node} left the inventory"
@@ -134,8 +146,9 @@ class MigrationController:
                     why = f"node {run.node} is not ready (offline)"
                 else:
                     why = f"site {run.site} takes no new work (draining or unreachable)"
-                self._migrate(s, run, "node-lost", why)
+                self._migrate(s, run, "node-lost", f"{why} for {now - since:.1f}s")
                 moved += 1
+        self._lost_since = {k: v for k, v in self._lost_since.items() if k in seen}
         return moved
 
     def _migrate(self, s: object, run: RunRow, reason: str, message: str) -> None:

@@ -128,14 +128,22 @@ class ModelService:
         return view
 
     def on_cycle(self, now: float) -> None:
-        """Retrain when the schedule says so (called once per reconcile cycle)."""
+        """Start a retrain in the background when the schedule says so (called once per
+        reconcile cycle; training never holds up the cycle)."""
         every = self.cp.settings.model_retrain_interval_s
-        if every > 0 and now - self._last_train >= every:
-            self._last_train = now
+        if every <= 0 or now - self._last_train < every or self._lock.locked():
+            return
+        self._last_train = now
+
+        def run() -> None:
             try:
                 self.retrain("auto")
             except ValidationFailed as e:
                 log.info("scheduled retrain skipped: %s", e)
+            except Exception:
+                log.exception("scheduled retrain failed; the current model stays")
+
+        threading.Thread(target=run, name="model-retrain", daemon=True).start()
 
     def _export(self) -> None:
         ms: ModelSet | None = self.predictor.models

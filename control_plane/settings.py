@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     migration_min_dwell_s: float = Field(
         default=120.0, description="a run is not moved again sooner than this after placement (s)")
     migration_max_per_cycle: int = Field(default=2, description="most migrations per cycle")
+    migration_lost_grace_s: float = Field(
+        default=6.0,
+        description="a run's node must be gone or not ready this long before its work is "
+        "re-placed (s); covers a restarted control plane relearning its inventory")
     migration_bandwidth_bps: float = Field(
         default=100e6, description="bandwidth assumed for moving a service's state (bit/s)")
 

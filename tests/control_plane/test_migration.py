@@ -111,7 +111,7 @@ def test_work_of_an_offline_device_is_replaced_within_two_heartbeats(
         mosquitto: Mosquitto, agents: AgentFactory, tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path / "cp", reconcile_interval_s=0.05,
                         inventory_interval_s=0.05, retry_backoff_s=30.0,
-                        model_retrain_interval_s=0)
+                        model_retrain_interval_s=0, migration_lost_grace_s=HEARTBEAT_S / 2)
     cp = ControlPlane(settings, fleet(mosquitto.url))
     devs = [agents.spawn(f"dev-{k}", "--profile", "pi4", "--location", "factory",
                          telemetry_interval=HEARTBEAT_S) for k in range(2)]

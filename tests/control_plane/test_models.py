@@ -115,3 +115,15 @@ def test_cli_model_train_and_eval(tmp_path: Path, monkeypatch) -> None:  # type:
         assert "trained on 0 recorded + 300 twin runs" in res.output and "runtime" in res.output
         res = runner.invoke(cli_model.app, ["train", "--source", "nope"])
         assert res.exit_code == 1 and "unknown training source" in res.output
+
+
+def test_scheduled_retrain(tmp_path: Path) -> None:
+    from tests.helpers import wait_for
+
+    with control_plane(tmp_path, model_retrain_interval_s=0.2,
+                       model_bootstrap_samples=200) as (_, api):
+        wait_for(lambda: api.get("/v1/models").json()["version"] == "learned-v1", 30,
+                 message="the scheduled retrain to serve learned-v1")
+        view = api.get("/v1/models").json()
+        assert view["retrainIntervalS"] == 0.2
+        assert all(t["source"].startswith("auto:") for t in view["targets"])
