@@ -297,12 +297,53 @@ class BatchAssigner:
         self._ub_mem[c] = max(self._ub_mem[c], s.free_mem[i])
         self._ub_gpu[c] = max(self._ub_gpu[c], s.free_gpu[i])
 
-    def assign(self, requests: Sequence[PlacementRequest]) -> np.ndarray:
-        """Node index per request (input order), -1 where nothing fits; largest first."""
+    def assign(self, requests: Sequence[PlacementRequest], order: str = "size") -> np.ndarray:
+        """Node index per request (input order), -1 where nothing fits.
+
+        ``order``: ``size`` = largest first (as :func:`placement.place`); ``regret`` =
+        the requests that lose most if denied their best class first (regret = cost of
+        the second-best feasible class − cost of the best; one class only → +inf), ties
+        largest first — the regret heuristic for generalized assignment (Martello & Toth,
+        "Knapsack Problems", 1990, §7.3); ``best`` = both from the same capacity, keeping
+        the one of higher :meth:`value` (ties → size).
+        """
+        if order == "best":
+            return self._best_of(requests)
         out = np.full(len(requests), -1, dtype=np.int64)
-        for i in size_order(requests):
+        idx = size_order(requests)
+        if order == "regret":
+            rank = {i: k for k, i in enumerate(idx)}
+            regret = []
+            for req in requests:
+                cc = self.costs(req)
+                c = cc.cost[cc.order[:2]]
+                regret.append(float(c[1] - c[0]) if c.size > 1 else np.inf)
+            idx = sorted(idx, key=lambda i: (-regret[i], rank[i]))
+        for i in idx:
             out[i] = self.assign_one(requests[i])
         return out
+
+    def value(self, requests: Sequence[PlacementRequest], nodes: np.ndarray) -> float:
+        """Σ over placed requests of (1 − cost): the batch objective in score form."""
+        return float(sum(1.0 - self.cost_of(r, int(j))
+                         for r, j in zip(requests, nodes, strict=True) if j >= 0))
+
+    def _best_of(self, requests: Sequence[PlacementRequest]) -> np.ndarray:
+        """Both orders from the same starting capacity; keep the higher :meth:`value`."""
+        s = self.snap
+        saved = (s.free_cpu.copy(), s.free_mem.copy(), s.free_gpu.copy(),
+                 self._ub_cpu.copy(), self._ub_mem.copy(), self._ub_gpu.copy())
+        by_size = self.assign(requests, "size")
+        after_size = (s.free_cpu.copy(), s.free_mem.copy(), s.free_gpu.copy(),
+                      self._ub_cpu.copy(), self._ub_mem.copy(), self._ub_gpu.copy())
+        (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
+         self._ub_gpu[:]) = saved
+        by_regret = self.assign(requests, "regret")
+        if self.value(requests, by_regret) > self.value(requests, by_size):
+            return by_regret
+        (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
+         self._ub_gpu[:]) = after_size
+        return by_size
 
     def cost_of(self, req: PlacementRequest, node: int) -> float:
         """The objective of ``req`` on node index ``node`` (``inf`` when infeasible)."""

@@ -156,10 +156,10 @@ def greedy_energy() -> Policy:
     return _generic(choose)
 
 
-def continuum(predictor: Predictor | None = None,
-              framework: Framework | None = None) -> Callable[..., np.ndarray]:
+def continuum(predictor: Predictor | None = None, framework: Framework | None = None,
+              order: str = "size") -> Callable[..., np.ndarray]:
     """BatchAssigner with ``predictor``; returns node indices (the assigner is discarded)."""
     def run(requests: Sequence[PlacementRequest], snap: Snapshot) -> np.ndarray:
         fw = framework or default_framework(predictor)
-        return BatchAssigner(snap, fw).assign(requests)
+        return BatchAssigner(snap, fw).assign(requests, order)
     return run

@@ -66,6 +66,7 @@ def scenario_a(instances: int, batch_size: int, learned: LearnedPredictor,
         "greedy-energy": P.greedy_energy(),
         "continuum-analytic": P.continuum(),
         "continuum-learned": P.continuum(learned),
+        "continuum-learned, best order": P.continuum(learned, order="best"),
     }
     stats: dict[str, dict[str, list[float]]] = {
         name: {k: [] for k in ("completion", "latency", "energy", "wan", "slo", "unplaced",
@@ -90,9 +91,9 @@ def scenario_a(instances: int, batch_size: int, learned: LearnedPredictor,
         milp_status[m.status] = milp_status.get(m.status, 0) + 1
         results["milp-optimum"] = m.nodes
         if m.status == "optimal":
-            hl = results["continuum-learned"]
-            stats["continuum-learned"]["gap"].append(
-                gap(hl, objective(reqs, hl, la), m.nodes, m.objective))
+            for name in ("continuum-learned", "continuum-learned, best order"):
+                hl = results[name]
+                stats[name]["gap"].append(gap(hl, objective(reqs, hl, la), m.nodes, m.objective))
             aa = BatchAssigner(base.copy())
             ma = solve(reqs, aa, milp_limit_s)
             if ma.status == "optimal":
@@ -244,6 +245,40 @@ def throughput(quick: bool) -> tuple[str, list[T.Row]]:
 
 # ---------------------------------------------------------------- targets
 
+NOTE = """\
+What limits the missed targets (analysis of this benchmark, not measured by it):
+
+- **Optimality gap under contention.** The assigner is greedy: requests largest first, each
+  to its best class that still has room, no look-ahead. At 0–40 % background load nothing
+  competes and it matches the MILP. At 0–85 % the few good classes (HPC and the factory's
+  edge/devices for SLO-bound work) fill up, later requests fall to costlier classes or stay
+  unplaced, and the MILP — which trades placements between requests — does better. The regret
+  order (`order="best"`: the better of largest-first and regret-first, by the same value) brings
+  the median under 3 % but leaves more requests for the next cycle (see its "unplaced"
+  column). `CONTINUUM_PLACEMENT_MODE=quality` solves batches of up to 20,000 (request, node)
+  pairs exactly (the MILP row).
+- **Completion and energy against kube-default on scenario A.** Most completion time here is
+  compute of the training and ETL jobs on large x86 nodes of similar per-core speed, and
+  kube-scheduler's LeastAllocated already sends those to the big, empty HPC and cloud nodes.
+  Continuum's gains are elsewhere: no SLO violations (kube-default has hundreds), input data
+  kept near pre-processing, devices used where they save energy. Its mean completion is held
+  back by the SLO-bound services, which may only run on the slow factory devices and edge
+  (greedy-energy, which ignores SLOs, finishes sooner). In an earlier run with the data term
+  on as well (objective data=1) completion was 6.6 % *worse* than kube-default, energy 19 %
+  lower; the scenario's workflows therefore weigh time, latency and energy (data=0, transfer
+  time being part of completion).
+- **Learned vs analytic.** The learned predictors are far more accurate on the ground truth
+  (MAPE table) but their placements here equal the analytic ones: Amdahl's law, GPU
+  generations and Pi throttling change every node's prediction in the same direction, not
+  the ranking of the node classes in this scenario. Their µs/decision is the scikit-learn
+  `predict` per new task class (each scenario-A request is its own class).
+- **Scenario B (no target).** Continuum leaves more pods unplaced than kube-default: its
+  objective has no fragmentation term, so CPU-only pods go to the hosts with the lowest
+  watts per core share — GPU hosts with many cores — and strand their GPUs, which
+  kube-scheduler's BalancedAllocation avoids. A fragmentation-aware score (the paper's FGD)
+  would address it; not built.
+"""
+
 
 def targets(a: dict[str, dict[str, float]], c: dict[str, dict[str, float]],
             rows: list[T.Row]) -> str:
@@ -251,8 +286,9 @@ def targets(a: dict[str, dict[str, float]], c: dict[str, dict[str, float]],
     kube, mine = a["kube-default"], a["continuum-learned"]
     completion = 100 * (1 - mine["mean_completion"] / kube["mean_completion"])
     energy = 100 * (1 - mine["energy"] / kube["energy"])
-    gaps = [(c_or_a["continuum-learned"]["gap_median"], label)
-            for c_or_a, label in ((a, "scenario A"), (c, "contended A"))]
+    gaps = [(c_or_a[name]["gap_median"], f"{label}, {name}")
+            for c_or_a, label in ((a, "scenario A"), (c, "contended A"))
+            for name in ("continuum-learned", "continuum-learned, best order")]
     by = {(r.nodes, r.policy): r for r in rows}
     out = []
 
@@ -350,7 +386,7 @@ def main() -> None:
         f"({time.time() - t0:.0f} s on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs shared). Chart: `bench/placement/placement.png`.\n\n"
         "### Predictors (scenario A ground truth, held-out 20 %)\n\n" + mape_text +
-        "\n\n### Targets\n\n" + targets(a_sum, c_sum, t_rows) +
+        "\n\n### Targets\n\n" + targets(a_sum, c_sum, t_rows) + "\n\n" + NOTE +
         "\n\n### Scenario A — continuum (devices, edge, cloud, HPC)\n\n" + a_text +
         "\n\n### Scenario A, contended (0–85 % background load, 96 requests per batch)\n\n"
         + c_text +

@@ -39,8 +39,9 @@ task_spec = st.tuples(st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0, 5.0]),
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(node_spec, min_size=1, max_size=12), st.lists(task_spec, min_size=1, max_size=40))
-def test_assigner_never_overcommits(nodes_in: list, tasks_in: list) -> None:
+@given(st.lists(node_spec, min_size=1, max_size=12), st.lists(task_spec, min_size=1, max_size=40),
+       st.sampled_from(["size", "regret", "best"]))
+def test_assigner_never_overcommits(nodes_in: list, tasks_in: list, order: str) -> None:
     nodes = [node(f"s/n{i}", cpu, mem * GI, gpu, loc=loc, speed=sp,
                   free=(cpu / 2, mem * GI, gpu) if i % 3 == 0 else None)
              for i, (cpu, mem, gpu, loc, sp) in enumerate(nodes_in)]
@@ -48,7 +49,13 @@ def test_assigner_never_overcommits(nodes_in: list, tasks_in: list) -> None:
             for k, (cpu, mem, gpu, w) in enumerate(tasks_in)]
     snap = Snapshot(nodes=nodes, network=network())
     free0 = (snap.free_cpu.copy(), snap.free_mem.copy(), snap.free_gpu.copy())
-    chosen = BatchAssigner(snap.copy()).assign(reqs)
+    assigner = BatchAssigner(snap.copy())
+    chosen = assigner.assign(reqs, order)
+    if order == "best":  # the better of the two orders by value
+        v = assigner.value(reqs, chosen)
+        for other in ("size", "regret"):
+            assert v >= BatchAssigner(snap.copy()).value(
+                reqs, BatchAssigner(snap.copy()).assign(reqs, other)) - 1e-9
     used_cpu, used_mem, used_gpu = np.zeros(len(nodes)), np.zeros(len(nodes)), np.zeros(len(nodes))
     for req, j in zip(reqs, chosen, strict=True):
         if j >= 0:
