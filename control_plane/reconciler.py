@@ -61,7 +61,7 @@ from control_plane.store import (
     new_id,
 )
 from monitoring.metrics import ControlPlaneMetrics
-from placement import DataSource, PlacementRequest, Snapshot, place
+from placement import DataSource, Framework, PlacementRequest, Snapshot, place
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,10 @@ class Reconciler:
         self.last_cycle_at: float | None = None
         self.cycles = 0
         self._docs: dict[str, WorkflowDocument] = {}
+        self.framework: Framework | None = None
+        """Placement framework (the server sets the learned one); None = the default."""
+        self.hooks: list[Callable[[float], None]] = []
+        """Called with ``now`` at the end of every cycle (model retraining, migration)."""
 
     # ------------------------------------------------------------ loop
 
@@ -118,6 +122,11 @@ class Reconciler:
         self._place(now)
         self._dispatch(now)
         self._release()
+        for hook in self.hooks:
+            try:
+                hook(now)
+            except Exception:
+                log.exception("cycle hook %r failed; the cycle goes on", hook)
         self._gauges()
         self.metrics.reconcile_cycle.observe(time.perf_counter() - t0)
         self.last_cycle_at = self.clock()
@@ -363,7 +372,8 @@ class Reconciler:
                 by_key[str(t.id)] = t
             t0 = time.perf_counter()
             outcomes = place(requests, Snapshot(nodes=self.federation.placeable_nodes(),
-                                                network=self.network, now=now))  # type: ignore[arg-type]
+                                                network=self.network, now=now),  # type: ignore[arg-type]
+                             self.framework)
             self.metrics.placement_cycle.observe(time.perf_counter() - t0)
             for out in outcomes:
                 t = by_key[out.key]

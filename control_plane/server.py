@@ -55,6 +55,13 @@ class ControlPlane:
         self.federation = Federation(self.store, self.ctx, settings, self.metrics)
         self.reconciler = Reconciler(self.store, self.federation, self.artifacts, settings,
                                      self.metrics, self.network)
+        from control_plane.migration import MigrationController
+        from control_plane.routes_models import ModelService
+
+        self.models = ModelService(self)
+        self.migration = MigrationController(self)
+        self.reconciler.framework = self.models.framework
+        self.reconciler.hooks += [self.models.on_cycle, self.migration.on_cycle]
         self.app = create_app(self)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

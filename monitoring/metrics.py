@@ -47,6 +47,16 @@ class ControlPlaneMetrics:
         self.bytes_moved = Counter(
             "continuum_artifact_bytes_total", "Artifact bytes moved by runs, by direction.",
             ["direction"], registry=r)
+        # -- learned placement and migration (issue 6)
+        self.model_mape = Gauge(
+            "continuum_model_mape_percent",
+            "Held-out mean absolute percentage error per predictor target (%), learned vs "
+            "the analytic fallback.", ["target", "model"], registry=r)
+        self.model_version = Gauge(
+            "continuum_model_version", "Version of the learned model set in use (0 = none).",
+            registry=r)
+        self.migrations = Counter(
+            "continuum_migrations_total", "Runs migrated, by reason.", ["reason"], registry=r)
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""
