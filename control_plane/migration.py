@@ -8,7 +8,9 @@ Called at the end of every reconcile cycle (:meth:`MigrationController.on_cycle`
    offline), or its site is draining or unreachable — ends as
    ``Migrated`` with the reason, the backend is told to cancel (best effort), and its
    task goes back to Ready *without* a retry backoff and without counting an attempt
-   against ``retries``; the reconciler is woken so the next cycle re-places it.
+   against ``retries``; the reconciler is woken so the next cycle re-places it. Runs on
+   a node labelled ``continuum.io/autonomous=true`` (a KubeEdge edge node, whose pods go
+   on while it is disconnected) are left alone unless their site is draining.
 2. **Re-evaluation** (every ``migration_interval_s``): queued jobs (Dispatched, not yet
    running) and running services are scored on their current node and on the best
    alternative with the control plane's placement framework. :func:`decide` moves one
@@ -134,6 +136,11 @@ class MigrationController:
             runs = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE))).all()
             for run in runs:
                 if run.node is None or run.node in placeable:
+                    continue
+                autonomous = known.get(run.node) is not None and known[run.node].labels.get(
+                    "continuum.io/autonomous") == "true"  # KubeEdge edge node: its pods go on
+                if autonomous and not any(rt.draining for rt in fed.sites()
+                                          if rt.spec.name == run.site):
                     continue
                 seen.add(run.id)
                 since = self._lost_since.setdefault(run.id, now)

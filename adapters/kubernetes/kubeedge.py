@@ -12,7 +12,9 @@
   evicted pod would be re-created elsewhere while the original keeps running on the
   disconnected node, which is what KubeEdge users complain about most. So the node
   shows not ready (with its condition) and the run stays Running, with the reason
-  saying the node is offline.
+  saying the node is offline. Edge nodes carry the label
+  ``continuum.io/autonomous=true``, which tells the control plane's lost-work
+  re-placement (control_plane/migration.py) not to move their runs elsewhere.
 * **devices** — KubeEdge ``Device`` objects (``devices.kubeedge.io/v1beta1``, read with
   ``CustomObjectsApi``) are data sources: the node a device is bound to
   (``spec.nodeName``) gets the label ``device.continuum.io/<device>=true``, so a task
@@ -44,6 +46,9 @@ DEVICE_GROUP = "devices.kubeedge.io"
 DEVICE_VERSION = "v1beta1"
 DEVICE_PLURAL = "devices"
 DEVICE_LABEL_PREFIX = "device.continuum.io/"
+AUTONOMOUS_LABEL = "continuum.io/autonomous"
+"""Set to ``"true"`` on edge nodes: their pods go on while the node is disconnected, so
+the control plane's lost-work re-placement leaves their runs where they are."""
 
 EDGE_AUTONOMY_TOLERATIONS: list[dict[str, Any]] = [
     {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
@@ -107,11 +112,11 @@ class KubeEdgeAdapter(KubernetesAdapter):
                 by_node.setdefault(str(node), []).append(str(meta.get("name")))
         out = []
         for n in nodes:
-            names = by_node.get(n.name)
-            if names:
-                labels = {**n.labels, **{DEVICE_LABEL_PREFIX + d: "true" for d in names}}
-                n = n.model_copy(update={"labels": labels})
-            out.append(n)
+            labels = dict(n.labels)
+            labels.update({DEVICE_LABEL_PREFIX + d: "true" for d in by_node.get(n.name, [])})
+            if EDGE_ROLE in labels:
+                labels[AUTONOMOUS_LABEL] = "true"
+            out.append(n.model_copy(update={"labels": labels}) if labels != n.labels else n)
         located = {n.name: n for n in out}
         for d in devices:
             node = located.get(str(d["nodeName"]))

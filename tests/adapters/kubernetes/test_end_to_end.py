@@ -12,7 +12,8 @@ echoed back, KubeEdge nodes and devices in ``/v1/nodes``, the workflow placed by
 constraints (site; device label) and run to success on all three, its Kubernetes objects
 pinned and labelled, released afterwards; a cancelled service deletes its objects; a
 control plane restarted while a Job runs re-adopts it from the store (site and kubeconfig
-persisted) and the pod's labels, and does not run it again.
+persisted) and the pod's labels, and does not run it again; a KubeEdge edge node that
+goes offline keeps its run (not evicted, not migrated) past the lost-work grace period.
 """
 
 from __future__ import annotations
@@ -227,3 +228,59 @@ def test_restarted_control_plane_readopts_a_running_job(tmp_path: Path) -> None:
     finally:
         cloud.stop()
     assert not cloud.rejected
+
+
+def test_offline_edge_node_keeps_its_run_through_the_control_plane(tmp_path: Path) -> None:
+    """The lost-work re-placement of the migration controller leaves a disconnected KubeEdge
+    edge node's runs alone (its pods go on, by the autonomy tolerations); the node shows
+    not ready in /v1/nodes, the site Degraded; when it is back, the run finishes there."""
+    edge = ApiServer().start()
+    edge.add_node("edge-1", cpu="4", memory="4Gi", labels=EDGE_LABELS)
+    edge.add_node("edge-2", cpu="4", memory="4Gi", labels=EDGE_LABELS)
+    settings = Settings(state_dir=tmp_path / "cp", reconcile_interval_s=0.05,
+                        inventory_interval_s=0.1, retry_backoff_s=0.1,
+                        migration_lost_grace_s=0.2)
+    fed = FederationDocument.model_validate({
+        "apiVersion": "continuum/v1", "kind": "Federation", "metadata": {"name": "edge"},
+        "spec": {"controlPlane": {"location": "factory"}, "locations": [{"name": "factory"}]}})
+    doc = {"apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": "sense"},
+           "spec": {"tasks": [{"name": "sense", "command": ["python3", "sense.py"],
+                               "constraints": {"sites": ["edge"]}}]}}
+    cp = ControlPlane(settings, fed)
+    cp.start()
+    try:
+        with TestClient(cp.app) as client:
+            r = client.post("/v1/sites", json=kube_site("edge", "kubeedge", "factory",
+                                                        edge.kubeconfig()))
+            assert r.status_code == 201, r.text
+            wf_id = client.post("/v1/workflows", json=doc).json()["id"]
+            wait_for(lambda: edge.pods(), 20, message="the Job's pod")
+            pod = edge.pods()[0]
+            run_id, node = pod["metadata"]["labels"]["continuum.io/run-id"], pod["spec"]["nodeName"]
+            edge.run_pod(pod["metadata"]["name"])
+            wait_for(lambda: client.get(f"/v1/runs/{run_id}").json()["state"] == "Running", 20,
+                     message="the run to be Running")
+
+            assert edge.set_node_ready(node, False) == []  # tolerated: not evicted
+            wait_for(lambda: not client.get(f"/v1/nodes/edge/{node}").json()["ready"], 20,
+                     message=f"{node} to show not ready")
+            view = client.get(f"/v1/nodes/edge/{node}").json()
+            assert view["conditions"][0]["reason"] == "NodeStatusUnknown"
+            assert client.get("/v1/sites/edge").json()["health"] == "Degraded"
+            cycles = cp.reconciler.cycles
+            # many cycles, well past the 0.2 s lost-work grace period
+            wait_for(lambda: cp.reconciler.cycles >= cycles + 30, 30,
+                     message="30 reconcile cycles with the node offline")
+            run = client.get(f"/v1/runs/{run_id}").json()
+            assert run["state"] == "Running", run
+            assert not [e for e in run["events"] if e["type"] == "RunMigrated"]
+            assert len(edge.received_of("Job")) == 1  # nothing re-created elsewhere
+
+            edge.set_node_ready(node, True)
+            edge.finish_pod(pod["metadata"]["name"])
+            wf = wait_state(client, wf_id, ("Succeeded", "Failed"), timeout=30)
+            assert wf["state"] == "Succeeded", wf
+    finally:
+        cp.stop()
+        edge.stop()
+    assert not edge.rejected
