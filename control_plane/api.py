@@ -33,6 +33,7 @@ from continuum.model import (
 from control_plane.artifacts import check_name
 from control_plane.store import EventRow, RunRow, TaskRow, WorkflowRow, add_event
 from control_plane.validation import parse_body, parse_document, pydantic_problems
+from monitoring.catalog import monitoring_problems
 
 if TYPE_CHECKING:
     from control_plane.server import ControlPlane
@@ -332,6 +333,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
             spec = SiteSpec.model_validate(data)
         except ValidationError as e:
             raise ValidationFailed(pydantic_problems(e)) from e
+        if problems := monitoring_problems(spec.monitoring):
+            raise ValidationFailed([Problem(loc, msg, "unknown_name") for loc, msg in problems])
         try:
             rt = await run_in_threadpool(cp.federation.register, spec)
         except AdapterError as e:

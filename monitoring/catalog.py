@@ -144,17 +144,29 @@ def site_catalog(monitoring: SiteMonitoring, site: str = "") -> list[CatalogEntr
     return out
 
 
+def monitoring_problems(monitoring: SiteMonitoring) -> list[tuple[list[str], str]]:
+    """Every unknown name a site's ``monitoring`` refers to, as ``(loc, message)``,
+    e.g. ``(["monitoring", "queries", "cpu_utilization"], "unknown metric ...")``."""
+    out: list[tuple[list[str], str]] = []
+    for i, ex in enumerate(monitoring.exporters or []):
+        if ex not in EXPORTERS:
+            out.append((["monitoring", "exporters", str(i)],
+                        f"unknown exporter {ex!r}; use one of {', '.join(EXPORTERS)}"))
+    for name in monitoring.queries:
+        if name not in BY_NAME:
+            out.append((["monitoring", "queries", name],
+                        f"unknown metric {name!r}; the catalog has {', '.join(BY_NAME)}"))
+    return out
+
+
 def check_monitoring(monitoring: SiteMonitoring, site: str = "") -> None:
     """Validate the names a site's ``monitoring`` refers to.
 
     Raises:
-        PermanentError: ``monitoring.exporters.N`` or ``monitoring.queries.NAME`` unknown.
+        PermanentError: ``monitoring.exporters.N`` or ``monitoring.queries.NAME`` unknown
+            (the message starts with that path and lists the valid names).
     """
-    for i, ex in enumerate(monitoring.exporters or []):
-        if ex not in EXPORTERS:
-            raise PermanentError(f"monitoring.exporters.{i}: unknown exporter {ex!r}; use "
-                                 f"one of {', '.join(EXPORTERS)}", site=site)
-    for name in monitoring.queries:
-        if name not in BY_NAME:
-            raise PermanentError(f"monitoring.queries.{name}: unknown metric {name!r}; the "
-                                 f"catalog has {', '.join(BY_NAME)}", site=site)
+    problems = monitoring_problems(monitoring)
+    if problems:
+        loc, msg = problems[0]
+        raise PermanentError(f"{'.'.join(loc)}: {msg}", site=site)

@@ -22,8 +22,10 @@ its node by its join label (``instance``, ``node`` or ``partition``); a node ans
 its id, and a label value also matches without its ``:port``. Fields fed by several
 exporters take the highest-priority one present (e.g. Kepler's power over RAPL's).
 Values the adapter reported itself (device telemetry, the twin) stay where
-Prometheus has none. A utilisation older than ``staleAfter`` marks the node
-``metricsStale`` (placement keeps the last value with a penalty, see
+Prometheus has none; a node with a measured utilisation but no power meter gets the
+linear power model of its profile at that utilisation, ``P = idle + (max − idle)·u``
+(Fan, Weber & Barroso, ISCA 2007), with source ``model``. A utilisation older than
+``staleAfter`` marks the node ``metricsStale`` (placement keeps the last value with a penalty, see
 ``placement.plugins.load``) and the site Degraded with the reason; an unreachable
 Prometheus makes the site Degraded too. Neither stops scheduling.
 """
@@ -379,6 +381,13 @@ class Collector:
             metrics["power_watts"] = MetricSample(value=max(0.0, s.value), unit="W",
                                                   at=_iso(s.at),
                                                   source=f"prometheus:{s.entry.exporter}")
+        elif "utilisation" in best:  # measured load, no power meter: the node's power model
+            s = best["utilisation"]
+            p = node.power
+            watts = p.idle_watts + (p.max_watts - p.idle_watts) * update["utilisation"]
+            update["power_watts"] = watts
+            metrics["power_watts"] = MetricSample(value=watts, unit="W", at=_iso(s.at),
+                                                  source="model")
         for name, m in metrics.items():
             is_stale = now - m.at.timestamp() > bound
             if is_stale != m.stale:

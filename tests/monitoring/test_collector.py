@@ -202,3 +202,13 @@ def test_node_load_penalises_stale_values_and_falls_back_to_accounting() -> None
     assert nodes[2].allocatable == cap
     u = effective_load(Snapshot(nodes=nodes, network=StaticNetwork()))
     assert np.allclose(u, [0.2, 0.2 + STALE_PENALTY * 0.8, 0.75, MAX_LOAD])
+
+
+def test_measured_utilisation_without_a_power_meter_uses_the_power_model() -> None:
+    prom = FakeProm({"cpu_utilisation": [({"instance": "n1"}, 0.25)]})
+    c = collector(prom, [T0])
+    c.refresh([site()])
+    (n,), _, _ = c.apply(site(), [node("n1", power_watts=10.0,
+                                       observed_at=datetime.fromtimestamp(T0, UTC))], T0)
+    assert n.power_watts == 10 + (50 - 10) * 0.25  # idle + (max − idle)·u of the profile
+    assert n.metrics["power_watts"].source == "model"

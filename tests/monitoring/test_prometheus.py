@@ -164,8 +164,8 @@ def test_unknown_catalog_names_are_rejected(tmp_path: Path, prometheus: Promethe
                     {"name": "n", "cpu": 1, "memory": "1Gi",
                      "power": {"idleWatts": 1, "maxWatts": 2}}]}})
             assert r.status_code == 422, r.text
-            msg = r.json()["detail"][0]["msg"]
-            assert field in msg and hint in msg, msg
+            (problem,) = r.json()["detail"]
+            assert ".".join(problem["loc"]) == field and hint in problem["msg"], problem
         r = client.post("/v1/sites", json={"name": "other", "kind": "sim",
                                            "monitoring": {"window": "ten seconds"},
                                            "config": {"nodes": []}})
