@@ -144,10 +144,10 @@ def site_catalog(monitoring: SiteMonitoring, site: str = "") -> list[CatalogEntr
     return out
 
 
-def monitoring_problems(monitoring: SiteMonitoring) -> list[tuple[list[str], str]]:
+def monitoring_problems(monitoring: SiteMonitoring) -> list[tuple[list[str | int], str]]:
     """Every unknown name a site's ``monitoring`` refers to, as ``(loc, message)``,
     e.g. ``(["monitoring", "queries", "cpu_utilization"], "unknown metric ...")``."""
-    out: list[tuple[list[str], str]] = []
+    out: list[tuple[list[str | int], str]] = []
     for i, ex in enumerate(monitoring.exporters or []):
         if ex not in EXPORTERS:
             out.append((["monitoring", "exporters", str(i)],
@@ -169,4 +169,4 @@ def check_monitoring(monitoring: SiteMonitoring, site: str = "") -> None:
     problems = monitoring_problems(monitoring)
     if problems:
         loc, msg = problems[0]
-        raise PermanentError(f"{'.'.join(loc)}: {msg}", site=site)
+        raise PermanentError(f"{'.'.join(map(str, loc))}: {msg}", site=site)

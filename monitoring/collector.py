@@ -25,8 +25,8 @@ Values the adapter reported itself (device telemetry, the twin) stay where
 Prometheus has none; a node with a measured utilisation but no power meter gets the
 linear power model of its profile at that utilisation, ``P = idle + (max − idle)·u``
 (Fan, Weber & Barroso, ISCA 2007), with source ``model``. A utilisation older than
-``staleAfter`` marks the node ``metricsStale`` (placement keeps the last value with a penalty, see
-``placement.plugins.load``) and the site Degraded with the reason; an unreachable
+``staleAfter`` marks the node ``metricsStale`` (placement keeps the last value with a
+penalty, see ``placement.plugins.load``) and the site Degraded with the reason; an unreachable
 Prometheus makes the site Degraded too. Neither stops scheduling.
 """
 
