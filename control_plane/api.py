@@ -88,15 +88,17 @@ def node_view(n: Node, now: float) -> dict[str, Any]:
     for name, m in view.get("metrics", {}).items():
         m["ageS"] = round(now - n.metrics[name].at.timestamp(), 3)
     cpu, power = n.metrics.get("cpu_utilisation"), n.metrics.get("power_watts")
+    own = "twin" if n.simulated else "telemetry"  # values the adapter reported itself
+    age = round(now - n.observed_at.timestamp(), 3) if n.observed_at is not None else None
     view["live"] = {
         "utilisation": n.utilisation,
-        "utilisationAgeS": (round(now - n.observed_at.timestamp(), 3)
-                            if n.observed_at is not None else None),
-        "utilisationSource": cpu.source if cpu else None,
+        "utilisationAgeS": age,
+        "utilisationSource": cpu.source if cpu else (own if n.utilisation is not None else None),
         "memoryUtilisation": n.memory_utilisation,
         "powerWatts": n.power_watts,
-        "powerAgeS": round(now - power.at.timestamp(), 3) if power else None,
-        "powerSource": power.source if power else None,
+        "powerAgeS": round(now - power.at.timestamp(), 3) if power else (
+            age if n.power_watts is not None else None),
+        "powerSource": power.source if power else (own if n.power_watts is not None else None),
         "stale": n.metrics_stale,
     }
     return view

@@ -141,6 +141,12 @@ def _iso(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
+def _sample(value: float, unit: str, at: datetime, source: str) -> MetricSample:
+    # built from checked values: skip pydantic validation (this runs per node per refresh)
+    return MetricSample.model_construct(value=value, unit=unit, at=at, source=source,
+                                        stale=False)
+
+
 class Collector:
     """Keeps the latest node metrics of every site with a Prometheus; see module docstring.
 
@@ -349,19 +355,22 @@ class Collector:
 
     @staticmethod
     def _join(node: Node, live: dict[str, Sample], now: float, bound: float) -> Node:
+        if not live:  # fast path: only the adapter's own values (telemetry, twin)
+            stale = bool(node.utilisation is not None and node.observed_at is not None
+                         and now - node.observed_at.timestamp() > bound)
+            return node if stale == node.metrics_stale else node.model_copy(
+                update={"metrics_stale": stale})
         metrics = dict(node.metrics)
         src = "twin" if node.simulated else "telemetry"
         if node.observed_at is not None:
             at = node.observed_at
             if node.utilisation is not None and "cpu_utilisation" not in metrics:
-                metrics["cpu_utilisation"] = MetricSample(value=node.utilisation, unit="ratio",
-                                                          at=at, source=src)
+                metrics["cpu_utilisation"] = _sample(node.utilisation, "ratio", at, src)
             if node.power_watts is not None and "power_watts" not in metrics:
-                metrics["power_watts"] = MetricSample(value=node.power_watts, unit="W", at=at,
-                                                      source=src)
+                metrics["power_watts"] = _sample(node.power_watts, "W", at, src)
         for name, s in live.items():
-            metrics[name] = MetricSample(value=s.value, unit=s.entry.unit, at=_iso(s.at),
-                                         source=f"prometheus:{s.entry.exporter}")
+            metrics[name] = _sample(s.value, s.entry.unit, _iso(s.at),
+                                    f"prometheus:{s.entry.exporter}")
         update: dict[str, Any] = {}
         best: dict[str, Sample] = {}
         for s in live.values():
@@ -378,16 +387,14 @@ class Collector:
         if "power_watts" in best:
             s = best["power_watts"]
             update["power_watts"] = max(0.0, s.value)
-            metrics["power_watts"] = MetricSample(value=max(0.0, s.value), unit="W",
-                                                  at=_iso(s.at),
-                                                  source=f"prometheus:{s.entry.exporter}")
+            metrics["power_watts"] = _sample(max(0.0, s.value), "W", _iso(s.at),
+                                             f"prometheus:{s.entry.exporter}")
         elif "utilisation" in best:  # measured load, no power meter: the node's power model
             s = best["utilisation"]
             p = node.power
             watts = p.idle_watts + (p.max_watts - p.idle_watts) * update["utilisation"]
             update["power_watts"] = watts
-            metrics["power_watts"] = MetricSample(value=watts, unit="W", at=_iso(s.at),
-                                                  source="model")
+            metrics["power_watts"] = _sample(watts, "W", _iso(s.at), "model")
         for name, m in metrics.items():
             is_stale = now - m.at.timestamp() > bound
             if is_stale != m.stale:

@@ -168,8 +168,15 @@ def test_adapter_values_stay_where_prometheus_has_none() -> None:
     at = datetime.fromtimestamp(T0 - 100, UTC)
     (n,), _, _ = c.apply(site(), [node("n1", utilisation=0.6, power_watts=12.0,
                                        observed_at=at)], T0)
-    assert n.utilisation == 0.6 and n.metrics["cpu_utilisation"].source == "telemetry"
+    assert n.utilisation == 0.6 and n.power_watts == 12.0 and n.observed_at == at
     assert n.metrics_stale  # 100 s > the default 30 s bound
+    # with a Prometheus value for another field, the adapter's CPU joins the metrics
+    prom = FakeProm({"memory_utilisation": [({"instance": "n1"}, 0.5)]})
+    c = collector(prom, [T0])
+    c.refresh([site()])
+    (n,), _, _ = c.apply(site(), [node("n1", utilisation=0.6, observed_at=at)], T0)
+    assert n.metrics["cpu_utilisation"].source == "telemetry"
+    assert n.metrics["cpu_utilisation"].stale and not n.metrics["memory_utilisation"].stale
 
 
 def test_site_overrides_and_exporter_selection() -> None:
