@@ -90,6 +90,9 @@ def node_view(n: Node, now: float) -> dict[str, Any]:
     cpu, power = n.metrics.get("cpu_utilisation"), n.metrics.get("power_watts")
     own = "twin" if n.simulated else "telemetry"  # values the adapter reported itself
     age = round(now - n.observed_at.timestamp(), 3) if n.observed_at is not None else None
+    power_src = own
+    if cpu is not None and cpu.source.startswith("prometheus:"):
+        power_src = "model"  # measured load, no power meter: the node's linear power model
     view["live"] = {
         "utilisation": n.utilisation,
         "utilisationAgeS": age,
@@ -98,7 +101,8 @@ def node_view(n: Node, now: float) -> dict[str, Any]:
         "powerWatts": n.power_watts,
         "powerAgeS": round(now - power.at.timestamp(), 3) if power else (
             age if n.power_watts is not None else None),
-        "powerSource": power.source if power else (own if n.power_watts is not None else None),
+        "powerSource": power.source if power else (power_src if n.power_watts is not None
+                                                   else None),
         "stale": n.metrics_stale,
     }
     return view

@@ -21,10 +21,11 @@ its node by its join label (``instance``, ``node`` or ``partition``); a node ans
 ``monitoring.instances[node.name]``, its label :data:`INSTANCE_LABEL`, its name and
 its id, and a label value also matches without its ``:port``. Fields fed by several
 exporters take the highest-priority one present (e.g. Kepler's power over RAPL's).
-Values the adapter reported itself (device telemetry, the twin) stay where
-Prometheus has none; a node with a measured utilisation but no power meter gets the
-linear power model of its profile at that utilisation, ``P = idle + (max − idle)·u``
-(Fan, Weber & Barroso, ISCA 2007), with source ``model``. A utilisation older than
+Values the adapter reported itself (device telemetry, the twin) stay in the node's
+fields where Prometheus has none (``metrics`` holds Prometheus's values only); a node
+with a measured utilisation but no power meter gets the linear power model of its
+profile at that utilisation, ``P = idle + (max − idle)·u`` (Fan, Weber & Barroso,
+ISCA 2007; the API shows source ``model``). A utilisation older than
 ``staleAfter`` marks the node ``metricsStale`` (placement keeps the last value with a
 penalty, see ``placement.plugins.load``) and the site Degraded with the reason; an unreachable
 Prometheus makes the site Degraded too. Neither stops scheduling.
@@ -109,11 +110,15 @@ def _short(e: Exception) -> str:
 
 @dataclass(frozen=True)
 class Sample:
-    """One value of one catalog metric for one join key, with its timestamp (Unix s)."""
+    """One value of one catalog metric for one join key, with its timestamp (Unix s).
+
+    ``metric`` is the same value as the node shows it, built once per refresh.
+    """
 
     value: float
     at: float
     entry: CatalogEntry
+    metric: MetricSample
 
 
 @dataclass
@@ -241,7 +246,8 @@ class Collector:
                     continue
                 if key is None or not math.isfinite(value):
                     continue
-                got[str(key)] = Sample(value, float(ts), e)
+                got[str(key)] = Sample(value, float(ts), e, _sample(
+                    value, e.unit, _iso(float(ts)), f"prometheus:{e.exporter}"))
             series += len(got)
             fresh[e.name] = got
         now = self.clock()
@@ -361,16 +367,8 @@ class Collector:
             return node if stale == node.metrics_stale else node.model_copy(
                 update={"metrics_stale": stale})
         metrics = dict(node.metrics)
-        src = "twin" if node.simulated else "telemetry"
-        if node.observed_at is not None:
-            at = node.observed_at
-            if node.utilisation is not None and "cpu_utilisation" not in metrics:
-                metrics["cpu_utilisation"] = _sample(node.utilisation, "ratio", at, src)
-            if node.power_watts is not None and "power_watts" not in metrics:
-                metrics["power_watts"] = _sample(node.power_watts, "W", at, src)
         for name, s in live.items():
-            metrics[name] = _sample(s.value, s.entry.unit, _iso(s.at),
-                                    f"prometheus:{s.entry.exporter}")
+            metrics[name] = s.metric
         update: dict[str, Any] = {}
         best: dict[str, Sample] = {}
         for s in live.values():
@@ -387,14 +385,12 @@ class Collector:
         if "power_watts" in best:
             s = best["power_watts"]
             update["power_watts"] = max(0.0, s.value)
-            metrics["power_watts"] = _sample(max(0.0, s.value), "W", _iso(s.at),
-                                             f"prometheus:{s.entry.exporter}")
+            metrics["power_watts"] = s.metric
         elif "utilisation" in best:  # measured load, no power meter: the node's power model
             s = best["utilisation"]
             p = node.power
             watts = p.idle_watts + (p.max_watts - p.idle_watts) * update["utilisation"]
-            update["power_watts"] = watts
-            metrics["power_watts"] = _sample(watts, "W", _iso(s.at), "model")
+            update["power_watts"] = watts  # no metrics entry: the API shows source "model"
         for name, m in metrics.items():
             is_stale = now - m.at.timestamp() > bound
             if is_stale != m.stale:

@@ -170,13 +170,13 @@ def test_adapter_values_stay_where_prometheus_has_none() -> None:
                                        observed_at=at)], T0)
     assert n.utilisation == 0.6 and n.power_watts == 12.0 and n.observed_at == at
     assert n.metrics_stale  # 100 s > the default 30 s bound
-    # with a Prometheus value for another field, the adapter's CPU joins the metrics
+    # with a Prometheus value for another field only, the adapter's CPU stays
     prom = FakeProm({"memory_utilisation": [({"instance": "n1"}, 0.5)]})
     c = collector(prom, [T0])
     c.refresh([site()])
     (n,), _, _ = c.apply(site(), [node("n1", utilisation=0.6, observed_at=at)], T0)
-    assert n.metrics["cpu_utilisation"].source == "telemetry"
-    assert n.metrics["cpu_utilisation"].stale and not n.metrics["memory_utilisation"].stale
+    assert n.utilisation == 0.6 and n.metrics_stale and "cpu_utilisation" not in n.metrics
+    assert n.memory_utilisation == 0.5 and not n.metrics["memory_utilisation"].stale
 
 
 def test_site_overrides_and_exporter_selection() -> None:
@@ -218,4 +218,4 @@ def test_measured_utilisation_without_a_power_meter_uses_the_power_model() -> No
     (n,), _, _ = c.apply(site(), [node("n1", power_watts=10.0,
                                        observed_at=datetime.fromtimestamp(T0, UTC))], T0)
     assert n.power_watts == 10 + (50 - 10) * 0.25  # idle + (max − idle)·u of the profile
-    assert n.metrics["power_watts"].source == "model"
+    assert "power_watts" not in n.metrics  # the API shows its source as "model"

@@ -94,6 +94,9 @@ def test_this_machine_shows_its_real_utilisation(tmp_path: Path, prometheus: Pro
             f'1 - avg by (instance) (rate(node_cpu_seconds_total{{mode="idle",'
             f'instance="{prometheus.exporter_instance}"}}[10s]))', at=_ts(cpu["at"]))
         assert abs(float(series["value"][1]) - live["utilisation"]) < 1e-9
+        # no power meter here: the node's linear power model at the measured utilisation
+        assert live["powerSource"] == "model"
+        assert abs(live["powerWatts"] - (20 + (60 - 20) * live["utilisation"])) < 1e-9
         # memory in use agrees with psutil's reading of this machine
         vm = psutil.virtual_memory()
         assert abs(live["memoryUtilisation"] - (1 - vm.available / vm.total)) < 0.05
