@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A private Prometheus and node-exporter on 127.0.0.1 for development and tests.
 #
-#   deploy/dev/prometheus.sh start DIR PROM_PORT EXPORTER_PORT [SCRAPE_INTERVAL]
+#   deploy/dev/prometheus.sh start DIR PROM_PORT EXPORTER_PORT [SCRAPE_INTERVAL [BLACKBOX_PORT]]
 #   deploy/dev/prometheus.sh target DIR JOB HOST:PORT [HOST:PORT...]
 #   deploy/dev/prometheus.sh stop-exporter DIR
 #   deploy/dev/prometheus.sh start-exporter DIR
@@ -14,7 +14,10 @@
 # the node-exporter; any other job reads its targets from DIR/targets/JOB.json
 # (file_sd, written by `target`, picked up within seconds), so a control plane started
 # later can be added with `target DIR continuum 127.0.0.1:8080`; the recording and
-# alert rules shipped in deploy/prometheus/rules/ are loaded. TSDB, logs and pids live
+# alert rules shipped in deploy/prometheus/rules/ are loaded. With BLACKBOX_PORT, a
+# prometheus-blackbox-exporter runs there too (module tcp_connect) and job `blackbox`
+# probes the HOST:PORTs given with `target DIR blackbox ...` (instance = the probed
+# target, probe_duration_seconds = its TCP connect time). TSDB, logs and pids live
 # in DIR. `start` returns once Prometheus answers /-/ready. `stop-exporter` and
 # `start-exporter` stop and restart the node-exporter alone (same port), to make its
 # series go stale. `stop` stops both and waits for them to exit. Installs the Debian
@@ -78,11 +81,27 @@ start_exporter() {
   die "node-exporter did not answer on 127.0.0.1:$port within 10 s (log: $dir/node-exporter.log)"
 }
 
+start_blackbox() {
+  local dir=$1 port=$2
+  local bin; bin=$(find_binary prometheus-blackbox-exporter prometheus-blackbox-exporter)
+  printf 'modules:\n  tcp_connect:\n    prober: tcp\n    timeout: 2s\n' >"$dir/blackbox.yml"
+  "$bin" --config.file="$dir/blackbox.yml" --web.listen-address="127.0.0.1:$port" \
+    >>"$dir/blackbox.log" 2>&1 &
+  echo $! >"$dir/blackbox.pid"
+  for _ in $(seq 1 200); do
+    http_ok "http://127.0.0.1:$port/metrics" && return 0
+    alive "$dir/blackbox.pid" || { tail -n 20 "$dir/blackbox.log" >&2; die "blackbox exporter exited at start"; }
+    sleep 0.05
+  done
+  die "blackbox exporter did not answer on 127.0.0.1:$port within 10 s (log: $dir/blackbox.log)"
+}
+
 start() {
-  local dir=$1 pport=$2 eport=$3 interval=${4:-1s}
+  local dir=$1 pport=$2 eport=$3 interval=${4:-1s} bport=${5:-}
   [[ "$pport" =~ ^[0-9]+$ ]] || die "PROM_PORT must be a number, got '$pport'"
   [[ "$eport" =~ ^[0-9]+$ ]] || die "EXPORTER_PORT must be a number, got '$eport'"
   [[ "$interval" =~ ^[0-9]+(ms|s|m)$ ]] || die "SCRAPE_INTERVAL must look like 1s or 500ms, got '$interval'"
+  [[ -z "$bport" || "$bport" =~ ^[0-9]+$ ]] || die "BLACKBOX_PORT must be a number, got '$bport'"
   mkdir -p "$dir/targets" "$dir/data"
   dir=$(cd "$dir" && pwd)
   alive "$dir/prometheus.pid" && die "a Prometheus started from $dir is already running"
@@ -106,6 +125,25 @@ scrape_configs:
       - files: ["$dir/targets/continuum.json"]
         refresh_interval: 1s
 EOF
+  if [ -n "$bport" ]; then
+    cat >>"$dir/prometheus.yml" <<EOF
+  - job_name: blackbox
+    metrics_path: /probe
+    params:
+      module: [tcp_connect]
+    file_sd_configs:
+      - files: ["$dir/targets/blackbox.json"]
+        refresh_interval: 1s
+    relabel_configs:
+      - source_labels: [__address__]
+        target_label: __param_target
+      - source_labels: [__param_target]
+        target_label: instance
+      - target_label: __address__
+        replacement: 127.0.0.1:$bport
+EOF
+    start_blackbox "$dir" "$bport"
+  fi
   start_exporter "$dir"
   "$bin" --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
     --web.listen-address="127.0.0.1:$pport" >>"$dir/prometheus.log" 2>&1 &
@@ -135,10 +173,11 @@ stop() {
   local dir=$1
   kill_pidfile "$dir/prometheus.pid"
   kill_pidfile "$dir/exporter.pid"
+  kill_pidfile "$dir/blackbox.pid"
 }
 
 case "${1:-}" in
-  start) [ $# -ge 4 ] || die "usage: $0 start DIR PROM_PORT EXPORTER_PORT [SCRAPE_INTERVAL]"; start "$2" "$3" "$4" "${5:-1s}" ;;
+  start) [ $# -ge 4 ] || die "usage: $0 start DIR PROM_PORT EXPORTER_PORT [SCRAPE_INTERVAL [BLACKBOX_PORT]]"; start "$2" "$3" "$4" "${5:-1s}" "${6:-}" ;;
   target) [ $# -ge 3 ] || die "usage: $0 target DIR JOB [HOST:PORT...]"; target "$2" "$3" "${@:4}" ;;
   stop-exporter) [ $# -ge 2 ] || die "usage: $0 stop-exporter DIR"; kill_pidfile "$2/exporter.pid" ;;
   start-exporter) [ $# -ge 2 ] || die "usage: $0 start-exporter DIR"; start_exporter "$(cd "$2" && pwd)" ;;

@@ -1,7 +1,8 @@
 """A real Prometheus and node-exporter for the tests, run by ``deploy/dev/prometheus.sh``.
 
 * ``prometheus`` (session): Prometheus on a free loopback port scraping a node-exporter
-  every second, with the shipped rules loaded; ``.url``, ``.exporter_instance``,
+  every second, with the shipped rules loaded, and a blackbox exporter whose TCP probe
+  targets are set with ``.target("blackbox", host_port)``; ``.url``, ``.exporter_instance``,
   ``.query(promql, at=None)``, ``.target(job, *host_ports)``, ``.stop_exporter()``,
   ``.start_exporter()``, ``.stop()``.
 * :func:`start_prometheus` starts a private pair (for tests that stop it).
@@ -29,6 +30,7 @@ class Prometheus:
     dir: Path
     port: int
     exporter_port: int
+    blackbox_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -47,7 +49,8 @@ class Prometheus:
                                f"{r.stderr.strip() or r.stdout.strip()}")
 
     def start(self) -> None:
-        self._sh("start", str(self.dir), str(self.port), str(self.exporter_port), "1s")
+        extra = [str(self.blackbox_port)] if self.blackbox_port else []
+        self._sh("start", str(self.dir), str(self.port), str(self.exporter_port), "1s", *extra)
 
     def stop(self) -> None:
         self._sh("stop", str(self.dir))
@@ -76,11 +79,12 @@ class Prometheus:
         return list(r.json()["data"]["result"])
 
 
-def start_prometheus(dir: Path) -> Prometheus:
-    """Start a private Prometheus + node-exporter in ``dir`` on free ports."""
+def start_prometheus(dir: Path, blackbox: bool = False) -> Prometheus:
+    """Start a private Prometheus + node-exporter (+ blackbox exporter) in ``dir``."""
     from tests.conftest import free_port
 
-    prom = Prometheus(dir=dir, port=free_port(), exporter_port=free_port())
+    prom = Prometheus(dir=dir, port=free_port(), exporter_port=free_port(),
+                      blackbox_port=free_port() if blackbox else None)
     prom.start()
     return prom
 
@@ -89,7 +93,7 @@ def start_prometheus(dir: Path) -> Prometheus:
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """A real Prometheus + node-exporter for the session (fails with the script's reason)."""
     try:
-        prom = start_prometheus(tmp_path_factory.mktemp("prometheus"))
+        prom = start_prometheus(tmp_path_factory.mktemp("prometheus"), blackbox=True)
     except RuntimeError as e:
         pytest.fail(str(e))
     yield prom

@@ -1,6 +1,7 @@
 """Live metrics against a real Prometheus and node-exporter (deploy/dev/prometheus.sh).
 
-Aspects: every catalog query is PromQL the real Prometheus accepts; this machine,
+Aspects: every catalog query is PromQL the real Prometheus accepts; a real blackbox
+exporter's probe RTT enters the topology as measured; this machine,
 registered as a node mapped to the node-exporter, shows its real CPU utilisation in
 GET /v1/nodes (the very value Prometheus computes at that timestamp) and its memory
 utilisation (against psutil); a stale and then a stopped Prometheus degrade the site
@@ -186,3 +187,28 @@ def test_rejected_override_degrades_the_site_with_the_reason(
         # the other metrics still arrive
         wait_for(lambda: from_prometheus(node_view(client)), timeout=60,
                  message="CPU utilisation despite the broken memory query")
+
+
+def test_blackbox_probe_rtt_enters_the_topology_as_measured(
+        tmp_path: Path, prometheus: Prometheus) -> None:
+    # the real blackbox exporter probes the node-exporter's port (TCP connect)
+    prometheus.target("blackbox", prometheus.exporter_instance)
+    try:
+        with lab(tmp_path, prometheus, probes={prometheus.exporter_instance: "rack-2"}) as (
+                cp, client):
+            def link() -> dict[str, Any] | None:
+                links = client.get("/v1/topology").json()["links"]
+                found = [lk for lk in links if {lk["a"], lk["b"]} == {"dc", "rack-2"}]
+                return found[0] if found and found[0]["source"] == "measured" else None
+
+            measured = wait_for(link, timeout=60, message=lambda: f"a measured dc↔rack-2 link: "
+                                f"{client.get('/v1/topology').json()}")
+            assert 0 < measured["rttMs"] < 1000
+            (probe,) = prometheus.query(
+                f'1000 * probe_duration_seconds{{instance="{prometheus.exporter_instance}"}}',
+                at=_ts(measured["observedAt"]))
+            assert abs(float(probe["value"][1]) - measured["rttMs"]) < 1e-9
+            # pairs nobody measured stay modelled from distance
+            assert cp.network.source("dc", "somewhere-else") == "modelled"
+    finally:
+        prometheus.target("blackbox")
