@@ -5,6 +5,7 @@
 #   deploy/dev/prometheus.sh target DIR JOB HOST:PORT [HOST:PORT...]
 #   deploy/dev/prometheus.sh stop-exporter DIR
 #   deploy/dev/prometheus.sh start-exporter DIR
+#   deploy/dev/prometheus.sh pause DIR | resume DIR
 #   deploy/dev/prometheus.sh stop DIR
 #   deploy/dev/prometheus.sh status DIR
 #
@@ -20,7 +21,8 @@
 # target, probe_duration_seconds = its TCP connect time). TSDB, logs and pids live
 # in DIR. `start` returns once Prometheus answers /-/ready. `stop-exporter` and
 # `start-exporter` stop and restart the node-exporter alone (same port), to make its
-# series go stale. `stop` stops both and waits for them to exit. Installs the Debian
+# series go stale. `pause`/`resume` SIGSTOP/SIGCONT Prometheus: it accepts connections
+# but never answers (a hung server). `stop` stops both and waits for them to exit. Installs the Debian
 # packages prometheus and prometheus-node-exporter with apt-get if missing and root.
 set -euo pipefail
 
@@ -181,7 +183,9 @@ case "${1:-}" in
   target) [ $# -ge 3 ] || die "usage: $0 target DIR JOB [HOST:PORT...]"; target "$2" "$3" "${@:4}" ;;
   stop-exporter) [ $# -ge 2 ] || die "usage: $0 stop-exporter DIR"; kill_pidfile "$2/exporter.pid" ;;
   start-exporter) [ $# -ge 2 ] || die "usage: $0 start-exporter DIR"; start_exporter "$(cd "$2" && pwd)" ;;
-  stop) [ $# -ge 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
+  pause) [ $# -ge 2 ] || die "usage: $0 pause DIR"; alive "$2/prometheus.pid" || die "no Prometheus running from $2"; kill -STOP "$(cat "$2/prometheus.pid")" ;;
+  resume) [ $# -ge 2 ] || die "usage: $0 resume DIR"; alive "$2/prometheus.pid" || die "no Prometheus running from $2"; kill -CONT "$(cat "$2/prometheus.pid")" ;;
+  stop) [ $# -ge 2 ] || die "usage: $0 stop DIR"; { [ -f "$2/prometheus.pid" ] && kill -CONT "$(cat "$2/prometheus.pid")" 2>/dev/null; } || true; stop "$2" ;;
   status) [ $# -ge 2 ] || die "usage: $0 status DIR"; alive "$2/prometheus.pid" ;;
-  *) die "usage: $0 start DIR PROM_PORT EXPORTER_PORT [SCRAPE_INTERVAL] | target DIR JOB HOST:PORT... | stop-exporter DIR | start-exporter DIR | stop DIR | status DIR" ;;
+  *) die "usage: $0 start DIR PROM_PORT EXPORTER_PORT [SCRAPE_INTERVAL] | target DIR JOB HOST:PORT... | stop-exporter DIR | start-exporter DIR | pause DIR | resume DIR | stop DIR | status DIR" ;;
 esac

@@ -55,6 +55,13 @@ class Prometheus:
     def stop(self) -> None:
         self._sh("stop", str(self.dir))
 
+    def pause(self) -> None:
+        """SIGSTOP Prometheus: connections are accepted, nothing is answered."""
+        self._sh("pause", str(self.dir))
+
+    def resume(self) -> None:
+        self._sh("resume", str(self.dir))
+
     def stop_exporter(self) -> None:
         self._sh("stop-exporter", str(self.dir))
 

@@ -5,7 +5,8 @@ exporter's probe RTT enters the topology as measured; this machine,
 registered as a node mapped to the node-exporter, shows its real CPU utilisation in
 GET /v1/nodes (the very value Prometheus computes at that timestamp) and its memory
 utilisation (against psutil); a stale and then a stopped Prometheus degrade the site
-with the reason while workflows are still placed and finish; unknown catalog names
+with the reason while workflows are still placed and finish; a hung Prometheus times
+out, the loop goes on and the site recovers on resume; unknown catalog names
 are a 422 naming the field; a PromQL override Prometheus rejects degrades the site
 with the reason.
 """
@@ -212,3 +213,26 @@ def test_blackbox_probe_rtt_enters_the_topology_as_measured(
             assert cp.network.source("dc", "somewhere-else") == "modelled"
     finally:
         prometheus.target("blackbox")
+
+
+def test_hung_prometheus_times_out_and_scheduling_goes_on(tmp_path: Path) -> None:
+    prom = start_prometheus(tmp_path / "prom")  # private: this test hangs it
+    try:
+        with lab(tmp_path, prom, timeout=1) as (cp, client):
+            wait_for(lambda: from_prometheus(node_view(client)), timeout=60,
+                     message="first Prometheus values on the node")
+            prom.pause()  # accepts connections, never answers
+            site = wait_for(lambda: "timed out" in (s := client.get("/v1/sites/lab").json())
+                            ["message"] and s, timeout=30,
+                            message=lambda: f"a timeout: {client.get('/v1/sites/lab').json()}")
+            assert site["health"] == "Degraded" and "unreachable" in site["message"]
+            # the reconcile loop is not held up by the hung queries
+            assert client.get("/readyz").status_code == 200
+            wf = client.post("/v1/workflows", json=workflow("while-hung")).json()
+            assert wait_state(client, wf["id"], ("Succeeded", "Failed"))["state"] == "Succeeded"
+            prom.resume()
+            wait_for(lambda: client.get("/v1/sites/lab").json()["health"] == "Ready",
+                     timeout=60, message=lambda: f"Ready again after resume: "
+                     f"{client.get('/v1/sites/lab').json()}")
+    finally:
+        prom.stop()
