@@ -38,6 +38,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -60,6 +61,8 @@ INSTANCE_LABEL = "continuum.io/prometheus-instance"
 """Node label naming the value of the node's join label in Prometheus (e.g. host:9100)."""
 FORGET_AFTER_S = 3600.0
 """Values older than this (s) are dropped from memory, stale or not."""
+PARALLEL_SITES = 8
+"""Sites whose Prometheus is queried at the same time."""
 
 
 class QueryError(Exception):
@@ -178,7 +181,7 @@ class Collector:
         self.client = client
         self.clock = clock
         self._sites: dict[str, SiteState] = {}
-        self._clients: dict[tuple[str, float], PromClient] = {}
+        self._clients: dict[tuple[str, str, float], PromClient] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self.refreshes = 0
@@ -186,22 +189,30 @@ class Collector:
     # ------------------------------------------------------------ refresh
 
     def refresh(self, sites: Sequence[SiteSpec]) -> None:
-        """Query every site with a ``prometheus_url`` once; read device telemetry once."""
-        names = set()
-        for spec in sites:
-            if spec.prometheus_url:
-                names.add(spec.name)
-                self._refresh_site(spec)
+        """Query every site with a ``prometheus_url`` once; read device telemetry once.
+
+        Sites are refreshed in parallel (up to :data:`PARALLEL_SITES`), so a hung
+        Prometheus delays only its own site, by at most its ``timeout``.
+        """
+        monitored = [s for s in sites if s.prometheus_url]
+        names = {s.name for s in monitored}
+        if len(monitored) == 1:
+            self._refresh_site(monitored[0])
+        elif monitored:
+            with ThreadPoolExecutor(max_workers=min(PARALLEL_SITES, len(monitored)),
+                                    thread_name_prefix="prometheus") as pool:
+                list(pool.map(self._refresh_site, monitored))
         with self._lock:
             for gone in set(self._sites) - names:
                 del self._sites[gone]
         self._refresh_devices()
         self.refreshes += 1
 
-    def _client(self, url: str, timeout: float) -> PromClient:
-        c = self._clients.get((url, timeout))
+    def _client(self, site: str, url: str, timeout: float) -> PromClient:
+        key = (site, url, timeout)  # one HTTP session per site: sites refresh in parallel
+        c = self._clients.get(key)
         if c is None:
-            c = self._clients[(url, timeout)] = self.client(url, timeout)
+            c = self._clients[key] = self.client(url, timeout)
         return c
 
     def _refresh_site(self, spec: SiteSpec) -> None:
@@ -216,7 +227,7 @@ class Collector:
             st = self._sites.get(spec.name)
             if st is None or st.url != url:
                 st = self._sites[spec.name] = SiteState(url=url)
-        client = self._client(url, mon.timeout)
+        client = self._client(spec.name, url, mon.timeout)
         fresh: dict[str, dict[str, Sample]] = {}
         query_errors: dict[str, str] = {"catalog": bad} if bad else {}
         error: str | None = None

@@ -219,3 +219,28 @@ def test_measured_utilisation_without_a_power_meter_uses_the_power_model() -> No
                                        observed_at=datetime.fromtimestamp(T0, UTC))], T0)
     assert n.power_watts == 10 + (50 - 10) * 0.25  # idle + (max − idle)·u of the profile
     assert "power_watts" not in n.metrics  # the API shows its source as "model"
+
+
+def test_a_hung_site_does_not_hold_up_the_others() -> None:
+    import threading
+
+    release = threading.Event()
+
+    class Hung(FakeProm):
+        def query(self, promql: str) -> list[dict[str, Any]]:
+            release.wait(5)
+            raise Unreachable("ReadTimeout: Read timed out")
+
+    ok = FakeProm({"cpu_utilisation": [({"instance": "n1"}, 0.3)]})
+    hung = Hung({})
+    sites = [SiteSpec(name=name, kind=SiteKind.sim, prometheus_url=f"http://{name}.invalid")
+             for name in ("good", "bad")]
+    c = Collector(client=lambda url, timeout: hung if "bad" in url else ok, clock=lambda: T0)
+    t = threading.Thread(target=c.refresh, args=(sites,))
+    t.start()
+    from tests.helpers import wait_for
+    wait_for(lambda: c.status("good") and c.status("good")["series"] == 1, timeout=5,  # type: ignore[index]
+             message="the good site refreshed while the bad one hangs")
+    release.set()
+    t.join(5)
+    assert c.status("bad")["error"].endswith("(ReadTimeout: Read timed out)")  # type: ignore[index]
