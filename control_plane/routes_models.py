@@ -28,6 +28,7 @@ from control_plane.validation import check_workflow, effective_dependencies, par
 from placement import DataSource, PlacementRequest, Snapshot, default_framework, place
 from placement.batch import ClassCachedPredictor
 from placement.learned import LearnedPredictor, ModelSet, ModelStore, Sample, train, twin_history
+from placement.plugins.load import with_load
 
 if TYPE_CHECKING:
     from control_plane.server import ControlPlane
@@ -44,7 +45,8 @@ class ModelService:
         self.cp = cp
         self.store = ModelStore(cp.settings.state_dir / "models")
         self.predictor = LearnedPredictor(self.store.load_latest())
-        self.framework = default_framework(ClassCachedPredictor(self.predictor))
+        self.framework = with_load(default_framework(ClassCachedPredictor(self.predictor)))
+        """Placement's plugins with the learned predictor, plus NodeLoad (live metrics)."""
         self.framework.mode = cp.settings.placement_mode
         self._lock = threading.Lock()
         self._last_train = time.time()

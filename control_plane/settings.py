@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         default=60.0,
         description="a placed run its backend keeps refusing for this long is failed and re-placed (s)",
     )
+    metrics_interval_s: float = Field(
+        default=5.0, description="how often each site's Prometheus is queried (s)"
+    )
     control_plane_location: str = Field(
         default="control-plane",
         description="location name of this control plane (where artifacts are kept)",
