@@ -400,8 +400,7 @@ class KubernetesAdapter:
             power=self._power(labels), location=labels.get(LABEL_LOCATION)
             or self.site.location or self.site.name,
             runtimes=["container"], ready=ready, conditions=conditions, observed_at=now,
-            utilisation=min(1.0, used[0] / alloc.cpu) if alloc.cpu > 0 else None,
-        )
+        )  # utilisation (CPU busy) is measured by the site's Prometheus, not guessed here
 
     def _power(self, labels: dict[str, str]) -> PowerProfile:
         base = self.config.power or DEFAULT_POWER
