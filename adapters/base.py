@@ -237,3 +237,4 @@ def _load_builtin() -> None:
     # Importing registers them; done lazily so `adapters.base` stays import-light.
     import adapters.devices  # noqa: F401
     import adapters.sim  # noqa: F401
+    import adapters.slurm  # noqa: F401
