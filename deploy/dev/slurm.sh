@@ -67,6 +67,8 @@ start_rest() {
   . "$dir/env"
   local port=${SLURMRESTD_URL##*:}
   alive "$dir/run/slurmrestd.pid" && return 0
+  setpriv --reuid="$JOB_USER" --regid="$JOB_USER" --init-groups test -r "$dir/etc/slurm.conf" \
+    || die "user $JOB_USER cannot read $dir/etc/slurm.conf: every parent directory of $dir must be searchable by others (e.g. use a directory under /tmp, not pytest's private tmp)"
   SLURM_CONF="$dir/etc/slurm.conf" SLURM_JWT=daemon \
     setpriv --reuid="$JOB_USER" --regid="$JOB_USER" --init-groups \
     /usr/sbin/slurmrestd -f "$dir/etc/slurm.conf" -a rest_auth/jwt \
