@@ -426,10 +426,11 @@ class SlurmAdapter:
             with self._lock:
                 self._partition_limits[pname] = limit_min
                 self._partition_max_node[pname] = Resources(cpu=max_cpu, memory=max_mem, gpu=max_gpu)
+            pstate = str(p.get("state") or "UP").upper()  # v0.0.36 has no partition state
             node_states = ",".join(f"{k}={v}" for k, v in sorted(states.items()))
             labels = {**self.config.labels,
                       "slurm.schedmd.com/partition": pname,
-                      "slurm.schedmd.com/state": str(p.get("state") or "UNKNOWN").lower(),
+                      "slurm.schedmd.com/state": pstate.lower(),
                       "slurm.schedmd.com/max-time": "infinite" if limit_min is None else f"{limit_min}m",
                       "slurm.schedmd.com/nodes": str(len(members)),
                       "slurm.schedmd.com/nodes-usable": str(len(usable)),
@@ -449,7 +450,7 @@ class SlurmAdapter:
                                    gpu_watts=power.gpu_watts, source=power.source),
                 location=self.site.location or self.site.name,
                 runtimes=["process", "apptainer", "container"] if self.config.apptainer else ["process"],
-                ready=bool(usable) and str(p.get("state") or "").upper() == "UP",
+                ready=bool(usable) and pstate == "UP",
                 utilisation=min(1.0, st.utilisation), observed_at=datetime.fromtimestamp(now, UTC),
                 queue_wait_s=st.queue_wait_s,
             ))

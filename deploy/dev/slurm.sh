@@ -4,8 +4,10 @@
 #
 #   deploy/dev/slurm.sh start DIR [REST_PORT]
 #   deploy/dev/slurm.sh stop DIR                 # everything
-#   deploy/dev/slurm.sh stop-rest DIR            # only slurmrestd (to test an outage)
+#   deploy/dev/slurm.sh stop-rest DIR [NAME]     # only slurmrestd (to test an outage)
 #   deploy/dev/slurm.sh start-rest DIR           # slurmrestd again, same port
+#   deploy/dev/slurm.sh start-rest DIR NAME PORT PLUGINS  # another slurmrestd, e.g. one
+#                                                # serving only openapi/v0.0.36
 #   deploy/dev/slurm.sh token DIR USER [SECONDS] # print a JWT minted by `scontrol token`
 #   deploy/dev/slurm.sh status DIR
 #
@@ -61,22 +63,21 @@ check_binaries() {
   [ "$(id -u)" = 0 ] || die "must run as root (slurmd starts jobs as user $JOB_USER)"
 }
 
-start_rest() {
-  local dir=$1
+start_rest() {  # start_rest DIR [NAME PORT PLUGINS]: NAME "" is the main instance
+  local dir=$1 name=${2:-} port=${3:-} plugins=${4:-openapi/v0.0.38,openapi/v0.0.37,openapi/v0.0.36}
   # shellcheck disable=SC1091
   . "$dir/env"
-  local port=${SLURMRESTD_URL##*:}
-  alive "$dir/run/slurmrestd.pid" && return 0
+  [ -n "$port" ] || port=${SLURMRESTD_URL##*:}
+  local pidf="$dir/run/slurmrestd${name:+-$name}.pid" log="$dir/log/slurmrestd${name:+-$name}.log"
+  alive "$pidf" && return 0
   setpriv --reuid="$JOB_USER" --regid="$JOB_USER" --init-groups test -r "$dir/etc/slurm.conf" \
     || die "user $JOB_USER cannot read $dir/etc/slurm.conf: every parent directory of $dir must be searchable by others (e.g. use a directory under /tmp, not pytest's private tmp)"
   SLURM_CONF="$dir/etc/slurm.conf" SLURM_JWT=daemon \
     setpriv --reuid="$JOB_USER" --regid="$JOB_USER" --init-groups \
-    /usr/sbin/slurmrestd -f "$dir/etc/slurm.conf" -a rest_auth/jwt \
-    -s openapi/v0.0.38,openapi/v0.0.37,openapi/v0.0.36 "127.0.0.1:$port" \
-    >>"$dir/log/slurmrestd.log" 2>&1 &
-  echo $! >"$dir/run/slurmrestd.pid"
-  wait_until 20 "slurmrestd did not listen on 127.0.0.1:$port" "$dir/log/slurmrestd.log" \
-    port_open "$port"
+    /usr/sbin/slurmrestd -f "$dir/etc/slurm.conf" -a rest_auth/jwt -s "$plugins" "127.0.0.1:$port" \
+    >>"$log" 2>&1 &
+  echo $! >"$pidf"
+  wait_until 20 "slurmrestd did not listen on 127.0.0.1:$port" "$log" port_open "$port"
 }
 
 stop_pid() {  # stop_pid PIDFILE
@@ -191,7 +192,8 @@ EOF
 stop() {
   local dir=$1
   [ -d "$dir/run" ] || return 0
-  stop_pid "$dir/run/slurmrestd.pid"
+  local f
+  for f in "$dir"/run/slurmrestd*.pid; do [ -e "$f" ] && stop_pid "$f"; done
   stop_pid "$dir/run/slurmd.daemon.pid"
   stop_pid "$dir/run/slurmctld.daemon.pid"
   stop_pid "$dir/run/munged.pid"
@@ -206,8 +208,9 @@ token() {
 case "${1:-}" in
   start) [ $# -ge 2 ] || die "usage: $0 start DIR [REST_PORT]"; start "$2" "${3:-}" ;;
   stop) [ $# -ge 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
-  stop-rest) [ $# -ge 2 ] || die "usage: $0 stop-rest DIR"; stop_pid "$2/run/slurmrestd.pid" ;;
-  start-rest) [ $# -ge 2 ] || die "usage: $0 start-rest DIR"; start_rest "$(cd "$2" && pwd)" ;;
+  stop-rest) [ $# -ge 2 ] || die "usage: $0 stop-rest DIR [NAME]"; stop_pid "$2/run/slurmrestd${3:+-$3}.pid" ;;
+  start-rest) [ $# -ge 2 ] || die "usage: $0 start-rest DIR [NAME PORT PLUGINS]"
+    start_rest "$(cd "$2" && pwd)" "${3:-}" "${4:-}" "${5:-}" ;;
   token) [ $# -ge 3 ] || die "usage: $0 token DIR USER [SECONDS]"; token "$2" "$3" "${4:-3600}" ;;
   status) [ $# -ge 2 ] || die "usage: $0 status DIR"; alive "$2/run/slurmctld.daemon.pid" ;;
   *) die "usage: $0 start DIR [REST_PORT] | stop DIR | stop-rest DIR | start-rest DIR | token DIR USER [SECONDS] | status DIR" ;;

@@ -10,6 +10,9 @@ poll, never one call per job.
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -249,3 +252,56 @@ def test_remove_cancels_or_leaves_the_jobs(mode: str, slurm: SlurmCluster, live_
         gate.touch()
         wait_for(lambda: slurm.jobs_named(name)[0]["job_state"] == "COMPLETED", timeout=30,
                  message="the job left running to complete")
+
+
+# ---------------------------------------------------------------- API versions
+
+
+def test_falls_back_to_v0_0_36_when_that_is_all_the_server_offers(slurm: SlurmCluster,
+                                                                  live_cp: LiveFactory) -> None:
+    port = free_port()
+    slurm.sh("start-rest", str(slurm.dir), "old", str(port), "openapi/v0.0.36")
+    try:
+        lcp = live_cp()
+        r = lcp.register("old-hpc", slurm.config(url=f"http://127.0.0.1:{port}"))
+        assert r.status_code == 201, r.text
+        adapter = lcp.cp.federation.get_adapter("old-hpc")
+        assert adapter.client.version == "v0.0.36"  # type: ignore[union-attr]
+        wid = lcp.submit([{**slurm_task("old", ["bash", "-c", "exit 4"]),
+                           "constraints": {"sites": ["old-hpc"]}}])
+        assert lcp.wait_workflow(wid)["state"] == "Failed"
+        run = lcp.runs(wid, "old")[0]
+        assert run["exitCode"] == 4 and run["reason"] == "exit code 4"
+        assert all("/v0.0.36/" in p or p == "/openapi"
+                   for p in adapter.client.requests_by_path)  # type: ignore[union-attr]
+    finally:
+        slurm.sh("stop-rest", str(slurm.dir), "old")
+
+
+def test_an_unsupported_api_version_is_refused_by_name(live_cp: LiveFactory) -> None:
+    """A stand-in for a newer slurmrestd (Slurm 23.11 serves v0.0.40 only): the one HTTP seam."""
+    body = json.dumps({"paths": {"/slurm/v0.0.40/ping": {}, "/slurm/v0.0.40/jobs": {}}}).encode()
+
+    class Newer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/openapi" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Newer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        r = live_cp().register("new-hpc", {"url": f"http://127.0.0.1:{srv.server_address[1]}",
+                                           "user": "u", "token": "t", "workdir": "/tmp"})
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.status_code == 422
+    problem = r.json()["detail"][0]
+    assert problem["type"] == "UnsupportedError"
+    assert "offers OpenAPI v0.0.40" in problem["msg"] and "v0.0.38" in problem["msg"]
