@@ -213,6 +213,12 @@ class SlurmRestClient:
         errs = _errors(body)
         nums = _numbers(errs)
         if r.status_code >= 500 and errs and all(n == -1 for n in nums) and len(nums) == len(errs):
+            if not self.tokens.enabled:
+                raise AuthError(
+                    f"slurmctld rejected the authentication of slurmrestd at {self.where} "
+                    f"(HTTP {r.status_code}: {_describe(errs)}); in rest_auth/local mode "
+                    "slurmrestd signs requests with munge: check that munged runs and its "
+                    "socket is reachable by slurmrestd's user", site=self.site)
             raise AuthError(
                 f"slurmctld rejected the credentials of user {self.tokens.user!r} "
                 f"(slurmrestd answered HTTP {r.status_code}: {_describe(errs)}); the token is "

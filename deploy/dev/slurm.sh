@@ -7,7 +7,8 @@
 #   deploy/dev/slurm.sh stop-rest DIR [NAME]     # only slurmrestd (to test an outage)
 #   deploy/dev/slurm.sh start-rest DIR           # slurmrestd again, same port
 #   deploy/dev/slurm.sh start-rest DIR NAME PORT PLUGINS  # another slurmrestd, e.g. one
-#                                                # serving only openapi/v0.0.36
+#                                                # serving only openapi/v0.0.36; PORT
+#                                                # unix:/path gives rest_auth/local on a socket
 #   deploy/dev/slurm.sh token DIR USER [SECONDS] # print a JWT minted by `scontrol token`
 #   deploy/dev/slurm.sh status DIR
 #
@@ -72,6 +73,17 @@ start_rest() {  # start_rest DIR [NAME PORT PLUGINS]: NAME "" is the main instan
   alive "$pidf" && return 0
   setpriv --reuid="$JOB_USER" --regid="$JOB_USER" --init-groups test -r "$dir/etc/slurm.conf" \
     || die "user $JOB_USER cannot read $dir/etc/slurm.conf: every parent directory of $dir must be searchable by others (e.g. use a directory under /tmp, not pytest's private tmp)"
+  if [[ "$port" == unix:* ]]; then  # local mode: munge-authenticated peers of a unix socket
+    local sock=${port#unix:}
+    mkdir -p "$(dirname "$sock")"; chown "$JOB_USER:$JOB_USER" "$(dirname "$sock")"
+    SLURM_CONF="$dir/etc/slurm.conf" \
+      setpriv --reuid="$JOB_USER" --regid="$JOB_USER" --init-groups \
+      /usr/sbin/slurmrestd -f "$dir/etc/slurm.conf" -a rest_auth/local -s "$plugins" "$port" \
+      >>"$log" 2>&1 &
+    echo $! >"$pidf"
+    wait_until 20 "slurmrestd did not create $sock" "$log" test -S "$sock"
+    return 0
+  fi
   SLURM_CONF="$dir/etc/slurm.conf" SLURM_JWT=daemon \
     setpriv --reuid="$JOB_USER" --regid="$JOB_USER" --init-groups \
     /usr/sbin/slurmrestd -f "$dir/etc/slurm.conf" -a rest_auth/jwt -s "$plugins" "127.0.0.1:$port" \
@@ -104,10 +116,12 @@ start() {
   # job output and working directories: writable by the job user
   chown "$JOB_USER:$JOB_USER" "$dir/jobs"; chmod 1777 "$dir/jobs"
   chown "$JOB_USER:$JOB_USER" "$dir/log"
-  # munge: own key and socket (munged refuses group/world-writable dirs)
-  chmod 700 "$dir/munge"
-  [ -f "$dir/munge/munge.key" ] || dd if=/dev/urandom of="$dir/munge/munge.key" bs=128 count=1 status=none
-  chmod 400 "$dir/munge/munge.key"
+  # munge: own key (private dir) and socket (reachable by every local user, as
+  # slurmrestd in local mode runs as the job user; munged refuses writable dirs)
+  chmod 755 "$dir/munge"
+  mkdir -p "$dir/munge/key"; chmod 700 "$dir/munge/key"
+  [ -f "$dir/munge/key/munge.key" ] || dd if=/dev/urandom of="$dir/munge/key/munge.key" bs=128 count=1 status=none
+  chmod 400 "$dir/munge/key/munge.key"
   # JWT key: 32 random bytes (HS256), readable by slurmctld (root) only
   [ -f "$dir/etc/jwt.key" ] || dd if=/dev/urandom of="$dir/etc/jwt.key" bs=32 count=1 status=none
   chmod 600 "$dir/etc/jwt.key"
@@ -172,9 +186,9 @@ SLURM_JOB_USER=$JOB_USER
 SLURM_WORKDIR=$dir/jobs
 EOF
 
-  /usr/sbin/munged --force --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" \
+  /usr/sbin/munged --force --socket="$dir/munge/munge.socket" --key-file="$dir/munge/key/munge.key" \
     --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" \
-    --seed-file="$dir/munge/munged.seed" 2>>"$dir/log/munged.log" \
+    --seed-file="$dir/munge/key/munged.seed" 2>>"$dir/log/munged.log" \
     || die "munged did not start (log: $dir/log/munged.log)"
   wait_until 10 "munged did not create its socket" "$dir/log/munged.log" test -S "$dir/munge/munge.socket"
 

@@ -305,3 +305,60 @@ def test_an_unsupported_api_version_is_refused_by_name(live_cp: LiveFactory) -> 
     problem = r.json()["detail"][0]
     assert problem["type"] == "UnsupportedError"
     assert "offers OpenAPI v0.0.40" in problem["msg"] and "v0.0.38" in problem["msg"]
+
+
+# ---------------------------------------------------------------- queue waits
+
+
+def test_a_queued_partition_reports_its_wait_and_placement_avoids_it(
+        slurm: SlurmCluster, live_cp: LiveFactory) -> None:
+    gate = slurm.gate()
+    lcp = live_cp()
+    assert lcp.register("hpc", slurm.config(partitions=["debug", "short"])).status_code == 201
+    cpus = int(lcp.get("/v1/nodes/hpc/debug")["capacity"]["cpu"])
+    on_debug = {"labels": {"slurm.schedmd.com/partition": "debug"}}
+    wid = lcp.submit([{**slurm_task(f"block{i}", gate_command(gate)), "constraints": on_debug}
+                      for i in range(cpus + 1)], name="blockers")
+    try:
+        def queued() -> dict[str, object] | None:
+            n = lcp.get("/v1/nodes/hpc/debug")
+            lab = n["labels"]
+            return n if (lab["slurm.schedmd.com/jobs-running"] == str(cpus)
+                         and lab["slurm.schedmd.com/jobs-pending"] == "1"
+                         and n["queueWaitS"] > 0.5) else None
+
+        node = wait_for(queued, timeout=30, message=lambda: f"debug to run {cpus} jobs, queue 1 "
+                        f"and show its wait: {lcp.get('/v1/nodes/hpc/debug')}")
+        assert node["utilisation"] == 1.0
+        metrics = lcp.http.get("/metrics").text
+        assert 'slurm_partition_jobs_pending{partition="debug",site="hpc"} 1.0' in metrics
+        assert f'slurm_partition_cpus_allocated{{partition="debug",site="hpc"}} {float(cpus)}' \
+            in metrics
+        wid2 = lcp.submit([slurm_task("next", ["true"])], name="next")
+        run = lcp.wait_run(wid2, "next", ("Dispatched", "Running", "Succeeded"))
+        assert run["node"] == "hpc/short", run["placement"]
+        assert run["placement"]["predicted"]["queueWaitS"] < node["queueWaitS"]
+    finally:
+        gate.touch()
+    assert lcp.wait_workflow(wid)["state"] == "Succeeded"
+    assert lcp.wait_workflow(wid2)["state"] == "Succeeded"
+
+
+def test_unix_socket_with_local_auth_needs_no_token(slurm: SlurmCluster,
+                                                    live_cp: LiveFactory) -> None:
+    sock = slurm.dir / "rest-local" / "slurmrestd.sock"
+    slurm.sh("start-rest", str(slurm.dir), "local", f"unix:{sock}", "openapi/v0.0.38")
+    try:
+        lcp = live_cp()
+        r = lcp.register("sock-hpc", {"socket": str(sock), "user": slurm.user,
+                                      "partitions": ["debug"], "workdir": slurm.workdir,
+                                      "pollInterval": 0.2})
+        assert r.status_code == 201, r.text
+        wid = lcp.submit([{**slurm_task("local", ["bash", "-c", "echo via socket"]),
+                           "constraints": {"sites": ["sock-hpc"]}}])
+        assert lcp.wait_workflow(wid)["state"] == "Succeeded"
+        run = lcp.runs(wid, "local")[0]
+        assert "via socket" in lcp.get(f"/v1/runs/{run['id']}")["outputTail"]
+        assert slurm.jobs_named(f"continuum-{run['id']}")[0]["user_name"] == slurm.user
+    finally:
+        slurm.sh("stop-rest", str(slurm.dir), "local")
