@@ -1,7 +1,7 @@
 """Backends behind one protocol.
 
 What belongs here: the :class:`~adapters.base.Adapter` protocol and its registry, and
-one module per backend kind (``sim``, ``devices``; ``slurm``, ``kubernetes`` and
+one module per backend kind (``sim``, ``devices``, ``slurm``; ``kubernetes`` and
 ``kubeedge`` come later). Each adapter maps its backend's states to
 :class:`continuum.model.RunState` through one table. Only adapters import a backend SDK
 (paho on the server side, the Kubernetes client, the Slurm REST client). What does not

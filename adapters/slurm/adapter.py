@@ -258,8 +258,9 @@ class SlurmAdapter:
             self.config = SlurmConfig.model_validate(site.config)
         except ValidationError as e:
             first = e.errors()[0]
-            where = ".".join(map(str, first["loc"])) or "config"
-            raise PermanentError(f"invalid slurm config: {where}: {first['msg']}",
+            where = ".".join(map(str, first["loc"]))
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise PermanentError(f"invalid slurm config: {where + ': ' if where else ''}{msg}",
                                  site=site.name) from e
         key: bytes | None = None
         if self.config.jwt_key:
@@ -592,7 +593,7 @@ class SlurmAdapter:
         elif note:
             reason = note
         elif raw_state == "FAILED":
-            reason = sig_reason or (f"exit code {code}" if code is not None else "job failed")
+            reason = sig_reason or (f"exited with code {code}" if code is not None else "job failed")
             sr = str(job.get("state_reason") or "")
             if sr and sr not in ("None", "NonZeroExitCode"):
                 reason += f" ({sr})"

@@ -127,7 +127,7 @@ def test_jobs_complete_and_fail_with_their_exit_codes(slurm: SlurmCluster,
     detail = lcp.get(f"/v1/runs/{ok['id']}")
     assert "hello from " + ok["handle"]["backendId"] in detail["outputTail"]
     assert bad["state"] == "Failed" and bad["exitCode"] == 3, bad
-    assert bad["reason"] == "exit code 3"
+    assert bad["reason"] == "exited with code 3"
     assert "about to fail" in lcp.get(f"/v1/runs/{bad['id']}")["outputTail"]
     # name and comment carry the run id
     job = slurm.jobs_named(f"continuum-{ok['id']}")
@@ -271,7 +271,7 @@ def test_falls_back_to_v0_0_36_when_that_is_all_the_server_offers(slurm: SlurmCl
                            "constraints": {"sites": ["old-hpc"]}}])
         assert lcp.wait_workflow(wid)["state"] == "Failed"
         run = lcp.runs(wid, "old")[0]
-        assert run["exitCode"] == 4 and run["reason"] == "exit code 4"
+        assert run["exitCode"] == 4 and run["reason"] == "exited with code 4"
         assert all("/v0.0.36/" in p or p == "/openapi"
                    for p in adapter.client.requests_by_path)  # type: ignore[union-attr]
     finally:
