@@ -38,6 +38,7 @@ class SiteRuntime:
     message: str = ""
     nodes: list[Node] = field(default_factory=list)
     inventory_at: float = 0.0
+    removed: bool = False
 
     def summary(self) -> dict[str, Any]:
         health = SiteHealth.Draining if self.draining else self.health
@@ -141,6 +142,7 @@ class Federation:
         with self._lock:
             rt = self.site(name)
             del self._sites[name]
+            rt.removed = True
         with self.store.session() as s:
             row = s.get(SiteRow, name)
             if row is not None:
@@ -150,6 +152,7 @@ class Federation:
         except Exception:
             log.exception("site %s: close failed", name)
         self.metrics.site_up.labels(name, rt.spec.kind.value).set(0)
+        self.metrics.forget_slurm_site(name)
         log.info("site %s removed", name)
         return rt
 
@@ -211,6 +214,8 @@ class Federation:
         if (health, message) != (rt.health, rt.message):
             log.info("site %s: %s %s", rt.spec.name, health.value, message)
         rt.nodes, rt.health, rt.message, rt.inventory_at = nodes, health, message, now
+        if rt.removed:
+            return  # removed while its inventory was being taken: publish nothing
         self.metrics.site_up.labels(rt.spec.name, rt.spec.kind.value).set(
             0 if health == SiteHealth.Unreachable else 1)
         tiers: dict[str, int] = {}
@@ -220,7 +225,9 @@ class Federation:
             self.metrics.nodes.labels(rt.spec.name, tier).set(count)
         partition_stats = getattr(rt.adapter, "partition_stats", None)  # Slurm sites
         if partition_stats is not None:
-            self.metrics.observe_slurm_partitions(rt.spec.name, partition_stats())
+            with self._lock:  # remove() marks the site removed under this lock, then forgets
+                if not rt.removed:
+                    self.metrics.observe_slurm_partitions(rt.spec.name, partition_stats())
 
     def close(self) -> None:
         for rt in self.sites():

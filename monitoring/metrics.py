@@ -78,12 +78,38 @@ class ControlPlaneMetrics:
         self.slurm_expected_wait = Gauge(
             "continuum_slurm_partition_expected_queue_wait_seconds",
             "Queue wait (s) placement expects for a new job on the partition.", _sp, registry=r)
+        self._slurm_partitions: dict[str, set[str]] = {}
         self.slurm_utilisation = Gauge(
             "continuum_slurm_partition_utilisation",
             "Allocated CPUs / CPUs of usable nodes of the partition (0..1).", _sp, registry=r)
 
+    def _slurm_gauges(self) -> list[Gauge]:
+        return [self.slurm_cpus_allocated, self.slurm_cpus_idle, self.slurm_cpus_other,
+                self.slurm_cpus_total, self.slurm_jobs_pending, self.slurm_jobs_running,
+                self.slurm_pending_wait, self.slurm_recent_wait, self.slurm_expected_wait,
+                self.slurm_utilisation]
+
+    def forget_slurm_site(self, site: str) -> None:
+        """Drop every Slurm partition series of ``site`` (it was removed)."""
+        for partition in self._slurm_partitions.pop(site, set()):
+            for g in self._slurm_gauges():
+                try:
+                    g.remove(site, partition)
+                except KeyError:
+                    pass
+
     def observe_slurm_partitions(self, site: str, stats: Iterable[SlurmPartitionStats]) -> None:
         """Set the Slurm partition gauges of ``site`` from an inventory's statistics."""
+        stats = list(stats)
+        seen = {st.name for st in stats}
+        gone = self._slurm_partitions.get(site, set()) - seen
+        for partition in gone:
+            for g in self._slurm_gauges():
+                try:
+                    g.remove(site, partition)
+                except KeyError:
+                    pass
+        self._slurm_partitions[site] = seen
         for st in stats:
             labels = (site, st.name)
             self.slurm_cpus_allocated.labels(*labels).set(st.cpus_alloc)

@@ -241,6 +241,8 @@ def test_remove_cancels_or_leaves_the_jobs(mode: str, slurm: SlurmCluster, live_
                     "cancelled": [run["id"]] if mode == "cancel" else [],
                     "left": [run["id"]] if mode == "leave" else []}
     assert lcp.get("/v1/sites")["items"] == []
+    assert not [line for line in lcp.http.get("/metrics").text.splitlines()
+                if line.startswith("slurm_partition") and 'site="hpc"' in line]
     assert lcp.wait_workflow(wid)["state"] == "Failed"  # no other site to retry on
     assert "site 'hpc' was removed" in lcp.runs(wid, "victim")[0]["reason"]
     name = f"continuum-{run['id']}"
@@ -362,3 +364,14 @@ def test_unix_socket_with_local_auth_needs_no_token(slurm: SlurmCluster,
         assert slurm.jobs_named(f"continuum-{run['id']}")[0]["user_name"] == slurm.user
     finally:
         slurm.sh("stop-rest", str(slurm.dir), "local")
+
+
+def test_a_timeout_beyond_the_partitions_time_limit_fails_the_run_saying_so(
+        slurm: SlurmCluster, live_cp: LiveFactory) -> None:
+    lcp = live_cp()
+    assert lcp.register("hpc", slurm.config(partitions=["short"])).status_code == 201
+    wid = lcp.submit([slurm_task("too-long", ["true"], timeout="20m")])
+    assert lcp.wait_workflow(wid)["state"] == "Failed"
+    run = lcp.runs(wid, "too-long")[0]
+    assert "needs 20 min but partition 'short' allows at most 10 min" in run["reason"], run
+    assert slurm.jobs_named(f"continuum-{run['id']}") == []

@@ -199,3 +199,46 @@ def test_apptainer_wraps_the_command(tmp_path: Path) -> None:
     run = TaskRun(run_id="r", workflow_id="w", workflow_name="w", task=task)
     text = batch_script(run, paths("/s", "r"), apptainer="apptainer")
     assert "apptainer exec --nv docker://python:3.11-slim python3 -V" in text
+
+
+# ---------------------------------------------------------------- job records → run status
+
+# Trimmed from real `GET /slurm/v0.0.38/jobs` answers of Slurm 22.05.8.
+_JOB = {"job_id": 7, "name": "continuum-run-7", "comment": "continuum run=run-7",
+        "partition": "debug", "submit_time": 1795315580, "eligible_time": 1795315580,
+        "start_time": 1795315581, "end_time": 1795315641, "state_reason": "None",
+        "exit_code": 0}
+
+
+@pytest.mark.parametrize("fields,state,code,reason", [
+    ({"job_state": "PENDING", "state_reason": "Resources", "start_time": 0}, RunState.Dispatched,
+     None, "Resources"),
+    ({"job_state": "RUNNING"}, RunState.Running, None, ""),
+    ({"job_state": "COMPLETED"}, RunState.Succeeded, 0, ""),
+    ({"job_state": "FAILED", "state_reason": "NonZeroExitCode", "exit_code": 768},
+     RunState.Failed, 3, "exited with code 3"),
+    ({"job_state": "TIMEOUT", "state_reason": "TimeLimit", "exit_code": 15}, RunState.Failed, 143,
+     "the job reached its time limit (TimeLimit)"),
+    ({"job_state": "OUT_OF_MEMORY", "state_reason": "OutOfMemory", "exit_code": 9},
+     RunState.Failed, 137, "the job ran out of memory (OutOfMemory)"),
+    ({"job_state": "CANCELLED", "exit_code": 15}, RunState.Cancelled, 143,
+     "the Slurm job was cancelled"),
+    ({"job_state": "NODE_FAIL", "state_reason": "NodeDown"}, RunState.Failed, 0,
+     "a node of the job failed (NodeDown)"),
+])
+def test_job_records_become_run_statuses(fields: dict[str, object], state: RunState,
+                                         code: int | None, reason: str, tmp_path: Path) -> None:
+    from adapters.base import Handle
+
+    site = SiteSpec.model_validate({"name": "hpc", "kind": "slurm", "config": {
+        "url": "http://127.0.0.1:1", "user": "u", "token": "t", "workdir": str(tmp_path)}})
+    a = SlurmAdapter(site, AdapterContext(artifacts=None, state_dir=tmp_path))  # type: ignore[arg-type]
+    h = Handle(site="hpc", run_id="run-7", backend_id="7", node="hpc/debug",
+               data={"output": str(tmp_path / "continuum-run-7.out"),
+                     "runDir": str(tmp_path / "run-7")})
+    st = a._job_status(h, {**_JOB, **fields})
+    assert st is not None
+    assert (st.state, st.exit_code, st.reason) == (state, code, reason)
+    assert st.started_at is None if state == RunState.Dispatched else st.started_at is not None
+    assert "not readable from the control plane" in a.logs(h)
+    a.close()
