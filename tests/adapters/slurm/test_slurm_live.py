@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,8 @@ def test_cancel_mid_run_deletes_the_job(slurm: SlurmCluster, live_cp: LiveFactor
     assert lcp.register("hpc", slurm.config()).status_code == 201
     wid = lcp.submit([slurm_task("long", gate_command(slurm.gate()))])
     run = lcp.wait_run(wid, "long", ("Running",))
+    wait_for(lambda: "started" in lcp.get(f"/v1/runs/{run['id']}")["outputTail"], timeout=20,
+             message="the running job's output file to be tailed as its live logs")
     r = lcp.http.delete(f"/v1/workflows/{wid}")
     assert r.status_code == 202
     assert lcp.wait_workflow(wid)["state"] == "Cancelled"
@@ -375,3 +378,28 @@ def test_a_timeout_beyond_the_partitions_time_limit_fails_the_run_saying_so(
     run = lcp.runs(wid, "too-long")[0]
     assert "needs 20 min but partition 'short' allows at most 10 min" in run["reason"], run
     assert slurm.jobs_named(f"continuum-{run['id']}") == []
+
+
+def test_a_second_submit_by_a_new_adapter_finds_the_job_instead_of_submitting(
+        slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The control plane died between submitting and recording the handle: the next
+    process submits the same run again and must get the job that already exists."""
+    from adapters.base import AdapterContext, TaskRun
+    from adapters.slurm import SlurmAdapter
+    from continuum.model import SiteSpec, Task
+
+    site = SiteSpec.model_validate({"name": "hpc", "kind": "slurm", "config": slurm.config()})
+    task = Task.model_validate({"name": "once", "command": ["true"]})
+    run = TaskRun(run_id=f"run-{uuid.uuid4().hex[:12]}", workflow_id="wf-x",
+                  workflow_name="x", task=task)
+    first = SlurmAdapter(site, AdapterContext(artifacts=None, state_dir=tmp_path))  # type: ignore[arg-type]
+    node = first.inventory()[0]
+    h1 = first.submit(run, node, run.run_id)
+    first.close()
+    second = SlurmAdapter(site, AdapterContext(artifacts=None, state_dir=tmp_path))  # type: ignore[arg-type]
+    node = second.inventory()[0]  # a new process reads the job table first
+    h2 = second.submit(run, node, run.run_id)
+    assert h2.backend_id == h1.backend_id
+    assert second.client.requests_by_path.get("/slurm/v0.0.38/job/submit") is None
+    assert len(slurm.jobs_named(f"continuum-{run.run_id}")) == 1
+    second.close()
