@@ -203,14 +203,24 @@ EOF
   start_rest "$dir"
 }
 
-stop() {
-  local dir=$1
+stop() {  # every daemon at once (each takes 1-2 s to exit), then SIGKILL stragglers after 5 s
+  local dir=$1 f pid pids=() files=()
   [ -d "$dir/run" ] || return 0
-  local f
-  for f in "$dir"/run/slurmrestd*.pid; do [ -e "$f" ] && stop_pid "$f"; done
-  stop_pid "$dir/run/slurmd.daemon.pid"
-  stop_pid "$dir/run/slurmctld.daemon.pid"
-  stop_pid "$dir/run/munged.pid"
+  for f in "$dir"/run/slurmrestd*.pid "$dir/run/slurmd.daemon.pid" \
+           "$dir/run/slurmctld.daemon.pid" "$dir/run/munged.pid"; do
+    [ -f "$f" ] || continue
+    files+=("$f")
+    pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then kill "$pid" 2>/dev/null || true; pids+=("$pid"); fi
+  done
+  for _ in $(seq 1 100); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.05
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  rm -f "${files[@]}"
 }
 
 token() {

@@ -1,11 +1,14 @@
 """The Slurm adapter through the REST API, against a real single-node Slurm.
 
-Aspects: registration (inventory, metrics) and each of its errors (wrong token,
-unreachable slurmrestd, unknown partition, unreadable key, bad config); a job run to
-COMPLETED with its output; a failing job with its exit code; cancel mid-run; a job that
-outlives a control-plane restart is re-adopted, not resubmitted; slurmrestd down, then
-back; drain and remove (cancelling, or leaving, the site's jobs); one job-table read per
-poll, never one call per job.
+Aspects: registration (inventory, metrics) and each of its errors (wrong token, a token
+minted with another key, unreachable slurmrestd, unknown partition, unreadable key, bad
+config, unsupported API version); the v0.0.36 fallback; a unix socket with local auth; a
+job run to COMPLETED with its output; a failing job with its exit code; a timeout beyond
+the partition's limit; cancel mid-run (with live logs); a job that outlives a
+control-plane restart is re-adopted, not resubmitted, and a second submit of a run finds
+its job; slurmrestd down, then back; drain and remove (cancelling, or leaving, the
+site's jobs); queue waits and placement avoiding a queued partition; one job-table read
+per poll, never one call per job.
 """
 
 from __future__ import annotations
