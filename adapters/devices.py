@@ -122,6 +122,17 @@ class _Device:
 
 
 @dataclass(frozen=True)
+class DeviceTelemetry:
+    """A device's latest telemetry as received: ``received_at`` Unix s (our clock)."""
+
+    device_id: str
+    location: str
+    online: bool
+    received_at: float
+    telemetry: Telemetry
+
+
+@dataclass(frozen=True)
 class _Dispatched:
     device_id: str
     cpu: float
@@ -488,6 +499,15 @@ class DevicesAdapter:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def telemetry(self) -> list[DeviceTelemetry]:
+        """The latest telemetry of every device that sent a Hello and telemetry."""
+        now = self.ctx.clock()
+        with self._lock:
+            return [DeviceTelemetry(d.device_id, d.hello.location, self._online(d, now),
+                                    d.telemetry_at, d.telemetry)
+                    for d in sorted(self._devices.values(), key=lambda d: d.device_id)
+                    if d.hello is not None and d.telemetry is not None]
 
     def devices(self) -> list[dict[str, Any]]:
         """Every known device for ``GET /v1/devices`` (JSON-ready dicts, camelCase keys)."""

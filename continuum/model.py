@@ -331,6 +331,30 @@ class WorkflowDocument(Model):
 # ---------------------------------------------------------------- sites and nodes
 
 
+class SiteMonitoring(Model):
+    """How the collector reads a site's Prometheus (``SiteSpec.prometheus_url``).
+
+    ``queries`` overrides the PromQL of catalog metrics by name (``""`` switches one
+    off; ``{window}`` is replaced by ``window``); ``exporters`` limits the catalogs
+    queried (default: all of them). A series is joined to a node by its join label
+    (``instance`` for node-exporter, ``node`` for kube-state-metrics, ...): the value
+    is looked up in ``instances`` (node name → label value), then the node's label
+    ``continuum.io/prometheus-instance``, then the node name itself (with or without
+    ``:port``). ``probes`` names the location of each blackbox probe target (its
+    ``instance``), so probe RTTs from the site's location enter the topology.
+    """
+
+    exporters: list[str] | None = None
+    queries: dict[str, str] = Field(default_factory=dict)
+    instances: dict[str, str] = Field(default_factory=dict)
+    probes: dict[str, str] = Field(default_factory=dict)
+    stale_after: Seconds = Field(default=30.0, gt=0, description="a value older than this "
+                                 "(s) is stale: used with a penalty, the site Degraded")
+    timeout: Seconds = Field(default=2.0, gt=0, description="per-query HTTP timeout (s)")
+    window: str = Field(default="1m", pattern=r"^[0-9]+(ms|s|m|h)$",
+                        description="range of rate() in the catalog queries, e.g. 1m")
+
+
 class SiteSpec(Model):
     """A federation member as registered. ``config`` is the kind's own settings."""
 
@@ -339,8 +363,21 @@ class SiteSpec(Model):
     tier: Tier | None = Field(default=None, description="default tier of its nodes")
     location: str | None = None
     prometheus_url: str | None = None
+    monitoring: SiteMonitoring = Field(default_factory=SiteMonitoring)
     carbon_intensity: float | None = Field(default=None, ge=0, description="gCO2e per kWh")
     config: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricSample(Model):
+    """One live value: ``value`` in ``unit`` (ratio 0..1, W, bytes, cores, ms, count),
+    sampled at ``at``; ``source`` names where it came from (``prometheus:node-exporter``,
+    ``telemetry``, ``twin``)."""
+
+    value: float
+    unit: str
+    at: datetime
+    source: str
+    stale: bool = False
 
 
 class Node(Model):
@@ -349,7 +386,9 @@ class Node(Model):
     ``id`` is ``{site}/{name}``. ``capacity`` is the whole node; ``allocatable`` what
     work may use; ``free`` what is left after running work. ``speed`` is per-core speed
     relative to the reference core (1.0). ``utilisation`` is CPU busy fraction 0..1
-    observed at ``observed_at``.
+    observed at ``observed_at``; ``metrics`` holds every live value (monitoring's
+    catalog names) with its own time, and ``metrics_stale`` says the utilisation is
+    older than the site's bound (placement then applies a penalty).
     """
 
     id: str
@@ -372,6 +411,11 @@ class Node(Model):
     utilisation: float | None = Field(default=None, ge=0, le=1)
     power_watts: float | None = None
     observed_at: datetime | None = None
+    memory_utilisation: float | None = Field(default=None, ge=0, le=1)
+    metrics: dict[str, MetricSample] = Field(
+        default_factory=dict, description="live metrics by catalog name, each with its time")
+    metrics_stale: bool = Field(
+        default=False, description="the utilisation is older than the site's staleAfter")
     queue_wait_s: float = Field(default=0.0, ge=0, description="expected wait before start (s)")
 
 

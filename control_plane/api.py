@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
@@ -21,6 +22,7 @@ from sqlalchemy import func, select
 import continuum
 from continuum.errors import AdapterError, Conflict, NotFound, Problem, ValidationFailed
 from continuum.model import (
+    Node,
     RunState,
     SiteSpec,
     TaskState,
@@ -28,10 +30,11 @@ from continuum.model import (
     WorkflowDocument,
     WorkflowState,
 )
-from control_plane import routes_sites
+from control_plane import routes_models, routes_sites
 from control_plane.artifacts import check_name
 from control_plane.store import EventRow, RunRow, TaskRow, WorkflowRow, add_event
 from control_plane.validation import parse_body, parse_document, pydantic_problems
+from monitoring.catalog import monitoring_problems
 
 if TYPE_CHECKING:
     from control_plane.server import ControlPlane
@@ -77,6 +80,39 @@ def run_view(r: RunRow, *, tail: bool = True) -> dict[str, Any]:
     }
     if tail:
         view["outputTail"] = r.output_tail
+    return view
+
+
+def node_view(n: Node, now: float) -> dict[str, Any]:
+    """A node as the API shows it, plus ``live``: utilisation, power and their age (s)."""
+    view = n.wire()
+    for name, m in view.get("metrics", {}).items():
+        m["ageS"] = round(now - n.metrics[name].at.timestamp(), 3)
+    cpu, power = n.metrics.get("cpu_utilisation"), n.metrics.get("power_watts")
+    own = "twin" if n.simulated else "telemetry"  # values the adapter reported itself
+    age = round(now - n.observed_at.timestamp(), 3) if n.observed_at is not None else None
+    power_src = own
+    if cpu is not None and cpu.source.startswith("prometheus:"):
+        power_src = "model"  # measured load, no power meter: the node's linear power model
+    view["live"] = {
+        "utilisation": n.utilisation,
+        "utilisationAgeS": age,
+        "utilisationSource": cpu.source if cpu else (own if n.utilisation is not None else None),
+        "memoryUtilisation": n.memory_utilisation,
+        "powerWatts": n.power_watts,
+        "powerAgeS": round(now - power.at.timestamp(), 3) if power else (
+            age if n.power_watts is not None else None),
+        "powerSource": power.source if power else (power_src if n.power_watts is not None
+                                                   else None),
+        "stale": n.metrics_stale,
+    }
+    return view
+
+
+def _link_view(link: Any, observed_at: float | None) -> dict[str, Any]:
+    view: dict[str, Any] = link.wire()
+    if observed_at is not None:
+        view["observedAt"] = datetime.fromtimestamp(observed_at, UTC).isoformat()
     return view
 
 
@@ -295,17 +331,23 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @app.post("/v1/sites", status_code=201, tags=["sites"], openapi_extra=_SITE_BODY,
               summary="Register a site (JSON or YAML)")
     async def register_site(request: Request) -> JSONResponse:
-        """Registers and checks a site; a 422 says why it could not be reached or used."""
+        """Registers and checks a site; a 422 says why it could not be reached or used.
+
+        ``monitoring`` (optional) says how its ``prometheusUrl`` is read: catalog
+        overrides, node ↔ instance map, stale bound (see docs/monitoring.md)."""
         data = parse_body(await _body(request), request.headers.get("content-type"))
         try:
             spec = SiteSpec.model_validate(data)
         except ValidationError as e:
             raise ValidationFailed(pydantic_problems(e)) from e
+        if problems := monitoring_problems(spec.monitoring):
+            raise ValidationFailed([Problem(loc, msg, "unknown_name") for loc, msg in problems])
         try:
             rt = await run_in_threadpool(cp.federation.register, spec)
         except AdapterError as e:
             raise ValidationFailed([Problem(["config"], e.message, type(e).__name__)]) from e
         cp.reconciler.wake()
+        cp.collector.wake()
         return JSONResponse(rt.summary(), status_code=201,
                             headers={"Location": f"/v1/sites/{spec.name}"})
 
@@ -315,20 +357,26 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.get("/v1/sites/{name}", tags=["sites"], summary="One site")
     def get_site(name: str) -> dict[str, Any]:
-        return cp.federation.site(name).summary()
+        """The site with its health; ``prometheus`` shows the collector's view of it."""
+        out = cp.federation.site(name).summary()
+        prom = cp.collector.status(name)
+        if prom is not None:
+            out["prometheus"] = prom
+        return out
 
     @app.get("/v1/nodes", tags=["nodes"], summary="List nodes")
     def list_nodes(site: str | None = None, tier: Tier | None = None) -> dict[str, Any]:
         nodes = [n for n in cp.federation.nodes()
                  if (site is None or n.site == site) and (tier is None or n.tier == tier)]
-        return {"items": [n.wire() for n in nodes]}
+        now = time.time()
+        return {"items": [node_view(n, now) for n in nodes]}
 
     @app.get("/v1/nodes/{node_id:path}", tags=["nodes"], summary="One node")
     def get_node(node_id: str) -> dict[str, Any]:
         n = cp.federation.node(node_id)
         if n is None:
             raise NotFound(f"node {node_id!r} is not in the inventory (ids are site/name)")
-        return n.wire()
+        return node_view(n, time.time())
 
     @app.get("/v1/devices", tags=["nodes"], summary="List devices (agents) of every fleet")
     def list_devices() -> dict[str, Any]:
@@ -336,7 +384,11 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.get("/v1/topology", tags=["nodes"], summary="RTT and bandwidth between locations")
     def topology() -> dict[str, Any]:
-        return {"links": [link.wire() for link in cp.network.links()]}
+        """Every pair of known locations: RTT (ms), bandwidth (bit/s) and ``source``
+        (measured by agents or blackbox probes, configured, or modelled from distance);
+        measured links also carry ``observedAt``."""
+        return {"links": [_link_view(link, cp.network.observed_at(link.a, link.b))
+                          for link in cp.network.links()]}
 
     # ------------------------------------------------------------ health and metrics
 
@@ -365,6 +417,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return Response(cp.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     routes_sites.add_routes(app, cp)
+    routes_models.add_routes(app, cp)
     return app
 
 

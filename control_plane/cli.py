@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from control_plane import render
+from control_plane import cli_model, render
 from control_plane.cli_sites import app as sites_app
 from control_plane.client import ApiError, Client, ConnectionFailed
 
@@ -33,6 +33,7 @@ get_app = typer.Typer(help="List workflows, runs, nodes, sites or devices.", no_
 describe_app = typer.Typer(help="Show one object in full.", no_args_is_help=True)
 app.add_typer(get_app, name="get")
 app.add_typer(describe_app, name="describe")
+app.add_typer(cli_model.app, name="model")
 app.add_typer(sites_app, name="sites")
 
 console = Console()

@@ -22,6 +22,8 @@ from continuum.errors import AdapterError, AuthError, Conflict, NotFound
 from continuum.model import Node, SiteHealth, SiteKind, SiteSpec
 from control_plane.settings import Settings
 from control_plane.store import SiteRow, Store
+from monitoring.catalog import check_monitoring
+from monitoring.collector import Collector
 from monitoring.metrics import ControlPlaneMetrics
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class Federation:
         self.metrics = metrics
         self._sites: dict[str, SiteRuntime] = {}
         self._lock = threading.RLock()
+        self.collector: Collector | None = None
+        """Joins live metrics onto each refreshed inventory (set by the control plane)."""
 
     # ------------------------------------------------------------ registration
 
@@ -95,6 +99,7 @@ class Federation:
                     return self._sites[spec.name]
                 raise Conflict(f"site {spec.name!r} is already registered; remove it first "
                                "or choose another name")
+        check_monitoring(spec.monitoring, spec.name)
         adapter = adapters.create(self._effective(spec), self.ctx)
         check = getattr(adapter, "check", None)  # adapters that can say precisely what is wrong
         if check is not None:
@@ -211,6 +216,12 @@ class Federation:
             health, message, nodes = SiteHealth.Unreachable, f"inventory failed: {e!r}", None
         if nodes is None:
             nodes = [n.model_copy(update={"ready": False}) for n in rt.nodes]
+        if self.collector is not None:  # live metrics; a Prometheus problem only degrades
+            nodes, m_health, m_message = self.collector.apply(rt.spec, nodes, now)
+            if m_health is not None and health == SiteHealth.Ready:
+                health, message = m_health, m_message
+            elif m_health is not None:
+                message = f"{message}; {m_message}" if message else m_message
         if (health, message) != (rt.health, rt.message):
             log.info("site %s: %s %s", rt.spec.name, health.value, message)
         rt.nodes, rt.health, rt.message, rt.inventory_at = nodes, health, message, now

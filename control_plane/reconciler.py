@@ -61,7 +61,7 @@ from control_plane.store import (
     new_id,
 )
 from monitoring.metrics import ControlPlaneMetrics
-from placement import DataSource, PlacementRequest, Snapshot, place
+from placement import DataSource, Framework, PlacementRequest, Snapshot, place
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,10 @@ class Reconciler:
         self.last_cycle_at: float | None = None
         self.cycles = 0
         self._docs: dict[str, WorkflowDocument] = {}
+        self.framework: Framework | None = None
+        """Placement framework (the server sets the learned one); None = the default."""
+        self.hooks: list[Callable[[float], None]] = []
+        """Called with ``now`` at the end of every cycle (model retraining, migration)."""
 
     # ------------------------------------------------------------ loop
 
@@ -118,6 +122,11 @@ class Reconciler:
         self._place(now)
         self._dispatch(now)
         self._release()
+        for hook in self.hooks:
+            try:
+                hook(now)
+            except Exception:
+                log.exception("cycle hook %r failed; the cycle goes on", hook)
         self._gauges()
         self.metrics.reconcile_cycle.observe(time.perf_counter() - t0)
         self.last_cycle_at = self.clock()
@@ -244,6 +253,8 @@ class Reconciler:
                         art.run_id, art.node = run.id, run.node
         run.reason = reason
         if state == RunState.Succeeded:
+            self.metrics.observe_prediction(run.site or "", run.placement, run.runtime_s,
+                                            run.energy_j)
             self._set_run_state(s, run, state, f"succeeded on {run.node}"
                                 + (f" in {run.runtime_s:.1f}s" if run.runtime_s is not None
                                    else ""))
@@ -363,7 +374,8 @@ class Reconciler:
                 by_key[str(t.id)] = t
             t0 = time.perf_counter()
             outcomes = place(requests, Snapshot(nodes=self.federation.placeable_nodes(),
-                                                network=self.network, now=now))  # type: ignore[arg-type]
+                                                network=self.network, now=now),  # type: ignore[arg-type]
+                             self.framework)
             self.metrics.placement_cycle.observe(time.perf_counter() - t0)
             for out in outcomes:
                 t = by_key[out.key]
@@ -483,7 +495,39 @@ class Reconciler:
             for name, n in s.execute(select(WorkflowRow.state, func.count())
                                      .group_by(WorkflowRow.state)):
                 self.metrics.workflows.labels(name).set(n)
+            self._queue_gauges(s)
         self.metrics.reconcile_lag.set(0)
+
+    def _queue_gauges(self, s: Session) -> None:
+        """Queue depths and the SLO ratio of running tasks (monitoring, issue 5)."""
+        m = self.metrics
+        m.queue_depth.labels("ready").set(s.scalar(select(func.count()).select_from(TaskRow)
+                                                   .where(TaskRow.state == TaskState.Ready.value))
+                                          or 0)
+        m.queue_depth.labels("placed").set(s.scalar(select(func.count()).select_from(RunRow)
+                                                    .where(RunRow.state == RunState.Placed.value))
+                                           or 0)
+        m.site_queue_depth.clear()
+        for rt in self.federation.sites():
+            m.site_queue_depth.labels(rt.spec.name).set(0)
+        for site, n in s.execute(select(RunRow.site, func.count())
+                                 .where(RunRow.state == RunState.Dispatched.value)
+                                 .group_by(RunRow.site)):
+            m.site_queue_depth.labels(site or "").set(n)
+        m.slo_latency_ratio.clear()
+        rows = s.execute(select(RunRow.workflow_id, RunRow.task_name, RunRow.node, TaskRow.spec)
+                         .join(TaskRow, TaskRow.id == RunRow.task_id)
+                         .where(RunRow.state == RunState.Running.value)).all()
+        for wf_id, task_name, node_id, spec in rows:
+            slo = (spec or {}).get("slo")
+            node = self.federation.node(node_id or "")
+            if not slo or node is None:
+                continue
+            target = self.federation.node(slo["target"])
+            where = target.location if target is not None else slo["target"]
+            rtt = self.network.rtt_ms(node.location, where)  # type: ignore[attr-defined]
+            m.slo_latency_ratio.labels(wf_id, task_name, slo["target"]).set(
+                rtt / float(slo["latencyMs"]))
 
 
 def retry_delay(settings: Settings, attempt: int) -> float:

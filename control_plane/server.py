@@ -22,7 +22,9 @@ from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
 from control_plane.store import RunRow, Store, TaskRow, WorkflowRow, add_event, new_id
 from control_plane.validation import check_workflow, effective_dependencies
+from monitoring.collector import Collector
 from monitoring.metrics import ControlPlaneMetrics
+from monitoring.telemetry import DeviceReading
 from monitoring.topology import TopologyModel
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,22 @@ class ControlPlane:
         self.federation = Federation(self.store, self.ctx, settings, self.metrics)
         self.reconciler = Reconciler(self.store, self.federation, self.artifacts, settings,
                                      self.metrics, self.network)
+        self.collector = Collector(self.metrics, topology=self.network,
+                                   control_plane_location=settings.control_plane_location,
+                                   devices=self.device_readings)
+        self.federation.collector = self.collector
+        self.metrics.devices.source = self.device_readings
+        from control_plane.migration import MigrationController
+        from control_plane.routes_models import ModelService
+
+        self.models = ModelService(self)
+        self.migration = MigrationController(self)
+        self.reconciler.framework = self.models.framework
+        self.reconciler.hooks += [self.models.on_cycle, self.migration.on_cycle]
         self.app = create_app(self)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._collector_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -74,12 +89,20 @@ class ControlPlane:
         self._thread = threading.Thread(target=self.reconciler.run_forever, args=(self._stop,),
                                         name="reconciler", daemon=True)
         self._thread.start()
+        self._collector_thread = threading.Thread(
+            target=self.collector.run_forever, name="metrics-collector", daemon=True,
+            args=(self._stop, self.settings.metrics_interval_s,
+                  lambda: [rt.spec for rt in self.federation.sites()]))
+        self._collector_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self.reconciler.wake()
+        self.collector.wake()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._collector_thread is not None:
+            self._collector_thread.join(timeout=10)
         self.federation.close()
         self.store.close()
 
@@ -156,6 +179,25 @@ class ControlPlane:
                 for d in rt.adapter.devices():  # type: ignore[attr-defined]
                     item = d if isinstance(d, dict) else d.model_dump(mode="json", by_alias=True)
                     out.append({"site": rt.spec.name, **item})
+        return out
+
+
+    def device_readings(self) -> list[DeviceReading]:
+        """Every device's latest telemetry (monitoring's view of the devices adapters)."""
+        out: list[DeviceReading] = []
+        for rt in self.federation.sites():
+            if rt.spec.kind != SiteKind.devices:
+                continue
+            for d in rt.adapter.telemetry():  # type: ignore[attr-defined]
+                t = d.telemetry
+                out.append(DeviceReading(
+                    site=rt.spec.name, device=d.device_id, location=d.location,
+                    online=d.online, at=t.at.timestamp(), received_at=d.received_at,
+                    cpu_utilisation=min(1.0, max(0.0, t.cpu_percent / 100.0)),
+                    memory_used=t.memory_used, memory_total=t.memory_total, load1=t.load1,
+                    power_watts=t.power_watts, power_source=t.power_source,
+                    running=t.running, rtt_ms=t.rtt_ms, peer_rtt_ms=dict(t.peer_rtt_ms),
+                    temperature_c=t.temperature_c))
         return out
 
 

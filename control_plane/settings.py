@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,10 +51,38 @@ class Settings(BaseSettings):
         default=60.0,
         description="a placed run its backend keeps refusing for this long is failed and re-placed (s)",
     )
+    metrics_interval_s: float = Field(
+        default=5.0, description="how often each site's Prometheus is queried (s)"
+    )
     control_plane_location: str = Field(
         default="control-plane",
         description="location name of this control plane (where artifacts are kept)",
     )
+
+    # -- learned placement and migration (issue 6)
+    placement_mode: Literal["fast", "quality"] = Field(
+        default="fast",
+        description="fast: greedy batch placement; quality: small batches solved exactly (MILP)")
+    model_retrain_interval_s: float = Field(
+        default=3600.0,
+        description="retrain the learned predictors this often (s); 0 = only on demand")
+    model_bootstrap_samples: int = Field(
+        default=2000, description="digital-twin runs generated to bootstrap the predictors")
+    migration_interval_s: float = Field(
+        default=30.0, description="how often running services and queued jobs are re-evaluated (s)")
+    migration_horizon_s: float = Field(
+        default=600.0, description="horizon over which a migration's expected gain is counted (s)")
+    migration_hysteresis: float = Field(
+        default=0.2, description="gain must exceed the migration cost by this fraction")
+    migration_min_dwell_s: float = Field(
+        default=120.0, description="a run is not moved again sooner than this after placement (s)")
+    migration_max_per_cycle: int = Field(default=2, description="most migrations per cycle")
+    migration_lost_grace_s: float = Field(
+        default=6.0,
+        description="a run's node must be gone or not ready this long before its work is "
+        "re-placed (s); covers a restarted control plane relearning its inventory")
+    migration_bandwidth_bps: float = Field(
+        default=100e6, description="bandwidth assumed for moving a service's state (bit/s)")
 
     @property
     def db_url(self) -> str:

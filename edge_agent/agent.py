@@ -58,7 +58,7 @@ from edge_agent.protocol import (
     topic,
 )
 from edge_agent.runtime import Runtime, kill_orphan_group
-from edge_agent.telemetry import TelemetrySampler
+from edge_agent.telemetry import TelemetrySampler, parse_peer, tcp_rtt_ms
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,16 @@ class Agent:
             if not self.connected.is_set():
                 continue
             try:
-                t = self.sampler.sample(running=len(self._active))
+                addr = self.config.address
+                peers = {}
+                for spec in self.config.rtt_peers:
+                    loc, host, port = parse_peer(spec)
+                    ms = tcp_rtt_ms(host, port)
+                    if ms is not None:
+                        peers[loc] = ms
+                t = self.sampler.sample(running=len(self._active),
+                                        rtt_ms=tcp_rtt_ms(addr.host, addr.port),
+                                        peer_rtt_ms=peers)
                 self._client.publish(topic(self.device_id, "telemetry"), encode(t), qos=0)
             except Exception:
                 self.log.exception("device %s: telemetry failed", self.device_id)

@@ -71,6 +71,10 @@ def run(
     label: Annotated[list[str] | None, typer.Option(
         "--label", envvar=_env("label"),
         help="Node label key=value (repeatable); placement constraints match on them.")] = None,
+    rtt_peer: Annotated[list[str] | None, typer.Option(
+        "--rtt-peer", envvar=_env("rtt_peer"),
+        help="Measure the round trip to a peer with each telemetry: location=host:port "
+        "(repeatable; TCP connect time). The broker's RTT is always measured.")] = None,
     profile: Annotated[str | None, typer.Option(
         envvar=_env("profile"),
         help="Declare a device profile instead of this host's figures: "
@@ -114,7 +118,8 @@ def run(
         config = AgentConfig(
             broker=broker, tls_ca=tls_ca, tls_insecure=tls_insecure, username=username,
             password=password, device_id=device_id, location=location, tier=Tier(tier),
-            labels=_parse_labels(label or []), profile=profile, state_dir=state_dir,
+            labels=_parse_labels(label or []), rtt_peers=rtt_peer or [], profile=profile,
+            state_dir=state_dir,
             telemetry_interval=telemetry_interval, allow_command=allow_command or [],
             max_cpu=max_cpu, max_memory=max_memory, kill_grace=kill_grace,
             upload_deadline=upload_deadline, reconnect_max=reconnect_max,

@@ -61,6 +61,8 @@ class AgentConfig(BaseModel):
     """A location name known to the control plane's topology (e.g. ``lab-1``)."""
     tier: Tier = Tier.device
     labels: dict[str, str] = Field(default_factory=dict)
+    rtt_peers: list[str] = Field(default_factory=list)
+    """Peers whose round trip is measured with each telemetry: ``location=host:port``."""
     profile: str | None = None
     """A device profile (see :mod:`edge_agent.profiles`); ``None`` = this host's own figures."""
     state_dir: Path = Path("/var/lib/continuum-agent")
@@ -97,6 +99,15 @@ class AgentConfig(BaseModel):
     @classmethod
     def _broker(cls, v: str) -> str:
         parse_broker_url(v)
+        return v
+
+    @field_validator("rtt_peers")
+    @classmethod
+    def _peers(cls, v: list[str]) -> list[str]:
+        from edge_agent.telemetry import parse_peer
+
+        for p in v:
+            parse_peer(p)
         return v
 
     @field_validator("allow_command")

@@ -8,6 +8,7 @@ for a warehouse-sized computer", ISCA 2007: ``P = P_idle + (P_max − P_idle) ·
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import psutil
@@ -26,6 +27,35 @@ def model_power(power: PowerProfile, utilisation: float) -> float:
     return power.idle_watts + (power.max_watts - power.idle_watts) * u
 
 
+def tcp_rtt_ms(host: str, port: int, timeout_s: float = 2.0) -> float | None:
+    """One round trip (ms) to ``host:port``, measured as the TCP connect time.
+
+    ``connect()`` returns when the SYN-ACK arrives, i.e. after one network round trip
+    plus the peer's accept latency (the method of tcping / ``curl -w %{time_connect}``).
+    Returns ``None`` when the peer does not answer within ``timeout_s``.
+    """
+    t0 = time.perf_counter()
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return (time.perf_counter() - t0) * 1000.0
+    except OSError:
+        return None
+
+
+def parse_peer(value: str) -> tuple[str, str, int]:
+    """``location=host:port`` → ``(location, host, port)``.
+
+    Raises:
+        ValueError: not in that form (the message shows an example).
+    """
+    loc, sep, addr = value.partition("=")
+    host, sep2, port = addr.rpartition(":")
+    if not sep or not loc or not sep2 or not host or not port.isdigit():
+        raise ValueError(f"RTT peer {value!r} must be location=host:port, e.g. "
+                         "munich-edge=10.0.0.5:443")
+    return loc, host.strip("[]"), int(port)
+
+
 class TelemetrySampler:
     """Samples this host with psutil and builds :class:`Telemetry` for ``device_id``.
 
@@ -39,8 +69,10 @@ class TelemetrySampler:
         psutil.cpu_percent(interval=None)  # prime the counter
         self._last = time.monotonic()
 
-    def sample(self, running: int = 0, rtt_ms: float | None = None) -> Telemetry:
-        """One Telemetry message; ``running`` is the number of runs executing now."""
+    def sample(self, running: int = 0, rtt_ms: float | None = None,
+               peer_rtt_ms: dict[str, float] | None = None) -> Telemetry:
+        """One Telemetry message; ``running`` is the number of runs executing now,
+        ``rtt_ms`` the round trip to the broker, ``peer_rtt_ms`` location → ms."""
         cpu = psutil.cpu_percent(interval=None)
         mem = psutil.virtual_memory()
         try:
@@ -57,5 +89,6 @@ class TelemetrySampler:
             power_watts=round(model_power(self.profile.power, cpu / 100.0), 3),
             power_source="model",
             running=running,
-            rtt_ms=rtt_ms,
+            rtt_ms=None if rtt_ms is None else round(rtt_ms, 3),
+            peer_rtt_ms={k: round(v, 3) for k, v in (peer_rtt_ms or {}).items()},
         )

@@ -165,6 +165,11 @@ class TopologyModel:
         """Bandwidth (bit/s) between ``a`` and ``b``; never raises (unknown → default)."""
         return self._entry(a, b).bandwidth_bps
 
+    def observed_at(self, a: str, b: str) -> float | None:
+        """When the pair was last measured (Unix s), or None if it never was."""
+        e = self._measured.get(_pair(a, b))
+        return e.observed_at if e is not None else None
+
     def source(self, a: str, b: str) -> str:
         """Where the pair's figures come from: "measured", "configured" or "modelled"."""
         return self._entry(a, b).source

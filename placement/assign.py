@@ -75,18 +75,41 @@ def place(
     fw = framework or default_framework()
     outcomes: dict[int, Outcome] = {}
     order = sorted(range(len(requests)), key=lambda i: _size_key(requests[i]))
+    pins, note = _quality_pins(requests, snapshot, fw)
     for i in order:
-        outcomes[i] = _place_one(requests[i], snapshot, fw)
+        outcomes[i] = _place_one(requests[i], snapshot, fw, pins.get(i), note)
     return [outcomes[i] for i in range(len(requests))]
 
 
-def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework) -> Outcome:
+def _quality_pins(requests: list[PlacementRequest], snap: Snapshot, fw: Framework
+                  ) -> tuple[dict[int, int], str]:
+    """In ``quality`` mode, the MILP's node per request (empty when not used)."""
+    if fw.mode != "quality" or not requests or len(requests) * snap.n > fw.quality_max_pairs:
+        return {}, ""
+    from placement.batch import BatchAssigner
+    from placement.milp import solve
+
+    result = solve(requests, BatchAssigner(snap.copy(), fw), fw.quality_time_limit_s)
+    if result.status == "failed":
+        return {}, ""
+    pins = {i: int(j) for i, j in enumerate(result.nodes) if j >= 0}
+    proof = "optimal" if result.status == "optimal" else "best found within the time limit"
+    return pins, (f"chosen by the exact MILP over the batch of {len(requests)} "
+                  f"(HiGHS, {proof}, {result.seconds * 1e3:.0f} ms)")
+
+
+def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework, pin: int | None = None,
+               note: str = "") -> Outcome:
     state = fw.new_state()
     feas = fw.run_filters(req, snap, state)
     if not feas.mask.any():
         return Outcome(req.key, None, feas.explain(snap.n))
     table = fw.run_scores(req, snap, state, feas.mask)
     best_k = int(np.argmax(table.total))
+    if pin is not None and feas.mask[pin]:
+        best_k = int(np.searchsorted(table.idx, pin))
+    else:
+        note = ""
     chosen = int(table.idx[best_k])
     node = snap.nodes[chosen]
     p = predictions(req, snap, state)
@@ -101,6 +124,15 @@ def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework) -> Outcome:
         if line:
             reasons.append(line)
     reasons.append(f"{table.idx.size} of {snap.n} nodes feasible")
+    if note:
+        reasons.append(note)
+    version = fw.predictor.version
+    fallback_fn = getattr(fw.predictor, "fallback", None)
+    if callable(fallback_fn) and version != "analytic-v1":
+        why = fallback_fn(req.task, snap, chosen)
+        if why:
+            reasons.append(why)
+            version = "analytic-v1"
 
     ranked = np.argsort(-table.total, kind="stable")
     alternatives = [
@@ -128,7 +160,7 @@ def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework) -> Outcome:
         reasons=reasons,
         filtered=feas.filtered,
         alternatives=alternatives,
-        model_version=fw.predictor.version,
+        model_version=version,
         feasible_nodes=int(table.idx.size),
     )
     snap.assume(chosen, req.task.resources)

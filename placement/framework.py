@@ -170,6 +170,12 @@ class Framework:
     filters: Sequence[FilterPlugin]
     scores: Sequence[ScorePlugin]
     predictor: Predictor = field(default_factory=AnalyticPredictor)
+    mode: Literal["fast", "quality"] = "fast"
+    """``fast``: greedy, largest first. ``quality``: batches with at most
+    :attr:`quality_max_pairs` (request, node) pairs are solved exactly by the MILP of
+    :mod:`placement.milp` first, and the greedy pass then follows its choices."""
+    quality_max_pairs: int = 20_000
+    quality_time_limit_s: float = 2.0
 
     def new_state(self) -> CycleState:
         return CycleState(self.predictor)

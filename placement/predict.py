@@ -114,7 +114,8 @@ class Predictor(Protocol):
     ``sklearn-gbr-2026-11-20``) and is recorded in each decision.
     """
 
-    version: str
+    @property
+    def version(self) -> str: ...
 
     def runtime_s(self, task: Task, snap: Snapshot) -> np.ndarray: ...
 
@@ -198,12 +199,15 @@ def predictions(req: PlacementRequest, snap: Snapshot, state: CycleState) -> Nod
     if task.slo is not None:
         target = snap.resolve_location(task.slo.target)
         rtt = snap.rtt_from(target)
+    # optional: a predictor that learns queue waits (placement.learned) overrides the node's
+    queue_fn = getattr(p, "queue_wait_s", None)
+    queue = queue_fn(task, snap) if callable(queue_fn) else snap.queue_wait_s
     out = NodePredictions(
         runtime_s=runtime,
-        queue_wait_s=snap.queue_wait_s,
+        queue_wait_s=queue,
         transfer_s=transfer,
         bytes_moved=moved,
-        completion_s=snap.queue_wait_s + transfer + runtime,
+        completion_s=queue + transfer + runtime,
         energy_j=energy,
         rtt_ms=rtt,
         slo_target_location=target,

@@ -46,7 +46,10 @@ class Snapshot:
         ``max_watts``, ``gpu_watts`` (W); ``tier`` (int8 code into :data:`TIERS`);
         ``arch``, ``site`` (str arrays); ``loc`` (int index into ``locations``);
         ``ready``, ``container`` (bool: "container" in ``node.runtimes``);
-        ``queue_wait_s`` (s); ``taint_group`` (int index into ``taint_sets``).
+        ``queue_wait_s`` (s); ``taint_group`` (int index into ``taint_sets``);
+        ``utilisation`` (measured CPU busy fraction, NaN when unknown) and
+        ``metrics_stale`` (bool: that value is older than its site's bound);
+        ``alloc_cpu`` (cores, ``allocatable.cpu``).
     """
 
     nodes: list[Node]
@@ -78,6 +81,11 @@ class Snapshot:
         self.ready = np.array([nd.ready for nd in nodes], dtype=bool)
         self.container = np.array(["container" in nd.runtimes for nd in nodes], dtype=bool)
         self.queue_wait_s = np.array([nd.queue_wait_s for nd in nodes], dtype=np.float64)
+        # live metrics (monitoring): measured CPU busy fraction (NaN = unknown), stale flag
+        self.utilisation = np.array([np.nan if nd.utilisation is None else nd.utilisation
+                                     for nd in nodes], dtype=np.float64)
+        self.metrics_stale = np.array([nd.metrics_stale for nd in nodes], dtype=bool)
+        self.alloc_cpu = np.array([nd.allocatable.cpu for nd in nodes], dtype=np.float64)
 
         self.locations: list[str] = []
         loc_index: dict[str, int] = {}

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ArtifactServer, Observer
+from tests.monitoring.prometheus_fixture import prometheus  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO_SH = REPO / "deploy" / "dev" / "mosquitto.sh"

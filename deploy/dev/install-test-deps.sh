@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real, when missing (needs root):
 # Mosquitto 2.0 (the agents' broker), Slurm 22.05 with slurmrestd and its JWT plugin plus
-# munge (the Slurm adapter's cluster), Prometheus, node-exporter and pushgateway (the
-# metrics collector's sources). Nothing is started here; the tests start what they need
+# munge (the Slurm adapter's cluster), Prometheus, node-exporter, pushgateway and the
+# blackbox exporter (the metrics collector's sources). Nothing is started here; the tests start what they need
 # through deploy/dev/*.sh on loopback.
 set -euo pipefail
 need=()
@@ -19,6 +19,7 @@ have prometheus || need+=(prometheus)
 have promtool || need+=(prometheus)
 have prometheus-node-exporter || need+=(prometheus-node-exporter)
 have prometheus-pushgateway || need+=(prometheus-pushgateway)
+have prometheus-blackbox-exporter || need+=(prometheus-blackbox-exporter)
 have curl || need+=(curl)
 have openssl || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0

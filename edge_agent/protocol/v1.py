@@ -98,7 +98,9 @@ class Telemetry(Payload):
     temperature_c: float | None = None
     running: int = 0
     rtt_ms: float | None = None
-    """Round trip to the broker (ms), measured by the agent."""
+    """Round trip to the broker (ms), measured by the agent (TCP connect time)."""
+    peer_rtt_ms: dict[str, float] = Field(default_factory=dict)
+    """Location name → measured round trip (ms) to that peer (``--rtt-peer``)."""
 
 
 class OutputDigest(BaseModel):

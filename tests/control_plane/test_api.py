@@ -156,9 +156,11 @@ def test_health_ready_metrics(api) -> None:  # type: ignore[no-untyped-def]
     wait_for(lambda: api.get("/readyz").status_code == 200, message="readyz")
     wid = api.post("/v1/workflows", json=workflow()).json()["id"]
     wait_state(api, wid, ("Succeeded",))
-    text = api.get("/metrics").text
+    # the gauges are set at the end of the reconcile cycle that finished the workflow
+    text = wait_for(lambda: (t := api.get("/metrics").text)
+                    and 'continuum_workflows{state="Succeeded"} 1.0' in t and t,
+                    message="the workflows gauge to count the finished workflow")
     assert 'continuum_placements_total{site="cloud",tier="cloud"} 2.0' in text
-    assert 'continuum_workflows{state="Succeeded"} 1.0' in text
     assert "continuum_reconcile_cycle_seconds_bucket" in text
     assert "/v1/workflows" in api.get("/openapi.json").json()["paths"]
     assert api.get("/docs").status_code == 200

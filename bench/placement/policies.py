@@ -1,0 +1,165 @@
+"""The placement policies compared by the benchmark, all over one :class:`Snapshot`.
+
+Every policy takes requests largest first (as the control plane does), sees the same
+static feasibility (node constraints: readiness, tiers, arch, labels, sites, taints,
+runtimes) and the same capacity test, deducts what it places, and returns a node index
+per request (-1 = unplaced). Only the Continuum policies also apply the SLO latency
+filter: the others have no notion of RTT SLOs (kube-scheduler does not).
+
+* ``random``: uniformly among the feasible nodes (seeded).
+* ``round-robin``: the next feasible node after the last one chosen, cyclically.
+* ``kube-default``: kube-scheduler's default scoring, re-implemented from
+  kubernetes/kubernetes v1.31 ``pkg/scheduler``: ``NodeResourcesFit`` with the
+  ``LeastAllocated`` strategy (cpu and memory, weight 1 each:
+  ``score = Σ_r w_r·(allocatable_r − requested_r)·100/allocatable_r / Σ w_r``,
+  ``plugins/noderesources/least_allocated.go``) plus ``NodeResourcesBalancedAllocation``
+  (``score = (1 − std(requested_r / allocatable_r))·100`` over cpu and memory,
+  ``balanced_allocation.go``), each with its default profile weight 1
+  (``apis/config/v1/default_plugins.go``); scores are integers (``int64`` truncation as
+  in Go). ``percentageOfNodesToScore`` is adaptive (``schedule_one.go``
+  ``numFeasibleNodesToFind``: ``50 − n/125`` %, at least 5 %, at least 100 nodes), the
+  search starts where the previous one stopped, and ties are broken uniformly at random
+  (``selectHost``). Other default score plugins (TaintToleration, NodeAffinity,
+  ImageLocality, InterPodAffinity, PodTopologySpread) score every node equally here
+  (no preferences, no images, no affinities) and are omitted.
+* ``greedy-latency``: least RTT to the task's SLO target, else to its first input's
+  location (ties → lowest index).
+* ``greedy-energy``: least analytic energy (J) (ties → lowest index).
+* ``continuum-analytic`` / ``continuum-learned``: :class:`placement.batch.BatchAssigner`
+  with the analytic or the learned predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from placement import CycleState, PlacementRequest, Snapshot
+from placement.batch import BatchAssigner, size_order
+from placement.framework import Framework, default_framework
+from placement.plugins.constraints import NodeConstraints
+from placement.predict import AnalyticPredictor, Predictor
+from placement.snapshot import CPU_EPS
+
+Policy = Callable[[Sequence[PlacementRequest], Snapshot], np.ndarray]
+
+_CONSTRAINTS = NodeConstraints()
+
+
+def _static_masks(requests: Sequence[PlacementRequest], snap: Snapshot) -> list[np.ndarray]:
+    cache: dict[int, np.ndarray] = {}
+    out = []
+    for req in requests:
+        key = id(req.task.constraints), req.task.image is not None
+        h = hash(key)
+        if h not in cache:
+            cache[h] = _CONSTRAINTS.filter(req, snap, CycleState(AnalyticPredictor())).mask
+        out.append(cache[h])
+    return out
+
+
+def _fits(req: PlacementRequest, snap: Snapshot) -> np.ndarray:
+    r = req.task.resources
+    return (snap.free_cpu + CPU_EPS >= r.cpu) & (snap.free_mem >= r.memory) \
+        & (snap.free_gpu >= r.gpu)
+
+
+def _generic(choose: Callable[[PlacementRequest, Snapshot, np.ndarray], int]) -> Policy:
+    def run(requests: Sequence[PlacementRequest], snap: Snapshot) -> np.ndarray:
+        masks = _static_masks(requests, snap)
+        out = np.full(len(requests), -1, dtype=np.int64)
+        for i in size_order(requests):
+            ok = masks[i] & _fits(requests[i], snap)
+            if not ok.any():
+                continue
+            k = choose(requests[i], snap, ok)
+            snap.assume(k, requests[i].task.resources)
+            out[i] = k
+        return out
+    return run
+
+
+def random_policy(seed: int = 0) -> Policy:
+    rng = np.random.default_rng(seed)
+    return _generic(lambda req, snap, ok: int(rng.choice(np.flatnonzero(ok))))
+
+
+def round_robin() -> Policy:
+    last = [-1]
+
+    def choose(req: PlacementRequest, snap: Snapshot, ok: np.ndarray) -> int:
+        idx = np.flatnonzero(ok)
+        after = idx[idx > last[0]]
+        k = int(after[0]) if after.size else int(idx[0])
+        last[0] = k
+        return k
+    return _generic(choose)
+
+
+def kube_default(seed: int = 0) -> Policy:
+    """kube-scheduler default scoring (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    start = [0]
+
+    def choose(req: PlacementRequest, snap: Snapshot, ok: np.ndarray) -> int:
+        n = snap.n
+        pct = max(5.0, 50.0 - n / 125.0)
+        want = n if n < 100 else max(100, int(n * pct / 100))
+        order = (np.arange(n) + start[0]) % n
+        feas = order[ok[order]]
+        if feas.size > want:
+            last = feas[want - 1]
+            feas = feas[:want]
+            start[0] = int((last + 1) % n)
+        else:
+            start[0] = int((order[-1] + 1) % n) if n else 0
+        nodes = snap.nodes
+        r = req.task.resources
+        alloc_cpu = np.array([nodes[j].allocatable.cpu for j in feas]) * 1000.0
+        alloc_mem = np.array([float(nodes[j].allocatable.memory) for j in feas])
+        req_cpu = alloc_cpu - snap.free_cpu[feas] * 1000.0 + r.cpu * 1000.0
+        req_mem = alloc_mem - snap.free_mem[feas].astype(np.float64) + float(r.memory)
+        least = (np.floor((alloc_cpu - req_cpu) * 100 / alloc_cpu)
+                 + np.floor((alloc_mem - req_mem) * 100 / alloc_mem)) // 2
+        fc = np.minimum(req_cpu / alloc_cpu, 1.0)
+        fm = np.minimum(req_mem / alloc_mem, 1.0)
+        std = np.abs(fc - fm) / 2.0
+        balanced = np.floor((1.0 - std) * 100)
+        total = least + balanced
+        best = np.flatnonzero(total == total.max())
+        return int(feas[int(rng.choice(best))])
+    return _generic(choose)
+
+
+def _latency_target(req: PlacementRequest, snap: Snapshot) -> np.ndarray:
+    if req.task.slo is not None:
+        return snap.rtt_from(snap.resolve_location(req.task.slo.target))
+    if req.sources and req.sources[0].locations:
+        return snap.rtt_from(snap.resolve_location(req.sources[0].locations[0]))
+    return np.zeros(snap.n)
+
+
+def greedy_latency() -> Policy:
+    def choose(req: PlacementRequest, snap: Snapshot, ok: np.ndarray) -> int:
+        rtt = np.where(ok, _latency_target(req, snap), np.inf)
+        return int(np.argmin(rtt))
+    return _generic(choose)
+
+
+def greedy_energy() -> Policy:
+    a = AnalyticPredictor()
+
+    def choose(req: PlacementRequest, snap: Snapshot, ok: np.ndarray) -> int:
+        e = a.energy_j(req.task, snap, a.runtime_s(req.task, snap))
+        return int(np.argmin(np.where(ok, e, np.inf)))
+    return _generic(choose)
+
+
+def continuum(predictor: Predictor | None = None, framework: Framework | None = None,
+              order: str = "size") -> Callable[..., np.ndarray]:
+    """BatchAssigner with ``predictor``; returns node indices (the assigner is discarded)."""
+    def run(requests: Sequence[PlacementRequest], snap: Snapshot) -> np.ndarray:
+        fw = framework or default_framework(predictor)
+        return BatchAssigner(snap, fw).assign(requests, order)
+    return run

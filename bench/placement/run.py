@@ -1,0 +1,401 @@
+"""The placement benchmark, one command: ``.venv/bin/python -m bench.placement.run``.
+
+Runs, side by side in one process: scenario A (the continuum, :mod:`scenario_a`) with
+every policy of :mod:`policies` plus the MILP optimum; scenario B (the Alibaba GPU
+trace, :mod:`scenario_b`); decision throughput at 1k/10k/100k nodes against the naive
+rescan (:mod:`throughput`). Prints the tables, rewrites the "Placement" section of
+``bench/RESULTS.md`` and writes ``bench/placement/placement.png``.
+
+Options: ``--quick`` (fewer instances and requests, for a smoke run), ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bench.placement import policies as P
+from bench.placement import scenario_a as A
+from bench.placement import scenario_b as B
+from bench.placement import throughput as T
+from placement import Snapshot
+from placement.batch import BatchAssigner
+from placement.framework import default_framework
+from placement.learned import LearnedPredictor, ModelSet, train
+from placement.milp import objective, solve
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "RESULTS.md"
+BEGIN, END = "<!-- placement:begin -->", "<!-- placement:end -->"
+
+
+def pct(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if len(xs) else float("nan")
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- scenario A
+
+
+def gap(h_nodes: np.ndarray, h_cost: float, opt_nodes: np.ndarray, opt_cost: float) -> float:
+    """Optimality gap (%) on the score form: value = Σ over placed requests of (1 − cost)
+    (the framework's total/100 summed; an unplaced request adds 0), gap = (OPT value −
+    heuristic value) / OPT value — so leaving work unplaced counts against a policy."""
+    opt = float((opt_nodes >= 0).sum()) - opt_cost
+    h = float((h_nodes >= 0).sum()) - h_cost
+    return 100.0 * (opt - h) / opt if opt > 0 else 0.0
+
+
+def scenario_a(instances: int, batch_size: int, learned: LearnedPredictor,
+               milp_limit_s: float, load: float = 0.4
+               ) -> tuple[str, dict[str, dict[str, float]]]:
+    policies: dict[str, Callable[..., np.ndarray]] = {
+        "random": P.random_policy(1),
+        "round-robin": P.round_robin(),
+        "kube-default": P.kube_default(1),
+        "greedy-latency": P.greedy_latency(),
+        "greedy-energy": P.greedy_energy(),
+        "continuum-analytic": P.continuum(),
+        "continuum-learned": P.continuum(learned),
+        "continuum-learned, best order": P.continuum(learned, order="best"),
+    }
+    stats: dict[str, dict[str, list[float]]] = {
+        name: {k: [] for k in ("completion", "latency", "energy", "wan", "slo", "unplaced",
+                               "gap", "decide")} for name in [*policies, "milp-optimum"]}
+    gaps_analytic: list[float] = []
+    milp_status: dict[str, int] = {}
+    for inst in range(instances):
+        rng = np.random.default_rng(100 + inst)
+        nodes, types = A.nodes(rng, load)
+        jobs = A.batch(rng, batch_size, prefix=f"i{inst}-")
+        reqs = [j.request for j in jobs]
+        base = Snapshot(nodes=nodes, network=A.network())
+        results: dict[str, np.ndarray] = {}
+        for name, pol in policies.items():
+            snap = base.copy()
+            t0 = time.perf_counter()
+            results[name] = pol(reqs, snap)
+            stats[name]["decide"].append((time.perf_counter() - t0) / len(reqs))
+        # the MILP of the learned objective, and of the analytic one (for the analytic gap)
+        la = BatchAssigner(base.copy(), default_framework(learned))
+        m = solve(reqs, la, milp_limit_s)
+        milp_status[m.status] = milp_status.get(m.status, 0) + 1
+        results["milp-optimum"] = m.nodes
+        if m.status == "optimal":
+            for name in ("continuum-learned", "continuum-learned, best order"):
+                hl = results[name]
+                stats[name]["gap"].append(gap(hl, objective(reqs, hl, la), m.nodes, m.objective))
+            aa = BatchAssigner(base.copy())
+            ma = solve(reqs, aa, milp_limit_s)
+            if ma.status == "optimal":
+                ha = results["continuum-analytic"]
+                gaps_analytic.append(gap(ha, objective(reqs, ha, aa), ma.nodes, ma.objective))
+        for name, nodes_of in results.items():
+            st = stats[name]
+            energy = wan = slo = unplaced = 0.0
+            for job, k in zip(jobs, nodes_of, strict=True):
+                o = A.evaluate(job, int(k), base, types)
+                if not o.placed:
+                    unplaced += 1
+                else:
+                    assert o.completion_s is not None and o.energy_j is not None
+                    st["completion"].append(o.completion_s)
+                    energy += o.energy_j
+                    wan += o.wan_bytes
+                if o.latency_ms is not None:
+                    st["latency"].append(o.latency_ms)
+                slo += o.slo_violated
+            st["energy"].append(energy)
+            st["wan"].append(wan)
+            st["slo"].append(slo)
+            st["unplaced"].append(unplaced)
+    stats["continuum-analytic"]["gap"] = gaps_analytic
+    rows, summary = [], {}
+    for name, st in stats.items():
+        s = {"mean_completion": float(np.mean(st["completion"])),
+             "p95_completion": pct(st["completion"], 95),
+             "mean_latency": float(np.mean(st["latency"])) if st["latency"] else float("nan"),
+             "p95_latency": pct(st["latency"], 95),
+             "energy": float(np.mean(st["energy"])),
+             "wan": float(np.mean(st["wan"])),
+             "slo": float(np.sum(st["slo"])),
+             "unplaced": float(np.sum(st["unplaced"])),
+             "gap_median": pct(st["gap"], 50), "gap_p95": pct(st["gap"], 95),
+             "gap_n": float(len(st["gap"]))}
+        summary[name] = s
+        gap_s = "—" if not st["gap"] else f"{s['gap_median']:.2f} / {s['gap_p95']:.2f} (n={len(st['gap'])})"
+        rows.append([name, f"{s['mean_completion']:.0f}", f"{s['p95_completion']:.0f}",
+                     f"{s['mean_latency']:.1f}", f"{s['p95_latency']:.1f}",
+                     f"{s['energy'] / 1e3:.0f}", f"{s['wan'] / 2**30:.1f}", f"{s['slo']:.0f}",
+                     f"{s['unplaced']:.0f}", gap_s,
+                     "—" if name == "milp-optimum" else f"{np.mean(st['decide']) * 1e6:.0f}"])
+    kube = summary["kube-default"]
+    learned_s = summary["continuum-learned"]
+    text = table(["policy", "mean completion s", "p95 completion s", "mean SLO RTT ms",
+                  "p95 SLO RTT ms", "energy kJ/batch", "WAN GiB/batch", "SLO violations",
+                  "unplaced", "gap % vs MILP (median / p95)", "µs/decision"], rows)
+    text += (f"\n\n{instances} instances × {batch_size} requests on {sum(A.COUNTS.values())} "
+             f"nodes with 0–{load:.0%} background load; MILP status per instance: "
+             f"{milp_status}. Continuum-learned vs "
+             f"kube-default: mean completion "
+             f"{100 * (1 - learned_s['mean_completion'] / kube['mean_completion']):.1f} % lower, "
+             f"energy {100 * (1 - learned_s['energy'] / kube['energy']):.1f} % lower.")
+    return text, summary
+
+
+# ---------------------------------------------------------------- scenario B
+
+
+def scenario_b(limit: int | None, departures: bool = False
+               ) -> tuple[str, dict[str, dict[str, float]]]:
+    """Replay the trace; without ``departures`` every pod stays (the paper's setup: the
+    default pod list asks for ≈98 % of the cluster's GPUs, so fragmentation decides how
+    many fit)."""
+    import heapq
+
+    nodes = B.load_nodes()
+    pods = B.load_pods(limit)
+    base = Snapshot(nodes=nodes, network=A.network())
+    pols: dict[str, Callable[..., np.ndarray] | None] = {
+        "random": P.random_policy(2), "round-robin": P.round_robin(),
+        "kube-default": P.kube_default(2), "greedy-energy": P.greedy_energy(),
+        "continuum-analytic": None,
+    }
+    rows, summary = [], {}
+    for name, pol in pols.items():
+        snap = base.copy()
+        assigner = BatchAssigner(snap) if pol is None else None
+        live: list[tuple[float, int, int]] = []
+        failed = placed = 0
+        energy = 0.0
+        lat = []
+        gpu_alloc = []
+        for k, pod in enumerate(pods):
+            while live and live[0][0] <= pod.arrival:
+                _, node_i, pk = heapq.heappop(live)
+                r = pods[pk].request.task.resources
+                if assigner is not None:
+                    assigner.release(node_i, r.cpu, r.memory, r.gpu)
+                else:
+                    snap.free_cpu[node_i] += r.cpu
+                    snap.free_mem[node_i] += r.memory
+                    snap.free_gpu[node_i] += r.gpu
+            t0 = time.perf_counter()
+            if assigner is not None:
+                j = assigner.assign_one(pod.request)
+            else:
+                assert pol is not None
+                j = int(pol([pod.request], snap)[0])
+            lat.append(time.perf_counter() - t0)
+            if j < 0:
+                failed += 1
+                continue
+            placed += 1
+            energy += B.pod_energy(pod, nodes[j])
+            if departures:
+                heapq.heappush(live, (pod.departure, j, k))
+            cap = base.free_gpu.sum()
+            gpu_alloc.append(1 - snap.free_gpu.sum() / cap if cap else 0.0)
+        s = {"placed": placed, "failed": failed, "energy": energy,
+             "mean_us": float(np.mean(lat)) * 1e6, "p99_us": pct(lat, 99) * 1e6,
+             "peak_gpu_alloc": max(gpu_alloc) if gpu_alloc else 0.0}
+        summary[name] = s
+        rows.append([name, str(placed), str(failed), f"{energy / 3.6e9:.1f}",
+                     f"{100 * s['peak_gpu_alloc']:.1f}", f"{s['mean_us']:.0f}",
+                     f"{s['p99_us']:.0f}"])
+    text = table(["policy", "pods placed", "pods failed (no fit)", "energy MWh",
+                  "GPU allocation %", "mean µs/decision", "p99 µs/decision"], rows)
+    text += (f"\n\n{len(pods)} pods submitted in trace order to {len(nodes)} nodes, "
+             + ("leaving at their deletion time" if departures else
+                "none leaving (together they request 98 % of the cluster's GPUs)")
+             + "; GPU demand in milli-GPUs pooled per node (no per-GPU packing). MILP: not "
+             "applicable (pods are placed one at a time on arrival). Energy: pod lifetime × "
+             "(cpu share × 250 W + GPU share × TDP).")
+    return text, summary
+
+
+# ---------------------------------------------------------------- throughput
+
+
+def throughput(quick: bool) -> tuple[str, list[T.Row]]:
+    rows: list[T.Row] = []
+    plan = ((1000, 5000, 1000), (10000, 10000, 1000), (100000, 10000, 100))
+    if quick:
+        plan = ((1000, 2000, 200), (10000, 2000, 100))
+    for n, fast, naive in plan:
+        rows += T.measure(n, fast, naive)
+    out = []
+    naive_rate = {r.nodes: r.per_s for r in rows if r.policy.startswith("naive")}
+    for r in rows:
+        out.append([f"{r.nodes:,}", str(r.classes), r.policy, str(r.requests), str(r.placed),
+                    f"{r.per_s:,.0f}", f"{r.p99_ms:.3f}",
+                    f"{r.per_s / naive_rate[r.nodes]:.1f}×", f"{r.build_s * 1e3:.0f}"])
+    return table(["nodes", "node classes", "assigner", "requests", "placed", "placements/s",
+                  "p99 ms", "vs naive", "class build ms"], out), rows
+
+
+# ---------------------------------------------------------------- targets
+
+NOTE = """\
+What limits the missed targets (analysis of this benchmark, not measured by it):
+
+- **Optimality gap under contention.** The assigner is greedy: requests largest first, each
+  to its best class that still has room, no look-ahead. At 0–40 % background load nothing
+  competes and it matches the MILP. At 0–85 % the few good classes (HPC and the factory's
+  edge/devices for SLO-bound work) fill up, later requests fall to costlier classes or stay
+  unplaced, and the MILP — which trades placements between requests — does better. The regret
+  order (`order="best"`: the better of largest-first and regret-first, by the same value) brings
+  the median under 3 % but leaves more requests for the next cycle (see its "unplaced"
+  column). `CONTINUUM_PLACEMENT_MODE=quality` solves batches of up to 20,000 (request, node)
+  pairs exactly (the MILP row).
+- **Completion and energy against kube-default on scenario A.** Most completion time here is
+  compute of the training and ETL jobs on large x86 nodes of similar per-core speed, and
+  kube-scheduler's LeastAllocated already sends those to the big, empty HPC and cloud nodes.
+  Continuum's gains are elsewhere: no SLO violations (kube-default has hundreds), input data
+  kept near pre-processing, devices used where they save energy. Its mean completion is held
+  back by the SLO-bound services, which may only run on the slow factory devices and edge
+  (greedy-energy, which ignores SLOs, finishes sooner). In an earlier run with the data term
+  on as well (objective data=1) completion was 6.6 % *worse* than kube-default, energy 19 %
+  lower; the scenario's workflows therefore weigh time, latency and energy (data=0, transfer
+  time being part of completion).
+- **Learned vs analytic.** The learned predictors are far more accurate on the ground truth
+  (MAPE table) but their placements here equal the analytic ones: Amdahl's law, GPU
+  generations and Pi throttling change every node's prediction in the same direction, not
+  the ranking of the node classes in this scenario. Their µs/decision is the scikit-learn
+  `predict` per new task class (each scenario-A request is its own class).
+- **Scenario B (no target).** Continuum leaves more pods unplaced than kube-default: its
+  objective has no fragmentation term, so CPU-only pods go to the hosts with the lowest
+  watts per core share — GPU hosts with many cores — and strand their GPUs, which
+  kube-scheduler's BalancedAllocation avoids. A fragmentation-aware score (the paper's FGD)
+  would address it; not built.
+"""
+
+
+def targets(a: dict[str, dict[str, float]], c: dict[str, dict[str, float]],
+            rows: list[T.Row]) -> str:
+    """The issue's targets with the measured figures, side by side."""
+    kube, mine = a["kube-default"], a["continuum-learned"]
+    completion = 100 * (1 - mine["mean_completion"] / kube["mean_completion"])
+    energy = 100 * (1 - mine["energy"] / kube["energy"])
+    gaps = [(c_or_a[name]["gap_median"], f"{label}, {name}")
+            for c_or_a, label in ((a, "scenario A"), (c, "contended A"))
+            for name in ("continuum-learned", "continuum-learned, best order")]
+    by = {(r.nodes, r.policy): r for r in rows}
+    out = []
+
+    def line(target: str, measured: str, ok: bool) -> None:
+        out.append([target, measured, "met" if ok else "MISSED"])
+
+    for g, label in gaps:
+        line("median optimality gap ≤ 3 %", f"{g:.2f} % ({label})", g <= 3.0)
+    line("≥ 25 % lower mean completion than kube-default (A)", f"{completion:.1f} %",
+         completion >= 25)
+    line("≥ 20 % less energy than kube-default (A)", f"{energy:.1f} %", energy >= 20)
+    for label in ("continuum (templates)", "continuum (distinct)"):
+        r10, r100 = by.get((10000, label)), by.get((100000, label))
+        naive10 = by.get((10000, "naive full rescan"))
+        if r10 is None or naive10 is None:
+            continue
+        line(f"≥ 10,000 placements/s, p99 ≤ 2 ms at 10k nodes — {label}",
+             f"{r10.per_s:,.0f}/s, p99 {r10.p99_ms:.3f} ms", r10.per_s >= 1e4 and r10.p99_ms <= 2)
+        line(f"≥ 3× naive at 10k nodes — {label}", f"{r10.per_s / naive10.per_s:.1f}×",
+             r10.per_s >= 3 * naive10.per_s)
+        if r100 is not None:
+            line(f"≥ 2,000 placements/s at 100k nodes — {label}", f"{r100.per_s:,.0f}/s",
+                 r100.per_s >= 2000)
+    return table(["target", "measured", ""], out)
+
+
+# ---------------------------------------------------------------- chart
+
+
+def chart(summary_a: dict[str, dict[str, float]], rows: list[T.Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in summary_a if n != "milp-optimum"] + ["milp-optimum"]
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.8))
+    ax[0].barh(names, [summary_a[n]["mean_completion"] for n in names], color="tab:blue")
+    ax[0].set_xlabel("mean completion (s), scenario A")
+    ax[1].barh(names, [summary_a[n]["energy"] / 1e3 for n in names], color="tab:green")
+    ax[1].set_xlabel("energy per batch (kJ), scenario A")
+    for label in sorted({r.policy for r in rows}):
+        pts = sorted((r.nodes, r.per_s) for r in rows if r.policy == label)
+        ax[2].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax[2].set_xscale("log")
+    ax[2].set_yscale("log")
+    ax[2].set_xlabel("nodes")
+    ax[2].set_ylabel("placements/s")
+    ax[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_results(section: str) -> None:
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = f"{BEGIN}\n{section}\n{END}"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        new = head + block + rest.split(END, 1)[1]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    t0 = time.time()
+    rng = np.random.default_rng(7)
+    hist = A.history(rng, 1500 if args.quick else 4000)
+    models = train(hist)
+    learned = LearnedPredictor(ModelSet(1, time.time(), "scenario-a ground truth", models))
+    mape_rows = [[t, str(m.samples), f"{m.mape:.1f}", f"{m.analytic_mape:.1f}"]
+                 for t, m in sorted(models.items())]
+    mape_text = table(["target", "samples", "learned MAPE %", "analytic MAPE %"], mape_rows)
+    print(mape_text, flush=True)
+    a_text, a_sum = scenario_a(6 if args.quick else 30, 48, learned, 20.0)
+    print(a_text, flush=True)
+    c_text, c_sum = scenario_a(4 if args.quick else 20, 96, learned, 20.0, load=0.85)
+    print(c_text, flush=True)
+    b_text, _ = scenario_b(1500 if args.quick else None)
+    print(b_text, flush=True)
+    t_text, t_rows = throughput(args.quick)
+    print(t_text, flush=True)
+    png = HERE / "placement.png"
+    chart(a_sum, t_rows, png)
+    import os
+    import platform
+
+    section = (
+        "## Placement (issue 6)\n\n"
+        f"Command: `.venv/bin/python -m bench.placement.run{' --quick' if args.quick else ''}` "
+        f"({time.time() - t0:.0f} s on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs shared). Chart: `bench/placement/placement.png`.\n\n"
+        "### Predictors (scenario A ground truth, held-out 20 %)\n\n" + mape_text +
+        "\n\n### Targets\n\n" + targets(a_sum, c_sum, t_rows) + "\n\n" + NOTE +
+        "\n\n### Scenario A — continuum (devices, edge, cloud, HPC)\n\n" + a_text +
+        "\n\n### Scenario A, contended (0–85 % background load, 96 requests per batch)\n\n"
+        + c_text +
+        "\n\n### Scenario B — Alibaba GPU trace (Weng et al., USENIX ATC'23; CC BY 4.0)\n\n"
+        + b_text + "\n\n### Decision throughput\n\n" + t_text + "\n")
+    if not args.no_write:
+        write_results(section)
+    print(f"done in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""The migration controller: move work when it pays, and at once when its node is lost.
+
+Called at the end of every reconcile cycle (:meth:`MigrationController.on_cycle`):
+
+1. **Lost work** (every cycle): an active run (Placed, Dispatched, Running) whose node
+   has not been placeable for ``migration_lost_grace_s`` as this process observed it —
+   the node vanished from the inventory or is not ready (a device whose agent went
+   offline), or its site is draining or unreachable — ends as
+   ``Migrated`` with the reason, the backend is told to cancel (best effort), and its
+   task goes back to Ready *without* a retry backoff and without counting an attempt
+   against ``retries``; the reconciler is woken so the next cycle re-places it.
+2. **Re-evaluation** (every ``migration_interval_s``): queued jobs (Dispatched, not yet
+   running) and running services are scored on their current node and on the best
+   alternative with the control plane's placement framework. :func:`decide` moves one
+   only when the expected gain over ``migration_horizon_s`` beats the migration cost by
+   the hysteresis margin, the run has dwelt at least ``migration_min_dwell_s`` on its
+   node, and fewer than ``migration_max_per_cycle`` moved this cycle. A moved queued
+   job is cancelled and re-placed (break-before-make is harmless: it never started);
+   a running service is moved make-before-break: a new run is placed on the target
+   while the old one keeps serving (its reason ``migrating to run <id>``, durable in the
+   store); once the new run is Running the old one is cancelled and ends ``Migrated``;
+   if the new run fails the move is aborted and the old run goes on serving. A
+   service's state bytes are taken as its memory request.
+
+Every migration is an event ``RunMigrated`` with its reason and figures, and counts in
+``continuum_migrations_total{reason}``.
+
+Units of :func:`decide`: the placement objective's cost (0 = best node in every term,
+1 = worst; :mod:`placement.batch`) per second, so ``gain = (cost_now − cost_best) ×
+horizon`` and ``migration cost = downtime_s + state_bytes·8 / bandwidth_bps`` (s at
+cost 1: a second of downtime is the worst a second can be).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from continuum.model import RunState, Task
+from control_plane.store import RunRow, TaskRow, add_event, new_id, utcnow
+
+if TYPE_CHECKING:
+    from control_plane.server import ControlPlane
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (RunState.Placed.value, RunState.Dispatched.value, RunState.Running.value)
+MOVING_TO = "migrating to run "
+"""Prefix of the reason of a service run being replaced make-before-break (durable in
+the store, so a restarted control plane finishes or aborts the move)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A run considered for a move.
+
+    ``cost_now``/``cost_best``: objective cost (0..1) on the current node and on the best
+    other node; ``dwell_s``: seconds since it was placed (or last moved);
+    ``downtime_s``: interruption a move causes; ``state_bytes``: state to copy;
+    ``bandwidth_bps``: bandwidth for the copy (bit/s).
+    """
+
+    cost_now: float
+    cost_best: float
+    dwell_s: float
+    downtime_s: float = 0.0
+    state_bytes: int = 0
+    bandwidth_bps: float = 100e6
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether to move, why, and the figures (gain and cost in cost-seconds)."""
+
+    move: bool
+    reason: str
+    gain: float
+    cost: float
+
+
+def decide(c: Candidate, horizon_s: float, hysteresis: float, min_dwell_s: float) -> Verdict:
+    """Move iff dwell ≥ ``min_dwell_s`` and gain > cost × (1 + ``hysteresis``) and gain > 0.
+
+    gain = (cost_now − cost_best) × horizon_s; cost = downtime_s + state_bytes·8 /
+    bandwidth_bps. Raises nothing; a non-positive bandwidth makes the cost infinite.
+    """
+    gain = (c.cost_now - c.cost_best) * horizon_s
+    copy_s = c.state_bytes * 8 / c.bandwidth_bps if c.bandwidth_bps > 0 else float("inf")
+    cost = c.downtime_s + copy_s
+    figures = f"gain {gain:.1f} vs cost {cost:.1f} cost-s over {horizon_s:g}s"
+    if c.dwell_s < min_dwell_s:
+        return Verdict(False, f"dwell {c.dwell_s:.0f}s < minimum {min_dwell_s:.0f}s", gain, cost)
+    if gain <= 0 or gain <= cost * (1 + hysteresis):
+        return Verdict(False, f"not worth it: {figures} (hysteresis {hysteresis:.0%})", gain, cost)
+    return Verdict(True, f"better node: {figures}", gain, cost)
+
+
+class MigrationController:
+    """Lost-work re-placement and cost-aware migration for one control plane."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self._last_eval = 0.0
+        self._lost_since: dict[str, float] = {}
+        """run id → when this process first saw its node not placeable."""
+
+    def on_cycle(self, now: float) -> None:
+        self.complete_moves(now)
+        moved = self.replace_lost(now)
+        st = self.cp.settings
+        if st.migration_interval_s > 0 and now - self._last_eval >= st.migration_interval_s:
+            self._last_eval = now
+            self.reevaluate(now)
+        if moved:
+            self.cp.reconciler.wake()
+
+    # ------------------------------------------------------------ lost work
+
+    def replace_lost(self, now: float) -> int:
+        """Migrate every active run whose node has been gone or not placeable for the grace
+        period (counted from this process's first observation, so a restarted control
+        plane that has not relearnt its inventory yet does not move healthy work);
+        returns the count."""
+        fed = self.cp.federation
+        placeable = {nd.id for nd in fed.placeable_nodes()}
+        known = {nd.id: nd for nd in fed.nodes()}
+        grace = self.cp.settings.migration_lost_grace_s
+        moved = 0
+        seen: set[str] = set()
+        with self.cp.store.session() as s:
+            runs = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE))).all()
+            for run in runs:
+                if run.node is None or run.node in placeable:
+                    continue
+                seen.add(run.id)
+                since = self._lost_since.setdefault(run.id, now)
+                if now - since < grace:
+                    continue  # e.g. a restarted control plane still relearning its inventory
+                nd = known.get(run.node)
+                if nd is None:
+                    why = f"node {run.node} left the inventory"
+                elif not nd.ready:
+                    why = f"node {run.node} is not ready (offline)"
+                else:
+                    why = f"site {run.site} takes no new work (draining or unreachable)"
+                self._migrate(s, run, "node-lost", f"{why} for {now - since:.1f}s")
+                moved += 1
+        self._lost_since = {k: v for k, v in self._lost_since.items() if k in seen}
+        return moved
+
+    def _migrate(self, s: object, run: RunRow, reason: str, message: str) -> None:
+        from sqlalchemy.orm import Session
+
+        assert isinstance(s, Session)
+        err = self.cp.reconciler._cancel_on_backend(run)  # best effort: the node may be gone
+        run.state, run.reason = RunState.Migrated.value, message
+        run.finished_at = utcnow()
+        self.cp.metrics.run_transitions.labels(RunState.Migrated.value).inc()
+        self.cp.metrics.migrations.labels(reason).inc()
+        add_event(s, "RunMigrated", f"{reason}: {message}"
+                  + (f" (cancel on the backend failed: {err})" if err else ""),
+                  workflow_id=run.workflow_id, run_id=run.id)
+        task = s.get(TaskRow, run.task_id)
+        others = s.scalars(select(RunRow).where(RunRow.task_id == run.task_id,
+                                                RunRow.id != run.id,
+                                                RunRow.state.in_(ACTIVE))).all()
+        for other in others:  # a make-before-break pair: the survivor serves alone now
+            if other.reason.startswith(MOVING_TO):
+                other.reason = ""
+        if task is not None and task.state == "Running" and not others:
+            task.state, task.not_before = "Ready", None
+            task.attempts = max(0, task.attempts - 1)  # a migration is not a failed attempt
+            task.reason = f"migrating: {message}"
+        log.info("run %s migrated (%s): %s", run.id, reason, message)
+
+    # ------------------------------------------------------------ re-evaluation
+
+    def reevaluate(self, now: float) -> int:
+        """Score queued jobs on their node vs the best alternative; move the worthwhile ones.
+
+        Returns the number moved (or started moving, for services). Running jobs are
+        left alone: they finish where they are.
+        """
+        from placement import PlacementRequest, Snapshot
+        from placement.batch import BatchAssigner
+
+        st = self.cp.settings
+        nodes = self.cp.federation.placeable_nodes()
+        if not nodes:
+            return 0
+        snap = Snapshot(nodes=nodes, network=self.cp.network, now=now)  # type: ignore[arg-type]
+        assigner = BatchAssigner(snap.copy(), self.cp.models.framework)
+        assert assigner.classes is not None
+        moved = 0
+        with self.cp.store.session() as s:
+            runs = s.scalars(select(RunRow).where(
+                RunRow.state.in_([RunState.Dispatched.value, RunState.Running.value]))).all()
+            for run in runs:
+                if moved >= st.migration_max_per_cycle:
+                    break
+                if run.node not in snap.index or run.reason.startswith(MOVING_TO):
+                    continue
+                task_row = s.get(TaskRow, run.task_id)
+                if task_row is None or task_row.state != "Running":
+                    continue
+                task = Task.model_validate(task_row.spec)
+                service = task.kind == "service"
+                if run.state == RunState.Running.value and not service:
+                    continue  # a running job finishes where it is
+                if s.scalars(select(RunRow.id).where(
+                        RunRow.task_id == run.task_id, RunRow.id != run.id,
+                        RunRow.state.in_(ACTIVE))).first() is not None:
+                    continue  # a move of this task is already under way
+                doc = self.cp.reconciler._doc(s, run.workflow_id)
+                req = PlacementRequest(run.id, task, doc.spec.objective)
+                cc = assigner.costs(req)
+                here = float(cc.cost[assigner.classes.of[snap.index[run.node]]])
+                best = self._best_other(assigner, cc, req, run.node)
+                if best is None:
+                    continue
+                since = run.placed_at.timestamp() if run.placed_at else now
+                state_bytes = task.resources.memory if service else 0
+                v = decide(Candidate(here, best[1], now - since, downtime_s=0.0,
+                                     state_bytes=state_bytes,
+                                     bandwidth_bps=st.migration_bandwidth_bps),
+                           st.migration_horizon_s, st.migration_hysteresis,
+                           st.migration_min_dwell_s)
+                if not v.move:
+                    continue
+                if service:
+                    self._start_move(s, run, task_row, task, doc, best[0], v, now)
+                else:
+                    self._migrate(s, run, "better-node",
+                                  f"queued job moves from {run.node} toward {best[0]}: "
+                                  f"{v.reason}")
+                moved += 1
+        if moved:
+            self.cp.reconciler.wake()
+        return moved
+
+    def _start_move(self, s: object, run: RunRow, task_row: TaskRow, task: Task, doc: object,
+                    target: str, v: Verdict, now: float) -> None:
+        """Make-before-break: a new run on ``target``; the old one serves until it runs."""
+        from datetime import UTC, datetime
+
+        from sqlalchemy.orm import Session
+
+        from continuum.model import WorkflowDocument
+        from placement import PlacementRequest, Snapshot, place
+
+        assert isinstance(s, Session) and isinstance(doc, WorkflowDocument)
+        node = self.cp.federation.node(target)
+        if node is None:
+            return
+        snap = Snapshot(nodes=[node], network=self.cp.network, now=now)  # type: ignore[arg-type]
+        out = place([PlacementRequest(run.id, task, doc.spec.objective)], snap,
+                    self.cp.models.framework)[0]
+        if out.decision is None:
+            return
+        d = out.decision
+        d.reasons.append(f"migration of run {run.id} from {run.node}: {v.reason}")
+        task_row.attempts += 1
+        at = datetime.fromtimestamp(now, UTC)
+        new = RunRow(id=new_id("run"), workflow_id=run.workflow_id, task_id=run.task_id,
+                     task_name=run.task_name, attempt=task_row.attempts,
+                     state=RunState.Placed.value, site=d.site, node=d.node,
+                     placement=d.wire(), created_at=at, placed_at=at)
+        s.add(new)
+        s.flush()
+        run.reason = f"{MOVING_TO}{new.id} on {d.node}"
+        add_event(s, "RunMigrating",
+                  f"better-node: service moves make-before-break from {run.node} to {d.node} "
+                  f"as run {new.id}: {v.reason}", workflow_id=run.workflow_id, run_id=run.id)
+        self.cp.metrics.run_transitions.labels(RunState.Placed.value).inc()
+        add_event(s, "RunPlaced", f"placed on {d.node} ({d.tier.value}) to replace run {run.id}",
+                  workflow_id=run.workflow_id, run_id=new.id)
+
+    def complete_moves(self, now: float) -> None:
+        """Finish make-before-break moves: the old run stops once the new one runs; a new
+        run that failed aborts the move (the old one goes on serving)."""
+        with self.cp.store.session() as s:
+            olds = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE),
+                                                  RunRow.reason.startswith(MOVING_TO))).all()
+            for old in olds:
+                new_id_ = old.reason[len(MOVING_TO):].split(" ", 1)[0]
+                new = s.get(RunRow, new_id_)
+                if new is not None and new.state == RunState.Running.value:
+                    self._migrate(s, old, "better-node",
+                                  f"replaced by run {new.id} now running on {new.node}")
+                elif new is None or RunState(new.state).terminal:
+                    old.reason = ""
+                    task = s.get(TaskRow, old.task_id)
+                    if task is not None and task.state != "Running":
+                        # the reconciler scheduled a retry for the failed new run: undo it,
+                        # the old run still serves the task
+                        task.state, task.not_before, task.reason = "Running", None, ""
+                    add_event(s, "MigrationAborted",
+                              f"run {new_id_} did not start ({new.reason if new else 'gone'}); "
+                              f"run {old.id} keeps serving on {old.node}",
+                              workflow_id=old.workflow_id, run_id=old.id)
+
+    @staticmethod
+    def _best_other(assigner: object, cc: object, req: object, current: str
+                    ) -> tuple[str, float] | None:
+        from placement.batch import BatchAssigner, ClassCosts
+        from placement.snapshot import CPU_EPS
+
+        assert isinstance(assigner, BatchAssigner) and isinstance(cc, ClassCosts)
+        assert assigner.classes is not None
+        snap = assigner.snap
+        r = req.task.resources  # type: ignore[attr-defined]
+        for c in cc.order:
+            m = assigner.classes.members[c]
+            fits = (snap.free_cpu[m] + CPU_EPS >= r.cpu) & (snap.free_mem[m] >= r.memory) \
+                & (snap.free_gpu[m] >= r.gpu)
+            for k in m[fits]:
+                if snap.ids[int(k)] != current:
+                    return snap.ids[int(k)], float(cc.cost[c])
+        return None
+
+
+__all__ = ["Candidate", "MigrationController", "Verdict", "decide"]

@@ -1,0 +1,272 @@
+"""Learned models and what-if placement: ``/v1/models``, ``/v1/models:retrain``,
+``/v1/placements:preview``; and :class:`ModelService`, which trains and serves the models.
+
+:class:`ModelService` owns the control plane's :class:`~placement.learned.LearnedPredictor`
+(loaded from ``<state_dir>/models`` at start), trains it from the runs the store recorded
+plus a bootstrap history from the digital twin (:func:`placement.learned.twin_history`
+over the current inventory), persists every trained set as a new version, retrains on
+a schedule (``settings.model_retrain_interval_s``; 0 = only on demand) and exports the
+MAPE per target to ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+
+from continuum.errors import Problem, ValidationFailed
+from continuum.model import RunState, Task
+from control_plane.store import RunRow, TaskRow
+from control_plane.validation import check_workflow, effective_dependencies, parse_document
+from placement import DataSource, PlacementRequest, Snapshot, default_framework, place
+from placement.batch import ClassCachedPredictor
+from placement.learned import LearnedPredictor, ModelSet, ModelStore, Sample, train, twin_history
+from placement.plugins.load import with_load
+
+if TYPE_CHECKING:
+    from control_plane.server import ControlPlane
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "store", "twin")
+
+
+class ModelService:
+    """Training, persistence and serving of the learned predictors of one control plane."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self.store = ModelStore(cp.settings.state_dir / "models")
+        self.predictor = LearnedPredictor(self.store.load_latest())
+        self.framework = with_load(default_framework(ClassCachedPredictor(self.predictor)))
+        """Placement's plugins with the learned predictor, plus NodeLoad (live metrics)."""
+        self.framework.mode = cp.settings.placement_mode
+        self._lock = threading.Lock()
+        self._last_train = time.time()
+        self._export()
+
+    # ------------------------------------------------------------ data
+
+    def store_samples(self) -> list[Sample]:
+        """Succeeded runs with a runtime, joined with their task spec and node.
+
+        The node's features come from the current inventory (runs on nodes no longer
+        known are skipped). Queue wait = started − dispatched, for Slurm runs.
+        """
+        nodes = {nd.id: nd for nd in self.cp.federation.nodes()}
+        out: list[Sample] = []
+        with self.cp.store.session() as s:
+            rows = s.execute(
+                select(RunRow, TaskRow.spec).join(TaskRow, TaskRow.id == RunRow.task_id)
+                .where(RunRow.state == RunState.Succeeded.value, RunRow.runtime_s.is_not(None))
+            ).all()
+            for run, spec in rows:
+                nd = nodes.get(run.node or "")
+                if nd is None or not run.runtime_s:
+                    continue
+                task = Task.model_validate(spec)
+                r = task.resources
+                wait = None
+                if run.started_at and run.dispatched_at:
+                    wait = max(0.0, (run.started_at - run.dispatched_at).total_seconds())
+                out.append(Sample(
+                    work=task.work if task.work is not None else 60.0, cpu=r.cpu,
+                    memory=r.memory, gpu=r.gpu, speed=nd.speed, cap_cpu=nd.capacity.cpu,
+                    tier=str(nd.tier), idle_watts=nd.power.idle_watts,
+                    max_watts=nd.power.max_watts, gpu_watts=nd.power.gpu_watts,
+                    node_queue_wait_s=nd.queue_wait_s, runtime_s=float(run.runtime_s),
+                    energy_j=run.energy_j, queue_wait_s=wait, slurm=nd.site_kind == "slurm"))
+        return out
+
+    # ------------------------------------------------------------ training
+
+    def retrain(self, source: str = "auto") -> dict[str, Any]:
+        """Train on ``source`` (``store``: recorded runs; ``twin``: bootstrap only;
+        ``auto``: both), save a new version, serve it. Returns :meth:`view` plus
+        ``trainedOn`` (sample counts).
+
+        Raises:
+            ValidationFailed: unknown ``source``, or no sample at all to train on.
+        """
+        if source not in SOURCES:
+            raise ValidationFailed([Problem(
+                ["query", "source"],
+                f"unknown training source {source!r}; use one of: {', '.join(SOURCES)}",
+                "unknown_source")])
+        with self._lock:
+            recorded = self.store_samples() if source in ("auto", "store") else []
+            boot = (twin_history(self.cp.federation.nodes(),
+                                 self.cp.settings.model_bootstrap_samples)
+                    if source in ("auto", "twin") else [])
+            samples = recorded + boot
+            if not samples:
+                raise ValidationFailed([Problem(
+                    ["query", "source"],
+                    f"no samples to train on from {source!r}: register a site (the twin "
+                    "bootstraps from its inventory) or let some runs succeed first",
+                    "no_samples")])
+            models = train(samples)
+            if not models:
+                raise ValidationFailed([Problem(
+                    ["query", "source"],
+                    f"too few samples ({len(samples)}) for any target: let more runs "
+                    "succeed, or train with source=twin", "too_few_samples")])
+            ms = self.store.save(models, f"{source}: {len(recorded)} recorded + "
+                                         f"{len(boot)} twin runs")
+            self.predictor.use(ms)
+            self._last_train = time.time()
+            self._export()
+            log.info("models v%d trained on %d recorded + %d twin runs", ms.version,
+                     len(recorded), len(boot))
+        view = self.view()
+        view["trainedOn"] = {"recorded": len(recorded), "twin": len(boot)}
+        return view
+
+    def on_cycle(self, now: float) -> None:
+        """Start a retrain in the background when the schedule says so (called once per
+        reconcile cycle; training never holds up the cycle)."""
+        every = self.cp.settings.model_retrain_interval_s
+        if every <= 0 or now - self._last_train < every or self._lock.locked():
+            return
+        self._last_train = now
+
+        def run() -> None:
+            try:
+                self.retrain("auto")
+            except ValidationFailed as e:
+                log.info("scheduled retrain skipped: %s", e)
+            except Exception:
+                log.exception("scheduled retrain failed; the current model stays")
+
+        threading.Thread(target=run, name="model-retrain", daemon=True).start()
+
+    def _export(self) -> None:
+        ms: ModelSet | None = self.predictor.models
+        g = self.cp.metrics.model_mape
+        for info in ms.info() if ms else []:
+            g.labels(info.target, "learned").set(info.mape)
+            g.labels(info.target, "analytic").set(info.analytic_mape)
+        self.cp.metrics.model_version.set(ms.version if ms else 0)
+
+    def view(self) -> dict[str, Any]:
+        ms = self.predictor.models
+        return {
+            "version": self.predictor.version,
+            "fallback": self.predictor.analytic.version,
+            "retrainIntervalS": self.cp.settings.model_retrain_interval_s,
+            "targets": [{_camel(k): v for k, v in asdict(i).items()}
+                        for i in (ms.info() if ms else [])],
+        }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.capitalize() for w in rest)
+
+
+# ------------------------------------------------------------------ preview
+
+
+def preview(cp: ControlPlane, body: bytes, content_type: str | None) -> dict[str, Any]:
+    """The plan for a workflow document, without storing or running anything.
+
+    All tasks are placed in one batch on a copy of the current snapshot (capacity
+    deducted as the control plane would); an input produced by another task is
+    assumed to be at that task's chosen node, with its declared ``size`` (0 if none).
+    Totals: ``completionS`` along the longest dependency chain of predicted completions,
+    ``energyJ`` and ``bytesMoved`` summed, ``latencyMs`` the worst SLO RTT.
+
+    Raises:
+        ValidationFailed: the document is invalid (same checks as submission).
+    """
+    doc = parse_document(body, content_type)
+    check_workflow(doc, cp.federation.nodes())
+    deps = effective_dependencies(doc)
+    snap = Snapshot(nodes=cp.federation.placeable_nodes(), network=cp.network,  # type: ignore[arg-type]
+                    now=time.time())
+    fw = cp.models.framework
+    datasets = {d.name: d for d in doc.spec.datasets}
+    tasks = {t.name: t for t in doc.spec.tasks}
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        for d in deps[name]:
+            visit(d)
+        order.append(name)
+
+    for t in doc.spec.tasks:
+        visit(t.name)
+    outputs = {o.name: (t.name, o.size or 0) for t in doc.spec.tasks for o in t.outputs}
+    chosen: dict[str, str] = {}
+    plan: dict[str, Any] = {}
+    unplaced: dict[str, str] = {}
+    # place dependency level by level so an input's location is known when it is read
+    for name in order:
+        task = tasks[name]
+        sources = [DataSource(bytes=datasets[d].size, locations=list(datasets[d].locations))
+                   for d in task.datasets]
+        for ref in task.inputs:
+            producer, size = outputs.get(ref.name, (None, 0))
+            if producer in chosen:
+                sources.append(DataSource(bytes=size, locations=[chosen[producer]],
+                                          nodes=[chosen[producer]]))
+        out = place([PlacementRequest(name, task, doc.spec.objective, sources)], snap, fw)[0]
+        if out.decision is None:
+            unplaced[name] = out.reason
+            continue
+        chosen[name] = out.decision.node
+        plan[name] = out.decision.wire()
+    finish: dict[str, float] = {}
+    for name in order:
+        if name not in plan:
+            continue
+        start = max((finish.get(d, 0.0) for d in deps[name]), default=0.0)
+        finish[name] = start + plan[name]["predicted"]["completionS"]
+    lat = [p["predicted"].get("latencyMs") for p in plan.values()]
+    return {
+        "workflow": doc.metadata.name,
+        "modelVersion": fw.predictor.version,
+        "plan": [{"task": n, **plan[n]} for n in order if n in plan],
+        "unschedulable": [{"task": n, "reason": r} for n, r in unplaced.items()],
+        "predicted": {
+            "completionS": round(max(finish.values(), default=0.0), 3),
+            "energyJ": round(sum(p["predicted"]["energyJ"] for p in plan.values()), 3),
+            "bytesMoved": int(sum(p["predicted"].get("bytesMoved", 0) for p in plan.values())),
+            "latencyMs": max((x for x in lat if x is not None), default=None),
+        },
+    }
+
+
+def add_routes(app: FastAPI, cp: ControlPlane) -> None:
+    """Register the models and preview routes on ``app``."""
+
+    @app.get("/v1/models", tags=["models"], summary="Learned predictors: versions and MAPE")
+    def get_models() -> dict[str, Any]:
+        return cp.models.view()
+
+    @app.post("/v1/models:retrain", tags=["models"],
+              summary="Train the predictors now (source: auto, store or twin)")
+    async def retrain(source: str = Query("auto", description="auto, store or twin")
+                      ) -> dict[str, Any]:
+        return await run_in_threadpool(cp.models.retrain, source)
+
+    @app.post("/v1/placements:preview", tags=["placements"],
+              summary="What-if: the plan for a workflow and its predicted latency, energy "
+                      "and bytes moved, without running anything")
+    async def preview_route(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        return await run_in_threadpool(preview, cp, body, request.headers.get("content-type"))
+
+
+__all__ = ["ModelService", "add_routes", "preview"]

@@ -1,0 +1,462 @@
+"""Fast batch assignment over node classes: predictions once per (task class, node class).
+
+The filter/score :func:`placement.place` evaluates every plugin over every node for every
+request. At 10k–100k nodes that rescan dominates, and a learned predictor inside it would
+run once per node per request. This module avoids both:
+
+* **Node classes** (:class:`NodeClasses`): nodes that agree on everything placement reads
+  except their free capacity (tier, arch, site, location, speed, capacity, power
+  profile, readiness, runtimes, queue wait, taints, labels) form one class. A
+  representative of each class stands for all of them in a small snapshot.
+* **Task classes**: requests that agree on resources, work, constraints, SLO, input
+  sources and objective share one evaluation (:class:`ClassCosts`): the framework's
+  filters (with capacity ignored) and score plugins run over the *representatives*, so
+  the predictor — analytic or learned — runs once per (task class, node class), and the
+  result is cached for the rest of the batch.
+* **Capacity** is the only per-node state: the assigner walks the feasible classes in
+  cost order and takes, in the first class with room, the fitting node with the least
+  free cpu (best fit; every node of a class has the same cost). Each class keeps an upper
+  bound of its members' free cpu/memory/gpu, refreshed only after a scan that found
+  nothing, so a full class is skipped in O(1) without rescanning its members.
+
+The **objective** shared with the exact MILP (:mod:`placement.milp`) and the naive
+baseline (:func:`naive_assign`) is linear in the assignment: a request placed on node
+class ``c`` costs ``Σ_t w_t · (1 − (min_c' v_t(c') + f_t) / (v_t(c) + f_t)) / Σ_t w_t``
+over the score plugins ``t`` (weights from the workflow's objective, floors ``f_t``
+from the plugins), the minimum taken over the statically feasible classes — that is
+``1 − total/100`` of the framework's weighted score (:func:`placement.framework.normalize`),
+0 = the best node in every term, at most 1. It does not depend on current load, which
+is what makes it cacheable and makes the batch total a sum the MILP can minimise
+exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from continuum.model import Task
+from placement.assign import DataSource, PlacementRequest
+from placement.framework import Framework, default_framework
+from placement.plugins.resources import NodeResourcesFit
+from placement.predict import CycleState, NodePredictions, predictions
+from placement.snapshot import CPU_EPS, Snapshot
+
+BIG_MEM = np.iinfo(np.int64).max // 4
+"""Free memory (bytes) given to representatives so that the capacity filter passes."""
+
+
+# ---------------------------------------------------------------- node classes
+
+
+def _node_key(snap: Snapshot, i: int) -> tuple[object, ...]:
+    nd = snap.nodes[i]
+    return (
+        int(snap.tier[i]), nd.arch, nd.site, int(snap.loc[i]), float(snap.speed[i]),
+        float(snap.cap_cpu[i]), float(snap.idle_watts[i]), float(snap.max_watts[i]),
+        float(snap.gpu_watts[i]), bool(snap.ready[i]), tuple(nd.runtimes),
+        float(snap.queue_wait_s[i]), int(snap.taint_group[i]),
+        tuple(sorted(nd.labels.items())),
+    )
+
+
+@dataclass
+class NodeClasses:
+    """The node classes of one snapshot.
+
+    ``of``: class index per node, shape ``(n,)``; ``members``: node indices per class
+    (ascending); ``reps``: representative node index per class, shape ``(C,)``;
+    ``rep_snap``: a snapshot of the representatives with unlimited free capacity (for
+    the static filters and the predictors).
+    """
+
+    snap: Snapshot
+    of: np.ndarray = field(init=False)
+    members: list[np.ndarray] = field(init=False)
+    reps: np.ndarray = field(init=False)
+    rep_snap: Snapshot = field(init=False)
+
+    def __post_init__(self) -> None:
+        snap = self.snap
+        index: dict[tuple[object, ...], int] = {}
+        of = np.empty(snap.n, dtype=np.int64)
+        for i in range(snap.n):
+            of[i] = index.setdefault(_node_key(snap, i), len(index))
+        self.of = of
+        order = np.argsort(of, kind="stable")
+        bounds = np.searchsorted(of[order], np.arange(len(index) + 1))
+        self.members = [order[bounds[c]:bounds[c + 1]] for c in range(len(index))]
+        self.reps = np.array([m[0] for m in self.members], dtype=np.int64)
+        rep = Snapshot(nodes=[snap.nodes[int(i)] for i in self.reps], network=snap.network,
+                       now=snap.now)
+        rep.free_cpu = np.full(rep.n, np.inf)
+        rep.free_mem = np.full(rep.n, BIG_MEM, dtype=np.int64)
+        rep.free_gpu = np.full(rep.n, BIG_MEM, dtype=np.int64)
+        self.rep_snap = rep
+
+    @property
+    def count(self) -> int:
+        """Number of classes C."""
+        return len(self.members)
+
+
+# ---------------------------------------------------------------- task classes
+
+
+def task_class_key(req: PlacementRequest) -> tuple[object, ...]:
+    """What makes two requests interchangeable for placement (everything but the key)."""
+    t = req.task
+    r, c, o = t.resources, t.constraints, req.objective
+    return (
+        r.cpu, r.memory, r.gpu, t.work, t.kind, t.image is not None,
+        tuple(c.tiers), tuple(c.arch), tuple(sorted(c.labels.items())), tuple(c.sites),
+        tuple((x.key, x.operator, x.value, x.effect) for x in c.tolerations),
+        None if t.slo is None else (t.slo.target, t.slo.latency_ms),
+        tuple((s.bytes, tuple(s.locations), tuple(s.nodes)) for s in req.sources),
+        (o.time, o.latency, o.energy, o.data),
+    )
+
+
+@dataclass(frozen=True)
+class ClassCosts:
+    """One task class evaluated over the node classes.
+
+    ``feasible``: bool ``(C,)`` (static filters only: constraints, SLO, ...);
+    ``cost``: float ``(C,)``, the linear objective (``inf`` where infeasible);
+    ``order``: feasible class indices by ascending cost (ties → lower class index);
+    ``predictions``: the predictor's arrays over the representatives, shape ``(C,)``.
+    """
+
+    feasible: np.ndarray
+    cost: np.ndarray
+    order: np.ndarray
+    predictions: NodePredictions
+
+
+def linear_cost(raw: dict[str, np.ndarray], floors: dict[str, float],
+                weights: dict[str, float], mask: np.ndarray) -> np.ndarray:
+    """The shared objective (module docstring) over ``mask``; ``inf`` elsewhere.
+
+    ``raw``: plugin name → cost values ``(C,)`` (lower is better); ``floors``/``weights``:
+    per plugin. With all weights 0 every feasible class costs 0.
+    """
+    out = np.full(mask.shape, np.inf)
+    if not mask.any():
+        return out
+    wsum = sum(w for w in weights.values() if w > 0)
+    if wsum <= 0:
+        out[mask] = 0.0
+        return out
+    total = np.zeros(int(mask.sum()))
+    for name, values in raw.items():
+        w = weights.get(name, 0.0)
+        if w <= 0:
+            continue
+        v = np.maximum(values[mask], 0.0)
+        f = floors[name]
+        total += w * (1.0 - (v.min() + f) / (v + f))
+    out[mask] = total / wsum
+    return out
+
+
+def static_mask(req: PlacementRequest, classes: NodeClasses, fw: Framework) -> np.ndarray:
+    """Feasible classes under every filter of ``fw`` but the capacity one, shape ``(C,)``."""
+    rep = classes.rep_snap
+    state = CycleState(fw.predictor)
+    mask = np.ones(rep.n, dtype=bool)
+    for f in fw.filters:
+        if f.name != NodeResourcesFit.name:
+            mask &= f.filter(req, rep, state).mask
+    return mask
+
+
+def static_key(req: PlacementRequest) -> tuple[object, ...]:
+    """The part of :func:`task_class_key` the static filters read (constraints, image, SLO).
+
+    :class:`BatchAssigner` shares one static verdict among task classes with this key, so
+    a filter plugin other than ``NodeResourcesFit`` must read only these fields of a
+    request (true of the built-in ``NodeConstraints`` and ``SloLatency``).
+    """
+    return task_class_key(req)[5:12]
+
+
+def evaluate(req: PlacementRequest, classes: NodeClasses, fw: Framework,
+             mask: np.ndarray | None = None) -> ClassCosts:
+    """Run the static filters (unless ``mask`` gives their verdict) and the score plugins
+    of ``fw`` over the representatives."""
+    rep = classes.rep_snap
+    state = CycleState(fw.predictor)
+    if mask is None:
+        mask = static_mask(req, classes, fw)
+    raw: dict[str, np.ndarray] = {}
+    floors: dict[str, float] = {}
+    for p in fw.scores:
+        if not p.lower_is_better:
+            continue  # benefits have no cost form; the default plugins are all costs
+        raw[p.name] = np.asarray(p.score(req, rep, state, mask), dtype=np.float64)
+        floors[p.name] = p.floor
+    cost = linear_cost(raw, floors, fw.weights(req.objective), mask)
+    idx = np.flatnonzero(mask)
+    order = idx[np.argsort(cost[idx], kind="stable")]
+    return ClassCosts(mask, cost, order, predictions(req, rep, state))
+
+
+# ---------------------------------------------------------------- the assigner
+
+
+def size_order(requests: Sequence[PlacementRequest]) -> list[int]:
+    """Largest first (gpu, cpu, memory descending), ties in input order — as :func:`place`."""
+    return sorted(range(len(requests)), key=lambda i: (
+        -float(requests[i].task.resources.gpu), -float(requests[i].task.resources.cpu),
+        -float(requests[i].task.resources.memory)))
+
+
+@dataclass
+class BatchAssigner:
+    """Assigns requests to nodes of one snapshot, deducting capacity as it goes.
+
+    Build once per snapshot (``O(n)``: the node classes); then :meth:`assign_one` costs
+    ``O(C)`` for a new task class (plus the predictor over ``C`` representatives) and,
+    per request, a walk over the classes in cost order with an ``O(1)`` bound check per
+    full class and a vector fit test over one class's members. Mutates ``snap``'s free
+    arrays (pass ``snap.copy()`` for a preview).
+    """
+
+    snap: Snapshot
+    framework: Framework = field(default_factory=default_framework)
+    classes: NodeClasses | None = None
+    cache: dict[tuple[object, ...], ClassCosts] = field(default_factory=dict)
+    best_fit: bool = True
+    """Within a class take the fitting node with the least free cpu (best fit, which
+    leaves large holes for large requests); False = the first fitting node."""
+
+    def __post_init__(self) -> None:
+        if self.classes is None:
+            self.classes = NodeClasses(self.snap)
+        self._static: dict[tuple[object, ...], np.ndarray] = {}
+        cl = self.classes
+        s = self.snap
+        self._ub_cpu = np.array([s.free_cpu[m].max() if m.size else -1.0 for m in cl.members])
+        self._ub_mem = np.array([s.free_mem[m].max() if m.size else -1 for m in cl.members])
+        self._ub_gpu = np.array([s.free_gpu[m].max() if m.size else -1 for m in cl.members])
+
+    def costs(self, req: PlacementRequest) -> ClassCosts:
+        """The cached :class:`ClassCosts` of ``req``'s task class."""
+        key = task_class_key(req)
+        cc = self.cache.get(key)
+        if cc is None:
+            assert self.classes is not None
+            skey = key[5:12]
+            mask = self._static.get(skey)
+            if mask is None:
+                mask = self._static[skey] = static_mask(req, self.classes, self.framework)
+            cc = evaluate(req, self.classes, self.framework, mask)
+            self.cache[key] = cc
+        return cc
+
+    def assign_one(self, req: PlacementRequest) -> int:
+        """The chosen node index (capacity deducted), or -1 when nothing fits."""
+        assert self.classes is not None
+        cc = self.costs(req)
+        r = req.task.resources
+        cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
+        s = self.snap
+        for c in cc.order:
+            if self._ub_cpu[c] < cpu or self._ub_mem[c] < mem or self._ub_gpu[c] < gpu:
+                continue
+            m = self.classes.members[c]
+            fits = (s.free_cpu[m] >= cpu) & (s.free_mem[m] >= mem) & (s.free_gpu[m] >= gpu)
+            if self.best_fit:
+                left = np.where(fits, s.free_cpu[m], np.inf)
+                k = int(left.argmin())
+            else:
+                k = int(fits.argmax())
+            if not fits[k]:
+                self._ub_cpu[c] = s.free_cpu[m].max()
+                self._ub_mem[c] = s.free_mem[m].max()
+                self._ub_gpu[c] = s.free_gpu[m].max()
+                continue
+            i = int(m[k])
+            s.free_cpu[i] -= r.cpu
+            s.free_mem[i] -= r.memory
+            s.free_gpu[i] -= r.gpu
+            return i
+        return -1
+
+    def release(self, i: int, cpu: float, memory: int, gpu: int) -> None:
+        """Give capacity back to node ``i`` (a run ended); raises the class bounds."""
+        assert self.classes is not None
+        s = self.snap
+        s.free_cpu[i] += cpu
+        s.free_mem[i] += memory
+        s.free_gpu[i] += gpu
+        c = self.classes.of[i]
+        self._ub_cpu[c] = max(self._ub_cpu[c], s.free_cpu[i])
+        self._ub_mem[c] = max(self._ub_mem[c], s.free_mem[i])
+        self._ub_gpu[c] = max(self._ub_gpu[c], s.free_gpu[i])
+
+    def assign(self, requests: Sequence[PlacementRequest], order: str = "size") -> np.ndarray:
+        """Node index per request (input order), -1 where nothing fits.
+
+        ``order``: ``size`` = largest first (as :func:`placement.place`); ``regret`` =
+        the requests that lose most if denied their best class first (regret = cost of
+        the second-best feasible class − cost of the best; one class only → +inf), ties
+        largest first — the regret heuristic for generalized assignment (Martello & Toth,
+        "Knapsack Problems", 1990, §7.3); ``best`` = both from the same capacity, keeping
+        the one of higher :meth:`value` (ties → size).
+        """
+        if order == "best":
+            return self._best_of(requests)
+        out = np.full(len(requests), -1, dtype=np.int64)
+        idx = size_order(requests)
+        if order == "regret":
+            rank = {i: k for k, i in enumerate(idx)}
+            regret = []
+            for req in requests:
+                cc = self.costs(req)
+                c = cc.cost[cc.order[:2]]
+                regret.append(float(c[1] - c[0]) if c.size > 1 else np.inf)
+            idx = sorted(idx, key=lambda i: (-regret[i], rank[i]))
+        for i in idx:
+            out[i] = self.assign_one(requests[i])
+        return out
+
+    def value(self, requests: Sequence[PlacementRequest], nodes: np.ndarray) -> float:
+        """Σ over placed requests of (1 − cost): the batch objective in score form."""
+        return float(sum(1.0 - self.cost_of(r, int(j))
+                         for r, j in zip(requests, nodes, strict=True) if j >= 0))
+
+    def _best_of(self, requests: Sequence[PlacementRequest]) -> np.ndarray:
+        """Both orders from the same starting capacity; keep the higher :meth:`value`."""
+        s = self.snap
+        saved = (s.free_cpu.copy(), s.free_mem.copy(), s.free_gpu.copy(),
+                 self._ub_cpu.copy(), self._ub_mem.copy(), self._ub_gpu.copy())
+        by_size = self.assign(requests, "size")
+        after_size = (s.free_cpu.copy(), s.free_mem.copy(), s.free_gpu.copy(),
+                      self._ub_cpu.copy(), self._ub_mem.copy(), self._ub_gpu.copy())
+        (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
+         self._ub_gpu[:]) = saved
+        by_regret = self.assign(requests, "regret")
+        if self.value(requests, by_regret) > self.value(requests, by_size):
+            return by_regret
+        (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
+         self._ub_gpu[:]) = after_size
+        return by_size
+
+    def cost_of(self, req: PlacementRequest, node: int) -> float:
+        """The objective of ``req`` on node index ``node`` (``inf`` when infeasible)."""
+        assert self.classes is not None
+        return float(self.costs(req).cost[self.classes.of[node]])
+
+
+# ---------------------------------------------------------------- class-cached predictor
+
+
+def node_classes(snap: Snapshot) -> NodeClasses:
+    """The snapshot's :class:`NodeClasses`, built once and kept on the snapshot."""
+    cl = getattr(snap, "_node_classes", None)
+    if cl is None or cl.snap.nodes is not snap.nodes:
+        cl = NodeClasses(snap)
+        snap._node_classes = cl  # type: ignore[attr-defined]
+    return cl
+
+
+class ClassCachedPredictor:
+    """Wraps a :class:`~placement.predict.Predictor` so it runs once per node class.
+
+    ``runtime_s``/``energy_j``/``queue_wait_s`` evaluate the inner predictor over the
+    snapshot's class representatives (``C`` rows, not ``n``) and broadcast by class —
+    exact, since nodes of a class agree on every feature a predictor reads. ``transfer``
+    and ``fallback`` pass through. Used by the control plane so a learned model never
+    runs per node.
+    """
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    @property
+    def version(self) -> str:
+        return str(self.inner.version)  # type: ignore[attr-defined]
+
+    def runtime_s(self, task: Task, snap: Snapshot) -> np.ndarray:
+        cl = node_classes(snap)
+        return self.inner.runtime_s(task, cl.rep_snap)[cl.of]  # type: ignore[attr-defined]
+
+    def energy_j(self, task: Task, snap: Snapshot, runtime: np.ndarray) -> np.ndarray:
+        cl = node_classes(snap)
+        return self.inner.energy_j(  # type: ignore[attr-defined]
+            task, cl.rep_snap, runtime[cl.reps])[cl.of]
+
+    def queue_wait_s(self, task: Task, snap: Snapshot) -> np.ndarray:
+        fn = getattr(self.inner, "queue_wait_s", None)
+        if not callable(fn):
+            return snap.queue_wait_s
+        cl = node_classes(snap)
+        return np.asarray(fn(task, cl.rep_snap))[cl.of]
+
+    def transfer(self, sources: Sequence[DataSource], snap: Snapshot
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.transfer(sources, snap)  # type: ignore[attr-defined, no-any-return]
+
+    def fallback(self, task: Task, snap: Snapshot, i: int) -> str | None:
+        fn = getattr(self.inner, "fallback", None)
+        if not callable(fn):
+            return None
+        cl = node_classes(snap)
+        return fn(task, cl.rep_snap, int(cl.of[i]))  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- naive baseline
+
+
+def naive_assign(requests: Sequence[PlacementRequest], snap: Snapshot,
+                 framework: Framework | None = None) -> np.ndarray:
+    """The naive baseline: for every request, rescan every node with plain numpy.
+
+    Per request: the static filters, a capacity test and the score plugins of
+    ``framework`` over all ``n`` nodes
+    (the predictor runs over all nodes), the same linear objective as
+    :class:`BatchAssigner`, argmin (ties → lowest index), deduct. No classes, no cache.
+    Returns node indices (input order), -1 where nothing fits. Mutates ``snap``.
+    """
+    fw = framework or default_framework()
+    out = np.full(len(requests), -1, dtype=np.int64)
+    for i in size_order(requests):
+        req = requests[i]
+        state = CycleState(fw.predictor)
+        static = np.ones(snap.n, dtype=bool)
+        for f in fw.filters:
+            if f.name != NodeResourcesFit.name:
+                static &= f.filter(req, snap, state).mask
+        r = req.task.resources
+        fits = static & (snap.free_cpu + CPU_EPS >= r.cpu) & (snap.free_mem >= r.memory) \
+            & (snap.free_gpu >= r.gpu)
+        if not fits.any():
+            continue
+        raw = {p.name: np.asarray(p.score(req, snap, state, static), dtype=np.float64)
+               for p in fw.scores if p.lower_is_better}
+        floors = {p.name: p.floor for p in fw.scores}
+        cost = linear_cost(raw, floors, fw.weights(req.objective), static)
+        cost[~fits] = np.inf
+        k = int(np.argmin(cost))
+        snap.assume(k, req.task.resources)
+        out[i] = k
+    return out
+
+
+__all__ = [
+    "BatchAssigner",
+    "ClassCachedPredictor",
+    "ClassCosts",
+    "NodeClasses",
+    "evaluate",
+    "linear_cost",
+    "naive_assign",
+    "node_classes",
+    "static_key",
+    "static_mask",
+    "size_order",
+    "task_class_key",
+]

@@ -1,0 +1,129 @@
+"""Models and preview routes, and the ``continuum model`` CLI.
+
+Aspects: an untrained control plane serves the analytic model; ``POST
+/v1/models:retrain`` trains from the twin (and the store), saves a new version, serves
+it and exports MAPE per target on ``/metrics``; a restarted control plane loads the
+latest version; bad sources and nothing-to-train-on are clear 422s; recorded runs are
+training samples; ``POST /v1/placements:preview`` returns the plan and its predicted
+completion, energy and bytes moved without creating anything, and rejects invalid
+documents like submission does; decisions carry the learned model's version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from control_plane import cli_model
+from tests.control_plane.harness import control_plane, wait_state, workflow
+
+
+def test_models_untrained_then_retrained(tmp_path: Path) -> None:
+    with control_plane(tmp_path, model_bootstrap_samples=400) as (cp, api):
+        view = api.get("/v1/models").json()
+        assert view["version"] == "analytic-v1" and view["targets"] == []
+        r = api.post("/v1/models:retrain", params={"source": "twin"})
+        assert r.status_code == 200, r.text
+        view = r.json()
+        assert view["version"] == "learned-v1"
+        assert view["trainedOn"] == {"recorded": 0, "twin": 400}
+        targets = {t["target"]: t for t in view["targets"]}
+        assert set(targets) == {"runtime", "energy"}
+        assert targets["runtime"]["mape"] < 5.0 and targets["runtime"]["samples"] == 400
+        metrics = api.get("/metrics").text
+        assert 'continuum_model_mape_percent{model="learned",target="runtime"}' in metrics
+        assert "continuum_model_version 1.0" in metrics
+        assert (tmp_path / "models" / "models-v1.joblib").exists()
+        # decisions now name the learned model
+        wf = api.post("/v1/workflows", json=workflow("learned")).json()["id"]
+        assert wait_state(api, wf, ("Succeeded", "Failed"))["state"] == "Succeeded"
+        runs = api.get("/v1/runs", params={"workflow": wf}).json()["items"]
+        assert {api.get(f"/v1/runs/{r['id']}").json()["placement"]["modelVersion"]
+                for r in runs} == {"learned-v1"}
+        # those runs are now training samples
+        again = api.post("/v1/models:retrain", params={"source": "auto"}).json()
+        assert again["version"] == "learned-v2" and again["trainedOn"]["recorded"] == 2
+    with control_plane(tmp_path) as (cp, api):
+        assert api.get("/v1/models").json()["version"] == "learned-v2"
+
+
+def test_retrain_errors(tmp_path: Path) -> None:
+    with control_plane(tmp_path) as (_, api):
+        r = api.post("/v1/models:retrain", params={"source": "magic"})
+        assert r.status_code == 422
+        assert "unknown training source 'magic'" in r.text and "auto, store, twin" in r.text
+        r = api.post("/v1/models:retrain", params={"source": "store"})
+        assert r.status_code == 422 and "no samples to train on from 'store'" in r.text
+
+
+def test_preview_plans_without_running(tmp_path: Path) -> None:
+    with control_plane(tmp_path) as (_, api):
+        doc = workflow("what-if", [
+            {"name": "a", "command": ["true"], "work": 100,
+             "outputs": [{"name": "x", "path": "x", "size": "1Gi"}]},
+            {"name": "b", "command": ["true"], "work": 300, "inputs": [{"name": "x"}]},
+        ])
+        r = api.post("/v1/placements:preview", json=doc)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [p["task"] for p in body["plan"]] == ["a", "b"]
+        assert body["unschedulable"] == []
+        pa, pb = (p["predicted"] for p in body["plan"])
+        assert body["predicted"]["completionS"] >= pa["completionS"] + pb["completionS"] - 1e-6
+        assert body["predicted"]["energyJ"] > 0
+        assert body["predicted"]["bytesMoved"] == pa.get("bytesMoved", 0) + pb.get("bytesMoved", 0)
+        assert api.get("/v1/workflows").json()["items"] == []  # nothing was created
+        bad = api.post("/v1/placements:preview", json={**doc, "kind": "Job"})
+        assert bad.status_code == 422 and "kind" in bad.text
+        huge = workflow("huge", [{"name": "a", "command": ["true"],
+                                  "resources": {"cpu": 4, "memory": "1Gi"}},
+                                 {"name": "b", "command": ["true"],
+                                  "resources": {"cpu": 8, "memory": "1Gi"}},
+                                 {"name": "c", "command": ["true"],
+                                  "resources": {"cpu": 8, "memory": "1Gi"}}])
+        body = api.post("/v1/placements:preview", json=huge).json()
+        assert [u["task"] for u in body["unschedulable"]] == ["c"]
+        assert "nodes lack cpu" in body["unschedulable"][0]["reason"]
+
+
+def test_cli_model_train_and_eval(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    with control_plane(tmp_path, model_bootstrap_samples=300) as (_, api):
+        class Local:
+            def __init__(self, url: str, timeout: float = 10.0) -> None:
+                pass
+
+            def __enter__(self):  # type: ignore[no-untyped-def]
+                return self
+
+            def __exit__(self, *_: object) -> None:
+                pass
+
+            def _call(self, method: str, path: str, **kw):  # type: ignore[no-untyped-def]
+                r = api.request(method, path, **kw)
+                if r.status_code >= 400:
+                    from control_plane.client import ApiError
+                    raise ApiError(r.status_code, r.json().get("detail"))
+                return r.json()
+
+        monkeypatch.setattr(cli_model, "Client", Local)
+        runner = CliRunner()
+        res = runner.invoke(cli_model.app, ["eval"])
+        assert res.exit_code == 0 and "untrained" in res.output
+        res = runner.invoke(cli_model.app, ["train", "--source", "twin"])
+        assert res.exit_code == 0, res.output
+        assert "trained on 0 recorded + 300 twin runs" in res.output and "runtime" in res.output
+        res = runner.invoke(cli_model.app, ["train", "--source", "nope"])
+        assert res.exit_code == 1 and "unknown training source" in res.output
+
+
+def test_scheduled_retrain(tmp_path: Path) -> None:
+    from tests.helpers import wait_for
+
+    with control_plane(tmp_path, model_retrain_interval_s=0.2,
+                       model_bootstrap_samples=200) as (_, api):
+        wait_for(lambda: api.get("/v1/models").json()["version"] == "learned-v1", 30,
+                 message="the scheduled retrain to serve learned-v1")
+        view = api.get("/v1/models").json()
+        assert view["retrainIntervalS"] == 0.2
+        assert all(t["source"].startswith("auto:") for t in view["targets"])
