@@ -16,7 +16,9 @@ Errors, as slurmrestd 22.05 reports them (verified against the real daemon):
 * no or malformed auth headers → HTTP 401 → :class:`AuthError`;
 * a token slurmctld rejects (wrong key, expired, unknown user) → HTTP 500 whose
   ``errors[]`` carry only ``error_number``/``errno`` -1 ("Unspecified error") →
-  :class:`AuthError` (slurmctld logs "Protocol authentication error");
+  :class:`AuthError` (slurmctld logs "Protocol authentication error"). slurmrestd gives
+  the very same answer when slurmctld is down; :meth:`SlurmRestClient._unspecified` says
+  how the two are told apart;
 * connection refused, timeouts → :class:`TransientError`;
 * other HTTP 5xx or ``errors[]`` → :class:`SlurmApiError` (a :class:`TransientError`
   carrying the Slurm error numbers, e.g. 2017 "Invalid job id specified").
@@ -91,6 +93,22 @@ class TokenSource:
     def enabled(self) -> bool:
         return self._fixed is not None or self._key is not None
 
+    def local_problem(self) -> str:
+        """What is wrong with a fixed token that can be seen without the cluster's key:
+        not a JWT or expired (``exp``); "" otherwise."""
+        if self._fixed is None:
+            return ""
+        try:
+            claims = jwt.decode(self._fixed, options={"verify_signature": False})
+        except jwt.PyJWTError as e:
+            return f"the token is not a valid JWT ({e}); get one with `scontrol token`"
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and exp <= self._clock():
+            return (f"the token expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}"
+                    "; get a new one with `scontrol token`, or give 'jwtKey' so Continuum "
+                    "mints and renews tokens itself")
+        return ""  # a token of another user (sun) may be valid: SlurmUser/root impersonate
+
     def token(self) -> str | None:
         """The token to send now (minting a fresh one when due), or None without auth."""
         if self._fixed is not None:
@@ -160,6 +178,8 @@ class SlurmRestClient:
                                   transport=transport)
         self.version: str | None = None
         self.slurm_release: str = ""
+        self.authenticated_ok = False
+        """True once slurmctld answered a request with these credentials."""
         self.requests = 0
         """HTTP requests sent (tests and the benchmark count them)."""
         self.requests_by_path: dict[str, int] = {}
@@ -213,17 +233,7 @@ class SlurmRestClient:
         errs = _errors(body)
         nums = _numbers(errs)
         if r.status_code >= 500 and errs and all(n == -1 for n in nums) and len(nums) == len(errs):
-            if not self.tokens.enabled:
-                raise AuthError(
-                    f"slurmctld rejected the authentication of slurmrestd at {self.where} "
-                    f"(HTTP {r.status_code}: {_describe(errs)}); in rest_auth/local mode "
-                    "slurmrestd signs requests with munge: check that munged runs and its "
-                    "socket is reachable by slurmrestd's user", site=self.site)
-            raise AuthError(
-                f"slurmctld rejected the credentials of user {self.tokens.user!r} "
-                f"(slurmrestd answered HTTP {r.status_code}: {_describe(errs)}); the token is "
-                "wrong, expired, or was minted with another key than the cluster's jwt_key",
-                site=self.site)
+            self._unspecified(r.status_code, errs)
         if r.status_code >= 400 or (errs and r.status_code >= 300):
             detail = _describe(errs) if errs else r.text.strip()[:200]
             raise SlurmApiError(f"slurmrestd {method} {path} failed (HTTP {r.status_code}): "
@@ -235,7 +245,44 @@ class SlurmRestClient:
         if errs:  # 2xx with errors[] (e.g. DELETE of an unknown job in some versions)
             raise SlurmApiError(f"slurmrestd {method} {path}: {_describe(errs)}", site=self.site,
                                 retry_after=5.0, numbers=nums, status=r.status_code)
+        if versioned:
+            self.authenticated_ok = True  # slurmctld accepted these credentials
         return body
+
+    def _unspecified(self, status: int, errs: list[dict[str, Any]]) -> None:
+        """HTTP 5xx whose errors are all -1 "Unspecified error".
+
+        slurmrestd 22.05 answers this way both when slurmctld rejects the credentials and
+        when slurmctld cannot be reached (verified: same body for a bad token and for a
+        stopped slurmctld). What can be told apart is: a fixed token that is not a JWT,
+        or has expired (checked here, without the key); and
+        credentials that worked before in this process (then slurmctld is not answering,
+        a :class:`TransientError`). Otherwise it is an :class:`AuthError` whose message
+        names both causes.
+
+        Raises:
+            AuthError | TransientError: always.
+        """
+        seen = f"slurmrestd answered HTTP {status}: {_describe(errs)}"
+        local = self.tokens.local_problem()
+        if local:
+            raise AuthError(f"{local} ({seen})", site=self.site)
+        if self.authenticated_ok:
+            raise TransientError(
+                f"slurmctld is not answering slurmrestd at {self.where} ({seen}); the same "
+                "credentials worked before, so slurmctld is down or unreachable from slurmrestd",
+                site=self.site, retry_after=5.0)
+        if not self.tokens.enabled:
+            raise AuthError(
+                f"slurmctld rejected the authentication of slurmrestd at {self.where} ({seen})"
+                "; in rest_auth/local mode slurmrestd signs requests with munge: check that "
+                "munged runs and its socket is reachable by slurmrestd's user (or slurmctld "
+                "is down)", site=self.site)
+        raise AuthError(
+            f"slurmctld rejected the credentials of user {self.tokens.user!r} ({seen}): the "
+            "token is wrong, expired, or was minted with another key than the cluster's "
+            "jwt_key (slurmrestd answers the same when slurmctld itself is down)",
+            site=self.site)
 
     # ------------------------------------------------------------ version
 

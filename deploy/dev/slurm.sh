@@ -9,6 +9,7 @@
 #   deploy/dev/slurm.sh start-rest DIR NAME PORT PLUGINS  # another slurmrestd, e.g. one
 #                                                # serving only openapi/v0.0.36; PORT
 #                                                # unix:/path gives rest_auth/local on a socket
+#   deploy/dev/slurm.sh stop-ctld DIR | start-ctld DIR   # only slurmctld (state kept)
 #   deploy/dev/slurm.sh token DIR USER [SECONDS] # print a JWT minted by `scontrol token`
 #   deploy/dev/slurm.sh status DIR
 #
@@ -90,6 +91,15 @@ start_rest() {  # start_rest DIR [NAME PORT PLUGINS]: NAME "" is the main instan
     >>"$log" 2>&1 &
   echo $! >"$pidf"
   wait_until 20 "slurmrestd did not listen on 127.0.0.1:$port" "$log" port_open "$port"
+}
+
+start_ctld() {  # slurmctld (recovers its state from DIR/state after a stop-ctld)
+  local dir=$1 port
+  port=$(sed -n 's/^SlurmctldPort=//p' "$dir/etc/slurm.conf")
+  alive "$dir/run/slurmctld.daemon.pid" && return 0
+  /usr/sbin/slurmctld -D -i -f "$dir/etc/slurm.conf" >>"$dir/log/slurmctld.out" 2>&1 &
+  echo $! >"$dir/run/slurmctld.daemon.pid"
+  wait_until 20 "slurmctld did not listen on port $port" "$dir/log/slurmctld.log" port_open "$port"
 }
 
 stop_pid() {  # stop_pid PIDFILE
@@ -192,9 +202,7 @@ EOF
     || die "munged did not start (log: $dir/log/munged.log)"
   wait_until 10 "munged did not create its socket" "$dir/log/munged.log" test -S "$dir/munge/munge.socket"
 
-  /usr/sbin/slurmctld -D -i -f "$dir/etc/slurm.conf" >>"$dir/log/slurmctld.out" 2>&1 &
-  echo $! >"$dir/run/slurmctld.daemon.pid"
-  wait_until 20 "slurmctld did not listen on port $ctld_port" "$dir/log/slurmctld.log" port_open "$ctld_port"
+  start_ctld "$dir"
   /usr/sbin/slurmd -D -N localhost -f "$dir/etc/slurm.conf" >>"$dir/log/slurmd.out" 2>&1 &
   echo $! >"$dir/run/slurmd.daemon.pid"
   export SLURM_CONF="$dir/etc/slurm.conf"
@@ -235,6 +243,8 @@ case "${1:-}" in
   stop-rest) [ $# -ge 2 ] || die "usage: $0 stop-rest DIR [NAME]"; stop_pid "$2/run/slurmrestd${3:+-$3}.pid" ;;
   start-rest) [ $# -ge 2 ] || die "usage: $0 start-rest DIR [NAME PORT PLUGINS]"
     start_rest "$(cd "$2" && pwd)" "${3:-}" "${4:-}" "${5:-}" ;;
+  stop-ctld) [ $# -ge 2 ] || die "usage: $0 stop-ctld DIR"; stop_pid "$2/run/slurmctld.daemon.pid" ;;
+  start-ctld) [ $# -ge 2 ] || die "usage: $0 start-ctld DIR"; start_ctld "$(cd "$2" && pwd)" ;;
   token) [ $# -ge 3 ] || die "usage: $0 token DIR USER [SECONDS]"; token "$2" "$3" "${4:-3600}" ;;
   status) [ $# -ge 2 ] || die "usage: $0 status DIR"; alive "$2/run/slurmctld.daemon.pid" ;;
   *) die "usage: $0 start DIR [REST_PORT] | stop DIR | stop-rest DIR | start-rest DIR | token DIR USER [SECONDS] | status DIR" ;;

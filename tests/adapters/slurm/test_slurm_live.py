@@ -16,9 +16,11 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 
+import jwt
 import pytest
 
 from tests.adapters.slurm.conftest import LiveFactory, SlurmCluster
@@ -64,15 +66,22 @@ def test_register_shows_partitions_as_nodes_with_metrics(slurm: SlurmCluster,
         in metrics
 
 
-@pytest.mark.parametrize("case", ["wrong-token", "unreachable", "unknown-partition",
-                                  "missing-key", "no-credentials", "relative-workdir"])
+@pytest.mark.parametrize("case", ["wrong-token", "expired-token", "unreachable",
+                                  "unknown-partition", "missing-key", "no-credentials",
+                                  "relative-workdir"])
 def test_registration_errors_say_what_is_wrong(case: str, slurm: SlurmCluster,
                                                live_cp: LiveFactory, tmp_path: Path) -> None:
-    wrong_key = tmp_path / "other.key"
-    wrong_key.write_bytes(b"x" * 32)
+    def minted(life: int) -> str:
+        """A real HS256 token of the cluster's key, valid for ``life`` s (past if < 0)."""
+        now = int(time.time())
+        return jwt.encode({"iat": now - 120, "exp": now + life, "sun": slurm.user},
+                          Path(slurm.key).read_bytes(), algorithm="HS256")
+
     config, kind, words = {
         "wrong-token": (slurm.config(jwtKey=None, token="not-a-jwt"), "AuthError",
-                        ["rejected the credentials", "slurm"]),
+                        ["the token is not a valid JWT", "scontrol token"]),
+        "expired-token": (slurm.config(jwtKey=None, token=minted(-60)), "AuthError",
+                          ["the token expired at", "jwtKey"]),
         "unreachable": (slurm.config(url=f"http://127.0.0.1:{free_port()}"), "TransientError",
                         ["unreachable", "Is slurmrestd running"]),
         "unknown-partition": (slurm.config(partitions=["debug", "gpu-a100"]), "PermanentError",
@@ -119,7 +128,8 @@ def test_jobs_complete_and_fail_with_their_exit_codes(slurm: SlurmCluster,
     assert lcp.register("hpc", slurm.config()).status_code == 201
     wid = lcp.submit([
         slurm_task("ok", ["bash", "-c", "echo hello from $SLURM_JOB_ID on $(hostname)"]),
-        slurm_task("bad", ["bash", "-c", "echo about to fail >&2; exit 3"]),
+        # after "ok": a failed task fails the workflow, which would cancel "ok" if running
+        slurm_task("bad", ["bash", "-c", "echo about to fail >&2; exit 3"], dependsOn=["ok"]),
     ])
     wf = lcp.wait_workflow(wid)
     assert wf["state"] == "Failed"
@@ -197,6 +207,24 @@ def test_slurmrestd_down_then_back(slurm: SlurmCluster, live_cp: LiveFactory,
              message="the site to be Ready again")
     assert lcp.wait_workflow(wid)["state"] == "Succeeded"
     assert lcp.wait_workflow(wid2)["state"] == "Succeeded"
+
+
+def test_slurmctld_down_then_back_is_not_mistaken_for_bad_credentials(
+        slurm: SlurmCluster, live_cp: LiveFactory) -> None:
+    lcp = live_cp()
+    assert lcp.register("hpc", slurm.config()).status_code == 201
+    slurm.sh("stop-ctld", str(slurm.dir))
+    try:
+        site = wait_for(lambda: (s := lcp.get("/v1/sites/hpc"))["health"] == "Unreachable" and s,
+                        timeout=20, message="the site to show Unreachable")
+        assert "slurmctld is not answering slurmrestd" in site["message"], site
+        assert "credentials rejected" not in site["message"]
+        wid = lcp.submit([slurm_task("after-outage", ["true"])])
+    finally:
+        slurm.sh("start-ctld", str(slurm.dir))
+    wait_for(lambda: lcp.get("/v1/sites/hpc")["health"] == "Ready", timeout=30,
+             message="the site to be Ready again")
+    assert lcp.wait_workflow(wid)["state"] == "Succeeded"
 
 
 def test_one_job_table_read_per_poll_never_one_call_per_job(slurm: SlurmCluster,
