@@ -1,8 +1,8 @@
 """Backends behind one protocol.
 
 What belongs here: the :class:`~adapters.base.Adapter` protocol and its registry, and
-one module per backend kind (``sim``, ``devices``; the ``kubernetes`` package holds the
-``kubernetes`` and ``kubeedge`` kinds; ``slurm`` comes later). Each adapter maps its backend's states to
+one module per backend kind (``sim``, ``devices``, ``slurm``; the ``kubernetes`` package
+holds the ``kubernetes`` and ``kubeedge`` kinds). Each adapter maps its backend's states to
 :class:`continuum.model.RunState` through one table. Only adapters import a backend SDK
 (paho on the server side, the Kubernetes client, the Slurm REST client). What does not
 belong: placement decisions, the store, the HTTP API.

@@ -238,3 +238,4 @@ def _load_builtin() -> None:
     import adapters.devices  # noqa: F401
     import adapters.kubernetes  # noqa: F401
     import adapters.sim  # noqa: F401
+    import adapters.slurm  # noqa: F401

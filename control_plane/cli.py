@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 
 from control_plane import cli_kubernetes, cli_model, render
+from control_plane.cli_sites import app as sites_app
 from control_plane.client import ApiError, Client, ConnectionFailed
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(get_app, name="get")
 app.add_typer(describe_app, name="describe")
 app.add_typer(cli_model.app, name="model")
 app.add_typer(cli_kubernetes.cluster_app, name="cluster")
+app.add_typer(sites_app, name="sites")
 
 console = Console()
 T = TypeVar("T")

@@ -40,6 +40,7 @@ class SiteRuntime:
     message: str = ""
     nodes: list[Node] = field(default_factory=list)
     inventory_at: float = 0.0
+    removed: bool = False
 
     def summary(self) -> dict[str, Any]:
         health = SiteHealth.Draining if self.draining else self.health
@@ -104,6 +105,13 @@ class Federation:
                                "or choose another name")
         check_monitoring(spec.monitoring, spec.name)
         adapter = adapters.create(self._effective(spec), self.ctx)
+        check = getattr(adapter, "check", None)  # adapters that can say precisely what is wrong
+        if check is not None:
+            try:
+                check()
+            except BaseException:
+                adapter.close()
+                raise
         rt = SiteRuntime(spec=spec, adapter=adapter)
         self._refresh_site(rt, time.time())
         if rt.health == SiteHealth.Unreachable and spec.kind != SiteKind.devices:
@@ -116,6 +124,45 @@ class Federation:
             self._sites[spec.name] = rt
         log.info("site %s (%s) registered: %s, %d nodes", spec.name, spec.kind.value,
                  rt.health.value, len(rt.nodes))
+        return rt
+
+    def drain(self, name: str, draining: bool = True) -> SiteRuntime:
+        """Stop (or, with ``draining=False``, resume) placing new work on the site; persisted.
+
+        Raises:
+            NotFound: no such site.
+        """
+        rt = self.site(name)
+        with self.store.session() as s:
+            row = s.get(SiteRow, name)
+            if row is not None:
+                row.draining = draining
+        rt.draining = draining
+        log.info("site %s: %s", name, "draining" if draining else "taking new work again")
+        return rt
+
+    def remove(self, name: str) -> SiteRuntime:
+        """Forget the site: close its adapter, delete its row. Runs still recorded on it
+        are failed by the reconciler's next sync ("site was removed") and retried elsewhere.
+
+        Raises:
+            NotFound: no such site.
+        """
+        with self._lock:
+            rt = self.site(name)
+            del self._sites[name]
+            rt.removed = True
+        with self.store.session() as s:
+            row = s.get(SiteRow, name)
+            if row is not None:
+                s.delete(row)
+        try:
+            rt.adapter.close()
+        except Exception:
+            log.exception("site %s: close failed", name)
+        self.metrics.site_up.labels(name, rt.spec.kind.value).set(0)
+        self.metrics.forget_slurm_site(name)
+        log.info("site %s removed", name)
         return rt
 
     # ------------------------------------------------------------ lookup
@@ -182,6 +229,8 @@ class Federation:
         if (health, message) != (rt.health, rt.message):
             log.info("site %s: %s %s", rt.spec.name, health.value, message)
         rt.nodes, rt.health, rt.message, rt.inventory_at = nodes, health, message, now
+        if rt.removed:
+            return  # removed while its inventory was being taken: publish nothing
         self.metrics.site_up.labels(rt.spec.name, rt.spec.kind.value).set(
             0 if health == SiteHealth.Unreachable else 1)
         tiers: dict[str, int] = {}
@@ -189,6 +238,11 @@ class Federation:
             tiers[n.tier.value] = tiers.get(n.tier.value, 0) + 1
         for tier, count in tiers.items():
             self.metrics.nodes.labels(rt.spec.name, tier).set(count)
+        partition_stats = getattr(rt.adapter, "partition_stats", None)  # Slurm sites
+        if partition_stats is not None:
+            with self._lock:  # remove() marks the site removed under this lock, then forgets
+                if not rt.removed:
+                    self.metrics.observe_slurm_partitions(rt.spec.name, partition_stats())
 
     def close(self) -> None:
         for rt in self.sites():

@@ -8,8 +8,8 @@ base units (seconds), ``_total`` for counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -93,6 +93,38 @@ class ControlPlaneMetrics:
         self.devices = DeviceTelemetryCollector()
         r.register(self.devices)
 
+        # ---- Slurm partitions (issue-slurm). Names of vpenso/prometheus-slurm-exporter
+        # (partitions.go, partition_wait.go) with a ``site`` label added, so one Prometheus
+        # scraping the control plane sees every cluster; continuum_slurm_* are our own.
+        _sp = ["site", "partition"]
+        self.slurm_cpus_allocated = Gauge(
+            "slurm_partition_cpus_allocated", "Allocated CPUs for partition.", _sp, registry=r)
+        self.slurm_cpus_idle = Gauge(
+            "slurm_partition_cpus_idle", "Idle CPUs for partition.", _sp, registry=r)
+        self.slurm_cpus_other = Gauge(
+            "slurm_partition_cpus_other", "Other (down, drained) CPUs for partition.", _sp,
+            registry=r)
+        self.slurm_cpus_total = Gauge(
+            "slurm_partition_cpus_total", "Total CPUs for partition.", _sp, registry=r)
+        self.slurm_jobs_pending = Gauge(
+            "slurm_partition_jobs_pending", "Pending jobs for partition.", _sp, registry=r)
+        self.slurm_jobs_running = Gauge(
+            "slurm_partition_jobs_running", "Running jobs for partition.", _sp, registry=r)
+        self.slurm_pending_wait = Gauge(
+            "slurm_partition_pending_wait_seconds_avg",
+            "Average wait (seconds) of currently PENDING jobs, by partition.", _sp, registry=r)
+        self.slurm_recent_wait = Gauge(
+            "continuum_slurm_partition_queue_wait_seconds_avg",
+            "Mean queue wait (s) of the partition's jobs that started within the window.", _sp,
+            registry=r)
+        self.slurm_expected_wait = Gauge(
+            "continuum_slurm_partition_expected_queue_wait_seconds",
+            "Queue wait (s) placement expects for a new job on the partition.", _sp, registry=r)
+        self._slurm_partitions: dict[str, set[str]] = {}
+        self.slurm_utilisation = Gauge(
+            "continuum_slurm_partition_utilisation",
+            "Allocated CPUs / CPUs of usable nodes of the partition (0..1).", _sp, registry=r)
+
     def observe_prediction(self, site: str, placement: dict[str, Any] | None,
                            runtime_s: float | None, energy_j: float | None) -> None:
         """Record the relative error of a finished run's predicted runtime and energy.
@@ -110,6 +142,46 @@ class ControlPlaneMetrics:
             self.prediction_error.labels(quantity, site).observe(abs(float(p) - observed)
                                                                  / observed)
         # ---- end of the monitoring block
+
+    def _slurm_gauges(self) -> list[Gauge]:
+        return [self.slurm_cpus_allocated, self.slurm_cpus_idle, self.slurm_cpus_other,
+                self.slurm_cpus_total, self.slurm_jobs_pending, self.slurm_jobs_running,
+                self.slurm_pending_wait, self.slurm_recent_wait, self.slurm_expected_wait,
+                self.slurm_utilisation]
+
+    def forget_slurm_site(self, site: str) -> None:
+        """Drop every Slurm partition series of ``site`` (it was removed)."""
+        for partition in self._slurm_partitions.pop(site, set()):
+            for g in self._slurm_gauges():
+                try:
+                    g.remove(site, partition)
+                except KeyError:
+                    pass
+
+    def observe_slurm_partitions(self, site: str, stats: Iterable[SlurmPartitionStats]) -> None:
+        """Set the Slurm partition gauges of ``site`` from an inventory's statistics."""
+        stats = list(stats)
+        seen = {st.name for st in stats}
+        gone = self._slurm_partitions.get(site, set()) - seen
+        for partition in gone:
+            for g in self._slurm_gauges():
+                try:
+                    g.remove(site, partition)
+                except KeyError:
+                    pass
+        self._slurm_partitions[site] = seen
+        for st in stats:
+            labels = (site, st.name)
+            self.slurm_cpus_allocated.labels(*labels).set(st.cpus_alloc)
+            self.slurm_cpus_idle.labels(*labels).set(st.cpus_idle)
+            self.slurm_cpus_other.labels(*labels).set(st.cpus_other)
+            self.slurm_cpus_total.labels(*labels).set(st.cpus_total)
+            self.slurm_jobs_pending.labels(*labels).set(st.jobs_pending)
+            self.slurm_jobs_running.labels(*labels).set(st.jobs_running)
+            self.slurm_pending_wait.labels(*labels).set(st.pending_wait_avg_s)
+            self.slurm_recent_wait.labels(*labels).set(st.recent_wait_avg_s)
+            self.slurm_expected_wait.labels(*labels).set(st.queue_wait_s)
+            self.slurm_utilisation.labels(*labels).set(st.utilisation)
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""
@@ -177,3 +249,20 @@ class DeviceTelemetryCollector(Collector):
                 temp.add_metric(v, d.temperature_c)
             ts.add_metric(v, d.at)
         yield from (up, cpu, mem, memt, load, power, running, rtt, peer, temp, ts)
+
+
+class SlurmPartitionStats(Protocol):
+    """What :meth:`ControlPlaneMetrics.observe_slurm_partitions` reads (the Slurm
+    adapter's ``PartitionStats``); CPUs are counts, waits in seconds, utilisation 0..1."""
+
+    name: str
+    cpus_total: int
+    cpus_alloc: int
+    cpus_idle: int
+    cpus_other: int
+    jobs_pending: int
+    jobs_running: int
+    pending_wait_avg_s: float
+    recent_wait_avg_s: float
+    queue_wait_s: float
+    utilisation: float

@@ -1,0 +1,703 @@
+"""The ``slurm`` adapter: an HPC cluster behind slurmrestd; each allowed partition is a node.
+
+Site config (``SiteSpec.config``, camelCase, unknown keys rejected)::
+
+    kind: slurm
+    tier: hpc
+    prometheusUrl: http://prometheus.hpc.example:9090   # optional (SiteSpec field)
+    config:
+      url: http://slurmrestd.hpc.example:6820   # or  socket: /run/slurmrestd/slurmrestd.socket
+      user: continuum                           # Slurm user the jobs run as (JWT claim sun)
+      token: eyJhbGciOi...                      # a token from `scontrol token`, or
+      jwtKey: /etc/continuum/slurm-jwt.key      # the cluster's jwt_key: tokens minted here
+      tokenLifetime: 3600                       # s, of minted tokens (minted again at 80 %)
+      partitions: [debug, gpu]                  # allowed partitions (empty: all)
+      workdir: /scratch/continuum               # shared directory, writable by `user`
+      environment: {PATH: /usr/local/bin:/usr/bin:/bin}
+      account: proj42                           # optional Slurm account
+      apptainer: true                           # tasks with an image run under Apptainer
+      power: {idleWatts: 120, maxWatts: 450, source: "..."}   # per Slurm node
+      queueFactor: 4                            # pending work allowed, x partition CPUs
+      queueWaitWindow: 3600                     # s of job history for queue waits
+      pollInterval: 1.0                         # s; the job table is read at most this often
+
+**Inventory** (``GET partitions``, ``GET nodes``, and the cached job table): one
+:class:`Node` per allowed partition, id ``<site>/<partition>``. ``capacity`` is the
+partition's total CPUs, memory and GPUs (gres ``gpu``) over its usable nodes;
+``allocatable`` the largest single Slurm node (what one job of one task can hold);
+``free`` is what the partition can still take *including its queue*:
+``queueFactor × total − pending`` plus idle resources (CPU: ``idle_cpus``; memory:
+``real_memory − alloc_memory``; GPUs: gres minus gres_used), so placement can queue
+work on a busy partition and weighs it by ``queue_wait_s``. ``utilisation`` is
+allocated CPUs / total CPUs. Labels carry the partition's node states, time limit,
+pending and running job counts.
+
+**Queue wait** (``Node.queue_wait_s``): over jobs of the partition that started within
+``queueWaitWindow``, the mean of ``start − max(submit, eligible)``; when jobs are pending
+or no CPU is idle, the larger of that and the mean age of the pending jobs (the
+``slurm_partition_pending_wait_seconds_avg`` of vpenso/prometheus-slurm-exporter);
+otherwise (idle CPUs, empty queue) 0.
+
+**Jobs**: ``POST job/submit`` with the batch script of :mod:`adapters.slurm.script`;
+name ``continuum-<run_id>``, comment ``continuum run=<run_id> ...``, so a restarted
+control plane finds its jobs and a second submit of the same run returns the job it
+already has (idempotent by request id, never a second job). ``status`` reads the job
+table with ONE ``GET jobs?update_time=T`` per poll interval per cluster (HTTP 304 when
+nothing changed) and maps ``job_state`` through :data:`JOB_STATE_TABLE`. ``cancel`` is
+``DELETE job/{id}``. Logs are the tail of the job's output file
+(``<workdir>/continuum-<run_id>.out``) when the control plane can read it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from adapters.base import AdapterContext, ArtifactRecord, Handle, RunStatus, TaskRun, register
+from adapters.slurm import script as scripts
+from adapters.slurm.client import SlurmApiError, SlurmRestClient, TokenSource
+from continuum.errors import AdapterError, PermanentError, TransientError, UnsupportedError
+from continuum.model import (
+    Node,
+    PowerProfile,
+    Resources,
+    RunState,
+    SiteHealth,
+    SiteKind,
+    SiteSpec,
+    Tier,
+)
+
+log = logging.getLogger(__name__)
+
+JOB_STATE_TABLE: dict[str, RunState] = {
+    # waiting
+    "PENDING": RunState.Dispatched,
+    "REQUEUED": RunState.Dispatched,
+    "REQUEUE_HOLD": RunState.Dispatched,
+    "REQUEUE_FED": RunState.Dispatched,
+    "RESV_DEL_HOLD": RunState.Dispatched,
+    "CONFIGURING": RunState.Dispatched,
+    "POWER_UP_NODE": RunState.Dispatched,
+    # running (suspended/stopped jobs hold their allocation and resume)
+    "RUNNING": RunState.Running,
+    "SUSPENDED": RunState.Running,
+    "STOPPED": RunState.Running,
+    "SIGNALING": RunState.Running,
+    "RESIZING": RunState.Running,
+    "STAGE_OUT": RunState.Running,
+    "COMPLETING": RunState.Running,
+    "UPDATE_DB": RunState.Running,
+    # ended
+    "COMPLETED": RunState.Succeeded,
+    "FAILED": RunState.Failed,
+    "TIMEOUT": RunState.Failed,
+    "NODE_FAIL": RunState.Failed,
+    "PREEMPTED": RunState.Failed,
+    "BOOT_FAIL": RunState.Failed,
+    "DEADLINE": RunState.Failed,
+    "OUT_OF_MEMORY": RunState.Failed,
+    "SPECIAL_EXIT": RunState.Failed,
+    "CANCELLED": RunState.Cancelled,
+    "REVOKED": RunState.Cancelled,
+}
+"""The one translation of Slurm job states (``job_state`` of slurmrestd v0.0.36-38, the
+base states and state flags of ``squeue --states``) into :class:`RunState`. A job still
+COMPLETING is Running: its final state is known once the flag clears."""
+
+STATE_REASONS: dict[str, str] = {
+    "TIMEOUT": "the job reached its time limit",
+    "NODE_FAIL": "a node of the job failed",
+    "PREEMPTED": "the job was preempted",
+    "BOOT_FAIL": "the job's node failed to boot",
+    "DEADLINE": "the job reached its deadline",
+    "OUT_OF_MEMORY": "the job ran out of memory",
+    "SPECIAL_EXIT": "the job ended with a special exit",
+    "CANCELLED": "the Slurm job was cancelled",
+    "REVOKED": "the job was revoked by its federation sibling",
+}
+
+DEFAULT_POWER = PowerProfile(
+    idle_watts=100.0, max_watts=350.0,
+    source="Continuum default for a two-socket x86 server when the site gives none "
+           "(the range of SPECpower_ssj2008 results); set config.power for real figures")
+
+_GRES_GPU = re.compile(r"(?:^|,)gpu(?::[^:,()]+)?:(\d+)")
+_USABLE = frozenset({"IDLE", "MIXED", "ALLOCATED", "COMPLETING"})
+_UNUSABLE_FLAGS = frozenset({"DRAIN", "DRAINING", "DRAINED", "DOWN", "FAIL", "NOT_RESPONDING",
+                             "MAINTENANCE", "POWERED_DOWN", "POWERING_DOWN", "REBOOT_ISSUED",
+                             "RESERVED"})
+
+
+class SlurmConfig(BaseModel):
+    """``SiteSpec.config`` of a ``slurm`` site (camelCase keys, unknown keys rejected)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    url: str | None = Field(default=None, description="http(s)://host:port of slurmrestd")
+    socket: str | None = Field(default=None, description="path of slurmrestd's unix socket")
+    user: str = Field(min_length=1, description="Slurm user the jobs run as (JWT claim sun)")
+    token: str | None = Field(default=None, description="a JWT from `scontrol token`")
+    jwt_key: str | None = Field(default=None, description="path of the cluster's JWT key file")
+    token_lifetime: float = Field(default=3600.0, ge=10, description="s, of minted tokens")
+    partitions: list[str] = Field(default_factory=list, description="allowed partitions; empty: all")
+    workdir: str = Field(min_length=1, description="shared directory on the cluster for runs")
+    environment: dict[str, str] = Field(
+        default_factory=lambda: {"PATH": "/usr/local/bin:/usr/bin:/bin"})
+    account: str | None = None
+    apptainer: bool = False
+    apptainer_binary: str = "apptainer"
+    power: PowerProfile | None = None
+    speed: float = Field(default=1.0, gt=0)
+    queue_factor: float = Field(default=4.0, ge=0)
+    queue_wait_window: float = Field(default=3600.0, gt=0)
+    poll_interval: float = Field(default=1.0, ge=0)
+    timeout: float = Field(default=10.0, gt=0, description="s, per slurmrestd request")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/]+", v):
+            raise ValueError(f"url {v!r} must be http://host:port or https://host:port")
+        return v.rstrip("/") if v else v
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"workdir {v!r} must be an absolute path on the cluster")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SlurmConfig:
+        if (self.url is None) == (self.socket is None):
+            raise ValueError("give exactly one of 'url' (http://host:port) or 'socket' "
+                             "(path of slurmrestd's unix socket)")
+        if self.token is not None and self.jwt_key is not None:
+            raise ValueError("give at most one of 'token' and 'jwtKey'")
+        if self.url is not None and self.token is None and self.jwt_key is None:
+            raise ValueError("slurmrestd over TCP needs credentials: give 'token' (from "
+                             "`scontrol token username=USER`) or 'jwtKey' (the cluster's jwt_key)")
+        return self
+
+
+@dataclass
+class PartitionStats:
+    """What the inventory learnt of one partition (for placement and /metrics)."""
+
+    name: str
+    cpus_total: int = 0
+    cpus_alloc: int = 0
+    cpus_idle: int = 0
+    cpus_other: int = 0
+    jobs_pending: int = 0
+    jobs_running: int = 0
+    pending_wait_avg_s: float = 0.0
+    recent_wait_avg_s: float = 0.0
+    queue_wait_s: float = 0.0
+    utilisation: float = 0.0
+
+
+def decode_exit(raw: Any) -> tuple[int | None, str]:
+    """Slurm's ``exit_code`` (a wait status) → (exit code, reason).
+
+    A job killed by signal N gets 128 + N, the shell's convention.
+    """
+    if isinstance(raw, dict):  # newer plugins: {"status": ..., "return_code": ...}
+        rc = raw.get("return_code")
+        return (int(rc) if isinstance(rc, int) else None), ""
+    if not isinstance(raw, int):
+        return None, ""
+    sig = raw & 0x7F
+    if sig:
+        return 128 + sig, f"killed by signal {sig}"
+    return (raw >> 8) & 0xFF, ""
+
+
+def _ts(v: Any) -> datetime | None:
+    if isinstance(v, int | float) and v > 0:
+        return datetime.fromtimestamp(float(v), UTC)
+    return None
+
+
+def _gpus(gres: Any) -> int:
+    return sum(int(m.group(1)) for m in _GRES_GPU.finditer(str(gres or "")))
+
+
+def _node_usable(n: dict[str, Any]) -> bool:
+    state = str(n.get("state") or "").upper()
+    flags = {str(f).upper() for f in (n.get("state_flags") or [])}
+    base = {s for s in re.split(r"[+ ]", state) if s}
+    return bool(base & _USABLE) and not (base | flags) & _UNUSABLE_FLAGS
+
+
+class SlurmAdapter:
+    """Adapter for a ``slurm`` site. See the module docstring.
+
+    Raises:
+        PermanentError: the config is invalid (the message names the field) or the JWT
+            key file cannot be read.
+    """
+
+    def __init__(self, site: SiteSpec, ctx: AdapterContext) -> None:
+        self.site = site
+        self.ctx = ctx
+        try:
+            self.config = SlurmConfig.model_validate(site.config)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise PermanentError(f"invalid slurm config: {where + ': ' if where else ''}{msg}",
+                                 site=site.name) from e
+        key: bytes | None = None
+        if self.config.jwt_key:
+            try:
+                key = Path(self.config.jwt_key).read_bytes()
+            except OSError as e:
+                raise PermanentError(f"config.jwtKey: cannot read the JWT key file "
+                                     f"{self.config.jwt_key!r}: {e.strerror}; give the path of "
+                                     "the cluster's jwt_key (AuthAltParameters) readable by the "
+                                     "control plane", site=site.name) from e
+            if not key:
+                raise PermanentError(f"config.jwtKey: {self.config.jwt_key!r} is empty",
+                                     site=site.name)
+        self.tokens = TokenSource(self.config.user, token=self.config.token, key=key,
+                                  lifetime_s=self.config.token_lifetime, clock=ctx.clock)
+        self.client = SlurmRestClient(url=self.config.url, socket=self.config.socket,
+                                      tokens=self.tokens, timeout_s=self.config.timeout,
+                                      site=site.name)
+        self._lock = threading.RLock()
+        self._jobs: dict[int, dict[str, Any]] = {}
+        self._jobs_fetched = False
+        self._jobs_at = -1e18  # monotonic time of the last fetch
+        self._jobs_wall = 0.0  # wall time the last fetch started
+        self._update_time = 0
+        self._by_run: dict[str, int] = {}
+        self._stats: dict[str, PartitionStats] = {}
+        self._health: tuple[SiteHealth, str] = (SiteHealth.Ready, "")
+        self._partition_limits: dict[str, int | None] = {}
+        self._partition_max_node: dict[str, Resources] = {}
+
+    # ------------------------------------------------------------ registration check
+
+    def check(self) -> None:
+        """What registration asks of a cluster: version, ping, the allowed partitions.
+
+        Raises:
+            TransientError: slurmrestd unreachable, or slurmctld not answering its ping.
+            AuthError: the credentials were rejected.
+            UnsupportedError: slurmrestd offers no OpenAPI version Continuum speaks.
+            PermanentError: an allowed partition does not exist (names the known ones).
+        """
+        self.client.negotiate()
+        body = self.client.ping()
+        pings = body.get("pings") or []
+        if pings and not any(str(p.get("ping", "")).upper() == "UP" for p in pings):
+            raise TransientError(f"slurmctld does not answer slurmrestd's ping: {pings}",
+                                 site=self.site.name)
+        known = [str(p.get("name")) for p in self.client.partitions()]
+        unknown = [p for p in self.config.partitions if p not in known]
+        if unknown:
+            raise PermanentError(
+                f"config.partitions: {', '.join(repr(p) for p in unknown)} "
+                f"{'is' if len(unknown) == 1 else 'are'} not a partition of this cluster "
+                f"(it has {', '.join(known) or 'none'}); fix the name or ask the cluster's "
+                "admins", site=self.site.name)
+
+    # ------------------------------------------------------------ job table
+
+    def _refresh_jobs(self, force: bool = False) -> None:
+        """Read the job table at most every ``pollInterval`` s (HTTP 304: unchanged)."""
+        with self._lock:
+            now = time.monotonic()
+            if not force and self._jobs_fetched and now - self._jobs_at < self.config.poll_interval:
+                return
+            wall = self.ctx.clock()
+            jobs = self.client.jobs(self._update_time if self._jobs_fetched else 0)
+            if jobs is not None:
+                self._jobs = {int(j["job_id"]): j for j in jobs if "job_id" in j}
+                for jid, j in self._jobs.items():
+                    rid = scripts.run_id_of(j)
+                    if rid:
+                        self._by_run.setdefault(rid, jid)
+            # one second back: slurmctld compares whole seconds (last_update <= update_time)
+            self._update_time = max(0, int(wall) - 1)
+            self._jobs_fetched, self._jobs_at, self._jobs_wall = True, now, wall
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        """The cached record of a job (after a refresh), or None."""
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    # ------------------------------------------------------------ inventory
+
+    def _partition_nodes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        parts = self.client.partitions()
+        nodes = self.client.nodes()
+        return parts, nodes
+
+    def inventory(self) -> list[Node]:
+        """One Node per allowed partition (see the module docstring).
+
+        Raises:
+            TransientError | AuthError: slurmrestd could not be asked.
+        """
+        parts, snodes = self._partition_nodes()
+        self._refresh_jobs()
+        now = self.ctx.clock()
+        by_name = {str(n.get("name")): n for n in snodes}
+        allowed = self.config.partitions or [str(p.get("name")) for p in parts]
+        known = {str(p.get("name")): p for p in parts}
+        with self._lock:
+            jobs = list(self._jobs.values())
+        power = self.config.power or DEFAULT_POWER
+        out: list[Node] = []
+        stats: dict[str, PartitionStats] = {}
+        missing: list[str] = []
+        for pname in allowed:
+            p = known.get(pname)
+            if p is None:
+                missing.append(pname)
+                continue
+            members = [by_name[n] for n in _expand(str(p.get("nodes") or ""), by_name)]
+            usable = [n for n in members if _node_usable(n)]
+            st = PartitionStats(name=pname)
+            mem_total = mem_free = gpu_total = gpu_free = 0
+            max_cpu, max_mem, max_gpu = 0.0, 0, 0
+            states: dict[str, int] = {}
+            for n in members:
+                s = str(n.get("state") or "unknown").lower()
+                states[s] = states.get(s, 0) + 1
+                cpus = int(n.get("cpus") or 0)
+                st.cpus_total += cpus
+                if n in usable:
+                    st.cpus_alloc += int(n.get("alloc_cpus") or 0)
+                    st.cpus_idle += int(n.get("idle_cpus") or 0)
+                    real = int(n.get("real_memory") or 0) * 2**20
+                    mem_total += real
+                    mem_free += max(0, real - int(n.get("alloc_memory") or 0) * 2**20)
+                    g = _gpus(n.get("gres"))
+                    gpu_total += g
+                    gpu_free += max(0, g - _gpus(n.get("gres_used")))
+                    max_cpu, max_mem, max_gpu = max(max_cpu, cpus), max(max_mem, real), max(max_gpu, g)
+                else:
+                    st.cpus_other += cpus
+            usable_cpus = sum(int(n.get("cpus") or 0) for n in usable)
+            pj = [j for j in jobs if str(j.get("partition")) == pname]
+            pending = [j for j in pj if str(j.get("job_state")) == "PENDING"]
+            running = [j for j in pj if JOB_STATE_TABLE.get(str(j.get("job_state"))) == RunState.Running]
+            st.jobs_pending, st.jobs_running = len(pending), len(running)
+            pend_cpus = sum(int(j.get("cpus") or 1) for j in pending)
+            pend_mem = sum(int(j.get("memory_per_node") or 0) * 2**20 for j in pending)
+            ages = [max(0.0, now - float(j.get("submit_time") or now)) for j in pending]
+            st.pending_wait_avg_s = sum(ages) / len(ages) if ages else 0.0
+            waits = []
+            for j in pj:
+                start = float(j.get("start_time") or 0)
+                if (start <= 0 or str(j.get("job_state")) == "PENDING"
+                        or now - start > self.config.queue_wait_window):
+                    continue
+                ready = max(float(j.get("submit_time") or start), float(j.get("eligible_time") or 0))
+                waits.append(max(0.0, start - ready))
+            st.recent_wait_avg_s = sum(waits) / len(waits) if waits else 0.0
+            if pending or st.cpus_idle == 0:
+                st.queue_wait_s = max(st.recent_wait_avg_s, st.pending_wait_avg_s)
+            st.utilisation = (st.cpus_alloc / usable_cpus) if usable_cpus else 0.0
+            stats[pname] = st
+            q = self.config.queue_factor
+            free = Resources(
+                cpu=max(0.0, st.cpus_idle + q * usable_cpus - pend_cpus),
+                memory=max(0, int(mem_free + q * mem_total - pend_mem)),
+                gpu=max(0, gpu_free + int(q * gpu_total)))
+            limit = p.get("max_time_limit")
+            limit_min = int(limit) if isinstance(limit, int) and limit >= 0 else None
+            with self._lock:
+                self._partition_limits[pname] = limit_min
+                self._partition_max_node[pname] = Resources(cpu=max_cpu, memory=max_mem, gpu=max_gpu)
+            pstate = str(p.get("state") or "UP").upper()  # v0.0.36 has no partition state
+            node_states = ",".join(f"{k}={v}" for k, v in sorted(states.items()))
+            labels = {**self.config.labels,
+                      "slurm.schedmd.com/partition": pname,
+                      "slurm.schedmd.com/state": pstate.lower(),
+                      "slurm.schedmd.com/max-time": "infinite" if limit_min is None else f"{limit_min}m",
+                      "slurm.schedmd.com/nodes": str(len(members)),
+                      "slurm.schedmd.com/nodes-usable": str(len(usable)),
+                      "slurm.schedmd.com/node-states": node_states,
+                      "slurm.schedmd.com/jobs-pending": str(st.jobs_pending),
+                      "slurm.schedmd.com/jobs-running": str(st.jobs_running)}
+            scale = max(1, len(usable))
+            out.append(Node(
+                id=f"{self.site.name}/{pname}", name=pname, site=self.site.name,
+                site_kind=SiteKind.slurm, tier=self.site.tier or Tier.hpc,
+                arch=str((usable or members or [{}])[0].get("architecture") or "x86_64"),
+                capacity=Resources(cpu=float(usable_cpus), memory=mem_total, gpu=gpu_total),
+                allocatable=Resources(cpu=max_cpu, memory=max_mem, gpu=max_gpu),
+                free=free, labels=labels, speed=self.config.speed,
+                power=PowerProfile(idle_watts=power.idle_watts * scale,
+                                   max_watts=power.max_watts * scale,
+                                   gpu_watts=power.gpu_watts, source=power.source),
+                location=self.site.location or self.site.name,
+                runtimes=["process", "apptainer", "container"] if self.config.apptainer else ["process"],
+                ready=bool(usable) and pstate == "UP",
+                utilisation=min(1.0, st.utilisation), observed_at=datetime.fromtimestamp(now, UTC),
+                queue_wait_s=st.queue_wait_s,
+            ))
+        with self._lock:
+            self._stats = stats
+            if missing:
+                self._health = (SiteHealth.Degraded, f"partition(s) {', '.join(missing)} no longer "
+                                f"exist on the cluster")
+            elif out and not any(n.ready for n in out):
+                self._health = (SiteHealth.Degraded, "no allowed partition is UP with a usable node")
+            else:
+                self._health = (SiteHealth.Ready, "")
+        return out
+
+    def partition_stats(self) -> list[PartitionStats]:
+        """Per allowed partition, as of the last inventory (for the /metrics block)."""
+        with self._lock:
+            return list(self._stats.values())
+
+    # ------------------------------------------------------------ jobs
+
+    def submit(self, run: TaskRun, node: Node, request_id: str) -> Handle:
+        """Submit the run's batch script to the node's partition; idempotent by request id.
+
+        Raises:
+            TransientError: slurmrestd or slurmctld unreachable (safe to call again).
+            UnsupportedError: the task needs a container image and the site declares no
+                Apptainer.
+            PermanentError: the partition is not allowed, the task's timeout exceeds the
+                partition's time limit, or slurmctld rejected the job (message says why).
+        """
+        partition = node.name
+        if self.config.partitions and partition not in self.config.partitions:
+            raise PermanentError(f"partition {partition!r} is not allowed on this site "
+                                 f"({', '.join(self.config.partitions)})", site=self.site.name)
+        task = run.task
+        if task.image and not self.config.apptainer:
+            raise UnsupportedError(f"task {task.name!r} names image {task.image!r} but this "
+                                   "site does not declare Apptainer (config.apptainer: true)",
+                                   site=self.site.name)
+        tl = scripts.time_limit_minutes(task.timeout)
+        with self._lock:
+            limit = self._partition_limits.get(partition)
+            existing = self._by_run.get(request_id)
+        if tl is not None and limit is not None and tl > limit:
+            raise PermanentError(f"task {task.name!r} needs {tl} min but partition {partition!r} "
+                                 f"allows at most {limit} min", site=self.site.name)
+        jp = scripts.paths(self.config.workdir, request_id)
+        if existing is not None:
+            log.info("site %s: run %s already is job %d; not submitting again", self.site.name,
+                     request_id, existing)
+            return self._handle(run, node, existing, jp)
+        body = scripts.batch_script(run, jp, apptainer=self.config.apptainer_binary
+                                    if task.image else None)
+        job = scripts.job_description(run, jp, partition=partition,
+                                      base_env=self.config.environment,
+                                      account=self.config.account, time_limit_min=tl)
+        try:
+            job_id = self.client.submit(body, job)
+        except SlurmApiError as e:
+            if e.numbers and all(n >= 2000 for n in e.numbers if n > 0) and any(
+                    n >= 2000 for n in e.numbers):
+                raise PermanentError(f"slurmctld rejected the job of run {request_id}: "
+                                     f"{e.message}", site=self.site.name) from e
+            raise
+        with self._lock:
+            self._by_run[request_id] = job_id
+        log.info("site %s: run %s submitted as job %d to partition %s", self.site.name,
+                 request_id, job_id, partition)
+        return self._handle(run, node, job_id, jp)
+
+    def _handle(self, run: TaskRun, node: Node, job_id: int, jp: scripts.JobPaths) -> Handle:
+        return Handle(site=self.site.name, run_id=run.run_id, backend_id=str(job_id),
+                      node=node.id, data={
+                          "jobId": job_id, "partition": node.name, "output": jp.output,
+                          "runDir": jp.run_dir, "workflowId": run.workflow_id,
+                          "submittedAt": self.ctx.clock(),
+                          "inputBytes": sum(a.size for a in run.inputs),
+                          "outputs": [o.name for o in run.outputs]})
+
+    def status(self, handles: Sequence[Handle]) -> dict[str, RunStatus]:
+        """One job-table read (at most every ``pollInterval`` s) for every handle.
+
+        A job missing from the table is omitted while it may simply be newer than the
+        table; once the table is newer than the submission, the run is Failed (slurmctld
+        forgot the job: purged after MinJobAge, or its state was lost) unless the
+        batch script's exit file says how it ended.
+
+        Raises:
+            TransientError | AuthError: slurmrestd could not be asked.
+        """
+        if not handles:
+            return {}
+        self._refresh_jobs()
+        out: dict[str, RunStatus] = {}
+        for h in handles:
+            try:
+                job_id = int(h.backend_id)
+            except ValueError:
+                out[h.run_id] = RunStatus(RunState.Failed, reason=f"bad Slurm job id {h.backend_id!r}")
+                continue
+            with self._lock:
+                job = self._jobs.get(job_id)
+                table_at = self._jobs_wall
+                self._by_run.setdefault(h.run_id, job_id)
+            if job is None:
+                if table_at < float(h.data.get("submittedAt") or 0) + 1.0:
+                    continue
+                out[h.run_id] = RunStatus(
+                    RunState.Failed,
+                    reason=f"Slurm job {job_id} is no longer known to slurmctld (purged after "
+                           "MinJobAge or lost); its end state is unknown",
+                    output_tail=self._read_tail(h, 50)[1])
+                continue
+            st = self._job_status(h, job)
+            if st is not None:
+                out[h.run_id] = st
+        return out
+
+    def _job_status(self, h: Handle, job: dict[str, Any]) -> RunStatus | None:
+        raw_state = str(job.get("job_state") or "")
+        state = JOB_STATE_TABLE.get(raw_state)
+        if state is None:
+            log.warning("site %s: job %s has unknown state %r; keeping the run's last state",
+                        self.site.name, h.backend_id, raw_state)
+            return None
+        started = _ts(job.get("start_time")) if state != RunState.Dispatched else None
+        if not state.terminal:
+            reason = "" if state == RunState.Running else str(job.get("state_reason") or "")
+            if raw_state not in ("RUNNING", "PENDING"):
+                reason = f"Slurm job state {raw_state}"
+            return RunStatus(state=state, reason=reason if reason != "None" else "",
+                             started_at=started)
+        code, sig_reason = decode_exit(job.get("exit_code"))
+        ok, tail = self._read_tail(h, 50)
+        note = self._read_status_note(h)
+        if state == RunState.Succeeded:
+            reason = ""
+        elif note:
+            reason = note
+        elif raw_state == "FAILED":
+            reason = sig_reason or (f"exited with code {code}" if code is not None else "job failed")
+            sr = str(job.get("state_reason") or "")
+            if sr and sr not in ("None", "NonZeroExitCode"):
+                reason += f" ({sr})"
+        else:
+            reason = STATE_REASONS.get(raw_state, raw_state.lower())
+            sr = str(job.get("state_reason") or "")
+            if sr and sr != "None":
+                reason += f" ({sr})"
+        outputs: list[ArtifactRecord] = []
+        bytes_out = 0
+        wf = str(h.data.get("workflowId") or "")
+        if state == RunState.Succeeded and wf:
+            for name in h.data.get("outputs") or []:
+                rec = self.ctx.artifacts.record(wf, str(name))
+                if rec is not None:
+                    outputs.append(rec)
+                    bytes_out += rec.size
+        fetched_inputs = code != scripts.EXIT_INPUT or not note
+        return RunStatus(
+            state=state, reason=reason, exit_code=code, started_at=started,
+            finished_at=_ts(job.get("end_time")),
+            output_tail=tail if ok else "",
+            bytes_in=int(h.data.get("inputBytes") or 0) if fetched_inputs else 0,
+            bytes_out=bytes_out, outputs=outputs)
+
+    def _read_status_note(self, h: Handle) -> str:
+        run_dir = str(h.data.get("runDir") or "")
+        if not run_dir:
+            return ""
+        try:
+            return Path(run_dir, scripts.STATUS_FILE).read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def _read_tail(self, h: Handle, tail: int) -> tuple[bool, str]:
+        path = str(h.data.get("output") or "")
+        if not path:
+            return False, "this run's handle names no output file"
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 64 * 1024))
+                text = f.read().decode(errors="replace")
+        except OSError as e:
+            return False, (f"the job's output file {path} is not readable from the control "
+                           f"plane ({e.strerror}); it is on the cluster's file system")
+        return True, scripts.tail_lines(text, tail)
+
+    def cancel(self, handle: Handle) -> None:
+        """``DELETE job/{id}`` (Slurm signals the job, then kills it after KillWait). Idempotent.
+
+        Raises:
+            TransientError | AuthError: slurmrestd could not be asked.
+        """
+        try:
+            job_id = int(handle.backend_id)
+        except ValueError:
+            return
+        self.client.cancel(job_id)
+        log.info("site %s: job %d of run %s cancelled", self.site.name, job_id, handle.run_id)
+
+    def logs(self, handle: Handle, tail: int = 50) -> str:
+        """The last ``tail`` lines of the job's output file, or why it cannot be read."""
+        return self._read_tail(handle, tail)[1]
+
+    def release(self, handle: Handle) -> None:
+        """Forget the run; Slurm keeps the job record for MinJobAge, the files stay."""
+        with self._lock:
+            self._by_run.pop(handle.run_id, None)
+
+    def health(self) -> tuple[SiteHealth, str]:
+        """Ready; Degraded when an allowed partition vanished or none is usable."""
+        with self._lock:
+            return self._health
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _expand(hostlist: str, known: dict[str, Any]) -> list[str]:
+    """Slurm hostlist expression → node names (``n[01-03,07],gpu1``), kept to known nodes."""
+    names: list[str] = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", hostlist):
+        m = re.match(r"^(.*)\[([^\]]*)\](.*)$", part)
+        if not m:
+            names.append(part)
+            continue
+        prefix, ranges, suffix = m.groups()
+        for r in ranges.split(","):
+            if "-" in r:
+                a, b = r.split("-", 1)
+                width = len(a)
+                names += [f"{prefix}{i:0{width}d}{suffix}" for i in range(int(a), int(b) + 1)]
+            else:
+                names.append(f"{prefix}{r}{suffix}")
+    return [n for n in names if n in known]
+
+
+def _factory(site: SiteSpec, ctx: AdapterContext) -> SlurmAdapter:
+    return SlurmAdapter(site, ctx)
+
+
+register(SiteKind.slurm, _factory)
+
+__all__ = ["SlurmAdapter", "SlurmConfig", "JOB_STATE_TABLE", "PartitionStats", "decode_exit",
+           "AdapterError"]

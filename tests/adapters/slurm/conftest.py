@@ -1,0 +1,205 @@
+"""Fixtures for the Slurm tests: a real single-node Slurm and a live control plane.
+
+* ``slurm`` (session): munged, slurmctld, slurmd and slurmrestd (JWT) started by
+  ``deploy/dev/slurm.sh`` in a temporary directory on loopback, stopped at the end.
+* ``live_cp`` (function): a factory of real :class:`ControlPlane` processes-in-threads
+  serving the API under uvicorn on a free port (Slurm jobs fetch and upload artifacts
+  over real HTTP), on a state directory that survives a restart.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from control_plane.server import ControlPlane
+from control_plane.settings import Settings
+from tests.conftest import REPO, free_port
+from tests.helpers import wait_for
+
+SLURM_SH = REPO / "deploy" / "dev" / "slurm.sh"
+
+
+@dataclass
+class SlurmCluster:
+    """A running single-node Slurm; ``env`` is what ``slurm.sh start`` wrote to DIR/env."""
+
+    dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def sh(self, *args: str, timeout: float = 90) -> str:
+        r = subprocess.run([str(SLURM_SH), *args], capture_output=True, text=True,
+                           timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"slurm.sh {' '.join(args)} failed: {r.stderr.strip()}")
+        return r.stdout.strip()
+
+    def start(self) -> None:
+        self.sh("start", str(self.dir))
+        self.env = dict(line.split("=", 1) for line in (self.dir / "env").read_text().split())
+
+    @property
+    def url(self) -> str:
+        return self.env["SLURMRESTD_URL"]
+
+    @property
+    def user(self) -> str:
+        return self.env["SLURM_JOB_USER"]
+
+    @property
+    def key(self) -> str:
+        return self.env["SLURM_JWT_KEY"]
+
+    @property
+    def workdir(self) -> str:
+        return self.env["SLURM_WORKDIR"]
+
+    def token(self, lifespan: int = 3600) -> str:
+        return self.sh("token", str(self.dir), self.user, str(lifespan))
+
+    def config(self, **over: Any) -> dict[str, Any]:
+        """A site config for this cluster (minted tokens, fast polling)."""
+        cfg: dict[str, Any] = {"url": self.url, "user": self.user, "jwtKey": self.key,
+                               "partitions": ["debug"], "workdir": self.workdir,
+                               "pollInterval": 0.2}
+        cfg.update(over)
+        return {k: v for k, v in cfg.items() if v is not None}
+
+    def gate(self) -> Path:
+        """A path jobs (running as the Slurm user) can see appear: touch it to let a job go."""
+        return Path(self.workdir) / f"gate-{uuid.uuid4().hex[:10]}"
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job slurmctld knows, through slurmrestd (a fresh token each call)."""
+        r = httpx.get(f"{self.url}/slurm/v0.0.38/jobs", timeout=10, headers={
+            "X-SLURM-USER-NAME": self.user, "X-SLURM-USER-TOKEN": self.token(60)})
+        r.raise_for_status()
+        return list(r.json()["jobs"])
+
+    def jobs_named(self, name: str) -> list[dict[str, Any]]:
+        return [j for j in self.jobs() if j.get("name") == name]
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[SlurmCluster]:
+    """A real single-node Slurm for the session (fails with the script's reason if it can't)."""
+    # not under pytest's private tmp: slurmrestd and the jobs run as another user
+    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="continuum-slurm-")))
+    try:
+        cluster.start()
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        cluster.sh("stop", str(cluster.dir))
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+        pytest.fail(f"could not start Slurm with {SLURM_SH}: {e}")
+    yield cluster
+    cluster.sh("stop", str(cluster.dir))
+    shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+class LiveControlPlane:
+    """A ControlPlane serving its API with uvicorn in a thread on 127.0.0.1:``port``."""
+
+    def __init__(self, state_dir: Path, port: int, **settings: Any) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.settings = Settings(state_dir=state_dir, host="127.0.0.1", port=port,
+                                 reconcile_interval_s=0.1, inventory_interval_s=0.3,
+                                 retry_backoff_s=0.2, **settings)
+        self.cp = ControlPlane(self.settings)
+        self.http = httpx.Client(base_url=self.url, timeout=15)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LiveControlPlane:
+        self.cp.start()
+        config = uvicorn.Config(self.cp.app, host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        wait_for(lambda: self._server is not None and self._server.started, timeout=20,
+                 message=f"uvicorn listening on {self.url}")
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.cp.stop()
+        self.http.close()
+
+    def get(self, path: str, **kw: Any) -> Any:
+        r = self.http.get(path, **kw)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def register(self, name: str, config: dict[str, Any], **spec: Any) -> httpx.Response:
+        return self.http.post("/v1/sites", json={"name": name, "kind": "slurm", "tier": "hpc",
+                                                 "config": config, **spec})
+
+    def submit(self, tasks: list[dict[str, Any]], name: str = "wf") -> str:
+        doc = {"apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": name},
+               "spec": {"tasks": tasks}}
+        r = self.http.post("/v1/workflows", json=doc)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def workflow(self, wid: str) -> dict[str, Any]:
+        return self.get(f"/v1/workflows/{wid}")  # type: ignore[no-any-return]
+
+    def wait_workflow(self, wid: str, states: tuple[str, ...] = ("Succeeded", "Failed",
+                                                                  "Cancelled"),
+                      timeout: float = 60) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            wf = self.workflow(wid)
+            return wf if wf["state"] in states else None
+        return wait_for(done, timeout=timeout, interval=0.1,
+                        message=lambda: f"workflow {wid} reaching {states}: {self.workflow(wid)}")
+
+    def runs(self, wid: str, task: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.workflow(wid)["runs"] if task is None or r["task"] == task]
+
+    def wait_run(self, wid: str, task: str, states: tuple[str, ...],
+                 timeout: float = 60) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            return next((r for r in self.runs(wid, task) if r["state"] in states), None)
+        return wait_for(found, timeout=timeout, interval=0.1,
+                        message=lambda: f"a run of {task} reaching {states}: {self.runs(wid, task)}")
+
+
+@dataclass
+class LiveFactory:
+    tmp: Path
+    started: list[LiveControlPlane] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+
+    def __call__(self, **settings: Any) -> LiveControlPlane:
+        """A started control plane on the factory's state dir and port (same each call)."""
+        lcp = LiveControlPlane(self.tmp / "state", self.port,
+                               public_url=f"http://127.0.0.1:{self.port}", **settings).start()
+        self.started.append(lcp)
+        return lcp
+
+    def close(self) -> None:
+        for lcp in self.started:
+            if lcp._thread is not None and lcp._thread.is_alive():
+                lcp.stop()
+
+
+@pytest.fixture
+def live_cp(tmp_path: Path) -> Iterator[LiveFactory]:
+    factory = LiveFactory(tmp_path)
+    yield factory
+    factory.close()
