@@ -2,26 +2,34 @@
 
 Called at the end of every reconcile cycle (:meth:`MigrationController.on_cycle`):
 
-1. **Lost work** (every cycle): an active run (Placed, Dispatched, Running) whose node
-   has not been placeable for ``migration_lost_grace_s`` as this process observed it —
-   the node vanished from the inventory or is not ready (a device whose agent went
-   offline), or its site is draining or unreachable — ends as
-   ``Migrated`` with the reason, the backend is told to cancel (best effort), and its
-   task goes back to Ready *without* a retry backoff and without counting an attempt
-   against ``retries``; the reconciler is woken so the next cycle re-places it. Runs on
-   a node labelled ``continuum.io/autonomous=true`` (a KubeEdge edge node, whose pods go
-   on while it is disconnected) are left alone unless their site is draining.
+1. **Lost work** (every cycle): an active run (Placed, Dispatched, Running) whose node a
+   *successful* inventory of its site no longer lists, or lists as not ready (a device
+   whose agent went offline per its heartbeat), for ``migration_lost_grace_s`` as this
+   process observed it, ends as ``Migrated`` with the reason once the backend accepted
+   the cancel; its task goes back to Ready *without* a retry backoff and without
+   counting an attempt against ``retries``; the reconciler is woken so the next cycle
+   re-places it. A site whose inventory or health check fails (Unreachable: a
+   slurmrestd restart, a broker blip) says nothing about its nodes: its runs are left
+   alone and their grace starts again once the site answers. A draining site's runs
+   finish where they are. If the backend refuses the cancel the run stays active and
+   the cancel is retried next cycle (as the reconciler's workflow stop does), so the
+   original never keeps running unobserved.
+   Runs on a node labelled ``continuum.io/autonomous=true`` (a KubeEdge edge node,
+   whose pods go on while it is disconnected) are never moved off it.
 2. **Re-evaluation** (every ``migration_interval_s``): queued jobs (Dispatched, not yet
    running) and running services are scored on their current node and on the best
    alternative with the control plane's placement framework. :func:`decide` moves one
    only when the expected gain over ``migration_horizon_s`` beats the migration cost by
    the hysteresis margin, the run has dwelt at least ``migration_min_dwell_s`` on its
    node, and fewer than ``migration_max_per_cycle`` moved this cycle. A moved queued
-   job is cancelled and re-placed (break-before-make is harmless: it never started);
+   job is cancelled and re-placed (break-before-make is harmless: it never started),
+   at the cost of the queue age it gives up (its place in the backend's queue, e.g.
+   Slurm's age priority factor), charged as downtime;
    a running service is moved make-before-break: a new run is placed on the target
    while the old one keeps serving (its reason ``migrating to run <id>``, durable in the
    store); once the new run is Running the old one is cancelled and ends ``Migrated``;
-   if the new run fails the move is aborted and the old run goes on serving. A
+   if the new run fails the move is aborted and the old run goes on serving (the
+   failure is not counted against the task's ``retries``: a move costs no attempt). A
    service's state bytes are taken as its memory request.
 
 Every migration is an event ``RunMigrated`` with its reason and figures, and counts in
@@ -30,18 +38,20 @@ Every migration is an event ``RunMigrated`` with its reason and figures, and cou
 Units of :func:`decide`: the placement objective's cost (0 = best node in every term,
 1 = worst; :mod:`placement.batch`) per second, so ``gain = (cost_now − cost_best) ×
 horizon`` and ``migration cost = downtime_s + state_bytes·8 / bandwidth_bps`` (s at
-cost 1: a second of downtime is the worst a second can be).
+cost 1: a second of downtime is the worst a second can be). Hysteresis is relative
+too: the current node's cost must exceed the best one's by more than ``hysteresis``
+of itself, so a move never chases a negligible difference even when it costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from continuum.model import RunState, Task
+from continuum.model import RunState, SiteHealth, Task
 from control_plane.store import RunRow, TaskRow, add_event, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -53,6 +63,9 @@ ACTIVE = (RunState.Placed.value, RunState.Dispatched.value, RunState.Running.val
 MOVING_TO = "migrating to run "
 """Prefix of the reason of a service run being replaced make-before-break (durable in
 the store, so a restarted control plane finishes or aborts the move)."""
+AUTONOMOUS_LABEL = "continuum.io/autonomous"
+"""Node label (value ``true``) of a node whose work goes on while it is disconnected
+(set by the KubeEdge adapter on edge nodes); lost-work migration never moves its runs."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,9 @@ class Verdict:
 
 
 def decide(c: Candidate, horizon_s: float, hysteresis: float, min_dwell_s: float) -> Verdict:
-    """Move iff dwell ≥ ``min_dwell_s`` and gain > cost × (1 + ``hysteresis``) and gain > 0.
+    """Move iff dwell ≥ ``min_dwell_s``, gain > cost × (1 + ``hysteresis``), gain > 0 and
+    cost_now − cost_best > ``hysteresis`` × cost_now (the relative margin, which also
+    holds when the move itself costs nothing, e.g. a queued job that has not waited).
 
     gain = (cost_now − cost_best) × horizon_s; cost = downtime_s + state_bytes·8 /
     bandwidth_bps. Raises nothing; a non-positive bandwidth makes the cost infinite.
@@ -97,6 +112,9 @@ def decide(c: Candidate, horizon_s: float, hysteresis: float, min_dwell_s: float
         return Verdict(False, f"dwell {c.dwell_s:.0f}s < minimum {min_dwell_s:.0f}s", gain, cost)
     if gain <= 0 or gain <= cost * (1 + hysteresis):
         return Verdict(False, f"not worth it: {figures} (hysteresis {hysteresis:.0%})", gain, cost)
+    if c.cost_now - c.cost_best <= hysteresis * c.cost_now:
+        return Verdict(False, f"not worth it: cost {c.cost_best:.3f} vs {c.cost_now:.3f} here "
+                       f"is within the hysteresis margin ({hysteresis:.0%})", gain, cost)
     return Verdict(True, f"better node: {figures}", gain, cost)
 
 
@@ -122,53 +140,67 @@ class MigrationController:
     # ------------------------------------------------------------ lost work
 
     def replace_lost(self, now: float) -> int:
-        """Migrate every active run whose node has been gone or not placeable for the grace
-        period (counted from this process's first observation, so a restarted control
-        plane that has not relearnt its inventory yet does not move healthy work);
-        returns the count."""
-        fed = self.cp.federation
-        placeable = {nd.id for nd in fed.placeable_nodes()}
-        known = {nd.id: nd for nd in fed.nodes()}
+        """Migrate every active run whose node a successful inventory has shown gone or not
+        ready for the grace period (counted from this process's first such observation,
+        so a restarted control plane that has not relearnt its inventory yet does not
+        move healthy work); returns the count.
+
+        A run on an Unreachable site is left alone (nothing is known of its node) and its
+        grace restarts when the site answers again; a run whose cancel the backend refuses
+        stays active and is tried again next cycle.
+        """
+        sites = {rt.spec.name: rt for rt in self.cp.federation.sites()}
         grace = self.cp.settings.migration_lost_grace_s
         moved = 0
         seen: set[str] = set()
         with self.cp.store.session() as s:
             runs = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE))).all()
             for run in runs:
-                if run.node is None or run.node in placeable:
-                    continue
-                autonomous = known.get(run.node) is not None and known[run.node].labels.get(
-                    "continuum.io/autonomous") == "true"  # KubeEdge edge node: its pods go on
-                if autonomous and not any(rt.draining for rt in fed.sites()
-                                          if rt.spec.name == run.site):
+                why = self._lost(run, sites)
+                if why is None:
                     continue
                 seen.add(run.id)
                 since = self._lost_since.setdefault(run.id, now)
                 if now - since < grace:
                     continue  # e.g. a restarted control plane still relearning its inventory
-                nd = known.get(run.node)
-                if nd is None:
-                    why = f"node {run.node} left the inventory"
-                elif not nd.ready:
-                    why = f"node {run.node} is not ready (offline)"
-                else:
-                    why = f"site {run.site} takes no new work (draining or unreachable)"
-                self._migrate(s, run, "node-lost", f"{why} for {now - since:.1f}s")
-                moved += 1
+                if self._migrate(s, run, "node-lost", f"{why} for {now - since:.1f}s"):
+                    moved += 1
         self._lost_since = {k: v for k, v in self._lost_since.items() if k in seen}
         return moved
 
-    def _migrate(self, s: object, run: RunRow, reason: str, message: str) -> None:
+    @staticmethod
+    def _lost(run: RunRow, sites: dict[str, Any]) -> str | None:
+        """Why ``run``'s node counts as lost, from its site's last successful inventory;
+        None when it is fine or when nothing is known (site Unreachable or removed —
+        the reconciler's sync fails the runs of a removed site)."""
+        rt = sites.get(run.site or "")
+        if run.node is None or rt is None or rt.health == SiteHealth.Unreachable:
+            return None
+        nd = next((n for n in rt.nodes if n.id == run.node), None)
+        if nd is None:
+            return f"node {run.node} left the inventory"
+        if not nd.ready:
+            if nd.labels.get(AUTONOMOUS_LABEL) == "true":
+                return None  # a KubeEdge edge node: its pods go on while it is disconnected
+            return f"node {run.node} is not ready (offline)"
+        return None
+
+    def _migrate(self, s: object, run: RunRow, reason: str, message: str) -> bool:
+        """Cancel ``run`` on its backend and end it ``Migrated``; False (run left active,
+        to be tried again) when the backend refused the cancel."""
         from sqlalchemy.orm import Session
 
         assert isinstance(s, Session)
-        err = self.cp.reconciler._cancel_on_backend(run)  # best effort: the node may be gone
+        err = self.cp.reconciler._cancel_on_backend(run)
+        if err:
+            log.warning("run %s: not migrated yet (%s): cancel on the backend failed, will "
+                        "retry: %s", run.id, message, err)
+            return False
         run.state, run.reason = RunState.Migrated.value, message
         run.finished_at = utcnow()
         self.cp.metrics.run_transitions.labels(RunState.Migrated.value).inc()
         self.cp.metrics.migrations.labels(reason).inc()
-        add_event(s, "RunMigrated", f"{reason}: {message}"
-                  + (f" (cancel on the backend failed: {err})" if err else ""),
+        add_event(s, "RunMigrated", f"{reason}: {message}",
                   workflow_id=run.workflow_id, run_id=run.id)
         task = s.get(TaskRow, run.task_id)
         others = s.scalars(select(RunRow).where(RunRow.task_id == run.task_id,
@@ -182,6 +214,7 @@ class MigrationController:
             task.attempts = max(0, task.attempts - 1)  # a migration is not a failed attempt
             task.reason = f"migrating: {message}"
         log.info("run %s migrated (%s): %s", run.id, reason, message)
+        return True
 
     # ------------------------------------------------------------ re-evaluation
 
@@ -230,7 +263,11 @@ class MigrationController:
                     continue
                 since = run.placed_at.timestamp() if run.placed_at else now
                 state_bytes = task.resources.memory if service else 0
-                v = decide(Candidate(here, best[1], now - since, downtime_s=0.0,
+                # a queued job re-queued elsewhere gives up the time it has waited (its
+                # age in the backend's queue); a service moves make-before-break: no gap
+                queued = (now - run.dispatched_at.timestamp()
+                          if not service and run.dispatched_at else 0.0)
+                v = decide(Candidate(here, best[1], now - since, downtime_s=max(0.0, queued),
                                      state_bytes=state_bytes,
                                      bandwidth_bps=st.migration_bandwidth_bps),
                            st.migration_horizon_s, st.migration_hysteresis,
@@ -239,10 +276,10 @@ class MigrationController:
                     continue
                 if service:
                     self._start_move(s, run, task_row, task, doc, best[0], v, now)
-                else:
-                    self._migrate(s, run, "better-node",
-                                  f"queued job moves from {run.node} toward {best[0]}: "
-                                  f"{v.reason}")
+                elif not self._migrate(s, run, "better-node",
+                                       f"queued job moves from {run.node} toward {best[0]}: "
+                                       f"{v.reason}"):
+                    continue
                 moved += 1
         if moved:
             self.cp.reconciler.wake()
@@ -269,10 +306,11 @@ class MigrationController:
             return
         d = out.decision
         d.reasons.append(f"migration of run {run.id} from {run.node}: {v.reason}")
-        task_row.attempts += 1
+        # a move is not an attempt: the new run shares the old one's attempt number, and
+        # its failure aborts the move instead of counting against the task's retries
         at = datetime.fromtimestamp(now, UTC)
         new = RunRow(id=new_id("run"), workflow_id=run.workflow_id, task_id=run.task_id,
-                     task_name=run.task_name, attempt=task_row.attempts,
+                     task_name=run.task_name, attempt=run.attempt,
                      state=RunState.Placed.value, site=d.site, node=d.node,
                      placement=d.wire(), created_at=at, placed_at=at)
         s.add(new)

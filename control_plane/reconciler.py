@@ -50,6 +50,7 @@ from continuum.model import (
 )
 from control_plane.artifacts import LocalArtifactStore
 from control_plane.federation import Federation
+from control_plane.migration import MOVING_TO
 from control_plane.settings import Settings
 from control_plane.store import (
     ArtifactRow,
@@ -165,6 +166,10 @@ class Reconciler:
         assert task is not None
         if task.state != TaskState.Running.value:
             return
+        if s.scalars(select(RunRow.id).where(  # issue 6: a failed make-before-break move
+                RunRow.task_id == run.task_id, RunRow.id != run.id, RunRow.state.in_(ACTIVE),
+                RunRow.reason.startswith(f"{MOVING_TO}{run.id} ", autoescape=True))).first() is not None:
+            return  # the old run still serves; the migration controller aborts the move
         spec = Task.model_validate(task.spec)
         if task.attempts <= spec.retries:
             delay = retry_delay(self.settings, task.attempts)

@@ -11,7 +11,9 @@ MAPE per target to ``/metrics``.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import threading
 import time
 from dataclasses import asdict
@@ -29,6 +31,7 @@ from placement import DataSource, PlacementRequest, Snapshot, default_framework,
 from placement.batch import ClassCachedPredictor
 from placement.learned import LearnedPredictor, ModelSet, ModelStore, Sample, train, twin_history
 from placement.plugins.load import with_load
+from placement.predict import DEFAULT_WORK_CORE_S
 
 if TYPE_CHECKING:
     from control_plane.server import ControlPlane
@@ -49,7 +52,9 @@ class ModelService:
         """Placement's plugins with the learned predictor, plus NodeLoad (live metrics)."""
         self.framework.mode = cp.settings.placement_mode
         self._lock = threading.Lock()
-        self._last_train = time.time()
+        latest = self.predictor.models
+        # the schedule survives restarts: it counts from the served set's training time
+        self._last_train = latest.trained_at if latest is not None else time.time()
         self._export()
 
     # ------------------------------------------------------------ data
@@ -77,7 +82,7 @@ class ModelService:
                 if run.started_at and run.dispatched_at:
                     wait = max(0.0, (run.started_at - run.dispatched_at).total_seconds())
                 out.append(Sample(
-                    work=task.work if task.work is not None else 60.0, cpu=r.cpu,
+                    work=task.work if task.work is not None else DEFAULT_WORK_CORE_S, cpu=r.cpu,
                     memory=r.memory, gpu=r.gpu, speed=nd.speed, cap_cpu=nd.capacity.cpu,
                     tier=str(nd.tier), idle_watts=nd.power.idle_watts,
                     max_watts=nd.power.max_watts, gpu_watts=nd.power.gpu_watts,
@@ -120,6 +125,7 @@ class ModelService:
                     "succeed, or train with source=twin", "too_few_samples")])
             ms = self.store.save(models, f"{source}: {len(recorded)} recorded + "
                                          f"{len(boot)} twin runs")
+            self._write_metadata(ms)
             self.predictor.use(ms)
             self._last_train = time.time()
             self._export()
@@ -147,6 +153,16 @@ class ModelService:
 
         threading.Thread(target=run, name="model-retrain", daemon=True).start()
 
+    def _write_metadata(self, ms: ModelSet) -> None:
+        """Rewrite ``models-v<N>.json`` as strict JSON: a MAPE that is undefined (no
+        observation > 0, e.g. the queue waits of an idle Slurm cluster are all 0) is
+        ``null``, not the bare ``NaN`` :meth:`ModelStore.save` writes."""
+        path = self.store.directory / f"models-v{ms.version}.json"
+        text = json.dumps(finite([asdict(i) for i in ms.info()]), indent=2, allow_nan=False)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
     def _export(self) -> None:
         ms: ModelSet | None = self.predictor.models
         g = self.cp.metrics.model_mape
@@ -161,9 +177,21 @@ class ModelService:
             "version": self.predictor.version,
             "fallback": self.predictor.analytic.version,
             "retrainIntervalS": self.cp.settings.model_retrain_interval_s,
-            "targets": [{_camel(k): v for k, v in asdict(i).items()}
+            "targets": [{_camel(k): v for k, v in finite(asdict(i)).items()}
                         for i in (ms.info() if ms else [])],
         }
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or ±inf float (at any depth of dicts/lists) as None, so
+    it serialises as strict JSON (``null``); e.g. a MAPE over no positive observation."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def _camel(name: str) -> str:

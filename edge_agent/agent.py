@@ -58,7 +58,7 @@ from edge_agent.protocol import (
     topic,
 )
 from edge_agent.runtime import Runtime, kill_orphan_group
-from edge_agent.telemetry import TelemetrySampler, parse_peer, tcp_rtt_ms
+from edge_agent.telemetry import BROKER, RttProber, TelemetrySampler, parse_peer
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,13 @@ class Agent:
         self.runtime = Runtime(config.state_dir, kill_grace=config.kill_grace,
                                upload_deadline=config.upload_deadline)
         self.sampler = TelemetrySampler(self.device_id, self.profile)
+        a = config.address
+        targets = {BROKER: (a.host, a.port)}
+        for spec in config.rtt_peers:
+            loc, host, port = parse_peer(spec)
+            targets[loc] = (host, port)
+        self.prober = RttProber(targets, interval_s=config.telemetry_interval)
+        """RTTs to the broker and the ``--rtt-peer`` targets, measured on its own threads."""
         self.rejected = 0
         self.connected = threading.Event()
         self._stop = threading.Event()
@@ -179,6 +186,7 @@ class Agent:
         self._telemetry_thread = threading.Thread(target=self._telemetry_loop,
                                                   name="telemetry", daemon=True)
         self._telemetry_thread.start()
+        self.prober.start()
 
     def wait(self) -> None:
         """Block until :meth:`stop` is called (from another thread or a signal handler)."""
@@ -193,6 +201,7 @@ class Agent:
         """Kill active runs (reported Failed), publish offline status, disconnect."""
         self._stopping = True
         self._stop.set()
+        self.prober.stop()
         for act in list(self._active.values()):
             act.cancel.set()
         for act in list(self._active.values()):
@@ -347,15 +356,9 @@ class Agent:
             if not self.connected.is_set():
                 continue
             try:
-                addr = self.config.address
-                peers = {}
-                for spec in self.config.rtt_peers:
-                    loc, host, port = parse_peer(spec)
-                    ms = tcp_rtt_ms(host, port)
-                    if ms is not None:
-                        peers[loc] = ms
-                t = self.sampler.sample(running=len(self._active),
-                                        rtt_ms=tcp_rtt_ms(addr.host, addr.port),
+                # the last RTTs the prober measured: probes never hold up a heartbeat
+                peers = self.prober.latest()
+                t = self.sampler.sample(running=len(self._active), rtt_ms=peers.pop(BROKER, None),
                                         peer_rtt_ms=peers)
                 self._client.publish(topic(self.device_id, "telemetry"), encode(t), qos=0)
             except Exception:

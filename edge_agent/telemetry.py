@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
@@ -54,6 +56,75 @@ def parse_peer(value: str) -> tuple[str, str, int]:
         raise ValueError(f"RTT peer {value!r} must be location=host:port, e.g. "
                          "munich-edge=10.0.0.5:443")
     return loc, host.strip("[]"), int(port)
+
+
+BROKER = ""
+"""The :class:`RttProber` target name of the agent's broker (no location can be empty)."""
+PROBE_WORKERS = 8
+"""Targets probed at the same time: a round lasts at most ⌈targets / 8⌉ probe timeouts."""
+
+
+class RttProber:
+    """Measures RTTs (:func:`tcp_rtt_ms`) to ``targets`` on its own threads, off the
+    telemetry path: telemetry publishes :meth:`latest` at once, so a blackholed peer
+    (each probe waits up to ``timeout_s``) delays only its own figure, never a heartbeat.
+
+    Args:
+        targets: name → (host, port); the agent uses ``""`` for its broker.
+        interval_s: seconds between the starts of two rounds (a round that takes
+            longer is followed at once by the next).
+        timeout_s: per-probe connect timeout (s).
+
+    Each result is stored as soon as its probe ends; a target that did not answer in
+    its last probe is absent from :meth:`latest`.
+    """
+
+    def __init__(self, targets: dict[str, tuple[str, int]], interval_s: float,
+                 timeout_s: float = 2.0) -> None:
+        self.targets = dict(targets)
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.rounds = 0
+        self._results: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Probe in the background until :meth:`stop` (no-op without targets)."""
+        if not self.targets or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="rtt-probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the probes in flight (each ends within ``timeout_s``); returns at once."""
+        self._stop.set()
+
+    def latest(self) -> dict[str, float]:
+        """name → the last measured RTT (ms) of every target that answered its last probe."""
+        with self._lock:
+            return dict(self._results)
+
+    def _probe(self, name: str, host: str, port: int) -> None:
+        ms = tcp_rtt_ms(host, port, timeout_s=self.timeout_s)
+        with self._lock:
+            if ms is None:
+                self._results.pop(name, None)
+            else:
+                self._results[name] = ms
+
+    def _loop(self) -> None:
+        with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(self.targets)),
+                                thread_name_prefix="rtt-probe") as pool:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                futures = [pool.submit(self._probe, name, host, port)
+                           for name, (host, port) in self.targets.items()]
+                for f in futures:
+                    f.result()
+                self.rounds += 1
+                self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - t0)))
 
 
 class TelemetrySampler:

@@ -93,6 +93,10 @@ class HttpPromClient:
         self._prom = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0),
                                        timeout=timeout_s)  # type: ignore[arg-type]
 
+    def close(self) -> None:
+        """Close the HTTP session (its pooled connections)."""
+        self._prom.close()
+
     def query(self, promql: str) -> list[dict[str, Any]]:
         try:
             return list(self._prom.custom_query(promql, timeout=self.timeout_s))  # type: ignore[arg-type]
@@ -202,17 +206,25 @@ class Collector:
             with ThreadPoolExecutor(max_workers=min(PARALLEL_SITES, len(monitored)),
                                     thread_name_prefix="prometheus") as pool:
                 list(pool.map(self._refresh_site, monitored))
+        wanted = {(s.name, s.prometheus_url or "", s.monitoring.timeout) for s in monitored}
         with self._lock:
             for gone in set(self._sites) - names:
                 del self._sites[gone]
+            # a site removed, or whose URL or timeout changed: its old session goes
+            stale = [self._clients.pop(k) for k in set(self._clients) - wanted]
+        for c in stale:
+            close = getattr(c, "close", None)
+            if close is not None:
+                close()
         self._refresh_devices()
         self.refreshes += 1
 
     def _client(self, site: str, url: str, timeout: float) -> PromClient:
         key = (site, url, timeout)  # one HTTP session per site: sites refresh in parallel
-        c = self._clients.get(key)
-        if c is None:
-            c = self._clients[key] = self.client(url, timeout)
+        with self._lock:
+            c = self._clients.get(key)
+            if c is None:
+                c = self._clients[key] = self.client(url, timeout)
         return c
 
     def _refresh_site(self, spec: SiteSpec) -> None:

@@ -1,20 +1,29 @@
 """The migration controller.
 
 Aspects: :func:`decide` moves when the gain over the horizon beats the cost (downtime,
-state bytes / bandwidth) by the hysteresis margin and the dwell time has passed, and
-not otherwise (table-driven); it never oscillates between two nodes whose costs swap
+state bytes / bandwidth) by the hysteresis margin, the current cost by the relative
+margin, and the dwell time has passed, and not otherwise (table-driven); through the
+controller, a queued job does not chase a negligibly better node (its lost queue age is
+charged) but does move to a much better one, and stays queued while its backend refuses
+the cancel; it never oscillates between two nodes whose costs swap
 within the hysteresis band, and the minimum dwell time bounds moves when they swap
 widely; end to end with the real broker and real agents, the work of a device that
 went offline is re-placed on another device within two heartbeat intervals, with a
-``RunMigrated`` event giving the reason, and the workflow still succeeds.
+``RunMigrated`` event giving the reason, and the workflow still succeeds; a broker
+outage longer than the grace (site Unreachable) moves nothing and the same run finishes;
+a make-before-break move whose new run fails (a device running a failing command)
+(a device whose local policy refuses it) leaves the old run serving and the workflow
+alive with ``retries: 0``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -26,7 +35,7 @@ from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from tests.conftest import AgentFactory, Mosquitto
 from tests.control_plane.harness import wait_state
-from tests.helpers import gate_source, wait_for
+from tests.helpers import gate_source, open_gate, wait_for
 
 H, HYST, DWELL = 600.0, 0.2, 120.0
 
@@ -44,6 +53,12 @@ CASES = [
                                          bandwidth_bps=10e9), True),
     ("dwell not reached", Candidate(0.9, 0.0, 60), False),
     ("no bandwidth", Candidate(0.9, 0.0, 300, state_bytes=1, bandwidth_bps=0), False),
+    # the relative margin: a free move still has to beat the current cost by 20 % of it
+    ("negligible gain, no cost", Candidate(0.101, 0.100, 121), False),
+    ("gain within the relative margin", Candidate(0.5, 0.41, 300), False),
+    ("gain just past the relative margin", Candidate(0.5, 0.39, 300), True),
+    ("a queued job's lost queue age outweighs the gain", Candidate(0.5, 0.1, 300,
+                                                                   downtime_s=230), False),
 ]
 
 
@@ -157,7 +172,6 @@ def test_work_of_an_offline_device_is_replaced_within_two_heartbeats(
             assert any(w in migrated[0]["message"] for w in ("not ready", "left the inventory"))
             old = client.get(f"/v1/runs/{first['id']}").json()
             assert old["state"] == "Migrated"
-            from datetime import datetime
             placed_at = datetime.fromisoformat(placed["placedAt"]).timestamp()
             print(f"re-placed {placed_at - killed_at:.2f} s after the device was killed")
             assert placed_at - killed_at <= 2 * HEARTBEAT_S, (placed_at - killed_at, events)
@@ -223,3 +237,203 @@ def test_service_moves_make_before_break_to_a_better_node_and_stays(tmp_path: Pa
         wait_for(lambda: cp.reconciler.cycles >= target, 30, message="40 more cycles")
         assert [r["state"] for r in runs()].count("Migrated") == 1
         assert 'continuum_migrations_total{reason="better-node"} 1.0' in api.get("/metrics").text
+
+
+def test_an_unreachable_site_moves_nothing_and_its_runs_finish_in_place(
+        tmp_path: Path) -> None:
+    """A broker outage longer than the grace: the site is Unreachable, its devices look
+    offline, yet its work is neither migrated nor duplicated; once the broker is back the
+    original run finishes and the workflow succeeds with that one run."""
+    from tests.conftest import AgentFactory, free_port
+    from tests.conftest import Mosquitto as Broker
+
+    grace = 3.0
+    broker = Broker(dir=tmp_path / "broker", port=free_port())
+    broker.dir.mkdir()
+    broker.start()
+    agents = AgentFactory(broker, tmp_path)
+    settings = Settings(state_dir=tmp_path / "cp", reconcile_interval_s=0.05,
+                        inventory_interval_s=0.05, model_retrain_interval_s=0,
+                        migration_lost_grace_s=grace)
+    cp = ControlPlane(settings, fleet(broker.url))
+    for k in range(2):
+        agents.spawn(f"dev-{k}", "--profile", "pi4", "--location", "factory",
+                     telemetry_interval=HEARTBEAT_S)
+    gate = tmp_path / "gate.pid"
+    cp.start()
+    try:
+        with TestClient(cp.app) as client:
+            wait_for(lambda: len(cp.federation.placeable_nodes()) == 2, 20,
+                     message="both devices ready")
+            doc = {"apiVersion": "continuum/v1", "kind": "Workflow",
+                   "metadata": {"name": "hold"},
+                   "spec": {"tasks": [{"name": "hold", "script": {
+                       "interpreter": [PY], "source": gate_source(gate, timeout=120)},
+                       "resources": {"cpu": 1, "memory": "64Mi"}}]}}
+            wf = client.post("/v1/workflows", json=doc).json()["id"]
+
+            def runs() -> list[dict]:
+                return client.get("/v1/runs", params={"workflow": wf}).json()["items"]
+
+            first = wait_for(lambda: next((r for r in runs() if r["state"] == "Running"),
+                                          None), 30, message="the run running")
+            wait_for(gate.exists, 30, message="the task to publish its pid")
+
+            broker.stop()
+            site = cp.federation.site("fleet")
+            wait_for(lambda: site.health.value == "Unreachable", 20,
+                     message="the site Unreachable while the broker is down")
+            down_at = time.time()
+            # down well past the grace and past the devices' offline window
+            wait_for(lambda: time.time() - down_at > 2 * grace
+                     and not cp.federation.placeable_nodes(), 30,
+                     message="the outage to outlast the grace")
+            assert [r["id"] for r in runs()] == [first["id"]]
+            assert runs()[0]["state"] == "Running"
+
+            broker.start()
+            wait_for(lambda: len(cp.federation.placeable_nodes()) == 2, 30,
+                     message="both devices ready again after the broker restart")
+            back_at, cycles = time.time(), cp.reconciler.cycles
+            wait_for(lambda: time.time() - back_at > grace
+                     and cp.reconciler.cycles > cycles + 20, 30,
+                     message="a grace period of cycles with the site back")
+            open_gate(gate)
+            done = wait_state(client, wf, ("Succeeded", "Failed"), timeout=60)
+            assert done["state"] == "Succeeded", done
+            assert [(r["id"], r["state"]) for r in runs()] == [(first["id"], "Succeeded")]
+            events = client.get(f"/v1/workflows/{wf}").json()["events"]
+            assert not [e for e in events if e["type"] == "RunMigrated"], events
+    finally:
+        cp.stop()
+        agents.close()
+        broker.stop()
+
+
+# ---------------------------------------------------------------- queued jobs, through reevaluate
+
+
+def hpc_site(name: str, speed: float, queue_wait: str) -> dict:
+    return {"name": name, "kind": "sim", "tier": "hpc", "location": "dc",
+            "config": {"timeScale": 1000, "nodes": [
+                {"name": "q", "count": 1, "cpu": 8, "memory": "32Gi", "speed": speed,
+                 "queueWait": queue_wait,
+                 "power": {"idleWatts": 50, "maxWatts": 200, "source": "test figure"}}]}}
+
+
+def test_a_queued_job_ignores_a_negligibly_better_node_but_moves_to_a_much_better_one(
+        tmp_path: Path) -> None:
+    from adapters.base import Handle
+    from continuum.errors import TransientError
+    from tests.control_plane.harness import control_plane
+
+    with control_plane(tmp_path, migration_interval_s=0.05, migration_min_dwell_s=0.0,
+                       model_retrain_interval_s=0) as (cp, api):
+        # 100 h of queue at 1000x: the job stays queued (Dispatched) for 6 wall minutes
+        assert api.post("/v1/sites", json=hpc_site("hpc-a", 1.0, "100h")).status_code == 201
+        doc = {"apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": "job"},
+               "spec": {"tasks": [{"name": "solve", "command": ["solve"], "work": 100,
+                                   "resources": {"cpu": 1, "memory": "64Mi"},
+                                   "constraints": {"tiers": ["hpc"]}}]}}
+        wf = api.post("/v1/workflows", json=doc).json()["id"]
+
+        def runs() -> list[dict]:
+            return api.get("/v1/runs", params={"workflow": wf}).json()["items"]
+
+        first = wait_for(lambda: next((r for r in runs() if r["state"] == "Dispatched"), None),
+                         20, message="the job queued")
+        assert first["node"] == "hpc-a/q"
+        queued_at = datetime.fromisoformat(first["dispatchedAt"]).timestamp()
+        wait_for(lambda: time.time() - queued_at >= 3.0, 20, message="3 s of queue age")
+        # a node better by a hair (1 % faster on a 100 h queue, a gain of about 1 cost-s):
+        # not worth the 3 s of queue age the job would give up — no move, however often
+        assert api.post("/v1/sites", json=hpc_site("hpc-b", 1.01, "100h")).status_code == 201
+        wait_for(lambda: "hpc-b/q" in {n.id for n in cp.federation.placeable_nodes()}, 10,
+                 message="hpc-b in the inventory")
+        target = cp.reconciler.cycles + 40
+        wait_for(lambda: cp.reconciler.cycles >= target, 30, message="40 more cycles")
+        assert [(r["id"], r["state"]) for r in runs()] == [(first["id"], "Dispatched")]
+
+        # a node without a queue: worth giving up the queue age; but first the backend
+        # refuses the cancel, and the job must stay queued where it is meanwhile
+        adapter = cp.federation.site("hpc-a").adapter
+        refusals: list[str] = []
+
+        def refuse(handle: Handle) -> None:
+            refusals.append(handle.run_id)
+            raise TransientError("the scheduler is restarting", site="hpc-a")
+
+        real_cancel = adapter.cancel
+        adapter.cancel = refuse  # type: ignore[method-assign]
+        assert api.post("/v1/sites", json=hpc_site("hpc-c", 1.0, "0s")).status_code == 201
+        wait_for(lambda: len(refusals) >= 3, 20, message="three refused cancels")
+        assert [(r["id"], r["state"]) for r in runs()] == [(first["id"], "Dispatched")]
+        adapter.cancel = real_cancel  # type: ignore[method-assign]
+        done = wait_state(api, wf, ("Succeeded", "Failed"), timeout=30)
+        assert done["state"] == "Succeeded", done
+        rs = {r["id"]: r for r in runs()}
+        assert rs[first["id"]]["state"] == "Migrated"
+        assert [r["node"] for r in rs.values() if r["state"] == "Succeeded"] == ["hpc-c/q"]
+        moved = next(e for e in api.get(f"/v1/workflows/{wf}").json()["events"]
+                     if e["type"] == "RunMigrated")
+        assert "better-node" in moved["message"] and "hpc-c/q" in moved["message"], moved
+        gain, cost = (float(x) for x in re.findall(r"gain ([\d.]+) vs cost ([\d.]+)",
+                                                   moved["message"])[0])
+        assert cost >= 3.0 and gain > 1.2 * cost, moved  # the queue age was charged
+
+
+# ---------------------------------------------------------------- a failed make-before-break
+
+
+def test_a_failed_move_leaves_the_old_service_serving(mosquitto: Mosquitto,
+                                                      agents: AgentFactory,
+                                                      tmp_path: Path) -> None:
+    """The new run fails (the device's local policy refuses its command): the move is
+    aborted, the old run keeps serving, the task is not failed although it has
+    ``retries: 0`` and no attempt is counted."""
+    from tests.control_plane.harness import control_plane
+
+    with control_plane(tmp_path, migration_interval_s=0.05, migration_min_dwell_s=0.0,
+                       model_retrain_interval_s=0) as (cp, api):
+        doc = {"apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": "svc"},
+               "spec": {"objective": {"time": 0, "latency": 0, "data": 0, "energy": 1},
+                        "tasks": [{"name": "serve", "kind": "service", "retries": 0,
+                                   "command": [PY, "-c", "import sys; sys.exit(3)"],
+                                   "work": 600, "resources": {"cpu": 1, "memory": "64Mi"}}]}}
+        wf = api.post("/v1/workflows", json=doc).json()["id"]
+
+        def runs() -> list[dict]:
+            return api.get("/v1/runs", params={"workflow": wf}).json()["items"]
+
+        first = wait_for(lambda: next((r for r in runs() if r["state"] == "Running"), None), 20,
+                         message="the service running")
+        assert first["node"].startswith("cloud/")
+        # a device appears, far more frugal (the objective counts energy only), whose
+        # agent's policy only allows `true`: it fails the run
+        site = {"name": "fleet", "kind": "devices", "tier": "device", "location": "dc",
+                "config": {"broker": mosquitto.url}}
+        assert api.post("/v1/sites", json=site).status_code == 201
+        agents.spawn("frugal", "--profile", "pi4", "--location", "dc", "--allow-command", "true")
+
+        def aborted() -> list[dict] | None:
+            events = api.get(f"/v1/workflows/{wf}").json()["events"]
+            return events if any(e["type"] == "MigrationAborted" for e in events) else None
+
+        events = wait_for(aborted, 40, message=lambda: f"a move aborted; runs {runs()}")
+        failed = [r for r in runs() if r["state"] == "Failed"]
+        assert failed and all(r["node"] == "fleet/frugal" for r in failed), runs()
+        assert any(e["type"] == "RunMigrating" for e in events)
+        old = api.get(f"/v1/runs/{first['id']}").json()
+        assert old["state"] == "Running", old
+        wf_now = api.get(f"/v1/workflows/{wf}").json()
+        assert wf_now["state"] == "Running", wf_now
+        assert not [e for e in wf_now["events"] if e["type"] in ("TaskFailed", "TaskRetry")]
+        with cp.store.session() as s:
+            from sqlalchemy import select
+
+            from control_plane.store import TaskRow
+            task = s.scalars(select(TaskRow).where(TaskRow.workflow_id == wf)).one()
+            assert (task.state, task.attempts) == ("Running", 1)
+        assert api.delete(f"/v1/workflows/{wf}").status_code == 202
+        done = wait_state(api, wf, ("Cancelled", "Failed", "Succeeded"), timeout=30)
+        assert done["state"] == "Cancelled", done

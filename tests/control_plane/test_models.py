@@ -6,7 +6,10 @@ it and exports MAPE per target on ``/metrics``; a restarted control plane loads 
 latest version; bad sources and nothing-to-train-on are clear 422s; recorded runs are
 training samples; ``POST /v1/placements:preview`` returns the plan and its predicted
 completion, energy and bytes moved without creating anything, and rejects invalid
-documents like submission does; decisions carry the learned model's version.
+documents like submission does; decisions carry the learned model's version; the
+retrain schedule counts from the latest set's training time across restarts; a MAPE
+that is undefined (an idle Slurm cluster's all-zero queue waits) is null in the API and
+in the stored metadata, not an HTTP 500.
 """
 
 from __future__ import annotations
@@ -127,3 +130,69 @@ def test_scheduled_retrain(tmp_path: Path) -> None:
         view = api.get("/v1/models").json()
         assert view["retrainIntervalS"] == 0.2
         assert all(t["source"].startswith("auto:") for t in view["targets"])
+
+
+def test_the_retrain_schedule_survives_a_restart(tmp_path: Path) -> None:
+    """The schedule counts from the served set's training time, not from the start."""
+    import time
+
+    import joblib
+
+    from tests.helpers import wait_for
+
+    with control_plane(tmp_path, model_bootstrap_samples=200) as (_, api):
+        assert api.post("/v1/models:retrain", params={"source": "twin"}).status_code == 200
+    # v1 was trained two hours ago (as if the control plane had been down since)
+    path = tmp_path / "models" / "models-v1.joblib"
+    ms = joblib.load(path)
+    ms.trained_at = time.time() - 7200
+    joblib.dump(ms, path)
+    with control_plane(tmp_path, model_retrain_interval_s=3600,
+                       model_bootstrap_samples=200) as (cp, api):
+        # overdue: retrained at once, not an hour after this start
+        wait_for(lambda: api.get("/v1/models").json()["version"] == "learned-v2", 30,
+                 message="the overdue retrain to serve learned-v2")
+    with control_plane(tmp_path, model_retrain_interval_s=3600,
+                       model_bootstrap_samples=200) as (cp, api):
+        # v2 is fresh: a restart does not retrain
+        target = cp.reconciler.cycles + 40
+        wait_for(lambda: cp.reconciler.cycles >= target, 30, message="40 cycles")
+        assert api.get("/v1/models").json()["version"] == "learned-v2"
+        assert not (tmp_path / "models" / "models-v3.joblib").exists()
+
+
+def test_undefined_mape_is_null_not_a_500(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An idle Slurm cluster: every queue wait is 0, so the queue-wait MAPE (over
+    observations > 0) is undefined — served and stored as null."""
+    import json
+
+    from continuum.model import SiteKind
+    from control_plane import routes_models
+    from placement.learned import twin_history
+
+    def idle_slurm_history(nodes, n):  # type: ignore[no-untyped-def]
+        # the twin's history of these nodes as Slurm partitions with nothing queued
+        return twin_history([nd.model_copy(update={"site_kind": SiteKind.slurm,
+                                                   "queue_wait_s": 0.0}) for nd in nodes], n)
+
+    monkeypatch.setattr(routes_models, "twin_history", idle_slurm_history)
+    with control_plane(tmp_path, model_bootstrap_samples=300) as (_, api):
+        r = api.post("/v1/models:retrain", params={"source": "twin"})
+        assert r.status_code == 200, r.text
+        r = api.get("/v1/models")
+        assert r.status_code == 200, r.text
+        targets = {t["target"]: t for t in r.json()["targets"]}
+        assert targets["queue_wait"]["mape"] is None
+        assert targets["queue_wait"]["analyticMape"] is None
+        assert targets["runtime"]["mape"] is not None
+        assert "NaN" not in r.text
+
+        def strict(name: str) -> float:
+            raise ValueError(f"{name} in the metadata JSON")
+
+        meta = json.loads((tmp_path / "models" / "models-v1.json").read_text(),
+                          parse_constant=strict)
+        assert next(m for m in meta if m["target"] == "queue_wait")["mape"] is None
+    with control_plane(tmp_path) as (_, api):  # loaded at start: still served
+        r = api.get("/v1/models")
+        assert r.status_code == 200 and r.json()["version"] == "learned-v1", r.text

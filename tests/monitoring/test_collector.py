@@ -6,7 +6,9 @@ exporter wins a field (Kepler over IPMI over RAPL; node-exporter over Slurm); Na
 and malformed samples are skipped; timestamps are kept; stale values mark the node
 and degrade the site with the reason; an unreachable Prometheus keeps the last values;
 a site whose series match no node says how to map them; blackbox probe RTTs and the
-devices' RTTs enter the topology as measured; NodeLoad's penalty for stale values.
+devices' RTTs enter the topology as measured; NodeLoad's penalty for stale values; the
+HTTP session of a site whose URL or timeout changed, or that was removed, is closed and
+dropped.
 The real-Prometheus behaviour is in test_prometheus*.py.
 """
 
@@ -244,3 +246,40 @@ def test_a_hung_site_does_not_hold_up_the_others() -> None:
     release.set()
     t.join(5)
     assert c.status("bad")["error"].endswith("(ReadTimeout: Read timed out)")  # type: ignore[index]
+
+
+def test_sessions_of_changed_or_removed_sites_are_closed_and_dropped() -> None:
+    made: list[tuple[str, float, FakeProm]] = []
+    closed: list[str] = []
+
+    class Closable(FakeProm):
+        def __init__(self, url: str) -> None:
+            super().__init__({"cpu_utilisation": [({"instance": "n1"}, 0.3)]})
+            self.url = url
+
+        def close(self) -> None:
+            closed.append(self.url)
+
+    def client(url: str, timeout: float) -> Closable:
+        p = Closable(url)
+        made.append((url, timeout, p))
+        return p
+
+    c = Collector(client=client, clock=lambda: T0)
+
+    def spec(name: str, url: str, timeout: str = "2s") -> SiteSpec:
+        return SiteSpec(name=name, kind=SiteKind.sim, prometheus_url=url,
+                        monitoring={"timeout": timeout})
+
+    c.refresh([spec("a", "http://a1.invalid"), spec("b", "http://b.invalid")])
+    c.refresh([spec("a", "http://a1.invalid"), spec("b", "http://b.invalid")])
+    assert [(u, t) for u, t, _ in made] == [("http://a1.invalid", 2.0), ("http://b.invalid", 2.0)]
+    assert closed == []
+    c.refresh([spec("a", "http://a2.invalid"), spec("b", "http://b.invalid", "5s")])  # changed
+    assert sorted(closed) == ["http://a1.invalid", "http://b.invalid"]
+    assert sorted(c._clients) == [("a", "http://a2.invalid", 2.0), ("b", "http://b.invalid", 5.0)]
+    c.refresh([spec("b", "http://b.invalid", "5s")])  # a removed
+    assert closed[-1] == "http://a2.invalid"
+    assert list(c._clients) == [("b", "http://b.invalid", 5.0)]
+    c.refresh([])
+    assert c._clients == {} and len(closed) == 4 and len(made) == 4
