@@ -178,8 +178,9 @@ class Reconciler:
             add_event(s, "TaskRetry", task.reason, workflow_id=run.workflow_id, run_id=run.id)
         else:
             task.state = TaskState.Failed.value
-            task.reason = (f"failed after {task.attempts} attempt(s); last: {run.reason}"
-                           + (f" (exit code {run.exit_code})" if run.exit_code is not None else ""))
+            task.reason = f"failed after {task.attempts} attempt(s); last: {run.reason}"
+            if run.exit_code is not None and f"code {run.exit_code}" not in task.reason:
+                task.reason += f" (exit code {run.exit_code})"
             add_event(s, "TaskFailed", task.reason, workflow_id=run.workflow_id, run_id=run.id)
 
     def _cancel_on_backend(self, run: RunRow) -> str | None:
@@ -267,8 +268,8 @@ class Reconciler:
                 task.state, task.reason = TaskState.Succeeded.value, ""
         else:
             detail = reason or state.value
-            if st.exit_code is not None:
-                detail += f" (exit code {st.exit_code})"
+            if st.exit_code is not None and f"code {st.exit_code}" not in detail:
+                detail += f" (exit code {st.exit_code})"  # unless the backend's reason says it
             self._set_run_state(s, run, state, f"{state.value.lower()} on {run.node}: {detail}")
             self._run_failed(s, run, now)
 

@@ -27,6 +27,7 @@ def test_failing_task_is_retried_then_fails_the_workflow(tmp_path: Path) -> None
     assert all(r["state"] == "Failed" and r["exitCode"] == 1 for r in runs)
     assert "task 'flaky' failed after 3 attempt(s)" in wf["reason"]
     assert "exit code 1" in wf["reason"]
+    assert wf["reason"].count("code 1") == 1, wf["reason"]  # said once, not per layer
     tasks = {t["name"]: t for t in wf["tasks"]}
     assert tasks["flaky"]["state"] == "Failed"
     assert tasks["after"]["state"] == "Cancelled"
