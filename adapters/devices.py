@@ -172,6 +172,10 @@ class DevicesAdapter:
         """Payloads rejected (malformed, wrong version, device id mismatch)."""
         self.malformed_by_reason: Counter[str] = Counter()
         self._connected = threading.Event()
+        self._connected_at = 0.0
+        """ctx.clock() of the last (re)connection to the broker: a device's silence counts
+        from no earlier than this, so devices are not declared offline merely because the
+        broker (or this side's connection) was down while they were reconnecting."""
         self._last_error = "not connected yet"
         self._attempt = 0
         self._closing = False
@@ -213,6 +217,7 @@ class DevicesAdapter:
             self._arm_backoff()
             return
         self._attempt = 0
+        self._connected_at = self.ctx.clock()
         for leaf in ("hello", "status", "telemetry", "runs/+"):
             client.subscribe(f"{TOPIC_PREFIX}/+/{leaf}", qos=1)
         self._connected.set()
@@ -319,8 +324,11 @@ class DevicesAdapter:
         return d
 
     def _online(self, d: _Device, now: float) -> bool:
+        """Online: its last status said so and it was heard within ``offline_after`` of
+        ``now`` — or of this side's last (re)connection, whichever is later (after a broker
+        restart each agent gets ``offline_after`` to reconnect before it counts offline)."""
         return (d.status is not None and d.status.state == "online"
-                and now - d.last_seen <= self.config.offline_after)
+                and now - max(d.last_seen, self._connected_at) <= self.config.offline_after)
 
     def _publish(self, device_id: str, payload: BaseModel, what: str) -> None:
         if not self._connected.is_set():

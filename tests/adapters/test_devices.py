@@ -212,3 +212,51 @@ def test_typed_errors(mosquitto, tmp_path, adapter, device) -> None:  # type: ig
         make_adapter("http://nope", tmp_path)
     with pytest.raises(PermanentError, match="bogus"):
         make_adapter(mosquitto.url, tmp_path, bogus=1)
+
+
+def test_a_broker_restart_gives_devices_offline_after_to_come_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After the adapter reconnects, a device's silence counts from the reconnection, so a
+    device that was silent only because the broker was down is not declared offline (and
+    its work migrated) before it had ``offlineAfter`` to reconnect itself."""
+    import paho.mqtt.client as mqtt
+
+    from continuum.model import PowerProfile
+    from edge_agent.protocol import DeviceStatus, Hello
+    from tests.conftest import Mosquitto
+
+    broker = Mosquitto(dir=tmp_path / "broker", port=free_port())
+    broker.dir.mkdir()
+    broker.start()
+    now = [1_000.0]
+    site = SiteSpec(name="fleet", kind=SiteKind.devices,
+                    config={"broker": broker.url, "offlineAfter": 5})
+    a = DevicesAdapter(site, AdapterContext(artifacts=_NoArtifacts(), state_dir=tmp_path,
+                                            wake=Wakes(), clock=lambda: now[0]))
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="d1")
+    try:
+        wait_for(lambda: a.connected, 10, message="adapter connected")
+        dev.connect("127.0.0.1", broker.port)
+        dev.loop_start()
+        hello = Hello(device_id="d1", hostname="d1", arch="aarch64", cpus=4, memory=2**30,
+                      location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4),
+                      agent_version="test")
+        for leaf, payload in (("hello", hello), ("status", DeviceStatus(device_id="d1",
+                                                                         state="online"))):
+            dev.publish(topic("d1", leaf), encode(payload), qos=1).wait_for_publish(5)
+
+        def ready() -> bool | None:
+            return next((n.ready for n in a.inventory() if n.name == "d1"), None)
+
+        wait_for(lambda: ready() is True, 10, message="device d1 ready")
+        dev.loop_stop()  # the device stays silent from here on
+        broker.stop()
+        wait_for(lambda: not a.connected, 10, message="adapter sees the broker gone")
+        now[0] += 30  # the outage outlasts offlineAfter
+        broker.start()
+        wait_for(lambda: a.connected, 30, message="adapter reconnected")
+        assert ready() is True, "silent only since the reconnection: not offline yet"
+        now[0] += 6  # offlineAfter after the reconnection, still silent
+        assert ready() is False
+    finally:
+        a.close()
+        broker.stop()
