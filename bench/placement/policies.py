@@ -62,7 +62,7 @@ def _static_masks(requests: Sequence[PlacementRequest], snap: Snapshot) -> list[
 def _fits(req: PlacementRequest, snap: Snapshot) -> np.ndarray:
     r = req.task.resources
     return (snap.free_cpu + CPU_EPS >= r.cpu) & (snap.free_mem >= r.memory) \
-        & (snap.free_gpu >= r.gpu)
+        & snap.gpu_fit(r.gpu)
 
 
 def _generic(choose: Callable[[PlacementRequest, Snapshot, np.ndarray], int]) -> Policy:
