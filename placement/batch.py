@@ -417,6 +417,9 @@ class BatchAssigner:
         "Knapsack Problems", 1990, §7.3); ``best`` = both from the same capacity, keeping
         the one of higher :meth:`value` (ties → size).
         """
+        for req in requests:  # the batch is known demand: every order sees all of it
+            for observe in self._observers:
+                observe(req)
         if order == "best":
             return self._best_of(requests)
         out = np.full(len(requests), -1, dtype=np.int64)
