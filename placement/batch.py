@@ -303,6 +303,19 @@ class BatchAssigner:
         s.take_gpus(i, r.gpu)
         return i
 
+    def prefetch(self, requests: Sequence[PlacementRequest]) -> None:
+        """Let the predictor evaluate the task classes of ``requests`` not yet cached over
+        the node-class representatives at once (one vectorised call per target, e.g.
+        :meth:`placement.learned.LearnedPredictor.prefetch`); a no-op for predictors
+        without ``prefetch``."""
+        assert self.classes is not None
+        fn = getattr(self.framework.predictor, "prefetch", None)
+        if not callable(fn):
+            return
+        todo = [r.task for r in requests if task_class_key(r) not in self.cache]
+        if todo:
+            fn(todo, self.classes.rep_snap)
+
     def assign_one(self, req: PlacementRequest) -> int:
         """The chosen node index (capacity deducted), or -1 when nothing fits."""
         assert self.classes is not None
@@ -422,6 +435,7 @@ class BatchAssigner:
                 observe(req)
         if order == "best":
             return self._best_of(requests)
+        self.prefetch(requests)
         out = np.full(len(requests), -1, dtype=np.int64)
         idx = size_order(requests)
         if order == "regret":
@@ -510,6 +524,12 @@ class ClassCachedPredictor:
             return snap.queue_wait_s
         cl = node_classes(snap)
         return np.asarray(fn(task, cl.rep_snap))[cl.of]
+
+    def prefetch(self, tasks: Sequence[Task], snap: Snapshot) -> None:
+        """The inner predictor's ``prefetch`` over the class representatives, if any."""
+        fn = getattr(self.inner, "prefetch", None)
+        if callable(fn):
+            fn(tasks, node_classes(snap).rep_snap)
 
     def transfer(self, sources: Sequence[DataSource], snap: Snapshot
                  ) -> tuple[np.ndarray, np.ndarray]:
