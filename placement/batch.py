@@ -32,7 +32,7 @@ exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -193,8 +193,8 @@ def evaluate(req: PlacementRequest, classes: NodeClasses, fw: Framework,
     raw: dict[str, np.ndarray] = {}
     floors: dict[str, float] = {}
     for p in fw.scores:
-        if not p.lower_is_better:
-            continue  # benefits have no cost form; the default plugins are all costs
+        if not p.lower_is_better or getattr(p, "dynamic", False):
+            continue  # benefits have no cost form; dynamic terms are added per request
         raw[p.name] = np.asarray(p.score(req, rep, state, mask), dtype=np.float64)
         floors[p.name] = p.floor
     cost = linear_cost(raw, floors, fw.weights(req.objective), mask)
@@ -231,16 +231,24 @@ class BatchAssigner:
     best_fit: bool = True
     """Within a class take the fitting node with the least free cpu (best fit, which
     leaves large holes for large requests); False = the first fitting node."""
+    dynamic_candidates: int = 1024
+    """Most nodes a dynamic score plugin (GPU fragmentation) is evaluated on per request."""
 
     def __post_init__(self) -> None:
         if self.classes is None:
             self.classes = NodeClasses(self.snap)
         self._static: dict[tuple[object, ...], np.ndarray] = {}
+        self._observers: list[Callable[[PlacementRequest], None]] = []
         cl = self.classes
         s = self.snap
         self._ub_cpu = np.array([s.free_cpu[m].max() if m.size else -1.0 for m in cl.members])
         self._ub_mem = np.array([s.free_mem[m].max() if m.size else -1 for m in cl.members])
         self._ub_gpu = np.array([s.free_gpu[m].max() if m.size else -1 for m in cl.members])
+        self._has_gpu = bool(s.gpu_slots.shape[1]) and bool((s.gpu_slots > 0).any())
+        for p in self.framework.scores:
+            observe = getattr(p, "observe", None)
+            if callable(observe):
+                self._observers.append(observe)
 
     def costs(self, req: PlacementRequest) -> ClassCosts:
         """The cached :class:`ClassCosts` of ``req``'s task class."""
@@ -256,10 +264,67 @@ class BatchAssigner:
             self.cache[key] = cc
         return cc
 
+    def _dynamic(self, req: PlacementRequest) -> tuple[object, float, float] | None:
+        """The dynamic score plugin in use (GPU fragmentation), its weight and the sum of
+        the static weights; None when there is none with weight > 0 or no GPU at all."""
+        if not self._has_gpu:
+            return None
+        weights = self.framework.weights(req.objective)
+        for p in self.framework.scores:
+            if getattr(p, "dynamic", False) and weights.get(p.name, 0.0) > 0:
+                pressure = getattr(p, "pressure", None)
+                if callable(pressure) and pressure(self.snap) <= 0:
+                    return None  # the term is 0 on every node: the static order decides
+                ws = sum(w for q in self.framework.scores if not getattr(q, "dynamic", False)
+                         and q.lower_is_better and (w := weights.get(q.name, 0.0)) > 0)
+                return p, weights[p.name], ws
+        return None
+
+    def _fits(self, m: np.ndarray, cpu: float, mem: int, gpu: int) -> np.ndarray:
+        s = self.snap
+        fits = (s.free_cpu[m] >= cpu) & (s.free_mem[m] >= mem)
+        if gpu > 0:
+            fits &= s.gpu_fit(gpu, m) if s.gpu_unit > 1 else s.free_gpu[m] >= gpu
+        return fits
+
+    def _refresh_bounds(self, c: int) -> None:
+        assert self.classes is not None
+        s, m = self.snap, self.classes.members[c]
+        self._ub_cpu[c] = s.free_cpu[m].max()
+        self._ub_mem[c] = s.free_mem[m].max()
+        self._ub_gpu[c] = s.free_gpu[m].max()
+
+    def _take(self, i: int, req: PlacementRequest) -> int:
+        r = req.task.resources
+        s = self.snap
+        s.free_cpu[i] -= r.cpu
+        s.free_mem[i] -= r.memory
+        s.free_gpu[i] -= r.gpu
+        s.take_gpus(i, r.gpu)
+        return i
+
+    def prefetch(self, requests: Sequence[PlacementRequest]) -> None:
+        """Let the predictor evaluate the task classes of ``requests`` not yet cached over
+        the node-class representatives at once (one vectorised call per target, e.g.
+        :meth:`placement.learned.LearnedPredictor.prefetch`); a no-op for predictors
+        without ``prefetch``."""
+        assert self.classes is not None
+        fn = getattr(self.framework.predictor, "prefetch", None)
+        if not callable(fn):
+            return
+        todo = [r.task for r in requests if task_class_key(r) not in self.cache]
+        if todo:
+            fn(todo, self.classes.rep_snap)
+
     def assign_one(self, req: PlacementRequest) -> int:
         """The chosen node index (capacity deducted), or -1 when nothing fits."""
         assert self.classes is not None
+        for observe in self._observers:
+            observe(req)
         cc = self.costs(req)
+        dyn = self._dynamic(req)
+        if dyn is not None:
+            return self._assign_dynamic(req, cc, *dyn)
         r = req.task.resources
         cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
         s = self.snap
@@ -267,23 +332,80 @@ class BatchAssigner:
             if self._ub_cpu[c] < cpu or self._ub_mem[c] < mem or self._ub_gpu[c] < gpu:
                 continue
             m = self.classes.members[c]
-            fits = (s.free_cpu[m] >= cpu) & (s.free_mem[m] >= mem) & (s.free_gpu[m] >= gpu)
+            fits = self._fits(m, cpu, mem, gpu)
             if self.best_fit:
                 left = np.where(fits, s.free_cpu[m], np.inf)
                 k = int(left.argmin())
             else:
                 k = int(fits.argmax())
             if not fits[k]:
-                self._ub_cpu[c] = s.free_cpu[m].max()
-                self._ub_mem[c] = s.free_mem[m].max()
-                self._ub_gpu[c] = s.free_gpu[m].max()
+                self._refresh_bounds(int(c))
                 continue
-            i = int(m[k])
-            s.free_cpu[i] -= r.cpu
-            s.free_mem[i] -= r.memory
-            s.free_gpu[i] -= r.gpu
-            return i
+            return self._take(int(m[k]), req)
         return -1
+
+    def _tightest(self, m: np.ndarray, k: int, gpu: int) -> np.ndarray:
+        """The ``k`` fitting nodes of ``m`` with the least free GPU units (a GPU
+        request) or least free cpu (otherwise): best-fit candidates."""
+        if m.size <= k:
+            return m
+        s = self.snap
+        key = s.free_gpu[m].astype(np.float64) if gpu > 0 else s.free_cpu[m]
+        return m[np.argpartition(key, k - 1)[:k]]
+
+    def _assign_dynamic(self, req: PlacementRequest, cc: ClassCosts, plugin: object,
+                        w_dyn: float, w_static: float) -> int:
+        """Static class cost plus the dynamic term over the fitting nodes.
+
+        A node's cost is ``(W_s·cost_class + w_d·d_node) / (W_s + w_d)`` with
+        ``d_node = 1 − f / (x + f)``, ``x`` the plugin's raw cost minus its minimum over
+        the candidates and ``f`` its floor — the framework's normalisation. Since
+        ``d ∈ [0, 1]``, a class whose ``W_s·cost`` exceeds the first fitting class's by
+        more than ``w_d`` can never win: only the classes within that band are scanned
+        (vectorised over their members). When those hold more than
+        :attr:`dynamic_candidates` fitting nodes, each class contributes only its
+        tightest ones (:meth:`_tightest`), so a decision costs ``O(C + candidates)``
+        whatever the cluster size. Ties → least free cpu (best fit).
+        """
+        assert self.classes is not None
+        r = req.task.resources
+        cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
+        s = self.snap
+        cand: list[np.ndarray] = []
+        first: float | None = None
+        for c in cc.order:
+            sc = float(cc.cost[c])
+            if first is not None and w_static * (sc - first) > w_dyn:
+                break
+            if self._ub_cpu[c] < cpu or self._ub_mem[c] < mem or self._ub_gpu[c] < gpu:
+                continue
+            m = self.classes.members[c]
+            fits = self._fits(m, cpu, mem, gpu)
+            if not fits.any():
+                self._refresh_bounds(int(c))
+                continue
+            if first is None:
+                first = sc
+            cand.append(m[fits])
+        if not cand:
+            return -1
+        total_cand = sum(c.size for c in cand)
+        if total_cand > self.dynamic_candidates:
+            per = max(1, self.dynamic_candidates // len(cand))
+            cand = [self._tightest(c, per, gpu) for c in cand]
+        idx = np.concatenate(cand)
+        static = cc.cost[self.classes.of[idx]]
+        raw = np.zeros(idx.size)
+        has = s.gpu_slots[idx].any(axis=1)  # no free GPU: nothing to fragment, ΔF = 0
+        if has.any():
+            raw[has] = plugin.delta(req, s, idx[has])  # type: ignore[attr-defined]
+        x = raw - raw.min()
+        f = float(plugin.floor)  # type: ignore[attr-defined]
+        d = 1.0 - f / (x + f)
+        total = (w_static * static + w_dyn * d) / (w_static + w_dyn)
+        best = np.flatnonzero(total <= total.min() + 1e-12)
+        k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
+        return self._take(int(idx[k]), req)
 
     def release(self, i: int, cpu: float, memory: int, gpu: int) -> None:
         """Give capacity back to node ``i`` (a run ended); raises the class bounds."""
@@ -292,6 +414,7 @@ class BatchAssigner:
         s.free_cpu[i] += cpu
         s.free_mem[i] += memory
         s.free_gpu[i] += gpu
+        s.give_gpus(i, gpu)
         c = self.classes.of[i]
         self._ub_cpu[c] = max(self._ub_cpu[c], s.free_cpu[i])
         self._ub_mem[c] = max(self._ub_mem[c], s.free_mem[i])
@@ -307,8 +430,12 @@ class BatchAssigner:
         "Knapsack Problems", 1990, §7.3); ``best`` = both from the same capacity, keeping
         the one of higher :meth:`value` (ties → size).
         """
+        for req in requests:  # the batch is known demand: every order sees all of it
+            for observe in self._observers:
+                observe(req)
         if order == "best":
             return self._best_of(requests)
+        self.prefetch(requests)
         out = np.full(len(requests), -1, dtype=np.int64)
         idx = size_order(requests)
         if order == "regret":
@@ -332,17 +459,19 @@ class BatchAssigner:
         """Both orders from the same starting capacity; keep the higher :meth:`value`."""
         s = self.snap
         saved = (s.free_cpu.copy(), s.free_mem.copy(), s.free_gpu.copy(),
-                 self._ub_cpu.copy(), self._ub_mem.copy(), self._ub_gpu.copy())
+                 self._ub_cpu.copy(), self._ub_mem.copy(), self._ub_gpu.copy(),
+                 s.gpu_slots.copy())
         by_size = self.assign(requests, "size")
         after_size = (s.free_cpu.copy(), s.free_mem.copy(), s.free_gpu.copy(),
-                      self._ub_cpu.copy(), self._ub_mem.copy(), self._ub_gpu.copy())
+                      self._ub_cpu.copy(), self._ub_mem.copy(), self._ub_gpu.copy(),
+                      s.gpu_slots.copy())
         (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
-         self._ub_gpu[:]) = saved
+         self._ub_gpu[:], s.gpu_slots[:]) = saved
         by_regret = self.assign(requests, "regret")
         if self.value(requests, by_regret) > self.value(requests, by_size):
             return by_regret
         (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
-         self._ub_gpu[:]) = after_size
+         self._ub_gpu[:], s.gpu_slots[:]) = after_size
         return by_size
 
     def cost_of(self, req: PlacementRequest, node: int) -> float:
@@ -396,6 +525,12 @@ class ClassCachedPredictor:
         cl = node_classes(snap)
         return np.asarray(fn(task, cl.rep_snap))[cl.of]
 
+    def prefetch(self, tasks: Sequence[Task], snap: Snapshot) -> None:
+        """The inner predictor's ``prefetch`` over the class representatives, if any."""
+        fn = getattr(self.inner, "prefetch", None)
+        if callable(fn):
+            fn(tasks, node_classes(snap).rep_snap)
+
     def transfer(self, sources: Sequence[DataSource], snap: Snapshot
                  ) -> tuple[np.ndarray, np.ndarray]:
         return self.inner.transfer(sources, snap)  # type: ignore[attr-defined, no-any-return]
@@ -432,14 +567,24 @@ def naive_assign(requests: Sequence[PlacementRequest], snap: Snapshot,
                 static &= f.filter(req, snap, state).mask
         r = req.task.resources
         fits = static & (snap.free_cpu + CPU_EPS >= r.cpu) & (snap.free_mem >= r.memory) \
-            & (snap.free_gpu >= r.gpu)
+            & snap.gpu_fit(r.gpu)
         if not fits.any():
             continue
         raw = {p.name: np.asarray(p.score(req, snap, state, static), dtype=np.float64)
-               for p in fw.scores if p.lower_is_better}
+               for p in fw.scores if p.lower_is_better and not getattr(p, "dynamic", False)}
         floors = {p.name: p.floor for p in fw.scores}
-        cost = linear_cost(raw, floors, fw.weights(req.objective), static)
+        weights = fw.weights(req.objective)
+        cost = linear_cost(raw, floors, weights, static)
         cost[~fits] = np.inf
+        ws = sum(w for n, w in weights.items() if n in raw and w > 0)
+        for p in fw.scores:
+            wd = weights[p.name]
+            if getattr(p, "dynamic", False) and wd > 0 and snap.gpu_slots.any():
+                dyn = np.asarray(p.score(req, snap, state, fits), dtype=np.float64)
+                d = 1.0 - p.floor / (dyn + p.floor)
+                cost = np.where(fits, (ws * np.where(fits, cost, 0.0) + wd * d) / (ws + wd),
+                                np.inf)
+                ws += wd
         k = int(np.argmin(cost))
         snap.assume(k, req.task.resources)
         out[i] = k

@@ -10,7 +10,8 @@ and the :class:`~placement.predict.Predictor` they share. For one request it:
 2. runs every score plugin over the feasible nodes and normalises its raw values to
    0..100 (100 = best) — see :func:`normalize`;
 3. combines them: ``total = Σ w_p · s_p / Σ w_p``, with ``w_p`` the workflow
-   objective's weight of the term the plugin serves (time, latency, energy, data).
+   objective's weight of the term the plugin serves (time, latency, energy, data), or
+   the plugin's own ``weight`` for a term outside the objective (GPU fragmentation).
 
 Outcomes are values: a node that does not fit is a False in a mask with a reason, never
 an exception.
@@ -31,8 +32,10 @@ if TYPE_CHECKING:
     from placement.assign import PlacementRequest
     from placement.snapshot import Snapshot
 
-Term = Literal["time", "latency", "energy", "data"]
-"""The objective term a score plugin serves (a field of ``continuum.model.Objective``)."""
+Term = Literal["time", "latency", "energy", "data", "fragmentation"]
+"""The objective term a score plugin serves: a field of ``continuum.model.Objective``,
+or ``fragmentation`` (weighted by the plugin's own ``weight``)."""
+OBJECTIVE_TERMS = frozenset({"time", "latency", "energy", "data"})
 
 MAX_SCORE = 100.0
 
@@ -201,7 +204,8 @@ class Framework:
 
     def weights(self, objective: Objective) -> dict[str, float]:
         """Plugin name → weight of its term in ``objective``."""
-        return {p.name: float(getattr(objective, p.term)) for p in self.scores}
+        return {p.name: float(getattr(objective, p.term)) if p.term in OBJECTIVE_TERMS
+                else float(getattr(p, "weight", 1.0)) for p in self.scores}
 
     def run_scores(
         self, req: PlacementRequest, snap: Snapshot, state: CycleState, mask: np.ndarray
@@ -222,13 +226,22 @@ class Framework:
 
 
 def default_framework(predictor: Predictor | None = None) -> Framework:
-    """Constraints, resources and SLO filters; completion, latency, energy, locality scores."""
-    from placement.plugins import completion, constraints, energy, latency, locality, resources
+    """Constraints, resources and SLO filters; completion, latency, energy, locality and
+    GPU fragmentation (weight 1) scores."""
+    from placement.plugins import (
+        completion,
+        constraints,
+        energy,
+        fragmentation,
+        latency,
+        locality,
+        resources,
+    )
 
     return Framework(
         filters=[constraints.NodeConstraints(), resources.NodeResourcesFit(),
                  latency.SloLatency()],
         scores=[completion.CompletionTime(), latency.SloLatency(), energy.Energy(),
-                locality.DataLocality()],
+                locality.DataLocality(), fragmentation.GpuFragmentation()],
         predictor=predictor or AnalyticPredictor(),
     )

@@ -38,6 +38,11 @@ class Snapshot:
         nodes: the candidate nodes (any readiness; the constraints filter checks it).
         network: RTT/bandwidth between location names.
         now: cycle time (Unix seconds); recorded, not used by the analytic predictors.
+        gpu_unit: GPU quantity units per physical GPU: 1 when ``Resources.gpu`` counts
+            whole GPUs (the control plane), 1000 when it counts milli-GPUs (GPU sharing,
+            as in the Alibaba trace). A request below one unit is *fractional* and must
+            fit on a single GPU; one of ``k`` units or more needs ``ceil(k / unit)``
+            entirely free GPUs.
 
     Arrays (length ``n = len(nodes)``), built in ``__post_init__``:
         ``free_cpu`` (cores, float64), ``free_mem`` (bytes, int64), ``free_gpu`` (int64)
@@ -49,12 +54,16 @@ class Snapshot:
         ``queue_wait_s`` (s); ``taint_group`` (int index into ``taint_sets``);
         ``utilisation`` (measured CPU busy fraction, NaN when unknown) and
         ``metrics_stale`` (bool: that value is older than its site's bound);
-        ``alloc_cpu`` (cores, ``allocatable.cpu``).
+        ``alloc_cpu`` (cores, ``allocatable.cpu``);
+        ``gpu_slots`` (int64, shape ``(n, G)``, G = most physical GPUs on a node): free
+        units per physical GPU, 0 where a node has fewer GPUs — built from the pooled
+        free count as whole free GPUs first, then one partly used GPU with the rest.
     """
 
     nodes: list[Node]
     network: Network
     now: float = 0.0
+    gpu_unit: int = 1
     _rtt_cache: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
     _bw_cache: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
     _label_cache: dict[tuple[str, str], np.ndarray] = field(
@@ -86,6 +95,20 @@ class Snapshot:
                                      for nd in nodes], dtype=np.float64)
         self.metrics_stale = np.array([nd.metrics_stale for nd in nodes], dtype=bool)
         self.alloc_cpu = np.array([nd.allocatable.cpu for nd in nodes], dtype=np.float64)
+        if self.gpu_unit < 1:
+            raise ValueError(f"Snapshot gpu_unit must be >= 1 (units per GPU), got {self.gpu_unit}")
+        unit = self.gpu_unit
+        cap_gpus = np.array([-(-nd.capacity.gpu // unit) for nd in nodes], dtype=np.int64)
+        g = int(cap_gpus.max()) if self.n else 0
+        slots = np.zeros((self.n, g), dtype=np.int64)
+        if g:
+            col = np.arange(g)[None, :]
+            pooled = np.minimum(np.maximum(self.free_gpu, 0), cap_gpus * unit)[:, None]
+            whole = pooled // unit
+            slots[:] = np.where(col < whole, unit, 0)
+            slots += np.where(col == whole, pooled % unit, 0)
+            slots[col >= cap_gpus[:, None]] = 0
+        self.gpu_slots = slots
 
         self.locations: list[str] = []
         loc_index: dict[str, int] = {}
@@ -157,11 +180,66 @@ class Snapshot:
 
     # ------------------------------------------------------------------ assume
 
+    def gpu_fit(self, gpu: int, idx: np.ndarray | None = None) -> np.ndarray:
+        """Boolean, True where a request of ``gpu`` units fits the GPUs of the nodes
+        ``idx`` (default all): pooled count when ``gpu_unit`` is 1, else one GPU with
+        ``gpu`` free units (fractional) or ``ceil(gpu / unit)`` entirely free GPUs."""
+        rows = slice(None) if idx is None else idx
+        if gpu <= 0:
+            return np.ones(self.n if idx is None else len(idx), dtype=bool)
+        if self.gpu_unit == 1 or self.gpu_slots.shape[1] == 0:
+            return self.free_gpu[rows] >= gpu
+        slots = self.gpu_slots[rows]
+        if gpu < self.gpu_unit:
+            return slots.max(axis=1) >= gpu
+        need = -(-gpu // self.gpu_unit)
+        return (slots == self.gpu_unit).sum(axis=1) >= need
+
+    def take_gpus(self, i: int, gpu: int) -> None:
+        """Deduct ``gpu`` units from node ``i``'s physical GPUs: a fractional request
+        from the GPU with the least free units that holds it (best fit: a partly used
+        GPU before an empty one), a whole-GPU request from entirely free GPUs."""
+        if gpu <= 0 or self.gpu_slots.shape[1] == 0:
+            return
+        row = self.gpu_slots[i]
+        unit = self.gpu_unit
+        if gpu < unit:
+            holds = row >= gpu
+            j = int(np.argmin(np.where(holds, row, np.iinfo(np.int64).max)))
+            if not holds[j]:
+                j = int(np.argmax(row))
+            row[j] -= min(gpu, int(row[j]))
+            return
+        left = gpu
+        for j in np.argsort(-row, kind="stable"):
+            if left <= 0:
+                break
+            take = min(int(row[j]), left)
+            row[j] -= take
+            left -= take
+
+    def give_gpus(self, i: int, gpu: int) -> None:
+        """Return ``gpu`` units to node ``i``'s GPUs (a run ended): fills the most used
+        GPUs first. Which GPU a fractional run held is not recorded here, so this
+        restores the pooled count exactly and the per-GPU layout approximately."""
+        if gpu <= 0 or self.gpu_slots.shape[1] == 0:
+            return
+        row = self.gpu_slots[i]
+        cap = -(-int(self.nodes[i].capacity.gpu) // self.gpu_unit)
+        left = gpu
+        for j in np.argsort(row[:cap], kind="stable"):
+            if left <= 0:
+                break
+            give = min(self.gpu_unit - int(row[j]), left)
+            row[j] += give
+            left -= give
+
     def assume(self, i: int, resources: Resources) -> None:
         """Deduct ``resources`` from node ``i``'s free arrays (assume-and-deduct)."""
         self.free_cpu[i] -= resources.cpu
         self.free_mem[i] -= resources.memory
         self.free_gpu[i] -= resources.gpu
+        self.take_gpus(i, resources.gpu)
 
     def copy(self) -> Snapshot:
         """A snapshot sharing nodes, network and caches but with its own free arrays."""
@@ -169,4 +247,5 @@ class Snapshot:
         other.free_cpu = self.free_cpu.copy()
         other.free_mem = self.free_mem.copy()
         other.free_gpu = self.free_gpu.copy()
+        other.gpu_slots = self.gpu_slots.copy()
         return other

@@ -9,7 +9,12 @@ filter: the others have no notion of RTT SLOs (kube-scheduler does not).
 * ``random``: uniformly among the feasible nodes (seeded).
 * ``round-robin``: the next feasible node after the last one chosen, cyclically.
 * ``kube-default``: kube-scheduler's default scoring, re-implemented from
-  kubernetes/kubernetes v1.31 ``pkg/scheduler``: ``NodeResourcesFit`` with the
+  kubernetes/kubernetes v1.30 ``pkg/scheduler`` (formulas checked against the source:
+  ``leastRequestedScore`` = ``(capacity − requested)·100/capacity`` in int64, 0 when
+  requested > capacity, over the *non-zero* requests — a zero cpu/memory request counts
+  as 100 millicores / 200 MiB, ``util.GetNonzeroRequestForResource``;
+  ``balancedResourceScorer`` over the real requests, fractions capped at 1, ``std =
+  |f_cpu − f_mem|/2`` for two resources, ``int64((1 − std)·100)``): ``NodeResourcesFit`` with the
   ``LeastAllocated`` strategy (cpu and memory, weight 1 each:
   ``score = Σ_r w_r·(allocatable_r − requested_r)·100/allocatable_r / Σ w_r``,
   ``plugins/noderesources/least_allocated.go``) plus ``NodeResourcesBalancedAllocation``
@@ -62,7 +67,7 @@ def _static_masks(requests: Sequence[PlacementRequest], snap: Snapshot) -> list[
 def _fits(req: PlacementRequest, snap: Snapshot) -> np.ndarray:
     r = req.task.resources
     return (snap.free_cpu + CPU_EPS >= r.cpu) & (snap.free_mem >= r.memory) \
-        & (snap.free_gpu >= r.gpu)
+        & snap.gpu_fit(r.gpu)
 
 
 def _generic(choose: Callable[[PlacementRequest, Snapshot, np.ndarray], int]) -> Policy:
@@ -118,10 +123,16 @@ def kube_default(seed: int = 0) -> Policy:
         r = req.task.resources
         alloc_cpu = np.array([nodes[j].allocatable.cpu for j in feas]) * 1000.0
         alloc_mem = np.array([float(nodes[j].allocatable.memory) for j in feas])
-        req_cpu = alloc_cpu - snap.free_cpu[feas] * 1000.0 + r.cpu * 1000.0
-        req_mem = alloc_mem - snap.free_mem[feas].astype(np.float64) + float(r.memory)
-        least = (np.floor((alloc_cpu - req_cpu) * 100 / alloc_cpu)
-                 + np.floor((alloc_mem - req_mem) * 100 / alloc_mem)) // 2
+        used_cpu = alloc_cpu - snap.free_cpu[feas] * 1000.0
+        used_mem = alloc_mem - snap.free_mem[feas].astype(np.float64)
+        req_cpu = used_cpu + r.cpu * 1000.0
+        req_mem = used_mem + float(r.memory)
+        # LeastAllocated counts a zero request as the non-zero default (100 millicores,
+        # 200 MiB: GetNonzeroRequestForResource); BalancedAllocation uses the real one
+        nz_cpu = used_cpu + (r.cpu * 1000.0 if r.cpu > 0 else 100.0)
+        nz_mem = used_mem + (float(r.memory) if r.memory > 0 else 200.0 * 2**20)
+        least = (np.floor(np.maximum(alloc_cpu - nz_cpu, 0) * 100 / alloc_cpu)
+                 + np.floor(np.maximum(alloc_mem - nz_mem, 0) * 100 / alloc_mem)) // 2
         fc = np.minimum(req_cpu / alloc_cpu, 1.0)
         fm = np.minimum(req_mem / alloc_mem, 1.0)
         std = np.abs(fc - fm) / 2.0

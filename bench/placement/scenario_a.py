@@ -240,4 +240,27 @@ def evaluate(job: Job, node_index: int, snap: Snapshot, types: list[str]) -> Out
                    true_energy(rt, t.resources.cpu, t.resources.gpu, ntype), wan, violated, True)
 
 
+def bounds(job: Job, snap: Snapshot, types: list[str]) -> tuple[float, float]:
+    """Per-job lower bounds under the ground truth, capacity ignored: (least completion
+    over the nodes that meet the job's arch and SLO, least energy over the nodes that meet
+    its arch and have its GPUs). Placing each job alone on its best node type beats any
+    placement of the batch, so the batch means of these bound every policy."""
+    t = job.request.task
+    best_c, best_e = float("inf"), float("inf")
+    seen: set[str] = set()
+    for k, nd in enumerate(snap.nodes):
+        if types[k] in seen:
+            continue
+        if (t.constraints.arch and nd.arch not in t.constraints.arch) \
+                or nd.capacity.gpu < t.resources.gpu or nd.capacity.cpu < t.resources.cpu:
+            continue
+        seen.add(types[k])
+        o = evaluate(job, k, snap, types)
+        assert o.completion_s is not None and o.energy_j is not None
+        best_e = min(best_e, o.energy_j)
+        if not o.slo_violated:
+            best_c = min(best_c, o.completion_s)
+    return best_c, best_e
+
+
 TIER_NAMES = [str(t) for t in TIERS]

@@ -8,11 +8,14 @@ Scheduling GPU-Sharing Workloads with Fragmentation Gradient Descent", USENIX AT
 
 Replay: pods arrive in ``creation_time`` order and leave at ``deletion_time``; each
 policy places each pod on arrival (capacity deducted, returned on departure). GPU
-demand is in milli-GPU units (``num_gpu × gpu_milli``; a node has ``gpu × 1000``) — a
-simplification that ignores which physical GPU a fractional share lands on (the
-paper's fragmentation model tracks that; we do not). To make the cluster contended,
-pod arrival times are compressed by :data:`TIME_COMPRESSION` (durations unchanged), as
-the paper inflates load to study fragmentation.
+demand is in milli-GPU units (``num_gpu × gpu_milli``; a node has ``gpu × 1000``) and
+tracked per physical GPU (the snapshot's ``gpu_unit`` = :data:`GPU_UNIT`): a fractional
+pod must fit on one GPU, a multi-GPU pod needs entirely free GPUs — as in the paper's
+simulator. (An earlier version pooled the milli-GPUs per node, which let a 0.6-GPU pod
+fit in two 0.3-GPU leftovers: unrealistic, and blind to the fragmentation FGD targets.)
+To make the cluster contended, pod arrival times are compressed by
+:data:`TIME_COMPRESSION` (durations unchanged), as the paper inflates load to study
+fragmentation.
 
 Energy (J) per pod = duration × (node cpu share × 250 W + GPU share × GPU TDP): a
 2-socket host at ≈250 W full load (SPECpower_ssj2008) and TDPs from NVIDIA data sheets
@@ -37,6 +40,8 @@ DEFAULT_TDP_W = 250.0
 HOST_MAX_W, HOST_IDLE_W = 250.0, 80.0
 TIME_COMPRESSION = 1.0
 MIB = 2**20
+GPU_UNIT = 1000
+"""Milli-GPUs per physical GPU."""
 
 
 @dataclass

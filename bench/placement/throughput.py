@@ -21,6 +21,8 @@ from bench.placement import scenario_a as A
 from continuum.model import Node, Objective, PowerProfile, Resources, Slo, Task
 from placement import DataSource, PlacementRequest, Snapshot, StaticNetwork
 from placement.batch import BatchAssigner, naive_assign
+from placement.framework import default_framework
+from placement.plugins.fragmentation import GpuFragmentation
 
 SITES = 8
 TEMPLATES = 50
@@ -89,10 +91,19 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     nodes, net = cluster(n)
     snap = Snapshot(nodes=nodes, network=net)
     rows = []
-    for label, reqs in (("continuum (templates)", requests(fast_requests)),
-                        ("continuum (distinct)", requests(min(fast_requests, 3000), 2, True))):
+    off = default_framework()
+    for plugin in off.scores:
+        if isinstance(plugin, GpuFragmentation):
+            plugin.weight = 0.0
+    for label, reqs, fw in (
+            ("continuum (templates)", requests(fast_requests), default_framework()),
+            ("continuum (distinct)", requests(min(fast_requests, 3000), 2, True),
+             default_framework()),
+            ("continuum (templates), fragmentation off", requests(fast_requests), off),
+            ("continuum (distinct), fragmentation off",
+             requests(min(fast_requests, 3000), 2, True), off)):
         t0 = time.perf_counter()
-        a = BatchAssigner(snap.copy())
+        a = BatchAssigner(snap.copy(), fw)
         build = time.perf_counter() - t0
         lat = np.empty(len(reqs))
         placed = 0

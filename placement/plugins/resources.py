@@ -1,5 +1,8 @@
 """NodeResourcesFit: the request's cpu, memory and gpu must fit in the node's free capacity.
 
+GPUs fit per physical GPU when the snapshot counts GPU shares
+(:meth:`placement.snapshot.Snapshot.gpu_fit`).
+
 Free capacity is ``node.free`` (or ``allocatable``) minus what this cycle already
 assumed onto the node (:meth:`placement.snapshot.Snapshot.assume`).
 """
@@ -45,7 +48,7 @@ class NodeResourcesFit:
                 f"request less memory than {fmt.mem(r.memory)} or wait for capacity",
             ),
             Rejection(
-                REASON_GPU, snap.free_gpu < r.gpu,
+                REASON_GPU, ~snap.gpu_fit(r.gpu),
                 lambda att: f"need {r.gpu}, largest free "
                             f"{max(int(snap.free_gpu[att].max()), 0)}",
                 "request fewer gpus or add a site with gpus",

@@ -20,9 +20,10 @@ def test_decision_fields_filled():
     d = out.decision
     assert isinstance(d, PlacementDecision) and out.reason == ""
     assert d.node in {"a/n1", "b/n3"} and d.site in {"a", "b"}
-    assert set(d.scores) == {"CompletionTime", "SloLatency", "Energy", "DataLocality"}
+    assert set(d.scores) == {"CompletionTime", "SloLatency", "Energy", "DataLocality",
+                             "GpuFragmentation"}
     assert all(0 <= v <= 100 for v in d.scores.values())
-    assert d.weights == dict.fromkeys(d.scores, 1.0)
+    assert d.weights == {**dict.fromkeys(d.scores, 1.0), "GpuFragmentation": 0.5}
     assert 0 < d.total <= 100
     assert d.feasible_nodes == 3 and d.filtered == {resources.REASON_CPU: 1}
     assert d.model_version == "analytic-v1"

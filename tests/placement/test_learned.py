@@ -103,3 +103,34 @@ def test_twin_bootstrap_trains_all_targets_it_has_data_for() -> None:
     assert {"runtime", "energy"} <= set(models)
     assert "queue_wait" not in models  # no Slurm node, no queue-wait data
     assert models["runtime"].mape < 5.0  # the twin is the analytic model: easy to learn
+
+
+def test_prefetch_predicts_all_task_classes_in_one_call_per_target() -> None:
+    models = train(samples(600))
+    nodes = [node(f"a/n{i}", cap, speed=sp, tier=t)
+             for i, (cap, sp, t) in enumerate([(4, 0.5, "device"), (8, 1.0, "cloud"),
+                                               (16, 1.5, "cloud")])]
+    tasks = [task(f"t{k}", cpu=c, work=w) for k, (c, w) in
+             enumerate([(1, 100.0), (2, 300.0), (4, 1000.0), (2, 50.0)])]
+    plain = LearnedPredictor(ModelSet(1, 0.0, "test", models))
+    want = [plain.runtime_s(t, Snapshot(nodes=nodes, network=network())) for t in tasks]
+
+    fetched = LearnedPredictor(ModelSet(1, 0.0, "test", models))
+    snap = Snapshot(nodes=nodes, network=network())
+    calls = {"n": 0}
+    rt_model = models["runtime"].model
+    inner = rt_model.predict
+
+    def counting(x: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        return inner(x)
+
+    rt_model.predict = counting
+    try:
+        fetched.prefetch(tasks, snap)
+        got = [fetched.runtime_s(t, snap) for t in tasks]
+    finally:
+        del rt_model.predict
+    assert calls["n"] == 1  # one call for 4 task classes × 3 nodes, then lookups
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12)

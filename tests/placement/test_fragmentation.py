@@ -1,0 +1,172 @@
+"""GPU fragmentation (FGD, Weng et al., USENIX ATC'23) as a score plugin.
+
+Aspects: the fragmentation measure on hand-computed states (FGD's and the fill-up
+extension); per-GPU fit and take (a fractional pod on one GPU, best fit); the plugin's
+choices through both the framework (`place`, the control plane's path) and the batch
+assigner, table-driven: a CPU-only pod avoids a GPU host when a CPU host fits, a
+fractional pod fills a partly used GPU before an empty one, a whole-GPU pod keeps a
+host of entirely free GPUs for multi-GPU work; weight 0 switches it off; bad input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from placement import Snapshot, default_framework, place
+from placement.batch import BatchAssigner
+from placement.framework import Framework
+from placement.plugins.fragmentation import GpuFragmentation, Workload, fragmentation
+from tests.placement.placement_factories import GI, network, node, request, task
+
+U = 1000  # milli-GPUs per GPU
+
+
+def fw_with(workload: Workload | None, weight: float = 1.0, scarcity: bool = False
+            ) -> Framework:
+    fw = default_framework()
+    for p in fw.scores:
+        if isinstance(p, GpuFragmentation):
+            p.workload = workload
+            p.weight = weight
+            p.scarcity = scarcity
+    return fw
+
+
+@pytest.mark.parametrize(("free_cpu", "slots", "wl", "fill", "expected"), [
+    # one GPU type (4 cpu, 1 whole GPU): fits → no partial GPU → 0 fragments
+    (8.0, [U, U], [(4.0, 0, U, 1.0)], False, 0.0),
+    # same but too little cpu: every idle GPU is a fragment (FGD case 1)
+    (2.0, [U, U], [(4.0, 0, U, 1.0)], False, 2.0),
+    # fractional type 0.5: the 0.3 leftover is a fragment, the 0.6 one is not
+    (8.0, [300, 600], [(1.0, 0, 500, 1.0)], False, 0.3),
+    # CPU-only type: all idle GPUs count (it can use none)
+    (8.0, [U, 200], [(1.0, 0, 0, 1.0)], False, 1.2),
+    # mixture: p-weighted sum
+    (2.0, [U, U], [(4.0, 0, U, 0.5), (1.0, 0, U, 0.5)], False, 1.0),
+    # fill-up: 6 cpu hold one 4-cpu pod only, so 1 of 2 free GPUs is stranded
+    (6.0, [U, U], [(4.0, 0, U, 1.0)], True, 1.0),
+    # fill-up, fractional 0.5 on [1.0, 0.6]: 3 pods fit (2 + 1) → 0.1 left over
+    (8.0, [U, 600], [(1.0, 0, 500, 1.0)], True, 0.1),
+])
+def test_fragmentation_measure(free_cpu: float, slots: list[int],
+                               wl: list[tuple[float, int, int, float]], fill: bool,
+                               expected: float) -> None:
+    got = fragmentation(np.array([free_cpu]), np.array([64 * GI]), np.array([slots]), U,
+                        Workload.of(wl), fill)
+    assert got[0] == pytest.approx(expected)
+
+
+def test_gpu_fit_and_take_are_per_gpu() -> None:
+    snap = Snapshot(nodes=[node("a/g", 16, 64 * GI, 2 * U)], network=network(), gpu_unit=U)
+    snap.take_gpus(0, 700)
+    snap.take_gpus(0, 700)  # 0.3 left on each GPU: 0.6 free in total
+    assert list(snap.gpu_slots[0]) == [300, 300]
+    assert not snap.gpu_fit(600)[0]          # pooled 600 would have said yes
+    assert snap.gpu_fit(300)[0]
+    snap2 = Snapshot(nodes=[node("a/g", 16, 64 * GI, 2 * U)], network=network(), gpu_unit=U)
+    snap2.take_gpus(0, 400)                  # GPU 0 partly used
+    snap2.take_gpus(0, 500)                  # best fit: onto GPU 0 (600 free), not GPU 1
+    assert list(snap2.gpu_slots[0]) == [100, U]
+    assert not snap2.gpu_fit(2 * U)[0] and snap2.gpu_fit(U)[0]
+
+
+GPU_TYPE = [(8.0, 8 * GI, U, 1.0)]
+CASES = [
+    # (name, nodes, pre-taken GPU units per node, request, workload, expected node)
+    ("cpu-only pod avoids a GPU host when a cpu host fits",
+     [node("a/gpu", 16, 64 * GI, 1 * U), node("a/cpu", 16, 64 * GI)], [0, 0],
+     task(cpu=10, mem=GI), GPU_TYPE, "a/cpu"),
+    ("cpu-only pod goes to the GPU host when it leaves room for the GPU work",
+     [node("a/gpu", 32, 64 * GI, 1 * U), node("a/cpu", 12, 64 * GI)], [0, 0],
+     task(cpu=10, mem=GI), GPU_TYPE, None),
+    ("fractional pod fills a partly used GPU before an empty one",
+     [node("a/empty", 16, 64 * GI, 1 * U), node("a/partial", 16, 64 * GI, 1 * U)], [0, 700],
+     task(cpu=1, mem=GI, gpu=300), [(1.0, GI, 500, 1.0)], "a/partial"),
+    ("whole-GPU pod keeps a host of entirely free GPUs for 2-GPU work",
+     [node("a/twofree", 16, 64 * GI, 2 * U), node("a/onefree", 16, 64 * GI, 2 * U)], [0, 300],
+     task(cpu=1, mem=GI, gpu=U), [(1.0, GI, 2 * U, 1.0)], "a/onefree"),
+]
+
+
+@pytest.mark.parametrize(("name", "nodes", "taken", "t", "wl", "expected"), CASES,
+                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("path", ["framework", "batch"])
+def test_fragmentation_choices(name: str, nodes: list, taken: list[int], t, wl,
+                               expected: str | None, path: str) -> None:
+    snap = Snapshot(nodes=nodes, network=network(), gpu_unit=U)
+    for i, units in enumerate(taken):
+        snap.free_gpu[i] -= units
+        snap.take_gpus(i, units)
+    fw = fw_with(Workload.of(wl))
+    if path == "framework":
+        out = place([request(t, latency=0, data=0)], snap, fw)[0]
+        assert out.decision is not None
+        chosen = out.decision.node
+    else:
+        j = BatchAssigner(snap, fw).assign_one(request(t, latency=0, data=0))
+        chosen = snap.ids[j]
+    if expected is None:
+        # no fragmentation either way: the static terms decide (the bigger host's
+        # smaller power share), exactly as without the plugin
+        base = fw_with(Workload.of(wl), weight=0.0)
+        ref = Snapshot(nodes=nodes, network=network(), gpu_unit=U)
+        j0 = BatchAssigner(ref, base).assign_one(request(t, latency=0, data=0))
+        assert chosen == ref.ids[j0]
+    else:
+        assert chosen == expected
+
+
+def test_weight_zero_switches_it_off() -> None:
+    # the GPU host has a much lower power per core: energy alone sends the pod there
+    nodes = [node("a/gpu", 64, 64 * GI, 1 * U, idle=50, max_w=200),
+             node("a/cpu", 12, 64 * GI, idle=50, max_w=200)]
+    t = task(cpu=10, mem=GI)
+    wl = Workload.of([(60.0, GI, U, 1.0)])
+    got = {}
+    for w in (0.0, 50.0):
+        snap = Snapshot(nodes=nodes, network=network(), gpu_unit=U)
+        out = place([request(t, latency=0, data=0)], snap, fw_with(wl, w))[0]
+        assert out.decision is not None
+        got[w] = out.decision.node
+    assert got == {0.0: "a/gpu", 50.0: "a/cpu"}
+
+
+@pytest.mark.parametrize(("taken", "knee", "expected"), [
+    (0, 0.0, 0.0), (1 * U, 0.0, 0.25), (2 * U, 0.0, 0.5), (3 * U, 0.5, 0.5), (1 * U, 0.5, 0.0),
+])
+def test_pressure_scales_with_allocated_gpus(taken: int, knee: float, expected: float) -> None:
+    snap = Snapshot(nodes=[node("a/g", 16, 64 * GI, 4 * U)], network=network(), gpu_unit=U)
+    snap.free_gpu[0] -= taken
+    assert GpuFragmentation(knee=knee).pressure(snap) == pytest.approx(expected)
+
+
+def test_idle_cluster_strands_nothing() -> None:
+    # with scarcity on and every GPU free, the term is neutral: energy decides
+    nodes = [node("a/gpu", 64, 64 * GI, 1 * U), node("a/cpu", 12, 64 * GI)]
+    snap = Snapshot(nodes=nodes, network=network(), gpu_unit=U)
+    fw = fw_with(Workload.of([(60.0, GI, U, 1.0)]), weight=50.0, scarcity=True)
+    out = place([request(task(cpu=10, mem=GI), latency=0, data=0)], snap, fw)[0]
+    assert out.decision is not None and out.decision.node == "a/gpu"
+
+
+def test_workload_learned_online_from_requests() -> None:
+    p = GpuFragmentation()
+    assert p.distribution() is None
+    p.observe(request(task(cpu=2, gpu=U), key="a"))
+    p.observe(request(task(cpu=2, gpu=U), key="a"))  # same key: counted once
+    p.observe(request(task(cpu=1), key="b"))
+    wl = p.distribution()
+    assert wl is not None
+    assert sorted(zip(wl.gpu.tolist(), wl.prob.tolist(), strict=True)) == [(0, 0.5), (U, 0.5)]
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Workload.of([])
+    with pytest.raises(ValueError, match="more than 0"):
+        Workload.of([(1.0, GI, U, 0.0)])
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        GpuFragmentation(weight=-1)
+    with pytest.raises(ValueError, match="gpu_unit must be >= 1"):
+        Snapshot(nodes=[node()], network=network(), gpu_unit=0)
