@@ -228,3 +228,26 @@ def open_gate(pid_file: Path, timeout: float = 30.0) -> None:
     """Let the task waiting in :func:`gate_source` go on (waits for its pid first)."""
     wait_for(pid_file.exists, timeout=timeout, message=f"the gated task to write {pid_file}")
     os.kill(int(pid_file.read_text()), signal.SIGUSR1)
+
+
+class Wakes:
+    """Counts ``ctx.wake()`` calls (adapters wake the reconciler on backend events)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+class NoArtifacts:
+    """An artifact store for adapters that must never store artifacts in-process (devices,
+    Kubernetes: their runs move artifacts over the HTTP API themselves)."""
+
+    def put_bytes(self, *a: Any, **k: Any) -> Any:
+        raise AssertionError("this adapter must not store artifacts in-process")
+
+    def record(self, *a: Any, **k: Any) -> Any:
+        return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,32 +24,14 @@ from continuum.errors import PermanentError, TransientError
 from continuum.model import Resources, RunState, SiteHealth, SiteKind, SiteSpec, Task
 from edge_agent.protocol import Telemetry, encode, topic
 from tests.conftest import free_port
-from tests.helpers import ArtifactServer, gate_source, open_gate, wait_for
+from tests.helpers import ArtifactServer, NoArtifacts, Wakes, gate_source, open_gate, wait_for
 
 PY = sys.executable
 
 
-class _NoArtifacts:
-    def put_bytes(self, workflow_id: str, name: str, data: bytes, *, simulated: bool = False):  # type: ignore[no-untyped-def]
-        raise AssertionError("the devices adapter must not store artifacts in-process")
-
-    def record(self, workflow_id: str, name: str) -> None:
-        return None
-
-
-class Wakes:
-    def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self._lock:
-            self.count += 1
-
-
 def make_adapter(url: str, tmp: Path, wake: Wakes | None = None, **config: Any) -> DevicesAdapter:
     site = SiteSpec(name="fleet", kind=SiteKind.devices, config={"broker": url, **config})
-    ctx = AdapterContext(artifacts=_NoArtifacts(), state_dir=tmp, wake=wake or Wakes())
+    ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp, wake=wake or Wakes())
     return DevicesAdapter(site, ctx)
 
 
@@ -230,7 +211,7 @@ def test_a_broker_restart_gives_devices_offline_after_to_come_back(tmp_path) -> 
     now = [1_000.0]
     site = SiteSpec(name="fleet", kind=SiteKind.devices,
                     config={"broker": broker.url, "offlineAfter": 5})
-    a = DevicesAdapter(site, AdapterContext(artifacts=_NoArtifacts(), state_dir=tmp_path,
+    a = DevicesAdapter(site, AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path,
                                             wake=Wakes(), clock=lambda: now[0]))
     dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="d1")
     try:

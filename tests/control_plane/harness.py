@@ -71,3 +71,29 @@ def wait_state(client: TestClient, workflow_id: str, states: tuple[str, ...],
     return wait_for(check, timeout=timeout,
                     message=lambda: f"workflow {workflow_id} to reach {states}; now "
                     f"{client.get(f'/v1/workflows/{workflow_id}').json()}")
+
+
+@contextmanager
+def served(state_dir: Path, **kw: Any) -> Iterator[str]:
+    """:func:`control_plane` served over real HTTP on a free loopback port; yields its URL
+    (for the CLI and the Python client, which talk HTTP)."""
+    import threading
+
+    import uvicorn
+
+    from control_plane.client import Client
+    from tests.conftest import free_port
+
+    with control_plane(state_dir, **kw) as (cp, _):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(cp.app, host="127.0.0.1", port=port,
+                                               log_level="warning", lifespan="off"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{port}"
+        wait_for(Client(url).ready, timeout=10, message="API ready")
+        try:
+            yield url
+        finally:
+            server.should_exit = True
+            thread.join(10)

@@ -8,37 +8,25 @@ error when the control plane cannot be reached.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 import yaml
 from typer.testing import CliRunner
 
 from control_plane.cli import app
 from control_plane.client import Client
 from tests.conftest import free_port
-from tests.control_plane.harness import control_plane, workflow
-from tests.helpers import wait_for
+from tests.control_plane.harness import served, workflow
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
-    with control_plane(tmp_path / "state") as (cp, _):
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(cp.app, host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="off"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{port}"
-        wait_for(Client(url).ready, timeout=10, message="API ready")
-        yield url
-        server.should_exit = True
-        thread.join(10)
+    with served(tmp_path / "state") as u:
+        yield u
 
 
 @pytest.mark.parametrize("args", [[], ["get"], ["describe"], ["submit"], ["server"], ["demo"],

@@ -8,7 +8,6 @@ it fails the test if any object it received was invalid against the 1.30 schemas
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,7 @@ from adapters.base import AdapterContext
 from adapters.kubernetes import KubeEdgeAdapter, KubernetesAdapter
 from continuum.model import SiteKind, SiteSpec
 from tests.adapters.kubernetes.apiserver import ApiServer
-
-
-class Wakes:
-    """Counts ``ctx.wake()`` calls (the adapter wakes the reconciler on each watch event)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self._lock:
-            self.count += 1
-
-
-class _NoArtifacts:
-    def put_bytes(self, *a: Any, **k: Any) -> Any:
-        raise AssertionError("the kubernetes adapter does not store artifacts itself")
-
-    def record(self, *a: Any, **k: Any) -> Any:
-        return None
+from tests.helpers import NoArtifacts, Wakes
 
 
 @pytest.fixture
@@ -64,7 +44,7 @@ def make_adapter(apiserver: ApiServer, tmp_path: Path) -> Iterator[AdapterFactor
         config.setdefault("kubeconfig", apiserver.kubeconfig())
         config.setdefault("watchTimeout", 2)
         site = SiteSpec(name=name, kind=SiteKind(kind), location="frankfurt", config=config)
-        ctx = AdapterContext(artifacts=_NoArtifacts(), state_dir=tmp_path, wake=wake or Wakes())
+        ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path, wake=wake or Wakes())
         adapter: KubernetesAdapter = (KubeEdgeAdapter(site, ctx) if kind == "kubeedge"
                                       else KubernetesAdapter(site, ctx))
         made.append(adapter)

@@ -25,9 +25,9 @@ from adapters.kubernetes.states import POD_STATE_TABLE
 from continuum.errors import AuthError, PermanentError, TransientError, UnsupportedError
 from continuum.model import Node, RunState, SiteHealth, Task, Tier
 from tests.adapters.kubernetes.apiserver import ApiServer
-from tests.adapters.kubernetes.conftest import AdapterFactory, Wakes
+from tests.adapters.kubernetes.conftest import AdapterFactory
 from tests.conftest import free_port
-from tests.helpers import wait_for
+from tests.helpers import Wakes, wait_for
 
 
 def task_run(name: str = "train", **task: Any) -> TaskRun:
