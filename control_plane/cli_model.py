@@ -34,19 +34,19 @@ def _request(url: str, method: str, path: str, **kw: Any) -> dict[str, Any]:
 def _error(value: float | None, metric: str) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.1f} %" if metric == "mape_percent" else f"{value:.1f} s"
+    return f"MAPE {value:.1f} %" if metric == "mape_percent" else f"MAE {value:.1f} s"
 
 
 def models_table(view: dict[str, Any]) -> Table:
     """Targets with version, samples and held-out error (learned vs analytic): MAPE (%)
     for runtime and energy, MAE (s) for queue wait."""
     t = Table(title=f"model {view['version']} (fallback {view['fallback']})")
-    for col in ("TARGET", "VERSION", "SAMPLES", "METRIC", "ERROR", "ANALYTIC ERROR", "SOURCE"):
+    for col in ("TARGET", "VERSION", "SAMPLES", "ERROR", "ANALYTIC", "SOURCE"):
         t.add_column(col)
     for x in view["targets"]:
         m = x["metric"]
-        t.add_row(x["target"], f"v{x['version']}", str(x["samples"]), m,
-                  _error(x["error"], m), _error(x["analyticError"], m), x["source"])
+        t.add_row(x["target"], f"v{x['version']}", str(x["samples"]), _error(x["error"], m),
+                  _error(x["analyticError"], m), x["source"])
     if not view["targets"]:
         t.caption = "untrained: the analytic model answers (run `continuum model train`)"
     return t

@@ -118,6 +118,7 @@ def test_cli_model_train_and_eval(tmp_path: Path, monkeypatch) -> None:  # type:
         res = runner.invoke(cli_model.app, ["train", "--source", "twin"])
         assert res.exit_code == 0, res.output
         assert "trained on 0 recorded + 300 twin runs" in res.output and "runtime" in res.output
+        assert "MAPE" in res.output and "n/a" not in res.output
         res = runner.invoke(cli_model.app, ["train", "--source", "nope"])
         assert res.exit_code == 1 and "unknown training source" in res.output
 
