@@ -31,14 +31,22 @@ def _request(url: str, method: str, path: str, **kw: Any) -> dict[str, Any]:
         raise typer.Exit(1) from e
 
 
+def _error(value: float | None, metric: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"MAPE {value:.1f} %" if metric == "mape_percent" else f"MAE {value:.1f} s"
+
+
 def models_table(view: dict[str, Any]) -> Table:
-    """Targets with version, samples and held-out MAPE (learned vs analytic)."""
+    """Targets with version, samples and held-out error (learned vs analytic): MAPE (%)
+    for runtime and energy, MAE (s) for queue wait."""
     t = Table(title=f"model {view['version']} (fallback {view['fallback']})")
-    for col in ("TARGET", "VERSION", "SAMPLES", "MAPE %", "ANALYTIC MAPE %", "SOURCE"):
+    for col in ("TARGET", "VERSION", "SAMPLES", "ERROR", "ANALYTIC", "SOURCE"):
         t.add_column(col)
     for x in view["targets"]:
-        t.add_row(x["target"], f"v{x['version']}", str(x["samples"]), f"{x['mape']:.1f}",
-                  f"{x['analyticMape']:.1f}", x["source"])
+        m = x["metric"]
+        t.add_row(x["target"], f"v{x['version']}", str(x["samples"]), _error(x["error"], m),
+                  _error(x["analyticError"], m), x["source"])
     if not view["targets"]:
         t.caption = "untrained: the analytic model answers (run `continuum model train`)"
     return t
@@ -61,7 +69,7 @@ def train(source: Annotated[str, typer.Option(
 
 @app.command("eval")
 def evaluate(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    """Show the served model's accuracy per target (held-out MAPE vs the analytic model)."""
+    """Show the served model's accuracy per target (held-out error vs the analytic model)."""
     view = _request(url, "GET", "/v1/models")
     if as_json:
         console.print_json(json.dumps(view))

@@ -6,17 +6,16 @@
 plus a bootstrap history from the digital twin (:func:`placement.learned.twin_history`
 over the current inventory), persists every trained set as a new version, retrains on
 a schedule (``settings.model_retrain_interval_s``; 0 = only on demand) and exports the
-MAPE per target to ``/metrics``.
+held-out error per target to ``/metrics`` (``continuum_model_mape_percent`` for runtime
+and energy, ``continuum_model_mae_seconds`` for queue wait).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
@@ -48,8 +47,10 @@ class ModelService:
         self.cp = cp
         self.store = ModelStore(cp.settings.state_dir / "models")
         self.predictor = LearnedPredictor(self.store.load_latest())
+        """The served predictor; replaced (never changed) by :meth:`serve`."""
         self.framework = with_load(default_framework(ClassCachedPredictor(self.predictor)))
-        """Placement's plugins with the learned predictor, plus NodeLoad (live metrics)."""
+        """Placement's plugins with the served predictor, plus NodeLoad (live metrics).
+        A placement batch reads this reference once and uses it throughout."""
         self.framework.mode = cp.settings.placement_mode
         self._lock = threading.Lock()
         latest = self.predictor.models
@@ -125,10 +126,8 @@ class ModelService:
                     "succeed, or train with source=twin", "too_few_samples")])
             ms = self.store.save(models, f"{source}: {len(recorded)} recorded + "
                                          f"{len(boot)} twin runs")
-            self._write_metadata(ms)
-            self.predictor.use(ms)
+            self.serve(ms)
             self._last_train = time.time()
-            self._export()
             log.info("models v%d trained on %d recorded + %d twin runs", ms.version,
                      len(recorded), len(boot))
         view = self.view()
@@ -153,22 +152,35 @@ class ModelService:
 
         threading.Thread(target=run, name="model-retrain", daemon=True).start()
 
-    def _write_metadata(self, ms: ModelSet) -> None:
-        """Rewrite ``models-v<N>.json`` as strict JSON: a MAPE that is undefined (no
-        observation > 0, e.g. the queue waits of an idle Slurm cluster are all 0) is
-        ``null``, not the bare ``NaN`` :meth:`ModelStore.save` writes."""
-        path = self.store.directory / f"models-v{ms.version}.json"
-        text = json.dumps(finite([asdict(i) for i in ms.info()]), indent=2, allow_nan=False)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    def serve(self, ms: ModelSet) -> None:
+        """Serve ``ms`` from the next placement batch on.
+
+        A new predictor and framework are built and published by replacing the
+        references (``self.framework`` and the reconciler's); a batch already placing
+        keeps the framework it read, so each decision's runtime, energy, queue wait and
+        recorded model version come from one model set, even when a background retrain
+        lands mid-batch.
+        """
+        predictor = LearnedPredictor(ms)
+        framework = replace(self.framework, predictor=ClassCachedPredictor(predictor))
+        self.predictor, self.framework = predictor, framework
+        reconciler = getattr(self.cp, "reconciler", None)
+        if reconciler is not None:
+            reconciler.framework = framework
+        self._export()
 
     def _export(self) -> None:
         ms: ModelSet | None = self.predictor.models
-        g = self.cp.metrics.model_mape
+        gauges = {"mape_percent": self.cp.metrics.model_mape,
+                  "mae_seconds": self.cp.metrics.model_mae}
+        for g in gauges.values():
+            g.clear()  # a target the served set lacks has no value
         for info in ms.info() if ms else []:
-            g.labels(info.target, "learned").set(info.mape)
-            g.labels(info.target, "analytic").set(info.analytic_mape)
+            g = gauges[info.metric]
+            g.labels(info.target, "learned").set(
+                info.error if info.error is not None else float("nan"))
+            g.labels(info.target, "analytic").set(
+                info.analytic_error if info.analytic_error is not None else float("nan"))
         self.cp.metrics.model_version.set(ms.version if ms else 0)
 
     def view(self) -> dict[str, Any]:
@@ -177,21 +189,9 @@ class ModelService:
             "version": self.predictor.version,
             "fallback": self.predictor.analytic.version,
             "retrainIntervalS": self.cp.settings.model_retrain_interval_s,
-            "targets": [{_camel(k): v for k, v in finite(asdict(i)).items()}
+            "targets": [{_camel(k): v for k, v in asdict(i).items()}
                         for i in (ms.info() if ms else [])],
         }
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every NaN or ±inf float (at any depth of dicts/lists) as None, so
-    it serialises as strict JSON (``null``); e.g. a MAPE over no positive observation."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
 
 
 def _camel(name: str) -> str:

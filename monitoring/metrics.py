@@ -58,7 +58,12 @@ class ControlPlaneMetrics:
         self.model_mape = Gauge(
             "continuum_model_mape_percent",
             "Held-out mean absolute percentage error per predictor target (%), learned vs "
-            "the analytic fallback.", ["target", "model"], registry=r)
+            "the analytic fallback (runtime, energy).", ["target", "model"], registry=r)
+        self.model_mae = Gauge(
+            "continuum_model_mae_seconds",
+            "Held-out mean absolute error per predictor target (s), learned vs the analytic "
+            "fallback (queue_wait: mostly 0 s waits, where a percentage is undefined).",
+            ["target", "model"], registry=r)
         self.model_version = Gauge(
             "continuum_model_version", "Version of the learned model set in use (0 = none).",
             registry=r)

@@ -23,15 +23,22 @@ widened by :data:`OOD_MARGIN` of that range, and the tier must have been seen; a
 that fails this is answered by the analytic model, and :meth:`LearnedPredictor.fallback`
 says why (the decision records it). An untrained predictor answers analytically.
 
-Accuracy is the mean absolute percentage error (MAPE, %) on a held-out 20 % split,
-reported beside the analytic model's MAPE on the same split.
+Accuracy is measured on a held-out 20 % of the samples (one seeded split shared by all
+targets, so no target is evaluated on rows another target's model was fitted on) and
+reported beside the analytic model's error on the same rows, in the target's
+:data:`ERROR_METRIC`: the mean absolute percentage error (MAPE, %) for runtime and
+energy; the mean absolute error in seconds (MAE, s) for queue wait, whose observations
+are mostly 0 (an idle Slurm cluster starts every job at once), where a percentage is
+undefined.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +53,14 @@ if TYPE_CHECKING:
     from placement.assign import DataSource
     from placement.snapshot import Snapshot
 
+log = logging.getLogger(__name__)
+
 TARGETS = ("runtime", "energy", "queue_wait")
+ERROR_METRIC = {"runtime": "mape_percent", "energy": "mape_percent", "queue_wait": "mae_seconds"}
+"""Target → the held-out error it is reported in: ``mape_percent`` (:func:`mape`, %) or
+``mae_seconds`` (:func:`mae`, s). Names match the ``continuum_model_*`` metrics."""
+HOLDOUT = 0.2
+"""Fraction of the samples held out for evaluation (:func:`holdout`)."""
 FEATURES = ("log_work", "cpu", "mem_gib", "gpu", "speed", "cap_cpu", "tier", "idle_watts",
             "max_watts", "gpu_watts", "node_queue_wait_s", "log_analytic_runtime")
 OOD_MARGIN = 0.1
@@ -86,8 +100,7 @@ def _matrix(work: np.ndarray, cpu: np.ndarray, mem: np.ndarray, gpu: np.ndarray,
             speed: np.ndarray, cap: np.ndarray, tier: np.ndarray, idle: np.ndarray,
             mx: np.ndarray, gw: np.ndarray, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(features (k, F), analytic runtime (k,)) from broadcastable arrays."""
-    cores = np.clip(cpu, 0.01, np.maximum(cap, 0.01))
-    analytic = work / (speed * cores)
+    analytic = runtime_s(work, cpu, speed, cap)
     cols = [np.log(np.maximum(work, 1e-3)), cpu, mem / GIB, gpu, speed, cap, tier, idle, mx,
             gw, qw, np.log(np.maximum(analytic, 1e-6))]
     k = max(np.size(c) for c in cols)
@@ -104,25 +117,51 @@ def sample_matrix(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
                    a("idle_watts"), a("max_watts"), a("gpu_watts"), a("node_queue_wait_s"))
 
 
-def _analytic_energy(rt: np.ndarray, cpu: np.ndarray, cap: np.ndarray, idle: np.ndarray,
-                     mx: np.ndarray, gpu: np.ndarray, gw: np.ndarray) -> np.ndarray:
-    """Analytic energy (J): ``rt × (idle·u + (max − idle)·u + gpu·gpu_watts)``."""
-    capc = np.maximum(cap, 0.01)
-    share = np.clip(cpu, 0.01, capc) / capc
-    return rt * (idle * share + (mx - idle) * share + gpu * gw)
-
-
 def mape(pred: np.ndarray, obs: np.ndarray) -> float:
-    """Mean absolute percentage error (%) over observations > 0."""
+    """Mean absolute percentage error (%) over observations > 0; NaN when there is none."""
     ok = obs > 0
     if not ok.any():
         return float("nan")
     return float(100.0 * np.mean(np.abs(pred[ok] - obs[ok]) / obs[ok]))
 
 
+def mae(pred: np.ndarray, obs: np.ndarray) -> float:
+    """Mean absolute error (in the unit of ``obs``); NaN when ``obs`` is empty."""
+    if obs.size == 0:
+        return float("nan")
+    return float(np.mean(np.abs(pred - obs)))
+
+
+def _error(metric: str, pred: np.ndarray, obs: np.ndarray) -> float:
+    return mape(pred, obs) if metric == "mape_percent" else mae(pred, obs)
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value``, or None when it is NaN or ±inf (strict JSON has no NaN: ``null``)."""
+    return value if math.isfinite(value) else None
+
+
+def holdout(n: int, seed: int = 0) -> np.ndarray:
+    """The rows of ``n`` samples that :func:`train` holds out for evaluation, bool ``(n,)``.
+
+    ``round(HOLDOUT × n)`` rows (at least one when ``n`` ≥ 2) chosen by a seeded
+    permutation; every target is evaluated on its usable rows among them and fitted on
+    its usable rows among the others.
+    """
+    test = np.zeros(n, dtype=bool)
+    k = min(max(1, round(HOLDOUT * n)), n - 1) if n >= 2 else 0
+    test[np.random.default_rng(seed).permutation(n)[:k]] = True
+    return test
+
+
 @dataclass
 class TargetModel:
-    """One trained target: the regressor, its feature ranges and its accuracy."""
+    """One trained target: the regressor, its feature ranges and its held-out accuracy.
+
+    ``error`` / ``analytic_error``: the learned and the analytic model's error on the
+    held-out rows, in ``metric`` (:data:`ERROR_METRIC`: % for ``mape_percent``, s for
+    ``mae_seconds``); NaN when no held-out row could be scored.
+    """
 
     target: str
     model: Any
@@ -130,8 +169,26 @@ class TargetModel:
     hi: np.ndarray
     tiers: list[int]
     samples: int
-    mape: float
-    analytic_mape: float
+    error: float
+    analytic_error: float
+    metric: str = "mape_percent"
+
+    @property
+    def mape(self) -> float:
+        """``error`` when it is a MAPE (%), else NaN (bench/placement reads this name)."""
+        return self.error if self.metric == "mape_percent" else float("nan")
+
+    @property
+    def analytic_mape(self) -> float:
+        """``analytic_error`` when it is a MAPE (%), else NaN."""
+        return self.analytic_error if self.metric == "mape_percent" else float("nan")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # sets pickled before ERROR_METRIC existed carry ``mape``/``analytic_mape`` (%)
+        if "error" not in state and "mape" in state:
+            state = {**state, "error": state.pop("mape"),
+                     "analytic_error": state.pop("analytic_mape"), "metric": "mape_percent"}
+        self.__dict__.update(state)
 
     def ood(self, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Rows of ``x`` out of distribution, and per row the first offending feature."""
@@ -160,56 +217,69 @@ def _fit(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
 def train(samples: Sequence[Sample], seed: int = 0) -> dict[str, TargetModel]:
     """Train every target with at least :data:`MIN_SAMPLES` usable samples.
 
-    80/20 split (seeded); MAPE on the 20 %, then refit on everything. Returns target →
-    model; targets without enough data are absent (the analytic model answers them).
+    Each target is fitted on its usable rows outside :func:`holdout` and scored on those
+    inside it (in :data:`ERROR_METRIC`), then refitted on all its usable rows. The
+    energy target is scored at the runtime the *training-split* runtime model predicts,
+    so no held-out row reaches the evaluation through the runtime model. Returns
+    target → model; targets without enough data are absent (the analytic model
+    answers them).
     """
-    rng = np.random.default_rng(seed)
     out: dict[str, TargetModel] = {}
     if not samples:
         return out
     x_all, analytic_all = sample_matrix(samples)
+    test = holdout(len(samples), seed)
     obs_rt = np.array([s.runtime_s for s in samples])
     cpu, cap = x_all[:, 1], x_all[:, 5]
     idle, mx, gw, gpu = x_all[:, 7], x_all[:, 8], x_all[:, 9], x_all[:, 3]
+    split_models: dict[str, Any] = {}
 
-    def fit_target(name: str, rows: np.ndarray, y: np.ndarray, back, analytic_pred: np.ndarray,
-                   obs: np.ndarray) -> None:
+    def analytic_energy(rt: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return energy_j(rt, cpu[rows], cap[rows], idle[rows], mx[rows], gpu[rows], gw[rows])
+
+    def fit_target(name: str, ok: np.ndarray, y: np.ndarray,
+                   back: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                   analytic_pred: np.ndarray, obs: np.ndarray) -> None:
+        """``ok``: usable rows; ``y``/``analytic_pred``/``obs`` over all rows."""
+        rows = np.flatnonzero(ok)
         if rows.size < MIN_SAMPLES:
             return
-        perm = rng.permutation(rows.size)
-        cut = max(1, int(0.8 * rows.size))
-        tr, te = rows[perm[:cut]], rows[perm[cut:]]
-        model = _fit(x_all[tr], y[perm[:cut]], seed)
-        pred = back(model.predict(x_all[te]), te) if te.size else np.zeros(0)
-        err = mape(pred, obs[perm[cut:]]) if te.size else float("nan")
-        a_err = mape(analytic_pred[perm[cut:]], obs[perm[cut:]]) if te.size else float("nan")
-        full = _fit(x_all[rows], y, seed)
+        tr, te = np.flatnonzero(ok & ~test), np.flatnonzero(ok & test)
+        err = a_err = float("nan")
+        if tr.size:
+            split_models[name] = _fit(x_all[tr], y[tr], seed)
+            if te.size:
+                metric = ERROR_METRIC[name]
+                err = _error(metric, back(split_models[name].predict(x_all[te]), te), obs[te])
+                a_err = _error(metric, analytic_pred[te], obs[te])
+        full = _fit(x_all[rows], y[rows], seed)
         xr = x_all[rows]
         out[name] = TargetModel(name, full, xr.min(axis=0), xr.max(axis=0),
                                 sorted({int(v) for v in xr[:, FEATURES.index("tier")]}),
-                                int(rows.size), err, a_err)
+                                int(rows.size), err, a_err, ERROR_METRIC[name])
 
-    ok = np.flatnonzero(obs_rt > 0)
-    fit_target("runtime", ok, np.log(obs_rt[ok] / analytic_all[ok]),
-               lambda p, te: analytic_all[te] * np.exp(p), analytic_all[ok], obs_rt[ok])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y_rt = np.log(obs_rt / analytic_all)
+    fit_target("runtime", obs_rt > 0, y_rt, lambda p, te: analytic_all[te] * np.exp(p),
+               analytic_all, obs_rt)
 
     e_obs = np.array([s.energy_j if s.energy_j is not None else -1.0 for s in samples])
-    ok = np.flatnonzero((e_obs > 0) & (obs_rt > 0))
-    base_obs = _analytic_energy(obs_rt, cpu, cap, idle, mx, gpu, gw)
-    base_an = _analytic_energy(analytic_all, cpu, cap, idle, mx, gpu, gw)
-    rt_model = out.get("runtime")
-    fit_target("energy", ok, np.log(e_obs[ok] / np.maximum(base_obs[ok], 1e-9)),
-               lambda p, te: _analytic_energy(
-                   analytic_all[te] * (np.exp(rt_model.model.predict(x_all[te]))
-                                       if rt_model else 1.0),
-                   cpu[te], cap[te], idle[te], mx[te], gpu[te], gw[te]) * np.exp(p),
-               base_an[ok], e_obs[ok])
+    base_obs = analytic_energy(obs_rt, np.arange(len(samples)))
+    base_an = analytic_energy(analytic_all, np.arange(len(samples)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y_e = np.log(e_obs / np.maximum(base_obs, 1e-9))
+
+    def energy_back(p: np.ndarray, te: np.ndarray) -> np.ndarray:
+        rt_model = split_models.get("runtime")  # fitted on training rows only
+        rt = analytic_all[te] * (np.exp(rt_model.predict(x_all[te])) if rt_model else 1.0)
+        return analytic_energy(rt, te) * np.exp(p)
+
+    fit_target("energy", (e_obs > 0) & (obs_rt > 0), y_e, energy_back, base_an, e_obs)
 
     q_obs = np.array([s.queue_wait_s if (s.queue_wait_s is not None and s.slurm) else -1.0
                       for s in samples])
-    ok = np.flatnonzero(q_obs >= 0)
-    fit_target("queue_wait", ok, np.log1p(q_obs[ok]), lambda p, te: np.expm1(p),
-               x_all[ok, FEATURES.index("node_queue_wait_s")], q_obs[ok])
+    fit_target("queue_wait", q_obs >= 0, np.log1p(np.maximum(q_obs, 0.0)),
+               lambda p, te: np.expm1(p), x_all[:, FEATURES.index("node_queue_wait_s")], q_obs)
     return out
 
 
@@ -218,14 +288,19 @@ def train(samples: Sequence[Sample], seed: int = 0) -> dict[str, TargetModel]:
 
 @dataclass
 class ModelInfo:
-    """What ``GET /v1/models`` shows for one target."""
+    """What ``GET /v1/models`` and ``models-v<N>.json`` show for one target.
+
+    ``metric``: :data:`ERROR_METRIC` of the target; ``error`` / ``analytic_error``: the
+    held-out error in it (% or s), None when undefined (no held-out row to score).
+    """
 
     target: str
     version: int
     trained_at: float
     samples: int
-    mape: float
-    analytic_mape: float
+    metric: str
+    error: float | None
+    analytic_error: float | None
     source: str
 
 
@@ -239,7 +314,9 @@ class ModelSet:
     models: dict[str, TargetModel] = field(default_factory=dict)
 
     def info(self) -> list[ModelInfo]:
-        return [ModelInfo(t, self.version, self.trained_at, m.samples, m.mape, m.analytic_mape,
+        """One :class:`ModelInfo` per target, by name; non-finite errors are None."""
+        return [ModelInfo(t, self.version, self.trained_at, m.samples, m.metric,
+                          finite_or_none(m.error), finite_or_none(m.analytic_error),
                           self.source) for t, m in sorted(self.models.items())]
 
 
@@ -247,9 +324,11 @@ class ModelStore:
     """Versioned model sets under ``<dir>``: ``models-v<N>.joblib`` + ``models-v<N>.json``.
 
     ``save`` writes the next version (never overwrites); ``load_latest`` returns the
-    highest version or None. The JSON side file holds the metadata (readable without
-    unpickling). Loading a file written by another scikit-learn version may fail: that
-    is reported as None (and the analytic model answers) rather than raised.
+    newest version that loads, or None. The JSON side file holds the metadata (strict
+    JSON, readable without unpickling). A file that does not load (corrupt, or written
+    by an incompatible scikit-learn) is logged as a warning and the next-older version
+    is tried, so the control plane keeps a learned model rather than falling back to
+    the analytic one in silence.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -269,46 +348,60 @@ class ModelStore:
         tmp = self.directory / f".models-v{v}.tmp"
         joblib.dump(ms, tmp)
         tmp.replace(self.directory / f"models-v{v}.joblib")
-        (self.directory / f"models-v{v}.json").write_text(json.dumps(
-            [asdict(i) for i in ms.info()], indent=2))
+        meta = json.dumps([asdict(i) for i in ms.info()], indent=2, allow_nan=False)
+        tmp = self.directory / f".models-v{v}.json.tmp"
+        tmp.write_text(meta)
+        tmp.replace(self.directory / f"models-v{v}.json")
         return ms
 
     def load_latest(self) -> ModelSet | None:
         import joblib
 
-        vs = self.versions()
-        if not vs:
-            return None
-        try:
-            ms = joblib.load(self.directory / f"models-v{vs[-1]}.joblib")
-        except Exception:  # noqa: BLE001 - a stale pickle must not stop the control plane
-            return None
-        return ms if isinstance(ms, ModelSet) else None
+        for v in reversed(self.versions()):
+            path = self.directory / f"models-v{v}.joblib"
+            try:
+                ms = joblib.load(path)
+            except Exception as e:  # noqa: BLE001 - a stale pickle must not stop the control plane
+                log.warning("cannot load model set %s (%s: %s); trying the previous version",
+                            path, type(e).__name__, e)
+                continue
+            if isinstance(ms, ModelSet):
+                return ms
+            log.warning("%s holds a %s, not a ModelSet; trying the previous version",
+                        path, type(ms).__name__)
+        return None
 
 
 # ---------------------------------------------------------------- the predictor
 
 
 class LearnedPredictor:
-    """A :class:`~placement.predict.Predictor` backed by a :class:`ModelSet`.
+    """A :class:`~placement.predict.Predictor` backed by one :class:`ModelSet`.
 
     ``version`` is ``learned-v<N>`` when a runtime model exists, else the analytic
     version. Per node, out-of-distribution rows fall back to the analytic value;
-    :meth:`fallback` explains it for a chosen node. Swap models with :meth:`use`.
+    :meth:`fallback` explains it for a chosen node.
+
+    The model set is fixed for the predictor's life (``models`` is read-only): to serve
+    a new set, build a new predictor (and framework) and publish that reference, so a
+    placement batch that holds one framework predicts runtime, energy and queue wait
+    and records its version from one and the same set (see
+    ``control_plane.routes_models.ModelService.serve``).
     """
 
     def __init__(self, models: ModelSet | None = None) -> None:
         self.analytic = AnalyticPredictor()
-        self.models = models
+        self._models = models
 
-    def use(self, models: ModelSet | None) -> None:
-        self.models = models
+    @property
+    def models(self) -> ModelSet | None:
+        return self._models
 
     @property
     def version(self) -> str:
-        if self.models is None or "runtime" not in self.models.models:
+        if self._models is None or "runtime" not in self._models.models:
             return self.analytic.version
-        return f"learned-v{self.models.version}"
+        return f"learned-v{self._models.version}"
 
     def _x(self, task: Task, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
         r = task.resources
@@ -319,7 +412,7 @@ class LearnedPredictor:
                        snap.gpu_watts, snap.queue_wait_s)
 
     def _model(self, target: str) -> TargetModel | None:
-        return None if self.models is None else self.models.models.get(target)
+        return None if self._models is None else self._models.models.get(target)
 
     def _task_key(self, task: Task) -> tuple[float, float, float, float]:
         r = task.resources
@@ -457,5 +550,6 @@ def twin_history(nodes: Sequence[Any], n: int = 2000, seed: int = 0) -> list[Sam
     return out
 
 
-__all__ = ["FEATURES", "TARGETS", "LearnedPredictor", "ModelInfo", "ModelSet", "ModelStore",
-           "Sample", "TargetModel", "mape", "sample_matrix", "train", "twin_history"]
+__all__ = ["ERROR_METRIC", "FEATURES", "TARGETS", "LearnedPredictor", "ModelInfo", "ModelSet",
+           "ModelStore", "Sample", "TargetModel", "finite_or_none", "holdout", "mae", "mape",
+           "sample_matrix", "train", "twin_history"]

@@ -48,26 +48,31 @@ MIN_CORES = 0.01
 
 
 def runtime_s(
-    work: float, cpu_request: float, speed: np.ndarray, cap_cpu: np.ndarray
+    work: float | np.ndarray, cpu_request: float | np.ndarray, speed: np.ndarray,
+    cap_cpu: np.ndarray,
 ) -> np.ndarray:
-    """Runtime (s) per node: ``work / (speed × clip(cpu_request, MIN_CORES, cap_cpu))``."""
+    """Runtime (s) per node: ``work / (speed × clip(cpu_request, MIN_CORES, cap_cpu))``.
+
+    Arguments broadcast (numpy): scalars for one task over nodes, or arrays of equal
+    shape for one (task, node) pair per element (:mod:`placement.learned`)."""
     cores = np.clip(cpu_request, MIN_CORES, np.maximum(cap_cpu, MIN_CORES))
     return work / (speed * cores)
 
 
 def energy_j(
     runtime: np.ndarray,
-    cpu_request: float,
+    cpu_request: float | np.ndarray,
     cap_cpu: np.ndarray,
     idle_watts: np.ndarray,
     max_watts: np.ndarray,
-    gpu_request: int,
+    gpu_request: int | np.ndarray,
     gpu_watts: np.ndarray,
 ) -> np.ndarray:
     """Energy (J) per node attributed to the task (Fan, Weber & Barroso, ISCA 2007).
 
     ``runtime × [ idle·u + (max − idle)·u + gpu_request·gpu_watts ]``,
-    ``u = clip(cpu_request, MIN_CORES, cap_cpu) / cap_cpu``.
+    ``u = clip(cpu_request, MIN_CORES, cap_cpu) / cap_cpu``. Arguments broadcast as in
+    :func:`runtime_s`.
     """
     cap = np.maximum(cap_cpu, MIN_CORES)
     share = np.clip(cpu_request, MIN_CORES, cap) / cap

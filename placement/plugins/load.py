@@ -8,9 +8,19 @@ metrics provider), the raw value is the expected slowdown of a new task under
 processor sharing, ``1 / (1 − u)`` (M/G/1-PS mean response time ``x / (1 − ρ)``,
 Kleinrock, *Queueing Systems* vol. 2, 1976), with ``u`` clipped to :data:`MAX_LOAD`.
 
+* the measurement does not yet show the work Continuum placed after it was taken. As
+  Trimaran's TargetLoadPacking adds the CPU requested by pods bound since the metrics
+  window to the measured utilisation (``missingCPUUtilMillis`` in
+  ``pkg/trimaran/targetloadpacking/targetloadpacking.go``), the cores assumed on the
+  node in this placement batch (``Snapshot.assume``) are added, as a share of its
+  capacity; and the node is never believed less busy than Continuum's own accounting,
+  ``1 − free/allocatable`` (work placed in earlier cycles that is not running yet):
+  ``u = max(u_measured + assumed/capacity, 1 − free/allocatable)``;
 * a **stale** value (older than its site's ``staleAfter``) is used with a penalty:
   ``u + STALE_PENALTY · (1 − u)`` — the last value, trusted less;
-* an **unknown** value falls back to Continuum's own accounting, ``1 − free/allocatable``.
+* an **unknown** value falls back to the accounting alone, ``1 − free/allocatable``;
+  capacity the accounting cannot bound (free or allocatable infinite, allocatable 0)
+  counts as 0 accounted load.
 
 Lower is better.
 """
@@ -36,15 +46,30 @@ STALE_PENALTY = 0.25
 """Share of the remaining headroom assumed busy when the value is stale."""
 
 
+def _initial_free_cpu(snap: Snapshot) -> np.ndarray:
+    """Free cores per node when ``snap`` was built (before any ``assume``); kept on it."""
+    cached = getattr(snap, "_initial_free_cpu", None)
+    if cached is None or cached[0] is not snap.nodes:
+        free = np.array([(nd.free if nd.free is not None else nd.allocatable).cpu
+                         for nd in snap.nodes], dtype=np.float64)
+        cached = (snap.nodes, free)
+        snap._initial_free_cpu = cached  # type: ignore[attr-defined]
+    return cached[1]
+
+
 def effective_load(snap: Snapshot) -> np.ndarray:
-    """Per node utilisation placement believes, 0..MAX_LOAD (see the module docstring)."""
-    u = snap.utilisation.copy()
-    unknown = np.isnan(u)
-    if unknown.any():
-        alloc = snap.alloc_cpu[unknown]
-        u[unknown] = 1.0 - np.divide(snap.free_cpu[unknown], alloc,
-                                     out=np.ones_like(alloc), where=alloc > 0)
-    u = np.clip(u, 0.0, 1.0)
+    """Per node utilisation placement believes, 0..MAX_LOAD, shape ``(n,)`` (module docstring)."""
+    free, alloc = snap.free_cpu, snap.alloc_cpu
+    bounded = np.isfinite(free) & np.isfinite(alloc) & (alloc > 0)
+    accounted = np.zeros(snap.n)
+    np.subtract(1.0, free / np.where(bounded, alloc, 1.0), out=accounted, where=bounded)
+    with np.errstate(invalid="ignore"):  # inf − inf where free is unbounded: not used
+        assumed = np.where(np.isfinite(free), _initial_free_cpu(snap) - free, 0.0)
+    cap = snap.cap_cpu
+    added = np.divide(np.maximum(assumed, 0.0), cap, out=np.zeros(snap.n),
+                      where=np.isfinite(cap) & (cap > 0))
+    # NaN (unknown) measured + added is NaN; fmax then takes the accounting alone
+    u = np.clip(np.fmax(snap.utilisation + added, accounted), 0.0, 1.0)
     u = np.where(snap.metrics_stale, u + STALE_PENALTY * (1.0 - u), u)
     return np.minimum(u, MAX_LOAD)
 

@@ -7,9 +7,10 @@ latest version; bad sources and nothing-to-train-on are clear 422s; recorded run
 training samples; ``POST /v1/placements:preview`` returns the plan and its predicted
 completion, energy and bytes moved without creating anything, and rejects invalid
 documents like submission does; decisions carry the learned model's version; the
-retrain schedule counts from the latest set's training time across restarts; a MAPE
-that is undefined (an idle Slurm cluster's all-zero queue waits) is null in the API and
-in the stored metadata, not an HTTP 500.
+retrain schedule counts from the latest set's training time across restarts; queue
+waits are scored as an MAE in seconds (an idle Slurm cluster's all-zero waits included),
+served, stored and exported as such; a model swap that lands in the middle of a
+placement batch does not mix versions within it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def test_models_untrained_then_retrained(tmp_path: Path) -> None:
         assert view["trainedOn"] == {"recorded": 0, "twin": 400}
         targets = {t["target"]: t for t in view["targets"]}
         assert set(targets) == {"runtime", "energy"}
-        assert targets["runtime"]["mape"] < 5.0 and targets["runtime"]["samples"] == 400
+        assert targets["runtime"]["metric"] == "mape_percent"
+        assert targets["runtime"]["error"] < 5.0 and targets["runtime"]["samples"] == 400
         metrics = api.get("/metrics").text
         assert 'continuum_model_mape_percent{model="learned",target="runtime"}' in metrics
         assert "continuum_model_version 1.0" in metrics
@@ -116,6 +118,7 @@ def test_cli_model_train_and_eval(tmp_path: Path, monkeypatch) -> None:  # type:
         res = runner.invoke(cli_model.app, ["train", "--source", "twin"])
         assert res.exit_code == 0, res.output
         assert "trained on 0 recorded + 300 twin runs" in res.output and "runtime" in res.output
+        assert "MAPE" in res.output and "n/a" not in res.output
         res = runner.invoke(cli_model.app, ["train", "--source", "nope"])
         assert res.exit_code == 1 and "unknown training source" in res.output
 
@@ -161,9 +164,10 @@ def test_the_retrain_schedule_survives_a_restart(tmp_path: Path) -> None:
         assert not (tmp_path / "models" / "models-v3.joblib").exists()
 
 
-def test_undefined_mape_is_null_not_a_500(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """An idle Slurm cluster: every queue wait is 0, so the queue-wait MAPE (over
-    observations > 0) is undefined — served and stored as null."""
+def test_idle_slurm_queue_waits_are_scored_in_seconds(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An idle Slurm cluster: every queue wait is 0, where a percentage error is
+    undefined; the queue-wait error is an MAE in seconds, in the API, the stored
+    metadata (strict JSON) and on /metrics."""
     import json
 
     from continuum.model import SiteKind
@@ -182,17 +186,90 @@ def test_undefined_mape_is_null_not_a_500(tmp_path: Path, monkeypatch) -> None: 
         r = api.get("/v1/models")
         assert r.status_code == 200, r.text
         targets = {t["target"]: t for t in r.json()["targets"]}
-        assert targets["queue_wait"]["mape"] is None
-        assert targets["queue_wait"]["analyticMape"] is None
-        assert targets["runtime"]["mape"] is not None
+        qw = targets["queue_wait"]
+        assert qw["metric"] == "mae_seconds" and qw["analyticError"] == 0.0
+        assert 0.0 <= qw["error"] < 1.0
+        assert targets["runtime"]["metric"] == "mape_percent"
         assert "NaN" not in r.text
+        metrics = api.get("/metrics").text
+        assert 'continuum_model_mae_seconds{model="analytic",target="queue_wait"} 0.0' in metrics
+        assert 'continuum_model_mape_percent{model="learned",target="queue_wait"}' not in metrics
 
         def strict(name: str) -> float:
             raise ValueError(f"{name} in the metadata JSON")
 
         meta = json.loads((tmp_path / "models" / "models-v1.json").read_text(),
                           parse_constant=strict)
-        assert next(m for m in meta if m["target"] == "queue_wait")["mape"] is None
+        q = next(m for m in meta if m["target"] == "queue_wait")
+        assert q["metric"] == "mae_seconds" and q["analytic_error"] == 0.0
     with control_plane(tmp_path) as (_, api):  # loaded at start: still served
         r = api.get("/v1/models")
         assert r.status_code == 200 and r.json()["version"] == "learned-v1", r.text
+
+
+def test_a_swap_in_the_middle_of_a_placement_batch_does_not_mix_versions(
+        tmp_path: Path) -> None:
+    """v2 is served (as a background retrain would) while a batch placed with v1 is
+    between its runtime and its energy prediction: that batch's decisions are v1's
+    throughout (runtime, energy, recorded version); the next batch is v2's."""
+    from dataclasses import replace
+
+    import pytest
+
+    from continuum.model import Objective, Task
+    from placement import PlacementRequest, Snapshot, place
+    from placement.learned import LearnedPredictor, ModelSet, train, twin_history
+
+    with control_plane(tmp_path) as (cp, _):
+        hist = twin_history(cp.federation.nodes(), 300)
+        v1 = ModelSet(1, 0.0, "test", train(hist))
+        # v2 learned a world 3× slower that draws twice the power
+        v2 = ModelSet(2, 0.0, "test", train([
+            replace(s, runtime_s=3 * s.runtime_s, energy_j=6 * (s.energy_j or 0.0))
+            for s in hist]))
+        runtime_v1 = v1.models["runtime"].model
+
+        class SwapWhilePredicting:
+            """v1's runtime model, serving v2 the first time it is asked."""
+
+            swapped = False
+
+            def predict(self, x):  # type: ignore[no-untyped-def]
+                if not self.swapped:
+                    self.swapped = True
+                    cp.models.serve(v2)
+                return runtime_v1.predict(x)
+
+        t = Task.model_validate({"name": "t", "command": ["true"], "work": 300,
+                                 "resources": {"cpu": 1, "memory": "256Mi"}})
+
+        def batch(fw):  # type: ignore[no-untyped-def]
+            snap = Snapshot(nodes=cp.federation.placeable_nodes(), network=cp.network)
+            out = place([PlacementRequest("k", t, Objective(), [])], snap, fw)[0]
+            assert out.decision is not None, out.reason
+            return out.decision, snap
+
+        def expected(ms: ModelSet, snap: Snapshot, node: str) -> tuple[float, float]:
+            lp = LearnedPredictor(ms)
+            rt = lp.runtime_s(t, snap)
+            i = snap.index[node]
+            return float(rt[i]), float(lp.energy_j(t, snap, rt)[i])
+
+        cp.models.serve(v1)
+        fw = cp.reconciler.framework  # the reference a placement batch holds
+        v1.models["runtime"].model = SwapWhilePredicting()
+        d, snap = batch(fw)
+        v1.models["runtime"].model = runtime_v1
+        assert cp.models.predictor.version == "learned-v2"  # the swap did land
+        assert d.model_version == "learned-v1"
+        rt, e = expected(v1, snap, d.node)
+        assert d.predicted.runtime_s == pytest.approx(rt, rel=1e-9)
+        assert d.predicted.energy_j == pytest.approx(e, rel=1e-9)
+
+        assert cp.reconciler.framework is cp.models.framework is not fw
+        d, snap = batch(cp.reconciler.framework)  # the next batch: v2 throughout
+        assert d.model_version == "learned-v2"
+        rt2, e2 = expected(v2, snap, d.node)
+        assert d.predicted.runtime_s == pytest.approx(rt2, rel=1e-9)
+        assert d.predicted.energy_j == pytest.approx(e2, rel=1e-9)
+        assert rt2 > 2 * expected(v1, snap, d.node)[0]  # the versions do differ

@@ -3,14 +3,20 @@
 Aspects: they learn a known synthetic relation (Amdahl's law plus a tier effect) and
 beat the analytic model on it; an out-of-distribution request falls back to the
 analytic model and the decision says so; untrained → analytic; model sets persist
-with increasing versions; a twin bootstrap trains.
+with increasing versions, as strict JSON metadata, and a set that does not load is
+logged and the previous version served; a twin bootstrap trains; queue waits are scored
+as an MAE in seconds (all-zero waits of an idle Slurm cluster included); the energy
+evaluation uses no held-out row through the runtime model.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from placement import Snapshot, default_framework, place
 from placement.learned import LearnedPredictor, ModelSet, ModelStore, Sample, mape, train, twin_history
@@ -90,9 +96,91 @@ def test_model_sets_persist_with_increasing_versions(tmp_path: Path) -> None:
     assert loaded is not None and loaded.version == 2
     assert set(loaded.models) == {"runtime", "energy"}
     assert (tmp_path / "models" / "models-v2.json").read_text().count('"target"') == 2
-    # a corrupt file is reported as "no model", not raised
-    (tmp_path / "models" / "models-v3.joblib").write_bytes(b"not a pickle")
-    assert store.load_latest() is None
+
+
+def test_a_model_set_that_does_not_load_is_logged_and_the_previous_one_served(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = ModelStore(tmp_path / "models")
+    m = train(samples(300))
+    store.save(m, "test")
+    store.save(m, "test")
+    bad = tmp_path / "models" / "models-v3.joblib"
+    bad.write_bytes(b"not a pickle")
+    with caplog.at_level(logging.WARNING, logger="placement.learned"):
+        loaded = store.load_latest()
+    assert loaded is not None and loaded.version == 2
+    assert any(str(bad) in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
+    assert store.save(m, "test").version == 4  # never overwrites the unreadable file
+    for v in (2, 4):  # nothing loads: no model, each failure said
+        (tmp_path / "models" / f"models-v{v}.joblib").write_bytes(b"")
+    (tmp_path / "models" / "models-v1.joblib").write_bytes(b"junk")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="placement.learned"):
+        assert store.load_latest() is None
+    assert len([r for r in caplog.records if "cannot load model set" in r.getMessage()]) == 4
+
+
+def idle_slurm(n: int, seed: int = 0) -> list[Sample]:
+    """Slurm partitions of an idle cluster: every observed queue wait is 0."""
+    out = samples(n, seed)
+    for s in out:
+        s.slurm, s.queue_wait_s = True, 0.0
+    return out
+
+
+def test_queue_wait_is_scored_as_mae_seconds_even_when_every_wait_is_zero(
+        tmp_path: Path) -> None:
+    models = train(idle_slurm(300))
+    qw = models["queue_wait"]
+    assert qw.metric == "mae_seconds" and models["runtime"].metric == "mape_percent"
+    assert qw.error == pytest.approx(0.0, abs=1.0) and qw.analytic_error == 0.0
+    # waits of 0..100 s: the error is in seconds, not a percentage of a 0 s wait
+    busy = samples(300, seed=1)
+    rng = np.random.default_rng(0)
+    for s in busy:
+        s.slurm, s.queue_wait_s = True, float(rng.uniform(0, 100))
+    noisy = train(busy)["queue_wait"]
+    assert 10.0 < noisy.error < 40.0  # ≈ 25 s: the spread of a uniform 0..100 s wait
+    store = ModelStore(tmp_path / "models")
+    ms = store.save(models, "idle slurm")
+
+    def strict(name: str) -> float:
+        raise ValueError(f"{name} in the metadata JSON")
+
+    meta = json.loads((tmp_path / "models" / "models-v1.json").read_text(),
+                      parse_constant=strict)
+    q = next(m for m in meta if m["target"] == "queue_wait")
+    assert q["metric"] == "mae_seconds" and q["error"] is not None
+    assert [i.metric for i in ms.info()] == ["mape_percent", "mae_seconds", "mape_percent"]
+
+
+def test_metadata_of_an_undefined_error_is_null(tmp_path: Path) -> None:
+    models = train(samples(300))
+    models["energy"].error = float("nan")
+    models["energy"].analytic_error = float("inf")
+    ModelStore(tmp_path / "models").save(models, "test")
+    meta = json.loads((tmp_path / "models" / "models-v1.json").read_text())
+    energy = next(m for m in meta if m["target"] == "energy")
+    assert energy["error"] is None and energy["analytic_error"] is None
+
+
+def test_energy_evaluation_sees_no_held_out_row_through_the_runtime_model() -> None:
+    """Runtimes carry unpredictable per-run noise; energy is exactly runtime × power.
+
+    The energy correction is then 0, so the energy error on held-out rows is the
+    runtime model's error on them: equal to the runtime target's own held-out error.
+    A runtime model refitted on all rows (the held-out ones included) would have seen
+    those runs' noise and make the energy error look far smaller."""
+    rng = np.random.default_rng(3)
+    out = samples(400, seed=3)
+    for s in out:
+        s.runtime_s *= float(rng.lognormal(0.0, 0.8))
+        s.energy_j = s.runtime_s * 200.0 * s.cpu / s.cap_cpu
+    models = train(out)
+    rt, en = models["runtime"], models["energy"]
+    assert rt.error > 30.0  # the noise is not learnable
+    assert en.error == pytest.approx(rt.error, rel=0.02)
 
 
 def test_twin_bootstrap_trains_all_targets_it_has_data_for() -> None:
