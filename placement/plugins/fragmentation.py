@@ -369,29 +369,18 @@ class FragmentationCache:
         self._stores[key] = st  # most recently used last
         return st
 
-    def _frag(self, key: tuple[float, int, int] | None, rows: np.ndarray, idx: np.ndarray,
-              cols: np.ndarray, wl: Workload) -> np.ndarray:
-        """``F`` over ``idx`` (before, or after placing the shape ``key``), shape ``(k,)``."""
+    def _gather(self, key: tuple[float, int, int] | None, rows: np.ndarray, ver: np.ndarray,
+                cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The memo's entries of ``rows`` × ``cols`` (before, or after placing the shape
+        ``key``), shape ``(k, T)``, NaN where missing; the store; the rows missing."""
         values, stamp = self._store(key)
-        ver = self._ver.take(rows)
         stale = stamp.take(rows) != ver
         sub = values.take(rows, axis=0).take(cols, axis=1)
         if stale.any():
             values[rows[stale]] = np.nan
             stamp[rows[stale]] = ver[stale]
             sub[stale] = np.nan
-        miss = np.isnan(sub).any(axis=1)
-        if miss.any():
-            s = self.snap
-            mi = idx[miss]
-            cpu, mem, slots = s.free_cpu[mi], s.free_mem[mi], s.gpu_slots[mi]
-            if key is not None:
-                cpu, mem = cpu - key[0], mem - key[1]
-                slots = take_slots(slots, key[2], s.gpu_unit)
-            new = frag_matrix(cpu, mem, slots, s.gpu_unit, wl, self.plugin.fill)
-            sub[miss] = new
-            values[rows[miss][:, None], cols[None, :]] = new
-        return sub @ wl.prob  # type: ignore[no-any-return]
+        return sub, values, np.isnan(sub).any(axis=1)
 
     def delta(self, req: PlacementRequest, idx: np.ndarray,
               pressure: float | None = None) -> np.ndarray:
@@ -416,8 +405,23 @@ class FragmentationCache:
             self._st_slots[ch] = slots[changed]
         cols = self._columns(wl)
         r = req.task.resources
-        before = self._frag(None, rows, idx, cols, wl)
-        after = self._frag((float(r.cpu), int(r.memory), int(r.gpu)), rows, idx, cols, wl)
+        key = (float(r.cpu), int(r.memory), int(r.gpu))
+        ver = self._ver.take(rows)
+        before, b_values, b_miss = self._gather(None, rows, ver, cols)
+        after, a_values, a_miss = self._gather(key, rows, ver, cols)
+        nb, na = int(b_miss.sum()), int(a_miss.sum())
+        if nb or na:  # one frag_matrix call for every missing entry, before and after
+            a_slots = take_slots(slots[a_miss], key[2], s.gpu_unit)
+            new = frag_matrix(np.concatenate([cpu[b_miss], cpu[a_miss] - key[0]]),
+                              np.concatenate([mem[b_miss], mem[a_miss] - key[1]]),
+                              np.concatenate([slots[b_miss], a_slots]), s.gpu_unit, wl,
+                              p.fill)
+            for sub, values, miss, part in ((before, b_values, b_miss, new[:nb]),
+                                            (after, a_values, a_miss, new[nb:])):
+                if part.shape[0]:
+                    sub[miss] = part
+                    values[rows[miss][:, None], cols[None, :]] = part
+        before, after = before @ wl.prob, after @ wl.prob
         if pressure is None:
             pressure = p.pressure(s)
         return (after - before) * pressure  # type: ignore[no-any-return]
