@@ -405,6 +405,18 @@ class BatchAssigner:
         static = cc.cost[self.classes.of[idx]]
         raw = np.zeros(idx.size)
         has = s.gpu_slots[idx].any(axis=1)  # no free GPU: nothing to fragment, ΔF = 0
+        if self.cache_dynamic and gpu <= 0 and has.any() and not has.all():
+            # A CPU-only request never lowers fragmentation (ΔF ≥ 0: less cpu/memory fits
+            # fewer pods of every type), and a candidate without free GPU has ΔF = 0, so
+            # min ΔF = 0 and a node's total is at least its d = 0 value. Nodes whose
+            # d = 0 total is above the best d = 0 total of the GPU-less candidates can
+            # never be chosen: ΔF is not computed for them (d = 1 stands in, which keeps
+            # them out of the tie band as well).
+            lb = (w_static * static + w_dyn * 0.0) / (w_static + w_dyn)
+            zero = float(lb[~has].min())
+            need = has & (lb <= zero + 1e-12)
+            raw[has & ~need] = np.inf
+            has = need
         if has.any():
             raw[has] = self._dynamic_delta(plugin, req, idx[has], pressure)
         x = raw - raw.min()
