@@ -336,11 +336,17 @@ class FragmentationCache:
         self._col: dict[tuple[float, int, int], int] = {}
         self._stores: dict[tuple[float, int, int] | None, tuple[np.ndarray, np.ndarray]] = {}
         self._wl: Workload | None = None
+        self._by_types: dict[tuple[bytes, bytes, bytes], np.ndarray] = {}
         self._cols = np.zeros(0, dtype=np.int64)
 
     def _columns(self, wl: Workload) -> np.ndarray:
         if wl is self._wl:
             return self._cols
+        types = (wl.cpu.tobytes(), wl.memory.tobytes(), wl.gpu.tobytes())
+        known = self._by_types.get(types)
+        if known is not None:  # same types in the same order, new popularity
+            self._wl, self._cols = wl, known
+            return known
         cols = []
         for c, m, g in zip(wl.cpu.tolist(), wl.memory.tolist(), wl.gpu.tolist(), strict=True):
             key = (float(c), int(m), int(g))
@@ -352,6 +358,7 @@ class FragmentationCache:
                 j = self._col[key] = len(self._col)
             cols.append(j)
         self._wl, self._cols = wl, np.array(cols, dtype=np.int64)
+        self._by_types[types] = self._cols
         return self._cols
 
     def _store(self, key: tuple[float, int, int] | None) -> tuple[np.ndarray, np.ndarray]:
