@@ -237,3 +237,14 @@ def test_memoised_term_places_identically(unit: int, fill: bool, candidates: int
             for r in reqs[:10]:
                 assert np.array_equal(memo.delta(r, idx), plugin.delta(r, s, idx))
                 assert np.array_equal(memo.delta(r, idx), plugin.delta(r, s, idx))
+
+
+@pytest.mark.parametrize("order", ["size", "regret", "best"])
+def test_memoised_term_same_batches(order: str) -> None:
+    """Whole batches (``assign``; ``best`` restores capacity between its two orders, which
+    the memo must notice) come out the same with and without the memo."""
+    for seed in range(15):
+        snap, reqs = _random_instance(seed, U)
+        got = [BatchAssigner(snap.copy(), default_framework(), cache_dynamic=cached)
+               .assign(reqs, order) for cached in (True, False)]
+        assert np.array_equal(got[0], got[1]), f"seed {seed}"
