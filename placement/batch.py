@@ -40,6 +40,7 @@ import numpy as np
 from continuum.model import Task
 from placement.assign import DataSource, PlacementRequest
 from placement.framework import Framework, default_framework
+from placement.plugins.fragmentation import FragmentationCache, GpuFragmentation
 from placement.plugins.resources import NodeResourcesFit
 from placement.predict import CycleState, NodePredictions, predictions
 from placement.snapshot import CPU_EPS, Snapshot
@@ -233,6 +234,10 @@ class BatchAssigner:
     leaves large holes for large requests); False = the first fitting node."""
     dynamic_candidates: int = 1024
     """Most nodes a dynamic score plugin (GPU fragmentation) is evaluated on per request."""
+    cache_dynamic: bool = True
+    """Memoise the GPU-fragmentation term per node (exact: same placements, see
+    :class:`~placement.plugins.fragmentation.FragmentationCache`); False recomputes it
+    over every candidate for every request."""
 
     def __post_init__(self) -> None:
         if self.classes is None:
@@ -244,6 +249,7 @@ class BatchAssigner:
         self._ub_cpu = np.array([s.free_cpu[m].max() if m.size else -1.0 for m in cl.members])
         self._ub_mem = np.array([s.free_mem[m].max() if m.size else -1 for m in cl.members])
         self._ub_gpu = np.array([s.free_gpu[m].max() if m.size else -1 for m in cl.members])
+        self._memo: dict[int, FragmentationCache] = {}
         self._has_gpu = bool(s.gpu_slots.shape[1]) and bool((s.gpu_slots > 0).any())
         for p in self.framework.scores:
             observe = getattr(p, "observe", None)
@@ -264,20 +270,22 @@ class BatchAssigner:
             self.cache[key] = cc
         return cc
 
-    def _dynamic(self, req: PlacementRequest) -> tuple[object, float, float] | None:
-        """The dynamic score plugin in use (GPU fragmentation), its weight and the sum of
-        the static weights; None when there is none with weight > 0 or no GPU at all."""
+    def _dynamic(self, req: PlacementRequest) -> tuple[object, float, float, float | None] | None:
+        """The dynamic score plugin in use (GPU fragmentation), its weight, the sum of
+        the static weights and its GPU pressure (None if it has none); None when there is
+        none with weight > 0 or no GPU at all."""
         if not self._has_gpu:
             return None
         weights = self.framework.weights(req.objective)
         for p in self.framework.scores:
             if getattr(p, "dynamic", False) and weights.get(p.name, 0.0) > 0:
                 pressure = getattr(p, "pressure", None)
-                if callable(pressure) and pressure(self.snap) <= 0:
+                level = float(pressure(self.snap)) if callable(pressure) else None
+                if level is not None and level <= 0:
                     return None  # the term is 0 on every node: the static order decides
                 ws = sum(w for q in self.framework.scores if not getattr(q, "dynamic", False)
                          and q.lower_is_better and (w := weights.get(q.name, 0.0)) > 0)
-                return p, weights[p.name], ws
+                return p, weights[p.name], ws, level
         return None
 
     def _fits(self, m: np.ndarray, cpu: float, mem: int, gpu: int) -> np.ndarray:
@@ -354,7 +362,7 @@ class BatchAssigner:
         return m[np.argpartition(key, k - 1)[:k]]
 
     def _assign_dynamic(self, req: PlacementRequest, cc: ClassCosts, plugin: object,
-                        w_dyn: float, w_static: float) -> int:
+                        w_dyn: float, w_static: float, pressure: float | None = None) -> int:
         """Static class cost plus the dynamic term over the fitting nodes.
 
         A node's cost is ``(W_s·cost_class + w_d·d_node) / (W_s + w_d)`` with
@@ -397,8 +405,20 @@ class BatchAssigner:
         static = cc.cost[self.classes.of[idx]]
         raw = np.zeros(idx.size)
         has = s.gpu_slots[idx].any(axis=1)  # no free GPU: nothing to fragment, ΔF = 0
+        if self.cache_dynamic and gpu <= 0 and has.any() and not has.all():
+            # A CPU-only request never lowers fragmentation (ΔF ≥ 0: less cpu/memory fits
+            # fewer pods of every type), and a candidate without free GPU has ΔF = 0, so
+            # min ΔF = 0 and a node's total is at least its d = 0 value. Nodes whose
+            # d = 0 total is above the best d = 0 total of the GPU-less candidates can
+            # never be chosen: ΔF is not computed for them (d = 1 stands in, which keeps
+            # them out of the tie band as well).
+            lb = (w_static * static + w_dyn * 0.0) / (w_static + w_dyn)
+            zero = float(lb[~has].min())
+            need = has & (lb <= zero + 1e-12)
+            raw[has & ~need] = np.inf
+            has = need
         if has.any():
-            raw[has] = plugin.delta(req, s, idx[has])  # type: ignore[attr-defined]
+            raw[has] = self._dynamic_delta(plugin, req, idx[has], pressure)
         x = raw - raw.min()
         f = float(plugin.floor)  # type: ignore[attr-defined]
         d = 1.0 - f / (x + f)
@@ -406,6 +426,19 @@ class BatchAssigner:
         best = np.flatnonzero(total <= total.min() + 1e-12)
         k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
         return self._take(int(idx[k]), req)
+
+    def _dynamic_delta(self, plugin: object, req: PlacementRequest, idx: np.ndarray,
+                       pressure: float | None) -> np.ndarray:
+        """The plugin's ``delta`` over ``idx``; for :class:`GpuFragmentation` through its
+        exact per-node memo (:class:`~placement.plugins.fragmentation.FragmentationCache`,
+        off when :attr:`cache_dynamic` is False)."""
+        if self.cache_dynamic and isinstance(plugin, GpuFragmentation):
+            memo = self._memo.get(id(plugin))
+            if memo is None or memo.plugin is not plugin:
+                memo = self._memo[id(plugin)] = FragmentationCache(plugin, self.snap)
+            return memo.delta(req, idx, pressure)
+        return np.asarray(plugin.delta(req, self.snap, idx),  # type: ignore[attr-defined]
+                          dtype=np.float64)
 
     def release(self, i: int, cpu: float, memory: int, gpu: int) -> None:
         """Give capacity back to node ``i`` (a run ended); raises the class bounds."""

@@ -7,7 +7,9 @@ task templates (as replicas of a deployment or the tasks of a parameter sweep sh
 one spec), mixed cpu/memory/gpu, some with SLOs and input data. A second row
 ("distinct") makes every request its own task class — the worst case for the cache.
 
-Both sides place the same requests on copies of the same snapshot, timed per request
+A third row evaluates the GPU-fragmentation term without its per-node memo
+(:data:`UNMEMO`) on the first 2,000 template requests and checks it places them exactly
+as the memoised row does. Both sides place the same requests on copies of the same snapshot, timed per request
 with ``time.perf_counter`` (placement only: no decision objects, no explanations).
 """
 
@@ -26,6 +28,9 @@ from placement.plugins.fragmentation import GpuFragmentation
 
 SITES = 8
 TEMPLATES = 50
+UNMEMO = "continuum (templates), fragmentation not memoised"
+"""The assigner with the term computed afresh for every candidate of every request
+(``cache_dynamic=False``): the same placements (checked here), the cost before the memo."""
 
 
 def cluster(n: int, seed: int = 0) -> tuple[list[Node], StaticNetwork]:
@@ -95,22 +100,31 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     for plugin in off.scores:
         if isinstance(plugin, GpuFragmentation):
             plugin.weight = 0.0
-    for label, reqs, fw in (
-            ("continuum (templates)", requests(fast_requests), default_framework()),
+    chosen: dict[str, list[int]] = {}
+    for label, reqs, fw, memo in (
+            ("continuum (templates)", requests(fast_requests), default_framework(), True),
             ("continuum (distinct)", requests(min(fast_requests, 3000), 2, True),
-             default_framework()),
-            ("continuum (templates), fragmentation off", requests(fast_requests), off),
+             default_framework(), True),
+            (UNMEMO, requests(min(fast_requests, 2000)), default_framework(), False),
+            ("continuum (templates), fragmentation off", requests(fast_requests), off, True),
             ("continuum (distinct), fragmentation off",
-             requests(min(fast_requests, 3000), 2, True), off)):
+             requests(min(fast_requests, 3000), 2, True), off, True)):
         t0 = time.perf_counter()
-        a = BatchAssigner(snap.copy(), fw)
+        a = BatchAssigner(snap.copy(), fw, cache_dynamic=memo)
         build = time.perf_counter() - t0
         lat = np.empty(len(reqs))
         placed = 0
+        got = chosen[label] = []
         for k, r in enumerate(reqs):
             s = time.perf_counter()
-            placed += a.assign_one(r) >= 0
+            j = a.assign_one(r)
             lat[k] = time.perf_counter() - s
+            placed += j >= 0
+            got.append(j)
+        if not memo:  # the memo is exact: the same requests go to the same nodes
+            ref = chosen["continuum (templates)"][:len(got)]
+            if got != ref:
+                raise AssertionError(f"{n} nodes: memoised placements differ from {UNMEMO}")
         assert a.classes is not None
         rows.append(Row(n, a.classes.count, label, len(reqs), placed, len(reqs) / lat.sum(),
                         float(np.percentile(lat, 99)) * 1e3, build))

@@ -113,6 +113,18 @@ def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray,
     k = slots.shape[0]
     if slots.shape[1] == 0 or k == 0:
         return np.zeros(k)
+    return frag_matrix(free_cpu, free_mem, slots, unit, wl, fill) @ wl.prob  # type: ignore[no-any-return]
+
+
+def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
+                wl: Workload, fill: bool = True) -> np.ndarray:
+    """Fragmented GPUs per node and task type, ``frag_n(m)``, shape ``(k, T)``.
+
+    Arguments as :func:`fragmentation` (``slots`` must have at least one column); every
+    entry depends only on its own node and type (elementwise), which is what lets
+    :class:`FragmentationCache` memoise entries exactly. ``F_n`` is ``frag_matrix(...)
+    @ wl.prob``.
+    """
     idle = slots.sum(axis=1) / unit                                       # (k,)
     frac = (wl.gpu > 0) & (wl.gpu < unit)
     whole = wl.gpu >= unit
@@ -134,7 +146,7 @@ def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray,
                                 count * need[None, :] * unit)
         frag = np.where((wl.gpu > 0)[None, :], idle[:, None] - usable_units / unit,
                         idle[:, None])
-        return frag @ wl.prob  # type: ignore[no-any-return]
+        return frag  # type: ignore[no-any-return]
     res_fit = (free_cpu[:, None] + CPU_EPS >= wl.cpu[None, :]) \
         & (free_mem[:, None] >= wl.memory[None, :])                       # (k, T)
     # fractional types: fits when one GPU holds it; fragments = GPUs holding less
@@ -147,7 +159,25 @@ def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray,
     frag = np.where(frac[None, :] & res_fit & fit_frac, frag_frac,
                     np.where(whole[None, :] & res_fit & fit_whole, partial[:, None],
                              idle[:, None]))
-    return frag @ wl.prob  # type: ignore[no-any-return]
+    return frag  # type: ignore[no-any-return]
+
+
+def take_slots(slots: np.ndarray, g: int, unit: int) -> np.ndarray:
+    """A copy of ``slots`` ``(k, G)`` after placing ``g`` units on every row, as
+    :meth:`placement.snapshot.Snapshot.take_gpus` would (best-fit GPU for a fractional
+    request, the first entirely free GPUs for whole ones)."""
+    after_slots = slots.copy()
+    if 0 < g < unit:
+        holds = after_slots >= g
+        j = np.argmin(np.where(holds, after_slots, np.iinfo(np.int64).max), axis=1)
+        rows = np.arange(slots.shape[0])
+        after_slots[rows, j] -= np.minimum(g, after_slots[rows, j])
+    elif g >= unit:
+        need = -(-g // unit)
+        free = after_slots == unit
+        take = free & (np.cumsum(free, axis=1) <= need)
+        after_slots[take] = 0
+    return after_slots
 
 
 class GpuFragmentation:
@@ -224,18 +254,7 @@ class GpuFragmentation:
         unit = snap.gpu_unit
         cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
         before = fragmentation(cpu, mem, slots, unit, wl, self.fill)
-        after_slots = slots.copy()
-        g = int(r.gpu)
-        if 0 < g < unit:
-            holds = after_slots >= g
-            j = np.argmin(np.where(holds, after_slots, np.iinfo(np.int64).max), axis=1)
-            rows = np.arange(idx.size)
-            after_slots[rows, j] -= np.minimum(g, after_slots[rows, j])
-        elif g >= unit:
-            need = -(-g // unit)
-            free = after_slots == unit
-            take = free & (np.cumsum(free, axis=1) <= need)
-            after_slots[take] = 0
+        after_slots = take_slots(slots, int(r.gpu), unit)
         after = fragmentation(cpu - r.cpu, mem - r.memory, after_slots, unit, wl, self.fill)
         return (after - before) * self.pressure(snap)  # type: ignore[no-any-return]
 
@@ -274,3 +293,142 @@ class GpuFragmentation:
         if mine <= 1e-9:
             return "least growth of GPU fragmentation"
         return f"GPU fragmentation grows {mine:.2f} GPU more than on the best node"
+
+
+class FragmentationCache:
+    """Exact memo of ``frag_n(m)`` per (node, task type), before and after a request.
+
+    ``frag_n(m)`` (:func:`frag_matrix`) depends only on node ``n``'s free state (free
+    cpu, free memory, free units per GPU) and on type ``m``; a placement changes the
+    state of one node. So the cache keeps, per node with GPUs, the state its entries were
+    computed from and a version, bumped whenever :meth:`delta` finds the snapshot's state
+    of that node different (whoever changed it); an entry is reused only at the node's
+    current version. Entries are kept for "before" (the node as it is) and, per request
+    shape ``(cpu, memory, gpu)``, for "after" (the node with that request placed), one
+    column per task type ever seen (the workload's ``p`` is applied afresh on every
+    call: a new request key changes it, not the entries). ``F_n = frag @ p`` is then
+    computed exactly as :meth:`GpuFragmentation.delta` does, so :meth:`delta` returns the
+    same values — bit for bit — at the cost of recomputing only the nodes changed since.
+
+    Memory: ``8 · (nodes with GPUs) · types`` bytes per kept request shape; at most
+    :attr:`MAX_SHAPES` shapes are kept (least recently used dropped) and at most
+    :attr:`MAX_COLUMNS` types (then everything is dropped and rebuilt).
+    """
+
+    MAX_SHAPES = 32
+    MAX_COLUMNS = 128
+
+    def __init__(self, plugin: GpuFragmentation, snap: Snapshot) -> None:
+        self.plugin = plugin
+        self.snap = snap
+        gpu_nodes = snap.gpu_slots.any(axis=1) | np.array(
+            [nd.capacity.gpu > 0 for nd in snap.nodes], dtype=bool)
+        self._row = np.full(snap.n, -1, dtype=np.int64)
+        self._row[gpu_nodes] = np.arange(int(gpu_nodes.sum()))
+        r = int(gpu_nodes.sum())
+        self._ver = np.zeros(r, dtype=np.int64)
+        self._st_cpu = np.full(r, np.nan)
+        self._st_mem = np.full(r, -1, dtype=np.int64)
+        self._st_slots = np.full((r, snap.gpu_slots.shape[1]), -1, dtype=np.int64)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._col: dict[tuple[float, int, int], int] = {}
+        self._stores: dict[tuple[float, int, int] | None, tuple[np.ndarray, np.ndarray]] = {}
+        self._wl: Workload | None = None
+        self._by_types: dict[tuple[bytes, bytes, bytes], np.ndarray] = {}
+        self._cols = np.zeros(0, dtype=np.int64)
+
+    def _columns(self, wl: Workload) -> np.ndarray:
+        if wl is self._wl:
+            return self._cols
+        types = (wl.cpu.tobytes(), wl.memory.tobytes(), wl.gpu.tobytes())
+        known = self._by_types.get(types)
+        if known is not None:  # same types in the same order, new popularity
+            self._wl, self._cols = wl, known
+            return known
+        cols = []
+        for c, m, g in zip(wl.cpu.tolist(), wl.memory.tolist(), wl.gpu.tolist(), strict=True):
+            key = (float(c), int(m), int(g))
+            j = self._col.get(key)
+            if j is None:
+                if len(self._col) >= self.MAX_COLUMNS:
+                    self._reset()
+                    return self._columns(wl)
+                j = self._col[key] = len(self._col)
+            cols.append(j)
+        self._wl, self._cols = wl, np.array(cols, dtype=np.int64)
+        self._by_types[types] = self._cols
+        return self._cols
+
+    def _store(self, key: tuple[float, int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+        st = self._stores.pop(key, None)
+        width = len(self._col)
+        if st is None:
+            st = (np.full((self._ver.size, max(width, 8)), np.nan),
+                  np.full(self._ver.size, -1, dtype=np.int64))
+            if key is not None and len(self._stores) > self.MAX_SHAPES:
+                self._stores.pop(next(k for k in self._stores if k is not None))
+        elif st[0].shape[1] < width:
+            grown = np.full((self._ver.size, max(width, 2 * st[0].shape[1])), np.nan)
+            grown[:, :st[0].shape[1]] = st[0]
+            st = (grown, st[1])
+        self._stores[key] = st  # most recently used last
+        return st
+
+    def _gather(self, key: tuple[float, int, int] | None, rows: np.ndarray, ver: np.ndarray,
+                cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The memo's entries of ``rows`` × ``cols`` (before, or after placing the shape
+        ``key``), shape ``(k, T)``, NaN where missing; the store; the rows missing."""
+        values, stamp = self._store(key)
+        stale = stamp.take(rows) != ver
+        sub = values.take(rows, axis=0).take(cols, axis=1)
+        if stale.any():
+            values[rows[stale]] = np.nan
+            stamp[rows[stale]] = ver[stale]
+            sub[stale] = np.nan
+        return sub, values, np.isnan(sub).any(axis=1)
+
+    def delta(self, req: PlacementRequest, idx: np.ndarray,
+              pressure: float | None = None) -> np.ndarray:
+        """Exactly :meth:`GpuFragmentation.delta` ``(req, snap, idx)``, shape
+        ``(len(idx),)``; ``pressure``: the plugin's :meth:`~GpuFragmentation.pressure`
+        of the snapshot if the caller has it."""
+        p, s = self.plugin, self.snap
+        wl = p.distribution()
+        if wl is None or s.gpu_slots.shape[1] == 0 or idx.size == 0:
+            return np.zeros(idx.size)
+        rows = self._row[idx]
+        slots = s.gpu_slots[idx]
+        if (rows < 0).any() or not slots.any():
+            return p.delta(req, s, idx)
+        cpu, mem = s.free_cpu[idx], s.free_mem[idx]
+        changed = (self._st_cpu[rows] != cpu) | (self._st_mem[rows] != mem) \
+            | (self._st_slots[rows] != slots).any(axis=1)
+        if changed.any():
+            ch = rows[changed]
+            self._ver[ch] += 1
+            self._st_cpu[ch], self._st_mem[ch] = cpu[changed], mem[changed]
+            self._st_slots[ch] = slots[changed]
+        cols = self._columns(wl)
+        r = req.task.resources
+        key = (float(r.cpu), int(r.memory), int(r.gpu))
+        ver = self._ver.take(rows)
+        before, b_values, b_miss = self._gather(None, rows, ver, cols)
+        after, a_values, a_miss = self._gather(key, rows, ver, cols)
+        nb, na = int(b_miss.sum()), int(a_miss.sum())
+        if nb or na:  # one frag_matrix call for every missing entry, before and after
+            a_slots = take_slots(slots[a_miss], key[2], s.gpu_unit)
+            new = frag_matrix(np.concatenate([cpu[b_miss], cpu[a_miss] - key[0]]),
+                              np.concatenate([mem[b_miss], mem[a_miss] - key[1]]),
+                              np.concatenate([slots[b_miss], a_slots]), s.gpu_unit, wl,
+                              p.fill)
+            for sub, values, miss, part in ((before, b_values, b_miss, new[:nb]),
+                                            (after, a_values, a_miss, new[nb:])):
+                if part.shape[0]:
+                    sub[miss] = part
+                    values[rows[miss][:, None], cols[None, :]] = part
+        before, after = before @ wl.prob, after @ wl.prob
+        if pressure is None:
+            pressure = p.pressure(s)
+        return (after - before) * pressure  # type: ignore[no-any-return]

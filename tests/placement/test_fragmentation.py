@@ -170,3 +170,81 @@ def test_bad_input_is_named() -> None:
         GpuFragmentation(weight=-1)
     with pytest.raises(ValueError, match="gpu_unit must be >= 1"):
         Snapshot(nodes=[node()], network=network(), gpu_unit=0)
+
+
+def _random_instance(seed: int, unit: int) -> tuple[Snapshot, list]:
+    """Nodes of a few classes with random (partly repeated) free states, some GPUs in
+    use (pressure > 0), and requests of a few shapes, some repeated."""
+    rng = np.random.default_rng(seed)
+    kinds = [(8, 32 * GI, 0), (16, 64 * GI, 1 * unit), (32, 128 * GI, 4 * unit),
+             (64, 256 * GI, 8 * unit)]
+    nodes = []
+    for i in range(int(rng.integers(10, 40))):
+        cpu, mem, gpu = kinds[int(rng.integers(len(kinds)))]
+        used = float(rng.choice([0.0, 0.25, rng.uniform(0, 0.9)]))
+        free_gpu = int(rng.integers(0, gpu + 1)) if gpu and rng.uniform() < 0.5 else gpu
+        nodes.append(node(f"s{i % 3}/n{i}", cpu, mem, gpu,
+                          free=(round(cpu * (1 - used), 1), int(mem * (1 - used)), free_gpu)))
+    snap = Snapshot(nodes=nodes, network=network(), gpu_unit=unit)
+    gpus = [0, 0, 0, unit // 2 if unit > 1 else 1, unit // 4 if unit > 1 else 1, unit,
+            2 * unit]
+    shapes = [(float(rng.choice([0.5, 1, 2, 4, 8])), int(rng.choice([1, 2, 8])) * GI,
+               int(rng.choice(gpus))) for _ in range(8)]
+    reqs = []
+    for k in range(int(rng.integers(30, 80))):
+        c, m, g = shapes[int(rng.integers(len(shapes)))]
+        reqs.append(request(task(f"t{k % 11}", c, m, g), key=f"r{k}"))
+    return snap, reqs
+
+
+@pytest.mark.parametrize("unit", [1, U])
+@pytest.mark.parametrize("fill", [True, False])
+@pytest.mark.parametrize("candidates", [1024, 5])
+def test_memoised_term_places_identically(unit: int, fill: bool, candidates: int) -> None:
+    """The per-node memo (FragmentationCache) is exact: on seeded random instances, with
+    runs released in between, the assigner places every request on the same node with it
+    as without it, and the memo's ΔF equals the plugin's bit for bit."""
+    from placement.plugins.fragmentation import FragmentationCache
+
+    for seed in range(25):
+        snap, reqs = _random_instance(seed, unit)
+        sides = []
+        for cached in (True, False):
+            fw = default_framework()
+            for p in fw.scores:
+                if isinstance(p, GpuFragmentation):
+                    p.fill = fill
+            sides.append(BatchAssigner(snap.copy(), fw, cache_dynamic=cached,
+                                       dynamic_candidates=candidates))
+        rng = np.random.default_rng(1000 + seed)
+        placed: list[tuple[int, object]] = []
+        for r in reqs:
+            got = [a.assign_one(r) for a in sides]
+            assert got[0] == got[1], f"seed {seed}, request {r.key}: {got}"
+            if got[0] >= 0:
+                placed.append((got[0], r.task.resources))
+            if placed and rng.uniform() < 0.2:  # a run ends
+                i, res = placed.pop(int(rng.integers(len(placed))))
+                for a in sides:
+                    a.release(i, res.cpu, res.memory, res.gpu)
+            a0, a1 = sides
+            assert np.array_equal(a0.snap.gpu_slots, a1.snap.gpu_slots)
+        plugin = next(p for p in sides[0].framework.scores if isinstance(p, GpuFragmentation))
+        s = sides[0].snap
+        idx = np.flatnonzero(s.gpu_slots.any(axis=1))
+        if idx.size and plugin.distribution() is not None:
+            memo = FragmentationCache(plugin, s)
+            for r in reqs[:10]:
+                assert np.array_equal(memo.delta(r, idx), plugin.delta(r, s, idx))
+                assert np.array_equal(memo.delta(r, idx), plugin.delta(r, s, idx))
+
+
+@pytest.mark.parametrize("order", ["size", "regret", "best"])
+def test_memoised_term_same_batches(order: str) -> None:
+    """Whole batches (``assign``; ``best`` restores capacity between its two orders, which
+    the memo must notice) come out the same with and without the memo."""
+    for seed in range(15):
+        snap, reqs = _random_instance(seed, U)
+        got = [BatchAssigner(snap.copy(), default_framework(), cache_dynamic=cached)
+               .assign(reqs, order) for cached in (True, False)]
+        assert np.array_equal(got[0], got[1]), f"seed {seed}"
