@@ -48,7 +48,9 @@ class ModelService:
         self.store = ModelStore(cp.settings.state_dir / "models")
         self.predictor = LearnedPredictor(self.store.load_latest())
         """The served predictor; replaced (never changed) by :meth:`serve`."""
-        self.framework = with_load(default_framework(ClassCachedPredictor(self.predictor)))
+        self.framework = with_load(default_framework(
+            ClassCachedPredictor(self.predictor),
+            fragmentation_weight=cp.settings.placement_fragmentation_weight))
         """Placement's plugins with the served predictor, plus NodeLoad (live metrics).
         A placement batch reads this reference once and uses it throughout."""
         self.framework.mode = cp.settings.placement_mode

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from placement.plugins.fragmentation import DEFAULT_WEIGHT as FRAGMENTATION_WEIGHT
+
 
 class Settings(BaseSettings):
     """Every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
@@ -63,6 +65,10 @@ class Settings(BaseSettings):
     placement_mode: Literal["fast", "quality"] = Field(
         default="fast",
         description="fast: greedy batch placement; quality: small batches solved exactly (MILP)")
+    placement_fragmentation_weight: float = Field(
+        default=FRAGMENTATION_WEIGHT, ge=0,
+        description="weight of the GPU-fragmentation score (after FGD, Weng et al. ATC'23); "
+        "0 switches it off: more decisions/s, worse GPU packing (bench/RESULTS.md)")
     model_retrain_interval_s: float = Field(
         default=3600.0,
         description="retrain the learned predictors this often (s); 0 = only on demand")

@@ -53,8 +53,14 @@ BIG_MEM = np.iinfo(np.int64).max // 4
 
 
 def _node_key(snap: Snapshot, i: int) -> tuple[object, ...]:
+    """What makes two nodes interchangeable for scoring, free capacity aside. The measured
+    CPU utilisation (rounded to 1 %, the resolution NodeLoad's reasons show) and its
+    staleness are part of it, so nodes under different live load never share a class
+    (else NodeLoad would score every member with the representative's load)."""
     nd = snap.nodes[i]
+    u = float(snap.utilisation[i])
     return (
+        None if np.isnan(u) else round(u, 2), bool(snap.metrics_stale[i]),
         int(snap.tier[i]), nd.arch, nd.site, int(snap.loc[i]), float(snap.speed[i]),
         float(snap.cap_cpu[i]), float(snap.idle_watts[i]), float(snap.max_watts[i]),
         float(snap.gpu_watts[i]), bool(snap.ready[i]), tuple(nd.runtimes),

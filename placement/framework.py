@@ -225,9 +225,12 @@ class Framework:
         return ScoreTable(idx, raw, norm, weights, total)
 
 
-def default_framework(predictor: Predictor | None = None) -> Framework:
+def default_framework(predictor: Predictor | None = None, *,
+                      fragmentation_weight: float | None = None) -> Framework:
     """Constraints, resources and SLO filters; completion, latency, energy, locality and
-    GPU fragmentation (weight 1) scores."""
+    GPU fragmentation scores (``fragmentation_weight``: that plugin's weight, default
+    :data:`placement.plugins.fragmentation.DEFAULT_WEIGHT`; 0 switches it off, which
+    trades GPU packing for decision throughput — see bench/RESULTS.md)."""
     from placement.plugins import (
         completion,
         constraints,
@@ -242,6 +245,9 @@ def default_framework(predictor: Predictor | None = None) -> Framework:
         filters=[constraints.NodeConstraints(), resources.NodeResourcesFit(),
                  latency.SloLatency()],
         scores=[completion.CompletionTime(), latency.SloLatency(), energy.Energy(),
-                locality.DataLocality(), fragmentation.GpuFragmentation()],
+                locality.DataLocality(),
+                fragmentation.GpuFragmentation(fragmentation.DEFAULT_WEIGHT
+                                               if fragmentation_weight is None
+                                               else fragmentation_weight)],
         predictor=predictor or AnalyticPredictor(),
     )

@@ -173,16 +173,6 @@ class TargetModel:
     analytic_error: float
     metric: str = "mape_percent"
 
-    @property
-    def mape(self) -> float:
-        """``error`` when it is a MAPE (%), else NaN (bench/placement reads this name)."""
-        return self.error if self.metric == "mape_percent" else float("nan")
-
-    @property
-    def analytic_mape(self) -> float:
-        """``analytic_error`` when it is a MAPE (%), else NaN."""
-        return self.analytic_error if self.metric == "mape_percent" else float("nan")
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         # sets pickled before ERROR_METRIC existed carry ``mape``/``analytic_mape`` (%)
         if "error" not in state and "mape" in state:

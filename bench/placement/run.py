@@ -468,9 +468,10 @@ def main() -> None:
     hist = A.history(rng, 1500 if args.quick else 4000)
     models = train(hist)
     learned = LearnedPredictor(ModelSet(1, time.time(), "scenario-a ground truth", models))
-    mape_rows = [[t, str(m.samples), f"{m.mape:.1f}", f"{m.analytic_mape:.1f}"]
+    unit = {"mape_percent": "MAPE %", "mae_seconds": "MAE s"}
+    mape_rows = [[t, str(m.samples), unit[m.metric], f"{m.error:.1f}", f"{m.analytic_error:.1f}"]
                  for t, m in sorted(models.items())]
-    mape_text = table(["target", "samples", "learned MAPE %", "analytic MAPE %"], mape_rows)
+    mape_text = table(["target", "samples", "error", "learned", "analytic"], mape_rows)
     print(mape_text, flush=True)
     a_text, a_sum = scenario_a(6 if args.quick else 30, 48, learned, 20.0)
     print(a_text, flush=True)

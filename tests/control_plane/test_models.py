@@ -273,3 +273,15 @@ def test_a_swap_in_the_middle_of_a_placement_batch_does_not_mix_versions(
         assert d.predicted.runtime_s == pytest.approx(rt2, rel=1e-9)
         assert d.predicted.energy_j == pytest.approx(e2, rel=1e-9)
         assert rt2 > 2 * expected(v1, snap, d.node)[0]  # the versions do differ
+
+
+def test_fragmentation_weight_setting_reaches_the_framework(tmp_path: Path) -> None:
+    """``placement_fragmentation_weight`` sets the GpuFragmentation plugin's weight in the
+    framework the reconciler places with; 0 switches the term off."""
+    from placement.plugins.fragmentation import DEFAULT_WEIGHT
+
+    for kw, expected in (({}, DEFAULT_WEIGHT), ({"placement_fragmentation_weight": 0.0}, 0.0),
+                         ({"placement_fragmentation_weight": 2.0}, 2.0)):
+        with control_plane(tmp_path / f"state-{expected}", **kw) as (cp, _):
+            [frag] = [p for p in cp.reconciler.framework.scores if p.name == "GpuFragmentation"]
+            assert frag.weight == expected

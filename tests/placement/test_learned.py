@@ -50,8 +50,8 @@ def samples(n: int, seed: int = 0) -> list[Sample]:
 def test_learns_a_known_relation_and_beats_the_analytic_model() -> None:
     models = train(samples(1500))
     rt = models["runtime"]
-    assert rt.mape < 10.0
-    assert rt.mape < rt.analytic_mape / 3
+    assert rt.metric == "mape_percent" and rt.error < 10.0
+    assert rt.error < rt.analytic_error / 3
     # and on fresh nodes through the Predictor interface
     lp = LearnedPredictor(ModelSet(1, 0.0, "test", models))
     nodes = [node("s/a", 8, speed=1.0, tier="cloud"), node("s/b", 16, speed=1.5, tier="device")]
@@ -190,7 +190,7 @@ def test_twin_bootstrap_trains_all_targets_it_has_data_for() -> None:
     models = train(hist)
     assert {"runtime", "energy"} <= set(models)
     assert "queue_wait" not in models  # no Slurm node, no queue-wait data
-    assert models["runtime"].mape < 5.0  # the twin is the analytic model: easy to learn
+    assert models["runtime"].error < 5.0  # the twin is the analytic model: easy to learn
 
 
 def test_prefetch_predicts_all_task_classes_in_one_call_per_target() -> None:

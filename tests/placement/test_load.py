@@ -72,3 +72,17 @@ def test_a_batch_spreads_instead_of_herding_onto_the_least_loaded_node() -> None
     chosen = [o.decision.node for o in place(reqs, snap, fw) if o.decision]
     assert len(chosen) == 8
     assert sorted(chosen.count(n) for n in ("s/a", "s/b")) == [4, 4]
+
+
+@pytest.mark.parametrize("mode", ["fast", "quality"])
+def test_measured_load_splits_node_classes(mode: str) -> None:
+    """Two nodes equal but for their measured load: the idle one wins in the batch and
+    MILP (quality) paths too — the busy one must not be scored with the idle one's load
+    because they shared a node class."""
+    from dataclasses import replace
+
+    busy, idle = loaded("s/busy", 8, 0.90), loaded("s/idle", 8, 0.0)
+    fw = replace(with_load(default_framework()), mode=mode)
+    for nodes in ([busy, idle], [idle, busy]):  # whichever is the class's first member
+        [out] = place([request(task("t", cpu=1))], Snapshot(nodes=nodes, network=network()), fw)
+        assert out.decision is not None and out.decision.node == "s/idle", out
