@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from continuum.model import RunState, SiteHealth, Task
+from continuum.model import Node, Resources, RunState, SiteHealth, Task
 from control_plane.store import RunRow, TaskRow, add_event, new_id, utcnow
 
 if TYPE_CHECKING:
@@ -231,13 +231,18 @@ class MigrationController:
         nodes = self.cp.federation.placeable_nodes()
         if not nodes:
             return 0
-        snap = Snapshot(nodes=nodes, network=self.cp.network, now=now)  # type: ignore[arg-type]
-        assigner = BatchAssigner(snap.copy(), self.cp.models.framework)
-        assert assigner.classes is not None
         moved = 0
         with self.cp.store.session() as s:
             runs = s.scalars(select(RunRow).where(
                 RunRow.state.in_([RunState.Dispatched.value, RunState.Running.value]))).all()
+            # each candidate is scored on its own node as if it were not there (else its
+            # own cores and load make its node look worse than an equal empty one, and a
+            # service would hop between identical nodes)
+            nodes = _without(nodes, [(r, Task.model_validate(t.spec)) for r in runs
+                                     if (t := s.get(TaskRow, r.task_id)) is not None])
+            snap = Snapshot(nodes=nodes, network=self.cp.network, now=now)  # type: ignore[arg-type]
+            assigner = BatchAssigner(snap.copy(), self.cp.models.framework)
+            assert assigner.classes is not None
             for run in runs:
                 if moved >= st.migration_max_per_cycle:
                     break
@@ -365,6 +370,37 @@ class MigrationController:
                 if snap.ids[int(k)] != current:
                     return snap.ids[int(k)], float(cc.cost[c])
         return None
+
+
+def _without(nodes: list[Node], footprints: list[tuple[RunRow, Task]]) -> list[Node]:
+    """``nodes`` with the movable runs taken off their nodes: a queued job's or running
+    service's requested resources added back to its node's ``free`` (capped at
+    ``allocatable``) and a running service's cores (``cpu / capacity.cpu``) taken off the
+    node's measured utilisation. Other runs stay where they are."""
+    by_node: dict[str, list[tuple[RunRow, Task]]] = {}
+    for run, task in footprints:
+        movable = run.state == RunState.Dispatched.value or task.kind == "service"
+        if run.node and movable:
+            by_node.setdefault(run.node, []).append((run, task))
+    out = []
+    for nd in nodes:
+        mine = by_node.get(nd.id)
+        if not mine:
+            out.append(nd)
+            continue
+        cpu = sum(t.resources.cpu for _, t in mine)
+        update: dict[str, object] = {}
+        if nd.free is not None:
+            a = nd.allocatable
+            update["free"] = Resources(
+                cpu=min(a.cpu, nd.free.cpu + cpu),
+                memory=min(a.memory, nd.free.memory + sum(t.resources.memory for _, t in mine)),
+                gpu=min(a.gpu, nd.free.gpu + sum(t.resources.gpu for _, t in mine)))
+        running = sum(t.resources.cpu for r, t in mine if r.state == RunState.Running.value)
+        if nd.utilisation is not None and running and nd.capacity.cpu > 0:
+            update["utilisation"] = max(0.0, nd.utilisation - running / nd.capacity.cpu)
+        out.append(nd.model_copy(update=update))
+    return out
 
 
 __all__ = ["Candidate", "MigrationController", "Verdict", "decide"]

@@ -225,8 +225,10 @@ def test_service_moves_make_before_break_to_a_better_node_and_stays(tmp_path: Pa
 
         rs = wait_for(moved, 30, message=lambda: f"the service migrated; runs {runs()}")
         new = next(r for r in rs if r["id"] != first["id"])
-        assert new["node"] == "green/arm" and new["state"] == "Running"
         events = api.get(f"/v1/workflows/{wf}").json()["events"]
+        assert new["node"] == "green/arm" and new["state"] == "Running", (
+            [(r["id"], r["node"], r["state"], r["reason"]) for r in rs],
+            [(e["type"], e.get("runId"), e["message"]) for e in events])
         kinds = [(e["type"], e.get("runId")) for e in events]
         # make before break: the new run ran before the old one stopped
         assert kinds.index(("RunRunning", new["id"])) < kinds.index(("RunMigrated", first["id"]))
