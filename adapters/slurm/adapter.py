@@ -286,6 +286,9 @@ class SlurmAdapter:
         self._jobs_wall = 0.0  # wall time the last fetch started
         self._update_time = 0
         self._by_run: dict[str, int] = {}
+        self._uncertain: set[str] = set()
+        """Runs whose submit failed transiently: slurmctld may have taken the job anyway (a
+        timeout after it accepted), so their next submit first re-reads the job table."""
         self._stats: dict[str, PartitionStats] = {}
         self._health: tuple[SiteHealth, str] = (SiteHealth.Ready, "")
         self._partition_limits: dict[str, int | None] = {}
@@ -494,6 +497,10 @@ class SlurmAdapter:
                                    site=self.site.name)
         tl = scripts.time_limit_minutes(task.timeout)
         with self._lock:
+            uncertain = request_id in self._uncertain
+        if uncertain:
+            self._refresh_jobs(force=True)  # finds the job by its name if it was taken
+        with self._lock:
             limit = self._partition_limits.get(partition)
             existing = self._by_run.get(request_id)
         if tl is not None and limit is not None and tl > limit:
@@ -511,14 +518,17 @@ class SlurmAdapter:
                                       account=self.config.account, time_limit_min=tl)
         try:
             job_id = self.client.submit(body, job)
-        except SlurmApiError as e:
-            if e.numbers and all(n >= 2000 for n in e.numbers if n > 0) and any(
-                    n >= 2000 for n in e.numbers):
+        except TransientError as e:
+            if isinstance(e, SlurmApiError) and e.numbers and all(
+                    n >= 2000 for n in e.numbers if n > 0) and any(n >= 2000 for n in e.numbers):
                 raise PermanentError(f"slurmctld rejected the job of run {request_id}: "
                                      f"{e.message}", site=self.site.name) from e
+            with self._lock:
+                self._uncertain.add(request_id)
             raise
         with self._lock:
             self._by_run[request_id] = job_id
+            self._uncertain.discard(request_id)
         log.info("site %s: run %s submitted as job %d to partition %s", self.site.name,
                  request_id, job_id, partition)
         return self._handle(run, node, job_id, jp)

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -434,3 +435,37 @@ def test_a_second_submit_by_a_new_adapter_finds_the_job_instead_of_submitting(
     assert second.client.requests_by_path.get("/slurm/v0.0.38/job/submit") is None
     assert len(slurm.jobs_named(f"continuum-{run.run_id}")) == 1
     second.close()
+
+
+def test_a_submit_whose_answer_was_lost_is_not_submitted_twice(slurm: SlurmCluster,
+                                                               tmp_path: Path) -> None:
+    """slurmctld took the job but the answer never arrived (a timeout): the reconciler's
+    retry within the same process, before any scheduled job-table read, must find that job
+    instead of submitting a second one."""
+    from adapters.base import AdapterContext, TaskRun
+    from adapters.slurm import SlurmAdapter
+    from continuum.errors import TransientError
+    from continuum.model import SiteSpec, Task
+
+    site = SiteSpec.model_validate({"name": "hpc", "kind": "slurm",
+                                    "config": slurm.config(pollInterval=3600)})
+    task = Task.model_validate({"name": "once", "command": ["true"]})
+    run = TaskRun(run_id=f"run-{uuid.uuid4().hex[:12]}", workflow_id="wf-x",
+                  workflow_name="x", task=task)
+    a = SlurmAdapter(site, AdapterContext(artifacts=None, state_dir=tmp_path))  # type: ignore[arg-type]
+    node = a.inventory()[0]
+    real_submit = a.client.submit
+    taken: list[int] = []
+
+    def submit_then_lose_the_answer(*args: Any, **kw: Any) -> int:
+        taken.append(real_submit(*args, **kw))
+        raise TransientError("slurmrestd did not answer POST job/submit within 10 s")
+
+    a.client.submit = submit_then_lose_the_answer  # type: ignore[method-assign]
+    with pytest.raises(TransientError):
+        a.submit(run, node, run.run_id)
+    a.client.submit = real_submit  # type: ignore[method-assign]
+    h = a.submit(run, node, run.run_id)
+    assert h.backend_id == str(taken[0])
+    assert len(slurm.jobs_named(f"continuum-{run.run_id}")) == 1
+    a.close()
