@@ -546,9 +546,10 @@ class SlurmAdapter:
         """One job-table read (at most every ``pollInterval`` s) for every handle.
 
         A job missing from the table is omitted while it may simply be newer than the
-        table; once the table is newer than the submission, the run is Failed (slurmctld
-        forgot the job: purged after MinJobAge, or its state was lost) unless the
-        batch script's exit file says how it ended.
+        table; once the table is newer than the submission, slurmctld forgot the job
+        (purged after MinJobAge, or its state was lost): the batch script's exit file
+        (``scripts.EXIT_FILE``) then says how it ended, and without it the run is Failed
+        with that reason.
 
         Raises:
             TransientError | AuthError: slurmrestd could not be asked.
@@ -570,10 +571,18 @@ class SlurmAdapter:
             if job is None:
                 if table_at < float(h.data.get("submittedAt") or 0) + 1.0:
                     continue
+                code = self._read_exit_file(h)
+                if code is not None:  # the batch script's EXIT trap says how it ended
+                    st = self._job_status(h, {"job_state": "COMPLETED" if code == 0 else "FAILED",
+                                              "exit_code": code << 8})
+                    if st is not None:
+                        out[h.run_id] = st
+                    continue
                 out[h.run_id] = RunStatus(
                     RunState.Failed,
                     reason=f"Slurm job {job_id} is no longer known to slurmctld (purged after "
-                           "MinJobAge or lost); its end state is unknown",
+                           "MinJobAge or lost) and its exit file cannot be read; its end state "
+                           "is unknown",
                     output_tail=self._read_tail(h, 50)[1])
                 continue
             st = self._job_status(h, job)
@@ -628,6 +637,16 @@ class SlurmAdapter:
             output_tail=tail if ok else "",
             bytes_in=int(h.data.get("inputBytes") or 0) if fetched_inputs else 0,
             bytes_out=bytes_out, outputs=outputs)
+
+    def _read_exit_file(self, h: Handle) -> int | None:
+        """The exit code the batch script recorded (``scripts.EXIT_FILE``), or None when the
+        control plane cannot read it (no shared file system) or the job never ended."""
+        run_dir = str(h.data.get("runDir") or "")
+        try:
+            text = Path(run_dir, scripts.EXIT_FILE).read_text().strip() if run_dir else ""
+            return int(text) if text else None
+        except (OSError, ValueError):
+            return None
 
     def _read_status_note(self, h: Handle) -> str:
         run_dir = str(h.data.get("runDir") or "")

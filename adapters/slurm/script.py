@@ -34,6 +34,9 @@ EXIT_OUTPUT = 98
 """Exit code of a job whose command succeeded but an output could not be uploaded."""
 
 STATUS_FILE = ".continuum/status"
+EXIT_FILE = ".continuum/exit"
+"""The script's exit code, written on exit (a bash EXIT trap): how a job ended when
+slurmctld no longer knows it (purged after MinJobAge while the control plane was down)."""
 """Relative to the run directory: one line saying why the prologue/epilogue failed."""
 
 NAME_PREFIX = "continuum-"
@@ -129,7 +132,8 @@ def batch_script(run: TaskRun, jp: JobPaths, *, apptainer: str | None = None) ->
         "set -u",
         f"mkdir -p {shlex.quote(jp.run_dir)}/.continuum || exit {EXIT_INPUT}",
         f"cd {shlex.quote(jp.run_dir)} || exit {EXIT_INPUT}",
-        f"rm -f {STATUS_FILE}",
+        f"rm -f {STATUS_FILE} {EXIT_FILE}",
+        "trap 'printf \"%s\\n\" \"$?\" > " + EXIT_FILE + "' EXIT",
         "fail() { echo \"continuum: $2\" >&2; printf '%s\\n' \"$2\" > " + STATUS_FILE
         + "; exit \"$1\"; }",
     ]

@@ -469,3 +469,37 @@ def test_a_submit_whose_answer_was_lost_is_not_submitted_twice(slurm: SlurmClust
     assert h.backend_id == str(taken[0])
     assert len(slurm.jobs_named(f"continuum-{run.run_id}")) == 1
     a.close()
+
+
+def test_a_job_slurmctld_forgot_ends_as_its_exit_file_says(slurm: SlurmCluster,
+                                                           tmp_path: Path) -> None:
+    """slurmctld purges finished jobs after MinJobAge; a control plane that was down that
+    long finds them gone. The batch script's exit file then tells success from failure
+    (instead of failing — and re-running — every such job)."""
+    from adapters.base import AdapterContext, TaskRun
+    from adapters.slurm import SlurmAdapter
+    from continuum.model import RunState, SiteSpec, Task
+
+    site = SiteSpec.model_validate({"name": "hpc", "kind": "slurm", "config": slurm.config()})
+    a = SlurmAdapter(site, AdapterContext(artifacts=None, state_dir=tmp_path))  # type: ignore[arg-type]
+    node = a.inventory()[0]
+    handles = {}
+    for name, command in (("ok", ["true"]), ("bad", ["sh", "-c", "exit 3"])):
+        run = TaskRun(run_id=f"run-{uuid.uuid4().hex[:12]}", workflow_id="wf-x",
+                      workflow_name="x", task=Task.model_validate({"name": name,
+                                                                   "command": command}))
+        handles[name] = a.submit(run, node, run.run_id)
+    wait_for(lambda: all(s.state.terminal for s in a.status(list(handles.values())).values())
+             and len(a.status(list(handles.values()))) == 2, 60, message="both jobs ended")
+    ours = {int(h.backend_id) for h in handles.values()}
+    real_jobs = a.client.jobs
+    a.client.jobs = lambda *args, **kw: [  # type: ignore[method-assign]
+        j for j in (real_jobs(0) or []) if int(j["job_id"]) not in ours]  # purged
+    a._refresh_jobs(force=True)  # the next status() reads the purged table
+    # (a job missing from a table read within 1 s of its submission may just be new)
+    st = wait_for(lambda: (r := a.status(list(handles.values()))) and len(r) == 2 and r, 10,
+                  message="both runs' end states from their exit files")
+    assert st[handles["ok"].run_id].state == RunState.Succeeded
+    bad = st[handles["bad"].run_id]
+    assert (bad.state, bad.exit_code, bad.reason) == (RunState.Failed, 3, "exited with code 3")
+    a.close()
