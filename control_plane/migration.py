@@ -356,17 +356,13 @@ class MigrationController:
     def _best_other(assigner: object, cc: object, req: object, current: str
                     ) -> tuple[str, float] | None:
         from placement.batch import BatchAssigner, ClassCosts
-        from placement.snapshot import CPU_EPS
 
         assert isinstance(assigner, BatchAssigner) and isinstance(cc, ClassCosts)
         assert assigner.classes is not None
         snap = assigner.snap
-        r = req.task.resources  # type: ignore[attr-defined]
         for c in cc.order:
             m = assigner.classes.members[c]
-            fits = (snap.free_cpu[m] + CPU_EPS >= r.cpu) & (snap.free_mem[m] >= r.memory) \
-                & (snap.free_gpu[m] >= r.gpu)
-            for k in m[fits]:
+            for k in m[snap.fits(req.task.resources, m)]:  # type: ignore[attr-defined]
                 if snap.ids[int(k)] != current:
                     return snap.ids[int(k)], float(cc.cost[c])
         return None

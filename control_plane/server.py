@@ -63,7 +63,7 @@ class ControlPlane:
         self.federation.collector = self.collector
         self.metrics.devices.source = self.device_readings
         from control_plane.migration import MigrationController
-        from control_plane.routes_models import ModelService
+        from control_plane.models import ModelService
 
         self.models = ModelService(self)
         self.migration = MigrationController(self)

@@ -179,6 +179,10 @@ def static_mask(req: PlacementRequest, classes: NodeClasses, fw: Framework) -> n
     return mask
 
 
+STATIC_FIELDS = slice(5, 12)
+"""The fields of :func:`task_class_key` the static filters read (see :func:`static_key`)."""
+
+
 def static_key(req: PlacementRequest) -> tuple[object, ...]:
     """The part of :func:`task_class_key` the static filters read (constraints, image, SLO).
 
@@ -186,7 +190,7 @@ def static_key(req: PlacementRequest) -> tuple[object, ...]:
     a filter plugin other than ``NodeResourcesFit`` must read only these fields of a
     request (true of the built-in ``NodeConstraints`` and ``SloLatency``).
     """
-    return task_class_key(req)[5:12]
+    return task_class_key(req)[STATIC_FIELDS]
 
 
 def evaluate(req: PlacementRequest, classes: NodeClasses, fw: Framework,
@@ -268,7 +272,7 @@ class BatchAssigner:
         cc = self.cache.get(key)
         if cc is None:
             assert self.classes is not None
-            skey = key[5:12]
+            skey = key[STATIC_FIELDS]  # = static_key(req), without recomputing the key
             mask = self._static.get(skey)
             if mask is None:
                 mask = self._static[skey] = static_mask(req, self.classes, self.framework)
@@ -604,9 +608,7 @@ def naive_assign(requests: Sequence[PlacementRequest], snap: Snapshot,
         for f in fw.filters:
             if f.name != NodeResourcesFit.name:
                 static &= f.filter(req, snap, state).mask
-        r = req.task.resources
-        fits = static & (snap.free_cpu + CPU_EPS >= r.cpu) & (snap.free_mem >= r.memory) \
-            & snap.gpu_fit(r.gpu)
+        fits = static & snap.fits(req.task.resources)
         if not fits.any():
             continue
         raw = {p.name: np.asarray(p.score(req, snap, state, static), dtype=np.float64)

@@ -376,7 +376,7 @@ class LearnedPredictor:
     a new set, build a new predictor (and framework) and publish that reference, so a
     placement batch that holds one framework predicts runtime, energy and queue wait
     and records its version from one and the same set (see
-    ``control_plane.routes_models.ModelService.serve``).
+    ``control_plane.models.ModelService.serve``).
     """
 
     def __init__(self, models: ModelSet | None = None) -> None:

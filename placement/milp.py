@@ -65,9 +65,7 @@ def solve(requests: Sequence[PlacementRequest], assigner: BatchAssigner,
     cols_c: list[np.ndarray] = []
     for i, req in enumerate(requests):
         cost = assigner.costs(req).cost[classes.of]
-        r = req.task.resources
-        ok = np.isfinite(cost) & (snap.free_cpu + CPU_EPS >= r.cpu) \
-            & (snap.free_mem >= r.memory) & (snap.free_gpu >= r.gpu)
+        ok = np.isfinite(cost) & snap.fits(req.task.resources)
         j = np.flatnonzero(ok)
         cols_i.append(np.full(j.size, i))
         cols_j.append(j)

@@ -180,6 +180,14 @@ class Snapshot:
 
     # ------------------------------------------------------------------ assume
 
+    def fits(self, r: Resources, idx: np.ndarray | None = None) -> np.ndarray:
+        """Boolean, True where ``r`` (cores, bytes, GPU units) fits the free capacity of the
+        nodes ``idx`` (default all): cpu within :data:`CPU_EPS`, memory, and GPUs as
+        :meth:`gpu_fit` counts them (per physical GPU when ``gpu_unit`` > 1)."""
+        rows = slice(None) if idx is None else idx
+        return ((self.free_cpu[rows] + CPU_EPS >= r.cpu) & (self.free_mem[rows] >= r.memory)
+                & self.gpu_fit(r.gpu, idx))
+
     def gpu_fit(self, gpu: int, idx: np.ndarray | None = None) -> np.ndarray:
         """Boolean, True where a request of ``gpu`` units fits the GPUs of the nodes
         ``idx`` (default all): pooled count when ``gpu_unit`` is 1, else one GPU with

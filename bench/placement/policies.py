@@ -45,7 +45,6 @@ from placement.batch import BatchAssigner, size_order
 from placement.framework import Framework, default_framework
 from placement.plugins.constraints import NodeConstraints
 from placement.predict import AnalyticPredictor, Predictor
-from placement.snapshot import CPU_EPS
 
 Policy = Callable[[Sequence[PlacementRequest], Snapshot], np.ndarray]
 
@@ -53,21 +52,18 @@ _CONSTRAINTS = NodeConstraints()
 
 
 def _static_masks(requests: Sequence[PlacementRequest], snap: Snapshot) -> list[np.ndarray]:
-    cache: dict[int, np.ndarray] = {}
+    cache: dict[tuple[int, bool], np.ndarray] = {}
     out = []
-    for req in requests:
+    for req in requests:  # requests outlive the loop, so their constraints' ids are unique
         key = id(req.task.constraints), req.task.image is not None
-        h = hash(key)
-        if h not in cache:
-            cache[h] = _CONSTRAINTS.filter(req, snap, CycleState(AnalyticPredictor())).mask
-        out.append(cache[h])
+        if key not in cache:
+            cache[key] = _CONSTRAINTS.filter(req, snap, CycleState(AnalyticPredictor())).mask
+        out.append(cache[key])
     return out
 
 
 def _fits(req: PlacementRequest, snap: Snapshot) -> np.ndarray:
-    r = req.task.resources
-    return (snap.free_cpu + CPU_EPS >= r.cpu) & (snap.free_mem >= r.memory) \
-        & snap.gpu_fit(r.gpu)
+    return snap.fits(req.task.resources)
 
 
 def _generic(choose: Callable[[PlacementRequest, Snapshot, np.ndarray], int]) -> Policy:
@@ -109,7 +105,7 @@ def kube_default(seed: int = 0) -> Policy:
 
     def choose(req: PlacementRequest, snap: Snapshot, ok: np.ndarray) -> int:
         n = snap.n
-        pct = max(5.0, 50.0 - n / 125.0)
+        pct = max(5, 50 - n // 125)  # Go: int32 division in numFeasibleNodesToFind
         want = n if n < 100 else max(100, int(n * pct / 100))
         order = (np.arange(n) + start[0]) % n
         feas = order[ok[order]]

@@ -171,7 +171,7 @@ def test_idle_slurm_queue_waits_are_scored_in_seconds(tmp_path: Path, monkeypatc
     import json
 
     from continuum.model import SiteKind
-    from control_plane import routes_models
+    from control_plane import models
     from placement.learned import twin_history
 
     def idle_slurm_history(nodes, n):  # type: ignore[no-untyped-def]
@@ -179,7 +179,7 @@ def test_idle_slurm_queue_waits_are_scored_in_seconds(tmp_path: Path, monkeypatc
         return twin_history([nd.model_copy(update={"site_kind": SiteKind.slurm,
                                                    "queue_wait_s": 0.0}) for nd in nodes], n)
 
-    monkeypatch.setattr(routes_models, "twin_history", idle_slurm_history)
+    monkeypatch.setattr(models, "twin_history", idle_slurm_history)
     with control_plane(tmp_path, model_bootstrap_samples=300) as (_, api):
         r = api.post("/v1/models:retrain", params={"source": "twin"})
         assert r.status_code == 200, r.text
