@@ -171,15 +171,17 @@ class DevicesAdapter:
         self.malformed = 0
         """Payloads rejected (malformed, wrong version, device id mismatch)."""
         self.malformed_by_reason: Counter[str] = Counter()
+        self._connected = threading.Event()
+        """Set while connected, once ``_connected_at`` is updated for this connection."""
         self._connected_at = 0.0
         """ctx.clock() of the last (re)connection to the broker: a device's silence counts
         from no earlier than this, so devices are not declared offline merely because the
         broker (or this side's connection) was down while they were reconnecting."""
         self._session = session if session is not None else self._make_session()
-        self._connected = self._session.connected
         for leaf in ("hello", "status", "telemetry", "runs/+"):
             self._session.subscribe(f"{TOPIC_PREFIX}/+/{leaf}", qos=1)
         self._session.on_connect = self._on_connect
+        self._session.on_disconnect = self._connected.clear
         self._session.on_message = self._on_message
         self._session.start()
 
@@ -195,6 +197,7 @@ class DevicesAdapter:
     def _on_connect(self, client: mqtt.Client) -> None:
         """(Re)connected and subscribed: devices' silence counts from now at the earliest."""
         self._connected_at = self.ctx.clock()
+        self._connected.set()
 
     def _reject(self, t: str, reason: str) -> None:
         with self._lock:

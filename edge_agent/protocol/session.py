@@ -23,9 +23,9 @@ It lives in :mod:`edge_agent.protocol` because adapters may import only that par
 
 Hooks (all optional, run on paho's loop thread; an exception in one is logged, never
 raised into paho): ``on_connect(client)`` after a successful (re)connection, once
-:attr:`connected` is set; ``on_disconnect()`` after the connection was lost (not after
-:meth:`stop`); ``on_message(client, userdata, message)`` and
-``on_publish(client, userdata, mid, reason_code, properties)`` as paho calls them.
+:attr:`connected` is set; ``on_disconnect()`` after the connection was lost or closed;
+``on_message(client, userdata, message)`` and ``on_publish(client, userdata, mid,
+reason_code, properties)`` as paho calls them.
 """
 
 from __future__ import annotations
@@ -228,11 +228,10 @@ class MqttSession:
                        properties: Any = None) -> None:
         self.connected.clear()
         self.last_error = f"disconnected: {rc}"
-        if self._stopping:
-            return
-        delay = self._arm_backoff()
-        log.warning("%s: disconnected from %s (%s); reconnecting in %.1f s", self.label,
-                    self.broker, rc, delay)
+        if not self._stopping:
+            delay = self._arm_backoff()
+            log.warning("%s: disconnected from %s (%s); reconnecting in %.1f s", self.label,
+                        self.broker, rc, delay)
         self._hook("on_disconnect", self.on_disconnect)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
