@@ -527,12 +527,8 @@ class BatchAssigner:
 
 
 def node_classes(snap: Snapshot) -> NodeClasses:
-    """The snapshot's :class:`NodeClasses`, built once and kept on the snapshot."""
-    cl = getattr(snap, "_node_classes", None)
-    if cl is None or cl.snap.nodes is not snap.nodes:
-        cl = NodeClasses(snap)
-        snap._node_classes = cl  # type: ignore[attr-defined]
-    return cl
+    """The snapshot's :class:`NodeClasses`, built once and kept in its memo."""
+    return snap.memo("node_classes", lambda: NodeClasses(snap))
 
 
 class ClassCachedPredictor:

@@ -365,6 +365,17 @@ class ModelStore:
 # ---------------------------------------------------------------- the predictor
 
 
+@dataclass
+class _LearnedMemo:
+    """A predictor's memo on one snapshot (key ``learned`` of :meth:`Snapshot.memo`):
+    (model output, ood mask) per (target, task features), with the predictor and model
+    set it came from (held, so their ids cannot be reused while the memo lives)."""
+
+    predictor: LearnedPredictor
+    models: ModelSet | None
+    values: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]]
+
+
 class LearnedPredictor:
     """A :class:`~placement.predict.Predictor` backed by one :class:`ModelSet`.
 
@@ -414,12 +425,11 @@ class LearnedPredictor:
         task features, for this predictor and model set; kept on the snapshot so it lives
         exactly as long as it (the features read — speed, capacity, tier, power, queue
         wait — do not change within a snapshot)."""
-        owner = (id(self), id(self.models))
-        held = getattr(snap, "_learned_cache", None)
-        if held is None or held[0] != owner:
-            held = (owner, {})
-            snap._learned_cache = held  # type: ignore[attr-defined]
-        return held[1]  # type: ignore[no-any-return]
+        memo = snap.memo("learned", dict[tuple[object, ...], _LearnedMemo])
+        held = memo.get((id(self), id(self.models)))
+        if held is None or held.predictor is not self or held.models is not self.models:
+            held = memo[(id(self), id(self.models))] = _LearnedMemo(self, self.models, {})
+        return held.values
 
     def _z(self, target: str, task: Task, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
         """(model output, ood mask) for ``task`` over ``snap``'s nodes, memoised."""

@@ -265,10 +265,8 @@ class GpuFragmentation:
         when they run out."""
         if not self.scarcity:
             return 1.0
-        cap = getattr(snap, "_gpu_cap_units", None)
-        if cap is None:
-            cap = float(sum(nd.allocatable.gpu for nd in snap.nodes))
-            snap._gpu_cap_units = cap  # type: ignore[attr-defined]
+        cap = snap.memo("gpu_capacity_units",
+                        lambda: float(sum(nd.allocatable.gpu for nd in snap.nodes)))
         if cap <= 0:
             return 0.0
         used = 1.0 - float(snap.free_gpu.sum()) / cap

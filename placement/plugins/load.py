@@ -47,14 +47,10 @@ STALE_PENALTY = 0.25
 
 
 def _initial_free_cpu(snap: Snapshot) -> np.ndarray:
-    """Free cores per node when ``snap`` was built (before any ``assume``); kept on it."""
-    cached = getattr(snap, "_initial_free_cpu", None)
-    if cached is None or cached[0] is not snap.nodes:
-        free = np.array([(nd.free if nd.free is not None else nd.allocatable).cpu
-                         for nd in snap.nodes], dtype=np.float64)
-        cached = (snap.nodes, free)
-        snap._initial_free_cpu = cached  # type: ignore[attr-defined]
-    return cached[1]
+    """Free cores per node when ``snap`` was built (before any ``assume``); kept in its memo."""
+    return snap.memo("initial_free_cpu", lambda: np.array(
+        [(nd.free if nd.free is not None else nd.allocatable).cpu for nd in snap.nodes],
+        dtype=np.float64))
 
 
 def effective_load(snap: Snapshot) -> np.ndarray:
