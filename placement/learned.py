@@ -262,7 +262,8 @@ def train(samples: Sequence[Sample], seed: int = 0) -> dict[str, TargetModel]:
     def energy_back(p: np.ndarray, te: np.ndarray) -> np.ndarray:
         rt_model = split_models.get("runtime")  # fitted on training rows only
         rt = analytic_all[te] * (np.exp(rt_model.predict(x_all[te])) if rt_model else 1.0)
-        return analytic_energy(rt, te) * np.exp(p)
+        out: np.ndarray = analytic_energy(rt, te) * np.exp(p)
+        return out
 
     fit_target("energy", (e_obs > 0) & (obs_rt > 0), y_e, energy_back, base_an, e_obs)
 
@@ -476,7 +477,7 @@ class LearnedPredictor:
         if m is None or snap.n == 0:
             return base
         z, ood = self._z("runtime", task, snap)
-        out = base * np.exp(z)
+        out: np.ndarray = base * np.exp(z)
         out[ood] = base[ood]
         return out
 
@@ -486,7 +487,7 @@ class LearnedPredictor:
         if m is None or snap.n == 0:
             return base
         z, ood = self._z("energy", task, snap)
-        out = base * np.exp(z)
+        out: np.ndarray = base * np.exp(z)
         out[ood] = base[ood]
         return out
 

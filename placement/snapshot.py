@@ -226,8 +226,9 @@ class Snapshot:
         nodes ``idx`` (default all): cpu within :data:`CPU_EPS`, memory, and GPUs as
         :meth:`gpu_fit` counts them (per physical GPU when ``gpu_unit`` > 1)."""
         rows = slice(None) if idx is None else idx
-        return ((self.free_cpu[rows] + CPU_EPS >= r.cpu) & (self.free_mem[rows] >= r.memory)
-                & self.gpu_fit(r.gpu, idx))
+        fits: np.ndarray = ((self.free_cpu[rows] + CPU_EPS >= r.cpu)
+                            & (self.free_mem[rows] >= r.memory) & self.gpu_fit(r.gpu, idx))
+        return fits
 
     def gpu_fit(self, gpu: int, idx: np.ndarray | None = None) -> np.ndarray:
         """Boolean, True where a request of ``gpu`` units fits the GPUs of the nodes
@@ -239,10 +240,13 @@ class Snapshot:
         if self.gpu_unit == 1 or self.gpu_slots.shape[1] == 0:
             return self.free_gpu[rows] >= gpu
         slots = self.gpu_slots[rows]
+        fit: np.ndarray
         if gpu < self.gpu_unit:
-            return slots.max(axis=1) >= gpu
-        need = -(-gpu // self.gpu_unit)
-        return (slots == self.gpu_unit).sum(axis=1) >= need
+            fit = slots.max(axis=1) >= gpu
+        else:
+            need = -(-gpu // self.gpu_unit)
+            fit = (slots == self.gpu_unit).sum(axis=1) >= need
+        return fit
 
     def take_gpus(self, i: int, gpu: int) -> None:
         """Deduct ``gpu`` units from node ``i``'s physical GPUs: a fractional request

@@ -67,7 +67,8 @@ def effective_load(snap: Snapshot) -> np.ndarray:
     # NaN (unknown) measured + added is NaN; fmax then takes the accounting alone
     u = np.clip(np.fmax(snap.utilisation + added, accounted), 0.0, 1.0)
     u = np.where(snap.metrics_stale, u + STALE_PENALTY * (1.0 - u), u)
-    return np.minimum(u, MAX_LOAD)
+    out: np.ndarray = np.minimum(u, MAX_LOAD)
+    return out
 
 
 class NodeLoad:
