@@ -294,14 +294,15 @@ class BatchAssigner:
         when there is none with weight > 0 or no GPU at all."""
         if not self._has_gpu:
             return None
-        weights = self.framework.weights(req.objective)
-        caps = self.framework.capabilities()
+        fw = self.framework
+        caps = fw.capabilities()
         for p in caps.dynamic:
-            if weights.get(p.name, 0.0) > 0:
+            if fw.weight_of(p, req.objective) > 0:
                 level = float(p.pressure(self.snap))
                 if level <= 0:
                     return None  # the term is 0 on every node: the static order decides
-                ws = sum(w for q in self.framework.scores if not caps.is_dynamic(q)
+                weights = fw.weights(req.objective)
+                ws = sum(w for q in fw.scores if not caps.is_dynamic(q)
                          and q.lower_is_better and (w := weights.get(q.name, 0.0)) > 0)
                 return p, weights[p.name], ws, level
         return None

@@ -273,9 +273,10 @@ class Framework:
         """The score plugins' optional capabilities, resolved once per plugin list (a
         protocol ``isinstance`` costs microseconds; this is asked per request)."""
         caps = self._capabilities
-        if (caps is None or len(caps.plugins) != len(self.scores)
-                or any(a is not b for a, b in zip(caps.plugins, self.scores, strict=True))):
-            caps = self._capabilities = ScoreCapabilities.of(self.scores)
+        plugins = tuple(self.scores)
+        # tuple == compares identical elements by identity first (in C): cheap when unchanged
+        if caps is None or caps.plugins != plugins:
+            caps = self._capabilities = ScoreCapabilities.of(plugins)
         return caps
 
     def new_state(self) -> CycleState:
@@ -307,6 +308,17 @@ class Framework:
         return {p.name: float(getattr(objective, p.term)) if p.term in OBJECTIVE_TERMS
                 else (1.0 if w is None else float(w.weight))
                 for p, w in zip(self.scores, own, strict=True)}
+
+    def weight_of(self, plugin: ScorePlugin, objective: Objective) -> float:
+        """``weights(objective)[plugin.name]`` for one plugin of this framework, without
+        building the dict (the batch assigner asks it per request)."""
+        if plugin.term in OBJECTIVE_TERMS:
+            return float(getattr(objective, plugin.term))
+        caps = self.capabilities()
+        for p, w in zip(caps.plugins, caps.weighted, strict=True):
+            if p is plugin:
+                return 1.0 if w is None else float(w.weight)
+        raise ValueError(f"{plugin.name} is not a score plugin of this framework")
 
     def run_scores(
         self, req: PlacementRequest, snap: Snapshot, state: CycleState, mask: np.ndarray

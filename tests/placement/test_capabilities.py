@@ -36,6 +36,9 @@ def test_default_framework_capabilities() -> None:
     other = replace(fw, scores=[p for p in fw.scores if p is not frag])
     assert other.capabilities().dynamic == ()
     assert "GpuFragmentation" not in other.weights(Objective())
+    frag.weight = 0.25
+    for obj in (Objective(), Objective(time=0.0, energy=3.0)):
+        assert {p.name: fw.weight_of(p, obj) for p in fw.scores} == fw.weights(obj)
 
 
 def test_predictor_capabilities() -> None:
