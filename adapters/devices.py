@@ -47,8 +47,9 @@ from adapters.base import (
     Handle,
     RunStatus,
     TaskRun,
-    register,
 )
+from adapters.capabilities import DeviceFleet, DeviceTelemetry, conforms
+from adapters.registry import register
 from continuum.errors import PermanentError, TransientError, UnsupportedError
 from continuum.model import Node, Resources, RunState, SiteHealth, SiteKind, SiteSpec
 from edge_agent.protocol import (
@@ -119,17 +120,6 @@ class _Device:
     telemetry: Telemetry | None = None
     telemetry_at: float = 0.0
     last_seen: float = 0.0
-
-
-@dataclass(frozen=True)
-class DeviceTelemetry:
-    """A device's latest telemetry as received: ``received_at`` Unix s (our clock)."""
-
-    device_id: str
-    location: str
-    online: bool
-    received_at: float
-    telemetry: Telemetry
 
 
 @dataclass(frozen=True)
@@ -501,3 +491,7 @@ def _factory(site: SiteSpec, ctx: AdapterContext) -> DevicesAdapter:
 
 
 register(SiteKind.devices, _factory)
+
+# Declared capability (adapters.capabilities): mypy checks the signatures, conforms the names.
+_DECLARED: type[DeviceFleet] = DevicesAdapter
+conforms(DevicesAdapter, DeviceFleet)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
+from adapters.capabilities import DataSourceCatalog
 from continuum.model import SiteKind
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ def add_routes(app: FastAPI, cp: ControlPlane) -> None:
         for rt in cp.federation.sites():
             if rt.spec.kind != SiteKind.kubeedge or (site is not None and rt.spec.name != site):
                 continue
-            sources = getattr(rt.adapter, "data_sources", None)
-            if callable(sources):
-                items += [{"site": rt.spec.name, **d} for d in sources()]
+            if isinstance(rt.adapter, DataSourceCatalog):
+                items += [{"site": rt.spec.name, **d} for d in rt.adapter.data_sources()]
         return {"items": items}

@@ -64,7 +64,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from adapters.base import AdapterContext, ArtifactRecord, Handle, RunStatus, TaskRun, register
+from adapters import capabilities
+from adapters.base import AdapterContext, ArtifactRecord, Handle, RunStatus, TaskRun
+from adapters.capabilities import SupportsCheck, conforms
+from adapters.registry import register
 from adapters.slurm import script as scripts
 from adapters.slurm.client import SlurmApiError, SlurmRestClient, TokenSource
 from continuum.errors import AdapterError, PermanentError, TransientError, UnsupportedError
@@ -745,6 +748,11 @@ def _factory(site: SiteSpec, ctx: AdapterContext) -> SlurmAdapter:
 
 
 register(SiteKind.slurm, _factory)
+
+# Declared capabilities (adapters.capabilities): mypy checks the signatures, conforms the names.
+_DECLARED: tuple[type[SupportsCheck], type[capabilities.PartitionStats]] = (SlurmAdapter,
+                                                                            SlurmAdapter)
+conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats)
 
 __all__ = ["SlurmAdapter", "SlurmConfig", "JOB_STATE_TABLE", "PartitionStats", "decode_exit",
            "AdapterError"]
