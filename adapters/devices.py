@@ -109,6 +109,19 @@ class DevicesConfig(BaseModel):
             raise ValueError(f"broker {v!r} must be mqtt://host:port or mqtts://host:port")
         return v
 
+    @field_validator("tls_ca")
+    @classmethod
+    def _tls_ca(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=v)
+        except OSError as e:  # ssl.SSLError is an OSError: not PEM, no certificate in it
+            why = e.strerror or getattr(e, "reason", None) or str(e)
+            raise ValueError(f"{v!r} is not a readable PEM CA certificate on the control "
+                             f"plane's host ({why})") from e
+        return v
+
 
 @dataclass
 class _Device:
@@ -157,9 +170,9 @@ class DevicesAdapter:
             self.config = DevicesConfig.model_validate(site.config)
         except ValidationError as e:
             first = e.errors()[0]
-            raise PermanentError(
-                f"invalid devices config: {'.'.join(map(str, first['loc']))}: {first['msg']}",
-                site=site.name) from e
+            where = ".".join(map(str, first["loc"]))
+            raise PermanentError(f"invalid devices config: {where}: {first['msg']}",
+                                 site=site.name, details={"field": where}) from e
         parts = urlsplit(self.config.broker)
         self._host = parts.hostname or "127.0.0.1"
         self._tls = parts.scheme == "mqtts"

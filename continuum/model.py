@@ -14,8 +14,9 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from continuum.units import Bytes, Cores, Seconds
@@ -407,6 +408,21 @@ class SiteSpec(Model):
     monitoring: SiteMonitoring = Field(default_factory=SiteMonitoring)
     carbon_intensity: float | None = Field(default=None, ge=0, description="gCO2e per kWh")
     config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _prometheus_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as e:
+            raise ValueError(f"prometheusUrl {v!r} is not a URL: {e}") from e
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"prometheusUrl {v!r} must be http(s)://host:port of the "
+                             "site's Prometheus, e.g. http://prometheus.example:9090")
+        return v
 
 
 class NodeCondition(Model):

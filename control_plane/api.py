@@ -371,7 +371,10 @@ def create_app(cp: ControlPlane) -> FastAPI:
         try:
             rt = await run_in_threadpool(cp.federation.register, spec)
         except AdapterError as e:
-            raise ValidationFailed([Problem(["config"], e.message, type(e).__name__)]) from e
+            field = e.details.get("field")  # the config key at fault, when the adapter knows
+            raise ValidationFailed([Problem(["config", *str(field).split(".")] if field
+                                            else ["config"], e.message,
+                                            type(e).__name__)]) from e
         cp.reconciler.wake()
         cp.collector.wake()
         return JSONResponse(rt.summary(), status_code=201,
