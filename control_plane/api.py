@@ -30,7 +30,7 @@ from continuum.model import (
     WorkflowDocument,
     WorkflowState,
 )
-from control_plane import routes_kubernetes, routes_models, routes_sites
+from control_plane import routes_devices, routes_kubernetes, routes_models, routes_sites
 from control_plane.artifacts import check_name
 from control_plane.store import EventRow, RunRow, TaskRow, WorkflowRow, add_event
 from control_plane.validation import parse_body, parse_document, pydantic_problems
@@ -446,6 +446,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return Response(cp.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     routes_sites.add_routes(app, cp)
+    routes_devices.add_routes(app, cp)
     routes_models.add_routes(app, cp)
     return app
 
