@@ -484,6 +484,7 @@ class DevicesAdapter:
                     site_kind=SiteKind.devices, tier=h.tier, arch=h.arch, capacity=cap,
                     allocatable=cap.model_copy(), free=free, labels=labels, speed=h.speed,
                     power=h.power, location=h.location, runtimes=list(h.runtimes),
+                    python_modules=h.python_modules,
                     ready=self._online(d, now),
                     utilisation=(min(1.0, max(0.0, tel.cpu_percent / 100.0)) if tel else None),
                     power_watts=tel.power_watts if tel else None,
