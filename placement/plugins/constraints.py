@@ -100,12 +100,13 @@ class NodeConstraints:
                 lambda att: f"allowed: {sites}", f"widen constraints.sites beyond {sites}",
             ))
         if snap.draining.any():
+            drained = sorted(set(snap.site[snap.draining]))
             rejections.append(Rejection(
                 REASON_DRAINING, snap.draining.copy(),
                 lambda att: "; ".join(f"site {site} is draining"
                                       for site in sorted(set(snap.site[att]))),
-                "wait until the site is resumed (POST /v1/sites/{name}/resume)"
-                + (", or widen constraints.sites" if c.sites else ""),
+                "wait until " + " and ".join(drained) + " take work again ("
+                + ", ".join(f"POST /v1/sites/{site}/resume" for site in drained) + ")",
             ))
         if snap.taint_sets:
             bad_groups = [untolerated(ts, c.tolerations) for ts in snap.taint_sets]
