@@ -105,7 +105,8 @@ class NodeConstraints:
                 REASON_DRAINING, snap.draining.copy(),
                 lambda att: "; ".join(f"site {site} is draining"
                                       for site in sorted(set(snap.site[att]))),
-                "wait until " + " and ".join(drained) + " take work again ("
+                "wait until " + " and ".join(drained)
+                + (" take" if len(drained) > 1 else " takes") + " work again ("
                 + ", ".join(f"POST /v1/sites/{site}/resume" for site in drained) + ")",
             ))
         if snap.taint_sets:
