@@ -82,7 +82,8 @@ def _failed_nodes(s: Session, task_ids: list[int]) -> dict[int, frozenset[str]]:
             select(RunRow.task_id, RunRow.node).where(
                 RunRow.task_id.in_(task_ids), RunRow.state == RunState.Failed.value,
                 RunRow.node.is_not(None))):
-        out[task_id].add(node)
+        if node:
+            out[task_id].add(node)
     return {k: frozenset(v) for k, v in out.items()}
 
 

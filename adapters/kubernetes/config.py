@@ -124,7 +124,7 @@ def _read_kubeconfig(path: Path, site: str) -> dict[str, Any]:
         PermanentError: (field ``kubeconfigPath``) not a readable file, not UTF-8 YAML,
             or not a kubeconfig (no ``clusters`` mapping).
     """
-    field = {"field": "kubeconfigPath"}
+    field: dict[str, object] = {"field": "kubeconfigPath"}
     if not path.is_file():
         raise PermanentError(f"config.kubeconfigPath {str(path)!r} is not a readable "
                              "file on the control plane's host", site=site, details=field)
