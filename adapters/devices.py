@@ -21,12 +21,22 @@ disagrees with its topic is rejected the same way.
 Site config (``SiteSpec.config``, camelCase): ``broker`` (``mqtt://host:port`` or
 ``mqtts://``), ``username``, ``password``, ``tlsCa``, ``tlsInsecure``, ``offlineAfter``
 (seconds without a message from a device before it is not ready; default 30 s, about
-3× the telemetry interval of agents started with ``--telemetry-interval 10``).
+3× the telemetry interval of agents started with ``--telemetry-interval 10``),
+``forgetAfter`` (seconds a device may stay offline or silent before the adapter forgets
+it, as :meth:`DevicesAdapter.forget` does; default: never).
+
+A device's ``state`` (``GET /v1/devices``) follows its liveness: ``online`` (its status
+says so and it was heard within ``offlineAfter``), ``offline`` (it said goodbye, or its
+last will did), ``lost`` (it says online but has been silent longer than
+``offlineAfter``). The site is Degraded while devices are known and none is online; a
+device that left for good is forgotten (``DELETE /v1/devices/{site}/{device}``, or
+``forgetAfter``) so that it no longer counts.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import uuid
 from collections import Counter
@@ -50,7 +60,7 @@ from adapters.base import (
 )
 from adapters.capabilities import DeviceFleet, DeviceTelemetry, conforms
 from adapters.registry import register
-from continuum.errors import PermanentError, TransientError, UnsupportedError
+from continuum.errors import Conflict, NotFound, PermanentError, TransientError, UnsupportedError
 from continuum.model import Node, Resources, RunState, SiteHealth, SiteKind, SiteSpec
 from edge_agent.protocol import (
     TOPIC_PREFIX,
@@ -100,6 +110,10 @@ class DevicesConfig(BaseModel):
         default=30.0, gt=0,
         description="seconds without any message from a device before it is not ready "
         "(about 3x the agents' telemetry interval)")
+    forget_after: float | None = Field(
+        default=None, gt=0,
+        description="seconds a device may be offline or silent before it is forgotten "
+        "(its retained hello and status cleared); default: never")
     client_id: str | None = None
 
     @field_validator("broker")
@@ -108,6 +122,19 @@ class DevicesConfig(BaseModel):
         p = urlsplit(v)
         if p.scheme not in ("mqtt", "mqtts") or not p.hostname:
             raise ValueError(f"broker {v!r} must be mqtt://host:port or mqtts://host:port")
+        return v
+
+    @field_validator("tls_ca")
+    @classmethod
+    def _tls_ca(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=v)
+        except OSError as e:  # ssl.SSLError is an OSError: not PEM, no certificate in it
+            why = e.strerror or getattr(e, "reason", None) or str(e)
+            raise ValueError(f"{v!r} is not a readable PEM CA certificate on the control "
+                             f"plane's host ({why})") from e
         return v
 
 
@@ -151,9 +178,9 @@ class DevicesAdapter:
             self.config = DevicesConfig.model_validate(site.config)
         except ValidationError as e:
             first = e.errors()[0]
-            raise PermanentError(
-                f"invalid devices config: {'.'.join(map(str, first['loc']))}: {first['msg']}",
-                site=site.name) from e
+            where = ".".join(map(str, first["loc"]))
+            raise PermanentError(f"invalid devices config: {where}: {first['msg']}",
+                                 site=site.name, details={"field": where}) from e
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
         self._updates: dict[str, RunUpdate] = {}
@@ -228,7 +255,9 @@ class DevicesAdapter:
                         wake = True
                     self._device(device_id).last_seen = now
             elif leaf == "hello" and len(rest) == 2:
-                if not payload:
+                if not payload:  # cleared: the device was forgotten (here or elsewhere)
+                    with self._lock:
+                        self._devices.pop(device_id, None)
                     return
                 hello = decode(Hello, payload)
                 self._check_device(hello.device_id, device_id)
@@ -274,6 +303,79 @@ class DevicesAdapter:
             d = self._devices[device_id] = _Device(device_id)
         return d
 
+    def _state(self, d: _Device, now: float) -> str:
+        """``online``, ``offline`` (said so), ``lost`` (says online, silent too long) or
+        ``unknown`` (no status yet)."""
+        if self._online(d, now):
+            return "online"
+        if d.status is None:
+            return "unknown"
+        return "offline" if d.status.state == "offline" else "lost"
+
+    def _active_runs(self, device_id: str) -> list[str]:
+        """Runs submitted to ``device_id`` with no final update yet (call with the lock)."""
+        return sorted(r for r, disp in self._dispatched.items() if disp.device_id == device_id
+                      and ((u := self._updates.get(r)) is None or u.state not in _TERMINAL_PHASES))
+
+    def forget(self, device_id: str) -> None:
+        """Forget a device that left: clear its retained ``hello`` and ``status`` on the
+        broker (so no adapter re-learns it) and drop it from the inventory. An agent that
+        comes back simply enrols again.
+
+        Raises:
+            NotFound: no such device.
+            Conflict: it is online (stop its agent first), or runs submitted to it have
+                not ended (cancel them first).
+            TransientError: the broker is not connected.
+        """
+        now = self.ctx.clock()
+        with self._lock:
+            d = self._devices.get(device_id)
+            if d is None:
+                raise NotFound(f"device {device_id!r} is not known to site {self.site.name!r}")
+            if self._online(d, now):
+                raise Conflict(f"device {device_id!r} is online; stop its agent first (an "
+                               "online agent announces itself again)")
+            active = self._active_runs(device_id)
+        if active:
+            raise Conflict(f"device {device_id!r} still has runs that have not ended "
+                           f"({', '.join(active)}); cancel them first")
+        self._clear_retained(device_id)
+        with self._lock:
+            self._devices.pop(device_id, None)
+        log.info("site %s: device %s forgotten (its retained hello and status cleared)",
+                 self.site.name, device_id)
+
+    def _clear_retained(self, device_id: str) -> None:
+        if not self._connected.is_set():
+            raise TransientError(f"broker {self.config.broker} is not connected "
+                                 f"({self._session.last_error}); cannot forget device {device_id!r}",
+                                 site=self.site.name, retry_after=2.0)
+        for leaf in ("hello", "status"):
+            info = self._session.publish(topic(device_id, leaf), b"", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=_PUBACK_TIMEOUT_S)
+            except (RuntimeError, ValueError) as e:
+                raise TransientError(f"clearing {leaf} of {device_id} failed: {e}",
+                                     site=self.site.name, retry_after=2.0) from e
+
+    def _forget_expired(self, now: float) -> None:
+        """Forget the devices offline or silent longer than ``forgetAfter`` (if set)."""
+        limit = self.config.forget_after
+        if limit is None or not self._connected.is_set():
+            return
+        with self._lock:
+            expired = [d.device_id for d in self._devices.values()
+                       if not self._online(d, now)
+                       and now - max(d.last_seen, self._connected_at) > limit
+                       and not self._active_runs(d.device_id)]
+        for device_id in expired:
+            try:
+                self.forget(device_id)
+            except (NotFound, Conflict, TransientError) as e:
+                log.info("site %s: device %s not forgotten yet: %s", self.site.name,
+                         device_id, e)
+
     def _online(self, d: _Device, now: float) -> bool:
         """Online: its last status said so and it was heard within ``offline_after`` of
         ``now`` — or of this side's last (re)connection, whichever is later (after a broker
@@ -303,8 +405,10 @@ class DevicesAdapter:
     # ------------------------------------------------------------ Adapter
 
     def inventory(self) -> list[Node]:
-        """One Node per device that sent a Hello (offline ones with ``ready=False``)."""
+        """One Node per device that sent a Hello (offline ones with ``ready=False``); first
+        forgets the devices past ``forgetAfter``."""
         now = self.ctx.clock()
+        self._forget_expired(now)
         nodes: list[Node] = []
         with self._lock:
             used: dict[str, list[float]] = {}
@@ -332,6 +436,7 @@ class DevicesAdapter:
                     site_kind=SiteKind.devices, tier=h.tier, arch=h.arch, capacity=cap,
                     allocatable=cap.model_copy(), free=free, labels=labels, speed=h.speed,
                     power=h.power, location=h.location, runtimes=list(h.runtimes),
+                    python_modules=h.python_modules,
                     ready=self._online(d, now),
                     utilisation=(min(1.0, max(0.0, tel.cpu_percent / 100.0)) if tel else None),
                     power_watts=tel.power_watts if tel else None,
@@ -435,7 +540,9 @@ class DevicesAdapter:
         return "\n".join(lines[-tail:]) if tail > 0 else ""
 
     def health(self) -> tuple[SiteHealth, str]:
-        """Ready when connected with ≥1 device online; Unreachable when the broker is not."""
+        """Ready when connected with ≥1 device online, or no device known yet (nothing is
+        wrong); Degraded when devices are known and none is online; Unreachable when the
+        broker is not connected."""
         if not self._connected.is_set():
             return SiteHealth.Unreachable, (f"broker {self.config.broker} unreachable: "
                                             f"{self._session.last_error}")
@@ -443,8 +550,12 @@ class DevicesAdapter:
         with self._lock:
             known = len(self._devices)
             online = sum(1 for d in self._devices.values() if self._online(d, now))
+        if known == 0:
+            return SiteHealth.Ready, "no device enrolled yet"
         if online == 0:
-            return SiteHealth.Degraded, f"no device online ({known} known)"
+            return SiteHealth.Degraded, (
+                f"no device online ({known} known; forget those that left for good: "
+                f"DELETE /v1/devices/{self.site.name}/<device>)")
         return SiteHealth.Ready, ""
 
     def close(self) -> None:
@@ -476,7 +587,7 @@ class DevicesAdapter:
                     "site": self.site.name,
                     "deviceId": d.device_id,
                     "online": self._online(d, now),
-                    "state": d.status.state if d.status else "unknown",
+                    "state": self._state(d, now),
                     "lastSeen": (datetime.fromtimestamp(d.last_seen, UTC).isoformat()
                                  if d.last_seen else None),
                     "hello": d.hello.model_dump(mode="json") if d.hello else None,

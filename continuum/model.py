@@ -14,8 +14,9 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from continuum.units import Bytes, Cores, Seconds
@@ -276,6 +277,35 @@ class ServicePort(Model):
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
 
 
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _module_name(value: str) -> str:
+    if not _MODULE.match(value):
+        raise ValueError(
+            f"{value!r} is not a Python module name: give the name you import (e.g. "
+            "'sklearn' for scikit-learn, 'cv2' for opencv-python), not the package to install"
+        )
+    return value
+
+
+ModuleName = Annotated[str, AfterValidator(_module_name)]
+"""A Python import name, e.g. ``sklearn`` or ``sklearn.svm`` (its top level is checked)."""
+
+
+class Requirements(Model):
+    """Software a task needs on its node; placement keeps it off nodes that lack it.
+
+    ``python``: modules the task imports, by import name (``sklearn``, not
+    ``scikit-learn``). A node that declares its Python modules (a device agent reports
+    what its ``python3`` can import) must offer the top level of each; a node that
+    declares nothing (simulated, Kubernetes, Slurm) is assumed to provide them; a task
+    with an ``image`` brings its own software and is not checked.
+    """
+
+    python: list[ModuleName] = Field(default_factory=list)
+
+
 class Task(Model):
     """One step of a workflow: a ``job`` runs to completion, a ``service`` keeps running."""
 
@@ -298,6 +328,7 @@ class Task(Model):
     outputs: list[OutputSpec] = Field(default_factory=list)
     datasets: list[str] = Field(default_factory=list, description="names of spec.datasets read in place")
     constraints: Constraints = Field(default_factory=Constraints)
+    requires: Requirements = Field(default_factory=Requirements)
     slo: Slo | None = None
     ports: list[ServicePort] = Field(default_factory=list, description="ports a service listens on")
 
@@ -378,6 +409,21 @@ class SiteSpec(Model):
     carbon_intensity: float | None = Field(default=None, ge=0, description="gCO2e per kWh")
     config: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("prometheus_url")
+    @classmethod
+    def _prometheus_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as e:
+            raise ValueError(f"prometheusUrl {v!r} is not a URL: {e}") from e
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"prometheusUrl {v!r} must be http(s)://host:port of the "
+                             "site's Prometheus, e.g. http://prometheus.example:9090")
+        return v
+
 
 class NodeCondition(Model):
     """A backend's condition of a node (Kubernetes ``NodeCondition``): ``status`` True/False/Unknown."""
@@ -427,7 +473,12 @@ class Node(Model):
     power: PowerProfile
     location: str
     runtimes: list[str] = Field(default_factory=lambda: ["process"])
+    python_modules: list[str] | None = Field(
+        default=None, description="top-level Python modules its python3 can import (a "
+        "device agent reports them); None = not declared, assumed to provide any")
     ready: bool = True
+    draining: bool = Field(
+        default=False, description="its site is draining: no new work is placed here")
     conditions: list[NodeCondition] = Field(default_factory=list)
     simulated: bool = False
     utilisation: float | None = Field(default=None, ge=0, le=1)

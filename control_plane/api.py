@@ -30,7 +30,7 @@ from continuum.model import (
     WorkflowDocument,
     WorkflowState,
 )
-from control_plane import routes_kubernetes, routes_models, routes_sites
+from control_plane import routes_devices, routes_kubernetes, routes_models, routes_sites
 from control_plane.artifacts import check_name
 from control_plane.store import EventRow, RunRow, TaskRow, WorkflowRow, add_event
 from control_plane.validation import parse_body, parse_document, pydantic_problems
@@ -120,8 +120,31 @@ def _event_view(e: EventRow) -> dict[str, Any]:
     return {"at": _iso(e.at), "type": e.type, "message": e.message, "runId": e.run_id}
 
 
-def workflow_summary(wf: WorkflowRow, counts: dict[str, int] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": wf.id, "name": wf.name, "state": wf.state, "reason": wf.reason,
+def waiting_reasons(s: Any, workflow_ids: list[str]) -> dict[str, str]:
+    """Workflow id → why a live workflow is held up: the reason of its first Ready task
+    that placement could not place (``"task b: unschedulable: no node fits: ..."``); one
+    query. Workflows with no such task are absent."""
+    out: dict[str, str] = {}
+    if not workflow_ids:
+        return out
+    for wid, name, reason in s.execute(
+            select(TaskRow.workflow_id, TaskRow.name, TaskRow.reason)
+            .join(WorkflowRow, WorkflowRow.id == TaskRow.workflow_id)
+            .where(TaskRow.workflow_id.in_(workflow_ids),
+                   TaskRow.state == TaskState.Ready.value, TaskRow.reason != "",
+                   WorkflowRow.state.in_((WorkflowState.Pending.value,
+                                          WorkflowState.Running.value)))
+            .order_by(TaskRow.id)):
+        out.setdefault(wid, f"task {name}: {reason}")
+    return out
+
+
+def workflow_summary(wf: WorkflowRow, counts: dict[str, int] | None = None,
+                     waiting: str = "") -> dict[str, Any]:
+    """The workflow's list entry; ``reason`` is its own, else ``waiting`` (see
+    :func:`waiting_reasons`)."""
+    out: dict[str, Any] = {"id": wf.id, "name": wf.name, "state": wf.state,
+                           "reason": wf.reason or waiting,
            "createdAt": _iso(wf.created_at), "finishedAt": _iso(wf.finished_at)}
     if counts is not None:
         out["tasks"] = counts
@@ -214,7 +237,9 @@ def create_app(cp: ControlPlane) -> FastAPI:
                         .where(TaskRow.workflow_id.in_(list(counts)))
                         .group_by(TaskRow.workflow_id, TaskRow.state)):
                     counts[wid][st] = n
-            return {"items": [workflow_summary(r, counts[r.id]) for r in rows],
+            waiting = waiting_reasons(s, list(counts))
+            return {"items": [workflow_summary(r, counts[r.id], waiting.get(r.id, ""))
+                              for r in rows],
                     "total": total, "limit": limit, "offset": offset}
 
     @app.get("/v1/workflows/{workflow_id}", tags=["workflows"], summary="A workflow in full")
@@ -230,7 +255,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
                              .order_by(RunRow.created_at)).all()
             events = s.scalars(select(EventRow).where(EventRow.workflow_id == wf.id)
                                .order_by(EventRow.id)).all()
-            return {**workflow_summary(wf),
+            return {**workflow_summary(wf, waiting=waiting_reasons(s, [wf.id]).get(wf.id, "")),
                     "tasks": [{"name": t.name, "state": t.state, "reason": t.reason,
                                "attempts": t.attempts, "dependsOn": t.depends_on,
                                "runs": [r.id for r in runs if r.task_id == t.id]} for t in tasks],
@@ -346,7 +371,10 @@ def create_app(cp: ControlPlane) -> FastAPI:
         try:
             rt = await run_in_threadpool(cp.federation.register, spec)
         except AdapterError as e:
-            raise ValidationFailed([Problem(["config"], e.message, type(e).__name__)]) from e
+            field = e.details.get("field")  # the config key at fault, when the adapter knows
+            raise ValidationFailed([Problem(["config", *str(field).split(".")] if field
+                                            else ["config"], e.message,
+                                            type(e).__name__)]) from e
         cp.reconciler.wake()
         cp.collector.wake()
         return JSONResponse(rt.summary(), status_code=201,
@@ -418,6 +446,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return Response(cp.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     routes_sites.add_routes(app, cp)
+    routes_devices.add_routes(app, cp)
     routes_models.add_routes(app, cp)
     return app
 

@@ -187,10 +187,16 @@ class Federation:
         """Every known node of every site."""
         return [n for rt in self.sites() for n in rt.nodes]
 
-    def placeable_nodes(self) -> list[Node]:
-        """Nodes of sites that take new work (not draining, not unreachable) and are ready."""
-        return [n for rt in self.sites()
-                if not rt.draining and rt.health != SiteHealth.Unreachable
+    def placeable_nodes(self, *, draining: bool = False) -> list[Node]:
+        """Ready nodes of sites that take new work (not draining, not unreachable).
+
+        With ``draining=True`` the ready nodes of draining sites come too, as copies with
+        ``draining=True``: placement keeps work off them and its reason says the site is
+        draining (rather than that no node of the site exists).
+        """
+        return [n.model_copy(update={"draining": True}) if rt.draining else n
+                for rt in self.sites()
+                if (draining or not rt.draining) and rt.health != SiteHealth.Unreachable
                 for n in rt.nodes if n.ready]
 
     def node(self, node_id: str) -> Node | None:

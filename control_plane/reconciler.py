@@ -74,6 +74,19 @@ def _ts(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
+def _failed_nodes(s: Session, task_ids: list[int]) -> dict[int, frozenset[str]]:
+    """Task id → the node ids where its earlier runs failed (one query); placement then
+    prefers another node for the retry."""
+    out: dict[int, set[str]] = defaultdict(set)
+    for task_id, node in s.execute(
+            select(RunRow.task_id, RunRow.node).where(
+                RunRow.task_id.in_(task_ids), RunRow.state == RunState.Failed.value,
+                RunRow.node.is_not(None))):
+        if node:
+            out[task_id].add(node)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
 class Reconciler:
     """Drives workflows; call :meth:`cycle` directly (tests) or :meth:`run_forever`."""
 
@@ -371,15 +384,17 @@ class Reconciler:
             if not ready:
                 return
             requests, by_key = [], {}
+            failed_on = _failed_nodes(s, [t.id for t in ready])
             for t in ready:
                 doc = self._doc(s, t.workflow_id)
                 task = Task.model_validate(t.spec)
                 sources, _ = self._sources(s, t.workflow_id, task, doc)
                 requests.append(PlacementRequest(key=str(t.id), task=task,
-                                                 objective=doc.spec.objective, sources=sources))
+                                                 objective=doc.spec.objective, sources=sources,
+                                                 avoid=failed_on.get(t.id, frozenset())))
                 by_key[str(t.id)] = t
             t0 = time.perf_counter()
-            outcomes = place(requests, Snapshot(nodes=self.federation.placeable_nodes(),
+            outcomes = place(requests, Snapshot(nodes=self.federation.placeable_nodes(draining=True),
                                                 network=self.network, now=now),  # type: ignore[arg-type]
                              self.framework)
             self.metrics.placement_cycle.observe(time.perf_counter() - t0)

@@ -38,7 +38,7 @@ def preview(cp: ControlPlane, body: bytes, content_type: str | None) -> dict[str
     doc = parse_document(body, content_type)
     check_workflow(doc, cp.federation.nodes())
     deps = effective_dependencies(doc)
-    snap = Snapshot(nodes=cp.federation.placeable_nodes(), network=cp.network,  # type: ignore[arg-type]
+    snap = Snapshot(nodes=cp.federation.placeable_nodes(draining=True), network=cp.network,  # type: ignore[arg-type]
                     now=time.time())
     fw = cp.models.framework
     datasets = {d.name: d for d in doc.spec.datasets}

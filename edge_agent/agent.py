@@ -95,6 +95,8 @@ class Agent:
         self.outbox = Outbox(config.state_dir / "outbox.sqlite3")
         self.runtime = Runtime(config.state_dir, kill_grace=config.kill_grace,
                                upload_deadline=config.upload_deadline)
+        self.python_modules = self.runtime.python_modules()
+        """What this device's python3 can import (announced in the Hello)."""
         self.sampler = TelemetrySampler(self.device_id, self.profile)
         a = config.address
         targets = {BROKER: (a.host, a.port)}
@@ -299,7 +301,7 @@ class Agent:
             cpus=p.cpus, memory=p.memory, gpus=p.gpus, tier=self.config.tier, labels=labels,
             location=self.config.location, power=p.power, speed=p.speed,
             profile=p.name if p.emulated else None, emulated=p.emulated,
-            agent_version=edge_agent.__version__,
+            python_modules=self.python_modules, agent_version=edge_agent.__version__,
             known_runs=[r.run_id for r in self.outbox.runs()],
         )
 

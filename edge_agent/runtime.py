@@ -12,6 +12,7 @@ with backoff until a deadline. Every state change is handed to a ``report`` call
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import random
@@ -39,6 +40,15 @@ _CHUNK = 1 << 16
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 INHERITED_ENV = ("PATH", "HOME", "LANG")
 """The only variables a run inherits from the agent's environment."""
+
+_LIST_MODULES = (
+    "import json, pkgutil, sys\n"
+    "sys.path = [p for p in sys.path if p]\n"  # not the current directory
+    "names = {m.name for m in pkgutil.iter_modules()} | set(sys.builtin_module_names)\n"
+    "print(json.dumps(sorted(n for n in names if not n.startswith('_'))))\n"
+)
+PROBE_TIMEOUT_S = 30.0
+"""Longest wait (s) for the interpreter to list its modules."""
 
 Report = Callable[..., object]
 """``report(state, **fields)``: fields are RunUpdate fields (exit_code, reason, ...)."""
@@ -200,6 +210,32 @@ class Runtime:
         self.kill_grace = kill_grace
         self.upload_deadline = upload_deadline
         self.http_timeout = http_timeout
+
+    def python_modules(self, interpreter: str = "python3") -> list[str] | None:
+        """The top-level modules ``interpreter`` (found on the PATH runs get) can import,
+        as a run would see them (the runs' environment, no current directory): every
+        installed package and the standard library, names starting with ``_`` left out.
+        Listing is a directory walk (``pkgutil.iter_modules``), nothing is imported.
+
+        Returns ``[]`` when there is no such interpreter (runs cannot import anything),
+        ``None`` when it could not be asked (it failed or timed out; logged): then the
+        device declares nothing and placement assumes it provides any module.
+        """
+        env = self.environment(RunSpec(run_id="probe", workflow_id="probe", task="probe"))
+        exe = shutil.which(interpreter, path=env.get("PATH"))
+        if exe is None:
+            log.warning("no %s on the runs' PATH (%s): tasks that need Python modules will "
+                        "not be placed here", interpreter, env.get("PATH"))
+            return []
+        try:
+            out = subprocess.run([exe, "-E", "-c", _LIST_MODULES], env=env, cwd=self.state_dir,
+                                 capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                                 check=True)
+            names = json.loads(out.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            log.warning("cannot list the modules of %s (%s); this device declares none", exe, e)
+            return None
+        return [str(n) for n in names]
 
     # ------------------------------------------------------------ cache
 

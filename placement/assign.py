@@ -6,6 +6,11 @@ each is filtered and scored against the snapshot's *current* free capacity, the 
 node (highest weighted total; ties → lowest node index) is chosen, and the request's
 cpu/memory/gpu are deducted from that node's free arrays before the next request is
 considered — so one cycle never overcommits a node.
+
+A retry prefers another node: a request's ``avoid`` lists the nodes where earlier
+attempts of its task failed, and the best feasible node *not* in it is chosen when
+there is one (a soft preference, not a filter: when every feasible node is in
+``avoid``, the best of them is used, and the reasons say so).
 """
 
 from __future__ import annotations
@@ -40,12 +45,17 @@ class DataSource:
 
 @dataclass
 class PlacementRequest:
-    """One run to place: ``key`` is the run id."""
+    """One run to place: ``key`` is the run id.
+
+    ``avoid``: node ids where earlier attempts of this task failed; another feasible
+    node is preferred (see the module docstring). Only :func:`place` reads it.
+    """
 
     key: str
     task: Task
     objective: Objective
     sources: list[DataSource] = field(default_factory=list)
+    avoid: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -111,6 +121,11 @@ def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework, pin: int | 
         best_k = int(np.searchsorted(table.idx, pin))
     else:
         note = ""
+    retry = ""
+    if req.avoid:
+        best_k, retry = _prefer_other(req.avoid, snap, table.idx, table.total, best_k)
+        if retry.startswith("retry avoids"):
+            note = ""  # the MILP's node, if any, was one to avoid
     chosen = int(table.idx[best_k])
     node = snap.nodes[chosen]
     p = predictions(req, snap, state)
@@ -125,6 +140,8 @@ def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework, pin: int | 
         if line:
             reasons.append(line)
     reasons.append(f"{table.idx.size} of {snap.n} nodes feasible")
+    if retry:
+        reasons.append(retry)
     if note:
         reasons.append(note)
     version = fw.predictor.version
@@ -165,6 +182,22 @@ def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework, pin: int | 
     )
     snap.assume(chosen, req.task.resources)
     return Outcome(req.key, decision)
+
+
+def _prefer_other(avoid: frozenset[str], snap: Snapshot, idx: np.ndarray, total: np.ndarray,
+                  best_k: int) -> tuple[int, str]:
+    """The position in ``idx`` to choose when the nodes ``avoid`` are to be avoided, and a
+    reason ("" when ``avoid`` changed nothing): the best-scoring feasible node outside
+    ``avoid`` if there is one, else ``best_k`` (every feasible node is to be avoided)."""
+    bad = np.fromiter((snap.ids[int(i)] in avoid for i in idx), dtype=bool, count=idx.size)
+    if not bad[best_k]:
+        return best_k, ""
+    failed = snap.ids[int(idx[best_k])]
+    if bad.all():
+        return best_k, (f"retry on {failed} again, where an earlier attempt failed: no other "
+                        "feasible node")
+    k = int(np.argmax(np.where(bad, -np.inf, total)))
+    return k, f"retry avoids {failed}, where an earlier attempt failed"
 
 
 def never_fits(task: Task, nodes: list[Node]) -> str | None:

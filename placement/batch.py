@@ -6,7 +6,8 @@ run once per node per request. This module avoids both:
 
 * **Node classes** (:class:`NodeClasses`): nodes that agree on everything placement reads
   except their free capacity (tier, arch, site, location, speed, capacity, power
-  profile, readiness, runtimes, queue wait, taints, labels) form one class. A
+  profile, readiness, draining, runtimes, Python modules, queue wait, taints, labels)
+  form one class. A
   representative of each class stands for all of them in a small snapshot.
 * **Task classes**: requests that agree on resources, work, constraints, SLO, input
   sources and objective share one evaluation (:class:`ClassCosts`): the framework's
@@ -74,7 +75,8 @@ def _node_key(snap: Snapshot, i: int) -> tuple[object, ...]:
         float(snap.cap_cpu[i]), float(snap.idle_watts[i]), float(snap.max_watts[i]),
         float(snap.gpu_watts[i]), bool(snap.ready[i]), tuple(nd.runtimes),
         float(snap.queue_wait_s[i]), int(snap.taint_group[i]),
-        tuple(sorted(nd.labels.items())),
+        tuple(sorted(nd.labels.items())), bool(snap.draining[i]),
+        None if nd.python_modules is None else tuple(nd.python_modules),
     )
 
 
@@ -129,6 +131,7 @@ def task_class_key(req: PlacementRequest) -> tuple[object, ...]:
         r.cpu, r.memory, r.gpu, t.work, t.kind, t.image is not None,
         tuple(c.tiers), tuple(c.arch), tuple(sorted(c.labels.items())), tuple(c.sites),
         tuple((x.key, x.operator, x.value, x.effect) for x in c.tolerations),
+        tuple(t.requires.python) if t.image is None else (),
         None if t.slo is None else (t.slo.target, t.slo.latency_ms),
         tuple((s.bytes, tuple(s.locations), tuple(s.nodes)) for s in req.sources),
         (o.time, o.latency, o.energy, o.data),
@@ -188,12 +191,13 @@ def static_mask(req: PlacementRequest, classes: NodeClasses, fw: Framework) -> n
     return mask
 
 
-STATIC_FIELDS = slice(5, 12)
+STATIC_FIELDS = slice(5, 13)
 """The fields of :func:`task_class_key` the static filters read (see :func:`static_key`)."""
 
 
 def static_key(req: PlacementRequest) -> tuple[object, ...]:
-    """The part of :func:`task_class_key` the static filters read (constraints, image, SLO).
+    """The part of :func:`task_class_key` the static filters read (constraints, image,
+    required software, SLO).
 
     :class:`BatchAssigner` shares one static verdict among task classes with this key, so
     a filter plugin other than ``NodeResourcesFit`` must read only these fields of a

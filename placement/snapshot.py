@@ -69,7 +69,8 @@ class Snapshot:
         ``capacity.cpu``); ``speed`` (per-core, reference 1.0); ``idle_watts``,
         ``max_watts``, ``gpu_watts`` (W); ``tier`` (int8 code into :data:`TIERS`);
         ``arch``, ``site`` (str arrays); ``loc`` (int index into ``locations``);
-        ``ready``, ``container`` (bool: "container" in ``node.runtimes``);
+        ``ready``, ``draining`` (bool: its site takes no new work), ``container``
+        (bool: "container" in ``node.runtimes``);
         ``queue_wait_s`` (s); ``taint_group`` (int index into ``taint_sets``);
         ``utilisation`` (measured CPU busy fraction, NaN when unknown) and
         ``metrics_stale`` (bool: that value is older than its site's bound);
@@ -90,6 +91,7 @@ class Snapshot:
     )
     _memo: dict[str, object] = field(default_factory=dict, init=False, repr=False)
     _memo_nodes: list[Node] | None = field(default=None, init=False, repr=False)
+    _module_cache: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         nodes = self.nodes
@@ -109,6 +111,7 @@ class Snapshot:
         self.arch = np.array([nd.arch for nd in nodes], dtype=object)
         self.site = np.array([nd.site for nd in nodes], dtype=object)
         self.ready = np.array([nd.ready for nd in nodes], dtype=bool)
+        self.draining = np.array([nd.draining for nd in nodes], dtype=bool)
         self.container = np.array(["container" in nd.runtimes for nd in nodes], dtype=bool)
         self.queue_wait_s = np.array([nd.queue_wait_s for nd in nodes], dtype=np.float64)
         # live metrics (monitoring): measured CPU busy fraction (NaN = unknown), stale flag
@@ -218,6 +221,18 @@ class Snapshot:
         except KeyError:
             value = self._memo[key] = factory()
             return value
+    def python_mask(self, module: str) -> np.ndarray:
+        """Boolean ``(n,)``: the node offers Python module ``module`` (its top level, e.g.
+        ``sklearn`` for ``sklearn.svm``) — in its declared ``python_modules``, or it declares
+        none (None: assumed to provide any); cached per module."""
+        top = module.split(".", 1)[0]
+        mask = self._module_cache.get(top)
+        if mask is None:
+            mask = np.fromiter(
+                (nd.python_modules is None or top in nd.python_modules for nd in self.nodes),
+                dtype=bool, count=self.n)
+            self._module_cache[top] = mask
+        return mask
 
     # ------------------------------------------------------------------ assume
 

@@ -110,12 +110,14 @@ class AgentFactory:
     spawned: list[AgentProcess] = field(default_factory=list)
 
     def spawn(self, device_id: str | None = None, *args: str, state_dir: Path | None = None,
-              telemetry_interval: float = 0.5) -> AgentProcess:
-        """Start an agent (``python -m edge_agent.cli run``) with extra CLI ``args``."""
+              telemetry_interval: float = 0.5, env: dict[str, str] | None = None
+              ) -> AgentProcess:
+        """Start an agent (``python -m edge_agent.cli run``) with extra CLI ``args`` and
+        extra environment ``env`` (e.g. another ``PATH`` for its runs)."""
         device_id = device_id or f"dev-{uuid.uuid4().hex[:8]}"
         state_dir = state_dir or self.tmp / f"agent-{device_id}"
         log_path = self.tmp / f"agent-{device_id}-{len(self.spawned)}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
         argv = [sys.executable, "-m", "edge_agent.cli", "run", "--broker", self.broker.url,
                 "--device-id", device_id, "--state-dir", str(state_dir),
                 "--telemetry-interval", str(telemetry_interval), "--kill-grace", "1",

@@ -30,7 +30,6 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.config.config_exception import ConfigException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -99,7 +98,7 @@ def parse_config(site: SiteSpec) -> KubernetesConfig:
         first = e.errors()[0]
         where = ".".join(map(str, first["loc"])) or "config"
         raise PermanentError(f"invalid {site.kind.value} config: {where}: {first['msg']}",
-                             site=site.name) from e
+                             site=site.name, details={"field": where}) from e
 
 
 def _kubeconfig_dict(cfg: KubernetesConfig, site: str) -> dict[str, Any]:
@@ -109,10 +108,38 @@ def _kubeconfig_dict(cfg: KubernetesConfig, site: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(raw or "")
     except yaml.YAMLError as e:
-        raise PermanentError(f"config.kubeconfig is not valid YAML: {e}", site=site) from e
+        raise PermanentError(f"config.kubeconfig is not valid YAML: {e}", site=site,
+                             details={"field": "kubeconfig"}) from e
     if not isinstance(data, dict) or "clusters" not in data:
         raise PermanentError("config.kubeconfig is not a kubeconfig (no 'clusters'); upload "
-                             "the file made by the steps in docs/kubernetes.md", site=site)
+                             "the file made by the steps in docs/kubernetes.md", site=site,
+                             details={"field": "kubeconfig"})
+    return data
+
+
+def _read_kubeconfig(path: Path, site: str) -> dict[str, Any]:
+    """The kubeconfig file at ``path`` as a mapping.
+
+    Raises:
+        PermanentError: (field ``kubeconfigPath``) not a readable file, not UTF-8 YAML,
+            or not a kubeconfig (no ``clusters`` mapping).
+    """
+    field: dict[str, object] = {"field": "kubeconfigPath"}
+    if not path.is_file():
+        raise PermanentError(f"config.kubeconfigPath {str(path)!r} is not a readable "
+                             "file on the control plane's host", site=site, details=field)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise PermanentError(f"config.kubeconfigPath {str(path)!r} cannot be read: "
+                             f"{e.strerror}", site=site, details=field) from e
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise PermanentError(f"config.kubeconfigPath {str(path)!r} is not a kubeconfig "
+                             f"(not YAML text: {e})", site=site, details=field) from e
+    if not isinstance(data, dict) or "clusters" not in data:
+        raise PermanentError(f"config.kubeconfigPath {str(path)!r} is not a kubeconfig (no "
+                             "'clusters'); give the file made by the steps in "
+                             "docs/kubernetes.md", site=site, details=field)
     return data
 
 
@@ -134,10 +161,7 @@ def build_api_client(cfg: KubernetesConfig, site: str) -> tuple[k8s.ApiClient, s
             where = "in-cluster service account"
         elif cfg.kubeconfig_path is not None:
             path = Path(os.path.expanduser(cfg.kubeconfig_path))
-            if not path.is_file():
-                raise PermanentError(f"config.kubeconfigPath {str(path)!r} is not a readable "
-                                     "file on the control plane's host", site=site)
-            context = _check_context(yaml.safe_load(path.read_text()) or {}, cfg.context, site)
+            context = _check_context(_read_kubeconfig(path, site), cfg.context, site)
             k8s_config.load_kube_config(config_file=str(path), context=context,
                                         client_configuration=conf, persist_config=False)
             where = f"kubeconfig {path}"
@@ -148,8 +172,13 @@ def build_api_client(cfg: KubernetesConfig, site: str) -> tuple[k8s.ApiClient, s
                                                   client_configuration=conf,
                                                   persist_config=False)
             where = "uploaded kubeconfig"
-    except (ConfigException, OSError, yaml.YAMLError) as e:
-        raise PermanentError(f"cannot load the cluster credentials: {e}", site=site) from e
+    except PermanentError:
+        raise
+    except Exception as e:  # ConfigException, OSError, a malformed entry's TypeError, ...
+        source = ("inCluster" if cfg.in_cluster else
+                  "kubeconfigPath" if cfg.kubeconfig_path is not None else "kubeconfig")
+        raise PermanentError(f"cannot load the cluster credentials: {e}", site=site,
+                             details={"field": source}) from e
     if cfg.context:
         where += f", context {cfg.context!r}"
     conf.retries = 0  # connectivity errors surface at once; the reconciler retries
@@ -161,10 +190,12 @@ def _check_context(data: dict[str, Any], context: str | None, site: str) -> str 
     names = [c.get("name") for c in data.get("contexts") or [] if isinstance(c, dict)]
     if context is not None and context not in names:
         raise PermanentError(f"config.context {context!r} is not in the kubeconfig (it has: "
-                             f"{', '.join(map(str, names)) or 'no contexts'})", site=site)
+                             f"{', '.join(map(str, names)) or 'no contexts'})", site=site,
+                             details={"field": "context"})
     if context is None and not data.get("current-context") and len(names) != 1:
         raise PermanentError("the kubeconfig has no current-context; set config.context to "
-                             f"one of: {', '.join(map(str, names)) or 'none'}", site=site)
+                             f"one of: {', '.join(map(str, names)) or 'none'}", site=site,
+                             details={"field": "context"})
     if context is None and not data.get("current-context"):
         return str(names[0])
     return context

@@ -272,7 +272,7 @@ class SlurmAdapter:
             where = ".".join(map(str, first["loc"]))
             msg = str(first["msg"]).removeprefix("Value error, ")
             raise PermanentError(f"invalid slurm config: {where + ': ' if where else ''}{msg}",
-                                 site=site.name) from e
+                                 site=site.name, details={"field": where}) from e
         if client is None:
             client = self._make_client()
         self.client = client
@@ -306,10 +306,11 @@ class SlurmAdapter:
                 raise PermanentError(f"config.jwtKey: cannot read the JWT key file "
                                      f"{self.config.jwt_key!r}: {e.strerror}; give the path of "
                                      "the cluster's jwt_key (AuthAltParameters) readable by the "
-                                     "control plane", site=self.site.name) from e
+                                     "control plane", site=self.site.name,
+                                     details={"field": "jwtKey"}) from e
             if not key:
                 raise PermanentError(f"config.jwtKey: {self.config.jwt_key!r} is empty",
-                                     site=self.site.name)
+                                     site=self.site.name, details={"field": "jwtKey"})
         tokens = TokenSource(self.config.user, token=self.config.token, key=key,
                              lifetime_s=self.config.token_lifetime, clock=self.ctx.clock)
         return SlurmRestClient(url=self.config.url, socket=self.config.socket,

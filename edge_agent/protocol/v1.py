@@ -65,6 +65,9 @@ class Hello(Payload):
     power: PowerProfile
     speed: float = 1.0
     runtimes: list[str] = Field(default_factory=lambda: ["process"])
+    python_modules: list[str] | None = None
+    """Top-level modules the device's ``python3`` can import (what runs see); ``None`` =
+    not declared. Placement keeps tasks whose ``requires.python`` it lacks elsewhere."""
     profile: str | None = None
     emulated: bool = False
     """True when cpus/memory/power are a declared profile, not this host's own figures."""

@@ -2,10 +2,13 @@
 
 Checks, in this order (a node is attributed to the first it fails): node ready; tier in
 ``constraints.tiers``; arch in ``constraints.arch``; every ``constraints.labels`` pair
-present on the node; site in ``constraints.sites``; every ``NoSchedule``/``NoExecute``
-taint tolerated (Kubernetes toleration semantics; ``PreferNoSchedule`` is not a filter
-and is ignored here); a task with an ``image`` needs ``"container"`` in the node's
-runtimes. Empty constraint lists mean "anywhere".
+present on the node; site in ``constraints.sites``; the node's site not draining (the
+control plane shows a draining site's nodes with ``draining=True`` so the reason names
+the site); every ``NoSchedule``/``NoExecute`` taint tolerated (Kubernetes toleration
+semantics; ``PreferNoSchedule`` is not a filter and is ignored here); a task with an
+``image`` needs ``"container"`` in the node's runtimes; a task without one needs every
+module of ``requires.python`` on a node that declares its Python modules (a node that
+declares none is assumed to provide them). Empty constraint lists mean "anywhere".
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ REASON_LABELS = "labels do not match"
 REASON_SITE = "site not allowed"
 REASON_TAINT = "have untolerated taints"
 REASON_NO_CONTAINER = "have no container runtime"
+REASON_DRAINING = "on a draining site"
+REASON_PYTHON = "lack required python modules"
 
 FILTER_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 
@@ -53,7 +58,8 @@ def untolerated(taints: tuple[Taint, ...], tolerations: list[Toleration]) -> lis
 
 
 class NodeConstraints:
-    """Filter: readiness, tiers, arch, labels, sites, taints/tolerations, container runtime."""
+    """Filter: readiness, tiers, arch, labels, sites, draining sites, taints/tolerations,
+    container runtime, required Python modules."""
 
     name = NAME
 
@@ -93,6 +99,16 @@ class NodeConstraints:
                 REASON_SITE, ~np.isin(snap.site, list(c.sites)),
                 lambda att: f"allowed: {sites}", f"widen constraints.sites beyond {sites}",
             ))
+        if snap.draining.any():
+            drained = sorted(set(snap.site[snap.draining]))
+            rejections.append(Rejection(
+                REASON_DRAINING, snap.draining.copy(),
+                lambda att: "; ".join(f"site {site} is draining"
+                                      for site in sorted(set(snap.site[att]))),
+                "wait until " + " and ".join(drained)
+                + (" take" if len(drained) > 1 else " takes") + " work again ("
+                + ", ".join(f"POST /v1/sites/{site}/resume" for site in drained) + ")",
+            ))
         if snap.taint_sets:
             bad_groups = [untolerated(ts, c.tolerations) for ts in snap.taint_sets]
             group_bad = np.array([bool(b) for b in bad_groups], dtype=bool)
@@ -110,5 +126,22 @@ class NodeConstraints:
                 REASON_NO_CONTAINER, ~snap.container,
                 lambda att: f"image {task.image} needs a container runtime",
                 "use command/script instead of image, or target container-capable nodes",
+            ))
+        if task.image is None and task.requires.python:
+            missing = {m: ~snap.python_mask(m) for m in task.requires.python}
+            lacks = np.zeros(n, dtype=bool)
+            for m in missing.values():
+                lacks |= m
+
+            def describe_modules(att: np.ndarray) -> str:
+                total = int(att.sum())
+                parts = [m if k == total else f"{m} ({k} of {total})"
+                         for m, mm in missing.items() if (k := int((mm & att).sum()))]
+                return f"lacks python module{'s' if len(parts) > 1 else ''} " + ", ".join(parts)
+
+            rejections.append(Rejection(
+                REASON_PYTHON, lacks, describe_modules,
+                "install the modules into the python3 the device agent runs tasks with "
+                "(e.g. pip install scikit-learn for sklearn) and restart the agent",
             ))
         return FilterResult.from_rejections(n, rejections)

@@ -292,11 +292,19 @@ class GpuFragmentation:
 
     def describe(self, req: PlacementRequest, snap: Snapshot, state: CycleState,
                  raw: np.ndarray, chosen: int, mask: np.ndarray) -> str | None:
+        """None when the term did not tell the feasible nodes apart (no free GPU among
+        them, GPUs not scarce, or the same growth everywhere — e.g. a CPU-only task among
+        nodes it fragments alike): a term that contributed nothing is not named."""
         if snap.gpu_slots.shape[1] == 0 or not snap.gpu_slots[mask].any():
+            return None
+        values = raw[mask]
+        if values.size < 2 or float(values.max() - values.min()) <= 1e-9:
             return None
         mine = float(raw[chosen])
         if mine <= 1e-9:
-            return "least growth of GPU fragmentation"
+            others = values[values > 1e-9]
+            return (f"least growth of GPU fragmentation ({float(others.min()):.2f} GPU more "
+                    "on the next best node)")
         return f"GPU fragmentation grows {mine:.2f} GPU more than on the best node"
 
 
