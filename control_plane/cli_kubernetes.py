@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from control_plane import render
@@ -21,8 +20,8 @@ from control_plane.client import ApiError, Client, ConnectionFailed
 
 cluster_app = typer.Typer(help="Register Kubernetes / KubeEdge clusters; list their devices.",
                           no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+console = render.make_console()
+err = render.make_console(stderr=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="CONTINUUM_URL",
                                      help="control-plane API URL")]
