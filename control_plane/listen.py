@@ -21,6 +21,9 @@ class PortInUse(OSError):
         super().__init__(errno.EADDRINUSE, f"port {port} on {host} is already in use"
                          + (f" by {holder}" if holder else ""))
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def port_holder(port: int) -> str | None:
     """``pid N (command line)`` of the process listening on TCP ``port``, or None when no
@@ -32,7 +35,7 @@ def port_holder(port: int) -> str | None:
     for c in conns:
         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
             try:
-                cmd = " ".join(psutil.Process(c.pid).cmdline())[:120]
+                cmd = " ".join(" ".join(psutil.Process(c.pid).cmdline()).split())[:100]
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 cmd = "?"
             return f"pid {c.pid} ({cmd})"
