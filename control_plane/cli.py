@@ -17,6 +17,7 @@ from typing import Annotated, NoReturn, TypeVar
 
 import typer
 import yaml
+from rich.console import RenderableType
 from rich.live import Live
 
 from control_plane import cli_kubernetes, cli_model, render
@@ -109,7 +110,7 @@ def _server_extra(command: str) -> Iterator[None]:
             raise
         err.print(f"continuum {command}: this command needs the server extra (module "
                   f"{e.name!r} is not installed): pip install 'continuum[server]'",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -152,10 +153,12 @@ def server(
                             broker_url=broker_url, database_url=database_url,
                             public_url=public_url))
     except PortInUse as e:
-        err.print(f"continuum server: {e}; pass --port with a free port", highlight=False)
+        err.print(f"continuum server: {e}; pass --port with a free port", highlight=False,
+                  soft_wrap=True)
         raise typer.Exit(1) from None
     except OSError as e:
-        err.print(f"continuum server: cannot listen on {host}:{port}: {e}", highlight=False)
+        err.print(f"continuum server: cannot listen on {host}:{port}: {e}", highlight=False,
+                  soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -226,15 +229,19 @@ def cancel(workflow_id: Annotated[str, typer.Argument(help="workflow id")],
 # ---------------------------------------------------------------- get / describe
 
 
-def _show(data: dict[str, object], table: Callable[[bool], object], output: Output) -> None:
+def _show(data: dict[str, object], table: Callable[[bool], RenderableType],
+          output: Output) -> None:
     """Print ``data`` as ``output`` says; ``table(wide)`` renders it as a table."""
     if output == Output.json:
         console.print_json(json.dumps(data))
     elif output == Output.yaml:
         console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False,
                       highlight=False, soft_wrap=True)
-    else:
-        console.print(table(output == Output.wide))
+    else:  # a table wider than the terminal (-o wide) wraps there rather than being cut
+        t = table(output == Output.wide)
+        need = console.measure(t, options=console.options.update_width(1000)).minimum
+        out = console if need <= console.width else render.make_console(min_width=need)
+        out.print(t, crop=False)
 
 
 @get_app.command("workflows")
@@ -293,7 +300,7 @@ def describe_workflow(workflow_id: Annotated[str, typer.Argument(help="workflow 
     """A workflow's tasks, runs and events."""
     data = _call(lambda: _client(url).workflow(workflow_id))
     if output in (Output.json, Output.yaml):
-        _show(data, lambda wide: None, output)
+        _show(data, lambda wide: "", output)
         return
     console.print(render.progress_table([data]))
     for ev in data["events"]:

@@ -43,7 +43,8 @@ def port_holder(port: int) -> str | None:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (0 = any free port), not yet listening.
+    """A TCP socket bound to ``host:port`` (0 = any free port) and listening: connections
+    wait in its backlog until a server (uvicorn) accepts them.
 
     Raises:
         PortInUse: the port is taken.
@@ -59,6 +60,7 @@ def bind(host: str, port: int) -> socket.socket:
         if e.errno == errno.EADDRINUSE:
             raise PortInUse(host, port, port_holder(port)) from None
         raise
+    sock.listen(2048)  # uvicorn's default backlog
     return sock
 
 

@@ -1,8 +1,8 @@
 """Rich renderings shared by the CLI and the demo: tables of workflows, runs, nodes,
 sites and devices, and the placement explanation of a run.
 
-Tables never cut an ID: ID columns (workflow, run, node, site and device ids) do not wrap
-and are as wide as their longest ID; the other columns wrap. Each list table keeps the
+Tables never cut an ID: ID columns (workflow, run, node, site and device ids), states and
+figures do not wrap and are as wide as their longest cell; names and free text wrap. Each list table keeps the
 columns that matter at 80 terminal columns; ``wide=True`` adds the rest.
 """
 
@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -29,31 +30,38 @@ PIPE_WIDTH = 200
 """Width (columns) tables are drawn at when stdout is not a terminal and COLUMNS is unset."""
 
 
-def make_console(stderr: bool = False) -> Console:
+def make_console(stderr: bool = False, min_width: int = 0) -> Console:
     """The CLI's console: the terminal's width on a terminal; with no terminal (a pipe, a
     file) ``$COLUMNS`` if set, else :data:`PIPE_WIDTH`, so piped output is never cut to
-    some inherited terminal's width."""
+    some inherited terminal's width. ``min_width``: at least this wide (a table that does
+    not fit then wraps in the terminal instead of being cut)."""
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(stderr=stderr)
-    columns = os.environ.get("COLUMNS", "")
-    return Console(stderr=stderr, width=int(columns) if columns.isdigit() else PIPE_WIDTH)
+        width = Console(stderr=stderr).width
+    else:
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() else PIPE_WIDTH
+    return Console(stderr=stderr, width=max(width, min_width))
 
 
 def _table(title: str, rows: list[list[Any]], columns: list[tuple[str, bool]],
            wide_only: frozenset[str] = frozenset(), wide: bool = False) -> Table:
-    """A table of ``columns`` — ``(header, is_id)`` pairs — holding ``rows`` (one cell per
-    column). ID columns never wrap and are as wide as their longest cell; the others fold.
-    Columns named in ``wide_only`` are left out unless ``wide``."""
+    """A table of ``columns`` — ``(header, whole)`` pairs — holding ``rows`` (one cell per
+    column). A ``whole`` column (IDs, states, figures) never wraps and is as wide as its
+    longest cell; the others (names, free text) wrap, and headers wrap at spaces. Columns
+    named in ``wide_only`` are left out unless ``wide``. Column rules only (no vertical
+    lines), so more fits into 80 columns."""
     keep = [i for i, (h, _) in enumerate(columns) if wide or h not in wide_only]
-    t = Table(title=title)
+    t = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+              collapse_padding=True)
     for i in keep:
-        header, is_id = columns[i]
-        if is_id:
-            longest = max([len(header), *(len(str(r[i])) for r in rows)])
-            t.add_column(header, no_wrap=True, min_width=longest)
-        else:
-            t.add_column(header, overflow="fold")
+        header, whole = columns[i]
+        head = Text(header, no_wrap=False, overflow="fold")
+        if whole:  # exactly as wide as its longest cell (or header word): never squeezed
+            width = max([*(len(w) for w in header.split()), *(len(str(r[i])) for r in rows)])
+            t.add_column(head, no_wrap=True, min_width=width, max_width=width)
+        else:  # never narrower than its header's words
+            t.add_column(head, overflow="fold", min_width=max(len(w) for w in header.split()))
     for r in rows:
         t.add_row(*(r[i] for i in keep))
     return t
@@ -80,8 +88,8 @@ def workflows_table(items: list[dict[str, Any]], wide: bool = False) -> Table:
         tasks = ", ".join(f"{k} {v}" for k, v in sorted(w.get("tasks", {}).items()))
         rows.append([w["id"], w["name"], state(w["state"]), tasks,
                      (w.get("createdAt") or "")[:19], w.get("reason", "")])
-    return _table("Workflows", rows, [("ID", True), ("NAME", False), ("STATE", False),
-                                      ("TASKS", False), ("CREATED", False), ("REASON", False)],
+    return _table("Workflows", rows, [("ID", True), ("NAME", False), ("STATE", True),
+                                      ("TASKS", False), ("CREATED", True), ("REASON", False)],
                   frozenset({"CREATED"}), wide)
 
 
@@ -96,8 +104,8 @@ def progress_table(workflows: list[dict[str, Any]]) -> Table:
             rows.append([wf["name"], task["name"], state(task["state"]),
                          (last or {}).get("node") or "", tier.get("tier", ""),
                          str(task.get("attempts", 0))])
-    return _table("Progress", rows, [("WORKFLOW", False), ("TASK", False), ("STATE", False),
-                                     ("NODE", True), ("TIER", False), ("ATTEMPT", False)])
+    return _table("Progress", rows, [("WORKFLOW", False), ("TASK", False), ("STATE", True),
+                                     ("NODE", True), ("TIER", True), ("ATTEMPT", True)])
 
 
 def runs_table(items: list[dict[str, Any]], wide: bool = False) -> Table:
@@ -106,8 +114,8 @@ def runs_table(items: list[dict[str, Any]], wide: bool = False) -> Table:
              str(r["attempt"]), "" if r.get("exitCode") is None else str(r["exitCode"]),
              r.get("reason") or ""] for r in items]
     return _table("Runs", rows, [("ID", True), ("WORKFLOW", True), ("TASK", False),
-                                 ("STATE", False), ("NODE", True), ("ATTEMPT", False),
-                                 ("EXIT", False), ("REASON", False)],
+                                 ("STATE", True), ("NODE", True), ("ATTEMPT", True),
+                                 ("EXIT", True), ("REASON", False)],
                   frozenset({"WORKFLOW", "ATTEMPT", "REASON"}), wide)
 
 
@@ -124,10 +132,10 @@ def nodes_table(items: list[dict[str, Any]], wide: bool = False) -> Table:
                      str(alloc.get("gpu", 0)), f"{p['idleWatts']:g}→{p['maxWatts']:g}",
                      "-" if util is None else f"{util:.0%}", "yes" if n.get("ready") else "no",
                      "yes" if n.get("simulated") else ""])
-    return _table("Nodes", rows, [("ID", True), ("TIER", False), ("ARCH", False),
-                                  ("CPU free/alloc", False), ("MEMORY free/alloc", False),
-                                  ("GPU", False), ("POWER W", False), ("UTIL", False),
-                                  ("READY", False), ("SIM", False)],
+    return _table("Nodes", rows, [("ID", True), ("TIER", True), ("ARCH", True),
+                                  ("CPU free/alloc", True), ("MEMORY free/alloc", True),
+                                  ("GPU", True), ("POWER W", True), ("UTIL", True),
+                                  ("READY", True), ("SIM", True)],
                   frozenset({"ARCH", "POWER W", "UTIL", "SIM"}), wide)
 
 
@@ -136,8 +144,8 @@ def sites_table(items: list[dict[str, Any]], wide: bool = False) -> Table:
     rows = [[s["name"], s["kind"], s.get("tier") or "", s.get("location") or "",
              state(s["health"]) if s["health"] != "Ready" else Text("Ready", "green"),
              str(s["nodes"]), s.get("message", "")] for s in items]
-    return _table("Sites", rows, [("NAME", True), ("KIND", False), ("TIER", False),
-                                  ("LOCATION", False), ("HEALTH", False), ("NODES", False),
+    return _table("Sites", rows, [("NAME", True), ("KIND", True), ("TIER", True),
+                                  ("LOCATION", False), ("HEALTH", True), ("NODES", True),
                                   ("MESSAGE", False)], frozenset({"LOCATION"}), wide)
 
 
@@ -155,10 +163,10 @@ def devices_table(items: list[dict[str, Any]], wide: bool = False) -> Table:
                      str(hello.get("location", "")),
                      _num(tel.get("cpu_percent"), digits=3), _num(tel.get("power_watts")),
                      str(d.get("lastSeen") or d.get("last_seen") or "")[:19]])
-    return _table("Devices", rows, [("DEVICE", True), ("SITE", True), ("ONLINE", False),
-                                    ("ARCH", False), ("CPUS", False), ("MEMORY", False),
-                                    ("LOCATION", False), ("CPU %", False), ("POWER W", False),
-                                    ("LAST SEEN", False)],
+    return _table("Devices", rows, [("DEVICE", True), ("SITE", True), ("ONLINE", True),
+                                    ("ARCH", True), ("CPUS", True), ("MEMORY", True),
+                                    ("LOCATION", False), ("CPU %", True), ("POWER W", True),
+                                    ("LAST SEEN", True)],
                   frozenset({"ARCH", "CPUS", "MEMORY", "LOCATION"}), wide)
 
 

@@ -105,6 +105,10 @@ def test_piped_tables_at_80_columns_keep_every_id(tmp_path: Path) -> None:
         wide = run_cli("get", "runs", "--url", url, "-o", "wide", columns=None)
         assert "WORKFLOW" in wide.stdout and "ATTEMPT" in wide.stdout and "…" not in wide.stdout
         assert "WORKFLOW" not in run_cli("get", "runs", "--url", url).stdout
+        # wider than 80 columns: every column and ID still there (the terminal wraps)
+        wide80 = run_cli("get", "runs", "--url", url, "-o", "wide").stdout
+        assert all(h in wide80 for h in ("TASK", "REASON", "ATTEMPT")), wide80
+        assert all(r["id"] in wide80 and r["workflowId"] in wide80 for r in runs), wide80
         assert all(w["id"] in wide.stdout for w in wfs)
         out = runner.invoke(cli.app, ["get", "runs", "--url", url, "-o", "yaml"]).output
         assert yaml.safe_load(out) == json.loads(
