@@ -138,6 +138,13 @@ class Demo:
             self._stopping = True
             raise Interrupted(signum)
 
+    def _say_stopping(self, e: BaseException) -> int:
+        """Say which signal stops the demo; returns its number."""
+        signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
+        self.console.print(f"{signal.Signals(signum).name}: stopping the agents, the control "
+                           "plane and the broker")
+        return signum
+
     def _start(self) -> Client:
         say = self.console.print
         if self.broker_url is None:
@@ -252,8 +259,8 @@ class Demo:
                 try:
                     while True:
                         time.sleep(3600)
-                except (Interrupted, KeyboardInterrupt):
-                    pass
+                except (Interrupted, KeyboardInterrupt) as e:
+                    self._say_stopping(e)
             return 0 if ok else 1
         except (RuntimeError, TimeoutError, OSError) as e:
             hint = ("; pass --port 0 (any free port) or another port"
@@ -261,10 +268,7 @@ class Demo:
             self.console.print(f"[red]demo failed:[/red] {e}{hint}", highlight=False)
             return 1
         except (Interrupted, KeyboardInterrupt) as e:
-            signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
-            self.console.print(f"{signal.Signals(signum).name}: stopping the agents, the control "
-                               "plane and the broker")
-            return 128 + signum
+            return 128 + self._say_stopping(e)
         finally:
             self.stop()
             for signum_, old in handlers.items():

@@ -57,8 +57,9 @@ def _table(title: str, rows: list[list[Any]], columns: list[tuple[str, bool]],
     for i in keep:
         header, whole = columns[i]
         head = Text(header, no_wrap=False, overflow="fold")
-        if whole:  # exactly as wide as its longest cell (or header word): never squeezed
-            width = max([*(len(w) for w in header.split()), *(len(str(r[i])) for r in rows)])
+        if whole:  # exactly as wide as its longest cell or header: never squeezed
+            head_width = len(header) if len(header) <= 10 else max(map(len, header.split()))
+            width = max([head_width, *(len(str(r[i])) for r in rows)])
             t.add_column(head, no_wrap=True, min_width=width, max_width=width)
         else:  # never narrower than its header's words
             t.add_column(head, overflow="fold", min_width=max(len(w) for w in header.split()))
