@@ -214,6 +214,8 @@ def submit(
             final = c.wait(wf["id"], on_update=lambda w: live.update(render.progress_table([w])))
     except (ApiError, ConnectionFailed, TimeoutError) as e:
         _fail(e)
+    if not console.is_terminal:  # rich ends the last live frame with a newline on terminals only
+        console.line()
     console.print(f"workflow {final['id']}: ", render.state(final["state"]), final.get("reason", ""))
     raise typer.Exit(0 if final["state"] == "Succeeded" else 1)
 
@@ -239,8 +241,10 @@ def _show(data: dict[str, object], table: Callable[[bool], RenderableType],
                       highlight=False, soft_wrap=True)
     else:  # a table wider than the terminal (-o wide) wraps there rather than being cut
         t = table(output == Output.wide)
-        need = console.measure(t, options=console.options.update_width(1000)).minimum
-        out = console if need <= console.width else render.make_console(min_width=need)
+        out = console
+        if output == Output.wide:
+            need = console.measure(t, options=console.options.update_width(1000)).maximum
+            out = console if need <= console.width else render.make_console(min_width=need)
         out.print(t, crop=False)
 
 

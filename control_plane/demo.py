@@ -247,6 +247,8 @@ class Demo:
                         self.console.print(f"[red]timed out after {self.timeout:.0f}s[/red]")
                         break
                     time.sleep(0.5)
+            if not self.console.is_terminal:  # rich ends the last frame so on terminals only
+                self.console.line()
             self.results = wfs
             for wf in wfs:
                 self._report(wf)
