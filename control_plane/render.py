@@ -171,6 +171,17 @@ def devices_table(items: list[dict[str, Any]], wide: bool = False) -> Table:
                   frozenset({"ARCH", "CPUS", "MEMORY", "LOCATION"}), wide)
 
 
+def data_sources_table(items: list[dict[str, Any]]) -> Table:
+    """KubeEdge devices (``GET /v1/data-sources``): SITE, DEVICE, MODEL, PROTOCOL, NODE,
+    LOCATION, ONLINE."""
+    rows = [[d["site"], d["name"], d.get("model") or "", d.get("protocol") or "",
+             d.get("node") or "", d.get("location") or "", "yes" if d.get("online") else "no"]
+            for d in items]
+    return _table("Data sources (KubeEdge devices)", rows, [
+        ("SITE", True), ("DEVICE", True), ("MODEL", False), ("PROTOCOL", False), ("NODE", True),
+        ("LOCATION", False), ("ONLINE", True)])
+
+
 def explain_run(run: dict[str, Any]) -> Group:
     """The placement explanation of one run: scores, predictions vs observations."""
     p = run.get("placement") or {}
