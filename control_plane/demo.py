@@ -109,6 +109,7 @@ class Demo:
         self._agents: list[subprocess.Popen[bytes]] = []
         self._broker: EmbeddedBroker | None = None
         self._server: uvicorn.Server | None = None
+        self._api: threading.Thread | None = None
         self._cp: ControlPlane | None = None
         self.results: list[dict[str, Any]] = []
         """The final state of every submitted workflow (as ``GET /v1/workflows/{id}``)."""
@@ -162,8 +163,9 @@ class Demo:
         config = uvicorn.Config(self._cp.app, host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
-        threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, name="api",
-                         daemon=True).start()
+        self._api = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                     name="api", daemon=True)
+        self._api.start()
         client = Client(f"http://127.0.0.1:{self.port}")
         _wait(client.ready, 30, "the control plane API")
         say(f"[bold]control plane[/bold] http://127.0.0.1:{self.port}  (API docs /docs, "
@@ -212,6 +214,8 @@ class Demo:
                 p.kill()
         if self._server is not None:
             self._server.should_exit = True
+            if self._api is not None:
+                self._api.join(10)  # before its socket is closed below
         if self._cp is not None:
             self._cp.stop()
         if self._broker is not None:
