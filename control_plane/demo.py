@@ -62,8 +62,9 @@ DEFAULT_PORT = 8080
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-class Interrupted(Exception):
-    """A signal asked the demo to stop; ``signum`` says which."""
+class Interrupted(BaseException):
+    """A signal asked the demo to stop; ``signum`` says which. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
