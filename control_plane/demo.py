@@ -124,13 +124,14 @@ class Demo:
             listen.PortInUse: an explicitly requested port is taken.
         """
         if self.requested_port is None:
-            self._sock, taken = listen.bind_or_any("127.0.0.1", DEFAULT_PORT)
-            if taken is not None:
-                holder = listen.port_holder(taken)
-                self.console.print(f"[yellow]port {taken} is already in use"
-                                   + (f" by {holder}" if holder else "")
+            try:
+                self._sock = listen.bind("127.0.0.1", DEFAULT_PORT)
+            except listen.PortInUse as e:
+                self.console.print(f"[yellow]port {e.port} is already in use"
+                                   + (f" by {e.holder}" if e.holder else "")
                                    + "; the demo's API takes a free port instead[/yellow]",
                                    highlight=False)
+                self._sock = listen.bind("127.0.0.1", 0)
         else:
             self._sock = listen.bind("127.0.0.1", self.requested_port)
         self.port = int(self._sock.getsockname()[1])

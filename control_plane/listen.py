@@ -63,11 +63,3 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)  # uvicorn's default backlog
     return sock
 
-
-def bind_or_any(host: str, port: int) -> tuple[socket.socket, int | None]:
-    """``port`` if free, else any free port; returns the socket and the taken port's number
-    (None when ``port`` itself was bound)."""
-    try:
-        return bind(host, port), None
-    except PortInUse:
-        return bind(host, 0), port
