@@ -16,6 +16,23 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+class ProbeConnectionFilter(logging.Filter):
+    """Demotes amqtt's ERROR + WARNING for a TCP connection that closes before sending a
+    byte — what every agent's broker RTT probe (TCP connect time) does — to DEBUG; such a
+    record is dropped unless this module's logger is enabled for DEBUG."""
+
+    MARK = "No data to decode MQTT packet fixed header"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.MARK not in record.getMessage():
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return log.isEnabledFor(logging.DEBUG)
+
+
+PROBE_FILTER = ProbeConnectionFilter()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` right now."""
     with socket.socket() as s:
@@ -43,7 +60,9 @@ class EmbeddedBroker:
         from amqtt.broker import Broker
 
         for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            if logging.getLogger(name).level == logging.NOTSET:  # the CLI may have set it
+                logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("amqtt.broker").addFilter(PROBE_FILTER)  # a set: added once
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
+import yaml
+from rich.console import RenderableType
 from rich.live import Live
 
 from control_plane import cli_devices, cli_kubernetes, cli_model, render
@@ -38,9 +40,9 @@ app.add_typer(cli_kubernetes.cluster_app, name="cluster")
 app.add_typer(sites_app, name="sites")
 app.add_typer(cli_devices.app, name="devices")
 
-console = Console()
+console = render.make_console()
 T = TypeVar("T")
-err = Console(stderr=True)
+err = render.make_console(stderr=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="CONTINUUM_URL",
                                      help="control-plane API URL")]
@@ -49,10 +51,14 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 class Output(StrEnum):
     table = "table"
+    wide = "wide"
     json = "json"
+    yaml = "yaml"
 
 
-OutOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+OutOpt = Annotated[Output, typer.Option(
+    "--output", "-o", help="table (the columns that fit 80 columns), wide (every column), "
+    "json or yaml (the API's objects)")]
 
 
 def _client(url: str) -> Client:
@@ -72,9 +78,41 @@ def _call(fn: Callable[[], T]) -> T:
         _fail(e)
 
 
+LIBRARY_LOGGERS = ("httpx", "httpcore", "amqtt", "transitions", "kubernetes", "urllib3",
+                   "asyncio", "multipart", "python_multipart")
+"""Libraries whose INFO lines are chatter (one per HTTP request, per MQTT session): they log
+at WARNING and above unless the log level is debug."""
+
+SERVER_EXTRA_MODULES = frozenset({
+    "fastapi", "uvicorn", "starlette", "sqlalchemy", "amqtt", "numpy", "scipy", "sklearn",
+    "prometheus_client", "pydantic_settings", "kubernetes", "prometheus_api_client", "jwt",
+    "matplotlib"})
+"""Top-level modules of the ``server`` extra (pyproject.toml); the base install lacks them."""
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Root logging at ``level`` (debug, info, warning, error); library chatter
+    (:data:`LIBRARY_LOGGERS`) only at WARNING and above unless ``level`` is debug."""
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=lvl, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if lvl <= logging.DEBUG else logging.WARNING)
+
+
+@contextmanager
+def _server_extra(command: str) -> Iterator[None]:
+    """Around a server-only command's imports: a module of the ``server`` extra missing (a
+    base install) ends the command with exit code 2 and the install command, not a
+    traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in SERVER_EXTRA_MODULES:
+            raise
+        err.print(f"continuum {command}: this command needs the server extra (module "
+                  f"{e.name!r} is not installed): pip install 'continuum[server]'",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 # ---------------------------------------------------------------- server, demo
@@ -100,13 +138,29 @@ def server(
         envvar="CONTINUUM_PUBLIC_URL")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
-    """Run the control plane: REST API, reconciler and adapters, until interrupted."""
-    from control_plane.server import run_server
-    from control_plane.settings import Settings
+    """Run the control plane: REST API, reconciler and adapters, until interrupted.
+
+    Needs the server extra (pip install 'continuum[server]'). The port is bound before
+    anything starts: a taken port is an error (exit 1) naming the process that holds it.
+    """
+    with _server_extra("server"):
+        from control_plane.listen import PortInUse
+        from control_plane.server import run_server
+        from control_plane.settings import Settings
 
     _setup_logging(log_level)
-    run_server(Settings(host=host, port=port, state_dir=state_dir, federation=federation,
-                        broker_url=broker_url, database_url=database_url, public_url=public_url))
+    try:
+        run_server(Settings(host=host, port=port, state_dir=state_dir, federation=federation,
+                            broker_url=broker_url, database_url=database_url,
+                            public_url=public_url))
+    except PortInUse as e:
+        err.print(f"continuum server: {e}; pass --port with a free port", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(1) from None
+    except OSError as e:
+        err.print(f"continuum server: cannot listen on {host}:{port}: {e}", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -114,7 +168,9 @@ def demo(
     keep: Annotated[bool, typer.Option(help="leave everything running afterwards (Ctrl-C ends)")] = False,
     broker: Annotated[str | None, typer.Option(
         help="use this MQTT broker (mqtt://host:port) instead of the embedded one")] = None,
-    port: Annotated[int, typer.Option(help="API port (0 = any free port)")] = 8080,
+    port: Annotated[int | None, typer.Option(
+        help="API port; default 8080, or any free port if 8080 is taken; 0 = any free port; "
+        "a taken port given here ends the demo at once", show_default=False)] = None,
     state_dir: Annotated[Path | None, typer.Option(help="state directory (default: a new temp dir)")] = None,
     federation: Annotated[Path | None, typer.Option(help="federation YAML")] = None,
     workflows: Annotated[list[Path] | None, typer.Option(
@@ -127,9 +183,11 @@ def demo(
     Starts the control plane (SQLite), an MQTT broker, two local device agents (a
     Raspberry-Pi-class and a Jetson-class profile) and the simulated edge, cloud and HPC
     sites of examples/federation.yaml; submits examples/workflows/*.yaml; shows live
-    progress and every placement with its reasons; exits 0 when all succeeded.
+    progress and every placement with its reasons; exits 0 when all succeeded. SIGTERM,
+    SIGINT or SIGHUP stops everything it started. Needs the server extra.
     """
-    from control_plane.demo import Demo
+    with _server_extra("demo"):
+        from control_plane.demo import Demo
 
     _setup_logging(log_level)
     code = Demo(console=console, keep=keep, broker_url=broker, port=port, state_dir=state_dir,
@@ -157,6 +215,8 @@ def submit(
             final = c.wait(wf["id"], on_update=lambda w: live.update(render.progress_table([w])))
     except (ApiError, ConnectionFailed, TimeoutError) as e:
         _fail(e)
+    if not console.is_terminal:  # rich ends the last live frame with a newline on terminals only
+        console.line()
     console.print(f"workflow {final['id']}: ", render.state(final["state"]), final.get("reason", ""))
     raise typer.Exit(0 if final["state"] == "Succeeded" else 1)
 
@@ -172,11 +232,21 @@ def cancel(workflow_id: Annotated[str, typer.Argument(help="workflow id")],
 # ---------------------------------------------------------------- get / describe
 
 
-def _show(data: dict[str, object], table: object, output: Output) -> None:
+def _show(data: dict[str, object], table: Callable[[bool], RenderableType],
+          output: Output) -> None:
+    """Print ``data`` as ``output`` says; ``table(wide)`` renders it as a table."""
     if output == Output.json:
         console.print_json(json.dumps(data))
-    else:
-        console.print(table)
+    elif output == Output.yaml:
+        console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False,
+                      highlight=False, soft_wrap=True)
+    else:  # a table wider than the terminal (-o wide) wraps there rather than being cut
+        t = table(output == Output.wide)
+        out = console
+        if output == Output.wide:
+            need = console.measure(t, options=console.options.update_width(1000)).maximum
+            out = console if need <= console.width else render.make_console(min_width=need)
+        out.print(t, crop=False)
 
 
 @get_app.command("workflows")
@@ -185,7 +255,7 @@ def get_workflows(state: Annotated[str | None, typer.Option(help="only this stat
                   output: OutOpt = Output.table) -> None:
     """List workflows, newest first."""
     data = _call(lambda: _client(url).workflows(state=state, limit=limit))
-    _show(data, render.workflows_table(data["items"]), output)
+    _show(data, lambda wide: render.workflows_table(data["items"], wide), output)
 
 
 @get_app.command("runs")
@@ -194,7 +264,7 @@ def get_runs(workflow: Annotated[str | None, typer.Option(help="only runs of thi
              url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """List runs, newest first."""
     data = _call(lambda: _client(url).runs(workflow=workflow, state=state))
-    _show(data, render.runs_table(data["items"]), output)
+    _show(data, lambda wide: render.runs_table(data["items"], wide), output)
 
 
 @get_app.command("nodes")
@@ -203,21 +273,21 @@ def get_nodes(site: Annotated[str | None, typer.Option(help="only this site")] =
               url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """List the nodes placement can choose from."""
     data = _call(lambda: _client(url).nodes(site=site, tier=tier))
-    _show(data, render.nodes_table(data["items"]), output)
+    _show(data, lambda wide: render.nodes_table(data["items"], wide), output)
 
 
 @get_app.command("sites")
 def get_sites(url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """List the sites of the federation with their health."""
     data = _call(lambda: _client(url).sites())
-    _show(data, render.sites_table(data["items"]), output)
+    _show(data, lambda wide: render.sites_table(data["items"], wide), output)
 
 
 @get_app.command("devices")
 def get_devices(url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """List the device agents with their last telemetry."""
     data = _call(lambda: _client(url).devices())
-    _show(data, render.devices_table(data["items"]), output)
+    _show(data, lambda wide: render.devices_table(data["items"], wide), output)
 
 
 @describe_app.command("run")
@@ -226,7 +296,7 @@ def describe_run(run_id: Annotated[str, typer.Argument(help="run id")],
                  url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """Explain a run's placement: per-plugin scores, predicted vs observed figures."""
     data = _call(lambda: _client(url).run(run_id, tail=tail))
-    _show(data, render.explain_run(data), output)
+    _show(data, lambda wide: render.explain_run(data), output)
 
 
 @describe_app.command("workflow")
@@ -234,8 +304,8 @@ def describe_workflow(workflow_id: Annotated[str, typer.Argument(help="workflow 
                       url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
     """A workflow's tasks, runs and events."""
     data = _call(lambda: _client(url).workflow(workflow_id))
-    if output == Output.json:
-        console.print_json(json.dumps(data))
+    if output in (Output.json, Output.yaml):
+        _show(data, lambda wide: "", output)
         return
     console.print(render.progress_table([data]))
     for ev in data["events"]:

@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from control_plane import render
 from control_plane.client import ApiError, Client, ConnectionFailed
 
 cluster_app = typer.Typer(help="Register Kubernetes / KubeEdge clusters; list their devices.",
                           no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+console = render.make_console()
+err = render.make_console(stderr=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="CONTINUUM_URL",
                                      help="control-plane API URL")]
@@ -89,10 +87,4 @@ def data_sources(url: UrlOpt = "http://127.0.0.1:8080",
     with Client(url) as client:
         params = {"site": site} if site else {}
         data = _call(lambda: client._call("GET", "/v1/data-sources", params=params))
-    t = Table(title="Data sources (KubeEdge devices)")
-    for c in ("SITE", "DEVICE", "MODEL", "PROTOCOL", "NODE", "LOCATION", "ONLINE"):
-        t.add_column(c)
-    for d in data["items"]:
-        t.add_row(d["site"], d["name"], d.get("model") or "", d.get("protocol") or "",
-                  d.get("node") or "", d.get("location") or "", "yes" if d.get("online") else "no")
-    console.print(t)
+    console.print(render.data_sources_table(data["items"]), crop=False)  # never cut an ID

@@ -6,15 +6,15 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from control_plane import render
 from control_plane.client import ApiError, Client, ConnectionFailed
 
 app = typer.Typer(help="Train and evaluate the learned placement predictors.",
                   no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+console = render.make_console()
+err = render.make_console(stderr=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="CONTINUUM_URL",
                                      help="control-plane API URL")]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from control_plane import render
 from control_plane.client import ApiError, Client, ConnectionFailed
@@ -25,8 +24,8 @@ app = typer.Typer(help="Register, drain, resume and remove sites (admins).", no_
 register_app = typer.Typer(help="Register a site of one kind.", no_args_is_help=True)
 app.add_typer(register_app, name="register")
 
-console = Console()
-err = Console(stderr=True)
+console = render.make_console()
+err = render.make_console(stderr=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="CONTINUUM_URL", help="control-plane API URL")]
 DEFAULT_URL = "http://127.0.0.1:8080"

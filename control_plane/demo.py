@@ -14,11 +14,20 @@ What it starts, in this order:
 Then it submits every workflow through the REST API, shows live progress, prints every
 placement with its reasons and predicted vs observed figures, and returns 0 when every
 workflow succeeded.
+
+The API port is bound before anything starts: the default port 8080, or any free port when
+8080 is taken; an explicit port that is taken ends the demo at once. SIGTERM, SIGINT and
+SIGHUP stop the agents, the API, the control plane and the broker; on Linux the agents also
+get SIGTERM from the kernel if the demo dies without cleaning up (even by SIGKILL).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,8 +43,8 @@ from rich.live import Live
 from continuum.federation import load_federation
 from continuum.model import SiteKind
 from continuum.units import format_bytes, format_duration
-from control_plane import render
-from control_plane.broker import EmbeddedBroker, free_port
+from control_plane import listen, render
+from control_plane.broker import EmbeddedBroker
 from control_plane.client import TERMINAL_WORKFLOW_STATES, Client
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
@@ -47,6 +56,26 @@ AGENTS: tuple[dict[str, Any], ...] = (
     {"device_id": "pi-camera-1", "profile": "pi4", "labels": ["role=camera"]},
     {"device_id": "jetson-1", "profile": "jetson-nano", "labels": ["accelerator=nvidia-maxwell"]},
 )
+
+
+DEFAULT_PORT = 8080
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class Interrupted(BaseException):
+    """A signal asked the demo to stop; ``signum`` says which. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _die_with_parent(parent: int) -> None:
+    """Run in an agent before exec (Linux): the kernel sends it SIGTERM when the demo dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the demo died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> None:
@@ -62,12 +91,18 @@ class Demo:
     """One demo session; :meth:`run` returns the process exit code."""
 
     def __init__(self, console: Console, *, keep: bool = False, broker_url: str | None = None,
-                 port: int = 8080, state_dir: Path | None = None, federation: Path | None = None,
-                 workflows: list[Path] | None = None, timeout: float = 600.0):
+                 port: int | None = None, state_dir: Path | None = None,
+                 federation: Path | None = None, workflows: list[Path] | None = None,
+                 timeout: float = 600.0):
+        """``port``: None = 8080, or any free port if 8080 is taken; 0 = any free port; any
+        other number must be free (:meth:`run` fails at once if it is not)."""
         self.console = console
         self.keep = keep
         self.broker_url = broker_url
-        self.port = port or free_port()
+        self.requested_port = port
+        self.port = DEFAULT_PORT if port is None else port
+        self._sock: socket.socket | None = None
+        self._stopping = False
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="continuum-demo-"))
         self.federation = federation or EXAMPLES / "federation.yaml"
         self.workflows = workflows or sorted((EXAMPLES / "workflows").glob("*.yaml"))
@@ -75,11 +110,43 @@ class Demo:
         self._agents: list[subprocess.Popen[bytes]] = []
         self._broker: EmbeddedBroker | None = None
         self._server: uvicorn.Server | None = None
+        self._api: threading.Thread | None = None
         self._cp: ControlPlane | None = None
         self.results: list[dict[str, Any]] = []
         """The final state of every submitted workflow (as ``GET /v1/workflows/{id}``)."""
 
     # ------------------------------------------------------------ start and stop
+
+    def _bind(self) -> None:
+        """Bind the API port (see ``port`` in the constructor).
+
+        Raises:
+            listen.PortInUse: an explicitly requested port is taken.
+        """
+        if self.requested_port is None:
+            try:
+                self._sock = listen.bind("127.0.0.1", DEFAULT_PORT)
+            except listen.PortInUse as e:
+                self.console.print(f"[yellow]port {e.port} is already in use"
+                                   + (f" by {e.holder}" if e.holder else "")
+                                   + "; the demo's API takes a free port instead[/yellow]",
+                                   highlight=False)
+                self._sock = listen.bind("127.0.0.1", 0)
+        else:
+            self._sock = listen.bind("127.0.0.1", self.requested_port)
+        self.port = int(self._sock.getsockname()[1])
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if not self._stopping:  # a second signal while stopping does not cut the clean-up short
+            self._stopping = True
+            raise Interrupted(signum)
+
+    def _say_stopping(self, e: BaseException) -> int:
+        """Say which signal stops the demo; returns its number."""
+        signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
+        self.console.print(f"{signal.Signals(signum).name}: stopping the agents, the control "
+                           "plane and the broker")
+        return signum
 
     def _start(self) -> Client:
         say = self.console.print
@@ -98,13 +165,17 @@ class Demo:
         config = uvicorn.Config(self._cp.app, host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
-        threading.Thread(target=self._server.run, name="api", daemon=True).start()
+        self._api = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                     name="api", daemon=True)
+        self._api.start()
         client = Client(f"http://127.0.0.1:{self.port}")
         _wait(client.ready, 30, "the control plane API")
         say(f"[bold]control plane[/bold] http://127.0.0.1:{self.port}  (API docs /docs, "
             f"state {self.state_dir})")
         fleet = next(s for s in fed.spec.sites if s.kind == SiteKind.devices)
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        die_with_parent = (functools.partial(_die_with_parent, os.getpid())
+                           if sys.platform.startswith("linux") else None)
         for a in AGENTS:
             cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--device-id", a["device_id"],
                    "--broker", self.broker_url, "--profile", a["profile"],
@@ -113,7 +184,8 @@ class Demo:
             for label in a["labels"]:
                 cmd += ["--label", label]
             log = open(self.state_dir / f"agent-{a['device_id']}.log", "wb")  # noqa: SIM115
-            self._agents.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+            self._agents.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                 preexec_fn=die_with_parent))
             say(f"[bold]agent[/bold]         {a['device_id']} (profile {a['profile']}, "
                 f"{' '.join(a['labels'])}) pid {self._agents[-1].pid}")
 
@@ -131,6 +203,9 @@ class Demo:
         return client
 
     def stop(self) -> None:
+        """Stop the agents (SIGTERM, SIGKILL after 10 s), the API, the control plane and the
+        embedded broker."""
+        self._stopping = True
         for p in self._agents:
             if p.poll() is None:
                 p.terminate()
@@ -141,15 +216,26 @@ class Demo:
                 p.kill()
         if self._server is not None:
             self._server.should_exit = True
+            if self._api is not None:
+                self._api.join(10)  # before its socket is closed below
         if self._cp is not None:
             self._cp.stop()
         if self._broker is not None:
             self._broker.stop()
+        if self._sock is not None:
+            self._sock.close()
 
     # ------------------------------------------------------------ the run
 
     def run(self) -> int:
+        """Run the demo; returns 0 when every workflow succeeded, 1 when one did not or the
+        demo could not start (e.g. its explicit port is taken), 128 + N after signal N."""
+        handlers: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                handlers[sig] = signal.signal(sig, self._on_signal)
         try:
+            self._bind()
             client = self._start()
             ids = []
             for path in self.workflows:
@@ -167,6 +253,8 @@ class Demo:
                         self.console.print(f"[red]timed out after {self.timeout:.0f}s[/red]")
                         break
                     time.sleep(0.5)
+            if not self.console.is_terminal:  # rich ends the last frame so on terminals only
+                self.console.line()
             self.results = wfs
             for wf in wfs:
                 self._report(wf)
@@ -179,14 +267,20 @@ class Demo:
                 try:
                     while True:
                         time.sleep(3600)
-                except KeyboardInterrupt:
-                    pass
+                except (Interrupted, KeyboardInterrupt) as e:
+                    self._say_stopping(e)
             return 0 if ok else 1
-        except (RuntimeError, TimeoutError) as e:
-            self.console.print(f"[red]demo failed:[/red] {e}")
+        except (RuntimeError, TimeoutError, OSError) as e:
+            hint = ("; pass --port 0 (any free port) or another port"
+                    if isinstance(e, listen.PortInUse) else "")
+            self.console.print(f"[red]demo failed:[/red] {e}{hint}", highlight=False)
             return 1
+        except (Interrupted, KeyboardInterrupt) as e:
+            return 128 + self._say_stopping(e)
         finally:
             self.stop()
+            for signum_, old in handlers.items():
+                signal.signal(signum_, old)
 
     def _report(self, wf: dict[str, Any]) -> None:
         """Every placement of ``wf``: node, reasons, predicted vs observed figures."""

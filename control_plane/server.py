@@ -4,6 +4,7 @@ and the FastAPI app; :meth:`ControlPlane.serve` runs it under uvicorn."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from adapters.capabilities import DeviceFleet
 from continuum.errors import AdapterError, Conflict, NotFound
 from continuum.federation import FederationDocument, load_federation
 from continuum.model import RunState, SiteKind, TaskState, Topology, WorkflowDocument, WorkflowState
+from control_plane import listen
 from control_plane.api import create_app
 from control_plane.artifacts import LocalArtifactStore
 from control_plane.federation import Federation
@@ -107,13 +109,14 @@ class ControlPlane:
         self.federation.close()
         self.store.close()
 
-    def serve(self) -> None:
-        """Start, serve the API until interrupted, stop."""
+    def serve(self, sock: socket.socket | None = None) -> None:
+        """Start, serve the API until interrupted, stop. ``sock``: an already bound socket to
+        serve on (see :func:`control_plane.listen.bind`); default: bind host:port here."""
         self.start()
         try:
             config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.port,
                                     log_level="warning", lifespan="off")
-            uvicorn.Server(config).run()
+            uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
         finally:
             self.stop()
 
@@ -203,11 +206,21 @@ class ControlPlane:
 
 
 def run_server(settings: Settings) -> None:
-    """Entry point of ``continuum server``."""
-    cp = ControlPlane(settings)
+    """Entry point of ``continuum server``: binds the port first, then starts and serves.
+
+    Raises:
+        control_plane.listen.PortInUse: the port is taken (nothing was started).
+        OSError: the address cannot be bound for another reason.
+    """
+    sock = listen.bind(settings.host, settings.port)
+    try:
+        cp = ControlPlane(settings)
+    except BaseException:
+        sock.close()
+        raise
     log.info("Continuum %s listening on http://%s:%d (state %s)", "API", settings.host,
-             settings.port, Path(settings.state_dir).resolve())
-    cp.serve()
+             sock.getsockname()[1], Path(settings.state_dir).resolve())
+    cp.serve(sock)
 
 
 __all__ = ["ControlPlane", "run_server", "Conflict"]

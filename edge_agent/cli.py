@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -47,67 +49,71 @@ def _parse_labels(items: list[str]) -> dict[str, str]:
 @app.command()
 def run(
     device_id: Annotated[str, typer.Option(
-        "--device-id", envvar=_env("device_id"),
+        "--device-id", show_envvar=False, envvar=_env("device_id"),
         help="This device's id, used in its MQTT topics (letters, digits, '_', '.', '-').")],
     broker: Annotated[str, typer.Option(
-        envvar=_env("broker"),
+        show_envvar=False, envvar=_env("broker"),
         help="Broker URL: mqtt://host:port, or mqtts://host:port for TLS.")]
         = "mqtt://127.0.0.1:1883",
     tls_ca: Annotated[Path | None, typer.Option(
-        envvar=_env("tls_ca"), help="CA certificate (PEM) of the broker; enables TLS.")] = None,
+        show_envvar=False, envvar=_env("tls_ca"),
+        help="CA certificate (PEM) of the broker; enables TLS.")] = None,
     tls_insecure: Annotated[bool, typer.Option(
-        envvar=_env("tls_insecure"),
+        show_envvar=False, envvar=_env("tls_insecure"),
         help="Do not check the broker certificate's host name (testing only).")] = False,
     username: Annotated[str | None, typer.Option(
-        envvar=_env("username"), help="Broker user name.")] = None,
+        show_envvar=False, envvar=_env("username"), help="Broker user name.")] = None,
     password: Annotated[str | None, typer.Option(
-        envvar=_env("password"), help="Broker password (prefer the environment variable).")]
+        show_envvar=False, envvar=_env("password"),
+        help="Broker password (prefer the environment variable).")]
         = None,
     location: Annotated[str, typer.Option(
-        envvar=_env("location"), help="Location name known to the control plane's topology.")]
+        show_envvar=False, envvar=_env("location"),
+        help="Location name known to the control plane's topology.")]
         = "unknown",
     tier: Annotated[str, typer.Option(
-        envvar=_env("tier"), help="Tier of this node: device, edge, cloud or hpc.")] = "device",
+        show_envvar=False, envvar=_env("tier"),
+        help="Tier of this node: device, edge, cloud or hpc.")] = "device",
     label: Annotated[list[str] | None, typer.Option(
-        "--label", envvar=_env("label"),
+        "--label", show_envvar=False, envvar=_env("label"),
         help="Node label key=value (repeatable); placement constraints match on them.")] = None,
     rtt_peer: Annotated[list[str] | None, typer.Option(
-        "--rtt-peer", envvar=_env("rtt_peer"),
+        "--rtt-peer", show_envvar=False, envvar=_env("rtt_peer"),
         help="Measure the round trip to a peer with each telemetry: location=host:port "
         "(repeatable; TCP connect time). The broker's RTT is always measured.")] = None,
     profile: Annotated[str | None, typer.Option(
-        envvar=_env("profile"),
+        show_envvar=False, envvar=_env("profile"),
         help="Declare a device profile instead of this host's figures: "
         + ", ".join(["host", *sorted(PROFILES)]) + ". Hello then says emulated=true.")] = None,
     state_dir: Annotated[Path, typer.Option(
-        envvar=_env("state_dir"),
+        show_envvar=False, envvar=_env("state_dir"),
         help="Directory for run working dirs, the artifact cache and the outbox database.")]
         = Path("/var/lib/continuum-agent"),
     telemetry_interval: Annotated[float, typer.Option(
-        envvar=_env("telemetry_interval"),
+        show_envvar=False, envvar=_env("telemetry_interval"),
         help="Seconds between telemetry messages (also the heartbeat).")] = 5.0,
     allow_command: Annotated[list[str] | None, typer.Option(
-        "--allow-command", envvar=_env("allow_command"),
+        "--allow-command", show_envvar=False, envvar=_env("allow_command"),
         help="Allowed command prefix, e.g. 'python3' or '/usr/bin/env python3' "
         "(repeatable; matched token by token; none = allow all).")] = None,
     max_cpu: Annotated[float | None, typer.Option(
-        envvar=_env("max_cpu"), help="Refuse runs requesting more cores (default: all).")]
+        show_envvar=False, envvar=_env("max_cpu"), help="Refuse runs requesting more cores (default: all).")]
         = None,
     max_memory: Annotated[int | None, typer.Option(
-        envvar=_env("max_memory"),
+        show_envvar=False, envvar=_env("max_memory"),
         help="Refuse runs requesting more memory, bytes (default: all).")] = None,
     kill_grace: Annotated[float, typer.Option(
-        envvar=_env("kill_grace"),
+        show_envvar=False, envvar=_env("kill_grace"),
         help="Seconds between SIGTERM and SIGKILL on cancel or timeout.")] = 5.0,
     upload_deadline: Annotated[float, typer.Option(
-        envvar=_env("upload_deadline"),
+        show_envvar=False, envvar=_env("upload_deadline"),
         help="Seconds an output upload keeps retrying before the run fails.")] = 300.0,
     reconnect_max: Annotated[float, typer.Option(
-        envvar=_env("reconnect_max"),
+        show_envvar=False, envvar=_env("reconnect_max"),
         help="Longest wait (s) between reconnect attempts (jittered exponential backoff).")]
         = 30.0,
     log_level: Annotated[str, typer.Option(
-        envvar=_env("log_level"), help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+        show_envvar=False, envvar=_env("log_level"), help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Connect to the broker and serve this device until SIGTERM/SIGINT."""
     logging.basicConfig(
@@ -140,6 +146,24 @@ def run(
     agent.start()
     agent.wait()
     agent.stop()
+
+
+def _env_epilog(fn: Callable[..., Any]) -> str:
+    """The environment variable of every option of ``fn``, one per line, for its help's
+    epilog; the options table leaves them out (``show_envvar=False``: it has no room for
+    them at 80 columns and cut them to ``CONTINUUM_AGENT_D…``)."""
+    lines = []
+    for name, hint in typing.get_type_hints(fn, include_extras=True).items():
+        for meta in getattr(hint, "__metadata__", ()):
+            if isinstance(meta, typer.models.OptionInfo) and isinstance(meta.envvar, str):
+                flag = next((d for d in meta.param_decls or () if d.startswith("--")),
+                            "--" + name.replace("_", "-"))
+                lines.append(f"  {flag:<22} {meta.envvar}")
+    return ("Environment variables (list options take space-separated values):\n\n"
+            + "\n".join(lines))
+
+
+app.registered_commands[-1].epilog = _env_epilog(run)
 
 
 @app.command()

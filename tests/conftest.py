@@ -7,6 +7,11 @@
   ``python -m edge_agent.cli run`` against the broker; every agent is killed at teardown.
 * ``observer`` (function): a :class:`tests.helpers.Observer` on the broker.
 * ``artifacts`` (function): a :class:`tests.helpers.ArtifactServer` (GET inputs, PUT outputs).
+* ``slurm`` (session): the real single-node Slurm (:class:`SlurmCluster`: munged,
+  slurmctld, slurmd and slurmrestd with JWT, started by ``deploy/dev/slurm.sh`` in a
+  temporary directory on loopback, stopped at the end). Defined here, once, so every test
+  that needs Slurm (the Slurm adapter tests, the adapter contract suite, the first-hour
+  log checks) shares one cluster per session.
 
 Wait on conditions with :func:`tests.helpers.wait_for`, never with a fixed sleep.
 """
@@ -14,19 +19,25 @@ Wait on conditions with :func:`tests.helpers.wait_for`, never with a fixed sleep
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers import ArtifactServer, Observer
 from tests.monitoring.prometheus_fixture import prometheus  # noqa: F401
+
+if TYPE_CHECKING:
+    from tests.adapters.slurm.conftest import SlurmCluster
 
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO_SH = REPO / "deploy" / "dev" / "mosquitto.sh"
@@ -158,3 +169,21 @@ def artifacts() -> Iterator[ArtifactServer]:
     server = ArtifactServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[SlurmCluster]:
+    """A real single-node Slurm for the session (fails with the script's reason if it can't)."""
+    from tests.adapters.slurm.conftest import SLURM_SH, SlurmCluster  # it imports this module
+
+    # not under pytest's private tmp: slurmrestd and the jobs run as another user
+    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="continuum-slurm-")))
+    try:
+        cluster.start()
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        cluster.sh("stop", str(cluster.dir))
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+        pytest.fail(f"could not start Slurm with {SLURM_SH}: {e}")
+    yield cluster
+    cluster.sh("stop", str(cluster.dir))
+    shutil.rmtree(cluster.dir, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 * ``slurm`` (session): munged, slurmctld, slurmd and slurmrestd (JWT) started by
   ``deploy/dev/slurm.sh`` in a temporary directory on loopback, stopped at the end. The
-  fixture is defined in ``tests/adapters/conftest.py`` (one definition, so the Slurm
+  fixture is defined in ``tests/conftest.py`` (one definition, so the Slurm
   tests and the adapter contract suite share one cluster); :class:`SlurmCluster` is here.
 * ``live_cp`` (function): a factory of real :class:`ControlPlane` processes-in-threads
   serving the API under uvicorn on a free port (Slurm jobs fetch and upload artifacts
