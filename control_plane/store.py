@@ -5,7 +5,10 @@ SQLite (a file under the state directory) by default, in WAL mode with
 Only portable column types are used (``String``, ``Integer``, ``Float``, ``JSON``,
 timezone-aware ``DateTime``), so the same schema runs on PostgreSQL.
 
-Times are stored as UTC.
+Times are stored as UTC. States are enums (:class:`~continuum.model.RunState`,
+``TaskState``, ``WorkflowState``) stored as their values. The schema is created with
+``create_all`` (no migrations yet): a state directory from before ``replaces_run_id``
+and the enum columns must be started afresh.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Integer,
@@ -32,6 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from continuum.model import RunState, TaskState, WorkflowState
 
 
 def utcnow() -> datetime:
@@ -60,6 +67,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+def _state(enum: type[StrEnum]) -> Enum:
+    """A state column: the enum's values as VARCHAR(16) (no native enum type, so the same
+    schema runs on SQLite and PostgreSQL); rows read back as enum members, so code
+    compares with ``RunState.Running``, never a literal string."""
+    return Enum(enum, native_enum=False, length=16, validate_strings=True,
+                values_callable=lambda e: [m.value for m in e])
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -69,7 +84,7 @@ class WorkflowRow(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), index=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[WorkflowState] = mapped_column(_state(WorkflowState), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
@@ -83,7 +98,7 @@ class TaskRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"), index=True)
     name: Mapped[str] = mapped_column(String(63))
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[TaskState] = mapped_column(_state(TaskState), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     depends_on: Mapped[list[str]] = mapped_column(JSON)
@@ -99,7 +114,7 @@ class RunRow(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
     task_name: Mapped[str] = mapped_column(String(63))
     attempt: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[RunState] = mapped_column(_state(RunState), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     site: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -118,6 +133,9 @@ class RunRow(Base):
     runtime_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     released: Mapped[bool] = mapped_column(Boolean, default=False)
+    replaces_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    """Set on the new run of a make-before-break move: the run it replaces. The move is
+    in progress while both are active (the old one serves until the new one runs)."""
 
 
 class EventRow(Base):
@@ -197,3 +215,10 @@ def add_event(s: Session, type_: str, message: str, *, workflow_id: str | None =
     """Record one event (``type_`` e.g. ``RunPlaced``) with the current time."""
     s.add(EventRow(workflow_id=workflow_id, run_id=run_id, type=type_, message=message,
                    at=utcnow()))
+
+
+ACTIVE_RUN_STATES = tuple(st for st in RunState if st.active)
+""":attr:`RunState.active` as a tuple for SQL ``IN`` (derived from the one definition)."""
+TERMINAL_RUN_STATES = tuple(st for st in RunState if st.terminal)
+LIVE_WORKFLOW_STATES = (WorkflowState.Pending, WorkflowState.Running)
+"""Workflows whose tasks advance and get placed."""
