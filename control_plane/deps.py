@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from fastapi import Request
 
+from control_plane.actions import Action
 from control_plane.artifacts import LocalArtifactStore
-from control_plane.decide import Action
 from control_plane.federation import Federation
 from control_plane.models import ModelService
 from control_plane.settings import Settings

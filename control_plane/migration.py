@@ -1,19 +1,22 @@
 """The migration controller: move work when it pays, and at once when its node is lost.
 
-Called at the end of every reconcile cycle (:meth:`MigrationController.on_cycle`):
+It is a *producer* of reconciler actions, never a writer of run state: the reconciler
+calls :meth:`MigrationController.on_cycle` after each cycle's own actions and applies
+what it returns (:class:`~control_plane.actions.MigrateRun`,
+:class:`~control_plane.actions.StartMove`) like its own.
 
 1. **Lost work** (every cycle): an active run (Placed, Dispatched, Running) whose node a
    *successful* inventory of its site no longer lists, or lists as not ready (a device
    whose agent went offline per its heartbeat), for ``migration_lost_grace_s`` as this
    process observed it, ends as ``Migrated`` with the reason once the backend accepted
    the cancel; its task goes back to Ready *without* a retry backoff and without
-   counting an attempt against ``retries``; the reconciler is woken so the next cycle
-   re-places it. A site whose inventory or health check fails (Unreachable: a
+   counting an attempt against ``retries``; the reconciler runs its next cycle at once
+   to re-place it. A site whose inventory or health check fails (Unreachable: a
    slurmrestd restart, a broker blip) says nothing about its nodes: its runs are left
    alone and their grace starts again once the site answers. A draining site's runs
    finish where they are. If the backend refuses the cancel the run stays active and
-   the cancel is retried next cycle (as the reconciler's workflow stop does), so the
-   original never keeps running unobserved.
+   the move is proposed again next cycle (as the reconciler's workflow stop does), so
+   the original never keeps running unobserved.
    Runs on a node labelled ``continuum.io/autonomous=true`` (a KubeEdge edge node,
    whose pods go on while it is disconnected) are never moved off it.
 2. **Re-evaluation** (every ``migration_interval_s``): queued jobs (Dispatched, not yet
@@ -26,10 +29,11 @@ Called at the end of every reconcile cycle (:meth:`MigrationController.on_cycle`
    at the cost of the queue age it gives up (its place in the backend's queue, e.g.
    Slurm's age priority factor), charged as downtime;
    a running service is moved make-before-break: a new run is placed on the target
-   while the old one keeps serving (its reason ``migrating to run <id>``, durable in the
-   store); once the new run is Running the old one is cancelled and ends ``Migrated``;
-   if the new run fails the move is aborted and the old run goes on serving (the
-   failure is not counted against the task's ``retries``: a move costs no attempt). A
+   while the old one keeps serving (the new run's ``replaces_run_id`` names it, durable
+   in the store); once the new run is Running the old one is cancelled and ends
+   ``Migrated``; if the new run fails the move is aborted and the old run goes on
+   serving (the failure is not counted against the task's ``retries``: a move costs no
+   attempt). Those two ends of a move are rules of :mod:`control_plane.decide`. A
    service's state bytes are taken as its memory request.
 
 Every migration is an event ``RunMigrated`` with its reason and figures, and counts in
@@ -54,7 +58,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from continuum.model import Node, Resources, RunState, SiteHealth, Task, TaskState, WorkflowDocument
-from control_plane.decide import Action, MigrateRun, StartMove
+from control_plane.actions import Action, MigrateRun, StartMove
 from control_plane.federation import Federation
 from control_plane.settings import Settings
 from control_plane.store import (

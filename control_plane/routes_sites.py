@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from continuum.errors import AdapterError, Problem, ValidationFailed
 from continuum.model import SiteSpec
-from control_plane.decide import RemoveSite
+from control_plane.actions import RemoveSite
 from control_plane.deps import Loop
 from control_plane.routes_common import (
     CollectorDep,
