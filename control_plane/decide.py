@@ -165,15 +165,21 @@ class Decider:
         self.rreason = {r.id: r.reason for r in observed.runs}
         self.replacing = {r.replaces_run_id: r.id for r in observed.runs if r.replaces_run_id}
         """replaced run id → id of the run replacing it."""
+        self._tasks_by_wf: dict[str, list[TaskView]] = {}
+        for t in observed.tasks:
+            self._tasks_by_wf.setdefault(t.workflow_id, []).append(t)
+        self._runs_by_wf: dict[str, list[RunView]] = {}
+        for r in observed.runs:
+            self._runs_by_wf.setdefault(r.workflow_id, []).append(r)
 
     # ------------------------------------------------------------ helpers
 
     def _active_runs(self, workflow_id: str) -> tuple[str, ...]:
-        return tuple(r.id for r in self.obs.runs
-                     if r.workflow_id == workflow_id and self.rstate[r.id].active)
+        return tuple(r.id for r in self._runs_by_wf.get(workflow_id, ())
+                     if self.rstate[r.id].active)
 
     def _tasks_of(self, workflow_id: str) -> list[TaskView]:
-        return [t for t in self.obs.tasks if t.workflow_id == workflow_id]
+        return self._tasks_by_wf.get(workflow_id, [])
 
     def _stop(self, workflow_id: str, reason: str, finish: WorkflowState,
               finish_reason: str) -> StopWorkflow:

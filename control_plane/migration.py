@@ -285,6 +285,8 @@ class MigrationController:
                                           f"{v.reason}"))
                 elif (move := self._start_move(run, task, doc, best[0], v, now)) is not None:
                     out.append(move)
+            live = {r.workflow_id for r in runs}
+            self._docs = {k: v for k, v in self._docs.items() if k in live}
         return out
 
     def _start_move(self, run: RunRow, task: Task, doc: WorkflowDocument, target: str,
