@@ -46,7 +46,6 @@ from continuum.errors import AdapterError
 from continuum.model import RunState, WorkflowState
 from control_plane import decide as d
 from control_plane.apply import Applier
-from control_plane.artifacts import LocalArtifactStore
 from control_plane.decide import Action, Decider, Observed, Policy
 from control_plane.federation import Federation
 from control_plane.reconciler_metrics import export_gauges
@@ -89,8 +88,8 @@ class Reconciler:
     anyone (adapters, the API) to run the next cycle now.
     """
 
-    def __init__(self, store: Store, federation: Federation, artifacts: LocalArtifactStore,
-                 settings: Settings, metrics: ControlPlaneMetrics, network: TopologyModel,
+    def __init__(self, store: Store, federation: Federation, settings: Settings,
+                 metrics: ControlPlaneMetrics, network: TopologyModel,
                  clock: Callable[[], float] = time.time, *,
                  framework: Callable[[], Framework | None] = lambda: None,
                  hooks: Sequence[Callable[[float], None]] = (),
@@ -98,7 +97,6 @@ class Reconciler:
                  wake_event: threading.Event | None = None):
         self.store = store
         self.federation = federation
-        self.artifacts = artifacts
         self.settings = settings
         self.metrics = metrics
         self.network = network

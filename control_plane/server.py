@@ -71,7 +71,7 @@ class ControlPlane:
         self.models = ModelService(settings, self.store, self.federation.nodes, self.metrics)
         self.migration = MigrationController(settings, self.store, self.federation,
                                              self.network, lambda: self.models.framework)
-        self.reconciler = Reconciler(self.store, self.federation, self.artifacts, settings,
+        self.reconciler = Reconciler(self.store, self.federation, settings,
                                      self.metrics, self.network,
                                      framework=lambda: self.models.framework,
                                      hooks=[self.models.on_cycle],
