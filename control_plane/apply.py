@@ -70,6 +70,8 @@ class Applier:
         self.wake = wake
         self.clock = clock
         self._docs: dict[str, WorkflowDocument] = {}
+        self.moves = 0
+        """Runs migrated or moves started so far (a producer's actions that took effect)."""
 
     def apply(self, actions: Sequence[Action], decider: Decider | None = None) -> None:
         """Carry out ``actions`` in order. ``decider`` gets the outcome of a failed submit
@@ -278,6 +280,7 @@ class Applier:
                 task.state, task.not_before = TaskState.Ready, None
                 task.attempts = max(0, task.attempts - 1)  # a migration is not a failed attempt
                 task.reason = f"migrating: {a.message}"
+            self.moves += 1
             log.info("run %s migrated (%s): %s", run.id, a.label, a.message)
 
     def _release(self, run_id: str) -> None:
@@ -431,6 +434,7 @@ class Applier:
                   workflow_id=old.workflow_id, run_id=old.id)
         self.metrics.run_transitions.labels(RunState.Placed.value).inc()
         add_event(s, "RunPlaced", a.placed_message, workflow_id=old.workflow_id, run_id=new.id)
+        self.moves += 1
 
     # ------------------------------------------------------------ dispatch
 

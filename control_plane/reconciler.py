@@ -156,9 +156,10 @@ class Reconciler:
             except Exception:
                 log.exception("proposer %r failed; the cycle goes on", propose)
                 continue
-            if actions:
-                self.apply(actions)
-                self.wake()
+            moves = self.applier.moves
+            self.apply(actions)
+            if self.applier.moves > moves:
+                self.wake()  # re-place the moved work now (a refused cancel waits a cycle)
         for hook in self._hooks:
             try:
                 hook(now)
