@@ -29,6 +29,7 @@ from continuum.errors import AdapterError, Problem, ValidationFailed
 from continuum.model import SiteSpec
 from control_plane.actions import RemoveSite
 from control_plane.deps import Loop
+from control_plane.federation import Federation
 from control_plane.routes_common import (
     CollectorDep,
     FederationDep,
@@ -103,7 +104,7 @@ def resume_site(name: str, federation: FederationDep, loop: LoopDep) -> dict[str
     return rt.summary()
 
 
-def remove_site(federation: FederationDep, loop: Loop, name: str, runs: RunsOnRemove,
+def remove_site(federation: Federation, loop: Loop, name: str, runs: RunsOnRemove,
                 timeout_s: float) -> dict[str, Any]:
     """Have the reconciler cancel (or leave) the site's active runs and remove the site.
 

@@ -45,3 +45,25 @@ def test_removing_a_site_cancels_its_work_and_the_task_is_retried_elsewhere(
         removed = [e for e in wf["events"] if e["type"] == "SiteRemoved"]
         assert [e["message"] for e in removed] == [
             "site cloud was removed; its backend work was cancelled"]
+
+
+def test_removing_a_site_with_runs_leave_leaves_its_work_untracked(tmp_path: Path) -> None:
+    with control_plane(tmp_path, time_scale=1.0) as (_, api):
+        wid = api.post("/v1/workflows", json=workflow(tasks=[
+            {"name": "long", "command": ["true"], "work": 1_000_000, "retries": 0}])).json()["id"]
+
+        def running() -> dict | None:
+            runs = api.get("/v1/runs", params={"workflow": wid}).json()["items"]
+            return next((r for r in runs if r["state"] == "Running"), None)
+
+        first = wait_for(running, 20, message="the run running on cloud")
+        r = api.delete("/v1/sites/cloud", params={"runs": "leave"})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"site": "cloud", "runs": "leave", "cancelled": [],
+                            "left": [first["id"]]}
+        wf = wait_state(api, wid, ("Failed",), timeout=30)  # retries: 0, nowhere else to go
+        (run,) = wf["runs"]
+        assert run["state"] == "Failed" and run["reason"] == "site 'cloud' was removed"
+        assert [e["message"] for e in wf["events"] if e["type"] == "SiteRemoved"] == [
+            "site cloud was removed; its backend work was left running, untracked"]
+        assert api.delete("/v1/sites/cloud", params={"runs": "sometimes"}).status_code == 422
