@@ -26,9 +26,10 @@ test-deps:  ## install the Debian packages the tests start for real (Mosquitto, 
 test: install test-deps  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-lint: install  ## ruff and mypy
+lint: install  ## ruff, mypy (strict for continuum, placement, adapters) and the layer contracts
 	$(BIN)/ruff check .
 	$(BIN)/mypy continuum edge_agent adapters placement monitoring control_plane
+	$(BIN)/lint-imports
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

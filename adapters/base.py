@@ -1,4 +1,5 @@
-"""The contract every backend adapter keeps, and the registry of adapter kinds.
+"""The contract every backend adapter keeps (the registry of kinds is :mod:`adapters.registry`,
+the optional capabilities :mod:`adapters.capabilities`).
 
 The contract (after Ray autoscaler v2's node provider and Parsl's providers):
 
@@ -24,8 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from continuum.errors import UnsupportedError
-from continuum.model import Node, RunState, SiteHealth, SiteKind, SiteSpec, Task
+from continuum.model import Node, RunState, SiteHealth, SiteSpec, Task
 
 
 @dataclass(frozen=True)
@@ -199,43 +199,3 @@ class Adapter(Protocol):
     def close(self) -> None:
         """Release connections and threads."""
         ...
-
-
-AdapterFactory = Callable[[SiteSpec, AdapterContext], Adapter]
-_REGISTRY: dict[SiteKind, AdapterFactory] = {}
-
-
-def register(kind: SiteKind, factory: AdapterFactory) -> None:
-    """Make ``kind`` available to :func:`create`."""
-    _REGISTRY[kind] = factory
-
-
-def create(site: SiteSpec, ctx: AdapterContext) -> Adapter:
-    """Build the adapter for ``site``.
-
-    Raises:
-        UnsupportedError: no adapter is registered for the site's kind.
-    """
-    _load_builtin()
-    try:
-        factory = _REGISTRY[site.kind]
-    except KeyError:
-        known = ", ".join(sorted(k.value for k in _REGISTRY))
-        raise UnsupportedError(
-            f"no adapter for site kind {site.kind.value!r} in this build (available: {known})",
-            site=site.name,
-        ) from None
-    return factory(site, ctx)
-
-
-def available_kinds() -> list[SiteKind]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def _load_builtin() -> None:
-    # Importing registers them; done lazily so `adapters.base` stays import-light.
-    import adapters.devices  # noqa: F401
-    import adapters.kubernetes  # noqa: F401
-    import adapters.sim  # noqa: F401
-    import adapters.slurm  # noqa: F401

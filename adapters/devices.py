@@ -1,8 +1,9 @@
 """The ``devices`` adapter: a fleet of ``continuum-agent``s behind an MQTT broker.
 
 Speaks the device wire protocol v1 (:mod:`edge_agent.protocol`). The adapter keeps one
-paho-mqtt 2.x session (its own loop thread; jittered exponential reconnect backoff),
-subscribes to every device's ``hello``, ``status``, ``telemetry`` and ``runs/+`` topics,
+paho-mqtt 2.x session (:class:`edge_agent.protocol.session.MqttSession`, shared with the
+agent: its own loop thread, jittered exponential reconnect backoff, subscriptions restored
+on reconnect), subscribes to every device's ``hello``, ``status``, ``telemetry`` and ``runs/+`` topics,
 and answers from what arrived (a push-fed cache):
 
 * ``inventory`` — one :class:`Node` per device that sent a Hello;
@@ -26,8 +27,6 @@ Site config (``SiteSpec.config``, camelCase): ``broker`` (``mqtt://host:port`` o
 from __future__ import annotations
 
 import logging
-import random
-import ssl
 import threading
 import uuid
 from collections import Counter
@@ -38,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
@@ -48,8 +47,9 @@ from adapters.base import (
     Handle,
     RunStatus,
     TaskRun,
-    register,
 )
+from adapters.capabilities import DeviceFleet, DeviceTelemetry, conforms
+from adapters.registry import register
 from continuum.errors import PermanentError, TransientError, UnsupportedError
 from continuum.model import Node, Resources, RunState, SiteHealth, SiteKind, SiteSpec
 from edge_agent.protocol import (
@@ -69,6 +69,7 @@ from edge_agent.protocol import (
     encode,
     topic,
 )
+from edge_agent.protocol.session import MqttSession
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +123,6 @@ class _Device:
 
 
 @dataclass(frozen=True)
-class DeviceTelemetry:
-    """A device's latest telemetry as received: ``received_at`` Unix s (our clock)."""
-
-    device_id: str
-    location: str
-    online: bool
-    received_at: float
-    telemetry: Telemetry
-
-
-@dataclass(frozen=True)
 class _Dispatched:
     device_id: str
     cpu: float
@@ -145,12 +135,16 @@ class DevicesAdapter:
     Args:
         site: the site; ``site.config`` is a :class:`DevicesConfig`.
         ctx: the control plane's context (``wake`` is called on each Hello/RunUpdate).
+        session: a not yet started MQTT session to the site's broker (tests pass an
+            instrumented one); by default one is built from ``site.config``. The adapter
+            sets its hooks and subscriptions on it and starts it.
 
     Raises:
         PermanentError: the site config is invalid (the message names the field).
     """
 
-    def __init__(self, site: SiteSpec, ctx: AdapterContext) -> None:
+    def __init__(self, site: SiteSpec, ctx: AdapterContext, *,
+                 session: MqttSession | None = None) -> None:
         self.site = site
         self.ctx = ctx
         try:
@@ -160,10 +154,6 @@ class DevicesAdapter:
             raise PermanentError(
                 f"invalid devices config: {'.'.join(map(str, first['loc']))}: {first['msg']}",
                 site=site.name) from e
-        parts = urlsplit(self.config.broker)
-        self._host = parts.hostname or "127.0.0.1"
-        self._tls = parts.scheme == "mqtts"
-        self._port = parts.port or (8883 if self._tls else 1883)
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
         self._updates: dict[str, RunUpdate] = {}
@@ -172,71 +162,32 @@ class DevicesAdapter:
         """Payloads rejected (malformed, wrong version, device id mismatch)."""
         self.malformed_by_reason: Counter[str] = Counter()
         self._connected = threading.Event()
+        """Set while connected, once ``_connected_at`` is updated for this connection."""
         self._connected_at = 0.0
         """ctx.clock() of the last (re)connection to the broker: a device's silence counts
         from no earlier than this, so devices are not declared offline merely because the
         broker (or this side's connection) was down while they were reconnecting."""
-        self._last_error = "not connected yet"
-        self._attempt = 0
-        self._closing = False
-        self._client = self._make_client()
-        self._client.connect_async(self._host, self._port, keepalive=30)
-        self._client.loop_start()
+        self._session = session if session is not None else self._make_session()
+        for leaf in ("hello", "status", "telemetry", "runs/+"):
+            self._session.subscribe(f"{TOPIC_PREFIX}/+/{leaf}", qos=1)
+        self._session.on_connect = self._on_connect
+        self._session.on_disconnect = self._connected.clear
+        self._session.on_message = self._on_message
+        self._session.start()
 
     # ------------------------------------------------------------ MQTT session
 
-    def _make_client(self) -> mqtt.Client:
-        cid = self.config.client_id or f"continuum-{self.site.name}-{uuid.uuid4().hex[:8]}"
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True)
-        if self.config.username:
-            c.username_pw_set(self.config.username, self.config.password)
-        if self._tls or self.config.tls_ca:
-            c.tls_set(ca_certs=self.config.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
-            c.tls_insecure_set(self.config.tls_insecure)
-        c.on_connect = self._on_connect
-        c.on_connect_fail = self._on_connect_fail
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        self._arm_backoff(c)
-        return c
+    def _make_session(self) -> MqttSession:
+        c = self.config
+        return MqttSession(
+            c.broker, client_id=c.client_id or f"continuum-{self.site.name}-{uuid.uuid4().hex[:8]}",
+            label=f"site {self.site.name}", clean_session=True, username=c.username,
+            password=c.password, tls_ca=c.tls_ca, tls_insecure=c.tls_insecure)
 
-    def _arm_backoff(self, c: mqtt.Client | None = None) -> float:
-        # Full-jitter exponential backoff (Brooker, "Exponential Backoff and Jitter", 2015).
-        cap = min(30.0, 0.5 * 2 ** min(self._attempt, 10))
-        delay = random.uniform(0.5, max(0.5, cap))
-        self._attempt += 1
-        (c or self._client).reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
-        return delay
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                    properties: Any = None) -> None:
-        if rc.is_failure:
-            self._last_error = f"connection refused: {rc}"
-            log.error("site %s: broker %s refused the connection: %s", self.site.name,
-                      self.config.broker, rc)
-            self._arm_backoff()
-            return
-        self._attempt = 0
+    def _on_connect(self, client: mqtt.Client) -> None:
+        """(Re)connected and subscribed: devices' silence counts from now at the earliest."""
         self._connected_at = self.ctx.clock()
-        for leaf in ("hello", "status", "telemetry", "runs/+"):
-            client.subscribe(f"{TOPIC_PREFIX}/+/{leaf}", qos=1)
         self._connected.set()
-        log.info("site %s: connected to %s", self.site.name, self.config.broker)
-
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._last_error = "connection failed"
-        delay = self._arm_backoff()
-        log.warning("site %s: broker %s unreachable; retrying in %.1f s", self.site.name,
-                    self.config.broker, delay)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                       properties: Any = None) -> None:
-        self._connected.clear()
-        self._last_error = f"disconnected: {rc}"
-        if not self._closing:
-            delay = self._arm_backoff()
-            log.warning("site %s: disconnected from %s (%s); reconnecting in %.1f s",
-                        self.site.name, self.config.broker, rc, delay)
 
     def _reject(self, t: str, reason: str) -> None:
         with self._lock:
@@ -333,9 +284,9 @@ class DevicesAdapter:
     def _publish(self, device_id: str, payload: BaseModel, what: str) -> None:
         if not self._connected.is_set():
             raise TransientError(f"broker {self.config.broker} is not connected "
-                                 f"({self._last_error}); cannot {what}", site=self.site.name,
+                                 f"({self._session.last_error}); cannot {what}", site=self.site.name,
                                  retry_after=2.0)
-        info = self._client.publish(topic(device_id, "commands"), encode(payload), qos=1)
+        info = self._session.publish(topic(device_id, "commands"), encode(payload), qos=1)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise TransientError(f"publish to {device_id} failed ({mqtt.error_string(info.rc)})"
                                  f"; cannot {what}", site=self.site.name, retry_after=2.0)
@@ -487,7 +438,7 @@ class DevicesAdapter:
         """Ready when connected with ≥1 device online; Unreachable when the broker is not."""
         if not self._connected.is_set():
             return SiteHealth.Unreachable, (f"broker {self.config.broker} unreachable: "
-                                            f"{self._last_error}")
+                                            f"{self._session.last_error}")
         now = self.ctx.clock()
         with self._lock:
             known = len(self._devices)
@@ -498,9 +449,7 @@ class DevicesAdapter:
 
     def close(self) -> None:
         """Disconnect and stop the loop thread."""
-        self._closing = True
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._session.stop()
 
     # ------------------------------------------------------------ extras
 
@@ -542,3 +491,7 @@ def _factory(site: SiteSpec, ctx: AdapterContext) -> DevicesAdapter:
 
 
 register(SiteKind.devices, _factory)
+
+# Declared capability (adapters.capabilities): mypy checks the signatures, conforms the names.
+_DECLARED: type[DeviceFleet] = DevicesAdapter
+conforms(DevicesAdapter, DeviceFleet)

@@ -75,8 +75,8 @@ from adapters.base import (
     Handle,
     RunStatus,
     TaskRun,
-    register,
 )
+from adapters.registry import register
 from continuum.errors import PermanentError
 from continuum.model import (
     Model,

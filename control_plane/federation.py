@@ -16,8 +16,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from adapters import base as adapters
+from adapters import registry as adapters
 from adapters.base import Adapter, AdapterContext
+from adapters.capabilities import PartitionStats, SupportsCheck
 from continuum.errors import AdapterError, AuthError, Conflict, NotFound
 from continuum.model import Node, SiteHealth, SiteKind, SiteSpec
 from control_plane.settings import Settings
@@ -105,10 +106,9 @@ class Federation:
                                "or choose another name")
         check_monitoring(spec.monitoring, spec.name)
         adapter = adapters.create(self._effective(spec), self.ctx)
-        check = getattr(adapter, "check", None)  # adapters that can say precisely what is wrong
-        if check is not None:
+        if isinstance(adapter, SupportsCheck):  # adapters that can say precisely what is wrong
             try:
-                check()
+                adapter.check()
             except BaseException:
                 adapter.close()
                 raise
@@ -238,11 +238,11 @@ class Federation:
             tiers[n.tier.value] = tiers.get(n.tier.value, 0) + 1
         for tier, count in tiers.items():
             self.metrics.nodes.labels(rt.spec.name, tier).set(count)
-        partition_stats = getattr(rt.adapter, "partition_stats", None)  # Slurm sites
-        if partition_stats is not None:
+        if isinstance(rt.adapter, PartitionStats):  # Slurm sites
             with self._lock:  # remove() marks the site removed under this lock, then forgets
                 if not rt.removed:
-                    self.metrics.observe_slurm_partitions(rt.spec.name, partition_stats())
+                    self.metrics.observe_slurm_partitions(rt.spec.name,
+                                                          rt.adapter.partition_stats())
 
     def close(self) -> None:
         for rt in self.sites():

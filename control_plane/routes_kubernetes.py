@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from adapters.capabilities import DataSourceCatalog
 from continuum.model import SiteKind
 from control_plane.routes_common import FederationDep
 
@@ -25,7 +26,6 @@ def list_data_sources(federation: FederationDep, site: str | None = None) -> dic
     for rt in federation.sites():
         if rt.spec.kind != SiteKind.kubeedge or (site is not None and rt.spec.name != site):
             continue
-        sources = getattr(rt.adapter, "data_sources", None)
-        if callable(sources):
-            items += [{"site": rt.spec.name, **d} for d in sources()]
+        if isinstance(rt.adapter, DataSourceCatalog):
+            items += [{"site": rt.spec.name, **d} for d in rt.adapter.data_sources()]
     return {"items": items}

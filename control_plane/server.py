@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from adapters.base import AdapterContext
+from adapters.capabilities import DeviceFleet
 from continuum.errors import AdapterError, Conflict
 from continuum.federation import FederationDocument, load_federation
 from continuum.model import SiteKind, Topology, WorkflowDocument
@@ -138,8 +139,8 @@ class ControlPlane:
     def devices(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for rt in self.federation.sites():
-            if rt.spec.kind == SiteKind.devices:
-                for d in rt.adapter.devices():  # type: ignore[attr-defined]
+            if rt.spec.kind == SiteKind.devices and isinstance(rt.adapter, DeviceFleet):
+                for d in rt.adapter.devices():
                     item = d if isinstance(d, dict) else d.model_dump(mode="json", by_alias=True)
                     out.append({"site": rt.spec.name, **item})
         return out
@@ -149,9 +150,9 @@ class ControlPlane:
         """Every device's latest telemetry (monitoring's view of the devices adapters)."""
         out: list[DeviceReading] = []
         for rt in self.federation.sites():
-            if rt.spec.kind != SiteKind.devices:
+            if rt.spec.kind != SiteKind.devices or not isinstance(rt.adapter, DeviceFleet):
                 continue
-            for d in rt.adapter.telemetry():  # type: ignore[attr-defined]
+            for d in rt.adapter.telemetry():
                 t = d.telemetry
                 out.append(DeviceReading(
                     site=rt.spec.name, device=d.device_id, location=d.location,

@@ -1,94 +1,62 @@
-"""Control-plane settings, from flags, environment (``CONTINUUM_*``) or defaults."""
+"""Control-plane settings, from flags, environment (``CONTINUUM_*``) or defaults.
+
+The fields are grouped by concern, one model per group — :class:`ApiSettings`,
+:class:`StoreSettings`, :class:`ReconcilerSettings`, :class:`FederationSettings`,
+:class:`PlacementSettings`, :class:`MigrationSettings`, :class:`MonitoringSettings` — and
+:class:`Settings` is all of them at once. A collaborator that needs one concern declares
+that group as its parameter type (a :class:`Settings` is an instance of each group), so what
+it may read is visible in its signature. Names stay flat, so every field is read from the environment as
+``CONTINUUM_<FIELD>`` exactly as before the grouping.
+
+Each field's docstring (also its ``description`` in the schema and in
+docs/configuration.md) gives its unit and why the default is what it is.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from placement.plugins.fragmentation import DEFAULT_WEIGHT as FRAGMENTATION_WEIGHT
 
+_GROUP = ConfigDict(use_attribute_docstrings=True)
 
-class Settings(BaseSettings):
-    """Every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="CONTINUUM_", extra="ignore")
+class ApiSettings(BaseModel):
+    """Where the REST API listens and how agents reach it."""
 
-    state_dir: Path = Field(
-        default=Path("./state"),
-        description="where the SQLite database and the kept artifacts live",
-    )
-    database_url: str | None = Field(
-        default=None,
-        description="SQLAlchemy URL; default sqlite:///<state_dir>/continuum.db. "
-        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
-    )
-    host: str = Field(default="127.0.0.1", description="address the API listens on")
-    port: int = Field(default=8080, description="port the API listens on")
-    public_url: str | None = Field(
-        default=None,
-        description="URL agents use to reach this API (artifact fetch/upload); "
-        "default http://<host>:<port>",
-    )
-    broker_url: str = Field(
-        default="mqtt://127.0.0.1:1883",
-        description="MQTT broker for device sites that do not name their own",
-    )
-    federation: Path | None = Field(
-        default=None, description="federation YAML whose sites are registered at start"
-    )
-    reconcile_interval_s: float = Field(
-        default=1.0, description="longest pause between reconcile cycles (s); events wake it sooner"
-    )
-    inventory_interval_s: float = Field(
-        default=2.0, description="how often each site's inventory is refreshed (s)"
-    )
-    retry_backoff_s: float = Field(
-        default=2.0, description="first retry delay of a failed task (s); doubles per attempt"
-    )
-    retry_backoff_max_s: float = Field(default=60.0, description="cap of the retry delay (s)")
-    dispatch_deadline_s: float = Field(
-        default=60.0,
-        description="a placed run its backend keeps refusing for this long is failed and re-placed (s)",
-    )
-    metrics_interval_s: float = Field(
-        default=5.0, description="how often each site's Prometheus is queried (s)"
-    )
-    control_plane_location: str = Field(
-        default="control-plane",
-        description="location name of this control plane (where artifacts are kept)",
-    )
+    model_config = _GROUP
 
-    # -- learned placement and migration (issue 6)
-    placement_mode: Literal["fast", "quality"] = Field(
-        default="fast",
-        description="fast: greedy batch placement; quality: small batches solved exactly (MILP)")
-    placement_fragmentation_weight: float = Field(
-        default=FRAGMENTATION_WEIGHT, ge=0,
-        description="weight of the GPU-fragmentation score (after FGD, Weng et al. ATC'23); "
-        "0 switches it off: more decisions/s, worse GPU packing (bench/RESULTS.md)")
-    model_retrain_interval_s: float = Field(
-        default=3600.0,
-        description="retrain the learned predictors this often (s); 0 = only on demand")
-    model_bootstrap_samples: int = Field(
-        default=2000, description="digital-twin runs generated to bootstrap the predictors")
-    migration_interval_s: float = Field(
-        default=30.0, description="how often running services and queued jobs are re-evaluated (s)")
-    migration_horizon_s: float = Field(
-        default=600.0, description="horizon over which a migration's expected gain is counted (s)")
-    migration_hysteresis: float = Field(
-        default=0.2, description="gain must exceed the migration cost by this fraction")
-    migration_min_dwell_s: float = Field(
-        default=120.0, description="a run is not moved again sooner than this after placement (s)")
-    migration_max_per_cycle: int = Field(default=2, description="most migrations per cycle")
-    migration_lost_grace_s: float = Field(
-        default=6.0,
-        description="a run's node must be gone or not ready this long before its work is "
-        "re-placed (s); covers a restarted control plane relearning its inventory")
-    migration_bandwidth_bps: float = Field(
-        default=100e6, description="bandwidth assumed for moving a service's state (bit/s)")
+    host: str = "127.0.0.1"
+    """Address the API listens on. Loopback by default: nothing is exposed until an
+    operator chooses an interface."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """TCP port the API listens on (0 = any free port). 8080, the usual unprivileged
+    HTTP port."""
+    public_url: str | None = None
+    """URL agents and Slurm jobs use to reach this API (artifact fetch and upload);
+    default ``http://<host>:<port>``. Set it when the API listens on 0.0.0.0 or behind a
+    proxy."""
+
+    @property
+    def api_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class StoreSettings(BaseModel):
+    """Where state lives: the database and the kept artifacts."""
+
+    model_config = _GROUP
+
+    state_dir: Path = Path("./state")
+    """Directory of the SQLite database (``continuum.db``) and the kept artifacts
+    (``artifacts/``). Relative to the working directory, so a first run needs no setup."""
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite:///<state_dir>/continuum.db`` (embedded, one
+    process). PostgreSQL: ``postgresql+psycopg://user:pass@host/db``."""
 
     @property
     def db_url(self) -> str:
@@ -98,6 +66,118 @@ class Settings(BaseSettings):
     def artifact_dir(self) -> Path:
         return self.state_dir / "artifacts"
 
-    @property
-    def api_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+class ReconcilerSettings(BaseModel):
+    """Pace of the reconcile loop, retries and dispatch."""
+
+    model_config = _GROUP
+
+    reconcile_interval_s: float = Field(default=1.0, gt=0)
+    """Longest pause between reconcile cycles (s); submissions, cancels and device
+    messages wake it sooner. 1 s keeps an idle control plane cheap while a missed wake-up
+    costs at most a second."""
+    inventory_interval_s: float = Field(default=2.0, ge=0)
+    """How often each site's inventory is refreshed (s). 2 s: twice the reconcile
+    interval, so a lost node is seen within a few seconds without listing every backend
+    every cycle."""
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    """First retry delay of a failed task (s); doubles per attempt
+    (``retry_backoff_s · 2^(attempt−1)``). 2 s rides out a brief backend hiccup without
+    hammering it."""
+    retry_backoff_max_s: float = Field(default=60.0, ge=0)
+    """Cap of the retry delay (s): a task never waits more than a minute between
+    attempts."""
+    dispatch_deadline_s: float = Field(default=60.0, ge=0)
+    """A placed run whose backend keeps refusing it transiently for this long is failed
+    and its task retried (s). 60 s covers a slurmrestd or broker restart."""
+
+
+class FederationSettings(BaseModel):
+    """Which sites exist at start and where the control plane stands among them."""
+
+    model_config = _GROUP
+
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    """MQTT broker for ``devices`` sites whose config names none: a broker on this
+    machine at the standard MQTT port."""
+    federation: Path | None = None
+    """Federation YAML whose sites are registered at start (none: the sites already in
+    the store)."""
+    control_plane_location: str = "control-plane"
+    """Location of this control plane, where artifacts are kept (for transfer estimates).
+    Replaced by ``spec.controlPlane.location`` when a federation file is given."""
+
+
+class PlacementSettings(BaseModel):
+    """How tasks are placed and how the learned predictors are kept."""
+
+    model_config = _GROUP
+
+    placement_mode: Literal["fast", "quality"] = "fast"
+    """``fast``: greedy batch placement; ``quality``: batches of ≤ 20,000 (request, node)
+    pairs solved exactly (MILP, HiGHS). Fast by default: it keeps a cycle short at any
+    scale, and its median optimality gap is 0 % on bench scenario A (bench/RESULTS.md)."""
+    placement_fragmentation_weight: float = Field(default=FRAGMENTATION_WEIGHT, ge=0)
+    """Weight of the GPU-fragmentation score (after FGD, Weng et al., ATC'23); 0 switches
+    it off: more decisions/s, worse GPU packing. 0.5 is what made the Alibaba GPU trace
+    pack better than kube-scheduler (bench/RESULTS.md)."""
+    model_retrain_interval_s: float = Field(default=3600.0, ge=0)
+    """Retrain the learned predictors this often (s); 0 = only on demand. Hourly: runs
+    accumulate slowly and a retrain costs seconds of CPU."""
+    model_bootstrap_samples: int = Field(default=2000, ge=0)
+    """Digital-twin runs generated to bootstrap the predictors before real runs exist.
+    2,000 trains in about a second and gives a stable hold-out error."""
+
+
+class MigrationSettings(BaseModel):
+    """When running services and queued jobs are moved (control_plane/migration.py)."""
+
+    model_config = _GROUP
+
+    migration_interval_s: float = Field(default=30.0, ge=0)
+    """How often running services and queued jobs are re-evaluated (s); lost work is
+    re-placed every cycle regardless. 30 s: moves are rare and each costs a restart."""
+    migration_horizon_s: float = Field(default=600.0, gt=0)
+    """Horizon over which a migration's expected gain is counted (s): ten minutes, the
+    order of a service's rescheduling period."""
+    migration_hysteresis: float = Field(default=0.2, ge=0)
+    """A move's gain must exceed its cost by this fraction (0.2 = 20 %), so small noisy
+    gains never make work oscillate."""
+    migration_min_dwell_s: float = Field(default=120.0, ge=0)
+    """A run is not moved again sooner than this after placement (s), another guard
+    against oscillation."""
+    migration_max_per_cycle: int = Field(default=2, ge=0)
+    """Most migrations started per evaluation: limits the disruption of one bad
+    estimate."""
+    migration_lost_grace_s: float = Field(default=6.0, ge=0)
+    """A run's node must be gone or not ready this long before its work is re-placed (s);
+    covers a restarted control plane relearning its inventory (three inventory
+    intervals)."""
+    migration_bandwidth_bps: float = Field(default=100e6, gt=0)
+    """Bandwidth assumed for copying a service's state when moving it (bit/s); 100 Mbit/s,
+    a conservative WAN figure."""
+
+
+class MonitoringSettings(BaseModel):
+    """How often sites' Prometheus servers are read."""
+
+    model_config = _GROUP
+
+    metrics_interval_s: float = Field(default=5.0, gt=0)
+    """How often each site's Prometheus is queried (s), on the collector's own thread.
+    5 s: a third of Prometheus's usual 15 s scrape interval, so a new sample is seen
+    promptly."""
+
+
+class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings,
+               PlacementSettings, MigrationSettings, MonitoringSettings, BaseSettings):
+    """All groups; every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTINUUM_", extra="ignore",
+                                      use_attribute_docstrings=True)
+
+
+GROUPS: tuple[type[BaseModel], ...] = (
+    ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings, PlacementSettings,
+    MigrationSettings, MonitoringSettings)
+"""Every settings group, in the order docs/configuration.md lists them."""

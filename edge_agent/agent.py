@@ -13,10 +13,11 @@ nothing; :class:`CancelCommand` kills the run's process tree; :class:`ForgetComm
 drops the run's record and clears its retained message. Malformed payloads are logged
 (WARNING, with the reason) and counted in :attr:`Agent.rejected`.
 
-Reconnects use paho's loop thread with a jittered exponential backoff between
-``reconnect_min`` and ``reconnect_max`` seconds (re-armed through
-``reconnect_delay_set`` on every failure), so a broker that is down at start or goes
-away later is retried forever.
+The session (client, TLS, last will, reconnects with a jittered exponential backoff
+between ``reconnect_min`` and ``reconnect_max`` seconds, the commands subscription
+restored on each reconnect) is :class:`edge_agent.protocol.session.MqttSession`, the same
+helper the ``devices`` adapter uses; a broker that is down at start or goes away later
+is retried forever.
 
 Threading: paho's loop thread runs the callbacks; each run executes in its own thread.
 ``_pub_lock`` serialises publishing (so a run's updates leave in order) and is never
@@ -26,18 +27,16 @@ taken in ``on_publish``, which paho calls while holding its own message lock.
 from __future__ import annotations
 
 import logging
-import random
 import re
 import shlex
 import socket
-import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
 import edge_agent
 from edge_agent.config import AgentConfig
@@ -57,22 +56,13 @@ from edge_agent.protocol import (
     encode,
     topic,
 )
+from edge_agent.protocol.session import MqttSession, Will
 from edge_agent.runtime import Runtime, kill_orphan_group
 from edge_agent.telemetry import BROKER, RttProber, TelemetrySampler, parse_peer
 
 log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-
-
-def jittered_backoff(attempt: int, low: float, high: float) -> float:
-    """Seconds to wait before reconnect ``attempt`` (0-based): full-jitter exponential.
-
-    ``uniform(low, min(high, low·2^attempt))`` — the "full jitter" of AWS's
-    "Exponential Backoff and Jitter" (Brooker, 2015), floored at ``low``.
-    """
-    cap = min(high, low * (2 ** min(attempt, 30)))
-    return random.uniform(low, max(low, cap))
 
 
 def _create_time(pid: int) -> float:
@@ -114,7 +104,6 @@ class Agent:
         self.prober = RttProber(targets, interval_s=config.telemetry_interval)
         """RTTs to the broker and the ``--rtt-peer`` targets, measured on its own threads."""
         self.rejected = 0
-        self.connected = threading.Event()
         self._stop = threading.Event()
         self._stopping = False
         self._pub_lock = threading.Lock()
@@ -123,42 +112,31 @@ class Agent:
         self._early_acks: set[int] = set()
         self._state_lock = threading.Lock()
         self._active: dict[str, _Active] = {}
-        self._attempt = 0
         self._telemetry_thread: threading.Thread | None = None
-        self._client = self._make_client()
+        self._session = self._make_session()
+        self._client = self._session.client
+        self.connected = self._session.connected
         self._recover()
 
     # ------------------------------------------------------------ setup
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_session(self) -> MqttSession:
         cfg = self.config
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"continuum-agent-{self.device_id}",
-                        clean_session=False, protocol=mqtt.MQTTv311)
-        if cfg.username:
-            c.username_pw_set(cfg.username, cfg.password)
-        if cfg.address.tls or cfg.tls_ca:
-            c.tls_set(ca_certs=str(cfg.tls_ca) if cfg.tls_ca else None,
-                      cert_reqs=ssl.CERT_REQUIRED)
-            c.tls_insecure_set(cfg.tls_insecure)
         offline = DeviceStatus(device_id=self.device_id, state="offline")
-        c.will_set(topic(self.device_id, "status"), encode(offline), qos=1, retain=True)
-        c.reconnect_delay_set(min_delay=1, max_delay=1)
-        self._arm_backoff(c)
-        c.on_connect = self._on_connect
-        c.on_connect_fail = self._on_connect_fail
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_publish = self._on_publish
-        return c
-
-    def _arm_backoff(self, c: mqtt.Client | None = None) -> float:
-        delay = jittered_backoff(self._attempt, self.config.reconnect_min,
-                                 self.config.reconnect_max)
-        self._attempt += 1
-        # paho waits min_delay before the next attempt when its own delay is reset,
-        # which reconnect_delay_set does; so this arms exactly one jittered wait.
-        (c or self._client).reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
-        return delay
+        s = MqttSession(cfg.broker, client_id=f"continuum-agent-{self.device_id}",
+                        label=f"device {self.device_id}", clean_session=False,
+                        username=cfg.username, password=cfg.password,
+                        tls_ca=str(cfg.tls_ca) if cfg.tls_ca else None,
+                        tls_insecure=cfg.tls_insecure,
+                        will=Will(topic(self.device_id, "status"), encode(offline)),
+                        keepalive=cfg.keepalive, reconnect_min=cfg.reconnect_min,
+                        reconnect_max=cfg.reconnect_max)
+        s.subscribe(topic(self.device_id, "commands"), qos=1)
+        s.on_connect = self._on_connect
+        s.on_disconnect = self._on_disconnect
+        s.on_message = self._on_message
+        s.on_publish = self._on_publish
+        return s
 
     def _recover(self) -> None:
         """Runs the database holds as active lost their process when the agent stopped."""
@@ -178,11 +156,9 @@ class Agent:
 
     def start(self) -> None:
         """Connect in the background (retrying forever) and start telemetry."""
-        a = self.config.address
         self.log.info("device %s: connecting to %s (profile %s)", self.device_id,
                       self.config.broker, self.profile.name)
-        self._client.connect_async(a.host, a.port, keepalive=self.config.keepalive)
-        self._client.loop_start()
+        self._session.start()
         self._telemetry_thread = threading.Thread(target=self._telemetry_loop,
                                                   name="telemetry", daemon=True)
         self._telemetry_thread.start()
@@ -215,27 +191,14 @@ class Agent:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._session.stop()
         self.outbox.close()
         self.log.info("device %s: stopped", self.device_id)
 
     # ------------------------------------------------------------ paho callbacks
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                    properties: Any = None) -> None:
-        if rc.is_failure:
-            self.log.error("device %s: broker %s refused the connection: %s", self.device_id,
-                           self.config.broker, rc)
-            self._arm_backoff()
-            return
-        self._attempt = 0
-        self.log.info("device %s: connected to %s", self.device_id, self.config.broker)
-        client.subscribe(topic(self.device_id, "commands"), qos=1)
-        with self._mid_lock:
-            self._inflight.clear()
-            self._early_acks.clear()
-        self.connected.set()
+    def _on_connect(self, client: mqtt.Client) -> None:
+        """(Re)connected, commands subscribed: announce, then re-publish what is held."""
         client.publish(topic(self.device_id, "hello"), encode(self.hello()), qos=1, retain=True)
         client.publish(topic(self.device_id, "status"), encode(self._status("online")), qos=1,
                        retain=True)
@@ -248,19 +211,12 @@ class Agent:
                                     encode(rec.latest), run_id=rec.run_id)
         self._flush()
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        delay = self._arm_backoff()
-        self.log.warning("device %s: broker %s unreachable; retrying in %.1f s", self.device_id,
-                         self.config.broker, delay)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                       properties: Any = None) -> None:
-        self.connected.clear()
-        if self._stopping:
-            return
-        delay = self._arm_backoff()
-        self.log.warning("device %s: disconnected from %s (%s); reconnecting in %.1f s",
-                         self.device_id, self.config.broker, rc, delay)
+    def _on_disconnect(self) -> None:
+        """The connection is gone, and with it every message id in flight (no flush
+        publishes until the next connection, which re-publishes all that is pending)."""
+        with self._mid_lock:
+            self._inflight.clear()
+            self._early_acks.clear()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
                     properties: Any = None) -> None:

@@ -9,37 +9,19 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from continuum.model import Tier
+from edge_agent.protocol.session import (
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    BrokerAddress,
+    parse_broker_url,
+)
 
 ENV_PREFIX = "CONTINUUM_AGENT_"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-class BrokerAddress(BaseModel):
-    """A parsed broker URL: ``mqtt://host:port`` (default 1883) or ``mqtts://`` (8883)."""
-
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
-
-    Raises:
-        ValueError: another scheme, or no host.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(
-            f"broker {url!r} is not a broker URL; use mqtt://host:port or mqtts://host:port"
-        )
-    tls = parts.scheme == "mqtts"
-    return BrokerAddress(host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls)
 
 
 class AgentConfig(BaseModel):
@@ -82,9 +64,10 @@ class AgentConfig(BaseModel):
     """Seconds an output upload keeps retrying (the control plane may be restarting)."""
     keepalive: int = Field(default=30, ge=5)
     """MQTT keep-alive (s)."""
-    reconnect_min: float = Field(default=0.5, gt=0)
-    reconnect_max: float = Field(default=30.0, gt=0)
-    """Bounds (s) of the jittered exponential reconnect backoff."""
+    reconnect_min: float = Field(default=RECONNECT_MIN_S, gt=0)
+    reconnect_max: float = Field(default=RECONNECT_MAX_S, gt=0)
+    """Bounds (s) of the jittered exponential reconnect backoff (see
+    :mod:`edge_agent.protocol.session` for why these defaults)."""
 
     @field_validator("device_id")
     @classmethod

@@ -11,13 +11,14 @@ considered — so one cycle never overcommits a node.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
 from continuum.model import Node, Objective, PlacementDecision, Prediction, Task
 from placement import fmt
 from placement.framework import Framework, default_framework
-from placement.predict import predictions
+from placement.predict import ExplainsFallback, predictions, provides
 from placement.snapshot import TIERS, Snapshot
 
 ALTERNATIVES = 3
@@ -127,9 +128,8 @@ def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework, pin: int | 
     if note:
         reasons.append(note)
     version = fw.predictor.version
-    fallback_fn = getattr(fw.predictor, "fallback", None)
-    if callable(fallback_fn) and version != "analytic-v1":
-        why = fallback_fn(req.task, snap, chosen)
+    if provides(fw.predictor, ExplainsFallback) and version != "analytic-v1":
+        why = cast(ExplainsFallback, fw.predictor).fallback(req.task, snap, chosen)
         if why:
             reasons.append(why)
             version = "analytic-v1"

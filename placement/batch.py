@@ -34,15 +34,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
 from continuum.model import Task
 from placement.assign import DataSource, PlacementRequest
-from placement.framework import Framework, default_framework
-from placement.plugins.fragmentation import FragmentationCache, GpuFragmentation
+from placement.framework import CachedDelta, DeltaCache, DynamicScore, Framework, default_framework
 from placement.plugins.resources import NodeResourcesFit
-from placement.predict import CycleState, NodePredictions, predictions
+from placement.predict import (
+    CycleState,
+    ExplainsFallback,
+    NodePredictions,
+    Predictor,
+    PredictsQueueWait,
+    Prefetches,
+    predictions,
+    provides,
+)
 from placement.snapshot import CPU_EPS, Snapshot
 
 BIG_MEM = np.iinfo(np.int64).max // 4
@@ -203,8 +212,9 @@ def evaluate(req: PlacementRequest, classes: NodeClasses, fw: Framework,
         mask = static_mask(req, classes, fw)
     raw: dict[str, np.ndarray] = {}
     floors: dict[str, float] = {}
+    caps = fw.capabilities()
     for p in fw.scores:
-        if not p.lower_is_better or getattr(p, "dynamic", False):
+        if not p.lower_is_better or caps.is_dynamic(p):
             continue  # benefits have no cost form; dynamic terms are added per request
         raw[p.name] = np.asarray(p.score(req, rep, state, mask), dtype=np.float64)
         floors[p.name] = p.floor
@@ -245,26 +255,24 @@ class BatchAssigner:
     dynamic_candidates: int = 1024
     """Most nodes a dynamic score plugin (GPU fragmentation) is evaluated on per request."""
     cache_dynamic: bool = True
-    """Memoise the GPU-fragmentation term per node (exact: same placements, see
-    :class:`~placement.plugins.fragmentation.FragmentationCache`); False recomputes it
-    over every candidate for every request."""
+    """Memoise a dynamic term per node where its plugin offers it
+    (:class:`~placement.framework.CachedDelta`; GPU fragmentation's is exact: same
+    placements, see :class:`~placement.plugins.fragmentation.FragmentationCache`); False
+    recomputes it over every candidate for every request."""
 
     def __post_init__(self) -> None:
         if self.classes is None:
             self.classes = NodeClasses(self.snap)
         self._static: dict[tuple[object, ...], np.ndarray] = {}
-        self._observers: list[Callable[[PlacementRequest], None]] = []
         cl = self.classes
         s = self.snap
         self._ub_cpu = np.array([s.free_cpu[m].max() if m.size else -1.0 for m in cl.members])
         self._ub_mem = np.array([s.free_mem[m].max() if m.size else -1 for m in cl.members])
         self._ub_gpu = np.array([s.free_gpu[m].max() if m.size else -1 for m in cl.members])
-        self._memo: dict[int, FragmentationCache] = {}
+        self._memo: dict[int, tuple[object, DeltaCache]] = {}
         self._has_gpu = bool(s.gpu_slots.shape[1]) and bool((s.gpu_slots > 0).any())
-        for p in self.framework.scores:
-            observe = getattr(p, "observe", None)
-            if callable(observe):
-                self._observers.append(observe)
+        self._observers: list[Callable[[PlacementRequest], None]] = [
+            p.observe for p in self.framework.capabilities().observers]
 
     def costs(self, req: PlacementRequest) -> ClassCosts:
         """The cached :class:`ClassCosts` of ``req``'s task class."""
@@ -280,27 +288,28 @@ class BatchAssigner:
             self.cache[key] = cc
         return cc
 
-    def _dynamic(self, req: PlacementRequest) -> tuple[object, float, float, float | None] | None:
-        """The dynamic score plugin in use (GPU fragmentation), its weight, the sum of
-        the static weights and its GPU pressure (None if it has none); None when there is
-        none with weight > 0 or no GPU at all."""
+    def _dynamic(self, req: PlacementRequest) -> tuple[DynamicScore, float, float, float] | None:
+        """The :class:`~placement.framework.DynamicScore` plugin in use (GPU
+        fragmentation), its weight, the sum of the static weights and its pressure; None
+        when there is none with weight > 0 or no GPU at all."""
         if not self._has_gpu:
             return None
-        weights = self.framework.weights(req.objective)
-        for p in self.framework.scores:
-            if getattr(p, "dynamic", False) and weights.get(p.name, 0.0) > 0:
-                pressure = getattr(p, "pressure", None)
-                level = float(pressure(self.snap)) if callable(pressure) else None
-                if level is not None and level <= 0:
+        fw = self.framework
+        caps = fw.capabilities()
+        for p in caps.dynamic:
+            if fw.weight_of(p, req.objective) > 0:
+                level = float(p.pressure(self.snap))
+                if level <= 0:
                     return None  # the term is 0 on every node: the static order decides
-                ws = sum(w for q in self.framework.scores if not getattr(q, "dynamic", False)
+                weights = fw.weights(req.objective)
+                ws = sum(w for q in fw.scores if not caps.is_dynamic(q)
                          and q.lower_is_better and (w := weights.get(q.name, 0.0)) > 0)
                 return p, weights[p.name], ws, level
         return None
 
     def _fits(self, m: np.ndarray, cpu: float, mem: int, gpu: int) -> np.ndarray:
         s = self.snap
-        fits = (s.free_cpu[m] >= cpu) & (s.free_mem[m] >= mem)
+        fits: np.ndarray = (s.free_cpu[m] >= cpu) & (s.free_mem[m] >= mem)
         if gpu > 0:
             fits &= s.gpu_fit(gpu, m) if s.gpu_unit > 1 else s.free_gpu[m] >= gpu
         return fits
@@ -327,12 +336,12 @@ class BatchAssigner:
         :meth:`placement.learned.LearnedPredictor.prefetch`); a no-op for predictors
         without ``prefetch``."""
         assert self.classes is not None
-        fn = getattr(self.framework.predictor, "prefetch", None)
-        if not callable(fn):
+        predictor = self.framework.predictor
+        if not provides(predictor, Prefetches):
             return
         todo = [r.task for r in requests if task_class_key(r) not in self.cache]
         if todo:
-            fn(todo, self.classes.rep_snap)
+            cast(Prefetches, predictor).prefetch(todo, self.classes.rep_snap)
 
     def assign_one(self, req: PlacementRequest) -> int:
         """The chosen node index (capacity deducted), or -1 when nothing fits."""
@@ -371,7 +380,7 @@ class BatchAssigner:
         key = s.free_gpu[m].astype(np.float64) if gpu > 0 else s.free_cpu[m]
         return m[np.argpartition(key, k - 1)[:k]]
 
-    def _assign_dynamic(self, req: PlacementRequest, cc: ClassCosts, plugin: object,
+    def _assign_dynamic(self, req: PlacementRequest, cc: ClassCosts, plugin: DynamicScore,
                         w_dyn: float, w_static: float, pressure: float | None = None) -> int:
         """Static class cost plus the dynamic term over the fitting nodes.
 
@@ -430,25 +439,26 @@ class BatchAssigner:
         if has.any():
             raw[has] = self._dynamic_delta(plugin, req, idx[has], pressure)
         x = raw - raw.min()
-        f = float(plugin.floor)  # type: ignore[attr-defined]
+        f = float(plugin.floor)
         d = 1.0 - f / (x + f)
         total = (w_static * static + w_dyn * d) / (w_static + w_dyn)
         best = np.flatnonzero(total <= total.min() + 1e-12)
         k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
         return self._take(int(idx[k]), req)
 
-    def _dynamic_delta(self, plugin: object, req: PlacementRequest, idx: np.ndarray,
+    def _dynamic_delta(self, plugin: DynamicScore, req: PlacementRequest, idx: np.ndarray,
                        pressure: float | None) -> np.ndarray:
-        """The plugin's ``delta`` over ``idx``; for :class:`GpuFragmentation` through its
-        exact per-node memo (:class:`~placement.plugins.fragmentation.FragmentationCache`,
-        off when :attr:`cache_dynamic` is False)."""
-        if self.cache_dynamic and isinstance(plugin, GpuFragmentation):
-            memo = self._memo.get(id(plugin))
-            if memo is None or memo.plugin is not plugin:
-                memo = self._memo[id(plugin)] = FragmentationCache(plugin, self.snap)
-            return memo.delta(req, idx, pressure)
-        return np.asarray(plugin.delta(req, self.snap, idx),  # type: ignore[attr-defined]
-                          dtype=np.float64)
+        """The plugin's ``delta`` over ``idx``; through its per-snapshot memo when it
+        declares one (:class:`~placement.framework.CachedDelta`, e.g. GPU fragmentation's
+        exact :class:`~placement.plugins.fragmentation.FragmentationCache`; off when
+        :attr:`cache_dynamic` is False)."""
+        if self.cache_dynamic and provides(plugin, CachedDelta):
+            held = self._memo.get(id(plugin))
+            if held is None or held[0] is not plugin:
+                held = self._memo[id(plugin)] = (
+                    plugin, cast(CachedDelta, plugin).delta_cache(self.snap))
+            return held[1].delta(req, idx, pressure)
+        return np.asarray(plugin.delta(req, self.snap, idx), dtype=np.float64)
 
     def release(self, i: int, cpu: float, memory: int, gpu: int) -> None:
         """Give capacity back to node ``i`` (a run ended); raises the class bounds."""
@@ -527,12 +537,8 @@ class BatchAssigner:
 
 
 def node_classes(snap: Snapshot) -> NodeClasses:
-    """The snapshot's :class:`NodeClasses`, built once and kept on the snapshot."""
-    cl = getattr(snap, "_node_classes", None)
-    if cl is None or cl.snap.nodes is not snap.nodes:
-        cl = NodeClasses(snap)
-        snap._node_classes = cl  # type: ignore[attr-defined]
-    return cl
+    """The snapshot's :class:`NodeClasses`, built once and kept in its memo."""
+    return snap.memo("node_classes", lambda: NodeClasses(snap))
 
 
 class ClassCachedPredictor:
@@ -545,45 +551,45 @@ class ClassCachedPredictor:
     runs per node.
     """
 
-    def __init__(self, inner: object) -> None:
+    def __init__(self, inner: Predictor) -> None:
         self.inner = inner
 
     @property
     def version(self) -> str:
-        return str(self.inner.version)  # type: ignore[attr-defined]
+        return str(self.inner.version)
 
     def runtime_s(self, task: Task, snap: Snapshot) -> np.ndarray:
         cl = node_classes(snap)
-        return self.inner.runtime_s(task, cl.rep_snap)[cl.of]  # type: ignore[attr-defined]
+        out: np.ndarray = self.inner.runtime_s(task, cl.rep_snap)[cl.of]
+        return out
 
     def energy_j(self, task: Task, snap: Snapshot, runtime: np.ndarray) -> np.ndarray:
         cl = node_classes(snap)
-        return self.inner.energy_j(  # type: ignore[attr-defined]
-            task, cl.rep_snap, runtime[cl.reps])[cl.of]
+        out: np.ndarray = self.inner.energy_j(task, cl.rep_snap, runtime[cl.reps])[cl.of]
+        return out
 
     def queue_wait_s(self, task: Task, snap: Snapshot) -> np.ndarray:
-        fn = getattr(self.inner, "queue_wait_s", None)
-        if not callable(fn):
+        if not provides(self.inner, PredictsQueueWait):
             return snap.queue_wait_s
         cl = node_classes(snap)
-        return np.asarray(fn(task, cl.rep_snap))[cl.of]
+        out: np.ndarray = np.asarray(
+            cast(PredictsQueueWait, self.inner).queue_wait_s(task, cl.rep_snap))[cl.of]
+        return out
 
     def prefetch(self, tasks: Sequence[Task], snap: Snapshot) -> None:
         """The inner predictor's ``prefetch`` over the class representatives, if any."""
-        fn = getattr(self.inner, "prefetch", None)
-        if callable(fn):
-            fn(tasks, node_classes(snap).rep_snap)
+        if provides(self.inner, Prefetches):
+            cast(Prefetches, self.inner).prefetch(tasks, node_classes(snap).rep_snap)
 
     def transfer(self, sources: Sequence[DataSource], snap: Snapshot
                  ) -> tuple[np.ndarray, np.ndarray]:
-        return self.inner.transfer(sources, snap)  # type: ignore[attr-defined, no-any-return]
+        return self.inner.transfer(sources, snap)
 
     def fallback(self, task: Task, snap: Snapshot, i: int) -> str | None:
-        fn = getattr(self.inner, "fallback", None)
-        if not callable(fn):
+        if not provides(self.inner, ExplainsFallback):
             return None
         cl = node_classes(snap)
-        return fn(task, cl.rep_snap, int(cl.of[i]))  # type: ignore[no-any-return]
+        return cast(ExplainsFallback, self.inner).fallback(task, cl.rep_snap, int(cl.of[i]))
 
 
 # ---------------------------------------------------------------- naive baseline
@@ -611,8 +617,9 @@ def naive_assign(requests: Sequence[PlacementRequest], snap: Snapshot,
         fits = static & snap.fits(req.task.resources)
         if not fits.any():
             continue
+        caps = fw.capabilities()
         raw = {p.name: np.asarray(p.score(req, snap, state, static), dtype=np.float64)
-               for p in fw.scores if p.lower_is_better and not getattr(p, "dynamic", False)}
+               for p in fw.scores if p.lower_is_better and not caps.is_dynamic(p)}
         floors = {p.name: p.floor for p in fw.scores}
         weights = fw.weights(req.objective)
         cost = linear_cost(raw, floors, weights, static)
@@ -620,7 +627,7 @@ def naive_assign(requests: Sequence[PlacementRequest], snap: Snapshot,
         ws = sum(w for n, w in weights.items() if n in raw and w > 0)
         for p in fw.scores:
             wd = weights[p.name]
-            if getattr(p, "dynamic", False) and wd > 0 and snap.gpu_slots.any():
+            if caps.is_dynamic(p) and wd > 0 and snap.gpu_slots.any():
                 dyn = np.asarray(p.score(req, snap, state, fits), dtype=np.float64)
                 d = 1.0 - p.floor / (dyn + p.floor)
                 cost = np.where(fits, (ws * np.where(fits, cost, 0.0) + wd * d) / (ws + wd),

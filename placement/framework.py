@@ -15,13 +15,21 @@ and the :class:`~placement.predict.Predictor` they share. For one request it:
 
 Outcomes are values: a node that does not fit is a False in a mask with a reason, never
 an exception.
+
+Optional plugin methods are declared protocols, never looked up by name:
+:class:`DynamicScore` (a term that reads free capacity: ``delta``, ``pressure``),
+:class:`CachedDelta` (an exact per-snapshot memo of that delta), :class:`ObservesBatch`
+(``observe``: learns from every request of a batch) and :class:`Weighted` (``weight``, for
+a term outside the objective). The predictor's optional methods are declared in
+:mod:`placement.predict` (``PredictsQueueWait``, ``Prefetches``, ``ExplainsFallback``).
+:meth:`Framework.capabilities` resolves which plugin has which, once per plugin list.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -103,6 +111,86 @@ class ScorePlugin(Protocol):
     ) -> str | None: ...
 
 
+@runtime_checkable
+class DynamicScore(ScorePlugin, Protocol):
+    """A score plugin whose cost reads free capacity (GPU fragmentation): the batch
+    assigner evaluates it per request over the fitting nodes, never caches it per task
+    class, and leaves it out of the static linear objective."""
+
+    def delta(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        """Raw cost of placing ``req`` on each node of ``idx``, shape ``(len(idx),)``
+        (lower is better); the nodes fit the request."""
+        ...
+
+    def pressure(self, snap: Snapshot) -> float:
+        """How much the term matters now, in [0, 1]; 0 = not at all (the assigner then
+        skips it and the static order decides)."""
+        ...
+
+
+class DeltaCache(Protocol):
+    """An exact memo of a :class:`DynamicScore`'s ``delta`` over one snapshot."""
+
+    def delta(self, req: PlacementRequest, idx: np.ndarray,
+              pressure: float | None = None) -> np.ndarray:
+        """Exactly ``plugin.delta(req, snap, idx)``; ``pressure`` the plugin's
+        ``pressure(snap)`` if the caller has it."""
+        ...
+
+
+@runtime_checkable
+class CachedDelta(Protocol):
+    """A :class:`DynamicScore` that can memoise its ``delta`` per snapshot (same values,
+    less work); the batch assigner uses it unless ``cache_dynamic`` is False."""
+
+    def delta_cache(self, snap: Snapshot) -> DeltaCache:
+        """A new memo of ``delta`` over ``snap`` (it follows ``snap``'s free arrays)."""
+        ...
+
+
+@runtime_checkable
+class ObservesBatch(Protocol):
+    """A plugin that learns from the requests it will see (e.g. the task-type mix of
+    GPU fragmentation): the batch assigner calls ``observe`` for every request of a batch
+    before placing any, and before each single placement."""
+
+    def observe(self, req: PlacementRequest) -> None: ...
+
+
+@runtime_checkable
+class Weighted(Protocol):
+    """A score plugin with its own weight (for a term outside the workflow's objective,
+    such as ``fragmentation``); without it such a term weighs 1."""
+
+    weight: float
+
+
+@dataclass(frozen=True)
+class ScoreCapabilities:
+    """Which score plugins of a :class:`Framework` have which optional capability.
+
+    ``plugins``: the score plugins resolved (identity); ``dynamic``: the
+    :class:`DynamicScore` ones in plugin order; ``observers``: the :class:`ObservesBatch`
+    ones; ``weighted``: per plugin, itself if :class:`Weighted` else None.
+    """
+
+    plugins: tuple[ScorePlugin, ...]
+    dynamic: tuple[DynamicScore, ...]
+    observers: tuple[ObservesBatch, ...]
+    weighted: tuple[Weighted | None, ...]
+
+    @classmethod
+    def of(cls, plugins: Sequence[ScorePlugin]) -> ScoreCapabilities:
+        return cls(tuple(plugins),
+                   tuple(p for p in plugins if isinstance(p, DynamicScore)),
+                   tuple(p for p in plugins if isinstance(p, ObservesBatch)),
+                   tuple(p if isinstance(p, Weighted) else None for p in plugins))
+
+    def is_dynamic(self, plugin: ScorePlugin) -> bool:
+        """True if ``plugin`` is one of the :class:`DynamicScore` plugins."""
+        return any(plugin is d for d in self.dynamic)
+
+
 def normalize(raw: np.ndarray, lower_is_better: bool, floor: float) -> np.ndarray:
     """Map raw values of the feasible nodes to 0..100, 100 = best.
 
@@ -115,11 +203,10 @@ def normalize(raw: np.ndarray, lower_is_better: bool, floor: float) -> np.ndarra
     raw = np.asarray(raw, dtype=np.float64)
     if raw.size == 0:
         return raw
-    if lower_is_better:
-        x = np.maximum(raw, 0.0)
-        return MAX_SCORE * (x.min() + floor) / (x + floor)
     x = np.maximum(raw, 0.0)
-    return MAX_SCORE * (x + floor) / (x.max() + floor)
+    out: np.ndarray = (MAX_SCORE * (x.min() + floor) / (x + floor) if lower_is_better
+                       else MAX_SCORE * (x + floor) / (x.max() + floor))
+    return out
 
 
 @dataclass(frozen=True)
@@ -179,6 +266,18 @@ class Framework:
     :mod:`placement.milp` first, and the greedy pass then follows its choices."""
     quality_max_pairs: int = 20_000
     quality_time_limit_s: float = 2.0
+    _capabilities: ScoreCapabilities | None = field(default=None, init=False, repr=False,
+                                                    compare=False)
+
+    def capabilities(self) -> ScoreCapabilities:
+        """The score plugins' optional capabilities, resolved once per plugin list (a
+        protocol ``isinstance`` costs microseconds; this is asked per request)."""
+        caps = self._capabilities
+        plugins = tuple(self.scores)
+        # tuple == compares identical elements by identity first (in C): cheap when unchanged
+        if caps is None or caps.plugins != plugins:
+            caps = self._capabilities = ScoreCapabilities.of(plugins)
+        return caps
 
     def new_state(self) -> CycleState:
         return CycleState(self.predictor)
@@ -203,9 +302,23 @@ class Framework:
         return Feasibility(mask, filtered, attributed)
 
     def weights(self, objective: Objective) -> dict[str, float]:
-        """Plugin name → weight of its term in ``objective``."""
+        """Plugin name → weight of its term in ``objective`` (a term outside it: the
+        plugin's own :class:`Weighted` weight, else 1)."""
+        own = self.capabilities().weighted
         return {p.name: float(getattr(objective, p.term)) if p.term in OBJECTIVE_TERMS
-                else float(getattr(p, "weight", 1.0)) for p in self.scores}
+                else (1.0 if w is None else float(w.weight))
+                for p, w in zip(self.scores, own, strict=True)}
+
+    def weight_of(self, plugin: ScorePlugin, objective: Objective) -> float:
+        """``weights(objective)[plugin.name]`` for one plugin of this framework, without
+        building the dict (the batch assigner asks it per request)."""
+        if plugin.term in OBJECTIVE_TERMS:
+            return float(getattr(objective, plugin.term))
+        caps = self.capabilities()
+        for p, w in zip(caps.plugins, caps.weighted, strict=True):
+            if p is plugin:
+                return 1.0 if w is None else float(w.weight)
+        raise ValueError(f"{plugin.name} is not a score plugin of this framework")
 
     def run_scores(
         self, req: PlacementRequest, snap: Snapshot, state: CycleState, mask: np.ndarray

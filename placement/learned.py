@@ -262,7 +262,8 @@ def train(samples: Sequence[Sample], seed: int = 0) -> dict[str, TargetModel]:
     def energy_back(p: np.ndarray, te: np.ndarray) -> np.ndarray:
         rt_model = split_models.get("runtime")  # fitted on training rows only
         rt = analytic_all[te] * (np.exp(rt_model.predict(x_all[te])) if rt_model else 1.0)
-        return analytic_energy(rt, te) * np.exp(p)
+        out: np.ndarray = analytic_energy(rt, te) * np.exp(p)
+        return out
 
     fit_target("energy", (e_obs > 0) & (obs_rt > 0), y_e, energy_back, base_an, e_obs)
 
@@ -365,6 +366,17 @@ class ModelStore:
 # ---------------------------------------------------------------- the predictor
 
 
+@dataclass
+class _LearnedMemo:
+    """A predictor's memo on one snapshot (key ``learned`` of :meth:`Snapshot.memo`):
+    (model output, ood mask) per (target, task features), with the predictor and model
+    set it came from (held, so their ids cannot be reused while the memo lives)."""
+
+    predictor: LearnedPredictor
+    models: ModelSet | None
+    values: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]]
+
+
 class LearnedPredictor:
     """A :class:`~placement.predict.Predictor` backed by one :class:`ModelSet`.
 
@@ -414,12 +426,11 @@ class LearnedPredictor:
         task features, for this predictor and model set; kept on the snapshot so it lives
         exactly as long as it (the features read — speed, capacity, tier, power, queue
         wait — do not change within a snapshot)."""
-        owner = (id(self), id(self.models))
-        held = getattr(snap, "_learned_cache", None)
-        if held is None or held[0] != owner:
-            held = (owner, {})
-            snap._learned_cache = held  # type: ignore[attr-defined]
-        return held[1]  # type: ignore[no-any-return]
+        memo = snap.memo("learned", dict[tuple[object, ...], _LearnedMemo])
+        held = memo.get((id(self), id(self.models)))
+        if held is None or held.predictor is not self or held.models is not self.models:
+            held = memo[(id(self), id(self.models))] = _LearnedMemo(self, self.models, {})
+        return held.values
 
     def _z(self, target: str, task: Task, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
         """(model output, ood mask) for ``task`` over ``snap``'s nodes, memoised."""
@@ -466,7 +477,7 @@ class LearnedPredictor:
         if m is None or snap.n == 0:
             return base
         z, ood = self._z("runtime", task, snap)
-        out = base * np.exp(z)
+        out: np.ndarray = base * np.exp(z)
         out[ood] = base[ood]
         return out
 
@@ -476,7 +487,7 @@ class LearnedPredictor:
         if m is None or snap.n == 0:
             return base
         z, ood = self._z("energy", task, snap)
-        out = base * np.exp(z)
+        out: np.ndarray = base * np.exp(z)
         out[ood] = base[ood]
         return out
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -56,7 +56,8 @@ def runtime_s(
     Arguments broadcast (numpy): scalars for one task over nodes, or arrays of equal
     shape for one (task, node) pair per element (:mod:`placement.learned`)."""
     cores = np.clip(cpu_request, MIN_CORES, np.maximum(cap_cpu, MIN_CORES))
-    return work / (speed * cores)
+    out: np.ndarray = work / (speed * cores)
+    return out
 
 
 def energy_j(
@@ -77,7 +78,8 @@ def energy_j(
     cap = np.maximum(cap_cpu, MIN_CORES)
     share = np.clip(cpu_request, MIN_CORES, cap) / cap
     watts = idle_watts * share + (max_watts - idle_watts) * share + gpu_request * gpu_watts
-    return runtime * watts
+    out: np.ndarray = runtime * watts
+    return out
 
 
 def transfer_time_s(nbytes: float, bandwidth_bps: np.ndarray, rtt_ms: np.ndarray) -> np.ndarray:
@@ -131,6 +133,49 @@ class Predictor(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(seconds, bytes moved) per node for all of a request's input sources."""
         ...
+
+
+@runtime_checkable
+class PredictsQueueWait(Protocol):
+    """Optional: a predictor that learns queue waits; overrides ``Node.queue_wait_s``."""
+
+    def queue_wait_s(self, task: Task, snap: Snapshot) -> np.ndarray:
+        """Expected wait (s) before ``task`` starts on each node, shape ``(snap.n,)``."""
+        ...
+
+
+@runtime_checkable
+class Prefetches(Protocol):
+    """Optional: a predictor that evaluates many tasks at once (one model call)."""
+
+    def prefetch(self, tasks: Sequence[Task], snap: Snapshot) -> None:
+        """Predict ``tasks`` over ``snap``'s nodes now and memoise the results, so the
+        per-task calls that follow are lookups."""
+        ...
+
+
+@runtime_checkable
+class ExplainsFallback(Protocol):
+    """Optional: a predictor that may fall back to the analytic one for some nodes."""
+
+    def fallback(self, task: Task, snap: Snapshot, i: int) -> str | None:
+        """Why the analytic prediction stands in for ``task`` on node index ``i`` (e.g.
+        out of the model's training range), or None when the model's prediction is used."""
+        ...
+
+
+def provides(obj: object, capability: type) -> bool:
+    """``isinstance(obj, capability)`` for a method-only ``runtime_checkable`` protocol,
+    answered once per (type, protocol) — cheap enough for per-request paths (a protocol
+    ``isinstance`` costs ~10 µs). The caller then ``cast``s ``obj`` to the protocol."""
+    key = (type(obj), capability)
+    known = _PROVIDES.get(key)
+    if known is None:
+        known = _PROVIDES[key] = issubclass(key[0], capability)
+    return known
+
+
+_PROVIDES: dict[tuple[type, type], bool] = {}
 
 
 class AnalyticPredictor:
@@ -194,7 +239,7 @@ def predictions(req: PlacementRequest, snap: Snapshot, state: CycleState) -> Nod
     """All predictions for ``req`` over ``snap``'s nodes, memoised in ``state``."""
     cached = state.data.get("predictions")
     if cached is not None:
-        return cached
+        return cast(NodePredictions, cached)
     p = state.predictor
     task = req.task
     runtime = p.runtime_s(task, snap)
@@ -205,8 +250,8 @@ def predictions(req: PlacementRequest, snap: Snapshot, state: CycleState) -> Nod
         target = snap.resolve_location(task.slo.target)
         rtt = snap.rtt_from(target)
     # optional: a predictor that learns queue waits (placement.learned) overrides the node's
-    queue_fn = getattr(p, "queue_wait_s", None)
-    queue = queue_fn(task, snap) if callable(queue_fn) else snap.queue_wait_s
+    queue = (cast(PredictsQueueWait, p).queue_wait_s(task, snap)
+             if provides(p, PredictsQueueWait) else snap.queue_wait_s)
     out = NodePredictions(
         runtime_s=runtime,
         queue_wait_s=queue,

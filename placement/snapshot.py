@@ -10,12 +10,18 @@ label selector or tolerations are evaluated once per distinct value, not per nod
 The free-capacity arrays are *mutable*: :meth:`Snapshot.assume` deducts a placed
 request (kube-scheduler's "assume"), so later placements in the same cycle see it.
 Use :meth:`Snapshot.copy` for what-if previews that must leave the original alone.
+
+Whatever placement derives from the nodes once per snapshot is kept in one declared,
+keyed memo (:meth:`Snapshot.memo`), never in ad-hoc attributes; the keys in use are
+listed in :data:`MEMO_KEYS`.
 """
 
 from __future__ import annotations
 
 import copy as _copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -28,6 +34,19 @@ TIER_CODE = {t: i for i, t in enumerate(TIERS)}
 
 CPU_EPS = 1e-9
 """Slack (cores) when comparing float CPU quantities, so 0.1 + 0.2 fits in 0.3."""
+
+MEMO_KEYS: dict[str, str] = {
+    "node_classes": "placement.batch.NodeClasses of the snapshot (placement.batch.node_classes)",
+    "learned": "a LearnedPredictor's (model output, out-of-distribution mask) per target and "
+               "task features, with the predictor and model set they came from",
+    "gpu_capacity_units": "total allocatable GPU units of the nodes (GpuFragmentation.pressure)",
+    "initial_free_cpu": "free cores per node before any assume (plugins.load.NodeLoad)",
+}
+"""The keys of :meth:`Snapshot.memo` in use, and what each holds. Every value is a function
+of ``nodes`` (and ``network``) alone, never of the free arrays, which is what lets copies
+share the memo."""
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -69,6 +88,8 @@ class Snapshot:
     _label_cache: dict[tuple[str, str], np.ndarray] = field(
         default_factory=dict, init=False, repr=False
     )
+    _memo: dict[str, object] = field(default_factory=dict, init=False, repr=False)
+    _memo_nodes: list[Node] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         nodes = self.nodes
@@ -178,6 +199,26 @@ class Snapshot:
             self._label_cache[(key, value)] = mask
         return mask
 
+    def memo(self, key: str, factory: Callable[[], _T]) -> _T:
+        """The value kept under ``key`` for this snapshot, built by ``factory()`` on first
+        use (``key`` one of :data:`MEMO_KEYS`). Values must depend only on ``nodes`` and
+        ``network``: :meth:`copy` shares the memo, and a new ``nodes`` list empties it.
+
+        Raises:
+            KeyError: ``key`` is not declared in :data:`MEMO_KEYS`.
+        """
+        if key not in MEMO_KEYS:
+            raise KeyError(f"snapshot memo key {key!r} is not declared in MEMO_KEYS "
+                           f"(declared: {', '.join(sorted(MEMO_KEYS))})")
+        if self._memo_nodes is not self.nodes:
+            self._memo = {}
+            self._memo_nodes = self.nodes
+        try:
+            return cast(_T, self._memo[key])
+        except KeyError:
+            value = self._memo[key] = factory()
+            return value
+
     # ------------------------------------------------------------------ assume
 
     def fits(self, r: Resources, idx: np.ndarray | None = None) -> np.ndarray:
@@ -185,8 +226,9 @@ class Snapshot:
         nodes ``idx`` (default all): cpu within :data:`CPU_EPS`, memory, and GPUs as
         :meth:`gpu_fit` counts them (per physical GPU when ``gpu_unit`` > 1)."""
         rows = slice(None) if idx is None else idx
-        return ((self.free_cpu[rows] + CPU_EPS >= r.cpu) & (self.free_mem[rows] >= r.memory)
-                & self.gpu_fit(r.gpu, idx))
+        fits: np.ndarray = ((self.free_cpu[rows] + CPU_EPS >= r.cpu)
+                            & (self.free_mem[rows] >= r.memory) & self.gpu_fit(r.gpu, idx))
+        return fits
 
     def gpu_fit(self, gpu: int, idx: np.ndarray | None = None) -> np.ndarray:
         """Boolean, True where a request of ``gpu`` units fits the GPUs of the nodes
@@ -198,10 +240,13 @@ class Snapshot:
         if self.gpu_unit == 1 or self.gpu_slots.shape[1] == 0:
             return self.free_gpu[rows] >= gpu
         slots = self.gpu_slots[rows]
+        fit: np.ndarray
         if gpu < self.gpu_unit:
-            return slots.max(axis=1) >= gpu
-        need = -(-gpu // self.gpu_unit)
-        return (slots == self.gpu_unit).sum(axis=1) >= need
+            fit = slots.max(axis=1) >= gpu
+        else:
+            need = -(-gpu // self.gpu_unit)
+            fit = (slots == self.gpu_unit).sum(axis=1) >= need
+        return fit
 
     def take_gpus(self, i: int, gpu: int) -> None:
         """Deduct ``gpu`` units from node ``i``'s physical GPUs: a fractional request
@@ -250,7 +295,7 @@ class Snapshot:
         self.take_gpus(i, resources.gpu)
 
     def copy(self) -> Snapshot:
-        """A snapshot sharing nodes, network and caches but with its own free arrays."""
+        """A snapshot sharing nodes, network, caches and memo but with its own free arrays."""
         other = _copy.copy(self)
         other.free_cpu = self.free_cpu.copy()
         other.free_mem = self.free_mem.copy()

@@ -9,9 +9,11 @@ semantics (:mod:`.kubeedge`). This package is the only one that imports the
 Importing the package registers both site kinds.
 """
 
-from adapters.base import AdapterContext, register
+from adapters.base import AdapterContext
+from adapters.capabilities import DataSourceCatalog, SupportsCheck, conforms
 from adapters.kubernetes.adapter import KubernetesAdapter
 from adapters.kubernetes.kubeedge import KubeEdgeAdapter
+from adapters.registry import register
 from continuum.model import SiteKind, SiteSpec
 
 
@@ -25,5 +27,11 @@ def _kubeedge(site: SiteSpec, ctx: AdapterContext) -> KubeEdgeAdapter:
 
 register(SiteKind.kubernetes, _kubernetes)
 register(SiteKind.kubeedge, _kubeedge)
+
+# Declared capabilities (adapters.capabilities): mypy checks the signatures, conforms the names.
+_DECLARED: tuple[type[SupportsCheck], type[SupportsCheck], type[DataSourceCatalog]] = (
+    KubernetesAdapter, KubeEdgeAdapter, KubeEdgeAdapter)
+conforms(KubernetesAdapter, SupportsCheck)
+conforms(KubeEdgeAdapter, SupportsCheck, DataSourceCatalog)
 
 __all__ = ["KubeEdgeAdapter", "KubernetesAdapter"]

@@ -171,6 +171,10 @@ class KubernetesAdapter:
     Args:
         site: the site; ``site.config`` is a :class:`KubernetesConfig`.
         ctx: the control plane's context; ``ctx.wake`` is called on every pod event.
+        api_client: the ``kubernetes.client.ApiClient`` to use (tests pass an
+            instrumented one); by default built from ``site.config`` by
+            :func:`~adapters.kubernetes.config.build_api_client`. The config is still
+            validated either way; the adapter closes the client on :meth:`close`.
 
     Raises:
         PermanentError: the config or the kubeconfig is invalid (the message says which
@@ -179,11 +183,15 @@ class KubernetesAdapter:
 
     kind = SiteKind.kubernetes
 
-    def __init__(self, site: SiteSpec, ctx: AdapterContext) -> None:
+    def __init__(self, site: SiteSpec, ctx: AdapterContext, *,
+                 api_client: k8s.ApiClient | None = None) -> None:
         self.site = site
         self.ctx = ctx
         self.config: KubernetesConfig = parse_config(site)
-        self.api, self.where = build_api_client(self.config, site.name)
+        if api_client is None:
+            self.api, self.where = build_api_client(self.config, site.name)
+        else:
+            self.api, self.where = api_client, f"{api_client.configuration.host} (given client)"
         self.core = k8s.CoreV1Api(self.api)
         self.batch = k8s.BatchV1Api(self.api)
         self.apps = k8s.AppsV1Api(self.api)
@@ -196,6 +204,9 @@ class KubernetesAdapter:
         self._lock = threading.Lock()
         self._pods: dict[str, dict[str, dict[str, Any]]] = {}
         self._gone: dict[str, str] = {}
+        self._cancelled: set[str] = set()
+        """Runs cancelled through this adapter: once their pods are gone they are
+        Cancelled (not "deleted before it finished")."""
         self._tails: dict[str, tuple[str, str]] = {}
         self._workloads: set[str] = set()
         self._relisted_at = 0.0
@@ -436,6 +447,7 @@ class KubernetesAdapter:
         with self._lock:
             self._workloads.add(request_id)
             self._gone.pop(request_id, None)
+            self._cancelled.discard(request_id)
         first = objs[0]
         log.info("site %s: run %s → %s %s/%s on node %s", self.site.name, request_id,
                  first["kind"], self.namespace, first["metadata"]["name"], node.name)
@@ -599,7 +611,8 @@ class KubernetesAdapter:
                 pods.pop(str(meta.get("name")), None)
                 phase = (pod.get("status") or {}).get("phase")
                 owner = [o.get("kind") for o in meta.get("ownerReferences") or []]
-                if not pods and phase not in ("Succeeded", "Failed") and "Job" in owner:
+                if (not pods and phase not in ("Succeeded", "Failed") and "Job" in owner
+                        and run_id not in self._cancelled):
                     self._gone[run_id] = (f"pod {meta.get('name')} was deleted before it "
                                           "finished (evicted or deleted by hand)")
             else:
@@ -613,9 +626,9 @@ class KubernetesAdapter:
     def status(self, handles: Sequence[Handle]) -> dict[str, RunStatus]:
         """From the watch-fed cache; no network call. Unknown runs are omitted.
 
-        A run with no pod is Failed when its workload was deleted behind Continuum's back
-        (absent from a relist made after it was submitted), or when its Job's pod was
-        deleted before finishing.
+        A run with no pod is Cancelled when this adapter cancelled it; Failed when its
+        workload was deleted behind Continuum's back (absent from a relist made after it
+        was submitted), or when its Job's pod was deleted before finishing.
         """
         out: dict[str, RunStatus] = {}
         with self._lock:
@@ -629,6 +642,9 @@ class KubernetesAdapter:
                     if tail is not None and tail[0] == pod["metadata"]["name"]:
                         st.output_tail = tail[1]
                     out[h.run_id] = st
+                elif h.run_id in self._cancelled:
+                    out[h.run_id] = RunStatus(RunState.Cancelled, reason=(
+                        f"cancelled: {h.data.get('kind', 'workload')} {h.backend_id} deleted"))
                 elif h.run_id in self._gone:
                     out[h.run_id] = RunStatus(RunState.Failed, reason=self._gone[h.run_id])
                 elif (self._relisted_at > float(h.data.get("submittedAt") or 0)
@@ -679,12 +695,15 @@ class KubernetesAdapter:
     def cancel(self, handle: Handle) -> None:
         """Delete the run's workload with ``propagationPolicy: Foreground``. Idempotent.
 
+        Once its pods are gone, :meth:`status` reports the run Cancelled.
+
         Raises:
             TransientError | AuthError: the delete could not be made (retried later).
         """
         self._delete(handle, "Foreground")
         with self._lock:
             self._gone.pop(handle.run_id, None)
+            self._cancelled.add(handle.run_id)
 
     def release(self, handle: Handle) -> None:
         """Delete the finished run's objects (``Background``) and forget its cache entry."""
@@ -692,6 +711,7 @@ class KubernetesAdapter:
         with self._lock:
             self._pods.pop(handle.run_id, None)
             self._gone.pop(handle.run_id, None)
+            self._cancelled.discard(handle.run_id)
             self._tails.pop(handle.run_id, None)
 
     def logs(self, handle: Handle, tail: int = 50) -> str:

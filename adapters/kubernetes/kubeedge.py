@@ -65,9 +65,10 @@ class KubeEdgeAdapter(KubernetesAdapter):
 
     kind = SiteKind.kubeedge
 
-    def __init__(self, site: SiteSpec, ctx: AdapterContext) -> None:
+    def __init__(self, site: SiteSpec, ctx: AdapterContext, *,
+                 api_client: k8s.ApiClient | None = None) -> None:
         self._devices: list[dict[str, Any]] = []
-        super().__init__(site, ctx)
+        super().__init__(site, ctx, api_client=api_client)
         self.custom = k8s.CustomObjectsApi(self.api)
 
     def _extra_tolerations(self) -> list[dict[str, Any]]:

@@ -70,7 +70,8 @@ def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
 def _main(pod: dict[str, Any]) -> dict[str, Any]:
     for c in (pod.get("status") or {}).get("containerStatuses") or []:
         if c.get("name") == "main":
-            return c
+            main: dict[str, Any] = c
+            return main
     return {}
 
 

@@ -64,7 +64,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from adapters.base import AdapterContext, ArtifactRecord, Handle, RunStatus, TaskRun, register
+from adapters import capabilities
+from adapters.base import AdapterContext, ArtifactRecord, Handle, RunStatus, TaskRun
+from adapters.capabilities import SupportsCheck, conforms
+from adapters.registry import register
 from adapters.slurm import script as scripts
 from adapters.slurm.client import SlurmApiError, SlurmRestClient, TokenSource
 from continuum.errors import AdapterError, PermanentError, TransientError, UnsupportedError
@@ -246,12 +249,20 @@ def _node_usable(n: dict[str, Any]) -> bool:
 class SlurmAdapter:
     """Adapter for a ``slurm`` site. See the module docstring.
 
+    Args:
+        site: the site; ``site.config`` is a :class:`SlurmConfig`.
+        ctx: the control plane's context.
+        client: the slurmrestd client to use (tests pass an instrumented one); by default
+            built from ``site.config`` (URL or socket, JWT key or token, timeout). The
+            config is validated either way; the adapter closes the client on :meth:`close`.
+
     Raises:
         PermanentError: the config is invalid (the message names the field) or the JWT
             key file cannot be read.
     """
 
-    def __init__(self, site: SiteSpec, ctx: AdapterContext) -> None:
+    def __init__(self, site: SiteSpec, ctx: AdapterContext, *,
+                 client: SlurmRestClient | None = None) -> None:
         self.site = site
         self.ctx = ctx
         try:
@@ -262,23 +273,10 @@ class SlurmAdapter:
             msg = str(first["msg"]).removeprefix("Value error, ")
             raise PermanentError(f"invalid slurm config: {where + ': ' if where else ''}{msg}",
                                  site=site.name) from e
-        key: bytes | None = None
-        if self.config.jwt_key:
-            try:
-                key = Path(self.config.jwt_key).read_bytes()
-            except OSError as e:
-                raise PermanentError(f"config.jwtKey: cannot read the JWT key file "
-                                     f"{self.config.jwt_key!r}: {e.strerror}; give the path of "
-                                     "the cluster's jwt_key (AuthAltParameters) readable by the "
-                                     "control plane", site=site.name) from e
-            if not key:
-                raise PermanentError(f"config.jwtKey: {self.config.jwt_key!r} is empty",
-                                     site=site.name)
-        self.tokens = TokenSource(self.config.user, token=self.config.token, key=key,
-                                  lifetime_s=self.config.token_lifetime, clock=ctx.clock)
-        self.client = SlurmRestClient(url=self.config.url, socket=self.config.socket,
-                                      tokens=self.tokens, timeout_s=self.config.timeout,
-                                      site=site.name)
+        if client is None:
+            client = self._make_client()
+        self.client = client
+        self.tokens = client.tokens
         self._lock = threading.RLock()
         self._jobs: dict[int, dict[str, Any]] = {}
         self._jobs_fetched = False
@@ -293,6 +291,29 @@ class SlurmAdapter:
         self._health: tuple[SiteHealth, str] = (SiteHealth.Ready, "")
         self._partition_limits: dict[str, int | None] = {}
         self._partition_max_node: dict[str, Resources] = {}
+
+    def _make_client(self) -> SlurmRestClient:
+        """The slurmrestd client ``site.config`` describes.
+
+        Raises:
+            PermanentError: the JWT key file cannot be read or is empty.
+        """
+        key: bytes | None = None
+        if self.config.jwt_key:
+            try:
+                key = Path(self.config.jwt_key).read_bytes()
+            except OSError as e:
+                raise PermanentError(f"config.jwtKey: cannot read the JWT key file "
+                                     f"{self.config.jwt_key!r}: {e.strerror}; give the path of "
+                                     "the cluster's jwt_key (AuthAltParameters) readable by the "
+                                     "control plane", site=self.site.name) from e
+            if not key:
+                raise PermanentError(f"config.jwtKey: {self.config.jwt_key!r} is empty",
+                                     site=self.site.name)
+        tokens = TokenSource(self.config.user, token=self.config.token, key=key,
+                             lifetime_s=self.config.token_lifetime, clock=self.ctx.clock)
+        return SlurmRestClient(url=self.config.url, socket=self.config.socket,
+                               tokens=tokens, timeout_s=self.config.timeout, site=self.site.name)
 
     # ------------------------------------------------------------ registration check
 
@@ -727,6 +748,11 @@ def _factory(site: SiteSpec, ctx: AdapterContext) -> SlurmAdapter:
 
 
 register(SiteKind.slurm, _factory)
+
+# Declared capabilities (adapters.capabilities): mypy checks the signatures, conforms the names.
+_DECLARED: tuple[type[SupportsCheck], type[capabilities.PartitionStats]] = (SlurmAdapter,
+                                                                            SlurmAdapter)
+conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats)
 
 __all__ = ["SlurmAdapter", "SlurmConfig", "JOB_STATE_TABLE", "PartitionStats", "decode_exit",
            "AdapterError"]

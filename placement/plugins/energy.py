@@ -9,6 +9,7 @@ its dynamic share and its proportional share of idle power (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,7 +43,8 @@ class Energy:
         return compare(raw, chosen, mask, "predicted energy", fmt.joules)
 
 
-def compare(raw: np.ndarray, chosen: int, mask: np.ndarray, what: str, render) -> str:
+def compare(raw: np.ndarray, chosen: int, mask: np.ndarray, what: str,
+            render: Callable[[float], str]) -> str:
     """'lowest {what} 41 J vs 310 J next best' or '{what} 41 J (best 30 J elsewhere)'."""
     mine = float(raw[chosen])
     others = raw[mask & (np.arange(raw.size) != chosen)]

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from placement.framework import Term
+from placement.framework import CachedDelta, DynamicScore, ObservesBatch, Term, Weighted
 from placement.predict import CycleState
 from placement.snapshot import CPU_EPS
 
@@ -190,13 +190,16 @@ class GpuFragmentation:
         fill: use the fill-up measure (True) or FGD's one-pod measure (False).
         scarcity: scale ``ΔF`` by the GPU pressure (:meth:`pressure`).
         knee: pressure below which the term is off (0 = scale linearly from empty).
+
+    Declares (:mod:`placement.framework`) :class:`DynamicScore` (reads free capacity:
+    evaluated per request, never cached per task class), :class:`CachedDelta`
+    (:class:`FragmentationCache`), :class:`ObservesBatch` (learns the workload) and
+    :class:`Weighted`.
     """
 
     name = NAME
     term: Term = "fragmentation"
     lower_is_better = True
-    dynamic = True
-    """Reads free capacity: evaluated per request, never cached per task class."""
     floor = 0.05
     """GPUs: a twentieth of a GPU more or less fragmented does not matter."""
 
@@ -258,6 +261,10 @@ class GpuFragmentation:
         after = fragmentation(cpu - r.cpu, mem - r.memory, after_slots, unit, wl, self.fill)
         return (after - before) * self.pressure(snap)  # type: ignore[no-any-return]
 
+    def delta_cache(self, snap: Snapshot) -> FragmentationCache:
+        """An exact memo of :meth:`delta` over ``snap`` (:class:`FragmentationCache`)."""
+        return FragmentationCache(self, snap)
+
     def pressure(self, snap: Snapshot) -> float:
         """GPU pressure in [0, 1]: the allocated share ``u`` of the snapshot's GPU
         capacity, as ``(u − knee) / (1 − knee)`` clipped (1 when :attr:`scarcity` is
@@ -265,10 +272,8 @@ class GpuFragmentation:
         when they run out."""
         if not self.scarcity:
             return 1.0
-        cap = getattr(snap, "_gpu_cap_units", None)
-        if cap is None:
-            cap = float(sum(nd.allocatable.gpu for nd in snap.nodes))
-            snap._gpu_cap_units = cap  # type: ignore[attr-defined]
+        cap = snap.memo("gpu_capacity_units",
+                        lambda: float(sum(nd.allocatable.gpu for nd in snap.nodes)))
         if cap <= 0:
             return 0.0
         used = 1.0 - float(snap.free_gpu.sum()) / cap
@@ -432,3 +437,8 @@ class FragmentationCache:
         if pressure is None:
             pressure = p.pressure(s)
         return (after - before) * pressure  # type: ignore[no-any-return]
+
+
+# Declared capabilities (placement.framework): mypy checks the signatures.
+_DECLARED: tuple[type[DynamicScore], type[CachedDelta], type[ObservesBatch], type[Weighted]] = (
+    GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation)

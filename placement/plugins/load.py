@@ -47,14 +47,10 @@ STALE_PENALTY = 0.25
 
 
 def _initial_free_cpu(snap: Snapshot) -> np.ndarray:
-    """Free cores per node when ``snap`` was built (before any ``assume``); kept on it."""
-    cached = getattr(snap, "_initial_free_cpu", None)
-    if cached is None or cached[0] is not snap.nodes:
-        free = np.array([(nd.free if nd.free is not None else nd.allocatable).cpu
-                         for nd in snap.nodes], dtype=np.float64)
-        cached = (snap.nodes, free)
-        snap._initial_free_cpu = cached  # type: ignore[attr-defined]
-    return cached[1]
+    """Free cores per node when ``snap`` was built (before any ``assume``); kept in its memo."""
+    return snap.memo("initial_free_cpu", lambda: np.array(
+        [(nd.free if nd.free is not None else nd.allocatable).cpu for nd in snap.nodes],
+        dtype=np.float64))
 
 
 def effective_load(snap: Snapshot) -> np.ndarray:
@@ -71,7 +67,8 @@ def effective_load(snap: Snapshot) -> np.ndarray:
     # NaN (unknown) measured + added is NaN; fmax then takes the accounting alone
     u = np.clip(np.fmax(snap.utilisation + added, accounted), 0.0, 1.0)
     u = np.where(snap.metrics_stale, u + STALE_PENALTY * (1.0 - u), u)
-    return np.minimum(u, MAX_LOAD)
+    out: np.ndarray = np.minimum(u, MAX_LOAD)
+    return out
 
 
 class NodeLoad:

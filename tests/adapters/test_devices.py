@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from adapters import base
+from adapters import registry
 from adapters.base import AdapterContext, ArtifactOut, Handle, TaskRun
 from adapters.devices import RUN_STATE_TABLE, DevicesAdapter
 from continuum.errors import PermanentError, TransientError
@@ -67,7 +67,7 @@ def task_run(run_id: str, **task: Any) -> TaskRun:
 
 
 def test_registered_for_devices_kind() -> None:
-    assert base._REGISTRY[SiteKind.devices] is not None
+    assert registry._REGISTRY[SiteKind.devices] is not None
 
 
 def test_state_table_covers_every_agent_phase() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters import base
+from adapters import base, registry
 from adapters.base import (
     AdapterContext,
     ArtifactIn,
@@ -103,7 +103,7 @@ def node(adapter: SimAdapter, name: str):
 
 def test_registered_for_sim_kind(env):
     _, _, ctx = env
-    assert base._REGISTRY[SiteKind.sim] is factory
+    assert registry._REGISTRY[SiteKind.sim] is factory
     a = factory(site(), ctx)
     assert isinstance(a, SimAdapter)
     assert isinstance(a, base.Adapter)

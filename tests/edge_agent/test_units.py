@@ -16,11 +16,12 @@ import pytest
 from pydantic import ValidationError
 
 from continuum.model import PowerProfile
-from edge_agent.agent import Agent, jittered_backoff
+from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, parse_broker_url
 from edge_agent.outbox import Outbox
 from edge_agent.profiles import PROFILES, get_profile
 from edge_agent.protocol import RunSpec, RunUpdate
+from edge_agent.protocol.session import jittered_backoff
 from edge_agent.runtime import RunFailure, Runtime, kill_tree, safe_join
 from edge_agent.telemetry import model_power
 

@@ -1,7 +1,9 @@
 """Fixtures for the Slurm tests: a real single-node Slurm and a live control plane.
 
 * ``slurm`` (session): munged, slurmctld, slurmd and slurmrestd (JWT) started by
-  ``deploy/dev/slurm.sh`` in a temporary directory on loopback, stopped at the end.
+  ``deploy/dev/slurm.sh`` in a temporary directory on loopback, stopped at the end. The
+  fixture is defined in ``tests/adapters/conftest.py`` (one definition, so the Slurm
+  tests and the adapter contract suite share one cluster); :class:`SlurmCluster` is here.
 * ``live_cp`` (function): a factory of real :class:`ControlPlane` processes-in-threads
   serving the API under uvicorn on a free port (Slurm jobs fetch and upload artifacts
   over real HTTP), on a state directory that survives a restart.
@@ -9,9 +11,7 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -89,22 +89,6 @@ class SlurmCluster:
 
     def jobs_named(self, name: str) -> list[dict[str, Any]]:
         return [j for j in self.jobs() if j.get("name") == name]
-
-
-@pytest.fixture(scope="session")
-def slurm() -> Iterator[SlurmCluster]:
-    """A real single-node Slurm for the session (fails with the script's reason if it can't)."""
-    # not under pytest's private tmp: slurmrestd and the jobs run as another user
-    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="continuum-slurm-")))
-    try:
-        cluster.start()
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        cluster.sh("stop", str(cluster.dir))
-        shutil.rmtree(cluster.dir, ignore_errors=True)
-        pytest.fail(f"could not start Slurm with {SLURM_SH}: {e}")
-    yield cluster
-    cluster.sh("stop", str(cluster.dir))
-    shutil.rmtree(cluster.dir, ignore_errors=True)
 
 
 class LiveControlPlane:

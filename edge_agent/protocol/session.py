@@ -1,0 +1,246 @@
+"""One MQTT session helper for both ends of the device protocol.
+
+The agent (:class:`edge_agent.agent.Agent`) and the ``devices`` adapter
+(:class:`adapters.devices.DevicesAdapter`) each keep one long-lived paho-mqtt 2.x
+session to the broker. :class:`MqttSession` is that session, written once:
+
+* the client is built from a broker URL (:func:`parse_broker_url`: ``mqtt://host:port``,
+  default 1883, or ``mqtts://host:port``, default 8883) with optional user name and
+  password, TLS (a CA bundle, optionally without the host-name check) and a last will;
+* :meth:`MqttSession.start` connects in the background on paho's loop thread and retries
+  forever: every failed attempt, refused connection or lost connection arms one wait of
+  :func:`jittered_backoff` seconds (full-jitter exponential between ``reconnect_min`` and
+  ``reconnect_max``, by default :data:`RECONNECT_MIN_S` and :data:`RECONNECT_MAX_S`);
+  a successful connection resets the attempt count;
+* topics given to :meth:`MqttSession.subscribe` are subscribed again on every
+  reconnect, before the ``on_connect`` hook runs;
+* :attr:`MqttSession.connected` is set while the session is up; :attr:`last_error`
+  says why it is not.
+
+It lives in :mod:`edge_agent.protocol` because adapters may import only that part of
+``edge_agent`` (docs/architecture.md, "Packages and import rules"). Importing
+:mod:`edge_agent.protocol` itself does not import paho; this module does.
+
+Hooks (all optional, run on paho's loop thread; an exception in one is logged, never
+raised into paho): ``on_connect(client)`` after a successful (re)connection, once
+:attr:`connected` is set; ``on_disconnect()`` after the connection was lost or closed;
+``on_message(client, userdata, message)`` and ``on_publish(client, userdata, mid,
+reason_code, properties)`` as paho calls them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 0.5
+"""Shortest wait (s) before a reconnect attempt: quick enough that a broker restart costs
+about a second, long enough not to spin on a refused port."""
+RECONNECT_MAX_S = 30.0
+"""Longest wait (s) between reconnect attempts: a fleet of agents whose broker was down
+for a while comes back spread over at most this long (jitter), not all at once."""
+
+
+def jittered_backoff(attempt: int, low: float, high: float) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based): full-jitter exponential.
+
+    ``uniform(low, min(high, low·2^attempt))`` — the "full jitter" of AWS's
+    "Exponential Backoff and Jitter" (Brooker, 2015), floored at ``low``.
+    """
+    cap = min(high, low * (2 ** min(attempt, 30)))
+    return random.uniform(low, max(low, cap))
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """A parsed broker URL: ``mqtt://host:port`` (default 1883) or ``mqtts://`` (8883)."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+
+    Raises:
+        ValueError: another scheme, or no host.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(
+            f"broker {url!r} is not a broker URL; use mqtt://host:port or mqtts://host:port"
+        )
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls)
+
+
+@dataclass(frozen=True)
+class Will:
+    """The last will the broker publishes when the session dies without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttSession:
+    """One paho-mqtt 2.x session with reconnects and restored subscriptions.
+
+    Args:
+        broker: ``mqtt://host:port`` or ``mqtts://host:port``.
+        client_id: the MQTT client id.
+        label: how log lines name the owner (``"device d1"``, ``"site fleet"``).
+        clean_session: MQTT 3.1.1 clean-session flag (False keeps QoS 1 messages queued
+            at the broker while the session is away).
+        username, password: broker credentials (none when ``username`` is None).
+        tls_ca: CA bundle (PEM path) that signed the broker's certificate; implies TLS.
+        tls_insecure: skip the certificate's host-name check (testing only).
+        will: the last will, if any.
+        keepalive: MQTT keepalive (s).
+        reconnect_min, reconnect_max: bounds (s) of the reconnect backoff.
+
+    Raises:
+        ValueError: ``broker`` is not a broker URL.
+    """
+
+    def __init__(self, broker: str, *, client_id: str, label: str,
+                 clean_session: bool = True, username: str | None = None,
+                 password: str | None = None, tls_ca: str | None = None,
+                 tls_insecure: bool = False, will: Will | None = None, keepalive: int = 30,
+                 reconnect_min: float = RECONNECT_MIN_S,
+                 reconnect_max: float = RECONNECT_MAX_S) -> None:
+        self.broker = broker
+        self.address = parse_broker_url(broker)
+        self.label = label
+        self.keepalive = keepalive
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.connected = threading.Event()
+        """Set while the session is up."""
+        self.last_error = "not connected yet"
+        """Why the session is not up (the last failure), for health reasons and errors."""
+        self.on_connect: Callable[[mqtt.Client], None] | None = None
+        self.on_disconnect: Callable[[], None] | None = None
+        self.on_message: Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None] | None = None
+        self.on_publish: Callable[..., None] | None = None
+        self._subscriptions: dict[str, int] = {}
+        self._sub_lock = threading.Lock()
+        self._attempt = 0
+        self._stopping = False
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                        clean_session=clean_session, protocol=mqtt.MQTTv311)
+        if username:
+            c.username_pw_set(username, password)
+        if self.address.tls or tls_ca:
+            c.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+            c.tls_insecure_set(tls_insecure)
+        if will is not None:
+            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        self.client = c
+        """The paho client (publish through it or :meth:`publish`)."""
+        self._arm_backoff()
+
+    # ------------------------------------------------------------ use
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe to ``topic`` now if connected, and again on every reconnect."""
+        with self._sub_lock:
+            self._subscriptions[topic] = qos
+        if self.connected.is_set():
+            self.client.subscribe(topic, qos=qos)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1,
+                retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Hand one message to paho (its ``rc`` says whether it was queued)."""
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def start(self) -> None:
+        """Connect in the background (retrying forever) on paho's loop thread."""
+        self.client.connect_async(self.address.host, self.address.port, keepalive=self.keepalive)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect (the will is not sent) and stop the loop thread."""
+        self._stopping = True
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # ------------------------------------------------------------ paho callbacks
+
+    def _arm_backoff(self) -> float:
+        delay = jittered_backoff(self._attempt, self.reconnect_min, self.reconnect_max)
+        self._attempt += 1
+        # paho waits min_delay before the next attempt when its own delay is reset,
+        # which reconnect_delay_set does; so this arms exactly one jittered wait.
+        self.client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
+        return delay
+
+    def _hook(self, name: str, fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:  # a bug in a hook must not kill paho's loop thread
+            log.exception("%s: MQTT %s hook failed", self.label, name)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                    properties: Any = None) -> None:
+        if rc.is_failure:
+            self.last_error = f"connection refused: {rc}"
+            delay = self._arm_backoff()
+            log.error("%s: broker %s refused the connection: %s; retrying in %.1f s",
+                      self.label, self.broker, rc, delay)
+            return
+        self._attempt = 0
+        with self._sub_lock:
+            subs = list(self._subscriptions.items())
+        for t, qos in subs:
+            client.subscribe(t, qos=qos)
+        self.connected.set()
+        log.info("%s: connected to %s", self.label, self.broker)
+        self._hook("on_connect", self.on_connect, client)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.last_error = "connection failed"
+        delay = self._arm_backoff()
+        log.warning("%s: broker %s unreachable; retrying in %.1f s", self.label, self.broker,
+                    delay)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                       properties: Any = None) -> None:
+        self.connected.clear()
+        self.last_error = f"disconnected: {rc}"
+        if not self._stopping:
+            delay = self._arm_backoff()
+            log.warning("%s: disconnected from %s (%s); reconnecting in %.1f s", self.label,
+                        self.broker, rc, delay)
+        self._hook("on_disconnect", self.on_disconnect)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._hook("on_message", self.on_message, client, userdata, msg)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
+                    properties: Any = None) -> None:
+        self._hook("on_publish", self.on_publish, client, userdata, mid, rc, properties)
+
+
+__all__ = ["RECONNECT_MAX_S", "RECONNECT_MIN_S", "BrokerAddress", "MqttSession", "Will",
+           "jittered_backoff", "parse_broker_url"]
