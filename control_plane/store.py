@@ -8,7 +8,7 @@ timezone-aware ``DateTime``), so the same schema runs on PostgreSQL.
 Times are stored as UTC. States are enums (:class:`~continuum.model.RunState`,
 ``TaskState``, ``WorkflowState``) stored as their values. The schema is created with
 ``create_all`` (no migrations yet): a state directory from before ``replaces_run_id``
-and the enum columns must be started afresh.
+must be started afresh (:class:`Store` says so with :class:`SchemaMismatch`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -181,8 +182,30 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+class SchemaMismatch(RuntimeError):
+    """The database was made by an older schema (there are no migrations yet)."""
+
+
+def _check_schema(engine: Engine) -> None:
+    """Raise :class:`SchemaMismatch` naming every column this schema has and the existing
+    tables lack (``create_all`` adds missing tables, never missing columns)."""
+    have = inspect(engine)
+    missing = [f"{t.name}.{c.name}" for t in Base.metadata.sorted_tables
+               if have.has_table(t.name)
+               for c in t.columns if c.name not in {x["name"] for x in have.get_columns(t.name)}]
+    if missing:
+        raise SchemaMismatch(
+            f"the database {engine.url.render_as_string(hide_password=True)} was made by an "
+            f"older Continuum (missing column(s): {', '.join(missing)}); there are no schema "
+            "migrations yet: start with a new state directory (or database)")
+
+
 class Store:
-    """Engine and session factory; ``session()`` is a unit of work that commits on exit."""
+    """Engine and session factory; ``session()`` is a unit of work that commits on exit.
+
+    Raises:
+        SchemaMismatch: the database was made by an older schema.
+    """
 
     def __init__(self, url: str):
         self.url = url
@@ -192,7 +215,12 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+            _check_schema(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
