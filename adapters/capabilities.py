@@ -92,6 +92,16 @@ class DeviceFleet(Protocol):
         """The latest telemetry of every device that sent a Hello and telemetry."""
         ...
 
+    def forget(self, device_id: str) -> None:
+        """Forget a device that left (its retained announcements cleared).
+
+        Raises:
+            NotFound: no such device.
+            Conflict: it is online, or runs submitted to it have not ended.
+            TransientError: the fleet's broker cannot be reached now.
+        """
+        ...
+
 
 def conforms(cls: type, *capabilities: type) -> None:
     """Check at import that ``cls`` has every method of each of ``capabilities``.

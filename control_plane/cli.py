@@ -147,6 +147,7 @@ def server(
         from control_plane.listen import PortInUse
         from control_plane.server import run_server
         from control_plane.settings import Settings
+        from control_plane.store import SchemaMismatch
 
     _setup_logging(log_level)
     try:
@@ -156,6 +157,9 @@ def server(
     except PortInUse as e:
         err.print(f"continuum server: {e}; pass --port with a free port", highlight=False,
                   soft_wrap=True)
+        raise typer.Exit(1) from None
+    except SchemaMismatch as e:
+        err.print(f"continuum server: {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except OSError as e:
         err.print(f"continuum server: cannot listen on {host}:{port}: {e}", highlight=False,

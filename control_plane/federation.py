@@ -58,15 +58,15 @@ class Federation:
     """Sites, adapters and the merged node inventory. Thread-safe."""
 
     def __init__(self, store: Store, ctx: AdapterContext, settings: Settings,
-                 metrics: ControlPlaneMetrics):
+                 metrics: ControlPlaneMetrics, collector: Collector | None = None):
         self.store = store
         self.ctx = ctx
         self.settings = settings
         self.metrics = metrics
         self._sites: dict[str, SiteRuntime] = {}
         self._lock = threading.RLock()
-        self.collector: Collector | None = None
-        """Joins live metrics onto each refreshed inventory (set by the control plane)."""
+        self.collector = collector
+        """Joins live metrics onto each refreshed inventory (None: inventories as is)."""
 
     # ------------------------------------------------------------ registration
 

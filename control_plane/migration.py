@@ -1,19 +1,22 @@
 """The migration controller: move work when it pays, and at once when its node is lost.
 
-Called at the end of every reconcile cycle (:meth:`MigrationController.on_cycle`):
+It is a *producer* of reconciler actions, never a writer of run state: the reconciler
+calls :meth:`MigrationController.on_cycle` after each cycle's own actions and applies
+what it returns (:class:`~control_plane.actions.MigrateRun`,
+:class:`~control_plane.actions.StartMove`) like its own.
 
 1. **Lost work** (every cycle): an active run (Placed, Dispatched, Running) whose node a
    *successful* inventory of its site no longer lists, or lists as not ready (a device
    whose agent went offline per its heartbeat), for ``migration_lost_grace_s`` as this
    process observed it, ends as ``Migrated`` with the reason once the backend accepted
    the cancel; its task goes back to Ready *without* a retry backoff and without
-   counting an attempt against ``retries``; the reconciler is woken so the next cycle
-   re-places it. A site whose inventory or health check fails (Unreachable: a
+   counting an attempt against ``retries``; the reconciler runs its next cycle at once
+   to re-place it. A site whose inventory or health check fails (Unreachable: a
    slurmrestd restart, a broker blip) says nothing about its nodes: its runs are left
    alone and their grace starts again once the site answers. A draining site's runs
    finish where they are. If the backend refuses the cancel the run stays active and
-   the cancel is retried next cycle (as the reconciler's workflow stop does), so the
-   original never keeps running unobserved.
+   the move is proposed again next cycle (as the reconciler's workflow stop does), so
+   the original never keeps running unobserved.
    Runs on a node labelled ``continuum.io/autonomous=true`` (a KubeEdge edge node,
    whose pods go on while it is disconnected) are never moved off it.
 2. **Re-evaluation** (every ``migration_interval_s``): queued jobs (Dispatched, not yet
@@ -26,10 +29,11 @@ Called at the end of every reconcile cycle (:meth:`MigrationController.on_cycle`
    at the cost of the queue age it gives up (its place in the backend's queue, e.g.
    Slurm's age priority factor), charged as downtime;
    a running service is moved make-before-break: a new run is placed on the target
-   while the old one keeps serving (its reason ``migrating to run <id>``, durable in the
-   store); once the new run is Running the old one is cancelled and ends ``Migrated``;
-   if the new run fails the move is aborted and the old run goes on serving (the
-   failure is not counted against the task's ``retries``: a move costs no attempt). A
+   while the old one keeps serving (the new run's ``replaces_run_id`` names it, durable
+   in the store); once the new run is Running the old one is cancelled and ends
+   ``Migrated``; if the new run fails the move is aborted and the old run goes on
+   serving (the failure is not counted against the task's ``retries``: a move costs no
+   attempt). Those two ends of a move are rules of :mod:`control_plane.decide`. A
    service's state bytes are taken as its memory request.
 
 Every migration is an event ``RunMigrated`` with its reason and figures, and counts in
@@ -46,23 +50,30 @@ of itself, so a move never chases a negligible difference even when it costs not
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from continuum.model import Node, Resources, RunState, SiteHealth, Task
-from control_plane.store import RunRow, TaskRow, add_event, new_id, utcnow
-
-if TYPE_CHECKING:
-    from control_plane.server import ControlPlane
+from continuum.model import Node, Resources, RunState, SiteHealth, Task, TaskState, WorkflowDocument
+from control_plane.actions import Action, MigrateRun, StartMove
+from control_plane.federation import Federation
+from control_plane.settings import Settings
+from control_plane.store import (
+    ACTIVE_RUN_STATES,
+    RunRow,
+    Store,
+    TaskRow,
+    WorkflowRow,
+    new_id,
+)
+from monitoring.topology import TopologyModel
+from placement import Framework
 
 log = logging.getLogger(__name__)
 
-ACTIVE = (RunState.Placed.value, RunState.Dispatched.value, RunState.Running.value)
-MOVING_TO = "migrating to run "
-"""Prefix of the reason of a service run being replaced make-before-break (durable in
-the store, so a restarted control plane finishes or aborts the move)."""
 AUTONOMOUS_LABEL = "continuum.io/autonomous"
 """Node label (value ``true``) of a node whose work goes on while it is disconnected
 (set by the KubeEdge adapter on edge nodes); lost-work migration never moves its runs."""
@@ -119,42 +130,55 @@ def decide(c: Candidate, horizon_s: float, hysteresis: float, min_dwell_s: float
 
 
 class MigrationController:
-    """Lost-work re-placement and cost-aware migration for one control plane."""
+    """Lost-work re-placement and cost-aware migration: a producer of reconciler actions.
 
-    def __init__(self, cp: ControlPlane) -> None:
-        self.cp = cp
+    It reads the store and the federation and returns
+    :class:`~control_plane.decide.MigrateRun` and :class:`~control_plane.decide.StartMove`
+    actions from :meth:`on_cycle`; the reconciler's ``apply`` carries them out (it is the
+    only writer of run state). Finishing or aborting a make-before-break move is a rule
+    of :mod:`control_plane.decide`. ``framework`` returns the served placement framework.
+    """
+
+    def __init__(self, settings: Settings, store: Store, federation: Federation,
+                 network: TopologyModel, framework: Callable[[], Framework]) -> None:
+        self.settings = settings
+        self.store = store
+        self.federation = federation
+        self.network = network
+        self.framework = framework
         self._last_eval = 0.0
         self._lost_since: dict[str, float] = {}
         """run id → when this process first saw its node not placeable."""
+        self._docs: dict[str, WorkflowDocument] = {}
 
-    def on_cycle(self, now: float) -> None:
-        self.complete_moves(now)
-        moved = self.replace_lost(now)
-        st = self.cp.settings
+    def on_cycle(self, now: float) -> list[Action]:
+        """The moves to make now (called once per reconcile cycle, after its actions)."""
+        actions = self.replace_lost(now)
+        st = self.settings
         if st.migration_interval_s > 0 and now - self._last_eval >= st.migration_interval_s:
             self._last_eval = now
-            self.reevaluate(now)
-        if moved:
-            self.cp.reconciler.wake()
+            actions += self.reevaluate(now, skip={a.run_id for a in actions
+                                                  if isinstance(a, MigrateRun)})
+        return actions
 
     # ------------------------------------------------------------ lost work
 
-    def replace_lost(self, now: float) -> int:
-        """Migrate every active run whose node a successful inventory has shown gone or not
-        ready for the grace period (counted from this process's first such observation,
-        so a restarted control plane that has not relearnt its inventory yet does not
-        move healthy work); returns the count.
+    def replace_lost(self, now: float) -> list[Action]:
+        """A :class:`MigrateRun` for every active run whose node a successful inventory has
+        shown gone or not ready for the grace period (counted from this process's first
+        such observation, so a restarted control plane that has not relearnt its
+        inventory yet does not move healthy work).
 
         A run on an Unreachable site is left alone (nothing is known of its node) and its
         grace restarts when the site answers again; a run whose cancel the backend refuses
-        stays active and is tried again next cycle.
+        stays active, so it is proposed again next cycle.
         """
-        sites = {rt.spec.name: rt for rt in self.cp.federation.sites()}
-        grace = self.cp.settings.migration_lost_grace_s
-        moved = 0
+        sites = {rt.spec.name: rt for rt in self.federation.sites()}
+        grace = self.settings.migration_lost_grace_s
+        out: list[Action] = []
         seen: set[str] = set()
-        with self.cp.store.session() as s:
-            runs = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE))).all()
+        with self.store.session() as s:
+            runs = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE_RUN_STATES))).all()
             for run in runs:
                 why = self._lost(run, sites)
                 if why is None:
@@ -163,16 +187,15 @@ class MigrationController:
                 since = self._lost_since.setdefault(run.id, now)
                 if now - since < grace:
                     continue  # e.g. a restarted control plane still relearning its inventory
-                if self._migrate(s, run, "node-lost", f"{why} for {now - since:.1f}s"):
-                    moved += 1
+                out.append(MigrateRun(run.id, "node-lost", f"{why} for {now - since:.1f}s"))
         self._lost_since = {k: v for k, v in self._lost_since.items() if k in seen}
-        return moved
+        return out
 
     @staticmethod
     def _lost(run: RunRow, sites: dict[str, Any]) -> str | None:
         """Why ``run``'s node counts as lost, from its site's last successful inventory;
         None when it is fine or when nothing is known (site Unreachable or removed —
-        the reconciler's sync fails the runs of a removed site)."""
+        the reconciler fails the runs of a removed site)."""
         rt = sites.get(run.site or "")
         if run.node is None or rt is None or rt.health == SiteHealth.Unreachable:
             return None
@@ -185,81 +208,58 @@ class MigrationController:
             return f"node {run.node} is not ready (offline)"
         return None
 
-    def _migrate(self, s: object, run: RunRow, reason: str, message: str) -> bool:
-        """Cancel ``run`` on its backend and end it ``Migrated``; False (run left active,
-        to be tried again) when the backend refused the cancel."""
-        from sqlalchemy.orm import Session
-
-        assert isinstance(s, Session)
-        err = self.cp.reconciler._cancel_on_backend(run)
-        if err:
-            log.warning("run %s: not migrated yet (%s): cancel on the backend failed, will "
-                        "retry: %s", run.id, message, err)
-            return False
-        run.state, run.reason = RunState.Migrated.value, message
-        run.finished_at = utcnow()
-        self.cp.metrics.run_transitions.labels(RunState.Migrated.value).inc()
-        self.cp.metrics.migrations.labels(reason).inc()
-        add_event(s, "RunMigrated", f"{reason}: {message}",
-                  workflow_id=run.workflow_id, run_id=run.id)
-        task = s.get(TaskRow, run.task_id)
-        others = s.scalars(select(RunRow).where(RunRow.task_id == run.task_id,
-                                                RunRow.id != run.id,
-                                                RunRow.state.in_(ACTIVE))).all()
-        for other in others:  # a make-before-break pair: the survivor serves alone now
-            if other.reason.startswith(MOVING_TO):
-                other.reason = ""
-        if task is not None and task.state == "Running" and not others:
-            task.state, task.not_before = "Ready", None
-            task.attempts = max(0, task.attempts - 1)  # a migration is not a failed attempt
-            task.reason = f"migrating: {message}"
-        log.info("run %s migrated (%s): %s", run.id, reason, message)
-        return True
-
     # ------------------------------------------------------------ re-evaluation
 
-    def reevaluate(self, now: float) -> int:
-        """Score queued jobs on their node vs the best alternative; move the worthwhile ones.
+    def _doc(self, s: Session, workflow_id: str) -> WorkflowDocument:
+        doc = self._docs.get(workflow_id)
+        if doc is None:
+            row = s.get(WorkflowRow, workflow_id)
+            assert row is not None
+            doc = self._docs[workflow_id] = WorkflowDocument.model_validate(row.document)
+        return doc
 
-        Returns the number moved (or started moving, for services). Running jobs are
-        left alone: they finish where they are.
+    def reevaluate(self, now: float, skip: set[str] | None = None) -> list[Action]:
+        """Score queued jobs and running services on their node vs the best alternative;
+        the moves worth making (at most ``migration_max_per_cycle``), except of runs in
+        ``skip``. Running jobs are left alone: they finish where they are.
         """
         from placement import PlacementRequest, Snapshot
         from placement.batch import BatchAssigner
 
-        st = self.cp.settings
-        nodes = self.cp.federation.placeable_nodes()
+        st = self.settings
+        nodes = self.federation.placeable_nodes()
         if not nodes:
-            return 0
-        moved = 0
-        with self.cp.store.session() as s:
+            return []
+        out: list[Action] = []
+        skip = skip or set()
+        with self.store.session() as s:
             runs = s.scalars(select(RunRow).where(
-                RunRow.state.in_([RunState.Dispatched.value, RunState.Running.value]))).all()
+                RunRow.state.in_([RunState.Dispatched, RunState.Running]))).all()
             # each candidate is scored on its own node as if it were not there (else its
             # own cores and load make its node look worse than an equal empty one, and a
             # service would hop between identical nodes)
             nodes = _without(nodes, [(r, Task.model_validate(t.spec)) for r in runs
                                      if (t := s.get(TaskRow, r.task_id)) is not None])
-            snap = Snapshot(nodes=nodes, network=self.cp.network, now=now)  # type: ignore[arg-type]
-            assigner = BatchAssigner(snap.copy(), self.cp.models.framework)
+            snap = Snapshot(nodes=nodes, network=self.network, now=now)
+            assigner = BatchAssigner(snap.copy(), self.framework())
             assert assigner.classes is not None
             for run in runs:
-                if moved >= st.migration_max_per_cycle:
+                if len(out) >= st.migration_max_per_cycle:
                     break
-                if run.node not in snap.index or run.reason.startswith(MOVING_TO):
+                if run.node not in snap.index or run.id in skip:
                     continue
                 task_row = s.get(TaskRow, run.task_id)
-                if task_row is None or task_row.state != "Running":
+                if task_row is None or task_row.state != TaskState.Running:
                     continue
                 task = Task.model_validate(task_row.spec)
                 service = task.kind == "service"
-                if run.state == RunState.Running.value and not service:
+                if run.state == RunState.Running and not service:
                     continue  # a running job finishes where it is
                 if s.scalars(select(RunRow.id).where(
                         RunRow.task_id == run.task_id, RunRow.id != run.id,
-                        RunRow.state.in_(ACTIVE))).first() is not None:
+                        RunRow.state.in_(ACTIVE_RUN_STATES))).first() is not None:
                     continue  # a move of this task is already under way
-                doc = self.cp.reconciler._doc(s, run.workflow_id)
+                doc = self._doc(s, run.workflow_id)
                 req = PlacementRequest(run.id, task, doc.spec.objective)
                 cc = assigner.costs(req)
                 here = float(cc.cost[assigner.classes.of[snap.index[run.node]]])
@@ -279,78 +279,37 @@ class MigrationController:
                            st.migration_min_dwell_s)
                 if not v.move:
                     continue
-                if service:
-                    self._start_move(s, run, task_row, task, doc, best[0], v, now)
-                elif not self._migrate(s, run, "better-node",
-                                       f"queued job moves from {run.node} toward {best[0]}: "
-                                       f"{v.reason}"):
-                    continue
-                moved += 1
-        if moved:
-            self.cp.reconciler.wake()
-        return moved
+                if not service:
+                    out.append(MigrateRun(run.id, "better-node",
+                                          f"queued job moves from {run.node} toward {best[0]}: "
+                                          f"{v.reason}"))
+                elif (move := self._start_move(run, task, doc, best[0], v, now)) is not None:
+                    out.append(move)
+            live = {r.workflow_id for r in runs}
+            self._docs = {k: v for k, v in self._docs.items() if k in live}
+        return out
 
-    def _start_move(self, s: object, run: RunRow, task_row: TaskRow, task: Task, doc: object,
-                    target: str, v: Verdict, now: float) -> None:
+    def _start_move(self, run: RunRow, task: Task, doc: WorkflowDocument, target: str,
+                    v: Verdict, now: float) -> StartMove | None:
         """Make-before-break: a new run on ``target``; the old one serves until it runs."""
-        from datetime import UTC, datetime
-
-        from sqlalchemy.orm import Session
-
-        from continuum.model import WorkflowDocument
         from placement import PlacementRequest, Snapshot, place
 
-        assert isinstance(s, Session) and isinstance(doc, WorkflowDocument)
-        node = self.cp.federation.node(target)
+        node = self.federation.node(target)
         if node is None:
-            return
-        snap = Snapshot(nodes=[node], network=self.cp.network, now=now)  # type: ignore[arg-type]
+            return None
+        snap = Snapshot(nodes=[node], network=self.network, now=now)
         out = place([PlacementRequest(run.id, task, doc.spec.objective)], snap,
-                    self.cp.models.framework)[0]
+                    self.framework())[0]
         if out.decision is None:
-            return
-        d = out.decision
-        d.reasons.append(f"migration of run {run.id} from {run.node}: {v.reason}")
-        # a move is not an attempt: the new run shares the old one's attempt number, and
-        # its failure aborts the move instead of counting against the task's retries
-        at = datetime.fromtimestamp(now, UTC)
-        new = RunRow(id=new_id("run"), workflow_id=run.workflow_id, task_id=run.task_id,
-                     task_name=run.task_name, attempt=run.attempt,
-                     state=RunState.Placed.value, site=d.site, node=d.node,
-                     placement=d.wire(), created_at=at, placed_at=at)
-        s.add(new)
-        s.flush()
-        run.reason = f"{MOVING_TO}{new.id} on {d.node}"
-        add_event(s, "RunMigrating",
-                  f"better-node: service moves make-before-break from {run.node} to {d.node} "
-                  f"as run {new.id}: {v.reason}", workflow_id=run.workflow_id, run_id=run.id)
-        self.cp.metrics.run_transitions.labels(RunState.Placed.value).inc()
-        add_event(s, "RunPlaced", f"placed on {d.node} ({d.tier.value}) to replace run {run.id}",
-                  workflow_id=run.workflow_id, run_id=new.id)
-
-    def complete_moves(self, now: float) -> None:
-        """Finish make-before-break moves: the old run stops once the new one runs; a new
-        run that failed aborts the move (the old one goes on serving)."""
-        with self.cp.store.session() as s:
-            olds = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE),
-                                                  RunRow.reason.startswith(MOVING_TO))).all()
-            for old in olds:
-                new_id_ = old.reason[len(MOVING_TO):].split(" ", 1)[0]
-                new = s.get(RunRow, new_id_)
-                if new is not None and new.state == RunState.Running.value:
-                    self._migrate(s, old, "better-node",
-                                  f"replaced by run {new.id} now running on {new.node}")
-                elif new is None or RunState(new.state).terminal:
-                    old.reason = ""
-                    task = s.get(TaskRow, old.task_id)
-                    if task is not None and task.state != "Running":
-                        # the reconciler scheduled a retry for the failed new run: undo it,
-                        # the old run still serves the task
-                        task.state, task.not_before, task.reason = "Running", None, ""
-                    add_event(s, "MigrationAborted",
-                              f"run {new_id_} did not start ({new.reason if new else 'gone'}); "
-                              f"run {old.id} keeps serving on {old.node}",
-                              workflow_id=old.workflow_id, run_id=old.id)
+            return None
+        dec = out.decision
+        dec.reasons.append(f"migration of run {run.id} from {run.node}: {v.reason}")
+        new = new_id("run")
+        return StartMove(
+            run.id, new, dec.site, dec.node, dec.wire(),
+            f"better-node: service moves make-before-break from {run.node} to {dec.node} "
+            f"as run {new}: {v.reason}",
+            f"placed on {dec.node} ({dec.tier.value}) to replace run {run.id}")
 
     @staticmethod
     def _best_other(assigner: object, cc: object, req: object, current: str
@@ -375,7 +334,7 @@ def _without(nodes: list[Node], footprints: list[tuple[RunRow, Task]]) -> list[N
     node's measured utilisation. Other runs stay where they are."""
     by_node: dict[str, list[tuple[RunRow, Task]]] = {}
     for run, task in footprints:
-        movable = run.state == RunState.Dispatched.value or task.kind == "service"
+        movable = run.state == RunState.Dispatched or task.kind == "service"
         if run.node and movable:
             by_node.setdefault(run.node, []).append((run, task))
     out = []
@@ -392,7 +351,7 @@ def _without(nodes: list[Node], footprints: list[tuple[RunRow, Task]]) -> list[N
                 cpu=min(a.cpu, nd.free.cpu + cpu),
                 memory=min(a.memory, nd.free.memory + sum(t.resources.memory for _, t in mine)),
                 gpu=min(a.gpu, nd.free.gpu + sum(t.resources.gpu for _, t in mine)))
-        running = sum(t.resources.cpu for r, t in mine if r.state == RunState.Running.value)
+        running = sum(t.resources.cpu for r, t in mine if r.state == RunState.Running)
         if nd.utilisation is not None and running and nd.capacity.cpu > 0:
             update["utilisation"] = max(0.0, nd.utilisation - running / nd.capacity.cpu)
         out.append(nd.model_copy(update=update))

@@ -15,22 +15,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 
 from continuum.errors import Problem, ValidationFailed
-from continuum.model import RunState, Task
-from control_plane.store import RunRow, TaskRow
+from continuum.model import Node, RunState, Task
+from control_plane.settings import Settings
+from control_plane.store import RunRow, Store, TaskRow
+from monitoring.metrics import ControlPlaneMetrics
 from placement import default_framework
 from placement.batch import ClassCachedPredictor
 from placement.learned import LearnedPredictor, ModelSet, ModelStore, Sample, train, twin_history
 from placement.plugins.load import with_load
 from placement.predict import DEFAULT_WORK_CORE_S
-
-if TYPE_CHECKING:
-    from control_plane.server import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,24 @@ SOURCES = ("auto", "store", "twin")
 class ModelService:
     """Training, persistence and serving of the learned predictors of one control plane."""
 
-    def __init__(self, cp: ControlPlane) -> None:
-        self.cp = cp
-        self.store = ModelStore(cp.settings.state_dir / "models")
+    def __init__(self, settings: Settings, store: Store, nodes: Callable[[], list[Node]],
+                 metrics: ControlPlaneMetrics) -> None:
+        """``store``: the runs to learn from; ``nodes``: the current inventory (features of
+        the nodes runs ran on, and the twin's bootstrap); ``metrics``: where the held-out
+        errors and the served version are exported."""
+        self.settings = settings
+        self.db = store
+        self.nodes = nodes
+        self.metrics = metrics
+        self.store = ModelStore(settings.state_dir / "models")
         self.predictor = LearnedPredictor(self.store.load_latest())
         """The served predictor; replaced (never changed) by :meth:`serve`."""
         self.framework = with_load(default_framework(
             ClassCachedPredictor(self.predictor),
-            fragmentation_weight=cp.settings.placement_fragmentation_weight))
+            fragmentation_weight=settings.placement_fragmentation_weight))
         """Placement's plugins with the served predictor, plus NodeLoad (live metrics).
         A placement batch reads this reference once and uses it throughout."""
-        self.framework.mode = cp.settings.placement_mode
+        self.framework.mode = settings.placement_mode
         self._lock = threading.Lock()
         latest = self.predictor.models
         # the schedule survives restarts: it counts from the served set's training time
@@ -65,12 +72,12 @@ class ModelService:
         The node's features come from the current inventory (runs on nodes no longer
         known are skipped). Queue wait = started − dispatched, for Slurm runs.
         """
-        nodes = {nd.id: nd for nd in self.cp.federation.nodes()}
+        nodes = {nd.id: nd for nd in self.nodes()}
         out: list[Sample] = []
-        with self.cp.store.session() as s:
+        with self.db.session() as s:
             rows = s.execute(
                 select(RunRow, TaskRow.spec).join(TaskRow, TaskRow.id == RunRow.task_id)
-                .where(RunRow.state == RunState.Succeeded.value, RunRow.runtime_s.is_not(None))
+                .where(RunRow.state == RunState.Succeeded, RunRow.runtime_s.is_not(None))
             ).all()
             for run, spec in rows:
                 nd = nodes.get(run.node or "")
@@ -107,8 +114,7 @@ class ModelService:
                 "unknown_source")])
         with self._lock:
             recorded = self.store_samples() if source in ("auto", "store") else []
-            boot = (twin_history(self.cp.federation.nodes(),
-                                 self.cp.settings.model_bootstrap_samples)
+            boot = (twin_history(self.nodes(), self.settings.model_bootstrap_samples)
                     if source in ("auto", "twin") else [])
             samples = recorded + boot
             if not samples:
@@ -136,7 +142,7 @@ class ModelService:
     def on_cycle(self, now: float) -> None:
         """Start a retrain in the background when the schedule says so (called once per
         reconcile cycle; training never holds up the cycle)."""
-        every = self.cp.settings.model_retrain_interval_s
+        every = self.settings.model_retrain_interval_s
         if every <= 0 or now - self._last_train < every or self._lock.locked():
             return
         self._last_train = now
@@ -155,7 +161,8 @@ class ModelService:
         """Serve ``ms`` from the next placement batch on.
 
         A new predictor and framework are built and published by replacing the
-        references (``self.framework`` and the reconciler's); a batch already placing
+        reference ``self.framework`` (the reconciler and the migration controller read it
+        per batch); a batch already placing
         keeps the framework it read, so each decision's runtime, energy, queue wait and
         recorded model version come from one model set, even when a background retrain
         lands mid-batch.
@@ -163,15 +170,12 @@ class ModelService:
         predictor = LearnedPredictor(ms)
         framework = replace(self.framework, predictor=ClassCachedPredictor(predictor))
         self.predictor, self.framework = predictor, framework
-        reconciler = getattr(self.cp, "reconciler", None)
-        if reconciler is not None:
-            reconciler.framework = framework
         self._export()
 
     def _export(self) -> None:
         ms: ModelSet | None = self.predictor.models
-        gauges = {"mape_percent": self.cp.metrics.model_mape,
-                  "mae_seconds": self.cp.metrics.model_mae}
+        gauges = {"mape_percent": self.metrics.model_mape,
+                  "mae_seconds": self.metrics.model_mae}
         for g in gauges.values():
             g.clear()  # a target the served set lacks has no value
         for info in ms.info() if ms else []:
@@ -180,14 +184,14 @@ class ModelService:
                 info.error if info.error is not None else float("nan"))
             g.labels(info.target, "analytic").set(
                 info.analytic_error if info.analytic_error is not None else float("nan"))
-        self.cp.metrics.model_version.set(ms.version if ms else 0)
+        self.metrics.model_version.set(ms.version if ms else 0)
 
     def view(self) -> dict[str, Any]:
         ms = self.predictor.models
         return {
             "version": self.predictor.version,
             "fallback": self.predictor.analytic.version,
-            "retrainIntervalS": self.cp.settings.model_retrain_interval_s,
+            "retrainIntervalS": self.settings.model_retrain_interval_s,
             "targets": [{_camel(k): v for k, v in asdict(i).items()}
                         for i in (ms.info() if ms else [])],
         }

@@ -6,24 +6,27 @@
   site is not a ``devices`` site); 409: the device is online, or runs submitted to it
   have not ended; 503: the broker is not connected.
 
-Listing is ``GET /v1/devices`` in :mod:`control_plane.api`.
+Listing is ``GET /v1/devices`` in :mod:`control_plane.routes_nodes`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
+from adapters.capabilities import DeviceFleet
 from continuum.errors import NotFound, TransientError
-from continuum.model import SiteKind
+from control_plane.deps import Loop
+from control_plane.federation import Federation
+from control_plane.routes_common import FederationDep, LoopDep
 
-if TYPE_CHECKING:
-    from control_plane.server import ControlPlane
+router = APIRouter(tags=["nodes"])
 
 
-def forget_device(cp: ControlPlane, site: str, device_id: str) -> dict[str, Any]:
+def forget_device(federation: Federation, loop: Loop, site: str,
+                  device_id: str) -> dict[str, Any]:
     """Forget ``device_id`` of ``site``; the site's inventory and health are refreshed at
     the next reconcile cycle (woken now).
 
@@ -35,27 +38,25 @@ def forget_device(cp: ControlPlane, site: str, device_id: str) -> dict[str, Any]
         Conflict: the device is online or has runs that have not ended.
         HTTPException 503: the broker is not connected.
     """
-    rt = cp.federation.site(site)
-    if rt.spec.kind != SiteKind.devices:
+    rt = federation.site(site)
+    if not isinstance(rt.adapter, DeviceFleet):
         raise NotFound(f"site {site!r} is a {rt.spec.kind.value} site; only devices sites "
                        "have devices")
     try:
-        rt.adapter.forget(device_id)  # type: ignore[attr-defined]
+        rt.adapter.forget(device_id)
     except TransientError as e:
         raise HTTPException(503, str(e)) from e
     rt.inventory_at = 0.0  # take the site's inventory again at the next cycle
-    cp.reconciler.wake()
+    loop.wake()
     health, message = rt.adapter.health()
     return {"site": site, "deviceId": device_id, "forgotten": True,
             "health": health.value, "message": message}
 
 
-def add_routes(app: FastAPI, cp: ControlPlane) -> None:
-    """Register the device administration routes on ``app``."""
-
-    @app.delete("/v1/devices/{site}/{device_id}", tags=["nodes"],
-                summary="Forget a device that left (clears its retained hello/status)")
-    async def delete_device(site: str, device_id: str) -> dict[str, Any]:
-        """The device leaves the inventory and no longer counts towards its site's health.
-        An agent that comes back later simply enrols again."""
-        return await run_in_threadpool(forget_device, cp, site, device_id)
+@router.delete("/v1/devices/{site}/{device_id}",
+               summary="Forget a device that left (clears its retained hello/status)")
+async def delete_device(site: str, device_id: str, federation: FederationDep,
+                        loop: LoopDep) -> dict[str, Any]:
+    """The device leaves the inventory and no longer counts towards its site's health.
+    An agent that comes back later simply enrols again."""
+    return await run_in_threadpool(forget_device, federation, loop, site, device_id)

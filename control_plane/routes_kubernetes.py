@@ -9,27 +9,23 @@ place by naming the node (or location) in a Dataset's ``locations``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 
 from adapters.capabilities import DataSourceCatalog
 from continuum.model import SiteKind
+from control_plane.routes_common import FederationDep
 
-if TYPE_CHECKING:
-    from control_plane.server import ControlPlane
+router = APIRouter(tags=["nodes"])
 
 
-def add_routes(app: FastAPI, cp: ControlPlane) -> None:
-    """Register the routes on ``app``."""
-
-    @app.get("/v1/data-sources", tags=["nodes"],
-             summary="KubeEdge devices (data sources) of every kubeedge site")
-    def list_data_sources(site: str | None = None) -> dict[str, Any]:
-        items: list[dict[str, Any]] = []
-        for rt in cp.federation.sites():
-            if rt.spec.kind != SiteKind.kubeedge or (site is not None and rt.spec.name != site):
-                continue
-            if isinstance(rt.adapter, DataSourceCatalog):
-                items += [{"site": rt.spec.name, **d} for d in rt.adapter.data_sources()]
-        return {"items": items}
+@router.get("/v1/data-sources", summary="KubeEdge devices (data sources) of every kubeedge site")
+def list_data_sources(federation: FederationDep, site: str | None = None) -> dict[str, Any]:
+    items: list[dict[str, Any]] = []
+    for rt in federation.sites():
+        if rt.spec.kind != SiteKind.kubeedge or (site is not None and rt.spec.name != site):
+            continue
+        if isinstance(rt.adapter, DataSourceCatalog):
+            items += [{"site": rt.spec.name, **d} for d in rt.adapter.data_sources()]
+    return {"items": items}

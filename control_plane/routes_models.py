@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from control_plane.federation import Federation
+from control_plane.routes_common import FederationDep, ModelsDep, NetworkDep
 from control_plane.validation import check_workflow, effective_dependencies, parse_document
-from placement import DataSource, PlacementRequest, Snapshot, place
-
-if TYPE_CHECKING:
-    from control_plane.server import ControlPlane
+from monitoring.topology import TopologyModel
+from placement import DataSource, Framework, PlacementRequest, Snapshot, place
 
 log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------ preview
 
 
-def preview(cp: ControlPlane, body: bytes, content_type: str | None) -> dict[str, Any]:
+def preview(federation: Federation, network: TopologyModel, fw: Framework, body: bytes,
+            content_type: str | None) -> dict[str, Any]:
     """The plan for a workflow document, without storing or running anything.
 
     All tasks are placed in one batch on a copy of the current snapshot (capacity
@@ -36,11 +37,10 @@ def preview(cp: ControlPlane, body: bytes, content_type: str | None) -> dict[str
         ValidationFailed: the document is invalid (same checks as submission).
     """
     doc = parse_document(body, content_type)
-    check_workflow(doc, cp.federation.nodes())
+    check_workflow(doc, federation.nodes())
     deps = effective_dependencies(doc)
-    snap = Snapshot(nodes=cp.federation.placeable_nodes(draining=True), network=cp.network,  # type: ignore[arg-type]
+    snap = Snapshot(nodes=federation.placeable_nodes(draining=True), network=network,
                     now=time.time())
-    fw = cp.models.framework
     datasets = {d.name: d for d in doc.spec.datasets}
     tasks = {t.name: t for t in doc.spec.tasks}
     order: list[str] = []
@@ -97,25 +97,29 @@ def preview(cp: ControlPlane, body: bytes, content_type: str | None) -> dict[str
     }
 
 
-def add_routes(app: FastAPI, cp: ControlPlane) -> None:
-    """Register the models and preview routes on ``app``."""
-
-    @app.get("/v1/models", tags=["models"], summary="Learned predictors: versions and MAPE")
-    def get_models() -> dict[str, Any]:
-        return cp.models.view()
-
-    @app.post("/v1/models:retrain", tags=["models"],
-              summary="Train the predictors now (source: auto, store or twin)")
-    async def retrain(source: str = Query("auto", description="auto, store or twin")
-                      ) -> dict[str, Any]:
-        return await run_in_threadpool(cp.models.retrain, source)
-
-    @app.post("/v1/placements:preview", tags=["placements"],
-              summary="What-if: the plan for a workflow and its predicted latency, energy "
-                      "and bytes moved, without running anything")
-    async def preview_route(request: Request) -> dict[str, Any]:
-        body = await request.body()
-        return await run_in_threadpool(preview, cp, body, request.headers.get("content-type"))
+router = APIRouter()
 
 
-__all__ = ["add_routes", "preview"]
+@router.get("/v1/models", tags=["models"], summary="Learned predictors: versions and MAPE")
+def get_models(models: ModelsDep) -> dict[str, Any]:
+    return models.view()
+
+
+@router.post("/v1/models:retrain", tags=["models"],
+             summary="Train the predictors now (source: auto, store or twin)")
+async def retrain(models: ModelsDep, source: str = Query("auto", description="auto, store or twin")
+                  ) -> dict[str, Any]:
+    return await run_in_threadpool(models.retrain, source)
+
+
+@router.post("/v1/placements:preview", tags=["placements"],
+             summary="What-if: the plan for a workflow and its predicted latency, energy "
+                     "and bytes moved, without running anything")
+async def preview_route(request: Request, federation: FederationDep, network: NetworkDep,
+                        models: ModelsDep) -> dict[str, Any]:
+    body = await request.body()
+    return await run_in_threadpool(preview, federation, network, models.framework, body,
+                                   request.headers.get("content-type"))
+
+
+__all__ = ["preview", "router"]

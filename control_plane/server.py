@@ -1,5 +1,7 @@
-"""Wiring: one :class:`ControlPlane` owns the store, artifacts, federation, reconciler
-and the FastAPI app; :meth:`ControlPlane.serve` runs it under uvicorn."""
+"""Wiring: one :class:`ControlPlane` builds the store, artifacts, federation, models,
+migration controller, reconciler and the FastAPI app, each given what it uses through
+its constructor (nothing is wired after construction, and none of them gets the
+ControlPlane itself); :meth:`ControlPlane.serve` runs it under uvicorn."""
 
 from __future__ import annotations
 
@@ -12,19 +14,22 @@ from typing import Any
 
 import uvicorn
 
-from adapters.base import AdapterContext, Handle
+from adapters.base import AdapterContext
 from adapters.capabilities import DeviceFleet
-from continuum.errors import AdapterError, Conflict, NotFound
+from continuum.errors import AdapterError, Conflict
 from continuum.federation import FederationDocument, load_federation
-from continuum.model import RunState, SiteKind, TaskState, Topology, WorkflowDocument, WorkflowState
+from continuum.model import SiteKind, Topology, WorkflowDocument
 from control_plane import listen
 from control_plane.api import create_app
 from control_plane.artifacts import LocalArtifactStore
+from control_plane.deps import Services
 from control_plane.federation import Federation
+from control_plane.migration import MigrationController
+from control_plane.models import ModelService
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
-from control_plane.store import RunRow, Store, TaskRow, WorkflowRow, add_event, new_id
-from control_plane.validation import check_workflow, effective_dependencies
+from control_plane.store import Store, WorkflowRow
+from control_plane.workflows import WorkflowService
 from monitoring.collector import Collector
 from monitoring.metrics import ControlPlaneMetrics
 from monitoring.telemetry import DeviceReading
@@ -49,30 +54,38 @@ class ControlPlane:
             self.settings = settings = settings.model_copy(
                 update={"control_plane_location": federation_doc.spec.control_plane.location})
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        # every collaborator gets what it uses through its constructor, in dependency
+        # order; the device readings are read lazily (at scrape or collection time)
         self.store = Store(settings.db_url)
-        self.metrics = ControlPlaneMetrics()
+        self.metrics = ControlPlaneMetrics(devices=self.device_readings)
         self.artifacts = LocalArtifactStore(settings.artifact_dir, self.store)
         topo = (Topology(locations=federation_doc.spec.locations, links=federation_doc.spec.links)
                 if federation_doc else Topology())
         self.network = TopologyModel(topo)
+        self._wake = threading.Event()
+        """The reconciler's wake-up: adapters and the API set it to run the next cycle now."""
         self.ctx = AdapterContext(artifacts=self.artifacts, state_dir=settings.state_dir,
-                                  wake=lambda: self.reconciler.wake())
-        self.federation = Federation(self.store, self.ctx, settings, self.metrics)
-        self.reconciler = Reconciler(self.store, self.federation, self.artifacts, settings,
-                                     self.metrics, self.network)
+                                  wake=self._wake.set)
         self.collector = Collector(self.metrics, topology=self.network,
                                    control_plane_location=settings.control_plane_location,
                                    devices=self.device_readings)
-        self.federation.collector = self.collector
-        self.metrics.devices.source = self.device_readings
-        from control_plane.migration import MigrationController
-        from control_plane.models import ModelService
-
-        self.models = ModelService(self)
-        self.migration = MigrationController(self)
-        self.reconciler.framework = self.models.framework
-        self.reconciler.hooks += [self.models.on_cycle, self.migration.on_cycle]
-        self.app = create_app(self)
+        self.federation = Federation(self.store, self.ctx, settings, self.metrics,
+                                     collector=self.collector)
+        self.models = ModelService(settings, self.store, self.federation.nodes, self.metrics)
+        self.migration = MigrationController(settings, self.store, self.federation,
+                                             self.network, lambda: self.models.framework)
+        self.reconciler = Reconciler(self.store, self.federation, settings,
+                                     self.metrics, self.network,
+                                     framework=lambda: self.models.framework,
+                                     hooks=[self.models.on_cycle],
+                                     proposers=[self.migration.on_cycle],
+                                     wake_event=self._wake)
+        self.workflows = WorkflowService(self.store, self.federation, self._wake.set)
+        self.app = create_app(Services(
+            settings=settings, store=self.store, federation=self.federation,
+            artifacts=self.artifacts, collector=self.collector, network=self.network,
+            metrics=self.metrics, models=self.models, workflows=self.workflows,
+            loop=self.reconciler, devices=self.devices))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._collector_thread: threading.Thread | None = None
@@ -123,58 +136,8 @@ class ControlPlane:
     # ------------------------------------------------------------ operations the API calls
 
     def submit(self, doc: WorkflowDocument) -> WorkflowRow:
-        """Check and store a workflow with its tasks in one transaction; returns its row.
-
-        Raises:
-            ValidationFailed: see :func:`control_plane.validation.check_workflow`.
-        """
-        check_workflow(doc, self.federation.nodes())
-        deps = effective_dependencies(doc)
-        wf = WorkflowRow(id=new_id("wf"), name=doc.metadata.name,
-                         state=WorkflowState.Pending.value, document=doc.wire())
-        with self.store.session() as s:
-            s.add(wf)
-            s.flush()
-            for t in doc.spec.tasks:
-                s.add(TaskRow(workflow_id=wf.id, name=t.name, spec=t.wire(),
-                              depends_on=deps[t.name],
-                              state=(TaskState.Waiting if deps[t.name] else TaskState.Ready).value))
-            add_event(s, "WorkflowAccepted", f"{len(doc.spec.tasks)} tasks", workflow_id=wf.id)
-        log.info("workflow %s (%s) accepted with %d tasks", wf.id, wf.name, len(doc.spec.tasks))
-        self.reconciler.wake()
-        return wf
-
-    def check_upload(self, workflow_id: str, name: str, run_id: str | None) -> str | None:
-        """Check an upload may go ahead; returns the producing run's node.
-
-        Raises:
-            NotFound: no such workflow or run.
-            Conflict: the run already finished, or is not of this workflow.
-        """
-        with self.store.session() as s:
-            wf = s.get(WorkflowRow, workflow_id)
-            if wf is None:
-                raise NotFound(f"workflow {workflow_id!r} does not exist")
-            if WorkflowState(wf.state).terminal:
-                raise Conflict(f"workflow {workflow_id} already {wf.state.lower()}; "
-                               "its artifacts can no longer change")
-            if run_id is None:
-                return None
-            run = s.get(RunRow, run_id)
-            if run is None or run.workflow_id != workflow_id:
-                raise NotFound(f"run {run_id!r} is not a run of workflow {workflow_id}")
-            if RunState(run.state).terminal:
-                raise Conflict(f"run {run_id} already {run.state.lower()}; its outputs are closed")
-            return run.node
-
-    def live_logs(self, run: RunRow, tail: int) -> str:
-        adapter = self.federation.get_adapter(run.site or "")
-        if adapter is None or not run.handle:
-            return ""
-        try:
-            return adapter.logs(Handle.from_json(run.handle), tail)
-        except AdapterError as e:
-            return f"(logs unavailable: {e})"
+        """See :meth:`control_plane.workflows.WorkflowService.submit`."""
+        return self.workflows.submit(doc)
 
     def devices(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -5,7 +5,10 @@ SQLite (a file under the state directory) by default, in WAL mode with
 Only portable column types are used (``String``, ``Integer``, ``Float``, ``JSON``,
 timezone-aware ``DateTime``), so the same schema runs on PostgreSQL.
 
-Times are stored as UTC.
+Times are stored as UTC. States are enums (:class:`~continuum.model.RunState`,
+``TaskState``, ``WorkflowState``) stored as their values. The schema is created with
+``create_all`` (no migrations yet): a state directory from before ``replaces_run_id``
+must be started afresh (:class:`Store` says so with :class:`SchemaMismatch`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Integer,
@@ -27,11 +32,14 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from continuum.model import RunState, TaskState, WorkflowState
 
 
 def utcnow() -> datetime:
@@ -60,6 +68,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+def _state(enum: type[StrEnum]) -> Enum:
+    """A state column: the enum's values as VARCHAR(16) (no native enum type, so the same
+    schema runs on SQLite and PostgreSQL); rows read back as enum members, so code
+    compares with ``RunState.Running``, never a literal string."""
+    return Enum(enum, native_enum=False, length=16, validate_strings=True,
+                values_callable=lambda e: [m.value for m in e])
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -69,7 +85,7 @@ class WorkflowRow(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), index=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[WorkflowState] = mapped_column(_state(WorkflowState), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
@@ -83,7 +99,7 @@ class TaskRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"), index=True)
     name: Mapped[str] = mapped_column(String(63))
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[TaskState] = mapped_column(_state(TaskState), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     depends_on: Mapped[list[str]] = mapped_column(JSON)
@@ -99,7 +115,7 @@ class RunRow(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
     task_name: Mapped[str] = mapped_column(String(63))
     attempt: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[RunState] = mapped_column(_state(RunState), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     site: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -118,6 +134,9 @@ class RunRow(Base):
     runtime_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     released: Mapped[bool] = mapped_column(Boolean, default=False)
+    replaces_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    """Set on the new run of a make-before-break move: the run it replaces. The move is
+    in progress while both are active (the old one serves until the new one runs)."""
 
 
 class EventRow(Base):
@@ -163,8 +182,30 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+class SchemaMismatch(RuntimeError):
+    """The database was made by an older schema (there are no migrations yet)."""
+
+
+def _check_schema(engine: Engine) -> None:
+    """Raise :class:`SchemaMismatch` naming every column this schema has and the existing
+    tables lack (``create_all`` adds missing tables, never missing columns)."""
+    have = inspect(engine)
+    missing = [f"{t.name}.{c.name}" for t in Base.metadata.sorted_tables
+               if have.has_table(t.name)
+               for c in t.columns if c.name not in {x["name"] for x in have.get_columns(t.name)}]
+    if missing:
+        raise SchemaMismatch(
+            f"the database {engine.url.render_as_string(hide_password=True)} was made by an "
+            f"older Continuum (missing column(s): {', '.join(missing)}); there are no schema "
+            "migrations yet: start with a new state directory (or database)")
+
+
 class Store:
-    """Engine and session factory; ``session()`` is a unit of work that commits on exit."""
+    """Engine and session factory; ``session()`` is a unit of work that commits on exit.
+
+    Raises:
+        SchemaMismatch: the database was made by an older schema.
+    """
 
     def __init__(self, url: str):
         self.url = url
@@ -174,7 +215,12 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+            _check_schema(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -197,3 +243,23 @@ def add_event(s: Session, type_: str, message: str, *, workflow_id: str | None =
     """Record one event (``type_`` e.g. ``RunPlaced``) with the current time."""
     s.add(EventRow(workflow_id=workflow_id, run_id=run_id, type=type_, message=message,
                    at=utcnow()))
+
+
+ACTIVE_RUN_STATES = tuple(st for st in RunState if st.active)
+""":attr:`RunState.active` as a tuple for SQL ``IN`` (derived from the one definition)."""
+TERMINAL_RUN_STATES = tuple(st for st in RunState if st.terminal)
+LIVE_WORKFLOW_STATES = (WorkflowState.Pending, WorkflowState.Running)
+"""Workflows whose tasks advance and get placed."""
+
+
+def failed_nodes(s: Session, task_ids: list[int]) -> dict[int, frozenset[str]]:
+    """Task id → the node ids where its earlier runs failed (one query); placement then
+    prefers another node for the retry."""
+    out: dict[int, set[str]] = {}
+    for task_id, node in s.execute(
+            select(RunRow.task_id, RunRow.node).where(
+                RunRow.task_id.in_(task_ids), RunRow.state == RunState.Failed,
+                RunRow.node.is_not(None))):
+        if node:
+            out.setdefault(task_id, set()).add(node)
+    return {k: frozenset(v) for k, v in out.items()}

@@ -21,7 +21,9 @@ from monitoring.telemetry import DeviceReading
 class ControlPlaneMetrics:
     """The metric families; the reconciler and the API update them."""
 
-    def __init__(self) -> None:
+    def __init__(self, devices: Callable[[], list[DeviceReading]] | None = None) -> None:
+        """``devices``: every device's latest telemetry, read at scrape time (re-exported
+        by :class:`DeviceTelemetryCollector`); None exports no device families."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.placements = Counter(
@@ -95,7 +97,7 @@ class ControlPlaneMetrics:
         self.metrics_age = Gauge(
             "continuum_site_metrics_age_seconds", "Seconds since the site's Prometheus last "
             "answered.", ["site"], registry=r)
-        self.devices = DeviceTelemetryCollector()
+        self.devices = DeviceTelemetryCollector(devices)
         r.register(self.devices)
 
         # ---- Slurm partitions (issue-slurm). Names of vpenso/prometheus-slurm-exporter
@@ -208,7 +210,7 @@ class DeviceTelemetryCollector(Collector):
     ``continuum_device_rtt_seconds`` (agent → broker), ``continuum_device_peer_rtt_seconds``
     (extra label ``peer``), ``continuum_device_temperature_celsius`` and
     ``continuum_device_telemetry_timestamp_seconds`` (when the device measured).
-    ``source`` is set by the control plane; without it nothing is exported.
+    ``source`` is given by the control plane; without it nothing is exported.
     """
 
     def __init__(self, source: Callable[[], list[DeviceReading]] | None = None) -> None:

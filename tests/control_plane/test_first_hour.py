@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -129,6 +130,17 @@ def test_server_on_a_taken_port_says_so_and_starts_nothing(listener: socket.sock
     assert f"port {port} on 127.0.0.1 is already in use by pid {os.getpid()}" in r.stderr
     assert "listening" not in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_server_on_an_old_database_says_so_in_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / "continuum.db") as conn:  # the runs table of an older build
+        conn.execute("CREATE TABLE runs (id VARCHAR(32) PRIMARY KEY, state VARCHAR(16))")
+    r = run_cli("server", "--port", str(free_port()), "--state-dir", str(state))
+    assert r.returncode == 1, r.stderr
+    assert "runs.replaces_run_id" in r.stderr and "new state directory" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
 
 
 def test_demo_on_a_taken_explicit_port_fails_at_once_and_never_talks_to_it(

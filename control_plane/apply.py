@@ -1,0 +1,490 @@
+"""The reconciler's ``apply``: the only code that calls adapters (``submit``, ``cancel``,
+``release``) and writes run and task rows.
+
+:meth:`Applier.apply` carries out a list of :data:`~control_plane.decide.Action` in
+order; consecutive row writes share one transaction, and every adapter call is made
+outside a transaction (a slow backend never holds the store's write lock). Each action
+re-checks the row it changes (a run that moved on since it was observed is left alone),
+so applying an action twice is harmless.
+
+Placement runs here (:class:`~control_plane.decide.PlaceTasks`): it needs the live
+inventory, the served predictors and the artifacts' sizes, and it is a pure function
+of its :class:`~placement.Snapshot`, tested on its own; keeping it out of ``decide``
+keeps the decisions testable with plain data. A failed submit is handed back to the
+decisions (:meth:`~control_plane.decide.Decider.submit_failed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapters.base import ArtifactIn, ArtifactOut, Handle, RunStatus, TaskRun
+from continuum.errors import AdapterError, TransientError
+from continuum.model import Node, RunState, Task, TaskState, WorkflowDocument, WorkflowState
+from control_plane import decide as d
+from control_plane.decide import Action, Decider
+from control_plane.federation import Federation
+from control_plane.settings import Settings
+from control_plane.store import (
+    ACTIVE_RUN_STATES,
+    ArtifactRow,
+    RunRow,
+    Store,
+    TaskRow,
+    WorkflowRow,
+    add_event,
+    failed_nodes,
+    new_id,
+)
+from monitoring.metrics import ControlPlaneMetrics
+from monitoring.topology import TopologyModel
+from placement import DataSource, Framework, PlacementRequest, Snapshot, place
+
+log = logging.getLogger(__name__)
+
+
+def _ts(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+
+class Applier:
+    """Carries out actions. ``framework``: the placement framework for the next batch;
+    ``wake``: runs the reconciler's next cycle now (after a placement, to dispatch)."""
+
+    def __init__(self, store: Store, federation: Federation, settings: Settings,
+                 metrics: ControlPlaneMetrics, network: TopologyModel,
+                 framework: Callable[[], Framework | None], wake: Callable[[], None],
+                 clock: Callable[[], float]) -> None:
+        self.store = store
+        self.federation = federation
+        self.settings = settings
+        self.metrics = metrics
+        self.network = network
+        self.framework = framework
+        self.wake = wake
+        self.clock = clock
+        self._docs: dict[str, WorkflowDocument] = {}
+        self.moves = 0
+        """Runs migrated or moves started so far (a producer's actions that took effect)."""
+
+    def apply(self, actions: Sequence[Action], decider: Decider | None = None) -> None:
+        """Carry out ``actions`` in order. ``decider`` gets the outcome of a failed submit
+        (its actions are applied at once); without one, the next cycle decides."""
+        writes: list[Action] = []
+        for a in actions:
+            if isinstance(a, d.StopWorkflow | d.MigrateRun | d.Dispatch | d.Release
+                          | d.PlaceTasks | d.RemoveSite):
+                self._write(writes)
+                writes = []
+                self._io(a, decider)
+            else:
+                writes.append(a)
+        self._write(writes)
+
+    def _write(self, actions: Sequence[Action]) -> None:
+        if not actions:
+            return
+        now = self.clock()
+        with self.store.session() as s:
+            for a in actions:
+                self._write_one(s, a, now)
+
+    def _write_one(self, s: Session, a: Action, now: float) -> None:
+        if isinstance(a, d.SetRunState | d.RecordStatus | d.DispatchRetry | d.AbortMove):
+            run = s.get(RunRow, a.run_id)
+            if run is None or not run.state.active:
+                return
+            if isinstance(a, d.RecordStatus):
+                self._record(run, a.status, now)
+            elif isinstance(a, d.SetRunState):
+                self._transition(s, run, a, now)
+            elif isinstance(a, d.DispatchRetry):
+                run.reason = a.error
+                add_event(s, "DispatchRetry", a.error, workflow_id=run.workflow_id,
+                          run_id=run.id)
+            else:
+                add_event(s, "MigrationAborted", a.message, workflow_id=run.workflow_id,
+                          run_id=run.id)
+            return
+        if isinstance(a, d.StartMove):
+            self._start_move(s, a)
+            return
+        if isinstance(a, d.FinishWorkflow):
+            wf = s.get(WorkflowRow, a.workflow_id)
+            if wf is not None and not wf.state.terminal:
+                self._finish_workflow(s, wf, a.state, a.reason)
+            return
+        if not isinstance(a, d.RetryTask | d.FailTask | d.SucceedTask | d.MarkTaskReady
+                          | d.CancelTask):
+            raise TypeError(f"not a write action: {a!r}")
+        task = s.get(TaskRow, a.task_id)
+        if task is None:
+            return
+        if isinstance(a, d.RetryTask) and task.state == TaskState.Running:
+            task.state, task.not_before, task.reason = TaskState.Ready, _ts(a.not_before), a.reason
+            add_event(s, "TaskRetry", a.reason, workflow_id=task.workflow_id, run_id=a.run_id)
+        elif isinstance(a, d.FailTask) and task.state == TaskState.Running:
+            task.state, task.reason = TaskState.Failed, a.reason
+            add_event(s, "TaskFailed", a.reason, workflow_id=task.workflow_id, run_id=a.run_id)
+        elif isinstance(a, d.SucceedTask) and task.state == TaskState.Running:
+            task.state, task.reason = TaskState.Succeeded, ""
+        elif isinstance(a, d.MarkTaskReady) and task.state == TaskState.Waiting:
+            task.state, task.reason = TaskState.Ready, ""
+            add_event(s, "TaskReady", f"task {task.name} is ready", workflow_id=task.workflow_id)
+        elif isinstance(a, d.CancelTask) and task.state == TaskState.Waiting:
+            task.state, task.reason = TaskState.Cancelled, a.reason
+
+    def _io(self, a: Action, decider: Decider | None) -> None:
+        if isinstance(a, d.StopWorkflow):
+            self._stop_workflow(a)
+        elif isinstance(a, d.MigrateRun):
+            self._migrate(a)
+        elif isinstance(a, d.Dispatch):
+            self._dispatch(a.run_id, decider)
+        elif isinstance(a, d.Release):
+            self._release(a.run_id)
+        elif isinstance(a, d.PlaceTasks):
+            if self._place_batch(a.task_ids):
+                self.wake()  # the next cycle dispatches the new runs
+        elif isinstance(a, d.RemoveSite):
+            self.remove_site(a)
+
+    # ------------------------------------------------------------ row writes
+
+    def _doc(self, s: Session, workflow_id: str) -> WorkflowDocument:
+        doc = self._docs.get(workflow_id)
+        if doc is None:
+            row = s.get(WorkflowRow, workflow_id)
+            assert row is not None
+            doc = self._docs[workflow_id] = WorkflowDocument.model_validate(row.document)
+        return doc
+
+    def _set_run_state(self, s: Session, run: RunRow, state: RunState, message: str) -> None:
+        if run.state == state:
+            return
+        run.state = state
+        self.metrics.run_transitions.labels(state.value).inc()
+        add_event(s, f"Run{state.value}", message, workflow_id=run.workflow_id, run_id=run.id)
+        log.info("run %s (%s/%s): %s — %s", run.id, run.workflow_id, run.task_name,
+                 state.value, message)
+
+    @staticmethod
+    def _record(run: RunRow, st: RunStatus, now: float) -> None:
+        if st.started_at and run.started_at is None:
+            run.started_at = st.started_at
+        run.output_tail = st.output_tail or run.output_tail
+        run.simulated = run.simulated or st.simulated
+
+    def _transition(self, s: Session, run: RunRow, a: d.SetRunState, now: float) -> None:
+        st = a.status
+        if st is not None:
+            self._record(run, st, now)
+        if a.reason is not None:
+            run.reason = a.reason
+        if a.state == RunState.Running:
+            run.started_at = run.started_at or _ts(now)
+        elif a.state.terminal:
+            run.finished_at = (st.finished_at if st is not None else None) or _ts(now)
+            if st is not None:
+                run.exit_code, run.bytes_in, run.bytes_out = st.exit_code, st.bytes_in, st.bytes_out
+                run.energy_j = st.energy_j
+                self.metrics.bytes_moved.labels("in").inc(st.bytes_in)
+                self.metrics.bytes_moved.labels("out").inc(st.bytes_out)
+            run.runtime_s = a.runtime_s
+        if a.state == RunState.Succeeded:
+            for rec in st.outputs if st is not None else []:
+                art = s.get(ArtifactRow, (run.workflow_id, rec.name))
+                if art is not None and art.run_id is None:
+                    art.run_id, art.node = run.id, run.node
+            self.metrics.observe_prediction(run.site or "", run.placement, run.runtime_s,
+                                            run.energy_j)
+        self._set_run_state(s, run, a.state, a.message)
+
+    def _finish_workflow(self, s: Session, wf: WorkflowRow, state: WorkflowState,
+                         reason: str) -> None:
+        wf.state, wf.reason = state, reason
+        wf.finished_at = wf.updated_at = _ts(self.clock())
+        add_event(s, f"Workflow{state.value}", reason or state.value, workflow_id=wf.id)
+        log.info("workflow %s (%s): %s %s", wf.id, wf.name, state.value, reason)
+        self._docs.pop(wf.id, None)
+
+    # ------------------------------------------------------------ adapter calls
+
+    def _cancel_on_backend(self, run_id: str) -> str | None:
+        """Tell the backend to stop the run; returns an error message or None."""
+        with self.store.session() as s:
+            run = s.get(RunRow, run_id)
+            site, handle = (run.site, run.handle) if run is not None else (None, None)
+        if not handle:
+            return None
+        adapter = self.federation.get_adapter(site or "")
+        if adapter is None:
+            return None
+        try:
+            adapter.cancel(Handle.from_json(handle))
+        except AdapterError as e:
+            return str(e)
+        return None
+
+    def _stop_workflow(self, a: d.StopWorkflow) -> None:
+        ok = True
+        for run_id in a.run_ids:
+            err = self._cancel_on_backend(run_id)
+            with self.store.session() as s:
+                run = s.get(RunRow, run_id)
+                if run is None or not run.state.active:
+                    continue
+                if err:
+                    ok = False
+                    log.warning("run %s: cancel failed, will retry: %s", run.id, err)
+                    continue
+                run.reason, run.finished_at = a.reason, _ts(self.clock())
+                self._set_run_state(s, run, RunState.Cancelled, a.reason)
+        if not ok:
+            return
+        with self.store.session() as s:
+            for t in s.scalars(select(TaskRow).where(TaskRow.workflow_id == a.workflow_id)):
+                if t.state not in (TaskState.Succeeded, TaskState.Failed):
+                    t.state, t.reason = a.task_state, a.reason
+            wf = s.get(WorkflowRow, a.workflow_id)
+            if wf is not None and not wf.state.terminal:
+                self._finish_workflow(s, wf, a.finish, a.finish_reason)
+
+    def _migrate(self, a: d.MigrateRun) -> None:
+        err = self._cancel_on_backend(a.run_id)
+        with self.store.session() as s:
+            run = s.get(RunRow, a.run_id)
+            if run is None or not run.state.active:
+                return
+            if err:
+                log.warning("run %s: not migrated yet (%s): cancel on the backend failed, "
+                            "will retry: %s", run.id, a.message, err)
+                return
+            run.reason, run.finished_at = a.message, _ts(self.clock())
+            run.state = RunState.Migrated
+            self.metrics.run_transitions.labels(RunState.Migrated.value).inc()
+            self.metrics.migrations.labels(a.label).inc()
+            add_event(s, "RunMigrated", f"{a.label}: {a.message}",
+                      workflow_id=run.workflow_id, run_id=run.id)
+            others = s.scalars(select(RunRow.id).where(
+                RunRow.task_id == run.task_id, RunRow.id != run.id,
+                RunRow.state.in_(ACTIVE_RUN_STATES))).first()
+            task = s.get(TaskRow, run.task_id)
+            if task is not None and task.state == TaskState.Running and others is None:
+                task.state, task.not_before = TaskState.Ready, None
+                task.attempts = max(0, task.attempts - 1)  # a migration is not a failed attempt
+                task.reason = f"migrating: {a.message}"
+            self.moves += 1
+            log.info("run %s migrated (%s): %s", run.id, a.label, a.message)
+
+    def _release(self, run_id: str) -> None:
+        with self.store.session() as s:
+            run = s.get(RunRow, run_id)
+            if run is None or run.released or not run.state.terminal:
+                return
+            site, handle = run.site, run.handle
+        adapter = self.federation.get_adapter(site or "") if handle else None
+        if adapter is not None and handle:
+            try:
+                adapter.release(Handle.from_json(handle))
+            except AdapterError as e:
+                log.debug("run %s: release deferred: %s", run_id, e)
+                return
+        with self.store.session() as s:
+            run = s.get(RunRow, run_id)
+            if run is not None:
+                run.released = True
+
+    def remove_site(self, a: d.RemoveSite) -> dict[str, Any]:
+        """Cancel (or leave) the site's active runs, then forget the site.
+
+        Raises:
+            NotFound: no such site.
+            AdapterError: the backend refused to cancel a run (nothing was removed).
+        """
+        self.federation.site(a.name)  # NotFound
+        with self.store.session() as s:
+            active = [(r.id, r.workflow_id, r.handle) for r in s.scalars(
+                select(RunRow).where(RunRow.site == a.name,
+                                     RunRow.state.in_(ACTIVE_RUN_STATES)))]
+        cancelled: list[str] = []
+        left: list[str] = []
+        for run_id, _, handle in active:
+            if not handle:
+                continue
+            if not a.cancel_runs:
+                left.append(run_id)
+                continue
+            err = self._cancel_on_backend(run_id)
+            if err:
+                raise AdapterError(f"cancelling run {run_id} failed: {err}", site=a.name)
+            cancelled.append(run_id)
+        self.federation.remove(a.name)
+        with self.store.session() as s:
+            for run_id, workflow_id, _ in active:
+                what = ("its backend work was cancelled" if run_id in cancelled else
+                        "its backend work was left running, untracked" if run_id in left else
+                        "it was not dispatched yet")
+                add_event(s, "SiteRemoved", f"site {a.name} was removed; {what}",
+                          workflow_id=workflow_id, run_id=run_id)
+        self.wake()
+        return {"site": a.name, "runs": "cancel" if a.cancel_runs else "leave",
+                "cancelled": cancelled, "left": left}
+
+    # ------------------------------------------------------------ place
+
+    def _sources(self, s: Session, workflow_id: str, task: Task,
+                 doc: WorkflowDocument) -> tuple[list[DataSource], list[ArtifactIn]]:
+        sources: list[DataSource] = []
+        inputs: list[ArtifactIn] = []
+        cp = self.settings.control_plane_location
+        for ref in task.inputs:
+            art = s.get(ArtifactRow, (workflow_id, ref.name))
+            if art is None:
+                continue
+            # placement resolves node ids and site names to locations itself
+            sources.append(DataSource(bytes=art.size, locations=[cp],
+                                      nodes=[art.node] if art.node else []))
+            inputs.append(ArtifactIn(
+                name=ref.name, path=ref.path or ref.name,
+                url=f"{self.settings.api_url}/v1/artifacts/{workflow_id}/{ref.name}",
+                sha256=art.sha256, size=art.size, simulated=art.simulated))
+        datasets = {ds.name: ds for ds in doc.spec.datasets}
+        for name in task.datasets:
+            ds = datasets[name]
+            sources.append(DataSource(bytes=ds.size, locations=list(ds.locations)))
+        return sources, inputs
+
+    def _place_batch(self, task_ids: Sequence[int]) -> int:
+        """Place the still-Ready tasks in one batch: Pending → Placed; returns the count."""
+        now = self.clock()
+        placed = 0
+        with self.store.session() as s:
+            ready = [t for t in (s.get(TaskRow, i) for i in task_ids)
+                     if t is not None and t.state == TaskState.Ready]
+            if not ready:
+                return 0
+            requests, by_key = [], {}
+            failed_on = failed_nodes(s, [t.id for t in ready])
+            for t in ready:
+                doc = self._doc(s, t.workflow_id)
+                task = Task.model_validate(t.spec)
+                sources, _ = self._sources(s, t.workflow_id, task, doc)
+                requests.append(PlacementRequest(key=str(t.id), task=task,
+                                                 objective=doc.spec.objective, sources=sources,
+                                                 avoid=failed_on.get(t.id, frozenset())))
+                by_key[str(t.id)] = t
+            t0 = time.perf_counter()
+            outcomes = place(requests, Snapshot(nodes=self.federation.placeable_nodes(draining=True),
+                                                network=self.network, now=now),
+                             self.framework())
+            self.metrics.placement_cycle.observe(time.perf_counter() - t0)
+            for out in outcomes:
+                t = by_key[out.key]
+                if out.decision is None:
+                    self.metrics.unschedulable.inc()
+                    reason = f"unschedulable: {out.reason}"
+                    if t.reason != reason:
+                        t.reason = reason
+                        add_event(s, "TaskUnschedulable", f"task {t.name}: {out.reason}",
+                                  workflow_id=t.workflow_id)
+                    continue
+                dec = out.decision
+                t.attempts += 1
+                t.state, t.reason, t.not_before = TaskState.Running, "", None
+                run = RunRow(id=new_id("run"), workflow_id=t.workflow_id, task_id=t.id,
+                             task_name=t.name, attempt=t.attempts, state=RunState.Pending,
+                             site=dec.site, node=dec.node, placement=dec.wire(),
+                             created_at=_ts(now), placed_at=_ts(now))
+                s.add(run)
+                s.flush()
+                add_event(s, "RunPending", f"run {run.id} of task {t.name}, attempt {t.attempts}",
+                          workflow_id=t.workflow_id, run_id=run.id)
+                self._set_run_state(s, run, RunState.Placed,
+                                    f"placed on {dec.node} ({dec.tier.value}): "
+                                    + "; ".join(dec.reasons))
+                self.metrics.placements.labels(dec.site, dec.tier.value).inc()
+                placed += 1
+                wf = s.get(WorkflowRow, t.workflow_id)
+                if wf is not None and wf.state == WorkflowState.Pending:
+                    wf.state, wf.updated_at = WorkflowState.Running, _ts(now)
+                    add_event(s, "WorkflowRunning", "first task placed", workflow_id=wf.id)
+        return placed
+
+    def _start_move(self, s: Session, a: d.StartMove) -> None:
+        """Write a make-before-break move's new run (see :class:`~control_plane.decide.StartMove`)."""
+        old = s.get(RunRow, a.run_id)
+        if old is None or old.state not in (RunState.Dispatched, RunState.Running):
+            return
+        now = _ts(self.clock())
+        # a move is not an attempt: the new run shares the old one's attempt number, and
+        # its failure aborts the move instead of counting against the task's retries
+        new = RunRow(id=a.new_run_id, workflow_id=old.workflow_id, task_id=old.task_id,
+                     task_name=old.task_name, attempt=old.attempt, state=RunState.Placed,
+                     site=a.site, node=a.node, placement=a.placement, created_at=now,
+                     placed_at=now, replaces_run_id=old.id)
+        s.add(new)
+        s.flush()
+        old.reason = f"migrating to run {new.id} on {a.node}"
+        add_event(s, "RunMigrating", a.message,
+                  workflow_id=old.workflow_id, run_id=old.id)
+        self.metrics.run_transitions.labels(RunState.Placed.value).inc()
+        add_event(s, "RunPlaced", a.placed_message, workflow_id=old.workflow_id, run_id=new.id)
+        self.moves += 1
+
+    # ------------------------------------------------------------ dispatch
+
+    def _dispatch(self, run_id: str, decider: Decider | None) -> None:
+        with self.store.session() as s:
+            run = s.get(RunRow, run_id)
+            if run is None or run.state != RunState.Placed:
+                return
+            doc = self._doc(s, run.workflow_id)
+            task_row = s.get(TaskRow, run.task_id)
+            assert task_row is not None
+            task = Task.model_validate(task_row.spec)
+            _, inputs = self._sources(s, run.workflow_id, task, doc)
+            outputs = [ArtifactOut(name=o.name, path=o.path, size_hint=o.size,
+                                   url=f"{self.settings.api_url}/v1/artifacts/"
+                                       f"{run.workflow_id}/{o.name}?run={run.id}")
+                       for o in task.outputs]
+            dataset_bytes = sum(ds.size for ds in doc.spec.datasets if ds.name in task.datasets)
+            tr = TaskRun(run_id=run.id, workflow_id=run.workflow_id,
+                         workflow_name=doc.metadata.name, task=task, attempt=run.attempt,
+                         inputs=inputs, outputs=outputs, dataset_bytes=dataset_bytes)
+            site, node_id = run.site, run.node
+        adapter = self.federation.get_adapter(site or "")
+        node: Node | None = self.federation.node(node_id or "")
+        error, handle, transient = "", None, False
+        if adapter is None or node is None:
+            error = f"node {node_id} is no longer in the inventory"
+        else:
+            try:
+                handle = adapter.submit(tr, node, request_id=run_id)
+            except TransientError as e:
+                error, transient = str(e), True
+            except AdapterError as e:
+                error = str(e)
+            except Exception as e:  # an adapter bug fails the run, not the loop
+                log.exception("site %s: submit of %s failed", site, run_id)
+                error = f"submit failed: {e!r}"
+        if handle is not None:
+            with self.store.session() as s:
+                row = s.get(RunRow, run_id)
+                if row is not None and row.state == RunState.Placed:
+                    row.handle, row.dispatched_at = handle.to_json(), _ts(self.clock())
+                    self._set_run_state(s, row, RunState.Dispatched, f"submitted to {site}")
+            return
+        if decider is not None:
+            self.apply(decider.submit_failed(run_id, error, transient), decider)
+
+
+__all__ = ["Applier"]

@@ -1,0 +1,104 @@
+"""The narrow services the API routers use, and their FastAPI dependencies.
+
+:func:`control_plane.api.create_app` keeps one :class:`Services` on ``app.state``; a
+route asks for exactly what it uses, e.g. ``store: Annotated[Store, Depends(get_store)]``
+(tests may swap one with ``app.dependency_overrides``). No route sees the ControlPlane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import Request
+
+from control_plane.actions import Action
+from control_plane.artifacts import LocalArtifactStore
+from control_plane.federation import Federation
+from control_plane.models import ModelService
+from control_plane.settings import Settings
+from control_plane.store import Store
+from control_plane.workflows import WorkflowService
+from monitoring.collector import Collector
+from monitoring.metrics import ControlPlaneMetrics
+from monitoring.topology import TopologyModel
+
+
+class Loop(Protocol):
+    """What the API needs of the reconciler: wake it, hand it an action, see it live."""
+
+    @property
+    def last_cycle_at(self) -> float | None: ...
+
+    def wake(self) -> None: ...
+
+    def request(self, action: Action) -> Future[Any]: ...
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the routers may use; each route takes only its part."""
+
+    settings: Settings
+    store: Store
+    federation: Federation
+    artifacts: LocalArtifactStore
+    collector: Collector
+    network: TopologyModel
+    metrics: ControlPlaneMetrics
+    models: ModelService
+    workflows: WorkflowService
+    loop: Loop
+    devices: Callable[[], list[dict[str, Any]]]
+    """Every device of every fleet, as the API lists them."""
+
+
+def services(request: Request) -> Services:
+    s: Services = request.app.state.services
+    return s
+
+
+def get_settings(request: Request) -> Settings:
+    return services(request).settings
+
+
+def get_store(request: Request) -> Store:
+    return services(request).store
+
+
+def get_federation(request: Request) -> Federation:
+    return services(request).federation
+
+
+def get_artifacts(request: Request) -> LocalArtifactStore:
+    return services(request).artifacts
+
+
+def get_collector(request: Request) -> Collector:
+    return services(request).collector
+
+
+def get_network(request: Request) -> TopologyModel:
+    return services(request).network
+
+
+def get_metrics(request: Request) -> ControlPlaneMetrics:
+    return services(request).metrics
+
+
+def get_models(request: Request) -> ModelService:
+    return services(request).models
+
+
+def get_workflows(request: Request) -> WorkflowService:
+    return services(request).workflows
+
+
+def get_loop(request: Request) -> Loop:
+    return services(request).loop
+
+
+def get_devices(request: Request) -> Callable[[], list[dict[str, Any]]]:
+    return services(request).devices

@@ -1,0 +1,61 @@
+"""What the API routers share: the body limit, OpenAPI bodies, time formatting and the
+dependency aliases (``StoreDep`` = a :class:`~control_plane.store.Store` parameter
+filled by :func:`control_plane.deps.get_store`, and so on)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from continuum.errors import Problem, ValidationFailed
+from control_plane import deps
+from control_plane.artifacts import LocalArtifactStore
+from control_plane.federation import Federation
+from control_plane.models import ModelService
+from control_plane.settings import Settings
+from control_plane.store import Store
+from control_plane.workflows import WorkflowService
+from monitoring.collector import Collector
+from monitoring.metrics import ControlPlaneMetrics
+from monitoring.topology import TopologyModel
+
+MAX_BODY_BYTES = 1 << 20
+"""Largest workflow or site document accepted (bytes)."""
+
+SettingsDep = Annotated[Settings, Depends(deps.get_settings)]
+StoreDep = Annotated[Store, Depends(deps.get_store)]
+FederationDep = Annotated[Federation, Depends(deps.get_federation)]
+ArtifactsDep = Annotated[LocalArtifactStore, Depends(deps.get_artifacts)]
+CollectorDep = Annotated[Collector, Depends(deps.get_collector)]
+NetworkDep = Annotated[TopologyModel, Depends(deps.get_network)]
+MetricsDep = Annotated[ControlPlaneMetrics, Depends(deps.get_metrics)]
+ModelsDep = Annotated[ModelService, Depends(deps.get_models)]
+WorkflowsDep = Annotated[WorkflowService, Depends(deps.get_workflows)]
+LoopDep = Annotated[deps.Loop, Depends(deps.get_loop)]
+DevicesDep = Annotated[Callable[[], list[dict[str, Any]]], Depends(deps.get_devices)]
+
+
+def body_of(schema: str) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose body is the named schema, in JSON or YAML."""
+    ref = {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+    return {"requestBody": {"required": True, "content": {"application/json": ref,
+                                                           "application/yaml": ref}}}
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body.
+
+    Raises:
+        ValidationFailed: it is over :data:`MAX_BODY_BYTES` (type ``body_too_large``).
+    """
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ValidationFailed([Problem(["body"], f"the body has {len(body)} bytes; the "
+                                        f"limit is {MAX_BODY_BYTES}", "body_too_large")])
+    return body
+
+
+def iso(dt: Any) -> str | None:
+    return dt.isoformat() if dt is not None else None

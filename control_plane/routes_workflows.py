@@ -1,0 +1,127 @@
+"""Workflow routes: submit, list, read and cancel (``/v1/workflows``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from continuum.errors import NotFound
+from continuum.model import TaskState, WorkflowState
+from control_plane.routes_common import StoreDep, WorkflowsDep, body_of, iso, read_body
+from control_plane.routes_runs import event_view, run_view
+from control_plane.store import LIVE_WORKFLOW_STATES, EventRow, RunRow, TaskRow, WorkflowRow
+from control_plane.validation import parse_document
+
+router = APIRouter(tags=["workflows"])
+
+
+def waiting_reasons(s: Session, workflow_ids: list[str]) -> dict[str, str]:
+    """Workflow id → why a live workflow is held up: the reason of its first Ready task
+    that placement could not place (``"task b: unschedulable: no node fits: ..."``); one
+    query. Workflows with no such task are absent."""
+    out: dict[str, str] = {}
+    if not workflow_ids:
+        return out
+    for wid, name, reason in s.execute(
+            select(TaskRow.workflow_id, TaskRow.name, TaskRow.reason)
+            .join(WorkflowRow, WorkflowRow.id == TaskRow.workflow_id)
+            .where(TaskRow.workflow_id.in_(workflow_ids),
+                   TaskRow.state == TaskState.Ready, TaskRow.reason != "",
+                   WorkflowRow.state.in_(LIVE_WORKFLOW_STATES))
+            .order_by(TaskRow.id)):
+        out.setdefault(wid, f"task {name}: {reason}")
+    return out
+
+
+def workflow_summary(wf: WorkflowRow, counts: dict[str, int] | None = None,
+                     waiting: str = "") -> dict[str, Any]:
+    """The workflow's list entry; ``reason`` is its own, else ``waiting`` (see
+    :func:`waiting_reasons`)."""
+    out: dict[str, Any] = {"id": wf.id, "name": wf.name, "state": wf.state,
+                           "reason": wf.reason or waiting,
+                           "createdAt": iso(wf.created_at), "finishedAt": iso(wf.finished_at)}
+    if counts is not None:
+        out["tasks"] = counts
+    return out
+
+
+@router.post("/v1/workflows", status_code=201, openapi_extra=body_of("WorkflowDocument"),
+             summary="Submit a workflow (JSON or YAML)")
+async def submit_workflow(request: Request, workflows: WorkflowsDep) -> JSONResponse:
+    """Validate, store and start a Workflow document.
+
+    Send ``Content-Type: application/yaml`` for YAML. A 422 lists every problem:
+    schema errors, duplicate or unknown task names, dependency cycles, inputs no
+    task produces, and tasks no node could ever hold.
+    """
+    doc = parse_document(await read_body(request), request.headers.get("content-type"))
+    wf = await run_in_threadpool(workflows.submit, doc)
+    return JSONResponse(workflow_summary(wf), status_code=201,
+                        headers={"Location": f"/v1/workflows/{wf.id}"})
+
+
+@router.get("/v1/workflows", summary="List workflows")
+def list_workflows(store: StoreDep, state: WorkflowState | None = None,
+                   limit: int = Query(50, ge=1, le=500),
+                   offset: int = Query(0, ge=0)) -> dict[str, Any]:
+    """Newest first; filter by ``state``; paginate with ``limit`` and ``offset``."""
+    with store.session() as s:
+        q = select(WorkflowRow)
+        cq = select(func.count()).select_from(WorkflowRow)
+        if state is not None:
+            q = q.where(WorkflowRow.state == state)
+            cq = cq.where(WorkflowRow.state == state)
+        total = s.scalar(cq) or 0
+        rows = s.scalars(q.order_by(WorkflowRow.created_at.desc()).limit(limit)
+                         .offset(offset)).all()
+        counts: dict[str, dict[str, int]] = {r.id: {} for r in rows}
+        if rows:
+            for wid, st, n in s.execute(
+                    select(TaskRow.workflow_id, TaskRow.state, func.count())
+                    .where(TaskRow.workflow_id.in_(list(counts)))
+                    .group_by(TaskRow.workflow_id, TaskRow.state)):
+                counts[wid][st.value] = n
+        waiting = waiting_reasons(s, list(counts))
+        return {"items": [workflow_summary(r, counts[r.id], waiting.get(r.id, ""))
+                          for r in rows],
+                "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/v1/workflows/{workflow_id}", summary="A workflow in full")
+def get_workflow(workflow_id: str, store: StoreDep) -> dict[str, Any]:
+    """Tasks, runs (with placements), events and the submitted document."""
+    with store.session() as s:
+        wf = s.get(WorkflowRow, workflow_id)
+        if wf is None:
+            raise NotFound(f"workflow {workflow_id!r} does not exist")
+        tasks = s.scalars(select(TaskRow).where(TaskRow.workflow_id == wf.id)
+                          .order_by(TaskRow.id)).all()
+        runs = s.scalars(select(RunRow).where(RunRow.workflow_id == wf.id)
+                         .order_by(RunRow.created_at)).all()
+        events = s.scalars(select(EventRow).where(EventRow.workflow_id == wf.id)
+                           .order_by(EventRow.id)).all()
+        return {**workflow_summary(wf, waiting=waiting_reasons(s, [wf.id]).get(wf.id, "")),
+                "tasks": [{"name": t.name, "state": t.state, "reason": t.reason,
+                           "attempts": t.attempts, "dependsOn": t.depends_on,
+                           "runs": [r.id for r in runs if r.task_id == t.id]} for t in tasks],
+                "runs": [run_view(r, tail=False) for r in runs],
+                "events": [event_view(e) for e in events],
+                "document": wf.document}
+
+
+@router.delete("/v1/workflows/{workflow_id}", status_code=202, summary="Cancel a workflow")
+def cancel_workflow(workflow_id: str, workflows: WorkflowsDep) -> dict[str, Any]:
+    """Cancels every run still placed or running, on every backend; returns 202.
+
+    Cancelling a workflow that is already cancelled is harmless; one that succeeded
+    or failed is a 409.
+    """
+    return workflow_summary(workflows.cancel(workflow_id))
+
+
+__all__ = ["router", "workflow_summary"]
