@@ -13,11 +13,12 @@ import uvicorn
 
 from adapters.base import AdapterContext, Handle
 from adapters.capabilities import DeviceFleet
-from continuum.errors import AdapterError, Conflict, NotFound
+from continuum.errors import AdapterError, Conflict, NotFound, TransientError
 from continuum.federation import FederationDocument, load_federation
 from continuum.model import RunState, SiteKind, TaskState, Topology, WorkflowDocument, WorkflowState
 from control_plane.api import create_app
 from control_plane.artifacts import LocalArtifactStore
+from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
@@ -53,8 +54,12 @@ class ControlPlane:
         topo = (Topology(locations=federation_doc.spec.locations, links=federation_doc.spec.links)
                 if federation_doc else Topology())
         self.network = TopologyModel(topo)
-        self.ctx = AdapterContext(artifacts=self.artifacts, state_dir=settings.state_dir,
-                                  wake=lambda: self.reconciler.wake())
+        self.enrollment = Enrollment(self.store, settings, self._site_config)
+        self.ctx = AdapterContext(
+            artifacts=self.artifacts, state_dir=settings.state_dir,
+            wake=lambda: self.reconciler.wake(), device_enrolled=self.enrollment.is_enrolled,
+            dropped=lambda site, reason:
+                self.metrics.device_messages_dropped.labels(site, reason).inc())
         self.federation = Federation(self.store, self.ctx, settings, self.metrics)
         self.reconciler = Reconciler(self.store, self.federation, self.artifacts, settings,
                                      self.metrics, self.network)
@@ -75,10 +80,19 @@ class ControlPlane:
         self._thread: threading.Thread | None = None
         self._collector_thread: threading.Thread | None = None
 
+    def _site_config(self, name: str) -> tuple[SiteKind, dict[str, Any]]:
+        spec = self.federation.site(name).spec
+        return spec.kind, dict(spec.config)
+
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Load stored sites, register the federation file's new sites, start the loop."""
+        """Write the broker's password file and ACL from the store, load stored sites,
+        register the federation file's new sites, start the loop."""
+        try:
+            self.enrollment.sync_broker()
+        except TransientError as e:
+            log.warning("broker files written but the broker was not reloaded: %s", e)
         self.federation.load()
         if self.federation_doc is not None:
             for spec in self.federation_doc.spec.sites:
