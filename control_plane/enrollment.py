@@ -233,9 +233,9 @@ class Enrollment:
             self._enrolled.add((site, device_id))
         log.info("device %s enrolled in site %s (tenant %s)", device_id, site, tenant)
         config = self._devices_site(site)
-        ca_pem = None
-        if config.get("tlsCa"):
-            ca_pem = Path(config["tlsCa"]).read_text()
+        ca = config.get("tlsCa")
+        ca_pem = (None if not ca else ca if ca.lstrip().startswith("-----BEGIN")
+                  else Path(ca).read_text())  # the site's CA: a PEM file path, or PEM
         self.sync_broker()
         return {"deviceId": device_id, "site": site, "tenant": tenant,
                 "brokerUrl": config.get("broker"), "username": device_id,

@@ -263,6 +263,13 @@ def test_enrolled_agent_connects_over_tls_and_runs_a_task(
         assert w["state"] == "Succeeded", w
         runs = httpx.get(f"{served.url}/v1/runs", params={"workflow": wf_id}, timeout=10).json()
         assert [r["node"] for r in runs["items"]] == ["fleet/dev-a"]
+        # revoked: the broker drops it at once and the control plane no longer places on it
+        r = httpx.delete(f"{served.url}/v1/devices/fleet/dev-a/credentials", timeout=10)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: "refused the connection: Not authorized" in log.read_text(), 15,
+                 message=lambda: f"the agent refused after revocation:\n{log.read_text()}")
+        wait_for(lambda: "dev-a" not in [n.name for n in served.cp.federation.nodes()], 10,
+                 message="the revoked device gone from the inventory")
     finally:
         proc.terminate()
         proc.wait(timeout=20)
