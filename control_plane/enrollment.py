@@ -299,6 +299,11 @@ class Enrollment:
                 lines = kept + [f"{r.device_id}:{r.password_hash}" for r in
                                 sorted(rows, key=lambda r: r.device_id) if r.revoked_at is None]
                 _atomic_write(pw_path, "\n".join(lines) + "\n")
+                control = self.settings.broker_control_user
+                if not any(line.startswith(f"{control}:") for line in kept):
+                    log.warning("%s has no line for the control plane's broker user %r; add "
+                                "it with: mosquitto_passwd %s %s", pw_path, control, pw_path,
+                                control)
             if acl_path is not None:
                 _atomic_write(acl_path, acl_text(self.settings.broker_control_user))
         if reload:
