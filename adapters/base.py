@@ -146,6 +146,12 @@ class AdapterContext:
     """Ask the reconciler for a cycle now (e.g. a device reported a state change)."""
     clock: Callable[[], float] = time.time
     """Wall-clock seconds since the epoch; tests may substitute it."""
+    device_enrolled: Callable[[str, str], bool] | None = None
+    """``(site, device_id) -> bool``: whether the device is enrolled in that site and not
+    revoked (the control plane's enrolment registry); None where there is no registry."""
+    dropped: Callable[[str, str], None] = lambda site, reason: None
+    """Count one device message dropped by ``site``'s adapter for ``reason`` (a short
+    fixed word, a metrics label)."""
 
 
 @runtime_checkable

@@ -18,12 +18,23 @@ Malformed payloads are logged (WARNING, topic and reason), counted in
 :attr:`DevicesAdapter.malformed` and otherwise ignored; a payload whose ``device_id``
 disagrees with its topic is rejected the same way.
 
+Updates are believed only from their source (issue 12): a run's updates count only when
+they arrive on the topic of the device the run was submitted to (the handle's device),
+and with ``requireEnrollment`` nothing from a device that is not enrolled in this site
+(``AdapterContext.device_enrolled``) is believed — its hello never becomes a node. Each
+such message is dropped, logged (WARNING the first time per device and reason) and
+counted through ``AdapterContext.dropped`` (``continuum_device_messages_dropped_total``
+on ``/metrics``, reasons ``malformed``, ``not_placed_here``, ``unenrolled``). With the
+broker's ACL in place (control_plane/enrollment.py) a device cannot even publish on
+another device's topics; this is the second layer.
+
 Site config (``SiteSpec.config``, camelCase): ``broker`` (``mqtt://host:port`` or
 ``mqtts://``), ``username``, ``password``, ``tlsCa``, ``tlsInsecure``, ``offlineAfter``
 (seconds without a message from a device before it is not ready; default 30 s, about
 3× the telemetry interval of agents started with ``--telemetry-interval 10``),
 ``forgetAfter`` (seconds a device may stay offline or silent before the adapter forgets
-it, as :meth:`DevicesAdapter.forget` does; default: never).
+it, as :meth:`DevicesAdapter.forget` does; default: never), ``requireEnrollment``
+(believe only devices enrolled in this site; default false).
 
 A device's ``state`` (``GET /v1/devices``) follows its liveness: ``online`` (its status
 says so and it was heard within ``offlineAfter``), ``offline`` (it said goodbye, or its
@@ -115,6 +126,10 @@ class DevicesConfig(BaseModel):
         description="seconds a device may be offline or silent before it is forgotten "
         "(its retained hello and status cleared); default: never")
     client_id: str | None = None
+    require_enrollment: bool = Field(
+        default=False,
+        description="believe only devices enrolled in this site (POST /v1/devices/enroll); "
+        "messages of any other device are dropped and counted")
 
     @field_validator("broker")
     @classmethod
@@ -181,9 +196,15 @@ class DevicesAdapter:
             where = ".".join(map(str, first["loc"]))
             raise PermanentError(f"invalid devices config: {where}: {first['msg']}",
                                  site=site.name, details={"field": where}) from e
+        if self.config.require_enrollment and ctx.device_enrolled is None:
+            raise PermanentError("invalid devices config: requireEnrollment: this control "
+                                 "plane has no enrolment registry", site=site.name,
+                                 details={"field": "requireEnrollment"})
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
-        self._updates: dict[str, RunUpdate] = {}
+        self._updates: dict[str, dict[str, RunUpdate]] = {}
+        """run id → device id (of the topic it came on) → latest update."""
+        self._drops_logged: set[tuple[str, str]] = set()
         self._dispatched: dict[str, _Dispatched] = {}
         self.malformed = 0
         """Payloads rejected (malformed, wrong version, device id mismatch)."""
@@ -220,7 +241,26 @@ class DevicesAdapter:
         with self._lock:
             self.malformed += 1
             self.malformed_by_reason[reason.split(":", 1)[0]] += 1
+        self.ctx.dropped(self.site.name, "malformed")
         log.warning("site %s: rejected payload on %s: %s", self.site.name, t, reason)
+
+    def _drop(self, t: str, device_id: str, reason: str, detail: str) -> None:
+        """Drop a well-formed message not believed from its source; counted per ``reason``
+        and logged at WARNING the first time per (device, reason), DEBUG after."""
+        self.ctx.dropped(self.site.name, reason)
+        key = (device_id, reason)
+        with self._lock:
+            first = key not in self._drops_logged
+            self._drops_logged.add(key)
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "site %s: dropped message on %s (%s): %s", self.site.name, t, reason, detail)
+
+    def _enrolled(self, device_id: str) -> bool:
+        """Believed: enrolment not required, or the device is enrolled in this site."""
+        if not self.config.require_enrollment:
+            return True
+        assert self.ctx.device_enrolled is not None  # checked in __init__
+        return self.ctx.device_enrolled(self.site.name, device_id)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -234,6 +274,10 @@ class DevicesAdapter:
             self._reject(t, "topic is not a protocol topic")
             return
         device_id, leaf = rest[0], rest[1]
+        if payload and not self._enrolled(device_id):
+            self._drop(t, device_id, "unenrolled",
+                       f"device {device_id!r} is not enrolled in site {self.site.name!r}")
+            return
         now = self.ctx.clock()
         wake = False
         try:
@@ -241,7 +285,10 @@ class DevicesAdapter:
                 run_id = rest[2]
                 if not payload:  # the agent cleared its retained message (forgotten)
                     with self._lock:
-                        self._updates.pop(run_id, None)
+                        by_device = self._updates.get(run_id, {})
+                        by_device.pop(device_id, None)
+                        if not by_device:
+                            self._updates.pop(run_id, None)
                     return
                 upd = decode(RunUpdate, payload)
                 self._check_device(upd.device_id, device_id)
@@ -249,9 +296,17 @@ class DevicesAdapter:
                     raise ProtocolError(f"run id mismatch: payload says {upd.run_id!r}, "
                                         f"topic says {run_id!r}")
                 with self._lock:
-                    old = self._updates.get(run_id)
+                    disp = self._dispatched.get(run_id)
+                if disp is not None and disp.device_id != device_id:
+                    self._drop(t, device_id, "not_placed_here",
+                               f"run {run_id} was submitted to device {disp.device_id!r}, "
+                               f"not {device_id!r}")
+                    return
+                with self._lock:
+                    by_device = self._updates.setdefault(run_id, {})
+                    old = by_device.get(device_id)
                     if old is None or upd.seq > old.seq:
-                        self._updates[run_id] = upd
+                        by_device[device_id] = upd
                         wake = True
                     self._device(device_id).last_seen = now
             elif leaf == "hello" and len(rest) == 2:
@@ -315,7 +370,12 @@ class DevicesAdapter:
     def _active_runs(self, device_id: str) -> list[str]:
         """Runs submitted to ``device_id`` with no final update yet (call with the lock)."""
         return sorted(r for r, disp in self._dispatched.items() if disp.device_id == device_id
-                      and ((u := self._updates.get(r)) is None or u.state not in _TERMINAL_PHASES))
+                      and ((u := self._update(r, device_id)) is None
+                           or u.state not in _TERMINAL_PHASES))
+
+    def _update(self, run_id: str, device_id: str) -> RunUpdate | None:
+        """The latest update of ``run_id`` from ``device_id``'s topic (call with the lock)."""
+        return self._updates.get(run_id, {}).get(device_id)
 
     def forget(self, device_id: str) -> None:
         """Forget a device that left: clear its retained ``hello`` and ``status`` on the
@@ -413,7 +473,7 @@ class DevicesAdapter:
         with self._lock:
             used: dict[str, list[float]] = {}
             for run_id, disp in self._dispatched.items():
-                upd = self._updates.get(run_id)
+                upd = self._update(run_id, disp.device_id)
                 if upd is not None and upd.state in _TERMINAL_PHASES:
                     continue
                 u = used.setdefault(disp.device_id, [0.0, 0.0])
@@ -421,7 +481,8 @@ class DevicesAdapter:
                 u[1] += disp.memory
             for d in sorted(self._devices.values(), key=lambda d: d.device_id):
                 h = d.hello
-                if h is None:
+                if h is None or (self.config.require_enrollment
+                                 and not self._enrolled(d.device_id)):  # e.g. revoked
                     continue
                 cap = Resources(cpu=h.cpus, memory=h.memory, gpu=h.gpus)
                 cpu_used, mem_used = used.get(d.device_id, [0.0, 0.0])
@@ -487,11 +548,20 @@ class DevicesAdapter:
                       node=node.id, data={"device": device_id})
 
     def status(self, handles: Sequence[Handle]) -> dict[str, RunStatus]:
-        """From the cache: runs without any update yet are omitted. No network call."""
+        """From the cache: runs without any update yet are omitted. No network call.
+
+        Only updates that came on the topic of the handle's device count; any other
+        device's update for the run is dropped here (counted ``not_placed_here``)."""
         out: dict[str, RunStatus] = {}
+        strays: list[tuple[str, str]] = []
         with self._lock:
             for h in handles:
-                upd = self._updates.get(h.run_id)
+                device_id = self._device_of(h)
+                by_device = self._updates.get(h.run_id, {})
+                for other in [d for d in by_device if d != device_id]:
+                    del by_device[other]
+                    strays.append((h.run_id, other))
+                upd = by_device.get(device_id)
                 if upd is None:
                     continue
                 out[h.run_id] = RunStatus(
@@ -502,6 +572,9 @@ class DevicesAdapter:
                     outputs=[ArtifactRecord(name=o.name, sha256=o.sha256, size=o.size)
                              for o in upd.outputs],
                 )
+        for run_id, other in strays:
+            self._drop(topic(other, f"runs/{run_id}"), other, "not_placed_here",
+                       f"run {run_id} is not placed on device {other!r}")
         return out
 
     def _device_of(self, handle: Handle) -> str:
@@ -533,7 +606,7 @@ class DevicesAdapter:
     def logs(self, handle: Handle, tail: int = 50) -> str:
         """The last ``tail`` lines of the latest output tail the device reported."""
         with self._lock:
-            upd = self._updates.get(handle.run_id)
+            upd = self._update(handle.run_id, self._device_of(handle))
         if upd is None:
             return f"no update from device {self._device_of(handle)!r} for run {handle.run_id} yet"
         lines = upd.output_tail.splitlines()

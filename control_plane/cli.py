@@ -20,7 +20,7 @@ import yaml
 from rich.console import RenderableType
 from rich.live import Live
 
-from control_plane import cli_devices, cli_kubernetes, cli_model, render
+from control_plane import cli_devices, cli_kubernetes, cli_model, cli_pki, render
 from control_plane.cli_sites import app as sites_app
 from control_plane.client import ApiError, Client, ConnectionFailed
 
@@ -39,6 +39,7 @@ app.add_typer(cli_model.app, name="model")
 app.add_typer(cli_kubernetes.cluster_app, name="cluster")
 app.add_typer(sites_app, name="sites")
 app.add_typer(cli_devices.app, name="devices")
+app.add_typer(cli_pki.app, name="pki")
 
 console = render.make_console()
 T = TypeVar("T")

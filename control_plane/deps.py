@@ -16,6 +16,7 @@ from fastapi import Request
 
 from control_plane.actions import Action
 from control_plane.artifacts import LocalArtifactStore
+from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
 from control_plane.models import ModelService
 from control_plane.settings import Settings
@@ -53,6 +54,7 @@ class Services:
     loop: Loop
     devices: Callable[[], list[dict[str, Any]]]
     """Every device of every fleet, as the API lists them."""
+    enrollment: Enrollment
 
 
 def services(request: Request) -> Services:
@@ -102,3 +104,7 @@ def get_loop(request: Request) -> Loop:
 
 def get_devices(request: Request) -> Callable[[], list[dict[str, Any]]]:
     return services(request).devices
+
+
+def get_enrollment(request: Request) -> Enrollment:
+    return services(request).enrollment

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from continuum.errors import Problem, ValidationFailed
 from control_plane import deps
 from control_plane.artifacts import LocalArtifactStore
+from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
 from control_plane.models import ModelService
 from control_plane.settings import Settings
@@ -35,6 +36,7 @@ ModelsDep = Annotated[ModelService, Depends(deps.get_models)]
 WorkflowsDep = Annotated[WorkflowService, Depends(deps.get_workflows)]
 LoopDep = Annotated[deps.Loop, Depends(deps.get_loop)]
 DevicesDep = Annotated[Callable[[], list[dict[str, Any]]], Depends(deps.get_devices)]
+EnrollmentDep = Annotated[Enrollment, Depends(deps.get_enrollment)]
 
 
 def body_of(schema: str) -> dict[str, Any]:

@@ -1,5 +1,15 @@
-"""Device administration: forget a device that left a ``devices`` site for good.
+"""Device administration: enrolment, revocation, and forgetting a device that left.
 
+* ``POST /v1/devices/enrollment-tokens`` ``{site, tenant, ttlS?}`` (cluster-admin) →
+  ``{token, site, tenant, expiresAt}``: a one-time, expiring enrolment token (404: no
+  such devices site; 422: a field is invalid, named).
+* ``POST /v1/devices/enroll`` ``{token, deviceId}`` (no bearer token: the enrolment token
+  is the credential) → ``{deviceId, site, tenant, brokerUrl, username, password, caPem,
+  commandKey}``. 401: unknown token; 409: token already used (replayed), or the device is
+  enrolled in another site; 410: token expired; 503: the broker could not be reloaded.
+* ``DELETE /v1/devices/{site}/{device_id}/credentials`` (cluster-admin) → ``{site,
+  deviceId, revoked, revokedAt}``: the device's broker credentials are revoked and the
+  broker reloaded, which disconnects it at once. 404: not enrolled there.
 * ``DELETE /v1/devices/{site}/{device_id}`` — the devices adapter clears the device's
   retained ``hello`` and ``status`` on the broker and drops it from the inventory, so a
   silent device no longer keeps its site Degraded. 404: no such site or device (or the
@@ -13,16 +23,48 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from adapters.capabilities import DeviceFleet
 from continuum.errors import NotFound, TransientError
 from control_plane.deps import Loop
+from control_plane.enrollment import DEVICE_ID, TENANT, EnrollmentRefused
 from control_plane.federation import Federation
-from control_plane.routes_common import FederationDep, LoopDep
+from control_plane.routes_common import EnrollmentDep, FederationDep, LoopDep
 
 router = APIRouter(tags=["nodes"])
+
+
+def require_cluster_admin() -> None:
+    """The authorisation seam of the device administration routes (token creation,
+    revocation): the integrator makes it ``require(Role.cluster_admin)`` of
+    control_plane/auth.py. Until then it accepts any caller."""
+
+
+_ADMIN = [Depends(require_cluster_admin)]
+_CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class EnrollmentTokenRequest(BaseModel):
+    """Body of ``POST /v1/devices/enrollment-tokens``."""
+
+    model_config = _CAMEL
+    site: str = Field(min_length=1, max_length=63, description="the devices site")
+    tenant: str = Field(pattern=TENANT.pattern, description="tenant the device works for")
+    ttl_s: float | None = Field(default=None, gt=0, le=30 * 86400,
+                                description="lifetime (s); default enrollment_token_ttl_s")
+
+
+class EnrollRequest(BaseModel):
+    """Body of ``POST /v1/devices/enroll``."""
+
+    model_config = _CAMEL
+    token: str = Field(min_length=1, max_length=256)
+    device_id: str = Field(pattern=DEVICE_ID.pattern,
+                           description="this device's id: its broker user and topic level")
 
 
 def forget_device(federation: Federation, loop: Loop, site: str,
@@ -51,6 +93,39 @@ def forget_device(federation: Federation, loop: Loop, site: str,
     health, message = rt.adapter.health()
     return {"site": site, "deviceId": device_id, "forgotten": True,
             "health": health.value, "message": message}
+
+
+@router.post("/v1/devices/enrollment-tokens", status_code=201, dependencies=_ADMIN,
+             summary="Create a one-time device enrolment token for a site and tenant")
+async def create_enrollment_token(body: EnrollmentTokenRequest,
+                                  enrollment: EnrollmentDep) -> dict[str, Any]:
+    """The token is shown only in this answer; give it to ``continuum-agent enroll``."""
+    return await run_in_threadpool(enrollment.create_token, body.site, body.tenant, body.ttl_s)
+
+
+@router.post("/v1/devices/enroll",
+             summary="Exchange an enrolment token for the device's broker credentials")
+async def enroll_device(body: EnrollRequest, enrollment: EnrollmentDep) -> dict[str, Any]:
+    """No bearer token: the one-time enrolment token is the credential. The password in the
+    answer is shown only here."""
+    try:
+        return await run_in_threadpool(enrollment.enroll, body.token, body.device_id)
+    except EnrollmentRefused as e:
+        raise HTTPException(e.status, f"token: {e}") from e
+    except TransientError as e:
+        raise HTTPException(503, str(e)) from e
+
+
+@router.delete("/v1/devices/{site}/{device_id}/credentials", dependencies=_ADMIN,
+               summary="Revoke a device's broker credentials (it is disconnected at once)")
+async def revoke_device(site: str, device_id: str,
+                        enrollment: EnrollmentDep) -> dict[str, Any]:
+    """The device's password leaves the broker's password file and the broker is reloaded;
+    it must enrol again (with a new token) to come back."""
+    try:
+        return await run_in_threadpool(enrollment.revoke, site, device_id)
+    except TransientError as e:
+        raise HTTPException(503, str(e)) from e
 
 
 @router.delete("/v1/devices/{site}/{device_id}",

@@ -16,13 +16,14 @@ import uvicorn
 
 from adapters.base import AdapterContext
 from adapters.capabilities import DeviceFleet
-from continuum.errors import AdapterError, Conflict
+from continuum.errors import AdapterError, Conflict, TransientError
 from continuum.federation import FederationDocument, load_federation
 from continuum.model import SiteKind, Topology, WorkflowDocument
 from control_plane import listen
 from control_plane.api import create_app
 from control_plane.artifacts import LocalArtifactStore
 from control_plane.deps import Services
+from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
 from control_plane.migration import MigrationController
 from control_plane.models import ModelService
@@ -64,8 +65,12 @@ class ControlPlane:
         self.network = TopologyModel(topo)
         self._wake = threading.Event()
         """The reconciler's wake-up: adapters and the API set it to run the next cycle now."""
-        self.ctx = AdapterContext(artifacts=self.artifacts, state_dir=settings.state_dir,
-                                  wake=self._wake.set)
+        self.enrollment = Enrollment(self.store, settings, self._site_config)
+        self.ctx = AdapterContext(
+            artifacts=self.artifacts, state_dir=settings.state_dir, wake=self._wake.set,
+            device_enrolled=self.enrollment.is_enrolled,
+            dropped=lambda site, reason:
+                self.metrics.device_messages_dropped.labels(site, reason).inc())
         self.collector = Collector(self.metrics, topology=self.network,
                                    control_plane_location=settings.control_plane_location,
                                    devices=self.device_readings)
@@ -85,15 +90,24 @@ class ControlPlane:
             settings=settings, store=self.store, federation=self.federation,
             artifacts=self.artifacts, collector=self.collector, network=self.network,
             metrics=self.metrics, models=self.models, workflows=self.workflows,
-            loop=self.reconciler, devices=self.devices))
+            loop=self.reconciler, devices=self.devices, enrollment=self.enrollment))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._collector_thread: threading.Thread | None = None
 
+    def _site_config(self, name: str) -> tuple[SiteKind, dict[str, Any]]:
+        spec = self.federation.site(name).spec
+        return spec.kind, dict(spec.config)
+
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Load stored sites, register the federation file's new sites, start the loop."""
+        """Write the broker's password file and ACL from the store, load stored sites,
+        register the federation file's new sites, start the loop."""
+        try:
+            self.enrollment.sync_broker()
+        except TransientError as e:
+            log.warning("broker files written but the broker was not reloaded: %s", e)
         self.federation.load()
         if self.federation_doc is not None:
             for spec in self.federation_doc.spec.sites:

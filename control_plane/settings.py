@@ -2,7 +2,8 @@
 
 The fields are grouped by concern, one model per group — :class:`ApiSettings`,
 :class:`StoreSettings`, :class:`ReconcilerSettings`, :class:`FederationSettings`,
-:class:`PlacementSettings`, :class:`MigrationSettings`, :class:`MonitoringSettings` — and
+:class:`PlacementSettings`, :class:`MigrationSettings`, :class:`MonitoringSettings`,
+:class:`DeviceSettings` — and
 :class:`Settings` is all of them at once. A collaborator that needs one concern declares
 that group as its parameter type (a :class:`Settings` is an instance of each group), so what
 it may read is visible in its signature. Names stay flat, so every field is read from the environment as
@@ -169,8 +170,37 @@ class MonitoringSettings(BaseModel):
     promptly."""
 
 
+class DeviceSettings(BaseModel):
+    """Device enrolment and the Mosquitto files the control plane maintains for it
+    (control_plane/enrollment.py, docs/security.md "Devices and the broker")."""
+
+    model_config = _GROUP
+
+    broker_password_file: Path | None = None
+    """Mosquitto ``password_file`` the control plane maintains: one ``$7$`` (PBKDF2-SHA512)
+    line per enrolled device; lines of other users (the control plane's own, added with
+    ``mosquitto_passwd``) are kept. None: devices still enrol, but no broker checks their
+    credentials (a development broker)."""
+    broker_acl_file: Path | None = None
+    """Mosquitto ``acl_file`` the control plane writes: each device publishes only under
+    ``continuum/v1/devices/<its id>/`` and reads only its own ``commands``;
+    ``broker_control_user`` reads and writes every device topic. None: not written."""
+    broker_pid_file: Path | None = None
+    """Pid file of the Mosquitto that reads those files; it is sent SIGHUP after every
+    change (enrol, revoke), which also disconnects a revoked device at once. None: the
+    operator reloads the broker."""
+    broker_control_user: str = Field(default="continuum", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Broker user of the control plane itself (the devices sites' ``username``): full
+    access to ``continuum/v1/#`` in the ACL. "continuum", the name the docs use."""
+    enrollment_token_ttl_s: float = Field(default=3600.0, gt=0, le=30 * 86400)
+    """Default lifetime of an enrolment token (s), when the request names no ``ttlS``.
+    One hour: long enough to set a device up, short enough that a leaked token soon
+    expires."""
+
+
 class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings,
-               PlacementSettings, MigrationSettings, MonitoringSettings, BaseSettings):
+               PlacementSettings, MigrationSettings, MonitoringSettings, DeviceSettings,
+               BaseSettings):
     """All groups; every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="CONTINUUM_", extra="ignore",
@@ -179,5 +209,5 @@ class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSetting
 
 GROUPS: tuple[type[BaseModel], ...] = (
     ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings, PlacementSettings,
-    MigrationSettings, MonitoringSettings)
+    MigrationSettings, MonitoringSettings, DeviceSettings)
 """Every settings group, in the order docs/configuration.md lists them."""

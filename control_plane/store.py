@@ -1,4 +1,5 @@
-"""Durable state: workflows, tasks, runs, events, sites and artifacts (SQLAlchemy 2).
+"""Durable state: workflows, tasks, runs, events, sites, artifacts and enrolled devices
+(SQLAlchemy 2).
 
 SQLite (a file under the state directory) by default, in WAL mode with
 ``synchronous=FULL``: a row the API committed survives the process being killed.
@@ -171,6 +172,34 @@ class ArtifactRow(Base):
     run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EnrollmentTokenRow(Base):
+    """A one-time device enrolment token: only its SHA-256 is kept."""
+
+    __tablename__ = "enrollment_tokens"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(63))
+    tenant: Mapped[str] = mapped_column(String(63))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(63), nullable=True)
+
+
+class DeviceCredentialRow(Base):
+    """An enrolled device: its one site and tenant and its broker password's
+    Mosquitto ``$7$`` hash (never the password itself)."""
+
+    __tablename__ = "device_credentials"
+
+    device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    site: Mapped[str] = mapped_column(String(63), index=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -48,16 +48,17 @@ def _parse_labels(items: list[str]) -> dict[str, str]:
 
 @app.command()
 def run(
-    device_id: Annotated[str, typer.Option(
+    device_id: Annotated[str | None, typer.Option(
         "--device-id", show_envvar=False, envvar=_env("device_id"),
-        help="This device's id, used in its MQTT topics (letters, digits, '_', '.', '-').")],
-    broker: Annotated[str, typer.Option(
+        help="This device's id, used in its MQTT topics (letters, digits, '_', '.', '-'); "
+        "default: the enrolled id (enrollment.json in --state-dir).")] = None,
+    broker: Annotated[str | None, typer.Option(
         show_envvar=False, envvar=_env("broker"),
-        help="Broker URL: mqtt://host:port, or mqtts://host:port for TLS.")]
-        = "mqtt://127.0.0.1:1883",
+        help="Broker URL: mqtt://host:port, or mqtts://host:port for TLS; default: the "
+        "enrolled broker, else mqtt://127.0.0.1:1883.")] = None,
     tls_ca: Annotated[Path | None, typer.Option(
-        show_envvar=False, envvar=_env("tls_ca"),
-        help="CA certificate (PEM) of the broker; enables TLS.")] = None,
+        show_envvar=False, envvar=_env("tls_ca"), help="CA certificate (PEM) of the broker; enables TLS; "
+        "default: the CA enrolment stored.")] = None,
     tls_insecure: Annotated[bool, typer.Option(
         show_envvar=False, envvar=_env("tls_insecure"),
         help="Do not check the broker certificate's host name (testing only).")] = False,
@@ -115,14 +116,39 @@ def run(
     log_level: Annotated[str, typer.Option(
         show_envvar=False, envvar=_env("log_level"), help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
-    """Connect to the broker and serve this device until SIGTERM/SIGINT."""
+    """Connect to the broker and serve this device until SIGTERM/SIGINT.
+
+    After ``continuum-agent enroll`` the device id, broker, user name, password and CA
+    come from ``<state-dir>/enrollment.json``; options given explicitly win."""
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from edge_agent.enrollment import EnrollmentError, ca_path, load
+
+    try:
+        enrolled = load(state_dir)
+    except EnrollmentError as e:
+        typer.echo(f"continuum-agent: {e}", err=True)
+        raise typer.Exit(2) from e
+    if enrolled is not None:
+        if device_id is not None and device_id != enrolled.device_id:
+            typer.echo(f"continuum-agent: --device-id {device_id} differs from the enrolled "
+                       f"device {enrolled.device_id} ({state_dir}/enrollment.json)", err=True)
+            raise typer.Exit(2)
+        device_id = enrolled.device_id
+        broker = broker or enrolled.broker_url
+        username = username or enrolled.username
+        password = password or enrolled.password
+        tls_ca = tls_ca or ca_path(state_dir)
+    if device_id is None:
+        typer.echo("continuum-agent: --device-id is required (or enrol first: "
+                   "continuum-agent enroll --server URL --token T)", err=True)
+        raise typer.Exit(2)
     try:
         config = AgentConfig(
-            broker=broker, tls_ca=tls_ca, tls_insecure=tls_insecure, username=username,
+            broker=broker or "mqtt://127.0.0.1:1883", tls_ca=tls_ca, tls_insecure=tls_insecure,
+            username=username,
             password=password, device_id=device_id, location=location, tier=Tier(tier),
             labels=_parse_labels(label or []), rtt_peers=rtt_peer or [], profile=profile,
             state_dir=state_dir,
@@ -164,6 +190,50 @@ def _env_epilog(fn: Callable[..., Any]) -> str:
 
 
 app.registered_commands[-1].epilog = _env_epilog(run)
+
+
+@app.command()
+def enroll(
+    server: Annotated[str, typer.Option(
+        show_envvar=False, envvar=_env("server"),
+        help="The control plane's API URL, e.g. https://cp:8080.")],
+    token: Annotated[str, typer.Option(
+        show_envvar=False, envvar=_env("token"),
+        help="One-time enrolment token (continuum devices token SITE --tenant T).")],
+    device_id: Annotated[str | None, typer.Option(
+        "--device-id", show_envvar=False, envvar=_env("device_id"),
+        help="This device's id (default: the host name).")] = None,
+    state_dir: Annotated[Path, typer.Option(
+        show_envvar=False, envvar=_env("state_dir"),
+        help="Where enrollment.json (0600) is stored.")]
+        = Path("/var/lib/continuum-agent"),
+    server_ca: Annotated[Path | None, typer.Option(
+        show_envvar=False, envvar=_env("server_ca"),
+        help="CA bundle of an https API (default: the system's).")]
+        = None,
+) -> None:
+    """Exchange an enrolment token for this device's broker credentials and the broker's
+    CA; `continuum-agent run --state-dir DIR` then uses them."""
+    import socket
+
+    from edge_agent.config import _DEVICE_ID
+    from edge_agent.enrollment import EnrollmentError
+    from edge_agent.enrollment import enroll as do_enroll
+
+    device_id = device_id or socket.gethostname().split(".")[0]
+    if not _DEVICE_ID.match(device_id):
+        raise typer.BadParameter(f"{device_id!r}: 1-63 letters, digits, '_', '.' or '-'",
+                                 param_hint="--device-id")
+    try:
+        e = do_enroll(server, token, device_id, state_dir, server_ca=server_ca)
+    except EnrollmentError as err:
+        typer.echo(f"continuum-agent: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"enrolled device {e.device_id} in site {e.site} (tenant {e.tenant}); "
+               f"broker {e.broker_url}; credentials in {state_dir / 'enrollment.json'}")
+
+
+app.registered_commands[-1].epilog = _env_epilog(enroll)
 
 
 @app.command()

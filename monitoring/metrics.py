@@ -71,6 +71,11 @@ class ControlPlaneMetrics:
             registry=r)
         self.migrations = Counter(
             "continuum_migrations_total", "Runs migrated, by reason.", ["reason"], registry=r)
+        self.device_messages_dropped = Counter(
+            "continuum_device_messages_dropped_total", "Device messages a devices adapter "
+            "dropped, by site and reason: malformed, not_placed_here (a run update on the "
+            "topic of a device the run is not placed on), unenrolled.", ["site", "reason"],
+            registry=r)
 
         # ---- monitoring (issue 5): queues, prediction error, SLOs, Prometheus, devices
         self.queue_depth = Gauge(

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # A private Mosquitto on 127.0.0.1 for development and tests.
 #
-#   deploy/dev/mosquitto.sh start DIR PORT [PASSWORD_FILE [ACL_FILE]]
+#   deploy/dev/mosquitto.sh start DIR PORT [PASSWORD_FILE [ACL_FILE [CERT_FILE KEY_FILE]]]
 #   deploy/dev/mosquitto.sh stop DIR
 #   deploy/dev/mosquitto.sh status DIR
 #
 # `start` writes DIR/mosquitto.conf (listener on 127.0.0.1:PORT, persistence false,
-# log to DIR/mosquitto.log; anonymous clients allowed unless a password file is given),
+# log to DIR/mosquitto.log; anonymous clients allowed unless a password file is given).
+# Secured mode, as the control plane manages it (docs/security.md): PASSWORD_FILE and
+# ACL_FILE (Mosquitto reads them again on SIGHUP), and with CERT_FILE and KEY_FILE the
+# listener speaks TLS only (e.g. broker.pem / broker.key of `continuum pki init`);
 # starts the broker in the background (pid in DIR/mosquitto.pid) and returns once the
 # port accepts connections. `stop` stops it and waits for it to exit. Prints nothing
 # but errors. Installs the Debian package `mosquitto` with apt-get if the binary is
@@ -41,7 +44,8 @@ is_running() {
 }
 
 start() {
-  local dir=$1 port=$2 pwfile=${3:-} aclfile=${4:-}
+  local dir=$1 port=$2 pwfile=${3:-} aclfile=${4:-} certfile=${5:-} keyfile=${6:-}
+  if [ -n "$certfile" ] && [ -z "$keyfile" ]; then die "CERT_FILE needs KEY_FILE"; fi
   [[ "$port" =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$port'"
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
@@ -63,6 +67,10 @@ start() {
       echo "allow_anonymous true"
     fi
     if [ -n "$aclfile" ]; then echo "acl_file $aclfile"; fi
+    if [ -n "$certfile" ]; then
+      echo "certfile $certfile"
+      echo "keyfile $keyfile"
+    fi
   } >"$dir/mosquitto.conf"
   "$bin" -c "$dir/mosquitto.conf" >>"$dir/mosquitto.log" 2>&1 &
   echo $! >"$dir/mosquitto.pid"
@@ -90,8 +98,8 @@ stop() {
 }
 
 case "${1:-}" in
-  start) [ $# -ge 3 ] || die "usage: $0 start DIR PORT [PASSWORD_FILE [ACL_FILE]]"; start "$2" "$3" "${4:-}" "${5:-}" ;;
+  start) [ $# -ge 3 ] || die "usage: $0 start DIR PORT [PASSWORD_FILE [ACL_FILE [CERT_FILE KEY_FILE]]]"; start "$2" "$3" "${4:-}" "${5:-}" "${6:-}" "${7:-}" ;;
   stop) [ $# -ge 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
   status) [ $# -ge 2 ] || die "usage: $0 status DIR"; is_running "$2" ;;
-  *) die "usage: $0 start DIR PORT [PASSWORD_FILE [ACL_FILE]] | stop DIR | status DIR" ;;
+  *) die "usage: $0 start DIR PORT [PASSWORD_FILE [ACL_FILE [CERT_FILE KEY_FILE]]] | stop DIR | status DIR" ;;
 esac
