@@ -335,11 +335,15 @@ def test_every_api_route_is_in_the_api_doc(tmp_path: Path) -> None:
 
 def test_agent_help_shows_every_env_var_whole_at_80_columns() -> None:
     env = {**os.environ, "COLUMNS": "80"}
-    r = subprocess.run([PY, "-m", "edge_agent.cli", "run", "--help"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    helps = []
+    for command in ("run", "enroll"):
+        r = subprocess.run([PY, "-m", "edge_agent.cli", command, "--help"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        helps.append(r.stdout)
+    text = "\n".join(helps)
     names = re.findall(r"envvar=_env\(\"(\w+)\"\)", (REPO / "edge_agent" / "cli.py").read_text())
     assert len(names) >= 15
     for n in names:
         var = "CONTINUUM_AGENT_" + n.upper()
-        assert re.search(rf"{var}\s*$", r.stdout, re.M), f"{var} not whole in:\n{r.stdout}"
+        assert re.search(rf"{var}\s*$", text, re.M), f"{var} not whole in:\n{text}"
