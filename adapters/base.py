@@ -146,6 +146,10 @@ class AdapterContext:
     """Ask the reconciler for a cycle now (e.g. a device reported a state change)."""
     clock: Callable[[], float] = time.time
     """Wall-clock seconds since the epoch; tests may substitute it."""
+    sign: Callable[[bytes], bytes] | None = None
+    """Sign bytes with the control plane's command key (raw 64-byte Ed25519 signature);
+    the devices adapter signs every command with it. ``None``: commands go unsigned and
+    only agents started with ``--insecure-accept-unsigned`` obey them."""
 
 
 @runtime_checkable

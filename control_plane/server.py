@@ -19,6 +19,7 @@ from continuum.model import RunState, SiteKind, TaskState, Topology, WorkflowDoc
 from control_plane.api import create_app
 from control_plane.artifacts import LocalArtifactStore
 from control_plane.federation import Federation
+from control_plane.keys import command_signing_key
 from control_plane.reconciler import Reconciler
 from control_plane.settings import Settings
 from control_plane.store import RunRow, Store, TaskRow, WorkflowRow, add_event, new_id
@@ -54,7 +55,8 @@ class ControlPlane:
                 if federation_doc else Topology())
         self.network = TopologyModel(topo)
         self.ctx = AdapterContext(artifacts=self.artifacts, state_dir=settings.state_dir,
-                                  wake=lambda: self.reconciler.wake())
+                                  wake=lambda: self.reconciler.wake(),
+                                  sign=command_signing_key(settings.state_dir).sign)
         self.federation = Federation(self.store, self.ctx, settings, self.metrics)
         self.reconciler = Reconciler(self.store, self.federation, self.artifacts, settings,
                                      self.metrics, self.network)

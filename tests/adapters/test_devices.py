@@ -24,14 +24,23 @@ from continuum.errors import PermanentError, TransientError
 from continuum.model import Resources, RunState, SiteHealth, SiteKind, SiteSpec, Task
 from edge_agent.protocol import Telemetry, encode, topic
 from tests.conftest import free_port
-from tests.helpers import ArtifactServer, NoArtifacts, Wakes, gate_source, open_gate, wait_for
+from tests.helpers import (
+    TEST_COMMAND_KEY,
+    ArtifactServer,
+    NoArtifacts,
+    Wakes,
+    gate_source,
+    open_gate,
+    wait_for,
+)
 
 PY = sys.executable
 
 
 def make_adapter(url: str, tmp: Path, wake: Wakes | None = None, **config: Any) -> DevicesAdapter:
     site = SiteSpec(name="fleet", kind=SiteKind.devices, config={"broker": url, **config})
-    ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp, wake=wake or Wakes())
+    ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp, wake=wake or Wakes(),
+                         sign=TEST_COMMAND_KEY.sign)
     return DevicesAdapter(site, ctx)
 
 
