@@ -76,7 +76,9 @@ def _rejection(observer: Observer, a: AgentProcess, command_id: str) -> CommandR
                 return rej
         return None
 
-    return wait_for(found, 10, message=lambda: f"rejection of {command_id}; log:\n{a.logs()}")
+    rej = wait_for(found, 10, message=lambda: f"rejection of {command_id}; log:\n{a.logs()}")
+    assert rej is not None
+    return rej
 
 
 @pytest.fixture
