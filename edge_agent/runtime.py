@@ -258,6 +258,10 @@ class Runtime:
 
     Args:
         state_dir: the agent's state directory.
+        run_as: user tasks run as (see :meth:`run_user`); ``None`` = the default.
+        limits: the rlimits of task processes.
+        allow_command: allowed command prefixes (see :meth:`program`); empty = any.
+        default_user: the run user of a root agent when ``run_as`` is ``None``.
         kill_grace: seconds between SIGTERM and SIGKILL.
         upload_deadline: seconds an output upload keeps retrying.
         http_timeout: seconds per HTTP request.
@@ -266,7 +270,8 @@ class Runtime:
     def __init__(self, state_dir: Path, *, kill_grace: float = 5.0,
                  upload_deadline: float = 300.0, http_timeout: float = 30.0,
                  run_as: str | None = None, limits: Limits | None = None,
-                 allow_command: Sequence[str] = ()) -> None:
+                 allow_command: Sequence[str] = (),
+                 default_user: str = DEFAULT_RUN_USER) -> None:
         self.state_dir = state_dir
         self.cache_dir = state_dir / "cache"
         self.runs_dir = state_dir / "runs"
@@ -277,6 +282,7 @@ class Runtime:
         self.upload_deadline = upload_deadline
         self.http_timeout = http_timeout
         self.run_as = run_as
+        self.default_user = default_user
         self.limits = limits or Limits()
         self.allow_command = [shlex.split(p) for p in allow_command]
 
@@ -295,7 +301,7 @@ class Runtime:
         if name is None:
             if euid != 0:
                 return None
-            name = DEFAULT_RUN_USER
+            name = self.default_user
         try:
             pw = pwd.getpwnam(name)
         except KeyError:
@@ -303,7 +309,8 @@ class Runtime:
                 raise RunFailure(
                     f"refused by local policy run-as: the agent runs as root and runs tasks "
                     f"as the unprivileged user {name!r}, which does not exist; create it "
-                    f"({CREATE_RUN_USER}) or start the agent with --run-as root") from None
+                    f"({CREATE_RUN_USER.replace(DEFAULT_RUN_USER, name)}) or start the agent "
+                    f"with --run-as root") from None
             raise RunFailure(f"refused by local policy run-as: no user {name!r}") from None
         if pw.pw_uid == euid:
             return None

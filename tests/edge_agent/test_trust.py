@@ -227,6 +227,10 @@ def test_a_root_agent_without_the_run_user_says_how_to_create_it(tmp_path: Path)
     with pytest.raises(RunFailure, match="no user 'no-such-user-continuum'"):
         rt.run_user()
     if os.geteuid() == 0:
+        missing = Runtime(tmp_path, default_user="no-such-run-user")
+        with pytest.raises(RunFailure, match="useradd --system .* no-such-run-user\\) or "
+                                             "start the agent with --run-as root"):
+            missing.run_user()
         assert Runtime(tmp_path, run_as="root").run_user() is None  # said explicitly
 
 
