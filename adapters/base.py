@@ -152,6 +152,10 @@ class AdapterContext:
     dropped: Callable[[str, str], None] = lambda site, reason: None
     """Count one device message dropped by ``site``'s adapter for ``reason`` (a short
     fixed word, a metrics label)."""
+    sign: Callable[[bytes], bytes] | None = None
+    """Sign bytes with the control plane's command key (raw 64-byte Ed25519 signature);
+    the devices adapter signs every command with it. ``None``: commands go unsigned and
+    only agents started with ``--insecure-accept-unsigned`` obey them."""
 
 
 @runtime_checkable

@@ -12,7 +12,12 @@ and answers from what arrived (a push-fed cache):
   adapter (a restarted control plane) re-adopt runs, and agents re-publish the latest
   state of every run they hold on each reconnect;
 * ``submit``/``cancel``/``release`` publish Run/Cancel/Forget commands (QoS 1) on the
-  device's ``commands`` topic; the agent is idempotent by run id.
+  device's ``commands`` topic, each addressed to the device, dated, with a fresh nonce
+  and signed with ``ctx.sign`` (:mod:`edge_agent.protocol.signing`); the agent is
+  idempotent by run id. A command the agent refuses comes back as a
+  :class:`CommandRejected` on its ``rejected`` topic: logged (WARNING), counted in
+  :attr:`DevicesAdapter.refused`, and a refused RunCommand of a run submitted to that
+  device and not yet heard of ends the run Failed with the agent's reason.
 
 Malformed payloads are logged (WARNING, topic and reason), counted in
 :attr:`DevicesAdapter.malformed` and otherwise ignored; a payload whose ``device_id``
@@ -78,6 +83,7 @@ from edge_agent.protocol import (
     ArtifactGet,
     ArtifactPut,
     CancelCommand,
+    CommandRejected,
     DeviceStatus,
     ForgetCommand,
     Hello,
@@ -91,6 +97,7 @@ from edge_agent.protocol import (
     topic,
 )
 from edge_agent.protocol.session import MqttSession
+from edge_agent.protocol.signing import sign_command
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +216,12 @@ class DevicesAdapter:
         self.malformed = 0
         """Payloads rejected (malformed, wrong version, device id mismatch)."""
         self.malformed_by_reason: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        """Commands the agents refused, by reason (``expired``, ``bad-signature``, ...)."""
+        if ctx.sign is None:
+            log.warning("site %s: no command-signing key in the adapter context; commands "
+                        "go unsigned and only agents started with --insecure-accept-unsigned "
+                        "obey them", site.name)
         self._connected = threading.Event()
         """Set while connected, once ``_connected_at`` is updated for this connection."""
         self._connected_at = 0.0
@@ -216,7 +229,7 @@ class DevicesAdapter:
         from no earlier than this, so devices are not declared offline merely because the
         broker (or this side's connection) was down while they were reconnecting."""
         self._session = session if session is not None else self._make_session()
-        for leaf in ("hello", "status", "telemetry", "runs/+"):
+        for leaf in ("hello", "status", "telemetry", "runs/+", "rejected"):
             self._session.subscribe(f"{TOPIC_PREFIX}/+/{leaf}", qos=1)
         self._session.on_connect = self._on_connect
         self._session.on_disconnect = self._connected.clear
@@ -331,6 +344,8 @@ class DevicesAdapter:
                     if st.state == "online":
                         d.last_seen = now
                 wake = True
+            elif leaf == "rejected" and len(rest) == 2:
+                wake = self._on_rejected(device_id, decode(CommandRejected, payload))
             elif leaf == "telemetry" and len(rest) == 2:
                 tel = decode(Telemetry, payload)
                 self._check_device(tel.device_id, device_id)
@@ -345,6 +360,25 @@ class DevicesAdapter:
             return
         if wake:
             self.ctx.wake()
+
+    def _on_rejected(self, device_id: str, rej: CommandRejected) -> bool:
+        """A device refused a command: log and count it; a refused RunCommand of a run
+        submitted to that device with no update yet ends Failed (True: wake the loop)."""
+        self._check_device(rej.device_id, device_id)
+        log.warning("site %s: device %s refused command %s (%s%s): %s: %s", self.site.name,
+                    device_id, rej.command_id, rej.command_type,
+                    f", run {rej.run_id}" if rej.run_id else "", rej.reason, rej.detail)
+        with self._lock:
+            self.refused[rej.reason] += 1
+            run_id = rej.run_id
+            disp = self._dispatched.get(run_id) if run_id else None
+            if (rej.command_type != "run" or run_id is None or disp is None
+                    or disp.device_id != device_id or run_id in self._updates):
+                return False
+            self._updates[run_id] = {device_id: RunUpdate(
+                device_id=device_id, run_id=run_id, seq=0, state="Failed",
+                reason=f"device {device_id} refused the command: {rej.reason}: {rej.detail}")}
+        return True
 
     @staticmethod
     def _check_device(in_payload: str, in_topic: str) -> None:
@@ -444,11 +478,20 @@ class DevicesAdapter:
                 and now - max(d.last_seen, self._connected_at) <= self.config.offline_after)
 
     def _publish(self, device_id: str, payload: BaseModel, what: str) -> None:
+        """Sign ``payload`` for ``device_id`` (when ``ctx.sign`` is set) and publish it on
+        the device's ``commands`` topic, waiting for the broker's PUBACK.
+
+        Raises:
+            TransientError: not connected, or the broker did not acknowledge in time.
+        """
         if not self._connected.is_set():
             raise TransientError(f"broker {self.config.broker} is not connected "
                                  f"({self._session.last_error}); cannot {what}", site=self.site.name,
                                  retry_after=2.0)
-        info = self._session.publish(topic(device_id, "commands"), encode(payload), qos=1)
+        sign = self.ctx.sign
+        data = (sign_command(payload, device_id, sign) if sign is not None
+                else encode(payload.model_copy(update={"device_id": device_id})))
+        info = self._session.publish(topic(device_id, "commands"), data, qos=1)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise TransientError(f"publish to {device_id} failed ({mqtt.error_string(info.rc)})"
                                  f"; cannot {what}", site=self.site.name, retry_after=2.0)

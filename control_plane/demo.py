@@ -9,7 +9,10 @@ What it starts, in this order:
    device fleet);
 3. two ``continuum-agent`` processes with different device profiles (``pi-camera-1``,
    a Raspberry Pi 4 profile labelled ``role=camera``; ``jetson-1``, a Jetson Nano
-   profile labelled ``accelerator=nvidia-maxwell``), at the fleet's location.
+   profile labelled ``accelerator=nvidia-maxwell``), at the fleet's location, trusting
+   the control plane's command key (``--command-key``, read from its state directory).
+   Their tasks run as the demo's own user; a demo started as root says so and passes
+   ``--run-as root`` (the demo's Python lives where an unprivileged user may not reach).
 
 Then it submits every workflow through the REST API, shows live progress, prints every
 placement with its reasons and predicted vs observed figures, and returns 0 when every
@@ -23,6 +26,7 @@ get SIGTERM from the kernel if the demo dies without cleaning up (even by SIGKIL
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import functools
 import os
@@ -46,6 +50,7 @@ from continuum.units import format_bytes, format_duration
 from control_plane import listen, render
 from control_plane.broker import EmbeddedBroker
 from control_plane.client import TERMINAL_WORKFLOW_STATES, Client
+from control_plane.keys import command_public_key
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 
@@ -176,11 +181,17 @@ class Demo:
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         die_with_parent = (functools.partial(_die_with_parent, os.getpid())
                            if sys.platform.startswith("linux") else None)
+        key = base64.b64encode(command_public_key(self.state_dir)).decode()
+        as_root = ["--run-as", "root"] if os.geteuid() == 0 else []
+        if as_root:
+            say("[yellow]running as root: the demo's agents run their tasks as root "
+                "(--run-as root)[/yellow]")
         for a in AGENTS:
             cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--device-id", a["device_id"],
                    "--broker", self.broker_url, "--profile", a["profile"],
                    "--location", fleet.location or "", "--telemetry-interval", "2",
-                   "--state-dir", str(self.state_dir / "agents" / a["device_id"])]
+                   "--state-dir", str(self.state_dir / "agents" / a["device_id"]),
+                   "--command-key", key, *as_root]
             for label in a["labels"]:
                 cmd += ["--label", label]
             log = open(self.state_dir / f"agent-{a['device_id']}.log", "wb")  # noqa: SIM115

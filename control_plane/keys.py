@@ -1,18 +1,28 @@
-"""The control plane's Ed25519 command key (issue 12, trust design D).
+"""The control plane's command-signing key (Ed25519).
 
-``<state_dir>/auth/command.key`` holds the private key (PEM, PKCS#8, unencrypted, mode
-0600, its directory 0700), generated on first use. Enrolment hands the public key to each
-device as ``commandKey`` (base64 of the raw 32 bytes); the agent verifies signed commands
-with it.
+The private key lives in ``<state_dir>/auth/command.key`` (PEM, PKCS#8, mode 0600 in a
+0700 directory), generated on first use; whoever reads it can make every enrolled agent
+run anything, so it is among the files an operator must protect (docs/security.md). Its
+public half is what enrolment hands a device (``commandKey``, base64 of the raw 32 bytes)
+and what ``continuum-agent run --command-key`` takes; ``python -m control_plane.keys
+STATE_DIR`` prints it.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
+import sys
+import threading
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+log = logging.getLogger(__name__)
+
+_LOCK = threading.Lock()
 
 
 def command_key_path(state_dir: Path) -> Path:
@@ -20,33 +30,48 @@ def command_key_path(state_dir: Path) -> Path:
     return Path(state_dir) / "auth" / "command.key"
 
 
-def command_private_key(state_dir: Path) -> Ed25519PrivateKey:
-    """The control plane's command signing key, generated (0600) if there is none yet.
+def command_signing_key(state_dir: Path) -> Ed25519PrivateKey:
+    """The control plane's Ed25519 command-signing key, generated into
+    ``<state_dir>/auth/command.key`` (0600) when absent.
 
     Raises:
-        ValueError: the key file exists but is not a PEM Ed25519 private key.
+        ValueError: the file exists but is not a PEM Ed25519 private key.
         OSError: the state directory cannot be written.
     """
     path = command_key_path(state_dir)
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
-        try:  # O_EXCL: of two processes generating at once, one key wins
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
+    with _LOCK:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)
+            key = Ed25519PrivateKey.generate()
+            pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(pem)
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
-    return key
+            try:
+                os.link(tmp, path)  # never replaces a key another process just wrote
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+            log.info("command-signing key generated in %s", path)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ValueError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 private key")
+    return loaded
 
 
 def command_public_key(state_dir: Path) -> bytes:
-    """The raw 32-byte Ed25519 public key of :func:`command_private_key`."""
-    return command_private_key(state_dir).public_key().public_bytes(
+    """The raw 32-byte public half of :func:`command_signing_key` (generating it if absent)."""
+    return command_signing_key(state_dir).public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m control_plane.keys STATE_DIR  (prints the base64 command "
+                 "key agents verify with; generates it if absent)")
+    print(base64.b64encode(command_public_key(Path(sys.argv[1]))).decode())

@@ -25,6 +25,7 @@ from control_plane.artifacts import LocalArtifactStore
 from control_plane.deps import Services
 from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
+from control_plane.keys import command_signing_key
 from control_plane.migration import MigrationController
 from control_plane.models import ModelService
 from control_plane.reconciler import Reconciler
@@ -68,6 +69,7 @@ class ControlPlane:
         self.enrollment = Enrollment(self.store, settings, self._site_config)
         self.ctx = AdapterContext(
             artifacts=self.artifacts, state_dir=settings.state_dir, wake=self._wake.set,
+            sign=command_signing_key(settings.state_dir).sign,
             device_enrolled=self.enrollment.is_enrolled,
             dropped=lambda site, reason:
                 self.metrics.device_messages_dropped.labels(site, reason).inc())

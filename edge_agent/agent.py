@@ -6,8 +6,19 @@ On (re)connect the agent publishes a retained :class:`Hello` and a retained onli
 and the latest state of every run it still holds. Telemetry (the heartbeat) goes out
 every ``telemetry_interval`` s at QoS 0.
 
-Commands: a :class:`RunCommand` outside the local policy (``allow_command`` prefixes,
-``max_cpu``/``max_memory``) is answered with a Failed update naming the policy; a
+Commands are obeyed only when signed by the control plane's command key (the enrolled
+``commandKey`` or ``--command-key``), addressed to this device, within their validity
+window, and with a nonce not seen before (:mod:`edge_agent.protocol.signing`; nonces in
+:class:`edge_agent.nonces.NonceStore`). A refused command is logged (WARNING, with the
+reason), counted in :attr:`Agent.refused` and reported as a :class:`CommandRejected` on
+the ``rejected`` topic; a refused RunCommand whose signature was good (expired, not yet
+valid) and whose run this agent does not hold is also reported Failed ("command refused:
+expired"), so that the run does not hang. Without a key the agent only starts when
+``insecure_accept_unsigned`` says so, and then obeys anyone.
+
+A signed :class:`RunCommand` outside the local policy (the resolved program against
+``allow_command``, ``max_cpu``/``max_memory``, the run user) is answered with a Failed
+update naming the policy; a
 duplicate RunCommand (same run id) re-publishes the run's latest state and starts
 nothing; :class:`CancelCommand` kills the run's process tree; :class:`ForgetCommand`
 drops the run's record and clears its retained message. Malformed payloads are logged
@@ -26,12 +37,16 @@ taken in ``on_publish``, which paho calls while holding its own message lock.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
-import shlex
 import socket
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -40,11 +55,13 @@ from paho.mqtt.enums import MQTTErrorCode
 
 import edge_agent
 from edge_agent.config import AgentConfig
+from edge_agent.nonces import NonceStore
 from edge_agent.outbox import Outbox
 from edge_agent.profiles import DeviceProfile, get_profile
 from edge_agent.protocol import (
     CancelCommand,
     Command,
+    CommandRejected,
     DeviceStatus,
     ForgetCommand,
     Hello,
@@ -57,12 +74,16 @@ from edge_agent.protocol import (
     topic,
 )
 from edge_agent.protocol.session import MqttSession, Will
-from edge_agent.runtime import Runtime, kill_orphan_group
+from edge_agent.protocol.signing import CommandRefused, check_validity, verify_signature
+from edge_agent.runtime import Limits, RunFailure, Runtime, kill_orphan_group
 from edge_agent.telemetry import BROKER, RttProber, TelemetrySampler, parse_peer
 
 log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_REPORT_FAILED = frozenset({"expired", "not-yet-valid", "malformed"})
+"""Refusals of a correctly signed RunCommand that end its run Failed (the control plane
+sent it; it must not wait for it forever)."""
 
 
 def _create_time(pid: int) -> float:
@@ -83,7 +104,13 @@ class Agent:
 
     Attributes:
         rejected: count of command payloads rejected as malformed.
+        refused: commands refused (unsigned, bad signature, expired, replayed, ...), by
+            reason.
         connected: set while the MQTT session is up.
+
+    Raises:
+        ValueError: no command key (neither ``command_key`` nor an enrolment) and
+            ``insecure_accept_unsigned`` is not set, or the key cannot be read.
     """
 
     def __init__(self, config: AgentConfig, profile: DeviceProfile | None = None) -> None:
@@ -91,10 +118,34 @@ class Agent:
         self.device_id = config.device_id
         self.profile = profile or get_profile(config.profile)
         self.log = logging.LoggerAdapter(log, {"device_id": self.device_id})
+        self.command_key = config.command_public_key()
+        if self.command_key is None and not config.insecure_accept_unsigned:
+            raise ValueError("no command key: enrol this device (continuum-agent enroll) or "
+                             "give --command-key; --insecure-accept-unsigned obeys anyone")
+        if self.command_key is None:
+            self.log.warning("device %s: no command key and --insecure-accept-unsigned: "
+                             "obeying unsigned commands from anyone who can publish on the "
+                             "broker", self.device_id)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.state_dir / "outbox.sqlite3")
-        self.runtime = Runtime(config.state_dir, kill_grace=config.kill_grace,
-                               upload_deadline=config.upload_deadline)
+        self.nonces = NonceStore(config.state_dir / "nonces.sqlite3")
+        for p in config.state_dir.glob("*.sqlite3*"):
+            p.chmod(0o600)  # run specs (their env) and nonces: not for the run user
+        self.refused: Counter[str] = Counter()
+        self.runtime = Runtime(
+            config.state_dir, kill_grace=config.kill_grace,
+            upload_deadline=config.upload_deadline, run_as=config.run_as,
+            allow_command=config.allow_command,
+            limits=Limits(cpu_seconds=config.limit_cpu_seconds,
+                          address_space=config.limit_address_space,
+                          open_files=config.limit_open_files,
+                          processes=config.limit_processes))
+        try:
+            who = self.runtime.run_user()
+            self.log.info("device %s: tasks run as %s", self.device_id,
+                          who.name if who else f"the agent's user (uid {os.geteuid()})")
+        except RunFailure as e:
+            self.log.warning("device %s: tasks will be refused: %s", self.device_id, e)
         self.python_modules = self.runtime.python_modules()
         """What this device's python3 can import (announced in the Hello)."""
         self.sampler = TelemetrySampler(self.device_id, self.profile)
@@ -195,6 +246,7 @@ class Agent:
                 pass
         self._session.stop()
         self.outbox.close()
+        self.nonces.close()
         self.log.info("device %s: stopped", self.device_id)
 
     # ------------------------------------------------------------ paho callbacks
@@ -240,6 +292,11 @@ class Agent:
                              msg.topic, e)
             return
         try:
+            self._verify(cmd, msg.payload)
+        except CommandRefused as e:
+            self._refuse(cmd, e)
+            return
+        try:
             if isinstance(cmd, RunCommand):
                 self._handle_run(cmd)
             elif isinstance(cmd, CancelCommand):
@@ -248,6 +305,43 @@ class Agent:
                 self._handle_forget(cmd)
         except Exception:  # a bug must not kill paho's loop thread
             self.log.exception("device %s: command %s failed", self.device_id, cmd.id)
+
+    def _verify(self, cmd: RunCommand | CancelCommand | ForgetCommand,
+                payload: bytes | bytearray) -> None:
+        """Obey ``cmd`` only if signed by the command key, addressed here, within its
+        validity window and not replayed (its nonce is then remembered).
+
+        Raises:
+            CommandRefused: the reason (see :mod:`edge_agent.protocol.signing`).
+        """
+        if self.command_key is None:  # --insecure-accept-unsigned, said at start
+            return
+        verify_signature(json.loads(payload), self.command_key)
+        if (cmd.device_id is None or cmd.issued_at is None or cmd.expires_at is None
+                or not cmd.nonce):
+            raise CommandRefused("malformed", "a signed command needs device_id, issued_at, "
+                                 "expires_at and nonce")
+        now = datetime.now(UTC)
+        check_validity(self.device_id, cmd.device_id, cmd.issued_at, cmd.expires_at, now)
+        if not self.nonces.add(cmd.nonce, cmd.expires_at.timestamp(), time.time()):
+            raise CommandRefused("replayed", f"nonce {cmd.nonce} was already obeyed")
+
+    def _refuse(self, cmd: RunCommand | CancelCommand | ForgetCommand,
+                why: CommandRefused) -> None:
+        """Log, count and report a refused command (see the module docstring)."""
+        run_id = cmd.spec.run_id if isinstance(cmd, RunCommand) else cmd.run_id
+        self.refused[why.reason] += 1
+        self.log.warning("device %s: refused %s command %s (run %s): %s", self.device_id,
+                         cmd.type, cmd.id, run_id, why)
+        rej = CommandRejected(device_id=self.device_id, reason=why.reason, detail=why.detail,
+                              command_id=cmd.id, command_type=cmd.type, run_id=run_id)
+        self.outbox.enqueue(topic(self.device_id, "rejected"), encode(rej), retain=False)
+        if (isinstance(cmd, RunCommand) and why.reason in _REPORT_FAILED
+                and _RUN_ID.match(run_id) and self.outbox.add_run(cmd.spec)):
+            self._report(run_id, "Failed", reason=f"command refused: {why.reason}: "
+                                                  f"{why.detail}")
+        else:
+            self._flush()
 
     # ------------------------------------------------------------ publishing
 
@@ -329,10 +423,15 @@ class Agent:
         cfg = self.config
         argv = spec.argv or spec.interpreter or ["python3"]
         if cfg.allow_command:
-            allowed = [shlex.split(p) for p in cfg.allow_command]
-            if not any(argv[: len(a)] == a for a in allowed):
-                return (f"refused by local policy allow-command: {shlex.join(argv)!r} does not "
-                        f"start with any allowed prefix ({', '.join(cfg.allow_command)})")
+            try:
+                self.runtime.program(argv, self.runtime.environment(spec),
+                                     self.runtime.runs_dir / spec.run_id / "work")
+            except RunFailure as e:
+                return str(e)
+        try:
+            self.runtime.run_user()
+        except RunFailure as e:
+            return str(e)
         max_cpu = cfg.max_cpu if cfg.max_cpu is not None else self.profile.cpus
         if spec.cpu > max_cpu:
             return f"refused by local policy max-cpu: requests {spec.cpu:g} cores > {max_cpu:g}"

@@ -96,7 +96,38 @@ def run(
     allow_command: Annotated[list[str] | None, typer.Option(
         "--allow-command", show_envvar=False, envvar=_env("allow_command"),
         help="Allowed command prefix, e.g. 'python3' or '/usr/bin/env python3' "
-        "(repeatable; matched token by token; none = allow all).")] = None,
+        "(repeatable; the program is compared after resolving it on the PATH and through "
+        "symlinks, the rest token by token; none = allow all). Allowing an interpreter "
+        "allows any code.")] = None,
+    command_key: Annotated[str | None, typer.Option(
+        envvar=_env("command_key"),
+        help="The control plane's command key (Ed25519 public key: base64 of the raw 32 "
+        "bytes, PEM, or a file holding either). Default: commandKey of "
+        "<state-dir>/enrollment.json, written by 'continuum-agent enroll'.")] = None,
+    insecure_accept_unsigned: Annotated[bool, typer.Option(
+        envvar=_env("insecure_accept_unsigned"),
+        help="Obey commands without a valid signature: anyone who can publish on this "
+        "device's commands topic runs anything. Testing only.")] = False,
+    run_as: Annotated[str | None, typer.Option(
+        envvar=_env("run_as"),
+        help="User that tasks run as. Default: 'continuum-run' when the agent runs as root "
+        "(create it: useradd --system --no-create-home --shell /usr/sbin/nologin "
+        "continuum-run), else the agent's own user. 'root' only when said explicitly.")]
+        = None,
+    limit_cpu_seconds: Annotated[int | None, typer.Option(
+        envvar=_env("limit_cpu_seconds"),
+        help="CPU seconds a task process may use (RLIMIT_CPU; default unlimited).")] = None,
+    limit_address_space: Annotated[int | None, typer.Option(
+        envvar=_env("limit_address_space"),
+        help="Virtual memory of a task process, bytes (RLIMIT_AS; default unlimited).")]
+        = None,
+    limit_open_files: Annotated[int, typer.Option(
+        envvar=_env("limit_open_files"),
+        help="Open files of a task process (RLIMIT_NOFILE).")] = 1024,
+    limit_processes: Annotated[int, typer.Option(
+        envvar=_env("limit_processes"),
+        help="Processes of the run user in all (RLIMIT_NPROC; not enforced for root).")]
+        = 512,
     max_cpu: Annotated[float | None, typer.Option(
         show_envvar=False, envvar=_env("max_cpu"), help="Refuse runs requesting more cores (default: all).")]
         = None,
@@ -155,14 +186,29 @@ def run(
             telemetry_interval=telemetry_interval, allow_command=allow_command or [],
             max_cpu=max_cpu, max_memory=max_memory, kill_grace=kill_grace,
             upload_deadline=upload_deadline, reconnect_max=reconnect_max,
+            command_key=command_key, insecure_accept_unsigned=insecure_accept_unsigned,
+            run_as=run_as, limit_cpu_seconds=limit_cpu_seconds,
+            limit_address_space=limit_address_space, limit_open_files=limit_open_files,
+            limit_processes=limit_processes,
         )
         prof = get_profile(config.profile)
+        key = config.command_public_key()
     except (ValidationError, ValueError) as e:
         typer.echo(f"continuum-agent: invalid configuration: {e}", err=True)
         raise typer.Exit(2) from e
+    if key is None and not config.insecure_accept_unsigned:
+        typer.echo("continuum-agent: no command key: enrol this device ('continuum-agent "
+                   "enroll'), or pass --command-key (the control plane prints it: 'python -m "
+                   "control_plane.keys STATE_DIR'), or --insecure-accept-unsigned to obey "
+                   "anyone (testing only)", err=True)
+        raise typer.Exit(2)
     from edge_agent.agent import Agent
 
-    agent = Agent(config, prof)
+    try:
+        agent = Agent(config, prof)
+    except ValueError as e:
+        typer.echo(f"continuum-agent: {e}", err=True)
+        raise typer.Exit(2) from e
 
     def _term(signum: int, frame: object) -> None:
         agent.request_stop()

@@ -6,10 +6,12 @@ variable ``CONTINUUM_AGENT_<FIELD>`` (e.g. ``CONTINUUM_AGENT_BROKER``); see :mod
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from continuum.model import Tier
@@ -21,6 +23,8 @@ from edge_agent.protocol.session import (
 )
 
 ENV_PREFIX = "CONTINUUM_AGENT_"
+ENROLLMENT_FILE = "enrollment.json"
+"""In the state directory: what ``continuum-agent enroll`` received (``commandKey``, ...)."""
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -53,7 +57,32 @@ class AgentConfig(BaseModel):
     """Seconds between telemetry messages (they double as the heartbeat)."""
     allow_command: list[str] = Field(default_factory=list)
     """Command prefixes this device runs (shell-like tokens, e.g. ``python3`` or
-    ``/usr/bin/env python3``); empty = any command."""
+    ``/usr/bin/env python3``); empty = any command. The first token is compared as the
+    program it resolves to (``shutil.which`` on the runs' PATH, then every symlink
+    followed), the rest token by token. Allowing an interpreter allows any code."""
+    command_key: str | None = None
+    """The control plane's command key (Ed25519 public key: base64 of its 32 raw bytes,
+    PEM, or a file holding either); ``None`` = ``commandKey`` of
+    ``<state_dir>/enrollment.json`` (written by ``continuum-agent enroll``)."""
+    insecure_accept_unsigned: bool = False
+    """Obey commands without checking their signature (no command key needed). Anyone who
+    can publish on the device's commands topic then runs anything: testing only."""
+    run_as: str | None = None
+    """User that tasks run as. ``None``: ``continuum-run`` when the agent runs as root
+    (created by the installer), else the agent's own user. ``root`` must be said
+    explicitly."""
+    limit_cpu_seconds: int | None = Field(default=None, gt=0)
+    """RLIMIT_CPU of each task process (CPU seconds); ``None`` = unlimited (the run's
+    ``timeoutS`` bounds wall time)."""
+    limit_address_space: int | None = Field(default=None, gt=0)
+    """RLIMIT_AS of each task process (bytes of virtual memory); ``None`` = unlimited,
+    because address space counts reservations (JVMs, Go and CUDA reserve far more than
+    they use) and a ceiling below them breaks such programs."""
+    limit_open_files: int | None = Field(default=1024, gt=0)
+    """RLIMIT_NOFILE of each task process (descriptors); 1024 is the usual default."""
+    limit_processes: int | None = Field(default=512, gt=0)
+    """RLIMIT_NPROC of each task process: processes/threads of the run user in all (not
+    enforced for root); 512 stops a fork bomb and leaves room for parallel builds."""
     max_cpu: float | None = Field(default=None, gt=0)
     """Largest cpu request (cores) accepted; ``None`` = the device's cpus."""
     max_memory: int | None = Field(default=None, gt=0)
@@ -93,6 +122,15 @@ class AgentConfig(BaseModel):
             parse_peer(p)
         return v
 
+    @field_validator("command_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None:
+            from edge_agent.protocol.signing import load_public_key
+
+            load_public_key(v)
+        return v
+
     @field_validator("allow_command")
     @classmethod
     def _allow(cls, v: list[str]) -> list[str]:
@@ -104,3 +142,29 @@ class AgentConfig(BaseModel):
     @property
     def address(self) -> BrokerAddress:
         return parse_broker_url(self.broker)
+
+    def command_public_key(self) -> Ed25519PublicKey | None:
+        """The key commands must be signed with: ``command_key``, else ``commandKey`` of
+        ``<state_dir>/enrollment.json``; ``None`` when neither is there.
+
+        Raises:
+            ValueError: the enrolment file is not JSON or its ``commandKey`` is no key.
+        """
+        from edge_agent.protocol.signing import load_public_key
+
+        if self.command_key is not None:
+            return load_public_key(self.command_key)
+        path = self.state_dir / ENROLLMENT_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read the enrolment: {e}") from e
+        key = data.get("commandKey") if isinstance(data, dict) else None
+        if not key:
+            return None
+        try:
+            return load_public_key(str(key))
+        except ValueError as e:
+            raise ValueError(f"{path}: commandKey: {e}") from e

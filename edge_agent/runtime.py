@@ -7,6 +7,14 @@ downloaded again); the process started in its own session (``start_new_session``
 minimal environment; a timeout or a cancel kills the whole process tree (SIGTERM, then
 SIGKILL after a grace period); after exit 0 each output is uploaded by HTTP PUT, retried
 with backoff until a deadline. Every state change is handed to a ``report`` callback.
+
+Who runs it and within what: the process runs as the run user (:meth:`Runtime.run_user`:
+``continuum-run`` when the agent is root, unless ``run_as`` says otherwise; the agent's
+own user when it is not root) with no supplementary groups, in its working directory
+owned by that user (mode 0700), ``HOME`` pointing there, under the resource ceilings of
+:class:`Limits` (``setrlimit`` in the child before ``exec``). The program executed is the
+one :meth:`Runtime.program` resolved (``shutil.which`` on the run's PATH, every symlink
+followed) and checked against ``allow_command``: what is checked is what runs.
 """
 
 from __future__ import annotations
@@ -15,14 +23,17 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import random
 import re
+import resource
+import shlex
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,8 +65,60 @@ Report = Callable[..., object]
 """``report(state, **fields)``: fields are RunUpdate fields (exit_code, reason, ...)."""
 
 
+DEFAULT_RUN_USER = "continuum-run"
+"""The unprivileged user a root agent runs tasks as (the installer creates it)."""
+CREATE_RUN_USER = (f"useradd --system --no-create-home --home-dir /nonexistent "
+                   f"--shell /usr/sbin/nologin {DEFAULT_RUN_USER}")
+
+
 class RunFailure(Exception):
     """A run cannot go on; the message is the reason reported in the Failed update."""
+
+
+@dataclass(frozen=True)
+class RunUser:
+    """The user a task process is switched to (only when it differs from the agent's)."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource ceilings of each task process (``None`` = unlimited).
+
+    ``cpu_seconds`` (RLIMIT_CPU, s of CPU time), ``address_space`` (RLIMIT_AS, bytes),
+    ``open_files`` (RLIMIT_NOFILE), ``processes`` (RLIMIT_NPROC: every process of the run
+    user counts; the kernel does not enforce it for root). Defaults: see
+    :class:`edge_agent.config.AgentConfig`.
+    """
+
+    cpu_seconds: int | None = None
+    address_space: int | None = None
+    open_files: int | None = 1024
+    processes: int | None = 512
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """``(RLIMIT_*, value)`` for every ceiling that is set."""
+        return [(res, v) for res, v in ((resource.RLIMIT_CPU, self.cpu_seconds),
+                                        (resource.RLIMIT_AS, self.address_space),
+                                        (resource.RLIMIT_NOFILE, self.open_files),
+                                        (resource.RLIMIT_NPROC, self.processes))
+                if v is not None]
+
+    def preexec(self) -> Callable[[], None]:
+        """A function for ``Popen(preexec_fn=...)``: sets soft and hard limits in the child
+        (after the user switch, before ``exec``). It only calls ``setrlimit``, so it is
+        safe in the child of a threaded process."""
+        pairs = self.pairs()
+        setrlimit = resource.setrlimit
+
+        def apply() -> None:
+            for res, value in pairs:
+                setrlimit(res, (value, value))
+
+        return apply
 
 
 @dataclass
@@ -195,21 +258,99 @@ class Runtime:
 
     Args:
         state_dir: the agent's state directory.
+        run_as: user tasks run as (see :meth:`run_user`); ``None`` = the default.
+        limits: the rlimits of task processes.
+        allow_command: allowed command prefixes (see :meth:`program`); empty = any.
+        default_user: the run user of a root agent when ``run_as`` is ``None``.
         kill_grace: seconds between SIGTERM and SIGKILL.
         upload_deadline: seconds an output upload keeps retrying.
         http_timeout: seconds per HTTP request.
     """
 
     def __init__(self, state_dir: Path, *, kill_grace: float = 5.0,
-                 upload_deadline: float = 300.0, http_timeout: float = 30.0) -> None:
+                 upload_deadline: float = 300.0, http_timeout: float = 30.0,
+                 run_as: str | None = None, limits: Limits | None = None,
+                 allow_command: Sequence[str] = (),
+                 default_user: str = DEFAULT_RUN_USER) -> None:
         self.state_dir = state_dir
         self.cache_dir = state_dir / "cache"
         self.runs_dir = state_dir / "runs"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.chmod(0o700)  # other runs' data: the agent copies what a run needs
         self.kill_grace = kill_grace
         self.upload_deadline = upload_deadline
         self.http_timeout = http_timeout
+        self.run_as = run_as
+        self.default_user = default_user
+        self.limits = limits or Limits()
+        self.allow_command = [shlex.split(p) for p in allow_command]
+
+    # ------------------------------------------------------------ who and what runs
+
+    def run_user(self) -> RunUser | None:
+        """The user to switch task processes to; ``None`` = the agent's own user.
+
+        Raises:
+            RunFailure: the agent is root and ``continuum-run`` does not exist (the message
+                says how to create it), ``run_as`` names no user, or the agent is not root
+                and ``run_as`` names another user.
+        """
+        euid = os.geteuid()
+        name = self.run_as
+        if name is None:
+            if euid != 0:
+                return None
+            name = self.default_user
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            if self.run_as is None:
+                raise RunFailure(
+                    f"refused by local policy run-as: the agent runs as root and runs tasks "
+                    f"as the unprivileged user {name!r}, which does not exist; create it "
+                    f"({CREATE_RUN_USER.replace(DEFAULT_RUN_USER, name)}) or start the agent "
+                    f"with --run-as root") from None
+            raise RunFailure(f"refused by local policy run-as: no user {name!r}") from None
+        if pw.pw_uid == euid:
+            return None
+        if euid != 0:
+            raise RunFailure(f"refused by local policy run-as: the agent runs as uid {euid} "
+                             f"and cannot run tasks as {name!r} (only root switches users)")
+        return RunUser(name, pw.pw_uid, pw.pw_gid)
+
+    def program(self, argv: Sequence[str], env: dict[str, str], cwd: Path) -> str:
+        """The program ``argv`` runs: ``argv[0]`` looked up on ``env['PATH']`` (relative
+        to ``cwd`` when it contains a ``/``), every symlink followed; then checked against
+        ``allow_command``: the first token of a prefix must resolve (on the agent's PATH)
+        to the same file, the remaining tokens must equal ``argv``'s.
+
+        Raises:
+            RunFailure: no such program, or the local policy refuses it.
+        """
+        first = argv[0]
+        if "/" in first and not os.path.isabs(first):
+            first = str(cwd / first)
+        found = shutil.which(first, path=env.get("PATH"))
+        if found is None:
+            if self.allow_command:
+                raise RunFailure(f"refused by local policy allow-command: {argv[0]!r} is "
+                                 f"no program on the run's PATH ({env.get('PATH')})")
+            raise RunFailure(f"cannot start {argv[0]!r}: no such program on the run's PATH "
+                             f"({env.get('PATH')})")
+        real = os.path.realpath(found)
+        if not self.allow_command:
+            return real
+        agent_path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        for prefix in self.allow_command:
+            allowed = shutil.which(prefix[0], path=agent_path)
+            if (allowed is not None and os.path.realpath(allowed) == real
+                    and list(argv[1:len(prefix)]) == prefix[1:]):
+                return real
+        return_prefixes = ", ".join(shlex.join(p) for p in self.allow_command)
+        raise RunFailure(f"refused by local policy allow-command: {shlex.join(argv)!r} runs "
+                         f"{real}, which is not an allowed program with an allowed prefix "
+                         f"({return_prefixes})")
 
     def python_modules(self, interpreter: str = "python3") -> list[str] | None:
         """The top-level modules ``interpreter`` (found on the PATH runs get) can import,
@@ -366,21 +507,32 @@ class Runtime:
                     return self._finish(out, "Cancelled", "cancelled before start", logfile)
                 out.bytes_in += self.fetch_input(get, workdir)
             argv = self.command(spec, workdir)
+            env = self.environment(spec)
+            exe = self.program(argv, env, workdir)
+            user = self.run_user()
+            switch: dict[str, Any] = {}
+            if user is not None:
+                for p in [workdir, *workdir.rglob("*")]:
+                    os.lchown(p, user.uid, user.gid)
+                env["HOME"] = str(workdir)
+                switch = {"user": user.uid, "group": user.gid, "extra_groups": []}
+            workdir.chmod(0o700)
             if cancel.is_set():
                 return self._finish(out, "Cancelled", "cancelled before start", logfile)
             with logfile.open("wb") as lf:
                 try:
                     proc = subprocess.Popen(
-                        argv, cwd=workdir, env=self.environment(spec), stdout=lf,
+                        argv, executable=exe, cwd=workdir, env=env, stdout=lf,
                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        start_new_session=True,
+                        start_new_session=True, preexec_fn=self.limits.preexec(), **switch,
                     )
                 except OSError as e:
                     raise RunFailure(f"cannot start {argv[0]!r}: {e}") from e
             out.started_at = datetime.now(UTC)
             if on_start is not None:
                 on_start(proc.pid)
-            log.info("run %s: started pid %d: %s", spec.run_id, proc.pid, argv)
+            log.info("run %s: started pid %d as %s: %s (%s)", spec.run_id, proc.pid,
+                     user.name if user else "the agent's user", argv, exe)
             report("Running", started_at=out.started_at, bytes_in=out.bytes_in)
             deadline = (time.monotonic() + spec.timeout_s) if spec.timeout_s else None
             why = ""

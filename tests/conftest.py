@@ -5,6 +5,10 @@
   ``.restart()`` (same port, so clients reconnect to it).
 * ``agents`` (function): ``agents.spawn(device_id, *args)`` starts
   ``python -m edge_agent.cli run`` against the broker; every agent is killed at teardown.
+  Agents trust :data:`tests.helpers.TEST_COMMAND_KEY` (what ``observer`` signs with)
+  unless ``agents.trust(state_dir)`` names a control plane's state directory; as root
+  they run tasks as root (``--run-as root``: tests put marker files in root's private
+  temporary directories) unless ``spawn(run_as=...)`` says otherwise.
 * ``observer`` (function): a :class:`tests.helpers.Observer` on the broker.
 * ``artifacts`` (function): a :class:`tests.helpers.ArtifactServer` (GET inputs, PUT outputs).
 * ``slurm`` (session): the real single-node Slurm (:class:`SlurmCluster`: munged,
@@ -18,6 +22,7 @@ Wait on conditions with :func:`tests.helpers.wait_for`, never with a fixed sleep
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -33,7 +38,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import ArtifactServer, Observer
+from control_plane.keys import command_public_key
+from tests.helpers import TEST_COMMAND_PUBLIC, ArtifactServer, Observer
 from tests.monitoring.prometheus_fixture import prometheus  # noqa: F401
 
 if TYPE_CHECKING:
@@ -114,17 +120,30 @@ class AgentProcess:
         return int(self.proc.returncode)
 
 
+_AS_ROOT = "root" if os.geteuid() == 0 else None
+
+
 @dataclass
 class AgentFactory:
     broker: Mosquitto
     tmp: Path
     spawned: list[AgentProcess] = field(default_factory=list)
+    command_key: str = TEST_COMMAND_PUBLIC
+    """The base64 command key spawned agents verify commands with."""
+
+    def trust(self, state_dir: Path) -> None:
+        """Make agents spawned from now on trust the control plane of ``state_dir`` (its
+        key is generated there now if the control plane has not started yet)."""
+        self.command_key = base64.b64encode(command_public_key(state_dir)).decode()
 
     def spawn(self, device_id: str | None = None, *args: str, state_dir: Path | None = None,
-              telemetry_interval: float = 0.5, env: dict[str, str] | None = None
+              telemetry_interval: float = 0.5, env: dict[str, str] | None = None,
+              run_as: str | None = _AS_ROOT, command_key: str | None = None
               ) -> AgentProcess:
         """Start an agent (``python -m edge_agent.cli run``) with extra CLI ``args`` and
-        extra environment ``env`` (e.g. another ``PATH`` for its runs)."""
+        extra environment ``env`` (e.g. another ``PATH`` for its runs); ``run_as`` is its
+        ``--run-as`` (``None``: the agent's default), ``command_key`` its
+        ``--command-key`` (default :attr:`command_key`; ``""``: none given)."""
         device_id = device_id or f"dev-{uuid.uuid4().hex[:8]}"
         state_dir = state_dir or self.tmp / f"agent-{device_id}"
         log_path = self.tmp / f"agent-{device_id}-{len(self.spawned)}.log"
@@ -133,6 +152,11 @@ class AgentFactory:
                 "--device-id", device_id, "--state-dir", str(state_dir),
                 "--telemetry-interval", str(telemetry_interval), "--kill-grace", "1",
                 "--reconnect-max", "1", "--log-level", "INFO", *args]
+        key = self.command_key if command_key is None else command_key
+        if key:
+            argv += ["--command-key", key]
+        if run_as is not None:
+            argv += ["--run-as", run_as]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out,
                                     stderr=subprocess.STDOUT)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.protocol import (
@@ -32,8 +33,15 @@ from edge_agent.protocol import (
     encode,
     topic,
 )
+from edge_agent.protocol.signing import Signer, encode_public_key, sign_command
 
 T = TypeVar("T")
+
+TEST_COMMAND_KEY = Ed25519PrivateKey.generate()
+"""The command key of tests without a control plane: the ``agents`` fixture's agents
+trust it (unless told another) and :class:`Observer` signs the commands it sends with it."""
+TEST_COMMAND_PUBLIC = encode_public_key(TEST_COMMAND_KEY.public_key())
+"""Its public half, base64 (what ``--command-key`` takes)."""
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
@@ -62,7 +70,9 @@ class Observer:
     topics whose latest message had the retain flag.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, sign: Signer | None = TEST_COMMAND_KEY.sign) -> None:
+        self.sign = sign
+        """Signs the command models :meth:`send` publishes (``None``: sent unsigned)."""
         self.messages: list[tuple[str, bytes]] = []
         self.retained_flags: dict[str, bool] = {}
         self._lock = threading.Lock()
@@ -117,8 +127,14 @@ class Observer:
             f"{[(u.seq, u.state, u.reason) for u in self.updates(device_id, run_id)]}"))
 
     def send(self, device_id: str, payload: bytes | Any) -> None:
-        """Publish a command (a model or raw bytes) to the device's commands topic, QoS 1."""
-        data = payload if isinstance(payload, bytes) else encode(payload)
+        """Publish a command to the device's commands topic, QoS 1: raw bytes as they are,
+        a command model addressed to ``device_id`` and signed with :attr:`sign`."""
+        if isinstance(payload, bytes):
+            data = payload
+        elif self.sign is not None:
+            data = sign_command(payload, device_id, self.sign)
+        else:
+            data = encode(payload)
         info = self.client.publish(topic(device_id, "commands"), data, qos=1)
         info.wait_for_publish(timeout=5)
 

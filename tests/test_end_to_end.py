@@ -114,6 +114,7 @@ def server(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Server]:
 def test_sigkill_mid_workflow_loses_nothing_and_runs_nothing_twice(
         server: Server, agents: AgentFactory, tmp_path: Path) -> None:
     marker, gate = tmp_path / "executions.txt", tmp_path / "first.pid"
+    agents.trust(tmp_path / "state")  # the server's state directory
     agent = agents.spawn("dev-1", "--location", "floor")
     server.start()
     wait_for(lambda: any(n["ready"] for n in server.get("/v1/nodes?site=fleet")["items"]),

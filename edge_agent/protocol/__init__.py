@@ -9,12 +9,14 @@ topic                     direction    QoS     payload
 ``status``                device → CP  1, R    :class:`DeviceStatus`; the last will = offline
 ``telemetry``             device → CP  0       :class:`Telemetry`
 ``runs/{run_id}``         device → CP  1, R    :class:`RunUpdate` (every state change)
-``commands``              CP → device  1       :class:`Command` (run / cancel / forget)
+``commands``              CP → device  1       :class:`Command` (run / cancel / forget), signed
+``rejected``              device → CP  1       :class:`CommandRejected` (a refused command)
 ========================  ===========  ======  =========================================
 
 (R = retained.) Every payload is JSON with ``"v": 1``; receivers reject a payload that
 is larger than :data:`MAX_PAYLOAD_BYTES`, not JSON, of another version or not of the
-model, with a :class:`ProtocolError` whose message says which.
+model, with a :class:`ProtocolError` whose message says which. Commands are signed by
+the control plane and verified by the agent: see :mod:`edge_agent.protocol.signing`.
 """
 
 from edge_agent.protocol.v1 import (
@@ -25,6 +27,7 @@ from edge_agent.protocol.v1 import (
     ArtifactPut,
     CancelCommand,
     Command,
+    CommandRejected,
     DeviceStatus,
     ForgetCommand,
     Hello,
@@ -33,6 +36,7 @@ from edge_agent.protocol.v1 import (
     RunCommand,
     RunSpec,
     RunUpdate,
+    SignedCommand,
     Telemetry,
     decode,
     device_id_from_topic,
@@ -42,7 +46,7 @@ from edge_agent.protocol.v1 import (
 
 __all__ = [
     "MAX_PAYLOAD_BYTES", "PROTOCOL_VERSION", "TOPIC_PREFIX", "ArtifactGet", "ArtifactPut",
-    "CancelCommand", "Command", "DeviceStatus", "ForgetCommand", "Hello", "OutputDigest",
-    "ProtocolError", "RunCommand", "RunSpec", "RunUpdate", "Telemetry", "decode",
-    "device_id_from_topic", "encode", "topic",
+    "CancelCommand", "Command", "CommandRejected", "DeviceStatus", "ForgetCommand", "Hello",
+    "OutputDigest", "ProtocolError", "RunCommand", "RunSpec", "RunUpdate", "SignedCommand",
+    "Telemetry", "decode", "device_id_from_topic", "encode", "topic",
 ]

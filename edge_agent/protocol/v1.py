@@ -169,24 +169,58 @@ class RunSpec(BaseModel):
     outputs: list[ArtifactPut] = Field(default_factory=list)
 
 
-class RunCommand(Payload):
+class SignedCommand(Payload):
+    """Fields every command carries (see :mod:`edge_agent.protocol.signing`).
+
+    ``device_id`` is the addressee; ``issued_at``/``expires_at`` bound when the command
+    may be obeyed; ``nonce`` (random, 32 hex digits) is refused a second time;
+    ``signature`` is base64 Ed25519 over the canonical JSON of the rest. They are
+    optional in the model so that an unsigned command is parsed and refused *as
+    unsigned* (and reported) rather than as malformed.
+    """
+
+    device_id: str | None = None
+    issued_at: datetime | None = None
+    expires_at: datetime | None = None
+    nonce: str | None = Field(default=None, max_length=128)
+    signature: str | None = None
+
+
+class RunCommand(SignedCommand):
     id: str
     type: Literal["run"] = "run"
     spec: RunSpec
 
 
-class CancelCommand(Payload):
+class CancelCommand(SignedCommand):
     id: str
     type: Literal["cancel"] = "cancel"
     run_id: str
 
 
-class ForgetCommand(Payload):
+class ForgetCommand(SignedCommand):
     """The control plane recorded the run's final state; the agent may drop it."""
 
     id: str
     type: Literal["forget"] = "forget"
     run_id: str
+
+
+class CommandRejected(Payload):
+    """The agent refused a command (topic ``rejected``, device → CP, QoS 1).
+
+    ``reason`` is one word (:class:`edge_agent.protocol.signing.CommandRefused`);
+    ``detail`` says more; ``command_id``/``command_type``/``run_id`` are what the refused
+    payload claimed (unverified when the reason is ``unsigned`` or ``bad-signature``).
+    """
+
+    device_id: str
+    at: datetime = Field(default_factory=_now)
+    reason: str
+    detail: str = ""
+    command_id: str | None = None
+    command_type: str | None = None
+    run_id: str | None = None
 
 
 Command = Annotated[RunCommand | CancelCommand | ForgetCommand, Field(discriminator="type")]

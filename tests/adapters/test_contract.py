@@ -52,7 +52,7 @@ from edge_agent.protocol.session import MqttSession
 from tests.adapters.kubernetes.apiserver import ApiServer
 from tests.adapters.slurm.conftest import SlurmCluster
 from tests.conftest import AgentFactory, AgentProcess, Mosquitto, free_port
-from tests.helpers import NoArtifacts, wait_for
+from tests.helpers import TEST_COMMAND_KEY, NoArtifacts, wait_for
 
 
 class Harness(Protocol):
@@ -122,7 +122,8 @@ class _Base:
         self.counter = ThreadCounter()
 
     def ctx(self) -> AdapterContext:
-        return AdapterContext(artifacts=NoArtifacts(), state_dir=self.tmp / "state")
+        return AdapterContext(artifacts=NoArtifacts(), state_dir=self.tmp / "state",
+                              sign=TEST_COMMAND_KEY.sign)
 
     def _keep(self, a: Any) -> Any:
         self.made.append(a)

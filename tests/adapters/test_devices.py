@@ -9,6 +9,7 @@ registration for site kind ``devices``.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters import registry
 from adapters.base import AdapterContext, ArtifactOut, Handle, TaskRun
@@ -24,14 +27,23 @@ from continuum.errors import PermanentError, TransientError
 from continuum.model import Resources, RunState, SiteHealth, SiteKind, SiteSpec, Task
 from edge_agent.protocol import Telemetry, encode, topic
 from tests.conftest import free_port
-from tests.helpers import ArtifactServer, NoArtifacts, Wakes, gate_source, open_gate, wait_for
+from tests.helpers import (
+    TEST_COMMAND_KEY,
+    ArtifactServer,
+    NoArtifacts,
+    Wakes,
+    gate_source,
+    open_gate,
+    wait_for,
+)
 
 PY = sys.executable
 
 
 def make_adapter(url: str, tmp: Path, wake: Wakes | None = None, **config: Any) -> DevicesAdapter:
     site = SiteSpec(name="fleet", kind=SiteKind.devices, config={"broker": url, **config})
-    ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp, wake=wake or Wakes())
+    ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp, wake=wake or Wakes(),
+                         sign=TEST_COMMAND_KEY.sign)
     return DevicesAdapter(site, ctx)
 
 
@@ -156,6 +168,26 @@ ROGUE = [
     ("wrong-version", "rogue-1", json.dumps({"v": 9}).encode(), "protocol version 9"),
     ("device-mismatch", "rogue-1", None, "device id mismatch"),
 ]
+
+
+def test_commands_are_signed_and_a_refusal_ends_the_run(adapter, agents, observer) -> None:  # type: ignore[no-untyped-def]
+    """Each command the adapter publishes is addressed, dated and signed; an agent that
+    trusts another key refuses it, and the refusal it reports ends the run Failed."""
+    other = base64.b64encode(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+    ag = agents.spawn(None, "--profile", "pi4", command_key=other)
+    wait_for(lambda: any(n.name == ag.device_id and n.ready for n in adapter.inventory()), 15,
+             message=lambda: f"device ready; log:\n{ag.logs()}")
+    h = adapter.submit(task_run("run-refused", name="x", command=["true"]),
+                       node_of(adapter, ag.device_id), "run-refused")
+    st = wait_for(lambda: adapter.status([h]).get("run-refused"), 10,
+                  message=lambda: f"the refusal reported; log:\n{ag.logs()}")
+    assert st.state == RunState.Failed and "refused the command: bad-signature" in st.reason
+    assert adapter.refused["bad-signature"] == 1
+    [raw] = observer.on(topic(ag.device_id, "commands"))
+    sent = json.loads(raw)
+    assert sent["device_id"] == ag.device_id and len(sent["nonce"]) == 32
+    assert sent["signature"] and sent["expires_at"] > sent["issued_at"]
 
 
 def test_rogue_payloads_are_counted_and_ignored(adapter, device, observer) -> None:  # type: ignore[no-untyped-def]

@@ -128,6 +128,7 @@ def test_work_of_an_offline_device_is_replaced_within_two_heartbeats(
                         inventory_interval_s=0.05, retry_backoff_s=30.0,
                         model_retrain_interval_s=0, migration_lost_grace_s=HEARTBEAT_S / 2)
     cp = ControlPlane(settings, fleet(mosquitto.url))
+    agents.trust(settings.state_dir)
     devs = [agents.spawn(f"dev-{k}", "--profile", "pi4", "--location", "factory",
                          telemetry_interval=HEARTBEAT_S) for k in range(2)]
     gate = tmp_path / "gate.pid"
@@ -258,6 +259,7 @@ def test_an_unreachable_site_moves_nothing_and_its_runs_finish_in_place(
                         inventory_interval_s=0.05, model_retrain_interval_s=0,
                         migration_lost_grace_s=grace)
     cp = ControlPlane(settings, fleet(broker.url))
+    agents.trust(settings.state_dir)
     for k in range(2):
         agents.spawn(f"dev-{k}", "--profile", "pi4", "--location", "factory",
                      telemetry_interval=HEARTBEAT_S)
@@ -415,6 +417,7 @@ def test_a_failed_move_leaves_the_old_service_serving(mosquitto: Mosquitto,
         site = {"name": "fleet", "kind": "devices", "tier": "device", "location": "dc",
                 "config": {"broker": mosquitto.url}}
         assert api.post("/v1/sites", json=site).status_code == 201
+        agents.trust(cp.settings.state_dir)
         agents.spawn("frugal", "--profile", "pi4", "--location", "dc", "--allow-command", "true")
 
         def aborted() -> list[dict] | None:

@@ -52,6 +52,7 @@ def test_runtime_lists_the_modules_of_the_python3_runs_get(
 def test_placement_keeps_sklearn_tasks_on_devices_that_have_it(
         tmp_path: Path, paths: dict[str, str], mosquitto: Mosquitto,
         agents: AgentFactory) -> None:
+    agents.trust(tmp_path / "state")
     good = agents.spawn(None, "--label", "box=good", env={"PATH": paths["with"]})
     bare = agents.spawn(None, "--label", "box=bare", env={"PATH": paths["without"]})
     with control_plane(tmp_path / "state") as (_, api):

@@ -7,6 +7,7 @@ local policy decisions, the runtime's path safety and environment, kill_tree.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from edge_agent.protocol import RunSpec, RunUpdate
 from edge_agent.protocol.session import jittered_backoff
 from edge_agent.runtime import RunFailure, Runtime, kill_tree, safe_join
 from edge_agent.telemetry import model_power
+from tests.helpers import TEST_COMMAND_PUBLIC
 
 
 @pytest.mark.parametrize(("u", "watts"), [(0.0, 2.7), (0.5, 4.55), (1.0, 6.4), (1.7, 6.4),
@@ -95,6 +97,8 @@ def test_outbox_order_ack_persistence_and_forget(tmp_path: Path) -> None:
 
 
 def _agent(tmp_path: Path, **cfg: object) -> Agent:
+    cfg.setdefault("command_key", TEST_COMMAND_PUBLIC)
+    cfg.setdefault("run_as", "root" if os.geteuid() == 0 else None)
     return Agent(AgentConfig(device_id="d1", state_dir=tmp_path, profile="pi4", **cfg))  # type: ignore[arg-type]
 
 

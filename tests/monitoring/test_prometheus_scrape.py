@@ -166,6 +166,7 @@ def continuum(tmp_path_factory: pytest.TempPathFactory, mosquitto: Any,
                         metrics_interval_s=0.3)
     agents = AgentFactory(mosquitto, tmp)
     with Served(ControlPlane(settings, continuum_federation(mosquitto.url)), port) as served:
+        agents.trust(settings.state_dir)
         agents.spawn(DEVICE, "--location", "shop-floor")
         prometheus.target("continuum", f"127.0.0.1:{port}")
         try:

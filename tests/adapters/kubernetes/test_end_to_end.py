@@ -78,6 +78,7 @@ def test_workflow_across_agent_kubernetes_and_kubeedge(
         clusters: tuple[ApiServer, ApiServer], mosquitto: Mosquitto, agents: AgentFactory,
         tmp_path: Path) -> None:
     cloud, edge = clusters
+    agents.trust(tmp_path / "cp")
     agents.spawn("pi-1", "--location", "factory")
     settings = Settings(state_dir=tmp_path / "cp", reconcile_interval_s=0.1,
                         inventory_interval_s=0.3, retry_backoff_s=0.1,

@@ -30,6 +30,7 @@ def test_device_to_slurm_to_device_with_artifacts(slurm: SlurmCluster, mosquitto
     r = lcp.http.post("/v1/sites", json={"name": "fleet", "kind": "devices", "tier": "device",
                                          "config": {"broker": mosquitto.url}})
     assert r.status_code == 201, r.text
+    agents.trust(lcp.settings.state_dir)
     agents.spawn("pi-1")
     wait_for(lambda: any(n["ready"] for n in lcp.get("/v1/nodes", params={"site": "fleet"})["items"]),
              timeout=20, message="the agent to join the fleet")
