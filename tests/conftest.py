@@ -11,6 +11,9 @@
   temporary directories) unless ``spawn(run_as=...)`` says otherwise.
 * ``observer`` (function): a :class:`tests.helpers.Observer` on the broker.
 * ``artifacts`` (function): a :class:`tests.helpers.ArtifactServer` (GET inputs, PUT outputs).
+* ``run_user`` (function): the ``continuum-run`` system user agents run tasks as by
+  default (created as the installer does, if missing); ``open_state_dir``: an agent state
+  directory that user can traverse to (pytest's temporary directories are root-only).
 * ``slurm`` (session): the real single-node Slurm (:class:`SlurmCluster`: munged,
   slurmctld, slurmd and slurmrestd with JWT, started by ``deploy/dev/slurm.sh`` in a
   temporary directory on loopback, stopped at the end). Defined here, once, so every test
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from control_plane.keys import command_public_key
+from edge_agent.runtime import DEFAULT_RUN_USER
 from tests.helpers import TEST_COMMAND_PUBLIC, ArtifactServer, Observer
 from tests.monitoring.prometheus_fixture import prometheus  # noqa: F401
 
@@ -211,3 +216,26 @@ def slurm() -> Iterator[SlurmCluster]:
     yield cluster
     cluster.sh("stop", str(cluster.dir))
     shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def run_user() -> pwd.struct_passwd:
+    """The ``continuum-run`` system user (created as the installer does, if missing)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test creates a system user and must run as root")
+    try:
+        return pwd.getpwnam(DEFAULT_RUN_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir",
+                        "/nonexistent", "--shell", "/usr/sbin/nologin", DEFAULT_RUN_USER],
+                       check=True, capture_output=True, timeout=30)
+        return pwd.getpwnam(DEFAULT_RUN_USER)
+
+
+@pytest.fixture
+def open_state_dir() -> Iterator[Path]:
+    """A state directory the run user can traverse to (pytest's are root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="continuum-agent-"))
+    d.chmod(0o711)
+    yield d / "state"
+    shutil.rmtree(d, ignore_errors=True)

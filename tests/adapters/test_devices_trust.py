@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import ssl
 import stat
 import subprocess
@@ -49,7 +50,7 @@ from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from edge_agent.protocol import RunUpdate, encode, topic
 from tests.conftest import MOSQUITTO_SH, REPO, AgentFactory, Mosquitto, free_port
-from tests.helpers import NoArtifacts, Wakes, gate_source, open_gate, wait_for
+from tests.helpers import TEST_COMMAND_KEY, NoArtifacts, Wakes, gate_source, open_gate, wait_for
 from tests.monitoring.test_prometheus_scrape import Served
 
 PY = sys.executable
@@ -221,8 +222,9 @@ def test_pki_init_cli(tmp_path: Path) -> None:
 
 
 def test_enrolled_agent_connects_over_tls_and_runs_a_task(
-        served: Served, secured: SecuredBroker, tmp_path: Path) -> None:
-    state = tmp_path / "agent"
+        served: Served, secured: SecuredBroker, tmp_path: Path, run_user: pwd.struct_passwd,
+        open_state_dir: Path) -> None:
+    state = open_state_dir  # the task runs as the unprivileged run user (the default)
     r = enroll_cli(served, new_token(served), "dev-a", state)
     assert r.returncode == 0, r.stderr
     assert "enrolled device dev-a in site fleet" in r.stdout
@@ -251,7 +253,7 @@ def test_enrolled_agent_connects_over_tls_and_runs_a_task(
                  f"broker log:\n{secured.log()}")
         wf = httpx.post(f"{served.url}/v1/workflows", timeout=10, json={
             "apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": "hi"},
-            "spec": {"tasks": [{"name": "hi", "command": [PY, "-c", "print('over tls')"]}]},
+            "spec": {"tasks": [{"name": "hi", "command": ["sh", "-c", "echo over tls"]}]},
         })
         assert wf.status_code == 201, wf.text
         wf_id = wf.json()["id"]
@@ -414,7 +416,8 @@ def plain_adapter(url: str, tmp: Path, drops: Drops, enrolled: set[str] | None =
     site = SiteSpec(name="fleet", kind=SiteKind.devices,
                     config={"broker": url, "offlineAfter": 10, **config})
     ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp, wake=Wakes(), dropped=drops,
-                         device_enrolled=(lambda s, d: d in enrolled) if enrolled else None)
+                         device_enrolled=(lambda s, d: d in enrolled) if enrolled else None,
+                         sign=TEST_COMMAND_KEY.sign)
     a = DevicesAdapter(site, ctx)
     wait_for(lambda: a.connected, 10, message="adapter connected")
     return a

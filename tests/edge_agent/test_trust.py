@@ -17,9 +17,6 @@ import json
 import os
 import pwd
 import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -171,27 +168,6 @@ def test_an_agent_without_a_command_key_does_not_start(agents: AgentFactory,
 
 # ---------------------------------------------------------------- unprivileged runs
 
-@pytest.fixture
-def run_user() -> pwd.struct_passwd:
-    """The ``continuum-run`` system user (created as the installer does, if missing)."""
-    if os.geteuid() != 0:
-        pytest.fail("this test creates a system user and must run as root")
-    try:
-        return pwd.getpwnam(DEFAULT_RUN_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir",
-                        "/nonexistent", "--shell", "/usr/sbin/nologin", DEFAULT_RUN_USER],
-                       check=True, capture_output=True, timeout=30)
-        return pwd.getpwnam(DEFAULT_RUN_USER)
-
-
-@pytest.fixture
-def open_state_dir() -> Iterator[Path]:
-    """A state directory the run user can traverse to (pytest's are root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="continuum-agent-"))
-    d.chmod(0o711)
-    yield d / "state"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_tasks_run_as_the_unprivileged_user_within_rlimits(
