@@ -437,12 +437,15 @@ class Runtime:
 
     # ------------------------------------------------------------ outputs
 
-    def upload(self, url: str, path: Path, name: str) -> int:
-        """PUT the file's bytes to ``url``, retrying 5xx/network errors until the deadline.
+    def upload(self, url: str, path: Path, name: str,
+               cancel: threading.Event | None = None) -> int:
+        """PUT the file's bytes to ``url``, retrying 5xx/network errors until the deadline
+        or until ``cancel`` is set (an agent stopping does not wait out the deadline).
 
         Returns bytes uploaded. Raises:
-            RunFailure: a 4xx answer, or still failing at the deadline.
+            RunFailure: a 4xx answer, still failing at the deadline, or cancelled.
         """
+        cancel = cancel or threading.Event()
         data = path.read_bytes()
         deadline = time.monotonic() + self.upload_deadline
         delay = 0.2
@@ -463,7 +466,8 @@ class Runtime:
                                  f"{self.upload_deadline:g} s: {last}")
             log.warning("output %s: PUT %s failed (%s); retrying in %.1f s", name, url, last,
                         delay)
-            time.sleep(delay * random.uniform(0.5, 1.0))
+            if cancel.wait(delay * random.uniform(0.5, 1.0)):
+                raise RunFailure(f"output {name!r}: upload cancelled (last attempt: {last})")
             delay = min(delay * 2, 10.0)
 
     # ------------------------------------------------------------ execute
@@ -573,7 +577,7 @@ class Runtime:
                     raise RunFailure(f"output {put.name!r}: file {put.path!r} was not "
                                      "written by the task")
                 digest = sha256_file(path)
-                out.bytes_out += self.upload(put.url, path, put.name)
+                out.bytes_out += self.upload(put.url, path, put.name, cancel)
                 self._cache_put(path, digest)
                 out.outputs.append(OutputDigest(name=put.name, sha256=digest,
                                                 size=path.stat().st_size))

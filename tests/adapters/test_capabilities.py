@@ -45,6 +45,9 @@ def test_conforms_names_the_missing_method() -> None:
         def telemetry(self) -> list[object]:
             return []
 
+        def forget(self, device_id: str) -> None:
+            pass
+
     conforms(SimAdapter)  # nothing declared: nothing to check
     with pytest.raises(TypeError, match=r"Renamed declares DeviceFleet but lacks devices$"):
         conforms(Renamed, DeviceFleet)

@@ -160,3 +160,25 @@ def test_kill_tree_escalates_to_sigkill(tmp_path: Path) -> None:
         assert psutil.Process(child).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         pass
+
+
+def test_an_upload_retrying_against_a_dead_server_stops_when_the_run_is_cancelled(
+        tmp_path: Path) -> None:
+    """An agent that stops (its control plane gone) cancels its runs; an upload stuck in its
+    retry loop must end then, not after the upload deadline (300 s by default)."""
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on: every PUT is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"x" * 100)
+    rt = Runtime(tmp_path / "state", upload_deadline=300.0, http_timeout=1.0)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(RunFailure, match="upload cancelled"):
+        rt.upload(f"http://127.0.0.1:{port}/v1/artifacts/wf/out", out, "out", cancel)
+    assert time.monotonic() - t0 < 15
