@@ -26,7 +26,7 @@ import uvicorn
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from tests.conftest import REPO, free_port
-from tests.helpers import wait_for
+from tests.helpers import admin_headers, wait_for
 
 SLURM_SH = REPO / "deploy" / "dev" / "slurm.sh"
 
@@ -101,7 +101,7 @@ class LiveControlPlane:
                                  reconcile_interval_s=0.1, inventory_interval_s=0.3,
                                  retry_backoff_s=0.2, **settings)
         self.cp = ControlPlane(self.settings)
-        self.http = httpx.Client(base_url=self.url, timeout=15)
+        self.http = httpx.Client(base_url=self.url, timeout=15, headers=admin_headers(self.cp))
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
