@@ -100,7 +100,8 @@ class Authority:
 
     ``settings``: the auth and store groups (the key file defaults to
     ``<state_dir>/auth/jwt.key``). Raises ``ValueError`` when a configured key file
-    holds fewer than 32 bytes.
+    holds fewer than 32 bytes, or ``oidc_jwks_url`` comes without ``oidc_issuer`` and
+    ``oidc_audience``.
     """
 
     def __init__(self, settings: Any, store: Store):
@@ -115,6 +116,8 @@ class Authority:
         if len(self._key) < 32:
             raise ValueError(f"auth_key_file {path}: the key has {len(self._key)} bytes; "
                              "at least 32 are needed")
+        if settings.oidc_jwks_url and not (settings.oidc_issuer and settings.oidc_audience):
+            raise ValueError("oidc_jwks_url needs oidc_issuer and oidc_audience too")
         self._jwks: jwt.PyJWKClient | None = None
         self._jwks_lock = threading.Lock()
 

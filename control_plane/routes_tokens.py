@@ -54,10 +54,10 @@ async def create_token(body: TokenRequest, principal: PrincipalDep,
         if subject != principal.subject:
             raise HTTPException(403, f"subject: only an admin makes tokens for others "
                                      f"({principal.subject} asked for {subject})")
-        if extra := sorted(set(body.roles) - principal.roles):
-            raise HTTPException(403, f"roles: {', '.join(extra)} not among your roles")
-        if extra := sorted(set(body.tenants) - principal.tenants):
-            raise HTTPException(403, f"tenants: {', '.join(extra)} not among your tenants")
+        if roles := sorted(set(body.roles) - principal.roles):
+            raise HTTPException(403, f"roles: {', '.join(roles)} not among your roles")
+        if tenants := sorted(set(body.tenants) - principal.tenants):
+            raise HTTPException(403, f"tenants: {', '.join(tenants)} not among your tenants")
     token, row = await run_in_threadpool(
         authority.mint, subject, body.roles, body.tenants, body.ttl_s, body.description,
         principal.subject)

@@ -318,3 +318,62 @@ def test_cli_tokens_audit_and_contexts(tmp_path: Path, monkeypatch: pytest.Monke
         assert r.exit_code == 1 and "revoked" in r.output
         r = runner.invoke(app, ["config", "use-context", "nowhere"])
         assert r.exit_code == 1 and "no context" in r.output
+
+
+# ---------------------------------------------------------------- external OIDC issuer
+
+
+def test_an_external_oidc_issuers_tokens_are_accepted_with_their_claims(
+        tmp_path: Path) -> None:
+    import http.server
+    import json
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": "k1", "use": "sig",
+           "alg": "RS256"}
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps({"keys": [jwk]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    issuer = "https://idp.example.org/realms/hpc"
+    try:
+        with control_plane(tmp_path / "state", oidc_issuer=issuer, oidc_audience="continuum",
+                           oidc_jwks_url=f"http://127.0.0.1:{httpd.server_address[1]}/certs",
+                           oidc_roles_claim="realm_access.roles",
+                           oidc_tenants_claim="groups") as (_, client):
+            now = int(time.time())
+            good = {"iss": issuer, "aud": "continuum", "sub": "erin", "iat": now,
+                    "exp": now + 300, "realm_access": {"roles": ["user", "offline_access"]},
+                    "groups": ["physics"]}
+
+            def sign(c: dict[str, Any]) -> dict[str, str]:
+                return bearer(jwt.encode(c, key, "RS256", headers={"kid": "k1"}))
+
+            doc = workflow("from-oidc")
+            r = client.post("/v1/workflows", json=doc, headers=sign(good))
+            assert r.status_code == 201 and r.json()["tenant"] == "physics", r.text
+            assert client.get("/v1/audit", headers=sign(good)).status_code == 403
+            for bad in ({**good, "aud": "other"}, {**good, "exp": now - 10}):
+                r = client.get("/v1/workflows", headers=sign(bad))
+                assert r.status_code == 401 and "OIDC" in r.json()["detail"]
+            other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            r = client.get("/v1/workflows", headers=bearer(
+                jwt.encode(good, other, "RS256", headers={"kid": "k1"})))
+            assert r.status_code == 401
+    finally:
+        httpd.shutdown()
