@@ -8,8 +8,9 @@ A route without a rule is refused (403, fail closed) and fails the test suite
   without credentials; it holds counts and gauges, no workflow content or secrets) and
   ``POST /v1/devices/enroll`` (the one-time enrolment token is the credential).
   ``/docs`` and ``/openapi.json`` are not API routes and are public too.
-* ``CAPABILITY`` — artifacts: a run's capability or a bearer token, checked in the route
-  itself (control_plane/routes_artifacts.py).
+* ``CAPABILITY`` — artifacts: a run's capability or an API token, checked in the route
+  itself (control_plane/routes_artifacts.py; :func:`control_plane.auth.try_authenticate`
+  gives the API token's principal, if any).
 * ``ANY`` — any valid token; the route may check more (tenancy, per-site-kind roles).
 * ``needs(*roles)`` — a valid token holding one of the roles (admin holds all).
 
@@ -24,7 +25,7 @@ from typing import Literal
 
 from fastapi import HTTPException, Request
 
-from control_plane.auth import Role, authenticate, require
+from control_plane.auth import Role, require
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,8 @@ def enforce(request: Request) -> None:
                                  "(control_plane/access.py ROUTE_RULES)")
     if rule.kind == "bearer":
         require(*rule.roles)(request)
-    elif rule.kind == "capability" and request.headers.get("authorization"):
-        authenticate(request)  # a bearer token, when sent, must be valid
+    # "capability": the route itself accepts a run capability (which may come as a bearer
+    # token too) or an API token (control_plane.auth.try_authenticate)
 
 
 __all__ = ["ROUTE_RULES", "Rule", "enforce", "route_key", "rule_for"]
