@@ -116,7 +116,9 @@ def run_continuum(d: Path, env: dict[str, str], n: int, state: Path) -> dict[str
     while not server.started:
         time.sleep(0.05)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        token = cp.admin_token_path.read_text().strip()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                          headers={"Authorization": f"Bearer {token}"}) as c:
             site = {"name": "hpc", "kind": "slurm", "tier": "hpc", "config": {
                 "url": env["SLURMRESTD_URL"], "user": env["SLURM_JOB_USER"],
                 "jwtKey": env["SLURM_JWT_KEY"], "partitions": ["debug"],

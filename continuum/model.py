@@ -361,12 +361,17 @@ class Metadata(Model):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class WorkflowMetadata(Metadata):
+    tenant: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    """The tenant (project) the workflow belongs to; default: the submitter's only tenant."""
+
+
 class WorkflowDocument(Model):
     """What users submit: ``apiVersion: continuum/v1``, ``kind: Workflow``."""
 
     api_version: Literal["continuum/v1"] = Field(alias="apiVersion")
     kind: Literal["Workflow"]
-    metadata: Metadata
+    metadata: WorkflowMetadata
     spec: WorkflowSpec
 
 

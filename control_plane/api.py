@@ -4,17 +4,20 @@
 (:mod:`~control_plane.routes_workflows`), runs, artifacts, sites, nodes/devices/topology,
 KubeEdge data sources, models and previews, health and metrics — each of which gets the
 narrow services it uses through FastAPI dependencies (:mod:`control_plane.deps`).
+Every route's access rule is in :data:`control_plane.access.ROUTE_RULES`, applied by the
+app-wide dependency :func:`control_plane.access.enforce`; every mutating call is
+recorded by :class:`control_plane.audit.AuditMiddleware`.
 
 Errors share one shape: ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``
 for 422 (each problem naming its field and the fix; an oversized body is a 422 of
-type ``body_too_large``) and ``{"detail": "..."}`` for 404, 409, 502 and 503.
+type ``body_too_large``) and ``{"detail": "..."}`` for 401, 403, 404, 409, 502 and 503.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -23,6 +26,7 @@ from continuum.errors import Conflict, NotFound, ValidationFailed
 from continuum.model import SiteSpec, TaskState, WorkflowDocument
 from control_plane import (
     routes_artifacts,
+    routes_audit,
     routes_devices,
     routes_health,
     routes_kubernetes,
@@ -30,8 +34,11 @@ from control_plane import (
     routes_nodes,
     routes_runs,
     routes_sites,
+    routes_tokens,
     routes_workflows,
 )
+from control_plane.access import enforce
+from control_plane.audit import AuditMiddleware
 from control_plane.deps import Services
 from control_plane.routes_common import MAX_BODY_BYTES
 from control_plane.routes_nodes import node_view
@@ -45,8 +52,11 @@ def create_app(services: Services) -> FastAPI:
         title="Continuum",
         version=continuum.__version__,
         description="One control plane for the compute continuum: devices, edge, cloud, HPC. "
-        "Submit workflows, register sites, watch runs and their placements.",
+        "Submit workflows, register sites, watch runs and their placements. "
+        "Send `Authorization: Bearer TOKEN` (see docs/security.md).",
+        dependencies=[Depends(enforce)],
     )
+    app.add_middleware(AuditMiddleware, store=services.store)
     app.state.services = services
     # Models only referenced from openapi_extra must be registered by hand.
     _schemas: dict[str, type[BaseModel]] = {"WorkflowDocument": WorkflowDocument,
@@ -82,7 +92,8 @@ def create_app(services: Services) -> FastAPI:
         return JSONResponse({"detail": str(e)}, status_code=409)
 
     for module in (routes_kubernetes, routes_workflows, routes_runs, routes_artifacts,
-                   routes_sites, routes_nodes, routes_devices, routes_health, routes_models):
+                   routes_sites, routes_nodes, routes_devices, routes_health, routes_models, routes_tokens,
+                   routes_audit):
         app.include_router(module.router)
     return app
 

@@ -1,7 +1,9 @@
 """``continuum`` — the command line of the control plane.
 
 Commands that talk to a running control plane take ``--url`` (default
-``$CONTINUUM_URL`` or http://127.0.0.1:8080).
+``$CONTINUUM_URL``, the current context's server, or http://127.0.0.1:8080) and send the
+token of ``continuum --token``, ``$CONTINUUM_TOKEN`` or the current context of
+``~/.config/continuum/config.yaml``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import yaml
 from rich.console import RenderableType
 from rich.live import Live
 
-from control_plane import cli_devices, cli_kubernetes, cli_model, cli_pki, render
+from control_plane import cli_auth, cli_devices, cli_kubernetes, cli_model, cli_pki, render
 from control_plane.cli_sites import app as sites_app
-from control_plane.client import ApiError, Client, ConnectionFailed
+from control_plane.client import ApiError, Client, ConnectionFailed, current_context
 
 app = typer.Typer(
     help="Continuum: one control plane for devices, edge, cloud and HPC.\n\n"
@@ -40,6 +42,9 @@ app.add_typer(cli_kubernetes.cluster_app, name="cluster")
 app.add_typer(sites_app, name="sites")
 app.add_typer(cli_devices.app, name="devices")
 app.add_typer(cli_pki.app, name="pki")
+app.add_typer(cli_auth.tokens_app, name="tokens")
+app.add_typer(cli_auth.config_app, name="config")
+app.command("audit")(cli_auth.audit)
 
 console = render.make_console()
 T = TypeVar("T")
@@ -60,6 +65,29 @@ class Output(StrEnum):
 OutOpt = Annotated[Output, typer.Option(
     "--output", "-o", help="table (the columns that fit 80 columns), wide (every column), "
     "json or yaml (the API's objects)")]
+
+
+@app.callback()
+def _global(ctx: typer.Context, token: Annotated[str | None, typer.Option(
+        "--token", help="API token (default $CONTINUUM_TOKEN, else the current context of "
+        "~/.config/continuum/config.yaml)", show_default=False)] = None) -> None:
+    """Continuum: one control plane for devices, edge, cloud and HPC."""
+    # the subcommand's --url and the Client read the environment: set it for this one
+    # command (``--token``; the current context's server unless CONTINUUM_URL is set)
+    env = {"CONTINUUM_TOKEN": token} if token else {}
+    server = current_context().get("server")
+    if server and "CONTINUUM_URL" not in os.environ:
+        env["CONTINUUM_URL"] = str(server)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+
+    def restore() -> None:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    ctx.call_on_close(restore)
 
 
 def _client(url: str) -> Client:

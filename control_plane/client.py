@@ -1,10 +1,17 @@
 """The Python client of the REST API (httpx).
 
     >>> from control_plane.client import Client
-    >>> c = Client("http://127.0.0.1:8080")
+    >>> c = Client("http://127.0.0.1:8080", token=open("state/admin.token").read().strip())
     >>> wf = c.submit_file("examples/workflows/edge-vision.yaml")
     >>> c.wait(wf["id"])["state"]
     'Succeeded'
+
+Without ``token`` the client uses ``$CONTINUUM_TOKEN``, else the current context of
+``~/.config/continuum/config.yaml`` (``$CONTINUUM_CONFIG`` to use another file)::
+
+    current-context: lab
+    contexts:
+      lab: {server: "https://continuum.lab:8080", token: "eyJ...", ca: "/etc/continuum/ca.pem"}
 
 Every method raises :class:`ApiError` (with the HTTP status and the server's
 ``detail``) on a non-2xx answer, and :class:`ConnectionFailed` when the control plane
@@ -13,12 +20,14 @@ cannot be reached.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 TERMINAL_WORKFLOW_STATES = ("Succeeded", "Failed", "Cancelled")
 
@@ -40,12 +49,64 @@ class ConnectionFailed(Exception):
     """The control plane did not answer at all."""
 
 
-class Client:
-    """A thin, typed wrapper over the ``/v1`` API. ``timeout`` in seconds."""
+def config_path() -> Path:
+    """``$CONTINUUM_CONFIG``, else ``~/.config/continuum/config.yaml``."""
+    return Path(os.environ.get("CONTINUUM_CONFIG")
+                or Path.home() / ".config" / "continuum" / "config.yaml")
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 10.0):
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+def load_config() -> dict[str, Any]:
+    """The client configuration (``{}`` when the file is absent).
+
+    Raises:
+        ValueError: the file is not a YAML mapping.
+    """
+    path = config_path()
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with 'contexts' and 'current-context'")
+    return data
+
+
+def current_context() -> dict[str, Any]:
+    """The current context's ``{server, token, ca}`` (``{}`` when none is set)."""
+    cfg = load_config()
+    ctx = (cfg.get("contexts") or {}).get(cfg.get("current-context") or "")
+    return ctx if isinstance(ctx, dict) else {}
+
+
+def save_config(cfg: dict[str, Any]) -> Path:
+    """Write the client configuration (mode 0600: it holds tokens); returns its path."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=True)
+    os.chmod(path, 0o600)
+    return path
+
+
+class Client:
+    """A thin, typed wrapper over the ``/v1`` API. ``timeout`` in seconds.
+
+    ``url``: default ``$CONTINUUM_URL``, the current context's ``server``, else
+    http://127.0.0.1:8080. ``token``: default ``$CONTINUUM_TOKEN``, else the current
+    context's; sent as ``Authorization: Bearer``. ``ca``: a CA bundle file to verify an
+    https server with (default: the context's, else the system's).
+    """
+
+    def __init__(self, url: str | None = None, timeout: float = 10.0, *,
+                 token: str | None = None, ca: str | None = None):
+        ctx = current_context()
+        self.url = (url or os.environ.get("CONTINUUM_URL") or ctx.get("server")
+                    or "http://127.0.0.1:8080").rstrip("/")
+        token = token or os.environ.get("CONTINUUM_TOKEN") or ctx.get("token")
+        headers = {"Authorization": f"Bearer {token.strip()}"} if token else {}
+        verify: str | bool = ca or ctx.get("ca") or True
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers,
+                                  verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -147,6 +208,33 @@ class Client:
 
     def topology(self) -> dict[str, Any]:
         return self._call("GET", "/v1/topology")  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ tokens, audit
+
+    def create_token(self, roles: list[str], tenants: list[str] | None = None,
+                     subject: str | None = None, ttl_s: float | None = None,
+                     description: str = "") -> dict[str, Any]:
+        """A new token (``token`` is in the answer only this once)."""
+        body: dict[str, Any] = {"roles": roles, "tenants": tenants or [],
+                                "description": description}
+        if subject:
+            body["subject"] = subject
+        if ttl_s:
+            body["ttlS"] = ttl_s
+        return self._call("POST", "/v1/tokens", json=body)  # type: ignore[no-any-return]
+
+    def tokens(self, subject: str | None = None) -> dict[str, Any]:
+        params = {"subject": subject} if subject else {}
+        return self._call("GET", "/v1/tokens", params=params)  # type: ignore[no-any-return]
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/tokens/{token_id}")  # type: ignore[no-any-return]
+
+    def audit(self, **filters: Any) -> dict[str, Any]:
+        """``GET /v1/audit``; filters: subject, tenant, method, outcome, path, since,
+        limit, offset."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._call("GET", "/v1/audit", params=params)  # type: ignore[no-any-return]
 
     def ready(self) -> bool:
         """True when ``/readyz`` answers 200."""

@@ -14,6 +14,8 @@ What it starts, in this order:
    Their tasks run as the demo's own user; a demo started as root says so and passes
    ``--run-as root`` (the demo's Python lives where an unprivileged user may not reach).
 
+The control plane writes its bootstrap admin token to ``<state_dir>/admin.token``; the
+demo uses it and prints how to (``export CONTINUUM_TOKEN=$(cat STATE/admin.token)``).
 Then it submits every workflow through the REST API, shows live progress, prints every
 placement with its reasons and predicted vs observed figures, and returns 0 when every
 workflow succeeded.
@@ -173,10 +175,13 @@ class Demo:
         self._api = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                      name="api", daemon=True)
         self._api.start()
-        client = Client(f"http://127.0.0.1:{self.port}")
+        token_path = self._cp.admin_token_path
+        client = Client(f"http://127.0.0.1:{self.port}", token=token_path.read_text().strip())
         _wait(client.ready, 30, "the control plane API")
         say(f"[bold]control plane[/bold] http://127.0.0.1:{self.port}  (API docs /docs, "
             f"state {self.state_dir})")
+        say(f"[bold]admin token[/bold]   export CONTINUUM_TOKEN=$(cat {token_path})",
+            highlight=False, soft_wrap=True)
         fleet = next(s for s in fed.spec.sites if s.kind == SiteKind.devices)
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         die_with_parent = (functools.partial(_die_with_parent, os.getpid())

@@ -16,6 +16,7 @@ from fastapi import Request
 
 from control_plane.actions import Action
 from control_plane.artifacts import LocalArtifactStore
+from control_plane.auth import Authority
 from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
 from control_plane.models import ModelService
@@ -55,6 +56,8 @@ class Services:
     devices: Callable[[], list[dict[str, Any]]]
     """Every device of every fleet, as the API lists them."""
     enrollment: Enrollment
+    auth: Authority
+    """Issues and verifies the API's tokens (control_plane/auth.py)."""
 
 
 def services(request: Request) -> Services:
@@ -104,6 +107,10 @@ def get_loop(request: Request) -> Loop:
 
 def get_devices(request: Request) -> Callable[[], list[dict[str, Any]]]:
     return services(request).devices
+
+
+def get_auth(request: Request) -> Authority:
+    return services(request).auth
 
 
 def get_enrollment(request: Request) -> Enrollment:

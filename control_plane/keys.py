@@ -25,6 +25,32 @@ log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
 
 
+def write_secret_once(path: Path, data: bytes, *, private_dir: bool = True) -> bool:
+    """Write ``data`` to ``path`` with mode 0600 unless the file exists; atomic, and never
+    replaces a file another process just wrote. ``private_dir``: also make its directory
+    0700 (a keys directory; not the state directory itself).
+
+    Returns True when this call wrote it.
+
+    Raises:
+        OSError: the directory cannot be written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if private_dir:
+        os.chmod(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
 def command_key_path(state_dir: Path) -> Path:
     """``<state_dir>/auth/command.key``."""
     return Path(state_dir) / "auth" / "command.key"
@@ -41,23 +67,11 @@ def command_signing_key(state_dir: Path) -> Ed25519PrivateKey:
     path = command_key_path(state_dir)
     with _LOCK:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o700)
             key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-            try:
-                os.link(tmp, path)  # never replaces a key another process just wrote
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
-            log.info("command-signing key generated in %s", path)
+            if write_secret_once(path, key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption())):
+                log.info("command-signing key generated in %s", path)
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 private key")

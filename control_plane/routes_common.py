@@ -8,15 +8,17 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from sqlalchemy import Select
 
 from continuum.errors import Problem, ValidationFailed
 from control_plane import deps
 from control_plane.artifacts import LocalArtifactStore
+from control_plane.auth import Principal, authenticate
 from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
 from control_plane.models import ModelService
 from control_plane.settings import Settings
-from control_plane.store import Store
+from control_plane.store import Store, WorkflowRow
 from control_plane.workflows import WorkflowService
 from monitoring.collector import Collector
 from monitoring.metrics import ControlPlaneMetrics
@@ -24,6 +26,8 @@ from monitoring.topology import TopologyModel
 
 MAX_BODY_BYTES = 1 << 20
 """Largest workflow or site document accepted (bytes)."""
+MAX_OFFSET = 10**9
+"""Largest ``offset`` of a list route: a larger one is a 422, not an SQL integer overflow."""
 
 SettingsDep = Annotated[Settings, Depends(deps.get_settings)]
 StoreDep = Annotated[Store, Depends(deps.get_store)]
@@ -37,6 +41,13 @@ WorkflowsDep = Annotated[WorkflowService, Depends(deps.get_workflows)]
 LoopDep = Annotated[deps.Loop, Depends(deps.get_loop)]
 DevicesDep = Annotated[Callable[[], list[dict[str, Any]]], Depends(deps.get_devices)]
 EnrollmentDep = Annotated[Enrollment, Depends(deps.get_enrollment)]
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def in_tenants(q: Select[Any], principal: Principal) -> Select[Any]:
+    """``q`` (over a query that has :class:`WorkflowRow` in it) narrowed to the caller's
+    tenants; unchanged for an admin."""
+    return q if principal.is_admin else q.where(WorkflowRow.tenant.in_(principal.tenants))
 
 
 def body_of(schema: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from pydantic.alias_generators import to_camel
 
 from adapters.capabilities import DeviceFleet
 from continuum.errors import NotFound, TransientError
+from control_plane.auth import Role, require
 from control_plane.deps import Loop
 from control_plane.enrollment import DEVICE_ID, TENANT, EnrollmentRefused
 from control_plane.federation import Federation
@@ -38,10 +39,9 @@ from control_plane.routes_common import EnrollmentDep, FederationDep, LoopDep
 router = APIRouter(tags=["nodes"])
 
 
-def require_cluster_admin() -> None:
-    """The authorisation seam of the device administration routes (token creation,
-    revocation): the integrator makes it ``require(Role.cluster_admin)`` of
-    control_plane/auth.py. Until then it accepts any caller."""
+require_cluster_admin = require(Role.cluster_admin)
+"""The authorisation of the device administration routes (token creation, revocation,
+forgetting): a cluster-admin (or admin) token, as control_plane/access.py says too."""
 
 
 _ADMIN = [Depends(require_cluster_admin)]
@@ -128,7 +128,7 @@ async def revoke_device(site: str, device_id: str,
         raise HTTPException(503, str(e)) from e
 
 
-@router.delete("/v1/devices/{site}/{device_id}",
+@router.delete("/v1/devices/{site}/{device_id}", dependencies=_ADMIN,
                summary="Forget a device that left (clears its retained hello/status)")
 async def delete_device(site: str, device_id: str, federation: FederationDep,
                         loop: LoopDep) -> dict[str, Any]:

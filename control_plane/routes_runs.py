@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from continuum.errors import NotFound
 from continuum.model import RunState
-from control_plane.routes_common import StoreDep, WorkflowsDep, iso
-from control_plane.store import EventRow, RunRow
+from control_plane.routes_common import MAX_OFFSET, PrincipalDep, StoreDep, WorkflowsDep, in_tenants, iso
+from control_plane.store import EventRow, RunRow, WorkflowRow
 
 router = APIRouter(tags=["runs"])
 
@@ -37,11 +37,13 @@ def event_view(e: EventRow) -> dict[str, Any]:
 
 
 @router.get("/v1/runs", summary="List runs")
-def list_runs(store: StoreDep, workflow: str | None = None, state: RunState | None = None,
+def list_runs(store: StoreDep, principal: PrincipalDep, workflow: str | None = None,
+              state: RunState | None = None,
               limit: int = Query(100, ge=1, le=1000),
-              offset: int = Query(0, ge=0)) -> dict[str, Any]:
+              offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> dict[str, Any]:
     with store.session() as s:
-        q = select(RunRow)
+        q = in_tenants(select(RunRow).join(WorkflowRow, WorkflowRow.id == RunRow.workflow_id),
+                       principal)
         if workflow:
             q = q.where(RunRow.workflow_id == workflow)
         if state:
@@ -54,13 +56,14 @@ def list_runs(store: StoreDep, workflow: str | None = None, state: RunState | No
 
 
 @router.get("/v1/runs/{run_id}", summary="A run with its placement explanation")
-def get_run(run_id: str, store: StoreDep, workflows: WorkflowsDep,
+def get_run(run_id: str, store: StoreDep, workflows: WorkflowsDep, principal: PrincipalDep,
             tail: int = Query(50, ge=0, le=1000)) -> dict[str, Any]:
     """The run, its placement (per-plugin scores, predictions), observed figures,
     its events and the last ``tail`` lines of its output."""
     with store.session() as s:
         r = s.get(RunRow, run_id)
-        if r is None:
+        wf = s.get(WorkflowRow, r.workflow_id) if r is not None else None
+        if r is None or wf is None or not principal.can_see(wf.tenant):
             raise NotFound(f"run {run_id!r} does not exist")
         view = run_view(r)
         view["events"] = [event_view(e) for e in s.scalars(

@@ -22,6 +22,7 @@ from continuum.model import SiteKind, Topology, WorkflowDocument
 from control_plane import listen
 from control_plane.api import create_app
 from control_plane.artifacts import LocalArtifactStore
+from control_plane.auth import Authority
 from control_plane.deps import Services
 from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
@@ -59,6 +60,9 @@ class ControlPlane:
         # every collaborator gets what it uses through its constructor, in dependency
         # order; the device readings are read lazily (at scrape or collection time)
         self.store = Store(settings.db_url)
+        self.auth = Authority(settings, self.store)
+        self.admin_token_path = self.auth.bootstrap()
+        """``<state_dir>/admin.token``: the bootstrap admin token (0600)."""
         self.metrics = ControlPlaneMetrics(devices=self.device_readings)
         self.artifacts = LocalArtifactStore(settings.artifact_dir, self.store)
         topo = (Topology(locations=federation_doc.spec.locations, links=federation_doc.spec.links)
@@ -92,7 +96,8 @@ class ControlPlane:
             settings=settings, store=self.store, federation=self.federation,
             artifacts=self.artifacts, collector=self.collector, network=self.network,
             metrics=self.metrics, models=self.models, workflows=self.workflows,
-            loop=self.reconciler, devices=self.devices, enrollment=self.enrollment))
+            loop=self.reconciler, devices=self.devices, enrollment=self.enrollment,
+            auth=self.auth))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._collector_thread: threading.Thread | None = None
@@ -153,7 +158,8 @@ class ControlPlane:
 
     def submit(self, doc: WorkflowDocument) -> WorkflowRow:
         """See :meth:`control_plane.workflows.WorkflowService.submit`."""
-        return self.workflows.submit(doc)
+        return self.workflows.submit(doc, doc.metadata.tenant
+                                     or self.settings.auth_default_tenant)
 
     def devices(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

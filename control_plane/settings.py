@@ -3,7 +3,7 @@
 The fields are grouped by concern, one model per group — :class:`ApiSettings`,
 :class:`StoreSettings`, :class:`ReconcilerSettings`, :class:`FederationSettings`,
 :class:`PlacementSettings`, :class:`MigrationSettings`, :class:`MonitoringSettings`,
-:class:`DeviceSettings` — and
+:class:`DeviceSettings`, :class:`AuthSettings` — and
 :class:`Settings` is all of them at once. A collaborator that needs one concern declares
 that group as its parameter type (a :class:`Settings` is an instance of each group), so what
 it may read is visible in its signature. Names stay flat, so every field is read from the environment as
@@ -198,9 +198,52 @@ class DeviceSettings(BaseModel):
     expires."""
 
 
+class AuthSettings(BaseModel):
+    """API identity: the bearer tokens the control plane issues and, optionally, an
+    external OIDC issuer's (control_plane/auth.py, docs/security.md "API identity and
+    tenants")."""
+
+    model_config = _GROUP
+
+    auth_issuer: str = Field(default="continuum", min_length=1)
+    """``iss`` of the tokens this control plane issues, checked on every request.
+    "continuum": one name per deployment is enough unless several share a key."""
+    auth_audience: str = Field(default="continuum-api", min_length=1)
+    """``aud`` of the tokens it issues, checked on every request; a token made for another
+    audience is refused. "continuum-api", the API itself."""
+    auth_key_file: Path | None = None
+    """File holding the HS256 signing key of the tokens (at least 32 bytes). None:
+    ``<state_dir>/auth/jwt.key``, generated (0600) on first start."""
+    auth_token_ttl_s: float = Field(default=30 * 86400.0, gt=0, le=3650 * 86400.0)
+    """Default lifetime of a token made with ``POST /v1/tokens`` (s) when the request names
+    no ``ttlS``. 30 days: a person renews monthly; service accounts name a longer one."""
+    auth_bootstrap_token_ttl_s: float = Field(default=365 * 86400.0, gt=0,
+                                              le=3650 * 86400.0)
+    """Lifetime of the bootstrap admin token written to ``<state_dir>/admin.token`` on
+    first start (s). One year: long enough to set up real tokens, then revoke it."""
+    auth_default_tenant: str = Field(default="default", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    """Tenant of a workflow an admin (who belongs to no tenant) submits without
+    ``metadata.tenant``. "default", the tenant of a single-team installation."""
+    oidc_jwks_url: str | None = None
+    """JWKS URL of an external OIDC issuer whose tokens the API also accepts (e.g.
+    ``https://keycloak.example.org/realms/hpc/protocol/openid-connect/certs``). None:
+    only this control plane's tokens."""
+    oidc_issuer: str | None = None
+    """``iss`` of the external issuer's tokens; required with ``oidc_jwks_url``."""
+    oidc_audience: str | None = None
+    """``aud`` the external issuer's tokens must carry (the client id registered for
+    Continuum); required with ``oidc_jwks_url``."""
+    oidc_roles_claim: str = "roles"
+    """Claim (dotted path for nested ones, e.g. ``realm_access.roles``) holding the
+    Continuum roles of an external token. "roles", the common flat claim."""
+    oidc_tenants_claim: str = "tenants"
+    """Claim (dotted path) holding the tenants of an external token, e.g. ``groups``.
+    "tenants", named like this control plane's own claim."""
+
+
 class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings,
                PlacementSettings, MigrationSettings, MonitoringSettings, DeviceSettings,
-               BaseSettings):
+               AuthSettings, BaseSettings):
     """All groups; every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="CONTINUUM_", extra="ignore",
@@ -209,5 +252,5 @@ class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSetting
 
 GROUPS: tuple[type[BaseModel], ...] = (
     ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings, PlacementSettings,
-    MigrationSettings, MonitoringSettings, DeviceSettings)
+    MigrationSettings, MonitoringSettings, DeviceSettings, AuthSettings)
 """Every settings group, in the order docs/configuration.md lists them."""

@@ -1,5 +1,5 @@
-"""Durable state: workflows, tasks, runs, events, sites, artifacts and enrolled devices
-(SQLAlchemy 2).
+"""Durable state: workflows, tasks, runs, events, sites, artifacts, enrolled devices, API
+tokens and the audit trail (SQLAlchemy 2).
 
 SQLite (a file under the state directory) by default, in WAL mode with
 ``synchronous=FULL``: a row the API committed survives the process being killed.
@@ -89,6 +89,8 @@ class WorkflowRow(Base):
     state: Mapped[WorkflowState] = mapped_column(_state(WorkflowState), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tenant: Mapped[str] = mapped_column(String(63), default="default", index=True)
+    """The tenant (project) the workflow, its runs, events and artifacts belong to."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -200,6 +202,43 @@ class DeviceCredentialRow(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class TokenRow(Base):
+    """An API token the control plane issued (control_plane/auth.py): its claims, never
+    the token itself. A token whose row is missing or revoked is refused."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The token's ``jti``."""
+    subject: Mapped[str] = mapped_column(String(128), index=True)
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    tenants: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AuditRow(Base):
+    """One mutating API call (control_plane/audit.py): who, in which tenant, what, when,
+    and how it ended."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    subject: Mapped[str] = mapped_column(String(128), index=True)
+    """The caller's token subject; ``-`` for a call without a valid token."""
+    token_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tenant: Mapped[str] = mapped_column(String(63), default="")
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(8), index=True)
+    """``ok`` (2xx/3xx), ``denied`` (401/403) or ``failed`` (any other 4xx/5xx)."""
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -45,6 +45,10 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
                                             f"{getattr(e, 'problem', e)}", "yaml_invalid")]) from e
     try:
         return json.loads(body)
+    except UnicodeDecodeError as e:
+        raise ValidationFailed([Problem(["body"], f"the body is not UTF-8 text (byte "
+                                        f"{e.start}): send a JSON or YAML document",
+                                        "encoding_invalid")]) from e
     except json.JSONDecodeError as e:
         hint = (" (to send YAML, set Content-Type: application/yaml)"
                 if ctype == "application/json" else "")

@@ -27,8 +27,9 @@ class WorkflowService:
         self.federation = federation
         self.wake = wake
 
-    def submit(self, doc: WorkflowDocument) -> WorkflowRow:
-        """Check and store a workflow with its tasks in one transaction; returns its row.
+    def submit(self, doc: WorkflowDocument, tenant: str = "default") -> WorkflowRow:
+        """Check and store a workflow of ``tenant`` with its tasks in one transaction;
+        returns its row.
 
         Raises:
             ValidationFailed: see :func:`control_plane.validation.check_workflow`.
@@ -36,7 +37,7 @@ class WorkflowService:
         check_workflow(doc, self.federation.nodes())
         deps = effective_dependencies(doc)
         wf = WorkflowRow(id=new_id("wf"), name=doc.metadata.name,
-                         state=WorkflowState.Pending, document=doc.wire())
+                         state=WorkflowState.Pending, document=doc.wire(), tenant=tenant)
         with self.store.session() as s:
             s.add(wf)
             s.flush()
@@ -45,7 +46,8 @@ class WorkflowService:
                               depends_on=deps[t.name],
                               state=TaskState.Waiting if deps[t.name] else TaskState.Ready))
             add_event(s, "WorkflowAccepted", f"{len(doc.spec.tasks)} tasks", workflow_id=wf.id)
-        log.info("workflow %s (%s) accepted with %d tasks", wf.id, wf.name, len(doc.spec.tasks))
+        log.info("workflow %s (%s) of tenant %s accepted with %d tasks", wf.id, wf.name, tenant,
+                 len(doc.spec.tasks))
         self.wake()
         return wf
 

@@ -267,3 +267,16 @@ class NoArtifacts:
 
     def record(self, *a: Any, **k: Any) -> Any:
         return None
+
+
+def admin_token(cp_or_state_dir: Any) -> str:
+    """The bootstrap admin token of a control plane (a ``ControlPlane`` or its state
+    directory): ``<state_dir>/admin.token``, written on its first start."""
+    settings = getattr(cp_or_state_dir, "settings", None)
+    state_dir = settings.state_dir if settings is not None else cp_or_state_dir
+    return (Path(state_dir) / "admin.token").read_text().strip()
+
+
+def admin_headers(cp_or_state_dir: Any) -> dict[str, str]:
+    """``{"Authorization": "Bearer <admin token>"}`` (see :func:`admin_token`)."""
+    return {"Authorization": f"Bearer {admin_token(cp_or_state_dir)}"}

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from control_plane.demo import Demo
 from tests.conftest import REPO, AgentFactory, Mosquitto, free_port
-from tests.helpers import gate_source, open_gate, wait_for
+from tests.helpers import admin_headers, gate_source, open_gate, wait_for
 
 
 def test_demo_runs_to_success_with_the_real_broker(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -67,6 +67,7 @@ class Server:
                      "--state-dir", str(tmp / "state"), "--federation", str(federation),
                      "--broker-url", broker, "--log-level", "info"]
         self.log = tmp / "server.log"
+        self.state_dir = tmp / "state"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -88,8 +89,13 @@ class Server:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The bootstrap admin token the server wrote into its state directory."""
+        return admin_headers(self.state_dir)
+
     def get(self, path: str) -> Any:
-        return httpx.get(f"{self.url}{path}", timeout=5).json()
+        return httpx.get(f"{self.url}{path}", timeout=5, headers=self.headers).json()
 
 
 @pytest.fixture
@@ -134,7 +140,7 @@ def test_sigkill_mid_workflow_loses_nothing_and_runs_nothing_twice(
                 "outputs": [{"name": "middle.json", "path": "m.json"}]},
                device_task("last", inputs=[{"name": "middle.json"}]),
            ]}}
-    r = httpx.post(f"{server.url}/v1/workflows", json=doc, timeout=10)
+    r = httpx.post(f"{server.url}/v1/workflows", json=doc, timeout=10, headers=server.headers)
     assert r.status_code == 201, r.text
     wid = r.json()["id"]
 

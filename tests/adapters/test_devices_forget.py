@@ -26,7 +26,7 @@ from continuum.errors import Conflict, NotFound
 from continuum.model import PowerProfile, SiteHealth, SiteKind, SiteSpec
 from edge_agent.protocol import DeviceStatus, Hello, encode, topic
 from tests.conftest import Mosquitto, free_port
-from tests.helpers import NoArtifacts, Wakes, wait_for
+from tests.helpers import NoArtifacts, Wakes, admin_headers, wait_for
 
 
 @pytest.fixture
@@ -134,28 +134,29 @@ def test_delete_route_and_cli_forget_a_device(broker: Mosquitto, tmp_path: Path)
 
     device_id = f"gone-{uuid.uuid4().hex[:6]}"
     with served(tmp_path / "state") as url:
+        h = admin_headers(tmp_path / "state")
         import httpx
 
         site = {"name": "lab", "kind": "devices", "tier": "device", "location": "dc",
                 "config": {"broker": broker.url, "offlineAfter": 1}}
-        assert httpx.post(f"{url}/v1/sites", json=site).status_code == 201
+        assert httpx.post(f"{url}/v1/sites", headers=h, json=site).status_code == 201
         dev = FakeDevice(broker, device_id)
         dev.announce()
         dev.close()  # silent from here on (no last will: its status still says online)
 
         def state() -> str | None:
-            items = httpx.get(f"{url}/v1/devices").json()["items"]
+            items = httpx.get(f"{url}/v1/devices", headers=h).json()["items"]
             return next((d["state"] for d in items if d["deviceId"] == device_id), None)
 
         wait_for(lambda: state() == "lost", 15, message=lambda: f"lost, now {state()}")
-        wait_for(lambda: httpx.get(f"{url}/v1/sites/lab").json()["health"] == "Degraded", 15,
+        wait_for(lambda: httpx.get(f"{url}/v1/sites/lab", headers=h).json()["health"] == "Degraded", 15,
                  message="site Degraded")
-        r = httpx.delete(f"{url}/v1/devices/lab/nobody")
+        r = httpx.delete(f"{url}/v1/devices/lab/nobody", headers=h)
         assert r.status_code == 404 and "nobody" in r.text
-        assert httpx.delete(f"{url}/v1/devices/cloud/x").status_code == 404  # a sim site
+        assert httpx.delete(f"{url}/v1/devices/cloud/x", headers=h).status_code == 404  # a sim site
         out = CliRunner().invoke(cli.app, ["devices", "forget", "lab", device_id, "--url", url])
         assert out.exit_code == 0, out.output
         assert f"device {device_id} of site lab forgotten; site health now Ready" in out.output
         assert state() is None
-        wait_for(lambda: httpx.get(f"{url}/v1/sites/lab").json()["health"] == "Ready", 15,
+        wait_for(lambda: httpx.get(f"{url}/v1/sites/lab", headers=h).json()["health"] == "Ready", 15,
                  message="site Ready again")

@@ -133,7 +133,7 @@ def served(secured: SecuredBroker, tmp_path_factory: pytest.TempPathFactory
 
 
 def new_token(served: Served, **body: Any) -> str:
-    r = httpx.post(f"{served.url}/v1/devices/enrollment-tokens",
+    r = httpx.post(f"{served.url}/v1/devices/enrollment-tokens", headers=served.headers,
                    json={"site": "fleet", "tenant": "lab", **body}, timeout=10)
     assert r.status_code == 201, r.text
     return str(r.json()["token"])
@@ -251,7 +251,7 @@ def test_enrolled_agent_connects_over_tls_and_runs_a_task(
                              for n in served.cp.federation.nodes()), 30,
                  message=lambda: f"dev-a ready over TLS; agent log:\n{log.read_text()}\n"
                  f"broker log:\n{secured.log()}")
-        wf = httpx.post(f"{served.url}/v1/workflows", timeout=10, json={
+        wf = httpx.post(f"{served.url}/v1/workflows", headers=served.headers, timeout=10, json={
             "apiVersion": "continuum/v1", "kind": "Workflow", "metadata": {"name": "hi"},
             "spec": {"tasks": [{"name": "hi", "command": ["sh", "-c", "echo over tls"]}]},
         })
@@ -259,14 +259,16 @@ def test_enrolled_agent_connects_over_tls_and_runs_a_task(
         wf_id = wf.json()["id"]
 
         def done() -> dict[str, Any] | None:
-            w = httpx.get(f"{served.url}/v1/workflows/{wf_id}", timeout=10).json()
+            w = httpx.get(f"{served.url}/v1/workflows/{wf_id}", headers=served.headers, timeout=10).json()
             return w if w["state"] in ("Succeeded", "Failed") else None
         w = wait_for(done, 60, message=lambda: f"workflow done; agent log:\n{log.read_text()}")
         assert w["state"] == "Succeeded", w
-        runs = httpx.get(f"{served.url}/v1/runs", params={"workflow": wf_id}, timeout=10).json()
+        runs = httpx.get(f"{served.url}/v1/runs",
+                         headers=served.headers, params={"workflow": wf_id}, timeout=10).json()
         assert [r["node"] for r in runs["items"]] == ["fleet/dev-a"]
         # revoked: the broker drops it at once and the control plane no longer places on it
-        r = httpx.delete(f"{served.url}/v1/devices/fleet/dev-a/credentials", timeout=10)
+        r = httpx.delete(f"{served.url}/v1/devices/fleet/dev-a/credentials",
+                         headers=served.headers, timeout=10)
         assert r.status_code == 200, r.text
         wait_for(lambda: "refused the connection: Not authorized" in log.read_text(), 15,
                  message=lambda: f"the agent refused after revocation:\n{log.read_text()}")
@@ -299,10 +301,10 @@ def test_replayed_expired_and_unknown_tokens_are_refused(served: Served) -> None
 
 
 def test_enrolment_input_errors_name_the_field(served: Served) -> None:
-    r = httpx.post(f"{served.url}/v1/devices/enrollment-tokens",
+    r = httpx.post(f"{served.url}/v1/devices/enrollment-tokens", headers=served.headers,
                    json={"site": "fleet", "tenant": "Not A Tenant"}, timeout=10)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "tenant"
-    r = httpx.post(f"{served.url}/v1/devices/enrollment-tokens",
+    r = httpx.post(f"{served.url}/v1/devices/enrollment-tokens", headers=served.headers,
                    json={"site": "nowhere", "tenant": "lab"}, timeout=10)
     assert r.status_code == 404 and "nowhere" in r.json()["detail"]
     r = httpx.post(f"{served.url}/v1/devices/enroll",
@@ -312,7 +314,8 @@ def test_enrolment_input_errors_name_the_field(served: Served) -> None:
     r = httpx.post(f"{served.url}/v1/devices/enroll",
                    json={"token": new_token(served), "deviceId": CONTROL_USER}, timeout=10)
     assert r.status_code == 409
-    r = httpx.delete(f"{served.url}/v1/devices/fleet/dev-never/credentials", timeout=10)
+    r = httpx.delete(f"{served.url}/v1/devices/fleet/dev-never/credentials",
+                     headers=served.headers, timeout=10)
     assert r.status_code == 404
 
 
@@ -336,7 +339,7 @@ def test_a_revoked_device_is_disconnected_at_once_and_refused(
     creds = enroll_api(served, "dev-rev")
     c = Client(secured, "dev-rev", creds["password"])
     assert c.accepted
-    r = httpx.delete(f"{served.url}/v1/devices/fleet/dev-rev/credentials", timeout=10)
+    r = httpx.delete(f"{served.url}/v1/devices/fleet/dev-rev/credentials", headers=served.headers, timeout=10)
     assert r.status_code == 200 and r.json()["revoked"] is True
     # Mosquitto 2.0 drops a connected client whose user left the password file on SIGHUP
     assert c.disconnected.wait(10), secured.log()
@@ -347,7 +350,7 @@ def test_a_revoked_device_is_disconnected_at_once_and_refused(
     assert "dev-rev:" not in secured.password_file.read_text()
     assert not served.cp.enrollment.is_enrolled("fleet", "dev-rev")
     # revoking twice: nothing left to revoke
-    r = httpx.delete(f"{served.url}/v1/devices/fleet/dev-rev/credentials", timeout=10)
+    r = httpx.delete(f"{served.url}/v1/devices/fleet/dev-rev/credentials", headers=served.headers, timeout=10)
     assert r.status_code == 404
 
 

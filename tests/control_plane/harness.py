@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from continuum.federation import FederationDocument
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
-from tests.helpers import wait_for
+from tests.helpers import admin_headers, admin_token, wait_for
 
 
 def federation(failure_rate: float = 0.0, time_scale: float = 1000.0) -> FederationDocument:
@@ -49,14 +49,15 @@ def workflow(name: str = "wf", tasks: list[dict[str, Any]] | None = None) -> dic
 
 @contextmanager
 def control_plane(state_dir: Path, **kw: Any) -> Iterator[tuple[ControlPlane, TestClient]]:
-    """A started control plane and a TestClient on its app; stopped afterwards."""
+    """A started control plane and a TestClient on its app carrying the bootstrap admin
+    token; stopped afterwards."""
     fed_kw = {k: kw.pop(k) for k in ("failure_rate", "time_scale") if k in kw}
     settings = Settings(state_dir=state_dir, reconcile_interval_s=0.05,
                         inventory_interval_s=0.05, retry_backoff_s=0.05, **kw)
     cp = ControlPlane(settings, federation(**fed_kw))
     cp.start()
     try:
-        with TestClient(cp.app) as client:
+        with TestClient(cp.app, headers=admin_headers(cp)) as client:
             yield cp, client
     finally:
         cp.stop()
@@ -76,7 +77,10 @@ def wait_state(client: TestClient, workflow_id: str, states: tuple[str, ...],
 @contextmanager
 def served(state_dir: Path, **kw: Any) -> Iterator[str]:
     """:func:`control_plane` served over real HTTP on a free loopback port; yields its URL
-    (for the CLI and the Python client, which talk HTTP)."""
+    (for the CLI and the Python client, which talk HTTP). While it serves,
+    ``CONTINUUM_TOKEN`` holds its admin token, so clients and CLI commands (in this process
+    or spawned) are the admin."""
+    import os
     import threading
 
     import uvicorn
@@ -85,6 +89,8 @@ def served(state_dir: Path, **kw: Any) -> Iterator[str]:
     from tests.conftest import free_port
 
     with control_plane(state_dir, **kw) as (cp, _):
+        before = os.environ.get("CONTINUUM_TOKEN")
+        os.environ["CONTINUUM_TOKEN"] = admin_token(cp)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(cp.app, host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="off"))
@@ -97,3 +103,7 @@ def served(state_dir: Path, **kw: Any) -> Iterator[str]:
         finally:
             server.should_exit = True
             thread.join(10)
+            if before is None:
+                os.environ.pop("CONTINUUM_TOKEN", None)
+            else:
+                os.environ["CONTINUUM_TOKEN"] = before

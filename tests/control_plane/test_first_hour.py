@@ -33,12 +33,12 @@ from typer.testing import CliRunner
 
 from control_plane import cli, demo
 from control_plane.broker import EmbeddedBroker
-from control_plane.client import Client
+from control_plane.client import ApiError, Client
 from edge_agent.telemetry import tcp_rtt_ms
 from tests.adapters.slurm.conftest import LiveFactory, SlurmCluster, live_cp  # noqa: F401
 from tests.conftest import REPO, Mosquitto, free_port
 from tests.control_plane.harness import control_plane, served, workflow
-from tests.helpers import wait_for
+from tests.helpers import admin_token, wait_for
 
 runner = CliRunner()
 PY = sys.executable
@@ -197,6 +197,14 @@ def test_demo_killed_leaves_no_process(sig: signal.Signals, mosquitto: Mosquitto
                  message=lambda: (tmp_path / "demo.out").read_text()[-2000:])
         children = ps.children(recursive=True)
         assert len(_agents_of(ps)) == 2, children
+        # it prints how to use its admin token, which works (and the API wants one)
+        text = (tmp_path / "demo.out").read_text()
+        assert f"export CONTINUUM_TOKEN=$(cat {tmp_path / 'demo' / 'admin.token'})" in text
+        url = re.search(r"control plane\s+(http://\S+)", text).group(1)  # type: ignore[union-attr]
+        assert Client(url, token=admin_token(tmp_path / "demo")).sites()["items"]
+        with pytest.raises(ApiError) as e:
+            Client(url, token="not-a-token").sites()
+        assert e.value.status == 401
         proc.send_signal(sig)
         code = proc.wait(30)
         assert code == (128 + sig if sig == signal.SIGTERM else -sig)

@@ -35,7 +35,7 @@ from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from tests.conftest import AgentFactory, Mosquitto
 from tests.control_plane.harness import wait_state
-from tests.helpers import gate_source, open_gate, wait_for
+from tests.helpers import admin_headers, gate_source, open_gate, wait_for
 
 H, HYST, DWELL = 600.0, 0.2, 120.0
 
@@ -134,7 +134,7 @@ def test_work_of_an_offline_device_is_replaced_within_two_heartbeats(
     gate = tmp_path / "gate.pid"
     cp.start()
     try:
-        with TestClient(cp.app) as client:
+        with TestClient(cp.app, headers=admin_headers(cp)) as client:
             wait_for(lambda: sum(n.ready for n in cp.federation.placeable_nodes()) == 2, 20,
                      message="both devices ready")
             doc = {"apiVersion": "continuum/v1", "kind": "Workflow",
@@ -266,7 +266,7 @@ def test_an_unreachable_site_moves_nothing_and_its_runs_finish_in_place(
     gate = tmp_path / "gate.pid"
     cp.start()
     try:
-        with TestClient(cp.app) as client:
+        with TestClient(cp.app, headers=admin_headers(cp)) as client:
             wait_for(lambda: len(cp.federation.placeable_nodes()) == 2, 20,
                      message="both devices ready")
             doc = {"apiVersion": "continuum/v1", "kind": "Workflow",

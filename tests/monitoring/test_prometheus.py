@@ -27,7 +27,7 @@ from control_plane.settings import Settings
 from monitoring.catalog import CATALOG
 from monitoring.collector import HttpPromClient
 from tests.control_plane.harness import wait_state, workflow
-from tests.helpers import wait_for
+from tests.helpers import admin_headers, wait_for
 from tests.monitoring.prometheus_fixture import Prometheus, start_prometheus
 
 NODE = "this-host"
@@ -61,7 +61,7 @@ def lab(tmp_path: Path, prom: Prometheus, **monitoring: Any) -> Iterator[tuple[C
     cp = ControlPlane(settings, lab_federation(prom.url, prom.exporter_instance, **monitoring))
     cp.start()
     try:
-        with TestClient(cp.app) as client:
+        with TestClient(cp.app, headers=admin_headers(cp)) as client:
             yield cp, client
     finally:
         cp.stop()

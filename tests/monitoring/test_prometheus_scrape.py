@@ -29,7 +29,7 @@ from continuum.federation import FederationDocument
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from tests.conftest import REPO, AgentFactory, free_port
-from tests.helpers import wait_for
+from tests.helpers import admin_headers, wait_for
 from tests.monitoring.prometheus_fixture import Prometheus
 
 DEPLOY = REPO / "deploy" / "prometheus"
@@ -135,6 +135,8 @@ class Served:
 
     def __init__(self, cp: ControlPlane, port: int) -> None:
         self.cp, self.port = cp, port
+        self.headers = admin_headers(cp)
+        """The bootstrap admin token's ``Authorization`` header."""
         self.server = uvicorn.Server(uvicorn.Config(cp.app, host="127.0.0.1", port=port,
                                                     log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
@@ -195,7 +197,7 @@ def test_prometheus_scrapes_the_control_plane_and_sees_the_device(
     (rtt,) = wait_for(lambda: prometheus.query(f"continuum_device_rtt_seconds{sel}"),
                       timeout=30, message="the device's RTT in Prometheus")
     assert 0 < float(rtt["value"][1]) < 1.0
-    links = httpx.get(f"{continuum.url}/v1/topology", timeout=5).json()["links"]
+    links = httpx.get(f"{continuum.url}/v1/topology", headers=continuum.headers, timeout=5).json()["links"]
     (link,) = [lk for lk in links if {lk["a"], lk["b"]} == {"dc", "shop-floor"}]
     assert link["source"] == "measured" and link["rttMs"] < 1000 and "observedAt" in link
     # the control plane's own series are there too

@@ -32,7 +32,7 @@ from control_plane.settings import Settings
 from tests.adapters.kubernetes.apiserver import ApiServer
 from tests.conftest import AgentFactory, Mosquitto
 from tests.control_plane.harness import wait_state
-from tests.helpers import wait_for
+from tests.helpers import admin_headers, wait_for
 
 EDGE_LABELS = {"node-role.kubernetes.io/edge": "", "continuum.io/location": "factory"}
 
@@ -86,7 +86,7 @@ def test_workflow_across_agent_kubernetes_and_kubeedge(
     cp = ControlPlane(settings, federation(mosquitto.url))
     cp.start()
     try:
-        with TestClient(cp.app) as client:
+        with TestClient(cp.app, headers=admin_headers(cp)) as client:
             # -- registration, refused precisely
             bad = client.post("/v1/sites", json=kube_site(
                 "cloud", "kubernetes", "cloud-dc", cloud.kubeconfig(token="stale")))
@@ -202,7 +202,7 @@ def test_restarted_control_plane_readopts_a_running_job(tmp_path: Path) -> None:
         cp = ControlPlane(settings, fed)
         cp.start()
         try:
-            with TestClient(cp.app) as client:
+            with TestClient(cp.app, headers=admin_headers(cp)) as client:
                 r = client.post("/v1/sites", json=kube_site("cloud", "kubernetes", "cloud-dc",
                                                             cloud.kubeconfig()))
                 assert r.status_code == 201, r.text
@@ -218,7 +218,7 @@ def test_restarted_control_plane_readopts_a_running_job(tmp_path: Path) -> None:
         cp2 = ControlPlane(settings, fed)  # same state dir: the site and its kubeconfig persist
         cp2.start()
         try:
-            with TestClient(cp2.app) as client:
+            with TestClient(cp2.app, headers=admin_headers(cp2)) as client:
                 wf = wait_state(client, wf_id, ("Succeeded", "Failed"), timeout=30)
                 assert wf["state"] == "Succeeded", wf
                 runs = client.get(f"/v1/runs?workflow={wf_id}").json()["items"]
@@ -250,7 +250,7 @@ def test_offline_edge_node_keeps_its_run_through_the_control_plane(tmp_path: Pat
     cp = ControlPlane(settings, fed)
     cp.start()
     try:
-        with TestClient(cp.app) as client:
+        with TestClient(cp.app, headers=admin_headers(cp)) as client:
             r = client.post("/v1/sites", json=kube_site("edge", "kubeedge", "factory",
                                                         edge.kubeconfig()))
             assert r.status_code == 201, r.text

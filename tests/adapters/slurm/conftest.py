@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import uuid
@@ -26,7 +27,7 @@ import uvicorn
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from tests.conftest import REPO, free_port
-from tests.helpers import wait_for
+from tests.helpers import admin_headers, admin_token, wait_for
 
 SLURM_SH = REPO / "deploy" / "dev" / "slurm.sh"
 
@@ -101,7 +102,7 @@ class LiveControlPlane:
                                  reconcile_interval_s=0.1, inventory_interval_s=0.3,
                                  retry_backoff_s=0.2, **settings)
         self.cp = ControlPlane(self.settings)
-        self.http = httpx.Client(base_url=self.url, timeout=15)
+        self.http = httpx.Client(base_url=self.url, timeout=15, headers=admin_headers(self.cp))
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -169,17 +170,25 @@ class LiveFactory:
     started: list[LiveControlPlane] = field(default_factory=list)
     port: int = field(default_factory=free_port)
 
+    saved_token: str | None = field(default_factory=lambda: os.environ.get("CONTINUUM_TOKEN"))
+
     def __call__(self, **settings: Any) -> LiveControlPlane:
-        """A started control plane on the factory's state dir and port (same each call)."""
+        """A started control plane on the factory's state dir and port (same each call);
+        until :meth:`close`, ``CONTINUUM_TOKEN`` is its admin token, for the CLI."""
         lcp = LiveControlPlane(self.tmp / "state", self.port,
                                public_url=f"http://127.0.0.1:{self.port}", **settings).start()
         self.started.append(lcp)
+        os.environ["CONTINUUM_TOKEN"] = admin_token(lcp.cp)
         return lcp
 
     def close(self) -> None:
         for lcp in self.started:
             if lcp._thread is not None and lcp._thread.is_alive():
                 lcp.stop()
+        if self.saved_token is None:
+            os.environ.pop("CONTINUUM_TOKEN", None)
+        else:
+            os.environ["CONTINUUM_TOKEN"] = self.saved_token
 
 
 @pytest.fixture
