@@ -6,8 +6,10 @@ KubeEdge data sources, models and previews, health and metrics — each of which
 narrow services it uses through FastAPI dependencies (:mod:`control_plane.deps`).
 
 Errors share one shape: ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``
-for 422 (each problem naming its field and the fix; an oversized body is a 422 of
-type ``body_too_large``) and ``{"detail": "..."}`` for 404, 409, 502 and 503.
+for 422 (each problem naming its field and the fix) and for 413 (a body over its route's
+limit, type ``body_too_large``, counted while it streams in: see
+:mod:`control_plane.input_limits`), and ``{"detail": "..."}`` for 401, 403, 404, 409,
+429, 502 and 503.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from control_plane import (
     routes_workflows,
 )
 from control_plane.deps import Services
+from control_plane.input_limits import BodyLimit
 from control_plane.routes_common import MAX_BODY_BYTES
 from control_plane.routes_nodes import node_view
 from control_plane.routes_runs import run_view
@@ -48,6 +51,7 @@ def create_app(services: Services) -> FastAPI:
         "Submit workflows, register sites, watch runs and their placements.",
     )
     app.state.services = services
+    app.add_middleware(BodyLimit, settings=services.settings)
     # Models only referenced from openapi_extra must be registered by hand.
     _schemas: dict[str, type[BaseModel]] = {"WorkflowDocument": WorkflowDocument,
                                             "SiteSpec": SiteSpec}

@@ -1,4 +1,5 @@
-"""The control plane's command-signing key (Ed25519).
+"""The control plane's keys: the command-signing key (Ed25519) and symmetric secret keys
+(:func:`secret_key`, e.g. the artifact-capability key ``<state_dir>/auth/artifact.key``).
 
 The private key lives in ``<state_dir>/auth/command.key`` (PEM, PKCS#8, mode 0600 in a
 0700 directory), generated on first use; whoever reads it can make every enrolled agent
@@ -25,6 +26,43 @@ log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (0600, in a 0700 directory) unless it exists already;
+    a file another process wrote first is kept (never replaced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
+def secret_key(path: Path, size: int = 32) -> bytes:
+    """A random symmetric key of ``size`` bytes kept in ``path`` (raw bytes, 0600 in a
+    0700 directory), generated on first use; e.g. the artifact-capability HMAC key
+    ``<state_dir>/auth/artifact.key``.
+
+    Raises:
+        ValueError: the file exists but holds fewer than 16 bytes.
+        OSError: the directory cannot be written.
+    """
+    path = Path(path)
+    with _LOCK:
+        if not path.exists():
+            _write_new(path, os.urandom(size))
+            log.info("secret key generated in %s", path)
+        key = path.read_bytes()
+    if len(key) < 16:
+        raise ValueError(f"{path} holds {len(key)} bytes; a key needs at least 16")
+    return key
+
+
 def command_key_path(state_dir: Path) -> Path:
     """``<state_dir>/auth/command.key``."""
     return Path(state_dir) / "auth" / "command.key"
@@ -41,22 +79,10 @@ def command_signing_key(state_dir: Path) -> Ed25519PrivateKey:
     path = command_key_path(state_dir)
     with _LOCK:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o700)
             key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-            try:
-                os.link(tmp, path)  # never replaces a key another process just wrote
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
+            _write_new(path, key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
             log.info("command-signing key generated in %s", path)
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, Ed25519PrivateKey):
