@@ -8,6 +8,9 @@ token is ``<expiry>.<mac>``: ``expiry`` in Unix seconds, ``mac`` the URL-safe ba
 0600, generated on first use) over ``continuum-artifact-v1``, the workflow id, run id,
 artifact name, mode (``read`` | ``write``) and the expiry. It is minted only for the
 run's declared outputs (write) and inputs (read), so it opens nothing else.
+
+``python -m control_plane.artifact_access STATE_DIR WORKFLOW RUN NAME read|write
+[API_URL]`` prints such a URL (valid an hour) for an operator who holds the key.
 """
 
 from __future__ import annotations
@@ -93,3 +96,16 @@ class ArtifactCapabilities:
 
 
 __all__ = ["ArtifactCapabilities", "CapabilityRefused", "Mode", "artifact_key_path"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) not in (6, 7) or sys.argv[5] not in ("read", "write"):
+        sys.exit("usage: python -m control_plane.artifact_access STATE_DIR WORKFLOW RUN NAME "
+                 "read|write [API_URL]  (prints the artifact URL with the capability dispatch "
+                 "would hand that run; needs read access to STATE_DIR/auth/artifact.key)")
+    _, state, wf, run_id, art, mode = sys.argv[:6]
+    api = sys.argv[6] if len(sys.argv) == 7 else "http://127.0.0.1:8080"
+    print(ArtifactCapabilities.for_state_dir(Path(state), 3600).url(
+        api.rstrip("/"), wf, run_id, art, Mode(mode)))

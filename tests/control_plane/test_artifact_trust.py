@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,16 @@ def test_chunked_bodies_are_refused_early_with_bounded_memory(tmp_path: Path) ->
         blob_url = caps.url("", wid, run, "blob", Mode.write)
         gc.collect()
         me = psutil.Process()
-        rss0 = me.memory_info().rss
+        rss0 = peak = me.memory_info().rss
+        done = threading.Event()
+
+        def sample() -> None:  # the peak, not the end: a freed buffer leaves no trace
+            nonlocal peak
+            while not done.wait(0.005):
+                peak = max(peak, me.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         for route, limit in (("/v1/workflows", 1 << 20), ("/v1/placements:preview", 1 << 20),
                              (blob_url, 4 << 20)):
             sent = 0
@@ -246,7 +256,9 @@ def test_chunked_bodies_are_refused_early_with_bounded_memory(tmp_path: Path) ->
             assert r.status_code == 413, (route, r.text)
             assert r.json()["detail"][0]["type"] == "body_too_large"
             assert sent < 64 << 20, f"{route}: {sent} bytes sent before the 413 (limit {limit})"
-        grown = me.memory_info().rss - rss0
+        done.set()
+        sampler.join()
+        grown = peak - rss0
         assert grown < 50 << 20, f"the server grew by {grown >> 20} MiB"
         assert api.get(f"/v1/artifacts/{wid}/blob").status_code == 404
 
