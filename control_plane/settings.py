@@ -227,10 +227,11 @@ class LimitSettings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, gt=0)
     """Largest request body of every route but artifact uploads (bytes), counted while it
     streams in, chunked bodies too (413 beyond). 1 MiB: a workflow of thousands of tasks."""
-    auth_rate_limit: str = "10/minute"
+    auth_rate_limit: str = "60/minute"
     """Requests per client address to each credential endpoint (enrolment, enrolment
     tokens, API tokens), as ``N/second|minute|hour``; 429 with ``Retry-After`` beyond.
-    10 a minute: plenty for an operator, slow for a password-hashing flood."""
+    60 a minute: a fleet behind one NAT address still enrols a device a second, while a
+    flood of password hashing (each enrolment derives one) stays cheap."""
 
     @field_validator("auth_rate_limit")
     @classmethod
