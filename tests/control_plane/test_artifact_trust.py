@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from continuum.model import RunState
 from control_plane import routes_artifacts
-from control_plane.artifact_access import ArtifactCapabilities, Mode
+from control_plane.artifact_access import ArtifactCapabilities, CapabilityRefused, Mode
 from control_plane.settings import Settings
 from control_plane.store import RunRow, TaskRow, new_id
 from tests.control_plane.harness import (
@@ -194,10 +194,13 @@ def test_deeply_nested_bodies_are_422(tmp_path: Path, body: bytes | str, ctype: 
         assert r.status_code == 422, r.text
         problem = r.json()["detail"][0]
         assert problem["loc"] == ["body"] and problem["type"] == "body_too_deep", problem
-        # a body of a pydantic-typed route is refused too (FastAPI's own 4xx)
+
+
+def test_a_deep_body_of_a_typed_route_is_a_4xx(tmp_path: Path) -> None:
+    with control_plane(tmp_path) as (_, api):
         r = api.post("/v1/devices/enroll", content=_nested_json(100_000),
                      headers={"Content-Type": "application/json"})
-        assert 400 <= r.status_code < 500, r.text
+        assert 400 <= r.status_code < 500, r.text  # FastAPI's own answer, never a 500
 
 
 def test_an_ordinary_yaml_document_with_anchors_still_parses(tmp_path: Path) -> None:
@@ -224,7 +227,7 @@ def test_chunked_bodies_are_refused_early_with_bounded_memory(tmp_path: Path) ->
             runs = api.get("/v1/runs", params={"workflow": wid}).json()["items"]
             return runs[0]["id"] if runs and runs[0]["state"] == "Running" else None
 
-        run = wait_for(running, timeout=20, message="the task to run")
+        run: str = wait_for(running, timeout=20, message="the task to run")
         caps = ArtifactCapabilities.for_state_dir(tmp_path, 3600)  # the server's key
         blob_url = caps.url("", wid, run, "blob", Mode.write)
         gc.collect()
@@ -276,6 +279,28 @@ def test_enrolment_endpoints_are_rate_limited(tmp_path: Path) -> None:
         tokens = [api.post("/v1/devices/enrollment-tokens",
                            json={"site": "nope", "tenant": "t"}).status_code for _ in range(3)]
         assert tokens == [404, 404, 429]
+
+
+def test_capabilities_expire_and_are_bound_to_everything_they_name(tmp_path: Path) -> None:
+    caps = ArtifactCapabilities.for_state_dir(tmp_path, ttl_s=60)
+    key = tmp_path / "auth" / "artifact.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and key.parent.stat().st_mode & 0o777 == 0o700
+    assert ArtifactCapabilities.for_state_dir(tmp_path, 60).issue("wf", "r", "x", Mode.read,
+                                                                  now=0) \
+        == caps.issue("wf", "r", "x", Mode.read, now=0)  # the key is kept, not regenerated
+    token = caps.issue("wf", "r", "x", Mode.write, now=1000)
+    caps.check(token, "wf", "r", "x", Mode.write, now=1059)
+    with pytest.raises(CapabilityRefused, match="expired"):
+        caps.check(token, "wf", "r", "x", Mode.write, now=1061)
+    for other in (("wf2", "r", "x", Mode.write), ("wf", "r2", "x", Mode.write),
+                  ("wf", "r", "x2", Mode.write), ("wf", "r", "x", Mode.read)):
+        with pytest.raises(CapabilityRefused, match="does not let"):
+            caps.check(token, *other, now=1000)
+    with pytest.raises(CapabilityRefused, match="malformed"):
+        caps.check("nonsense", "wf", "r", "x", Mode.write, now=1000)
+    other_key = ArtifactCapabilities(b"k" * 32, 60)
+    with pytest.raises(CapabilityRefused):
+        other_key.check(token, "wf", "r", "x", Mode.write, now=1000)
 
 
 def test_the_settings_reject_a_nonsense_rate() -> None:
