@@ -9,8 +9,10 @@ app-wide dependency :func:`control_plane.access.enforce`; every mutating call is
 recorded by :class:`control_plane.audit.AuditMiddleware`.
 
 Errors share one shape: ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``
-for 422 (each problem naming its field and the fix; an oversized body is a 422 of
-type ``body_too_large``) and ``{"detail": "..."}`` for 401, 403, 404, 409, 502 and 503.
+for 422 (each problem naming its field and the fix) and for 413 (a body over its route's
+limit, type ``body_too_large``, counted while it streams in: see
+:mod:`control_plane.input_limits`), and ``{"detail": "..."}`` for 401, 403, 404, 409,
+429, 502 and 503.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from control_plane import (
 from control_plane.access import enforce
 from control_plane.audit import AuditMiddleware
 from control_plane.deps import Services
+from control_plane.input_limits import BodyLimit
 from control_plane.routes_common import MAX_BODY_BYTES
 from control_plane.routes_nodes import node_view
 from control_plane.routes_runs import run_view
@@ -56,8 +59,10 @@ def create_app(services: Services) -> FastAPI:
         "Send `Authorization: Bearer TOKEN` (see docs/security.md).",
         dependencies=[Depends(enforce)],
     )
-    app.add_middleware(AuditMiddleware, store=services.store)
     app.state.services = services
+    # the last added is the outermost: every mutating call is audited, a 413 included
+    app.add_middleware(BodyLimit, settings=services.settings)
+    app.add_middleware(AuditMiddleware, store=services.store)
     # Models only referenced from openapi_extra must be registered by hand.
     _schemas: dict[str, type[BaseModel]] = {"WorkflowDocument": WorkflowDocument,
                                             "SiteSpec": SiteSpec}

@@ -29,6 +29,7 @@ from adapters.base import ArtifactIn, ArtifactOut, Handle, RunStatus, TaskRun
 from continuum.errors import AdapterError, TransientError
 from continuum.model import Node, RunState, Task, TaskState, WorkflowDocument, WorkflowState
 from control_plane import decide as d
+from control_plane.artifact_access import ArtifactCapabilities, Mode
 from control_plane.decide import Action, Decider
 from control_plane.federation import Federation
 from control_plane.settings import Settings
@@ -71,6 +72,9 @@ class Applier:
         self.framework = framework
         self.wake = wake
         self.clock = clock
+        self.capabilities = ArtifactCapabilities.for_state_dir(
+            settings.state_dir, settings.artifact_capability_ttl_s)
+        """Mints the per-run artifact capabilities carried in the URLs a run is handed."""
         self._docs: dict[str, WorkflowDocument] = {}
         self.moves = 0
         """Runs migrated or moves started so far (a producer's actions that took effect)."""
@@ -341,8 +345,10 @@ class Applier:
 
     # ------------------------------------------------------------ place
 
-    def _sources(self, s: Session, workflow_id: str, task: Task,
-                 doc: WorkflowDocument) -> tuple[list[DataSource], list[ArtifactIn]]:
+    def _sources(self, s: Session, workflow_id: str, task: Task, doc: WorkflowDocument,
+                 run_id: str = "") -> tuple[list[DataSource], list[ArtifactIn]]:
+        """The task's data sources (for placement) and, for run ``run_id``, its inputs
+        with URLs carrying the run's read capabilities."""
         sources: list[DataSource] = []
         inputs: list[ArtifactIn] = []
         cp = self.settings.control_plane_location
@@ -355,7 +361,8 @@ class Applier:
                                       nodes=[art.node] if art.node else []))
             inputs.append(ArtifactIn(
                 name=ref.name, path=ref.path or ref.name,
-                url=f"{self.settings.api_url}/v1/artifacts/{workflow_id}/{ref.name}",
+                url=self.capabilities.url(self.settings.api_url, workflow_id, run_id,
+                                          ref.name, Mode.read),
                 sha256=art.sha256, size=art.size, simulated=art.simulated))
         datasets = {ds.name: ds for ds in doc.spec.datasets}
         for name in task.datasets:
@@ -451,10 +458,11 @@ class Applier:
             task_row = s.get(TaskRow, run.task_id)
             assert task_row is not None
             task = Task.model_validate(task_row.spec)
-            _, inputs = self._sources(s, run.workflow_id, task, doc)
+            _, inputs = self._sources(s, run.workflow_id, task, doc, run.id)
             outputs = [ArtifactOut(name=o.name, path=o.path, size_hint=o.size,
-                                   url=f"{self.settings.api_url}/v1/artifacts/"
-                                       f"{run.workflow_id}/{o.name}?run={run.id}")
+                                   url=self.capabilities.url(self.settings.api_url,
+                                                             run.workflow_id, run.id, o.name,
+                                                             Mode.write))
                        for o in task.outputs]
             dataset_bytes = sum(ds.size for ds in doc.spec.datasets if ds.name in task.datasets)
             tr = TaskRun(run_id=run.id, workflow_id=run.workflow_id,

@@ -12,11 +12,14 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from adapters.base import ArtifactRecord
-from control_plane.store import ArtifactRow, Store, utcnow
+from control_plane.store import ArtifactRow, Store, WorkflowRow, utcnow
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,254}$")
 
@@ -35,6 +38,68 @@ def check_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class Quota:
+    """Size limits of one upload (bytes): ``artifact_max_bytes`` for the artifact,
+    ``tenant_quota_bytes`` for everything its workflow's tenant keeps."""
+
+    artifact_max_bytes: int
+    tenant_quota_bytes: int
+
+
+class QuotaExceeded(Exception):
+    """An upload passed a size limit; ``str()`` names the limit and its setting."""
+
+
+class Upload:
+    """One artifact arriving: bytes are hashed, counted against the limit and written to a
+    temporary file next to the blobs; :meth:`commit` or :meth:`abort` ends it."""
+
+    def __init__(self, store: LocalArtifactStore, workflow_id: str, name: str,
+                 limit: int | None, why: str) -> None:
+        self.store, self.workflow_id, self.name = store, workflow_id, name
+        self.limit, self.why = limit, why
+        self.size = 0
+        self._hash = hashlib.sha256()
+        d = store.root / workflow_id
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".upload-")
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        """Add ``chunk``. Raises QuotaExceeded (and drops the upload) past the limit."""
+        self.size += len(chunk)
+        if self.limit is not None and self.size > self.limit:
+            self.abort()
+            raise QuotaExceeded(f"artifact {self.name!r} is over {self.limit} bytes: {self.why}")
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def abort(self) -> None:
+        """Drop the bytes received so far (harmless twice)."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def commit(self, *, simulated: bool = False, run_id: str | None = None,
+               node: str | None = None,
+               check: Callable[[], object] | None = None) -> ArtifactRecord:
+        """Make the artifact's name point at the bytes received (see
+        :meth:`LocalArtifactStore.put_stream`)."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if check is not None:
+                check()
+            digest = self._hash.hexdigest()
+            os.replace(self._tmp, self.store._blob(self.workflow_id, digest))
+        except BaseException:
+            self.abort()
+            raise
+        return self.store._commit(self, digest, simulated=simulated, run_id=run_id, node=node)
+
+
 class LocalArtifactStore:
     """Implements :class:`adapters.base.ArtifactStore` on a local directory."""
 
@@ -46,37 +111,75 @@ class LocalArtifactStore:
     def _blob(self, workflow_id: str, sha256: str) -> Path:
         return self.root / workflow_id / sha256
 
+    def tenant_usage(self, workflow_id: str, *, excluding: str | None = None) -> tuple[str, int]:
+        """The workflow's tenant and the artifact bytes that tenant keeps, without artifact
+        ``excluding`` of this workflow (the one an upload would replace).
+
+        The tenant is the workflow's ``tenant`` column when the store has one, else
+        ``"default"`` (every workflow shares it). The one place that says whose bytes are
+        whose."""
+        tenant_col = getattr(WorkflowRow, "tenant", None)
+        with self.store.session() as s:
+            tenant = "default"
+            q = select(func.coalesce(func.sum(ArtifactRow.size), 0))
+            if tenant_col is not None:
+                tenant = s.scalar(select(tenant_col).where(WorkflowRow.id == workflow_id)) \
+                    or "default"
+                q = q.join(WorkflowRow, WorkflowRow.id == ArtifactRow.workflow_id) \
+                    .where(tenant_col == tenant)
+            if excluding is not None:
+                q = q.where(~((ArtifactRow.workflow_id == workflow_id)
+                              & (ArtifactRow.name == excluding)))
+            return tenant, int(s.scalar(q) or 0)
+
     def put_stream(self, workflow_id: str, name: str, chunks: Iterable[bytes], *,
                    simulated: bool = False, run_id: str | None = None,
-                   node: str | None = None) -> ArtifactRecord:
-        """Keep the bytes of ``chunks`` as artifact ``name`` of the workflow."""
-        check_name(name)
-        d = self.root / workflow_id
-        d.mkdir(parents=True, exist_ok=True)
-        h = hashlib.sha256()
-        size = 0
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".upload-")
+                   node: str | None = None, quota: Quota | None = None,
+                   check: Callable[[], object] | None = None) -> ArtifactRecord:
+        """Keep the bytes of ``chunks`` as artifact ``name`` of the workflow.
+
+        ``quota``: the limits counted while the bytes arrive (none: unlimited);
+        ``check``: called once the bytes are on disk, just before the name points at
+        them (its exception abandons the upload).
+
+        Raises:
+            QuotaExceeded: the artifact grew past ``quota`` (nothing is kept).
+        """
+        upload = self.begin(workflow_id, name, quota)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    h.update(chunk)
-                    size += len(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            digest = h.hexdigest()
-            os.replace(tmp, self._blob(workflow_id, digest))
+            for chunk in chunks:
+                upload.write(chunk)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            upload.abort()
             raise
+        return upload.commit(simulated=simulated, run_id=run_id, node=node, check=check)
+
+    def begin(self, workflow_id: str, name: str, quota: Quota | None = None) -> Upload:
+        """Start an upload whose bytes arrive with :meth:`Upload.write`; see
+        :meth:`put_stream`. The tenant's usage is taken now."""
+        check_name(name)
+        limit, why = None, ""
+        if quota is not None:
+            tenant, used = self.tenant_usage(workflow_id, excluding=name)
+            limit, why = quota.artifact_max_bytes, (
+                f"the artifact limit (artifact_max_bytes) is {quota.artifact_max_bytes} bytes")
+            room = quota.tenant_quota_bytes - used
+            if room < limit:
+                limit, why = room, (
+                    f"tenant {tenant!r} keeps {used} artifact bytes of its quota "
+                    f"(tenant_artifact_quota_bytes) of {quota.tenant_quota_bytes}")
+        return Upload(self, workflow_id, name, limit, why)
+
+    def _commit(self, up: Upload, digest: str, *, simulated: bool, run_id: str | None,
+                node: str | None) -> ArtifactRecord:
         with self.store.session() as s:
-            row = s.get(ArtifactRow, (workflow_id, name))
+            row = s.get(ArtifactRow, (up.workflow_id, up.name))
             if row is None:
-                row = ArtifactRow(workflow_id=workflow_id, name=name)
+                row = ArtifactRow(workflow_id=up.workflow_id, name=up.name)
                 s.add(row)
-            row.sha256, row.size, row.simulated = digest, size, simulated
+            row.sha256, row.size, row.simulated = digest, up.size, simulated
             row.run_id, row.node, row.created_at = run_id, node, utcnow()
-        return ArtifactRecord(name=name, sha256=digest, size=size, simulated=simulated)
+        return ArtifactRecord(name=up.name, sha256=digest, size=up.size, simulated=simulated)
 
     def put_bytes(self, workflow_id: str, name: str, data: bytes, *,
                   simulated: bool = False) -> ArtifactRecord:

@@ -1,4 +1,5 @@
-"""The control plane's command-signing key (Ed25519).
+"""The control plane's keys: the command-signing key (Ed25519) and symmetric secret keys
+(:func:`secret_key`, e.g. the artifact-capability key ``<state_dir>/auth/artifact.key``).
 
 The private key lives in ``<state_dir>/auth/command.key`` (PEM, PKCS#8, mode 0600 in a
 0700 directory), generated on first use; whoever reads it can make every enrolled agent
@@ -49,6 +50,25 @@ def write_secret_once(path: Path, data: bytes, *, private_dir: bool = True) -> b
         return False
     finally:
         tmp.unlink()
+
+
+def secret_key(path: Path, size: int = 32) -> bytes:
+    """A random symmetric key of ``size`` bytes kept in ``path`` (raw bytes, 0600 in a
+    0700 directory), generated on first use; e.g. the artifact-capability HMAC key
+    ``<state_dir>/auth/artifact.key``.
+
+    Raises:
+        ValueError: the file exists but holds fewer than 16 bytes.
+        OSError: the directory cannot be written.
+    """
+    path = Path(path)
+    with _LOCK:
+        if not path.exists() and write_secret_once(path, os.urandom(size)):
+            log.info("secret key generated in %s", path)
+        key = path.read_bytes()
+    if len(key) < 16:
+        raise ValueError(f"{path} holds {len(key)} bytes; a key needs at least 16")
+    return key
 
 
 def command_key_path(state_dir: Path) -> Path:

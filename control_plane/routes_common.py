@@ -10,7 +10,6 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import Select
 
-from continuum.errors import Problem, ValidationFailed
 from control_plane import deps
 from control_plane.artifacts import LocalArtifactStore
 from control_plane.auth import Principal, authenticate
@@ -25,7 +24,7 @@ from monitoring.metrics import ControlPlaneMetrics
 from monitoring.topology import TopologyModel
 
 MAX_BODY_BYTES = 1 << 20
-"""Largest workflow or site document accepted (bytes)."""
+"""Default of the ``max_body_bytes`` setting: largest workflow or site document (bytes)."""
 MAX_OFFSET = 10**9
 """Largest ``offset`` of a list route: a larger one is a 422, not an SQL integer overflow."""
 
@@ -58,16 +57,13 @@ def body_of(schema: str) -> dict[str, Any]:
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body.
+    """The request body, at most ``max_body_bytes`` long.
 
     Raises:
-        ValidationFailed: it is over :data:`MAX_BODY_BYTES` (type ``body_too_large``).
+        control_plane.input_limits.BodyTooLarge: longer (a 413, raised while it streams
+            in by the :class:`~control_plane.input_limits.BodyLimit` middleware).
     """
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ValidationFailed([Problem(["body"], f"the body has {len(body)} bytes; the "
-                                        f"limit is {MAX_BODY_BYTES}", "body_too_large")])
-    return body
+    return await request.body()
 
 
 def iso(dt: Any) -> str | None:

@@ -7,6 +7,8 @@
   is the credential) → ``{deviceId, site, tenant, brokerUrl, username, password, caPem,
   commandKey}``. 401: unknown token; 409: token already used (replayed), or the device is
   enrolled in another site; 410: token expired; 503: the broker could not be reloaded.
+* Both answer 429 (with ``Retry-After``) past ``auth_rate_limit`` requests per client
+  address (:func:`control_plane.input_limits.auth_rate_limit`).
 * ``DELETE /v1/devices/{site}/{device_id}/credentials`` (cluster-admin) → ``{site,
   deviceId, revoked, revokedAt}``: the device's broker credentials are revoked and the
   broker reloaded, which disconnects it at once. 404: not enrolled there.
@@ -34,6 +36,7 @@ from control_plane.auth import Role, require
 from control_plane.deps import Loop
 from control_plane.enrollment import DEVICE_ID, TENANT, EnrollmentRefused
 from control_plane.federation import Federation
+from control_plane.input_limits import auth_rate_limit
 from control_plane.routes_common import EnrollmentDep, FederationDep, LoopDep
 
 router = APIRouter(tags=["nodes"])
@@ -45,6 +48,7 @@ forgetting): a cluster-admin (or admin) token, as control_plane/access.py says t
 
 
 _ADMIN = [Depends(require_cluster_admin)]
+_RATE = [Depends(auth_rate_limit)]
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
@@ -95,7 +99,7 @@ def forget_device(federation: Federation, loop: Loop, site: str,
             "health": health.value, "message": message}
 
 
-@router.post("/v1/devices/enrollment-tokens", status_code=201, dependencies=_ADMIN,
+@router.post("/v1/devices/enrollment-tokens", status_code=201, dependencies=_RATE + _ADMIN,
              summary="Create a one-time device enrolment token for a site and tenant")
 async def create_enrollment_token(body: EnrollmentTokenRequest,
                                   enrollment: EnrollmentDep) -> dict[str, Any]:
@@ -103,7 +107,7 @@ async def create_enrollment_token(body: EnrollmentTokenRequest,
     return await run_in_threadpool(enrollment.create_token, body.site, body.tenant, body.ttl_s)
 
 
-@router.post("/v1/devices/enroll",
+@router.post("/v1/devices/enroll", dependencies=_RATE,
              summary="Exchange an enrolment token for the device's broker credentials")
 async def enroll_device(body: EnrollRequest, enrollment: EnrollmentDep) -> dict[str, Any]:
     """No bearer token: the one-time enrolment token is the credential. The password in the

@@ -24,6 +24,7 @@ from continuum.errors import NotFound
 from control_plane import deps
 from control_plane.auth import Authority, Principal, Role, authenticate, token_view
 from control_plane.enrollment import TENANT
+from control_plane.input_limits import auth_rate_limit
 
 router = APIRouter(tags=["tokens"])
 AuthorityDep = Annotated[Authority, Depends(deps.get_auth)]
@@ -46,7 +47,8 @@ class TokenRequest(BaseModel):
     description: str = Field(default="", max_length=500)
 
 
-@router.post("/v1/tokens", status_code=201, summary="Create an API token (shown only once)")
+@router.post("/v1/tokens", status_code=201, dependencies=[Depends(auth_rate_limit)],
+             summary="Create an API token (shown only once)")
 async def create_token(body: TokenRequest, principal: PrincipalDep,
                        authority: AuthorityDep) -> dict[str, Any]:
     subject = body.subject or principal.subject

@@ -3,7 +3,7 @@
 The fields are grouped by concern, one model per group — :class:`ApiSettings`,
 :class:`StoreSettings`, :class:`ReconcilerSettings`, :class:`FederationSettings`,
 :class:`PlacementSettings`, :class:`MigrationSettings`, :class:`MonitoringSettings`,
-:class:`DeviceSettings`, :class:`AuthSettings` — and
+:class:`DeviceSettings`, :class:`AuthSettings`, :class:`LimitSettings` — and
 :class:`Settings` is all of them at once. A collaborator that needs one concern declares
 that group as its parameter type (a :class:`Settings` is an instance of each group), so what
 it may read is visible in its signature. Names stay flat, so every field is read from the environment as
@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from placement.plugins.fragmentation import DEFAULT_WEIGHT as FRAGMENTATION_WEIGHT
@@ -241,9 +241,50 @@ class AuthSettings(BaseModel):
     "tenants", named like this control plane's own claim."""
 
 
+def _rate(value: str) -> str:
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError as e:
+        raise ValueError(f"{value!r} is not a rate such as '10/minute' or '5 per second'") from e
+    return value
+
+
+class LimitSettings(BaseModel):
+    """Artifact access and sizes, request sizes and rates (docs/security.md "Artifacts and
+    input limits")."""
+
+    model_config = _GROUP
+
+    artifact_capability_ttl_s: float = Field(default=7 * 86400.0, gt=0)
+    """Lifetime of the per-run artifact capabilities handed to a run at dispatch (s). A
+    week: a batch job may queue for days before it fetches its inputs; a write capability
+    is useless anyway once its run has ended."""
+    artifact_max_bytes: int = Field(default=16 << 30, gt=0)
+    """Largest single artifact upload (bytes), counted while the body streams in (413
+    beyond). 16 GiB: a model checkpoint or a day of sensor data, not a disk image."""
+    tenant_artifact_quota_bytes: int = Field(default=256 << 30, gt=0)
+    """Most artifact bytes one tenant may keep in the control plane's store (bytes; 413
+    beyond), the sum over its workflows. 256 GiB: sixteen of the largest artifacts."""
+    max_body_bytes: int = Field(default=1 << 20, gt=0)
+    """Largest request body of every route but artifact uploads (bytes), counted while it
+    streams in, chunked bodies too (413 beyond). 1 MiB: a workflow of thousands of tasks."""
+    auth_rate_limit: str = "60/minute"
+    """Requests per client address to each credential endpoint (enrolment, enrolment
+    tokens, API tokens), as ``N/second|minute|hour``; 429 with ``Retry-After`` beyond.
+    60 a minute: a fleet behind one NAT address still enrols a device a second, while a
+    flood of password hashing (each enrolment derives one) stays cheap."""
+
+    @field_validator("auth_rate_limit")
+    @classmethod
+    def _check_rate(cls, v: str) -> str:
+        return _rate(v)
+
+
 class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings,
                PlacementSettings, MigrationSettings, MonitoringSettings, DeviceSettings,
-               AuthSettings, BaseSettings):
+               AuthSettings, LimitSettings, BaseSettings):
     """All groups; every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="CONTINUUM_", extra="ignore",
@@ -252,5 +293,5 @@ class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSetting
 
 GROUPS: tuple[type[BaseModel], ...] = (
     ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings, PlacementSettings,
-    MigrationSettings, MonitoringSettings, DeviceSettings, AuthSettings)
+    MigrationSettings, MonitoringSettings, DeviceSettings, AuthSettings, LimitSettings)
 """Every settings group, in the order docs/configuration.md lists them."""

@@ -24,18 +24,83 @@ from placement import never_fits
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
+MAX_DEPTH = 64
+"""Deepest nesting of objects and lists a body may have (a workflow needs about 8)."""
+MAX_YAML_NODES = 1_000_000
+"""Most YAML nodes a body may expand to through aliases (``*a``): a "billion laughs"
+body of a few hundred bytes is refused before it is built."""
+
+
+def _too_deep(what: str) -> ValidationFailed:
+    return ValidationFailed([Problem(["body"], f"the body {what}: flatten it (the limits are "
+                                     f"{MAX_DEPTH} levels of nested objects and lists and "
+                                     f"{MAX_YAML_NODES} YAML nodes)", "body_too_deep")])
+
+
+def _check_json_depth(data: Any) -> None:
+    """Raise :func:`_too_deep` when ``data`` nests more than :data:`MAX_DEPTH` levels
+    (iteratively: a deep value never recurses here)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise _too_deep(f"nests more than {MAX_DEPTH} levels")
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in items if isinstance(v, dict | list))
+
+
+def _check_yaml_shape(body: bytes) -> None:
+    """Walk the YAML event stream (the parser keeps its own stack: no recursion) and raise
+    :func:`_too_deep` for nesting deeper than :data:`MAX_DEPTH` or more than
+    :data:`MAX_YAML_NODES` nodes once aliases are expanded. Parse errors are left to the
+    loader, which reports them with their position."""
+    anchors: dict[str, tuple[int, int]] = {}  # anchor → (depth, expanded nodes)
+    stack: list[list[Any]] = [[None, 0, 0]]  # [anchor, deepest child, nodes inside]
+
+    def add(depth: int, nodes: int) -> None:
+        top = stack[-1]
+        top[1], top[2] = max(top[1], depth), top[2] + nodes
+        if top[1] + len(stack) - 1 > MAX_DEPTH:
+            raise _too_deep(f"nests more than {MAX_DEPTH} levels")
+        if top[2] > MAX_YAML_NODES:
+            raise _too_deep(f"expands to more than {MAX_YAML_NODES} nodes through aliases")
+
+    try:
+        for ev in yaml.parse(body, Loader=yaml.SafeLoader):
+            if isinstance(ev, yaml.CollectionStartEvent):
+                stack.append([ev.anchor, 0, 0])
+                if len(stack) - 1 > MAX_DEPTH:
+                    raise _too_deep(f"nests more than {MAX_DEPTH} levels")
+            elif isinstance(ev, yaml.CollectionEndEvent):
+                anchor, deepest, nodes = stack.pop()
+                if anchor is not None:
+                    anchors[anchor] = (deepest + 1, nodes + 1)
+                add(deepest + 1, nodes + 1)
+            elif isinstance(ev, yaml.ScalarEvent):
+                if ev.anchor is not None:
+                    anchors[ev.anchor] = (0, 1)
+                add(0, 1)
+            elif isinstance(ev, yaml.AliasEvent):
+                add(*anchors.get(ev.anchor or "", (0, 1)))
+    except yaml.YAMLError:
+        return
+
 
 def parse_body(body: bytes, content_type: str | None) -> Any:
     """Decode a request body as JSON or YAML (by ``Content-Type``; JSON when absent).
 
     Raises:
-        ValidationFailed: the body is empty or not valid JSON/YAML (with line and column).
+        ValidationFailed: the body is empty or not valid JSON/YAML (with line and column),
+            or nests deeper than :data:`MAX_DEPTH` (type ``body_too_deep``, ``loc``
+            ``["body"]``; checked before a YAML body is built).
     """
     ctype = (content_type or "application/json").split(";")[0].strip().lower()
     if not body.strip():
         raise ValidationFailed([Problem(["body"], "the request body is empty; send a "
                                         "Workflow document as JSON or YAML", "empty_body")])
     if ctype in YAML_TYPES:
+        _check_yaml_shape(body)
         try:
             return yaml.safe_load(body)
         except yaml.YAMLError as e:
@@ -44,7 +109,9 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
             raise ValidationFailed([Problem(["body"], f"the body is not valid YAML{where}: "
                                             f"{getattr(e, 'problem', e)}", "yaml_invalid")]) from e
     try:
-        return json.loads(body)
+        data = json.loads(body)
+    except RecursionError as e:
+        raise _too_deep(f"nests more than {MAX_DEPTH} levels") from e
     except UnicodeDecodeError as e:
         raise ValidationFailed([Problem(["body"], f"the body is not UTF-8 text (byte "
                                         f"{e.start}): send a JSON or YAML document",
@@ -54,6 +121,8 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
                 if ctype == "application/json" else "")
         raise ValidationFailed([Problem(["body"], f"the body is not valid JSON at line {e.lineno}, "
                                         f"column {e.colno}: {e.msg}{hint}", "json_invalid")]) from e
+    _check_json_depth(data)
+    return data
 
 
 def pydantic_problems(e: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:

@@ -11,9 +11,18 @@ from collections.abc import Callable
 
 from adapters.base import Handle
 from continuum.errors import AdapterError, Conflict, NotFound
-from continuum.model import TaskState, WorkflowDocument, WorkflowState
+from continuum.model import RunState, TaskState, WorkflowDocument, WorkflowState
+from control_plane.artifact_access import CapabilityRefused
 from control_plane.federation import Federation
-from control_plane.store import RunRow, Store, TaskRow, WorkflowRow, add_event, new_id
+from control_plane.store import (
+    ArtifactRow,
+    RunRow,
+    Store,
+    TaskRow,
+    WorkflowRow,
+    add_event,
+    new_id,
+)
 from control_plane.validation import check_workflow, effective_dependencies
 
 log = logging.getLogger(__name__)
@@ -72,12 +81,17 @@ class WorkflowService:
         self.wake()
         return wf
 
-    def check_upload(self, workflow_id: str, name: str, run_id: str | None) -> str | None:
-        """Check an upload may go ahead; returns the producing run's node.
+    def check_upload(self, workflow_id: str, name: str, run_id: str) -> str | None:
+        """Check run ``run_id`` may upload output ``name`` now; returns the run's node.
+
+        An output is immutable once a run that uploaded it succeeded: no other run (a
+        retry, a migrated copy, a forger holding another run's capability) replaces it.
 
         Raises:
-            NotFound: no such workflow or run.
-            Conflict: the run already finished, or is not of this workflow.
+            NotFound: no such workflow, or no such run of it.
+            Conflict: the workflow or the run already ended, or the artifact was produced
+                by a run that succeeded.
+            CapabilityRefused: ``name`` is not a declared output of the run's task.
         """
         with self.store.session() as s:
             wf = s.get(WorkflowRow, workflow_id)
@@ -86,13 +100,22 @@ class WorkflowService:
             if wf.state.terminal:
                 raise Conflict(f"workflow {workflow_id} already {wf.state.lower()}; "
                                "its artifacts can no longer change")
-            if run_id is None:
-                return None
             run = s.get(RunRow, run_id)
             if run is None or run.workflow_id != workflow_id:
                 raise NotFound(f"run {run_id!r} is not a run of workflow {workflow_id}")
             if run.state.terminal:
                 raise Conflict(f"run {run_id} already {run.state.lower()}; its outputs are closed")
+            task = s.get(TaskRow, run.task_id)
+            outputs = [o.get("name") for o in (task.spec.get("outputs") or [])] if task else []
+            if name not in outputs:
+                raise CapabilityRefused(f"artifact {name!r} is not a declared output of run {run_id} "
+                                f"(task {run.task_name}; outputs: {', '.join(outputs) or 'none'})")
+            art = s.get(ArtifactRow, (workflow_id, name))
+            if art is not None and art.run_id is not None and art.run_id != run_id:
+                producer = s.get(RunRow, art.run_id)
+                if producer is not None and producer.state == RunState.Succeeded:
+                    raise Conflict(f"artifact {name!r} was produced by run {art.run_id}, which "
+                                   "succeeded; a succeeded run's outputs are immutable")
             return run.node
 
     def live_logs(self, run: RunRow, tail: int) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from continuum.federation import FederationDocument
+from control_plane.artifact_access import ArtifactCapabilities, Mode
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from tests.helpers import admin_headers, admin_token, wait_for
@@ -61,6 +62,22 @@ def control_plane(state_dir: Path, **kw: Any) -> Iterator[tuple[ControlPlane, Te
             yield cp, client
     finally:
         cp.stop()
+
+
+def artifact_url(client: TestClient, workflow_id: str, run_id: str, name: str,
+                 mode: str = "write") -> str:
+    """The path and query of artifact ``name`` carrying run ``run_id``'s ``mode``
+    capability, minted with the served control plane's key (as dispatch mints it)."""
+    settings = client.app.state.services.settings  # type: ignore[attr-defined]
+    caps = ArtifactCapabilities.for_state_dir(settings.state_dir,
+                                              settings.artifact_capability_ttl_s)
+    return caps.url("", workflow_id, run_id, name, Mode(mode))
+
+
+def run_of(client: TestClient, workflow_id: str, task: str) -> str:
+    """The id of the latest run of ``task`` in the workflow."""
+    runs = client.get("/v1/runs", params={"workflow": workflow_id}).json()["items"]
+    return [r["id"] for r in runs if r["task"] == task][-1]
 
 
 def wait_state(client: TestClient, workflow_id: str, states: tuple[str, ...],

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.control_plane.harness import control_plane, wait_state, workflow
+from tests.control_plane.harness import (
+    artifact_url,
+    control_plane,
+    run_of,
+    wait_state,
+    workflow,
+)
 
 
 @pytest.fixture
@@ -106,15 +112,19 @@ def test_run_shows_placement_explanation_and_output(api) -> None:  # type: ignor
 
 
 def test_artifacts_round_trip(api) -> None:  # type: ignore[no-untyped-def]
-    wid = api.post("/v1/workflows", json=workflow()).json()["id"]
-    r = api.put(f"/v1/artifacts/{wid}/data/readings.csv", content=b"t,v\n1,2\n")
+    long = workflow("long", [{"name": "forever", "command": ["true"], "work": 10_000_000,
+                              "outputs": [{"name": "data/readings.csv", "path": "r.csv"}]}])
+    wid = api.post("/v1/workflows", json=long).json()["id"]
+    wait_state(api, wid, ("Running",))
+    run = run_of(api, wid, "forever")
+    r = api.put(artifact_url(api, wid, run, "data/readings.csv"), content=b"t,v\n1,2\n")
     assert r.status_code == 201, r.text
     assert r.json()["size"] == 8
     got = api.get(f"/v1/artifacts/{wid}/data/readings.csv")
     assert got.content == b"t,v\n1,2\n" and got.headers["x-content-sha256"] == r.json()["sha256"]
     assert api.get(f"/v1/artifacts/{wid}/nothing").status_code == 404
     assert api.put(f"/v1/artifacts/{wid}/..%2Fescape", content=b"x").status_code in (404, 422)
-    assert api.put("/v1/artifacts/wf-nope/x", content=b"x").status_code == 404
+    assert api.put(artifact_url(api, "wf-nope", run, "x"), content=b"x").status_code == 404
 
 
 def test_sites_nodes_devices_topology(api) -> None:  # type: ignore[no-untyped-def]
@@ -237,12 +247,12 @@ def test_unparseable_bodies(api, body, ctype, needle) -> None:  # type: ignore[n
 def test_oversized_body(api) -> None:  # type: ignore[no-untyped-def]
     r = api.post("/v1/workflows", content=b" " * (2 << 20),
                  headers={"Content-Type": "application/json"})
-    assert r.status_code == 422 and "limit" in r.json()["detail"][0]["msg"]
+    assert r.status_code == 413 and "limit" in r.json()["detail"][0]["msg"]
 
 
 def test_artifacts_of_a_finished_workflow_are_closed(api) -> None:  # type: ignore[no-untyped-def]
     wid = api.post("/v1/workflows", json=workflow()).json()["id"]
     wait_state(api, wid, ("Succeeded",))
-    r = api.put(f"/v1/artifacts/{wid}/x", content=b"overwrite")
+    r = api.put(artifact_url(api, wid, run_of(api, wid, "a"), "x"), content=b"overwrite")
     assert r.status_code == 409 and "can no longer change" in r.json()["detail"]
     assert b"simulated" in api.get(f"/v1/artifacts/{wid}/x").content
