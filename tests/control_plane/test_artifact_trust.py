@@ -24,7 +24,6 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from continuum.model import RunState
-from control_plane import routes_artifacts
 from control_plane.artifact_access import ArtifactCapabilities, CapabilityRefused, Mode
 from control_plane.settings import Settings
 from control_plane.store import RunRow, TaskRow, new_id
@@ -36,7 +35,7 @@ from tests.control_plane.harness import (
     wait_state,
     workflow,
 )
-from tests.helpers import wait_for
+from tests.helpers import admin_headers, wait_for
 
 LONG = 10_000_000  # core-seconds: a task that stays Running for the whole test
 
@@ -111,8 +110,7 @@ def test_a_succeeded_output_cannot_be_overwritten(tmp_path: Path) -> None:
         assert b"forged" not in api.get(f"/v1/artifacts/{wid}/x").content
 
 
-def test_only_a_consuming_run_reads_with_a_capability(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_a_consuming_run_reads_with_a_capability(tmp_path: Path) -> None:
     with control_plane(tmp_path) as (_, api):
         wid, runs = _started(api)
         ok = api.get(artifact_url(api, wid, runs["b"], "x", "read"))
@@ -128,11 +126,16 @@ def test_only_a_consuming_run_reads_with_a_capability(tmp_path: Path,
         wait_state(api, other, ("Succeeded",))
         r = api.get(artifact_url(api, wid, runs["b"], "x", "read").replace(wid, other))
         assert r.status_code == 403
-        # without a capability, the API identity seam decides
-        monkeypatch.setattr(routes_artifacts, "may_read_workflow", lambda request, wid: False)
-        r = api.get(f"/v1/artifacts/{wid}/x")
+        # without a capability, an API token that sees the workflow's tenant reads it
+        r = api.get(f"/v1/artifacts/{wid}/x", headers={"Authorization": ""})
         assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
-        assert api.get(artifact_url(api, wid, runs["b"], "x", "read")).status_code == 200
+        outsider = api.post("/v1/tokens", json={"subject": "eve", "roles": ["user"],
+                                                "tenants": ["elsewhere"]}).json()["token"]
+        r = api.get(f"/v1/artifacts/{wid}/x", headers={"Authorization": f"Bearer {outsider}"})
+        assert r.status_code == 404 and r.json() == {"detail": f"workflow {wid!r} does not exist"}
+        assert api.get(f"/v1/artifacts/{wid}/x").status_code == 200  # the admin sees all
+        assert api.get(artifact_url(api, wid, runs["b"], "x", "read"),
+                       headers={"Authorization": ""}).status_code == 200
 
 
 def _chunks(total: int, size: int = 1000) -> Iterator[bytes]:
@@ -218,7 +221,7 @@ def test_chunked_bodies_are_refused_early_with_bounded_memory(tmp_path: Path) ->
     total = 300 << 20
     chunk = b"\0" * (1 << 20)
     with served(tmp_path, artifact_max_bytes=4 << 20) as url:
-        api = httpx.Client(base_url=url, timeout=30)
+        api = httpx.Client(base_url=url, timeout=30, headers=admin_headers(tmp_path))
         wf = workflow("big", [{"name": "t", "command": ["true"], "work": LONG,
                                "outputs": [{"name": "blob", "path": "blob"}]}])
         wid = api.post("/v1/workflows", json=wf).json()["id"]
