@@ -166,5 +166,6 @@ def test_sigkill_mid_workflow_loses_nothing_and_runs_nothing_twice(
     assert wf["state"] == "Succeeded", wf["reason"]
     assert sorted(x["task"] for x in wf["runs"]) == ["first", "last", "middle"]
     assert marker.read_text().split() == ["first", "last"]  # each device task ran once
-    got = httpx.get(f"{server.url}/v1/artifacts/{wid}/first.txt", timeout=5)
+    got = httpx.get(f"{server.url}/v1/artifacts/{wid}/first.txt", timeout=5,
+                    headers=server.headers)
     assert got.text == "first done\n"
