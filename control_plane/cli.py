@@ -20,7 +20,7 @@ import yaml
 from rich.console import RenderableType
 from rich.live import Live
 
-from control_plane import cli_devices, cli_kubernetes, cli_model, cli_pki, render
+from control_plane import cli_devices, cli_kubernetes, cli_model, cli_pki, cli_secrets, render
 from control_plane.cli_sites import app as sites_app
 from control_plane.client import ApiError, Client, ConnectionFailed
 
@@ -40,6 +40,7 @@ app.add_typer(cli_kubernetes.cluster_app, name="cluster")
 app.add_typer(sites_app, name="sites")
 app.add_typer(cli_devices.app, name="devices")
 app.add_typer(cli_pki.app, name="pki")
+app.add_typer(cli_secrets.app, name="secrets")
 
 console = render.make_console()
 T = TypeVar("T")

@@ -3,7 +3,7 @@
 The fields are grouped by concern, one model per group — :class:`ApiSettings`,
 :class:`StoreSettings`, :class:`ReconcilerSettings`, :class:`FederationSettings`,
 :class:`PlacementSettings`, :class:`MigrationSettings`, :class:`MonitoringSettings`,
-:class:`DeviceSettings` — and
+:class:`DeviceSettings`, :class:`SecretsSettings` — and
 :class:`Settings` is all of them at once. A collaborator that needs one concern declares
 that group as its parameter type (a :class:`Settings` is an instance of each group), so what
 it may read is visible in its signature. Names stay flat, so every field is read from the environment as
@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from placement.plugins.fragmentation import DEFAULT_WEIGHT as FRAGMENTATION_WEIGHT
@@ -198,9 +198,22 @@ class DeviceSettings(BaseModel):
     expires."""
 
 
+class SecretsSettings(BaseModel):
+    """How site credentials are sealed at rest (control_plane/sealing.py,
+    docs/security.md "Sites and secrets")."""
+
+    model_config = _GROUP
+
+    sealing_keys: SecretStr | None = None
+    """Comma-separated Fernet keys that seal site secrets (kubeconfigs, Slurm JWT keys and
+    tokens, broker passwords) in the database; the first seals, all open (rotation).
+    None: ``<state_dir>/sealing.key``, generated (0600) on first start, so a first run
+    needs no setup; in production keep the key apart from the database."""
+
+
 class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings,
                PlacementSettings, MigrationSettings, MonitoringSettings, DeviceSettings,
-               BaseSettings):
+               SecretsSettings, BaseSettings):
     """All groups; every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="CONTINUUM_", extra="ignore",
@@ -209,5 +222,5 @@ class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSetting
 
 GROUPS: tuple[type[BaseModel], ...] = (
     ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings, PlacementSettings,
-    MigrationSettings, MonitoringSettings, DeviceSettings)
+    MigrationSettings, MonitoringSettings, DeviceSettings, SecretsSettings)
 """Every settings group, in the order docs/configuration.md lists them."""

@@ -13,6 +13,7 @@ per poll, never one call per job.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import threading
@@ -88,7 +89,7 @@ def test_registration_errors_say_what_is_wrong(case: str, slurm: SlurmCluster,
         "unknown-partition": (slurm.config(partitions=["debug", "gpu-a100"]), "PermanentError",
                               ["config.partitions", "'gpu-a100'", "it has debug, short"]),
         "missing-key": (slurm.config(jwtKey=str(tmp_path / "nope.key")), "PermanentError",
-                        ["config.jwtKey", "nope.key"]),
+                        ["jwtKey", "not a path", "jwtKeyFile"]),
         "no-credentials": (slurm.config(jwtKey=None), "PermanentError",
                            ["needs credentials", "token", "jwtKey"]),
         "relative-workdir": (slurm.config(workdir="jobs"), "PermanentError",
@@ -109,7 +110,8 @@ def test_a_token_minted_with_another_key_is_an_auth_error(slurm: SlurmCluster,
                                                           tmp_path: Path) -> None:
     other = tmp_path / "other.key"
     other.write_bytes(b"k" * 32)
-    r = live_cp().register("hpc", slurm.config(jwtKey=str(other)))
+    r = live_cp().register("hpc", slurm.config(
+        jwtKey=base64.b64encode(other.read_bytes()).decode()))
     assert r.status_code == 422
     assert r.json()["detail"][0]["type"] == "AuthError"
     assert "minted with another key" in r.json()["detail"][0]["msg"]
@@ -388,7 +390,7 @@ def test_unix_socket_with_local_auth_needs_no_token(slurm: SlurmCluster,
     try:
         lcp = live_cp()
         r = lcp.register("sock-hpc", {"socket": str(sock), "user": slurm.user,
-                                      "partitions": ["debug"], "workdir": slurm.workdir,
+                                      "slurmUser": "root", "partitions": ["debug"], "workdir": slurm.workdir,
                                       "pollInterval": 0.2})
         assert r.status_code == 201, r.text
         wid = lcp.submit([{**slurm_task("local", ["bash", "-c", "echo via socket"]),

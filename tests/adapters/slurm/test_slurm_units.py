@@ -80,7 +80,8 @@ def test_run_id_from_comment_or_name() -> None:
 @pytest.mark.parametrize("config,words", [
     ({"user": "u", "workdir": "/w"}, ["exactly one of 'url'", "'socket'"]),
     ({"url": "ftp://x", "user": "u", "workdir": "/w", "token": "t"}, ["url", "http://host:port"]),
-    ({"url": "http://x:1", "user": "u", "workdir": "/w", "token": "t", "jwtKey": "/k"},
+    ({"url": "http://x:1", "user": "u", "workdir": "/w", "token": "t",
+      "jwtKey": "a2V5LWtleS1rZXkta2V5LWtleS1rZXkta2V5LWtleSE="},
      ["at most one of 'token' and 'jwtKey'"]),
     ({"url": "http://x:1", "user": "u", "workdir": "/w", "token": "t", "partition": ["a"]},
      ["partition", "Extra inputs"]),
