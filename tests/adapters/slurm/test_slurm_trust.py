@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from continuum.federation import FederationDocument
+from continuum.model import SiteHealth
+from control_plane.server import ControlPlane
+from control_plane.settings import Settings
 from tests.adapters.slurm.conftest import LiveFactory, SlurmCluster
 from tests.adapters.slurm.test_slurm_live import slurm_task
 from tests.conftest import free_port
@@ -123,3 +127,22 @@ def test_no_site_secret_in_answers_logs_or_the_database(
         assert secret.encode() not in raw, "a secret appears in the database file"
     assert Path(slurm.key).read_bytes() not in raw
     assert (state / "sealing.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_federation_file_may_name_the_key_file(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The operator's federation file (read at start, not over the API) may give the
+    jwt_key as a path on the control plane's host; the API may not (test_site_trust)."""
+    config = {**slurm.config(jwtKey=None), "jwtKeyFile": slurm.key}
+    doc = FederationDocument.model_validate({
+        "apiVersion": "continuum/v1", "kind": "Federation", "metadata": {"name": "ops"},
+        "spec": {"controlPlane": {"location": "dc"}, "locations": [{"name": "dc"}],
+                 "sites": [{"name": "hpc", "kind": "slurm", "location": "dc",
+                            "config": config}]}})
+    cp = ControlPlane(Settings(state_dir=tmp_path / "state"), doc)
+    cp.start()
+    try:
+        rt = cp.federation.site("hpc")
+        assert rt.health == SiteHealth.Ready, rt.message
+        assert rt.summary()["config"]["jwtKeyFile"] == slurm.key
+    finally:
+        cp.stop()
