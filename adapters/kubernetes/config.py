@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from kubernetes import client as k8s
@@ -181,7 +182,13 @@ def build_api_client(cfg: KubernetesConfig, site: str) -> tuple[k8s.ApiClient, s
                              details={"field": source}) from e
     if cfg.context:
         where += f", context {cfg.context!r}"
-    conf.retries = 0  # connectivity errors surface at once; the reconciler retries
+    if urlsplit(str(conf.host)).scheme not in ("http", "https"):
+        source = "kubeconfigPath" if cfg.kubeconfig_path is not None else "kubeconfig"
+        raise PermanentError(f"the kubeconfig's cluster server {conf.host!r} is not an "
+                             "http(s) URL", site=site, details={"field": source})
+    # connectivity errors surface at once (the reconciler retries), and a redirect is an
+    # error ("too many redirects"), never followed
+    conf.retries = 0
     return k8s.ApiClient(conf), f"{conf.host} ({where})"
 
 

@@ -153,6 +153,23 @@ def test_tokens_go_only_to_the_mapped_user_and_probes_are_not_echoed(tmp_path: P
                                         "prometheusUrl": "file:///etc/passwd"})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["prometheusUrl"]
 
+        for server, loc in ((f"{fake.url}/redirect", ["config"]),  # Kubernetes too
+                            ("file:///etc/passwd", ["config", "kubeconfig"])):
+            r = api.post("/v1/sites", json={"name": "k8s", "kind": "kubernetes",
+                                            "config": {"kubeconfig": kubeconfig(server)}})
+            assert r.status_code == 422, r.text
+            assert r.json()["detail"][0]["loc"] == loc, r.text
+            assert BANNER not in r.text
+        assert not any(q["path"].startswith("/landed") for q in fake.requests), \
+            "the Kubernetes client followed a redirect"
+
+
+def kubeconfig(server: str) -> str:
+    return ("apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+            f"clusters: [{{name: c, cluster: {{server: '{server}'}}}}]\n"
+            "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+            "users: [{name: u, user: {token: t}}]\n")
+
 
 @pytest.mark.parametrize("key,value", [
     ("kubeconfigPath", "/etc/kubernetes/admin.conf"), ("inCluster", True)])
