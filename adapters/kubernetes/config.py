@@ -108,9 +108,11 @@ def _kubeconfig_dict(cfg: KubernetesConfig, site: str) -> dict[str, Any]:
         return raw
     try:
         data = yaml.safe_load(raw or "")
-    except yaml.YAMLError as e:
-        raise PermanentError(f"config.kubeconfig is not valid YAML: {e}", site=site,
-                             details={"field": "kubeconfig"}) from e
+    except yaml.YAMLError as e:  # its text quotes the line: where only, never the secret
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise PermanentError(f"config.kubeconfig is not valid YAML{at}", site=site,
+                             details={"field": "kubeconfig"}) from None
     if not isinstance(data, dict) or "clusters" not in data:
         raise PermanentError("config.kubeconfig is not a kubeconfig (no 'clusters'); upload "
                              "the file made by the steps in docs/kubernetes.md", site=site,

@@ -183,6 +183,17 @@ def test_kubernetes_server_credentials_are_refused_over_the_api(tmp_path: Path, 
         assert problem["loc"] == ["config", key] and "federation file" in problem["msg"]
 
 
+def test_a_malformed_kubeconfig_is_not_quoted_back(tmp_path: Path) -> None:
+    secret = "token-9b1d07e2c4"
+    with control_plane(tmp_path / "cp") as (_, api):
+        r = api.post("/v1/sites", json={"name": "k", "kind": "kubernetes", "config": {
+            "kubeconfig": f"clusters: []\nusers: [{{name: u, user: {{token: {secret}: x}}}}]\n"}})
+        assert r.status_code == 422, r.text
+        problem = r.json()["detail"][0]
+        assert problem["loc"] == ["config", "kubeconfig"] and "line 2" in problem["msg"]
+        assert secret not in r.text
+
+
 def test_site_admin_roles_by_kind() -> None:
     assert site_admin_roles(SiteKind.slurm) == ("hpc-admin",)
     for kind in (SiteKind.kubernetes, SiteKind.kubeedge, SiteKind.devices):
