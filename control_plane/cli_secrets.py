@@ -48,6 +48,7 @@ def rotate(
     store = Store(settings.db_url)
     try:
         n = reseal_sites(store, load_sealer(state_dir, keys))
+        store.vacuum()  # no page keeps a value sealed with the old key
     except SealingError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None

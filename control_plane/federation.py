@@ -106,10 +106,10 @@ class Federation:
                 continue
             with self._lock:
                 self._sites[spec.name] = rt
-        try:  # rows written before sealing existed hold their secrets in clear
-            reseal_sites(self.store, self.sealer)
-        except SealingError as e:
-            log.error("site secrets not re-sealed: %s", e)
+        n = reseal_sites(self.store, self.sealer, clear_only=True)
+        if n:  # rows written before sealing existed held their secrets in clear
+            self.store.vacuum()  # and SQLite keeps freed pages' old bytes until then
+            log.info("sealed %d site secret(s) that were stored in clear", n)
 
     def register(self, spec: SiteSpec, *, exist_ok: bool = False) -> SiteRuntime:
         """Create the site's adapter, check it, persist it.
@@ -293,9 +293,10 @@ class Federation:
                 log.exception("site %s: close failed", rt.spec.name)
 
 
-def reseal_sites(store: Store, sealer: Sealer) -> int:
-    """Re-seal the secrets of every site row with ``sealer``'s primary key, in one
-    transaction. Returns how many values were written.
+def reseal_sites(store: Store, sealer: Sealer, *, clear_only: bool = False) -> int:
+    """Re-seal the secrets of every site row with ``sealer``'s primary key (with
+    ``clear_only``: only seal those still in clear), in one transaction. Returns how
+    many values were written.
 
     Raises:
         SealingError: a value cannot be opened with ``sealer``'s keys (nothing written).
@@ -303,7 +304,8 @@ def reseal_sites(store: Store, sealer: Sealer) -> int:
     n = 0
     with store.session() as s:
         for row in s.scalars(select(SiteRow)).all():
-            config, k = rotate_config(row.kind, dict(row.spec.get("config") or {}), sealer)
+            config, k = rotate_config(row.kind, dict(row.spec.get("config") or {}), sealer,
+                                      clear_only=clear_only)
             if k:
                 row.spec = {**row.spec, "config": config}
                 n += k

@@ -155,14 +155,18 @@ def unseal_config(kind: str, config: dict[str, Any], sealer: Sealer) -> dict[str
     return out
 
 
-def rotate_config(kind: str, config: dict[str, Any], sealer: Sealer) -> tuple[dict[str, Any], int]:
-    """``config`` with every sealed value re-sealed by the primary key (and any secret
-    still in clear sealed); returns it and how many values were written."""
+def rotate_config(kind: str, config: dict[str, Any], sealer: Sealer, *,
+                  clear_only: bool = False) -> tuple[dict[str, Any], int]:
+    """``config`` with every sealed value re-sealed by the primary key (with
+    ``clear_only``: left as is) and any secret still in clear sealed; returns it and how
+    many values were written."""
     out = dict(config)
     n = 0
     for key in SITE_SECRET_FIELDS.get(kind, ()):
         v = out.get(key)
         if is_sealed(v):
+            if clear_only:
+                continue
             out[key] = {SEALED: sealer.rotate(str(v[SEALED]))}
             n += 1
         elif v is not None:

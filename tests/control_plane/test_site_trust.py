@@ -29,6 +29,7 @@ from cryptography.fernet import Fernet
 from continuum.model import SiteKind
 from control_plane.routes_sites import require_site_admin, site_admin_roles
 from control_plane.sealing import Sealer, SealingError, load_sealer, seal_config, unseal_config
+from control_plane.store import SiteRow
 from tests.control_plane.harness import control_plane
 
 BANNER = "fake-server-banner-7f3a9c"
@@ -222,3 +223,45 @@ def test_sealer_round_trip_rotation_and_key_file(tmp_path: Path) -> None:
     stored = seal_config("slurm", cfg, sealer)
     assert stored["url"] == "http://h:1" and "a2V5" not in json.dumps(stored)
     assert unseal_config("slurm", stored, sealer) == cfg
+
+
+def test_secrets_stored_in_clear_before_sealing_are_sealed_at_start(tmp_path: Path) -> None:
+    password = "old-clear-password-4c1e"
+    with control_plane(tmp_path / "cp") as (cp, _):
+        with cp.store.session() as s:  # a row as written before sealing existed
+            s.add(SiteRow(name="fleet", kind="devices", spec={
+                "name": "fleet", "kind": "devices",
+                "config": {"broker": "mqtt://127.0.0.1:1", "password": password}}))
+    db = tmp_path / "cp" / "continuum.db"
+    assert password.encode() in db.read_bytes()
+    with control_plane(tmp_path / "cp") as (cp, api):
+        assert cp.federation.site("fleet").spec.config["password"] == password  # opened
+        assert api.get("/v1/sites/fleet").json()["config"]["password"] == "<redacted>"
+        with cp.store.session() as s:
+            row = s.get(SiteRow, "fleet")
+            assert row is not None and "$sealed" in row.spec["config"]["password"]
+    assert password.encode() not in db.read_bytes()
+
+
+def test_secrets_rotate_reseals_with_the_new_key(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from control_plane.cli import app
+
+    state = tmp_path / "cp"
+    with control_plane(state) as (_, api):
+        r = api.post("/v1/sites", json={"name": "fleet", "kind": "devices", "config": {
+            "broker": "mqtt://127.0.0.1:1", "password": "rotate-me-5d2e"}})
+        assert r.status_code == 201, r.text
+    runner = CliRunner()
+    old = (state / "sealing.key").read_text().split()[0]
+    new = runner.invoke(app, ["secrets", "new-key"]).output.strip()
+    args = ["secrets", "rotate", "--state-dir", str(state)]
+    r = runner.invoke(app, args, env={"CONTINUUM_SEALING_KEYS": f"{new},{old}"})
+    assert r.exit_code == 0 and "re-sealed 1 site secret(s)" in r.output, r.output
+    r = runner.invoke(app, args, env={"CONTINUUM_SEALING_KEYS": new})
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, args, env={"CONTINUUM_SEALING_KEYS": ""})  # the old key file
+    assert r.exit_code == 1 and "cannot be opened" in r.output, r.output
+    with control_plane(state, sealing_keys=new) as (cp, _):
+        assert cp.federation.site("fleet").spec.config["password"] == "rotate-me-5d2e"
