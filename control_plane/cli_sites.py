@@ -59,7 +59,6 @@ def register_slurm(
     ] = [],  # noqa: B006 - typer reads the default
     rest_url: Annotated[str | None, typer.Option(
         "--rest-url", help="slurmrestd URL, http://host:port")] = None,
-    socket: Annotated[str | None, typer.Option(help="slurmrestd unix socket path")] = None,
     token: Annotated[str | None, typer.Option(help="a JWT from `scontrol token`")] = None,
     token_file: Annotated[Path | None, typer.Option(
         help="file holding a JWT (read here, sent as token)", exists=True, dir_okay=False)] = None,
@@ -91,7 +90,7 @@ def register_slurm(
         token = token_file.read_text().strip().removeprefix("SLURM_JWT=")
     config: dict[str, Any] = {"user": user, "workdir": workdir, "partitions": list(partition)}
     key_b64 = base64.b64encode(jwt_key.read_bytes()).decode() if jwt_key is not None else None
-    for key, value in (("url", rest_url), ("socket", socket), ("token", token),
+    for key, value in (("url", rest_url), ("token", token),
                        ("jwtKey", key_b64), ("account", account), ("slurmUser", slurm_user)):
         if value is not None:
             config[key] = value

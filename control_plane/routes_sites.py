@@ -75,7 +75,7 @@ async def require_site_admin(request: Request) -> None:
 
 
 SERVER_PATH_FIELDS: dict[str, tuple[str, ...]] = {
-    "slurm": ("jwtKeyFile",),
+    "slurm": ("jwtKeyFile", "socket"),
     "kubernetes": ("kubeconfigPath", "inCluster"),
     "kubeedge": ("kubeconfigPath", "inCluster"),
 }
@@ -103,6 +103,8 @@ def server_path_problems(spec: SiteSpec) -> list[Problem]:
 
 
 _VALUE_FIELD = {"jwtKeyFile": "jwtKey: the key file's content in base64",
+                "socket": "url: slurmrestd's http(s) address with jwtKey or token; over a "
+                          "socket in rest_auth/local the jobs' user is not the userMap's",
                 "kubeconfigPath": "kubeconfig: the file's content",
                 "inCluster": "kubeconfig: a kubeconfig of a service account made for Continuum"}
 

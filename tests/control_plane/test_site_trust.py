@@ -115,6 +115,7 @@ def test_root_token_exfiltration_is_refused(tmp_path: Path, fake: FakeServer) ->
           "userMap": [{"tenant": "lab", "user": "slurmadm"}]},
          ["config", "userMap", "0", "user"]),
         ({"url": "file:///etc/passwd", "user": "alice", "jwtKey": OWN_KEY}, ["config", "url"]),
+        ({"socket": "/run/slurmrestd/slurmrestd.socket", "user": "alice"}, ["config", "socket"]),
     ]
     with control_plane(tmp_path / "cp") as (_, api):
         for i, (config, loc) in enumerate(attempts):
