@@ -911,5 +911,6 @@ _DECLARED: tuple[type[SupportsCheck], type[capabilities.PartitionStats]] = (Slur
                                                                             SlurmAdapter)
 conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats)
 
-__all__ = ["SlurmAdapter", "SlurmConfig", "JOB_STATE_TABLE", "PartitionStats", "decode_exit",
+__all__ = ["SlurmAdapter", "SlurmConfig", "UserMapping", "JOB_STATE_TABLE", "PartitionStats",
+           "decode_exit", "jwt_key_bytes",
            "AdapterError"]
