@@ -16,10 +16,7 @@ import typer
 from cryptography.fernet import Fernet
 
 from control_plane.cli_sites import console, err
-from control_plane.federation import reseal_sites
 from control_plane.sealing import SealingError, load_sealer
-from control_plane.settings import Settings
-from control_plane.store import Store
 
 app = typer.Typer(help="Sealing keys of the site secrets kept in the database.",
                   no_args_is_help=True)
@@ -38,7 +35,14 @@ def rotate(
         = Path("./state"),
 ) -> None:
     """Re-seal every site secret with the primary sealing key (the first of
-    CONTINUUM_SEALING_KEYS, or the first line of <state-dir>/sealing.key)."""
+    CONTINUUM_SEALING_KEYS, or the first line of <state-dir>/sealing.key). Needs the
+    server extra."""
+    from control_plane.cli import _server_extra  # cli imports this module first
+
+    with _server_extra("secrets rotate"):
+        from control_plane.federation import reseal_sites
+        from control_plane.settings import Settings
+        from control_plane.store import Store
     settings = Settings(state_dir=state_dir)
     if settings.database_url is None and not (state_dir / "continuum.db").exists():
         err.print(f"[red]error:[/red] no database at {state_dir / 'continuum.db'}; give the "
