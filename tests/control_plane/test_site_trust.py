@@ -266,3 +266,14 @@ def test_secrets_rotate_reseals_with_the_new_key(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "cannot be opened" in r.output, r.output
     with control_plane(state, sealing_keys=new) as (cp, _):
         assert cp.federation.site("fleet").spec.config["password"] == "rotate-me-5d2e"
+
+
+def test_a_devices_site_takes_its_ca_as_pem_text(tmp_path: Path) -> None:
+    from control_plane.pki import init_pki
+
+    files = init_pki(tmp_path / "pki", ["localhost"])
+    with control_plane(tmp_path / "cp") as (cp, api):
+        r = api.post("/v1/sites", json={"name": "fleet", "kind": "devices", "config": {
+            "broker": "mqtts://127.0.0.1:1", "tlsCa": files.ca_cert.read_text()}})
+        assert r.status_code == 201, r.text
+        assert cp.federation.site("fleet").spec.config["tlsCa"].startswith("-----BEGIN")
