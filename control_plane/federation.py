@@ -188,18 +188,6 @@ class Federation:
         log.info("site %s removed", name)
         return rt
 
-    # ------------------------------------------------------------ secrets
-
-    def reseal(self) -> int:
-        """Re-seal every stored site secret with the primary sealing key (rotation; also
-        seals any secret a site row still holds in clear). Returns the values written.
-
-        Raises:
-            SealingError: a value cannot be opened with the configured keys (nothing is
-                written then).
-        """
-        return reseal_sites(self.store, self.sealer)
-
     # ------------------------------------------------------------ lookup
 
     def sites(self) -> list[SiteRuntime]:

@@ -170,7 +170,7 @@ def rotate_config(kind: str, config: dict[str, Any], sealer: Sealer, *,
             out[key] = {SEALED: sealer.rotate(str(v[SEALED]))}
             n += 1
         elif v is not None:
-            out = seal_config(kind, out, sealer)
+            out[key] = seal_config(kind, {key: v}, sealer)[key]
             n += 1
     return out, n
 
