@@ -66,6 +66,9 @@ class TaskRun:
     outputs: list[ArtifactOut] = field(default_factory=list)
     dataset_bytes: int = 0
     """Bytes of ``spec.datasets`` the task reads in place (for the twin's transfer model)."""
+    tenant: str = "default"
+    """The tenant (project) the run belongs to, through its workflow; a Slurm site maps
+    it to a Slurm user and account (``userMap``)."""
 
 
 @dataclass

@@ -122,7 +122,8 @@ class DevicesConfig(BaseModel):
     broker: str = Field(description="mqtt://host:port or mqtts://host:port")
     username: str | None = None
     password: str | None = None
-    tls_ca: str | None = Field(default=None, description="CA certificate (PEM file path)")
+    tls_ca: str | None = Field(default=None, description="CA certificate: its PEM text, or a "
+                               "PEM file path (federation file only; the API refuses paths)")
     tls_insecure: bool = False
     offline_after: float = Field(
         default=30.0, gt=0,
@@ -151,10 +152,16 @@ class DevicesConfig(BaseModel):
     def _tls_ca(cls, v: str | None) -> str | None:
         if v is None:
             return v
+        pem = v.lstrip().startswith("-----BEGIN")
         try:
-            ssl.create_default_context().load_verify_locations(cafile=v)
+            if pem:
+                ssl.create_default_context(cadata=v)
+            else:
+                ssl.create_default_context().load_verify_locations(cafile=v)
         except OSError as e:  # ssl.SSLError is an OSError: not PEM, no certificate in it
             why = e.strerror or getattr(e, "reason", None) or str(e)
+            if pem:
+                raise ValueError(f"tlsCa is not a PEM CA certificate ({why})") from e
             raise ValueError(f"{v!r} is not a readable PEM CA certificate on the control "
                              f"plane's host ({why})") from e
         return v

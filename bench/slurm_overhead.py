@@ -25,6 +25,7 @@ Reproduce (root, Slurm packages installed; about 6 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -121,7 +122,8 @@ def run_continuum(d: Path, env: dict[str, str], n: int, state: Path) -> dict[str
                           headers={"Authorization": f"Bearer {token}"}) as c:
             site = {"name": "hpc", "kind": "slurm", "tier": "hpc", "config": {
                 "url": env["SLURMRESTD_URL"], "user": env["SLURM_JOB_USER"],
-                "jwtKey": env["SLURM_JWT_KEY"], "partitions": ["debug"],
+                "jwtKey": base64.b64encode(Path(env["SLURM_JWT_KEY"]).read_bytes()).decode(),
+                "slurmUser": "root", "partitions": ["debug"],
                 "workdir": env["SLURM_WORKDIR"], "queueFactor": float(n)}}
             r = c.post("/v1/sites", json=site)
             r.raise_for_status()

@@ -467,7 +467,8 @@ class Applier:
             dataset_bytes = sum(ds.size for ds in doc.spec.datasets if ds.name in task.datasets)
             tr = TaskRun(run_id=run.id, workflow_id=run.workflow_id,
                          workflow_name=doc.metadata.name, task=task, attempt=run.attempt,
-                         inputs=inputs, outputs=outputs, dataset_bytes=dataset_bytes)
+                         inputs=inputs, outputs=outputs, dataset_bytes=dataset_bytes,
+                         tenant=run_tenant(s, run.workflow_id))
             site, node_id = run.site, run.node
         adapter = self.federation.get_adapter(site or "")
         node: Node | None = self.federation.node(node_id or "")
@@ -496,3 +497,10 @@ class Applier:
 
 
 __all__ = ["Applier"]
+
+
+def run_tenant(s: Session, workflow_id: str) -> str:
+    """The tenant of a run: its workflow's. The one place a dispatched run's tenant is
+    read (Slurm sites map it to a user, ``userMap``)."""
+    wf = s.get(WorkflowRow, workflow_id)
+    return wf.tenant if wf is not None else ""

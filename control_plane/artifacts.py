@@ -115,18 +115,13 @@ class LocalArtifactStore:
         """The workflow's tenant and the artifact bytes that tenant keeps, without artifact
         ``excluding`` of this workflow (the one an upload would replace).
 
-        The tenant is the workflow's ``tenant`` column when the store has one, else
-        ``"default"`` (every workflow shares it). The one place that says whose bytes are
-        whose."""
-        tenant_col = getattr(WorkflowRow, "tenant", None)
+        The one place that says whose bytes are whose: a workflow's artifacts are its
+        tenant's."""
         with self.store.session() as s:
-            tenant = "default"
-            q = select(func.coalesce(func.sum(ArtifactRow.size), 0))
-            if tenant_col is not None:
-                tenant = s.scalar(select(tenant_col).where(WorkflowRow.id == workflow_id)) \
-                    or "default"
-                q = q.join(WorkflowRow, WorkflowRow.id == ArtifactRow.workflow_id) \
-                    .where(tenant_col == tenant)
+            tenant = s.scalar(select(WorkflowRow.tenant).where(WorkflowRow.id == workflow_id)) or ""
+            q = (select(func.coalesce(func.sum(ArtifactRow.size), 0))
+                 .join(WorkflowRow, WorkflowRow.id == ArtifactRow.workflow_id)
+                 .where(WorkflowRow.tenant == tenant))
             if excluding is not None:
                 q = q.where(~((ArtifactRow.workflow_id == workflow_id)
                               & (ArtifactRow.name == excluding)))

@@ -22,7 +22,15 @@ import yaml
 from rich.console import RenderableType
 from rich.live import Live
 
-from control_plane import cli_auth, cli_devices, cli_kubernetes, cli_model, cli_pki, render
+from control_plane import (
+    cli_auth,
+    cli_devices,
+    cli_kubernetes,
+    cli_model,
+    cli_pki,
+    cli_secrets,
+    render,
+)
 from control_plane.cli_sites import app as sites_app
 from control_plane.client import ApiError, Client, ConnectionFailed, current_context
 
@@ -45,6 +53,7 @@ app.add_typer(cli_pki.app, name="pki")
 app.add_typer(cli_auth.tokens_app, name="tokens")
 app.add_typer(cli_auth.config_app, name="config")
 app.command("audit")(cli_auth.audit)
+app.add_typer(cli_secrets.app, name="secrets")
 
 console = render.make_console()
 T = TypeVar("T")

@@ -1,8 +1,8 @@
 """``continuum cluster`` — register Kubernetes / KubeEdge clusters and list their devices.
 
 ``continuum cluster add NAME KUBECONFIG`` uploads the kubeconfig's content as the site's
-``config.kubeconfig`` (``--server-path`` sends the path instead, for a file on the
-control plane's host); see docs/kubernetes.md.
+``config.kubeconfig`` (sealed at rest by the control plane; a path on its host is
+accepted only from the operator's federation file); see docs/kubernetes.md.
 """
 
 from __future__ import annotations
@@ -48,22 +48,17 @@ def add(
     location: Annotated[str | None, typer.Option(help="a location of the topology")] = None,
     tier: Annotated[str | None, typer.Option(help="default tier of nodes without a tier label")] = None,
     namespace: Annotated[str | None, typer.Option(help="namespace of the workloads")] = None,
-    server_path: Annotated[bool, typer.Option(
-        help="send the path (a file on the control plane's host), not the content")] = False,
     url: UrlOpt = "http://127.0.0.1:8080",
     output: Annotated[str, typer.Option("--output", "-o", help="table or json")] = "table",
 ) -> None:
     """Register a cluster: the control plane checks it (reachable, credentials, RBAC,
     version) before it answers, and says what is wrong if it cannot use it."""
     config: dict[str, Any] = {}
-    if server_path:
-        config["kubeconfigPath"] = str(kubeconfig)
-    else:
-        try:
-            config["kubeconfig"] = kubeconfig.read_text()
-        except OSError as e:
-            err.print(f"[red]error:[/red] cannot read the kubeconfig {kubeconfig}: {e}")
-            raise typer.Exit(1) from None
+    try:
+        config["kubeconfig"] = kubeconfig.read_text()
+    except OSError as e:
+        err.print(f"[red]error:[/red] cannot read the kubeconfig {kubeconfig}: {e}")
+        raise typer.Exit(1) from None
     for key, value in (("context", context), ("namespace", namespace)):
         if value:
             config[key] = value

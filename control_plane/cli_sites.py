@@ -11,6 +11,7 @@ Each talks to a running control plane (``--url``, default ``$CONTINUUM_URL``).
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -58,13 +59,15 @@ def register_slurm(
     ] = [],  # noqa: B006 - typer reads the default
     rest_url: Annotated[str | None, typer.Option(
         "--rest-url", help="slurmrestd URL, http://host:port")] = None,
-    socket: Annotated[str | None, typer.Option(help="slurmrestd unix socket path")] = None,
     token: Annotated[str | None, typer.Option(help="a JWT from `scontrol token`")] = None,
     token_file: Annotated[Path | None, typer.Option(
         help="file holding a JWT (read here, sent as token)", exists=True, dir_okay=False)] = None,
-    jwt_key: Annotated[str | None, typer.Option(
-        help="path of the cluster's jwt_key on the control plane's machine (tokens are minted "
-             "and refreshed there)")] = None,
+    jwt_key: Annotated[Path | None, typer.Option(
+        help="the cluster's jwt_key file, read here and uploaded (base64; sealed by the "
+             "control plane, which mints and refreshes tokens)", exists=True,
+        dir_okay=False)] = None,
+    slurm_user: Annotated[str | None, typer.Option(
+        help="the cluster's SlurmUser (slurm.conf), refused like root; default slurm")] = None,
     tier: Annotated[str, typer.Option(help="tier of the partitions")] = "hpc",
     location: Annotated[str | None, typer.Option(help="location name (for RTTs)")] = None,
     prometheus_url: Annotated[str | None, typer.Option(help="the cluster's Prometheus")] = None,
@@ -86,8 +89,9 @@ def register_slurm(
             raise typer.Exit(2)
         token = token_file.read_text().strip().removeprefix("SLURM_JWT=")
     config: dict[str, Any] = {"user": user, "workdir": workdir, "partitions": list(partition)}
-    for key, value in (("url", rest_url), ("socket", socket), ("token", token),
-                       ("jwtKey", jwt_key), ("account", account)):
+    key_b64 = base64.b64encode(jwt_key.read_bytes()).decode() if jwt_key is not None else None
+    for key, value in (("url", rest_url), ("token", token),
+                       ("jwtKey", key_b64), ("account", account), ("slurmUser", slurm_user)):
         if value is not None:
             config[key] = value
     if apptainer:

@@ -21,6 +21,15 @@ from adapters.base import Adapter, AdapterContext
 from adapters.capabilities import PartitionStats, SupportsCheck
 from continuum.errors import AdapterError, AuthError, Conflict, NotFound
 from continuum.model import Node, SiteHealth, SiteKind, SiteSpec
+from control_plane.sealing import (
+    Sealer,
+    SealingError,
+    load_sealer,
+    redact_config,
+    rotate_config,
+    seal_config,
+    unseal_config,
+)
 from control_plane.settings import Settings
 from control_plane.store import SiteRow, Store
 from monitoring.catalog import check_monitoring
@@ -45,10 +54,8 @@ class SiteRuntime:
 
     def summary(self) -> dict[str, Any]:
         health = SiteHealth.Draining if self.draining else self.health
-        wire = self.spec.wire()
-        secret = {"kubeconfig", "password", "token"}  # uploaded credentials are never echoed
-        wire["config"] = {k: ("<redacted>" if k in secret and v else v)
-                          for k, v in wire.get("config", {}).items()}
+        wire = self.spec.wire()  # uploaded credentials are never echoed
+        wire["config"] = redact_config(self.spec.kind.value, wire.get("config", {}))
         return {**wire, "health": health.value, "message": self.message,
                 "nodes": len(self.nodes),
                 "simulated": bool(self.nodes) and all(n.simulated for n in self.nodes)}
@@ -67,6 +74,9 @@ class Federation:
         self._lock = threading.RLock()
         self.collector = collector
         """Joins live metrics onto each refreshed inventory (None: inventories as is)."""
+        keys = settings.sealing_keys.get_secret_value() if settings.sealing_keys else None
+        self.sealer = load_sealer(settings.state_dir, keys)
+        """Seals the sites' secrets in the store (control_plane/sealing.py)."""
 
     # ------------------------------------------------------------ registration
 
@@ -80,8 +90,14 @@ class Federation:
         """Re-create the adapter of every stored site (at start)."""
         with self.store.session() as s:
             rows = s.scalars(select(SiteRow)).all()
-            specs = [(SiteSpec.model_validate(r.spec), r.draining) for r in rows]
-        for spec, draining in specs:
+            stored = [(r.name, r.kind, r.spec, r.draining) for r in rows]
+        for name, kind, wire, draining in stored:
+            try:
+                spec = SiteSpec.model_validate(
+                    {**wire, "config": unseal_config(kind, wire.get("config") or {}, self.sealer)})
+            except SealingError as e:
+                log.error("site %s: cannot open its credentials: %s", name, e)
+                continue
             try:
                 rt = SiteRuntime(spec=spec, adapter=adapters.create(self._effective(spec), self.ctx),
                                  draining=draining)
@@ -90,6 +106,10 @@ class Federation:
                 continue
             with self._lock:
                 self._sites[spec.name] = rt
+        n = reseal_sites(self.store, self.sealer, clear_only=True)
+        if n:  # rows written before sealing existed held their secrets in clear
+            self.store.vacuum()  # and SQLite keeps freed pages' old bytes until then
+            log.info("sealed %d site secret(s) that were stored in clear", n)
 
     def register(self, spec: SiteSpec, *, exist_ok: bool = False) -> SiteRuntime:
         """Create the site's adapter, check it, persist it.
@@ -119,7 +139,10 @@ class Federation:
             raise AdapterError(rt.message, site=spec.name)
         with self.store.session() as s:
             if s.get(SiteRow, spec.name) is None:
-                s.add(SiteRow(name=spec.name, kind=spec.kind.value, spec=spec.wire()))
+                wire = spec.wire()
+                wire["config"] = seal_config(spec.kind.value, wire.get("config") or {},
+                                             self.sealer)
+                s.add(SiteRow(name=spec.name, kind=spec.kind.value, spec=wire))
         with self._lock:
             self._sites[spec.name] = rt
         log.info("site %s (%s) registered: %s, %d nodes", spec.name, spec.kind.value,
@@ -256,3 +279,22 @@ class Federation:
                 rt.adapter.close()
             except Exception:
                 log.exception("site %s: close failed", rt.spec.name)
+
+
+def reseal_sites(store: Store, sealer: Sealer, *, clear_only: bool = False) -> int:
+    """Re-seal the secrets of every site row with ``sealer``'s primary key (with
+    ``clear_only``: only seal those still in clear), in one transaction. Returns how
+    many values were written.
+
+    Raises:
+        SealingError: a value cannot be opened with ``sealer``'s keys (nothing written).
+    """
+    n = 0
+    with store.session() as s:
+        for row in s.scalars(select(SiteRow)).all():
+            config, k = rotate_config(row.kind, dict(row.spec.get("config") or {}), sealer,
+                                      clear_only=clear_only)
+            if k:
+                row.spec = {**row.spec, "config": config}
+                n += k
+    return n

@@ -3,7 +3,8 @@
 The fields are grouped by concern, one model per group — :class:`ApiSettings`,
 :class:`StoreSettings`, :class:`ReconcilerSettings`, :class:`FederationSettings`,
 :class:`PlacementSettings`, :class:`MigrationSettings`, :class:`MonitoringSettings`,
-:class:`DeviceSettings`, :class:`AuthSettings`, :class:`LimitSettings` — and
+:class:`DeviceSettings`, :class:`AuthSettings`, :class:`LimitSettings`,
+:class:`SecretsSettings` — and
 :class:`Settings` is all of them at once. A collaborator that needs one concern declares
 that group as its parameter type (a :class:`Settings` is an instance of each group), so what
 it may read is visible in its signature. Names stay flat, so every field is read from the environment as
@@ -18,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from placement.plugins.fragmentation import DEFAULT_WEIGHT as FRAGMENTATION_WEIGHT
@@ -282,9 +283,22 @@ class LimitSettings(BaseModel):
         return _rate(v)
 
 
+class SecretsSettings(BaseModel):
+    """How site credentials are sealed at rest (control_plane/sealing.py,
+    docs/security.md "Sites and secrets")."""
+
+    model_config = _GROUP
+
+    sealing_keys: SecretStr | None = None
+    """Comma-separated Fernet keys that seal site secrets (kubeconfigs, Slurm JWT keys and
+    tokens, broker passwords) in the database; the first seals, all open (rotation).
+    None: ``<state_dir>/sealing.key``, generated (0600) on first start, so a first run
+    needs no setup; in production keep the key apart from the database."""
+
+
 class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings,
                PlacementSettings, MigrationSettings, MonitoringSettings, DeviceSettings,
-               AuthSettings, LimitSettings, BaseSettings):
+               AuthSettings, LimitSettings, SecretsSettings, BaseSettings):
     """All groups; every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="CONTINUUM_", extra="ignore",
@@ -293,5 +307,6 @@ class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSetting
 
 GROUPS: tuple[type[BaseModel], ...] = (
     ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings, PlacementSettings,
-    MigrationSettings, MonitoringSettings, DeviceSettings, AuthSettings, LimitSettings)
+    MigrationSettings, MonitoringSettings, DeviceSettings, AuthSettings, LimitSettings,
+    SecretsSettings)
 """Every settings group, in the order docs/configuration.md lists them."""

@@ -297,6 +297,13 @@ class Store:
         with self._sessions() as s, s.begin():
             yield s
 
+    def vacuum(self) -> None:
+        """SQLite: rewrite the file so freed pages (which keep old bytes, e.g. a secret
+        just sealed) are gone. Other databases: nothing."""
+        if self.url.startswith("sqlite"):
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                c.exec_driver_sql("VACUUM")
+
     def ping(self) -> None:
         """Raises if the database cannot be reached."""
         with self._sessions() as s:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from kubernetes import client as k8s
@@ -107,9 +108,11 @@ def _kubeconfig_dict(cfg: KubernetesConfig, site: str) -> dict[str, Any]:
         return raw
     try:
         data = yaml.safe_load(raw or "")
-    except yaml.YAMLError as e:
-        raise PermanentError(f"config.kubeconfig is not valid YAML: {e}", site=site,
-                             details={"field": "kubeconfig"}) from e
+    except yaml.YAMLError as e:  # its text quotes the line: where only, never the secret
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise PermanentError(f"config.kubeconfig is not valid YAML{at}", site=site,
+                             details={"field": "kubeconfig"}) from None
     if not isinstance(data, dict) or "clusters" not in data:
         raise PermanentError("config.kubeconfig is not a kubeconfig (no 'clusters'); upload "
                              "the file made by the steps in docs/kubernetes.md", site=site,
@@ -181,7 +184,13 @@ def build_api_client(cfg: KubernetesConfig, site: str) -> tuple[k8s.ApiClient, s
                              details={"field": source}) from e
     if cfg.context:
         where += f", context {cfg.context!r}"
-    conf.retries = 0  # connectivity errors surface at once; the reconciler retries
+    if urlsplit(str(conf.host)).scheme not in ("http", "https"):
+        source = "kubeconfigPath" if cfg.kubeconfig_path is not None else "kubeconfig"
+        raise PermanentError(f"the kubeconfig's cluster server {conf.host!r} is not an "
+                             "http(s) URL", site=site, details={"field": source})
+    # connectivity errors surface at once (the reconciler retries), and a redirect is an
+    # error ("too many redirects"), never followed
+    conf.retries = 0
     return k8s.ApiClient(conf), f"{conf.host} ({where})"
 
 

@@ -7,9 +7,13 @@ Site config (``SiteSpec.config``, camelCase, unknown keys rejected)::
     prometheusUrl: http://prometheus.hpc.example:9090   # optional (SiteSpec field)
     config:
       url: http://slurmrestd.hpc.example:6820   # or  socket: /run/slurmrestd/slurmrestd.socket
-      user: continuum                           # Slurm user the jobs run as (JWT claim sun)
+      user: continuum                           # Slurm user that reads the cluster (JWT sun)
       token: eyJhbGciOi...                      # a token from `scontrol token`, or
-      jwtKey: /etc/continuum/slurm-jwt.key      # the cluster's jwt_key: tokens minted here
+      jwtKey: 3q2+7w...                         # the cluster's jwt_key (base64): tokens minted here
+      # jwtKeyFile: /etc/slurm/jwt.key          # ... or its path (federation file only)
+      slurmUser: slurm                          # the cluster's SlurmUser: refused, like root
+      userMap:                                  # tenant -> Slurm user; none: all run as `user`
+        - {tenant: lab, user: alice, account: proj1, qos: normal, reservation: null}
       tokenLifetime: 3600                       # s, of minted tokens (minted again at 80 %)
       partitions: [debug, gpu]                  # allowed partitions (empty: all)
       workdir: /scratch/continuum               # shared directory, writable by `user`
@@ -50,6 +54,8 @@ nothing changed) and maps ``job_state`` through :data:`JOB_STATE_TABLE`. ``cance
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
 import re
@@ -143,6 +149,48 @@ _UNUSABLE_FLAGS = frozenset({"DRAIN", "DRAINING", "DRAINED", "DOWN", "FAIL", "NO
                              "RESERVED"})
 
 
+_SLURM_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$"
+
+
+class UserMapping(BaseModel):
+    """One entry of ``userMap``: the tenant's jobs run as ``user`` with ``account``,
+    ``qos`` and ``reservation`` (each optional but ``user``). Tenant ``"*"``: any tenant
+    no other entry names."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    tenant: str = Field(min_length=1, description="tenant (project) name, or * for any other")
+    user: str = Field(pattern=_SLURM_NAME, description="Slurm user name the jobs run as")
+    account: str | None = Field(default=None, description="Slurm account charged")
+    qos: str | None = Field(default=None, description="Slurm QoS")
+    reservation: str | None = Field(default=None, description="Slurm reservation")
+
+
+def jwt_key_bytes(value: str) -> bytes:
+    """The cluster's JWT key from its uploaded form: PEM text (used as is) or base64
+    (standard alphabet, padded) of the key file's bytes.
+
+    Raises:
+        ValueError: neither (the message never repeats the value).
+    """
+    text = value.strip()
+    if text.startswith("-----BEGIN"):
+        return text.encode()
+    try:  # strict: the standard alphabet, padded (what `base64 -w0` writes)
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if not raw or len(text) % 4:
+        raise ValueError("jwtKey must be the content of the cluster's jwt_key (base64, e.g. "
+                         "`base64 -w0 jwt.key`, or PEM text), not a path; a path on the "
+                         "control plane's host is given as jwtKeyFile, in the operator's "
+                         "federation file only")
+    if len(raw) < 16:
+        raise ValueError(f"jwtKey decodes to {len(raw)} bytes; a Slurm jwt_key has at least "
+                         "16 (usually 32 random bytes)")
+    return raw
+
+
 class SlurmConfig(BaseModel):
     """``SiteSpec.config`` of a ``slurm`` site (camelCase keys, unknown keys rejected)."""
 
@@ -150,9 +198,21 @@ class SlurmConfig(BaseModel):
 
     url: str | None = Field(default=None, description="http(s)://host:port of slurmrestd")
     socket: str | None = Field(default=None, description="path of slurmrestd's unix socket")
-    user: str = Field(min_length=1, description="Slurm user the jobs run as (JWT claim sun)")
+    user: str = Field(pattern=_SLURM_NAME,
+                      description="Slurm user that reads the cluster (partitions, nodes, jobs) "
+                      "and, without userMap, runs every tenant's jobs (JWT claim sun)")
     token: str | None = Field(default=None, description="a JWT from `scontrol token`")
-    jwt_key: str | None = Field(default=None, description="path of the cluster's JWT key file")
+    jwt_key: str | None = Field(
+        default=None, description="the cluster's jwt_key itself: base64 of the file, or PEM")
+    jwt_key_file: str | None = Field(
+        default=None, description="path of the cluster's jwt_key on the control plane's host "
+        "(federation file only; the API refuses paths)")
+    slurm_user: str = Field(
+        default="slurm", pattern=_SLURM_NAME,
+        description="the cluster's SlurmUser (slurm.conf): never minted a token for, like root")
+    user_map: list[UserMapping] = Field(
+        default_factory=list, description="tenant -> Slurm user, account, qos, reservation; "
+        "empty: every tenant runs as 'user' with 'account'")
     token_lifetime: float = Field(default=3600.0, ge=10, description="s, of minted tokens")
     partitions: list[str] = Field(default_factory=list, description="allowed partitions; empty: all")
     workdir: str = Field(min_length=1, description="shared directory on the cluster for runs")
@@ -173,8 +233,16 @@ class SlurmConfig(BaseModel):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^/]+", v):
-            raise ValueError(f"url {v!r} must be http://host:port or https://host:port")
+            raise ValueError("url must be http://host:port or https://host:port of "
+                             "slurmrestd (or give 'socket', a unix socket)")
         return v.rstrip("/") if v else v
+
+    @field_validator("jwt_key")
+    @classmethod
+    def _jwt_key(cls, v: str | None) -> str | None:
+        if v is not None:
+            jwt_key_bytes(v)
+        return v
 
     @field_validator("workdir")
     @classmethod
@@ -188,12 +256,47 @@ class SlurmConfig(BaseModel):
         if (self.url is None) == (self.socket is None):
             raise ValueError("give exactly one of 'url' (http://host:port) or 'socket' "
                              "(path of slurmrestd's unix socket)")
-        if self.token is not None and self.jwt_key is not None:
-            raise ValueError("give at most one of 'token' and 'jwtKey'")
-        if self.url is not None and self.token is None and self.jwt_key is None:
+        given = [n for n, v in (("token", self.token), ("jwtKey", self.jwt_key),
+                                ("jwtKeyFile", self.jwt_key_file)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of 'token' and 'jwtKey' (got {', '.join(given)})")
+        if self.url is not None and not given:
             raise ValueError("slurmrestd over TCP needs credentials: give 'token' (from "
                              "`scontrol token username=USER`) or 'jwtKey' (the cluster's jwt_key)")
+        if not self.user_map:
+            self.user_map = [UserMapping(tenant="*", user=self.user, account=self.account)]
+        tenants = [m.tenant for m in self.user_map]
+        dup = sorted({t for t in tenants if tenants.count(t) > 1})
+        if dup:
+            raise ValueError(f"userMap names tenant(s) {', '.join(dup)} more than once")
+        if self.token is not None and any(m.user != self.user for m in self.user_map):
+            raise ValueError("a fixed 'token' acts as 'user' only; to map tenants to other "
+                             "Slurm users give 'jwtKey' so Continuum mints their tokens")
         return self
+
+    def refused_users(self) -> set[str]:
+        """User names no token is minted for: root and the cluster's SlurmUser."""
+        return {"root", self.slurm_user}
+
+    def user_problem(self) -> tuple[str, str] | None:
+        """(field, message) when ``user`` or a ``userMap`` user is refused, else None."""
+        refused = self.refused_users()
+        if self.user in refused:
+            return "user", (f"user {self.user!r} is refused: Continuum never acts as root or "
+                            f"the cluster's SlurmUser ({self.slurm_user!r}, config.slurmUser); "
+                            "give an unprivileged Slurm user")
+        for i, m in enumerate(self.user_map):
+            if m.user in refused:
+                return f"userMap.{i}.user", (
+                    f"userMap.{i}.user {m.user!r} is refused: jobs never run as root or the "
+                    f"cluster's SlurmUser ({self.slurm_user!r}); map tenant {m.tenant!r} to an "
+                    "unprivileged user")
+        return None
+
+    def mapping(self, tenant: str) -> UserMapping | None:
+        """The ``userMap`` entry of ``tenant`` (or the ``*`` entry), or None."""
+        by = {m.tenant: m for m in self.user_map}
+        return by.get(tenant) or by.get("*")
 
 
 @dataclass
@@ -273,10 +376,16 @@ class SlurmAdapter:
             msg = str(first["msg"]).removeprefix("Value error, ")
             raise PermanentError(f"invalid slurm config: {where + ': ' if where else ''}{msg}",
                                  site=site.name, details={"field": where}) from e
+        refused = self.config.user_problem()
+        if refused is not None:
+            raise PermanentError(f"config.{refused[1]}", site=site.name,
+                                 details={"field": refused[0]})
         if client is None:
             client = self._make_client()
         self.client = client
         self.tokens = client.tokens
+        self._jwt_key: bytes | None = getattr(self, "_jwt_key", None)
+        self._user_tokens: dict[str, TokenSource] = {}
         self._lock = threading.RLock()
         self._jobs: dict[int, dict[str, Any]] = {}
         self._jobs_fetched = False
@@ -292,29 +401,62 @@ class SlurmAdapter:
         self._partition_limits: dict[str, int | None] = {}
         self._partition_max_node: dict[str, Resources] = {}
 
+    def _key(self) -> bytes | None:
+        """The cluster's JWT key: ``jwtKey`` (uploaded) or the ``jwtKeyFile`` it names.
+
+        Raises:
+            PermanentError: the key file cannot be read or is empty.
+        """
+        if self.config.jwt_key is not None:
+            return jwt_key_bytes(self.config.jwt_key)
+        path = self.config.jwt_key_file
+        if path is None:
+            return None
+        try:
+            key = Path(path).read_bytes()
+        except OSError as e:
+            raise PermanentError(f"config.jwtKeyFile: cannot read the JWT key file {path!r}: "
+                                 f"{e.strerror}; give the path of the cluster's jwt_key "
+                                 "(AuthAltParameters) readable by the control plane",
+                                 site=self.site.name, details={"field": "jwtKeyFile"}) from e
+        if not key:
+            raise PermanentError(f"config.jwtKeyFile: {path!r} is empty",
+                                 site=self.site.name, details={"field": "jwtKeyFile"})
+        return key
+
     def _make_client(self) -> SlurmRestClient:
-        """The slurmrestd client ``site.config`` describes.
+        """The slurmrestd client ``site.config`` describes (it reads as ``user``).
 
         Raises:
             PermanentError: the JWT key file cannot be read or is empty.
         """
-        key: bytes | None = None
-        if self.config.jwt_key:
-            try:
-                key = Path(self.config.jwt_key).read_bytes()
-            except OSError as e:
-                raise PermanentError(f"config.jwtKey: cannot read the JWT key file "
-                                     f"{self.config.jwt_key!r}: {e.strerror}; give the path of "
-                                     "the cluster's jwt_key (AuthAltParameters) readable by the "
-                                     "control plane", site=self.site.name,
-                                     details={"field": "jwtKey"}) from e
-            if not key:
-                raise PermanentError(f"config.jwtKey: {self.config.jwt_key!r} is empty",
-                                     site=self.site.name, details={"field": "jwtKey"})
-        tokens = TokenSource(self.config.user, token=self.config.token, key=key,
+        self._jwt_key = self._key()
+        tokens = TokenSource(self.config.user, token=self.config.token, key=self._jwt_key,
                              lifetime_s=self.config.token_lifetime, clock=self.ctx.clock)
         return SlurmRestClient(url=self.config.url, socket=self.config.socket,
                                tokens=tokens, timeout_s=self.config.timeout, site=self.site.name)
+
+    def tokens_for(self, user: str) -> TokenSource:
+        """The token source of Slurm user ``user`` (a mapped user, or ``config.user``):
+        tokens are minted only for users of this site's config, never for root or the
+        SlurmUser, and sent only to this site's slurmrestd.
+
+        Raises:
+            PermanentError: ``user`` is not one this site may act as.
+        """
+        allowed = {self.config.user} | {m.user for m in self.config.user_map}
+        if user not in allowed or user in self.config.refused_users():
+            raise PermanentError(f"no token is minted for Slurm user {user!r} on this site",
+                                 site=self.site.name)
+        if user == self.tokens.user:
+            return self.tokens
+        with self._lock:
+            src = self._user_tokens.get(user)
+            if src is None:
+                src = self._user_tokens[user] = TokenSource(
+                    user, key=self._jwt_key, lifetime_s=self.config.token_lifetime,
+                    clock=self.ctx.clock)
+            return src
 
     # ------------------------------------------------------------ registration check
 
@@ -528,6 +670,12 @@ class SlurmAdapter:
         if tl is not None and limit is not None and tl > limit:
             raise PermanentError(f"task {task.name!r} needs {tl} min but partition {partition!r} "
                                  f"allows at most {limit} min", site=self.site.name)
+        mapping = self.config.mapping(run.tenant)
+        if mapping is None:
+            raise PermanentError(
+                f"tenant {run.tenant!r} has no Slurm user on site {self.site.name!r}: an "
+                "hpc-admin adds it to the site's config.userMap (tenant, user, account, qos, "
+                "reservation)", site=self.site.name, details={"field": "userMap"})
         jp = scripts.paths(self.config.workdir, request_id)
         if existing is not None:
             log.info("site %s: run %s already is job %d; not submitting again", self.site.name,
@@ -537,9 +685,10 @@ class SlurmAdapter:
                                     if task.image else None)
         job = scripts.job_description(run, jp, partition=partition,
                                       base_env=self.config.environment,
-                                      account=self.config.account, time_limit_min=tl)
+                                      account=mapping.account, time_limit_min=tl,
+                                      qos=mapping.qos, reservation=mapping.reservation)
         try:
-            job_id = self.client.submit(body, job)
+            job_id = self.client.submit(body, job, tokens=self.tokens_for(mapping.user))
         except TransientError as e:
             if isinstance(e, SlurmApiError) and e.numbers and all(
                     n >= 2000 for n in e.numbers if n > 0) and any(n >= 2000 for n in e.numbers):
@@ -551,14 +700,16 @@ class SlurmAdapter:
         with self._lock:
             self._by_run[request_id] = job_id
             self._uncertain.discard(request_id)
-        log.info("site %s: run %s submitted as job %d to partition %s", self.site.name,
-                 request_id, job_id, partition)
-        return self._handle(run, node, job_id, jp)
+        log.info("site %s: run %s (tenant %s) submitted as job %d of user %s to partition %s",
+                 self.site.name, request_id, run.tenant, job_id, mapping.user, partition)
+        return self._handle(run, node, job_id, jp, user=mapping.user)
 
-    def _handle(self, run: TaskRun, node: Node, job_id: int, jp: scripts.JobPaths) -> Handle:
+    def _handle(self, run: TaskRun, node: Node, job_id: int, jp: scripts.JobPaths,
+                user: str | None = None) -> Handle:
         return Handle(site=self.site.name, run_id=run.run_id, backend_id=str(job_id),
                       node=node.id, data={
-                          "jobId": job_id, "partition": node.name, "output": jp.output,
+                          "jobId": job_id, "user": user or self.config.user,
+                          "partition": node.name, "output": jp.output,
                           "runDir": jp.run_dir, "workflowId": run.workflow_id,
                           "submittedAt": self.ctx.clock(),
                           "inputBytes": sum(a.size for a in run.inputs),
@@ -704,7 +855,12 @@ class SlurmAdapter:
             job_id = int(handle.backend_id)
         except ValueError:
             return
-        self.client.cancel(job_id)
+        user = str(handle.data.get("user") or self.config.user)
+        try:
+            tokens = self.tokens_for(user)
+        except PermanentError:
+            tokens = self.tokens
+        self.client.cancel(job_id, tokens=tokens)
         log.info("site %s: job %d of run %s cancelled", self.site.name, job_id, handle.run_id)
 
     def logs(self, handle: Handle, tail: int = 50) -> str:
@@ -755,5 +911,6 @@ _DECLARED: tuple[type[SupportsCheck], type[capabilities.PartitionStats]] = (Slur
                                                                             SlurmAdapter)
 conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats)
 
-__all__ = ["SlurmAdapter", "SlurmConfig", "JOB_STATE_TABLE", "PartitionStats", "decode_exit",
+__all__ = ["SlurmAdapter", "SlurmConfig", "UserMapping", "JOB_STATE_TABLE", "PartitionStats",
+           "decode_exit", "jwt_key_bytes",
            "AdapterError"]

@@ -175,7 +175,7 @@ class SlurmRestClient:
         self.where = url if url is not None else f"unix:{socket}"
         transport = httpx.HTTPTransport(uds=socket) if socket else None
         self._http = httpx.Client(base_url=url or "http://slurmrestd", timeout=timeout_s,
-                                  transport=transport)
+                                  transport=transport, follow_redirects=False)
         self.version: str | None = None
         self.slurm_release: str = ""
         self.authenticated_ok = False
@@ -189,15 +189,19 @@ class SlurmRestClient:
 
     # ------------------------------------------------------------ transport
 
-    def _headers(self) -> dict[str, str]:
-        tok = self.tokens.token()
+    def _headers(self, tokens: TokenSource | None = None) -> dict[str, str]:
+        src = tokens or self.tokens
+        tok = src.token()
         if tok is None:
             return {}
-        return {"X-SLURM-USER-NAME": self.tokens.user, "X-SLURM-USER-TOKEN": tok}
+        return {"X-SLURM-USER-NAME": src.user, "X-SLURM-USER-TOKEN": tok}
 
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                json: Any = None, versioned: bool = True) -> dict[str, Any] | None:
-        """One call; returns the decoded JSON body, or None on HTTP 304 (no change).
+                json: Any = None, versioned: bool = True,
+                tokens: TokenSource | None = None) -> dict[str, Any] | None:
+        """One call (as ``tokens``' user, default the client's); returns the decoded JSON
+        body, or None on HTTP 304 (no change). Redirects are not followed; error messages
+        never quote a body that is not slurmrestd's ``errors[]``.
 
         Raises:
             TransientError: slurmrestd unreachable or timed out.
@@ -212,7 +216,8 @@ class SlurmRestClient:
         self.requests += 1
         self.requests_by_path[key] = self.requests_by_path.get(key, 0) + 1
         try:
-            r = self._http.request(method, path, params=params, json=json, headers=self._headers())
+            r = self._http.request(method, path, params=params, json=json,
+                                   headers=self._headers(tokens))
         except httpx.TimeoutException as e:
             raise TransientError(f"slurmrestd at {self.where} did not answer {method} {path} "
                                  f"in time: {e}", site=self.site, retry_after=5.0) from e
@@ -223,8 +228,8 @@ class SlurmRestClient:
         if r.status_code == 304:
             return None
         if r.status_code == 401:
-            raise AuthError(f"slurmrestd at {self.where} refused the request (HTTP 401 "
-                            f"{r.text.strip()[:80]!r}): it runs with rest_auth/jwt and needs "
+            raise AuthError(f"slurmrestd at {self.where} refused the request (HTTP 401): "
+                            "it runs with rest_auth/jwt and needs "
                             "a user name and token (set 'token' or 'jwtKey')", site=self.site)
         try:
             body = r.json()
@@ -235,7 +240,7 @@ class SlurmRestClient:
         if r.status_code >= 500 and errs and all(n == -1 for n in nums) and len(nums) == len(errs):
             self._unspecified(r.status_code, errs)
         if r.status_code >= 400 or (errs and r.status_code >= 300):
-            detail = _describe(errs) if errs else r.text.strip()[:200]
+            detail = _describe(errs) if errs else "no Slurm errors[] in the answer"
             raise SlurmApiError(f"slurmrestd {method} {path} failed (HTTP {r.status_code}): "
                                 f"{detail}", site=self.site, retry_after=5.0, numbers=nums,
                                 status=r.status_code)
@@ -294,8 +299,15 @@ class SlurmRestClient:
                 (the message lists what it offers).
             TransientError | AuthError: see :meth:`request`.
         """
-        body = self.request("GET", "/openapi", versioned=False) or {}
-        paths = body.get("paths") or {}
+        try:
+            body = self.request("GET", "/openapi", versioned=False) or {}
+        except SlurmApiError as e:  # not slurmrestd's errors[]: say only the status
+            raise UnsupportedError(f"slurmrestd at {self.where} answered HTTP {e.status} to "
+                                   "GET /openapi: is it a slurmrestd?", site=self.site) from None
+        paths = body.get("paths")
+        if not isinstance(paths, dict):
+            raise UnsupportedError(f"{self.where} is not a slurmrestd (no OpenAPI document at "
+                                   "/openapi)", site=self.site)
         offered = sorted({p.split("/")[2] for p in paths
                           if p.startswith("/slurm/") and len(p.split("/")) > 3}, reverse=True)
         for v in SUPPORTED_VERSIONS:
@@ -329,19 +341,22 @@ class SlurmRestClient:
         body = self.request("GET", "jobs", params={"update_time": update_time})
         return None if body is None else list(body.get("jobs") or [])
 
-    def submit(self, script: str, job: dict[str, Any]) -> int:
-        """``POST job/submit``; returns the job id."""
-        body = self.request("POST", "job/submit", json={"script": script, "job": job}) or {}
+    def submit(self, script: str, job: dict[str, Any], *,
+               tokens: TokenSource | None = None) -> int:
+        """``POST job/submit`` as ``tokens``' user (the job's owner); returns the job id."""
+        body = self.request("POST", "job/submit", json={"script": script, "job": job},
+                            tokens=tokens) or {}
         job_id = body.get("job_id")
         if not isinstance(job_id, int):
             raise SlurmApiError(f"slurmrestd accepted the job but returned no job id: {body}",
                                 site=self.site)
         return job_id
 
-    def cancel(self, job_id: int) -> None:
-        """``DELETE job/{id}``; a job slurmctld no longer knows or that already ended is fine."""
+    def cancel(self, job_id: int, *, tokens: TokenSource | None = None) -> None:
+        """``DELETE job/{id}`` as ``tokens``' user; a job slurmctld no longer knows or that
+        already ended is fine."""
         try:
-            self.request("DELETE", f"job/{job_id}")
+            self.request("DELETE", f"job/{job_id}", tokens=tokens)
         except SlurmApiError as e:
             if set(e.numbers) & {ESLURM_INVALID_JOB_ID, ESLURM_ALREADY_DONE}:
                 return

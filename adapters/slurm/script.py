@@ -155,13 +155,15 @@ def batch_script(run: TaskRun, jp: JobPaths, *, apptainer: str | None = None) ->
 
 
 def job_description(run: TaskRun, jp: JobPaths, *, partition: str, base_env: dict[str, str],
-                    account: str | None = None, time_limit_min: int | None = None
+                    account: str | None = None, time_limit_min: int | None = None,
+                    qos: str | None = None, reservation: str | None = None
                     ) -> dict[str, object]:
     """The ``job`` object of ``POST job/submit`` (v0.0.36-38 field names).
 
     ``memory_per_node`` in MiB (rounded up), ``time_limit`` in minutes (rounded up from
     the task's ``timeout``), one task with ``ceil(cpu)`` CPUs; GPUs as
-    ``tres_per_node: gres:gpu:N``.
+    ``tres_per_node: gres:gpu:N``. ``account``, ``qos``, ``reservation``: those of the
+    run's user mapping (sent only when set).
     """
     task = run.task
     env = {**base_env, **task.env, "CONTINUUM_RUN_ID": run.run_id,
@@ -183,6 +185,10 @@ def job_description(run: TaskRun, jp: JobPaths, *, partition: str, base_env: dic
         job["tres_per_node"] = f"gres:gpu:{task.resources.gpu}"
     if account:
         job["account"] = account
+    if qos:
+        job["qos"] = qos
+    if reservation:
+        job["reservation"] = reservation
     return job
 
 

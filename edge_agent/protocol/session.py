@@ -106,7 +106,8 @@ class MqttSession:
         clean_session: MQTT 3.1.1 clean-session flag (False keeps QoS 1 messages queued
             at the broker while the session is away).
         username, password: broker credentials (none when ``username`` is None).
-        tls_ca: CA bundle (PEM path) that signed the broker's certificate; implies TLS.
+        tls_ca: CA bundle that signed the broker's certificate (a PEM file path, or the
+            PEM text itself); implies TLS.
         tls_insecure: skip the certificate's host-name check (testing only).
         will: the last will, if any.
         keepalive: MQTT keepalive (s).
@@ -144,7 +145,10 @@ class MqttSession:
                         clean_session=clean_session, protocol=mqtt.MQTTv311)
         if username:
             c.username_pw_set(username, password)
-        if self.address.tls or tls_ca:
+        if tls_ca and tls_ca.lstrip().startswith("-----BEGIN"):  # the CA's PEM text itself
+            c.tls_set_context(ssl.create_default_context(cadata=tls_ca))
+            c.tls_insecure_set(tls_insecure)
+        elif self.address.tls or tls_ca:
             c.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
             c.tls_insecure_set(tls_insecure)
         if will is not None:

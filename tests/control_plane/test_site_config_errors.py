@@ -1,9 +1,10 @@
 """``POST /v1/sites`` with a bad file or URL in the site spec is a 422 naming the field.
 
-Aspects: a kubeconfigPath that is missing, a directory, binary, a YAML list or YAML
-without clusters; a devices tlsCa that is missing, a directory or not PEM; a Slurm
-jwtKey that is missing; a prometheusUrl that is not an http(s) URL. None is a 500, and
-each names ``config.<key>`` (or the spec field) in ``loc``.
+Aspects: a path on the server (kubeconfigPath, a devices tlsCa that is a path, a Slurm
+jwtKey that is a path) — refused over the API whatever the file is, so no answer says
+whether a file exists; uploaded content that is not a kubeconfig or not a PEM
+certificate; a prometheusUrl that is not an http(s) URL. None is a 500, and each names
+``config.<key>`` (or the spec field) in ``loc``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ SIM = {"nodes": [{"name": "vm", "count": 1, "cpu": 8, "memory": "32Gi",
 def bad_files(d: Path) -> dict[str, Path]:
     d.mkdir()
     files = {"missing": d / "missing", "directory": d, "binary": d / "binary",
-             "list": d / "list.yaml", "noclusters": d / "noclusters.yaml", "text": d / "ca.txt"}
+             "list": d / "list.yaml", "noclusters": d / "noclusters.yaml", "text": d / "ca.txt",
+             "pem": d / "pem"}
     files["binary"].write_bytes(b"\xff\xfe\x00\x81 not text")
     files["list"].write_text("- a\n- b\n")
     files["noclusters"].write_text("apiVersion: v1\nkind: Config\n")
@@ -30,27 +32,35 @@ def bad_files(d: Path) -> dict[str, Path]:
     return files
 
 
+SERVER_FILE = "only the operator's federation file"
 CASES: list[tuple[str, str, str, list[str], str]] = [
     # (site kind, config key, bad file, expected loc, words in the message)
-    ("kubernetes", "kubeconfigPath", "missing", ["config", "kubeconfigPath"], "not a readable"),
-    ("kubernetes", "kubeconfigPath", "directory", ["config", "kubeconfigPath"], "not a readable"),
-    ("kubernetes", "kubeconfigPath", "binary", ["config", "kubeconfigPath"], "not a kubeconfig"),
-    ("kubernetes", "kubeconfigPath", "list", ["config", "kubeconfigPath"], "not a kubeconfig"),
-    ("kubernetes", "kubeconfigPath", "noclusters", ["config", "kubeconfigPath"],
-     "not a kubeconfig"),
-    ("devices", "tlsCa", "missing", ["config", "tlsCa"], "not a readable PEM"),
-    ("devices", "tlsCa", "directory", ["config", "tlsCa"], "not a readable PEM"),
-    ("devices", "tlsCa", "text", ["config", "tlsCa"], "not a readable PEM"),
-    ("slurm", "jwtKey", "missing", ["config", "jwtKey"], "cannot read the JWT key"),
+    ("kubernetes", "kubeconfigPath", "missing", ["config", "kubeconfigPath"], SERVER_FILE),
+    ("kubernetes", "kubeconfigPath", "directory", ["config", "kubeconfigPath"], SERVER_FILE),
+    ("kubernetes", "kubeconfigPath", "list", ["config", "kubeconfigPath"], SERVER_FILE),
+    ("kubernetes", "kubeconfig", "list", ["config", "kubeconfig"], "not a kubeconfig"),
+    ("kubernetes", "kubeconfig", "noclusters", ["config", "kubeconfig"], "not a kubeconfig"),
+    ("devices", "tlsCa", "missing", ["config", "tlsCa"], "federation file only"),
+    ("devices", "tlsCa", "directory", ["config", "tlsCa"], "federation file only"),
+    ("devices", "tlsCa", "pem", ["config", "tlsCa"], "not a PEM CA certificate"),
+    ("slurm", "jwtKey", "missing", ["config", "jwtKey"], "not a path"),
+    ("slurm", "jwtKeyFile", "missing", ["config", "jwtKeyFile"], SERVER_FILE),
 ]
 
 
 def site(kind: str, key: str, path: Path) -> dict[str, Any]:
-    config: dict[str, Any] = {key: str(path)}
+    value: str = str(path)
+    if key == "kubeconfig":
+        value = path.read_text()
+    if key == "tlsCa" and path.name == "pem":
+        value = "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+    config: dict[str, Any] = {key: value}
     if kind == "devices":
         config["broker"] = "mqtts://127.0.0.1:8883"
     if kind == "slurm":
         config.update(url="http://127.0.0.1:6820", user="u", workdir="/tmp")
+        if key == "jwtKeyFile":
+            config["token"] = None
     return {"name": f"bad-{kind}", "kind": kind, "config": config}
 
 

@@ -40,7 +40,7 @@ def test_cluster_add_and_data_sources(url: str, apiserver: ApiServer, tmp_path: 
     assert (site["kind"], site["health"], site["nodes"]) == ("kubeedge", "Ready", 3)
     assert site["config"]["kubeconfig"] == "<redacted>"
 
-    r = runner.invoke(app, ["cluster", "add", "k8s", str(kc), "--server-path", "--url", url])
+    r = runner.invoke(app, ["cluster", "add", "k8s", str(kc), "--url", url])
     assert r.exit_code == 0, r.output
     assert "k8s" in r.output and "Ready" in r.output
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import threading
@@ -60,7 +61,13 @@ class SlurmCluster:
 
     @property
     def key(self) -> str:
+        """Path of the cluster's jwt_key (readable here, the tests run as root)."""
         return self.env["SLURM_JWT_KEY"]
+
+    @property
+    def key_b64(self) -> str:
+        """The jwt_key as uploaded over the API: base64 of the file."""
+        return base64.b64encode(Path(self.key).read_bytes()).decode()
 
     @property
     def workdir(self) -> str:
@@ -70,10 +77,11 @@ class SlurmCluster:
         return self.sh("token", str(self.dir), self.user, str(lifespan))
 
     def config(self, **over: Any) -> dict[str, Any]:
-        """A site config for this cluster (minted tokens, fast polling)."""
-        cfg: dict[str, Any] = {"url": self.url, "user": self.user, "jwtKey": self.key,
-                               "partitions": ["debug"], "workdir": self.workdir,
-                               "pollInterval": 0.2}
+        """A site config for this cluster (minted tokens, fast polling). slurm.sh runs
+        slurmctld with SlurmUser=root, so ``slurmUser`` says so."""
+        cfg: dict[str, Any] = {"url": self.url, "user": self.user, "jwtKey": self.key_b64,
+                               "slurmUser": "root", "partitions": ["debug"],
+                               "workdir": self.workdir, "pollInterval": 0.2}
         cfg.update(over)
         return {k: v for k, v in cfg.items() if v is not None}
 

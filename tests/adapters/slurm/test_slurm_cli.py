@@ -23,7 +23,8 @@ runner = CliRunner()
 def test_sites_cli_register_drain_resume_remove(slurm: SlurmCluster, live_cp: LiveFactory,
                                                 tmp_path: Path) -> None:
     lcp = live_cp()
-    base = ["--url", lcp.url, "--user", slurm.user, "--workdir", slurm.workdir]
+    base = ["--url", lcp.url, "--user", slurm.user, "--workdir", slurm.workdir,
+            "--slurm-user", "root"]
     r = runner.invoke(app, ["sites", "register", "slurm", "hpc", "--rest-url", slurm.url,
                             "--jwt-key", slurm.key, "-p", "debug", "-p", "short",
                             "--idle-watts", "95", "--max-watts", "310", *base],

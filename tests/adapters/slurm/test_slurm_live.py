@@ -13,6 +13,7 @@ per poll, never one call per job.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import threading
@@ -88,7 +89,7 @@ def test_registration_errors_say_what_is_wrong(case: str, slurm: SlurmCluster,
         "unknown-partition": (slurm.config(partitions=["debug", "gpu-a100"]), "PermanentError",
                               ["config.partitions", "'gpu-a100'", "it has debug, short"]),
         "missing-key": (slurm.config(jwtKey=str(tmp_path / "nope.key")), "PermanentError",
-                        ["config.jwtKey", "nope.key"]),
+                        ["jwtKey", "not a path", "jwtKeyFile"]),
         "no-credentials": (slurm.config(jwtKey=None), "PermanentError",
                            ["needs credentials", "token", "jwtKey"]),
         "relative-workdir": (slurm.config(workdir="jobs"), "PermanentError",
@@ -109,7 +110,8 @@ def test_a_token_minted_with_another_key_is_an_auth_error(slurm: SlurmCluster,
                                                           tmp_path: Path) -> None:
     other = tmp_path / "other.key"
     other.write_bytes(b"k" * 32)
-    r = live_cp().register("hpc", slurm.config(jwtKey=str(other)))
+    r = live_cp().register("hpc", slurm.config(
+        jwtKey=base64.b64encode(other.read_bytes()).decode()))
     assert r.status_code == 422
     assert r.json()["detail"][0]["type"] == "AuthError"
     assert "minted with another key" in r.json()["detail"][0]["msg"]
@@ -382,15 +384,24 @@ def test_a_queued_partition_reports_its_wait_and_placement_avoids_it(
 
 
 def test_unix_socket_with_local_auth_needs_no_token(slurm: SlurmCluster,
-                                                    live_cp: LiveFactory) -> None:
+                                                    live_cp: LiveFactory, tmp_path: Path) -> None:
+    """A socket is a path on the control plane's host: the operator's federation file may
+    name it, the API may not (in rest_auth/local the jobs' user is not the userMap's)."""
     sock = slurm.dir / "rest-local" / "slurmrestd.sock"
     slurm.sh("start-rest", str(slurm.dir), "local", f"unix:{sock}", "openapi/v0.0.38")
+    config = {"socket": str(sock), "user": slurm.user, "slurmUser": "root",
+              "partitions": ["debug"], "workdir": slurm.workdir, "pollInterval": 0.2}
+    fed = tmp_path / "federation.yaml"
+    fed.write_text(json.dumps({
+        "apiVersion": "continuum/v1", "kind": "Federation", "metadata": {"name": "ops"},
+        "spec": {"controlPlane": {"location": "dc"}, "locations": [{"name": "dc"}],
+                 "sites": [{"name": "sock-hpc", "kind": "slurm", "config": config}]}}))
     try:
-        lcp = live_cp()
-        r = lcp.register("sock-hpc", {"socket": str(sock), "user": slurm.user,
-                                      "partitions": ["debug"], "workdir": slurm.workdir,
-                                      "pollInterval": 0.2})
-        assert r.status_code == 201, r.text
+        lcp = live_cp(federation=fed)
+        r = lcp.register("sock-api", config)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["config", "socket"]
+        assert lcp.get("/v1/sites/sock-hpc")["health"] == "Ready"
         wid = lcp.submit([{**slurm_task("local", ["bash", "-c", "echo via socket"]),
                            "constraints": {"sites": ["sock-hpc"]}}])
         assert lcp.wait_workflow(wid)["state"] == "Succeeded"

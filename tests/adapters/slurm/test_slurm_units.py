@@ -13,7 +13,15 @@ import jwt
 import pytest
 
 from adapters.base import AdapterContext, ArtifactIn, ArtifactOut, TaskRun
-from adapters.slurm.adapter import JOB_STATE_TABLE, SlurmAdapter, _expand, _gpus, decode_exit
+from adapters.slurm.adapter import (
+    JOB_STATE_TABLE,
+    SlurmAdapter,
+    SlurmConfig,
+    UserMapping,
+    _expand,
+    _gpus,
+    decode_exit,
+)
 from adapters.slurm.client import TokenSource
 from adapters.slurm.script import (
     EXIT_INPUT,
@@ -80,7 +88,8 @@ def test_run_id_from_comment_or_name() -> None:
 @pytest.mark.parametrize("config,words", [
     ({"user": "u", "workdir": "/w"}, ["exactly one of 'url'", "'socket'"]),
     ({"url": "ftp://x", "user": "u", "workdir": "/w", "token": "t"}, ["url", "http://host:port"]),
-    ({"url": "http://x:1", "user": "u", "workdir": "/w", "token": "t", "jwtKey": "/k"},
+    ({"url": "http://x:1", "user": "u", "workdir": "/w", "token": "t",
+      "jwtKey": "a2V5LWtleS1rZXkta2V5LWtleS1rZXkta2V5LWtleSE="},
      ["at most one of 'token' and 'jwtKey'"]),
     ({"url": "http://x:1", "user": "u", "workdir": "/w", "token": "t", "partition": ["a"]},
      ["partition", "Extra inputs"]),
@@ -191,6 +200,31 @@ def test_job_description_units() -> None:
     assert job["standard_output"] == "/scratch/continuum-run-9.out"
     assert job["environment"] == {"PATH": "/bin", "A": "1", "CONTINUUM_RUN_ID": "run-9",
                                   "CONTINUUM_WORKFLOW_ID": "wf-9", "CONTINUUM_TASK": "t"}
+
+
+def test_user_mapping_account_qos_reservation() -> None:
+    key = "a2V5LWtleS1rZXkta2V5LWtleS1rZXkta2V5LWtleSE="
+    base = {"url": "http://x:1", "user": "svc", "workdir": "/w", "jwtKey": key}
+    cfg = SlurmConfig.model_validate({**base, "account": "shared"})
+    assert cfg.mapping("anyone") == UserMapping(tenant="*", user="svc", account="shared")
+    cfg = SlurmConfig.model_validate({**base, "userMap": [
+        {"tenant": "lab", "user": "alice", "account": "proj1", "qos": "normal",
+         "reservation": "maint"}]})
+    m = cfg.mapping("lab")
+    assert m is not None and (m.user, m.account, m.qos, m.reservation) == (
+        "alice", "proj1", "normal", "maint")
+    assert cfg.mapping("other") is None  # no "*" entry: other tenants are refused
+    task = Task.model_validate({"name": "t", "command": ["true"]})
+    run = TaskRun(run_id="r", workflow_id="w", workflow_name="w", task=task, tenant="lab")
+    job = job_description(run, paths("/w", "r"), partition="p", base_env={},
+                          account=m.account, qos=m.qos, reservation=m.reservation)
+    assert (job["account"], job["qos"], job["reservation"]) == ("proj1", "normal", "maint")
+    with pytest.raises(ValueError, match="a fixed 'token' acts as 'user' only"):
+        SlurmConfig.model_validate({**base, "jwtKey": None, "token": "t",
+                                    "userMap": [{"tenant": "lab", "user": "alice"}]})
+    with pytest.raises(ValueError, match="more than once"):
+        SlurmConfig.model_validate({**base, "userMap": [{"tenant": "a", "user": "x"},
+                                                        {"tenant": "a", "user": "y"}]})
 
 
 def test_apptainer_wraps_the_command(tmp_path: Path) -> None:
