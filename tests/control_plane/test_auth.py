@@ -377,3 +377,26 @@ def test_an_external_oidc_issuers_tokens_are_accepted_with_their_claims(
             assert r.status_code == 401
     finally:
         httpd.shutdown()
+
+
+def test_a_sites_kind_decides_which_admin_may_change_it(env: Env) -> None:
+    """hpc-admins manage Slurm sites, cluster-admins Kubernetes, KubeEdge and device sites,
+    only admins the simulator (issue 12 item 2): the rule reads the body's kind on
+    registration and the stored site's kind on drain, resume and remove."""
+    _, client, t = env
+    slurm = {"name": "hpc", "kind": "slurm", "tier": "hpc", "location": "dc",
+             "config": {"url": "http://127.0.0.1:9", "user": "alice"}}
+    r = client.post("/v1/sites", json=slurm, headers=bearer(t["cluster-admin"]))
+    assert r.status_code == 403 and "hpc-admin" in r.json()["detail"], r.text
+    r = client.post("/v1/sites", json={**slurm, "kind": "kubernetes"},
+                    headers=bearer(t["hpc-admin"]))
+    assert r.status_code == 403 and "cluster-admin" in r.json()["detail"], r.text
+    # the right role gets past the rule to the site's own check (nothing listens there)
+    r = client.post("/v1/sites", json=slurm, headers=bearer(t["hpc-admin"]))
+    assert r.status_code == 422, r.text
+    # the harness's site "cloud" is a simulator: no site admin but admin may drain it
+    for role in ("hpc-admin", "cluster-admin"):
+        r = client.post("/v1/sites/cloud/drain", headers=bearer(t[role]))
+        assert r.status_code == 403 and "admin" in r.json()["detail"], r.text
+    assert client.post("/v1/sites/cloud/drain").status_code == 200
+    assert client.post("/v1/sites/cloud/resume").status_code == 200
