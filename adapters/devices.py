@@ -47,6 +47,10 @@ last will did), ``lost`` (it says online but has been silent longer than
 ``offlineAfter``). The site is Degraded while devices are known and none is online; a
 device that left for good is forgotten (``DELETE /v1/devices/{site}/{device}``, or
 ``forgetAfter``) so that it no longer counts.
+
+Why one module of this size: it is one class, the adapter side of the device wire
+protocol, whose message intake, inventory, submission and status share one device table
+and its lock (the session itself is edge_agent/protocol/session.py).
 """
 
 from __future__ import annotations

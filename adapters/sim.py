@@ -54,6 +54,10 @@ Time is computed from ``ctx.clock()`` (wall epoch seconds) and the facts in
 (after a control-plane restart) answers ``status`` for old handles and counts their
 resources as busy. The twin also journals its handles to ``ctx.state_dir`` so a
 resubmission with the same request id after a restart returns the same handle.
+
+Why one module of this size: the digital twin is one adapter whose node groups, virtual
+clock, journal and failure injection share one state; it has no backend of its own to
+split along.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ fields, so a typo is a 422 naming the field rather than a silently ignored setti
 
 Units are explicit in field names or docstrings: cores, bytes, seconds (s),
 milliseconds (ms), bits per second (bit/s), watts (W), joules (J).
+
+Why one module of this size: it is the shared vocabulary — every domain model the packages
+exchange — kept in one place so that each wire name and unit is defined once.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ inventory, the served predictors and the artifacts' sizes, and it is a pure func
 of its :class:`~placement.Snapshot`, tested on its own; keeping it out of ``decide``
 keeps the decisions testable with plain data. A failed submit is handed back to the
 decisions (:meth:`~control_plane.decide.Decider.submit_failed`).
+
+Why one module of this size: it is the single writer of run and task state
+(docs/architecture.md), and keeping every write and every adapter call in one class is the
+point of it.
 """
 
 from __future__ import annotations

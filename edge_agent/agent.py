@@ -33,6 +33,10 @@ is retried forever.
 Threading: paho's loop thread runs the callbacks; each run executes in its own thread.
 ``_pub_lock`` serialises publishing (so a run's updates leave in order) and is never
 taken in ``on_publish``, which paho calls while holding its own message lock.
+
+Why one module of this size: the device's MQTT session, command checks, outbox replay and
+run threads share one state and one lock; the wire models, signing, runtime and telemetry
+are already their own modules.
 """
 
 from __future__ import annotations

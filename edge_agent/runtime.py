@@ -15,6 +15,11 @@ owned by that user (mode 0700), ``HOME`` pointing there, under the resource ceil
 :class:`Limits` (``setrlimit`` in the child before ``exec``). The program executed is the
 one :meth:`Runtime.program` resolved (``shutil.which`` on the run's PATH, every symlink
 followed) and checked against ``allow_command``: what is checked is what runs.
+
+Why one module of this size: everything a run does on the device, in order (inputs, the
+checked program, the unprivileged process tree with its limits, outputs), shares the run's
+working directory and cancel event; splitting it would scatter one security-relevant path
+over several files.
 """
 
 from __future__ import annotations

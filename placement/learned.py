@@ -30,6 +30,10 @@ reported beside the analytic model's error on the same rows, in the target's
 energy; the mean absolute error in seconds (MAE, s) for queue wait, whose observations
 are mostly 0 (an idle Slurm cluster starts every job at once), where a percentage is
 undefined.
+
+Why one module of this size: features, training, hold-out error, persistence with fallback
+and the batch-time predictor are one model lifecycle over one feature layout; split, the
+layout would have to be kept in step across files.
 """
 
 from __future__ import annotations

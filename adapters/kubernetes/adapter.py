@@ -24,6 +24,10 @@
   :data:`adapters.kubernetes.states.POD_STATE_TABLE`.
 * **cancel** deletes the workload with ``propagationPolicy: Foreground`` (its pods go
   first); **release** with ``Background``; **logs** read the pod log API.
+
+Why one module of this size: it is one class, the adapter contract for one backend, whose
+inventory, submission and status share one watch cache and its lock; what stands apart is
+already apart (config.py, manifests.py, states.py, kubeedge.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The ``slurm`` adapter: Slurm clusters through slurmrestd (OpenAPI v0.0.38, 37, 36).
 
 What belongs here: the slurmrestd client (:mod:`adapters.slurm.client`: version
-negotiation, JWT, typed errors), the batch scripts runs become
+negotiation, JWT, typed errors), the site's config and user map
+(:mod:`adapters.slurm.config`), the batch scripts runs become
 (:mod:`adapters.slurm.script`), and the adapter (:mod:`adapters.slurm.adapter`:
 partitions as nodes, the job-state table, queue waits). What does not: placement
 decisions, the store, the HTTP API. See docs/slurm.md.
