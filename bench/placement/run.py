@@ -29,6 +29,7 @@ from placement.batch import BatchAssigner
 from placement.framework import Framework, default_framework
 from placement.learned import LearnedPredictor, ModelSet, train
 from placement.milp import objective, solve
+from placement.plan import Planner
 from placement.plugins.fragmentation import GpuFragmentation
 
 HERE = Path(__file__).resolve().parent
@@ -223,7 +224,8 @@ def scenario_b(limit: int | None, departures: bool = False
     rows, summary = [], {}
     for name, pol in pols.items():
         snap = base.copy()
-        assigner = BatchAssigner(snap, pol) if isinstance(pol, Framework) else None
+        planner = Planner(snap, pol) if isinstance(pol, Framework) else None
+        assigner = planner.assigner if planner is not None else None
         live: list[tuple[float, int, int]] = []
         failed = placed = 0
         energy = 0.0
@@ -241,8 +243,9 @@ def scenario_b(limit: int | None, departures: bool = False
                     snap.free_gpu[node_i] += r.gpu
                     snap.give_gpus(node_i, r.gpu)
             t0 = time.perf_counter()
-            if assigner is not None:
-                j = assigner.assign_one(pod.request)
+            if planner is not None:
+                dec = planner.place_one(pod.request, explain=False).decision
+                j = -1 if dec is None else snap.index[dec.node]
             else:
                 assert not isinstance(pol, Framework)
                 j = int(pol([pod.request], snap)[0])
