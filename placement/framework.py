@@ -27,7 +27,7 @@ a term outside the objective). The predictor's optional methods are declared in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -283,14 +283,21 @@ class Framework:
         return CycleState(self.predictor)
 
     def run_filters(
-        self, req: PlacementRequest, snap: Snapshot, state: CycleState
+        self, req: PlacementRequest, snap: Snapshot, state: CycleState,
+        known: Mapping[str, FilterResult] | None = None,
     ) -> Feasibility:
+        """Every filter over ``snap``, attributed as the module docstring says.
+
+        ``known``: filter name → its result for this request and snapshot, already
+        computed (e.g. the static filters, memoised per task class); those are not run.
+        """
         mask = np.ones(snap.n, dtype=bool)
         remaining = np.ones(snap.n, dtype=bool)
         filtered: dict[str, int] = {}
         attributed: list[tuple[Rejection, np.ndarray]] = []
         for plugin in self.filters:
-            result = plugin.filter(req, snap, state)
+            result = (known[plugin.name] if known is not None and plugin.name in known
+                      else plugin.filter(req, snap, state))
             mask &= result.mask
             for rej in result.rejections:
                 att = rej.mask & remaining

@@ -32,8 +32,9 @@ import numpy as np
 
 from continuum.model import PlacementDecision, Prediction
 from placement.assign import ALTERNATIVES, Outcome, PlacementRequest
-from placement.batch import BatchAssigner, ClassCosts, NodeClasses
-from placement.framework import MAX_SCORE, Framework, default_framework
+from placement.batch import BatchAssigner, ClassCosts, NodeClasses, static_key
+from placement.framework import MAX_SCORE, Feasibility, FilterResult, Framework, default_framework
+from placement.plugins.resources import NodeResourcesFit
 from placement.predict import CycleState, ExplainsFallback, provides
 from placement.snapshot import TIERS, Snapshot
 
@@ -56,6 +57,7 @@ class Planner:
         self.snap = snapshot
         self.framework = fw
         self.assigner = BatchAssigner(snapshot, fw, classes=NodeClasses(snapshot, cached))
+        self._static: dict[tuple[object, ...], dict[str, FilterResult]] = {}
 
     def place_one(self, req: PlacementRequest, *, explain: bool = True, pin: int | None = None,
                   note: str = "") -> Outcome:
@@ -96,9 +98,21 @@ class Planner:
         a.take(j, req)
         return Outcome(req.key, decision)
 
-    def _unschedulable(self, req: PlacementRequest) -> str:
+    def _filters(self, req: PlacementRequest) -> Feasibility:
+        """All filters over the snapshot as it is now; the static ones (all but
+        ``NodeResourcesFit``, which reads free capacity) run once per static key."""
         fw = self.framework
-        feas = fw.run_filters(req, self.snap, fw.new_state())
+        key = static_key(req)
+        known = self._static.get(key)
+        if known is None:
+            state = fw.new_state()
+            known = self._static[key] = {
+                f.name: f.filter(req, self.snap, state) for f in fw.filters
+                if f.name != NodeResourcesFit.name}
+        return fw.run_filters(req, self.snap, fw.new_state(), known)
+
+    def _unschedulable(self, req: PlacementRequest) -> str:
+        feas = self._filters(req)
         if not feas.mask.any():
             return feas.explain(self.snap.n)
         k = int(feas.mask.sum())  # the filters pass nodes the GPU packing cannot use
@@ -149,11 +163,11 @@ class Planner:
                  and dp.name in dnames else 0.0)
             scores[dp.name] = round(MAX_SCORE * (1.0 - d), 2)
 
-        feas = fw.run_filters(req, snap, fw.new_state())
+        feas = self._filters(req)
         fitting = np.zeros(cl.count, dtype=bool)
         fitting[cl.of[feas.mask]] = True
         fitting[c] = True
-        rep_state = CycleState(fw.predictor)
+        rep_state = CycleState(fw.predictor, {"predictions": cc.predictions})
         reasons: list[str] = []
         for plugin in fw.scores:
             if weights[plugin.name] <= 0:
