@@ -254,8 +254,9 @@ def plan(requests: Sequence[PlacementRequest], snapshot: Snapshot,
     if order == "best":  # the better of size and regret order, on a copy; then taken
         best = BatchAssigner(snapshot.copy(), planner.framework, classes=a.classes
                              ).assign(requests, "best")
-        idx = a.ordering(requests, "size")
         pins, note = {i: int(j) for i, j in enumerate(best) if j >= 0}, ""
+        # the pinned first: then the rest meet the capacity assign("best") left them
+        idx = sorted(a.ordering(requests, "size"), key=lambda i: i not in pins)
     else:
         idx = a.ordering(requests, order)
         pins, note = _quality_pins(requests, planner)

@@ -3,6 +3,7 @@ explained from its class tables (the totals are the objective the MILP and the b
 score), a cached input's node exact, and measured load re-evaluated within a batch."""
 
 import numpy as np
+import pytest
 from placement_factories import GI, node, request, snapshot, task
 
 from placement import DataSource, Planner, default_framework, place, plan
@@ -25,17 +26,23 @@ def _requests():  # type: ignore[no-untyped-def]
             for i in range(20)]
 
 
-def test_plan_places_as_the_assigner_the_bench_times():
+@pytest.mark.parametrize("order", ["size", "regret", "best"])
+@pytest.mark.parametrize("tight", [False, True])
+def test_plan_places_as_the_assigner_the_bench_times(order: str, tight: bool):
     """plan (the reconciler's and preview's path) and BatchAssigner.assign (the MILP's
-    and the bench's) choose the same node for every request of a batch."""
-    nodes, reqs = _mixed_nodes(), _requests()
+    and the bench's) choose the same node for every request of a batch, also when
+    capacity runs out (``tight``: half the nodes, some requests stay unplaced)."""
+    nodes, reqs = _mixed_nodes()[:4 if tight else 12], _requests()
     fw = with_load(default_framework())
-    outs = plan(reqs, snapshot(nodes), fw)
+    outs = plan(reqs, snapshot(nodes), fw, order=order)
     snap = snapshot(nodes)
-    chosen = BatchAssigner(snap, fw).assign(reqs)
+    chosen = BatchAssigner(snap, fw).assign(reqs, order)
     assert [o.decision.node if o.decision else None for o in outs] == [
         snap.ids[int(j)] if j >= 0 else None for j in chosen]
-    assert [o.decision for o in place(reqs, snapshot(nodes), fw)] == [o.decision for o in outs]
+    assert (None in [o.decision for o in outs]) == tight
+    if order == "size":
+        assert [o.decision for o in place(reqs, snapshot(nodes), fw)] == [
+            o.decision for o in outs]
 
 
 def test_the_decision_total_is_the_shared_objective():
