@@ -305,6 +305,8 @@ class BatchAssigner:
         self._observers: list[Callable[[PlacementRequest], None]] = [
             p.observe for p in self.framework.capabilities().observers]
         self.last_dynamic: DynamicChoice | None = None
+        self.last_costs: tuple[PlacementRequest, ClassCosts] | None = None
+        """The request :meth:`choose` last saw and its :class:`ClassCosts`."""
 
     def costs(self, req: PlacementRequest) -> ClassCosts:
         """The cached :class:`ClassCosts` of ``req``'s task class."""
@@ -406,6 +408,7 @@ class BatchAssigner:
         assert self.classes is not None
         self.last_dynamic = None
         cc = self.costs(req)
+        self.last_costs = (req, cc)
         dyn = self._dynamic(req)
         if dyn is not None:
             return self._assign_dynamic(req, cc, *dyn, skip=skip)

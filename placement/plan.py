@@ -26,7 +26,7 @@ filters' reasons ("no node fits: 0/11 nodes available: 9 site not allowed …").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -58,6 +58,7 @@ class Planner:
         self.framework = fw
         self.assigner = BatchAssigner(snapshot, fw, classes=NodeClasses(snapshot, cached))
         self._static: dict[tuple[object, ...], dict[str, FilterResult]] = {}
+        self._weights: dict[tuple[float, ...], dict[str, float]] = {}
 
     def place_one(self, req: PlacementRequest, *, explain: bool = True, pin: int | None = None,
                   note: str = "") -> Outcome:
@@ -126,8 +127,13 @@ class Planner:
         cl = a.classes
         assert cl is not None
         c = int(cl.of[j])
-        cc = a.costs(req)
-        weights = fw.weights(req.objective)
+        last = a.last_costs
+        cc = last[1] if last is not None and last[0] is req else a.costs(req)
+        o = req.objective
+        okey = (o.time, o.latency, o.energy, o.data)
+        weights = self._weights.get(okey)
+        if weights is None:
+            weights = self._weights[okey] = fw.weights(o)
         dyn = a.last_dynamic
         dnames = {q.name for q in dyn.plugins} if dyn is not None else set()
         at = -1
@@ -136,7 +142,8 @@ class Planner:
             at = int(hit[0]) if hit.size else -1
         cost = float(dyn.total[at]) if dyn is not None and at >= 0 else float(cc.cost[c])
         p = cc.predictions
-        predicted = Prediction(
+        # built by this code from typed arrays: no validation needed (model_construct)
+        predicted = Prediction.model_construct(
             runtime_s=float(p.runtime_s[c]),
             queue_wait_s=float(p.queue_wait_s[c]),
             transfer_s=float(p.transfer_s[c]),
@@ -146,12 +153,14 @@ class Planner:
             bytes_moved=int(p.bytes_moved[c]),
         )
         node = snap.nodes[j]
-        decision = PlacementDecision(
-            node=node.id, site=node.site, tier=TIERS[int(snap.tier[j])], scores={},
-            weights=weights, total=round(MAX_SCORE * (1.0 - cost), 2), predicted=predicted,
-            model_version=fw.predictor.version)
+        fields: dict[str, Any] = {
+            "node": node.id, "site": node.site, "tier": TIERS[int(snap.tier[j])],
+            "weights": dict(weights), "total": round(MAX_SCORE * (1.0 - cost), 2),
+            "predicted": predicted}
         if not explain:
-            return decision
+            return PlacementDecision.model_construct(
+                **fields, scores={}, reasons=[], filtered={}, alternatives=[],
+                model_version=fw.predictor.version, feasible_nodes=0)
         caps = fw.capabilities()
         scores: dict[str, float] = {}
         for name, raw in cc.raw.items():
@@ -196,13 +205,10 @@ class Planner:
             if why:
                 reasons.append(why)
                 version = "analytic-v1"
-        decision.scores = scores
-        decision.reasons = reasons
-        decision.filtered = feas.filtered
-        decision.alternatives = self._runners_up(cc, j, feas.mask)
-        decision.model_version = version
-        decision.feasible_nodes = feasible
-        return decision
+        return PlacementDecision.model_construct(
+            **fields, scores=scores, reasons=reasons, filtered=feas.filtered,
+            alternatives=self._runners_up(cc, j, feas.mask), model_version=version,
+            feasible_nodes=feasible)
 
     def _runners_up(self, cc: ClassCosts, j: int, feasible: np.ndarray) -> list[dict[str, object]]:
         """Up to :data:`ALTERNATIVES` other feasible nodes, best first, with their totals:
