@@ -218,7 +218,10 @@ class Planner:
         out: list[dict[str, object]] = []
         dyn = a.last_dynamic
         if dyn is not None:
-            for k in np.argsort(dyn.total, kind="stable"):
+            top = ALTERNATIVES + 1
+            best = (np.argsort(dyn.total, kind="stable") if dyn.total.size <= top else
+                    np.argpartition(dyn.total, top - 1)[:top])
+            for k in sorted(best.tolist(), key=lambda k: (dyn.total[k], k)):
                 i = int(dyn.idx[k])
                 if i != j and len(out) < ALTERNATIVES:
                     out.append({"node": snap.ids[i],
