@@ -41,7 +41,14 @@ import numpy as np
 
 from continuum.model import Task
 from placement.assign import DataSource, PlacementRequest
-from placement.framework import CachedDelta, DeltaCache, DynamicScore, Framework, default_framework
+from placement.framework import (
+    CachedDelta,
+    DeltaCache,
+    DynamicScore,
+    Framework,
+    RatioToBest,
+    default_framework,
+)
 from placement.plugins.resources import NodeResourcesFit
 from placement.predict import (
     CycleState,
@@ -239,6 +246,19 @@ def evaluate(req: PlacementRequest, classes: NodeClasses, fw: Framework,
 
 
 # ---------------------------------------------------------------- the assigner
+
+
+def _normalised(plugin: DynamicScore, raw: np.ndarray) -> np.ndarray:
+    """A dynamic term's cost in [0, 1] over the candidates (0 = the best), as the
+    framework normalises its score (:class:`~placement.framework.RatioToBest`)."""
+    f = float(plugin.floor)
+    if not (isinstance(plugin, RatioToBest) and plugin.ratio_to_best):
+        out: np.ndarray = 1.0 - f / (raw - raw.min() + f)
+        return out
+    x = np.maximum(raw, 0.0)
+    low = float(x[np.isfinite(x)].min()) if np.isfinite(x).any() else 0.0
+    out = 1.0 - (low + f) / (x + f)
+    return out
 
 
 @dataclass(frozen=True)
@@ -503,9 +523,7 @@ class BatchAssigner:
         for plugin, w, pressure in dyns:
             raw = self._dynamic_raw(plugin, req, idx, static, w_static, w_dyn, pressure,
                                     alone=len(dyns) == 1)
-            x = raw - raw.min()
-            f = float(plugin.floor)
-            d = 1.0 - f / (x + f)
+            d = _normalised(plugin, raw)
             raws[plugin.name], ds[plugin.name] = raw, d
             acc = acc + w * d
         total = acc / (w_static + w_dyn)
@@ -652,7 +670,7 @@ class BatchAssigner:
         for plugin, w, pressure in used:
             raw = self._dynamic_raw(plugin, req, idx, cost[idx], w_static, w_dyn, pressure,
                                     alone=False)
-            acc = acc + w * (1.0 - plugin.floor / (raw - raw.min() + plugin.floor))
+            acc = acc + w * _normalised(plugin, raw)
         out[idx] = acc / (w_static + w_dyn)
         return out
 

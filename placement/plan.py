@@ -33,7 +33,14 @@ import numpy as np
 from continuum.model import PlacementDecision, Prediction
 from placement.assign import ALTERNATIVES, Outcome, PlacementRequest
 from placement.batch import BatchAssigner, ClassCosts, NodeClasses, static_key
-from placement.framework import MAX_SCORE, Feasibility, FilterResult, Framework, default_framework
+from placement.framework import (
+    MAX_SCORE,
+    Feasibility,
+    FilterResult,
+    Framework,
+    RatioToBest,
+    default_framework,
+)
 from placement.plugins.resources import NodeResourcesFit
 from placement.predict import CycleState, ExplainsFallback, provides
 from placement.snapshot import TIERS, Snapshot
@@ -188,8 +195,9 @@ class Planner:
                 raw = dyn.raw[plugin.name]
                 full = np.zeros(snap.n)
                 shown = np.zeros(snap.n, dtype=bool)
-                ok = np.isfinite(raw)  # raw − min over the candidates, as the plugin scores
-                full[dyn.idx[ok]] = raw[ok] - raw[ok].min()
+                ok = np.isfinite(raw)  # in the form the plugin's score has
+                shift = not (isinstance(plugin, RatioToBest) and plugin.ratio_to_best)
+                full[dyn.idx[ok]] = raw[ok] - raw[ok].min() if shift else raw[ok]
                 shown[dyn.idx[ok]] = True
                 line = plugin.describe(req, snap, fw.new_state(), full, j, shown)
             else:

@@ -81,6 +81,9 @@ class NodeLoad:
     lower_is_better = True
     floor = 1.0
     """slowdown: 1.0 vs 1.1 (10 % vs 0 % busy) hardly matters."""
+    ratio_to_best = True
+    """Declares :class:`~placement.framework.RatioToBest`: the assigner normalises the
+    slowdown as the framework does, as a ratio to the best node's."""
 
     def score(self, req: PlacementRequest, snap: Snapshot, state: CycleState,
               mask: np.ndarray) -> np.ndarray:
