@@ -50,7 +50,7 @@ from control_plane.store import (
 )
 from monitoring.metrics import ControlPlaneMetrics
 from monitoring.topology import TopologyModel
-from placement import DataSource, Framework, PlacementRequest, Snapshot, place
+from placement import DataSource, Framework, PlacementRequest, Snapshot, plan
 
 log = logging.getLogger(__name__)
 
@@ -394,9 +394,9 @@ class Applier:
                                                  avoid=failed_on.get(t.id, frozenset())))
                 by_key[str(t.id)] = t
             t0 = time.perf_counter()
-            outcomes = place(requests, Snapshot(nodes=self.federation.placeable_nodes(draining=True),
-                                                network=self.network, now=now),
-                             self.framework())
+            outcomes = plan(requests, Snapshot(nodes=self.federation.placeable_nodes(draining=True),
+                                               network=self.network, now=now),
+                            self.framework())
             self.metrics.placement_cycle.observe(time.perf_counter() - t0)
             for out in outcomes:
                 t = by_key[out.key]

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -70,7 +71,7 @@ from control_plane.store import (
     new_id,
 )
 from monitoring.topology import TopologyModel
-from placement import Framework
+from placement import Framework, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ class MigrationController:
         the moves worth making (at most ``migration_max_per_cycle``), except of runs in
         ``skip``. Running jobs are left alone: they finish where they are.
         """
-        from placement import PlacementRequest, Snapshot
+        from placement import PlacementRequest
         from placement.batch import BatchAssigner
 
         st = self.settings
@@ -261,10 +262,10 @@ class MigrationController:
                     continue  # a move of this task is already under way
                 doc = self._doc(s, run.workflow_id)
                 req = PlacementRequest(run.id, task, doc.spec.objective)
-                cc = assigner.costs(req)
-                here = float(cc.cost[assigner.classes.of[snap.index[run.node]]])
-                best = self._best_other(assigner, cc, req, run.node)
-                if best is None:
+                costs = assigner.node_costs(req)
+                here = float(costs[snap.index[run.node]])
+                best = self._best_other(snap, costs, run.node)
+                if best is None or not np.isfinite(here):
                     continue
                 since = run.placed_at.timestamp() if run.placed_at else now
                 state_bytes = task.resources.memory if service else 0
@@ -292,14 +293,14 @@ class MigrationController:
     def _start_move(self, run: RunRow, task: Task, doc: WorkflowDocument, target: str,
                     v: Verdict, now: float) -> StartMove | None:
         """Make-before-break: a new run on ``target``; the old one serves until it runs."""
-        from placement import PlacementRequest, Snapshot, place
+        from placement import PlacementRequest, Snapshot, plan
 
         node = self.federation.node(target)
         if node is None:
             return None
         snap = Snapshot(nodes=[node], network=self.network, now=now)
-        out = place([PlacementRequest(run.id, task, doc.spec.objective)], snap,
-                    self.framework())[0]
+        out = plan([PlacementRequest(run.id, task, doc.spec.objective)], snap,
+                   self.framework())[0]
         if out.decision is None:
             return None
         dec = out.decision
@@ -312,19 +313,15 @@ class MigrationController:
             f"placed on {dec.node} ({dec.tier.value}) to replace run {run.id}")
 
     @staticmethod
-    def _best_other(assigner: object, cc: object, req: object, current: str
+    def _best_other(snap: Snapshot, costs: np.ndarray, current: str
                     ) -> tuple[str, float] | None:
-        from placement.batch import BatchAssigner, ClassCosts
-
-        assert isinstance(assigner, BatchAssigner) and isinstance(cc, ClassCosts)
-        assert assigner.classes is not None
-        snap = assigner.snap
-        for c in cc.order:
-            m = assigner.classes.members[c]
-            for k in m[snap.fits(req.task.resources, m)]:  # type: ignore[attr-defined]
-                if snap.ids[int(k)] != current:
-                    return snap.ids[int(k)], float(cc.cost[c])
-        return None
+        """The cheapest node other than ``current`` under ``costs`` (the placement
+        objective per node, ``inf`` where the run does not fit), or None."""
+        others = costs.copy()
+        if current in snap.index:
+            others[snap.index[current]] = np.inf
+        k = int(np.argmin(others))
+        return None if not np.isfinite(others[k]) else (snap.ids[k], float(others[k]))
 
 
 def _without(nodes: list[Node], footprints: list[tuple[RunRow, Task]]) -> list[Node]:

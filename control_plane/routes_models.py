@@ -16,7 +16,8 @@ from control_plane.federation import Federation
 from control_plane.routes_common import FederationDep, ModelsDep, NetworkDep
 from control_plane.validation import check_workflow, effective_dependencies, parse_document
 from monitoring.topology import TopologyModel
-from placement import DataSource, Framework, PlacementRequest, Snapshot, place
+from placement import DataSource, Framework, PlacementRequest, Snapshot
+from placement import plan as placement_plan
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def preview(federation: Federation, network: TopologyModel, fw: Framework, body:
             if producer in chosen:
                 sources.append(DataSource(bytes=size, locations=[chosen[producer]],
                                           nodes=[chosen[producer]]))
-        out = place([PlacementRequest(name, task, doc.spec.objective, sources)], snap, fw)[0]
+        out = placement_plan([PlacementRequest(name, task, doc.spec.objective, sources)], snap,
+                             fw)[0]
         if out.decision is None:
             unplaced[name] = out.reason
             continue

@@ -4,7 +4,8 @@ What belongs here: the per-cycle :class:`Snapshot` (nodes as numpy arrays plus t
 :class:`Network`), the kube-scheduler-style filter/score :class:`Framework` and its
 plugins (``placement/plugins/``, one per file), the predictors of runtime, energy and
 transfer (:mod:`placement.predict`, analytic now, learned later behind the same
-:class:`Predictor` protocol), and the batch assigner :func:`place`. Placement is pure
+:class:`Predictor` protocol), and the one placement entry point :func:`plan` (node classes, assume-and-deduct,
+explanations; :func:`place` is its older name). Placement is pure
 computation over values: it imports only ``continuum`` (plus numpy/scipy), never a
 backend, the store or the API — the control plane builds the snapshot and acts on the
 decisions. What does not belong here: talking to sites, Prometheus or the database.
@@ -23,6 +24,7 @@ from placement.framework import (
     normalize,
 )
 from placement.network import Network, StaticNetwork
+from placement.plan import Planner, plan
 from placement.predict import AnalyticPredictor, CycleState, NodePredictions, Predictor
 from placement.snapshot import Snapshot
 
@@ -37,6 +39,7 @@ __all__ = [
     "Network",
     "NodePredictions",
     "Outcome",
+    "Planner",
     "PlacementRequest",
     "Predictor",
     "Rejection",
@@ -48,4 +51,5 @@ __all__ = [
     "never_fits",
     "normalize",
     "place",
+    "plan",
 ]

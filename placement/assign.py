@@ -1,30 +1,20 @@
-"""The public entry point: place a batch of requests on a snapshot, explainably.
+"""The values placement works on: requests, their data sources and outcomes.
 
-:func:`place` is a greedy batch assigner with assume-and-deduct: requests are taken
-largest first (gpu, then cpu, then memory, descending; ties keep their input order),
-each is filtered and scored against the snapshot's *current* free capacity, the best
-node (highest weighted total; ties → lowest node index) is chosen, and the request's
-cpu/memory/gpu are deducted from that node's free arrays before the next request is
-considered — so one cycle never overcommits a node.
-
-A retry prefers another node: a request's ``avoid`` lists the nodes where earlier
-attempts of its task failed, and the best feasible node *not* in it is chosen when
-there is one (a soft preference, not a filter: when every feasible node is in
-``avoid``, the best of them is used, and the reasons say so).
+:class:`PlacementRequest` (one run to place), :class:`DataSource`, :class:`Outcome`,
+:func:`never_fits` (API validation) and :func:`place`, the older name of the one
+placement entry point :func:`placement.plan.plan`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import cast
 
 import numpy as np
 
-from continuum.model import Node, Objective, PlacementDecision, Prediction, Task
+from continuum.model import Node, Objective, PlacementDecision, Task
 from placement import fmt
-from placement.framework import Framework, default_framework
-from placement.predict import ExplainsFallback, predictions, provides
-from placement.snapshot import TIERS, Snapshot
+from placement.framework import Framework
+from placement.snapshot import Snapshot
 
 ALTERNATIVES = 3
 """How many runner-up nodes a decision lists."""
@@ -48,7 +38,7 @@ class PlacementRequest:
     """One run to place: ``key`` is the run id.
 
     ``avoid``: node ids where earlier attempts of this task failed; another feasible
-    node is preferred (see the module docstring). Only :func:`place` reads it.
+    node is preferred (see :mod:`placement.plan`).
     """
 
     key: str
@@ -67,137 +57,14 @@ class Outcome:
     reason: str = ""
 
 
-def _size_key(req: PlacementRequest) -> tuple[float, float, float]:
-    r = req.task.resources
-    return (-float(r.gpu), -float(r.cpu), -float(r.memory))
-
-
 def place(
     requests: list[PlacementRequest], snapshot: Snapshot, framework: Framework | None = None
 ) -> list[Outcome]:
-    """Place ``requests`` on ``snapshot``; one :class:`Outcome` per request, in input order.
+    """:func:`placement.plan.plan` with explanations, in size order (the one placement
+    path; kept for callers of the older name). Mutates ``snapshot``'s free arrays."""
+    from placement.plan import plan
 
-    Mutates ``snapshot``'s free arrays (assume-and-deduct); pass ``snapshot.copy()``
-    for a what-if preview. Never raises for "does not fit": that is an Outcome with
-    ``decision=None`` and a reason such as
-    ``"no node fits: 0/15 nodes available: 12 nodes lack cpu (need 64, largest free 32);
-    3 wrong tier (allowed: edge; these are cloud). To fix: ..."``.
-    """
-    fw = framework or default_framework()
-    outcomes: dict[int, Outcome] = {}
-    order = sorted(range(len(requests)), key=lambda i: _size_key(requests[i]))
-    pins, note = _quality_pins(requests, snapshot, fw)
-    for i in order:
-        outcomes[i] = _place_one(requests[i], snapshot, fw, pins.get(i), note)
-    return [outcomes[i] for i in range(len(requests))]
-
-
-def _quality_pins(requests: list[PlacementRequest], snap: Snapshot, fw: Framework
-                  ) -> tuple[dict[int, int], str]:
-    """In ``quality`` mode, the MILP's node per request (empty when not used)."""
-    if fw.mode != "quality" or not requests or len(requests) * snap.n > fw.quality_max_pairs:
-        return {}, ""
-    from placement.batch import BatchAssigner
-    from placement.milp import solve
-
-    result = solve(requests, BatchAssigner(snap.copy(), fw), fw.quality_time_limit_s)
-    if result.status == "failed":
-        return {}, ""
-    pins = {i: int(j) for i, j in enumerate(result.nodes) if j >= 0}
-    proof = "optimal" if result.status == "optimal" else "best found within the time limit"
-    return pins, (f"chosen by the exact MILP over the batch of {len(requests)} "
-                  f"(HiGHS, {proof}, {result.seconds * 1e3:.0f} ms)")
-
-
-def _place_one(req: PlacementRequest, snap: Snapshot, fw: Framework, pin: int | None = None,
-               note: str = "") -> Outcome:
-    state = fw.new_state()
-    feas = fw.run_filters(req, snap, state)
-    if not feas.mask.any():
-        return Outcome(req.key, None, feas.explain(snap.n))
-    table = fw.run_scores(req, snap, state, feas.mask)
-    best_k = int(np.argmax(table.total))
-    if pin is not None and feas.mask[pin]:
-        best_k = int(np.searchsorted(table.idx, pin))
-    else:
-        note = ""
-    retry = ""
-    if req.avoid:
-        best_k, retry = _prefer_other(req.avoid, snap, table.idx, table.total, best_k)
-        if retry.startswith("retry avoids"):
-            note = ""  # the MILP's node, if any, was one to avoid
-    chosen = int(table.idx[best_k])
-    node = snap.nodes[chosen]
-    p = predictions(req, snap, state)
-
-    reasons: list[str] = []
-    for plugin in fw.scores:
-        if table.weights[plugin.name] <= 0:
-            continue
-        full = np.zeros(snap.n)
-        full[table.idx] = table.raw[plugin.name]
-        line = plugin.describe(req, snap, state, full, chosen, feas.mask)
-        if line:
-            reasons.append(line)
-    reasons.append(f"{table.idx.size} of {snap.n} nodes feasible")
-    if retry:
-        reasons.append(retry)
-    if note:
-        reasons.append(note)
-    version = fw.predictor.version
-    if provides(fw.predictor, ExplainsFallback) and version != "analytic-v1":
-        why = cast(ExplainsFallback, fw.predictor).fallback(req.task, snap, chosen)
-        if why:
-            reasons.append(why)
-            version = "analytic-v1"
-
-    ranked = np.argsort(-table.total, kind="stable")
-    alternatives = [
-        {"node": snap.ids[int(table.idx[k])], "total": round(float(table.total[k]), 2)}
-        for k in ranked if k != best_k
-    ][:ALTERNATIVES]
-
-    predicted = Prediction(
-        runtime_s=float(p.runtime_s[chosen]),
-        queue_wait_s=float(p.queue_wait_s[chosen]),
-        transfer_s=float(p.transfer_s[chosen]),
-        completion_s=float(p.completion_s[chosen]),
-        latency_ms=None if p.rtt_ms is None else float(p.rtt_ms[chosen]),
-        energy_j=float(p.energy_j[chosen]),
-        bytes_moved=int(p.bytes_moved[chosen]),
-    )
-    decision = PlacementDecision(
-        node=node.id,
-        site=node.site,
-        tier=TIERS[int(snap.tier[chosen])],
-        scores={name: round(float(v[best_k]), 2) for name, v in table.normalized.items()},
-        weights=table.weights,
-        total=round(float(table.total[best_k]), 2),
-        predicted=predicted,
-        reasons=reasons,
-        filtered=feas.filtered,
-        alternatives=alternatives,
-        model_version=version,
-        feasible_nodes=int(table.idx.size),
-    )
-    snap.assume(chosen, req.task.resources)
-    return Outcome(req.key, decision)
-
-
-def _prefer_other(avoid: frozenset[str], snap: Snapshot, idx: np.ndarray, total: np.ndarray,
-                  best_k: int) -> tuple[int, str]:
-    """The position in ``idx`` to choose when the nodes ``avoid`` are to be avoided, and a
-    reason ("" when ``avoid`` changed nothing): the best-scoring feasible node outside
-    ``avoid`` if there is one, else ``best_k`` (every feasible node is to be avoided)."""
-    bad = np.fromiter((snap.ids[int(i)] in avoid for i in idx), dtype=bool, count=idx.size)
-    if not bad[best_k]:
-        return best_k, ""
-    failed = snap.ids[int(idx[best_k])]
-    if bad.all():
-        return best_k, (f"retry on {failed} again, where an earlier attempt failed: no other "
-                        "feasible node")
-    k = int(np.argmax(np.where(bad, -np.inf, total)))
-    return k, f"retry avoids {failed}, where an earlier attempt failed"
+    return plan(requests, snapshot, framework)
 
 
 def never_fits(task: Task, nodes: list[Node]) -> str | None:

@@ -41,7 +41,14 @@ import numpy as np
 
 from continuum.model import Task
 from placement.assign import DataSource, PlacementRequest
-from placement.framework import CachedDelta, DeltaCache, DynamicScore, Framework, default_framework
+from placement.framework import (
+    CachedDelta,
+    DeltaCache,
+    DynamicScore,
+    Framework,
+    RatioToBest,
+    default_framework,
+)
 from placement.plugins.resources import NodeResourcesFit
 from placement.predict import (
     CycleState,
@@ -87,10 +94,12 @@ class NodeClasses:
     ``of``: class index per node, shape ``(n,)``; ``members``: node indices per class
     (ascending); ``reps``: representative node index per class, shape ``(C,)``;
     ``rep_snap``: a snapshot of the representatives with unlimited free capacity (for
-    the static filters and the predictors).
+    the static filters and the predictors). ``distinct``: node ids that each form a class
+    of their own (e.g. nodes holding a cached input copy, which transfer nothing).
     """
 
     snap: Snapshot
+    distinct: frozenset[str] = frozenset()
     of: np.ndarray = field(init=False)
     members: list[np.ndarray] = field(init=False)
     reps: np.ndarray = field(init=False)
@@ -100,8 +109,12 @@ class NodeClasses:
         snap = self.snap
         index: dict[tuple[object, ...], int] = {}
         of = np.empty(snap.n, dtype=np.int64)
+        own = self.distinct
         for i in range(snap.n):
-            of[i] = index.setdefault(_node_key(snap, i), len(index))
+            key = _node_key(snap, i)
+            if own and snap.ids[i] in own:
+                key = (*key, snap.ids[i])
+            of[i] = index.setdefault(key, len(index))
         self.of = of
         order = np.argsort(of, kind="stable")
         bounds = np.searchsorted(of[order], np.arange(len(index) + 1))
@@ -145,13 +158,17 @@ class ClassCosts:
     ``feasible``: bool ``(C,)`` (static filters only: constraints, SLO, ...);
     ``cost``: float ``(C,)``, the linear objective (``inf`` where infeasible);
     ``order``: feasible class indices by ascending cost (ties → lower class index);
-    ``predictions``: the predictor's arrays over the representatives, shape ``(C,)``.
+    ``predictions``: the predictor's arrays over the representatives, shape ``(C,)``;
+    ``raw``: plugin name → its raw cost over the representatives ``(C,)`` (the static
+    cost plugins, whatever their weight); ``floors``: plugin name → floor.
     """
 
     feasible: np.ndarray
     cost: np.ndarray
     order: np.ndarray
     predictions: NodePredictions
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+    floors: dict[str, float] = field(default_factory=dict)
 
 
 def linear_cost(raw: dict[str, np.ndarray], floors: dict[str, float],
@@ -225,10 +242,40 @@ def evaluate(req: PlacementRequest, classes: NodeClasses, fw: Framework,
     cost = linear_cost(raw, floors, fw.weights(req.objective), mask)
     idx = np.flatnonzero(mask)
     order = idx[np.argsort(cost[idx], kind="stable")]
-    return ClassCosts(mask, cost, order, predictions(req, rep, state))
+    return ClassCosts(mask, cost, order, predictions(req, rep, state), raw, floors)
 
 
 # ---------------------------------------------------------------- the assigner
+
+
+def _normalised(plugin: DynamicScore, raw: np.ndarray) -> np.ndarray:
+    """A dynamic term's cost in [0, 1] over the candidates (0 = the best), as the
+    framework normalises its score (:class:`~placement.framework.RatioToBest`)."""
+    f = float(plugin.floor)
+    if not (isinstance(plugin, RatioToBest) and plugin.ratio_to_best):
+        out: np.ndarray = 1.0 - f / (raw - raw.min() + f)
+        return out
+    x = np.maximum(raw, 0.0)
+    low = float(x[np.isfinite(x)].min()) if np.isfinite(x).any() else 0.0
+    out = 1.0 - (low + f) / (x + f)
+    return out
+
+
+@dataclass(frozen=True)
+class DynamicChoice:
+    """The candidates of the last choice dynamic terms took part in.
+
+    ``plugins``: the dynamic plugins used; ``idx``: candidate node indices ``(k,)``;
+    ``raw``: plugin name → its raw cost there (``inf`` = not computed, it could not win);
+    ``d``: plugin name → its normalised cost in [0, 1]; ``total``: each candidate's
+    objective (static class cost and the ``d`` combined).
+    """
+
+    plugins: tuple[DynamicScore, ...]
+    idx: np.ndarray
+    raw: dict[str, np.ndarray]
+    d: dict[str, np.ndarray]
+    total: np.ndarray
 
 
 def size_order(requests: Sequence[PlacementRequest]) -> list[int]:
@@ -277,6 +324,9 @@ class BatchAssigner:
         self._has_gpu = bool(s.gpu_slots.shape[1]) and bool((s.gpu_slots > 0).any())
         self._observers: list[Callable[[PlacementRequest], None]] = [
             p.observe for p in self.framework.capabilities().observers]
+        self.last_dynamic: DynamicChoice | None = None
+        self.last_costs: tuple[PlacementRequest, ClassCosts] | None = None
+        """The request :meth:`choose` last saw and its :class:`ClassCosts`."""
 
     def costs(self, req: PlacementRequest) -> ClassCosts:
         """The cached :class:`ClassCosts` of ``req``'s task class."""
@@ -292,30 +342,40 @@ class BatchAssigner:
             self.cache[key] = cc
         return cc
 
-    def _dynamic(self, req: PlacementRequest) -> tuple[DynamicScore, float, float, float] | None:
-        """The :class:`~placement.framework.DynamicScore` plugin in use (GPU
-        fragmentation), its weight, the sum of the static weights and its pressure; None
-        when there is none with weight > 0 or no GPU at all."""
-        if not self._has_gpu:
-            return None
+    def _dynamic(self, req: PlacementRequest
+                 ) -> tuple[list[tuple[DynamicScore, float, float]], float] | None:
+        """The :class:`~placement.framework.DynamicScore` plugins in use (GPU
+        fragmentation, measured load) as (plugin, weight, pressure), and the sum of the
+        static weights; None when none has weight > 0 and pressure > 0 (GPU
+        fragmentation counts only while some GPU is free)."""
         fw = self.framework
         caps = fw.capabilities()
+        if not caps.dynamic:
+            return None
+        used: list[tuple[DynamicScore, float, float]] = []
         for p in caps.dynamic:
-            if fw.weight_of(p, req.objective) > 0:
+            if p.term == "fragmentation" and not self._has_gpu:
+                continue
+            w = fw.weight_of(p, req.objective)
+            if w > 0:
                 level = float(p.pressure(self.snap))
-                if level <= 0:
-                    return None  # the term is 0 on every node: the static order decides
-                weights = fw.weights(req.objective)
-                ws = sum(w for q in fw.scores if not caps.is_dynamic(q)
-                         and q.lower_is_better and (w := weights.get(q.name, 0.0)) > 0)
-                return p, weights[p.name], ws, level
-        return None
+                if level > 0:  # else the term is 0 on every node
+                    used.append((p, w, level))
+        if not used:
+            return None
+        weights = fw.weights(req.objective)
+        ws = sum(w for q in fw.scores if not caps.is_dynamic(q)
+                 and q.lower_is_better and (w := weights.get(q.name, 0.0)) > 0)
+        return used, ws
 
-    def _fits(self, m: np.ndarray, cpu: float, mem: int, gpu: int) -> np.ndarray:
+    def _fits(self, m: np.ndarray, cpu: float, mem: int, gpu: int,
+              skip: np.ndarray | None = None) -> np.ndarray:
         s = self.snap
         fits: np.ndarray = (s.free_cpu[m] >= cpu) & (s.free_mem[m] >= mem)
         if gpu > 0:
             fits &= s.gpu_fit(gpu, m) if s.gpu_unit > 1 else s.free_gpu[m] >= gpu
+        if skip is not None:
+            fits &= ~skip[m]
         return fits
 
     def _refresh_bounds(self, c: int) -> None:
@@ -349,13 +409,29 @@ class BatchAssigner:
 
     def assign_one(self, req: PlacementRequest) -> int:
         """The chosen node index (capacity deducted), or -1 when nothing fits."""
-        assert self.classes is not None
         for observe in self._observers:
             observe(req)
+        i = self.choose(req)
+        return self.take(i, req) if i >= 0 else -1
+
+    def observe(self, req: PlacementRequest) -> None:
+        """Show ``req`` to the plugins that learn from the batch (GPU fragmentation's
+        task-type mix), as :meth:`assign_one` does before choosing."""
+        for observe in self._observers:
+            observe(req)
+
+    def choose(self, req: PlacementRequest, skip: np.ndarray | None = None) -> int:
+        """The node :meth:`assign_one` would take for ``req`` (-1 = none fits), without
+        deducting anything; ``skip``: bool ``(n,)``, nodes not to consider (a retry's
+        failed nodes). When dynamic terms (GPU fragmentation, measured load) took part,
+        :attr:`last_dynamic` holds the candidates (else None)."""
+        assert self.classes is not None
+        self.last_dynamic = None
         cc = self.costs(req)
+        self.last_costs = (req, cc)
         dyn = self._dynamic(req)
         if dyn is not None:
-            return self._assign_dynamic(req, cc, *dyn)
+            return self._assign_dynamic(req, cc, *dyn, skip=skip)
         r = req.task.resources
         cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
         s = self.snap
@@ -363,17 +439,29 @@ class BatchAssigner:
             if self._ub_cpu[c] < cpu or self._ub_mem[c] < mem or self._ub_gpu[c] < gpu:
                 continue
             m = self.classes.members[c]
-            fits = self._fits(m, cpu, mem, gpu)
+            fits = self._fits(m, cpu, mem, gpu, skip)
             if self.best_fit:
                 left = np.where(fits, s.free_cpu[m], np.inf)
                 k = int(left.argmin())
             else:
                 k = int(fits.argmax())
             if not fits[k]:
-                self._refresh_bounds(int(c))
+                if skip is None:
+                    self._refresh_bounds(int(c))
                 continue
-            return self._take(int(m[k]), req)
+            return int(m[k])
         return -1
+
+    def fits_node(self, req: PlacementRequest, i: int) -> bool:
+        """Whether node ``i`` passes ``req``'s static filters and has room for it now."""
+        assert self.classes is not None
+        r = req.task.resources
+        return bool(np.isfinite(self.cost_of(req, i))) and bool(
+            self._fits(np.array([i]), r.cpu - CPU_EPS, r.memory, r.gpu)[0])
+
+    def take(self, i: int, req: PlacementRequest) -> int:
+        """Deduct ``req``'s resources from node ``i``; returns ``i``."""
+        return self._take(i, req)
 
     def _tightest(self, m: np.ndarray, k: int, gpu: int) -> np.ndarray:
         """The ``k`` fitting nodes of ``m`` with the least free GPU units (a GPU
@@ -384,15 +472,16 @@ class BatchAssigner:
         key = s.free_gpu[m].astype(np.float64) if gpu > 0 else s.free_cpu[m]
         return m[np.argpartition(key, k - 1)[:k]]
 
-    def _assign_dynamic(self, req: PlacementRequest, cc: ClassCosts, plugin: DynamicScore,
-                        w_dyn: float, w_static: float, pressure: float | None = None) -> int:
-        """Static class cost plus the dynamic term over the fitting nodes.
+    def _assign_dynamic(self, req: PlacementRequest, cc: ClassCosts,
+                        dyns: list[tuple[DynamicScore, float, float]], w_static: float,
+                        skip: np.ndarray | None = None) -> int:
+        """Static class cost plus the dynamic terms over the fitting nodes.
 
-        A node's cost is ``(W_s·cost_class + w_d·d_node) / (W_s + w_d)`` with
-        ``d_node = 1 − f / (x + f)``, ``x`` the plugin's raw cost minus its minimum over
+        A node's cost is ``(W_s·cost_class + Σ_p w_p·d_p) / (W_s + Σ_p w_p)`` with
+        ``d_p = 1 − f / (x + f)``, ``x`` plugin ``p``'s raw cost minus its minimum over
         the candidates and ``f`` its floor — the framework's normalisation. Since
         ``d ∈ [0, 1]``, a class whose ``W_s·cost`` exceeds the first fitting class's by
-        more than ``w_d`` can never win: only the classes within that band are scanned
+        more than ``Σ w_p`` can never win: only the classes within that band are scanned
         (vectorised over their members). When those hold more than
         :attr:`dynamic_candidates` fitting nodes, each class contributes only its
         tightest ones (:meth:`_tightest`), so a decision costs ``O(C + candidates)``
@@ -402,6 +491,7 @@ class BatchAssigner:
         r = req.task.resources
         cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
         s = self.snap
+        w_dyn = sum(w for _, w, _ in dyns)
         cand: list[np.ndarray] = []
         first: float | None = None
         for c in cc.order:
@@ -411,9 +501,10 @@ class BatchAssigner:
             if self._ub_cpu[c] < cpu or self._ub_mem[c] < mem or self._ub_gpu[c] < gpu:
                 continue
             m = self.classes.members[c]
-            fits = self._fits(m, cpu, mem, gpu)
+            fits = self._fits(m, cpu, mem, gpu, skip)
             if not fits.any():
-                self._refresh_bounds(int(c))
+                if skip is None:
+                    self._refresh_bounds(int(c))
                 continue
             if first is None:
                 first = sc
@@ -426,9 +517,34 @@ class BatchAssigner:
             cand = [self._tightest(c, per, gpu) for c in cand]
         idx = np.concatenate(cand)
         static = cc.cost[self.classes.of[idx]]
+        raws: dict[str, np.ndarray] = {}
+        ds: dict[str, np.ndarray] = {}
+        acc = w_static * static
+        for plugin, w, pressure in dyns:
+            raw = self._dynamic_raw(plugin, req, idx, static, w_static, w_dyn, pressure,
+                                    alone=len(dyns) == 1)
+            d = _normalised(plugin, raw)
+            raws[plugin.name], ds[plugin.name] = raw, d
+            acc = acc + w * d
+        total = acc / (w_static + w_dyn)
+        best = np.flatnonzero(total <= total.min() + 1e-12)
+        k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
+        self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raws, ds, total)
+        return int(idx[k])
+
+    def _dynamic_raw(self, plugin: DynamicScore, req: PlacementRequest, idx: np.ndarray,
+                     static: np.ndarray, w_static: float, w_dyn: float, pressure: float,
+                     alone: bool) -> np.ndarray:
+        """``plugin``'s raw cost over the candidates ``idx``. GPU fragmentation is 0 on a
+        node without a free GPU (nothing to fragment) and, when it is the only dynamic
+        term, skipped (``inf``) where it cannot win (see the comment below)."""
+        if plugin.term != "fragmentation":
+            return self._dynamic_delta(plugin, req, idx, pressure)
+        s = self.snap
         raw = np.zeros(idx.size)
         has = s.gpu_slots[idx].any(axis=1)  # no free GPU: nothing to fragment, ΔF = 0
-        if self.cache_dynamic and gpu <= 0 and has.any() and not has.all():
+        if (alone and self.cache_dynamic and req.task.resources.gpu <= 0 and has.any()
+                and not has.all()):
             # A CPU-only request never lowers fragmentation (ΔF ≥ 0: less cpu/memory fits
             # fewer pods of every type), and a candidate without free GPU has ΔF = 0, so
             # min ΔF = 0 and a node's total is at least its d = 0 value. Nodes whose
@@ -442,13 +558,7 @@ class BatchAssigner:
             has = need
         if has.any():
             raw[has] = self._dynamic_delta(plugin, req, idx[has], pressure)
-        x = raw - raw.min()
-        f = float(plugin.floor)
-        d = 1.0 - f / (x + f)
-        total = (w_static * static + w_dyn * d) / (w_static + w_dyn)
-        best = np.flatnonzero(total <= total.min() + 1e-12)
-        k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
-        return self._take(int(idx[k]), req)
+        return raw
 
     def _dynamic_delta(self, plugin: DynamicScore, req: PlacementRequest, idx: np.ndarray,
                        pressure: float | None) -> np.ndarray:
@@ -494,18 +604,25 @@ class BatchAssigner:
             return self._best_of(requests)
         self.prefetch(requests)
         out = np.full(len(requests), -1, dtype=np.int64)
-        idx = size_order(requests)
-        if order == "regret":
-            rank = {i: k for k, i in enumerate(idx)}
-            regret = []
-            for req in requests:
-                cc = self.costs(req)
-                c = cc.cost[cc.order[:2]]
-                regret.append(float(c[1] - c[0]) if c.size > 1 else np.inf)
-            idx = sorted(idx, key=lambda i: (-regret[i], rank[i]))
-        for i in idx:
+        for i in self.ordering(requests, order):
             out[i] = self.assign_one(requests[i])
         return out
+
+    def ordering(self, requests: Sequence[PlacementRequest], order: str = "size") -> list[int]:
+        """The order in which :meth:`assign` takes ``requests`` (indices): ``size`` or
+        ``regret`` (see :meth:`assign`); raises ValueError for another name."""
+        idx = size_order(requests)
+        if order == "size":
+            return idx
+        if order != "regret":
+            raise ValueError(f"order must be size or regret, not {order!r}")
+        rank = {i: k for k, i in enumerate(idx)}
+        regret = []
+        for req in requests:
+            cc = self.costs(req)
+            c = cc.cost[cc.order[:2]]
+            regret.append(float(c[1] - c[0]) if c.size > 1 else np.inf)
+        return sorted(idx, key=lambda i: (-regret[i], rank[i]))
 
     def value(self, requests: Sequence[PlacementRequest], nodes: np.ndarray) -> float:
         """Σ over placed requests of (1 − cost): the batch objective in score form."""
@@ -530,6 +647,32 @@ class BatchAssigner:
         (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
          self._ub_gpu[:], s.gpu_slots[:]) = after_size
         return by_size
+
+    def node_costs(self, req: PlacementRequest) -> np.ndarray:
+        """The objective of ``req`` on every node as the snapshot stands, shape ``(n,)``:
+        the static class cost, combined with the dynamic terms (measured load, GPU
+        fragmentation) evaluated over the nodes that fit now, as :meth:`choose` combines
+        them (``inf`` where the request does not fit). What the MILP minimises."""
+        assert self.classes is not None
+        s = self.snap
+        cost = self.costs(req).cost[self.classes.of]
+        r = req.task.resources
+        ok = np.isfinite(cost) & s.fits(r)
+        out = np.full(s.n, np.inf)
+        idx = np.flatnonzero(ok)
+        dyn = self._dynamic(req)
+        if dyn is None or not idx.size:
+            out[idx] = cost[idx]
+            return out
+        used, w_static = dyn
+        w_dyn = sum(w for _, w, _ in used)
+        acc = w_static * cost[idx]
+        for plugin, w, pressure in used:
+            raw = self._dynamic_raw(plugin, req, idx, cost[idx], w_static, w_dyn, pressure,
+                                    alone=False)
+            acc = acc + w * _normalised(plugin, raw)
+        out[idx] = acc / (w_static + w_dyn)
+        return out
 
     def cost_of(self, req: PlacementRequest, node: int) -> float:
         """The objective of ``req`` on node index ``node`` (``inf`` when infeasible)."""
@@ -645,6 +788,7 @@ def naive_assign(requests: Sequence[PlacementRequest], snap: Snapshot,
 
 __all__ = [
     "BatchAssigner",
+    "DynamicChoice",
     "ClassCachedPredictor",
     "ClassCosts",
     "NodeClasses",

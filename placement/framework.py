@@ -17,7 +17,8 @@ Outcomes are values: a node that does not fit is a False in a mask with a reason
 an exception.
 
 Optional plugin methods are declared protocols, never looked up by name:
-:class:`DynamicScore` (a term that reads free capacity: ``delta``, ``pressure``),
+:class:`DynamicScore` (a term that reads free capacity: ``delta``, ``pressure``;
+:class:`RatioToBest` says how the assigner normalises it),
 :class:`CachedDelta` (an exact per-snapshot memo of that delta), :class:`ObservesBatch`
 (``observe``: learns from every request of a batch) and :class:`Weighted` (``weight``, for
 a term outside the objective). The predictor's optional methods are declared in
@@ -27,7 +28,7 @@ a term outside the objective). The predictor's optional methods are declared in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -126,6 +127,17 @@ class DynamicScore(ScorePlugin, Protocol):
         """How much the term matters now, in [0, 1]; 0 = not at all (the assigner then
         skips it and the static order decides)."""
         ...
+
+
+@runtime_checkable
+class RatioToBest(Protocol):
+    """A :class:`DynamicScore` whose ``delta`` the batch assigner normalises as a ratio
+    to the best candidate, ``1 − (min + floor) / (x + floor)``, as the framework
+    normalises its ``score`` (measured load). Without it ``delta`` is first shifted so
+    the best candidate is 0, ``1 − floor / (x − min + floor)`` (GPU fragmentation, whose
+    ``ΔF`` may be negative and whose ``score`` is ``ΔF − min ΔF``)."""
+
+    ratio_to_best: bool
 
 
 class DeltaCache(Protocol):
@@ -283,14 +295,21 @@ class Framework:
         return CycleState(self.predictor)
 
     def run_filters(
-        self, req: PlacementRequest, snap: Snapshot, state: CycleState
+        self, req: PlacementRequest, snap: Snapshot, state: CycleState,
+        known: Mapping[str, FilterResult] | None = None,
     ) -> Feasibility:
+        """Every filter over ``snap``, attributed as the module docstring says.
+
+        ``known``: filter name → its result for this request and snapshot, already
+        computed (e.g. the static filters, memoised per task class); those are not run.
+        """
         mask = np.ones(snap.n, dtype=bool)
         remaining = np.ones(snap.n, dtype=bool)
         filtered: dict[str, int] = {}
         attributed: list[tuple[Rejection, np.ndarray]] = []
         for plugin in self.filters:
-            result = plugin.filter(req, snap, state)
+            result = (known[plugin.name] if known is not None and plugin.name in known
+                      else plugin.filter(req, snap, state))
             mask &= result.mask
             for rej in result.rejections:
                 att = rej.mask & remaining

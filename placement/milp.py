@@ -7,8 +7,10 @@ left unplaced. Minimise ``Σ c[i, class(j)] · x[i, j] + M · Σ u[i]`` subject 
 * ``Σ_j x[i, j] + u[i] = 1`` for every request (placed once, or not at all);
 * ``Σ_i cpu_i · x[i, j] ≤ free_cpu_j`` and likewise memory and gpu, for every node.
 
-``c`` is the linear objective of :mod:`placement.batch` (so the heuristic and the
-optimum are measured on the same scale), and ``M`` (:data:`UNPLACED_PENALTY`) exceeds
+``c`` is the objective of :meth:`placement.batch.BatchAssigner.node_costs` — the
+linear class cost, with the dynamic terms (measured load, GPU fragmentation) evaluated
+at the batch's starting state (so the heuristic and the optimum are measured on the
+same scale), and ``M`` (:data:`UNPLACED_PENALTY`) exceeds
 any placement's cost, so the solver places as many requests as capacity allows before
 it optimises cost. Solver: HiGHS via ``scipy.optimize.milp`` (Huangfu & Hall, "Parallelizing
 the dual revised simplex method", Math. Prog. Comp. 2018).
@@ -58,14 +60,14 @@ def solve(requests: Sequence[PlacementRequest], assigner: BatchAssigner,
     import time
 
     assert assigner.classes is not None
-    snap, classes = assigner.snap, assigner.classes
+    snap = assigner.snap
     m = len(requests)
     cols_i: list[np.ndarray] = []
     cols_j: list[np.ndarray] = []
     cols_c: list[np.ndarray] = []
     for i, req in enumerate(requests):
-        cost = assigner.costs(req).cost[classes.of]
-        ok = np.isfinite(cost) & snap.fits(req.task.resources)
+        cost = assigner.node_costs(req)
+        ok = np.isfinite(cost)
         j = np.flatnonzero(ok)
         cols_i.append(np.full(j.size, i))
         cols_j.append(j)

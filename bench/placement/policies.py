@@ -30,8 +30,9 @@ filter: the others have no notion of RTT SLOs (kube-scheduler does not).
 * ``greedy-latency``: least RTT to the task's SLO target, else to its first input's
   location (ties → lowest index).
 * ``greedy-energy``: least analytic energy (J) (ties → lowest index).
-* ``continuum-analytic`` / ``continuum-learned``: :class:`placement.batch.BatchAssigner`
-  with the analytic or the learned predictor.
+* ``continuum-analytic`` / ``continuum-learned``: :func:`placement.plan` (the entry
+  point the control plane places through; node-class assigner, no explanations) with the
+  analytic or the learned predictor.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from placement import CycleState, PlacementRequest, Snapshot
-from placement.batch import BatchAssigner, size_order
+from placement import CycleState, PlacementRequest, Snapshot, plan
+from placement.batch import size_order
 from placement.framework import Framework, default_framework
 from placement.plugins.constraints import NodeConstraints
 from placement.predict import AnalyticPredictor, Predictor
@@ -165,8 +166,13 @@ def greedy_energy() -> Policy:
 
 def continuum(predictor: Predictor | None = None, framework: Framework | None = None,
               order: str = "size") -> Callable[..., np.ndarray]:
-    """BatchAssigner with ``predictor``; returns node indices (the assigner is discarded)."""
+    """:func:`placement.plan` with ``predictor``, without explanations; returns node
+    indices (-1 = unplaced). ``order``: ``size``, ``regret``, or ``best`` (the better
+    of both by the batch objective, :meth:`~placement.batch.BatchAssigner.assign`,
+    whose choices the plan then takes)."""
     def run(requests: Sequence[PlacementRequest], snap: Snapshot) -> np.ndarray:
         fw = framework or default_framework(predictor)
-        return BatchAssigner(snap, fw).assign(requests, order)
+        out = plan(requests, snap, fw, explain=False, order=order)
+        return np.array([-1 if o.decision is None else snap.index[o.decision.node]
+                         for o in out], dtype=np.int64)
     return run

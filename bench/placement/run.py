@@ -29,6 +29,7 @@ from placement.batch import BatchAssigner
 from placement.framework import Framework, default_framework
 from placement.learned import LearnedPredictor, ModelSet, train
 from placement.milp import objective, solve
+from placement.plan import Planner
 from placement.plugins.fragmentation import GpuFragmentation
 
 HERE = Path(__file__).resolve().parent
@@ -223,7 +224,8 @@ def scenario_b(limit: int | None, departures: bool = False
     rows, summary = [], {}
     for name, pol in pols.items():
         snap = base.copy()
-        assigner = BatchAssigner(snap, pol) if isinstance(pol, Framework) else None
+        planner = Planner(snap, pol) if isinstance(pol, Framework) else None
+        assigner = planner.assigner if planner is not None else None
         live: list[tuple[float, int, int]] = []
         failed = placed = 0
         energy = 0.0
@@ -241,8 +243,9 @@ def scenario_b(limit: int | None, departures: bool = False
                     snap.free_gpu[node_i] += r.gpu
                     snap.give_gpus(node_i, r.gpu)
             t0 = time.perf_counter()
-            if assigner is not None:
-                j = assigner.assign_one(pod.request)
+            if planner is not None:
+                dec = planner.place_one(pod.request, explain=False).decision
+                j = -1 if dec is None else snap.index[dec.node]
             else:
                 assert not isinstance(pol, Framework)
                 j = int(pol([pod.request], snap)[0])
@@ -301,6 +304,10 @@ def throughput(quick: bool) -> tuple[str, list[T.Row]]:
 NOTE = """\
 What limits the missed targets (analysis of this benchmark, not measured by it):
 
+- **One path.** Every `continuum` row places through `placement.plan` (its `Planner`), the
+  entry point the control plane's reconciler, preview and migration use; the throughput
+  table's `explanation included` row times it with the decision's explanation built, as
+  the reconciler does, and checks that it places exactly as the row without.
 - **Optimality gap under contention.** The assigner is greedy: requests largest first, each
   to its best class that still has room, no look-ahead. At 0–40 % background load nothing
   competes and it matches the MILP. At 0–85 % the few good classes (HPC and the factory's
@@ -331,7 +338,7 @@ What limits the missed targets (analysis of this benchmark, not measured by it):
   scenario-A request. Tried and dropped: an SLO-relative latency floor and a 30 kJ
   energy floor (services stayed on the Jetsons; ≤ 1 % change in mean completion).
 - **Learned vs analytic.** The learned predictors are far more accurate on the ground truth
-  (MAPE table). Cost per decision: `BatchAssigner.assign` hands all task classes of a
+  (MAPE table). Cost per decision: `placement.plan` hands all task classes of a
   batch not yet cached to `LearnedPredictor.prefetch` — one scikit-learn `predict` per
   target over (task classes × node-class representatives) rows, memoised on the snapshot —
   so a decision no longer pays three `predict` calls of its own (each scenario-A request is

@@ -1,4 +1,5 @@
-"""Decision throughput and latency at 1k, 10k and 100k nodes: BatchAssigner vs the naive rescan.
+"""Decision throughput and latency at 1k, 10k and 100k nodes: :func:`placement.plan`'s
+path (:class:`placement.plan.Planner`, the node-class assigner) vs the naive rescan.
 
 Nodes: the six scenario-A node types spread over :data:`SITES` sites (each its own
 location, RTT 5–60 ms between them), background load 0–50 % — so the node classes
@@ -10,7 +11,8 @@ one spec), mixed cpu/memory/gpu, some with SLOs and input data. A second row
 A third row evaluates the GPU-fragmentation term without its per-node memo
 (:data:`UNMEMO`) on the first 2,000 template requests and checks it places them exactly
 as the memoised row does. Both sides place the same requests on copies of the same snapshot, timed per request
-with ``time.perf_counter`` (placement only: no decision objects, no explanations).
+with ``time.perf_counter``: ``Planner.place_one`` end to end (decision object included;
+the explanation only in the :data:`EXPLAINED` row, which must place identically).
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ import numpy as np
 from bench.placement import scenario_a as A
 from continuum.model import Node, Objective, PowerProfile, Resources, Slo, Task
 from placement import DataSource, PlacementRequest, Snapshot, StaticNetwork
-from placement.batch import BatchAssigner, naive_assign
+from placement.batch import naive_assign
 from placement.framework import default_framework
+from placement.plan import Planner
 from placement.plugins.fragmentation import GpuFragmentation
 
 SITES = 8
 TEMPLATES = 50
 UNMEMO = "continuum (templates), fragmentation not memoised"
+EXPLAINED = "continuum (templates), explanation included"
+"""The same requests through :meth:`placement.plan.Planner.place_one` with the decision's
+explanation built (reasons, scores, filter counts, runners-up): the reconciler's path."""
 """The assigner with the term computed afresh for every candidate of every request
 (``cache_dynamic=False``): the same placements (checked here), the cost before the memo."""
 
@@ -103,6 +109,7 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     chosen: dict[str, list[int]] = {}
     for label, reqs, fw, memo in (
             ("continuum (templates)", requests(fast_requests), default_framework(), True),
+            (EXPLAINED, requests(fast_requests), default_framework(), True),
             ("continuum (distinct)", requests(min(fast_requests, 3000), 2, True),
              default_framework(), True),
             (UNMEMO, requests(min(fast_requests, 2000)), default_framework(), False),
@@ -110,21 +117,25 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
             ("continuum (distinct), fragmentation off",
              requests(min(fast_requests, 3000), 2, True), off, True)):
         t0 = time.perf_counter()
-        a = BatchAssigner(snap.copy(), fw, cache_dynamic=memo)
+        p = Planner(snap.copy(), fw)
+        p.assigner.cache_dynamic = memo
+        a = p.assigner
         build = time.perf_counter() - t0
+        explain = label == EXPLAINED
         lat = np.empty(len(reqs))
         placed = 0
         got = chosen[label] = []
         for k, r in enumerate(reqs):
             s = time.perf_counter()
-            j = a.assign_one(r)
+            dec = p.place_one(r, explain=explain).decision
             lat[k] = time.perf_counter() - s
+            j = -1 if dec is None else p.snap.index[dec.node]
             placed += j >= 0
             got.append(j)
-        if not memo:  # the memo is exact: the same requests go to the same nodes
-            ref = chosen["continuum (templates)"][:len(got)]
+        if not memo or explain:  # the memo is exact, explaining changes nothing: the same
+            ref = chosen["continuum (templates)"][:len(got)]  # requests go to the same nodes
             if got != ref:
-                raise AssertionError(f"{n} nodes: memoised placements differ from {UNMEMO}")
+                raise AssertionError(f"{n} nodes: placements of {label!r} differ")
         assert a.classes is not None
         rows.append(Row(n, a.classes.count, label, len(reqs), placed, len(reqs) / lat.sum(),
                         float(np.percentile(lat, 99)) * 1e3, build))

@@ -22,7 +22,9 @@ Kleinrock, *Queueing Systems* vol. 2, 1976), with ``u`` clipped to :data:`MAX_LO
   capacity the accounting cannot bound (free or allocatable infinite, allocatable 0)
   counts as 0 accounted load.
 
-Lower is better.
+Lower is better. The term reads free capacity, so it is a
+:class:`~placement.framework.DynamicScore`: the batch assigner re-evaluates it per request
+over the candidate nodes (a batch spreads instead of herding onto the least loaded node).
 """
 
 from __future__ import annotations
@@ -79,14 +81,27 @@ class NodeLoad:
     lower_is_better = True
     floor = 1.0
     """slowdown: 1.0 vs 1.1 (10 % vs 0 % busy) hardly matters."""
+    ratio_to_best = True
+    """Declares :class:`~placement.framework.RatioToBest`: the assigner normalises the
+    slowdown as the framework does, as a ratio to the best node's."""
 
     def score(self, req: PlacementRequest, snap: Snapshot, state: CycleState,
               mask: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 - effective_load(snap))
 
+    def delta(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        """The slowdown over ``idx`` now (it reads free capacity, so the batch assigner
+        re-evaluates it per request: a :class:`~placement.framework.DynamicScore`)."""
+        out: np.ndarray = 1.0 / (1.0 - effective_load(snap)[idx])
+        return out
+
+    def pressure(self, snap: Snapshot) -> float:
+        """Always 1: measured load matters whatever the cluster's fill."""
+        return 1.0
+
     def describe(self, req: PlacementRequest, snap: Snapshot, state: CycleState,
                  raw: np.ndarray, chosen: int, mask: np.ndarray) -> str | None:
-        u = 1.0 - 1.0 / float(raw[chosen])
+        u = float(effective_load(snap)[chosen])
         stale = " (stale value, penalised)" if snap.metrics_stale[chosen] else ""
         return f"CPU load {u:.0%}{stale}"
 

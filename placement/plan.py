@@ -1,0 +1,304 @@
+"""The placement entry point: :func:`plan` places a batch of requests on a snapshot.
+
+Every caller places through it — the reconciler, the workflow preview, migration's
+make-before-break move and the benchmark — so the placements the product makes are the
+ones the benchmark measures. It runs the node-class :class:`~placement.batch.BatchAssigner`
+(static costs per task class × node class, assume-and-deduct, the GPU-fragmentation
+term per request) and minimises the objective the MILP (:mod:`placement.milp`) solves
+exactly: :meth:`~placement.batch.BatchAssigner.cost_of`, ``0`` = the best node in every
+term. Requests are taken largest first (gpu, cpu, memory descending; ties in input
+order), or by regret (``order="regret"``).
+
+A retry prefers another node: a request's ``avoid`` lists the nodes where earlier
+attempts of its task failed, and the best feasible node *not* in it is chosen when
+there is one (a soft preference, not a filter: when every feasible node is in
+``avoid``, the best of them is used, and the reasons say so).
+
+Explanations (``explain=True``) are built for the chosen node only, from the assigner's
+class tables: per-plugin scores ``100 · (min + floor) / (v + floor)`` over the
+statically feasible node classes (the terms of the objective, so ``total`` = ``100 ·
+(1 − cost)``), the predictions of the chosen node's class, one reason per weighted
+plugin, the filter counts of the snapshot as it is when the request is placed, and up to
+:data:`ALTERNATIVES` runners-up in cost order. A request that fits nowhere gets the
+filters' reasons ("no node fits: 0/11 nodes available: 9 site not allowed …").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import numpy as np
+
+from continuum.model import PlacementDecision, Prediction
+from placement.assign import ALTERNATIVES, Outcome, PlacementRequest
+from placement.batch import BatchAssigner, ClassCosts, NodeClasses, static_key
+from placement.framework import (
+    MAX_SCORE,
+    Feasibility,
+    FilterResult,
+    Framework,
+    RatioToBest,
+    default_framework,
+)
+from placement.plugins.resources import NodeResourcesFit
+from placement.predict import CycleState, ExplainsFallback, provides
+from placement.snapshot import TIERS, Snapshot
+
+
+class Planner:
+    """One snapshot's assigner and the explanation of its choices.
+
+    ``snapshot`` is mutated (assume-and-deduct; pass ``snapshot.copy()`` for a what-if);
+    ``requests``: the batch to come, if known — nodes that hold a cached copy of one of
+    its inputs get a node class of their own, so their zero transfer is exact. Building
+    costs ``O(n)`` (the node classes); :meth:`place_one` then costs ``O(C)`` per new
+    task class plus the walk of :class:`~placement.batch.BatchAssigner`, and, with an
+    explanation, one pass of the filters over the ``n`` nodes.
+    """
+
+    def __init__(self, snapshot: Snapshot, framework: Framework | None = None,
+                 requests: Sequence[PlacementRequest] = ()) -> None:
+        fw = framework or default_framework()
+        cached = frozenset(x for r in requests for s in r.sources for x in s.nodes)
+        self.snap = snapshot
+        self.framework = fw
+        self.assigner = BatchAssigner(snapshot, fw, classes=NodeClasses(snapshot, cached))
+        self._static: dict[tuple[object, ...], dict[str, FilterResult]] = {}
+        self._weights: dict[tuple[float, ...], dict[str, float]] = {}
+
+    def place_one(self, req: PlacementRequest, *, explain: bool = True, pin: int | None = None,
+                  note: str = "") -> Outcome:
+        """Place ``req`` (capacity deducted) and return its :class:`Outcome`.
+
+        ``pin``: a node index to take if it still fits (the MILP's choice in ``quality``
+        mode), with ``note`` as its reason. ``explain=False`` leaves reasons, scores,
+        filter counts and runners-up empty (node, site, tier, total and predictions are
+        still set). Never raises for "does not fit": that is ``decision=None`` and a
+        reason.
+        """
+        a, snap = self.assigner, self.snap
+        a.observe(req)
+        extra: list[str] = []
+        if pin is not None and a.fits_node(req, pin):
+            j = pin
+            a.last_dynamic = None
+            if note:
+                extra.append(note)
+        else:
+            j = a.choose(req)
+        if req.avoid and j >= 0 and snap.ids[j] in req.avoid:
+            failed = snap.ids[j]
+            skip = np.zeros(snap.n, dtype=bool)
+            skip[[snap.index[x] for x in req.avoid if x in snap.index]] = True
+            k = a.choose(req, skip)
+            if k < 0:
+                if pin is None or j != pin:
+                    a.choose(req)  # the tables of the choice kept
+                extra.append(f"retry on {failed} again, where an earlier attempt failed: "
+                             "no other feasible node")
+            else:
+                j = k
+                extra = [f"retry avoids {failed}, where an earlier attempt failed"]
+        if j < 0:
+            return Outcome(req.key, None, self._unschedulable(req))
+        decision = self._decision(req, j, extra, explain)
+        a.take(j, req)
+        return Outcome(req.key, decision)
+
+    def _filters(self, req: PlacementRequest) -> Feasibility:
+        """All filters over the snapshot as it is now; the static ones (all but
+        ``NodeResourcesFit``, which reads free capacity) run once per static key."""
+        fw = self.framework
+        key = static_key(req)
+        known = self._static.get(key)
+        if known is None:
+            state = fw.new_state()
+            known = self._static[key] = {
+                f.name: f.filter(req, self.snap, state) for f in fw.filters
+                if f.name != NodeResourcesFit.name}
+        return fw.run_filters(req, self.snap, fw.new_state(), known)
+
+    def _unschedulable(self, req: PlacementRequest) -> str:
+        feas = self._filters(req)
+        if not feas.mask.any():
+            return feas.explain(self.snap.n)
+        k = int(feas.mask.sum())  # the filters pass nodes the GPU packing cannot use
+        return (f"no node fits: {k}/{self.snap.n} nodes pass the filters but none has "
+                f"{req.task.resources.gpu} GPU free on one node with the cpu and memory. "
+                "To fix: request fewer GPUs, or wait for running work to finish")
+
+    def _decision(self, req: PlacementRequest, j: int, extra: list[str],
+                  explain: bool) -> PlacementDecision:
+        a, snap, fw = self.assigner, self.snap, self.framework
+        cl = a.classes
+        assert cl is not None
+        c = int(cl.of[j])
+        last = a.last_costs
+        cc = last[1] if last is not None and last[0] is req else a.costs(req)
+        o = req.objective
+        okey = (o.time, o.latency, o.energy, o.data)
+        weights = self._weights.get(okey)
+        if weights is None:
+            weights = self._weights[okey] = fw.weights(o)
+        dyn = a.last_dynamic
+        dnames = {q.name for q in dyn.plugins} if dyn is not None else set()
+        at = -1
+        if dyn is not None:
+            hit = np.flatnonzero(dyn.idx == j)
+            at = int(hit[0]) if hit.size else -1
+        cost = float(dyn.total[at]) if dyn is not None and at >= 0 else float(cc.cost[c])
+        p = cc.predictions
+        # built by this code from typed arrays: no validation needed (model_construct)
+        predicted = Prediction.model_construct(
+            runtime_s=float(p.runtime_s[c]),
+            queue_wait_s=float(p.queue_wait_s[c]),
+            transfer_s=float(p.transfer_s[c]),
+            completion_s=float(p.completion_s[c]),
+            latency_ms=None if p.rtt_ms is None else float(p.rtt_ms[c]),
+            energy_j=float(p.energy_j[c]),
+            bytes_moved=int(p.bytes_moved[c]),
+        )
+        node = snap.nodes[j]
+        fields: dict[str, Any] = {
+            "node": node.id, "site": node.site, "tier": TIERS[int(snap.tier[j])],
+            "weights": dict(weights), "total": round(MAX_SCORE * (1.0 - cost), 2),
+            "predicted": predicted}
+        if not explain:
+            return PlacementDecision.model_construct(
+                **fields, scores={}, reasons=[], filtered={}, alternatives=[],
+                model_version=fw.predictor.version, feasible_nodes=0)
+        caps = fw.capabilities()
+        scores: dict[str, float] = {}
+        for name, raw in cc.raw.items():
+            v = np.maximum(raw, 0.0)
+            f = cc.floors[name]
+            scores[name] = round(float(MAX_SCORE * (v[cc.feasible].min() + f) / (v[c] + f)), 2)
+        for dp in caps.dynamic:
+            d = (float(dyn.d[dp.name][at]) if dyn is not None and at >= 0
+                 and dp.name in dnames else 0.0)
+            scores[dp.name] = round(MAX_SCORE * (1.0 - d), 2)
+
+        feas = self._filters(req)
+        fitting = np.zeros(cl.count, dtype=bool)
+        fitting[cl.of[feas.mask]] = True
+        fitting[c] = True
+        rep_state = CycleState(fw.predictor, {"predictions": cc.predictions})
+        reasons: list[str] = []
+        for plugin in fw.scores:
+            if weights[plugin.name] <= 0:
+                continue
+            if plugin.name in cc.raw:
+                line = plugin.describe(req, cl.rep_snap, rep_state, cc.raw[plugin.name], c,
+                                       fitting)
+            elif dyn is not None and plugin.name in dnames and at >= 0:
+                raw = dyn.raw[plugin.name]
+                full = np.zeros(snap.n)
+                shown = np.zeros(snap.n, dtype=bool)
+                ok = np.isfinite(raw)  # in the form the plugin's score has
+                shift = not (isinstance(plugin, RatioToBest) and plugin.ratio_to_best)
+                full[dyn.idx[ok]] = raw[ok] - raw[ok].min() if shift else raw[ok]
+                shown[dyn.idx[ok]] = True
+                line = plugin.describe(req, snap, fw.new_state(), full, j, shown)
+            else:
+                line = None
+            if line:
+                reasons.append(line)
+        feasible = int(feas.mask.sum())
+        reasons.append(f"{feasible} of {snap.n} nodes feasible")
+        reasons.extend(extra)
+        version = fw.predictor.version
+        if provides(fw.predictor, ExplainsFallback) and version != "analytic-v1":
+            why = cast(ExplainsFallback, fw.predictor).fallback(req.task, snap, j)
+            if why:
+                reasons.append(why)
+                version = "analytic-v1"
+        return PlacementDecision.model_construct(
+            **fields, scores=scores, reasons=reasons, filtered=feas.filtered,
+            alternatives=self._runners_up(cc, j, feas.mask), model_version=version,
+            feasible_nodes=feasible)
+
+    def _runners_up(self, cc: ClassCosts, j: int, feasible: np.ndarray) -> list[dict[str, object]]:
+        """Up to :data:`ALTERNATIVES` other feasible nodes, best first, with their totals:
+        the fragmentation term's candidates when it decided, else the classes in cost
+        order (within a class, node order)."""
+        a, snap = self.assigner, self.snap
+        out: list[dict[str, object]] = []
+        dyn = a.last_dynamic
+        if dyn is not None:
+            top = ALTERNATIVES + 1
+            best = (np.argsort(dyn.total, kind="stable") if dyn.total.size <= top else
+                    np.argpartition(dyn.total, top - 1)[:top])
+            for k in sorted(best.tolist(), key=lambda k: (dyn.total[k], k)):
+                i = int(dyn.idx[k])
+                if i != j and len(out) < ALTERNATIVES:
+                    out.append({"node": snap.ids[i],
+                                "total": round(MAX_SCORE * (1.0 - float(dyn.total[k])), 2)})
+            return out
+        assert a.classes is not None
+        for cls in cc.order:
+            m = a.classes.members[cls]
+            for i in m[feasible[m]]:
+                if int(i) == j:
+                    continue
+                out.append({"node": snap.ids[int(i)],
+                            "total": round(MAX_SCORE * (1.0 - float(cc.cost[cls])), 2)})
+                if len(out) >= ALTERNATIVES:
+                    return out
+        return out
+
+
+def plan(requests: Sequence[PlacementRequest], snapshot: Snapshot,
+         framework: Framework | None = None, *, explain: bool = True,
+         order: str = "size") -> list[Outcome]:
+    """Place ``requests`` on ``snapshot``; one :class:`Outcome` per request, in input order.
+
+    Mutates ``snapshot``'s free arrays (assume-and-deduct); pass ``snapshot.copy()`` for
+    a what-if preview. ``order``: ``size`` (largest first), ``regret`` or ``best`` (see
+    :meth:`~placement.batch.BatchAssigner.assign`); raises ValueError for another.
+    In the framework's ``quality`` mode a batch of at most ``quality_max_pairs``
+    (request, node) pairs is solved exactly by the MILP first and each request takes the
+    MILP's node while it still fits. Never raises for "does not fit": that is an Outcome
+    with ``decision=None`` and a reason such as ``"no node fits: 0/15 nodes available: 12
+    nodes lack cpu (need 64, largest free 32); 3 wrong tier (allowed: edge; these are
+    cloud). To fix: ..."``.
+    """
+    planner = Planner(snapshot, framework, requests)
+    a = planner.assigner
+    for req in requests:  # the batch is known demand: the fragmentation mix sees all of it
+        a.observe(req)
+    a.prefetch(requests)
+    if order == "best":  # the better of size and regret order, on a copy; then taken
+        best = BatchAssigner(snapshot.copy(), planner.framework, classes=a.classes
+                             ).assign(requests, "best")
+        pins, note = {i: int(j) for i, j in enumerate(best) if j >= 0}, ""
+        # the pinned first: then the rest meet the capacity assign("best") left them
+        idx = sorted(a.ordering(requests, "size"), key=lambda i: i not in pins)
+    else:
+        idx = a.ordering(requests, order)
+        pins, note = _quality_pins(requests, planner)
+    outcomes: dict[int, Outcome] = {}
+    for i in idx:
+        outcomes[i] = planner.place_one(requests[i], explain=explain, pin=pins.get(i),
+                                        note=note)
+    return [outcomes[i] for i in range(len(requests))]
+
+
+def _quality_pins(requests: Sequence[PlacementRequest], planner: Planner
+                  ) -> tuple[dict[int, int], str]:
+    """In ``quality`` mode, the MILP's node per request (empty when not used)."""
+    fw, snap = planner.framework, planner.snap
+    if fw.mode != "quality" or not requests or len(requests) * snap.n > fw.quality_max_pairs:
+        return {}, ""
+    from placement.milp import solve
+
+    result = solve(requests, planner.assigner, fw.quality_time_limit_s)
+    if result.status == "failed":
+        return {}, ""
+    pins = {i: int(j) for i, j in enumerate(result.nodes) if j >= 0}
+    proof = "optimal" if result.status == "optimal" else "best found within the time limit"
+    return pins, (f"chosen by the exact MILP over the batch of {len(requests)} "
+                  f"(HiGHS, {proof}, {result.seconds * 1e3:.0f} ms)")
+
+
+__all__ = ["Planner", "plan"]
