@@ -29,6 +29,11 @@ from the plugins), the minimum taken over the statically feasible classes — th
 0 = the best node in every term, at most 1. It does not depend on current load, which
 is what makes it cacheable and makes the batch total a sum the MILP can minimise
 exactly.
+
+Why one module of this size: the node classes, their cost tables, the dynamic terms and
+the assume-and-deduct loop all index the same per-class arrays, and every path that places
+(placement.plan, the MILP, migration, the bench) reads them; the entry point and the
+explanations are placement/plan.py.
 """
 
 from __future__ import annotations
