@@ -40,6 +40,7 @@ from control_plane.settings import Settings
 from control_plane.store import (
     ACTIVE_RUN_STATES,
     ArtifactRow,
+    DocumentCache,
     RunRow,
     Store,
     TaskRow,
@@ -79,7 +80,7 @@ class Applier:
         self.capabilities = ArtifactCapabilities.for_state_dir(
             settings.state_dir, settings.artifact_capability_ttl_s)
         """Mints the per-run artifact capabilities carried in the URLs a run is handed."""
-        self._docs: dict[str, WorkflowDocument] = {}
+        self._docs = DocumentCache()
         self.moves = 0
         """Runs migrated or moves started so far (a producer's actions that took effect)."""
 
@@ -168,12 +169,7 @@ class Applier:
     # ------------------------------------------------------------ row writes
 
     def _doc(self, s: Session, workflow_id: str) -> WorkflowDocument:
-        doc = self._docs.get(workflow_id)
-        if doc is None:
-            row = s.get(WorkflowRow, workflow_id)
-            assert row is not None
-            doc = self._docs[workflow_id] = WorkflowDocument.model_validate(row.document)
-        return doc
+        return self._docs.get(s, workflow_id)
 
     def _set_run_state(self, s: Session, run: RunRow, state: RunState, message: str) -> None:
         if run.state == state:
@@ -222,7 +218,7 @@ class Applier:
         wf.finished_at = wf.updated_at = _ts(self.clock())
         add_event(s, f"Workflow{state.value}", reason or state.value, workflow_id=wf.id)
         log.info("workflow %s (%s): %s %s", wf.id, wf.name, state.value, reason)
-        self._docs.pop(wf.id, None)
+        self._docs.forget(wf.id)
 
     # ------------------------------------------------------------ adapter calls
 

@@ -64,10 +64,10 @@ from control_plane.federation import Federation
 from control_plane.settings import Settings
 from control_plane.store import (
     ACTIVE_RUN_STATES,
+    DocumentCache,
     RunRow,
     Store,
     TaskRow,
-    WorkflowRow,
     new_id,
 )
 from monitoring.topology import TopologyModel
@@ -150,7 +150,7 @@ class MigrationController:
         self._last_eval = 0.0
         self._lost_since: dict[str, float] = {}
         """run id → when this process first saw its node not placeable."""
-        self._docs: dict[str, WorkflowDocument] = {}
+        self._docs = DocumentCache()
 
     def on_cycle(self, now: float) -> list[Action]:
         """The moves to make now (called once per reconcile cycle, after its actions)."""
@@ -212,12 +212,7 @@ class MigrationController:
     # ------------------------------------------------------------ re-evaluation
 
     def _doc(self, s: Session, workflow_id: str) -> WorkflowDocument:
-        doc = self._docs.get(workflow_id)
-        if doc is None:
-            row = s.get(WorkflowRow, workflow_id)
-            assert row is not None
-            doc = self._docs[workflow_id] = WorkflowDocument.model_validate(row.document)
-        return doc
+        return self._docs.get(s, workflow_id)
 
     def reevaluate(self, now: float, skip: set[str] | None = None) -> list[Action]:
         """Score queued jobs and running services on their node vs the best alternative;
@@ -287,7 +282,7 @@ class MigrationController:
                 elif (move := self._start_move(run, task, doc, best[0], v, now)) is not None:
                     out.append(move)
             live = {r.workflow_id for r in runs}
-            self._docs = {k: v for k, v in self._docs.items() if k in live}
+            self._docs.keep_only(live)
         return out
 
     def _start_move(self, run: RunRow, task: Task, doc: WorkflowDocument, target: str,

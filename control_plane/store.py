@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from continuum.model import RunState, TaskState, WorkflowState
+from continuum.model import RunState, TaskState, WorkflowDocument, WorkflowState
 
 
 def utcnow() -> datetime:
@@ -338,3 +338,29 @@ def failed_nodes(s: Session, task_ids: list[int]) -> dict[int, frozenset[str]]:
         if node:
             out.setdefault(task_id, set()).add(node)
     return {k: frozenset(v) for k, v in out.items()}
+
+
+class DocumentCache:
+    """Parsed workflow documents by workflow id: a stored document never changes, so each
+    is validated once. Not thread-safe: one per owner (the applier, the migration
+    controller)."""
+
+    def __init__(self) -> None:
+        self._docs: dict[str, WorkflowDocument] = {}
+
+    def get(self, s: Session, workflow_id: str) -> WorkflowDocument:
+        """The document of ``workflow_id`` (which must exist)."""
+        doc = self._docs.get(workflow_id)
+        if doc is None:
+            row = s.get(WorkflowRow, workflow_id)
+            assert row is not None, workflow_id
+            doc = self._docs[workflow_id] = WorkflowDocument.model_validate(row.document)
+        return doc
+
+    def forget(self, workflow_id: str) -> None:
+        """Drop one document (its workflow finished)."""
+        self._docs.pop(workflow_id, None)
+
+    def keep_only(self, workflow_ids: set[str]) -> None:
+        """Drop every document but those of ``workflow_ids`` (the live ones)."""
+        self._docs = {k: v for k, v in self._docs.items() if k in workflow_ids}
