@@ -172,8 +172,14 @@ def server(
         help="SQLAlchemy URL (default: SQLite in the state dir)", envvar="CONTINUUM_DATABASE_URL")
     ] = None,
     public_url: Annotated[str | None, typer.Option(
-        help="URL agents use to reach this API for artifacts (default http://HOST:PORT)",
+        help="URL agents use to reach this API for artifacts (default http(s)://HOST:PORT)",
         envvar="CONTINUUM_PUBLIC_URL")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="PEM certificate to serve HTTPS with (with --tls-key)",
+        envvar="CONTINUUM_TLS_CERT_FILE", exists=True, dir_okay=False)] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        help="PEM private key of --tls-cert", envvar="CONTINUUM_TLS_KEY_FILE", exists=True,
+        dir_okay=False)] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run the control plane: REST API, reconciler and adapters, until interrupted.
@@ -189,9 +195,14 @@ def server(
 
     _setup_logging(log_level)
     try:
-        run_server(Settings(host=host, port=port, state_dir=state_dir, federation=federation,
+        settings = Settings(host=host, port=port, state_dir=state_dir, federation=federation,
                             broker_url=broker_url, database_url=database_url,
-                            public_url=public_url))
+                            public_url=public_url, tls_cert_file=tls_cert, tls_key_file=tls_key)
+    except ValueError as e:  # pydantic's ValidationError is one
+        err.print(f"continuum server: {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
+        run_server(settings)
     except PortInUse as e:
         err.print(f"continuum server: {e}; pass --port with a free port", highlight=False,
                   soft_wrap=True)

@@ -21,6 +21,7 @@ cannot be reached.
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +105,8 @@ class Client:
                     or "http://127.0.0.1:8080").rstrip("/")
         token = token or os.environ.get("CONTINUUM_TOKEN") or ctx.get("token")
         headers = {"Authorization": f"Bearer {token.strip()}"} if token else {}
-        verify: str | bool = ca or ctx.get("ca") or True
+        cafile = ca or ctx.get("ca")
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cafile) if cafile else True
         self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers,
                                   verify=verify)
 

@@ -148,8 +148,10 @@ class ControlPlane:
         serve on (see :func:`control_plane.listen.bind`); default: bind host:port here."""
         self.start()
         try:
+            tls = self.settings
             config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.port,
-                                    log_level="warning", lifespan="off")
+                                    log_level="warning", lifespan="off",
+                                    ssl_certfile=tls.tls_cert_file, ssl_keyfile=tls.tls_key_file)
             uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
         finally:
             self.stop()
@@ -203,7 +205,8 @@ def run_server(settings: Settings) -> None:
     except BaseException:
         sock.close()
         raise
-    log.info("Continuum %s listening on http://%s:%d (state %s)", "API", settings.host,
+    log.info("Continuum API listening on %s://%s:%d (state %s)",
+             "https" if settings.tls_cert_file else "http", settings.host,
              sock.getsockname()[1], Path(settings.state_dir).resolve())
     cp.serve(sock)
 

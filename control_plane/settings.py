@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from placement.plugins.fragmentation import DEFAULT_WEIGHT as FRAGMENTATION_WEIGHT
@@ -40,12 +40,25 @@ class ApiSettings(BaseModel):
     HTTP port."""
     public_url: str | None = None
     """URL agents and Slurm jobs use to reach this API (artifact fetch and upload);
-    default ``http://<host>:<port>``. Set it when the API listens on 0.0.0.0 or behind a
-    proxy."""
+    default ``http(s)://<host>:<port>``. Set it when the API listens on 0.0.0.0 or behind
+    a proxy."""
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) the API serves HTTPS with; with ``tls_key_file``. None:
+    plain HTTP, for loopback and the demo — anything reachable from a network should
+    have one (``continuum pki init`` makes a CA and a certificate)."""
+    tls_key_file: Path | None = None
+    """PEM private key of ``tls_cert_file``; given together with it."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        return self
 
     @property
     def api_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls_cert_file is not None else "http"
+        return (self.public_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
 
 class StoreSettings(BaseModel):

@@ -139,7 +139,7 @@ class Agent:
         self.runtime = Runtime(
             config.state_dir, kill_grace=config.kill_grace,
             upload_deadline=config.upload_deadline, run_as=config.run_as,
-            allow_command=config.allow_command,
+            allow_command=config.allow_command, server_ca=config.server_ca,
             limits=Limits(cpu_seconds=config.limit_cpu_seconds,
                           address_space=config.limit_address_space,
                           open_files=config.limit_open_files,

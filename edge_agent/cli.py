@@ -62,6 +62,10 @@ def run(
     tls_insecure: Annotated[bool, typer.Option(
         show_envvar=False, envvar=_env("tls_insecure"),
         help="Do not check the broker certificate's host name (testing only).")] = False,
+    server_ca: Annotated[Path | None, typer.Option(
+        show_envvar=False, envvar=_env("server_ca"),
+        help="CA certificate (PEM) of the control plane's https API, for artifact "
+        "transfers; default: the one enrolment stored, else the system's.")] = None,
     username: Annotated[str | None, typer.Option(
         show_envvar=False, envvar=_env("username"), help="Broker user name.")] = None,
     password: Annotated[str | None, typer.Option(
@@ -155,7 +159,7 @@ def run(
         level=log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from edge_agent.enrollment import EnrollmentError, ca_path, load
+    from edge_agent.enrollment import EnrollmentError, ca_path, load, server_ca_path
 
     try:
         enrolled = load(state_dir)
@@ -172,6 +176,7 @@ def run(
         username = username or enrolled.username
         password = password or enrolled.password
         tls_ca = tls_ca or ca_path(state_dir)
+        server_ca = server_ca or server_ca_path(state_dir)
     if device_id is None:
         typer.echo("continuum-agent: --device-id is required (or enrol first: "
                    "continuum-agent enroll --server URL --token T)", err=True)
@@ -179,6 +184,7 @@ def run(
     try:
         config = AgentConfig(
             broker=broker or "mqtt://127.0.0.1:1883", tls_ca=tls_ca, tls_insecure=tls_insecure,
+            server_ca=server_ca,
             username=username,
             password=password, device_id=device_id, location=location, tier=Tier(tier),
             labels=_parse_labels(label or []), rtt_peers=rtt_peer or [], profile=profile,

@@ -39,6 +39,9 @@ class AgentConfig(BaseModel):
     """CA bundle that signed the broker's certificate (PEM); implies TLS."""
     tls_insecure: bool = False
     """Skip the broker certificate's host-name check (testing only)."""
+    server_ca: Path | None = None
+    """CA bundle (PEM) that signed the control plane's API certificate, for the artifact
+    transfers of runs over ``https``; ``None`` = the system's CAs."""
     username: str | None = None
     password: str | None = None
     device_id: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 ENROLLMENT_FILE = "enrollment.json"
+SERVER_CA_FILE = "server-ca.pem"
 CA_FILE = "broker-ca.pem"
 
 
@@ -65,7 +67,8 @@ def enroll(server: str, token: str, device_id: str, state_dir: Path, *,
     url = server.rstrip("/") + "/v1/devices/enroll"
     try:
         r = httpx.post(url, json={"token": token, "deviceId": device_id}, timeout=timeout,
-                       verify=str(server_ca) if server_ca else True)
+                       verify=ssl.create_default_context(cafile=str(server_ca))
+                       if server_ca else True)
     except httpx.HTTPError as e:
         raise EnrollmentError(f"could not reach {url}: {e}") from e
     if r.status_code != 200:
@@ -78,6 +81,8 @@ def enroll(server: str, token: str, device_id: str, state_dir: Path, *,
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if result.ca_pem:
         (state_dir / CA_FILE).write_text(result.ca_pem)
+    if server_ca is not None:  # the runs' artifact transfers verify the API with it too
+        (state_dir / SERVER_CA_FILE).write_bytes(Path(server_ca).read_bytes())
     _write_private(state_dir / ENROLLMENT_FILE,
                    json.dumps(result.model_dump(by_alias=True), indent=2) + "\n")
     return result
@@ -101,4 +106,11 @@ def load(state_dir: Path) -> Enrollment | None:
 def ca_path(state_dir: Path) -> Path | None:
     """``<state dir>/broker-ca.pem`` if enrolment stored a CA there."""
     p = state_dir / CA_FILE
+    return p if p.exists() else None
+
+
+def server_ca_path(state_dir: Path) -> Path | None:
+    """``<state dir>/server-ca.pem`` if enrolment was given ``--server-ca`` (the CA of
+    the control plane's API, for the runs' artifact transfers)."""
+    p = state_dir / SERVER_CA_FILE
     return p if p.exists() else None

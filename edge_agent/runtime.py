@@ -35,6 +35,7 @@ import resource
 import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -270,14 +271,18 @@ class Runtime:
         kill_grace: seconds between SIGTERM and SIGKILL.
         upload_deadline: seconds an output upload keeps retrying.
         http_timeout: seconds per HTTP request.
+        server_ca: CA bundle that verifies the control plane's ``https`` API (artifact
+            transfers); ``None`` = the system's CAs.
     """
 
     def __init__(self, state_dir: Path, *, kill_grace: float = 5.0,
                  upload_deadline: float = 300.0, http_timeout: float = 30.0,
                  run_as: str | None = None, limits: Limits | None = None,
                  allow_command: Sequence[str] = (),
-                 default_user: str = DEFAULT_RUN_USER) -> None:
+                 default_user: str = DEFAULT_RUN_USER, server_ca: Path | None = None) -> None:
         self.state_dir = state_dir
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(server_ca)) if server_ca is not None else True)
         self.cache_dir = state_dir / "cache"
         self.runs_dir = state_dir / "runs"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -418,7 +423,7 @@ class Runtime:
         h = hashlib.sha256()
         n = 0
         try:
-            with httpx.stream("GET", get.url, timeout=self.http_timeout,
+            with httpx.stream("GET", get.url, timeout=self.http_timeout, verify=self.verify,
                               follow_redirects=True) as r:
                 if r.status_code != 200:
                     raise RunFailure(f"input {get.name!r}: GET {get.url} returned HTTP "
@@ -457,7 +462,7 @@ class Runtime:
         last = ""
         while True:
             try:
-                r = httpx.put(url, content=data, timeout=self.http_timeout,
+                r = httpx.put(url, content=data, timeout=self.http_timeout, verify=self.verify,
                               headers={"Content-Type": "application/octet-stream"})
                 if r.status_code < 300:
                     return len(data)
