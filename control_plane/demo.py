@@ -3,7 +3,14 @@
 What it starts, in this order:
 
 1. an MQTT broker — the embedded amqtt one on a free loopback port, unless
-   ``broker_url`` names an existing broker (the test suite passes a real Mosquitto);
+   ``broker_url`` names an existing broker (the test suite passes a real Mosquitto).
+   The embedded one refuses anonymous clients and knows three users with fresh random
+   passwords (:func:`control_plane.broker.demo_auth`; Argon2 hashes in
+   ``<state_dir>/broker.passwd``, 0600): the control plane (``broker_control_user``,
+   reading and writing every device topic; the fleet site's ``username``/``password``
+   are set to it) and each agent (its device id, given to it in
+   ``CONTINUUM_AGENT_USERNAME``/``CONTINUUM_AGENT_PASSWORD``, never on its command line),
+   publishing only under its own topics and reading only its own ``commands``;
 2. the control plane on 127.0.0.1 with SQLite in a fresh state directory, the sites of
    ``examples/federation.yaml`` (the simulated edge, cloud and HPC sites, and the
    device fleet);
@@ -46,15 +53,16 @@ import uvicorn
 from rich.console import Console
 from rich.live import Live
 
-from continuum.federation import load_federation
+from continuum.federation import FederationDocument, load_federation
 from continuum.model import SiteKind
 from continuum.units import format_bytes, format_duration
 from control_plane import listen, render
-from control_plane.broker import EmbeddedBroker
+from control_plane.broker import BrokerAuth, EmbeddedBroker, demo_auth
 from control_plane.client import TERMINAL_WORKFLOW_STATES, Client
 from control_plane.keys import command_public_key
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
+from edge_agent.config import ENV_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -116,6 +124,8 @@ class Demo:
         self.timeout = timeout
         self._agents: list[subprocess.Popen[bytes]] = []
         self._broker: EmbeddedBroker | None = None
+        self._broker_auth: BrokerAuth | None = None
+        """The embedded broker's users (None: an external broker, used as given)."""
         self._server: uvicorn.Server | None = None
         self._api: threading.Thread | None = None
         self._cp: ControlPlane | None = None
@@ -157,16 +167,24 @@ class Demo:
 
     def _start(self) -> Client:
         say = self.console.print
+        fed = load_federation(self.federation)
+        fleet = next(s for s in fed.spec.sites if s.kind == SiteKind.devices)
+        settings = Settings(state_dir=self.state_dir, port=self.port,
+                            reconcile_interval_s=0.5, inventory_interval_s=1.0)
         if self.broker_url is None:
-            self._broker = EmbeddedBroker()
+            control = settings.broker_control_user
+            self._broker_auth = demo_auth([a["device_id"] for a in AGENTS], control)
+            self._broker = EmbeddedBroker(auth=self._broker_auth,
+                                          password_file=self.state_dir / "broker.passwd")
             self._broker.start()
             self.broker_url = self._broker.url
-            say(f"[bold]broker[/bold]        embedded amqtt on {self.broker_url}")
+            fed = with_site_credentials(fed, fleet.name, control,
+                                        self._broker_auth.users[control].password)
+            say(f"[bold]broker[/bold]        embedded amqtt on {self.broker_url} (users "
+                f"{', '.join(self._broker_auth.users)}; no anonymous clients)")
         else:
             say(f"[bold]broker[/bold]        {self.broker_url}")
-        fed = load_federation(self.federation)
-        settings = Settings(state_dir=self.state_dir, port=self.port, broker_url=self.broker_url,
-                            reconcile_interval_s=0.5, inventory_interval_s=1.0)
+        settings = settings.model_copy(update={"broker_url": self.broker_url})
         self._cp = ControlPlane(settings, fed)
         self._cp.start()
         config = uvicorn.Config(self._cp.app, host="127.0.0.1", port=self.port,
@@ -182,7 +200,6 @@ class Demo:
             f"state {self.state_dir})")
         say(f"[bold]admin token[/bold]   export CONTINUUM_TOKEN=$(cat {token_path})",
             highlight=False, soft_wrap=True)
-        fleet = next(s for s in fed.spec.sites if s.kind == SiteKind.devices)
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         die_with_parent = (functools.partial(_die_with_parent, os.getpid())
                            if sys.platform.startswith("linux") else None)
@@ -199,9 +216,13 @@ class Demo:
                    "--command-key", key, *as_root]
             for label in a["labels"]:
                 cmd += ["--label", label]
+            agent_env = env
+            if self._broker_auth is not None:  # in the environment: not in `ps` output
+                agent_env = {**env, f"{ENV_PREFIX}USERNAME": a["device_id"],
+                             f"{ENV_PREFIX}PASSWORD": self._broker_auth.users[a["device_id"]].password}
             log = open(self.state_dir / f"agent-{a['device_id']}.log", "wb")  # noqa: SIM115
-            self._agents.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                 preexec_fn=die_with_parent))
+            self._agents.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                 env=agent_env, preexec_fn=die_with_parent))
             say(f"[bold]agent[/bold]         {a['device_id']} (profile {a['profile']}, "
                 f"{' '.join(a['labels'])}) pid {self._agents[-1].pid}")
 
@@ -324,6 +345,17 @@ class Demo:
                 f"{format_bytes(obs.get('bytesIn', 0))}B in / {format_bytes(obs.get('bytesOut', 0))}B out"
                 + (f"   RTT to SLO target {pred['latencyMs']:.3g} ms" if pred.get("latencyMs")
                    is not None else ""), highlight=False)
+
+
+def with_site_credentials(fed: FederationDocument, site: str, username: str,
+                          password: str) -> FederationDocument:
+    """``fed`` with ``username`` and ``password`` in the config of its site ``site`` (the
+    devices site's broker credentials, as an operator would write them); ``fed`` itself is
+    left as it is."""
+    sites = [s.model_copy(update={"config": {**s.config, "username": username,
+                                              "password": password}}) if s.name == site else s
+             for s in fed.spec.sites]
+    return fed.model_copy(update={"spec": fed.spec.model_copy(update={"sites": sites})})
 
 
 def _dur(x: float | None) -> str:

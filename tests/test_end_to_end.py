@@ -48,6 +48,22 @@ def test_demo_runs_to_success_with_the_real_broker(mosquitto: Mosquitto, tmp_pat
     assert "all workflows succeeded" in out.getvalue()
 
 
+def test_demo_runs_to_success_on_its_embedded_broker(tmp_path: Path) -> None:
+    """No ``--broker``: the embedded amqtt, with a user per agent and for the control plane
+    (tests/control_plane/test_demo_broker.py checks what it refuses)."""
+    out = io.StringIO()
+    demo = Demo(console=Console(file=out, width=140), port=0, state_dir=tmp_path, timeout=240)
+    code = demo.run()
+    assert code == 0, out.getvalue()[-4000:]
+    assert "no anonymous clients" in out.getvalue()
+    assert "all workflows succeeded" in out.getvalue()
+    assert {(r["node"], r["exitCode"]) for wf in demo.results for r in wf["runs"]
+            if r["task"] == "capture"} == {("factory-devices/pi-camera-1", 0)}
+    users = [line.split(":", 1)[0] for line in (tmp_path / "broker.passwd").read_text().splitlines()]
+    assert sorted(users) == sorted(["continuum", "pi-camera-1", "jetson-1"])
+    assert (tmp_path / "broker.passwd").stat().st_mode & 0o777 == 0o600
+
+
 # ---------------------------------------------------------------- crash and restart
 
 def step(name: str, marker: Path, gate: Path | None) -> str:
