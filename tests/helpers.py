@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import os
 import signal
+import ssl
 import threading
 import time
 import uuid
@@ -60,6 +61,55 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
             text = message() if callable(message) else message
             raise AssertionError(f"timed out after {timeout:g} s waiting for: {text}")
         time.sleep(interval)
+
+
+class MqttProbe:
+    """One paho client as a given broker user (``username`` None: anonymous; ``ca``: TLS
+    verified against it), recording its CONNACK, what it receives and its SUBACKs; for
+    checking a broker's authentication and ACL from the client's side."""
+
+    def __init__(self, host: str, port: int, username: str | None, password: str | None,
+                 ca: Path | None = None) -> None:
+        self.connack: list[str] = []
+        self.received: list[tuple[str, bytes]] = []
+        self.granted: list[list[str]] = []
+        self.subscribed = threading.Event()
+        self.disconnected = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
+        if ca is not None:
+            self.c.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
+        if username is not None:
+            self.c.username_pw_set(username, password)
+        self.c.on_connect = lambda c, u, f, rc, p=None: self.connack.append(str(rc))
+        self.c.on_disconnect = lambda *a: self.disconnected.set()
+        self.c.on_message = lambda c, u, m: self.received.append((m.topic, m.payload))
+
+        def on_subscribe(c: mqtt.Client, u: object, mid: int, rcs: list[mqtt.ReasonCode],
+                         p: object = None) -> None:
+            self.granted.append([str(rc) for rc in rcs])
+            self.subscribed.set()
+        self.c.on_subscribe = on_subscribe
+        self.c.connect(host, port)
+        self.c.loop_start()
+        wait_for(lambda: self.connack, 10, message="a CONNACK")
+
+    @property
+    def accepted(self) -> bool:
+        return self.connack[0] == "Success"
+
+    def topics(self) -> list[str]:
+        return [t for t, _ in self.received]
+
+    def subscribe(self, filter_: str) -> list[str]:
+        """Subscribe to ``filter_``; returns the broker's SUBACK reason codes."""
+        self.subscribed.clear()
+        self.c.subscribe(filter_, qos=1)
+        wait_for(self.subscribed.is_set, 10, message=f"SUBACK for {filter_}")
+        return self.granted[-1]
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
 
 
 class Observer:

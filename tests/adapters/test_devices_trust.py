@@ -24,11 +24,9 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import ssl
 import stat
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +48,7 @@ from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from edge_agent.protocol import RunUpdate, encode, topic
 from tests.conftest import MOSQUITTO_SH, REPO, AgentFactory, Mosquitto, free_port
-from tests.helpers import TEST_COMMAND_KEY, NoArtifacts, Wakes, gate_source, open_gate, wait_for
+from tests.helpers import TEST_COMMAND_KEY, MqttProbe, NoArtifacts, Wakes, gate_source, open_gate, wait_for
 from tests.monitoring.test_prometheus_scrape import Served
 
 PY = sys.executable
@@ -155,37 +153,9 @@ def enroll_api(served: Served, device_id: str) -> dict[str, Any]:
     return dict(r.json())
 
 
-class Client:
-    """A paho client over TLS to the secured broker, recording what it receives."""
-
-    def __init__(self, b: SecuredBroker, username: str | None, password: str | None) -> None:
-        self.connack: list[str] = []
-        self.disconnected = threading.Event()
-        self.received: list[tuple[str, bytes]] = []
-        self.subscribed = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"t-{uuid.uuid4().hex[:8]}")
-        self.c.tls_set(ca_certs=str(b.ca), cert_reqs=ssl.CERT_REQUIRED)
-        if username is not None:
-            self.c.username_pw_set(username, password)
-        self.c.on_connect = lambda c, u, f, rc, p=None: self.connack.append(str(rc))
-        self.c.on_disconnect = lambda *a: self.disconnected.set()
-        self.c.on_message = lambda c, u, m: self.received.append((m.topic, m.payload))
-        self.c.on_subscribe = lambda *a: self.subscribed.set()
-        self.c.connect("127.0.0.1", b.port)
-        self.c.loop_start()
-        wait_for(lambda: self.connack, 10, message="a CONNACK")
-
-    @property
-    def accepted(self) -> bool:
-        return self.connack[0] == "Success"
-
-    def topics(self) -> list[str]:
-        return [t for t, _ in self.received]
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
+def Client(b: SecuredBroker, username: str | None, password: str | None) -> MqttProbe:  # noqa: N802
+    """A client over TLS to the secured broker (see :class:`tests.helpers.MqttProbe`)."""
+    return MqttProbe("127.0.0.1", b.port, username, password, ca=b.ca)
 
 
 # ---------------------------------------------------------------- PKI

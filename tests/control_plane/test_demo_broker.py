@@ -12,64 +12,23 @@ to success: tests/test_end_to_end.py (``test_demo_runs_to_success_on_its_embedde
 from __future__ import annotations
 
 import stat
-import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from control_plane.broker import EmbeddedBroker, demo_auth
 from control_plane.demo import AGENTS
 from edge_agent.protocol import topic
-from tests.helpers import wait_for
+from tests.helpers import MqttProbe, wait_for
 
 CONTROL = "continuum"
 A, B = (a["device_id"] for a in AGENTS)
 
 
-class Client:
-    """A paho client to the embedded broker, recording its CONNACK and what it receives."""
-
-    def __init__(self, broker: EmbeddedBroker, username: str | None, password: str | None):
-        self.connack: list[str] = []
-        self.received: list[tuple[str, bytes]] = []
-        self.granted: list[list[str]] = []
-        self.subscribed = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"t-{uuid.uuid4().hex[:8]}")
-        if username is not None:
-            self.c.username_pw_set(username, password)
-        self.c.on_connect = lambda c, u, f, rc, p=None: self.connack.append(str(rc))
-        self.c.on_message = lambda c, u, m: self.received.append((m.topic, m.payload))
-
-        def on_subscribe(c: mqtt.Client, u: object, mid: int, rcs: list[mqtt.ReasonCode],
-                         p: object = None) -> None:
-            self.granted.append([str(rc) for rc in rcs])
-            self.subscribed.set()
-        self.c.on_subscribe = on_subscribe
-        self.c.connect(broker.host, broker.port)
-        self.c.loop_start()
-        wait_for(lambda: self.connack, 10, message="a CONNACK")
-
-    @property
-    def accepted(self) -> bool:
-        return self.connack[0] == "Success"
-
-    def topics(self) -> list[str]:
-        return [t for t, _ in self.received]
-
-    def subscribe(self, filter_: str) -> list[str]:
-        """Subscribe to ``filter_``; returns the broker's SUBACK reason codes."""
-        self.subscribed.clear()
-        self.c.subscribe(filter_, qos=1)
-        wait_for(self.subscribed.is_set, 10, message=f"SUBACK for {filter_}")
-        return self.granted[-1]
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
+def Client(broker: EmbeddedBroker, username: str | None, password: str | None) -> MqttProbe:  # noqa: N802
+    """A client to the embedded broker (see :class:`tests.helpers.MqttProbe`)."""
+    return MqttProbe(broker.host, broker.port, username, password)
 
 
 @pytest.fixture(scope="module")
