@@ -112,7 +112,7 @@ class Applier:
             if run is None or not run.state.active:
                 return
             if isinstance(a, d.RecordStatus):
-                self._record(run, a.status, now)
+                self._record(run, a.status)
             elif isinstance(a, d.SetRunState):
                 self._transition(s, run, a, now)
             elif isinstance(a, d.DispatchRetry):
@@ -181,7 +181,7 @@ class Applier:
                  state.value, message)
 
     @staticmethod
-    def _record(run: RunRow, st: RunStatus, now: float) -> None:
+    def _record(run: RunRow, st: RunStatus) -> None:
         if st.started_at and run.started_at is None:
             run.started_at = st.started_at
         run.output_tail = st.output_tail or run.output_tail
@@ -190,7 +190,7 @@ class Applier:
     def _transition(self, s: Session, run: RunRow, a: d.SetRunState, now: float) -> None:
         st = a.status
         if st is not None:
-            self._record(run, st, now)
+            self._record(run, st)
         if a.reason is not None:
             run.reason = a.reason
         if a.state == RunState.Running:
@@ -273,11 +273,8 @@ class Applier:
                             "will retry: %s", run.id, a.message, err)
                 return
             run.reason, run.finished_at = a.message, _ts(self.clock())
-            run.state = RunState.Migrated
-            self.metrics.run_transitions.labels(RunState.Migrated.value).inc()
+            self._set_run_state(s, run, RunState.Migrated, f"{a.label}: {a.message}")
             self.metrics.migrations.labels(a.label).inc()
-            add_event(s, "RunMigrated", f"{a.label}: {a.message}",
-                      workflow_id=run.workflow_id, run_id=run.id)
             others = s.scalars(select(RunRow.id).where(
                 RunRow.task_id == run.task_id, RunRow.id != run.id,
                 RunRow.state.in_(ACTIVE_RUN_STATES))).first()
@@ -287,7 +284,6 @@ class Applier:
                 task.attempts = max(0, task.attempts - 1)  # a migration is not a failed attempt
                 task.reason = f"migrating: {a.message}"
             self.moves += 1
-            log.info("run %s migrated (%s): %s", run.id, a.label, a.message)
 
     def _release(self, run_id: str) -> None:
         with self.store.session() as s:
@@ -375,8 +371,9 @@ class Applier:
         now = self.clock()
         placed = 0
         with self.store.session() as s:
-            ready = [t for t in (s.get(TaskRow, i) for i in task_ids)
-                     if t is not None and t.state == TaskState.Ready]
+            rows = {t.id: t for t in s.scalars(select(TaskRow).where(  # one query, not one per task
+                TaskRow.id.in_(task_ids), TaskRow.state == TaskState.Ready))}
+            ready = [rows[i] for i in task_ids if i in rows]
             if not ready:
                 return 0
             requests, by_key = [], {}

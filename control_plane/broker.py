@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.protocol import TOPIC_PREFIX
+from edge_agent.protocol import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, TOPIC_PREFIX, topic
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +107,17 @@ class BrokerAuth:
 def demo_auth(device_ids: Iterable[str], control_user: str) -> BrokerAuth:
     """The demo's broker users, each with a fresh random password (``secrets``, 32
     URL-safe characters): ``control_user`` reads and writes ``continuum/v1/devices/#``;
-    each device publishes under ``continuum/v1/devices/<id>/#`` and subscribes to its
-    ``continuum/v1/devices/<id>/commands`` only."""
+    each device publishes on its own protocol topics and subscribes to its
+    ``continuum/v1/devices/<id>/commands`` only — the topics of
+    :data:`~edge_agent.protocol.DEVICE_PUBLISHES` and ``DEVICE_SUBSCRIBES``, as Mosquitto's
+    ACL (:func:`control_plane.enrollment.acl_text`)."""
     def pw() -> str:
         return secrets.token_urlsafe(24)
     everything = (f"{TOPIC_PREFIX}/#",)
     users = {control_user: BrokerUser(pw(), everything, everything)}
     for d in device_ids:
-        users[d] = BrokerUser(pw(), (f"{TOPIC_PREFIX}/{d}/#",), (f"{TOPIC_PREFIX}/{d}/commands",))
+        users[d] = BrokerUser(pw(), tuple(topic(d, leaf) for leaf in DEVICE_PUBLISHES),
+                              tuple(topic(d, leaf) for leaf in DEVICE_SUBSCRIBES))
     return BrokerAuth(users)
 
 

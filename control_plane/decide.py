@@ -4,8 +4,8 @@
 tasks, the active and unreleased runs, what each backend said about them this cycle)
 and returns a list of :data:`~control_plane.actions.Action` (plain frozen dataclasses,
 defined in :mod:`control_plane.actions` and re-exported here). It does no I/O: no
-store, no adapter, no clock (``now`` is in the observation). The reconciler's
-``apply`` (:mod:`control_plane.reconciler`) is the only code that carries actions out.
+store, no adapter, no clock (``now`` is in the observation). The
+:class:`~control_plane.apply.Applier` is the only code that carries actions out.
 
 The rules, in the order a cycle applies them (each step sees the previous steps'
 decisions, so a chain of dependencies advances in one cycle):
@@ -143,7 +143,13 @@ def retry_delay(policy: Policy, attempt: int) -> float:
 # ------------------------------------------------------------------ the decisions
 
 
-def _ts(dt: datetime | None) -> float | None:
+def with_exit_code(text: str, code: int | None) -> str:
+    """``text`` with " (exit code N)" added, unless it already says the code."""
+    return text if code is None or f"code {code}" in text else f"{text} (exit code {code})"
+
+
+def epoch(dt: datetime | None) -> float | None:
+    """Seconds since the epoch of ``dt`` (None stays None)."""
     return dt.timestamp() if dt is not None else None
 
 
@@ -154,7 +160,6 @@ class Decider:
     def __init__(self, observed: Observed, policy: Policy) -> None:
         self.obs = observed
         self.policy = policy
-        self.workflows = {w.id: w for w in observed.workflows}
         self.tasks = {t.id: t for t in observed.tasks}
         self.runs = {r.id: r for r in observed.runs}
         self.wstate = {w.id: w.state for w in observed.workflows}
@@ -210,9 +215,7 @@ class Decider:
             return [RetryTask(task.id, run.id, self.obs.now + delay,
                               f"attempt {task.attempts} failed ({reason}); "
                               f"retrying in {delay:.0f}s")]
-        why = f"failed after {task.attempts} attempt(s); last: {reason}"
-        if exit_code is not None and f"code {exit_code}" not in why:
-            why += f" (exit code {exit_code})"
+        why = with_exit_code(f"failed after {task.attempts} attempt(s); last: {reason}", exit_code)
         self.tstate[task.id], self.treason[task.id] = TaskState.Failed, why
         return [FailTask(task.id, run.id, why)]
 
@@ -246,8 +249,8 @@ class Decider:
                            if (run.workflow_id, o) not in self.obs.artifacts]
                 if missing:
                     state, reason = RunState.Failed, f"output(s) {', '.join(missing)} were not kept"
-            started = _ts(st.started_at) or run.started_at
-            finished = _ts(st.finished_at) or now
+            started = epoch(st.started_at) or run.started_at
+            finished = epoch(st.finished_at) or now
             runtime = st.runtime_s
             if runtime is None and started is not None:
                 runtime = max(0.0, finished - started)
@@ -260,9 +263,7 @@ class Decider:
                     self.tstate[task.id] = TaskState.Succeeded
                     out.append(SucceedTask(task.id))
                 continue
-            detail = reason or state.value
-            if st.exit_code is not None and f"code {st.exit_code}" not in detail:
-                detail += f" (exit code {st.exit_code})"  # unless the backend's reason says it
+            detail = with_exit_code(reason or state.value, st.exit_code)
             out.append(SetRunState(run_id, state, f"{state.value.lower()} on {run.node}: {detail}",
                                    reason=reason, status=st, runtime_s=runtime))
             out += self.run_failed(run, reason, st.exit_code)

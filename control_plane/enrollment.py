@@ -36,7 +36,7 @@ from continuum.model import SiteKind
 from control_plane.keys import command_public_key
 from control_plane.settings import DeviceSettings, StoreSettings
 from control_plane.store import DeviceCredentialRow, EnrollmentTokenRow, Store
-from edge_agent.protocol import TOPIC_PREFIX
+from edge_agent.protocol import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, TOPIC_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,10 @@ def mosquitto_hash(password: str, *, salt: bytes | None = None,
 
 
 def acl_text(control_user: str) -> str:
-    """The pattern ACL: each device (user name = device id) publishes only its own hello,
-    status, telemetry and run updates and reads only its own commands; ``control_user``
-    reads and writes every protocol topic."""
+    """The pattern ACL: each device (user name = device id) publishes only on its own
+    :data:`~edge_agent.protocol.DEVICE_PUBLISHES` topics and reads only its own
+    :data:`~edge_agent.protocol.DEVICE_SUBSCRIBES`; ``control_user`` reads and writes
+    every protocol topic."""
     dev = f"{TOPIC_PREFIX}/%u"
     return "\n".join([
         "# Written by the Continuum control plane (control_plane/enrollment.py);",
@@ -77,11 +78,8 @@ def acl_text(control_user: str) -> str:
         f"user {control_user}",
         f"topic readwrite {TOPIC_PREFIX}/#",
         "",
-        f"pattern write {dev}/hello",
-        f"pattern write {dev}/status",
-        f"pattern write {dev}/telemetry",
-        f"pattern write {dev}/runs/+",
-        f"pattern read {dev}/commands",
+        *(f"pattern write {dev}/{leaf}" for leaf in DEVICE_PUBLISHES),
+        *(f"pattern read {dev}/{leaf}" for leaf in DEVICE_SUBSCRIBES),
         "",
     ])
 

@@ -36,7 +36,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -46,7 +45,7 @@ from continuum.errors import AdapterError
 from continuum.model import RunState, WorkflowState
 from control_plane import decide as d
 from control_plane.apply import Applier
-from control_plane.decide import Action, Decider, Observed, Policy
+from control_plane.decide import Action, Decider, Observed, Policy, epoch
 from control_plane.federation import Federation
 from control_plane.reconciler_metrics import export_gauges
 from control_plane.settings import Settings
@@ -66,10 +65,6 @@ log = logging.getLogger(__name__)
 
 Proposer = Callable[[float], list[Action]]
 """Called with ``now`` after the cycle's own actions are applied; returns more actions."""
-
-
-def _epoch(dt: datetime | None) -> float | None:
-    return dt.timestamp() if dt is not None else None
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -98,6 +93,7 @@ class Reconciler:
         self.store = store
         self.federation = federation
         self.settings = settings
+        self.policy = policy_of(settings)
         self.metrics = metrics
         self.network = network
         self.clock = clock
@@ -147,7 +143,7 @@ class Reconciler:
         t0 = time.perf_counter()
         self._serve_requests()
         obs = self.observe()
-        decider = Decider(obs, policy_of(self.settings))
+        decider = Decider(obs, self.policy)
         self.apply(decider.decide(), decider)
         now = obs.now
         for propose in self._proposers:
@@ -177,7 +173,7 @@ class Reconciler:
     def _place(self, now: float) -> None:
         """Only the placement step (tests: a run placed, then a crash before dispatch)."""
         obs = self.observe(now, statuses=False)
-        self.apply([a for a in d.decide(obs, policy_of(self.settings))
+        self.apply([a for a in d.decide(obs, self.policy)
                     if isinstance(a, d.PlaceTasks)])
 
     # ------------------------------------------------------------ observe
@@ -202,11 +198,11 @@ class Reconciler:
             obs_wfs = tuple(d.WorkflowView(w.id, w.name, w.state) for w in wfs)
             obs_tasks = tuple(d.TaskView(
                 t.id, t.workflow_id, t.name, t.state, tuple(t.depends_on), t.attempts,
-                int(t.spec.get("retries", 0)), _epoch(t.not_before), t.reason,
+                int(t.spec.get("retries", 0)), epoch(t.not_before), t.reason,
                 tuple(o["name"] for o in t.spec.get("outputs", []))) for t in tasks)
             obs_runs = tuple(d.RunView(
                 r.id, r.workflow_id, r.task_id, r.state, r.site, r.node, bool(r.handle),
-                _epoch(r.placed_at), _epoch(r.started_at), r.reason, r.replaces_run_id,
+                epoch(r.placed_at), epoch(r.started_at), r.reason, r.replaces_run_id,
                 r.released) for r in runs)
         found: dict[str, RunStatus] = {}
         errors: dict[str, str] = {}

@@ -20,6 +20,8 @@ the control plane and verified by the agent: see :mod:`edge_agent.protocol.signi
 """
 
 from edge_agent.protocol.v1 import (
+    DEVICE_PUBLISHES,
+    DEVICE_SUBSCRIBES,
     MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
     TOPIC_PREFIX,
@@ -45,7 +47,8 @@ from edge_agent.protocol.v1 import (
 )
 
 __all__ = [
-    "MAX_PAYLOAD_BYTES", "PROTOCOL_VERSION", "TOPIC_PREFIX", "ArtifactGet", "ArtifactPut",
+    "DEVICE_PUBLISHES", "DEVICE_SUBSCRIBES", "MAX_PAYLOAD_BYTES", "PROTOCOL_VERSION", "TOPIC_PREFIX",
+    "ArtifactGet", "ArtifactPut",
     "CancelCommand", "Command", "CommandRejected", "DeviceStatus", "ForgetCommand", "Hello",
     "OutputDigest", "ProtocolError", "RunCommand", "RunSpec", "RunUpdate", "SignedCommand",
     "Telemetry", "decode", "device_id_from_topic", "encode", "topic",

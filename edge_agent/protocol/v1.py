@@ -12,6 +12,11 @@ from continuum.model import PowerProfile, Tier
 
 PROTOCOL_VERSION = 1
 TOPIC_PREFIX = "continuum/v1/devices"
+DEVICE_PUBLISHES = ("hello", "status", "telemetry", "runs/+", "rejected")
+"""The topic leaves (under ``{TOPIC_PREFIX}/{device_id}/``) a device publishes on; the
+broker ACLs (Mosquitto's pattern ACL, the demo broker's) allow a device exactly these."""
+DEVICE_SUBSCRIBES = ("commands",)
+"""The topic leaves a device reads: its own commands only."""
 MAX_PAYLOAD_BYTES = 256 * 1024
 """Largest payload accepted (bytes): output tails are capped well below it."""
 OUTPUT_TAIL_BYTES = 8 * 1024

@@ -336,11 +336,13 @@ def test_a_device_cannot_publish_on_or_read_another_devices_topics(
                        reason="forged")
     b.c.publish(topic("dev-xa", "runs/r-victim"), encode(forged), qos=1).wait_for_publish(5)
     b.c.publish(topic("dev-xa", "hello"), b"{}", qos=1, retain=True).wait_for_publish(5)
+    b.c.publish(topic("dev-xb", "rejected"), b"{}", qos=1).wait_for_publish(5)
     own = b.c.publish(topic("dev-xb", "telemetry"), b"marker", qos=1)
     own.wait_for_publish(5)
-    # B's own message (published last) arrives; the forged ones before it never do
+    # B's own messages (a refusal report, then the last one) arrive; the forged ones never do
     wait_for(lambda: topic("dev-xb", "telemetry") in watcher.topics(), 10,
              message=lambda: f"B's own message at the watcher; got {watcher.topics()}")
+    assert topic("dev-xb", "rejected") in watcher.topics()
     assert not [t for t in watcher.topics() if t.startswith(topic("dev-xa", ""))]
     # ...and B cannot read A's commands, only its own
     b.c.subscribe(topic("dev-xa", "commands"), qos=1)
