@@ -64,7 +64,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -100,7 +99,7 @@ from edge_agent.protocol import (
     encode,
     topic,
 )
-from edge_agent.protocol.session import MqttSession
+from edge_agent.protocol.session import MqttSession, parse_broker_url
 from edge_agent.protocol.signing import sign_command
 
 log = logging.getLogger(__name__)
@@ -146,9 +145,7 @@ class DevicesConfig(BaseModel):
     @field_validator("broker")
     @classmethod
     def _broker(cls, v: str) -> str:
-        p = urlsplit(v)
-        if p.scheme not in ("mqtt", "mqtts") or not p.hostname:
-            raise ValueError(f"broker {v!r} must be mqtt://host:port or mqtts://host:port")
+        parse_broker_url(v)  # the session's own check (ValueError naming the URL)
         return v
 
     @field_validator("tls_ca")
@@ -224,9 +221,8 @@ class DevicesAdapter:
         """run id → device id (of the topic it came on) → latest update."""
         self._drops_logged: set[tuple[str, str]] = set()
         self._dispatched: dict[str, _Dispatched] = {}
-        self.malformed = 0
-        """Payloads rejected (malformed, wrong version, device id mismatch)."""
         self.malformed_by_reason: Counter[str] = Counter()
+        """Payloads rejected (malformed, wrong version, device id mismatch), by reason."""
         self.refused: Counter[str] = Counter()
         """Commands the agents refused, by reason (``expired``, ``bad-signature``, ...)."""
         if ctx.sign is None:
@@ -261,9 +257,13 @@ class DevicesAdapter:
         self._connected_at = self.ctx.clock()
         self._connected.set()
 
+    @property
+    def malformed(self) -> int:
+        """Payloads rejected, all reasons together."""
+        return sum(self.malformed_by_reason.values())
+
     def _reject(self, t: str, reason: str) -> None:
         with self._lock:
-            self.malformed += 1
             self.malformed_by_reason[reason.split(":", 1)[0]] += 1
         self.ctx.dropped(self.site.name, "malformed")
         log.warning("site %s: rejected payload on %s: %s", self.site.name, t, reason)
@@ -535,8 +535,7 @@ class DevicesAdapter:
                 u[1] += disp.memory
             for d in sorted(self._devices.values(), key=lambda d: d.device_id):
                 h = d.hello
-                if h is None or (self.config.require_enrollment
-                                 and not self._enrolled(d.device_id)):  # e.g. revoked
+                if h is None or not self._enrolled(d.device_id):  # e.g. revoked
                     continue
                 cap = Resources(cpu=h.cpus, memory=h.memory, gpu=h.gpus)
                 cpu_used, mem_used = used.get(d.device_id, [0.0, 0.0])

@@ -9,8 +9,8 @@ A route without a rule is refused (403, fail closed) and fails the test suite
   ``POST /v1/devices/enroll`` (the one-time enrolment token is the credential).
   ``/docs`` and ``/openapi.json`` are not API routes and are public too.
 * ``CAPABILITY`` — artifacts: a run's capability or an API token, checked in the route
-  itself (control_plane/routes_artifacts.py; :func:`control_plane.auth.try_authenticate`
-  gives the API token's principal, if any).
+  itself (control_plane/routes_artifacts.py: a capability in the query, else
+  :func:`control_plane.auth.authenticate` and the workflow's tenant).
 * ``ANY`` — any valid token; the route may check more (tenancy, per-site-kind roles).
 * ``needs(*roles)`` — a valid token holding one of the roles (admin holds all).
 
@@ -36,14 +36,6 @@ class Rule:
     kind: Literal["public", "capability", "bearer"]
     roles: tuple[Role, ...] = ()
     tenant: bool = False
-
-    def describe(self) -> str:
-        if self.kind == "public":
-            return "public"
-        if self.kind == "capability":
-            return "run capability or bearer token"
-        who = " or ".join(r.value for r in self.roles) if self.roles else "any token"
-        return who + (", own tenants" if self.tenant else "")
 
 
 PUBLIC = Rule("public")
@@ -120,8 +112,7 @@ def enforce(request: Request) -> None:
                                  "(control_plane/access.py ROUTE_RULES)")
     if rule.kind == "bearer":
         require(*rule.roles)(request)
-    # "capability": the route itself accepts a run capability (which may come as a bearer
-    # token too) or an API token (control_plane.auth.try_authenticate)
+    # "capability": the route itself accepts a run capability or an API token
 
 
 __all__ = ["ROUTE_RULES", "Rule", "enforce", "route_key", "rule_for"]

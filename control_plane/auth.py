@@ -304,16 +304,6 @@ def authenticate(request: Request) -> Principal:
     return principal
 
 
-def try_authenticate(request: Request) -> Principal | None:
-    """The caller's :class:`Principal` when the request carries a valid API token, else
-    None (no token, or one that is not an API token — e.g. a run capability sent as a
-    bearer token). For routes that accept other credentials too."""
-    try:
-        return authenticate(request)
-    except HTTPException:
-        return None
-
-
 def require(*roles: Role) -> Any:
     """A FastAPI dependency returning the caller's :class:`Principal` when it holds one of
     ``roles`` (an admin holds all).
@@ -330,7 +320,6 @@ def require(*roles: Role) -> Any:
                                 + f"; {principal.subject} has "
                                 + (", ".join(sorted(principal.roles)) or "no role"))
         return principal
-    dependency.roles = roles  # type: ignore[attr-defined]
     return dependency
 
 
@@ -342,4 +331,4 @@ def audit_tenant(request: Request, tenant: str) -> None:
 
 
 __all__ = ["ADMIN_TOKEN_FILE", "Authority", "Principal", "Role", "Unauthorized",
-           "audit_tenant", "authenticate", "require", "token_view", "try_authenticate"]
+           "audit_tenant", "authenticate", "require", "token_view"]

@@ -125,7 +125,9 @@ class Enrollment:
                  clock: Callable[[], float] | None = None) -> None:
         self.store = store
         self.settings: DeviceSettings = settings
-        self.store_settings: StoreSettings = settings
+        store_settings: StoreSettings = settings
+        self._command_key = base64.b64encode(command_public_key(store_settings.state_dir)).decode()
+        """What enrolment hands out as ``commandKey`` (read once: it never changes)."""
         self._site_config = site_config
         self._clock = clock
         self._lock = threading.Lock()
@@ -238,8 +240,7 @@ class Enrollment:
         return {"deviceId": device_id, "site": site, "tenant": tenant,
                 "brokerUrl": config.get("broker"), "username": device_id,
                 "password": password, "caPem": ca_pem,
-                "commandKey": base64.b64encode(
-                    command_public_key(self.store_settings.state_dir)).decode()}
+                "commandKey": self._command_key}
 
     def revoke(self, site: str, device_id: str) -> dict[str, Any]:
         """Revoke ``device_id``'s broker credentials: its password line is removed and the

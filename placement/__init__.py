@@ -19,7 +19,6 @@ from placement.framework import (
     Framework,
     Rejection,
     ScorePlugin,
-    ScoreTable,
     default_framework,
     normalize,
 )
@@ -44,7 +43,6 @@ __all__ = [
     "Predictor",
     "Rejection",
     "ScorePlugin",
-    "ScoreTable",
     "Snapshot",
     "StaticNetwork",
     "default_framework",

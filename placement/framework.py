@@ -250,21 +250,6 @@ class Feasibility:
         return msg
 
 
-@dataclass(frozen=True)
-class ScoreTable:
-    """Scores of the feasible nodes of one request.
-
-    ``idx``: feasible node indices, shape ``(k,)``. ``raw``/``normalized``: plugin name →
-    array ``(k,)``. ``weights``: plugin name → weight. ``total``: ``(k,)`` weighted mean.
-    """
-
-    idx: np.ndarray
-    raw: dict[str, np.ndarray]
-    normalized: dict[str, np.ndarray]
-    weights: dict[str, float]
-    total: np.ndarray
-
-
 @dataclass
 class Framework:
     """Filter plugins (in order), score plugins and the predictor they share."""
@@ -338,23 +323,6 @@ class Framework:
             if p is plugin:
                 return 1.0 if w is None else float(w.weight)
         raise ValueError(f"{plugin.name} is not a score plugin of this framework")
-
-    def run_scores(
-        self, req: PlacementRequest, snap: Snapshot, state: CycleState, mask: np.ndarray
-    ) -> ScoreTable:
-        idx = np.flatnonzero(mask)
-        weights = self.weights(req.objective)
-        raw: dict[str, np.ndarray] = {}
-        norm: dict[str, np.ndarray] = {}
-        total = np.zeros(idx.size)
-        for p in self.scores:
-            values = np.asarray(p.score(req, snap, state, mask), dtype=np.float64)[idx]
-            raw[p.name] = values
-            norm[p.name] = normalize(values, p.lower_is_better, p.floor)
-            total += weights[p.name] * norm[p.name]
-        wsum = sum(weights.values())
-        total = total / wsum if wsum > 0 else np.full(idx.size, MAX_SCORE)
-        return ScoreTable(idx, raw, norm, weights, total)
 
 
 def default_framework(predictor: Predictor | None = None, *,

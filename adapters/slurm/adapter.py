@@ -233,11 +233,12 @@ class SlurmAdapter:
         if refused is not None:
             raise PermanentError(f"config.{refused[1]}", site=site.name,
                                  details={"field": refused[0]})
+        self._jwt_key = self._key()
+        """The cluster's JWT key, minting tokens for mapped users (also with a given client)."""
         if client is None:
             client = self._make_client()
         self.client = client
         self.tokens = client.tokens
-        self._jwt_key: bytes | None = getattr(self, "_jwt_key", None)
         self._user_tokens: dict[str, TokenSource] = {}
         self._lock = threading.RLock()
         self._jobs: dict[int, dict[str, Any]] = {}
@@ -283,7 +284,6 @@ class SlurmAdapter:
         Raises:
             PermanentError: the JWT key file cannot be read or is empty.
         """
-        self._jwt_key = self._key()
         tokens = TokenSource(self.config.user, token=self.config.token, key=self._jwt_key,
                              lifetime_s=self.config.token_lifetime, clock=self.ctx.clock)
         return SlurmRestClient(url=self.config.url, socket=self.config.socket,
