@@ -5,6 +5,7 @@
 # report Ready and their capacity, pods that go Running and finish; no containers run).
 #
 #   deploy/dev/kube.sh build                      # build the pinned versions once (cached)
+#   deploy/dev/kube.sh built                      # exit 0 iff they are built
 #   deploy/dev/kube.sh start DIR [--nodes N]      # everything; N kwok nodes (default 2)
 #   deploy/dev/kube.sh stop DIR                   # everything
 #   deploy/dev/kube.sh stop-control-plane DIR     # kube-apiserver, controller-manager,
@@ -438,6 +439,7 @@ offline() {  # offline NAME true|false
 cmd=${1:-}
 case "$cmd" in
   build) build; exit 0 ;;
+  built) built || die "not built yet: run deploy/dev/kube.sh build (or make test-deps)"; exit 0 ;;
   start|stop|status|add-node|node-offline|node-online|kubectl|stop-control-plane|start-control-plane)
     [ $# -ge 2 ] || die "usage: $0 $cmd DIR ..."; DIR=$2; shift 2 ;;
   *) die "usage: $0 build | start DIR [--nodes N] | stop DIR | status DIR | add-node DIR NAME [cpu=N memory=Q pods=N gpu=N arch=A label:K=V taint:K=V:EFFECT]... | node-offline DIR NAME | node-online DIR NAME | stop-control-plane DIR | start-control-plane DIR | kubectl DIR ARGS..." ;;
