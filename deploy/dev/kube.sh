@@ -344,8 +344,14 @@ $res
 EOF
 }
 
-node_ready() {  # node_ready NAME STATUS: the node's Ready condition is STATUS
-  [ "$(kctl get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = "$2" ]
+node_ready() {  # node_ready NAME STATUS: the node's Ready condition is STATUS (True: and
+  # the node lifecycle controller has lifted its not-ready taints, so pods schedule there)
+  local got
+  got=$(kctl get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.spec.taints[*].key}' 2>/dev/null) || return 1
+  case "$2" in
+    True) [[ "$got" == True* && "$got" != *node.kubernetes.io/not-ready* && "$got" != *node.kubernetes.io/unreachable* ]] ;;
+    *) [[ "$got" == "$2"* ]] ;;
+  esac
 }
 
 # --- commands -------------------------------------------------------------------------

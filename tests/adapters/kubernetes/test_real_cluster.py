@@ -29,6 +29,7 @@ import yaml
 from adapters.base import AdapterContext, Handle, TaskRun
 from adapters.kubernetes import KubeEdgeAdapter, KubernetesAdapter
 from adapters.kubernetes import manifests as mf
+from adapters.kubernetes.kubeedge import DEVICE_LABEL_PREFIX
 from continuum.errors import AuthError
 from continuum.model import Node, RunState, SiteHealth, SiteKind, SiteSpec, Task, Tier
 from tests.adapters.kubernetes.cluster import KubeCluster, kwok_env
@@ -235,7 +236,9 @@ def test_a_run_survives_a_control_plane_restart_and_is_readopted(kube_cluster: K
     b = make(name="restart")  # and a restarted Continuum, with the handle from its store
     b.inventory()
     restored = Handle.from_json(h.to_json())
-    assert b.status([restored])[h.run_id].state in {RunState.Running, RunState.Succeeded}
+    wait_for(lambda: (st := b.status([restored]).get(h.run_id)) is not None
+             and st.state in {RunState.Running, RunState.Succeeded}, 30,
+             message=lambda: f"the new adapter sees the run: {b.status([restored])}")
     again = b.submit(run, node_named(b, "kwok-node-3"), run.run_id)
     assert again.backend_id == h.backend_id
     assert len(kube_cluster.objects("jobs", f"{mf.LABEL_RUN}={run.run_id}")) == 1
@@ -297,3 +300,40 @@ def test_kubeedge_without_the_device_crd_has_no_data_sources(make: Any) -> None:
     a = make("kubeedge", name="edge-site")
     assert isinstance(a, KubeEdgeAdapter)
     assert a.inventory() and a.data_sources() == []
+
+
+DEVICE_CRD = REPO / "deploy" / "dev" / "kube" / "device-crd.yaml"
+
+
+@pytest.fixture
+def device_crd(kube_cluster: KubeCluster) -> Iterator[None]:
+    """The devices.kubeedge.io/v1beta1 CRD installed (and removed again afterwards)."""
+    kube_cluster.kubectl("apply", "-f", str(DEVICE_CRD))
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                         "crd/devices.devices.kubeedge.io")
+    yield
+    kube_cluster.kubectl("delete", "-f", str(DEVICE_CRD), "--wait=true", "--timeout=30s")
+
+
+def test_kubeedge_devices_are_data_sources(kube_cluster: KubeCluster, make: Any,
+                                           device_crd: None) -> None:
+    kube_cluster.kubectl("create", "namespace", "factory")
+    try:
+        for name, node, model in (("thermo-01", "kwok-node-1", "thermometer"),
+                                  ("cam-07", "kwok-node-3", "camera")):
+            kube_cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+                "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+                "metadata": {"name": name, "namespace": "factory"},
+                "spec": {"deviceModelRef": {"name": model}, "nodeName": node,
+                         "protocol": {"protocolName": "modbus", "modbus": {"slaveID": 1}}}}))
+        a = make("kubeedge", name="edge-site")
+        nodes = {n.name: n for n in a.inventory()}  # the ServiceAccount lists the Devices
+        assert nodes["kwok-node-1"].labels[DEVICE_LABEL_PREFIX + "thermo-01"] == "true"
+        sources = {d["name"]: d for d in a.data_sources()}
+        assert sources["thermo-01"] == {
+            "name": "thermo-01", "namespace": "factory", "model": "thermometer",
+            "protocol": "modbus", "nodeName": "kwok-node-1", "node": "edge-site/kwok-node-1",
+            "location": "lab", "online": True}
+        assert sources["cam-07"]["node"] == "edge-site/kwok-node-3"
+    finally:
+        kube_cluster.kubectl("delete", "namespace", "factory", "--wait=false")
