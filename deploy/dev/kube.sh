@@ -170,6 +170,7 @@ pki() {
   cert "$pki" controller-manager "/CN=system:kube-controller-manager" "$client"
   cert "$pki" scheduler "/CN=system:kube-scheduler" "$client"
   cert "$pki" kwok "/O=system:masters/CN=kwok" "$client"
+  cert "$pki" apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 }
@@ -244,6 +245,9 @@ start_control_plane() {
       --service-account-issuer https://kubernetes.default.svc.cluster.local \
       --api-audiences https://kubernetes.default.svc.cluster.local \
       --service-cluster-ip-range 10.96.0.0/16 --allow-privileged \
+      --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
+      --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+      --kubelet-preferred-address-types InternalIP \
       --profiling=false >>"$DIR/log/kube-apiserver.log" 2>&1 &
     echo $! >"$DIR/run/kube-apiserver.pid"
   fi
@@ -269,9 +273,20 @@ start_control_plane() {
     echo $! >"$DIR/run/kube-scheduler.pid"
   fi
   if ! alive "$DIR/run/kwok.pid"; then
+    # kwok also plays the kubelet API on KWOK_PORT (HTTP and HTTPS), where kube-apiserver
+    # reads pod logs: every container "logs" DIR/kwok/container.log (CRI log format)
+    mkdir -p "$DIR/kwok"
+    echo "$(date -u +%Y-%m-%dT%H:%M:%S.000000000Z) stdout F kwok: a simulated container; no process ran" \
+      >"$DIR/kwok/container.log"
+    printf '%s\n' "apiVersion: kwok.x-k8s.io/v1alpha1" "kind: ClusterLogs" \
+      "metadata: {name: every-container}" \
+      "spec: {logs: [{logsFile: '$DIR/kwok/container.log', follow: false}]}" \
+      >"$DIR/kwok/logs.yaml"
     "$KWOK_BIN/kwok" --kubeconfig "$DIR/kwok.kubeconfig" --config "$REPO/deploy/dev/kube/kwok-stages.yaml" \
+      --config "$DIR/kwok/logs.yaml" \
       --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-      --server-address "127.0.0.1:$KWOK_PORT" --node-ip 127.0.0.1 --cidr 10.244.0.0/16 \
+      --server-address "127.0.0.1:$KWOK_PORT" --node-port "$KWOK_PORT" \
+      --node-ip 127.0.0.1 --cidr 10.244.0.0/16 \
       --node-lease-duration-seconds 10 >>"$DIR/log/kwok.log" 2>&1 &
     echo $! >"$DIR/run/kwok.pid"
   fi

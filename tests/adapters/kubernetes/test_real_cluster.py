@@ -39,6 +39,8 @@ from tests.helpers import NoArtifacts, Wakes, wait_for
 pytestmark = pytest.mark.kube
 
 RBAC_YAML = REPO / "deploy" / "kubernetes" / "rbac.yaml"
+KWOK_LOG = "kwok: a simulated container; no process ran"
+"""The log of every kwok container (kube.sh's DIR/kwok/container.log)."""
 
 
 def task_run(name: str = "train", **task: Any) -> TaskRun:
@@ -168,6 +170,8 @@ def test_job_runs_to_succeeded(kube_cluster: KubeCluster, make: Any) -> None:
     assert [p["spec"]["nodeName"] for p in pods] == ["kwok-node-3"]  # the scheduler bound it
     st = wait_state(a, h, RunState.Succeeded)
     assert st.exit_code == 0 and st.finished_at is not None
+    # pods/log through kube-apiserver to kwok's kubelet API (the ServiceAccount's get pods/log)
+    assert st.output_tail.rstrip("\n") == KWOK_LOG == a.logs(h, tail=5).rstrip("\n")
     a.release(h)
     wait_for(lambda: not kube_cluster.objects("jobs", f"{mf.LABEL_RUN}={run.run_id}"), 30,
              message="the released Job is deleted")
