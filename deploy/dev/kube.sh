@@ -19,7 +19,7 @@
 # Versions (pinned here; the build goes to ${CONTINUUM_CACHE:-~/.cache/continuum}/kube/):
 # Kubernetes v1.37.2 and etcd v3.7.0 (the etcd that k8s.io/kubernetes v1.37.2 requires) from
 # deploy/dev/kube/kubernetes/go.mod; kwok v0.8.0 by `go install`. Needs Go >= 1.26 and
-# ~4 GB of Go caches; the first build takes ~8 min on 2 cores (docs/kubernetes.md).
+# ~4 GB of Go caches; the first build takes ~10 min on 2 cores (docs/kubernetes.md).
 #
 # `start` writes DIR/pki (an openssl CA, serving and client certificates, the
 # service-account signing key), DIR/admin.kubeconfig (system:masters), applies
@@ -121,7 +121,7 @@ build() {
   t0=$(date +%s)
   mkdir -p "$CACHE"
   if ! [ -x "$BIN/kube-apiserver" ] || ! [ -x "$BIN/etcd" ]; then
-    echo "kube.sh: building Kubernetes $KUBE_VERSION and etcd into $BIN (first time ~8 min on 2 cores, ~4 GB of Go caches) ..." >&2
+    echo "kube.sh: building Kubernetes $KUBE_VERSION and etcd into $BIN (the first time ~8 min on 2 cores and ~4 GB of Go caches) ..." >&2
     tmp=$(mktemp -d "$CACHE/build.XXXXXX")
     local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION"
     ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$KUBE_MINOR"
@@ -132,14 +132,14 @@ build() {
     echo "kube.sh: ... Kubernetes built after $(( $(date +%s) - t0 )) s; building etcd ..." >&2
     (cd "$MOD" && go build -mod=readonly -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3) \
       || { rm -rf "$tmp"; die "building etcd failed"; }
-    mkdir -p "$(dirname "$BIN")"; rm -rf "$BIN"; mv "$tmp" "$BIN"
+    chmod 755 "$tmp"; mkdir -p "$(dirname "$BIN")"; rm -rf "$BIN"; mv "$tmp" "$BIN"
   fi
   if ! [ -x "$KWOK_BIN/kwok" ]; then
     echo "kube.sh: building kwok $KWOK_VERSION into $KWOK_BIN (~2 min) ..." >&2
     tmp=$(mktemp -d "$CACHE/build.XXXXXX")
     GOBIN=$tmp go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" \
       || { rm -rf "$tmp"; die "building kwok failed"; }
-    mkdir -p "$(dirname "$KWOK_BIN")"; rm -rf "$KWOK_BIN"; mv "$tmp" "$KWOK_BIN"
+    chmod 755 "$tmp"; mkdir -p "$(dirname "$KWOK_BIN")"; rm -rf "$KWOK_BIN"; mv "$tmp" "$KWOK_BIN"
   fi
   echo "kube.sh: built in $(( $(date +%s) - t0 )) s" >&2
 }
