@@ -17,6 +17,7 @@ The API-server stand-in (test_adapter.py, test_kubeedge.py) keeps the fault inje
 from __future__ import annotations
 
 import base64
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from adapters.base import AdapterContext, Handle, TaskRun
 from adapters.kubernetes import KubeEdgeAdapter, KubernetesAdapter
@@ -32,13 +34,16 @@ from adapters.kubernetes import manifests as mf
 from adapters.kubernetes.kubeedge import DEVICE_LABEL_PREFIX
 from continuum.errors import AuthError
 from continuum.model import Node, RunState, SiteHealth, SiteKind, SiteSpec, Task, Tier
+from control_plane.cli import app
 from tests.adapters.kubernetes.cluster import KubeCluster, kwok_env
 from tests.conftest import REPO
+from tests.control_plane.harness import served
 from tests.helpers import NoArtifacts, Wakes, wait_for
 
 pytestmark = pytest.mark.kube
 
 RBAC_YAML = REPO / "deploy" / "kubernetes" / "rbac.yaml"
+runner = CliRunner()
 KWOK_LOG = "kwok: a simulated container; no process ran"
 """The log of every kwok container (kube.sh's DIR/kwok/container.log)."""
 
@@ -126,6 +131,27 @@ def test_a_verb_missing_from_rbac_yaml_fails_the_check(make: Any,
     assert "delete jobs.batch in namespace 'continuum'" in msg
     assert "deploy/kubernetes/rbac.yaml" in msg
     assert "create jobs.batch" not in msg  # only what is really missing is named
+
+
+def test_cluster_add_through_the_api(kube_cluster: KubeCluster, tmp_path: Path) -> None:
+    """``continuum cluster add`` with the ServiceAccount kubeconfig, on a live control plane,
+    as docs/kubernetes.md shows it; a token the API server rejects exits 1 naming the 401."""
+    kc = tmp_path / "sa.kubeconfig"
+    kc.write_text(yaml.safe_dump(kube_cluster.sa_kubeconfig()))
+    bad = kube_cluster.sa_kubeconfig()
+    bad["users"][0]["user"]["token"] = "not-a-token"
+    bad_path = tmp_path / "bad.kubeconfig"
+    bad_path.write_text(yaml.safe_dump(bad))
+    with served(tmp_path / "state") as url:
+        for name, kind in (("k8s-real", "kubernetes"), ("edge-real", "kubeedge")):
+            r = runner.invoke(app, ["cluster", "add", name, str(kc), "--kind", kind,
+                                    "--url", url, "-o", "json"])
+            assert r.exit_code == 0, r.output
+            site = json.loads(r.output)
+            assert (site["kind"], site["health"]) == (kind, "Ready")
+            assert site["nodes"] >= 3 and site["config"]["kubeconfig"] == "<redacted>"
+        r = runner.invoke(app, ["cluster", "add", "stale", str(bad_path), "--url", url])
+        assert r.exit_code == 1 and "401 Unauthorized" in r.output, r.output
 
 
 # ---------------------------------------------------------------- inventory
