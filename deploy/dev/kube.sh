@@ -35,7 +35,8 @@
 # a pod of a Job ends after the duration in its annotation continuum.dev/kwok-duration (or
 # env KWOK_DURATION of its first container; Go duration, default 1s) as Succeeded, or as
 # Failed with container exit code continuum.dev/kwok-exit-code (env KWOK_EXIT_CODE) when that
-# is not 0. Other pods (Deployments) run until deleted. node-offline makes kwok report the
+# is not 0. Other pods (Deployments) run until deleted. kwok also serves the kubelet API
+# (pod logs: one line, "kwok: a simulated container; no process ran"). node-offline makes kwok report the
 # node NotReady (its pods stay as they are, as kwok stops acting for it), node-online Ready.
 # Prints nothing but errors (and the build's progress). Needs curl, openssl, kubectl.
 set -euo pipefail
