@@ -20,7 +20,7 @@ install: $(STAMP)  ## create .venv and install Continuum with the server and dev
 demo: install  ## run the demo: control plane, broker, two agents, simulated sites, workflows
 	$(BIN)/continuum demo
 
-test-deps:  ## install the Debian packages the tests start for real (Mosquitto, Slurm, Prometheus)
+test-deps:  ## install what the tests start for real (Mosquitto, Slurm, Prometheus) and build the Kubernetes test bed
 	bash deploy/dev/install-test-deps.sh
 
 test: install test-deps  ## run the whole test suite

@@ -19,6 +19,11 @@
   temporary directory on loopback, stopped at the end). Defined here, once, so every test
   that needs Slurm (the Slurm adapter tests, the adapter contract suite, the first-hour
   log checks) shares one cluster per session.
+* ``kube_cluster`` (session): the real Kubernetes of ``deploy/dev/kube.sh`` (etcd,
+  kube-apiserver, controller-manager, scheduler, kwok nodes kwok-node-1..3; see
+  :class:`tests.adapters.kubernetes.cluster.KubeCluster`), started once per session in a
+  temporary directory on loopback and stopped at the end. Its binaries are built by
+  ``make test`` (``kube.sh build``) beforehand; a missing build fails here with the reason.
 
 Wait on conditions with :func:`tests.helpers.wait_for`, never with a fixed sleep.
 """
@@ -48,6 +53,7 @@ from tests.helpers import TEST_COMMAND_PUBLIC, ArtifactServer, Observer
 from tests.monitoring.prometheus_fixture import prometheus  # noqa: F401
 
 if TYPE_CHECKING:
+    from tests.adapters.kubernetes.cluster import KubeCluster
     from tests.adapters.slurm.conftest import SlurmCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -215,6 +221,27 @@ def slurm() -> Iterator[SlurmCluster]:
         pytest.fail(f"could not start Slurm with {SLURM_SH}: {e}")
     yield cluster
     cluster.sh("stop", str(cluster.dir))
+    shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- real Kubernetes
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    """The test bed's real Kubernetes for the session (fails with the script's reason)."""
+    from tests.adapters.kubernetes.cluster import KUBE_SH, KubeCluster
+
+    cluster = KubeCluster(Path(tempfile.mkdtemp(prefix="continuum-kube-")))
+    try:
+        cluster.start()
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        subprocess.run([str(KUBE_SH), "stop", str(cluster.dir)], capture_output=True,
+                       timeout=60, check=False)
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+        pytest.fail(f"could not start Kubernetes with {KUBE_SH}: {e}")
+    yield cluster
+    cluster.stop()
     shutil.rmtree(cluster.dir, ignore_errors=True)
 
 

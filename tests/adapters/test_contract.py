@@ -7,6 +7,9 @@ Each case runs against four adapters through a small per-adapter *harness*:
   subprocess (``agents``);
 * ``kubernetes`` — the API-server stand-in (tests/adapters/kubernetes/apiserver.py),
   through the real ``kubernetes`` client;
+* ``kubernetes-real`` — the real Kubernetes of the test bed (the session ``kube_cluster``:
+  kube-apiserver, controller-manager, scheduler, kwok nodes), with the ServiceAccount
+  kubeconfig of deploy/kubernetes/rbac.yaml;
 * ``slurm`` — the real single-node Slurm (the session ``slurm`` fixture), through slurmrestd.
 
 The cases: submit is idempotent by request id (same handle, no second job/pod/process);
@@ -50,6 +53,7 @@ from continuum.errors import TransientError
 from continuum.model import Node, RunState, SiteKind, SiteSpec, Task
 from edge_agent.protocol.session import MqttSession
 from tests.adapters.kubernetes.apiserver import ApiServer
+from tests.adapters.kubernetes.cluster import KubeCluster, kwok_env
 from tests.adapters.slurm.conftest import SlurmCluster
 from tests.conftest import AgentFactory, AgentProcess, Mosquitto, free_port
 from tests.helpers import TEST_COMMAND_KEY, NoArtifacts, wait_for
@@ -280,6 +284,31 @@ class KubernetesHarness(_Base):
         return self._adapter(kc)
 
 
+class RealKubernetesHarness(KubernetesHarness):
+    """A kubernetes site on the test bed's real cluster (ServiceAccount kubeconfig)."""
+
+    def __init__(self, tmp: Path, cluster: KubeCluster) -> None:
+        _Base.__init__(self, tmp)
+        self.cluster = cluster
+
+    def make(self) -> Adapter:
+        return self._adapter(self.cluster.sa_kubeconfig())
+
+    def node(self, adapter: Adapter) -> Node:
+        return next(n for n in adapter.inventory() if n.name == "kwok-node-1")
+
+    def long_run(self) -> TaskRun:
+        return long_task_run(["sleep", "3600"], env=kwok_env("1h"))
+
+    def started(self, adapter: Adapter, run: TaskRun, submits: int) -> int:
+        return len(self.cluster.objects("jobs", f"{mf.LABEL_RUN}={run.run_id}"))
+
+    def unreachable(self) -> Adapter:
+        kc = self.cluster.sa_kubeconfig()
+        kc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+        return self._adapter(kc)
+
+
 # ---------------------------------------------------------------- slurm
 
 
@@ -336,12 +365,15 @@ HARNESSES: dict[str, HarnessFactory] = {
     "devices": lambda req, tmp: DevicesHarness(tmp, req.getfixturevalue("mosquitto"),
                                                req.getfixturevalue("agents")),
     "kubernetes": lambda req, tmp: KubernetesHarness(tmp, req.getfixturevalue("apiserver")),
+    "kubernetes-real": lambda req, tmp: RealKubernetesHarness(
+        tmp, req.getfixturevalue("kube_cluster")),
     "slurm": lambda req, tmp: SlurmHarness(tmp, req.getfixturevalue("slurm")),
 }
 """Adapter name → harness factory (fixtures are requested only by the cases that use them)."""
 
-MARKS = {"devices": pytest.mark.mosquitto, "slurm": pytest.mark.slurm}
-WITH_A_WIRE = ["devices", "kubernetes", "slurm"]
+MARKS = {"devices": pytest.mark.mosquitto, "slurm": pytest.mark.slurm,
+         "kubernetes-real": pytest.mark.kube}
+WITH_A_WIRE = ["devices", "kubernetes", "kubernetes-real", "slurm"]
 """The adapters with a backend that can be unreachable (the twin has none)."""
 
 
