@@ -60,7 +60,7 @@ CACHE=${CONTINUUM_CACHE:-$HOME/.cache/continuum}/slurm-root
 MIRROR=${CONTINUUM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 MARKER=.continuum-slurm-version   # in a finished root: the Slurm version installed
 PACKAGES=(slurmctld slurmd slurmrestd slurm-client slurm-wlm-jwt-plugin munge slurmdbd
-          mariadb-server curl ca-certificates)
+          mariadb-server curl ca-certificates python3-minimal)
 PLUGIN_DIR=/usr/lib/x86_64-linux-gnu/slurm-wlm
 
 # Where the daemons run: ROOT "" is this machine; IN is the command prefix to get there
@@ -326,10 +326,11 @@ add_associations() {  # the cluster, account `continuum` and its users root and 
   local dir=$1 out args
   for args in "add cluster continuum-dev" \
               "add account continuum Description=continuum Organization=continuum" \
-              "add user root Account=continuum" "add user $JOB_USER Account=continuum"; do
+              "add user root Account=continuum" "add user $JOB_USER Account=continuum" \
+              "modify user where name=root set DefaultAccount=continuum"; do
     # shellcheck disable=SC2086
     out=$(SLURM_CONF="$dir/etc/slurm.conf" inside sacctmgr -i $args 2>&1) \
-      || [[ "$out" == *"ready exists"* || "$out" == *"othing new added"* ]] \
+      || [[ "$out" == *"ready exists"* || "$out" == *"othing new added"* || "$out" == *"othing modified"* ]] \
       || die "sacctmgr -i $args failed: $out"
   done
 }
