@@ -20,8 +20,10 @@ install: $(STAMP)  ## create .venv and install Continuum with the server and dev
 demo: install  ## run the demo: control plane, broker, two agents, simulated sites, workflows
 	$(BIN)/continuum demo
 
-test-deps:  ## install the Debian packages the tests start for real (Mosquitto, Slurm, Prometheus)
+test-deps:  ## install the Debian packages the tests start for real (Mosquitto, Slurm, Prometheus) and build the Slurm 24.11/26.05 roots
 	bash deploy/dev/install-test-deps.sh
+	bash deploy/dev/slurm.sh build --release 24.11
+	bash deploy/dev/slurm.sh build --release 26.05
 
 test: install test-deps  ## run the whole test suite
 	$(BIN)/python -m pytest -q

@@ -2,8 +2,9 @@
 # Installs the Debian packages the test suite runs for real, when missing (needs root):
 # Mosquitto 2.0 (the agents' broker), Slurm 22.05 with slurmrestd and its JWT plugin plus
 # munge (the Slurm adapter's cluster), Prometheus, node-exporter, pushgateway and the
-# blackbox exporter (the metrics collector's sources). Nothing is started here; the tests start what they need
-# through deploy/dev/*.sh on loopback.
+# blackbox exporter (the metrics collector's sources), debootstrap (the Debian roots of Slurm
+# 24.11 and 26.05, which `make test-deps` then builds with `deploy/dev/slurm.sh build`).
+# Nothing is started here; the tests start what they need through deploy/dev/*.sh on loopback.
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
@@ -20,6 +21,7 @@ have promtool || need+=(prometheus)
 have prometheus-node-exporter || need+=(prometheus-node-exporter)
 have prometheus-pushgateway || need+=(prometheus-pushgateway)
 have prometheus-blackbox-exporter || need+=(prometheus-blackbox-exporter)
+have debootstrap || need+=(debootstrap)  # the Slurm 24.11/26.05 roots (deploy/dev/slurm.sh build)
 have curl || need+=(curl)
 have openssl || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
