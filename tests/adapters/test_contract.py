@@ -7,7 +7,8 @@ Each case runs against four adapters through a small per-adapter *harness*:
   subprocess (``agents``);
 * ``kubernetes`` — the API-server stand-in (tests/adapters/kubernetes/apiserver.py),
   through the real ``kubernetes`` client;
-* ``slurm`` — the real single-node Slurm (the session ``slurm`` fixture), through slurmrestd.
+* ``slurm-22.05``, ``slurm-24.11``, ``slurm-26.05`` — the real single-node Slurm of each release
+  (the session clusters of ``slurm_beds``), through slurmrestd.
 
 The cases: submit is idempotent by request id (same handle, no second job/pod/process);
 a new adapter instance for the same site re-adopts the work (status of the old handle,
@@ -51,7 +52,7 @@ from continuum.model import Node, RunState, SiteKind, SiteSpec, Task
 from edge_agent.protocol.session import MqttSession
 from tests.adapters.kubernetes.apiserver import ApiServer
 from tests.adapters.slurm.conftest import SlurmCluster
-from tests.conftest import AgentFactory, AgentProcess, Mosquitto, free_port
+from tests.conftest import SLURM_RELEASES, AgentFactory, AgentProcess, Mosquitto, free_port
 from tests.helpers import TEST_COMMAND_KEY, NoArtifacts, wait_for
 
 
@@ -336,12 +337,14 @@ HARNESSES: dict[str, HarnessFactory] = {
     "devices": lambda req, tmp: DevicesHarness(tmp, req.getfixturevalue("mosquitto"),
                                                req.getfixturevalue("agents")),
     "kubernetes": lambda req, tmp: KubernetesHarness(tmp, req.getfixturevalue("apiserver")),
-    "slurm": lambda req, tmp: SlurmHarness(tmp, req.getfixturevalue("slurm")),
+    **{f"slurm-{release}": (lambda req, tmp, release=release: SlurmHarness(
+        tmp, req.getfixturevalue("slurm_beds").get(release))) for release in SLURM_RELEASES},
 }
 """Adapter name → harness factory (fixtures are requested only by the cases that use them)."""
 
-MARKS = {"devices": pytest.mark.mosquitto, "slurm": pytest.mark.slurm}
-WITH_A_WIRE = ["devices", "kubernetes", "slurm"]
+MARKS = {"devices": pytest.mark.mosquitto,
+         **{f"slurm-{release}": pytest.mark.slurm for release in SLURM_RELEASES}}
+WITH_A_WIRE = ["devices", "kubernetes", *(f"slurm-{release}" for release in SLURM_RELEASES)]
 """The adapters with a backend that can be unreachable (the twin has none)."""
 
 
