@@ -477,10 +477,8 @@ stop_pid() {  # stop_pid PIDFILE
 
 stop() {  # every daemon at once (each takes 1-2 s to exit), then SIGKILL stragglers after 5 s;
           # then the mounts start made (DIR/run/root names the root; also after a crash)
-  local dir=$1 f pid pids=() files=() root="" m
-  [ -d "$dir" ] || return 0
-  dir=$(cd "$dir" && pwd -P)
-  [ -d "$dir/run" ] || return 0
+  local dir f pid pids=() files=() root="" m
+  dir=$(realpath -m "$1")  # DIR may be gone already: its mounts are still looked for
   for f in "$dir"/run/slurmrestd*.pid "$dir/run/slurmd.daemon.pid" \
            "$dir/run/slurmctld.daemon.pid" "$dir/run/slurmdbd.daemon.pid" \
            "$dir/run/mariadbd.daemon.pid" "$dir/run/munged.pid"; do
