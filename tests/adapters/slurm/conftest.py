@@ -1,9 +1,10 @@
 """Fixtures for the Slurm tests: a real single-node Slurm and a live control plane.
 
-* ``slurm`` (session): munged, slurmctld, slurmd and slurmrestd (JWT) started by
-  ``deploy/dev/slurm.sh`` in a temporary directory on loopback, stopped at the end. The
-  fixture is defined in ``tests/conftest.py`` (one definition, so the Slurm
-  tests and the adapter contract suite share one cluster); :class:`SlurmCluster` is here.
+* ``slurm`` (session, one per Slurm release 22.05/24.11/26.05) and ``slurm_accounting``:
+  munged, slurmctld, slurmd and slurmrestd (JWT) started by ``deploy/dev/slurm.sh
+  --release R`` in a temporary directory on loopback, stopped at the end. The fixtures
+  are defined in ``tests/conftest.py`` (one definition, so the Slurm tests and the adapter
+  contract suite share one cluster per release); :class:`SlurmCluster` is here.
 * ``live_cp`` (function): a factory of real :class:`ControlPlane` processes-in-threads
   serving the API under uvicorn on a free port (Slurm jobs fetch and upload artifacts
   over real HTTP), on a state directory that survives a restart.
