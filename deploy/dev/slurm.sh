@@ -56,7 +56,8 @@ die() { echo "slurm.sh: $*" >&2; exit 1; }
 say() { echo "slurm.sh: $*" >&2; }
 
 JOB_USER=${SLURM_DEV_USER:-slurm}
-CACHE=${CONTINUUM_CACHE:-$HOME/.cache/continuum}/slurm-root
+# canonical (no symlinks): mount points are compared with /proc/self/mountinfo
+CACHE=$(realpath -m "${CONTINUUM_CACHE:-$HOME/.cache/continuum}/slurm-root")
 MIRROR=${CONTINUUM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 MARKER=.continuum-slurm-version   # in a finished root: the Slurm version installed
 PACKAGES=(slurmctld slurmd slurmrestd slurm-client slurm-wlm-jwt-plugin munge slurmdbd
@@ -345,7 +346,7 @@ start() {
     use_root ""
   else
     build "$release"
-    use_root "$CACHE/$release"
+    use_root "$(realpath "$CACHE/$release")"
   fi
   echo "$ROOT" >"$dir/run/root"  # for `stop`, even if start fails from here on
   check_binaries

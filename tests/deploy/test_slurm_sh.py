@@ -9,7 +9,10 @@ the bind mount of the cluster's directory. None of this goes through the Slurm a
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -117,3 +120,33 @@ def test_stop_after_a_crash_unmounts_the_directory() -> None:
     others = [m for m in mounts() if m.startswith(root + "/")
               and m not in (f"{root}/proc", f"{root}/sys")]
     assert others or f"{root}/proc" not in mounts(), others  # proc/sys go with the last bed
+
+
+def test_an_unknown_release_or_a_root_of_another_release_is_refused(tmp_path: Path) -> None:
+    """``--release`` must be one of the three, and a root whose Slurm is not the release
+    asked for (here: a cache whose ``24.11`` is the 26.05 root) stops ``start`` by name."""
+    from tests.adapters.slurm.conftest import SLURM_SH
+
+    r = subprocess.run([str(SLURM_SH), "start", str(tmp_path / "x"), "--release", "23.02"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "unknown Slurm release '23.02' (22.05, 24.11 or 26.05)" in r.stderr
+
+    real = SlurmBeds().get("26.05")  # builds the 26.05 root if needed; its env names it
+    real.stop()
+    cache = Path(tempfile.mkdtemp(prefix="continuum-cache-"))
+    (cache / "slurm-root").mkdir()
+    (cache / "slurm-root" / "24.11").symlink_to(real.env["SLURM_ROOT"])
+    d = Path(tempfile.mkdtemp(prefix="continuum-slurm-wrong-"))
+    try:
+        r = subprocess.run([str(SLURM_SH), "start", str(d), "--release", "24.11"],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "CONTINUUM_CACHE": str(cache)})
+        assert r.returncode != 0
+        assert f"slurmctld in {real.env['SLURM_ROOT']} is Slurm '{real.release}', not 24.11" \
+            in r.stderr, r.stderr
+    finally:
+        subprocess.run([str(SLURM_SH), "stop", str(d)], capture_output=True, timeout=90)
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+    assert not [m for m in mounts() if m.endswith(str(d))]
