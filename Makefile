@@ -20,8 +20,11 @@ install: $(STAMP)  ## create .venv and install Continuum with the server and dev
 demo: install  ## run the demo: control plane, broker, two agents, simulated sites, workflows
 	$(BIN)/continuum demo
 
-test-deps:  ## install what the tests start for real (Mosquitto, Slurm, Prometheus) and build the Kubernetes test bed
+test-deps:  ## install what the tests start for real (Mosquitto, Slurm, Prometheus, kubectl), build the Slurm 24.11/26.05 roots and the Kubernetes test bed
 	bash deploy/dev/install-test-deps.sh
+	bash deploy/dev/slurm.sh build --release 24.11
+	bash deploy/dev/slurm.sh build --release 26.05
+	bash deploy/dev/kube.sh build
 
 test: install test-deps  ## run the whole test suite
 	$(BIN)/python -m pytest -q

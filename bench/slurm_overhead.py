@@ -1,13 +1,14 @@
 """Per-job overhead of running short jobs through Continuum vs. directly on the same Slurm.
 
-Starts a private single-node Slurm with ``deploy/dev/slurm.sh`` (or uses ``--slurm-dir``
-of one already started), then runs N short jobs (``true``, 1 CPU, 16 MiB) three ways,
-one after the other on the same cluster, each waiting until every job is COMPLETED:
+Starts a private single-node Slurm of ``--release`` 22.05, 24.11 or 26.05 with
+``deploy/dev/slurm.sh`` (or uses ``--slurm-dir`` of one already started), then runs N short
+jobs (``true``, 1 CPU, 16 MiB) three ways (``--paths``), one after the other on the same
+cluster, each waiting until every job is COMPLETED:
 
-* ``sbatch``      — N ``sbatch --wrap true`` calls (the CLI, over munge), then polling
-  ``squeue`` until the queue is empty;
-* ``slurmrestd``  — N ``POST job/submit`` over HTTP with a JWT (what Continuum sends,
-  without Continuum), then polling ``GET jobs``;
+* ``sbatch``      — N ``sbatch --wrap true`` calls (the CLI, over munge; in the release's
+  root, through ``chroot``, for 24.11/26.05), then polling ``squeue`` until the queue is empty;
+* ``slurmrestd``  — N ``POST /slurm/<newest API>/job/submit`` over HTTP with a JWT (what
+  Continuum sends, without Continuum), then polling ``squeue``;
 * ``continuum``   — one workflow of N independent tasks through the REST API of a real
   control plane (default settings: 1 s reconcile interval, 2 s inventory, 1 s job-table
   poll) whose Slurm site allows the whole batch to queue (``queueFactor``).
@@ -20,6 +21,9 @@ repeats the three paths in rotated orders, reporting means.
 Reproduce (root, Slurm packages installed; about 6 minutes on 2 cores)::
 
     .venv/bin/python bench/slurm_overhead.py --jobs 200 --rounds 2
+    .venv/bin/python bench/slurm_overhead.py --release 24.11 --paths sbatch,slurmrestd
+
+(``continuum`` on 24.11/26.05 needs the adapter's data_parser mapping, v0.0.40+.)
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import httpx
 import uvicorn
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[0] = str(REPO)  # not bench/: bench/kubernetes would shadow the kubernetes client
 
 from control_plane.server import ControlPlane  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
@@ -56,7 +60,17 @@ def _free_port() -> int:
 
 
 def _env(d: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in (d / "env").read_text().split())
+    return dict(line.split("=", 1) for line in (d / "env").read_text().splitlines())
+
+
+def _inside(env: dict[str, str]) -> list[str]:
+    """The prefix that runs a Slurm command where the daemons run (the release's root)."""
+    return ["chroot", env["SLURM_ROOT"]] if env.get("SLURM_ROOT") else []
+
+
+def _api(env: dict[str, str]) -> str:
+    """The newest API version slurmrestd serves (slurm.sh's SLURM_DATA_PARSERS)."""
+    return env.get("SLURM_DATA_PARSERS", "v0.0.38").split(",")[0]
 
 
 def _token(d: Path, user: str) -> str:
@@ -67,7 +81,8 @@ def _token(d: Path, user: str) -> str:
 def _wait_queue_empty(env: dict[str, str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+        out = subprocess.run([*_inside(env), "squeue", "-h", "-o", "%i"],
+                             capture_output=True, text=True,
                              env={**os.environ, "SLURM_CONF": env["SLURM_CONF"]}).stdout
         if not out.strip():
             return
@@ -79,7 +94,7 @@ def run_sbatch(env: dict[str, str], n: int) -> dict[str, float]:
     senv = {**os.environ, "SLURM_CONF": env["SLURM_CONF"]}
     t0 = time.perf_counter()
     for _ in range(n):
-        subprocess.run(["sbatch", "--parsable", "-p", "debug", "-c", "1", "--mem=16M",
+        subprocess.run([*_inside(env), "sbatch", "--parsable", "-p", "debug", "-c", "1", "--mem=16M",
                         "-o", "/dev/null", "--wrap", "true"], check=True, capture_output=True,
                        env=senv)
     submitted = time.perf_counter() - t0
@@ -90,15 +105,22 @@ def run_sbatch(env: dict[str, str], n: int) -> dict[str, float]:
 def run_rest(d: Path, env: dict[str, str], n: int) -> dict[str, float]:
     user = env["SLURM_JOB_USER"]
     headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": _token(d, user)}
-    job = {"partition": "debug", "tasks": 1, "cpus_per_task": 1, "memory_per_node": 16,
-           "current_working_directory": env["SLURM_WORKDIR"], "standard_output": "/dev/null",
-           "environment": {"PATH": "/usr/bin:/bin"}}
+    api, script = _api(env), "#!/bin/bash\ntrue\n"
+    job: dict[str, object] = {
+        "partition": "debug", "tasks": 1, "cpus_per_task": 1, "memory_per_node": 16,
+        "current_working_directory": env["SLURM_WORKDIR"], "standard_output": "/dev/null",
+        "environment": {"PATH": "/usr/bin:/bin"}}
+    if api >= "v0.0.40":  # data_parser schema: script in the job, lists and {set, number}
+        job.update(script=script, environment=["PATH=/usr/bin:/bin"],
+                   memory_per_node={"set": True, "number": 16})
     with httpx.Client(base_url=env["SLURMRESTD_URL"], headers=headers, timeout=30) as c:
         t0 = time.perf_counter()
         for i in range(n):
-            r = c.post("/slurm/v0.0.38/job/submit",
-                       json={"script": "#!/bin/bash\ntrue\n", "job": {**job, "name": f"rest-{i}"}})
-            r.raise_for_status()
+            body = ({"job": {**job, "name": f"rest-{i}"}} if api >= "v0.0.40" else
+                    {"script": script, "job": {**job, "name": f"rest-{i}"}})
+            r = c.post(f"/slurm/{api}/job/submit", json=body)
+            if r.status_code != 200 or r.json().get("errors"):
+                raise RuntimeError(f"POST /slurm/{api}/job/submit: {r.status_code} {r.text[:500]}")
         submitted = time.perf_counter() - t0
         _wait_queue_empty(env, 900)
         return {"submit_s": submitted, "makespan_s": time.perf_counter() - t0}
@@ -126,7 +148,8 @@ def run_continuum(d: Path, env: dict[str, str], n: int, state: Path) -> dict[str
                 "slurmUser": "root", "partitions": ["debug"],
                 "workdir": env["SLURM_WORKDIR"], "queueFactor": float(n)}}
             r = c.post("/v1/sites", json=site)
-            r.raise_for_status()
+            if r.status_code != 201:
+                raise RuntimeError(f"registering Slurm {env.get('SLURM_RELEASE')}: {r.text}")
             doc = {"apiVersion": "continuum/v1", "kind": "Workflow",
                    "metadata": {"name": "bench"}, "spec": {"tasks": [
                        {"name": f"t{i}", "command": ["true"], "retries": 0,
@@ -149,7 +172,8 @@ def run_continuum(d: Path, env: dict[str, str], n: int, state: Path) -> dict[str
             adapter = cp.federation.get_adapter("hpc")
             reqs = dict(adapter.client.requests_by_path)  # type: ignore[union-attr]
             return {"submit_s": submitted or makespan, "makespan_s": makespan,
-                    "jobs_reads": float(reqs.get("/slurm/v0.0.38/jobs", 0)),
+                    "jobs_reads": float(sum(v for k, v in reqs.items()
+                                            if k.startswith("/slurm/") and k.endswith("/jobs"))),
                     "cycles": float(cp.reconciler.cycles)}
     finally:
         server.should_exit = True
@@ -164,6 +188,10 @@ def main() -> None:
                     help="rounds of all three paths; each round rotates their order")
     ap.add_argument("--warmup", type=int, default=50,
                     help="sbatch jobs run (and discarded) first: a fresh slurmctld is slower")
+    ap.add_argument("--release", default="22.05", choices=["22.05", "24.11", "26.05"],
+                    help="the Slurm release slurm.sh starts (ignored with --slurm-dir)")
+    ap.add_argument("--paths", default="sbatch,slurmrestd,continuum",
+                    help="comma list of the paths measured (sbatch, slurmrestd, continuum)")
     ap.add_argument("--slurm-dir", type=Path, help="a Slurm started by deploy/dev/slurm.sh")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = ap.parse_args()
@@ -171,8 +199,10 @@ def main() -> None:
     own = args.slurm_dir is None
     d = args.slurm_dir or Path(tempfile.mkdtemp(prefix="continuum-bench-slurm-"))
     if own:
-        subprocess.run([str(SLURM_SH), "start", str(d)], check=True)
-    names = ["sbatch", "slurmrestd", "continuum"]
+        subprocess.run([str(SLURM_SH), "start", str(d), "--release", args.release], check=True)
+    names = [p for p in ["sbatch", "slurmrestd", "continuum"] if p in args.paths.split(",")]
+    if not names:
+        ap.error("--paths names none of sbatch, slurmrestd, continuum")
     results: dict[str, list[dict[str, float]]] = {k: [] for k in names}
     orders: list[list[str]] = []
     try:
@@ -180,7 +210,8 @@ def main() -> None:
         if args.warmup:
             run_sbatch(env, args.warmup)
         for rnd in range(args.rounds):
-            order = names[rnd % 3:] + names[:rnd % 3]
+            k = rnd % len(names)
+            order = names[k:] + names[:k]
             orders.append(order)
             for name in order:
                 state = Path(tempfile.mkdtemp(prefix="continuum-bench-state-"))
@@ -201,21 +232,24 @@ def main() -> None:
     def mean(name: str, key: str) -> float:
         return sum(r[key] for r in results[name]) / len(results[name])
 
-    base = mean("sbatch", "makespan_s") / n
-    print(f"\n{n} jobs (`true`, 1 CPU, 16 MiB) per path on one single-node Slurm 22.05 "
+    ref = "sbatch" if "sbatch" in names else names[0]
+    base = mean(ref, "makespan_s") / n
+    print(f"\n{n} jobs (`true`, 1 CPU, 16 MiB) per path on one single-node Slurm "
+          f"{env.get('SLURM_RELEASE', '22.05')} (REST {_api(env)}) "
           f"({os.cpu_count()} CPUs); {args.warmup} warm-up jobs, then {args.rounds} round(s) "
           f"in the orders {'; '.join(', '.join(o) for o in orders)}; means over rounds\n")
-    print("| path | submit all (s) | makespan (s) | per job (ms) | ratio vs sbatch |")
+    print(f"| path | submit all (s) | makespan (s) | per job (ms) | ratio vs {ref} |")
     print("|---|---:|---:|---:|---:|")
     for name in names:
         per = mean(name, "makespan_s") / n
         runs = ", ".join(f"{r['makespan_s']:.1f}" for r in results[name])
         print(f"| {name} | {mean(name, 'submit_s'):.1f} | {mean(name, 'makespan_s'):.1f} "
               f"({runs}) | {per * 1000:.0f} | {per / base:.2f} |")
-    over = (mean("continuum", "makespan_s") - mean("sbatch", "makespan_s")) / n
-    print(f"\nContinuum overhead per job over sbatch: {over * 1000:.0f} ms; job-table reads: "
-          f"{mean('continuum', 'jobs_reads'):.0f} in {mean('continuum', 'cycles'):.0f} reconcile "
-          f"cycles per round (one per poll, never one per job)")
+    if "continuum" in names and "sbatch" in names:
+        over = (mean("continuum", "makespan_s") - mean("sbatch", "makespan_s")) / n
+        print(f"\nContinuum overhead per job over sbatch: {over * 1000:.0f} ms; job-table reads: "
+              f"{mean('continuum', 'jobs_reads'):.0f} in {mean('continuum', 'cycles'):.0f} "
+              f"reconcile cycles per round (one per poll, never one per job)")
     if args.json:
         print(json.dumps(results, indent=2))
 

@@ -14,11 +14,13 @@
 * ``run_user`` (function): the ``continuum-run`` system user agents run tasks as by
   default (created as the installer does, if missing); ``open_state_dir``: an agent state
   directory that user can traverse to (pytest's temporary directories are root-only).
-* ``slurm`` (session): the real single-node Slurm (:class:`SlurmCluster`: munged,
-  slurmctld, slurmd and slurmrestd with JWT, started by ``deploy/dev/slurm.sh`` in a
-  temporary directory on loopback, stopped at the end). Defined here, once, so every test
-  that needs Slurm (the Slurm adapter tests, the adapter contract suite, the first-hour
-  log checks) shares one cluster per session.
+* ``slurm`` (session, parametrised over :data:`SLURM_RELEASES` 22.05, 24.11, 26.05): the
+  real single-node Slurm (:class:`SlurmCluster`: munged, slurmctld, slurmd and slurmrestd
+  with JWT, started by ``deploy/dev/slurm.sh --release R`` in a temporary directory on
+  loopback, stopped at the end). Defined here, once, so every test that needs Slurm (the
+  Slurm adapter tests, the adapter contract suite, the first-hour log checks) shares one
+  cluster per release per session; ``-k slurm-22.05`` selects one release.
+* ``slurm_accounting`` (session): the same with slurmdbd on MariaDB (``--accounting``).
 * ``kube_cluster`` (session): the real Kubernetes of ``deploy/dev/kube.sh`` (etcd,
   kube-apiserver, controller-manager, scheduler, kwok nodes kwok-node-1..3; see
   :class:`tests.adapters.kubernetes.cluster.KubeCluster`), started once per session in a
@@ -206,22 +208,65 @@ def artifacts() -> Iterator[ArtifactServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def slurm() -> Iterator[SlurmCluster]:
-    """A real single-node Slurm for the session (fails with the script's reason if it can't)."""
-    from tests.adapters.slurm.conftest import SLURM_SH, SlurmCluster  # it imports this module
+SLURM_RELEASES = ("22.05", "24.11", "26.05")
+"""The Slurm releases the live Slurm tests run against (``slurm.sh --release``): 22.05 from
+this machine's packages, 24.11 and 26.05 in Debian roots under the cache directory."""
 
-    # not under pytest's private tmp: slurmrestd and the jobs run as another user
-    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="continuum-slurm-")))
-    try:
-        cluster.start()
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        cluster.sh("stop", str(cluster.dir))
-        shutil.rmtree(cluster.dir, ignore_errors=True)
-        pytest.fail(f"could not start Slurm with {SLURM_SH}: {e}")
-    yield cluster
-    cluster.sh("stop", str(cluster.dir))
-    shutil.rmtree(cluster.dir, ignore_errors=True)
+SLURM_ACCOUNTING_RELEASE = "24.11"
+"""The release of the ``slurm_accounting`` cluster (slurmdbd on MariaDB)."""
+
+
+class SlurmBeds:
+    """The session's Slurm clusters, one per (release, accounting), each started on first
+    use and stopped by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.started: dict[tuple[str, bool], SlurmCluster] = {}
+
+    def get(self, release: str, accounting: bool = False) -> SlurmCluster:
+        """The running cluster of ``release`` (``"22.05"``, ``"24.11"``, ``"26.05"``),
+        started now if needed; fails the test with slurm.sh's reason if it cannot start."""
+        from tests.adapters.slurm.conftest import SLURM_SH, SlurmCluster  # it imports this module
+
+        key = (release, accounting)
+        if key not in self.started:
+            # not under pytest's private tmp: slurmrestd and the jobs run as another user
+            cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix=f"continuum-slurm-{release}-")))
+            try:
+                cluster.start(release, accounting=accounting)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                cluster.stop()
+                pytest.fail(f"could not start Slurm {release} with {SLURM_SH}: {e}")
+            self.started[key] = cluster
+        return self.started[key]
+
+    def close(self) -> None:
+        for cluster in self.started.values():
+            cluster.stop()
+        self.started.clear()
+
+
+@pytest.fixture(scope="session")
+def slurm_beds() -> Iterator[SlurmBeds]:
+    """Every Slurm cluster the session started; all are stopped at its end."""
+    beds = SlurmBeds()
+    yield beds
+    beds.close()
+
+
+@pytest.fixture(scope="session", params=SLURM_RELEASES, ids=lambda r: f"slurm-{r}")
+def slurm(request: pytest.FixtureRequest, slurm_beds: SlurmBeds) -> SlurmCluster:
+    """A real single-node Slurm of each release in :data:`SLURM_RELEASES` (tests using it
+    run once per release, ids ``[slurm-22.05]`` …); each started once per session."""
+    return slurm_beds.get(request.param)
+
+
+@pytest.fixture(scope="session")
+def slurm_accounting(slurm_beds: SlurmBeds) -> SlurmCluster:
+    """A real single-node Slurm :data:`SLURM_ACCOUNTING_RELEASE` with slurmdbd on MariaDB
+    (``slurm.sh --accounting``): ``sacct`` and ``/slurmdb/<version>/jobs`` list finished
+    jobs of account ``continuum``."""
+    return slurm_beds.get(SLURM_ACCOUNTING_RELEASE, accounting=True)
 
 
 # ---------------------------------------------------------------- real Kubernetes

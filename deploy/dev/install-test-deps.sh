@@ -2,10 +2,10 @@
 # Installs the Debian packages the test suite runs for real, when missing (needs root):
 # Mosquitto 2.0 (the agents' broker), Slurm 22.05 with slurmrestd and its JWT plugin plus
 # munge (the Slurm adapter's cluster), Prometheus, node-exporter, pushgateway and the
-# blackbox exporter (the metrics collector's sources), kubectl; then builds (or reuses) the
-# test bed's Kubernetes from its Go modules (deploy/dev/kube.sh build: needs Go >= 1.26; the
-# first build takes ~8 min on 2 cores and prints its progress). Nothing is started here; the
-# tests start what they need through deploy/dev/*.sh on loopback.
+# blackbox exporter (the metrics collector's sources), kubectl, debootstrap (the Debian roots of
+# Slurm 24.11 and 26.05, which `make test-deps` then builds with `deploy/dev/slurm.sh build`,
+# as it builds the Kubernetes test bed with `deploy/dev/kube.sh build`). Nothing is started
+# here; the tests start what they need through deploy/dev/*.sh on loopback.
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
@@ -22,11 +22,11 @@ have promtool || need+=(prometheus)
 have prometheus-node-exporter || need+=(prometheus-node-exporter)
 have prometheus-pushgateway || need+=(prometheus-pushgateway)
 have prometheus-blackbox-exporter || need+=(prometheus-blackbox-exporter)
+have debootstrap || need+=(debootstrap)  # the Slurm 24.11/26.05 roots (deploy/dev/slurm.sh build)
 have curl || need+=(curl)
 have openssl || need+=(openssl)
 have kubectl || need+=(kubectl)
-build_kube() { bash "$(dirname "${BASH_SOURCE[0]}")/kube.sh" build; }
-[ ${#need[@]} -eq 0 ] && { build_kube; exit 0; }
+[ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" != 0 ]; then
   echo "install-test-deps: missing ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2
@@ -36,4 +36,3 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 echo "install-test-deps: installed ${need[*]}"
-build_kube

@@ -10,7 +10,8 @@ Each case runs against four adapters through a small per-adapter *harness*:
 * ``kubernetes-real`` — the real Kubernetes of the test bed (the session ``kube_cluster``:
   kube-apiserver, controller-manager, scheduler, kwok nodes), with the ServiceAccount
   kubeconfig of deploy/kubernetes/rbac.yaml;
-* ``slurm`` — the real single-node Slurm (the session ``slurm`` fixture), through slurmrestd.
+* ``slurm-22.05``, ``slurm-24.11``, ``slurm-26.05`` — the real single-node Slurm of each release
+  (the session clusters of ``slurm_beds``), through slurmrestd.
 
 The cases: submit is idempotent by request id (same handle, no second job/pod/process);
 a new adapter instance for the same site re-adopts the work (status of the old handle,
@@ -55,7 +56,7 @@ from edge_agent.protocol.session import MqttSession
 from tests.adapters.kubernetes.apiserver import ApiServer
 from tests.adapters.kubernetes.cluster import KubeCluster, kwok_env
 from tests.adapters.slurm.conftest import SlurmCluster
-from tests.conftest import AgentFactory, AgentProcess, Mosquitto, free_port
+from tests.conftest import SLURM_RELEASES, AgentFactory, AgentProcess, Mosquitto, free_port
 from tests.helpers import TEST_COMMAND_KEY, NoArtifacts, wait_for
 
 
@@ -367,13 +368,15 @@ HARNESSES: dict[str, HarnessFactory] = {
     "kubernetes": lambda req, tmp: KubernetesHarness(tmp, req.getfixturevalue("apiserver")),
     "kubernetes-real": lambda req, tmp: RealKubernetesHarness(
         tmp, req.getfixturevalue("kube_cluster")),
-    "slurm": lambda req, tmp: SlurmHarness(tmp, req.getfixturevalue("slurm")),
+    **{f"slurm-{release}": (lambda req, tmp, release=release: SlurmHarness(
+        tmp, req.getfixturevalue("slurm_beds").get(release))) for release in SLURM_RELEASES},
 }
 """Adapter name → harness factory (fixtures are requested only by the cases that use them)."""
 
-MARKS = {"devices": pytest.mark.mosquitto, "slurm": pytest.mark.slurm,
-         "kubernetes-real": pytest.mark.kube}
-WITH_A_WIRE = ["devices", "kubernetes", "kubernetes-real", "slurm"]
+MARKS = {"devices": pytest.mark.mosquitto, "kubernetes-real": pytest.mark.kube,
+         **{f"slurm-{release}": pytest.mark.slurm for release in SLURM_RELEASES}}
+WITH_A_WIRE = ["devices", "kubernetes", "kubernetes-real",
+               *(f"slurm-{release}" for release in SLURM_RELEASES)]
 """The adapters with a backend that can be unreachable (the twin has none)."""
 
 

@@ -1,9 +1,10 @@
 """Fixtures for the Slurm tests: a real single-node Slurm and a live control plane.
 
-* ``slurm`` (session): munged, slurmctld, slurmd and slurmrestd (JWT) started by
-  ``deploy/dev/slurm.sh`` in a temporary directory on loopback, stopped at the end. The
-  fixture is defined in ``tests/conftest.py`` (one definition, so the Slurm
-  tests and the adapter contract suite share one cluster); :class:`SlurmCluster` is here.
+* ``slurm`` (session, one per Slurm release 22.05/24.11/26.05) and ``slurm_accounting``:
+  munged, slurmctld, slurmd and slurmrestd (JWT) started by ``deploy/dev/slurm.sh
+  --release R`` in a temporary directory on loopback, stopped at the end. The fixtures
+  are defined in ``tests/conftest.py`` (one definition, so the Slurm tests and the adapter
+  contract suite share one cluster per release); :class:`SlurmCluster` is here.
 * ``live_cp`` (function): a factory of real :class:`ControlPlane` processes-in-threads
   serving the API under uvicorn on a free port (Slurm jobs fetch and upload artifacts
   over real HTTP), on a state directory that survives a restart.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import threading
 import uuid
@@ -47,9 +49,36 @@ class SlurmCluster:
             raise RuntimeError(f"slurm.sh {' '.join(args)} failed: {r.stderr.strip()}")
         return r.stdout.strip()
 
-    def start(self) -> None:
-        self.sh("start", str(self.dir))
-        self.env = dict(line.split("=", 1) for line in (self.dir / "env").read_text().split())
+    def start(self, release: str = "22.05", accounting: bool = False) -> None:
+        """``slurm.sh start DIR --release R [--accounting]``; on a fresh machine this first
+        builds R's root (minutes: ``make test-deps`` does it beforehand, with progress).
+        Raises RuntimeError (slurm.sh's reason) or subprocess.TimeoutExpired."""
+        self.sh("start", str(self.dir), "--release", release,
+                *(["--accounting"] if accounting else []), timeout=1800)
+        self.env = dict(line.split("=", 1) for line in (self.dir / "env").read_text().splitlines())
+
+    def stop(self) -> None:
+        """``slurm.sh stop`` (daemons, then its mounts) and remove the directory."""
+        subprocess.run([str(SLURM_SH), "stop", str(self.dir)], capture_output=True, text=True,
+                       timeout=90, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def release(self) -> str:
+        """The Slurm version running, e.g. ``24.11.5``."""
+        return self.env["SLURM_RELEASE"]
+
+    @property
+    def api(self) -> str:
+        """The newest API version slurmrestd serves (``v0.0.38`` on 22.05, the newest
+        data_parser on 24.11+), from ``SLURM_DATA_PARSERS``."""
+        return self.env["SLURM_DATA_PARSERS"].split(",")[0]
+
+    def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``argv`` where the daemons run (in the release's root for 24.11+), with
+        ``SLURM_CONF`` set: ``slurm.sh run DIR argv...`` (not checked)."""
+        return subprocess.run([str(SLURM_SH), "run", str(self.dir), *argv],
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
     @property
     def url(self) -> str:
@@ -91,7 +120,7 @@ class SlurmCluster:
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every job slurmctld knows, through slurmrestd (a fresh token each call)."""
-        r = httpx.get(f"{self.url}/slurm/v0.0.38/jobs", timeout=10, headers={
+        r = httpx.get(f"{self.url}/slurm/{self.api}/jobs", timeout=10, headers={
             "X-SLURM-USER-NAME": self.user, "X-SLURM-USER-TOKEN": self.token(60)})
         r.raise_for_status()
         return list(r.json()["jobs"])

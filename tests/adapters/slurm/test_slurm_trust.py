@@ -2,15 +2,14 @@
 tenant is refused, root and SlurmUser are refused, and no site secret appears in an API
 answer, a log line or the database file.
 
-The mapped user is ``continuum-test``, a system user created here (as an hpc-admin
-would create a cluster account); slurmd runs its jobs under that uid.
+The mapped user is ``continuum-test``, a system user created here and in the cluster's
+root filesystem (as an hpc-admin would create a cluster account); slurmd runs its jobs
+under that uid.
 """
 
 from __future__ import annotations
 
 import logging
-import pwd
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -27,15 +26,12 @@ from tests.conftest import free_port
 TEST_USER = "continuum-test"
 
 
-@pytest.fixture(scope="module")
-def test_user() -> str:
-    """The ``continuum-test`` system user (created if missing; the tests run as root)."""
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", TEST_USER],
-                       check=True, capture_output=True, timeout=30)
+@pytest.fixture
+def test_user(slurm: SlurmCluster) -> str:
+    """The ``continuum-test`` system user, created if missing (the tests run as root) here
+    and, with the same uid, in the root filesystem of the cluster's release
+    (``slurm.sh user``), where slurmd looks its jobs' users up."""
+    slurm.sh("user", str(slurm.dir), TEST_USER)
     return TEST_USER
 
 
