@@ -139,21 +139,32 @@ def parse_job(job: dict[str, Any]) -> JobAccounting:
         energy_j=float(sum(energy)) if energy else None)
 
 
+class AccountingUnavailable(Exception):
+    """slurmrestd answered, but the cluster keeps no job accounting (its answer names an
+    accounting storage other than slurmdbd)."""
+
+
 def read_job(request: Request, version: str, job_id: int) -> JobAccounting | None:
     """``GET /slurmdb/{version}/job/{job_id}`` → the job's record; None when slurmdbd does
     not hold it (yet: slurmctld sends it a moment after the job ends).
 
     Raises:
         ValueError: ``version`` is older than v0.0.40 (see :func:`supported`).
+        AccountingUnavailable: the answer's ``meta.plugin.accounting_storage`` is not
+            ``accounting_storage/slurmdbd``.
         whatever ``request`` raises (the client's TransientError, AuthError, ...).
     """
     if not supported(version):
         raise ValueError(f"slurmdb accounting is mapped from v0.0.{MIN_VERSION} on, "
                          f"not {version!r}")
     body = request(f"/slurmdb/{version}/job/{int(job_id)}") or {}
+    storage = str(((body.get("meta") or {}).get("plugin") or {}).get("accounting_storage") or "")
+    if storage and storage != "accounting_storage/slurmdbd":
+        raise AccountingUnavailable(f"slurmrestd reports accounting storage {storage!r}")
     mine = [j for j in body.get("jobs") or []
             if isinstance(j, dict) and j.get("job_id") == job_id]
     return parse_job(mine[-1]) if mine else None
 
 
-__all__ = ["JobAccounting", "MIN_VERSION", "Request", "parse_job", "read_job", "supported"]
+__all__ = ["AccountingUnavailable", "JobAccounting", "MIN_VERSION", "Request", "parse_job",
+           "read_job", "supported"]
