@@ -56,7 +56,7 @@ from placement import DataSource, Framework, PlacementRequest, Snapshot, plan
 
 log = logging.getLogger(__name__)
 
-REMOVE_WAIT_S = 30.0
+REMOVE_WAIT_S = 10.0
 """How long site removal waits for the backend to report its cancelled work ended (s)."""
 
 
