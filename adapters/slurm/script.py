@@ -11,7 +11,8 @@ The script (bash) does what the device agent does around a run, with ``curl`` an
    ``scontrol update``, so the control plane learns it from slurmctld's job table even
    when it cannot read the run directory) and exits :data:`EXIT_INPUT`;
 3. runs the task's command (argv), or its script through its interpreter, or — when the
-   task names an ``image`` — the same under ``apptainer exec docker://IMAGE``;
+   task names an ``image`` — the same under ``apptainer exec IMAGE`` (:func:`image_ref`:
+   a local SIF path on the cluster, a URI, or ``docker://`` for a bare reference);
 4. **epilogue** — when the command succeeded, uploads every declared output
    (``PUT /v1/artifacts/{workflow}/{name}?run={run_id}``); a failure writes the reason
    and exits :data:`EXIT_OUTPUT`;
@@ -91,6 +92,14 @@ def paths(workdir: str, run_id: str) -> JobPaths:
                     output=f"{base}/{NAME_PREFIX}{run_id}.out")
 
 
+def image_ref(image: str) -> str:
+    """What ``apptainer exec`` gets for a task's ``image``: a URI (``docker://``,
+    ``oras://``, ``library://``, ...) or an absolute path on the cluster — a SIF file or a
+    sandbox directory built there, e.g. ``apptainer build /shared/img.sif rootfs/``, which
+    needs no registry — as is; a bare reference (``python:3.11-slim``) is a Docker image."""
+    return image if "://" in image or image.startswith("/") else f"docker://{image}"
+
+
 def _command(run: TaskRun, *, apptainer: str | None, gpus: int) -> list[str]:
     """The argv of the task (a script is written to ``.continuum/script`` first)."""
     task = run.task
@@ -100,8 +109,7 @@ def _command(run: TaskRun, *, apptainer: str | None, gpus: int) -> list[str]:
         assert task.script is not None
         argv = [*task.script.interpreter, ".continuum/script"]
     if task.image and apptainer:
-        image = task.image if "://" in task.image else f"docker://{task.image}"
-        return [apptainer, "exec", *(["--nv"] if gpus else []), image, *argv]
+        return [apptainer, "exec", *(["--nv"] if gpus else []), image_ref(task.image), *argv]
     return argv
 
 
