@@ -65,8 +65,9 @@ class JobAccounting:
 
     @property
     def cpu_time_s(self) -> float:
-        """User + system CPU time (s) of the job's steps (``sacct`` TotalCPU)."""
-        return self.cpu_user_s + self.cpu_system_s
+        """User + system CPU time (s) of the job's steps (``sacct`` TotalCPU), to the
+        microsecond Slurm counts in."""
+        return round(self.cpu_user_s + self.cpu_system_s, 6)
 
     @property
     def finished(self) -> bool:
@@ -79,7 +80,7 @@ class JobAccounting:
         return {"source": "slurmdbd", "jobId": self.job_id, "state": self.state,
                 "exitCode": self.exit_code, "signal": self.signal, "elapsedS": self.elapsed_s,
                 "cpuUserS": round(self.cpu_user_s, 6), "cpuSystemS": round(self.cpu_system_s, 6),
-                "cpuTimeS": round(self.cpu_time_s, 6), "maxRssBytes": self.max_rss_bytes,
+                "cpuTimeS": self.cpu_time_s, "maxRssBytes": self.max_rss_bytes,
                 "energyJ": self.energy_j}
 
 
