@@ -68,3 +68,12 @@ def test_consumed_energy_is_summed_over_steps() -> None:
     job["steps"].append({"tres": {"consumed": {"total": [
         {"type": "energy", "id": 3, "count": 18446744073709551614}]}}})
     assert parse_job(job).energy_j == 1500.0
+
+
+def test_the_record_fills_the_run_status() -> None:
+    from adapters.slurm.adapter import SlurmAdapter
+
+    acct = parse_job(captured("job4_v0.0.42")["jobs"][0])
+    fields = SlurmAdapter._observed(acct)
+    assert fields == {"runtime_s": 5.0, "energy_j": None, "cpu_time_s": 2.020874,
+                      "max_rss_bytes": 32960 * 1024, "accounting": acct.to_json()}
