@@ -77,3 +77,20 @@ def test_the_record_fills_the_run_status() -> None:
     fields = SlurmAdapter._observed(acct)
     assert fields == {"runtime_s": 5.0, "energy_j": None, "cpu_time_s": 2.020874,
                       "max_rss_bytes": 32960 * 1024, "accounting": acct.to_json()}
+
+
+def test_describe_run_shows_the_accounted_figures() -> None:
+    from control_plane.render import explain_run, make_console
+
+    acct = parse_job(captured("job4_v0.0.42")["jobs"][0])
+    run = {"id": "run-1", "task": "t", "attempt": 1, "state": "Succeeded", "node": "hpc/debug",
+           "site": "hpc", "placement": {"tier": "hpc", "scores": {}, "predicted": {}},
+           "observed": {"runtimeS": 5.0, "energyJ": None, "bytesIn": 0, "bytesOut": 0,
+                        "cpuTimeS": acct.cpu_time_s, "maxRssBytes": acct.max_rss_bytes,
+                        "accounting": acct.to_json()}}
+    console = make_console(min_width=120)
+    with console.capture() as cap:
+        console.print(explain_run(run))
+    out = cap.get()
+    assert "CPU time (accounted)" in out and "max RSS (accounted)" in out
+    assert "32.2Mi" in out and "2.0s" in out
