@@ -128,6 +128,13 @@ class RunStatus:
     """The backend's own measure of the run's runtime (s), where it differs from the
     wall clock between ``started_at`` and ``finished_at`` (the twin reports virtual s)."""
     simulated: bool = False
+    cpu_time_s: float | None = None
+    """User + system CPU time (s) the backend accounted to the run (Slurm: slurmdbd)."""
+    max_rss_bytes: int | None = None
+    """The run's peak resident memory (bytes) as the backend accounted it."""
+    accounting: dict[str, Any] | None = None
+    """The backend's accounting record of the finished run, as the run view shows it
+    (Slurm: :meth:`adapters.slurm.accounting.JobAccounting.to_json`)."""
 
 
 class ArtifactStore(Protocol):

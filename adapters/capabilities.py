@@ -18,7 +18,9 @@ import (:func:`conforms` checks the names), not a request in production::
   (``Federation.register``);
 * :class:`PartitionStats` — slurm; the Slurm partition gauges of ``/metrics``;
 * :class:`DataSourceCatalog` — kubeedge; ``GET /v1/data-sources``;
-* :class:`DeviceFleet` — devices; ``GET /v1/devices`` and the device telemetry monitoring reads.
+* :class:`DeviceFleet` — devices; ``GET /v1/devices`` and the device telemetry monitoring reads;
+* :class:`FindsWork` — slurm; site removal (``Applier.remove_site``) cancels the work of a
+  run whose submit answer was lost.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from adapters.base import Handle
 from edge_agent.protocol import Telemetry
 
 
@@ -103,6 +106,20 @@ class DeviceFleet(Protocol):
         ...
 
 
+@runtime_checkable
+class FindsWork(Protocol):
+    """Can find the backend work a submit created although its answer never arrived."""
+
+    def find(self, run_id: str) -> Handle | None:
+        """The handle of run ``run_id``'s backend work (submitted with request id
+        ``run_id``), read from the backend now; None when it has none.
+
+        Raises:
+            TransientError | AuthError: the backend could not be asked.
+        """
+        ...
+
+
 def conforms(cls: type, *capabilities: type) -> None:
     """Check at import that ``cls`` has every method of each of ``capabilities``.
 
@@ -120,5 +137,5 @@ def _members(cap: type) -> list[str]:
     return [m for m in vars(cap) if not m.startswith("_") and callable(vars(cap)[m])]
 
 
-__all__ = ["DataSourceCatalog", "DeviceFleet", "DeviceTelemetry", "PartitionStats",
+__all__ = ["DataSourceCatalog", "DeviceFleet", "DeviceTelemetry", "FindsWork", "PartitionStats",
            "SupportsCheck", "conforms"]

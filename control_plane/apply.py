@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.base import ArtifactIn, ArtifactOut, Handle, RunStatus, TaskRun
+from adapters.capabilities import FindsWork
 from continuum.errors import AdapterError, TransientError
 from continuum.model import Node, RunState, Task, TaskState, WorkflowDocument, WorkflowState
 from control_plane import decide as d
@@ -54,6 +55,9 @@ from monitoring.topology import TopologyModel
 from placement import DataSource, Framework, PlacementRequest, Snapshot, plan
 
 log = logging.getLogger(__name__)
+
+REMOVE_WAIT_S = 10.0
+"""How long site removal waits for the backend to report its cancelled work ended (s)."""
 
 
 def _ts(t: float) -> datetime:
@@ -200,6 +204,8 @@ class Applier:
             if st is not None:
                 run.exit_code, run.bytes_in, run.bytes_out = st.exit_code, st.bytes_in, st.bytes_out
                 run.energy_j = st.energy_j
+                run.cpu_time_s, run.max_rss_bytes = st.cpu_time_s, st.max_rss_bytes
+                run.accounting = st.accounting
                 self.metrics.bytes_moved.labels("in").inc(st.bytes_in)
                 self.metrics.bytes_moved.labels("out").inc(st.bytes_out)
             run.runtime_s = a.runtime_s
@@ -304,29 +310,54 @@ class Applier:
                 run.released = True
 
     def remove_site(self, a: d.RemoveSite) -> dict[str, Any]:
-        """Cancel (or leave) the site's active runs, then forget the site.
+        """Drain the site, cancel (or leave) its active runs and wait them out, then forget it.
+
+        1. the site is drained (persisted): nothing new is placed or dispatched there;
+        2. with ``cancel_runs``, each active run's backend work is cancelled — also the work
+           of a run whose submit answer was lost (no handle yet, found through
+           :class:`~adapters.capabilities.FindsWork`);
+        3. the cancelled work is waited out (the backend reports it ended), at most
+           ``REMOVE_WAIT_S``;
+        4. the site is forgotten; its runs fail ("site was removed") at the next cycle and
+           their tasks are retried elsewhere.
 
         Raises:
             NotFound: no such site.
-            AdapterError: the backend refused to cancel a run (nothing was removed).
+            AdapterError: the backend refused to cancel a run (the site is left draining,
+                not removed).
         """
-        self.federation.site(a.name)  # NotFound
+        self.federation.drain(a.name)  # NotFound
+        adapter = self.federation.get_adapter(a.name)
         with self.store.session() as s:
             active = [(r.id, r.workflow_id, r.handle) for r in s.scalars(
                 select(RunRow).where(RunRow.site == a.name,
                                      RunRow.state.in_(ACTIVE_RUN_STATES)))]
         cancelled: list[str] = []
         left: list[str] = []
+        handles: list[Handle] = []
         for run_id, _, handle in active:
-            if not handle:
+            h = Handle.from_json(handle) if handle else None
+            if h is None and a.cancel_runs and isinstance(adapter, FindsWork):
+                try:
+                    h = adapter.find(run_id)
+                except AdapterError as e:
+                    raise AdapterError(f"looking for the work of run {run_id} failed: {e}; "
+                                       "the site is left draining", site=a.name) from e
+            if h is None:
                 continue
             if not a.cancel_runs:
                 left.append(run_id)
                 continue
-            err = self._cancel_on_backend(run_id)
-            if err:
-                raise AdapterError(f"cancelling run {run_id} failed: {err}", site=a.name)
+            try:
+                assert adapter is not None
+                adapter.cancel(h)
+            except AdapterError as e:
+                raise AdapterError(f"cancelling run {run_id} failed: {e}; the site is left "
+                                   "draining", site=a.name) from e
             cancelled.append(run_id)
+            handles.append(h)
+        if adapter is not None and handles:
+            self._wait_out(a.name, adapter, handles)
         self.federation.remove(a.name)
         with self.store.session() as s:
             for run_id, workflow_id, _ in active:
@@ -338,6 +369,26 @@ class Applier:
         self.wake()
         return {"site": a.name, "runs": "cancel" if a.cancel_runs else "leave",
                 "cancelled": cancelled, "left": left}
+
+    def _wait_out(self, site: str, adapter: Any, handles: list[Handle]) -> None:
+        """Poll ``adapter.status`` until every handle's work ended, or ``REMOVE_WAIT_S``."""
+        deadline = time.monotonic() + REMOVE_WAIT_S
+        pending = {h.run_id: h for h in handles}
+        while pending and time.monotonic() < deadline:
+            try:
+                st = adapter.status(list(pending.values()))
+            except AdapterError as e:
+                log.warning("site %s: waiting out cancelled runs: %s", site, e)
+                st = {}
+            for run_id, status in st.items():
+                if status.state.terminal:
+                    pending.pop(run_id, None)
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            log.warning("site %s: removed while the backend still reports run(s) %s as not "
+                        "ended %.0f s after their cancel", site, ", ".join(sorted(pending)),
+                        REMOVE_WAIT_S)
 
     # ------------------------------------------------------------ place
 

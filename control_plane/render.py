@@ -210,6 +210,10 @@ def explain_run(run: dict[str, Any]) -> Group:
         cmp.add_row("bytes in", format_bytes(pred.get("bytesMoved", 0)),
                     format_bytes(obs.get("bytesIn", 0)))
         cmp.add_row("bytes out (outputs kept)", "", format_bytes(obs.get("bytesOut", 0)))
+        if obs.get("cpuTimeS") is not None:  # the backend's accounting (Slurm: slurmdbd)
+            cmp.add_row("CPU time (accounted)", "", _dur(obs["cpuTimeS"]))
+        if obs.get("maxRssBytes") is not None:
+            cmp.add_row("max RSS (accounted)", "", format_bytes(obs["maxRssBytes"]))
         if pred.get("latencyMs") is not None:
             cmp.add_row("RTT to SLO target", _num(pred.get("latencyMs"), " ms"), "")
         parts.append(cmp)

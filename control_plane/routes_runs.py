@@ -25,7 +25,9 @@ def run_view(r: RunRow, *, tail: bool = True) -> dict[str, Any]:
         "finishedAt": iso(r.finished_at), "exitCode": r.exit_code,
         "placement": r.placement, "handle": r.handle,
         "observed": {"runtimeS": r.runtime_s, "energyJ": r.energy_j,
-                     "bytesIn": r.bytes_in, "bytesOut": r.bytes_out},
+                     "bytesIn": r.bytes_in, "bytesOut": r.bytes_out,
+                     "cpuTimeS": r.cpu_time_s, "maxRssBytes": r.max_rss_bytes,
+                     "accounting": r.accounting},
     }
     if tail:
         view["outputTail"] = r.output_tail

@@ -3,9 +3,11 @@
 * ``POST /v1/sites`` — register (and check) a site.
 * ``POST /v1/sites/{name}/drain`` — no new work goes to the site; running work goes on.
 * ``POST /v1/sites/{name}/resume`` — the site takes new work again.
-* ``DELETE /v1/sites/{name}?runs=cancel|leave`` — forget the site. With ``runs=cancel``
-  (default) every run dispatched there is cancelled on the backend first (a Slurm job
-  is ``DELETE``d); with ``runs=leave`` the backend's work is left running, untracked.
+* ``DELETE /v1/sites/{name}?runs=cancel|leave`` — forget the site. It is drained first
+  (nothing new is dispatched there). With ``runs=cancel`` (default) every run dispatched
+  there is cancelled on the backend — also one whose submit answer was lost — and waited
+  out (a Slurm job is ``DELETE``d until slurmctld reports it ended); with ``runs=leave``
+  the backend's work is left running, untracked.
   Either way the runs end as Failed ("site was removed") at the next reconcile cycle
   and their tasks are retried elsewhere, as with any failed run.
 
@@ -205,7 +207,8 @@ def remove_site(federation: Federation, loop: Loop, name: str, runs: RunsOnRemov
 
     Raises:
         NotFound: no such site.
-        HTTPException 502: the backend refused to cancel a run (nothing was removed).
+        HTTPException 502: the backend refused to cancel a run (the site is left
+            draining, not removed).
         HTTPException 503: the reconciler did not carry it out within ``timeout_s``.
     """
     federation.site(name)  # NotFound before anything is asked

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -135,6 +136,10 @@ class RunRow(Base):
     bytes_out: Mapped[int] = mapped_column(Integer, default=0)
     energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
     runtime_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cpu_time_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    accounting: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The backend's accounting record of the finished run (RunStatus.accounting)."""
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     released: Mapped[bool] = mapped_column(Boolean, default=False)
     replaces_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)

@@ -76,10 +76,17 @@ from adapters import capabilities
 from adapters.base import AdapterContext, ArtifactRecord, Handle, RunStatus, TaskRun
 from adapters.capabilities import SupportsCheck, conforms
 from adapters.registry import register
+from adapters.slurm import accounting
 from adapters.slurm import script as scripts
 from adapters.slurm.client import SlurmApiError, SlurmRestClient, TokenSource
 from adapters.slurm.config import SlurmConfig, UserMapping, jwt_key_bytes
-from continuum.errors import AdapterError, PermanentError, TransientError, UnsupportedError
+from continuum.errors import (
+    AdapterError,
+    AuthError,
+    PermanentError,
+    TransientError,
+    UnsupportedError,
+)
 from continuum.model import (
     Node,
     PowerProfile,
@@ -254,6 +261,10 @@ class SlurmAdapter:
         self._health: tuple[SiteHealth, str] = (SiteHealth.Ready, "")
         self._partition_limits: dict[str, int | None] = {}
         self._partition_max_node: dict[str, Resources] = {}
+        self._acct_waiting: dict[int, float] = {}
+        """Finished jobs whose slurmdbd record is awaited: job id → monotonic first ask."""
+        self._acct_off_until = 0.0
+        """Monotonic time until which accounting is not asked (the cluster keeps none)."""
 
     def _key(self) -> bytes | None:
         """The cluster's JWT key: ``jwtKey`` (uploaded) or the ``jwtKeyFile`` it names.
@@ -631,8 +642,11 @@ class SlurmAdapter:
             return RunStatus(state=state, reason=reason if reason != "None" else "",
                              started_at=started)
         code, sig_reason = decode_exit(job.get("exit_code"))
+        acct_ready, acct = self._accounting(h)
+        if not acct_ready:
+            return None  # keep the run's state until slurmdbd has the job (accountingWait)
         ok, tail = self._read_tail(h, 50)
-        note = self._read_status_note(h)
+        note = self._read_status_note(h) or scripts.failure_of(job)
         if state == RunState.Succeeded:
             reason = ""
         elif note:
@@ -662,12 +676,65 @@ class SlurmAdapter:
             finished_at=_ts(job.get("end_time")),
             output_tail=tail if ok else "",
             bytes_in=int(h.data.get("inputBytes") or 0) if fetched_inputs else 0,
-            bytes_out=bytes_out, outputs=outputs)
+            bytes_out=bytes_out, outputs=outputs,
+            **(self._observed(acct) if acct is not None else {}))
+
+    @staticmethod
+    def _observed(acct: accounting.JobAccounting) -> dict[str, Any]:
+        """The :class:`RunStatus` fields a slurmdbd record fills."""
+        return {"runtime_s": acct.elapsed_s, "energy_j": acct.energy_j,
+                "cpu_time_s": acct.cpu_time_s, "max_rss_bytes": acct.max_rss_bytes,
+                "accounting": acct.to_json()}
+
+    def _accounting(self, h: Handle) -> tuple[bool, accounting.JobAccounting | None]:
+        """(ready, record) of a job slurmctld says has ended: its slurmdbd record read
+        through slurmrestd's slurmdb endpoint (:mod:`adapters.slurm.accounting`).
+
+        Not ready while slurmdbd does not yet hold the job's end, for at most
+        ``accountingWait`` s from the first ask; ready without a record when accounting
+        is off (``accounting: false``), the negotiated OpenAPI version predates v0.0.40,
+        or the cluster keeps no accounting (then not asked again for 5 min).
+        """
+        version = self.client.version
+        if not self.config.accounting or not accounting.supported(version):
+            return True, None
+        job_id = int(h.backend_id)
+        now = time.monotonic()
+        with self._lock:
+            if now < self._acct_off_until:
+                return True, None
+            first = self._acct_waiting.setdefault(job_id, now)
+        rec = None
+        try:
+            rec = accounting.read_job(
+                lambda path: self.client.request("GET", path, versioned=False),
+                str(version), job_id)
+        except (SlurmApiError, accounting.AccountingUnavailable) as e:
+            log.warning("site %s: no job accounting through slurmrestd (%s); finished jobs "
+                        "are reported without slurmdbd's figures, asked again in 5 min",
+                        self.site.name, e)
+            with self._lock:
+                self._acct_off_until = now + 300.0
+                self._acct_waiting.pop(job_id, None)
+            return True, None
+        except (TransientError, AuthError) as e:  # the job-table read worked: retry
+            log.info("site %s: accounting of job %d not read yet: %s", self.site.name,
+                     job_id, e)
+        if (rec is None or not rec.finished) and now - first < self.config.accounting_wait:
+            return False, None
+        with self._lock:
+            self._acct_waiting.pop(job_id, None)
+        if rec is None or not rec.finished:
+            log.warning("site %s: slurmdbd had no finished record of job %d after %.0f s; "
+                        "reporting run %s without it", self.site.name, job_id,
+                        self.config.accounting_wait, h.run_id)
+            return True, None
+        return True, rec
 
     def _read_exit_file(self, h: Handle) -> int | None:
         """The exit code the batch script recorded (``scripts.EXIT_FILE``), or None when the
         control plane cannot read it (no shared file system) or the job never ended."""
-        run_dir = str(h.data.get("runDir") or "")
+        run_dir = str(h.data.get("runDir") or "") if self.config.shared_workdir else ""
         try:
             text = Path(run_dir, scripts.EXIT_FILE).read_text().strip() if run_dir else ""
             return int(text) if text else None
@@ -676,7 +743,7 @@ class SlurmAdapter:
 
     def _read_status_note(self, h: Handle) -> str:
         run_dir = str(h.data.get("runDir") or "")
-        if not run_dir:
+        if not run_dir or not self.config.shared_workdir:
             return ""
         try:
             return Path(run_dir, scripts.STATUS_FILE).read_text(errors="replace").strip()
@@ -687,6 +754,9 @@ class SlurmAdapter:
         path = str(h.data.get("output") or "")
         if not path:
             return False, "this run's handle names no output file"
+        if not self.config.shared_workdir:
+            return False, (f"the job's output file {path} is on the cluster's file system "
+                           "(config.sharedWorkdir: false)")
         try:
             with open(path, "rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -697,6 +767,27 @@ class SlurmAdapter:
             return False, (f"the job's output file {path} is not readable from the control "
                            f"plane ({e.strerror}); it is on the cluster's file system")
         return True, scripts.tail_lines(text, tail)
+
+    def find(self, run_id: str) -> Handle | None:
+        """The job of run ``run_id`` in slurmctld's job table (read now, found by the job's
+        name/comment), as a handle that :meth:`cancel` and :meth:`status` take; None when
+        slurmctld holds none. For a submit whose answer was lost (:class:`FindsWork`).
+
+        Raises:
+            TransientError | AuthError: slurmrestd could not be asked.
+        """
+        self._refresh_jobs(force=True)
+        with self._lock:
+            job_id = self._by_run.get(run_id)
+            job = self._jobs.get(job_id) if job_id is not None else None
+        if job_id is None or job is None:
+            return None
+        jp = scripts.paths(self.config.workdir, run_id)
+        return Handle(site=self.site.name, run_id=run_id, backend_id=str(job_id),
+                      node=f"{self.site.name}/{job.get('partition') or ''}", data={
+                          "jobId": job_id, "user": str(job.get("user_name") or self.config.user),
+                          "partition": job.get("partition"), "output": jp.output,
+                          "runDir": jp.run_dir, "submittedAt": self.ctx.clock()})
 
     def cancel(self, handle: Handle) -> None:
         """``DELETE job/{id}`` (Slurm signals the job, then kills it after KillWait). Idempotent.
@@ -760,9 +851,9 @@ def _factory(site: SiteSpec, ctx: AdapterContext) -> SlurmAdapter:
 register(SiteKind.slurm, _factory)
 
 # Declared capabilities (adapters.capabilities): mypy checks the signatures, conforms the names.
-_DECLARED: tuple[type[SupportsCheck], type[capabilities.PartitionStats]] = (SlurmAdapter,
-                                                                            SlurmAdapter)
-conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats)
+_DECLARED: tuple[type[SupportsCheck], type[capabilities.PartitionStats],
+                 type[capabilities.FindsWork]] = (SlurmAdapter, SlurmAdapter, SlurmAdapter)
+conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats, capabilities.FindsWork)
 
 __all__ = ["SlurmAdapter", "SlurmConfig", "UserMapping", "JOB_STATE_TABLE", "PartitionStats",
            "decode_exit", "jwt_key_bytes",

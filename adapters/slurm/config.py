@@ -95,6 +95,14 @@ class SlurmConfig(BaseModel):
     poll_interval: float = Field(default=1.0, ge=0)
     timeout: float = Field(default=10.0, gt=0, description="s, per slurmrestd request")
     labels: dict[str, str] = Field(default_factory=dict)
+    accounting: bool = Field(
+        default=True, description="read finished jobs back from slurmdbd (slurmdb endpoints, "
+        "data_parser v0.0.40+) where the cluster runs it")
+    accounting_wait: float = Field(
+        default=30.0, ge=0, description="s a finished job may wait for its slurmdbd record")
+    shared_workdir: bool = Field(
+        default=True, description="the control plane can read 'workdir' (exit and status "
+        "files, job output); false: it never tries")
 
     @field_validator("url")
     @classmethod

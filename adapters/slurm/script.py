@@ -6,10 +6,13 @@ The script (bash) does what the device agent does around a run, with ``curl`` an
 1. makes the run's directory ``<workdir>/<run_id>`` and enters it;
 2. **prologue** — fetches every input artifact from the control plane's HTTP artifact
    API (``GET /v1/artifacts/{workflow}/{name}``), checks its sha256, and puts it at its
-   path; a failure writes the reason to ``.continuum/status`` and exits
-   :data:`EXIT_INPUT`;
+   path; a failure writes the reason to ``.continuum/status``, appends it (without
+   URLs, which carry capabilities) to the job's comment (:data:`COMMENT_MARK`, with
+   ``scontrol update``, so the control plane learns it from slurmctld's job table even
+   when it cannot read the run directory) and exits :data:`EXIT_INPUT`;
 3. runs the task's command (argv), or its script through its interpreter, or — when the
-   task names an ``image`` — the same under ``apptainer exec docker://IMAGE``;
+   task names an ``image`` — the same under ``apptainer exec IMAGE`` (:func:`image_ref`:
+   a local SIF path on the cluster, a URI, or ``docker://`` for a bare reference);
 4. **epilogue** — when the command succeeded, uploads every declared output
    (``PUT /v1/artifacts/{workflow}/{name}?run={run_id}``); a failure writes the reason
    and exits :data:`EXIT_OUTPUT`;
@@ -39,6 +42,10 @@ EXIT_FILE = ".continuum/exit"
 slurmctld no longer knows it (purged after MinJobAge while the control plane was down)."""
 """Relative to the run directory: one line saying why the prologue/epilogue failed."""
 
+COMMENT_MARK = " | continuum: "
+"""What the batch script appends to its job's comment, then the reason of a prologue or
+epilogue failure: ``continuum run=<id> ... | continuum: input "x": sha256 mismatch``."""
+
 NAME_PREFIX = "continuum-"
 """Job names are ``continuum-<run_id>``; the comment is ``continuum run=<run_id> ...``."""
 
@@ -50,6 +57,12 @@ def job_name(run_id: str) -> str:
 def job_comment(run: TaskRun) -> str:
     return (f"continuum run={run.run_id} workflow={run.workflow_id} task={run.task.name} "
             f"attempt={run.attempt}")
+
+
+def failure_of(job: dict[str, object]) -> str:
+    """The prologue/epilogue failure the batch script put in its job's comment, or ""."""
+    comment = str(job.get("comment") or "")
+    return comment.partition(COMMENT_MARK)[2].strip()
 
 
 def run_id_of(job: dict[str, object]) -> str | None:
@@ -79,6 +92,14 @@ def paths(workdir: str, run_id: str) -> JobPaths:
                     output=f"{base}/{NAME_PREFIX}{run_id}.out")
 
 
+def image_ref(image: str) -> str:
+    """What ``apptainer exec`` gets for a task's ``image``: a URI (``docker://``,
+    ``oras://``, ``library://``, ...) or an absolute path on the cluster — a SIF file or a
+    sandbox directory built there, e.g. ``apptainer build /shared/img.sif rootfs/``, which
+    needs no registry — as is; a bare reference (``python:3.11-slim``) is a Docker image."""
+    return image if "://" in image or image.startswith("/") else f"docker://{image}"
+
+
 def _command(run: TaskRun, *, apptainer: str | None, gpus: int) -> list[str]:
     """The argv of the task (a script is written to ``.continuum/script`` first)."""
     task = run.task
@@ -88,8 +109,7 @@ def _command(run: TaskRun, *, apptainer: str | None, gpus: int) -> list[str]:
         assert task.script is not None
         argv = [*task.script.interpreter, ".continuum/script"]
     if task.image and apptainer:
-        image = task.image if "://" in task.image else f"docker://{task.image}"
-        return [apptainer, "exec", *(["--nv"] if gpus else []), image, *argv]
+        return [apptainer, "exec", *(["--nv"] if gpus else []), image_ref(task.image), *argv]
     return argv
 
 
@@ -98,7 +118,8 @@ def _fetch(a: ArtifactIn) -> str:
     return (
         f"mkdir -p \"$(dirname {p})\"\n"
         f"if ! curl -fsS --retry 3 --retry-delay 1 -o {p}.part {u}; then\n"
-        f"  fail {EXIT_INPUT} \"input \"{name}\": download from \"{u}\" failed\"\n"
+        f"  fail {EXIT_INPUT} \"input \"{name}\": download from \"{u}\" failed\" "
+        f"\"input \"{name}\": download from the control plane failed\"\n"
         f"fi\n"
         f"if [ \"$(sha256sum < {p}.part | cut -d' ' -f1)\" != {shlex.quote(a.sha256.lower())} ]; then\n"
         f"  fail {EXIT_INPUT} \"input \"{name}\": sha256 mismatch (expected {a.sha256.lower()})\"\n"
@@ -114,7 +135,8 @@ def _upload(o: ArtifactOut) -> str:
         f"  fail {EXIT_OUTPUT} \"output \"{name}\": the task did not write \"{p}\"\"\n"
         f"fi\n"
         f"if ! curl -fsS --retry 3 --retry-delay 1 -o /dev/null -T {p} {u}; then\n"
-        f"  fail {EXIT_OUTPUT} \"output \"{name}\": upload to \"{u}\" failed\"\n"
+        f"  fail {EXIT_OUTPUT} \"output \"{name}\": upload to \"{u}\" failed\" "
+        f"\"output \"{name}\": upload to the control plane failed\"\n"
         f"fi\n"
     )
 
@@ -134,8 +156,12 @@ def batch_script(run: TaskRun, jp: JobPaths, *, apptainer: str | None = None) ->
         f"cd {shlex.quote(jp.run_dir)} || exit {EXIT_INPUT}",
         f"rm -f {STATUS_FILE} {EXIT_FILE}",
         "trap 'printf \"%s\\n\" \"$?\" > " + EXIT_FILE + "' EXIT",
-        "fail() { echo \"continuum: $2\" >&2; printf '%s\\n' \"$2\" > " + STATUS_FILE
-        + "; exit \"$1\"; }",
+        # fail CODE REASON [PUBLIC_REASON]: the public one (no URL) goes to the comment
+        "fail() { echo \"continuum: $2\" >&2; printf '%s\\n' \"$2\" > " + STATUS_FILE + "; "
+        "if [ -n \"${SLURM_JOB_ID:-}\" ] && command -v scontrol >/dev/null; then "
+        "timeout 10 scontrol update JobId=\"$SLURM_JOB_ID\" Comment="
+        + shlex.quote(job_comment(run) + COMMENT_MARK) + "\"${3:-$2}\" >/dev/null 2>&1; fi; "
+        "exit \"$1\"; }",
     ]
     if run.inputs:
         lines.append("# prologue: inputs from the control plane")

@@ -7,8 +7,9 @@ job run to COMPLETED with its output; a failing job with its exit code; a timeou
 the partition's limit; cancel mid-run (with live logs); a job that outlives a
 control-plane restart is re-adopted, not resubmitted, and a second submit of a run finds
 its job; slurmrestd down, then back; drain and remove (cancelling, or leaving, the
-site's jobs); queue waits and placement avoiding a queued partition; one job-table read
-per poll, never one call per job.
+site's jobs; removal drains, cancels a job whose submit answer was lost and waits them
+out); a prologue failure explained without a shared run directory; queue waits and
+placement avoiding a queued partition; one job-table read per poll, never one call per job.
 """
 
 from __future__ import annotations
@@ -514,3 +515,78 @@ def test_a_job_slurmctld_forgot_ends_as_its_exit_file_says(slurm: SlurmCluster,
     bad = st[handles["bad"].run_id]
     assert (bad.state, bad.exit_code, bad.reason) == (RunState.Failed, 3, "exited with code 3")
     a.close()
+
+
+def test_remove_drains_cancels_and_waits_out_even_a_job_whose_submit_answer_was_lost(
+        slurm: SlurmCluster, live_cp: LiveFactory) -> None:
+    """DELETE arrives while a submit is in flight and slurmctld takes that job but its
+    answer is lost: the removal drains the site, cancels the running jobs and that one (the
+    run has no handle yet), and waits them out — slurmctld holds none of them pending or
+    running once the DELETE has answered."""
+    from continuum.errors import TransientError
+
+    gate = slurm.gate()
+    lcp = live_cp()
+    assert lcp.register("hpc", slurm.config()).status_code == 201
+    wid = lcp.submit([slurm_task("long1", gate_command(gate)),
+                      slurm_task("long2", gate_command(gate))])
+    for name in ("long1", "long2"):
+        lcp.wait_run(wid, name, ("Dispatched", "Running"))
+    adapter = lcp.cp.federation.get_adapter("hpc")
+    real_submit = adapter.client.submit  # type: ignore[attr-defined]
+    answer: dict[str, Any] = {}
+
+    def submit_while_the_site_is_removed(*args: Any, **kw: Any) -> int:
+        real_submit(*args, **kw)  # slurmctld takes the job ...
+        threading.Thread(target=lambda: answer.update(
+            r=lcp.http.delete("/v1/sites/hpc", timeout=90)), daemon=True).start()
+        wait_for(lambda: lcp.cp.reconciler._requests, timeout=10,
+                 message="the DELETE to reach the reconciler")
+        raise TransientError("slurmrestd did not answer POST job/submit in time")  # ... lost
+
+    adapter.client.submit = submit_while_the_site_is_removed  # type: ignore[attr-defined]
+    late_wid = lcp.submit([slurm_task("late", ["sleep", "300"])], name="late")
+    wait_for(lambda: "r" in answer, timeout=90, message="the DELETE to answer")
+    r = answer["r"]
+    assert r.status_code == 200, r.text
+    ids = {lcp.runs(wid, "long1")[0]["id"], lcp.runs(wid, "long2")[0]["id"],
+           lcp.runs(late_wid, "late")[0]["id"]}
+    assert set(r.json()["cancelled"]) == ids
+    names = {f"continuum-{i}" for i in ids}
+    ours = [j for j in slurm.jobs() if j.get("name") in names]
+    assert len(ours) == 3, ours
+    assert [(j["name"], j["job_state"]) for j in ours
+            if j["job_state"] not in ("CANCELLED", "COMPLETED", "FAILED")] == []
+    assert lcp.get("/v1/sites")["items"] == []
+
+
+def test_a_failed_input_is_explained_when_the_run_directory_is_not_shared(
+        slurm: SlurmCluster, live_cp: LiveFactory) -> None:
+    """sharedWorkdir: false — the control plane never reads the run directory; the batch
+    script puts the prologue's reason in its job's comment, without the input's URL (it
+    carries a capability)."""
+    gate = slurm.gate()
+    lcp = live_cp()
+    assert lcp.register("hpc", slurm.config(sharedWorkdir=False)).status_code == 201
+    wid = lcp.submit([
+        slurm_task("produce", [*gate_command(gate)[:2], gate_command(gate)[2] + "; echo data > d.txt"],
+                   outputs=[{"name": "d", "path": "d.txt"}]),
+        slurm_task("consume", ["cat", "in.txt"], dependsOn=["produce"],
+                   inputs=[{"name": "d", "path": "in.txt"}]),
+    ])
+    lcp.wait_run(wid, "produce", ("Running",))
+    assert lcp.http.post("/v1/sites/hpc/drain").status_code == 200  # consume waits for us
+    gate.touch()
+    lcp.wait_run(wid, "produce", ("Succeeded",))
+    stored = lcp.cp.artifacts.path(wid, "d")
+    assert stored is not None
+    stored.write_bytes(b"tampered\n")  # the input no longer matches its recorded sha256
+    assert lcp.http.post("/v1/sites/hpc/resume").status_code == 200
+    wf = lcp.wait_workflow(wid)
+    assert wf["state"] == "Failed"
+    run = lcp.get(f"/v1/runs/{lcp.runs(wid, 'consume')[0]['id']}")
+    assert run["exitCode"] == 97
+    assert run["reason"].startswith("input d: sha256 mismatch (expected "), run["reason"]
+    assert "cap=" not in run["reason"]
+    job = slurm.jobs_named(f"continuum-{run['id']}")[0]
+    assert job["comment"].endswith(' | continuum: ' + run["reason"])

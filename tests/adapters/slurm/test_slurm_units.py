@@ -235,6 +235,20 @@ def test_apptainer_wraps_the_command(tmp_path: Path) -> None:
     assert "apptainer exec --nv docker://python:3.11-slim python3 -V" in text
 
 
+@pytest.mark.parametrize("image,ref", [
+    ("/shared/images/tiny.sif", "/shared/images/tiny.sif"),  # built locally, no registry
+    ("/shared/images/tiny-sandbox", "/shared/images/tiny-sandbox"),
+    ("oras://registry.example/tiny:1", "oras://registry.example/tiny:1"),
+    ("busybox", "docker://busybox"),
+])
+def test_a_local_image_path_is_run_as_is(image: str, ref: str) -> None:
+    task = Task.model_validate({"name": "t", "command": ["cat", "/etc/os-release"],
+                                "image": image})
+    run = TaskRun(run_id="r", workflow_id="w", workflow_name="w", task=task)
+    text = batch_script(run, paths("/s", "r"), apptainer="/usr/bin/apptainer")
+    assert f"/usr/bin/apptainer exec {ref} cat /etc/os-release" in text
+
+
 # ---------------------------------------------------------------- job records → run status
 
 # Trimmed from real `GET /slurm/v0.0.38/jobs` answers of Slurm 22.05.8.
