@@ -1,4 +1,4 @@
-"""Scenario B: the Alibaba GPU cluster trace (``/work/shared/data/alibaba-gpu-v2023``).
+"""Scenario B: the Alibaba GPU cluster trace (vendored in ``bench/data/alibaba-gpu-v2023``).
 
 Data: ``openb_node_list_all_node.csv`` (1,523 nodes: cpu_milli, memory_mib, gpu, GPU
 model) and ``openb_pod_list_default.csv`` (8,152 pods: cpu_milli, memory_mib, num_gpu,
@@ -34,7 +34,8 @@ import numpy as np
 from continuum.model import Node, Objective, PowerProfile, Resources, Task
 from placement import PlacementRequest
 
-DATA = Path("/work/shared/data/alibaba-gpu-v2023")
+DATA = Path(__file__).resolve().parents[1] / "data" / "alibaba-gpu-v2023"
+"""The trace files, shipped with the repository (CC BY 4.0; see its README.md)."""
 TDP_W = {"V100M16": 300.0, "V100M32": 300.0, "P100": 250.0, "T4": 70.0, "A10": 150.0}
 DEFAULT_TDP_W = 250.0
 HOST_MAX_W, HOST_IDLE_W = 250.0, 80.0
