@@ -159,13 +159,16 @@ def device(name: str, source: str, **task: Any) -> dict[str, Any]:
             "constraints": {"sites": ["fleet"], "tiers": ["device"]}, **task}
 
 
-def kube_task(name: str, site: str, hostname: str, **task: Any) -> dict[str, Any]:
-    """A consumer on a cluster site: kwok ends its pod after 2 s as Succeeded."""
+def kube_task(name: str, site: str, hostname: str, tiers: list[str] | None = None
+              ) -> dict[str, Any]:
+    """A consumer of ``readings`` on a cluster site, pinned to node ``hostname``: kwok
+    ends its pod after 2 s as Succeeded."""
     return {"name": name, "retries": 0, "env": kwok_env("2s"),
             "command": ["sh", "-c", "sha256sum in/readings.csv"],
             "resources": {"cpu": "250m", "memory": "64Mi"},
             "inputs": [{"name": "readings", "path": "in/readings.csv"}],
-            "constraints": {"sites": [site], "labels": {mf.HOSTNAME_LABEL: hostname}}, **task}
+            "constraints": {"sites": [site], "tiers": tiers or [],
+                            "labels": {mf.HOSTNAME_LABEL: hostname}}}
 
 
 CAPTURE = "open('readings.csv', 'w').write(" + repr(READINGS) + ")"
@@ -190,7 +193,7 @@ def test_one_workflow_across_device_kubernetes_kubeedge_and_slurm(
                   "config": {"broker": mosquitto.url}},
                  {"name": "k8s", "kind": "kubernetes", "tier": "cloud",
                   "config": {"kubeconfig": sa, "watchTimeout": 5}},
-                 {"name": "edge", "kind": "kubeedge", "tier": "edge",
+                 {"name": "edge", "kind": "kubeedge",
                   "config": {"kubeconfig": sa, "watchTimeout": 5}}):
         r = lcp.http.post("/v1/sites", json=body)
         assert r.status_code == 201, r.text
@@ -200,12 +203,17 @@ def test_one_workflow_across_device_kubernetes_kubeedge_and_slurm(
     wait_for(lambda: any(n["ready"] for n in lcp.get("/v1/nodes", params={"site": "fleet"})["items"]),
              timeout=20, message="the agent to join the fleet")
     edge_nodes = {n["name"]: n for n in lcp.get("/v1/nodes", params={"site": "edge"})["items"]}
+    # the KubeEdge site sees the whole cluster: its edge node as edge (the edge taint
+    # tolerated), the others as cloud; the Kubernetes site sees the edge taint
     assert edge_nodes[edge_node]["tier"] == "edge" and edge_nodes[edge_node]["taints"] == []
+    assert edge_nodes[K8S_NODE]["tier"] == "cloud"
+    k8s_nodes = {n["name"]: n for n in lcp.get("/v1/nodes", params={"site": "k8s"})["items"]}
+    assert [t["key"] for t in k8s_nodes[edge_node]["taints"]] == ["node-role.kubernetes.io/edge"]
 
     wid = lcp.submit([
         device("capture", CAPTURE, outputs=[{"name": "readings", "path": "readings.csv"}]),
         kube_task("inspect", "k8s", K8S_NODE),
-        kube_task("sieve", "edge", edge_node),
+        kube_task("sieve", "edge", edge_node, tiers=["edge"]),
         {"name": "crunch", "retries": 0, "dependsOn": ["sieve"],
          "command": ["python3", "-c", CRUNCH], "resources": {"cpu": 1, "memory": "64Mi"},
          "constraints": {"sites": ["hpc"]},
