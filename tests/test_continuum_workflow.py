@@ -45,6 +45,7 @@ from kubernetes import config as k8s_config
 from kubernetes import watch
 
 from adapters.kubernetes import manifests as mf
+from adapters.kubernetes.adapter import EDGE_ROLE
 from adapters.kubernetes.kubeedge import EDGE_AUTONOMY_TOLERATIONS, EDGE_TAINT_TOLERATION
 from tests.adapters.kubernetes.cluster import KubeCluster, kwok_env
 from tests.adapters.kubernetes.test_real_cluster import EDGE
@@ -202,13 +203,26 @@ def test_one_workflow_across_device_kubernetes_kubeedge_and_slurm(
     agent = agents.spawn("pi-continuum")
     wait_for(lambda: any(n["ready"] for n in lcp.get("/v1/nodes", params={"site": "fleet"})["items"]),
              timeout=20, message="the agent to join the fleet")
-    edge_nodes = {n["name"]: n for n in lcp.get("/v1/nodes", params={"site": "edge"})["items"]}
+
+    def views() -> dict[str, dict[str, Any]]:
+        """The Kubernetes and the KubeEdge site's view of the edge node, by site."""
+        return {site: n for site in ("k8s", "edge")
+                for n in lcp.get("/v1/nodes", params={"site": site})["items"]
+                if n["name"] == edge_node}
+
+    def edge_taint_only() -> dict[str, dict[str, Any]]:
+        # a new node carries node.kubernetes.io/not-ready:NoSchedule until the node
+        # lifecycle controller has seen it Ready and lifted it
+        got = views()
+        return got if len(got) == 2 and got["edge"]["taints"] == [] and [
+            t["key"] for t in got["k8s"]["taints"]] == [EDGE_ROLE] else {}
+
     # the KubeEdge site sees the whole cluster: its edge node as edge (the edge taint
     # tolerated), the others as cloud; the Kubernetes site sees the edge taint
-    assert edge_nodes[edge_node]["tier"] == "edge" and edge_nodes[edge_node]["taints"] == []
-    assert edge_nodes[K8S_NODE]["tier"] == "cloud"
-    k8s_nodes = {n["name"]: n for n in lcp.get("/v1/nodes", params={"site": "k8s"})["items"]}
-    assert [t["key"] for t in k8s_nodes[edge_node]["taints"]] == ["node-role.kubernetes.io/edge"]
+    seen = wait_for(edge_taint_only, 30, message=lambda: f"only the edge taint: {views()}")
+    assert seen["edge"]["tier"] == seen["k8s"]["tier"] == "edge" and seen["edge"]["ready"]
+    assert {n["name"]: n["tier"] for n in lcp.get("/v1/nodes", params={"site": "edge"})[
+        "items"]}[K8S_NODE] == "cloud"
 
     wid = lcp.submit([
         device("capture", CAPTURE, outputs=[{"name": "readings", "path": "readings.csv"}]),
