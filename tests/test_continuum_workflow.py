@@ -17,8 +17,9 @@ kwok runs no containers: a pod on a kwok node "runs" for ``KWOK_DURATION`` and s
 without executing its command, so a task on Kubernetes/KubeEdge cannot really compute an
 artifact (a declared output would be missing and fail the run). The cluster tasks
 therefore only consume: their Jobs carry the input's capability URL and sha256 in the
-artifact wrapper, and the test runs that wrapper itself, as the container would, against
-the live control plane. Real bytes are computed on the device and on Slurm.
+artifact wrapper, and the test runs that wrapper itself, as the container of the default
+image (python:3.12-slim: no curl) would, against the live control plane. Real bytes are
+computed on the device and on Slurm.
 
 Asserted from each backend's own side: the Jobs and pods as the API server's watch
 delivered them (node, tolerations, phase, Job status), Slurm's job table, the agent's
@@ -48,6 +49,7 @@ from adapters.kubernetes import manifests as mf
 from adapters.kubernetes.adapter import EDGE_ROLE
 from adapters.kubernetes.kubeedge import EDGE_AUTONOMY_TOLERATIONS, EDGE_TAINT_TOLERATION
 from tests.adapters.kubernetes.cluster import KubeCluster, kwok_env
+from tests.adapters.kubernetes.test_artifact_wrapper import image_path
 from tests.adapters.kubernetes.test_real_cluster import EDGE
 from tests.adapters.slurm.conftest import LiveFactory, SlurmCluster, live_cp  # noqa: F401
 from tests.conftest import AgentFactory, Mosquitto
@@ -288,6 +290,7 @@ def test_one_workflow_across_device_kubernetes_kubeedge_and_slurm(
     assert "crunched 200" in lcp.get(f"/v1/runs/{crunch['id']}")["outputTail"]
 
     # ---- the cluster: Jobs and pods as the API server's watch delivered them
+    slim_path = image_path(tmp_path, curl=False, python=True)
     for task, site, node in (("inspect", "k8s", K8S_NODE), ("sieve", "edge", edge_node)):
         run = runs[task]
         # the run is released (its Job deleted, the pod collected) once it is recorded
@@ -312,17 +315,19 @@ def test_one_workflow_across_device_kubernetes_kubeedge_and_slurm(
         else:
             assert not any(t in tolerations for t in edge_tolerations), tolerations
 
-        # what the pod's container would have run: the artifact wrapper fetches the input
-        # by its capability URL and checks its sha256 before the task's command
+        # what the pod's container would have run, with the PATH of its image (the
+        # default, python:3.12-slim: no curl): the artifact wrapper fetches the input by
+        # its capability URL and checks its sha256 before the task's command
         c = jobs[0][1]["spec"]["template"]["spec"]["containers"][0]
-        assert c["workingDir"] == mf.WORK_DIR and c["args"] == ["sh", "-c", "sha256sum in/readings.csv"]
+        assert c["image"] == "python:3.12-slim" and c["workingDir"] == mf.WORK_DIR
+        assert c["args"] == ["sh", "-c", "sha256sum in/readings.csv"]
         script = c["command"][2]
         assert f"{sha256(READINGS)}  in/readings.csv" in script
         assert f"{lcp.url}/v1/artifacts/{wid}/readings?run={run['id']}&cap=" in script
         pod_dir = tmp_path / f"pod-{task}"
         pod_dir.mkdir()
         ran = subprocess.run([*c["command"], *c["args"]], cwd=pod_dir, capture_output=True,
-                             text=True, timeout=30)
+                             text=True, timeout=30, env={"PATH": slim_path, "HOME": str(pod_dir)})
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout.splitlines() == ["in/readings.csv: OK",
                                            f"{sha256(READINGS)}  in/readings.csv"]
