@@ -104,18 +104,60 @@ def _toleration(t: Toleration) -> dict[str, Any]:
     return out
 
 
+PY_TRANSFER = """\
+import os, shutil, sys, time, urllib.error, urllib.request
+mode, url, path = sys.argv[1:4]
+for attempt in range(4):
+    try:
+        if mode == "get":
+            with urllib.request.urlopen(url, timeout=300) as r, open(path, "wb") as f:
+                shutil.copyfileobj(r, f)
+        else:
+            with open(path, "rb") as f:
+                size = str(os.fstat(f.fileno()).st_size)
+                urllib.request.urlopen(urllib.request.Request(
+                    url, data=f, method="PUT", headers={"Content-Length": size}), timeout=300).close()
+        break
+    except urllib.error.HTTPError as e:
+        if attempt == 3 or (e.code < 500 and e.code not in (408, 429)):
+            sys.exit(f"continuum-artifacts: {mode} {path}: {e}")
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        if attempt == 3:
+            sys.exit(f"continuum-artifacts: {mode} {path}: {e}")
+    except OSError as e:
+        sys.exit(f"continuum-artifacts: {mode} {path}: {e}")
+    time.sleep(1)
+"""
+"""``python3 -c PY_TRANSFER get|put URL PATH``: the artifact transfer of an image without
+``curl`` (``python:3.12-slim``, the default image, has none): GET ``URL`` into ``PATH`` or
+PUT ``PATH`` to ``URL``, retried like ``curl --retry 3`` (connection errors, 408, 429,
+5xx); exit status 1 with the reason (never the URL: it carries the capability)."""
+
+TRANSFER_FN = (
+    "xfer() { if command -v curl >/dev/null 2>&1; then "
+    'if [ "$1" = get ]; then curl -fsSL --retry 3 -o "$3" "$2"; '
+    'else curl -fsS --retry 3 -T "$3" "$2"; fi; '
+    "elif command -v python3 >/dev/null 2>&1; then "
+    f'python3 -c {shlex.quote(PY_TRANSFER)} "$@"; '
+    "else echo 'continuum-artifacts: the image has neither curl nor python3 to move the "
+    "task'\\''s input and output artifacts; use an image with one of them' >&2; return 127; fi; }"
+)
+"""Shell function ``xfer get URL PATH`` / ``xfer put URL PATH``: ``curl`` where the image
+has it, else ``python3`` (:data:`PY_TRANSFER`), else exit status 127 with the reason."""
+
+
 def _artifact_script(inputs: list[ArtifactIn], outputs: list[ArtifactOut]) -> str:
-    """Shell that fetches inputs (checking sha256), runs ``"$@"``, uploads outputs on success."""
-    lines = ["set -e"]
+    """Shell that fetches inputs (checking sha256), runs ``"$@"``, uploads outputs on success;
+    transfers with ``curl`` or, in an image without it, ``python3`` (:data:`TRANSFER_FN`)."""
+    lines = ["set -e", TRANSFER_FN]
     for a in inputs:
         path = shlex.quote(a.path)
         lines.append(f'mkdir -p "$(dirname {path})"')
-        lines.append(f"curl -fsSL --retry 3 -o {path} {shlex.quote(a.url)}")
+        lines.append(f"xfer get {shlex.quote(a.url)} {path}")
         lines.append(f"echo {shlex.quote(a.sha256 + '  ' + a.path)} | sha256sum -c -")
     lines.append('set +e; "$@"; rc=$?; set -e')
     for o in outputs:
-        lines.append(f'[ "$rc" -ne 0 ] || curl -fsS --retry 3 -T {shlex.quote(o.path)} '
-                     f"{shlex.quote(o.url)}")
+        lines.append(f'[ "$rc" -ne 0 ] || xfer put {shlex.quote(o.url)} {shlex.quote(o.path)}')
     lines.append('exit "$rc"')
     return "; ".join(lines)
 
