@@ -52,7 +52,7 @@ from tests.adapters.kubernetes.cluster import KubeCluster, kwok_env
 from tests.adapters.kubernetes.test_artifact_wrapper import image_path
 from tests.adapters.kubernetes.test_real_cluster import EDGE
 from tests.adapters.slurm.conftest import LiveFactory, SlurmCluster, live_cp  # noqa: F401
-from tests.conftest import AgentFactory, Mosquitto
+from tests.conftest import SLURM_RELEASES, AgentFactory, Mosquitto
 from tests.helpers import Observer, wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.slurm, pytest.mark.mosquitto]
@@ -185,6 +185,8 @@ REPORT = ("import json, hashlib; s = json.load(open('summary.json')); "
           "sha256 {hashlib.sha256(raw).hexdigest()}\\n\")")
 
 
+@pytest.mark.parametrize("slurm", [SLURM_RELEASES[-1]], ids=lambda r: f"slurm-{r}",
+                         indirect=True)  # the newest release only: one whole-continuum run
 def test_one_workflow_across_device_kubernetes_kubeedge_and_slurm(
         kube_cluster: KubeCluster, edge_node: str, record: ClusterRecord, slurm: SlurmCluster,
         mosquitto: Mosquitto, agents: AgentFactory, observer: Observer,
