@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from tests.conftest import REPO
+from tests.helpers import wait_for
 
 KUBE_SH = REPO / "deploy" / "dev" / "kube.sh"
 NODES = 3
@@ -102,9 +103,16 @@ class KubeCluster:
         return list(yaml.safe_load(out)["items"])
 
     def add_node(self, name: str, *spec: str) -> None:
-        """A kwok node, Ready on return: ``spec`` as ``kube.sh add-node`` takes it, e.g.
-        ``cpu=2 memory=4Gi arch=arm64 label:KEY=VALUE taint:KEY=VALUE:NoSchedule``."""
+        """A kwok node, Ready on return and without the ``node.kubernetes.io/not-ready``
+        taint a new node carries until the node lifecycle controller has seen it Ready:
+        ``spec`` as ``kube.sh add-node`` takes it, e.g. ``cpu=2 memory=4Gi arch=arm64
+        label:KEY=VALUE taint:KEY=VALUE:NoSchedule``."""
         self.sh("add-node", str(self.dir), name, *spec)
+
+        def taints() -> str:
+            return self.kubectl("get", "node", name, "-o", "jsonpath={.spec.taints[*].key}")
+        wait_for(lambda: "node.kubernetes.io/not-ready" not in taints(), 60,
+                 message=lambda: f"node {name} without the not-ready taint: {taints()}")
 
     def delete_node(self, name: str) -> None:
         self.kubectl("delete", "node", name, "--wait=false")
