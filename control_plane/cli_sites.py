@@ -46,6 +46,10 @@ def _show(site: dict[str, Any], as_json: bool) -> None:
         console.print_json(json.dumps(site))
     else:
         console.print(render.sites_table([site]))
+        backend = site.get("backend") or {}
+        if backend.get("slurmRelease") or backend.get("dataParser"):
+            console.print(f"Slurm {backend.get('slurmRelease') or '?'}, "
+                          f"{backend.get('dataParser') or '?'}")
 
 
 @register_app.command("slurm")

@@ -78,7 +78,13 @@ from adapters.capabilities import SupportsCheck, conforms
 from adapters.registry import register
 from adapters.slurm import script as scripts
 from adapters.slurm.client import SlurmApiError, SlurmRestClient, TokenSource
-from adapters.slurm.config import SlurmConfig, UserMapping, jwt_key_bytes
+from adapters.slurm.config import (
+    JobSettings,
+    SlurmConfig,
+    UserMapping,
+    constraint_features,
+    jwt_key_bytes,
+)
 from continuum.errors import AdapterError, PermanentError, TransientError, UnsupportedError
 from continuum.model import (
     Node,
@@ -139,6 +145,24 @@ STATE_REASONS: dict[str, str] = {
     "CANCELLED": "the Slurm job was cancelled",
     "REVOKED": "the job was revoked by its federation sibling",
 }
+
+REJECTED_SETTING: dict[int, str] = {
+    2000: "partitions",    # ESLURM_INVALID_PARTITION_NAME
+    2003: "partitions",    # ESLURM_JOB_MISSING_REQUIRED_PARTITION_GROUP
+    2002: "user",          # ESLURM_ACCESS_DENIED
+    2010: "user",          # ESLURM_USER_ID_MISSING ("Invalid user id")
+    2029: "constraint",    # ESLURM_INVALID_FEATURE
+    2031: "constraint",    # ESLURM_ACTIVE_FEATURE_NOT_SUBSET
+    2045: "account",       # ESLURM_INVALID_ACCOUNT
+    2050: "qos",           # ESLURM_ACCOUNTING_POLICY (job violates accounting/QOS policy)
+    2066: "qos",           # ESLURM_INVALID_QOS
+    2074: "qos",           # ESLURM_QOS_THRES (account breached the QOS usage threshold)
+    2051: "time_limit_s",  # ESLURM_INVALID_TIME_LIMIT
+    2052: "reservation",   # ESLURM_RESERVATION_ACCESS
+    2053: "reservation",   # ESLURM_RESERVATION_INVALID
+}
+"""Slurm error numbers (slurm_errno.h) of a submit refused because of one of the
+settings of :class:`~adapters.slurm.config.JobSettings`: the run's error names it."""
 
 DEFAULT_POWER = PowerProfile(
     idle_watts=100.0, max_watts=350.0,
@@ -246,6 +270,10 @@ class SlurmAdapter:
         self._jobs_at = -1e18  # monotonic time of the last fetch
         self._jobs_wall = 0.0  # wall time the last fetch started
         self._update_time = 0
+        """``update_time`` of the next job-table read: slurmctld's clock, never ours."""
+        self._last_update: tuple[int, float] | None = None
+        """slurmctld's ``last_update`` of the table held and the monotonic time the read
+        that first reported it ended (see :meth:`_next_update_time`)."""
         self._by_run: dict[str, int] = {}
         self._uncertain: set[str] = set()
         """Runs whose submit failed transiently: slurmctld may have taken the job anyway (a
@@ -313,14 +341,19 @@ class SlurmAdapter:
 
     # ------------------------------------------------------------ registration check
 
-    def check(self) -> None:
-        """What registration asks of a cluster: version, ping, the allowed partitions.
+    def check(self) -> dict[str, str]:
+        """What registration asks of a cluster: version, ping, the allowed partitions, the
+        reservations and node features the settings name.
+
+        Returns:
+            :meth:`backend_info` (Slurm release, data_parser).
 
         Raises:
             TransientError: slurmrestd unreachable, or slurmctld not answering its ping.
             AuthError: the credentials were rejected.
             UnsupportedError: slurmrestd offers no OpenAPI version Continuum speaks.
-            PermanentError: an allowed partition does not exist (names the known ones).
+            PermanentError: an allowed partition, a reservation or a node feature the
+                config names does not exist (``details["field"]`` names the field).
         """
         self.client.negotiate()
         body = self.client.ping()
@@ -335,7 +368,51 @@ class SlurmAdapter:
                 f"config.partitions: {', '.join(repr(p) for p in unknown)} "
                 f"{'is' if len(unknown) == 1 else 'are'} not a partition of this cluster "
                 f"(it has {', '.join(known) or 'none'}); fix the name or ask the cluster's "
-                "admins", site=self.site.name)
+                "admins", site=self.site.name, details={"field": "partitions"})
+        self._check_settings()
+        return self.backend_info()
+
+    def _check_settings(self) -> None:
+        """Each tenant's reservation and constraint features exist on the cluster.
+
+        Raises:
+            PermanentError: one does not (``details["field"]``: e.g. ``userMap.0.reservation``).
+        """
+        every = [s for s in (self.config.settings(m.tenant) for m in self.config.user_map) if s]
+        reservations = self.client.reservations() if any(s.reservation for s in every) else None
+        nodes = self.client.nodes() if any(s.constraint for s in every) else []
+        parts = {str(p.get("name")): str(p.get("nodes") or "") for p in self.client.partitions()}
+        by_name = {str(n.get("name")): n for n in nodes}
+        for st in every:
+            if st.reservation and reservations is not None and st.reservation not in reservations:
+                f = st.field_of("reservation")
+                raise PermanentError(
+                    f"config.{f}: reservation {st.reservation!r} does not exist on the cluster "
+                    f"(it has {', '.join(reservations) or 'none'})", site=self.site.name,
+                    details={"field": f})
+            if st.constraint:
+                usable = set(st.partitions or parts)
+                members = {n for p in usable for n in _expand(parts.get(p, ""), by_name)}
+                have = {feat for n in members for feat in
+                        str(by_name[n].get("active_features") or by_name[n].get("features") or "")
+                        .split(",") if feat}
+                missing = [f for f in constraint_features(st.constraint) if f not in have]
+                if missing:
+                    f = st.field_of("constraint")
+                    raise PermanentError(
+                        f"config.{f}: no node of partition(s) {', '.join(sorted(usable))} has "
+                        f"feature(s) {', '.join(missing)} (they have "
+                        f"{', '.join(sorted(have)) or 'no features'})", site=self.site.name,
+                        details={"field": f})
+
+    def backend_info(self) -> dict[str, str]:
+        """What the site runs, for the site's status: ``slurmRelease`` (e.g. ``24.11.5``),
+        ``dataParser`` (``data_parser/v0.0.42``, or ``openapi/v0.0.38`` on Slurm 22.05)
+        and ``family`` (``data_parser`` or ``v0.0.36-38``); empty before the first call."""
+        d = self.client.dialect
+        return {"slurmRelease": self.client.slurm_release,
+                "dataParser": self.client.data_parser,
+                "family": d.family if d else ""}
 
     # ------------------------------------------------------------ job table
 
@@ -346,16 +423,39 @@ class SlurmAdapter:
             if not force and self._jobs_fetched and now - self._jobs_at < self.config.poll_interval:
                 return
             wall = self.ctx.clock()
-            jobs = self.client.jobs(self._update_time if self._jobs_fetched else 0)
+            jobs, last_update = self.client.job_table(
+                self._update_time if self._jobs_fetched else 0)
             if jobs is not None:
                 self._jobs = {int(j["job_id"]): j for j in jobs if "job_id" in j}
                 for jid, j in self._jobs.items():
                     rid = scripts.run_id_of(j)
                     if rid:
                         self._by_run.setdefault(rid, jid)
-            # one second back: slurmctld compares whole seconds (last_update <= update_time)
-            self._update_time = max(0, int(wall) - 1)
+                self._update_time = self._next_update_time(jobs, last_update, now)
             self._jobs_fetched, self._jobs_at, self._jobs_wall = True, now, wall
+
+    def _next_update_time(self, jobs: list[dict[str, Any]], last_update: int | None,
+                          started: float) -> int:
+        """``update_time`` for the read after one that returned ``jobs``, on slurmctld's
+        clock: slurmctld answers "unchanged" when ``update_time >= last_update`` (whole
+        seconds), so a change in the very second of a read would be missed if the table's
+        own ``last_update`` L were sent at once. L is sent once a read that *started* a
+        second after the read that first reported L still reports L (slurmctld's clock is
+        then past L); until then L − 1 (a full read). The legacy plugins report no
+        ``last_update``: the newest time slurmctld wrote into the table stands for it
+        (never later than the real one, so never a missed change)."""
+        if last_update is None:
+            stamps = [int(v) for j in jobs for k in ("submit_time", "start_time", "end_time",
+                                                      "last_sched_evaluation")
+                      if isinstance(v := j.get(k), int) and v > 0]
+            last_update = max(stamps, default=0)
+        if not last_update:
+            return 0
+        ended = time.monotonic()
+        if self._last_update is None or self._last_update[0] != last_update:
+            self._last_update = (last_update, ended)
+            return max(0, last_update - 1)
+        return last_update if started >= self._last_update[1] + 1.0 else max(0, last_update - 1)
 
     def job(self, job_id: int) -> dict[str, Any] | None:
         """The cached record of a job (after a refresh), or None."""
@@ -504,15 +604,25 @@ class SlurmAdapter:
                 partition's time limit, or slurmctld rejected the job (message says why).
         """
         partition = node.name
-        if self.config.partitions and partition not in self.config.partitions:
-            raise PermanentError(f"partition {partition!r} is not allowed on this site "
-                                 f"({', '.join(self.config.partitions)})", site=self.site.name)
+        settings = self.config.settings(run.tenant)
+        if settings is None:
+            raise PermanentError(
+                f"tenant {run.tenant!r} has no Slurm user on site {self.site.name!r}: an "
+                "hpc-admin adds it to the site's config.userMap (tenant, user, account, qos, "
+                "reservation)", site=self.site.name, details={"field": "userMap"})
+        if settings.partitions and partition not in settings.partitions:
+            f = settings.field_of("partitions")
+            raise PermanentError(f"partition {partition!r} is not allowed for tenant "
+                                 f"{run.tenant!r} on this site (config.{f}: "
+                                 f"{', '.join(settings.partitions)})", site=self.site.name,
+                                 details={"field": f})
         task = run.task
         if task.image and not self.config.apptainer:
             raise UnsupportedError(f"task {task.name!r} names image {task.image!r} but this "
                                    "site does not declare Apptainer (config.apptainer: true)",
                                    site=self.site.name)
-        tl = scripts.time_limit_minutes(task.timeout)
+        tl = scripts.time_limit_minutes(task.timeout if task.timeout is not None
+                                        else settings.time_limit_s)
         with self._lock:
             uncertain = request_id in self._uncertain
         if uncertain:
@@ -523,12 +633,6 @@ class SlurmAdapter:
         if tl is not None and limit is not None and tl > limit:
             raise PermanentError(f"task {task.name!r} needs {tl} min but partition {partition!r} "
                                  f"allows at most {limit} min", site=self.site.name)
-        mapping = self.config.mapping(run.tenant)
-        if mapping is None:
-            raise PermanentError(
-                f"tenant {run.tenant!r} has no Slurm user on site {self.site.name!r}: an "
-                "hpc-admin adds it to the site's config.userMap (tenant, user, account, qos, "
-                "reservation)", site=self.site.name, details={"field": "userMap"})
         jp = scripts.paths(self.config.workdir, request_id)
         if existing is not None:
             log.info("site %s: run %s already is job %d; not submitting again", self.site.name,
@@ -538,15 +642,15 @@ class SlurmAdapter:
                                     if task.image else None)
         job = scripts.job_description(run, jp, partition=partition,
                                       base_env=self.config.environment,
-                                      account=mapping.account, time_limit_min=tl,
-                                      qos=mapping.qos, reservation=mapping.reservation)
+                                      account=settings.account, time_limit_min=tl,
+                                      qos=settings.qos, reservation=settings.reservation,
+                                      constraint=settings.constraint)
         try:
-            job_id = self.client.submit(body, job, tokens=self.tokens_for(mapping.user))
+            job_id = self.client.submit(body, job, tokens=self.tokens_for(settings.user))
         except TransientError as e:
             if isinstance(e, SlurmApiError) and e.numbers and all(
                     n >= 2000 for n in e.numbers if n > 0) and any(n >= 2000 for n in e.numbers):
-                raise PermanentError(f"slurmctld rejected the job of run {request_id}: "
-                                     f"{e.message}", site=self.site.name) from e
+                raise self._rejected(request_id, e, settings, partition, tl) from e
             with self._lock:
                 self._uncertain.add(request_id)
             raise
@@ -554,8 +658,35 @@ class SlurmAdapter:
             self._by_run[request_id] = job_id
             self._uncertain.discard(request_id)
         log.info("site %s: run %s (tenant %s) submitted as job %d of user %s to partition %s",
-                 self.site.name, request_id, run.tenant, job_id, mapping.user, partition)
-        return self._handle(run, node, job_id, jp, user=mapping.user)
+                 self.site.name, request_id, run.tenant, job_id, settings.user, partition)
+        return self._handle(run, node, job_id, jp, user=settings.user)
+
+    def _rejected(self, request_id: str, e: SlurmApiError, settings: JobSettings,
+                  partition: str, time_limit_min: int | None) -> PermanentError:
+        """The permanent error of a job slurmctld refused: it names the setting Slurm
+        refused (``Slurm refused account 'x' (config.account): Invalid account ...``)
+        when the error number says which (:data:`REJECTED_SETTING`)."""
+        why = "; ".join(dict.fromkeys(t for x in e.errors
+                                      if (t := str(x.get("error") or x.get("description") or "")))
+                        ) or e.message
+        setting = next((REJECTED_SETTING[n] for n in e.numbers if n in REJECTED_SETTING), None)
+        if setting is None:
+            return PermanentError(f"slurmctld rejected the job of run {request_id}: {e.message}",
+                                  site=self.site.name)
+        value: object = {"partitions": partition, "user": settings.user,
+                         "time_limit_s": f"{time_limit_min} min"}.get(
+                             setting, getattr(settings, setting, None))
+        label = {"partitions": "partition", "time_limit_s": "time limit", "qos": "QoS",
+                 "constraint": "constraint"}.get(setting, setting)
+        where = f"config.{settings.field_of(setting)}"
+        if setting == "time_limit_s":
+            where += " or the task's timeout"
+        what = (f"{label} {value!r} ({where})" if value is not None
+                else f"the user's default {label} ({where} is not set)")
+        return PermanentError(f"Slurm refused {what} for run {request_id}: {why}",
+                              site=self.site.name,
+                              details={"field": settings.field_of(setting),
+                                       "slurmErrors": e.numbers})
 
     def _handle(self, run: TaskRun, node: Node, job_id: int, jp: scripts.JobPaths,
                 user: str | None = None) -> Handle:
@@ -760,9 +891,9 @@ def _factory(site: SiteSpec, ctx: AdapterContext) -> SlurmAdapter:
 register(SiteKind.slurm, _factory)
 
 # Declared capabilities (adapters.capabilities): mypy checks the signatures, conforms the names.
-_DECLARED: tuple[type[SupportsCheck], type[capabilities.PartitionStats]] = (SlurmAdapter,
-                                                                            SlurmAdapter)
-conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats)
+_DECLARED: tuple[type[SupportsCheck], type[capabilities.PartitionStats],
+                 type[capabilities.DescribesBackend]] = (SlurmAdapter, SlurmAdapter, SlurmAdapter)
+conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats, capabilities.DescribesBackend)
 
 __all__ = ["SlurmAdapter", "SlurmConfig", "UserMapping", "JOB_STATE_TABLE", "PartitionStats",
            "decode_exit", "jwt_key_bytes",
