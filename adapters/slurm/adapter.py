@@ -356,12 +356,12 @@ class SlurmAdapter:
                 config names does not exist (``details["field"]`` names the field).
         """
         self.client.negotiate()
-        body = self.client.ping()
+        known = [str(p.get("name")) for p in self.client.partitions()]  # first: 24.11+
+        body = self.client.ping()  # answers "DOWN" (not an auth error) to a refused token
         pings = body.get("pings") or []
         if pings and not any(str(p.get("ping", "")).upper() == "UP" for p in pings):
             raise TransientError(f"slurmctld does not answer slurmrestd's ping: {pings}",
                                  site=self.site.name)
-        known = [str(p.get("name")) for p in self.client.partitions()]
         unknown = [p for p in self.config.partitions if p not in known]
         if unknown:
             raise PermanentError(
@@ -442,12 +442,18 @@ class SlurmAdapter:
         own ``last_update`` L were sent at once. L is sent once a read that *started* a
         second after the read that first reported L still reports L (slurmctld's clock is
         then past L); until then L − 1 (a full read). The legacy plugins report no
-        ``last_update``: the newest time slurmctld wrote into the table stands for it
-        (never later than the real one, so never a missed change)."""
+        ``last_update``: the newest past time slurmctld wrote into the table stands for it
+        (never later than the real one, so never a missed change): submit and last
+        scheduling times, the start of a started job, the end of an ended one (a running
+        job's ``end_time`` is its projected end, in the future)."""
         if last_update is None:
-            stamps = [int(v) for j in jobs for k in ("submit_time", "start_time", "end_time",
-                                                      "last_sched_evaluation")
-                      if isinstance(v := j.get(k), int) and v > 0]
+            stamps: list[int] = []
+            for j in jobs:
+                state = JOB_STATE_TABLE.get(str(j.get("job_state")))
+                keys = ["submit_time", "last_sched_evaluation"]
+                keys += [] if state in (None, RunState.Dispatched) else ["start_time"]
+                keys += ["end_time"] if state is not None and state.terminal else []
+                stamps += [v for k in keys if isinstance(v := j.get(k), int) and v > 0]
             last_update = max(stamps, default=0)
         if not last_update:
             return 0

@@ -18,7 +18,9 @@ Errors, as slurmrestd 22.05 reports them (verified against the real daemon):
 
 * no or malformed auth headers → HTTP 401 → :class:`AuthError`;
 * a token slurmctld rejects (wrong key, expired, unknown user) → HTTP 500 whose
-  ``errors[]`` carry only ``error_number``/``errno`` -1 ("Unspecified error") →
+  ``errors[]`` carry only ``error_number``/``errno`` -1 ("Unspecified error"); in 24.11
+  and newer HTTP 511, with error 1007 "Protocol authentication error" where there are
+  errors (and ``ping`` answers 200 with the controller "DOWN") →
   :class:`AuthError` (slurmctld logs "Protocol authentication error"). slurmrestd gives
   the very same answer when slurmctld is down; :meth:`SlurmRestClient._unspecified` says
   how the two are told apart;
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 
 ESLURM_INVALID_JOB_ID = 2017
 """Slurm's error number for a job id slurmctld does not know (slurm_errno.h)."""
+SLURM_PROTOCOL_AUTHENTICATION_ERROR = 1007
+"""slurmctld refused the request's credentials (24.11+ answers HTTP 511 with it)."""
 ESLURM_ALREADY_DONE = 2021
 """Slurm's error number for "job/step already completing or completed"."""
 
@@ -253,6 +257,12 @@ class SlurmRestClient:
         nums = _numbers(errs)
         if r.status_code >= 500 and errs and all(n == -1 for n in nums) and len(nums) == len(errs):
             self._unspecified(r.status_code, errs)
+        if r.status_code in (502, 503) and not errs:  # 24.11+: slurmctld not reachable
+            raise TransientError(f"slurmctld is not answering slurmrestd at {self.where} "
+                                 f"(HTTP {r.status_code} to {method} {path})", site=self.site,
+                                 retry_after=5.0)
+        if r.status_code == 511 or SLURM_PROTOCOL_AUTHENTICATION_ERROR in nums:
+            self._unspecified(r.status_code, errs)  # 24.11+: slurmctld refused the token
         if r.status_code >= 400 or (errs and r.status_code >= 300):
             detail = _describe(errs) if errs else "no Slurm errors[] in the answer"
             raise SlurmApiError(f"slurmrestd {method} {path} failed (HTTP {r.status_code}): "
@@ -283,7 +293,7 @@ class SlurmRestClient:
         Raises:
             AuthError | TransientError: always.
         """
-        seen = f"slurmrestd answered HTTP {status}: {_describe(errs)}"
+        seen = f"slurmrestd answered HTTP {status}" + (f": {_describe(errs)}" if errs else "")
         local = self.tokens.local_problem()
         if local:
             raise AuthError(f"{local} ({seen})", site=self.site)
