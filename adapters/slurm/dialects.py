@@ -43,6 +43,12 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 SUPPORTED_VERSIONS: tuple[str, ...] = FAMILIES[DATA_PARSER] + FAMILIES[LEGACY]
 """Every version Continuum speaks, most preferred first."""
 
+NO_UPDATE_TIME = frozenset({"v0.0.36", "v0.0.40", "v0.0.41"})
+"""Versions whose ``GET jobs`` cannot take ``update_time``: v0.0.36 has no such
+parameter; the v0.0.40 and v0.0.41 plugins of Slurm 24.11.5 refuse every value with
+HTTP 422 "Parsing of N for timestamp failed" (captured in tests/adapters/slurm/data).
+They read the whole table at each poll."""
+
 _VERSION = re.compile(r"^/slurm/(v\d+\.\d+\.\d+)/")
 
 _FLAG_ORDER = ("COMPLETING", "CONFIGURING", "RESIZING", "RESV_DEL_HOLD", "REQUEUED",
@@ -126,8 +132,9 @@ class Dialect:
         return base
 
     def jobs_params(self, update_time: int) -> dict[str, Any]:
-        """Query of ``GET jobs`` (v0.0.36 has no ``update_time``)."""
-        return {} if self.version == "v0.0.36" else {"update_time": update_time}
+        """Query of ``GET jobs``: ``update_time`` where the version takes it (see
+        :data:`NO_UPDATE_TIME`)."""
+        return {} if self.version in NO_UPDATE_TIME else {"update_time": update_time}
 
     def submit_body(self, script: str, job: Mapping[str, Any]) -> dict[str, Any]:
         """The ``POST job/submit`` body for a legacy-shaped ``job`` (environment a dict,

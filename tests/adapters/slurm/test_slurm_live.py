@@ -448,7 +448,7 @@ def test_a_second_submit_by_a_new_adapter_finds_the_job_instead_of_submitting(
     node = second.inventory()[0]  # a new process reads the job table first
     h2 = second.submit(run, node, run.run_id)
     assert h2.backend_id == h1.backend_id
-    assert second.client.requests_by_path.get("/slurm/v0.0.38/job/submit") is None
+    assert second.client.requests_by_path.get(second.client.dialect.path("job/submit")) is None  # type: ignore[union-attr]
     assert len(slurm.jobs_named(f"continuum-{run.run_id}")) == 1
     second.close()
 
@@ -508,9 +508,9 @@ def test_a_job_slurmctld_forgot_ends_as_its_exit_file_says(slurm: SlurmCluster,
     wait_for(lambda: all(s.state.terminal for s in a.status(list(handles.values())).values())
              and len(a.status(list(handles.values()))) == 2, 60, message="both jobs ended")
     ours = {int(h.backend_id) for h in handles.values()}
-    real_jobs = a.client.jobs
-    a.client.jobs = lambda *args, **kw: [  # type: ignore[method-assign]
-        j for j in (real_jobs(0) or []) if int(j["job_id"]) not in ours]  # purged
+    real_table = a.client.job_table
+    a.client.job_table = lambda *args, **kw: ([  # type: ignore[method-assign]
+        j for j in (real_table(0)[0] or []) if int(j["job_id"]) not in ours], None)  # purged
     a._refresh_jobs(force=True)  # the next status() reads the purged table
     # (a job missing from a table read within 1 s of its submission may just be new)
     st = wait_for(lambda: (r := a.status(list(handles.values()))) and len(r) == 2 and r, 10,
