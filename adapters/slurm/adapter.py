@@ -253,7 +253,7 @@ class SlurmAdapter:
             msg = str(first["msg"]).removeprefix("Value error, ")
             raise PermanentError(f"invalid slurm config: {where + ': ' if where else ''}{msg}",
                                  site=site.name, details={"field": where}) from e
-        refused = self.config.user_problem()
+        refused = self.config.user_problem() or self.config.settings_problem()
         if refused is not None:
             raise PermanentError(f"config.{refused[1]}", site=site.name,
                                  details={"field": refused[0]})

@@ -202,11 +202,6 @@ class SlurmConfig(BaseModel):
         if not self.user_map:  # every tenant as `user`, with the site's settings
             self.user_map = [UserMapping(tenant="*", user=self.user, account=self.account)]
             self._implicit_map = True
-        for i, m in enumerate(self.user_map):
-            outside = [p for p in m.partitions or [] if self.partitions and p not in self.partitions]
-            if outside:
-                raise ValueError(f"userMap.{i}.partitions: {', '.join(outside)} not among the "
-                                 f"site's partitions ({', '.join(self.partitions)})")
         tenants = [m.tenant for m in self.user_map]
         dup = sorted({t for t in tenants if tenants.count(t) > 1})
         if dup:
@@ -233,6 +228,16 @@ class SlurmConfig(BaseModel):
                     f"userMap.{i}.user {m.user!r} is refused: jobs never run as root or the "
                     f"cluster's SlurmUser ({self.slurm_user!r}); map tenant {m.tenant!r} to an "
                     "unprivileged user")
+        return None
+
+    def settings_problem(self) -> tuple[str, str] | None:
+        """(field, message) when a tenant's ``partitions`` leave the site's, else None."""
+        for i, m in enumerate(self.user_map):
+            outside = [p for p in m.partitions or [] if self.partitions and p not in self.partitions]
+            if outside:
+                return f"userMap.{i}.partitions", (
+                    f"userMap.{i}.partitions: {', '.join(outside)} not among the site's "
+                    f"partitions ({', '.join(self.partitions)})")
         return None
 
     def mapping(self, tenant: str) -> UserMapping | None:
