@@ -18,7 +18,11 @@ Site config (``SiteSpec.config``, camelCase, unknown keys rejected)::
       partitions: [debug, gpu]                  # allowed partitions (empty: all)
       workdir: /scratch/continuum               # shared directory, writable by `user`
       environment: {PATH: /usr/local/bin:/usr/bin:/bin}
-      account: proj42                           # optional Slurm account
+      account: proj42                           # optional Slurm account (per tenant: userMap)
+      qos: normal                               # optional Slurm QoS
+      reservation: maint-window                 # optional Slurm reservation
+      constraint: "avx512&ib"                   # optional node features (--constraint)
+      defaultTimeLimit: 3600                    # s, for tasks without a timeout
       apptainer: true                           # tasks with an image run under Apptainer
       power: {idleWatts: 120, maxWatts: 450, source: "..."}   # per Slurm node
       queueFactor: 4                            # pending work allowed, x partition CPUs
@@ -46,8 +50,12 @@ otherwise (idle CPUs, empty queue) 0.
 name ``continuum-<run_id>``, comment ``continuum run=<run_id> ...``, so a restarted
 control plane finds its jobs and a second submit of the same run returns the job it
 already has (idempotent by request id, never a second job). ``status`` reads the job
-table with ONE ``GET jobs?update_time=T`` per poll interval per cluster (HTTP 304 when
-nothing changed) and maps ``job_state`` through :data:`JOB_STATE_TABLE`. ``cancel`` is
+table with ONE ``GET jobs?update_time=T`` per poll interval per cluster, T on
+slurmctld's clock (the table's ``last_update``; see :meth:`SlurmAdapter._next_update_time`),
+"unchanged" when nothing changed, and maps ``job_state`` through :data:`JOB_STATE_TABLE`.
+The job is submitted with the tenant's settings (:meth:`SlurmConfig.settings`: account,
+QoS, reservation, constraint, allowed partitions, default time limit); one Slurm refuses
+fails the run with the setting named (:data:`REJECTED_SETTING`). ``cancel`` is
 ``DELETE job/{id}``. Logs are the tail of the job's output file
 (``<workdir>/continuum-<run_id>.out``) when the control plane can read it.
 
