@@ -7,16 +7,19 @@ captured from real single-node clusters; nothing here is written by hand)."""
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.base import TaskRun
+from adapters.base import AdapterContext, TaskRun
+from adapters.slurm import SlurmAdapter
 from adapters.slurm import script as scripts
-from adapters.slurm.adapter import JOB_STATE_TABLE, REJECTED_SETTING, _node_usable, decode_exit
+from adapters.slurm.adapter import DEFAULT_POWER, JOB_STATE_TABLE, REJECTED_SETTING, _node_usable, decode_exit
 from adapters.slurm.client import _errors, _numbers
 from adapters.slurm.dialects import (
     DATA_PARSER,
@@ -31,12 +34,13 @@ from adapters.slurm.dialects import (
     release_of_spec,
     state_string,
 )
-from continuum.model import Task
+from continuum.errors import PermanentError
+from continuum.model import Node, Resources, SiteKind, SiteSpec, Task, Tier
 
 DATA = Path(__file__).parent / "data"
 RELEASES = {"22.05.8": "v0.0.38", "24.11.5": "v0.0.42", "26.05.5": "v0.0.45"}
 """Each captured release and the version Continuum picks from its served spec."""
-ANSWERS = sorted(p.stem.removeprefix("answers-") for p in DATA.glob("answers-*.json"))
+ANSWERS = sorted(p.stem.removeprefix("answers-") for p in DATA.glob("answers-v*.json"))
 
 
 @cache
@@ -229,3 +233,68 @@ def test_a_signal_becomes_a_wait_status() -> None:
         "status": ["SIGNALED"], "return_code": {"set": False, "infinite": False, "number": 0},
         "signal": {"id": {"set": True, "infinite": False, "number": 9}, "name": "KILL"}}})
     assert decode_exit(job["exit_code"]) == (137, "killed by signal 9")
+
+
+class _Replay(http.server.BaseHTTPRequestHandler):
+    """A slurmrestd stand-in replaying captured answers: the 24.11.5 spec, and for
+    ``POST job/submit`` the answer captured for the body's account or QoS."""
+
+    answers: dict[str, Any] = {}
+
+    def _send(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._send(200, spec("24.11.5")) if self.path == "/openapi/v3" else self._send(404, {})
+
+    def do_POST(self) -> None:
+        job = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["job"]
+        key = ("submit_bad_account" if job.get("account") == "nosuchaccount" else
+               "submit_bad_qos" if job.get("qos") == "nosuchqos" else "submit_ok")
+        self._send(self.answers[key]["status"], self.answers[key]["body"])
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    ({"account": "nosuchaccount"}, "Slurm refused account 'nosuchaccount' (config.account) "
+     "for run run-1: Invalid account or account/partition combination specified"),
+    ({"userMap": [{"tenant": "*", "user": "svc", "qos": "nosuchqos"}]},
+     "Slurm refused QoS 'nosuchqos' (config.userMap.0.qos) for run run-1: "
+     "Invalid qos specification"),
+])
+def test_account_and_qos_refusals_with_accounting_name_the_setting(
+        config: dict[str, Any], words: str, tmp_path: Path) -> None:
+    """The refusals a cluster with slurmdbd and AccountingStorageEnforce gave (captured
+    from Slurm 24.11.5, ``answers-accounting-v0.0.42.json``), through the one HTTP seam."""
+    _Replay.answers = json.loads((DATA / "answers-accounting-v0.0.42.json").read_text())
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Replay)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    key = "a2V5LWtleS1rZXkta2V5LWtleS1rZXkta2V5LWtleSE="
+    site = SiteSpec.model_validate({"name": "hpc", "kind": "slurm", "config": {
+        "url": f"http://127.0.0.1:{srv.server_address[1]}", "user": "svc", "jwtKey": key,
+        "workdir": str(tmp_path), **config}})
+    a = SlurmAdapter(site, AdapterContext(artifacts=None, state_dir=tmp_path))  # type: ignore[arg-type]
+    node = Node(id="hpc/debug", name="debug", site="hpc", site_kind=SiteKind.slurm,
+                tier=Tier.hpc, capacity=Resources(cpu=2), allocatable=Resources(cpu=2),
+                free=Resources(cpu=2), power=DEFAULT_POWER, location="hpc")
+    try:
+        with pytest.raises(PermanentError) as e:
+            a.submit(_run(), node, "run-1")
+        assert words in e.value.message, e.value.message
+        ok = SlurmAdapter(site.model_copy(update={"config": {**site.config, "account": "continuum",
+                                                             "userMap": []}}),
+                          AdapterContext(artifacts=None, state_dir=tmp_path))  # type: ignore[arg-type]
+        assert ok.submit(_run(), node, "run-1").backend_id == str(
+            _Replay.answers["submit_ok"]["body"]["job_id"])
+        ok.close()
+    finally:
+        a.close()
+        srv.shutdown()
+        srv.server_close()
