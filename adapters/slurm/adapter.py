@@ -381,17 +381,28 @@ class SlurmAdapter:
         return self.backend_info()
 
     def _check_settings(self) -> None:
-        """Each tenant's reservation and constraint features exist on the cluster.
+        """Each tenant's reservation and constraint features exist on the cluster, and its
+        account and QoS in slurmdbd where the site serves its endpoints.
 
         Raises:
             PermanentError: one does not (``details["field"]``: e.g. ``userMap.0.reservation``).
         """
         every = [s for s in (self.config.settings(m.tenant) for m in self.config.user_map) if s]
         reservations = self.client.reservations() if any(s.reservation for s in every) else None
+        known = {k: self.client.db_names(k) if any(getattr(s, attr) for s in every) else None
+                 for k, attr in (("accounts", "account"), ("qos", "qos"))}
         nodes = self.client.nodes() if any(s.constraint for s in every) else []
         parts = {str(p.get("name")): str(p.get("nodes") or "") for p in self.client.partitions()}
         by_name = {str(n.get("name")): n for n in nodes}
         for st in every:
+            for k, attr in (("accounts", "account"), ("qos", "qos")):
+                names, value = known[k], getattr(st, attr)
+                if value and names is not None and value not in names:
+                    f = st.field_of(attr)
+                    raise PermanentError(
+                        f"config.{f}: {'QoS' if attr == 'qos' else attr} {value!r} is not in "
+                        f"the cluster's slurmdbd (it has {', '.join(names) or 'none'})",
+                        site=self.site.name, details={"field": f})
             if st.reservation and reservations is not None and st.reservation not in reservations:
                 f = st.field_of("reservation")
                 raise PermanentError(

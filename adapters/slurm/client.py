@@ -413,6 +413,15 @@ class SlurmRestClient:
         raw = (self.request("GET", "reservations") or {}).get("reservations") or []
         return [str(r.get("name")) for r in raw if isinstance(r, dict)]
 
+    def db_names(self, endpoint: str) -> list[str] | None:
+        """``name`` of each record of slurmdbd's ``accounts`` or ``qos``; None where the
+        site serves no slurmdbd endpoints (:meth:`Dialect.db_path`)."""
+        path = self._dialect().db_path(endpoint)
+        if path is None:
+            return None
+        raw = (self.request("GET", path, versioned=False) or {}).get(endpoint) or []
+        return [str(r.get("name")) for r in raw if isinstance(r, dict)]
+
     def job_table(self, update_time: int = 0) -> tuple[list[dict[str, Any]] | None, int | None]:
         """Every job slurmctld holds (legacy shape) and slurmctld's ``last_update`` of the
         table (epoch s; None where the version reports none). The list is None when

@@ -131,6 +131,15 @@ class Dialect:
             return f"{base}/"
         return base
 
+    def db_path(self, endpoint: str) -> str | None:
+        """The served path of a slurmdbd ``endpoint`` (``accounts``, ``qos``), or None
+        where the site serves no ``openapi/slurmdbd`` (no accounting, or Slurm 22.05's
+        plugins, which Continuum does not read slurmdbd through)."""
+        if not self.data_parser:
+            return None
+        base = f"/slurmdb/{self.version}/{endpoint.strip('/')}"
+        return next((p for p in (f"{base}/", base) if p in self.served), None)
+
     def jobs_params(self, update_time: int) -> dict[str, Any]:
         """Query of ``GET jobs``: ``update_time`` where the version takes it (see
         :data:`NO_UPDATE_TIME`)."""
