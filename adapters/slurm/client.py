@@ -25,6 +25,8 @@ Errors, as slurmrestd 22.05 reports them (verified against the real daemon):
   the very same answer when slurmctld is down; :meth:`SlurmRestClient._unspecified` says
   how the two are told apart;
 * connection refused, timeouts → :class:`TransientError`;
+* HTTP 5xx without ``errors[]`` (24.11: 502, 26.05: 500, or no answer in time) while
+  slurmctld is down → :class:`TransientError`;
 * other HTTP 4xx/5xx (26.05 refuses a job with HTTP 422) or ``errors[]`` →
   :class:`SlurmApiError` (a :class:`TransientError` carrying the Slurm error numbers,
   e.g. 2017 "Invalid job id specified"; 22.05 names them ``error_code`` in a refused
@@ -238,7 +240,9 @@ class SlurmRestClient:
                                    headers=self._headers(tokens))
         except httpx.TimeoutException as e:
             raise TransientError(f"slurmrestd at {self.where} did not answer {method} {path} "
-                                 f"in time: {e}", site=self.site, retry_after=5.0) from e
+                                 f"in time ({e}): slurmrestd is overloaded, or slurmctld is not "
+                                 "answering slurmrestd (26.05's slurmrestd waits for it longer "
+                                 "than 'timeout')", site=self.site, retry_after=5.0) from e
         except httpx.TransportError as e:
             raise TransientError(f"slurmrestd at {self.where} is unreachable: {e}. Is slurmrestd "
                                  "running and listening there?", site=self.site,
@@ -257,10 +261,10 @@ class SlurmRestClient:
         nums = _numbers(errs)
         if r.status_code >= 500 and errs and all(n == -1 for n in nums) and len(nums) == len(errs):
             self._unspecified(r.status_code, errs)
-        if r.status_code in (502, 503) and not errs:  # 24.11+: slurmctld not reachable
+        if r.status_code >= 500 and not errs and versioned:  # 24.11: 502, 26.05: 500
             raise TransientError(f"slurmctld is not answering slurmrestd at {self.where} "
-                                 f"(HTTP {r.status_code} to {method} {path})", site=self.site,
-                                 retry_after=5.0)
+                                 f"(HTTP {r.status_code} without errors[] to {method} {path})",
+                                 site=self.site, retry_after=5.0)
         if r.status_code == 511 or SLURM_PROTOCOL_AUTHENTICATION_ERROR in nums:
             self._unspecified(r.status_code, errs)  # 24.11+: slurmctld refused the token
         if r.status_code >= 400 or (errs and r.status_code >= 300):
