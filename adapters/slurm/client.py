@@ -261,12 +261,12 @@ class SlurmRestClient:
         nums = _numbers(errs)
         if r.status_code >= 500 and errs and all(n == -1 for n in nums) and len(nums) == len(errs):
             self._unspecified(r.status_code, errs)
+        if r.status_code == 511 or SLURM_PROTOCOL_AUTHENTICATION_ERROR in nums:
+            self._unspecified(r.status_code, errs)  # 24.11+: slurmctld refused the token
         if r.status_code >= 500 and not errs and versioned:  # 24.11: 502, 26.05: 500
             raise TransientError(f"slurmctld is not answering slurmrestd at {self.where} "
                                  f"(HTTP {r.status_code} without errors[] to {method} {path})",
                                  site=self.site, retry_after=5.0)
-        if r.status_code == 511 or SLURM_PROTOCOL_AUTHENTICATION_ERROR in nums:
-            self._unspecified(r.status_code, errs)  # 24.11+: slurmctld refused the token
         if r.status_code >= 400 or (errs and r.status_code >= 300):
             detail = _describe(errs) if errs else "no Slurm errors[] in the answer"
             raise SlurmApiError(f"slurmrestd {method} {path} failed (HTTP {r.status_code}): "
