@@ -17,6 +17,7 @@ import (:func:`conforms` checks the names), not a request in production::
 * :class:`SupportsCheck` — slurm, kubernetes, kubeedge; used by site registration
   (``Federation.register``);
 * :class:`PartitionStats` — slurm; the Slurm partition gauges of ``/metrics``;
+* :class:`DescribesBackend` — slurm; the ``backend`` of a site's status (``GET /v1/sites``);
 * :class:`DataSourceCatalog` — kubeedge; ``GET /v1/data-sources``;
 * :class:`DeviceFleet` — devices; ``GET /v1/devices`` and the device telemetry monitoring reads;
 * :class:`FindsWork` — slurm; site removal (``Applier.remove_site``) cancels the work of a
@@ -58,6 +59,16 @@ class PartitionStats(Protocol):
         """One record per partition as of the last inventory, each with the fields of
         :class:`monitoring.metrics.SlurmPartitionStats` (CPU counts, waits in seconds,
         utilisation 0..1). Does not call the backend."""
+        ...
+
+
+@runtime_checkable
+class DescribesBackend(Protocol):
+    """Can say which release and API of its backend the site runs."""
+
+    def backend_info(self) -> dict[str, str]:
+        """A few ``name: value`` strings (e.g. Slurm's ``slurmRelease``, ``dataParser``)
+        as of the last call to the backend; does not call it."""
         ...
 
 
@@ -137,5 +148,6 @@ def _members(cap: type) -> list[str]:
     return [m for m in vars(cap) if not m.startswith("_") and callable(vars(cap)[m])]
 
 
-__all__ = ["DataSourceCatalog", "DeviceFleet", "DeviceTelemetry", "FindsWork", "PartitionStats",
+__all__ = ["DataSourceCatalog", "DescribesBackend", "DeviceFleet", "DeviceTelemetry", "FindsWork",
+           "PartitionStats",
            "SupportsCheck", "conforms"]

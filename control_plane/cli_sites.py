@@ -46,6 +46,10 @@ def _show(site: dict[str, Any], as_json: bool) -> None:
         console.print_json(json.dumps(site))
     else:
         console.print(render.sites_table([site]))
+        backend = site.get("backend") or {}
+        if backend.get("slurmRelease") or backend.get("dataParser"):
+            console.print(f"Slurm {backend.get('slurmRelease') or '?'}, "
+                          f"{backend.get('dataParser') or '?'}")
 
 
 @register_app.command("slurm")
@@ -79,6 +83,13 @@ def register_slurm(
     apptainer: Annotated[bool, typer.Option(help="tasks naming an image run under Apptainer")
                          ] = False,
     account: Annotated[str | None, typer.Option(help="Slurm account to charge")] = None,
+    qos: Annotated[str | None, typer.Option(help="Slurm QoS of the jobs")] = None,
+    reservation: Annotated[str | None, typer.Option(help="Slurm reservation the jobs use")
+                           ] = None,
+    constraint: Annotated[str | None, typer.Option(
+        help="node features the jobs need (sbatch --constraint), e.g. 'avx512&ib'")] = None,
+    default_time_limit: Annotated[float | None, typer.Option(
+        help="time limit (s) of tasks that give no timeout")] = None,
     output_json: Annotated[bool, typer.Option("--json", help="print the site as JSON")] = False,
     url: UrlOpt = DEFAULT_URL,
 ) -> None:
@@ -91,7 +102,9 @@ def register_slurm(
     config: dict[str, Any] = {"user": user, "workdir": workdir, "partitions": list(partition)}
     key_b64 = base64.b64encode(jwt_key.read_bytes()).decode() if jwt_key is not None else None
     for key, value in (("url", rest_url), ("token", token),
-                       ("jwtKey", key_b64), ("account", account), ("slurmUser", slurm_user)):
+                       ("jwtKey", key_b64), ("account", account), ("slurmUser", slurm_user),
+                       ("qos", qos), ("reservation", reservation), ("constraint", constraint),
+                       ("defaultTimeLimit", default_time_limit)):
         if value is not None:
             config[key] = value
     if apptainer:

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from adapters import registry as adapters
 from adapters.base import Adapter, AdapterContext
-from adapters.capabilities import PartitionStats, SupportsCheck
+from adapters.capabilities import DescribesBackend, PartitionStats, SupportsCheck
 from continuum.errors import AdapterError, AuthError, Conflict, NotFound
 from continuum.model import Node, SiteHealth, SiteKind, SiteSpec
 from control_plane.sealing import (
@@ -56,9 +56,12 @@ class SiteRuntime:
         health = SiteHealth.Draining if self.draining else self.health
         wire = self.spec.wire()  # uploaded credentials are never echoed
         wire["config"] = redact_config(self.spec.kind.value, wire.get("config", {}))
-        return {**wire, "health": health.value, "message": self.message,
-                "nodes": len(self.nodes),
-                "simulated": bool(self.nodes) and all(n.simulated for n in self.nodes)}
+        out = {**wire, "health": health.value, "message": self.message,
+               "nodes": len(self.nodes),
+               "simulated": bool(self.nodes) and all(n.simulated for n in self.nodes)}
+        if isinstance(self.adapter, DescribesBackend):  # e.g. Slurm release, data_parser
+            out["backend"] = self.adapter.backend_info()
+        return out
 
 
 class Federation:

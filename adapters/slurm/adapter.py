@@ -18,7 +18,11 @@ Site config (``SiteSpec.config``, camelCase, unknown keys rejected)::
       partitions: [debug, gpu]                  # allowed partitions (empty: all)
       workdir: /scratch/continuum               # shared directory, writable by `user`
       environment: {PATH: /usr/local/bin:/usr/bin:/bin}
-      account: proj42                           # optional Slurm account
+      account: proj42                           # optional Slurm account (per tenant: userMap)
+      qos: normal                               # optional Slurm QoS
+      reservation: maint-window                 # optional Slurm reservation
+      constraint: "avx512&ib"                   # optional node features (--constraint)
+      defaultTimeLimit: 3600                    # s, for tasks without a timeout
       apptainer: true                           # tasks with an image run under Apptainer
       power: {idleWatts: 120, maxWatts: 450, source: "..."}   # per Slurm node
       queueFactor: 4                            # pending work allowed, x partition CPUs
@@ -46,8 +50,12 @@ otherwise (idle CPUs, empty queue) 0.
 name ``continuum-<run_id>``, comment ``continuum run=<run_id> ...``, so a restarted
 control plane finds its jobs and a second submit of the same run returns the job it
 already has (idempotent by request id, never a second job). ``status`` reads the job
-table with ONE ``GET jobs?update_time=T`` per poll interval per cluster (HTTP 304 when
-nothing changed) and maps ``job_state`` through :data:`JOB_STATE_TABLE`. ``cancel`` is
+table with ONE ``GET jobs?update_time=T`` per poll interval per cluster, T on
+slurmctld's clock (the table's ``last_update``; see :meth:`SlurmAdapter._next_update_time`),
+"unchanged" when nothing changed, and maps ``job_state`` through :data:`JOB_STATE_TABLE`.
+The job is submitted with the tenant's settings (:meth:`SlurmConfig.settings`: account,
+QoS, reservation, constraint, allowed partitions, default time limit); one Slurm refuses
+fails the run with the setting named (:data:`REJECTED_SETTING`). ``cancel`` is
 ``DELETE job/{id}``. Logs are the tail of the job's output file
 (``<workdir>/continuum-<run_id>.out``) when the control plane can read it.
 
@@ -79,7 +87,13 @@ from adapters.registry import register
 from adapters.slurm import accounting
 from adapters.slurm import script as scripts
 from adapters.slurm.client import SlurmApiError, SlurmRestClient, TokenSource
-from adapters.slurm.config import SlurmConfig, UserMapping, jwt_key_bytes
+from adapters.slurm.config import (
+    JobSettings,
+    SlurmConfig,
+    UserMapping,
+    constraint_features,
+    jwt_key_bytes,
+)
 from continuum.errors import (
     AdapterError,
     AuthError,
@@ -146,6 +160,24 @@ STATE_REASONS: dict[str, str] = {
     "CANCELLED": "the Slurm job was cancelled",
     "REVOKED": "the job was revoked by its federation sibling",
 }
+
+REJECTED_SETTING: dict[int, str] = {
+    2000: "partitions",    # ESLURM_INVALID_PARTITION_NAME
+    2003: "partitions",    # ESLURM_JOB_MISSING_REQUIRED_PARTITION_GROUP
+    2002: "user",          # ESLURM_ACCESS_DENIED
+    2010: "user",          # ESLURM_USER_ID_MISSING ("Invalid user id")
+    2029: "constraint",    # ESLURM_INVALID_FEATURE
+    2031: "constraint",    # ESLURM_ACTIVE_FEATURE_NOT_SUBSET
+    2045: "account",       # ESLURM_INVALID_ACCOUNT
+    2050: "qos",           # ESLURM_ACCOUNTING_POLICY (job violates accounting/QOS policy)
+    2066: "qos",           # ESLURM_INVALID_QOS
+    2074: "qos",           # ESLURM_QOS_THRES (account breached the QOS usage threshold)
+    2051: "time_limit_s",  # ESLURM_INVALID_TIME_LIMIT
+    2052: "reservation",   # ESLURM_RESERVATION_ACCESS
+    2053: "reservation",   # ESLURM_RESERVATION_INVALID
+}
+"""Slurm error numbers (slurm_errno.h) of a submit refused because of one of the
+settings of :class:`~adapters.slurm.config.JobSettings`: the run's error names it."""
 
 DEFAULT_POWER = PowerProfile(
     idle_watts=100.0, max_watts=350.0,
@@ -236,7 +268,7 @@ class SlurmAdapter:
             msg = str(first["msg"]).removeprefix("Value error, ")
             raise PermanentError(f"invalid slurm config: {where + ': ' if where else ''}{msg}",
                                  site=site.name, details={"field": where}) from e
-        refused = self.config.user_problem()
+        refused = self.config.user_problem() or self.config.settings_problem()
         if refused is not None:
             raise PermanentError(f"config.{refused[1]}", site=site.name,
                                  details={"field": refused[0]})
@@ -253,6 +285,10 @@ class SlurmAdapter:
         self._jobs_at = -1e18  # monotonic time of the last fetch
         self._jobs_wall = 0.0  # wall time the last fetch started
         self._update_time = 0
+        """``update_time`` of the next job-table read: slurmctld's clock, never ours."""
+        self._last_update: tuple[int, float] | None = None
+        """slurmctld's ``last_update`` of the table held and the monotonic time the read
+        that first reported it ended (see :meth:`_next_update_time`)."""
         self._by_run: dict[str, int] = {}
         self._uncertain: set[str] = set()
         """Runs whose submit failed transiently: slurmctld may have taken the job anyway (a
@@ -324,29 +360,89 @@ class SlurmAdapter:
 
     # ------------------------------------------------------------ registration check
 
-    def check(self) -> None:
-        """What registration asks of a cluster: version, ping, the allowed partitions.
+    def check(self) -> dict[str, str]:
+        """What registration asks of a cluster: version, ping, the allowed partitions, the
+        reservations and node features the settings name.
+
+        Returns:
+            :meth:`backend_info` (Slurm release, data_parser).
 
         Raises:
             TransientError: slurmrestd unreachable, or slurmctld not answering its ping.
             AuthError: the credentials were rejected.
             UnsupportedError: slurmrestd offers no OpenAPI version Continuum speaks.
-            PermanentError: an allowed partition does not exist (names the known ones).
+            PermanentError: an allowed partition, a reservation or a node feature the
+                config names does not exist (``details["field"]`` names the field).
         """
         self.client.negotiate()
-        body = self.client.ping()
+        known = [str(p.get("name")) for p in self.client.partitions()]  # first: 24.11+
+        body = self.client.ping()  # answers "DOWN" (not an auth error) to a refused token
         pings = body.get("pings") or []
         if pings and not any(str(p.get("ping", "")).upper() == "UP" for p in pings):
             raise TransientError(f"slurmctld does not answer slurmrestd's ping: {pings}",
                                  site=self.site.name)
-        known = [str(p.get("name")) for p in self.client.partitions()]
         unknown = [p for p in self.config.partitions if p not in known]
         if unknown:
             raise PermanentError(
                 f"config.partitions: {', '.join(repr(p) for p in unknown)} "
                 f"{'is' if len(unknown) == 1 else 'are'} not a partition of this cluster "
                 f"(it has {', '.join(known) or 'none'}); fix the name or ask the cluster's "
-                "admins", site=self.site.name)
+                "admins", site=self.site.name, details={"field": "partitions"})
+        self._check_settings()
+        return self.backend_info()
+
+    def _check_settings(self) -> None:
+        """Each tenant's reservation and constraint features exist on the cluster, and its
+        account and QoS in slurmdbd where the site serves its endpoints.
+
+        Raises:
+            PermanentError: one does not (``details["field"]``: e.g. ``userMap.0.reservation``).
+        """
+        every = [s for s in (self.config.settings(m.tenant) for m in self.config.user_map) if s]
+        reservations = self.client.reservations() if any(s.reservation for s in every) else None
+        known = {k: self.client.db_names(k) if any(getattr(s, attr) for s in every) else None
+                 for k, attr in (("accounts", "account"), ("qos", "qos"))}
+        nodes = self.client.nodes() if any(s.constraint for s in every) else []
+        parts = {str(p.get("name")): str(p.get("nodes") or "") for p in self.client.partitions()}
+        by_name = {str(n.get("name")): n for n in nodes}
+        for st in every:
+            for k, attr in (("accounts", "account"), ("qos", "qos")):
+                names, value = known[k], getattr(st, attr)
+                if value and names is not None and value not in names:
+                    f = st.field_of(attr)
+                    raise PermanentError(
+                        f"config.{f}: {'QoS' if attr == 'qos' else attr} {value!r} is not in "
+                        f"the cluster's slurmdbd (it has {', '.join(names) or 'none'})",
+                        site=self.site.name, details={"field": f})
+            if st.reservation and reservations is not None and st.reservation not in reservations:
+                f = st.field_of("reservation")
+                raise PermanentError(
+                    f"config.{f}: reservation {st.reservation!r} does not exist on the cluster "
+                    f"(it has {', '.join(reservations) or 'none'})", site=self.site.name,
+                    details={"field": f})
+            if st.constraint:
+                usable = set(st.partitions or parts)
+                members = {n for p in usable for n in _expand(parts.get(p, ""), by_name)}
+                have = {feat for n in members for feat in
+                        str(by_name[n].get("active_features") or by_name[n].get("features") or "")
+                        .split(",") if feat}
+                missing = [f for f in constraint_features(st.constraint) if f not in have]
+                if missing:
+                    f = st.field_of("constraint")
+                    raise PermanentError(
+                        f"config.{f}: no node of partition(s) {', '.join(sorted(usable))} has "
+                        f"feature(s) {', '.join(missing)} (they have "
+                        f"{', '.join(sorted(have)) or 'no features'})", site=self.site.name,
+                        details={"field": f})
+
+    def backend_info(self) -> dict[str, str]:
+        """What the site runs, for the site's status: ``slurmRelease`` (e.g. ``24.11.5``),
+        ``dataParser`` (``data_parser/v0.0.42``, or ``openapi/v0.0.38`` on Slurm 22.05)
+        and ``family`` (``data_parser`` or ``v0.0.36-38``); empty before the first call."""
+        d = self.client.dialect
+        return {"slurmRelease": self.client.slurm_release,
+                "dataParser": self.client.data_parser,
+                "family": d.family if d else ""}
 
     # ------------------------------------------------------------ job table
 
@@ -357,16 +453,45 @@ class SlurmAdapter:
             if not force and self._jobs_fetched and now - self._jobs_at < self.config.poll_interval:
                 return
             wall = self.ctx.clock()
-            jobs = self.client.jobs(self._update_time if self._jobs_fetched else 0)
+            jobs, last_update = self.client.job_table(
+                self._update_time if self._jobs_fetched else 0)
             if jobs is not None:
                 self._jobs = {int(j["job_id"]): j for j in jobs if "job_id" in j}
                 for jid, j in self._jobs.items():
                     rid = scripts.run_id_of(j)
                     if rid:
                         self._by_run.setdefault(rid, jid)
-            # one second back: slurmctld compares whole seconds (last_update <= update_time)
-            self._update_time = max(0, int(wall) - 1)
+                self._update_time = self._next_update_time(jobs, last_update, now)
             self._jobs_fetched, self._jobs_at, self._jobs_wall = True, now, wall
+
+    def _next_update_time(self, jobs: list[dict[str, Any]], last_update: int | None,
+                          started: float) -> int:
+        """``update_time`` for the read after one that returned ``jobs``, on slurmctld's
+        clock: slurmctld answers "unchanged" when ``update_time >= last_update`` (whole
+        seconds), so a change in the very second of a read would be missed if the table's
+        own ``last_update`` L were sent at once. L is sent once a read that *started* a
+        second after the read that first reported L still reports L (slurmctld's clock is
+        then past L); until then L − 1 (a full read). The legacy plugins report no
+        ``last_update``: the newest past time slurmctld wrote into the table stands for it
+        (never later than the real one, so never a missed change): submit and last
+        scheduling times, the start of a started job, the end of an ended one (a running
+        job's ``end_time`` is its projected end, in the future)."""
+        if last_update is None:
+            stamps: list[int] = []
+            for j in jobs:
+                state = JOB_STATE_TABLE.get(str(j.get("job_state")))
+                keys = ["submit_time", "last_sched_evaluation"]
+                keys += [] if state in (None, RunState.Dispatched) else ["start_time"]
+                keys += ["end_time"] if state is not None and state.terminal else []
+                stamps += [v for k in keys if isinstance(v := j.get(k), int) and v > 0]
+            last_update = max(stamps, default=0)
+        if not last_update:
+            return 0
+        ended = time.monotonic()
+        if self._last_update is None or self._last_update[0] != last_update:
+            self._last_update = (last_update, ended)
+            return max(0, last_update - 1)
+        return last_update if started >= self._last_update[1] + 1.0 else max(0, last_update - 1)
 
     def job(self, job_id: int) -> dict[str, Any] | None:
         """The cached record of a job (after a refresh), or None."""
@@ -515,15 +640,25 @@ class SlurmAdapter:
                 partition's time limit, or slurmctld rejected the job (message says why).
         """
         partition = node.name
-        if self.config.partitions and partition not in self.config.partitions:
-            raise PermanentError(f"partition {partition!r} is not allowed on this site "
-                                 f"({', '.join(self.config.partitions)})", site=self.site.name)
+        settings = self.config.settings(run.tenant)
+        if settings is None:
+            raise PermanentError(
+                f"tenant {run.tenant!r} has no Slurm user on site {self.site.name!r}: an "
+                "hpc-admin adds it to the site's config.userMap (tenant, user, account, qos, "
+                "reservation)", site=self.site.name, details={"field": "userMap"})
+        if settings.partitions and partition not in settings.partitions:
+            f = settings.field_of("partitions")
+            raise PermanentError(f"partition {partition!r} is not allowed for tenant "
+                                 f"{run.tenant!r} on this site (config.{f}: "
+                                 f"{', '.join(settings.partitions)})", site=self.site.name,
+                                 details={"field": f})
         task = run.task
         if task.image and not self.config.apptainer:
             raise UnsupportedError(f"task {task.name!r} names image {task.image!r} but this "
                                    "site does not declare Apptainer (config.apptainer: true)",
                                    site=self.site.name)
-        tl = scripts.time_limit_minutes(task.timeout)
+        tl = scripts.time_limit_minutes(task.timeout if task.timeout is not None
+                                        else settings.time_limit_s)
         with self._lock:
             uncertain = request_id in self._uncertain
         if uncertain:
@@ -534,12 +669,6 @@ class SlurmAdapter:
         if tl is not None and limit is not None and tl > limit:
             raise PermanentError(f"task {task.name!r} needs {tl} min but partition {partition!r} "
                                  f"allows at most {limit} min", site=self.site.name)
-        mapping = self.config.mapping(run.tenant)
-        if mapping is None:
-            raise PermanentError(
-                f"tenant {run.tenant!r} has no Slurm user on site {self.site.name!r}: an "
-                "hpc-admin adds it to the site's config.userMap (tenant, user, account, qos, "
-                "reservation)", site=self.site.name, details={"field": "userMap"})
         jp = scripts.paths(self.config.workdir, request_id)
         if existing is not None:
             log.info("site %s: run %s already is job %d; not submitting again", self.site.name,
@@ -549,15 +678,15 @@ class SlurmAdapter:
                                     if task.image else None)
         job = scripts.job_description(run, jp, partition=partition,
                                       base_env=self.config.environment,
-                                      account=mapping.account, time_limit_min=tl,
-                                      qos=mapping.qos, reservation=mapping.reservation)
+                                      account=settings.account, time_limit_min=tl,
+                                      qos=settings.qos, reservation=settings.reservation,
+                                      constraint=settings.constraint)
         try:
-            job_id = self.client.submit(body, job, tokens=self.tokens_for(mapping.user))
+            job_id = self.client.submit(body, job, tokens=self.tokens_for(settings.user))
         except TransientError as e:
             if isinstance(e, SlurmApiError) and e.numbers and all(
                     n >= 2000 for n in e.numbers if n > 0) and any(n >= 2000 for n in e.numbers):
-                raise PermanentError(f"slurmctld rejected the job of run {request_id}: "
-                                     f"{e.message}", site=self.site.name) from e
+                raise self._rejected(request_id, e, settings, partition, tl) from e
             with self._lock:
                 self._uncertain.add(request_id)
             raise
@@ -565,8 +694,35 @@ class SlurmAdapter:
             self._by_run[request_id] = job_id
             self._uncertain.discard(request_id)
         log.info("site %s: run %s (tenant %s) submitted as job %d of user %s to partition %s",
-                 self.site.name, request_id, run.tenant, job_id, mapping.user, partition)
-        return self._handle(run, node, job_id, jp, user=mapping.user)
+                 self.site.name, request_id, run.tenant, job_id, settings.user, partition)
+        return self._handle(run, node, job_id, jp, user=settings.user)
+
+    def _rejected(self, request_id: str, e: SlurmApiError, settings: JobSettings,
+                  partition: str, time_limit_min: int | None) -> PermanentError:
+        """The permanent error of a job slurmctld refused: it names the setting Slurm
+        refused (``Slurm refused account 'x' (config.account): Invalid account ...``)
+        when the error number says which (:data:`REJECTED_SETTING`)."""
+        why = "; ".join(dict.fromkeys(t for x in e.errors
+                                      if (t := str(x.get("error") or x.get("description") or "")))
+                        ) or e.message
+        setting = next((REJECTED_SETTING[n] for n in e.numbers if n in REJECTED_SETTING), None)
+        if setting is None:
+            return PermanentError(f"slurmctld rejected the job of run {request_id}: {e.message}",
+                                  site=self.site.name)
+        value: object = {"partitions": partition, "user": settings.user,
+                         "time_limit_s": f"{time_limit_min} min"}.get(
+                             setting, getattr(settings, setting, None))
+        label = {"partitions": "partition", "time_limit_s": "time limit", "qos": "QoS",
+                 "constraint": "constraint"}.get(setting, setting)
+        where = f"config.{settings.field_of(setting)}"
+        if setting == "time_limit_s":
+            where += " or the task's timeout"
+        what = (f"{label} {value!r} ({where})" if value is not None
+                else f"the user's default {label} ({where} is not set)")
+        return PermanentError(f"Slurm refused {what} for run {request_id}: {why}",
+                              site=self.site.name,
+                              details={"field": settings.field_of(setting),
+                                       "slurmErrors": e.numbers})
 
     def _handle(self, run: TaskRun, node: Node, job_id: int, jp: scripts.JobPaths,
                 user: str | None = None) -> Handle:
@@ -852,8 +1008,10 @@ register(SiteKind.slurm, _factory)
 
 # Declared capabilities (adapters.capabilities): mypy checks the signatures, conforms the names.
 _DECLARED: tuple[type[SupportsCheck], type[capabilities.PartitionStats],
-                 type[capabilities.FindsWork]] = (SlurmAdapter, SlurmAdapter, SlurmAdapter)
-conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats, capabilities.FindsWork)
+                 type[capabilities.FindsWork], type[capabilities.DescribesBackend]] = (
+    SlurmAdapter, SlurmAdapter, SlurmAdapter, SlurmAdapter)
+conforms(SlurmAdapter, SupportsCheck, capabilities.PartitionStats, capabilities.FindsWork,
+         capabilities.DescribesBackend)
 
 __all__ = ["SlurmAdapter", "SlurmConfig", "UserMapping", "JOB_STATE_TABLE", "PartitionStats",
            "decode_exit", "jwt_key_bytes",

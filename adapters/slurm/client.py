@@ -1,9 +1,12 @@
 """A small slurmrestd client over httpx: version negotiation, JWT, typed errors.
 
 slurmrestd serves one OpenAPI plugin per version under ``/slurm/v0.0.NN/``; which ones a
-build serves is read from ``GET /openapi`` (its ``paths``). This client prefers
-v0.0.38 and falls back to v0.0.37, then v0.0.36 (Slurm 21.08-22.05); the fields it
-reads exist in all three.
+build serves is read from its spec (``GET /openapi/v3``, else ``/openapi.json``, else
+``/openapi``: its ``paths``). This client speaks the newest version both sides know
+(:data:`adapters.slurm.dialects.SUPPORTED_VERSIONS`: the data_parser family v0.0.45 ..
+v0.0.40 of Slurm 23.11-26.05, then v0.0.38 .. v0.0.36 of Slurm 20.11-22.05); paths,
+request bodies and answers go through its :class:`~adapters.slurm.dialects.Dialect`, so
+every method here returns records in one shape whatever the version.
 
 Authentication (``rest_auth/jwt``): every request carries ``X-SLURM-USER-NAME`` and
 ``X-SLURM-USER-TOKEN``. The token is either given (an admin ran ``scontrol token``)
@@ -15,13 +18,19 @@ Errors, as slurmrestd 22.05 reports them (verified against the real daemon):
 
 * no or malformed auth headers → HTTP 401 → :class:`AuthError`;
 * a token slurmctld rejects (wrong key, expired, unknown user) → HTTP 500 whose
-  ``errors[]`` carry only ``error_number``/``errno`` -1 ("Unspecified error") →
+  ``errors[]`` carry only ``error_number``/``errno`` -1 ("Unspecified error"); in 24.11
+  and newer HTTP 511, with error 1007 "Protocol authentication error" where there are
+  errors (and ``ping`` answers 200 with the controller "DOWN") →
   :class:`AuthError` (slurmctld logs "Protocol authentication error"). slurmrestd gives
   the very same answer when slurmctld is down; :meth:`SlurmRestClient._unspecified` says
   how the two are told apart;
 * connection refused, timeouts → :class:`TransientError`;
-* other HTTP 5xx or ``errors[]`` → :class:`SlurmApiError` (a :class:`TransientError`
-  carrying the Slurm error numbers, e.g. 2017 "Invalid job id specified").
+* HTTP 5xx without ``errors[]`` (24.11: 502, 26.05: 500, or no answer in time) while
+  slurmctld is down → :class:`TransientError`;
+* other HTTP 4xx/5xx (26.05 refuses a job with HTTP 422) or ``errors[]`` →
+  :class:`SlurmApiError` (a :class:`TransientError` carrying the Slurm error numbers,
+  e.g. 2017 "Invalid job id specified"; 22.05 names them ``error_code`` in a refused
+  submit, ``error_number`` elsewhere).
 """
 
 from __future__ import annotations
@@ -37,15 +46,22 @@ from typing import Any
 import httpx
 import jwt
 
+from adapters.slurm.dialects import (
+    SUPPORTED_VERSIONS,
+    Dialect,
+    choose,
+    offered_versions,
+    release_of,
+    release_of_spec,
+)
 from continuum.errors import AuthError, TransientError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_VERSIONS: tuple[str, ...] = ("v0.0.38", "v0.0.37", "v0.0.36")
-"""OpenAPI plugin versions this client speaks, most preferred first."""
-
 ESLURM_INVALID_JOB_ID = 2017
 """Slurm's error number for a job id slurmctld does not know (slurm_errno.h)."""
+SLURM_PROTOCOL_AUTHENTICATION_ERROR = 1007
+"""slurmctld refused the request's credentials (24.11+ answers HTTP 511 with it)."""
 ESLURM_ALREADY_DONE = 2021
 """Slurm's error number for "job/step already completing or completed"."""
 
@@ -59,6 +75,8 @@ class SlurmApiError(TransientError):
 
     numbers: list[int] = field(default_factory=list)
     status: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    """slurmrestd's ``errors[]`` as answered."""
 
 
 class TokenSource:
@@ -137,7 +155,7 @@ def _errors(body: Any) -> list[dict[str, Any]]:
 def _numbers(errs: list[dict[str, Any]]) -> list[int]:
     out = []
     for e in errs:
-        n = e.get("error_number", e.get("errno"))
+        n = e.get("error_number", e.get("error_code", e.get("errno")))
         if isinstance(n, int):
             out.append(n)
     return out
@@ -146,9 +164,11 @@ def _numbers(errs: list[dict[str, Any]]) -> list[int]:
 def _describe(errs: list[dict[str, Any]]) -> str:
     parts = []
     for e in errs:
-        text = e.get("description") or e.get("error") or "error"
+        text = e.get("error") or e.get("description") or "error"
+        if e.get("description") and e.get("error") and e["description"] != e["error"]:
+            text = f"{e['description']}: {e['error']}"
         src = e.get("source")
-        num = e.get("error_number", e.get("errno"))
+        num = e.get("error_number", e.get("error_code", e.get("errno")))
         parts.append(f"{text} ({src}, error {num})" if src else f"{text} (error {num})")
     return "; ".join(parts)
 
@@ -176,8 +196,10 @@ class SlurmRestClient:
         transport = httpx.HTTPTransport(uds=socket) if socket else None
         self._http = httpx.Client(base_url=url or "http://slurmrestd", timeout=timeout_s,
                                   transport=transport, follow_redirects=False)
-        self.version: str | None = None
+        self.dialect: Dialect | None = None
+        """The served version's dialect (set by :meth:`negotiate`)."""
         self.slurm_release: str = ""
+        """The Slurm release (``meta`` of ping, else the spec's ``info.version``)."""
         self.authenticated_ok = False
         """True once slurmctld answered a request with these credentials."""
         self.requests = 0
@@ -209,9 +231,7 @@ class SlurmRestClient:
             SlurmApiError: any other error slurmrestd reported.
         """
         if versioned:
-            if self.version is None:
-                self.negotiate()
-            path = f"/slurm/{self.version}/{path.lstrip('/')}"
+            path = self._dialect().path(path)
         key = path.split("?")[0]
         self.requests += 1
         self.requests_by_path[key] = self.requests_by_path.get(key, 0) + 1
@@ -220,7 +240,9 @@ class SlurmRestClient:
                                    headers=self._headers(tokens))
         except httpx.TimeoutException as e:
             raise TransientError(f"slurmrestd at {self.where} did not answer {method} {path} "
-                                 f"in time: {e}", site=self.site, retry_after=5.0) from e
+                                 f"in time ({e}): slurmrestd is overloaded, or slurmctld is not "
+                                 "answering slurmrestd (26.05's slurmrestd waits for it longer "
+                                 "than 'timeout')", site=self.site, retry_after=5.0) from e
         except httpx.TransportError as e:
             raise TransientError(f"slurmrestd at {self.where} is unreachable: {e}. Is slurmrestd "
                                  "running and listening there?", site=self.site,
@@ -239,17 +261,24 @@ class SlurmRestClient:
         nums = _numbers(errs)
         if r.status_code >= 500 and errs and all(n == -1 for n in nums) and len(nums) == len(errs):
             self._unspecified(r.status_code, errs)
+        if r.status_code == 511 or SLURM_PROTOCOL_AUTHENTICATION_ERROR in nums:
+            self._unspecified(r.status_code, errs)  # 24.11+: slurmctld refused the token
+        if r.status_code >= 500 and not errs and versioned:  # 24.11: 502, 26.05: 500
+            raise TransientError(f"slurmctld is not answering slurmrestd at {self.where} "
+                                 f"(HTTP {r.status_code} without errors[] to {method} {path})",
+                                 site=self.site, retry_after=5.0)
         if r.status_code >= 400 or (errs and r.status_code >= 300):
             detail = _describe(errs) if errs else "no Slurm errors[] in the answer"
             raise SlurmApiError(f"slurmrestd {method} {path} failed (HTTP {r.status_code}): "
                                 f"{detail}", site=self.site, retry_after=5.0, numbers=nums,
-                                status=r.status_code)
+                                status=r.status_code, errors=errs)
         if not isinstance(body, dict):
             raise SlurmApiError(f"slurmrestd {method} {path} answered HTTP {r.status_code} "
                                 f"without a JSON object", site=self.site, status=r.status_code)
         if errs:  # 2xx with errors[] (e.g. DELETE of an unknown job in some versions)
             raise SlurmApiError(f"slurmrestd {method} {path}: {_describe(errs)}", site=self.site,
-                                retry_after=5.0, numbers=nums, status=r.status_code)
+                                retry_after=5.0, numbers=nums, status=r.status_code,
+                                errors=errs)
         if versioned:
             self.authenticated_ok = True  # slurmctld accepted these credentials
         return body
@@ -268,7 +297,7 @@ class SlurmRestClient:
         Raises:
             AuthError | TransientError: always.
         """
-        seen = f"slurmrestd answered HTTP {status}: {_describe(errs)}"
+        seen = f"slurmrestd answered HTTP {status}" + (f": {_describe(errs)}" if errs else "")
         local = self.tokens.local_problem()
         if local:
             raise AuthError(f"{local} ({seen})", site=self.site)
@@ -291,60 +320,134 @@ class SlurmRestClient:
 
     # ------------------------------------------------------------ version
 
+    SPEC_PATHS = ("/openapi/v3", "/openapi.json", "/openapi")
+    """Where slurmrestd serves its spec, tried in this order."""
+
+    @property
+    def version(self) -> str | None:
+        """The OpenAPI version spoken (``v0.0.NN``), None before :meth:`negotiate`."""
+        return self.dialect.version if self.dialect else None
+
+    @property
+    def data_parser(self) -> str:
+        """What parses the answers: ``data_parser/v0.0.NN`` (Slurm 23.11+) or
+        ``openapi/v0.0.NN`` (the legacy plugins); "" before :meth:`negotiate`."""
+        if self.dialect is None:
+            return ""
+        return f"{'data_parser' if self.dialect.data_parser else 'openapi'}/{self.dialect.version}"
+
+    def _dialect(self) -> Dialect:
+        if self.dialect is None:
+            self.negotiate()
+        assert self.dialect is not None
+        return self.dialect
+
+    def spec(self) -> dict[str, Any]:
+        """The served OpenAPI document (the first of :data:`SPEC_PATHS` that answers).
+
+        Raises:
+            UnsupportedError: none of them is an OpenAPI document.
+            TransientError | AuthError: see :meth:`request`.
+        """
+        statuses = []
+        for p in self.SPEC_PATHS:
+            try:
+                body = self.request("GET", p, versioned=False) or {}
+            except SlurmApiError as e:  # not slurmrestd's errors[]: say only the status
+                statuses.append(f"{p}: HTTP {e.status}")
+                continue
+            if isinstance(body.get("paths"), dict):
+                return body
+            statuses.append(f"{p}: no OpenAPI paths")
+        raise UnsupportedError(f"{self.where} serves no OpenAPI document ({'; '.join(statuses)})"
+                               ": is it a slurmrestd?", site=self.site)
+
     def negotiate(self) -> str:
-        """Pick the newest supported OpenAPI version the server offers (``GET /openapi``).
+        """Pick the newest version both the served spec and Continuum know.
 
         Raises:
             UnsupportedError: the server offers none of :data:`SUPPORTED_VERSIONS`
                 (the message lists what it offers).
             TransientError | AuthError: see :meth:`request`.
         """
-        try:
-            body = self.request("GET", "/openapi", versioned=False) or {}
-        except SlurmApiError as e:  # not slurmrestd's errors[]: say only the status
-            raise UnsupportedError(f"slurmrestd at {self.where} answered HTTP {e.status} to "
-                                   "GET /openapi: is it a slurmrestd?", site=self.site) from None
-        paths = body.get("paths")
-        if not isinstance(paths, dict):
-            raise UnsupportedError(f"{self.where} is not a slurmrestd (no OpenAPI document at "
-                                   "/openapi)", site=self.site)
-        offered = sorted({p.split("/")[2] for p in paths
-                          if p.startswith("/slurm/") and len(p.split("/")) > 3}, reverse=True)
-        for v in SUPPORTED_VERSIONS:
-            if v in offered:
-                self.version = v
-                log.info("site %s: slurmrestd at %s speaks %s (offers %s)", self.site, self.where,
-                         v, ", ".join(offered))
-                return v
-        raise UnsupportedError(
-            f"slurmrestd at {self.where} offers OpenAPI {', '.join(offered) or 'no slurm plugin'}"
-            f"; Continuum speaks {', '.join(SUPPORTED_VERSIONS)}. Start slurmrestd with "
-            "-s openapi/v0.0.38 (Slurm 22.05) or openapi/v0.0.37 (21.08)", site=self.site)
+        spec = self.spec()
+        paths = list(spec["paths"])
+        offered = offered_versions(paths)
+        dialect = choose(paths)
+        if dialect is None:
+            raise UnsupportedError(
+                f"slurmrestd at {self.where} offers OpenAPI "
+                f"{', '.join(offered) or 'no slurm plugin'}; Continuum speaks "
+                f"{', '.join(SUPPORTED_VERSIONS)}. Start slurmrestd with -s openapi/slurmctld "
+                "(Slurm 23.11 and newer) or -s openapi/v0.0.38 (Slurm 22.05)", site=self.site)
+        self.dialect = dialect
+        self.slurm_release = self.slurm_release or release_of_spec(spec)
+        log.info("site %s: slurmrestd at %s speaks %s (family %s; offers %s)", self.site,
+                 self.where, dialect.version, dialect.family, ", ".join(offered))
+        return dialect.version
 
     # ------------------------------------------------------------ endpoints
 
     def ping(self) -> dict[str, Any]:
-        body = self.request("GET", "ping") or {}
-        release = ((body.get("meta") or {}).get("Slurm") or {}).get("release")
+        """``GET ping``; ``pings`` each carry ``ping`` "UP"/"DOWN" whatever the version.
+        Records the Slurm release of ``meta``."""
+        body = dict(self.request("GET", "ping") or {})
+        release = release_of(body)
         if release:
-            self.slurm_release = str(release)
+            self.slurm_release = release
+        body["pings"] = self._dialect().pings(body)
         return body
 
     def partitions(self) -> list[dict[str, Any]]:
-        return list((self.request("GET", "partitions") or {}).get("partitions") or [])
+        """Partitions in the legacy shape (:meth:`Dialect.partition`)."""
+        raw = (self.request("GET", "partitions") or {}).get("partitions") or []
+        return [self._dialect().partition(p) for p in raw if isinstance(p, dict)]
 
     def nodes(self) -> list[dict[str, Any]]:
-        return list((self.request("GET", "nodes") or {}).get("nodes") or [])
+        """Nodes in the legacy shape (:meth:`Dialect.node`)."""
+        raw = (self.request("GET", "nodes") or {}).get("nodes") or []
+        return [self._dialect().node(n) for n in raw if isinstance(n, dict)]
+
+    def reservations(self) -> list[str] | None:
+        """Names of the cluster's reservations; None where the version has no such
+        endpoint (v0.0.36)."""
+        d = self._dialect()
+        if not any(p.startswith(f"/slurm/{d.version}/reservations") for p in d.served):
+            return None
+        raw = (self.request("GET", "reservations") or {}).get("reservations") or []
+        return [str(r.get("name")) for r in raw if isinstance(r, dict)]
+
+    def db_names(self, endpoint: str) -> list[str] | None:
+        """``name`` of each record of slurmdbd's ``accounts`` or ``qos``; None where the
+        site serves no slurmdbd endpoints (:meth:`Dialect.db_path`)."""
+        path = self._dialect().db_path(endpoint)
+        if path is None:
+            return None
+        raw = (self.request("GET", path, versioned=False) or {}).get(endpoint) or []
+        return [str(r.get("name")) for r in raw if isinstance(r, dict)]
+
+    def job_table(self, update_time: int = 0) -> tuple[list[dict[str, Any]] | None, int | None]:
+        """Every job slurmctld holds (legacy shape) and slurmctld's ``last_update`` of the
+        table (epoch s; None where the version reports none). The list is None when
+        nothing changed since ``update_time`` (legacy: HTTP 304; data_parser: an empty
+        table with ``last_update`` 0)."""
+        d = self._dialect()
+        body = self.request("GET", "jobs", params=d.jobs_params(update_time))
+        if body is None or d.jobs_unchanged(body):
+            return None, None
+        return ([d.job(j) for j in body.get("jobs") or [] if isinstance(j, dict)],
+                d.jobs_last_update(body))
 
     def jobs(self, update_time: int = 0) -> list[dict[str, Any]] | None:
-        """Every job slurmctld holds; None when nothing changed since ``update_time`` (304)."""
-        body = self.request("GET", "jobs", params={"update_time": update_time})
-        return None if body is None else list(body.get("jobs") or [])
+        """:meth:`job_table` without ``last_update``."""
+        return self.job_table(update_time)[0]
 
     def submit(self, script: str, job: dict[str, Any], *,
                tokens: TokenSource | None = None) -> int:
-        """``POST job/submit`` as ``tokens``' user (the job's owner); returns the job id."""
-        body = self.request("POST", "job/submit", json={"script": script, "job": job},
+        """``POST job/submit`` as ``tokens``' user (the job's owner); returns the job id.
+
+        ``job`` is in the legacy shape (see :meth:`Dialect.submit_body`)."""
+        body = self.request("POST", "job/submit", json=self._dialect().submit_body(script, job),
                             tokens=tokens) or {}
         job_id = body.get("job_id")
         if not isinstance(job_id, int):

@@ -1,8 +1,12 @@
 """The ``slurm`` site's ``config``: :class:`SlurmConfig` (camelCase, unknown fields
-rejected) and its ``userMap`` entries (:class:`UserMapping`: which Slurm user, account,
-QoS and reservation a tenant's jobs run with). The fields and their meaning are in
-docs/slurm.md; the rules on who may set which (server paths only from the federation
-file, ``root`` and ``SlurmUser`` refused) in docs/security.md "Sites and secrets".
+rejected) and its ``userMap`` entries (:class:`UserMapping`: which Slurm user a tenant's
+jobs run as, and the tenant's own account, QoS, reservation, partitions, constraint and
+default time limit where they differ from the site's). :meth:`SlurmConfig.settings`
+merges the two into the :class:`JobSettings` a job is submitted with, each value with the
+config field it came from (so a rejection by Slurm names the setting). The fields and
+their meaning are in docs/slurm.md; the rules on who may set which (server paths only
+from the federation file, ``root`` and ``SlurmUser`` refused) in docs/security.md "Sites
+and secrets".
 """
 
 from __future__ import annotations
@@ -10,27 +14,80 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from continuum.model import PowerProfile
 
 _SLURM_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$"
+_CONSTRAINT = r"^[A-Za-z0-9_.&|*:,()\[\]!-]{1,256}$"
+"""A ``--constraint`` expression: features joined by & | , with counts, brackets."""
+_FEATURE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def constraint_features(expr: str) -> list[str]:
+    """The feature names in a ``--constraint`` expression (counts ``*N`` left out)."""
+    out: list[str] = []
+    for m in _FEATURE.finditer(expr):
+        start = m.start()
+        if start > 0 and expr[start - 1] == "*":  # the count of `feature*N`
+            continue
+        if m.group() not in out:
+            out.append(m.group())
+    return out
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What a tenant's jobs are submitted with on a site: ``user`` (JWT ``sun``),
+    ``account``, ``qos``, ``reservation``, ``constraint``, ``partitions`` (allowed; empty:
+    all), ``time_limit_s`` (default when a task gives no timeout). ``source`` maps each
+    setting to the config field it came from (``userMap.0.account``, ``account``)."""
+
+    user: str
+    account: str | None = None
+    qos: str | None = None
+    reservation: str | None = None
+    constraint: str | None = None
+    partitions: tuple[str, ...] = ()
+    time_limit_s: float | None = None
+    source: dict[str, str] = field(default_factory=dict)
+
+    def field_of(self, setting: str) -> str:
+        """The config field ``setting`` came from (e.g. ``userMap.0.qos``)."""
+        return self.source.get(setting, setting)
 
 
 class UserMapping(BaseModel):
-    """One entry of ``userMap``: the tenant's jobs run as ``user`` with ``account``,
-    ``qos`` and ``reservation`` (each optional but ``user``). Tenant ``"*"``: any tenant
-    no other entry names."""
+    """One entry of ``userMap``: the tenant's jobs run as ``user``; every other field is
+    optional and, when given, overrides the site's setting of the same name for this
+    tenant. Tenant ``"*"``: any tenant no other entry names."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
     tenant: str = Field(min_length=1, description="tenant (project) name, or * for any other")
     user: str = Field(pattern=_SLURM_NAME, description="Slurm user name the jobs run as")
-    account: str | None = Field(default=None, description="Slurm account charged")
-    qos: str | None = Field(default=None, description="Slurm QoS")
-    reservation: str | None = Field(default=None, description="Slurm reservation")
+    account: str | None = Field(default=None, pattern=_SLURM_NAME,
+                                description="Slurm account charged (else the site's)")
+    qos: str | None = Field(default=None, pattern=_SLURM_NAME,
+                            description="Slurm QoS (else the site's)")
+    reservation: str | None = Field(default=None, pattern=_SLURM_NAME,
+                                    description="Slurm reservation (else the site's)")
+    partitions: list[str] | None = Field(
+        default=None, description="partitions this tenant may use (within the site's)")
+    constraint: str | None = Field(default=None, pattern=_CONSTRAINT,
+                                   description="--constraint node features (else the site's)")
+    default_time_limit: float | None = Field(
+        default=None, gt=0, description="s, for tasks without a timeout (else the site's)")
 
 
 def jwt_key_bytes(value: str) -> bytes:
@@ -85,7 +142,17 @@ class SlurmConfig(BaseModel):
     workdir: str = Field(min_length=1, description="shared directory on the cluster for runs")
     environment: dict[str, str] = Field(
         default_factory=lambda: {"PATH": "/usr/local/bin:/usr/bin:/bin"})
-    account: str | None = None
+    account: str | None = Field(default=None, pattern=_SLURM_NAME,
+                                description="Slurm account every job is charged to")
+    qos: str | None = Field(default=None, pattern=_SLURM_NAME, description="Slurm QoS")
+    reservation: str | None = Field(default=None, pattern=_SLURM_NAME,
+                                    description="Slurm reservation the jobs run in")
+    constraint: str | None = Field(
+        default=None, pattern=_CONSTRAINT,
+        description="node features the jobs need (sbatch --constraint), e.g. 'avx512&ib'")
+    default_time_limit: float | None = Field(
+        default=None, gt=0, description="s, time limit of tasks that give no timeout "
+        "(else the partition's default)")
     apptainer: bool = False
     apptainer_binary: str = "apptainer"
     power: PowerProfile | None = None
@@ -103,6 +170,8 @@ class SlurmConfig(BaseModel):
     shared_workdir: bool = Field(
         default=True, description="the control plane can read 'workdir' (exit and status "
         "files, job output); false: it never tries")
+    _implicit_map: bool = PrivateAttr(default=False)
+    """True when ``userMap`` was not given (its one entry stands for the site's fields)."""
 
     @field_validator("url")
     @classmethod
@@ -138,8 +207,9 @@ class SlurmConfig(BaseModel):
         if self.url is not None and not given:
             raise ValueError("slurmrestd over TCP needs credentials: give 'token' (from "
                              "`scontrol token username=USER`) or 'jwtKey' (the cluster's jwt_key)")
-        if not self.user_map:
+        if not self.user_map:  # every tenant as `user`, with the site's settings
             self.user_map = [UserMapping(tenant="*", user=self.user, account=self.account)]
+            self._implicit_map = True
         tenants = [m.tenant for m in self.user_map]
         dup = sorted({t for t in tenants if tenants.count(t) > 1})
         if dup:
@@ -168,7 +238,45 @@ class SlurmConfig(BaseModel):
                     "unprivileged user")
         return None
 
+    def settings_problem(self) -> tuple[str, str] | None:
+        """(field, message) when a tenant's ``partitions`` leave the site's, else None."""
+        for i, m in enumerate(self.user_map):
+            outside = [p for p in m.partitions or [] if self.partitions and p not in self.partitions]
+            if outside:
+                return f"userMap.{i}.partitions", (
+                    f"userMap.{i}.partitions: {', '.join(outside)} not among the site's "
+                    f"partitions ({', '.join(self.partitions)})")
+        return None
+
     def mapping(self, tenant: str) -> UserMapping | None:
         """The ``userMap`` entry of ``tenant`` (or the ``*`` entry), or None."""
         by = {m.tenant: m for m in self.user_map}
         return by.get(tenant) or by.get("*")
+
+    def settings(self, tenant: str) -> JobSettings | None:
+        """What ``tenant``'s jobs are submitted with: its ``userMap`` entry's settings,
+        else the site's; None when no entry maps the tenant."""
+        m = self.mapping(tenant)
+        if m is None:
+            return None
+        i = self.user_map.index(m)
+        own_field = "{key}" if self._implicit_map else f"userMap.{i}.{{key}}"
+        values: dict[str, object] = {}
+        source: dict[str, str] = {"user": own_field.format(key="user")}
+        for name, key in (("account", "account"), ("qos", "qos"),
+                          ("reservation", "reservation"), ("constraint", "constraint"),
+                          ("partitions", "partitions"),
+                          ("default_time_limit", "defaultTimeLimit")):
+            own = getattr(m, name)
+            values[name] = own if own is not None else getattr(self, name)
+            source[name] = own_field.format(key=key) if own is not None else key
+        source["time_limit_s"] = source.pop("default_time_limit")
+        parts = values["partitions"]
+        limit = values["default_time_limit"]
+        return JobSettings(
+            user=m.user, account=values["account"],  # type: ignore[arg-type]
+            qos=values["qos"], reservation=values["reservation"],  # type: ignore[arg-type]
+            constraint=values["constraint"],  # type: ignore[arg-type]
+            partitions=tuple(parts) if isinstance(parts, list) else (),
+            time_limit_s=float(limit) if isinstance(limit, int | float) else None,
+            source=source)

@@ -182,14 +182,16 @@ def batch_script(run: TaskRun, jp: JobPaths, *, apptainer: str | None = None) ->
 
 def job_description(run: TaskRun, jp: JobPaths, *, partition: str, base_env: dict[str, str],
                     account: str | None = None, time_limit_min: int | None = None,
-                    qos: str | None = None, reservation: str | None = None
-                    ) -> dict[str, object]:
-    """The ``job`` object of ``POST job/submit`` (v0.0.36-38 field names).
+                    qos: str | None = None, reservation: str | None = None,
+                    constraint: str | None = None) -> dict[str, object]:
+    """The ``job`` object of ``POST job/submit`` in the legacy shape (v0.0.36-38 field
+    names; :meth:`adapters.slurm.dialects.Dialect.submit_body` turns it into the served
+    version's body).
 
     ``memory_per_node`` in MiB (rounded up), ``time_limit`` in minutes (rounded up from
     the task's ``timeout``), one task with ``ceil(cpu)`` CPUs; GPUs as
-    ``tres_per_node: gres:gpu:N``. ``account``, ``qos``, ``reservation``: those of the
-    run's user mapping (sent only when set).
+    ``tres_per_node: gres:gpu:N``. ``account``, ``qos``, ``reservation``, ``constraint``
+    (``constraints``, sbatch's ``--constraint``): the run's settings (sent only when set).
     """
     task = run.task
     env = {**base_env, **task.env, "CONTINUUM_RUN_ID": run.run_id,
@@ -215,6 +217,8 @@ def job_description(run: TaskRun, jp: JobPaths, *, partition: str, base_env: dic
         job["qos"] = qos
     if reservation:
         job["reservation"] = reservation
+    if constraint:
+        job["constraints"] = constraint
     return job
 
 

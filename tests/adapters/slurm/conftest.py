@@ -27,6 +27,7 @@ import httpx
 import pytest
 import uvicorn
 
+from adapters.slurm.client import SlurmRestClient, TokenSource
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from tests.conftest import REPO, free_port
@@ -118,12 +119,20 @@ class SlurmCluster:
         """A path jobs (running as the Slurm user) can see appear: touch it to let a job go."""
         return Path(self.workdir) / f"gate-{uuid.uuid4().hex[:10]}"
 
+    def client(self) -> SlurmRestClient:
+        """A slurmrestd client of this cluster (the served version's dialect, minted
+        tokens); the caller closes it."""
+        tokens = TokenSource(self.user, key=Path(self.key).read_bytes(), lifetime_s=60)
+        return SlurmRestClient(url=self.url, socket=None, tokens=tokens)
+
     def jobs(self) -> list[dict[str, Any]]:
-        """Every job slurmctld knows, through slurmrestd (a fresh token each call)."""
-        r = httpx.get(f"{self.url}/slurm/{self.api}/jobs", timeout=10, headers={
-            "X-SLURM-USER-NAME": self.user, "X-SLURM-USER-TOKEN": self.token(60)})
-        r.raise_for_status()
-        return list(r.json()["jobs"])
+        """Every job slurmctld knows, through slurmrestd, in the legacy shape
+        (``job_state`` a string) whatever the version served."""
+        c = self.client()
+        try:
+            return c.jobs() or []
+        finally:
+            c.close()
 
     def jobs_named(self, name: str) -> list[dict[str, Any]]:
         return [j for j in self.jobs() if j.get("name") == name]

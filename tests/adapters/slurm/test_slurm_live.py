@@ -26,6 +26,7 @@ from typing import Any
 import jwt
 import pytest
 
+from adapters.slurm.client import SlurmRestClient
 from tests.adapters.slurm.conftest import LiveFactory, SlurmCluster
 from tests.conftest import free_port
 from tests.helpers import wait_for
@@ -242,8 +243,9 @@ def test_one_job_table_read_per_poll_never_one_call_per_job(slurm: SlurmCluster,
     adapter = lcp.cp.federation.get_adapter("hpc")
     paths = adapter.client.requests_by_path  # type: ignore[union-attr]
     assert not any("/job/" in p and not p.endswith("/submit") for p in paths), paths
-    assert paths["/slurm/v0.0.38/job/submit"] == 6
-    assert paths["/slurm/v0.0.38/jobs"] <= lcp.cp.reconciler.cycles
+    dialect = adapter.client.dialect  # type: ignore[union-attr]
+    assert paths[dialect.path("job/submit")] == 6
+    assert paths[dialect.path("jobs")] <= lcp.cp.reconciler.cycles
 
 
 # ---------------------------------------------------------------- drain and remove
@@ -312,15 +314,17 @@ def test_falls_back_to_v0_0_36_when_that_is_all_the_server_offers(slurm: SlurmCl
         assert lcp.wait_workflow(wid)["state"] == "Failed"
         run = lcp.runs(wid, "old")[0]
         assert run["exitCode"] == 4 and run["reason"] == "exited with code 4"
-        assert all("/v0.0.36/" in p or p == "/openapi"
+        assert all("/v0.0.36/" in p or p in SlurmRestClient.SPEC_PATHS
                    for p in adapter.client.requests_by_path)  # type: ignore[union-attr]
     finally:
         slurm.sh("stop-rest", str(slurm.dir), "old")
 
 
 def test_an_unsupported_api_version_is_refused_by_name(live_cp: LiveFactory) -> None:
-    """A stand-in for a newer slurmrestd (Slurm 23.11 serves v0.0.40 only): the one HTTP seam."""
-    body = json.dumps({"paths": {"/slurm/v0.0.40/ping": {}, "/slurm/v0.0.40/jobs": {}}}).encode()
+    """A stand-in for a slurmrestd of Slurm 23.02 (v0.0.39 only, a data_parser version
+    Continuum does not speak): the one HTTP seam."""
+    body = json.dumps({"paths": {"/slurm/v0.0.39/ping": {}, "/slurm/v0.0.39/jobs": {},
+                                 "/slurm/v0.0.39/job/submit": {}}}).encode()
 
     class Newer(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -344,7 +348,8 @@ def test_an_unsupported_api_version_is_refused_by_name(live_cp: LiveFactory) -> 
     assert r.status_code == 422
     problem = r.json()["detail"][0]
     assert problem["type"] == "UnsupportedError"
-    assert "offers OpenAPI v0.0.40" in problem["msg"] and "v0.0.38" in problem["msg"]
+    assert "offers OpenAPI v0.0.39" in problem["msg"] and "v0.0.38" in problem["msg"]
+    assert "v0.0.40" in problem["msg"]  # what it speaks, newest first
 
 
 # ---------------------------------------------------------------- queue waits
@@ -444,7 +449,7 @@ def test_a_second_submit_by_a_new_adapter_finds_the_job_instead_of_submitting(
     node = second.inventory()[0]  # a new process reads the job table first
     h2 = second.submit(run, node, run.run_id)
     assert h2.backend_id == h1.backend_id
-    assert second.client.requests_by_path.get("/slurm/v0.0.38/job/submit") is None
+    assert second.client.requests_by_path.get(second.client.dialect.path("job/submit")) is None  # type: ignore[union-attr]
     assert len(slurm.jobs_named(f"continuum-{run.run_id}")) == 1
     second.close()
 
@@ -504,9 +509,9 @@ def test_a_job_slurmctld_forgot_ends_as_its_exit_file_says(slurm: SlurmCluster,
     wait_for(lambda: all(s.state.terminal for s in a.status(list(handles.values())).values())
              and len(a.status(list(handles.values()))) == 2, 60, message="both jobs ended")
     ours = {int(h.backend_id) for h in handles.values()}
-    real_jobs = a.client.jobs
-    a.client.jobs = lambda *args, **kw: [  # type: ignore[method-assign]
-        j for j in (real_jobs(0) or []) if int(j["job_id"]) not in ours]  # purged
+    real_table = a.client.job_table
+    a.client.job_table = lambda *args, **kw: ([  # type: ignore[method-assign]
+        j for j in (real_table(0)[0] or []) if int(j["job_id"]) not in ours], None)  # purged
     a._refresh_jobs(force=True)  # the next status() reads the purged table
     # (a job missing from a table read within 1 s of its submission may just be new)
     st = wait_for(lambda: (r := a.status(list(handles.values()))) and len(r) == 2 and r, 10,
