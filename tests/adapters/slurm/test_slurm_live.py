@@ -299,22 +299,28 @@ def test_remove_cancels_or_leaves_the_jobs(mode: str, slurm: SlurmCluster, live_
 # ---------------------------------------------------------------- API versions
 
 
-def test_falls_back_to_v0_0_36_when_that_is_all_the_server_offers(slurm: SlurmCluster,
-                                                                  live_cp: LiveFactory) -> None:
+def test_falls_back_to_the_oldest_version_the_server_offers(slurm: SlurmCluster,
+                                                            live_cp: LiveFactory) -> None:
+    """A slurmrestd serving only its release's oldest version: v0.0.36 (22.05, the legacy
+    family) or its oldest data_parser (v0.0.40 on 24.11, v0.0.42 on 26.05)."""
+    oldest = slurm.env["SLURM_DATA_PARSERS"].split(",")[-1]
+    legacy = slurm.api == "v0.0.38"
+    version = "v0.0.36" if legacy else oldest
     port = free_port()
-    slurm.sh("start-rest", str(slurm.dir), "old", str(port), "openapi/v0.0.36")
+    slurm.sh("start-rest", str(slurm.dir), "old", str(port),
+             "openapi/v0.0.36" if legacy else f"data_parser/{oldest}")
     try:
         lcp = live_cp()
         r = lcp.register("old-hpc", slurm.config(url=f"http://127.0.0.1:{port}"))
         assert r.status_code == 201, r.text
         adapter = lcp.cp.federation.get_adapter("old-hpc")
-        assert adapter.client.version == "v0.0.36"  # type: ignore[union-attr]
+        assert adapter.client.version == version  # type: ignore[union-attr]
         wid = lcp.submit([{**slurm_task("old", ["bash", "-c", "exit 4"]),
                            "constraints": {"sites": ["old-hpc"]}}])
         assert lcp.wait_workflow(wid)["state"] == "Failed"
         run = lcp.runs(wid, "old")[0]
         assert run["exitCode"] == 4 and run["reason"] == "exited with code 4"
-        assert all("/v0.0.36/" in p or p in SlurmRestClient.SPEC_PATHS
+        assert all(f"/{version}/" in p or p in SlurmRestClient.SPEC_PATHS
                    for p in adapter.client.requests_by_path)  # type: ignore[union-attr]
     finally:
         slurm.sh("stop-rest", str(slurm.dir), "old")
@@ -394,7 +400,8 @@ def test_unix_socket_with_local_auth_needs_no_token(slurm: SlurmCluster,
     """A socket is a path on the control plane's host: the operator's federation file may
     name it, the API may not (in rest_auth/local the jobs' user is not the userMap's)."""
     sock = slurm.dir / "rest-local" / "slurmrestd.sock"
-    slurm.sh("start-rest", str(slurm.dir), "local", f"unix:{sock}", "openapi/v0.0.38")
+    slurm.sh("start-rest", str(slurm.dir), "local", f"unix:{sock}",
+             "openapi/v0.0.38" if slurm.api == "v0.0.38" else "")  # "": every version served
     config = {"socket": str(sock), "user": slurm.user, "slurmUser": "root",
               "partitions": ["debug"], "workdir": slurm.workdir, "pollInterval": 0.2}
     fed = tmp_path / "federation.yaml"
