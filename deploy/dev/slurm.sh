@@ -7,7 +7,9 @@
 #   26.05  Debian unstable packages          } --variant=minbase) under the cache directory
 #                                              ${CONTINUUM_CACHE:-$HOME/.cache/continuum}/slurm-root/<release>,
 #          built once per machine (several minutes; `build` does only that, with progress
-#          on stderr) and reused; the daemons run in it with chroot on loopback.
+#          on stderr) and reused; the daemons run in it with chroot on loopback, or with
+#          --pivot-root each in a private mount namespace with pivot_root into the root
+#          (nothing mounted here; jobs may create user namespaces, e.g. for Apptainer).
 #
 #   deploy/dev/slurm.sh start DIR [REST_PORT] [--release R] [--accounting] [--pivot-root]
 #   deploy/dev/slurm.sh build --release R       # only build R's root (no-op if built)
@@ -36,8 +38,9 @@
 # SLURM_JOB_USER, SLURM_WORKDIR, SLURM_RELEASE (e.g. 24.11.5), SLURM_DATA_PARSERS (the
 # API versions slurmrestd serves, newest first: v0.0.38,v0.0.37,v0.0.36 for 22.05, the
 # data_parser plugins the release ships for the others), SLURM_ROOT (the root filesystem;
-# empty for 22.05) and SLURM_ACCOUNTING (yes|no). Ports are free loopback ports chosen
-# here (REST_PORT may be given). For 24.11/26.05, start mounts proc and sysfs in the root
+# empty for 22.05), SLURM_ENTER (chroot|pivot_root; empty for 22.05) and SLURM_ACCOUNTING
+# (yes|no). Ports are free loopback ports chosen
+# here (REST_PORT may be given). For 24.11/26.05 (chroot), start mounts proc and sysfs in the root
 # and bind-mounts DIR at the same absolute path inside it, so every path in DIR is the
 # same inside and out; `stop` unmounts them (also after a crash: DIR/run/root names the
 # root), the root's proc/sys once no other DIR is mounted in it.
