@@ -218,7 +218,7 @@ load() {  # load DIR: read DIR/env (the running bed's settings)
   [ -f "$1/env" ] || die "$1/env is missing: no Slurm was started in $1"
   # shellcheck disable=SC1091
   . "$1/env"
-  use_root "${SLURM_ROOT:-}" "$1" "${SLURM_ENTER:-chroot}"
+  use_root "${SLURM_ROOT:-}" "${SLURM_CONF%/etc/slurm.conf}" "${SLURM_ENTER:-chroot}"  # DIR as start saw it
 }
 
 check_binaries() {
