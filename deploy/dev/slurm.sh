@@ -7,9 +7,11 @@
 #   26.05  Debian unstable packages          } --variant=minbase) under the cache directory
 #                                              ${CONTINUUM_CACHE:-$HOME/.cache/continuum}/slurm-root/<release>,
 #          built once per machine (several minutes; `build` does only that, with progress
-#          on stderr) and reused; the daemons run in it with chroot on loopback.
+#          on stderr) and reused; the daemons run in it with chroot on loopback, or with
+#          --pivot-root each in a private mount namespace with pivot_root into the root
+#          (nothing mounted here; jobs may create user namespaces, e.g. for Apptainer).
 #
-#   deploy/dev/slurm.sh start DIR [REST_PORT] [--release R] [--accounting]
+#   deploy/dev/slurm.sh start DIR [REST_PORT] [--release R] [--accounting] [--pivot-root]
 #   deploy/dev/slurm.sh build --release R       # only build R's root (no-op if built)
 #   deploy/dev/slurm.sh stop DIR                 # everything, and unmounts what start mounted
 #   deploy/dev/slurm.sh stop-rest DIR [NAME]     # only slurmrestd (to test an outage)
@@ -36,8 +38,9 @@
 # SLURM_JOB_USER, SLURM_WORKDIR, SLURM_RELEASE (e.g. 24.11.5), SLURM_DATA_PARSERS (the
 # API versions slurmrestd serves, newest first: v0.0.38,v0.0.37,v0.0.36 for 22.05, the
 # data_parser plugins the release ships for the others), SLURM_ROOT (the root filesystem;
-# empty for 22.05) and SLURM_ACCOUNTING (yes|no). Ports are free loopback ports chosen
-# here (REST_PORT may be given). For 24.11/26.05, start mounts proc and sysfs in the root
+# empty for 22.05), SLURM_ENTER (chroot|pivot_root; empty for 22.05) and SLURM_ACCOUNTING
+# (yes|no). Ports are free loopback ports chosen
+# here (REST_PORT may be given). For 24.11/26.05 (chroot), start mounts proc and sysfs in the root
 # and bind-mounts DIR at the same absolute path inside it, so every path in DIR is the
 # same inside and out; `stop` unmounts them (also after a crash: DIR/run/root names the
 # root), the root's proc/sys once no other DIR is mounted in it.
@@ -66,11 +69,33 @@ PLUGIN_DIR=/usr/lib/x86_64-linux-gnu/slurm-wlm
 
 # Where the daemons run: ROOT "" is this machine; IN is the command prefix to get there
 # (it execs the command, so `"${IN[@]}" daemon &` leaves the daemon's pid in $!).
+# ENTER chroot: `chroot ROOT` (DIR, proc and sysfs are bind-mounted in ROOT on this host
+# by mount_root). ENTER pivot_root: each command gets a private mount namespace
+# (`unshare -m`) in which ROOT is bind-mounted on itself with proc, the host's /sys and
+# /dev and DIR at its own path, then becomes `/` by pivot_root (the old root is detached);
+# the kernel drops those mounts with the namespace's last process, so nothing is mounted
+# on this host. Jobs are then not "chrooted" in the kernel's sense and may create user
+# namespaces, which unprivileged Apptainer needs (in a chroot: "Failed to create user
+# namespace: not allowed to create user namespace").
 ROOT=""
+ENTER=chroot
 IN=(env)
-use_root() {
-  ROOT=$1
-  if [ -n "$ROOT" ]; then IN=(chroot "$ROOT"); else IN=(env); fi
+# shellcheck disable=SC2016  # expanded by the bash that unshare starts
+PIVOT_SCRIPT='set -e; r=$1 d=$2; shift 2; here=$PWD
+mount --bind "$r" "$r"
+mount -t proc proc "$r/proc"
+mount --rbind /sys "$r/sys"
+mount --rbind /dev "$r/dev"
+mkdir -p "$r$d"; mount --bind "$d" "$r$d"
+cd "$r"; pivot_root . .; umount -l .
+cd "$here" 2>/dev/null || cd /
+exec "$@"'
+use_root() {  # use_root ROOT [DIR ENTER]
+  ROOT=$1 ENTER=${3:-chroot}
+  if [ -z "$ROOT" ]; then IN=(env)
+  elif [ "$ENTER" = pivot_root ]; then
+    IN=(unshare --mount --propagation private bash -c "$PIVOT_SCRIPT" pivot "$ROOT" "$2")
+  else IN=(chroot "$ROOT"); fi
 }
 inside() { "${IN[@]}" "$@"; }
 
@@ -160,11 +185,15 @@ mount_root() {  # mount_root DIR: proc and sysfs in $ROOT, DIR at the same path 
     flock 9
     mounted "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
     mounted "$ROOT/sys" || mount -t sysfs sysfs "$ROOT/sys"
-    grep -qw "$(hostname)" "$ROOT/etc/hosts" 2>/dev/null \
-      || printf '127.0.0.1\t%s\n' "$(hostname)" >>"$ROOT/etc/hosts"
+    add_hostname
     mkdir -p "$ROOT$dir"
     mounted "$ROOT$dir" || mount --bind "$dir" "$ROOT$dir"
   ) 9>"$ROOT.lock"
+}
+
+add_hostname() {  # this machine's name resolves in $ROOT (slurmd looks it up)
+  grep -qw "$(hostname)" "$ROOT/etc/hosts" 2>/dev/null \
+    || printf '127.0.0.1\t%s\n' "$(hostname)" >>"$ROOT/etc/hosts"
 }
 
 unmount_root() {  # unmount_root ROOT DIR: DIR's bind mount; proc and sys once no DIR is left
@@ -189,7 +218,7 @@ load() {  # load DIR: read DIR/env (the running bed's settings)
   [ -f "$1/env" ] || die "$1/env is missing: no Slurm was started in $1"
   # shellcheck disable=SC1091
   . "$1/env"
-  use_root "${SLURM_ROOT:-}"
+  use_root "${SLURM_ROOT:-}" "${SLURM_CONF%/etc/slurm.conf}" "${SLURM_ENTER:-chroot}"  # DIR as start saw it
 }
 
 check_binaries() {
@@ -337,7 +366,9 @@ add_associations() {  # the cluster, account `continuum` and its users root and 
 }
 
 start() {
-  local dir=$1 rest_port=${2:-} release=${3:-22.05} accounting=${4:-no}
+  local dir=$1 rest_port=${2:-} release=${3:-22.05} accounting=${4:-no} enter=${5:-chroot}
+  [ "$release" != 22.05 ] || [ "$enter" = chroot ] \
+    || die "--pivot-root needs a release with a root filesystem (24.11 or 26.05), not 22.05"
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd -P)
   alive "$dir/run/slurmctld.daemon.pid" && die "a Slurm started from $dir is already running"
@@ -346,13 +377,14 @@ start() {
     use_root ""
   else
     build "$release"
-    use_root "$(realpath "$CACHE/$release")"
+    use_root "$(realpath "$CACHE/$release")" "$dir" "$enter"
   fi
   echo "$ROOT" >"$dir/run/root"  # for `stop`, even if start fails from here on
   check_binaries
   chmod 711 "$dir"
   chmod 755 "$dir/etc" "$dir/run" "$dir/log"
-  [ -z "$ROOT" ] || mount_root "$dir"
+  if [ "$ENTER" = pivot_root ]; then add_hostname; mkdir -p "$ROOT$dir"
+  elif [ -n "$ROOT" ]; then mount_root "$dir"; fi
   # job output and working directories: writable by the job user
   inside chown "$JOB_USER:$JOB_USER" "$dir/jobs" "$dir/log"; chmod 1777 "$dir/jobs"
   # munge: own key (private dir) and socket (reachable by every local user, as
@@ -444,6 +476,7 @@ SLURM_WORKDIR=$dir/jobs
 SLURM_RELEASE=$version
 SLURM_DATA_PARSERS=$(data_parsers)
 SLURM_ROOT=$ROOT
+SLURM_ENTER=${ROOT:+$ENTER}
 SLURM_ACCOUNTING=$accounting
 EOF2
 
@@ -537,9 +570,10 @@ add_user() {  # add_user DIR NAME: a system user here and, same uid/gid, in DIR'
 }
 
 # options anywhere: --release R, --accounting
-RELEASE=22.05 ACCOUNTING=no ARGS=()
+RELEASE=22.05 ACCOUNTING=no ENTER_OPT=chroot ARGS=()
 while [ $# -gt 0 ]; do
   case $1 in
+    --pivot-root) ENTER_OPT=pivot_root; shift ;;
     --release) [ $# -ge 2 ] || die "--release needs a value (22.05, 24.11 or 26.05)"; RELEASE=$2; shift 2 ;;
     --release=*) RELEASE=${1#--release=}; shift ;;
     --accounting) ACCOUNTING=yes; shift ;;
@@ -550,8 +584,8 @@ done
 set -- "${ARGS[@]}"
 
 case "${1:-}" in
-  start) [ $# -ge 2 ] || die "usage: $0 start DIR [REST_PORT] [--release R] [--accounting]"
-    start "$2" "${3:-}" "$RELEASE" "$ACCOUNTING" ;;
+  start) [ $# -ge 2 ] || die "usage: $0 start DIR [REST_PORT] [--release R] [--accounting] [--pivot-root]"
+    start "$2" "${3:-}" "$RELEASE" "$ACCOUNTING" "$ENTER_OPT" ;;
   build) [ "$RELEASE" != 22.05 ] || exit 0; build "$RELEASE" ;;
   stop) [ $# -ge 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
   stop-rest) [ $# -ge 2 ] || die "usage: $0 stop-rest DIR [NAME]"; stop_pid "$2/run/slurmrestd${3:+-$3}.pid" ;;
@@ -563,5 +597,5 @@ case "${1:-}" in
   run) [ $# -ge 3 ] || die "usage: $0 run DIR CMD [ARG...]"; dir=$(cd "$2" && pwd -P); shift 2; run_in "$dir" "$@" ;;
   user) [ $# -ge 3 ] || die "usage: $0 user DIR NAME"; add_user "$2" "$3" ;;
   status) [ $# -ge 2 ] || die "usage: $0 status DIR"; alive "$2/run/slurmctld.daemon.pid" ;;
-  *) die "usage: $0 start DIR [REST_PORT] [--release R] [--accounting] | build --release R | stop DIR | stop-rest DIR | start-rest DIR | stop-ctld DIR | start-ctld DIR | token DIR USER [SECONDS] | run DIR CMD... | user DIR NAME | status DIR" ;;
+  *) die "usage: $0 start DIR [REST_PORT] [--release R] [--accounting] [--pivot-root] | build --release R | stop DIR | stop-rest DIR | start-rest DIR | stop-ctld DIR | start-ctld DIR | token DIR USER [SECONDS] | run DIR CMD... | user DIR NAME | status DIR" ;;
 esac

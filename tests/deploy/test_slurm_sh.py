@@ -3,7 +3,9 @@ idle, a batch job submitted with ``sbatch`` where the daemons run (in the releas
 for 24.11 and 26.05) completes, slurmrestd answers ``ping`` with a JWT on every API
 version it says it serves; with ``--accounting``, ``sacct`` and slurmrestd's
 ``/slurmdb/<version>/jobs`` list the finished job; ``stop`` after a crash still removes
-the bind mount of the cluster's directory. None of this goes through the Slurm adapter.
+the bind mount of the cluster's directory; with ``--pivot-root`` nothing is mounted on
+this host, a job (as the job user) may create a user namespace, and a crash leaves
+nothing behind. None of this goes through the Slurm adapter.
 """
 
 from __future__ import annotations
@@ -150,3 +152,47 @@ def test_an_unknown_release_or_a_root_of_another_release_is_refused(tmp_path: Pa
         shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
     assert not [m for m in mounts() if m.endswith(str(d))]
+
+
+def test_pivot_root_mounts_nothing_here_and_jobs_may_create_user_namespaces() -> None:
+    """``--pivot-root`` (26.05): the daemons' mounts live in their own mount namespace
+    (none on this host), a job of the job user can create a user namespace (what
+    Apptainer needs, refused in a chroot), and after every daemon is killed (-9) ``stop``
+    leaves no directory in the root; on 22.05 (no root) the option is refused by name."""
+    from tests.adapters.slurm.conftest import SLURM_SH
+
+    r = subprocess.run([str(SLURM_SH), "start", "/tmp/never-started", "--pivot-root"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "--pivot-root needs a release with a root filesystem (24.11 or 26.05), not 22.05" \
+        in r.stderr
+    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="continuum-slurm-26.05-pivot-")))
+    try:
+        cluster.start("26.05", pivot_root=True)
+        root = cluster.env["SLURM_ROOT"]
+        assert cluster.env["SLURM_ENTER"] == "pivot_root"
+        assert not [m for m in mounts() if str(cluster.dir) in m]  # (root/proc: maybe a
+        # chroot bed of 26.05 of the same session)
+        slurmd = (cluster.dir / "run" / "slurmd.daemon.pid").read_text().strip()
+        theirs = [line.split()[4] for line in
+                  Path(f"/proc/{slurmd}/mountinfo").read_text().splitlines()]
+        assert str(cluster.dir) in theirs and "/proc" in theirs, theirs
+
+        out = Path(cluster.workdir) / "userns.out"
+        r = cluster.run("setpriv", f"--reuid={cluster.user}", f"--regid={cluster.user}",
+                        "--init-groups", "sbatch", "--parsable", "--chdir", cluster.workdir,
+                        "-o", str(out), "--wrap", "unshare --user --map-root-user id -u")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: out.exists() and out.read_text().strip(), timeout=30,
+                 message=lambda: f"the user-namespace job writing {out}")
+        assert out.read_text().strip() == "0", out.read_text()
+
+        for pidfile in (cluster.dir / "run").glob("*.pid"):
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    finally:
+        cluster.stop()
+    assert not [m for m in mounts() if str(cluster.dir) in m]
+    assert not Path(f"{root}{cluster.dir}").exists()

@@ -50,12 +50,16 @@ class SlurmCluster:
             raise RuntimeError(f"slurm.sh {' '.join(args)} failed: {r.stderr.strip()}")
         return r.stdout.strip()
 
-    def start(self, release: str = "22.05", accounting: bool = False) -> None:
-        """``slurm.sh start DIR --release R [--accounting]``; on a fresh machine this first
-        builds R's root (minutes: ``make test-deps`` does it beforehand, with progress).
+    def start(self, release: str = "22.05", accounting: bool = False,
+              pivot_root: bool = False) -> None:
+        """``slurm.sh start DIR --release R [--accounting] [--pivot-root]``; on a fresh
+        machine this first builds R's root (minutes: ``make test-deps`` does it beforehand,
+        with progress). ``pivot_root`` (24.11+): the daemons run under pivot_root in a
+        private mount namespace instead of chroot, so jobs may use Apptainer.
         Raises RuntimeError (slurm.sh's reason) or subprocess.TimeoutExpired."""
         self.sh("start", str(self.dir), "--release", release,
-                *(["--accounting"] if accounting else []), timeout=1800)
+                *(["--accounting"] if accounting else []),
+                *(["--pivot-root"] if pivot_root else []), timeout=1800)
         self.env = dict(line.split("=", 1) for line in (self.dir / "env").read_text().splitlines())
 
     def stop(self) -> None:
