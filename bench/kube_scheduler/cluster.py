@@ -135,7 +135,7 @@ class Cluster:
         self.owned = kube_dir is None
         self.dir = Path(kube_dir or tempfile.mkdtemp(prefix="continuum-kbench-"))
         self.workers = workers
-        self._procs: list[subprocess.Popen[bytes]] = []
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self.api: client.CoreV1Api
         self.env: dict[str, str] = {}
 
@@ -157,12 +157,8 @@ class Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for p in self._procs:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for name in list(self._procs):
+            self.stop_scheduler(name)
         if self.owned:
             subprocess.run([str(KUBE_SH), "stop", str(self.dir)], check=False)
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -302,11 +298,11 @@ class Cluster:
         port = _free_port()
         kubeconfig = str(self.dir / "scheduler.kubeconfig")
         logf = (self.dir / "log" / f"bench-scheduler-{name}.log").open("ab")
-        self._procs.append(subprocess.Popen(
+        self._procs[name] = subprocess.Popen(
             [os.path.join(self.env["KUBE_BIN"], "kube-scheduler"), "--config", str(cfg),
              "--authentication-kubeconfig", kubeconfig, "--authorization-kubeconfig", kubeconfig,
              "--bind-address", "127.0.0.1", "--secure-port", str(port), "--profiling=false"],
-            stdout=logf, stderr=subprocess.STDOUT))
+            stdout=logf, stderr=subprocess.STDOUT)
         url = f"https://127.0.0.1:{port}"
 
         def healthy() -> bool:
@@ -316,6 +312,18 @@ class Cluster:
                 return False
         self._until(60, f"kube-scheduler {name} healthy", healthy)
         return url + "/metrics"
+
+    def stop_scheduler(self, name: str) -> None:
+        """Stop the kube-scheduler :meth:`start_scheduler` started as ``name``."""
+        p = self._procs.pop(name, None)
+        if p is None:
+            return
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
     def stock_scheduler_metrics_url(self) -> str:
         """The metrics URL of kube.sh's kube-scheduler."""

@@ -9,7 +9,7 @@ import pytest
 from bench.kube_scheduler import convert as C
 from bench.placement import policies as P
 from bench.placement import scenario_b as B
-from continuum.model import Node, Objective, PowerProfile, Resources, Task, Taint
+from continuum.model import Node, Objective, PowerProfile, Resources, Taint, Task
 from placement import PlacementRequest, Snapshot, StaticNetwork
 
 GI = 2**30
