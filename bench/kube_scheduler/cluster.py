@@ -276,11 +276,20 @@ class Cluster:
 
     def delete_pods(self, timeout_s: float = 600) -> None:
         """Delete every pod of the benchmark namespace at once (grace 0) and wait."""
-        self.api.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
+        asked = [0.0]
 
         def empty() -> bool:
-            return not self.api.list_namespaced_pod(NAMESPACE, limit=1).items
-        self._until(timeout_s, "benchmark pods deleted", empty)
+            if not self.api.list_namespaced_pod(NAMESPACE, limit=1).items:
+                return True
+            if time.monotonic() - asked[0] > 60:  # (again: a large collection outlasts
+                asked[0] = time.monotonic()       # the request, the server goes on)
+                try:
+                    self.api.delete_collection_namespaced_pod(
+                        NAMESPACE, grace_period_seconds=0, _request_timeout=30)
+                except Exception as exc:  # noqa: BLE001 - the wait decides
+                    log.info("delete collection of pods: %s (waiting on)", exc)
+            return False
+        self._until(timeout_s, "benchmark pods deleted", empty, every=2.0)
 
     # ---------------------------------------------------------------- schedulers
 

@@ -317,6 +317,7 @@ def scenario_b(cl: Cluster, limit: int | None) -> tuple[str, str, list[Agreement
         st.add(wreqs, range(len(wreqs)), wsnap.copy(), real, b)
         step_rows.append(st.row(f"scenario B (whole GPUs), balance {b}"))
     agr += "\n\n" + R.table(STEP_HEAD, step_rows)
+    print(text + "\n\n" + agr, flush=True)
     cl.delete_pods(900)
     cl.delete_nodes(names)
     return text, agr, [a for _, a in agrees]
@@ -476,7 +477,6 @@ def main() -> None:
             print(a_text + "\n\n" + a_agr, flush=True)
         if "b" in parts:
             b_text, b_agr, _ = scenario_b(cl, args.b_limit or None)
-            print(b_text + "\n\n" + b_agr, flush=True)
         if "t" in parts:
             t_text, _ = throughput(cl, sizes, args.pods)
             print(t_text, flush=True)
