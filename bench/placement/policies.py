@@ -99,8 +99,47 @@ def round_robin() -> Policy:
     return _generic(choose)
 
 
-def kube_default(seed: int = 0) -> Policy:
-    """kube-scheduler default scoring (see the module docstring)."""
+def kube_scores(req: PlacementRequest, snap: Snapshot, feas: np.ndarray,
+                balance: str = "v1.30") -> np.ndarray:
+    """kube-scheduler's default score (``NodeResourcesFit`` LeastAllocated +
+    ``NodeResourcesBalancedAllocation``, integers 0–200) of ``req`` on each node index of
+    ``feas`` given the snapshot's free capacity; ``balance`` as for :func:`kube_default`."""
+    nodes = snap.nodes
+    r = req.task.resources
+    alloc_cpu = np.array([nodes[j].allocatable.cpu for j in feas]) * 1000.0
+    alloc_mem = np.array([float(nodes[j].allocatable.memory) for j in feas])
+    used_cpu = alloc_cpu - snap.free_cpu[feas] * 1000.0
+    used_mem = alloc_mem - snap.free_mem[feas].astype(np.float64)
+    req_cpu = used_cpu + r.cpu * 1000.0
+    req_mem = used_mem + float(r.memory)
+    # LeastAllocated counts a zero request as the non-zero default (100 millicores,
+    # 200 MiB: GetNonzeroRequestForResource); BalancedAllocation uses the real one
+    nz_cpu = used_cpu + (r.cpu * 1000.0 if r.cpu > 0 else 100.0)
+    nz_mem = used_mem + (float(r.memory) if r.memory > 0 else 200.0 * 2**20)
+    least = (np.floor(np.maximum(alloc_cpu - nz_cpu, 0) * 100 / alloc_cpu)
+             + np.floor(np.maximum(alloc_mem - nz_mem, 0) * 100 / alloc_mem)) // 2
+    fc = np.minimum(req_cpu / alloc_cpu, 1.0)
+    fm = np.minimum(req_mem / alloc_mem, 1.0)
+    std = np.abs(fc - fm) / 2.0
+    balanced = np.floor((1.0 - std) * 100)
+    if balance == "v1.37":
+        before = np.floor((1.0 - np.abs(np.minimum(used_cpu / alloc_cpu, 1.0)
+                                        - np.minimum(used_mem / alloc_mem, 1.0)) / 2.0)
+                          * 100)
+        balanced = 50 + (50 + balanced - before) // 2
+    total = least + balanced
+    return total
+
+
+def kube_default(seed: int = 0, balance: str = "v1.30") -> Policy:
+    """kube-scheduler default scoring (see the module docstring). ``balance``: ``v1.30``
+    scores ``NodeResourcesBalancedAllocation`` on the balance with the pod (as above);
+    ``v1.37`` as kube-scheduler v1.37 does, on the balance's *change*
+    (``balancedResourceScorer``: ``50 + (50 + score_with − score_without) / 2`` in
+    int64, each score the v1.30 formula over the node's requests with and without the
+    pod; ``balanced_allocation.go``)."""
+    if balance not in ("v1.30", "v1.37"):
+        raise ValueError(f"balance must be 'v1.30' or 'v1.37', got {balance!r}")
     rng = np.random.default_rng(seed)
     start = [0]
 
@@ -116,25 +155,7 @@ def kube_default(seed: int = 0) -> Policy:
             start[0] = int((last + 1) % n)
         else:
             start[0] = int((order[-1] + 1) % n) if n else 0
-        nodes = snap.nodes
-        r = req.task.resources
-        alloc_cpu = np.array([nodes[j].allocatable.cpu for j in feas]) * 1000.0
-        alloc_mem = np.array([float(nodes[j].allocatable.memory) for j in feas])
-        used_cpu = alloc_cpu - snap.free_cpu[feas] * 1000.0
-        used_mem = alloc_mem - snap.free_mem[feas].astype(np.float64)
-        req_cpu = used_cpu + r.cpu * 1000.0
-        req_mem = used_mem + float(r.memory)
-        # LeastAllocated counts a zero request as the non-zero default (100 millicores,
-        # 200 MiB: GetNonzeroRequestForResource); BalancedAllocation uses the real one
-        nz_cpu = used_cpu + (r.cpu * 1000.0 if r.cpu > 0 else 100.0)
-        nz_mem = used_mem + (float(r.memory) if r.memory > 0 else 200.0 * 2**20)
-        least = (np.floor(np.maximum(alloc_cpu - nz_cpu, 0) * 100 / alloc_cpu)
-                 + np.floor(np.maximum(alloc_mem - nz_mem, 0) * 100 / alloc_mem)) // 2
-        fc = np.minimum(req_cpu / alloc_cpu, 1.0)
-        fm = np.minimum(req_mem / alloc_mem, 1.0)
-        std = np.abs(fc - fm) / 2.0
-        balanced = np.floor((1.0 - std) * 100)
-        total = least + balanced
+        total = kube_scores(req, snap, feas, balance)
         best = np.flatnonzero(total == total.max())
         return int(feas[int(rng.choice(best))])
     return _generic(choose)

@@ -78,6 +78,32 @@ def _no_fragmentation(fw: Framework) -> Framework:
     return fw
 
 
+def score_a(st: dict[str, list[float]], jobs: Sequence[A.Job], nodes_of: Sequence[int] | np.ndarray,
+            base: Snapshot, types: list[str]) -> None:
+    """Add one batch's ground truth (:func:`scenario_a.evaluate`) to ``st``: every placed
+    job's completion (s) to ``completion``, every SLO job's RTT (ms) to ``latency``, and
+    the batch's energy (J), WAN bytes, SLO violations and unplaced jobs as one entry each
+    of ``energy``, ``wan``, ``slo``, ``unplaced``. ``nodes_of``: node index per job, -1 =
+    unplaced."""
+    energy = wan = slo = unplaced = 0.0
+    for job, k in zip(jobs, nodes_of, strict=True):
+        o = A.evaluate(job, int(k), base, types)
+        if not o.placed:
+            unplaced += 1
+        else:
+            assert o.completion_s is not None and o.energy_j is not None
+            st["completion"].append(o.completion_s)
+            energy += o.energy_j
+            wan += o.wan_bytes
+        if o.latency_ms is not None:
+            st["latency"].append(o.latency_ms)
+        slo += o.slo_violated
+    st["energy"].append(energy)
+    st["wan"].append(wan)
+    st["slo"].append(slo)
+    st["unplaced"].append(unplaced)
+
+
 def scenario_a(instances: int, batch_size: int, learned: LearnedPredictor,
                milp_limit_s: float, load: float = 0.4
                ) -> tuple[str, dict[str, dict[str, float]]]:
@@ -132,24 +158,7 @@ def scenario_a(instances: int, batch_size: int, learned: LearnedPredictor,
                 ha = results["continuum-analytic"]
                 gaps_analytic.append(gap(ha, objective(reqs, ha, aa), ma.nodes, ma.objective))
         for name, nodes_of in results.items():
-            st = stats[name]
-            energy = wan = slo = unplaced = 0.0
-            for job, k in zip(jobs, nodes_of, strict=True):
-                o = A.evaluate(job, int(k), base, types)
-                if not o.placed:
-                    unplaced += 1
-                else:
-                    assert o.completion_s is not None and o.energy_j is not None
-                    st["completion"].append(o.completion_s)
-                    energy += o.energy_j
-                    wan += o.wan_bytes
-                if o.latency_ms is not None:
-                    st["latency"].append(o.latency_ms)
-                slo += o.slo_violated
-            st["energy"].append(energy)
-            st["wan"].append(wan)
-            st["slo"].append(slo)
-            st["unplaced"].append(unplaced)
+            score_a(stats[name], jobs, nodes_of, base, types)
     stats["continuum-analytic"]["gap"] = gaps_analytic
     rows, summary = [], {}
     for name, st in stats.items():
@@ -204,12 +213,83 @@ def scenario_a(instances: int, batch_size: int, learned: LearnedPredictor,
 # ---------------------------------------------------------------- scenario B
 
 
+def score_b(pods: Sequence[B.Pod], base: Snapshot, chosen: Sequence[int],
+            departures: bool = False) -> dict[str, float]:
+    """Scenario B's ground truth for a replay: ``chosen[k]`` is the node index pod ``k``
+    (arrival order) went to, -1 = not placed. Replays the placements on a copy of ``base``
+    (pods leaving at their departure when ``departures``) and returns ``placed``,
+    ``failed``, ``energy`` (J, :func:`scenario_b.pod_energy`) and ``peak_gpu_alloc``
+    (highest fraction of the cluster's GPU units in use, in the trace's milli-GPUs)."""
+    import heapq
+
+    snap = base.copy()
+    cap = float(base.free_gpu.sum())
+    live: list[tuple[float, int, int]] = []
+    placed = failed = 0
+    energy = peak = 0.0
+    for k, (pod, j) in enumerate(zip(pods, chosen, strict=True)):
+        while departures and live and live[0][0] <= pod.arrival:
+            _, node_i, pk = heapq.heappop(live)
+            r = pods[pk].request.task.resources
+            snap.free_gpu[node_i] += r.gpu
+        if j < 0:
+            failed += 1
+            continue
+        placed += 1
+        energy += B.pod_energy(pod, base.nodes[j])
+        snap.free_gpu[j] -= pod.request.task.resources.gpu
+        if departures:
+            heapq.heappush(live, (pod.departure, j, k))
+        peak = max(peak, 1 - float(snap.free_gpu.sum()) / cap if cap else 0.0)
+    return {"placed": float(placed), "failed": float(failed), "energy": energy,
+            "peak_gpu_alloc": peak}
+
+
+def replay_b(pods: Sequence[B.Pod], base: Snapshot,
+             pol: Callable[..., np.ndarray] | Framework, departures: bool = False
+             ) -> tuple[list[int], list[float]]:
+    """Place ``pods`` one at a time in arrival order on a copy of ``base`` with ``pol`` (a
+    policy of :mod:`policies`, or a framework placed through :class:`Planner`), capacity
+    returned at each pod's departure when ``departures``; returns (node index per pod,
+    -1 = not placed; seconds per decision)."""
+    import heapq
+
+    snap = base.copy()
+    planner = Planner(snap, pol) if isinstance(pol, Framework) else None
+    assigner = planner.assigner if planner is not None else None
+    live: list[tuple[float, int, int]] = []
+    lat = []
+    chosen = []
+    for k, pod in enumerate(pods):
+        while live and live[0][0] <= pod.arrival:
+            _, node_i, pk = heapq.heappop(live)
+            r = pods[pk].request.task.resources
+            if assigner is not None:
+                assigner.release(node_i, r.cpu, r.memory, r.gpu)
+            else:
+                snap.free_cpu[node_i] += r.cpu
+                snap.free_mem[node_i] += r.memory
+                snap.free_gpu[node_i] += r.gpu
+                snap.give_gpus(node_i, r.gpu)
+        t0 = time.perf_counter()
+        if planner is not None:
+            dec = planner.place_one(pod.request, explain=False).decision
+            j = -1 if dec is None else snap.index[dec.node]
+        else:
+            assert not isinstance(pol, Framework)
+            j = int(pol([pod.request], snap)[0])
+        lat.append(time.perf_counter() - t0)
+        chosen.append(j)
+        if j >= 0 and departures:
+            heapq.heappush(live, (pod.departure, j, k))
+    return chosen, lat
+
+
 def scenario_b(limit: int | None, departures: bool = False
                ) -> tuple[str, dict[str, dict[str, float]]]:
     """Replay the trace; without ``departures`` every pod stays (the paper's setup: the
     default pod list asks for ≈98 % of the cluster's GPUs, so fragmentation decides how
     many fit)."""
-    import heapq
 
     nodes = B.load_nodes()
     pods = B.load_pods(limit)
@@ -223,49 +303,13 @@ def scenario_b(limit: int | None, departures: bool = False
     }
     rows, summary = [], {}
     for name, pol in pols.items():
-        snap = base.copy()
-        planner = Planner(snap, pol) if isinstance(pol, Framework) else None
-        assigner = planner.assigner if planner is not None else None
-        live: list[tuple[float, int, int]] = []
-        failed = placed = 0
-        energy = 0.0
-        lat = []
-        gpu_alloc = []
-        for k, pod in enumerate(pods):
-            while live and live[0][0] <= pod.arrival:
-                _, node_i, pk = heapq.heappop(live)
-                r = pods[pk].request.task.resources
-                if assigner is not None:
-                    assigner.release(node_i, r.cpu, r.memory, r.gpu)
-                else:
-                    snap.free_cpu[node_i] += r.cpu
-                    snap.free_mem[node_i] += r.memory
-                    snap.free_gpu[node_i] += r.gpu
-                    snap.give_gpus(node_i, r.gpu)
-            t0 = time.perf_counter()
-            if planner is not None:
-                dec = planner.place_one(pod.request, explain=False).decision
-                j = -1 if dec is None else snap.index[dec.node]
-            else:
-                assert not isinstance(pol, Framework)
-                j = int(pol([pod.request], snap)[0])
-            lat.append(time.perf_counter() - t0)
-            if j < 0:
-                failed += 1
-                continue
-            placed += 1
-            energy += B.pod_energy(pod, nodes[j])
-            if departures:
-                heapq.heappush(live, (pod.departure, j, k))
-            cap = base.free_gpu.sum()
-            gpu_alloc.append(1 - snap.free_gpu.sum() / cap if cap else 0.0)
-        s = {"placed": placed, "failed": failed, "energy": energy,
-             "mean_us": float(np.mean(lat)) * 1e6, "p99_us": pct(lat, 99) * 1e6,
-             "peak_gpu_alloc": max(gpu_alloc) if gpu_alloc else 0.0}
+        chosen, lat = replay_b(pods, base, pol, departures)
+        s = score_b(pods, base, chosen, departures)
+        s.update({"mean_us": float(np.mean(lat)) * 1e6, "p99_us": pct(lat, 99) * 1e6})
         summary[name] = s
-        rows.append([name, str(placed), str(failed), f"{energy / 3.6e9:.1f}",
-                     f"{100 * s['peak_gpu_alloc']:.1f}", f"{s['mean_us']:.0f}",
-                     f"{s['p99_us']:.0f}"])
+        rows.append([name, f"{s['placed']:.0f}", f"{s['failed']:.0f}",
+                     f"{s['energy'] / 3.6e9:.1f}", f"{100 * s['peak_gpu_alloc']:.1f}",
+                     f"{s['mean_us']:.0f}", f"{s['p99_us']:.0f}"])
     text = table(["policy", "pods placed", "pods failed (no fit)", "energy MWh",
                   "GPU allocation %", "mean µs/decision", "p99 µs/decision"], rows)
     text += (f"\n\n{len(pods)} pods submitted in trace order to {len(nodes)} nodes, "
@@ -454,12 +498,14 @@ def chart(summary_a: dict[str, dict[str, float]], rows: list[T.Row], path: Path)
     fig.savefig(path, dpi=110)
 
 
-def write_results(section: str) -> None:
+def write_results(section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``section`` between the markers ``begin`` and ``end`` of bench/RESULTS.md
+    (replacing what was there; appended with the markers when they are missing)."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + block + rest.split(END, 1)[1]
+    block = f"{begin}\n{section}\n{end}"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(new)
