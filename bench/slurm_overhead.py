@@ -170,10 +170,10 @@ def run_continuum(d: Path, env: dict[str, str], n: int, state: Path) -> dict[str
             if wf["state"] != "Succeeded":
                 raise RuntimeError(f"workflow ended {wf['state']}: {wf['reason']}")
             adapter = cp.federation.get_adapter("hpc")
-            reqs = dict(adapter.client.requests_by_path)  # type: ignore[union-attr]
+            client = adapter.client  # type: ignore[union-attr]
+            jobs_path = client.dialect.path("jobs")
             return {"submit_s": submitted or makespan, "makespan_s": makespan,
-                    "jobs_reads": float(sum(v for k, v in reqs.items()
-                                            if k.startswith("/slurm/") and k.endswith("/jobs"))),
+                    "jobs_reads": float(client.requests_by_path.get(jobs_path, 0)),
                     "cycles": float(cp.reconciler.cycles)}
     finally:
         server.should_exit = True

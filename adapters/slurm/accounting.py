@@ -28,7 +28,7 @@ returns the decoded JSON object (raising the client's errors).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,13 @@ def supported(version: str | None) -> bool:
     """Whether ``version`` (``v0.0.NN``) has the slurmdb job schema this module maps."""
     m = _VERSION.match(version or "")
     return m is not None and int(m.group(1)) >= MIN_VERSION
+
+
+def served(paths: Iterable[str], version: str | None) -> bool:
+    """Whether a served spec's ``paths`` include ``GET /slurmdb/{version}/job/{job_id}``:
+    slurmrestd serves it only with ``-s openapi/slurmdbd``, on a cluster with slurmdbd."""
+    prefix = f"/slurmdb/{version}/job/"
+    return supported(version) and any(p.startswith(prefix) for p in paths)
 
 
 @dataclass(frozen=True)

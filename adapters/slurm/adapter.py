@@ -848,11 +848,13 @@ class SlurmAdapter:
 
         Not ready while slurmdbd does not yet hold the job's end, for at most
         ``accountingWait`` s from the first ask; ready without a record when accounting
-        is off (``accounting: false``), the negotiated OpenAPI version predates v0.0.40,
-        or the cluster keeps no accounting (then not asked again for 5 min).
+        is off (``accounting: false``), slurmrestd does not serve the slurmdb job endpoint
+        of the negotiated version (v0.0.40+, ``-s openapi/slurmdbd``), or reading it failed
+        (then not asked again for 5 min).
         """
         version = self.client.version
-        if not self.config.accounting or not accounting.supported(version):
+        if not self.config.accounting or not accounting.served(self.client.served_paths,
+                                                               version):
             return True, None
         job_id = int(h.backend_id)
         now = time.monotonic()

@@ -198,6 +198,9 @@ class SlurmRestClient:
                                   transport=transport, follow_redirects=False)
         self.dialect: Dialect | None = None
         """The served version's dialect (set by :meth:`negotiate`)."""
+        self.served_paths: frozenset[str] = frozenset()
+        """Every path of the served spec (set by :meth:`negotiate`), e.g. to learn whether
+        slurmrestd serves the slurmdb endpoints (``-s openapi/slurmdbd``)."""
         self.slurm_release: str = ""
         """The Slurm release (``meta`` of ping, else the spec's ``info.version``)."""
         self.authenticated_ok = False
@@ -381,6 +384,7 @@ class SlurmRestClient:
                 f"{', '.join(SUPPORTED_VERSIONS)}. Start slurmrestd with -s openapi/slurmctld "
                 "(Slurm 23.11 and newer) or -s openapi/v0.0.38 (Slurm 22.05)", site=self.site)
         self.dialect = dialect
+        self.served_paths = frozenset(paths)
         self.slurm_release = self.slurm_release or release_of_spec(spec)
         log.info("site %s: slurmrestd at %s speaks %s (family %s; offers %s)", self.site,
                  self.where, dialect.version, dialect.family, ", ".join(offered))

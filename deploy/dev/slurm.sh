@@ -49,8 +49,10 @@
 # user too (through setpriv), as slurmrestd refuses to run as root.
 # --accounting: MariaDB (data in DIR/mysql, socket DIR/run/mysqld.sock, a loopback port)
 # and slurmdbd (AccountingStorageType=accounting_storage/slurmdbd,
-# JobAcctGatherType=jobacct_gather/linux), cluster `continuum-dev`, account `continuum`
-# with users root and SLURM_JOB_USER; slurmrestd then also serves openapi/slurmdbd (24.11+).
+# JobAcctGatherType=jobacct_gather/linux, AccountingStorageEnforce=associations,limits,qos
+# as a centre runs it: a job's account and QoS must be the user's), cluster `continuum-dev`,
+# account `continuum` with users root and SLURM_JOB_USER; slurmrestd then also serves
+# openapi/slurmdbd (24.11+).
 # Needs root (slurmd starts jobs as other users). Prints nothing but errors (and the
 # root's build progress).
 set -euo pipefail
@@ -417,6 +419,7 @@ start() {
 AccountingStorageHost=localhost
 AccountingStoragePort=$dbdport
 AccountingStoragePass=$dir/munge/munge.socket
+AccountingStorageEnforce=associations,limits,qos
 JobAcctGatherFrequency=task=1"
     gather=linux
   fi

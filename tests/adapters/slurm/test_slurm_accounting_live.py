@@ -50,3 +50,28 @@ def test_finished_jobs_carry_their_slurmdbd_accounting(slurm_accounting: SlurmCl
     # the learned predictors train on the accounted runtime of the succeeded run
     samples = lcp.cp.models.store_samples()
     assert [s.runtime_s for s in samples if s.slurm] == [acct["elapsedS"]]
+
+
+def test_slurm_refuses_an_account_or_qos_not_the_users_and_the_run_names_the_setting(
+        slurm_accounting: SlurmCluster, live_cp: LiveFactory) -> None:
+    """slurmdbd enforces associations and QoS (``AccountingStorageEnforce``): an account
+    and a QoS that exist — so registration accepts them — but are not the job user's are
+    refused by slurmctld at submit; the run fails once, its reason naming the setting."""
+    for args in (["add", "account", "elsewhere", "Description=x", "Organization=x"],
+                 ["add", "qos", "premium"]):
+        r = slurm_accounting.run("sacctmgr", "-i", *args)
+        assert r.returncode == 0 or "already exists" in r.stdout + r.stderr, r
+    lcp = live_cp()
+    cfg = slurm_accounting.config()
+    for name, setting in (("acct", {"account": "elsewhere"}), ("qos", {"qos": "premium"})):
+        r = lcp.register(name, {**cfg, **setting})
+        assert r.status_code == 201, r.text
+        wid = lcp.submit([{**task("t", "true"), "constraints": {"sites": [name]}}])
+        wf = lcp.wait_workflow(wid, timeout=60)
+        assert wf["state"] == "Failed", wf
+        runs = lcp.runs(wid, "t")
+        assert len(runs) == 1, runs
+        key, value = next(iter(setting.items()))
+        label = "QoS" if key == "qos" else key
+        assert f"Slurm refused {label} '{value}' (config.{key})" in runs[0]["reason"], runs
+        assert slurm_accounting.jobs_named(f"continuum-{runs[0]['id']}") == []

@@ -11,13 +11,14 @@ maxrss,consumedenergy`` said of job 4: COMPLETED 0:0 00:00:05 00:02.020, batch s
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.slurm.accounting import parse_job, read_job, supported
+from adapters.slurm.accounting import parse_job, read_job, served, supported
 
 DATA = Path(__file__).parent / "data"
 
@@ -57,6 +58,17 @@ def test_an_unknown_job_is_none_and_old_versions_are_refused() -> None:
     assert not supported("v0.0.38") and not supported(None) and supported("v0.0.44")
     with pytest.raises(ValueError, match="v0.0.40"):
         read_job(lambda _p: body, "v0.0.38", 999)
+
+
+def test_the_slurmdb_job_endpoint_is_asked_only_where_the_served_spec_has_it() -> None:
+    """26.05's spec as served without ``-s openapi/slurmdbd`` (captured) has no slurmdb
+    paths: such a site is never asked (no 404, no warning at each finished job)."""
+    paths = json.loads(gzip.decompress((DATA / "openapi-slurm-26.05.5.json.gz").read_bytes()))[
+        "paths"]
+    assert not served(paths, "v0.0.45")
+    with_dbd = [*paths, "/slurmdb/v0.0.45/job/{job_id}"]
+    assert served(with_dbd, "v0.0.45") and not served(with_dbd, "v0.0.44")
+    assert not served(["/slurmdb/v0.0.38/job/{job_id}"], "v0.0.38")  # legacy: not mapped
 
 
 def test_consumed_energy_is_summed_over_steps() -> None:
