@@ -47,6 +47,15 @@ def mounts() -> list[str]:
     return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
 
 
+def kill_daemons(cluster: SlurmCluster) -> None:
+    """SIGKILL every daemon of ``cluster`` (by its pid files), as a crash would."""
+    for pidfile in (cluster.dir / "run").glob("*.pid"):
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
 def test_the_bed_runs_a_batch_job_and_slurmrestd_answers(slurm: SlurmCluster) -> None:
     release = slurm.dir.name.split("-")[2]  # continuum-slurm-<release>-…
     assert release in SLURM_RELEASES
@@ -110,11 +119,7 @@ def test_stop_after_a_crash_unmounts_the_directory() -> None:
         root = cluster.env["SLURM_ROOT"]
         assert f"{root}{cluster.dir}" in mounts()
         assert f"{root}/proc" in mounts()
-        for pidfile in (cluster.dir / "run").glob("*.pid"):
-            try:
-                os.kill(int(pidfile.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        kill_daemons(cluster)  # a crash: nothing stopped them
     finally:
         cluster.stop()
     assert f"{root}{cluster.dir}" not in mounts()
@@ -187,11 +192,7 @@ def test_pivot_root_mounts_nothing_here_and_jobs_may_create_user_namespaces() ->
                  message=lambda: f"the user-namespace job writing {out}")
         assert out.read_text().strip() == "0", out.read_text()
 
-        for pidfile in (cluster.dir / "run").glob("*.pid"):
-            try:
-                os.kill(int(pidfile.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        kill_daemons(cluster)  # a crash: nothing stopped them
     finally:
         cluster.stop()
     assert not [m for m in mounts() if str(cluster.dir) in m]

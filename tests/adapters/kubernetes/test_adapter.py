@@ -41,7 +41,7 @@ def node_named(adapter: KubernetesAdapter, name: str) -> Node:
 
 
 def wait_state(adapter: KubernetesAdapter, h: Handle, state: RunState,
-               timeout: float = 10.0) -> Any:
+               timeout: float = 30.0) -> Any:
     def check() -> Any:
         st = adapter.status([h]).get(h.run_id)
         return st if st is not None and st.state == state else None

@@ -33,9 +33,10 @@ from adapters.kubernetes import KubeEdgeAdapter, KubernetesAdapter
 from adapters.kubernetes import manifests as mf
 from adapters.kubernetes.kubeedge import DEVICE_LABEL_PREFIX
 from continuum.errors import AuthError
-from continuum.model import Node, RunState, SiteHealth, SiteKind, SiteSpec, Task, Tier
+from continuum.model import RunState, SiteHealth, SiteKind, SiteSpec, Task, Tier
 from control_plane.cli import app
 from tests.adapters.kubernetes.cluster import KubeCluster, kwok_env
+from tests.adapters.kubernetes.test_adapter import node_named, wait_state
 from tests.conftest import REPO
 from tests.control_plane.harness import served
 from tests.helpers import NoArtifacts, Wakes, wait_for
@@ -74,19 +75,6 @@ def make(kube_cluster: KubeCluster, tmp_path: Path) -> Iterator[Any]:
     yield build
     for a in made:
         a.close()
-
-
-def node_named(adapter: KubernetesAdapter, name: str) -> Node:
-    return next(n for n in adapter.inventory() if n.name == name)
-
-
-def wait_state(adapter: KubernetesAdapter, h: Handle, state: RunState,
-               timeout: float = 30.0) -> Any:
-    def check() -> Any:
-        st = adapter.status([h]).get(h.run_id)
-        return st if st is not None and st.state == state else None
-    return wait_for(check, timeout, interval=0.1, message=lambda: f"run {h.run_id} to be "
-                    f"{state}; now {adapter.status([h]).get(h.run_id)}")
 
 
 # ---------------------------------------------------------------- registration
