@@ -178,11 +178,9 @@ def scenario_a(cl: Cluster, instances: int, learned: LearnedPredictor,
     watch = cl.watch()
     try:
         for inst in range(instances):
-            rng = np.random.default_rng(100 + inst)
-            nodes, types = A.nodes(rng, load)
-            jobs = A.batch(rng, batch_size, prefix=f"i{inst}-")
-            reqs = [j.request for j in jobs]
-            base = Snapshot(nodes=nodes, network=A.network())
+            it = A.instance(inst, load, batch_size)
+            nodes, types, jobs, reqs, base = (it.nodes, it.types, it.jobs, it.requests,
+                                              it.snapshot)
             bg = [m for k, nd in enumerate(nodes)
                   if (m := C.background_pod(f"bg-{inst}-{names[k]}", nd, names[k])) is not None]
             cl.create_pods(bg, ordered=False)

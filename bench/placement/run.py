@@ -128,11 +128,8 @@ def scenario_a(instances: int, batch_size: int, learned: LearnedPredictor,
     bound_e: list[float] = []
     milp_status: dict[str, int] = {}
     for inst in range(instances):
-        rng = np.random.default_rng(100 + inst)
-        nodes, types = A.nodes(rng, load)
-        jobs = A.batch(rng, batch_size, prefix=f"i{inst}-")
-        reqs = [j.request for j in jobs]
-        base = Snapshot(nodes=nodes, network=A.network())
+        it = A.instance(inst, load, batch_size)
+        types, jobs, reqs, base = it.types, it.jobs, it.requests, it.snapshot
         for job in jobs:
             c, e = A.bounds(job, base, types)
             bound_c.append(c)

@@ -201,6 +201,28 @@ def history(rng: np.random.Generator, n: int = 3000) -> list[Sample]:
     return out
 
 
+
+@dataclass
+class Instance:
+    """One scenario-A instance: the nodes (and their type names), a batch of jobs, their
+    requests and the snapshot they are placed on."""
+
+    nodes: list[Node]
+    types: list[str]
+    jobs: list[Job]
+    requests: list[PlacementRequest]
+    snapshot: Snapshot
+
+
+def instance(index: int, load: float, batch_size: int) -> Instance:
+    """Instance ``index`` (seed ``100 + index``, job keys ``i<index>-<k>``): the same for
+    every bench that places scenario A, so their figures compare."""
+    rng = np.random.default_rng(100 + index)
+    nodes_, types = nodes(rng, load)
+    jobs = batch(rng, batch_size, prefix=f"i{index}-")
+    return Instance(nodes_, types, jobs, [j.request for j in jobs],
+                    Snapshot(nodes=nodes_, network=network()))
+
 @dataclass
 class Outcome:
     """Ground-truth figures of one placement of one job (None fields: unplaced)."""
