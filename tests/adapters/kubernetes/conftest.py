@@ -35,6 +35,15 @@ def apiserver() -> Iterator[ApiServer]:
 AdapterFactory = Callable[..., KubernetesAdapter]
 
 
+def build_adapter(kind: str, name: str, location: str, config: dict[str, Any],
+                  state_dir: Path, wake: Wakes | None = None) -> KubernetesAdapter:
+    """A ``kind`` (``kubernetes``/``kubeedge``) adapter for site ``name``; the caller
+    closes it."""
+    site = SiteSpec(name=name, kind=SiteKind(kind), location=location, config=config)
+    ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=state_dir, wake=wake or Wakes())
+    return KubeEdgeAdapter(site, ctx) if kind == "kubeedge" else KubernetesAdapter(site, ctx)
+
+
 @pytest.fixture
 def make_adapter(apiserver: ApiServer, tmp_path: Path) -> Iterator[AdapterFactory]:
     made: list[KubernetesAdapter] = []
@@ -43,10 +52,7 @@ def make_adapter(apiserver: ApiServer, tmp_path: Path) -> Iterator[AdapterFactor
              **config: Any) -> KubernetesAdapter:
         config.setdefault("kubeconfig", apiserver.kubeconfig())
         config.setdefault("watchTimeout", 2)
-        site = SiteSpec(name=name, kind=SiteKind(kind), location="frankfurt", config=config)
-        ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path, wake=wake or Wakes())
-        adapter: KubernetesAdapter = (KubeEdgeAdapter(site, ctx) if kind == "kubeedge"
-                                      else KubernetesAdapter(site, ctx))
+        adapter = build_adapter(kind, name, "frankfurt", config, tmp_path, wake)
         made.append(adapter)
         return adapter
 

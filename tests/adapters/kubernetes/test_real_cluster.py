@@ -28,18 +28,19 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from adapters.base import AdapterContext, Handle, TaskRun
+from adapters.base import Handle, TaskRun
 from adapters.kubernetes import KubeEdgeAdapter, KubernetesAdapter
 from adapters.kubernetes import manifests as mf
 from adapters.kubernetes.kubeedge import DEVICE_LABEL_PREFIX
 from continuum.errors import AuthError
-from continuum.model import RunState, SiteHealth, SiteKind, SiteSpec, Task, Tier
+from continuum.model import RunState, SiteHealth, Task, Tier
 from control_plane.cli import app
 from tests.adapters.kubernetes.cluster import KubeCluster, kwok_env
+from tests.adapters.kubernetes.conftest import build_adapter
 from tests.adapters.kubernetes.test_adapter import node_named, wait_state
 from tests.conftest import REPO
 from tests.control_plane.harness import served
-from tests.helpers import NoArtifacts, Wakes, wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -65,10 +66,7 @@ def make(kube_cluster: KubeCluster, tmp_path: Path) -> Iterator[Any]:
     def build(kind: str = "kubernetes", name: str = "real", **config: Any) -> KubernetesAdapter:
         config.setdefault("kubeconfig", kube_cluster.sa_kubeconfig())
         config.setdefault("watchTimeout", 5)
-        site = SiteSpec(name=name, kind=SiteKind(kind), location="lab", config=config)
-        ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path / name, wake=Wakes())
-        a: KubernetesAdapter = (KubeEdgeAdapter(site, ctx) if kind == "kubeedge"
-                                else KubernetesAdapter(site, ctx))
+        a = build_adapter(kind, name, "lab", config, tmp_path / name)
         made.append(a)
         return a
 
