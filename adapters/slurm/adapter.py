@@ -375,7 +375,8 @@ class SlurmAdapter:
                 config names does not exist (``details["field"]`` names the field).
         """
         self.client.negotiate()
-        known = [str(p.get("name")) for p in self.client.partitions()]  # first: 24.11+
+        partitions = self.client.partitions()  # before ping: 24.11+ pings "DOWN" on a bad token
+        known = [str(p.get("name")) for p in partitions]
         body = self.client.ping()  # answers "DOWN" (not an auth error) to a refused token
         pings = body.get("pings") or []
         if pings and not any(str(p.get("ping", "")).upper() == "UP" for p in pings):
@@ -388,12 +389,13 @@ class SlurmAdapter:
                 f"{'is' if len(unknown) == 1 else 'are'} not a partition of this cluster "
                 f"(it has {', '.join(known) or 'none'}); fix the name or ask the cluster's "
                 "admins", site=self.site.name, details={"field": "partitions"})
-        self._check_settings()
+        self._check_settings(partitions)
         return self.backend_info()
 
-    def _check_settings(self) -> None:
+    def _check_settings(self, partitions: list[dict[str, Any]]) -> None:
         """Each tenant's reservation and constraint features exist on the cluster, and its
-        account and QoS in slurmdbd where the site serves its endpoints.
+        account and QoS in slurmdbd where the site serves its endpoints. ``partitions``:
+        the cluster's, as :meth:`check` read them (legacy shape).
 
         Raises:
             PermanentError: one does not (``details["field"]``: e.g. ``userMap.0.reservation``).
@@ -403,7 +405,7 @@ class SlurmAdapter:
         known = {k: self.client.db_names(k) if any(getattr(s, attr) for s in every) else None
                  for k, attr in (("accounts", "account"), ("qos", "qos"))}
         nodes = self.client.nodes() if any(s.constraint for s in every) else []
-        parts = {str(p.get("name")): str(p.get("nodes") or "") for p in self.client.partitions()}
+        parts = {str(p.get("name")): str(p.get("nodes") or "") for p in partitions}
         by_name = {str(n.get("name")): n for n in nodes}
         for st in every:
             for k, attr in (("accounts", "account"), ("qos", "qos")):
