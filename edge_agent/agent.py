@@ -162,6 +162,8 @@ class Agent:
         """RTTs to the broker and the ``--rtt-peer`` targets, measured on its own threads."""
         self.rejected = 0
         self._stop = threading.Event()
+        self._stop_requested = False
+        """Set by :meth:`request_stop` (a signal handler): a plain attribute, no lock."""
         self._stopping = False
         self._pub_lock = threading.Lock()
         self._mid_lock = threading.Lock()
@@ -222,13 +224,16 @@ class Agent:
         self.prober.start()
 
     def wait(self) -> None:
-        """Block until :meth:`stop` is called (from another thread or a signal handler)."""
-        while not self._stop.wait(0.5):
+        """Block until :meth:`stop` or :meth:`request_stop` is called (from another thread
+        or a signal handler); returns within 0.2 s of a request."""
+        while not self._stop_requested and not self._stop.wait(0.2):
             pass
 
     def request_stop(self) -> None:
-        """Ask :meth:`wait` to return (safe in a signal handler)."""
-        self._stop.set()
+        """Ask :meth:`wait` to return; safe in a signal handler because it takes no lock.
+        (``Event.set`` takes the event's lock, which the interrupted main thread may hold
+        inside ``Event.wait``: a handler calling it deadlocked an agent on SIGTERM.)"""
+        self._stop_requested = True
 
     def stop(self) -> None:
         """Kill active runs (reported Failed), publish offline status, disconnect."""
