@@ -1,0 +1,1 @@
+"""Control-plane benchmarks: submit throughput over the REST API (``submit``)."""
