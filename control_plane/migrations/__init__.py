@@ -14,6 +14,7 @@ alembic -c control_plane/migrations/alembic.ini revision --autogenerate --rev-id
 from __future__ import annotations
 
 import logging
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -34,6 +35,7 @@ BASELINE = "0001"
 """The first revision: the schema of the releases before migrations."""
 LOCK_KEY = 0x636F6E74696E7575 & 0x7FFFFFFFFFFFFFFF
 """PostgreSQL advisory lock key (``"continuu"``) held while a replica upgrades."""
+_in_process = threading.Lock()  # Alembic's context and op are process-wide proxies
 
 
 class SchemaMismatch(RuntimeError):
@@ -73,7 +75,8 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     One transaction; on PostgreSQL it first takes the advisory lock :data:`LOCK_KEY`
     (transaction-scoped), so replicas starting together migrate once and the others find
     the database at head (PostgreSQL's DDL is transactional: a failed upgrade leaves
-    nothing). On SQLite only one process opens the database. A database made by a
+    nothing); within one process, upgrades run one at a time. On SQLite only one process
+    opens the database. A database made by a
     release from before migrations (its tables, no ``alembic_version``) is adopted: the
     baseline tables it lacks are created and it is stamped at :data:`BASELINE`, then
     upgraded.
@@ -82,7 +85,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         SchemaMismatch: such a database lacks baseline columns (named in the message),
             or the database is at a revision this release does not know.
     """
-    with engine.begin() as conn:
+    with _in_process, engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
         before = MigrationContext.configure(conn).get_current_revision()
