@@ -56,23 +56,26 @@ def upgrade_cmd(state_dir: StateDir = Path("./state"), database_url: DatabaseUrl
     empty database, adopting one of a release from before migrations). Safe while
     replicas run: on PostgreSQL the upgrade holds an advisory lock. Exit 1 when it
     cannot be upgraded (the reason on stderr)."""
-    from control_plane.migrations import SchemaMismatch, upgrade
+    from control_plane.migrations import BASELINE, SchemaMismatch, upgrade
     from control_plane.store import make_engine
 
     engine = make_engine(_url("upgrade", state_dir, database_url, create=True))
     name = engine.url.render_as_string(hide_password=True)
     try:
-        before, after = upgrade(engine)
+        done = upgrade(engine)
     except SchemaMismatch as e:
         err.print(f"continuum db upgrade: {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     finally:
         engine.dispose()
-    if before == after:
-        console.print(f"{name}: already at revision {after}", highlight=False, soft_wrap=True)
+    if done.before == done.after:
+        said = f"already at revision {done.after}"
+    elif done.adopted:
+        said = (f"made before migrations: stamped {BASELINE}, upgraded to revision "
+                f"{done.after}")
     else:
-        console.print(f"{name}: upgraded from {before or 'empty'} to revision {after}",
-                      highlight=False, soft_wrap=True)
+        said = f"upgraded from {done.before or 'empty'} to revision {done.after}"
+    console.print(f"{name}: {said}", highlight=False, soft_wrap=True)
 
 
 @app.command("current")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -69,8 +70,21 @@ def current(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Bring the database to :func:`head`; returns (revision before, revision after).
+@dataclass(frozen=True)
+class Upgraded:
+    """What :func:`upgrade` did."""
+
+    before: str | None
+    """The revision before; None: an empty database, or one made before migrations."""
+    after: str
+    """The revision now (:func:`head`)."""
+    adopted: bool = False
+    """The database was made by a release from before migrations and stamped at
+    :data:`BASELINE` before the upgrade."""
+
+
+def upgrade(engine: Engine) -> Upgraded:
+    """Bring the database to :func:`head`.
 
     One transaction; on PostgreSQL it first takes the advisory lock :data:`LOCK_KEY`
     (transaction-scoped), so replicas starting together migrate once and the others find
@@ -90,9 +104,10 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
         before = MigrationContext.configure(conn).get_current_revision()
         if before == head():
-            return before, before
+            return Upgraded(before, before)
         cfg = config(conn)
-        if before is None and _adopt_legacy(conn):
+        adopted = before is None and _adopt_legacy(conn)
+        if adopted:
             command.stamp(cfg, BASELINE)
             log.info("database %s: adopted the schema of a release from before migrations "
                      "(stamped %s)", _name(engine), BASELINE)
@@ -103,8 +118,9 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
                 f"the database {_name(engine)} is at revision {before}, which this release "
                 f"does not know (its newest is {head()}): a newer Continuum migrated it; "
                 f"run that release ({e})") from None
-        log.info("database %s: upgraded from %s to %s", _name(engine), before or "empty", head())
-        return before, head()
+        log.info("database %s: upgraded from %s to %s", _name(engine),
+                 before or ("before migrations" if adopted else "empty"), head())
+        return Upgraded(before, head(), adopted)
 
 
 def _adopt_legacy(conn: Connection) -> bool:

@@ -56,6 +56,9 @@ def test_a_state_directory_from_before_migrations_is_upgraded_in_place(tmp_path:
     assert current(engine) is None
     engine.dispose()
 
+    r = runner.invoke(app, ["db", "upgrade", "--state-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert f"made before migrations: stamped 0001, upgraded to revision {head()}" in r.output
     store = Store(url)
     try:
         assert current(store.engine) == head()
