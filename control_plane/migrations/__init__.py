@@ -30,6 +30,9 @@ from sqlalchemy.engine import Connection, Engine
 from control_plane.migrations.baseline import baseline_metadata
 
 log = logging.getLogger(__name__)
+# Alembic says "Context impl ...", "Will assume transactional DDL" at INFO on every open;
+# upgrade() logs what it changed itself.
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
