@@ -299,12 +299,22 @@ class Store:
         with self._sessions() as s, s.begin():
             yield s
 
-    def vacuum(self) -> None:
-        """SQLite: rewrite the file so freed pages (which keep old bytes, e.g. a secret
-        just sealed) are gone. Other databases: nothing."""
+    def vacuum(self, *tables: str) -> None:
+        """Rewrite storage so rows just changed leave no old bytes behind (e.g. a secret
+        just sealed): SQLite rewrites the whole file (``VACUUM``) and empties the
+        write-ahead log (whose frames would keep them); PostgreSQL each of
+        ``tables`` (``VACUUM FULL``, which locks the table while it runs: name small
+        ones). Runs outside a transaction."""
         if self.url.startswith("sqlite"):
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-                c.exec_driver_sql("VACUUM")
+            statements = ["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"]
+        elif self.engine.dialect.name == "postgresql":
+            prep = self.engine.dialect.identifier_preparer
+            statements = [f"VACUUM FULL {prep.quote(t)}" for t in tables]
+        else:
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            for sql in statements:
+                c.exec_driver_sql(sql)
 
     def ping(self) -> None:
         """Raises if the database cannot be reached."""

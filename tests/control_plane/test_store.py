@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from continuum.model import WorkflowState
-from control_plane.store import SchemaMismatch, Store, WorkflowRow
+from control_plane.store import SchemaMismatch, SiteRow, Store, WorkflowRow
 
 
 def test_a_database_from_before_replaces_run_id_is_refused_with_the_fix(tmp_path: Path) -> None:
@@ -38,3 +38,38 @@ def test_states_are_stored_as_their_values_and_read_back_as_enums(database_url: 
             assert conn.execute(text("SELECT state FROM workflows")).all() == [("Cancelling",)]
     finally:
         raw.dispose()
+
+
+def _on_disk(store: Store, table: str) -> bytes:
+    """The bytes the database keeps for ``table`` on disk now: SQLite's file and its
+    write-ahead log, or PostgreSQL's heap file of the table after a CHECKPOINT (this
+    test's server is local)."""
+    if store.url.startswith("sqlite"):
+        db = Path(store.url.removeprefix("sqlite:///"))
+        wal = db.with_name(db.name + "-wal")
+        return db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.exec_driver_sql("CHECKPOINT")
+        data = c.exec_driver_sql("SHOW data_directory").scalar()
+        rel = c.exec_driver_sql(f"SELECT pg_relation_filepath('{table}')").scalar()
+    return (Path(str(data)) / str(rel)).read_bytes()
+
+
+def test_vacuum_leaves_no_old_bytes_of_a_changed_row(database_url: str) -> None:
+    """What sealing a secret stored in clear relies on (control_plane/federation.py)."""
+    store = Store(database_url)
+    try:
+        with store.session() as s:
+            s.add(SiteRow(name="hpc", kind="slurm", spec={"config": {"password": "in-clear-1"}}))
+        with store.session() as s:
+            row = s.get(SiteRow, "hpc")
+            assert row is not None
+            row.spec = {"config": {"password": "sealed"}}
+        assert b"in-clear-1" in _on_disk(store, "sites")  # the old row's bytes are still there
+        store.vacuum("sites")
+        assert b"in-clear-1" not in _on_disk(store, "sites")
+        with store.session() as s:
+            row = s.get(SiteRow, "hpc")
+            assert row is not None and row.spec == {"config": {"password": "sealed"}}
+    finally:
+        store.close()
