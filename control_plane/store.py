@@ -262,10 +262,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     """The engine of a SQLAlchemy ``url`` as the store uses it (SQLite: WAL,
-    ``synchronous=FULL``, foreign keys on, 30 s busy timeout); nothing is migrated."""
+    ``synchronous=FULL``, foreign keys on, 30 s busy timeout; a server database: each
+    pooled connection is checked before use, so one a database restart cut is replaced);
+    nothing is migrated."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)

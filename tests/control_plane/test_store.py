@@ -73,3 +73,20 @@ def test_vacuum_leaves_no_old_bytes_of_a_changed_row(database_url: str) -> None:
             assert row is not None and row.spec == {"config": {"password": "sealed"}}
     finally:
         store.close()
+
+
+def test_a_store_outlives_a_restart_of_postgresql(postgres) -> None:  # type: ignore[no-untyped-def]
+    """The pooled connections a restart cut are replaced, not handed out broken."""
+    url = postgres.new_database()
+    store = Store(url)
+    try:
+        with store.session() as s:
+            s.add(WorkflowRow(id="wf-1", name="wf", state=WorkflowState.Running, document={}))
+        postgres.restart()
+        with store.session() as s:
+            row = s.get(WorkflowRow, "wf-1")
+            assert row is not None and row.state is WorkflowState.Running
+        store.ping()
+    finally:
+        store.close()
+        postgres.drop_database(url)
