@@ -56,8 +56,11 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            token_id = record.get("token_id")
             row = AuditRow(at=utcnow(), subject=record.get("subject", "-"),
-                           token_id=record.get("token_id"), tenant=record.get("tenant", ""),
+                           # an external issuer's jti may be longer than the column
+                           token_id=token_id[:AuditRow.token_id.type.length] if token_id else None,
+                           tenant=record.get("tenant", ""),
                            method=scope["method"], path=scope["path"][:2000], status=status,
                            outcome=outcome_of(status))
             try:

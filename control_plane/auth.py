@@ -221,6 +221,10 @@ class Authority:
             raise Unauthorized(f"the OIDC issuer's keys are unavailable: {e}") from e
         except jwt.PyJWTError as e:
             raise Unauthorized(f"the OIDC token is not valid: {e}") from e
+        subject_max = TokenRow.subject.type.length
+        if len(str(claims["sub"])) > subject_max:  # it names the tokens it mints, the audit
+            raise Unauthorized(f"the OIDC token's sub claim is longer than {subject_max} "
+                               "characters")
         jti = claims.get("jti")
         if jti:
             with self.store.session() as s:

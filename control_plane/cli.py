@@ -24,6 +24,7 @@ from rich.live import Live
 
 from control_plane import (
     cli_auth,
+    cli_db,
     cli_devices,
     cli_kubernetes,
     cli_model,
@@ -54,6 +55,7 @@ app.add_typer(cli_auth.tokens_app, name="tokens")
 app.add_typer(cli_auth.config_app, name="config")
 app.command("audit")(cli_auth.audit)
 app.add_typer(cli_secrets.app, name="secrets")
+app.add_typer(cli_db.app, name="db")
 
 console = render.make_console()
 T = TypeVar("T")

@@ -42,7 +42,7 @@ def rotate(
     with _server_extra("secrets rotate"):
         from control_plane.federation import reseal_sites
         from control_plane.settings import Settings
-        from control_plane.store import Store
+        from control_plane.store import SiteRow, Store
     settings = Settings(state_dir=state_dir)
     if settings.database_url is None and not (state_dir / "continuum.db").exists():
         err.print(f"[red]error:[/red] no database at {state_dir / 'continuum.db'}; give the "
@@ -52,7 +52,7 @@ def rotate(
     store = Store(settings.db_url)
     try:
         n = reseal_sites(store, load_sealer(state_dir, keys))
-        store.vacuum()  # no page keeps a value sealed with the old key
+        store.vacuum(SiteRow.__tablename__)  # no page keeps a value sealed with the old key
     except SealingError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None

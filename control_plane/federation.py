@@ -111,7 +111,7 @@ class Federation:
                 self._sites[spec.name] = rt
         n = reseal_sites(self.store, self.sealer, clear_only=True)
         if n:  # rows written before sealing existed held their secrets in clear
-            self.store.vacuum()  # and SQLite keeps freed pages' old bytes until then
+            self.store.vacuum(SiteRow.__tablename__)  # the old rows' bytes stay until then
             log.info("sealed %d site secret(s) that were stored in clear", n)
 
     def register(self, spec: SiteSpec, *, exist_ok: bool = False) -> SiteRuntime:

@@ -7,9 +7,12 @@ Only portable column types are used (``String``, ``Integer``, ``Float``, ``JSON`
 timezone-aware ``DateTime``), so the same schema runs on PostgreSQL.
 
 Times are stored as UTC. States are enums (:class:`~continuum.model.RunState`,
-``TaskState``, ``WorkflowState``) stored as their values. The schema is created with
-``create_all`` (no migrations yet): a state directory from before ``replaces_run_id``
-must be started afresh (:class:`Store` says so with :class:`SchemaMismatch`).
+``TaskState``, ``WorkflowState``) stored as their values. The schema is made and changed
+by the Alembic migrations in ``control_plane/migrations`` (:class:`Store` upgrades the
+database to the newest revision when it opens it; ``continuum db upgrade`` does it
+alone); a model change here needs a new migration there. A state directory of a release
+from before migrations is adopted in place; one from before ``replaces_run_id`` cannot
+be and must be started afresh (:class:`Store` says so with :class:`SchemaMismatch`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
-    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -42,6 +44,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.types import TypeDecorator
 
 from continuum.model import RunState, TaskState, WorkflowDocument, WorkflowState
+from control_plane.migrations import SchemaMismatch, upgrade
+
+__all__ = ["SchemaMismatch", "Store"]  # SchemaMismatch: re-exported for callers
 
 
 def utcnow() -> datetime:
@@ -255,42 +260,38 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-class SchemaMismatch(RuntimeError):
-    """The database was made by an older schema (there are no migrations yet)."""
-
-
-def _check_schema(engine: Engine) -> None:
-    """Raise :class:`SchemaMismatch` naming every column this schema has and the existing
-    tables lack (``create_all`` adds missing tables, never missing columns)."""
-    have = inspect(engine)
-    missing = [f"{t.name}.{c.name}" for t in Base.metadata.sorted_tables
-               if have.has_table(t.name)
-               for c in t.columns if c.name not in {x["name"] for x in have.get_columns(t.name)}]
-    if missing:
-        raise SchemaMismatch(
-            f"the database {engine.url.render_as_string(hide_password=True)} was made by an "
-            f"older Continuum (missing column(s): {', '.join(missing)}); there are no schema "
-            "migrations yet: start with a new state directory (or database)")
+def make_engine(url: str) -> Engine:
+    """The engine of a SQLAlchemy ``url`` as the store uses it (SQLite: WAL,
+    ``synchronous=FULL``, foreign keys on, 30 s busy timeout; a server database: each
+    pooled connection is checked before use, so one a database restart cut is replaced);
+    nothing is migrated."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 class Store:
     """Engine and session factory; ``session()`` is a unit of work that commits on exit.
 
+    Opening it upgrades the database to the newest migration
+    (:func:`control_plane.migrations.upgrade`, under a lock on PostgreSQL).
+
     Raises:
-        SchemaMismatch: the database was made by an older schema.
+        SchemaMismatch: the database cannot be brought to this release's schema (made
+            by a release from before ``replaces_run_id``, or migrated by a newer one).
     """
 
     def __init__(self, url: str):
         self.url = url
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine: Engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine: Engine = make_engine(url)
         try:
-            Base.metadata.create_all(self.engine)
-            _check_schema(self.engine)
+            upgrade(self.engine)
         except BaseException:
             self.engine.dispose()
             raise
@@ -302,12 +303,22 @@ class Store:
         with self._sessions() as s, s.begin():
             yield s
 
-    def vacuum(self) -> None:
-        """SQLite: rewrite the file so freed pages (which keep old bytes, e.g. a secret
-        just sealed) are gone. Other databases: nothing."""
+    def vacuum(self, *tables: str) -> None:
+        """Rewrite storage so rows just changed leave no old bytes behind (e.g. a secret
+        just sealed): SQLite rewrites the whole file (``VACUUM``) and empties the
+        write-ahead log (whose frames would keep them); PostgreSQL each of
+        ``tables`` (``VACUUM FULL``, which locks the table while it runs: name small
+        ones). Runs outside a transaction."""
         if self.url.startswith("sqlite"):
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-                c.exec_driver_sql("VACUUM")
+            statements = ["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"]
+        elif self.engine.dialect.name == "postgresql":
+            prep = self.engine.dialect.identifier_preparer
+            statements = [f"VACUUM FULL {prep.quote(t)}" for t in tables]
+        else:
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            for sql in statements:
+                c.exec_driver_sql(sql)
 
     def ping(self) -> None:
         """Raises if the database cannot be reached."""

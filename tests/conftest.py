@@ -21,6 +21,15 @@
   Slurm adapter tests, the adapter contract suite, the first-hour log checks) shares one
   cluster per release per session; ``-k slurm-22.05`` selects one release.
 * ``slurm_accounting`` (session): the same with slurmdbd on MariaDB (``--accounting``).
+* ``postgres`` (session): a private PostgreSQL 15 started by ``deploy/dev/postgres.sh`` in
+  a temporary directory on a free loopback port (:class:`Postgres`: ``.url(dbname)``,
+  ``.new_database()`` → the URL of a new empty database, ``.drop_database(url)``,
+  ``.stop()``, ``.start()``, ``.restart()`` on the same port), stopped at the end.
+* ``database_url`` (function, parametrised ``db-sqlite`` / ``db-postgresql``): the URL
+  of a fresh empty database for one test: SQLite ``continuum.db`` in ``tmp_path`` (where
+  the control plane's default puts it for ``state_dir=tmp_path``), or a new database on
+  the session's PostgreSQL (dropped afterwards). Give it to ``Settings(database_url=...)``
+  or ``Store(...)`` so a test runs on both databases.
 * ``kube_cluster`` (session): the real Kubernetes of ``deploy/dev/kube.sh`` (etcd,
   kube-apiserver, controller-manager, scheduler, kwok nodes kwok-node-1..3; see
   :class:`tests.adapters.kubernetes.cluster.KubeCluster`), started once per session in a
@@ -60,6 +69,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO_SH = REPO / "deploy" / "dev" / "mosquitto.sh"
+POSTGRES_SH = REPO / "deploy" / "dev" / "postgres.sh"
 
 
 def free_port() -> int:
@@ -107,6 +117,89 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
         pytest.fail(str(e))
     yield broker
     broker.stop()
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL cluster in ``dir`` on 127.0.0.1:``port``, controlled through
+    ``postgres.sh`` (superuser ``postgres``, no password)."""
+
+    dir: Path
+    port: int = 0
+    """0 until started: ``postgres.sh`` picks a free port, kept across restarts."""
+
+    def url(self, dbname: str = "postgres") -> str:
+        """The SQLAlchemy URL of database ``dbname``."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> None:
+        cmd = [str(POSTGRES_SH), "start", str(self.dir)] + ([str(self.port)] if self.port else [])
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"could not start PostgreSQL with {POSTGRES_SH}: "
+                               f"{r.stderr.strip() or r.stdout.strip()}")
+        self.port = int(r.stdout.split()[-1])
+
+    def stop(self) -> None:
+        subprocess.run([str(POSTGRES_SH), "stop", str(self.dir)], capture_output=True,
+                       text=True, timeout=120, check=False)
+
+    def restart(self) -> None:
+        """Fast stop (every connection is cut) and start on the same port."""
+        self.stop()
+        self.start()
+
+    def _admin(self, sql: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as c:
+                c.execute(text(sql))
+        finally:
+            engine.dispose()
+
+    def new_database(self) -> str:
+        """CREATE DATABASE with a new unique name; returns its URL."""
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        self._admin(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        """DROP DATABASE of :meth:`new_database`'s ``url``, ending its open sessions."""
+        name = url.rsplit("/", 1)[1]
+        self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL 15 for the test session (fails with the script's reason)."""
+    # not under pytest's private tmp: the server runs as the OS user postgres
+    server = Postgres(dir=Path(tempfile.mkdtemp(prefix="continuum-pg-")))
+    try:
+        server.start()
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+        pytest.fail(str(e))
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+DATABASES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=DATABASES, ids=lambda d: f"db-{d}")
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh empty database for this test, on each of :data:`DATABASES`."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'continuum.db'}"
+        return
+    server: Postgres = request.getfixturevalue("postgres")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
 
 
 @dataclass

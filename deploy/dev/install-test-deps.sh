@@ -2,7 +2,8 @@
 # Installs the Debian packages the test suite runs for real, when missing (needs root):
 # Mosquitto 2.0 (the agents' broker), Slurm 22.05 with slurmrestd and its JWT plugin plus
 # munge (the Slurm adapter's cluster), Prometheus, node-exporter, pushgateway and the
-# blackbox exporter (the metrics collector's sources), kubectl, debootstrap (the Debian roots of
+# blackbox exporter (the metrics collector's sources), PostgreSQL 15 (the control plane's
+# server database, deploy/dev/postgres.sh), kubectl, debootstrap (the Debian roots of
 # Slurm 24.11 and 26.05, which `make test-deps` then builds with `deploy/dev/slurm.sh build`,
 # as it builds the Kubernetes test bed with `deploy/dev/kube.sh build`). Nothing is started
 # here; the tests start what they need through deploy/dev/*.sh on loopback.
@@ -26,6 +27,7 @@ have debootstrap || need+=(debootstrap)  # the Slurm 24.11/26.05 roots (deploy/d
 have curl || need+=(curl)
 have openssl || need+=(openssl)
 have kubectl || need+=(kubectl)
+[ -x /usr/lib/postgresql/15/bin/pg_ctl ] || need+=(postgresql)  # deploy/dev/postgres.sh
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" != 0 ]; then

@@ -24,8 +24,8 @@ from tests.control_plane.harness import (
 
 
 @pytest.fixture
-def api(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with control_plane(tmp_path) as (_, client):
+def api(tmp_path: Path, database_url: str):  # type: ignore[no-untyped-def]
+    with control_plane(tmp_path, database_url=database_url) as (_, client):
         yield client
 
 

@@ -1,4 +1,4 @@
-"""``apply`` against a real store (SQLite in a temporary directory): each action re-checks
+"""``apply`` against a real store (SQLite in a temporary directory, and PostgreSQL): each action re-checks
 the row it changes, so applying one twice, or one about a run that moved on, is
 harmless; a make-before-break move is a row whose ``replaces_run_id`` names the run it
 replaces, and the decisions read the move from that column."""
@@ -61,8 +61,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    settings = Settings(state_dir=tmp_path)
+def world(tmp_path: Path, database_url: str) -> Iterator[World]:
+    settings = Settings(state_dir=tmp_path, database_url=database_url)
     store = Store(settings.db_url)
     metrics = ControlPlaneMetrics()
     artifacts = LocalArtifactStore(settings.artifact_dir, store)

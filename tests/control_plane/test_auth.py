@@ -324,7 +324,9 @@ def test_cli_tokens_audit_and_contexts(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_an_external_oidc_issuers_tokens_are_accepted_with_their_claims(
-        tmp_path: Path) -> None:
+        tmp_path: Path, database_url: str) -> None:
+    """... on SQLite and PostgreSQL (which enforces column lengths): a ``jti`` longer than
+    the audit's column is cut there, a ``sub`` longer than a subject may be is refused."""
     import http.server
     import json
     import threading
@@ -352,7 +354,8 @@ def test_an_external_oidc_issuers_tokens_are_accepted_with_their_claims(
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     issuer = "https://idp.example.org/realms/hpc"
     try:
-        with control_plane(tmp_path / "state", oidc_issuer=issuer, oidc_audience="continuum",
+        with control_plane(tmp_path / "state", database_url=database_url,
+                           oidc_issuer=issuer, oidc_audience="continuum",
                            oidc_jwks_url=f"http://127.0.0.1:{httpd.server_address[1]}/certs",
                            oidc_roles_claim="realm_access.roles",
                            oidc_tenants_claim="groups") as (_, client):
@@ -371,6 +374,14 @@ def test_an_external_oidc_issuers_tokens_are_accepted_with_their_claims(
             for bad in ({**good, "aud": "other"}, {**good, "exp": now - 10}):
                 r = client.get("/v1/workflows", headers=sign(bad))
                 assert r.status_code == 401 and "OIDC" in r.json()["detail"]
+            r = client.post("/v1/workflows", json=workflow("long-jti"),
+                            headers=sign({**good, "jti": "j" * 100}))
+            assert r.status_code == 201, r.text
+            audit = client.get("/v1/audit", params={"subject": "erin"}).json()["items"]
+            assert [a["tokenId"] for a in audit] == ["j" * 64, None], audit
+            r = client.get("/v1/workflows", headers=sign({**good, "sub": "e" * 129}))
+            assert r.status_code == 401, r.text
+            assert "sub claim is longer than 128 characters" in r.json()["detail"]
             other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             r = client.get("/v1/workflows", headers=bearer(
                 jwt.encode(good, other, "RS256", headers={"kid": "k1"})))

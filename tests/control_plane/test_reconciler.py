@@ -14,8 +14,8 @@ from tests.control_plane.harness import control_plane, wait_state, workflow
 from tests.helpers import wait_for
 
 
-def test_failing_task_is_retried_then_fails_the_workflow(tmp_path: Path) -> None:
-    with control_plane(tmp_path, failure_rate=1.0) as (_, api):
+def test_failing_task_is_retried_then_fails_the_workflow(tmp_path: Path, database_url: str) -> None:
+    with control_plane(tmp_path, database_url=database_url, failure_rate=1.0) as (_, api):
         doc = workflow(tasks=[
             {"name": "flaky", "command": ["true"], "work": 10, "retries": 2},
             {"name": "after", "command": ["true"], "dependsOn": ["flaky"]},
@@ -36,8 +36,8 @@ def test_failing_task_is_retried_then_fails_the_workflow(tmp_path: Path) -> None
     assert len(retries) == 2 and "retrying in" in retries[0]["message"]
 
 
-def test_unschedulable_task_waits_with_a_reason(tmp_path: Path) -> None:
-    with control_plane(tmp_path) as (_, api):
+def test_unschedulable_task_waits_with_a_reason(tmp_path: Path, database_url: str) -> None:
+    with control_plane(tmp_path, database_url=database_url) as (_, api):
         doc = workflow(tasks=[{"name": "gpu-only", "command": ["true"],
                                "constraints": {"tiers": ["hpc"]}}])
         wid = api.post("/v1/workflows", json=doc).json()["id"]
@@ -54,25 +54,25 @@ def test_unschedulable_task_waits_with_a_reason(tmp_path: Path) -> None:
         assert len(events) == 1  # said once, not every cycle
 
 
-def test_restart_readopts_running_runs(tmp_path: Path) -> None:
+def test_restart_readopts_running_runs(tmp_path: Path, database_url: str) -> None:
     # time scale 10: work 20 core-s on one core takes 2 s of wall time
     doc = workflow(tasks=[
         {"name": "a", "command": ["true"], "work": 20, "outputs": [{"name": "x", "path": "x"}]},
         {"name": "b", "command": ["true"], "work": 5, "inputs": [{"name": "x"}]},
     ])
-    with control_plane(tmp_path, time_scale=10.0) as (_, api):
+    with control_plane(tmp_path, database_url=database_url, time_scale=10.0) as (_, api):
         wid = api.post("/v1/workflows", json=doc).json()["id"]
         wait_for(lambda: any(r["state"] == "Running" for r in
                              api.get(f"/v1/workflows/{wid}").json()["runs"]),
                  timeout=10, message="task a running")
-    with control_plane(tmp_path, time_scale=10.0) as (_, api):
+    with control_plane(tmp_path, database_url=database_url, time_scale=10.0) as (_, api):
         wf = wait_state(api, wid, ("Succeeded", "Failed"), timeout=30)
     assert wf["state"] == "Succeeded", wf["reason"]
     assert sorted(r["task"] for r in wf["runs"]) == ["a", "b"]  # nothing ran twice
 
 
-def test_run_placed_before_a_crash_is_submitted_once(tmp_path: Path) -> None:
-    with control_plane(tmp_path, time_scale=10.0) as (cp, api):
+def test_run_placed_before_a_crash_is_submitted_once(tmp_path: Path, database_url: str) -> None:
+    with control_plane(tmp_path, database_url=database_url, time_scale=10.0) as (cp, api):
         cp.stop()  # stop the loop; drive the cycle by hand
         wid = api.post("/v1/workflows", json=workflow(tasks=[
             {"name": "a", "command": ["true"], "work": 5}])).json()["id"]
@@ -80,7 +80,7 @@ def test_run_placed_before_a_crash_is_submitted_once(tmp_path: Path) -> None:
         with cp.store.session() as s:
             (run,) = s.scalars(select(RunRow).where(RunRow.workflow_id == wid)).all()
             assert run.state == "Placed" and run.handle is None
-    with control_plane(tmp_path, time_scale=10.0) as (_, api):
+    with control_plane(tmp_path, database_url=database_url, time_scale=10.0) as (_, api):
         wf = wait_state(api, wid, ("Succeeded", "Failed"), timeout=30)
     assert wf["state"] == "Succeeded"
     assert [r["id"] for r in wf["runs"]] == [run.id]

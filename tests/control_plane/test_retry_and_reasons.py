@@ -19,8 +19,8 @@ SOLO = {"name": "solo", "kind": "sim", "tier": "cloud", "location": "dc",
              "power": {"idleWatts": 50, "maxWatts": 200, "source": "test figure"}}]}}
 
 
-def test_a_retry_prefers_another_node(tmp_path: Path) -> None:
-    with control_plane(tmp_path, failure_rate=1.0) as (_, api):
+def test_a_retry_prefers_another_node(tmp_path: Path, database_url: str) -> None:
+    with control_plane(tmp_path, database_url=database_url, failure_rate=1.0) as (_, api):
         doc = workflow(tasks=[{"name": "flaky", "command": ["true"], "work": 10, "retries": 1}])
         wid = api.post("/v1/workflows", json=doc).json()["id"]
         wf = wait_state(api, wid, ("Failed",))
@@ -38,8 +38,8 @@ def test_a_retry_prefers_another_node(tmp_path: Path) -> None:
         assert any("no other feasible node" in r for r in second["placement"]["reasons"])
 
 
-def test_a_task_on_a_draining_site_says_so(tmp_path: Path) -> None:
-    with control_plane(tmp_path) as (_, api):
+def test_a_task_on_a_draining_site_says_so(tmp_path: Path, database_url: str) -> None:
+    with control_plane(tmp_path, database_url=database_url) as (_, api):
         assert api.post("/v1/sites/cloud/drain").status_code == 200
         doc = workflow(tasks=[{"name": "pinned", "command": ["true"],
                                "constraints": {"sites": ["cloud"]}}])
