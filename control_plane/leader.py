@@ -506,16 +506,17 @@ def listen_for_wakes(store: Store, wake: Callable[[], None], stop: threading.Eve
     until ``stop``; a lost connection is opened again after a second."""
     while not stop.is_set():
         try:
-            conn = store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            conn.detach()
+            raw = store.engine.raw_connection()
+            pg: Any = raw.dbapi_connection  # psycopg's own connection (notifies())
+            raw.detach()  # never back to the pool: it is LISTENing
             try:
-                conn.exec_driver_sql(f"LISTEN {WAKE_CHANNEL}")
-                pg: Any = conn.connection.driver_connection
+                pg.autocommit = True
+                pg.execute(f"LISTEN {WAKE_CHANNEL}")
                 while not stop.is_set():
                     for _ in pg.notifies(timeout=1.0):
                         wake()
             finally:
-                conn.close()
+                pg.close()
         except Exception as e:
             log.warning("wake-up listener: %s; listening again in 1 s", e)
             stop.wait(1.0)
