@@ -26,13 +26,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from continuum.model import RunState, TaskState, WorkflowState
+from control_plane.client import Client
 from control_plane.leader import DatabaseElector, Fenced, Leadership, current_leader
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from control_plane.store import LeaseRow, RunRow, Store, TaskRow, WorkflowRow, utcnow
 from tests.conftest import free_port
 from tests.control_plane.harness import federation, wait_state, workflow
-from tests.helpers import admin_headers, wait_for
+from tests.helpers import admin_headers, admin_token, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -293,10 +294,22 @@ def test_sigkill_of_the_leader_process(pg_url: str, tmp_path: Path) -> None:
     """Two ``continuum server`` processes; SIGKILL the leader; the other leads within
     ``leader_lease_s / 3`` plus a step (measured and printed)."""
     ports = [free_port(), free_port()]
-    procs = [serve(pg_url, tmp_path, p, tmp_path / f"server-{p}.log") for p in ports]
+    # one after the other: the schema and the shared state directory's keys are made by
+    # the first (concurrent first starts are the migrations' business, not this test's)
+    procs = [serve(pg_url, tmp_path, ports[0], tmp_path / "server-0.log")]
     try:
         wait_for(lambda: role(ports[0]) == "leader", timeout=60, message="the first leads")
+        procs.append(serve(pg_url, tmp_path, ports[1], tmp_path / "server-1.log"))
         wait_for(lambda: role(ports[1]) == "follower", timeout=60, message="the second follows")
+        # the CLI's client on the follower: a site removal is redirected to the leader
+        token = admin_token(tmp_path)
+        with Client(f"http://127.0.0.1:{ports[1]}", token=token) as follower:
+            site = {**federation().spec.sites[0].wire(), "name": "sim-2"}
+            follower.register_site(site)
+            out = follower.remove_site("sim-2", runs="leave")
+            assert out == {"site": "sim-2", "runs": "leave", "cancelled": [], "left": []}
+            wait_for(lambda: "sim-2" not in {s["name"] for s in follower.sites()["items"]},
+                     timeout=5, message="the follower forgets sim-2")
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(timeout=10)
         t0 = time.monotonic()
