@@ -155,7 +155,7 @@ def _take_or_renew(s: Session, name: str, me: str, api_url: str, ttl_s: float,
                    epoch: int | None = None) -> Lease | None:
     """The lease-row half of an elector step, in transaction ``s`` (row locked on
     PostgreSQL): renew it when ``me`` holds epoch ``held``; take it (epoch + 1, or
-    ``epoch`` when given) when ``may_take`` or the row expired; else None."""
+    ``epoch`` when given and larger) when ``may_take`` or the row expired; else None."""
     row = s.scalars(select(LeaseRow).where(LeaseRow.name == name).with_for_update()).first()
     until = now + timedelta(seconds=ttl_s)
     if row is None:
@@ -169,7 +169,8 @@ def _take_or_renew(s: Session, name: str, me: str, api_url: str, ttl_s: float,
         row.renewed_at, row.expires_at, row.api_url = now, until, api_url
         return Lease(name, me, row.epoch, api_url)
     if may_take or row.expires_at <= now:
-        row.epoch = epoch if epoch is not None else row.epoch + 1
+        # the epoch only grows, also when the Lease's count restarts below the row's
+        row.epoch = max(epoch, row.epoch + 1) if epoch is not None else row.epoch + 1
         row.holder, row.api_url = me, api_url
         row.acquired_at, row.renewed_at, row.expires_at = now, now, until
         return Lease(name, me, row.epoch, api_url)
