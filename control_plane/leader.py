@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import select, text
@@ -265,76 +265,38 @@ class DatabaseElector:
         self._drop_conn()
 
 
+class LeaseLock(Protocol):
+    """A lock held by one identity at a time, counting its changes of holder
+    (:class:`adapters.kubernetes.lease.LeaseLock`, a coordination.k8s.io/v1 Lease)."""
+
+    def acquire(self, identity: str, ttl_s: float) -> int | None:
+        """Take or renew for ``identity``: the count of holder changes when held, else
+        None."""
+        ...
+
+
 class KubernetesLeaseElector:
     """Election through a ``coordination.k8s.io/v1`` Lease (``holderIdentity``,
     ``leaseDurationSeconds``, ``renewTime``; ``leaseTransitions`` is the epoch).
 
-    The Lease decides who leads; the leader then writes the epoch into the database's
-    lease row (taking it over whatever it says), so its writes are fenced exactly as
-    with :class:`DatabaseElector`. ``api``: a ``kubernetes.client.CoordinationV1Api``;
-    ``namespace``/``lease_name``: where the Lease lives (created when missing).
+    The Lease (``lock``) decides who leads; the leader then writes the epoch into the
+    database's lease row (taking it over whatever it says), so its writes are fenced
+    exactly as with :class:`DatabaseElector`.
     """
 
-    def __init__(self, store: Store, api: Any, namespace: str, api_url: str, ttl_s: float,
-                 *, identity: str | None = None, lease_name: str = "continuum-leader",
-                 name: str = LEASE_NAME) -> None:
+    def __init__(self, store: Store, lock: LeaseLock, api_url: str, ttl_s: float, *,
+                 identity: str | None = None, name: str = LEASE_NAME) -> None:
         self.store = store
-        self.api = api
-        self.namespace = namespace
-        self.lease_name = lease_name
+        self.lock = lock
         self.api_url = api_url
         self.ttl_s = ttl_s
         self.identity = identity or replica_id()
         self.name = name
         self._held: int | None = None
 
-    def _k8s_step(self) -> int | None:
-        """Acquire or renew the Lease; its ``leaseTransitions`` when held, else None."""
-        from kubernetes.client import V1Lease, V1LeaseSpec, V1ObjectMeta
-        from kubernetes.client.exceptions import ApiException
-
-        now = datetime.now(UTC)
-        duration = max(1, round(self.ttl_s))
-        try:
-            lease = self.api.read_namespaced_lease(self.lease_name, self.namespace)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            body = V1Lease(metadata=V1ObjectMeta(name=self.lease_name),
-                           spec=V1LeaseSpec(holder_identity=self.identity,
-                                            lease_duration_seconds=duration, acquire_time=now,
-                                            renew_time=now, lease_transitions=1))
-            try:
-                self.api.create_namespaced_lease(self.namespace, body)
-            except ApiException as e2:
-                if e2.status == 409:
-                    return None  # another replica created it first
-                raise
-            return 1
-        spec = lease.spec
-        renewed = spec.renew_time or spec.acquire_time
-        expired = (renewed is None or renewed + timedelta(
-            seconds=spec.lease_duration_seconds or duration) <= now)
-        mine = spec.holder_identity == self.identity
-        if not mine and not expired and spec.holder_identity:
-            return None
-        transitions = spec.lease_transitions or 0
-        if not mine:
-            transitions += 1
-            spec.holder_identity, spec.acquire_time = self.identity, now
-        spec.renew_time, spec.lease_duration_seconds = now, duration
-        spec.lease_transitions = transitions
-        try:  # resourceVersion in the body: a concurrent writer makes this a 409
-            self.api.replace_namespaced_lease(self.lease_name, self.namespace, lease)
-        except ApiException as e:
-            if e.status == 409:
-                return None
-            raise
-        return int(transitions)
-
     def step(self) -> Lease | None:
         """See :meth:`Elector.step`."""
-        epoch = self._k8s_step()
+        epoch = self.lock.acquire(self.identity, self.ttl_s)
         if epoch is None:
             self._held = None
             return None
@@ -564,6 +526,6 @@ class LeaderLoop:
 
 
 __all__ = ["ADVISORY_KEY", "DatabaseElector", "Elector", "Fence", "Fenced",
-           "KubernetesLeaseElector", "LEASE_NAME", "Lease", "LeaderLoop", "Leadership",
+           "KubernetesLeaseElector", "LEASE_NAME", "Lease", "LeaseLock", "LeaderLoop", "Leadership",
            "NotLeader", "WAKE_CHANNEL", "current_leader", "listen_for_wakes", "notify_wake",
            "replica_id"]

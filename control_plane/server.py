@@ -132,14 +132,10 @@ class ControlPlane:
     def _elector(self) -> Elector:
         s = self.settings
         if s.leader_election == "kubernetes":
-            from kubernetes import client, config
+            from adapters.kubernetes.lease import LeaseLock
 
-            config.load_incluster_config()
-            namespace = s.leader_lease_namespace
-            if namespace is None:
-                sa = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                namespace = sa.read_text().strip() if sa.exists() else "default"
-            return KubernetesLeaseElector(self.store, client.CoordinationV1Api(), namespace,
+            return KubernetesLeaseElector(self.store,
+                                          LeaseLock.in_cluster(s.leader_lease_namespace),
                                           s.api_url, s.leader_lease_s)
         return DatabaseElector(self.store, s.api_url, s.leader_lease_s)
 

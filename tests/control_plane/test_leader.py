@@ -25,6 +25,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from adapters.kubernetes.lease import LeaseLock
 from continuum.model import RunState, TaskState, WorkflowState
 from control_plane.client import Client
 from control_plane.leader import (
@@ -190,15 +191,12 @@ def test_expired_lease_of_a_live_leader_is_renewed_not_taken(store: Store) -> No
 def test_kubernetes_lease_elector(kube_cluster: Any, store: Store) -> None:
     """A coordination.k8s.io/v1 Lease on the real apiserver decides; its transitions are
     the epoch in the lease row, so the old holder's writes are fenced the same way."""
-    from kubernetes import client, config
-
-    api = client.CoordinationV1Api(config.new_client_from_config_dict(
-        kube_cluster.admin_kubeconfig()))
-    lease_name = f"continuum-test-{secrets.token_hex(3)}"
+    lock = LeaseLock.from_kubeconfig(kube_cluster.admin_kubeconfig(), "continuum",
+                                     f"continuum-test-{secrets.token_hex(3)}")
 
     def kube(name: str) -> KubernetesLeaseElector:
-        return KubernetesLeaseElector(store, api, "continuum", f"http://{name}.invalid", 2.0,
-                                      identity=name, lease_name=lease_name)
+        return KubernetesLeaseElector(store, lock, f"http://{name}.invalid", 2.0,
+                                      identity=name)
 
     a_lead = Leadership(kube("a"), store, on_lead=lambda _l: None, on_lose=lambda _r: None)
     b = kube("b")
@@ -210,14 +208,13 @@ def test_kubernetes_lease_elector(kube_cluster: Any, store: Store) -> None:
         # a pauses; b takes the Lease once its duration passed
         lease = wait_for(b.step, timeout=2.0 + 3.0, interval=0.2, message="b takes the Lease")
         assert lease.holder == "b" and lease.epoch == 2
-        k = api.read_namespaced_lease(lease_name, "continuum").spec
-        assert (k.holder_identity, k.lease_transitions) == ("b", 2)
+        assert lock.read() == ("b", 2)
         with pytest.raises(Fenced, match="fenced by epoch 2 of b"):
             store.fenced(a_lead.check).check_fence()
         a_lead.step()  # a wakes: the Lease is b's, a steps down
         assert a_lead.lease is None and b.step() == lease
     finally:
-        api.delete_namespaced_lease(lease_name, "continuum")
+        lock.delete()
 
 
 # ------------------------------------------------------------------ replicas
