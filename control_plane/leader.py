@@ -194,6 +194,7 @@ class DatabaseElector:
         self.postgres = store.engine.dialect.name == "postgresql"
         self._conn: Connection | None = None
         self._locked = False
+        self._no_lock_until = 0.0
         self._held: int | None = None
 
     def _try_lock(self) -> bool:
@@ -209,6 +210,8 @@ class DatabaseElector:
             except Exception as e:
                 log.warning("leader lock connection lost: %s", e)
                 self._drop_conn()
+        if time.monotonic() < self._no_lock_until:
+            return False  # just stepped down: the replica that leads now gets the lock first
         if self._conn is None:
             conn = self.store.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             conn.detach()  # closed for real on close(): a lock must not go back to a pool
@@ -222,7 +225,11 @@ class DatabaseElector:
         return self._locked
 
     def _unlock(self) -> None:
+        """Let go of the lock (this replica no longer leads) and leave it to the one that
+        does for one TTL: else this replica could obtain it again at once and take the
+        lease back from a leader that took it by expiry (safe, but a needless change)."""
         if self._conn is not None and self._locked:
+            self._no_lock_until = time.monotonic() + self.ttl_s
             try:
                 self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
                 self._locked = False
