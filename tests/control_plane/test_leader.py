@@ -290,6 +290,33 @@ def test_a_submit_on_the_follower_wakes_the_leader(pg_url: str, tmp_path: Path) 
             wait_state(cb, wid, ("Running", "Succeeded"), timeout=10)
 
 
+def test_a_fenced_write_makes_the_leader_a_follower(pg_url: str, tmp_path: Path) -> None:
+    """Another holder takes the lease behind a's back (its election step is 20 s away):
+    a's loop's next write is refused, a becomes a follower at once and keeps serving the
+    API, and the refused write changed nothing."""
+    a = replica(pg_url, tmp_path, "a", leader_lease_s=60.0)
+    try:
+        assert a.leadership.leading
+        wait_for(lambda: a.reconciler.cycles >= 1, message="a's first cycle")
+        with a.store.session() as s:
+            row = s.get(LeaseRow, "reconciler")
+            assert row is not None
+            row.holder, row.epoch = "elsewhere", row.epoch + 1
+            row.expires_at = utcnow() + timedelta(minutes=5)
+        with TestClient(a.app, headers=admin_headers(a)) as ca:
+            wid = ca.post("/v1/workflows", json=workflow()).json()["id"]  # the API serves
+            wait_for(lambda: not a.leadership.leading, timeout=5, message="a to step down")
+            assert ca.get("/leaderz").json()["role"] == "follower"
+            assert "continuum_leader 0.0" in ca.get("/metrics").text
+            wf = ca.get(f"/v1/workflows/{wid}").json()
+            assert wf["state"] == "Pending" and wf["runs"] == []  # nothing was placed
+        assert a._thread is not None
+        a._thread.join(timeout=5)
+        assert not a._thread.is_alive()  # the loop ended
+    finally:
+        a.stop()
+
+
 def test_follower_takes_over_and_finishes_the_work(
         two: tuple[ControlPlane, ControlPlane]) -> None:
     a, b = two
