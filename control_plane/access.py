@@ -4,8 +4,9 @@ and :func:`enforce`, the app-wide dependency that applies it before the route ru
 A route without a rule is refused (403, fail closed) and fails the test suite
 (tests/control_plane/test_auth_matrix.py reads this table against ``/openapi.json``).
 
-* ``PUBLIC`` — no token: ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus scrapes it
-  without credentials; it holds counts and gauges, no workflow content or secrets) and
+* ``PUBLIC`` — no token: ``/healthz``, ``/readyz``, ``/leaderz`` (the replica's role),
+  ``/metrics`` (Prometheus scrapes it without credentials; it holds counts and gauges,
+  no workflow content or secrets) and
   ``POST /v1/devices/enroll`` (the one-time enrolment token is the credential).
   ``/docs`` and ``/openapi.json`` are not API routes and are public too.
 * ``CAPABILITY`` — artifacts: a run's capability or an API token, checked in the route
@@ -51,6 +52,7 @@ USER_TENANT = Rule("bearer", (Role.user,), tenant=True)
 ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
+    ("GET", "/leaderz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("POST", "/v1/devices/enroll"): PUBLIC,
     ("PUT", "/v1/artifacts/{workflow_id}/{name}"): CAPABILITY,

@@ -12,7 +12,9 @@ Errors share one shape: ``{"detail": [{"loc": [...], "msg": "...", "type": "..."
 for 422 (each problem naming its field and the fix) and for 413 (a body over its route's
 limit, type ``body_too_large``, counted while it streams in: see
 :mod:`control_plane.input_limits`), and ``{"detail": "..."}`` for 401, 403, 404, 409,
-429, 502 and 503.
+429, 502 and 503. A request that needs the leader's loop (site removal) answered by a
+follower replica is redirected to the leader (307, ``Location`` on the leader's API URL),
+or refused with 503 and ``Retry-After`` while no leader is elected.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 import continuum
@@ -43,6 +45,7 @@ from control_plane.access import enforce
 from control_plane.audit import AuditMiddleware
 from control_plane.deps import Services
 from control_plane.input_limits import BodyLimit
+from control_plane.leader import NotLeader
 from control_plane.routes_common import MAX_BODY_BYTES
 from control_plane.routes_nodes import node_view
 from control_plane.routes_runs import run_view
@@ -91,6 +94,16 @@ def create_app(services: Services) -> FastAPI:
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, e: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=404)
+
+    @app.exception_handler(NotLeader)
+    async def _not_leader(request: Request, e: NotLeader) -> Response:
+        # a request that needs the leader's loop, answered by a follower
+        if e.leader is not None and e.leader.api_url:
+            url = e.leader.api_url.rstrip("/") + request.url.path
+            if request.url.query:
+                url += "?" + request.url.query
+            return Response(status_code=307, headers={"Location": url})
+        return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "2"})
 
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, e: Conflict) -> JSONResponse:

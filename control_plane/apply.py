@@ -7,6 +7,10 @@ outside a transaction (a slow backend never holds the store's write lock). Each 
 re-checks the row it changes (a run that moved on since it was observed is left alone),
 so applying an action twice is harmless.
 
+On a replicated control plane the applier writes through the leader's fenced store
+(:meth:`control_plane.store.Store.fenced`, :mod:`control_plane.leader`): every write
+transaction, and a fence check before every backend call, carries the leader's epoch.
+
 Placement runs here (:class:`~control_plane.decide.PlaceTasks`): it needs the live
 inventory, the served predictors and the artifacts' sizes, and it is a pure function
 of its :class:`~placement.Snapshot`, tested on its own; keeping it out of ``decide``
@@ -238,6 +242,7 @@ class Applier:
         adapter = self.federation.get_adapter(site or "")
         if adapter is None:
             return None
+        self.store.check_fence()  # a fenced (old) leader cancels nothing
         try:
             adapter.cancel(Handle.from_json(handle))
         except AdapterError as e:
@@ -299,6 +304,7 @@ class Applier:
             site, handle = run.site, run.handle
         adapter = self.federation.get_adapter(site or "") if handle else None
         if adapter is not None and handle:
+            self.store.check_fence()
             try:
                 adapter.release(Handle.from_json(handle))
             except AdapterError as e:
@@ -348,6 +354,7 @@ class Applier:
             if not a.cancel_runs:
                 left.append(run_id)
                 continue
+            self.store.check_fence()
             try:
                 assert adapter is not None
                 adapter.cancel(h)
@@ -524,6 +531,10 @@ class Applier:
         if adapter is None or node is None:
             error = f"node {node_id} is no longer in the inventory"
         else:
+            # a fenced (old) leader submits nothing; one whose lease is taken over after
+            # this check submits at most a duplicate of the same request id (= run id),
+            # which the adapter answers with the same work: submission is idempotent
+            self.store.check_fence()
             try:
                 handle = adapter.submit(tr, node, request_id=run_id)
             except TransientError as e:

@@ -13,6 +13,9 @@ Without ``token`` the client uses ``$CONTINUUM_TOKEN``, else the current context
     contexts:
       lab: {server: "https://continuum.lab:8080", token: "eyJ...", ca: "/etc/continuum/ca.pem"}
 
+A request only the leader replica carries out (site removal) that a follower answers
+with a 307 is sent again to the leader's URL, with the token (:data:`MAX_LEADER_REDIRECTS`).
+
 Every method raises :class:`ApiError` (with the HTTP status and the server's
 ``detail``) on a non-2xx answer, and :class:`ConnectionFailed` when the control plane
 cannot be reached.
@@ -31,6 +34,8 @@ import httpx
 import yaml
 
 TERMINAL_WORKFLOW_STATES = ("Succeeded", "Failed", "Cancelled")
+MAX_LEADER_REDIRECTS = 3
+"""How many 307/308 answers (a follower replica pointing at the leader) one call follows."""
 
 
 class ApiError(Exception):
@@ -122,6 +127,13 @@ class Client:
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         try:
             r = self._http.request(method, path, **kw)
+            # a follower replica sends a request that needs the leader there (307): sent
+            # again as is, with the token (httpx drops it on a redirect to another host)
+            for _ in range(MAX_LEADER_REDIRECTS):
+                if r.status_code not in (307, 308) or "location" not in r.headers:
+                    break
+                kw.pop("params", None)  # the Location carries the query
+                r = self._http.request(method, r.headers["location"], **kw)
         except httpx.TransportError as e:
             raise ConnectionFailed(f"cannot reach the control plane at {self.url}: {e}. "
                                    "Is `continuum server` running? (set --url or CONTINUUM_URL)"
@@ -200,6 +212,12 @@ class Client:
             return self._call("POST", "/v1/sites", json=spec)  # type: ignore[no-any-return]
         return self._call("POST", "/v1/sites", content=spec,  # type: ignore[no-any-return]
                           headers={"Content-Type": "application/yaml"})
+
+    def remove_site(self, name: str, runs: str = "cancel") -> dict[str, Any]:
+        """``DELETE /v1/sites/{name}?runs=cancel|leave`` (carried out by the leader: a
+        follower's 307 is followed)."""
+        return self._call("DELETE", f"/v1/sites/{name}",  # type: ignore[no-any-return]
+                          params={"runs": runs})
 
     def nodes(self, site: str | None = None, tier: str | None = None) -> dict[str, Any]:
         params = {k: v for k, v in (("site", site), ("tier", tier)) if v}

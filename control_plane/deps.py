@@ -29,10 +29,16 @@ from monitoring.topology import TopologyModel
 
 
 class Loop(Protocol):
-    """What the API needs of the reconciler: wake it, hand it an action, see it live."""
+    """What the API needs of the reconciler: wake it, hand it an action, see it live, and
+    whether this replica leads (:class:`control_plane.leader.LeaderLoop`)."""
 
     @property
     def last_cycle_at(self) -> float | None: ...
+
+    @property
+    def leading(self) -> bool: ...
+
+    def leader_state(self) -> dict[str, Any]: ...
 
     def wake(self) -> None: ...
 

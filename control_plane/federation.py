@@ -75,6 +75,10 @@ class Federation:
         self.metrics = metrics
         self._sites: dict[str, SiteRuntime] = {}
         self._lock = threading.RLock()
+        self._sync_lock = threading.Lock()
+        """Held while the sites table and ``_sites`` are made to agree (register, remove,
+        :meth:`sync`), so a resync never sees one without the other."""
+        self._failed: dict[str, str] = {}
         self.collector = collector
         """Joins live metrics onto each refreshed inventory (None: inventories as is)."""
         keys = settings.sealing_keys.get_secret_value() if settings.sealing_keys else None
@@ -91,28 +95,64 @@ class Federation:
 
     def load(self) -> None:
         """Re-create the adapter of every stored site (at start)."""
-        with self.store.session() as s:
-            rows = s.scalars(select(SiteRow)).all()
-            stored = [(r.name, r.kind, r.spec, r.draining) for r in rows]
-        for name, kind, wire, draining in stored:
-            try:
-                spec = SiteSpec.model_validate(
-                    {**wire, "config": unseal_config(kind, wire.get("config") or {}, self.sealer)})
-            except SealingError as e:
-                log.error("site %s: cannot open its credentials: %s", name, e)
-                continue
-            try:
-                rt = SiteRuntime(spec=spec, adapter=adapters.create(self._effective(spec), self.ctx),
-                                 draining=draining)
-            except AdapterError as e:
-                log.error("site %s: cannot start its adapter: %s", spec.name, e)
-                continue
-            with self._lock:
-                self._sites[spec.name] = rt
+        self.sync()
         n = reseal_sites(self.store, self.sealer, clear_only=True)
         if n:  # rows written before sealing existed held their secrets in clear
             self.store.vacuum(SiteRow.__tablename__)  # the old rows' bytes stay until then
             log.info("sealed %d site secret(s) that were stored in clear", n)
+
+    def sync(self) -> tuple[list[str], list[str]]:
+        """Match the adapters to the sites table: create those of stored sites this
+        process lacks, close those whose row is gone, take each row's ``draining``.
+        Every replica calls it every ``federation_resync_s``, so a site registered or
+        removed through another replica appears or goes here. Returns (added, removed)
+        site names. A row whose adapter cannot start is logged and tried again next time.
+        """
+        added: list[str] = []
+        with self._sync_lock:
+            with self.store.session() as s:
+                stored = [(r.name, r.kind, r.spec, r.draining)
+                          for r in s.scalars(select(SiteRow)).all()]
+            names = {name for name, *_ in stored}
+            for name, kind, wire, draining in stored:
+                with self._lock:
+                    rt = self._sites.get(name)
+                if rt is not None:
+                    rt.draining = draining
+                    continue
+                try:
+                    spec = SiteSpec.model_validate(
+                        {**wire, "config": unseal_config(kind, wire.get("config") or {},
+                                                         self.sealer)})
+                except SealingError as e:
+                    self._log_once(name, f"site {name}: cannot open its credentials: {e}")
+                    continue
+                try:
+                    rt = SiteRuntime(spec=spec, adapter=adapters.create(self._effective(spec),
+                                                                        self.ctx),
+                                     draining=draining)
+                except AdapterError as e:
+                    self._log_once(name, f"site {spec.name}: cannot start its adapter: {e}")
+                    continue
+                self._failed.pop(name, None)
+                with self._lock:
+                    self._sites[spec.name] = rt
+                added.append(name)
+            with self._lock:
+                gone = [self._sites.pop(n) for n in list(self._sites) if n not in names]
+                for rt in gone:
+                    rt.removed = True
+        for rt in gone:
+            self._forget(rt)
+        if added or gone:
+            log.info("sites from the store: added %s, removed %s", added or "none",
+                     [rt.spec.name for rt in gone] or "none")
+        return added, [rt.spec.name for rt in gone]
+
+    def _log_once(self, name: str, message: str) -> None:
+        if self._failed.get(name) != message:
+            self._failed[name] = message
+            log.error("%s", message)
 
     def register(self, spec: SiteSpec, *, exist_ok: bool = False) -> SiteRuntime:
         """Create the site's adapter, check it, persist it.
@@ -140,14 +180,18 @@ class Federation:
         if rt.health == SiteHealth.Unreachable and spec.kind != SiteKind.devices:
             adapter.close()
             raise AdapterError(rt.message, site=spec.name)
-        with self.store.session() as s:
-            if s.get(SiteRow, spec.name) is None:
-                wire = spec.wire()
-                wire["config"] = seal_config(spec.kind.value, wire.get("config") or {},
-                                             self.sealer)
-                s.add(SiteRow(name=spec.name, kind=spec.kind.value, spec=wire))
-        with self._lock:
-            self._sites[spec.name] = rt
+        with self._sync_lock:
+            with self.store.session() as s:
+                if s.get(SiteRow, spec.name) is None:
+                    wire = spec.wire()
+                    wire["config"] = seal_config(spec.kind.value, wire.get("config") or {},
+                                                 self.sealer)
+                    s.add(SiteRow(name=spec.name, kind=spec.kind.value, spec=wire))
+            with self._lock:
+                old = self._sites.get(spec.name)
+                self._sites[spec.name] = rt
+        if old is not None:  # a resync started the stored site meanwhile: keep ours
+            old.adapter.close()
         log.info("site %s (%s) registered: %s, %d nodes", spec.name, spec.kind.value,
                  rt.health.value, len(rt.nodes))
         return rt
@@ -174,22 +218,28 @@ class Federation:
         Raises:
             NotFound: no such site.
         """
-        with self._lock:
-            rt = self.site(name)
-            del self._sites[name]
-            rt.removed = True
-        with self.store.session() as s:
-            row = s.get(SiteRow, name)
-            if row is not None:
-                s.delete(row)
+        with self._sync_lock:
+            with self._lock:
+                rt = self.site(name)
+                del self._sites[name]
+                rt.removed = True
+            with self.store.session() as s:
+                row = s.get(SiteRow, name)
+                if row is not None:
+                    s.delete(row)
+        self._forget(rt)
+        log.info("site %s removed", name)
+        return rt
+
+    def _forget(self, rt: SiteRuntime) -> None:
+        """Close a site's adapter and drop its metrics (it is no longer in ``_sites``)."""
+        name = rt.spec.name
         try:
             rt.adapter.close()
         except Exception:
             log.exception("site %s: close failed", name)
         self.metrics.site_up.labels(name, rt.spec.kind.value).set(0)
         self.metrics.forget_slurm_site(name)
-        log.info("site %s removed", name)
-        return rt
 
     # ------------------------------------------------------------ lookup
 

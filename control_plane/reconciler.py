@@ -47,6 +47,7 @@ from control_plane import decide as d
 from control_plane.apply import Applier
 from control_plane.decide import Action, Decider, Observed, Policy, epoch
 from control_plane.federation import Federation
+from control_plane.leader import Fenced
 from control_plane.reconciler_metrics import export_gauges
 from control_plane.settings import Settings
 from control_plane.store import (
@@ -129,10 +130,16 @@ class Reconciler:
         return fut
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Cycle until ``stop`` is set; a failing cycle is logged and the loop goes on."""
+        """Cycle until ``stop`` is set; a failing cycle is logged and the loop goes on.
+
+        Raises:
+            Fenced: a write found this replica no longer leads (the loop stops).
+        """
         while not stop.is_set():
             try:
                 self.cycle()
+            except Fenced:
+                raise  # not the leader any more: the caller stops this loop
             except Exception:
                 log.exception("reconcile cycle failed; retrying next interval")
             self._wake.wait(self.settings.reconcile_interval_s)
@@ -149,6 +156,8 @@ class Reconciler:
         for propose in self._proposers:
             try:
                 actions = propose(now)
+            except Fenced:
+                raise
             except Exception:
                 log.exception("proposer %r failed; the cycle goes on", propose)
                 continue
@@ -159,6 +168,8 @@ class Reconciler:
         for hook in self._hooks:
             try:
                 hook(now)
+            except Fenced:
+                raise
             except Exception:
                 log.exception("cycle hook %r failed; the cycle goes on", hook)
         export_gauges(self.store, self.metrics, self.federation, self.network)

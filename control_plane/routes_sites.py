@@ -211,7 +211,11 @@ def remove_site(federation: Federation, loop: Loop, name: str, runs: RunsOnRemov
             draining, not removed).
         HTTPException 503: the reconciler did not carry it out within ``timeout_s``.
     """
-    federation.site(name)  # NotFound before anything is asked
+    try:
+        federation.site(name)  # NotFound before anything is asked
+    except NotFound:  # registered through another replica since the last resync?
+        federation.sync()
+        federation.site(name)
     fut = loop.request(RemoveSite(name, cancel_runs=runs == RunsOnRemove.cancel))
     try:
         result: dict[str, Any] = fut.result(timeout=timeout_s)

@@ -1,7 +1,13 @@
 """Wiring: one :class:`ControlPlane` builds the store, artifacts, federation, models,
 migration controller, reconciler and the FastAPI app, each given what it uses through
 its constructor (nothing is wired after construction, and none of them gets the
-ControlPlane itself); :meth:`ControlPlane.serve` runs it under uvicorn."""
+ControlPlane itself); :meth:`ControlPlane.serve` runs it under uvicorn.
+
+One ControlPlane is one **replica** (:mod:`control_plane.leader`): every replica serves
+the API and re-reads the sites table every ``federation_resync_s``; only the replica that
+holds the lease runs the reconcile loop (with the migration controller and model
+retraining as its proposer and hook), writing through the fenced store view. It starts
+the loop when it becomes leader and stops it when it loses the lease."""
 
 from __future__ import annotations
 
@@ -27,6 +33,17 @@ from control_plane.deps import Services
 from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
 from control_plane.keys import command_signing_key
+from control_plane.leader import (
+    DatabaseElector,
+    Elector,
+    Fenced,
+    KubernetesLeaseElector,
+    LeaderLoop,
+    Leadership,
+    Lease,
+    listen_for_wakes,
+    notify_wake,
+)
 from control_plane.migration import MigrationController
 from control_plane.models import ModelService
 from control_plane.reconciler import Reconciler
@@ -82,25 +99,85 @@ class ControlPlane:
                                    devices=self.device_readings)
         self.federation = Federation(self.store, self.ctx, settings, self.metrics,
                                      collector=self.collector)
+        self.leadership = Leadership(self._elector(), self.store, on_lead=self._lead,
+                                     on_lose=self._follow, on_role=self._role)
+        leader_store = self.store.fenced(self.leadership.check)
+        """The store the leader-only components write through: each write carries the
+        lease's epoch (control_plane/leader.py)."""
         self.models = ModelService(settings, self.store, self.federation.nodes, self.metrics)
-        self.migration = MigrationController(settings, self.store, self.federation,
+        self.migration = MigrationController(settings, leader_store, self.federation,
                                              self.network, lambda: self.models.framework)
-        self.reconciler = Reconciler(self.store, self.federation, settings,
+        self.reconciler = Reconciler(leader_store, self.federation, settings,
                                      self.metrics, self.network,
                                      framework=lambda: self.models.framework,
                                      hooks=[self.models.on_cycle],
                                      proposers=[self.migration.on_cycle],
                                      wake_event=self._wake)
-        self.workflows = WorkflowService(self.store, self.federation, self._wake.set)
+        self.loop = LeaderLoop(self.reconciler, self.leadership,
+                               notify=lambda: notify_wake(self.store))
+        """The loop as the API sees it: a follower's ``wake`` NOTIFYs the leader."""
+        self.workflows = WorkflowService(self.store, self.federation, self.loop.wake)
         self.app = create_app(Services(
             settings=settings, store=self.store, federation=self.federation,
             artifacts=self.artifacts, collector=self.collector, network=self.network,
             metrics=self.metrics, models=self.models, workflows=self.workflows,
-            loop=self.reconciler, devices=self.devices, enrollment=self.enrollment,
+            loop=self.loop, devices=self.devices, enrollment=self.enrollment,
             auth=self.auth))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._leader_stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self._collector_thread: threading.Thread | None = None
+
+    def _elector(self) -> Elector:
+        s = self.settings
+        if s.leader_election == "kubernetes":
+            from adapters.kubernetes.lease import LeaseLock
+
+            return KubernetesLeaseElector(self.store,
+                                          LeaseLock.in_cluster(s.leader_lease_namespace),
+                                          s.api_url, s.leader_lease_s)
+        return DatabaseElector(self.store, s.api_url, s.leader_lease_s)
+
+    # ------------------------------------------------------------ leadership
+
+    def _lead(self, lease: Lease) -> None:
+        """Became leader: start the reconcile loop (after the previous term's ended)."""
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._leader_stop = stop = threading.Event()
+        self.federation.sync()  # the sites as stored now, before the first cycle
+        self._thread = threading.Thread(target=self._run_loop, args=(stop,),
+                                        name=f"reconciler-epoch-{lease.epoch}", daemon=True)
+        self._thread.start()
+
+    def _run_loop(self, stop: threading.Event) -> None:
+        try:
+            self.reconciler.run_forever(stop)
+        except Fenced as e:
+            self.leadership.lost(str(e))
+
+    def _follow(self, reason: str) -> None:
+        """Lost the lease: stop the loop (it ends after its current step; its writes
+        are refused by the fence meanwhile). The API keeps serving."""
+        self._leader_stop.set()
+        self.reconciler.wake()
+
+    def _role(self, leading: bool) -> None:
+        self.metrics.leader.set(1 if leading else 0)
+        lease = self.leadership.lease
+        self.metrics.leader_epoch.set(lease.epoch if leading and lease else 0)
+
+    def _resync(self, stop: threading.Event) -> None:
+        """Every replica: the sites table → adapters; a follower also refreshes the
+        inventories (the leader's loop does it on the leader)."""
+        while not stop.wait(self.settings.federation_resync_s):
+            try:
+                self.federation.sync()
+                if not self.leadership.leading:
+                    self.federation.refresh(time.time())
+            except Exception:
+                log.exception("federation resync failed; retrying next period")
 
     def _site_config(self, name: str) -> tuple[SiteKind, dict[str, Any]]:
         spec = self.federation.site(name).spec
@@ -123,9 +200,17 @@ class ControlPlane:
                 except AdapterError as e:
                     log.error("site %s from the federation file not registered: %s", spec.name, e)
         self.federation.refresh(time.time(), force=True)
-        self._thread = threading.Thread(target=self.reconciler.run_forever, args=(self._stop,),
-                                        name="reconciler", daemon=True)
-        self._thread.start()
+        self.leadership.step()  # a lone replica leads from here on
+        self._threads = [threading.Thread(target=target, args=(self._stop,), name=name,
+                                          daemon=True)
+                         for name, target in (("leader-election", self.leadership.run_forever),
+                                              ("federation-resync", self._resync))]
+        if self.store.engine.dialect.name == "postgresql":
+            self._threads.append(threading.Thread(
+                target=listen_for_wakes, args=(self.store, self._wake.set, self._stop),
+                name="wake-listener", daemon=True))
+        for t in self._threads:
+            t.start()
         self._collector_thread = threading.Thread(
             target=self.collector.run_forever, name="metrics-collector", daemon=True,
             args=(self._stop, self.settings.metrics_interval_s,
@@ -134,8 +219,12 @@ class ControlPlane:
 
     def stop(self) -> None:
         self._stop.set()
-        self.reconciler.wake()
+        self.leadership.wake()
         self.collector.wake()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._leader_stop.set()  # also when the election thread never ran
+        self.reconciler.wake()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._collector_thread is not None:

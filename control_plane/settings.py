@@ -82,6 +82,30 @@ class StoreSettings(BaseModel):
         return self.state_dir / "artifacts"
 
 
+class ReplicaSettings(BaseModel):
+    """Several replicas on one database: who leads, how fast a follower takes over
+    (control_plane/leader.py, docs/architecture.md "Replicas and the leader")."""
+
+    model_config = _GROUP
+
+    leader_election: Literal["database", "kubernetes"] = "database"
+    """How the leader is elected: ``database`` (a PostgreSQL advisory lock plus the lease
+    row; on SQLite the one replica always leads) or ``kubernetes`` (a
+    coordination.k8s.io/v1 Lease, in a cluster). The database by default: it needs
+    nothing but the database every replica already has."""
+    leader_lease_s: float = Field(default=6.0, gt=0)
+    """Lease TTL (s), renewed every third of it. A follower takes over within a third of
+    it after the leader process dies (PostgreSQL), and within 4/3 of it after the leader
+    froze. 6 s: a takeover in seconds while a renewal may miss twice."""
+    leader_lease_namespace: str | None = None
+    """Namespace of the Lease (``leader_election=kubernetes``). None: the pod's own
+    namespace (its service account's), else ``default``."""
+    federation_resync_s: float = Field(default=3.0, gt=0)
+    """How often every replica re-reads the sites table to add and remove adapters (s),
+    so a site registered or removed through another replica is seen here. 3 s: a new site
+    is usable everywhere within seconds at one small query per period."""
+
+
 class ReconcilerSettings(BaseModel):
     """Pace of the reconcile loop, retries and dispatch."""
 
@@ -309,7 +333,7 @@ class SecretsSettings(BaseModel):
     needs no setup; in production keep the key apart from the database."""
 
 
-class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings,
+class Settings(ApiSettings, StoreSettings, ReplicaSettings, ReconcilerSettings, FederationSettings,
                PlacementSettings, MigrationSettings, MonitoringSettings, DeviceSettings,
                AuthSettings, LimitSettings, SecretsSettings, BaseSettings):
     """All groups; every field is also read from the environment as ``CONTINUUM_<FIELD>``."""
@@ -319,7 +343,7 @@ class Settings(ApiSettings, StoreSettings, ReconcilerSettings, FederationSetting
 
 
 GROUPS: tuple[type[BaseModel], ...] = (
-    ApiSettings, StoreSettings, ReconcilerSettings, FederationSettings, PlacementSettings,
+    ApiSettings, StoreSettings, ReplicaSettings, ReconcilerSettings, FederationSettings, PlacementSettings,
     MigrationSettings, MonitoringSettings, DeviceSettings, AuthSettings, LimitSettings,
     SecretsSettings)
 """Every settings group, in the order docs/configuration.md lists them."""

@@ -17,8 +17,9 @@ be and must be started afresh (:class:`Store` says so with :class:`SchemaMismatc
 
 from __future__ import annotations
 
+import copy
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -251,6 +252,25 @@ class AuditRow(Base):
     """``ok`` (2xx/3xx), ``denied`` (401/403) or ``failed`` (any other 4xx/5xx)."""
 
 
+class LeaseRow(Base):
+    """A leadership lease (control_plane/leader.py): who holds ``name`` (e.g.
+    ``reconciler``), under which fencing ``epoch``, until when. One row per lease name;
+    the epoch only grows (+1 at every change of holder)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    """The holding replica's identity, ``<hostname>-<pid>-<random>``."""
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    """The fencing token: every write of the leader checks it is still this."""
+    api_url: Mapped[str] = mapped_column(Text, default="")
+    """The holder's advertised API URL (followers redirect leader-only requests there)."""
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -276,6 +296,11 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+FenceCheck = Callable[[Session], None]
+"""Checks, inside a write transaction, that its writer may still write (raises if not,
+e.g. :class:`control_plane.leader.Fenced`); see :meth:`Store.fenced`."""
+
+
 class Store:
     """Engine and session factory; ``session()`` is a unit of work that commits on exit.
 
@@ -286,6 +311,8 @@ class Store:
         SchemaMismatch: the database cannot be brought to this release's schema (made
             by a release from before ``replaces_run_id``, or migrated by a newer one).
     """
+
+    _fence: FenceCheck | None = None
 
     def __init__(self, url: str):
         self.url = url
@@ -299,9 +326,33 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits when the block ends and rolls back on error."""
+        """A session that commits when the block ends and rolls back on error.
+
+        On a :meth:`fenced` view, the fence is checked in the same transaction just before
+        its first write is flushed (a read-only session does not check); an error it
+        raises rolls the whole transaction back."""
         with self._sessions() as s, s.begin():
+            if self._fence is not None:
+                _install_fence(s, self._fence)
             yield s
+
+    def fenced(self, check: FenceCheck) -> Store:
+        """A view of this store (same engine) whose write transactions first run
+        ``check`` (see :meth:`session`); the leader-only components write through one."""
+        view = copy.copy(self)
+        view._fence = check
+        return view
+
+    def check_fence(self) -> None:
+        """Run the fence now, in a transaction of its own (before a side effect outside
+        the database, e.g. a backend submit). Nothing on an unfenced store.
+
+        Raises:
+            whatever the fence raises (:class:`control_plane.leader.Fenced`).
+        """
+        if self._fence is not None:
+            with self._sessions() as s, s.begin():
+                self._fence(s)
 
     def vacuum(self, *tables: str) -> None:
         """Rewrite storage so rows just changed leave no old bytes behind (e.g. a secret
@@ -327,6 +378,18 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _install_fence(s: Session, check: FenceCheck) -> None:
+    done = False
+
+    def before_flush(session: Session, *_: Any) -> None:
+        nonlocal done
+        if not done and (session.new or session.dirty or session.deleted):
+            done = True
+            check(session)
+
+    event.listen(s, "before_flush", before_flush)
 
 
 def add_event(s: Session, type_: str, message: str, *, workflow_id: str | None = None,

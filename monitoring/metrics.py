@@ -43,6 +43,12 @@ class ControlPlaneMetrics:
         self.reconcile_lag = Gauge(
             "continuum_reconcile_lag_seconds", "Seconds since the last completed reconcile cycle.",
             registry=r)
+        self.leader = Gauge(
+            "continuum_leader", "1 on the replica that leads (runs the reconcile loop), "
+            "0 on a follower.", registry=r)
+        self.leader_epoch = Gauge(
+            "continuum_leader_epoch", "Fencing epoch of this replica's lease (0: follower).",
+            registry=r)
         self.runs = Gauge("continuum_runs", "Runs by state.", ["state"], registry=r)
         self.workflows = Gauge("continuum_workflows", "Workflows by state.", ["state"], registry=r)
         self.run_transitions = Counter(
