@@ -156,7 +156,7 @@ class RelayedMessage:
     update's ``seq``, a telemetry's receive time); ``received_at`` is when the consuming
     replica received it (s since the epoch); ``origin`` names the consuming adapter;
     ``version`` (set by the relay on read) is when the relay stored it (s since the epoch,
-    the writer's clock) and changes whenever the topic's message is replaced.
+    the relay's clock) and changes whenever the topic's message is replaced.
     """
 
     topic: str
@@ -180,9 +180,11 @@ class MessageRelay(Protocol):
         """
         ...
 
-    def since(self, site: str, after: float) -> list[RelayedMessage]:
-        """The messages of ``site`` stored at or after ``after`` (s since the epoch),
-        oldest first, with ``origin`` and ``version`` set.
+    def since(self, site: str, after: float) -> tuple[list[RelayedMessage], float]:
+        """The messages of ``site`` stored at or after ``after`` (s since the epoch, the
+        relay's clock), oldest first, with ``origin`` and ``version`` set; and the relay's
+        clock when the read began (the next read's ``after``, less a margin for writes
+        that commit late).
 
         Raises:
             Exception: the store's own (e.g. the database is unreachable).

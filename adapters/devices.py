@@ -138,7 +138,7 @@ RELAY_INTERVAL_S = 0.3
 """How often (s) the relay thread writes what this replica consumed and reads the others'."""
 RELAY_LOOKBACK_S = 5.0
 """Each read of the relay asks again for rows written this long (s) before the previous
-read began: covers commits that landed late and replicas' clocks that differ by less."""
+read began (the relay's clock): covers writes that committed late."""
 _TOMBSTONE_RANK = 1e18
 """The rank of a run's cleared message: higher than any update's ``seq``."""
 
@@ -492,9 +492,8 @@ class DevicesAdapter:
         if relay is None or not self._session.shared:
             return
         with self._relay_lock:
-            started = self.ctx.clock()
             try:
-                rows = relay.since(self.site.name, self._relay_after)
+                rows, started = relay.since(self.site.name, self._relay_after)
             except Exception as e:  # the database's own errors: the next read retries
                 self._relay_failed("read from", e)
                 return

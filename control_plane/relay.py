@@ -19,8 +19,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from adapters.base import RelayedMessage
 from control_plane.store import DeviceMessageRow, Store
@@ -33,12 +34,16 @@ tombstones of released runs, updates of runs long quiet."""
 class StoreRelay:
     """:class:`adapters.base.MessageRelay` over a :class:`Store` (SQLite or PostgreSQL).
 
+    The relay's clock (``written_at`` of the rows, the cursor of :meth:`since`) is the
+    database server's on PostgreSQL, so replicas on hosts whose clocks differ agree on it;
+    on SQLite (one host) it is this host's.
+
     Args:
         store: the control plane's store.
-        clock: seconds since the epoch (``written_at`` of the rows).
+        clock: seconds since the epoch, instead of the database's clock (tests).
     """
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] | None = None) -> None:
         self.store = store
         self.clock = clock
         dialect = store.engine.dialect.name
@@ -46,16 +51,25 @@ class StoreRelay:
             raise ValueError(f"the device-message relay supports SQLite and PostgreSQL, "
                              f"not {dialect}")
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._pg = dialect == "postgresql"
+
+    def _now(self, s: Session) -> float:
+        if self.clock is not None:
+            return self.clock()
+        if self._pg:
+            return float(s.execute(select(func.extract("epoch", func.clock_timestamp())))
+                         .scalar_one())
+        return time.time()
 
     def put(self, site: str, messages: Sequence[RelayedMessage]) -> None:
         """Upsert each message (kept unless its topic holds a higher rank); delete the
         site's rows older than :data:`RETENTION_S`. One transaction."""
-        now = self.clock()
         latest: dict[str, RelayedMessage] = {}
         for m in messages:  # one row per topic per statement (PostgreSQL requires it)
             if m.topic not in latest or m.rank >= latest[m.topic].rank:
                 latest[m.topic] = m
         with self.store.session() as s:
+            now = self._now(s)
             if latest:
                 ins = self._insert(DeviceMessageRow).values([
                     {"site": site, "topic": m.topic, "payload": bytes(m.payload),
@@ -72,12 +86,14 @@ class StoreRelay:
                 DeviceMessageRow.site == site,
                 DeviceMessageRow.written_at < now - RETENTION_S))
 
-    def since(self, site: str, after: float) -> list[RelayedMessage]:
-        """The site's rows written at or after ``after``, oldest first."""
+    def since(self, site: str, after: float) -> tuple[list[RelayedMessage], float]:
+        """The site's rows written at or after ``after``, oldest first, and the relay's
+        clock when the read began."""
         with self.store.session() as s:
+            now = self._now(s)
             rows = s.scalars(select(DeviceMessageRow).where(
                 DeviceMessageRow.site == site, DeviceMessageRow.written_at >= after)
                 .order_by(DeviceMessageRow.written_at)).all()
             return [RelayedMessage(topic=r.topic, payload=r.payload, rank=r.rank,
                                    received_at=r.received_at, origin=r.origin,
-                                   version=r.written_at) for r in rows]
+                                   version=r.written_at) for r in rows], now

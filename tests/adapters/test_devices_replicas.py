@@ -195,16 +195,17 @@ def test_store_relay_keeps_the_highest_rank_and_expires(tmp_path) -> None:  # ty
     relay.put("s", [RelayedMessage(t, b"seq2", 2, 999.0, "x"),
                     RelayedMessage(t, b"seq1", 1, 998.0, "x")])
     relay.put("s", [RelayedMessage(t, b"seq1-late", 1, 999.5, "y")])
-    [m] = relay.since("s", 0)
+    [m], cursor = relay.since("s", 0)
     assert (m.payload, m.rank, m.origin, m.version) == (b"seq2", 2, "x", 1000.0)
-    assert relay.since("other-site", 0) == [] and relay.since("s", 1000.5) == []
+    assert cursor == 1000.0
+    assert relay.since("other-site", 0) == ([], 1000.0) and relay.since("s", 1000.5)[0] == []
     now[0] = 1001.0
     relay.put("s", [RelayedMessage(t, b"", 1e18, 1001.0, "y")])  # the tombstone wins
-    [m] = relay.since("s", 1000.5)
+    [m], _ = relay.since("s", 1000.5)
     assert (m.payload, m.origin) == (b"", "y")
     now[0] = 1001.0 + RETENTION_S + 1
     relay.put("s", [])
-    assert relay.since("s", 0) == []
+    assert relay.since("s", 0)[0] == []
     store.close()
 
 
