@@ -23,6 +23,7 @@ import pytest
 
 from adapters.base import AdapterContext, Handle, RelayedMessage, TaskRun
 from adapters.devices import DevicesAdapter
+from continuum.errors import PermanentError
 from continuum.model import RunState, SiteKind, SiteSpec, Task
 from control_plane.broker import EmbeddedBroker
 from control_plane.relay import RETENTION_S, StoreRelay
@@ -227,3 +228,35 @@ def test_broker_without_mqtt5_gets_plain_subscriptions(tmp_path) -> None:  # typ
             store.close()
     finally:
         broker.stop()
+
+
+def test_plain_subscriptions_when_shared_subscriptions_are_off(mosquitto, agents, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``sharedSubscriptions: false``: MQTT 3.1.1, every replica gets every message."""
+    adapters = []
+    for _ in range(2):
+        ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path,
+                             sign=TEST_COMMAND_KEY.sign)
+        adapters.append(DevicesAdapter(SiteSpec(
+            name="fleet", kind=SiteKind.devices,
+            config={"broker": mosquitto.url, "sharedSubscriptions": False}), ctx))
+    try:
+        for a in adapters:
+            wait_for(lambda a=a: a.connected, 10, message="adapter connected")  # type: ignore[misc]
+            assert not a._session.mqtt5 and not a._session.shared
+        agents.spawn(None)
+        wait_for(lambda: all(a.consumed["telemetry"] >= 6 for a in adapters), 15,
+                 message="both adapters receive the telemetry")
+        assert all(a.relayed_in["telemetry"] == 0 for a in adapters)
+    finally:
+        for a in adapters:
+            a.close()
+
+
+@pytest.mark.parametrize("group", ["a/b", "x+", "#", ""])
+def test_share_group_is_checked(group: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ctx = AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path)
+    with pytest.raises(PermanentError, match="shareGroup") as e:
+        DevicesAdapter(SiteSpec(name="fleet", kind=SiteKind.devices,
+                                config={"broker": "mqtt://127.0.0.1:1", "shareGroup": group}),
+                       ctx)
+    assert e.value.details == {"field": "shareGroup"}
