@@ -102,7 +102,7 @@ def run_on(leader: Replica, device_id: str, run_id: str) -> Handle:
     return leader.adapter.submit(run, node, run_id)
 
 
-def final_at(leader: Replica, h: Handle) -> RunState:
+def final_at(leader: Replica, h: Handle) -> RunState | None:
     def done() -> RunState | None:
         st = leader.adapter.status([h]).get(h.run_id)
         return st.state if st and st.state == RunState.Succeeded else None
