@@ -234,7 +234,11 @@ class MqttSession:
 
     def start(self) -> None:
         """Connect in the background (retrying forever) on paho's loop thread."""
-        self.client.connect_async(self.address.host, self.address.port, keepalive=self.keepalive)
+        # MQTT 5: clean start on every connection (paho's default only on the first) when
+        # clean_session; the session then ends with the connection (no expiry interval)
+        clean_start = True if self._clean_session else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        self.client.connect_async(self.address.host, self.address.port, keepalive=self.keepalive,
+                                  clean_start=clean_start)
         self.client.loop_start()
 
     def stop(self) -> None:

@@ -260,3 +260,22 @@ def test_share_group_is_checked(group: str, tmp_path) -> None:  # type: ignore[n
                                 config={"broker": "mqtt://127.0.0.1:1", "shareGroup": group}),
                        ctx)
     assert e.value.details == {"field": "shareGroup"}
+
+
+def test_after_a_broker_restart_updates_are_still_consumed_once(
+        replicas, agents, mosquitto, observer: Observer) -> None:  # type: ignore[no-untyped-def]
+    leader, other = replicas
+    ag = agents.spawn(None)
+    ready_everywhere(replicas, [ag.device_id])
+    mosquitto.restart()
+    for r in replicas:
+        wait_for(lambda r=r: r.adapter.connected and r.session.shared, 20,  # type: ignore[misc]
+                 message=f"replica {r.name} reconnected")
+    wait_for(observer.connected.is_set, 20, message="observer reconnected")
+    ready_everywhere(replicas, [ag.device_id])
+    h = run_on(leader, ag.device_id, "run-after-restart")
+    assert final_at(leader, h) == RunState.Succeeded
+    t = topic(ag.device_id, f"runs/{h.run_id}")
+    wait_for(lambda: len(leader.session.live(t)) + len(other.session.live(t))
+             == len(observer.on(t)), 10, message="every update consumed by one replica")
+    assert sorted(leader.session.live(t) + other.session.live(t)) == sorted(observer.on(t))
