@@ -146,6 +146,52 @@ class ArtifactStore(Protocol):
     def record(self, workflow_id: str, name: str) -> ArtifactRecord | None: ...
 
 
+@dataclass(frozen=True)
+class RelayedMessage:
+    """One broker message a replica consumed, as the message relay carries it: the raw
+    ``topic`` and ``payload`` (bytes; empty: a cleared retained message), so that every
+    replica handles it as if the broker had delivered it.
+
+    ``rank`` orders the messages of one topic (the relay keeps only the highest: a run
+    update's ``seq``, a telemetry's receive time); ``received_at`` is when the consuming
+    replica received it (s since the epoch); ``origin`` names the consuming adapter;
+    ``version`` (set by the relay on read) is when the relay stored it (s since the epoch,
+    the relay's clock) and changes whenever the topic's message is replaced.
+    """
+
+    topic: str
+    payload: bytes
+    rank: float
+    received_at: float
+    origin: str = ""
+    version: float = 0.0
+
+
+class MessageRelay(Protocol):
+    """Where replicas share the broker messages each consumed alone (MQTT 5 shared
+    subscriptions): the latest message per (site, topic). Implemented by the control plane
+    over its database (control_plane/relay.py)."""
+
+    def put(self, site: str, messages: Sequence[RelayedMessage]) -> None:
+        """Store each message unless the topic holds one of higher ``rank``.
+
+        Raises:
+            Exception: the store's own (e.g. the database is unreachable); nothing stored.
+        """
+        ...
+
+    def since(self, site: str, after: float) -> tuple[list[RelayedMessage], float]:
+        """The messages of ``site`` stored at or after ``after`` (s since the epoch, the
+        relay's clock), oldest first, with ``origin`` and ``version`` set; and the relay's
+        clock when the read began (the next read's ``after``, less a margin for writes
+        that commit late).
+
+        Raises:
+            Exception: the store's own (e.g. the database is unreachable).
+        """
+        ...
+
+
 @dataclass
 class AdapterContext:
     """What the control plane gives an adapter when it creates one."""
@@ -166,6 +212,9 @@ class AdapterContext:
     """Sign bytes with the control plane's command key (raw 64-byte Ed25519 signature);
     the devices adapter signs every command with it. ``None``: commands go unsigned and
     only agents started with ``--insecure-accept-unsigned`` obey them."""
+    relay: MessageRelay | None = None
+    """The replicas' message relay (the devices adapter shares what its shared
+    subscriptions consumed through it); ``None``: this process is alone."""
 
 
 @runtime_checkable

@@ -39,7 +39,8 @@ Site config (``SiteSpec.config``, camelCase): ``broker`` (``mqtt://host:port`` o
 3× the telemetry interval of agents started with ``--telemetry-interval 10``),
 ``forgetAfter`` (seconds a device may stay offline or silent before the adapter forgets
 it, as :meth:`DevicesAdapter.forget` does; default: never), ``requireEnrollment``
-(believe only devices enrolled in this site; default false).
+(believe only devices enrolled in this site; default false), ``sharedSubscriptions`` and
+``shareGroup`` (see "Replicas" below).
 
 A device's ``state`` (``GET /v1/devices``) follows its liveness: ``online`` (its status
 says so and it was heard within ``offlineAfter``), ``offline`` (it said goodbye, or its
@@ -47,6 +48,21 @@ last will did), ``lost`` (it says online but has been silent longer than
 ``offlineAfter``). The site is Degraded while devices are known and none is online; a
 device that left for good is forgotten (``DELETE /v1/devices/{site}/{device}``, or
 ``forgetAfter``) so that it no longer counts.
+
+Replicas (issue 15): the adapter speaks MQTT 5 and takes ``telemetry`` and ``runs/+`` on
+shared subscriptions ``$share/<shareGroup>/…`` (default group ``continuum``), so each such
+message reaches one of the replicas' adapters on the broker; ``hello``, ``status`` and
+``rejected`` stay plain subscriptions (retained or rare, and every replica needs them). What
+a replica consumed on a shared subscription goes to the others through
+``AdapterContext.relay`` (the control plane's database, control_plane/relay.py): a thread
+writes, every :data:`RELAY_INTERVAL_S`, the latest message per topic it consumed and reads
+the rows the other replicas wrote since, each of which goes through :meth:`_handle` like a
+message from the broker (with the consuming replica's receive time); ``status`` reads
+too, so the leader's answer includes what another replica consumed. ``release`` leaves a
+tombstone (an empty payload) for the run's topic, so every replica forgets the run.
+``sharedSubscriptions``: ``true`` (MQTT 5 required), ``false`` (MQTT 3.1.1, every
+replica gets every message), unset (MQTT 5, falling back to 3.1.1 when the broker refuses
+MQTT 5, as the embedded amqtt broker of ``continuum demo`` does).
 
 Why one module of this size: it is one class, the adapter side of the device wire
 protocol, whose message intake, inventory, submission and status share one device table
@@ -74,6 +90,7 @@ from adapters.base import (
     AdapterContext,
     ArtifactRecord,
     Handle,
+    RelayedMessage,
     RunStatus,
     TaskRun,
 )
@@ -115,6 +132,15 @@ RUN_STATE_TABLE: dict[str, RunState] = {
 
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 _PUBACK_TIMEOUT_S = 5.0
+_SHARED_LEAVES = ("telemetry", "runs/+")
+"""Topic leaves taken on shared subscriptions (and relayed); the others are plain."""
+RELAY_INTERVAL_S = 0.3
+"""How often (s) the relay thread writes what this replica consumed and reads the others'."""
+RELAY_LOOKBACK_S = 5.0
+"""Each read of the relay asks again for rows written this long (s) before the previous
+read began (the relay's clock): covers writes that committed late."""
+_TOMBSTONE_RANK = 1e18
+"""The rank of a run's cleared message: higher than any update's ``seq``."""
 
 
 class DevicesConfig(BaseModel):
@@ -141,6 +167,14 @@ class DevicesConfig(BaseModel):
         default=False,
         description="believe only devices enrolled in this site (POST /v1/devices/enroll); "
         "messages of any other device are dropped and counted")
+    shared_subscriptions: bool | None = Field(
+        default=None,
+        description="MQTT 5 shared subscriptions for telemetry and run updates: true "
+        "(MQTT 5 required), false (MQTT 3.1.1, every replica gets every message), unset "
+        "(MQTT 5, falling back to 3.1.1 when the broker refuses it)")
+    share_group: str = Field(
+        default="continuum", min_length=1, max_length=64, pattern=r"^[^/+#]+$",
+        description="the share group of the shared subscriptions ($share/<group>/...)")
 
     @field_validator("broker")
     @classmethod
@@ -235,13 +269,35 @@ class DevicesAdapter:
         """ctx.clock() of the last (re)connection to the broker: a device's silence counts
         from no earlier than this, so devices are not declared offline merely because the
         broker (or this side's connection) was down while they were reconnecting."""
+        self.origin = f"{site.name}-{uuid.uuid4().hex[:12]}"
+        """This adapter instance in the relay (its own rows are not read back)."""
+        self.consumed: Counter[str] = Counter()
+        """Messages this adapter received from the broker, by topic leaf (``runs`` for
+        ``runs/<id>``)."""
+        self.relayed_in: Counter[str] = Counter()
+        """Messages another replica consumed that this adapter handled from the relay."""
+        self._relay_pending: dict[str, RelayedMessage] = {}
+        self._relay_lock = threading.Lock()
+        """Serialises reads of the relay (the relay thread's and ``status``'s)."""
+        self._relay_after = 0.0
+        self._relay_seen: dict[str, float] = {}
+        """topic → version of the relay row last handled (rows are read more than once)."""
+        self._relay_failing = False
+        self._stop = threading.Event()
         self._session = session if session is not None else self._make_session()
+        share = self.config.share_group if self.config.shared_subscriptions is not False else None
         for leaf in ("hello", "status", "telemetry", "runs/+", "rejected"):
-            self._session.subscribe(f"{TOPIC_PREFIX}/+/{leaf}", qos=1)
+            self._session.subscribe(f"{TOPIC_PREFIX}/+/{leaf}", qos=1,
+                                    share=share if leaf in _SHARED_LEAVES else None)
         self._session.on_connect = self._on_connect
         self._session.on_disconnect = self._connected.clear
         self._session.on_message = self._on_message
         self._session.start()
+        self._relay_thread: threading.Thread | None = None
+        if ctx.relay is not None:
+            self._relay_thread = threading.Thread(target=self._relay_loop, daemon=True,
+                                                  name=f"relay-{site.name}")
+            self._relay_thread.start()
 
     # ------------------------------------------------------------ MQTT session
 
@@ -250,7 +306,9 @@ class DevicesAdapter:
         return MqttSession(
             c.broker, client_id=c.client_id or f"continuum-{self.site.name}-{uuid.uuid4().hex[:8]}",
             label=f"site {self.site.name}", clean_session=True, username=c.username,
-            password=c.password, tls_ca=c.tls_ca, tls_insecure=c.tls_insecure)
+            password=c.password, tls_ca=c.tls_ca, tls_insecure=c.tls_insecure,
+            mqtt5=c.shared_subscriptions is not False,
+            fallback_311=c.shared_subscriptions is None)
 
     def _on_connect(self, client: mqtt.Client) -> None:
         """(Re)connected and subscribed: devices' silence counts from now at the earliest."""
@@ -288,11 +346,19 @@ class DevicesAdapter:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
+            leaf = msg.topic[len(TOPIC_PREFIX) + 1:].split("/")[1:2]
+            with self._lock:
+                self.consumed[leaf[0] if leaf else "?"] += 1
             self._handle(msg.topic, msg.payload)
         except Exception:  # never let a payload kill the loop thread
             log.exception("site %s: error handling a message on %s", self.site.name, msg.topic)
 
-    def _handle(self, t: str, payload: bytes | bytearray) -> None:
+    def _handle(self, t: str, payload: bytes | bytearray, *, at: float | None = None,
+                relayed: bool = False) -> None:
+        """Handle one message on topic ``t``: from the broker, or (``relayed``) one that
+        another replica received at ``at`` (s since the epoch) and relayed. A telemetry or
+        run update from the broker that is believed is relayed (when shared
+        subscriptions are in effect)."""
         rest = t[len(TOPIC_PREFIX) + 1:].split("/")
         if not t.startswith(TOPIC_PREFIX + "/") or len(rest) < 2:
             self._reject(t, "topic is not a protocol topic")
@@ -302,7 +368,8 @@ class DevicesAdapter:
             self._drop(t, device_id, "unenrolled",
                        f"device {device_id!r} is not enrolled in site {self.site.name!r}")
             return
-        now = self.ctx.clock()
+        now = self.ctx.clock() if at is None else at
+        relay_rank: float | None = None
         wake = False
         try:
             if leaf == "runs" and len(rest) == 3:
@@ -313,6 +380,8 @@ class DevicesAdapter:
                         by_device.pop(device_id, None)
                         if not by_device:
                             self._updates.pop(run_id, None)
+                    if not relayed:
+                        self._relay_out(t, b"", _TOMBSTONE_RANK, now)
                     return
                 upd = decode(RunUpdate, payload)
                 self._check_device(upd.device_id, device_id)
@@ -332,7 +401,9 @@ class DevicesAdapter:
                     if old is None or upd.seq > old.seq:
                         by_device[device_id] = upd
                         wake = True
-                    self._device(device_id).last_seen = now
+                    d = self._device(device_id)
+                    d.last_seen = max(d.last_seen, now)
+                relay_rank = float(upd.seq)
             elif leaf == "hello" and len(rest) == 2:
                 if not payload:  # cleared: the device was forgotten (here or elsewhere)
                     with self._lock:
@@ -362,15 +433,96 @@ class DevicesAdapter:
                 self._check_device(tel.device_id, device_id)
                 with self._lock:
                     d = self._device(device_id)
-                    d.telemetry, d.telemetry_at, d.last_seen = tel, now, now
+                    if now >= d.telemetry_at:  # a relayed one may be older than ours
+                        d.telemetry, d.telemetry_at = tel, now
+                    d.last_seen = max(d.last_seen, now)
+                relay_rank = now
             else:
                 self._reject(t, "unknown topic leaf")
                 return
         except ProtocolError as e:
             self._reject(t, str(e))
             return
+        if relay_rank is not None and not relayed:
+            self._relay_out(t, bytes(payload), relay_rank, now)
         if wake:
             self.ctx.wake()
+
+    # ------------------------------------------------------------ relay between replicas
+
+    def _relay_out(self, t: str, payload: bytes, rank: float, received_at: float) -> None:
+        """Queue a consumed message for the relay (the latest per topic), when there is a
+        relay and this message may have reached this replica alone."""
+        if self.ctx.relay is None or not self._session.shared:
+            return
+        m = RelayedMessage(topic=t, payload=payload, rank=rank, received_at=received_at,
+                           origin=self.origin)
+        with self._lock:
+            old = self._relay_pending.get(t)
+            if old is None or rank >= old.rank:
+                self._relay_pending[t] = m
+
+    def _relay_loop(self) -> None:
+        while not self._stop.wait(RELAY_INTERVAL_S):
+            self._relay_flush()
+            self._relay_pull()
+
+    def _relay_flush(self) -> None:
+        """Write the queued messages; on failure they are queued again (unless newer ones
+        came meanwhile) and the next tick retries."""
+        relay = self.ctx.relay
+        with self._lock:
+            batch, self._relay_pending = self._relay_pending, {}
+        if relay is None or not batch:
+            return
+        try:
+            relay.put(self.site.name, list(batch.values()))
+        except Exception as e:  # the database's own errors: keep them, retry
+            with self._lock:
+                for t, m in batch.items():
+                    self._relay_pending.setdefault(t, m)
+            self._relay_failed("write to", e)
+            return
+        self._relay_recovered()
+
+    def _relay_pull(self) -> None:
+        """Handle the relay rows other replicas wrote since the last read (a row once per
+        version; this replica's own rows are skipped)."""
+        relay = self.ctx.relay
+        if relay is None or not self._session.shared:
+            return
+        with self._relay_lock:
+            try:
+                rows, started = relay.since(self.site.name, self._relay_after)
+            except Exception as e:  # the database's own errors: the next read retries
+                self._relay_failed("read from", e)
+                return
+            self._relay_recovered()
+            for m in rows:
+                if m.origin == self.origin or self._relay_seen.get(m.topic) == m.version:
+                    continue
+                self._relay_seen[m.topic] = m.version
+                with self._lock:
+                    self.relayed_in[m.topic[len(TOPIC_PREFIX) + 1:].split("/")[1]] += 1
+                try:
+                    self._handle(m.topic, m.payload, at=m.received_at, relayed=True)
+                except Exception:
+                    log.exception("site %s: error handling a relayed message on %s",
+                                  self.site.name, m.topic)
+            self._relay_after = started - RELAY_LOOKBACK_S
+            self._relay_seen = {t: v for t, v in self._relay_seen.items()
+                                if v >= self._relay_after}
+
+    def _relay_failed(self, what: str, e: Exception) -> None:
+        log.log(logging.DEBUG if self._relay_failing else logging.WARNING,
+                "site %s: cannot %s the replicas' message relay: %s; retrying every %.1f s",
+                self.site.name, what, e, RELAY_INTERVAL_S)
+        self._relay_failing = True
+
+    def _relay_recovered(self) -> None:
+        if self._relay_failing:
+            self._relay_failing = False
+            log.info("site %s: the replicas' message relay works again", self.site.name)
 
     def _on_rejected(self, device_id: str, rej: CommandRejected) -> bool:
         """A device refused a command: log and count it; a refused RunCommand of a run
@@ -604,7 +756,9 @@ class DevicesAdapter:
         """From the cache: runs without any update yet are omitted. No network call.
 
         Only updates that came on the topic of the handle's device count; any other
-        device's update for the run is dropped here (counted ``not_placed_here``)."""
+        device's update for the run is dropped here (counted ``not_placed_here``). First
+        reads the relay: updates another replica consumed count too."""
+        self._relay_pull()
         out: dict[str, RunStatus] = {}
         strays: list[tuple[str, str]] = []
         with self._lock:
@@ -649,12 +803,16 @@ class DevicesAdapter:
         Raises:
             TransientError: the broker is not connected.
         """
-        self._publish(self._device_of(handle),
+        device_id = self._device_of(handle)
+        self._publish(device_id,
                       ForgetCommand(id=f"forget-{uuid.uuid4().hex[:12]}", run_id=handle.run_id),
                       f"release run {handle.run_id}")
         with self._lock:
             self._dispatched.pop(handle.run_id, None)
             self._updates.pop(handle.run_id, None)
+        # every replica forgets the run (its relay row becomes a tombstone)
+        self._relay_out(topic(device_id, f"runs/{handle.run_id}"), b"", _TOMBSTONE_RANK,
+                        self.ctx.clock())
 
     def logs(self, handle: Handle, tail: int = 50) -> str:
         """The last ``tail`` lines of the latest output tail the device reported."""
@@ -685,7 +843,11 @@ class DevicesAdapter:
         return SiteHealth.Ready, ""
 
     def close(self) -> None:
-        """Disconnect and stop the loop thread."""
+        """Disconnect, stop the loop thread and the relay thread (writing what is queued)."""
+        self._stop.set()
+        if self._relay_thread is not None:
+            self._relay_thread.join(timeout=5)
+            self._relay_flush()
         self._session.stop()
 
     # ------------------------------------------------------------ extras

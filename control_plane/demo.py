@@ -179,7 +179,8 @@ class Demo:
             self._broker.start()
             self.broker_url = self._broker.url
             fed = with_site_credentials(fed, fleet.name, control,
-                                        self._broker_auth.users[control].password)
+                                        self._broker_auth.users[control].password,
+                                        sharedSubscriptions=False)  # amqtt: MQTT 3.1.1 only
             say(f"[bold]broker[/bold]        embedded amqtt on {self.broker_url} (users "
                 f"{', '.join(self._broker_auth.users)}; no anonymous clients)")
         else:
@@ -348,12 +349,13 @@ class Demo:
 
 
 def with_site_credentials(fed: FederationDocument, site: str, username: str,
-                          password: str) -> FederationDocument:
-    """``fed`` with ``username`` and ``password`` in the config of its site ``site`` (the
-    devices site's broker credentials, as an operator would write them); ``fed`` itself is
-    left as it is."""
+                          password: str, **config: Any) -> FederationDocument:
+    """``fed`` with ``username`` and ``password`` (and any other ``config`` keys) in the
+    config of its site ``site`` (the devices site's broker credentials, as an operator
+    would write them); ``fed`` itself is left as it is."""
     sites = [s.model_copy(update={"config": {**s.config, "username": username,
-                                              "password": password}}) if s.name == site else s
+                                              "password": password, **config}})
+             if s.name == site else s
              for s in fed.spec.sites]
     return fed.model_copy(update={"spec": fed.spec.model_copy(update={"sites": sites})})
 

@@ -47,6 +47,7 @@ from control_plane.leader import (
 from control_plane.migration import MigrationController
 from control_plane.models import ModelService
 from control_plane.reconciler import Reconciler
+from control_plane.relay import StoreRelay
 from control_plane.settings import Settings
 from control_plane.store import Store, WorkflowRow
 from control_plane.workflows import WorkflowService
@@ -91,7 +92,7 @@ class ControlPlane:
         self.ctx = AdapterContext(
             artifacts=self.artifacts, state_dir=settings.state_dir, wake=self._wake.set,
             sign=command_signing_key(settings.state_dir).sign,
-            device_enrolled=self.enrollment.is_enrolled,
+            device_enrolled=self.enrollment.is_enrolled, relay=StoreRelay(self.store),
             dropped=lambda site, reason:
                 self.metrics.device_messages_dropped.labels(site, reason).inc())
         self.collector = Collector(self.metrics, topology=self.network,

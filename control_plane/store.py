@@ -1,5 +1,5 @@
 """Durable state: workflows, tasks, runs, events, sites, artifacts, enrolled devices, API
-tokens and the audit trail (SQLAlchemy 2).
+tokens, the audit trail and the replicas' device-message relay (SQLAlchemy 2).
 
 SQLite (a file under the state directory) by default, in WAL mode with
 ``synchronous=FULL``: a row the API committed survives the process being killed.
@@ -34,6 +34,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
@@ -269,6 +270,27 @@ class LeaseRow(Base):
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     renewed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeviceMessageRow(Base):
+    """The latest message per (site, topic) that one replica consumed from an MQTT 5
+    shared subscription (a device's telemetry, a run's update), for the other replicas
+    (control_plane/relay.py). Upserted, never one row per message."""
+
+    __tablename__ = "device_messages"
+
+    site: Mapped[str] = mapped_column(String(63), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    """The raw MQTT payload; empty: the run's message was cleared (a tombstone)."""
+    rank: Mapped[float] = mapped_column(Float)
+    """Order within the topic: a row is replaced only by a message of higher or equal rank."""
+    received_at: Mapped[float] = mapped_column(Float)
+    """When the consuming replica received it (s since the epoch)."""
+    origin: Mapped[str] = mapped_column(String(64))
+    """The consuming adapter instance (its messages are not fed back to it)."""
+    written_at: Mapped[float] = mapped_column(Float, index=True)
+    """When the row was last written (s since the epoch, the writer's clock)."""
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -14,6 +14,16 @@ session to the broker. :class:`MqttSession` is that session, written once:
   a successful connection resets the attempt count;
 * topics given to :meth:`MqttSession.subscribe` are subscribed again on every
   reconnect, before the ``on_connect`` hook runs;
+* with ``mqtt5=True`` the session speaks MQTT 5 and a topic subscribed with ``share=GROUP``
+  becomes the shared subscription ``$share/GROUP/<filter>`` (MQTT 5 §4.8.2: each message
+  goes to one member of the group). Retained messages are not sent on shared
+  subscriptions (§4.8.2), so on each connection the plain filter is also subscribed once
+  and unsubscribed as soon as its SUBACK arrives: the retained messages the broker queued
+  with that SUBACK still arrive, live traffic then goes to the group only. A broker that
+  refuses MQTT 5 (CONNACK "Unsupported protocol version", e.g. the embedded amqtt) makes
+  the session fall back to MQTT 3.1.1 with plain subscriptions (``fallback_311``); a
+  broker that refuses a ``$share`` filter in its SUBACK gets the plain filter instead.
+  :attr:`MqttSession.shared` says whether shared subscriptions are in effect;
 * :attr:`MqttSession.connected` is set while the session is up; :attr:`last_error`
   says why it is not.
 
@@ -104,7 +114,11 @@ class MqttSession:
         client_id: the MQTT client id.
         label: how log lines name the owner (``"device d1"``, ``"site fleet"``).
         clean_session: MQTT 3.1.1 clean-session flag (False keeps QoS 1 messages queued
-            at the broker while the session is away).
+            at the broker while the session is away); with MQTT 5, clean start (and a
+            session that ends with the connection) when True.
+        mqtt5: speak MQTT 5 (shared subscriptions; see the module docstring).
+        fallback_311: with ``mqtt5``, fall back to MQTT 3.1.1 (plain subscriptions) when
+            the broker refuses MQTT 5.
         username, password: broker credentials (none when ``username`` is None).
         tls_ca: CA bundle that signed the broker's certificate (a PEM file path, or the
             PEM text itself); implies TLS.
@@ -122,7 +136,8 @@ class MqttSession:
                  password: str | None = None, tls_ca: str | None = None,
                  tls_insecure: bool = False, will: Will | None = None, keepalive: int = 30,
                  reconnect_min: float = RECONNECT_MIN_S,
-                 reconnect_max: float = RECONNECT_MAX_S) -> None:
+                 reconnect_max: float = RECONNECT_MAX_S, mqtt5: bool = False,
+                 fallback_311: bool = True) -> None:
         self.broker = broker
         self.address = parse_broker_url(broker)
         self.label = label
@@ -137,12 +152,24 @@ class MqttSession:
         self.on_disconnect: Callable[[], None] | None = None
         self.on_message: Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None] | None = None
         self.on_publish: Callable[..., None] | None = None
-        self._subscriptions: dict[str, int] = {}
+        self._subscriptions: dict[str, tuple[int, str | None]] = {}
+        """topic filter → (QoS, share group or None)."""
         self._sub_lock = threading.Lock()
+        self._catch_up: dict[int, str] = {}
+        """SUBSCRIBE message id → plain filter to unsubscribe at its SUBACK."""
+        self._share_mids: dict[int, tuple[str, int]] = {}
+        """SUBSCRIBE message id of a ``$share`` filter → (plain filter, QoS)."""
+        self._share_refused = False
+        self._clean_session = clean_session
+        self._fallback_311 = fallback_311
         self._attempt = 0
         self._stopping = False
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                        clean_session=clean_session, protocol=mqtt.MQTTv311)
+        if mqtt5:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                            protocol=mqtt.MQTTv5)
+        else:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                            clean_session=clean_session, protocol=mqtt.MQTTv311)
         if username:
             c.username_pw_set(username, password)
         if tls_ca and tls_ca.lstrip().startswith("-----BEGIN"):  # the CA's PEM text itself
@@ -158,18 +185,47 @@ class MqttSession:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
         self.client = c
         """The paho client (publish through it or :meth:`publish`)."""
         self._arm_backoff()
 
     # ------------------------------------------------------------ use
 
-    def subscribe(self, topic: str, qos: int = 1) -> None:
-        """Subscribe to ``topic`` now if connected, and again on every reconnect."""
+    @property
+    def mqtt5(self) -> bool:
+        """Whether the session speaks MQTT 5 (False after a fallback to 3.1.1)."""
+        return bool(self.client.protocol == mqtt.MQTTv5)
+
+    @property
+    def shared(self) -> bool:
+        """Whether subscriptions made with ``share`` are shared ones now: MQTT 5 and the
+        broker did not refuse a ``$share`` filter."""
+        return self.mqtt5 and not self._share_refused
+
+    def subscribe(self, topic: str, qos: int = 1, share: str | None = None) -> None:
+        """Subscribe to ``topic`` now if connected, and again on every reconnect.
+
+        ``share``: a share group name; the subscription is then ``$share/<share>/<topic>``
+        while :attr:`shared` (see the module docstring), the plain ``topic`` otherwise.
+        """
         with self._sub_lock:
-            self._subscriptions[topic] = qos
+            self._subscriptions[topic] = (qos, share)
         if self.connected.is_set():
-            self.client.subscribe(topic, qos=qos)
+            self._subscribe(self.client, topic, qos, share)
+
+    def _subscribe(self, client: mqtt.Client, topic: str, qos: int, share: str | None) -> None:
+        if share is None or not self.shared:
+            client.subscribe(topic, qos=qos)
+            return
+        rc, mid = client.subscribe(f"$share/{share}/{topic}", qos=qos)
+        if mid is not None:
+            with self._sub_lock:
+                self._share_mids[mid] = (topic, qos)
+        rc, mid = client.subscribe(topic, qos=qos)  # once, for the retained messages
+        if mid is not None:
+            with self._sub_lock:
+                self._catch_up[mid] = topic
 
     def publish(self, topic: str, payload: bytes, qos: int = 1,
                 retain: bool = False) -> mqtt.MQTTMessageInfo:
@@ -178,7 +234,11 @@ class MqttSession:
 
     def start(self) -> None:
         """Connect in the background (retrying forever) on paho's loop thread."""
-        self.client.connect_async(self.address.host, self.address.port, keepalive=self.keepalive)
+        # MQTT 5: clean start on every connection (paho's default only on the first) when
+        # clean_session; the session then ends with the connection (no expiry interval)
+        clean_start = True if self._clean_session else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        self.client.connect_async(self.address.host, self.address.port, keepalive=self.keepalive,
+                                  clean_start=clean_start)
         self.client.loop_start()
 
     def stop(self) -> None:
@@ -209,6 +269,15 @@ class MqttSession:
                     properties: Any = None) -> None:
         if rc.is_failure:
             self.last_error = f"connection refused: {rc}"
+            if (self.mqtt5 and self._fallback_311
+                    and str(rc) == "Unsupported protocol version"):
+                # paho has no public switch of protocol; the next attempt sends a 3.1.1
+                # CONNECT (client._protocol is what _send_connect reads)
+                client._protocol = mqtt.MQTTv311  # type: ignore[attr-defined]
+                client._clean_session = self._clean_session  # type: ignore[attr-defined]
+                log.warning("%s: broker %s does not speak MQTT 5; using MQTT 3.1.1 (no "
+                            "shared subscriptions: every subscriber gets every message)",
+                            self.label, self.broker)
             delay = self._arm_backoff()
             log.error("%s: broker %s refused the connection: %s; retrying in %.1f s",
                       self.label, self.broker, rc, delay)
@@ -216,11 +285,34 @@ class MqttSession:
         self._attempt = 0
         with self._sub_lock:
             subs = list(self._subscriptions.items())
-        for t, qos in subs:
-            client.subscribe(t, qos=qos)
+            self._catch_up.clear()
+            self._share_mids.clear()
+        for t, (qos, share) in subs:
+            self._subscribe(client, t, qos, share)
         self.connected.set()
         log.info("%s: connected to %s", self.label, self.broker)
         self._hook("on_connect", self.on_connect, client)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any = None) -> None:
+        with self._sub_lock:
+            plain = self._catch_up.pop(mid, None)
+            shared = self._share_mids.pop(mid, None)
+        if plain is not None:  # the retained messages are queued: live ones go to the group
+            client.unsubscribe(plain)
+        if shared is not None and any(r.is_failure for r in reason_codes):
+            # e.g. 0x9E "Shared Subscriptions not supported": keep the plain filter (its
+            # catch-up twin, acknowledged after this SUBACK) subscribed for good
+            self._share_refused = True
+            with self._sub_lock:
+                twins = [m for m, t in self._catch_up.items() if t == shared[0]]
+                for m in twins:
+                    del self._catch_up[m]
+            if not twins:
+                client.subscribe(shared[0], qos=shared[1])
+            log.warning("%s: broker %s refused the shared subscription to %s (%s); "
+                        "subscribed to it plainly", self.label, self.broker, shared[0],
+                        ", ".join(map(str, reason_codes)))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.last_error = "connection failed"

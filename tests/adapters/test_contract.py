@@ -185,9 +185,9 @@ class CountingSession(MqttSession):
         self.counter.hit()
         return super().publish(topic, payload, qos=qos, retain=retain)
 
-    def subscribe(self, topic: str, qos: int = 1) -> None:
+    def subscribe(self, topic: str, qos: int = 1, share: str | None = None) -> None:
         self.counter.hit()
-        super().subscribe(topic, qos=qos)
+        super().subscribe(topic, qos=qos, share=share)
 
 
 class DevicesHarness(_Base):
