@@ -7,7 +7,7 @@ replicas starting together do not race; :func:`current` reads a database's revis
 ``control_plane/store.py`` needs a new revision there
 (tests/control_plane/test_schema_migrations.py fails while the models and the migrated
 schema differ). A developer writes one with ``CONTINUUM_DATABASE_URL=<a database at head>
-alembic -c control_plane/migrations/alembic.ini revision --autogenerate --rev-id 0002 -m
+alembic -c control_plane/migrations/alembic.ini revision --autogenerate --rev-id NNNN -m
 "..."``, then reviews it.
 """
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, insert, inspect, select, text
@@ -20,9 +21,17 @@ from typer.testing import CliRunner
 
 from continuum.model import WorkflowState
 from control_plane.cli import app
-from control_plane.migrations import LOCK_KEY, current, head
+from control_plane.migrations import LOCK_KEY, config, current, head
 from control_plane.migrations.baseline import baseline_metadata
-from control_plane.store import Base, SchemaMismatch, Store, WorkflowRow
+from control_plane.store import (
+    ArtifactRow,
+    Base,
+    RunRow,
+    SchemaMismatch,
+    Store,
+    WorkflowRow,
+    make_engine,
+)
 from tests.helpers import wait_for
 
 runner = CliRunner()
@@ -71,6 +80,45 @@ def test_a_state_directory_from_before_migrations_is_upgraded_in_place(tmp_path:
         store.close()
     with create_engine(url).connect() as conn:  # stamped at the baseline, then upgraded
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head()
+
+
+def test_a_database_at_0001_upgrades_keeping_its_rows_and_takes_byte_counts_over_2_gib(
+        database_url: str) -> None:
+    """0003 widened ``artifacts.size`` and ``runs.bytes_in/out`` to BIGINT (INTEGER is
+    32 bits on PostgreSQL)."""
+    old = baseline_metadata()
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        command.upgrade(config(conn), "0001")
+        conn.execute(insert(old.tables["workflows"]).values(
+            id="wf-old", name="kept", state="Running", reason="", document={}, tenant="default",
+            created_at=T0, updated_at=T0))
+        conn.execute(insert(old.tables["tasks"]).values(
+            id=1, workflow_id="wf-old", name="a", state="Running", reason="", spec={},
+            depends_on=[], attempts=1))
+        conn.execute(insert(old.tables["runs"]).values(
+            id="run-old", workflow_id="wf-old", task_id=1, task_name="a", attempt=1,
+            state="Running", reason="", created_at=T0, output_tail="", bytes_in=7, bytes_out=8,
+            simulated=False, released=False))
+        conn.execute(insert(old.tables["artifacts"]).values(
+            workflow_id="wf-old", name="x", sha256="0" * 64, size=9, simulated=False,
+            created_at=T0))
+    engine.dispose()
+    big = 5 << 30
+    store = Store(database_url)
+    try:
+        assert current(store.engine) == head()
+        with store.session() as s:
+            run, art = s.get(RunRow, "run-old"), s.get(ArtifactRow, ("wf-old", "x"))
+            assert run is not None and art is not None
+            assert (run.bytes_in, run.bytes_out, art.size) == (7, 8, 9)
+            run.bytes_in, run.bytes_out, art.size = big, big + 1, big + 2
+        with store.session() as s:
+            run, art = s.get(RunRow, "run-old"), s.get(ArtifactRow, ("wf-old", "x"))
+            assert run is not None and art is not None
+            assert (run.bytes_in, run.bytes_out, art.size) == (big, big + 1, big + 2)
+    finally:
+        store.close()
 
 
 def test_db_upgrade_on_a_new_and_on_a_current_database(database_url: str, tmp_path: Path) -> None:
