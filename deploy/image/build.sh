@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Continuum control plane as an OCI image, built without any registry or daemon:
 #
-#   deploy/image/build.sh [--tag TAG] OUT     # OUT: the image as an oci-archive tarball
+#   deploy/image/build.sh [--tag TAG] [--name NAME] OUT   # OUT: an oci-archive tarball
 #   deploy/image/build.sh --layout DIR ...    # also (or only, without OUT) an OCI layout dir
 #   deploy/image/build.sh --print-key         # the cache key of this tree's image; no build
+#   deploy/image/build.sh --base              # only the Debian root of step 1 (make test-deps)
 #
 # 1. a Debian 12 root filesystem from `debootstrap --variant=minbase` with python3 and
 #    python3-venv and the user `continuum` (uid/gid 10001, home /var/lib/continuum),
@@ -21,10 +22,13 @@
 # file of the Python distribution: pyproject.toml, README.md and the package directories,
 # tracked or not, as git lists them): an unchanged tree reuses
 # ${CONTINUUM_CACHE:-~/.cache/continuum}/image/<key>/ (the OCI layout and its oci-archive),
-# and OUT is a copy of that archive. Concurrent builders wait for each other (flock).
-# The tag (default: the version in pyproject.toml) is the archive's
-# org.opencontainers.image.ref.name; `podman load -i OUT` or
-# `skopeo copy oci-archive:OUT docker-daemon:continuum:TAG` import it (docs/deploy.md).
+# and OUT is a copy of that archive; the three newest images are kept. Concurrent
+# builders wait for each other (flock).
+# The tag (default: the version in pyproject.toml) is the layout's
+# org.opencontainers.image.ref.name, and NAME:TAG (NAME default localhost/continuum) its
+# io.containerd.image.name, the name `podman load -i OUT` and `ctr images import OUT`
+# give it; `skopeo copy oci-archive:OUT docker-daemon:NAME:TAG` imports it into Docker
+# (docs/deploy.md).
 # Needs root (debootstrap, chroot, file ownership in the layer), debootstrap and umoci
 # (`apt-get install debootstrap umoci`). Progress and timings go to stderr; stdout gets
 # nothing but --print-key's key.
@@ -48,12 +52,14 @@ SOURCES=(pyproject.toml README.md continuum control_plane adapters edge_agent pl
 # the root's recipe: a change here builds a new base root
 BASE_RECIPE="1 $SUITE ${PACKAGES[*]} uid=$UID_GID home=$HOME_DIR"
 
-tag="" out="" layout="" print_key=0
+tag="" name=localhost/continuum out="" layout="" print_key=0 base_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tag) [ $# -ge 2 ] || die "--tag needs a value"; tag=$2; shift 2 ;;
+    --name) [ $# -ge 2 ] || die "--name needs a value"; name=$2; shift 2 ;;
     --layout) [ $# -ge 2 ] || die "--layout needs a directory"; layout=$2; shift 2 ;;
     --print-key) print_key=1; shift ;;
+    --base) base_only=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option '$1' (--tag TAG, --layout DIR, --print-key)" ;;
     *) [ -z "$out" ] || die "one OUT only (got '$out' and '$1')"; out=$1; shift ;;
@@ -64,6 +70,8 @@ if [ -z "$tag" ]; then
   [ -n "$tag" ] || die "no version in pyproject.toml; pass --tag"
 fi
 [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$ ]] || die "--tag '$tag' is not an image tag ([A-Za-z0-9_][A-Za-z0-9._-]*)"
+[[ "$name" =~ ^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$ ]] \
+  || die "--name '$name' is not an image name (e.g. registry.example.org/hpc/continuum)"
 
 source_files() {  # the distribution's files, NUL-separated, sorted, relative to REPO
   if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
@@ -75,10 +83,10 @@ source_files() {  # the distribution's files, NUL-separated, sorted, relative to
 }
 
 base_key=$(printf '%s' "$BASE_RECIPE" | sha256sum | cut -c1-16)
-key=$( { echo "$base_key $tag"; sha256sum "$0" | cut -d' ' -f1
+key=$( { echo "$base_key $name:$tag"; sha256sum "$0" | cut -d' ' -f1
          source_files | (cd "$REPO" && xargs -0 -r sha256sum); } | sha256sum | cut -c1-16)
 if [ "$print_key" = 1 ]; then echo "$key"; exit 0; fi
-[ -n "$out$layout" ] || die "usage: $0 [--tag TAG] [--layout DIR] OUT.tar (at least one of OUT, --layout)"
+[ -n "$out$layout" ] || [ "$base_only" = 1 ] || die "usage: $0 [--tag TAG] [--layout DIR] OUT.tar (at least one of OUT, --layout)"
 
 [ "$(id -u)" = 0 ] || die "building the image needs root (debootstrap, chroot, root-owned files in the layer)"
 [ -x /usr/sbin/debootstrap ] || die "debootstrap is missing: apt-get install debootstrap"
@@ -178,9 +186,19 @@ build_image() {  # the venv in a copy of the base, packed with umoci, in $CACHE/
     --config.label "org.opencontainers.image.version=$tag" \
     --config.label "dev.continuum.tree=$key"
   umoci gc --layout "$tmp/oci"
+  # the full name, for podman load and containerd (umoci's tags are tags only)
+  sed -i "s#\"org.opencontainers.image.ref.name\":\"$tag\"#&,\"io.containerd.image.name\":\"$name:$tag\"#" \
+    "$tmp/oci/index.json"
+  grep -q "io.containerd.image.name" "$tmp/oci/index.json" || die "could not name the image in $tmp/oci/index.json"
   tar -C "$tmp/oci" -cf "$tmp/image.tar" .
   rm -rf "$root"
   mv "$tmp" "$dir"
+  # the cache keeps the three newest images (each ~450 MiB: the layout and its archive)
+  local old
+  for old in $(cd "$CACHE" && ls -dt -- */ 2>/dev/null | sed 's#/$##' \
+               | grep -E '^[0-9a-f]{16}$' | tail -n +4); do
+    rm -rf "${CACHE:?}/$old"
+  done
   say "packed in $(( $(date +%s) - t1 )) s: $dir/image.tar ($(du -m "$dir/image.tar" | cut -f1) MiB)"
 }
 
@@ -188,8 +206,10 @@ t_all=$(date +%s)
 (
   flock 9
   build_base
+  [ "$base_only" = 1 ] && exit 0
   build_image
 ) 9>"$CACHE/.lock"
+[ "$base_only" = 1 ] && exit 0
 if [ -n "$out" ]; then
   mkdir -p "$(dirname "$out")"
   cp "$CACHE/$key/image.tar" "$out.tmp.$$" && mv "$out.tmp.$$" "$out"
@@ -197,4 +217,4 @@ fi
 if [ -n "$layout" ]; then
   rm -rf "$layout"; mkdir -p "$(dirname "$layout")"; cp -a "$CACHE/$key/oci" "$layout"
 fi
-say "image $tag (tree $key) ready in $(( $(date +%s) - t_all )) s${out:+: $out}${layout:+ (layout $layout)}"
+say "image $name:$tag (tree $key) ready in $(( $(date +%s) - t_all )) s${out:+: $out}${layout:+ (layout $layout)}"
