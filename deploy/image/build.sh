@@ -9,7 +9,8 @@
 # 1. a Debian 12 root filesystem from `debootstrap --variant=minbase` with python3 and
 #    python3-venv and the user `continuum` (uid/gid 10001, home /var/lib/continuum),
 #    cached as ${CONTINUUM_CACHE:-~/.cache/continuum}/image/base-<key> (key: the suite and
-#    package list below; several minutes, once per machine);
+#    package list below; a minute or two, once per machine; remove it to take Debian's
+#    updates);
 # 2. a copy of it with a virtualenv /opt/continuum holding Continuum from this working
 #    tree, `pip install '.[server]'` (no dev extra), run in the root with chroot (PyPI is
 #    reached from there; pip's wheel cache is kept under the cache directory);
@@ -61,7 +62,7 @@ while [ $# -gt 0 ]; do
     --print-key) print_key=1; shift ;;
     --base) base_only=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    -*) die "unknown option '$1' (--tag TAG, --layout DIR, --print-key)" ;;
+    -*) die "unknown option '$1' (--tag TAG, --name NAME, --layout DIR, --print-key, --base)" ;;
     *) [ -z "$out" ] || die "one OUT only (got '$out' and '$1')"; out=$1; shift ;;
   esac
 done
@@ -86,7 +87,7 @@ base_key=$(printf '%s' "$BASE_RECIPE" | sha256sum | cut -c1-16)
 key=$( { echo "$base_key $name:$tag"; sha256sum "$0" | cut -d' ' -f1
          source_files | (cd "$REPO" && xargs -0 -r sha256sum); } | sha256sum | cut -c1-16)
 if [ "$print_key" = 1 ]; then echo "$key"; exit 0; fi
-[ -n "$out$layout" ] || [ "$base_only" = 1 ] || die "usage: $0 [--tag TAG] [--layout DIR] OUT.tar (at least one of OUT, --layout)"
+[ -n "$out$layout" ] || [ "$base_only" = 1 ] || die "usage: $0 [--tag TAG] [--name NAME] [--layout DIR] OUT.tar (at least one of OUT, --layout; --help)"
 
 [ "$(id -u)" = 0 ] || die "building the image needs root (debootstrap, chroot, root-owned files in the layer)"
 [ -x /usr/sbin/debootstrap ] || die "debootstrap is missing: apt-get install debootstrap"

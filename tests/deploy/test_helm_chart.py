@@ -1,7 +1,8 @@
 """The Helm chart deploy/helm/continuum (issue 15 item 4): ``helm lint`` passes; what
 ``helm template`` renders validates against the Kubernetes schemas with
 kubernetes-validate in strict mode (unknown fields are errors) for the default values and
-for other value sets; values that cannot work are refused at render time; and the chart
+for other value sets; values that cannot work are refused at render time (the templates'
+checks and values.schema.json); and the chart
 installs into the real test cluster (``kube_cluster``: kube-apiserver with RBAC, kwok
 nodes), where the Deployment's pods run (per kwok: no container runs), the PodDisruptionBudget
 and the Lease RBAC exist, and the chart's ServiceAccount may update Leases in its
@@ -229,6 +230,10 @@ def test_one_replica_on_sqlite_has_no_pdb_and_no_migration_job(helm: str, tmp_pa
     ({"replicaCount": 2, "database": {"existingSecret": ""}}, "database.existingSecret"),
     ({"replicaCount": 2, "podDisruptionBudget": {"minAvailable": 2}},
      "podDisruptionBudget.minAvailable"),
+    # values.schema.json: misspelt keys, wrong types, settings not named CONTINUUM_*
+    ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+    ({"replicaCount": "two"}, "/replicaCount"),
+    ({"env": {"PLACEMENT_MODE": "quality"}}, "invalid propertyName 'PLACEMENT_MODE'"),
 ])
 def test_values_that_cannot_work_are_refused(helm: str, tmp_path: Path, values: dict[str, Any],
                                              needle: str) -> None:

@@ -5,10 +5,11 @@ cache directory, and run: ``continuum --help``, then ``continuum server`` as the
 runs it (read-only root filesystem, /tmp a tmpfs, the state directory a volume) answering
 ``/healthz`` and ``/readyz`` as user 10001.
 
-Cost: the first build on a machine takes ~7 min on 2 cores (the Debian root ~1.5 min,
-which ``make test-deps`` builds beforehand with ``build.sh --base``; pip ~1.5 min, umoci
-~1 min; the first ``podman load`` ~35 s); after a change to the Python sources ~2.5 min;
-an unchanged tree reuses everything (the build returns at once, the load takes < 1 s).
+Cost, measured on 2 cores: the first time on a machine ~4.5 min (the Debian root 72 s,
+which ``make test-deps`` builds beforehand with ``build.sh --base``; pip 80 s and umoci
+55-97 s; the first ``podman load`` into the store ~35 s); after a change to the Python
+sources ~2.5-3 min (the whole file: 162 s); an unchanged tree reuses everything (the
+build returns at once, the load takes < 1 s; the whole file: 11 s).
 
 podman runs here with ``--runtime runc`` (crun 1.8.1 refuses this machine's hybrid
 cgroup v1 hierarchy: "cgroups in hybrid mode not supported, drop all controllers from
