@@ -13,7 +13,8 @@
 #    updates);
 # 2. a copy of it with a virtualenv /opt/continuum holding Continuum from this working
 #    tree, `pip install '.[server]'` (no dev extra), run in the root with chroot (PyPI is
-#    reached from there; pip's wheel cache is kept under the cache directory);
+#    reached from there, with --no-cache-dir: pip's HTTP cache stores nothing behind this
+#    machine's proxy, and downloading is the small part of the step);
 # 3. packed as a single-layer OCI image with umoci (init, new, insert, config): entrypoint
 #    /opt/continuum/bin/continuum, command `server` (so `podman run IMAGE` is `continuum
 #    server` and `podman run IMAGE db upgrade` is `continuum db upgrade`), user 10001:10001,
@@ -132,25 +133,23 @@ build_image() {  # the venv in a copy of the base, packed with umoci, in $CACHE/
   [ -f "$dir/image.tar" ] && return 0
   tmp=$CACHE/.$key.building
   if mounted "$tmp/root/proc"; then umount "$tmp/root/proc"; fi
-  if mounted "$tmp/root/root/.cache/pip"; then umount "$tmp/root/root/.cache/pip"; fi
-  rm -rf "$tmp"; mkdir -p "$tmp" "$CACHE/pip"
+  rm -rf "$tmp"; mkdir -p "$tmp"
   root=$tmp/root
   t0=$(date +%s)
   say "installing Continuum ($tag, tree $key) into a copy of the base root ..."
   cp -a "$CACHE/base-$base_key" "$root"
   rm -f "$root/.continuum-base"
-  mkdir -p "$root/tmp/src" "$root/root/.cache/pip"
+  mkdir -p "$root/tmp/src"
   source_files | (cd "$REPO" && tar --null -T - -cf -) | tar -C "$root/tmp/src" -xf -
   mount -t proc proc "$root/proc"
-  mount --bind "$CACHE/pip" "$root/root/.cache/pip"
-  trap 'umount "'"$root"'/root/.cache/pip" "'"$root"'/proc" 2>/dev/null || true' EXIT
+  trap 'umount "'"$root"'/proc" 2>/dev/null || true' EXIT
   # pip trusts this machine's CA bundle during the build (a TLS-intercepting proxy's CA
   # may be there): Debian's pip reads only the system bundle, so it stands in for the
   # root's own, which is put back afterwards
   local bundle=$root/etc/ssl/certs/ca-certificates.crt
   mv "$bundle" "$bundle.image"; cp "$BUILD_CA" "$bundle"
   local pipenv=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
-                PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore)
+                PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_CACHE_DIR=1)
   local v
   for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_DEFAULT_TIMEOUT HTTPS_PROXY HTTP_PROXY \
            https_proxy http_proxy NO_PROXY no_proxy; do
@@ -163,7 +162,7 @@ build_image() {  # the venv in a copy of the base, packed with umoci, in $CACHE/
     | sed -u 's/^/  pip: /' >&2
   [ "${PIPESTATUS[0]}" = 0 ] || die "pip install in the root failed (the unfinished root is $root)"
   chroot "$root" env -i HOME=/tmp "$VENV/bin/continuum" --help >/dev/null || die "continuum --help fails in the root"
-  umount "$root/root/.cache/pip" "$root/proc"; trap - EXIT
+  umount "$root/proc"; trap - EXIT
   mv "$bundle.image" "$bundle"
   rm -rf "$root/tmp/src" "$root/root/.cache" "$root/etc/resolv.conf"
   find "$root$VENV" -name '__pycache__' -path '*/pip/*' -prune -exec rm -rf {} +
