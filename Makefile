@@ -20,11 +20,13 @@ install: $(STAMP)  ## create .venv and install Continuum with the server and dev
 demo: install  ## run the demo: control plane, broker, two agents, simulated sites, workflows
 	$(BIN)/continuum demo
 
-test-deps:  ## install what the tests start for real (Mosquitto, Slurm, Prometheus, kubectl), build the Slurm 24.11/26.05 roots and the Kubernetes test bed
+test-deps:  ## install what the tests start for real (Mosquitto, Slurm, Prometheus, kubectl, umoci, podman), build the Slurm 24.11/26.05 roots, the Kubernetes test bed, helm and the image's Debian root
 	bash deploy/dev/install-test-deps.sh
 	bash deploy/dev/slurm.sh build --release 24.11
 	bash deploy/dev/slurm.sh build --release 26.05
 	bash deploy/dev/kube.sh build
+	bash deploy/dev/helm.sh build
+	bash deploy/image/build.sh --base
 
 test: install test-deps  ## run the whole test suite
 	$(BIN)/python -m pytest -q

@@ -5,7 +5,9 @@
 # blackbox exporter (the metrics collector's sources), PostgreSQL 15 (the control plane's
 # server database, deploy/dev/postgres.sh), kubectl, debootstrap (the Debian roots of
 # Slurm 24.11 and 26.05, which `make test-deps` then builds with `deploy/dev/slurm.sh build`,
-# as it builds the Kubernetes test bed with `deploy/dev/kube.sh build`). Nothing is started
+# as it builds the Kubernetes test bed with `deploy/dev/kube.sh build`), umoci, podman and
+# runc (deploy/image/build.sh packs the control plane's OCI image with umoci; the image's
+# tests run it with podman on runc, tests/deploy/test_image.py). Nothing is started
 # here; the tests start what they need through deploy/dev/*.sh on loopback.
 set -euo pipefail
 need=()
@@ -24,6 +26,9 @@ have prometheus-node-exporter || need+=(prometheus-node-exporter)
 have prometheus-pushgateway || need+=(prometheus-pushgateway)
 have prometheus-blackbox-exporter || need+=(prometheus-blackbox-exporter)
 have debootstrap || need+=(debootstrap)  # the Slurm 24.11/26.05 roots (deploy/dev/slurm.sh build)
+have umoci || need+=(umoci)      # the OCI image (deploy/image/build.sh)
+have podman || need+=(podman)    # runs it in tests/deploy/test_image.py,
+have runc || need+=(runc)        # on runc (crun refuses a hybrid cgroup hierarchy)
 have curl || need+=(curl)
 have openssl || need+=(openssl)
 have kubectl || need+=(kubectl)
