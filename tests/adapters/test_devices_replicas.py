@@ -77,8 +77,9 @@ class Replica:
 
 
 @pytest.fixture
-def replicas(mosquitto, tmp_path) -> Iterator[tuple[Replica, Replica]]:  # type: ignore[no-untyped-def]
-    db = f"sqlite:///{tmp_path / 'continuum.db'}"
+def replicas(mosquitto, tmp_path, database_url) -> Iterator[tuple[Replica, Replica]]:  # type: ignore[no-untyped-def]
+    """Two replicas on one broker and one database (SQLite and PostgreSQL)."""
+    db = database_url
     a = Replica("a", mosquitto.url, db, tmp_path)
     b = Replica("b", mosquitto.url, db, tmp_path)
     for r in (a, b):

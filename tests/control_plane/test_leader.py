@@ -1,19 +1,15 @@
 """Replicas on one PostgreSQL database: one leader, takeover bounds, fencing
-(control_plane/leader.py). Real PostgreSQL 15, started once for the module.
-
-``pg_url`` (a fresh database per test) is this module's own fixture until the suite's
-``postgres`` fixture lands (tests/conftest.py); the integrator swaps it then.
+(control_plane/leader.py). Real PostgreSQL 15 (the session's ``postgres`` fixture), a fresh
+database per test.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -38,44 +34,17 @@ from control_plane.leader import (
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from control_plane.store import LeaseRow, RunRow, Store, TaskRow, WorkflowRow, utcnow
-from tests.conftest import free_port
+from tests.conftest import Postgres, free_port
 from tests.control_plane.harness import federation, wait_state, workflow
 from tests.helpers import admin_headers, admin_token, wait_for
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _as_postgres(*cmd: str) -> None:
-    subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True,
-                   timeout=60)
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[int]:
-    """A private PostgreSQL 15 on loopback for the module; yields its port."""
-    d = Path(tempfile.mkdtemp(prefix="continuum-pg-"))
-    shutil.chown(d, "postgres", "postgres")
-    port = free_port()
-    _as_postgres(str(PG_BIN / "initdb"), "-D", str(d / "data"), "-A", "trust", "-U", "postgres")
-    _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(d / "data"), "-o",
-                 f"-p {port} -k {d} -c listen_addresses=127.0.0.1", "-l", str(d / "log"),
-                 "-w", "start")
-    try:
-        yield port
-    finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
-                        str(d / "data"), "-m", "immediate", "stop"], capture_output=True,
-                       timeout=60, check=False)
-        shutil.rmtree(d, ignore_errors=True)
-
 
 @pytest.fixture
-def pg_url(pg_server: int) -> str:
-    """A fresh, empty database on the module's PostgreSQL (a SQLAlchemy URL)."""
-    name = f"t_{secrets.token_hex(4)}"
-    _as_postgres(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(pg_server),
-                 "-U", "postgres", name)
-    return f"postgresql+psycopg://postgres@127.0.0.1:{pg_server}/{name}"
+def pg_url(postgres: Postgres) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL (a SQLAlchemy URL)."""
+    url = postgres.new_database()
+    yield url
+    postgres.drop_database(url)
 
 
 @pytest.fixture
