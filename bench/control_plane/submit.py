@@ -64,6 +64,21 @@ def percentile(xs: list[float], q: float) -> float:
     return s[max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))]
 
 
+def create_database(pg: Path, name: str) -> str:
+    """CREATE DATABASE ``name`` on the PostgreSQL in ``pg``; returns its SQLAlchemy URL."""
+    import sqlalchemy
+
+    def url(db: str) -> str:
+        return subprocess.run(["bash", str(POSTGRES_SH), "url", str(pg), db], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    engine = sqlalchemy.create_engine(url("postgres"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return url(name)
+
+
 @dataclass
 class Result:
     replicas: int
@@ -196,12 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 work.mkdir()
                 url = None
                 if args.database == "postgresql":
-                    db = f"bench_r{n}"
-                    subprocess.run(["bash", str(POSTGRES_SH), "createdb", str(pg), db],
-                                   check=True, stdout=subprocess.DEVNULL)
-                    url = subprocess.run(["bash", str(POSTGRES_SH), "url", str(pg), db],
-                                         check=True, capture_output=True,
-                                         text=True).stdout.strip()
+                    url = create_database(pg, f"bench_r{n}")
                 reps = Replicas(n, work, url)
                 try:
                     for c in args.clients:
