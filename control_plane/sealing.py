@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from control_plane.keys import write_secret_once
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,9 @@ def load_sealer(state_dir: Path, keys: str | None = None) -> Sealer:
     if keys:
         return Sealer(k.encode() for k in keys.split(","))
     path = state_dir / "sealing.key"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(Fernet.generate_key() + b"\n")
+    if not path.exists() and write_secret_once(path, Fernet.generate_key() + b"\n",
+                                               private_dir=False):
+        # atomic: replicas starting together on one state directory get the same key
         log.info("generated the sealing key for site secrets: %s (0600; back it up, losing "
                  "it loses the sealed credentials)", path)
     return Sealer(path.read_bytes().splitlines())
