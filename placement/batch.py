@@ -52,6 +52,7 @@ from placement.framework import (
     DynamicScore,
     Framework,
     RatioToBest,
+    ZeroDelta,
     default_framework,
 )
 from placement.plugins.resources import NodeResourcesFit
@@ -308,8 +309,17 @@ class BatchAssigner:
     best_fit: bool = True
     """Within a class take the fitting node with the least free cpu (best fit, which
     leaves large holes for large requests); False = the first fitting node."""
-    dynamic_candidates: int = 1024
-    """Most nodes a dynamic score plugin (GPU fragmentation) is evaluated on per request."""
+    dynamic_candidates: int | None = None
+    """Most nodes a dynamic score plugin is evaluated on per request (the tightest of
+    each class, a heuristic); None = every fitting node of the band (exact, default)."""
+    prune_dynamic: bool = True
+    """Bound GPU fragmentation per node class (:meth:`_frag_walk`): ``ΔF`` is computed
+    only on the classes, and the nodes within them, that can still be among the best;
+    the same placements as with False, the exhaustive evaluation of every candidate."""
+    keep: int = 1
+    """How many of the best candidates a dynamic choice must know exactly: 1 for the
+    choice; :class:`placement.plan.Planner` asks for the runners-up of an explanation
+    too (``1 + ALTERNATIVES``)."""
     cache_dynamic: bool = True
     """Memoise a dynamic term per node where its plugin offers it
     (:class:`~placement.framework.CachedDelta`; GPU fragmentation's is exact: same
@@ -326,6 +336,8 @@ class BatchAssigner:
         self._ub_mem = np.array([s.free_mem[m].max() if m.size else -1 for m in cl.members])
         self._ub_gpu = np.array([s.free_gpu[m].max() if m.size else -1 for m in cl.members])
         self._memo: dict[int, tuple[object, DeltaCache]] = {}
+        self._group_memo: dict[int, tuple[ClassCosts, list[tuple[
+            float, np.ndarray, np.ndarray, np.ndarray]]]] = {}
         self._has_gpu = bool(s.gpu_slots.shape[1]) and bool((s.gpu_slots > 0).any())
         self._observers: list[Callable[[PlacementRequest], None]] = [
             p.observe for p in self.framework.capabilities().observers]
@@ -436,7 +448,12 @@ class BatchAssigner:
         self.last_costs = (req, cc)
         dyn = self._dynamic(req)
         if dyn is not None:
-            return self._assign_dynamic(req, cc, *dyn, skip=skip)
+            used, w_static = dyn
+            if (self.prune_dynamic and self.dynamic_candidates is None and len(used) == 1
+                    and used[0][0].term == "fragmentation" and req.task.resources.gpu <= 0):
+                plugin, w, level = used[0]
+                return self._frag_walk(req, cc, plugin, w, level, w_static, skip)
+            return self._assign_dynamic(req, cc, used, w_static, skip=skip)
         r = req.task.resources
         cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
         s = self.snap
@@ -517,7 +534,7 @@ class BatchAssigner:
         if not cand:
             return -1
         total_cand = sum(c.size for c in cand)
-        if total_cand > self.dynamic_candidates:
+        if self.dynamic_candidates is not None and total_cand > self.dynamic_candidates:
             per = max(1, self.dynamic_candidates // len(cand))
             cand = [self._tightest(c, per, gpu) for c in cand]
         idx = np.concatenate(cand)
@@ -537,19 +554,149 @@ class BatchAssigner:
         self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raws, ds, total)
         return int(idx[k])
 
+    def _groups(self, cc: ClassCosts) -> list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+        """``cc``'s feasible classes grouped by equal cost, in cost order: (cost, class
+        indices, their sizes, their members concatenated in class order). Memoised per
+        task class: a group is scanned with one vector test, not class by class."""
+        held = self._group_memo.get(id(cc))
+        if held is not None and held[0] is cc:
+            return held[1]
+        assert self.classes is not None
+        out: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
+        order = cc.order
+        if order.size:
+            cost = cc.cost[order]
+            cuts = np.flatnonzero(np.diff(cost) != 0.0) + 1
+            for part in np.split(order, cuts):
+                ms = [self.classes.members[int(c)] for c in part]
+                out.append((float(cc.cost[part[0]]), part,
+                            np.array([m.size for m in ms], dtype=np.int64), np.concatenate(ms)))
+        self._group_memo[id(cc)] = (cc, out)
+        return out
+
+    def _frag_walk(self, req: PlacementRequest, cc: ClassCosts, plugin: DynamicScore,
+                   w_dyn: float, pressure: float, w_static: float,
+                   skip: np.ndarray | None = None) -> int:
+        """:meth:`_assign_dynamic` for a CPU-only request with GPU fragmentation the only
+        dynamic term, with the term bounded per node class: the same choice, and the same
+        :attr:`keep` best totals, computing ``ΔF`` on few nodes.
+
+        The bound: a CPU-only request never lowers fragmentation (``ΔF ≥ 0``: less
+        cpu/memory fits fewer pods of every type) and a node without a free GPU has
+        ``ΔF = 0``. So once one candidate of the band is known at ``ΔF = 0`` the minimum
+        the term is normalised by is 0 and a node's ``d`` is at least 0: the best total
+        a class can reach is ``W_s·cost_class / W`` (a class without free GPU reaches it
+        on every fitting node). Classes are walked in cost order and one is skipped —
+        with every class after it — when that bound is above both the best total found
+        (plus the choice's 1e-12 tie band) and the :attr:`keep`-th best. Within a class
+        the fitting nodes are taken by least free cpu (the tie-break), ``ΔF`` computed a
+        chunk at a time, until :attr:`keep` nodes at ``ΔF = 0`` are known: no node after
+        them can rank before them. Until some ``ΔF = 0`` is known nothing is pruned (the
+        minimum is unknown), so a band without one is evaluated in full.
+        :attr:`last_dynamic` lists the nodes evaluated, in the exhaustive order.
+        """
+        assert self.classes is not None
+        r = req.task.resources
+        cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
+        s, cl = self.snap, self.classes
+        w = w_static + w_dyn
+        f = float(plugin.floor)
+        keep = max(1, self.keep)
+        seen: list[np.ndarray] = []
+        raws: list[np.ndarray] = []
+        tots = np.zeros(0)
+        first: float | None = None
+        zero = False
+        for sc, cls, sizes, members in self._groups(cc):
+            if first is not None and w_static * (sc - first) > w_dyn:
+                break  # the band of the exhaustive evaluation ends
+            if zero and tots.size:
+                low = float(tots.min())
+                kth = float(np.partition(tots, keep - 1)[keep - 1]) if tots.size >= keep \
+                    else np.inf
+                if w_static * sc / w > max(low + 1e-12, kth) + 1e-9:
+                    break  # this group of classes, and every costlier one, cannot rank
+            room = (self._ub_cpu[cls] >= cpu) & (self._ub_mem[cls] >= mem) \
+                & (self._ub_gpu[cls] >= gpu)
+            if not room.any():
+                continue
+            m = members if room.all() else members[np.repeat(room, sizes)]
+            fits = self._fits(m, cpu, mem, gpu, skip)
+            if skip is None:  # classes with room by their bounds but no fitting node
+                hit = np.zeros(cl.count, dtype=bool)
+                hit[cl.of[m[fits]]] = True
+                for c in cls[room & ~hit[cls]]:
+                    self._refresh_bounds(int(c))
+            if not fits.any():
+                continue
+            if first is None:
+                first = sc
+            gpu_free = bool((self._ub_gpu[cls[room]] > 0).any())
+            cand = m[fits]
+            order = np.argsort(s.free_cpu[cand], kind="stable")
+            has = s.gpu_slots[cand[order]].any(axis=1) if gpu_free else None
+            raw = np.full(cand.size, np.inf)
+            if has is None or not has.any():  # no free GPU in the class: ΔF = 0 on all
+                raw[order[:keep]] = 0.0  # the class's best: least free cpu first
+                zero = True
+            else:  # in tie-break order, until keep nodes at ΔF = 0 are known
+                ordered = cand[order]
+                raw_o = np.where(has, np.inf, 0.0)
+                sure_ok = provides(plugin, ZeroDelta)
+                pos, chunk, found = 0, 32, 0
+                while pos < cand.size and found < keep:
+                    stop = min(cand.size, pos + chunk)
+                    blk = raw_o[pos:stop]  # a view
+                    hi = np.flatnonzero(has[pos:stop])
+                    if hi.size and sure_ok:  # provably 0 without computing it
+                        sure = cast(ZeroDelta, plugin).unchanged(req, s, ordered[pos + hi])
+                        blk[hi[sure]] = 0.0
+                        hi = hi[~sure]
+                    zk = np.flatnonzero(blk == 0.0)
+                    if zk.size >= keep - found:
+                        hi = hi[hi < zk[keep - found - 1]]
+                    if hi.size:
+                        blk[hi] = self._dynamic_delta(plugin, req, ordered[pos + hi], pressure)
+                    found = int(np.count_nonzero(raw_o[:stop] == 0.0))
+                    pos, chunk = stop, chunk * 4
+                z = np.flatnonzero(raw_o == 0.0)
+                if z.size >= keep:  # nodes after the keep-th ΔF = 0 one rank after it
+                    raw_o[int(z[keep - 1]) + 1:] = np.inf
+                zero = zero or z.size > 0
+                raw[order] = raw_o
+            done = np.isfinite(raw)
+            seen.append(cand[done])
+            raws.append(raw[done])
+            d = 1.0 - f / (raw[done] + f)
+            tots = np.concatenate([tots, (w_static * sc + w_dyn * d) / w])
+        if not seen:
+            return -1
+        idx = np.concatenate(seen)
+        raw = np.concatenate(raws)
+        static = cc.cost[cl.of[idx]]
+        d = _normalised(plugin, raw)
+        total = (w_static * static + w_dyn * d) / w
+        best = np.flatnonzero(total <= total.min() + 1e-12)
+        k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
+        self.last_dynamic = DynamicChoice((plugin,), idx, {plugin.name: raw},
+                                          {plugin.name: d}, total)
+        return int(idx[k])
+
     def _dynamic_raw(self, plugin: DynamicScore, req: PlacementRequest, idx: np.ndarray,
                      static: np.ndarray, w_static: float, w_dyn: float, pressure: float,
                      alone: bool) -> np.ndarray:
         """``plugin``'s raw cost over the candidates ``idx``. GPU fragmentation is 0 on a
         node without a free GPU (nothing to fragment) and, when it is the only dynamic
-        term, skipped (``inf``) where it cannot win (see the comment below)."""
+        term and candidates are capped (the path before :meth:`_frag_walk`), skipped
+        (``inf``) where it cannot win (see the comment below); uncapped, every candidate
+        is evaluated (the exhaustive evaluation)."""
         if plugin.term != "fragmentation":
             return self._dynamic_delta(plugin, req, idx, pressure)
         s = self.snap
         raw = np.zeros(idx.size)
         has = s.gpu_slots[idx].any(axis=1)  # no free GPU: nothing to fragment, ΔF = 0
-        if (alone and self.cache_dynamic and req.task.resources.gpu <= 0 and has.any()
-                and not has.all()):
+        if (alone and self.cache_dynamic and self.dynamic_candidates is not None
+                and req.task.resources.gpu <= 0 and has.any() and not has.all()):
             # A CPU-only request never lowers fragmentation (ΔF ≥ 0: less cpu/memory fits
             # fewer pods of every type), and a candidate without free GPU has ΔF = 0, so
             # min ΔF = 0 and a node's total is at least its d = 0 value. Nodes whose

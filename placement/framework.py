@@ -19,7 +19,8 @@ an exception.
 Optional plugin methods are declared protocols, never looked up by name:
 :class:`DynamicScore` (a term that reads free capacity: ``delta``, ``pressure``;
 :class:`RatioToBest` says how the assigner normalises it),
-:class:`CachedDelta` (an exact per-snapshot memo of that delta), :class:`ObservesBatch`
+:class:`CachedDelta` (an exact per-snapshot memo of that delta), :class:`ZeroDelta`
+(where that delta is provably 0), :class:`ObservesBatch`
 (``observe``: learns from every request of a batch) and :class:`Weighted` (``weight``, for
 a term outside the objective). The predictor's optional methods are declared in
 :mod:`placement.predict` (``PredictsQueueWait``, ``Prefetches``, ``ExplainsFallback``).
@@ -157,6 +158,18 @@ class CachedDelta(Protocol):
 
     def delta_cache(self, snap: Snapshot) -> DeltaCache:
         """A new memo of ``delta`` over ``snap`` (it follows ``snap``'s free arrays)."""
+        ...
+
+
+@runtime_checkable
+class ZeroDelta(Protocol):
+    """A :class:`DynamicScore` that can tell, cheaper than ``delta``, nodes where its
+    ``delta`` is exactly 0 (GPU fragmentation for a CPU-only request: the batch
+    assigner's per-class bound then skips computing it there)."""
+
+    def unchanged(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        """Bool ``(len(idx),)``: True where ``delta(req, snap, idx)`` is provably 0;
+        False where unsure."""
         ...
 
 

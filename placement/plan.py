@@ -79,6 +79,7 @@ class Planner:
         """
         a, snap = self.assigner, self.snap
         a.observe(req)
+        a.keep = 1 + ALTERNATIVES if explain else 1  # the runners-up shown, exact
         extra: list[str] = []
         if pin is not None and a.fits_node(req, pin):
             j = pin
@@ -227,13 +228,15 @@ class Planner:
         dyn = a.last_dynamic
         if dyn is not None:
             top = ALTERNATIVES + 1
-            best = (np.argsort(dyn.total, kind="stable") if dyn.total.size <= top else
-                    np.argpartition(dyn.total, top - 1)[:top])
-            for k in sorted(best.tolist(), key=lambda k: (dyn.total[k], k)):
+            tot = dyn.total
+            fc = snap.free_cpu[dyn.idx]  # ties as the choice breaks them: least free cpu
+            sel = (np.flatnonzero(tot <= np.partition(tot, top - 1)[top - 1])
+                   if tot.size > top else np.arange(tot.size))
+            for k in sel[np.lexsort((sel, fc[sel], tot[sel]))].tolist():
                 i = int(dyn.idx[k])
                 if i != j and len(out) < ALTERNATIVES:
                     out.append({"node": snap.ids[i],
-                                "total": round(MAX_SCORE * (1.0 - float(dyn.total[k])), 2)})
+                                "total": round(MAX_SCORE * (1.0 - float(tot[k])), 2)})
             return out
         assert a.classes is not None
         for cls in cc.order:

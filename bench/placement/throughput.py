@@ -1,18 +1,26 @@
-"""Decision throughput and latency at 1k, 10k and 100k nodes: :func:`placement.plan`'s
-path (:class:`placement.plan.Planner`, the node-class assigner) vs the naive rescan.
+"""Decision throughput and latency at 1k, 10k and 100k nodes: the product's entry point
+(:class:`placement.plan.Planner.place_one`, the node-class assigner, as the reconciler,
+preview and migration call it) end to end, explanation included, vs the naive rescan.
 
 Nodes: the six scenario-A node types spread over :data:`SITES` sites (each its own
 location, RTT 5–60 ms between them), background load 0–50 % — so the node classes
 number ``6 × SITES`` whatever the node count. Requests: drawn from :data:`TEMPLATES`
 task templates (as replicas of a deployment or the tasks of a parameter sweep share
-one spec), mixed cpu/memory/gpu, some with SLOs and input data. A second row
-("distinct") makes every request its own task class — the worst case for the cache.
+one spec), mixed cpu/memory/gpu, some with SLOs and input data. The "distinct" row makes
+every request its own task class — the worst case for the cache.
 
-A third row evaluates the GPU-fragmentation term without its per-node memo
-(:data:`UNMEMO`) on the first 2,000 template requests and checks it places them exactly
-as the memoised row does. Both sides place the same requests on copies of the same snapshot, timed per request
-with ``time.perf_counter``: ``Planner.place_one`` end to end (decision object included;
-the explanation only in the :data:`EXPLAINED` row, which must place identically).
+Rows (:data:`ROWS`), each placing its requests on a copy of the same snapshot, timed per
+request with ``time.perf_counter`` (decision object and, unless said, its explanation —
+reasons, scores, filter counts, runners-up — included):
+
+* the product path, GPU fragmentation on (default weight) and off;
+* :data:`BEFORE`: the path as it was before the per-class bound, side by side in the
+  same run — the fragmentation term evaluated on up to 1,024 fitting nodes per request
+  (the tightest of each class), no pruning;
+* :data:`EXHAUSTIVE`: the term evaluated on every fitting node of the band, no pruning —
+  on the first :data:`CHECKED` requests, which must be placed exactly as the product
+  path places them (checked here: the bound prunes only what cannot win);
+* the naive full rescan.
 """
 
 from __future__ import annotations
@@ -27,16 +35,18 @@ from placement import DataSource, PlacementRequest, Snapshot, StaticNetwork
 from placement.batch import naive_assign
 from placement.framework import default_framework
 from placement.plan import Planner
-from placement.plugins.fragmentation import GpuFragmentation
 
 SITES = 8
 TEMPLATES = 50
-UNMEMO = "continuum (templates), fragmentation not memoised"
-EXPLAINED = "continuum (templates), explanation included"
-"""The same requests through :meth:`placement.plan.Planner.place_one` with the decision's
-explanation built (reasons, scores, filter counts, runners-up): the reconciler's path."""
-"""The assigner with the term computed afresh for every candidate of every request
-(``cache_dynamic=False``): the same placements (checked here), the cost before the memo."""
+PRODUCT = "continuum (templates)"
+BEFORE = "before: 1,024 candidates, no bound (templates)"
+"""The assigner as it was before the per-class bound (``prune_dynamic=False``,
+``dynamic_candidates=1024``), explanation included: the old path, timed in the same run."""
+EXHAUSTIVE = "exhaustive ΔF, no bound (templates, check)"
+"""Every fitting node of the band evaluated (``prune_dynamic=False``, no candidate cap):
+what the per-class bound must reproduce, placement for placement."""
+CHECKED = 2000
+"""Requests the exhaustive row places (and checks) at most."""
 
 
 def cluster(n: int, seed: int = 0) -> tuple[list[Node], StaticNetwork]:
@@ -96,32 +106,42 @@ class Row:
     build_s: float
 
 
+def _planner(snap: Snapshot, fragmentation: bool, prune: bool = True,
+             cap: int | None = None) -> Planner:
+    fw = default_framework() if fragmentation else default_framework(fragmentation_weight=0.0)
+    p = Planner(snap.copy(), fw)
+    p.assigner.prune_dynamic = prune
+    p.assigner.dynamic_candidates = cap
+    return p
+
+
 def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
+    """The rows of the module docstring at ``n`` nodes; raises AssertionError when the
+    exhaustive row places a request elsewhere than the product path."""
     import time
 
     nodes, net = cluster(n)
     snap = Snapshot(nodes=nodes, network=net)
     rows = []
-    off = default_framework()
-    for plugin in off.scores:
-        if isinstance(plugin, GpuFragmentation):
-            plugin.weight = 0.0
     chosen: dict[str, list[int]] = {}
-    for label, reqs, fw, memo in (
-            ("continuum (templates)", requests(fast_requests), default_framework(), True),
-            (EXPLAINED, requests(fast_requests), default_framework(), True),
-            ("continuum (distinct)", requests(min(fast_requests, 3000), 2, True),
-             default_framework(), True),
-            (UNMEMO, requests(min(fast_requests, 2000)), default_framework(), False),
-            ("continuum (templates), fragmentation off", requests(fast_requests), off, True),
-            ("continuum (distinct), fragmentation off",
-             requests(min(fast_requests, 3000), 2, True), off, True)):
+    distinct = min(fast_requests, 3000)
+    for label, reqs, frag, prune, cap, explain in (
+            (PRODUCT + ", explanation included", requests(fast_requests), True, True, None,
+             True),
+            (PRODUCT + ", no explanation", requests(fast_requests), True, True, None, False),
+            ("continuum (distinct), explanation included", requests(distinct, 2, True), True,
+             True, None, True),
+            (BEFORE + ", explanation included", requests(fast_requests), True, False, 1024,
+             True),
+            (EXHAUSTIVE, requests(min(fast_requests, CHECKED)), True, False, None, True),
+            (PRODUCT + ", fragmentation off, explanation included", requests(fast_requests),
+             False, True, None, True),
+            ("continuum (distinct), fragmentation off, explanation included",
+             requests(distinct, 2, True), False, True, None, True)):
         t0 = time.perf_counter()
-        p = Planner(snap.copy(), fw)
-        p.assigner.cache_dynamic = memo
+        p = _planner(snap, frag, prune, cap)
         a = p.assigner
         build = time.perf_counter() - t0
-        explain = label == EXPLAINED
         lat = np.empty(len(reqs))
         placed = 0
         got = chosen[label] = []
@@ -132,10 +152,12 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
             j = -1 if dec is None else p.snap.index[dec.node]
             placed += j >= 0
             got.append(j)
-        if not memo or explain:  # the memo is exact, explaining changes nothing: the same
-            ref = chosen["continuum (templates)"][:len(got)]  # requests go to the same nodes
+        if label == EXHAUSTIVE or label.endswith("no explanation"):
+            ref = chosen[PRODUCT + ", explanation included"][:len(got)]
             if got != ref:
-                raise AssertionError(f"{n} nodes: placements of {label!r} differ")
+                bad = next(k for k, (x, y) in enumerate(zip(got, ref, strict=True)) if x != y)
+                raise AssertionError(f"{n} nodes: {label!r} places request {bad} on node "
+                                     f"{got[bad]}, the product path on {ref[bad]}")
         assert a.classes is not None
         rows.append(Row(n, a.classes.count, label, len(reqs), placed, len(reqs) / lat.sum(),
                         float(np.percentile(lat, 99)) * 1e3, build))

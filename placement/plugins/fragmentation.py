@@ -48,7 +48,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from placement.framework import CachedDelta, DynamicScore, ObservesBatch, Term, Weighted
+from placement.framework import (
+    CachedDelta,
+    DynamicScore,
+    ObservesBatch,
+    Term,
+    Weighted,
+    ZeroDelta,
+)
 from placement.predict import CycleState
 from placement.snapshot import CPU_EPS
 
@@ -116,6 +123,27 @@ def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray,
     return frag_matrix(free_cpu, free_mem, slots, unit, wl, fill) @ wl.prob  # type: ignore[no-any-return]
 
 
+def fill_count(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
+               wl: Workload) -> np.ndarray:
+    """How many pods of each task type the nodes still hold, by their free GPUs, cpu and
+    memory together: shape ``(k, T)`` (float; ``inf`` for a type asking for nothing).
+    Arguments as :func:`fragmentation`; the fill-up measure's count."""
+    frac = (wl.gpu > 0) & (wl.gpu < unit)
+    full = (slots == unit).sum(axis=1)
+    need = -(-wl.gpu // unit)
+    g = np.maximum(wl.gpu, 1)
+    by_frac = (slots[:, :, None] // g[None, None, :]).sum(axis=1)         # (k, T)
+    by_whole = full[:, None] // np.maximum(need, 1)[None, :]
+    by_gpu = np.where(frac[None, :], by_frac, by_whole)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        by_cpu = np.where(wl.cpu[None, :] > 0, np.floor(
+            (np.maximum(free_cpu, 0)[:, None] + CPU_EPS) / wl.cpu[None, :]), np.inf)
+        by_mem = np.where(wl.memory[None, :] > 0, np.floor(
+            np.maximum(free_mem, 0)[:, None] / wl.memory[None, :]), np.inf)
+    out: np.ndarray = np.minimum(by_gpu, np.minimum(by_cpu, by_mem))
+    return out
+
+
 def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
                 wl: Workload, fill: bool = True) -> np.ndarray:
     """Fragmented GPUs per node and task type, ``frag_n(m)``, shape ``(k, T)``.
@@ -131,17 +159,7 @@ def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, u
     full = (slots == unit).sum(axis=1)
     need = -(-wl.gpu // unit)
     if fill:
-        g = np.maximum(wl.gpu, 1)
-        # how many pods of each type the node still holds, by gpu, cpu and memory
-        by_frac = (slots[:, :, None] // g[None, None, :]).sum(axis=1)     # (k, T)
-        by_whole = full[:, None] // np.maximum(need, 1)[None, :]
-        by_gpu = np.where(frac[None, :], by_frac, by_whole)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            by_cpu = np.where(wl.cpu[None, :] > 0, np.floor(
-                (np.maximum(free_cpu, 0)[:, None] + CPU_EPS) / wl.cpu[None, :]), np.inf)
-            by_mem = np.where(wl.memory[None, :] > 0, np.floor(
-                np.maximum(free_mem, 0)[:, None] / wl.memory[None, :]), np.inf)
-        count = np.minimum(by_gpu, np.minimum(by_cpu, by_mem))
+        count = fill_count(free_cpu, free_mem, slots, unit, wl)
         usable_units = np.where(frac[None, :], count * wl.gpu[None, :],
                                 count * need[None, :] * unit)
         frag = np.where((wl.gpu > 0)[None, :], idle[:, None] - usable_units / unit,
@@ -193,8 +211,8 @@ class GpuFragmentation:
 
     Declares (:mod:`placement.framework`) :class:`DynamicScore` (reads free capacity:
     evaluated per request, never cached per task class), :class:`CachedDelta`
-    (:class:`FragmentationCache`), :class:`ObservesBatch` (learns the workload) and
-    :class:`Weighted`.
+    (:class:`FragmentationCache`), :class:`ObservesBatch` (learns the workload),
+    :class:`Weighted` and :class:`ZeroDelta` (:meth:`unchanged`).
     """
 
     name = NAME
@@ -260,6 +278,37 @@ class GpuFragmentation:
         after_slots = take_slots(slots, int(r.gpu), unit)
         after = fragmentation(cpu - r.cpu, mem - r.memory, after_slots, unit, wl, self.fill)
         return (after - before) * self.pressure(snap)  # type: ignore[no-any-return]
+
+    def unchanged(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        """Nodes of ``idx`` where a CPU-only ``req`` leaves every task type's fragments
+        as they are, so :meth:`delta` is exactly 0 there: bool ``(len(idx),)``.
+
+        Placing no GPU changes no GPU slot; a type's fragments change only if the cpu
+        and memory left change how many of its pods the node holds (fill-up measure) or
+        whether one fits (FGD's). Comparing those counts before and after is exact for
+        the types of the workload with ``p > 0`` (the rest weigh 0) and cheaper than
+        ``ΔF`` (no memo, no product with ``p``). Always False for a GPU request.
+        """
+        wl = self.distribution()
+        r = req.task.resources
+        if r.gpu > 0 or idx.size == 0:
+            return np.zeros(idx.size, dtype=bool)
+        if wl is None or snap.gpu_slots.shape[1] == 0:
+            return np.ones(idx.size, dtype=bool)  # delta is 0 without a workload or GPUs
+        sel = (wl.gpu > 0) & (wl.prob > 0)
+        if not sel.any():
+            return np.ones(idx.size, dtype=bool)  # CPU-only types: all free units, always
+        cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
+        if self.fill:
+            slots = snap.gpu_slots[idx]
+            before = fill_count(cpu, mem, slots, snap.gpu_unit, wl)[:, sel]
+            after = fill_count(cpu - r.cpu, mem - r.memory, slots, snap.gpu_unit, wl)[:, sel]
+        else:
+            c, m = wl.cpu[sel][None, :], wl.memory[sel][None, :]
+            before = (cpu[:, None] + CPU_EPS >= c) & (mem[:, None] >= m)
+            after = ((cpu - r.cpu)[:, None] + CPU_EPS >= c) & ((mem - r.memory)[:, None] >= m)
+        same: np.ndarray = (before == after).all(axis=1)
+        return same
 
     def delta_cache(self, snap: Snapshot) -> FragmentationCache:
         """An exact memo of :meth:`delta` over ``snap`` (:class:`FragmentationCache`)."""
@@ -448,5 +497,6 @@ class FragmentationCache:
 
 
 # Declared capabilities (placement.framework): mypy checks the signatures.
-_DECLARED: tuple[type[DynamicScore], type[CachedDelta], type[ObservesBatch], type[Weighted]] = (
-    GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation)
+_DECLARED: tuple[type[DynamicScore], type[CachedDelta], type[ObservesBatch], type[Weighted],
+                 type[ZeroDelta]] = (
+    GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation)
