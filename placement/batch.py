@@ -309,9 +309,12 @@ class BatchAssigner:
     best_fit: bool = True
     """Within a class take the fitting node with the least free cpu (best fit, which
     leaves large holes for large requests); False = the first fitting node."""
-    dynamic_candidates: int | None = None
-    """Most nodes a dynamic score plugin is evaluated on per request (the tightest of
-    each class, a heuristic); None = every fitting node of the band (exact, default)."""
+    dynamic_candidates: int | None = 1024
+    """Most nodes a dynamic score plugin is evaluated on per request where the per-class
+    bound does not apply (a GPU request, whose ``ΔF`` may be negative, or several dynamic
+    terms): the tightest of each class, a heuristic; None = every fitting node of the
+    band. Requests the bound covers are evaluated over every fitting node of the band
+    (pruned, exactly); with :attr:`prune_dynamic` False the cap applies to all."""
     prune_dynamic: bool = True
     """Bound GPU fragmentation per node class (:meth:`_frag_walk`): ``ΔF`` is computed
     only on the classes, and the nodes within them, that can still be among the best;
@@ -344,6 +347,10 @@ class BatchAssigner:
         self.last_dynamic: DynamicChoice | None = None
         self.last_costs: tuple[PlacementRequest, ClassCosts] | None = None
         """The request :meth:`choose` last saw and its :class:`ClassCosts`."""
+        self.changed: list[int] = []
+        """Node indices whose free capacity this assigner changed, in order (take,
+        release): what per-node tables kept beside it (the explanations' filter counts)
+        must refresh."""
 
     def costs(self, req: PlacementRequest) -> ClassCosts:
         """The cached :class:`ClassCosts` of ``req``'s task class."""
@@ -405,6 +412,7 @@ class BatchAssigner:
     def _take(self, i: int, req: PlacementRequest) -> int:
         r = req.task.resources
         s = self.snap
+        self.changed.append(i)
         s.free_cpu[i] -= r.cpu
         s.free_mem[i] -= r.memory
         s.free_gpu[i] -= r.gpu
@@ -449,7 +457,7 @@ class BatchAssigner:
         dyn = self._dynamic(req)
         if dyn is not None:
             used, w_static = dyn
-            if (self.prune_dynamic and self.dynamic_candidates is None and len(used) == 1
+            if (self.prune_dynamic and len(used) == 1
                     and used[0][0].term == "fragmentation" and req.task.resources.gpu <= 0):
                 plugin, w, level = used[0]
                 return self._frag_walk(req, cc, plugin, w, level, w_static, skip)
@@ -730,6 +738,7 @@ class BatchAssigner:
         """Give capacity back to node ``i`` (a run ended); raises the class bounds."""
         assert self.classes is not None
         s = self.snap
+        self.changed.append(i)
         s.free_cpu[i] += cpu
         s.free_mem[i] += memory
         s.free_gpu[i] += gpu

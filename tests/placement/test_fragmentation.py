@@ -270,7 +270,8 @@ def test_class_bound_places_as_the_exhaustive_evaluation(unit: int, fill: bool,
             for p in fw.scores:
                 if isinstance(p, GpuFragmentation):
                     p.fill = fill
-            a = BatchAssigner(snap.copy(), fw, prune_dynamic=prune, keep=keep)
+            a = BatchAssigner(snap.copy(), fw, prune_dynamic=prune, keep=keep,
+                              dynamic_candidates=None)
             sides.append(a)
         rng = np.random.default_rng(2000 + seed)
         placed: list[tuple[int, object]] = []
