@@ -51,9 +51,9 @@ from placement.framework import (
     DeltaCache,
     DynamicScore,
     Framework,
-    RatioToBest,
     ZeroDelta,
     default_framework,
+    ratio_to_best,
 )
 from placement.plugins.resources import NodeResourcesFit
 from placement.predict import (
@@ -258,7 +258,7 @@ def _normalised(plugin: DynamicScore, raw: np.ndarray) -> np.ndarray:
     """A dynamic term's cost in [0, 1] over the candidates (0 = the best), as the
     framework normalises its score (:class:`~placement.framework.RatioToBest`)."""
     f = float(plugin.floor)
-    if not (isinstance(plugin, RatioToBest) and plugin.ratio_to_best):
+    if not ratio_to_best(plugin):
         out: np.ndarray = 1.0 - f / (raw - raw.min() + f)
         return out
     x = np.maximum(raw, 0.0)
@@ -615,6 +615,12 @@ class BatchAssigner:
         tots = np.zeros(0)
         first: float | None = None
         zero = False
+        zd = cast(ZeroDelta, plugin) if provides(plugin, ZeroDelta) else None
+        # where ΔF is not 0 it is at least gap_x: such a node's total is above its
+        # group's ΔF = 0 ones by more than the choice's tie band (then it is not computed
+        # when keep nodes at or below that total are known)
+        gap_x = zd.least_positive(req, s, pressure) if zd is not None else 0.0
+        gap_ok = gap_x > 0 and w_dyn * (1.0 - f / (gap_x + f)) / w > 1e-12 + 2e-9
         for sc, cls, sizes, members in self._groups(cc):
             if first is not None and w_static * (sc - first) > w_dyn:
                 break  # the band of the exhaustive evaluation ends
@@ -650,23 +656,30 @@ class BatchAssigner:
             else:  # in tie-break order, until keep nodes at ΔF = 0 are known
                 ordered = cand[order]
                 raw_o = np.where(has, np.inf, 0.0)
-                sure_ok = provides(plugin, ZeroDelta)
+                b = w_static * sc / w
+                ahead = int(np.count_nonzero(tots <= b))  # totals no group member beats
                 pos, chunk, found = 0, 32, 0
+                pending: list[np.ndarray] = []
                 while pos < cand.size and found < keep:
                     stop = min(cand.size, pos + chunk)
                     blk = raw_o[pos:stop]  # a view
                     hi = np.flatnonzero(has[pos:stop])
-                    if hi.size and sure_ok:  # provably 0 without computing it
-                        sure = cast(ZeroDelta, plugin).unchanged(req, s, ordered[pos + hi])
+                    if hi.size and zd is not None:  # provably 0 without computing it
+                        sure = zd.unchanged(req, s, ordered[pos + hi])
                         blk[hi[sure]] = 0.0
                         hi = hi[~sure]
                     zk = np.flatnonzero(blk == 0.0)
                     if zk.size >= keep - found:
                         hi = hi[hi < zk[keep - found - 1]]
-                    if hi.size:
+                    if hi.size and gap_ok:
+                        pending.append(pos + hi)  # ΔF ≥ the gap: decided below
+                    elif hi.size:
                         blk[hi] = self._dynamic_delta(plugin, req, ordered[pos + hi], pressure)
                     found = int(np.count_nonzero(raw_o[:stop] == 0.0))
                     pos, chunk = stop, chunk * 4
+                if pending and ahead + found < keep:  # they may rank: compute them
+                    at = np.concatenate(pending)
+                    raw_o[at] = self._dynamic_delta(plugin, req, ordered[at], pressure)
                 z = np.flatnonzero(raw_o == 0.0)
                 if z.size >= keep:  # nodes after the keep-th ΔF = 0 one rank after it
                     raw_o[int(z[keep - 1]) + 1:] = np.inf

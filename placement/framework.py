@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -141,6 +141,20 @@ class RatioToBest(Protocol):
     ratio_to_best: bool
 
 
+def ratio_to_best(plugin: object) -> bool:
+    """Whether ``plugin`` is a :class:`RatioToBest` that asks for it (``ratio_to_best``
+    True); the protocol check answered once per type (a data-protocol ``isinstance``
+    costs microseconds and is asked per decision)."""
+    kind = type(plugin)
+    known = _RATIO.get(kind)
+    if known is None:
+        known = _RATIO[kind] = isinstance(plugin, RatioToBest)
+    return known and bool(cast(RatioToBest, plugin).ratio_to_best)
+
+
+_RATIO: dict[type, bool] = {}
+
+
 class DeltaCache(Protocol):
     """An exact memo of a :class:`DynamicScore`'s ``delta`` over one snapshot."""
 
@@ -170,6 +184,11 @@ class ZeroDelta(Protocol):
     def unchanged(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
         """Bool ``(len(idx),)``: True where ``delta(req, snap, idx)`` is provably 0;
         False where unsure."""
+        ...
+
+    def least_positive(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
+        """A lower bound of ``delta`` on every node where :meth:`unchanged` is False
+        (``pressure``: the plugin's, for this snapshot); 0 when none is known."""
         ...
 
 

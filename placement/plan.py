@@ -39,8 +39,8 @@ from placement.framework import (
     Feasibility,
     FilterResult,
     Framework,
-    RatioToBest,
     default_framework,
+    ratio_to_best,
 )
 from placement.plugins.resources import (
     REASON_CPU,
@@ -302,7 +302,7 @@ class Planner:
                 full = np.zeros(snap.n)
                 shown = np.zeros(snap.n, dtype=bool)
                 ok = np.isfinite(raw)  # in the form the plugin's score has
-                shift = not (isinstance(plugin, RatioToBest) and plugin.ratio_to_best)
+                shift = not ratio_to_best(plugin)
                 full[dyn.idx[ok]] = raw[ok] - raw[ok].min() if shift else raw[ok]
                 shown[dyn.idx[ok]] = True
                 line = plugin.describe(req, snap, fw.new_state(), full, j, shown)

@@ -234,6 +234,7 @@ class GpuFragmentation:
         self._seen: set[str] = set()
         self._order: deque[tuple[str, tuple[float, int, int]]] = deque()
         self._cached: Workload | None = None
+        self._sub: tuple[tuple[bytes, ...], Workload, np.ndarray, np.ndarray] | None = None
 
     def observe(self, req: PlacementRequest) -> None:
         """Count ``req``'s (cpu, memory, gpu) type once per request key."""
@@ -299,16 +300,50 @@ class GpuFragmentation:
         if not sel.any():
             return np.ones(idx.size, dtype=bool)  # CPU-only types: all free units, always
         cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
-        if self.fill:
+        if self.fill:  # fill_count's formulas; its GPU bound is the same before and after
+            key = (wl.cpu.tobytes(), wl.memory.tobytes(), wl.gpu.tobytes(), sel.tobytes())
+            if self._sub is None or self._sub[0] != key:
+                sub = Workload(wl.cpu[sel], wl.memory[sel], wl.gpu[sel], wl.prob[sel])
+                c, m = sub.cpu[None, :], sub.memory[None, :]
+                self._sub = (key, sub, np.where(c > 0, c, 1.0), np.where(m > 0, m, 1))
+            _, sub, c, m = self._sub
             slots = snap.gpu_slots[idx]
-            before = fill_count(cpu, mem, slots, snap.gpu_unit, wl)[:, sel]
-            after = fill_count(cpu - r.cpu, mem - r.memory, slots, snap.gpu_unit, wl)[:, sel]
+            by_gpu = fill_count(np.full(idx.size, np.inf), np.full(idx.size, np.inf), slots,
+                                snap.gpu_unit, sub)
+            cpu0, mem0 = np.maximum(cpu, 0)[:, None], np.maximum(mem, 0)[:, None]
+            cpu1 = np.maximum(cpu - r.cpu, 0)[:, None]
+            mem1 = np.maximum(mem - r.memory, 0)[:, None]
+            no_c, no_m = sub.cpu[None, :] <= 0, sub.memory[None, :] <= 0
+            before = np.minimum(by_gpu, np.minimum(
+                np.where(no_c, np.inf, np.floor((cpu0 + CPU_EPS) / c)),
+                np.where(no_m, np.inf, np.floor(mem0 / m))))
+            after = np.minimum(by_gpu, np.minimum(
+                np.where(no_c, np.inf, np.floor((cpu1 + CPU_EPS) / c)),
+                np.where(no_m, np.inf, np.floor(mem1 / m))))
         else:
             c, m = wl.cpu[sel][None, :], wl.memory[sel][None, :]
             before = (cpu[:, None] + CPU_EPS >= c) & (mem[:, None] >= m)
             after = ((cpu - r.cpu)[:, None] + CPU_EPS >= c) & ((mem - r.memory)[:, None] >= m)
         same: np.ndarray = (before == after).all(axis=1)
         return same
+
+    def least_positive(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
+        """A lower bound of :meth:`delta` where :meth:`unchanged` is False (fill-up measure,
+        CPU-only request): there a type ``m`` with ``p_m > 0`` holds fewer pods, so its
+        fragments grow by at least one pod's GPUs (``g_m / unit`` for a fractional type,
+        its whole GPUs otherwise) and ``ΔF ≥ pressure · min_m p_m · that``, less a margin
+        for rounding. 0 for FGD's measure or a GPU request (no bound known)."""
+        wl = self.distribution()
+        if not self.fill or req.task.resources.gpu > 0 or wl is None:
+            return 0.0
+        sel = (wl.gpu > 0) & (wl.prob > 0)
+        if not sel.any():
+            return 0.0
+        unit = snap.gpu_unit
+        g = wl.gpu[sel]
+        pod = np.where(g < unit, g / unit, -(-g // unit)).astype(np.float64)
+        least = float(pressure) * float((wl.prob[sel] * pod).min())
+        return max(0.0, least * (1.0 - 1e-9) - 1e-12)
 
     def delta_cache(self, snap: Snapshot) -> FragmentationCache:
         """An exact memo of :meth:`delta` over ``snap`` (:class:`FragmentationCache`)."""
