@@ -38,7 +38,7 @@ explanations are placement/plan.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -265,6 +265,23 @@ def _normalised(plugin: DynamicScore, raw: np.ndarray) -> np.ndarray:
     low = float(x[np.isfinite(x)].min()) if np.isfinite(x).any() else 0.0
     out = 1.0 - (low + f) / (x + f)
     return out
+
+
+def _least_first(values: np.ndarray, first: int) -> Iterator[np.ndarray]:
+    """Positions of ``values`` by ascending value, ties by position, in chunks: the first
+    holds at least ``first`` positions (all of those tied with the last), each next one
+    about 4× more — without sorting all of ``values`` when only a prefix is read."""
+    rest = np.arange(values.size)
+    k = max(1, first)
+    while rest.size:
+        if rest.size > k:
+            cut = np.partition(values[rest], k - 1)[k - 1]
+            sel = rest[values[rest] <= cut]
+            rest = rest[values[rest] > cut]
+        else:
+            sel, rest = rest, rest[:0]
+        yield sel[np.lexsort((sel, values[sel]))]
+        k *= 4
 
 
 @dataclass(frozen=True)
@@ -647,44 +664,44 @@ class BatchAssigner:
                 first = sc
             gpu_free = bool((self._ub_gpu[cls[room]] > 0).any())
             cand = m[fits]
-            order = np.argsort(s.free_cpu[cand], kind="stable")
-            has = s.gpu_slots[cand[order]].any(axis=1) if gpu_free else None
             raw = np.full(cand.size, np.inf)
-            if has is None or not has.any():  # no free GPU in the class: ΔF = 0 on all
-                raw[order[:keep]] = 0.0  # the class's best: least free cpu first
+            chunks = _least_first(s.free_cpu[cand], keep if not gpu_free else 32)
+            if not gpu_free:  # no free GPU in the group: ΔF = 0 on all, least free cpu first
+                raw[next(chunks)[:keep]] = 0.0
                 zero = True
             else:  # in tie-break order, until keep nodes at ΔF = 0 are known
-                ordered = cand[order]
-                raw_o = np.where(has, np.inf, 0.0)
                 b = w_static * sc / w
                 ahead = int(np.count_nonzero(tots <= b))  # totals no group member beats
-                pos, chunk, found = 0, 32, 0
+                found = 0
                 pending: list[np.ndarray] = []
-                while pos < cand.size and found < keep:
-                    stop = min(cand.size, pos + chunk)
-                    blk = raw_o[pos:stop]  # a view
-                    hi = np.flatnonzero(has[pos:stop])
-                    if hi.size and zd is not None:  # provably 0 without computing it
-                        sure = zd.unchanged(req, s, ordered[pos + hi])
-                        blk[hi[sure]] = 0.0
-                        hi = hi[~sure]
-                    zk = np.flatnonzero(blk == 0.0)
+                visited: list[np.ndarray] = []
+                for ch in chunks:
+                    visited.append(ch)
+                    h = s.gpu_slots[cand[ch]].any(axis=1)
+                    raw[ch[~h]] = 0.0
+                    if h.any() and zd is not None:  # provably 0 without computing it
+                        sure = np.zeros(ch.size, dtype=bool)
+                        sure[h] = zd.unchanged(req, s, cand[ch[h]])
+                        raw[ch[sure]] = 0.0
+                        h &= ~sure
+                    zk = np.flatnonzero(raw[ch] == 0.0)
                     if zk.size >= keep - found:
-                        hi = hi[hi < zk[keep - found - 1]]
-                    if hi.size and gap_ok:
-                        pending.append(pos + hi)  # ΔF ≥ the gap: decided below
-                    elif hi.size:
-                        blk[hi] = self._dynamic_delta(plugin, req, ordered[pos + hi], pressure)
-                    found = int(np.count_nonzero(raw_o[:stop] == 0.0))
-                    pos, chunk = stop, chunk * 4
+                        h[zk[keep - found - 1]:] = False
+                    if h.any() and gap_ok:
+                        pending.append(ch[h])  # ΔF ≥ the gap: decided below
+                    elif h.any():
+                        raw[ch[h]] = self._dynamic_delta(plugin, req, cand[ch[h]], pressure)
+                    found += int(np.count_nonzero(raw[ch] == 0.0))
+                    if found >= keep:
+                        break
                 if pending and ahead + found < keep:  # they may rank: compute them
                     at = np.concatenate(pending)
-                    raw_o[at] = self._dynamic_delta(plugin, req, ordered[at], pressure)
-                z = np.flatnonzero(raw_o == 0.0)
+                    raw[at] = self._dynamic_delta(plugin, req, cand[at], pressure)
+                seq = np.concatenate(visited)
+                z = np.flatnonzero(raw[seq] == 0.0)
                 if z.size >= keep:  # nodes after the keep-th ΔF = 0 one rank after it
-                    raw_o[int(z[keep - 1]) + 1:] = np.inf
+                    raw[seq[int(z[keep - 1]) + 1:]] = np.inf
                 zero = zero or z.size > 0
-                raw[order] = raw_o
             done = np.isfinite(raw)
             seen.append(cand[done])
             raws.append(raw[done])
