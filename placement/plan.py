@@ -218,10 +218,16 @@ class Planner:
         elif st.synced < len(a.changed):
             u = np.unique(np.array(a.changed[st.synced:], dtype=np.int64))
             old, new = st.code[u], self._attributed(req, u)
-            np.subtract.at(st.counts, old + 1, 1)
-            np.add.at(st.counts, new + 1, 1)
-            np.subtract.at(st.per_class, cl.of[u[old < 0]], 1)
-            np.add.at(st.per_class, cl.of[u[new < 0]], 1)
+            # usually one node: scalar updates beat ufunc.at
+            for i, o, c in zip(u.tolist(), old.tolist(), new.tolist(), strict=True):
+                if o == c:
+                    continue
+                st.counts[o + 1] -= 1
+                st.counts[c + 1] += 1
+                if o < 0:
+                    st.per_class[cl.of[i]] -= 1
+                if c < 0:
+                    st.per_class[cl.of[i]] += 1
             st.code[u] = new
             st.synced = len(a.changed)
         return st

@@ -408,27 +408,20 @@ What limits the missed targets (analysis of this benchmark, not measured by it):
   knows an A100 trains 2× faster than a V100, so keeping 4-GPU A100 hosts whole is not
   worth it. The analytic predictor does not know that, and `continuum-analytic` now sends
   1-GPU training to the 1-GPU V100 hosts (worse time and energy than before the term).
-  It also reads free capacity, so it cannot be cached per (task class, node class): the
-  assigner evaluates it per request over up to 1,024 fitting nodes. Since issue 6's
-  follow-up the per-type fragmentation `frag_n(m)` of each candidate, before and after
-  the request, comes from an exact per-node memo (`FragmentationCache`: entries keyed by
-  node version, task type and request shape; a node's version changes when its free
-  cpu/memory/GPU slots do; only those nodes are recomputed) — the `fragmentation not
-  memoised` rows are the same assigner without it, on the same requests, and the bench
-  checks that they place identically. For a CPU-only request the assigner also skips `ΔF`
-  on candidates that provably cannot win (such a request never lowers fragmentation, and a
-  candidate with no free GPU has `ΔF` = 0, so a node whose total with `ΔF` = 0 is already
-  worse than the best GPU-less candidate's is out). Together: 2–3× fewer µs per decision
-  (compare the `not memoised` rows), still several hundred µs: what is left is
-  per-request work over the ~1,000 candidates that no exact cache removes — gathering and
-  weighting their entries with the workload's popularity `p` (which changes with every new
-  request key, so `F = frag @ p` is recomputed), the fitting-node scan over the classes
-  within the term's band, and recomputing the node placed on last (usually a candidate
-  again). The throughput targets other than 3× naive (templates) are still missed
-  wherever GPUs are allocated (the `fragmentation off` rows meet them; on a cluster with
-  no GPU, or with every GPU free, the term is skipped exactly). Reaching them would need
-  fewer candidates per decision (e.g. a bound on `ΔF` per class that prunes whole
-  classes), not a faster evaluation of the same ~1,000.
+  It also reads free capacity, so it cannot be cached per (task class, node class). Since
+  issue 16 it is bounded per node class for a CPU-only request (`BatchAssigner._frag_walk`,
+  docs/placement.md): classes are walked in cost order in groups of equal cost and stop
+  where their best reachable total (`ΔF = 0`) cannot rank; within a group nodes are taken
+  least free cpu first and `ΔF` is computed only ahead of the first nodes provably at 0
+  (`GpuFragmentation.unchanged`). The bench checks every CPU-only choice of the product row
+  against the exhaustive evaluation in the same state. The `before` row is the old path
+  (every request on up to 1,024 fitting nodes, no bound), timed in the same run. A GPU
+  request keeps that capped evaluation (its `ΔF` can be negative, so the bound does not
+  apply), and what is left per decision is Python and numpy call overhead over a few
+  groups (fit tests over their members, the zero test, the memo's gather) plus the
+  explanation (the fragmentation reason reads the candidates through `n`-sized masks; a
+  new (static key, request shape) builds its filter-count table in one `O(n)` pass) — at
+  100k nodes each group holds ~16k nodes, and those `O(group)` passes dominate.
 """
 
 
