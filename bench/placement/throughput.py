@@ -16,7 +16,8 @@ reasons, scores, filter counts, runners-up — included):
 * the product path, GPU fragmentation on (default weight) and off;
 * :data:`BEFORE`: the path as it was before the per-class bound, side by side in the
   same run — the fragmentation term evaluated on up to 1,024 fitting nodes per request
-  (the tightest of each class), no pruning;
+  (the tightest of each class), no pruning — timed interleaved with the product row,
+  request by request, so that load on a shared machine weighs on both alike;
 * the naive full rescan.
 """
 
@@ -135,43 +136,56 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     distinct = min(fast_requests, 3000)
     product = PRODUCT + ", explanation included"
     checked, limit = 0, CHECKED if n <= 10_000 else CHECKED // 4
-    for label, reqs, frag, prune, cap, explain in (
-            (product, requests(fast_requests), True, True, 1024, True),
-            (PRODUCT + ", no explanation", requests(fast_requests), True, True, 1024, False),
-            ("continuum (distinct), explanation included", requests(distinct, 2, True), True,
-             True, 1024, True),
-            (BEFORE + ", explanation included", requests(fast_requests), True, False, 1024,
-             True),
-            (PRODUCT + ", fragmentation off, explanation included", requests(fast_requests),
-             False, True, 1024, True),
-            ("continuum (distinct), fragmentation off, explanation included",
-             requests(distinct, 2, True), False, True, 1024, True)):
-        t0 = time.perf_counter()
-        p = _planner(snap, frag, prune, cap)
-        a = p.assigner
-        build = time.perf_counter() - t0
-        lat = np.empty(len(reqs))
-        placed = 0
-        got = chosen[label] = []
-        for k, r in enumerate(reqs):
-            want = (exhaustive_choice(p, r) if label == product and k < limit
-                    and r.task.resources.gpu <= 0 else None)
-            s = time.perf_counter()
-            dec = p.place_one(r, explain=explain).decision
-            lat[k] = time.perf_counter() - s
-            j = -1 if dec is None else p.snap.index[dec.node]
-            if want is not None:
-                checked += 1
-                if j != want:
-                    raise AssertionError(f"{n} nodes: request {k} placed on node {j}, the "
-                                         f"exhaustive evaluation picks {want}")
-            placed += j >= 0
-            got.append(j)
-        if label.endswith("no explanation") and got != chosen[product]:
-            raise AssertionError(f"{n} nodes: explaining changed a placement")
-        assert a.classes is not None
-        rows.append(Row(n, a.classes.count, label, len(reqs), placed, len(reqs) / lat.sum(),
-                        float(np.percentile(lat, 99)) * 1e3, build))
+    before = BEFORE + ", explanation included"
+    # (label, requests, fragmentation on, bound on, candidate cap, explain); a group's rows
+    # are timed interleaved, request by request (the product path and the old one: load
+    # on a shared machine drifts alike for both)
+    groups = [
+        [(product, requests(fast_requests), True, True, 1024, True),
+         (before, requests(fast_requests), True, False, 1024, True)],
+        [(PRODUCT + ", no explanation", requests(fast_requests), True, True, 1024, False)],
+        [("continuum (distinct), explanation included", requests(distinct, 2, True), True,
+          True, 1024, True)],
+        [(PRODUCT + ", fragmentation off, explanation included", requests(fast_requests),
+          False, True, 1024, True)],
+        [("continuum (distinct), fragmentation off, explanation included",
+          requests(distinct, 2, True), False, True, 1024, True)]]
+    for group in groups:
+        planners, builds = [], []
+        for _, _, frag, prune, cap, _ in group:
+            t0 = time.perf_counter()
+            planners.append(_planner(snap, frag, prune, cap))
+            builds.append(time.perf_counter() - t0)
+        count = len(group[0][1])
+        lats = [np.empty(count) for _ in group]
+        placed = [0] * len(group)
+        for label, *_ in group:
+            chosen[label] = []
+        for k in range(count):
+            for g in (range(len(group)) if k % 2 == 0 else reversed(range(len(group)))):
+                label, reqs, _, _, _, explain = group[g]
+                p, r = planners[g], reqs[k]
+                want = (exhaustive_choice(p, r) if label == product and k < limit
+                        and r.task.resources.gpu <= 0 else None)
+                s = time.perf_counter()
+                dec = p.place_one(r, explain=explain).decision
+                lats[g][k] = time.perf_counter() - s
+                j = -1 if dec is None else p.snap.index[dec.node]
+                if want is not None:
+                    checked += 1
+                    if j != want:
+                        raise AssertionError(f"{n} nodes: request {k} placed on node {j}, "
+                                             f"the exhaustive evaluation picks {want}")
+                placed[g] += j >= 0
+                chosen[label].append(j)
+        for g, (label, *_) in enumerate(group):
+            if label.endswith("no explanation") and chosen[label] != chosen[product]:
+                raise AssertionError(f"{n} nodes: explaining changed a placement")
+            a = planners[g].assigner
+            assert a.classes is not None
+            lat = lats[g]
+            rows.append(Row(n, a.classes.count, label, count, placed[g], count / lat.sum(),
+                            float(np.percentile(lat, 99)) * 1e3, builds[g]))
     reqs = requests(naive_requests)
     s2 = snap.copy()
     lat = np.empty(len(reqs))
