@@ -636,8 +636,14 @@ class BatchAssigner:
         # where ΔF is not 0 it is at least gap_x: such a node's total is above its
         # group's ΔF = 0 ones by more than the choice's tie band (then it is not computed
         # when keep nodes at or below that total are known)
-        gap_x = zd.least_positive(req, s, pressure) if zd is not None else 0.0
-        gap_ok = gap_x > 0 and w_dyn * (1.0 - f / (gap_x + f)) / w > 1e-12 + 2e-9
+        gap: list[bool] = []  # worked out when first needed (it reads the popularities)
+
+        def gap_ok() -> bool:
+            if not gap:
+                x = zd.least_positive(req, s, pressure) if zd is not None else 0.0
+                gap.append(x > 0 and w_dyn * (1.0 - f / (x + f)) / w > 1e-12 + 2e-9)
+            return gap[0]
+
         for sc, cls, sizes, members in self._groups(cc):
             if first is not None and w_static * (sc - first) > w_dyn:
                 break  # the band of the exhaustive evaluation ends
@@ -687,7 +693,7 @@ class BatchAssigner:
                     zk = np.flatnonzero(raw[ch] == 0.0)
                     if zk.size >= keep - found:
                         h[zk[keep - found - 1]:] = False
-                    if h.any() and gap_ok:
+                    if h.any() and gap_ok():
                         pending.append(ch[h])  # ΔF ≥ the gap: decided below
                     elif h.any():
                         raw[ch[h]] = self._dynamic_delta(plugin, req, cand[ch[h]], pressure)

@@ -234,7 +234,7 @@ class GpuFragmentation:
         self._seen: set[str] = set()
         self._order: deque[tuple[str, tuple[float, int, int]]] = deque()
         self._cached: Workload | None = None
-        self._sub: tuple[tuple[bytes, ...], Workload, np.ndarray, np.ndarray] | None = None
+        self._support: tuple[Workload | None, np.ndarray, np.ndarray] | None = None
 
     def observe(self, req: PlacementRequest) -> None:
         """Count ``req``'s (cpu, memory, gpu) type once per request key."""
@@ -244,6 +244,7 @@ class GpuFragmentation:
         t = (float(r.cpu), int(r.memory), int(r.gpu))
         self._seen.add(req.key)
         self._order.append((req.key, t))
+        changed = t not in self._counts  # the set of types seen, not only their counts
         self._counts[t] += 1
         if len(self._order) > MEMORY:
             old_key, old_t = self._order.popleft()
@@ -251,7 +252,10 @@ class GpuFragmentation:
             self._counts[old_t] -= 1
             if self._counts[old_t] <= 0:
                 del self._counts[old_t]
+                changed = True
         self._cached = None
+        if changed or len(self._counts) > MAX_TYPES:  # then the top types move with counts
+            self._support = None
 
     def distribution(self) -> Workload | None:
         """The workload in use: the fixed one, or the learned one (None before any)."""
@@ -280,6 +284,22 @@ class GpuFragmentation:
         after = fragmentation(cpu - r.cpu, mem - r.memory, after_slots, unit, wl, self.fill)
         return (after - before) * self.pressure(snap)  # type: ignore[no-any-return]
 
+    def _gpu_types(self) -> tuple[Workload | None, np.ndarray, np.ndarray]:
+        """The workload's GPU types with ``p > 0`` (None when there are none) and their cpu
+        and memory as safe divisors (1 where 0), ``(1, S)``. Kept until the set of types
+        changes (:meth:`observe`): the popularities do not matter to :meth:`unchanged`,
+        so a new request key does not rebuild the workload for it."""
+        if self._support is None:
+            wl = self.distribution()
+            sel = (wl.gpu > 0) & (wl.prob > 0) if wl is not None else None
+            if wl is None or sel is None or not sel.any():
+                self._support = (None, np.ones((1, 0)), np.ones((1, 0), dtype=np.int64))
+            else:
+                sub = Workload(wl.cpu[sel], wl.memory[sel], wl.gpu[sel], wl.prob[sel])
+                c, m = sub.cpu[None, :], sub.memory[None, :]
+                self._support = (sub, np.where(c > 0, c, 1.0), np.where(m > 0, m, 1))
+        return self._support
+
     def unchanged(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
         """Nodes of ``idx`` where a CPU-only ``req`` leaves every task type's fragments
         as they are, so :meth:`delta` is exactly 0 there: bool ``(len(idx),)``.
@@ -290,23 +310,14 @@ class GpuFragmentation:
         the types of the workload with ``p > 0`` (the rest weigh 0) and cheaper than
         ``ΔF`` (no memo, no product with ``p``). Always False for a GPU request.
         """
-        wl = self.distribution()
         r = req.task.resources
         if r.gpu > 0 or idx.size == 0:
             return np.zeros(idx.size, dtype=bool)
-        if wl is None or snap.gpu_slots.shape[1] == 0:
-            return np.ones(idx.size, dtype=bool)  # delta is 0 without a workload or GPUs
-        sel = (wl.gpu > 0) & (wl.prob > 0)
-        if not sel.any():
-            return np.ones(idx.size, dtype=bool)  # CPU-only types: all free units, always
+        sub, c, m = self._gpu_types()
+        if sub is None or snap.gpu_slots.shape[1] == 0:
+            return np.ones(idx.size, dtype=bool)  # delta is 0: no GPU type, or no GPUs
         cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
         if self.fill:  # fill_count's formulas; its GPU bound is the same before and after
-            key = (wl.cpu.tobytes(), wl.memory.tobytes(), wl.gpu.tobytes(), sel.tobytes())
-            if self._sub is None or self._sub[0] != key:
-                sub = Workload(wl.cpu[sel], wl.memory[sel], wl.gpu[sel], wl.prob[sel])
-                c, m = sub.cpu[None, :], sub.memory[None, :]
-                self._sub = (key, sub, np.where(c > 0, c, 1.0), np.where(m > 0, m, 1))
-            _, sub, c, m = self._sub
             slots = snap.gpu_slots[idx]
             by_gpu = fill_count(np.full(idx.size, np.inf), np.full(idx.size, np.inf), slots,
                                 snap.gpu_unit, sub)
@@ -321,7 +332,7 @@ class GpuFragmentation:
                 np.where(no_c, np.inf, np.floor((cpu1 + CPU_EPS) / c)),
                 np.where(no_m, np.inf, np.floor(mem1 / m))))
         else:
-            c, m = wl.cpu[sel][None, :], wl.memory[sel][None, :]
+            c, m = sub.cpu[None, :], sub.memory[None, :]
             before = (cpu[:, None] + CPU_EPS >= c) & (mem[:, None] >= m)
             after = ((cpu - r.cpu)[:, None] + CPU_EPS >= c) & ((mem - r.memory)[:, None] >= m)
         same: np.ndarray = (before == after).all(axis=1)
