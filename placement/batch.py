@@ -38,7 +38,7 @@ explanations are placement/plan.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -51,8 +51,9 @@ from placement.framework import (
     DeltaCache,
     DynamicScore,
     Framework,
-    RatioToBest,
+    ZeroDelta,
     default_framework,
+    ratio_to_best,
 )
 from placement.plugins.resources import NodeResourcesFit
 from placement.predict import (
@@ -257,13 +258,30 @@ def _normalised(plugin: DynamicScore, raw: np.ndarray) -> np.ndarray:
     """A dynamic term's cost in [0, 1] over the candidates (0 = the best), as the
     framework normalises its score (:class:`~placement.framework.RatioToBest`)."""
     f = float(plugin.floor)
-    if not (isinstance(plugin, RatioToBest) and plugin.ratio_to_best):
+    if not ratio_to_best(plugin):
         out: np.ndarray = 1.0 - f / (raw - raw.min() + f)
         return out
     x = np.maximum(raw, 0.0)
     low = float(x[np.isfinite(x)].min()) if np.isfinite(x).any() else 0.0
     out = 1.0 - (low + f) / (x + f)
     return out
+
+
+def _least_first(values: np.ndarray, first: int) -> Iterator[np.ndarray]:
+    """Positions of ``values`` by ascending value, ties by position, in chunks: the first
+    holds at least ``first`` positions (all of those tied with the last), each next one
+    about 4× more — without sorting all of ``values`` when only a prefix is read."""
+    rest = np.arange(values.size)
+    k = max(1, first)
+    while rest.size:
+        if rest.size > k:
+            cut = np.partition(values[rest], k - 1)[k - 1]
+            sel = rest[values[rest] <= cut]
+            rest = rest[values[rest] > cut]
+        else:
+            sel, rest = rest, rest[:0]
+        yield sel[np.lexsort((sel, values[sel]))]
+        k *= 4
 
 
 @dataclass(frozen=True)
@@ -308,8 +326,20 @@ class BatchAssigner:
     best_fit: bool = True
     """Within a class take the fitting node with the least free cpu (best fit, which
     leaves large holes for large requests); False = the first fitting node."""
-    dynamic_candidates: int = 1024
-    """Most nodes a dynamic score plugin (GPU fragmentation) is evaluated on per request."""
+    dynamic_candidates: int | None = 1024
+    """Most nodes a dynamic score plugin is evaluated on per request where the per-class
+    bound does not apply (a GPU request, whose ``ΔF`` may be negative, or several dynamic
+    terms): the tightest of each class, a heuristic; None = every fitting node of the
+    band. Requests the bound covers are evaluated over every fitting node of the band
+    (pruned, exactly); with :attr:`prune_dynamic` False the cap applies to all."""
+    prune_dynamic: bool = True
+    """Bound GPU fragmentation per node class (:meth:`_frag_walk`): ``ΔF`` is computed
+    only on the classes, and the nodes within them, that can still be among the best;
+    the same placements as with False, the exhaustive evaluation of every candidate."""
+    keep: int = 1
+    """How many of the best candidates a dynamic choice must know exactly: 1 for the
+    choice; :class:`placement.plan.Planner` asks for the runners-up of an explanation
+    too (``1 + ALTERNATIVES``)."""
     cache_dynamic: bool = True
     """Memoise a dynamic term per node where its plugin offers it
     (:class:`~placement.framework.CachedDelta`; GPU fragmentation's is exact: same
@@ -326,12 +356,18 @@ class BatchAssigner:
         self._ub_mem = np.array([s.free_mem[m].max() if m.size else -1 for m in cl.members])
         self._ub_gpu = np.array([s.free_gpu[m].max() if m.size else -1 for m in cl.members])
         self._memo: dict[int, tuple[object, DeltaCache]] = {}
+        self._group_memo: dict[int, tuple[ClassCosts, list[tuple[
+            float, np.ndarray, np.ndarray, np.ndarray]]]] = {}
         self._has_gpu = bool(s.gpu_slots.shape[1]) and bool((s.gpu_slots > 0).any())
         self._observers: list[Callable[[PlacementRequest], None]] = [
             p.observe for p in self.framework.capabilities().observers]
         self.last_dynamic: DynamicChoice | None = None
         self.last_costs: tuple[PlacementRequest, ClassCosts] | None = None
         """The request :meth:`choose` last saw and its :class:`ClassCosts`."""
+        self.changed: list[int] = []
+        """Node indices whose free capacity this assigner changed, in order (take,
+        release): what per-node tables kept beside it (the explanations' filter counts)
+        must refresh."""
 
     def costs(self, req: PlacementRequest) -> ClassCosts:
         """The cached :class:`ClassCosts` of ``req``'s task class."""
@@ -393,6 +429,7 @@ class BatchAssigner:
     def _take(self, i: int, req: PlacementRequest) -> int:
         r = req.task.resources
         s = self.snap
+        self.changed.append(i)
         s.free_cpu[i] -= r.cpu
         s.free_mem[i] -= r.memory
         s.free_gpu[i] -= r.gpu
@@ -436,7 +473,12 @@ class BatchAssigner:
         self.last_costs = (req, cc)
         dyn = self._dynamic(req)
         if dyn is not None:
-            return self._assign_dynamic(req, cc, *dyn, skip=skip)
+            used, w_static = dyn
+            if (self.prune_dynamic and len(used) == 1
+                    and used[0][0].term == "fragmentation" and req.task.resources.gpu <= 0):
+                plugin, w, level = used[0]
+                return self._frag_walk(req, cc, plugin, w, level, w_static, skip)
+            return self._assign_dynamic(req, cc, used, w_static, skip=skip)
         r = req.task.resources
         cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
         s = self.snap
@@ -517,7 +559,7 @@ class BatchAssigner:
         if not cand:
             return -1
         total_cand = sum(c.size for c in cand)
-        if total_cand > self.dynamic_candidates:
+        if self.dynamic_candidates is not None and total_cand > self.dynamic_candidates:
             per = max(1, self.dynamic_candidates // len(cand))
             cand = [self._tightest(c, per, gpu) for c in cand]
         idx = np.concatenate(cand)
@@ -537,19 +579,168 @@ class BatchAssigner:
         self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raws, ds, total)
         return int(idx[k])
 
+    def _groups(self, cc: ClassCosts) -> list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+        """``cc``'s feasible classes grouped by equal cost, in cost order: (cost, class
+        indices, their sizes, their members concatenated in class order). Memoised per
+        task class: a group is scanned with one vector test, not class by class."""
+        held = self._group_memo.get(id(cc))
+        if held is not None and held[0] is cc:
+            return held[1]
+        assert self.classes is not None
+        out: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
+        order = cc.order
+        if order.size:
+            cost = cc.cost[order]
+            cuts = np.flatnonzero(np.diff(cost) != 0.0) + 1
+            for part in np.split(order, cuts):
+                ms = [self.classes.members[int(c)] for c in part]
+                out.append((float(cc.cost[part[0]]), part,
+                            np.array([m.size for m in ms], dtype=np.int64), np.concatenate(ms)))
+        self._group_memo[id(cc)] = (cc, out)
+        return out
+
+    def _frag_walk(self, req: PlacementRequest, cc: ClassCosts, plugin: DynamicScore,
+                   w_dyn: float, pressure: float, w_static: float,
+                   skip: np.ndarray | None = None) -> int:
+        """:meth:`_assign_dynamic` for a CPU-only request with GPU fragmentation the only
+        dynamic term, with the term bounded per node class: the same choice, and the same
+        :attr:`keep` best totals, computing ``ΔF`` on few nodes.
+
+        The bound: a CPU-only request never lowers fragmentation (``ΔF ≥ 0``: less
+        cpu/memory fits fewer pods of every type) and a node without a free GPU has
+        ``ΔF = 0``. So once one candidate of the band is known at ``ΔF = 0`` the minimum
+        the term is normalised by is 0 and a node's ``d`` is at least 0: the best total
+        a class can reach is ``W_s·cost_class / W`` (a class without free GPU reaches it
+        on every fitting node). Classes are walked in cost order and one is skipped —
+        with every class after it — when that bound is above both the best total found
+        (plus the choice's 1e-12 tie band) and the :attr:`keep`-th best. Within a class
+        the fitting nodes are taken by least free cpu (the tie-break), ``ΔF`` computed a
+        chunk at a time, until :attr:`keep` nodes at ``ΔF = 0`` are known: no node after
+        them can rank before them. Until some ``ΔF = 0`` is known nothing is pruned (the
+        minimum is unknown), so a band without one is evaluated in full.
+        :attr:`last_dynamic` lists the nodes evaluated, in the exhaustive order.
+        """
+        assert self.classes is not None
+        r = req.task.resources
+        cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
+        s, cl = self.snap, self.classes
+        w = w_static + w_dyn
+        f = float(plugin.floor)
+        keep = max(1, self.keep)
+        seen: list[np.ndarray] = []
+        raws: list[np.ndarray] = []
+        tots = np.zeros(0)
+        first: float | None = None
+        zero = False
+        zd = cast(ZeroDelta, plugin) if provides(plugin, ZeroDelta) else None
+        # where ΔF is not 0 it is at least gap_x: such a node's total is above its
+        # group's ΔF = 0 ones by more than the choice's tie band (then it is not computed
+        # when keep nodes at or below that total are known)
+        gap: list[bool] = []  # worked out when first needed (it reads the popularities)
+
+        def gap_ok() -> bool:
+            if not gap:
+                x = zd.least_positive(req, s, pressure) if zd is not None else 0.0
+                gap.append(x > 0 and w_dyn * (1.0 - f / (x + f)) / w > 1e-12 + 2e-9)
+            return gap[0]
+
+        for sc, cls, sizes, members in self._groups(cc):
+            if first is not None and w_static * (sc - first) > w_dyn:
+                break  # the band of the exhaustive evaluation ends
+            if zero and tots.size:
+                low = float(tots.min())
+                kth = float(np.partition(tots, keep - 1)[keep - 1]) if tots.size >= keep \
+                    else np.inf
+                if w_static * sc / w > max(low + 1e-12, kth) + 1e-9:
+                    break  # this group of classes, and every costlier one, cannot rank
+            room = (self._ub_cpu[cls] >= cpu) & (self._ub_mem[cls] >= mem) \
+                & (self._ub_gpu[cls] >= gpu)
+            if not room.any():
+                continue
+            m = members if room.all() else members[np.repeat(room, sizes)]
+            fits = self._fits(m, cpu, mem, gpu, skip)
+            if skip is None:  # classes with room by their bounds but no fitting node
+                hit = np.zeros(cl.count, dtype=bool)
+                hit[cl.of[m[fits]]] = True
+                for c in cls[room & ~hit[cls]]:
+                    self._refresh_bounds(int(c))
+            if not fits.any():
+                continue
+            if first is None:
+                first = sc
+            gpu_free = bool((self._ub_gpu[cls[room]] > 0).any())
+            cand = m[fits]
+            raw = np.full(cand.size, np.inf)
+            chunks = _least_first(s.free_cpu[cand], keep if not gpu_free else 32)
+            if not gpu_free:  # no free GPU in the group: ΔF = 0 on all, least free cpu first
+                raw[next(chunks)[:keep]] = 0.0
+                zero = True
+            else:  # in tie-break order, until keep nodes at ΔF = 0 are known
+                b = w_static * sc / w
+                ahead = int(np.count_nonzero(tots <= b))  # totals no group member beats
+                found = 0
+                pending: list[np.ndarray] = []
+                visited: list[np.ndarray] = []
+                for ch in chunks:
+                    visited.append(ch)
+                    h = s.gpu_slots[cand[ch]].any(axis=1)
+                    raw[ch[~h]] = 0.0
+                    if h.any() and zd is not None:  # provably 0 without computing it
+                        sure = np.zeros(ch.size, dtype=bool)
+                        sure[h] = zd.unchanged(req, s, cand[ch[h]])
+                        raw[ch[sure]] = 0.0
+                        h &= ~sure
+                    zk = np.flatnonzero(raw[ch] == 0.0)
+                    if zk.size >= keep - found:
+                        h[zk[keep - found - 1]:] = False
+                    if h.any() and gap_ok():
+                        pending.append(ch[h])  # ΔF ≥ the gap: decided below
+                    elif h.any():
+                        raw[ch[h]] = self._dynamic_delta(plugin, req, cand[ch[h]], pressure)
+                    found += int(np.count_nonzero(raw[ch] == 0.0))
+                    if found >= keep:
+                        break
+                if pending and ahead + found < keep:  # they may rank: compute them
+                    at = np.concatenate(pending)
+                    raw[at] = self._dynamic_delta(plugin, req, cand[at], pressure)
+                seq = np.concatenate(visited)
+                z = np.flatnonzero(raw[seq] == 0.0)
+                if z.size >= keep:  # nodes after the keep-th ΔF = 0 one rank after it
+                    raw[seq[int(z[keep - 1]) + 1:]] = np.inf
+                zero = zero or z.size > 0
+            done = np.isfinite(raw)
+            seen.append(cand[done])
+            raws.append(raw[done])
+            d = 1.0 - f / (raw[done] + f)
+            tots = np.concatenate([tots, (w_static * sc + w_dyn * d) / w])
+        if not seen:
+            return -1
+        idx = np.concatenate(seen)
+        raw = np.concatenate(raws)
+        static = cc.cost[cl.of[idx]]
+        d = _normalised(plugin, raw)
+        total = (w_static * static + w_dyn * d) / w
+        best = np.flatnonzero(total <= total.min() + 1e-12)
+        k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
+        self.last_dynamic = DynamicChoice((plugin,), idx, {plugin.name: raw},
+                                          {plugin.name: d}, total)
+        return int(idx[k])
+
     def _dynamic_raw(self, plugin: DynamicScore, req: PlacementRequest, idx: np.ndarray,
                      static: np.ndarray, w_static: float, w_dyn: float, pressure: float,
                      alone: bool) -> np.ndarray:
         """``plugin``'s raw cost over the candidates ``idx``. GPU fragmentation is 0 on a
         node without a free GPU (nothing to fragment) and, when it is the only dynamic
-        term, skipped (``inf``) where it cannot win (see the comment below)."""
+        term and candidates are capped (the path before :meth:`_frag_walk`), skipped
+        (``inf``) where it cannot win (see the comment below); uncapped, every candidate
+        is evaluated (the exhaustive evaluation)."""
         if plugin.term != "fragmentation":
             return self._dynamic_delta(plugin, req, idx, pressure)
         s = self.snap
         raw = np.zeros(idx.size)
         has = s.gpu_slots[idx].any(axis=1)  # no free GPU: nothing to fragment, ΔF = 0
-        if (alone and self.cache_dynamic and req.task.resources.gpu <= 0 and has.any()
-                and not has.all()):
+        if (alone and self.cache_dynamic and self.dynamic_candidates is not None
+                and req.task.resources.gpu <= 0 and has.any() and not has.all()):
             # A CPU-only request never lowers fragmentation (ΔF ≥ 0: less cpu/memory fits
             # fewer pods of every type), and a candidate without free GPU has ΔF = 0, so
             # min ΔF = 0 and a node's total is at least its d = 0 value. Nodes whose
@@ -583,6 +774,7 @@ class BatchAssigner:
         """Give capacity back to node ``i`` (a run ended); raises the class bounds."""
         assert self.classes is not None
         s = self.snap
+        self.changed.append(i)
         s.free_cpu[i] += cpu
         s.free_mem[i] += memory
         s.free_gpu[i] += gpu

@@ -19,7 +19,8 @@ an exception.
 Optional plugin methods are declared protocols, never looked up by name:
 :class:`DynamicScore` (a term that reads free capacity: ``delta``, ``pressure``;
 :class:`RatioToBest` says how the assigner normalises it),
-:class:`CachedDelta` (an exact per-snapshot memo of that delta), :class:`ObservesBatch`
+:class:`CachedDelta` (an exact per-snapshot memo of that delta), :class:`ZeroDelta`
+(where that delta is provably 0), :class:`ObservesBatch`
 (``observe``: learns from every request of a batch) and :class:`Weighted` (``weight``, for
 a term outside the objective). The predictor's optional methods are declared in
 :mod:`placement.predict` (``PredictsQueueWait``, ``Prefetches``, ``ExplainsFallback``).
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -140,6 +141,20 @@ class RatioToBest(Protocol):
     ratio_to_best: bool
 
 
+def ratio_to_best(plugin: object) -> bool:
+    """Whether ``plugin`` is a :class:`RatioToBest` that asks for it (``ratio_to_best``
+    True); the protocol check answered once per type (a data-protocol ``isinstance``
+    costs microseconds and is asked per decision)."""
+    kind = type(plugin)
+    known = _RATIO.get(kind)
+    if known is None:
+        known = _RATIO[kind] = isinstance(plugin, RatioToBest)
+    return known and bool(cast(RatioToBest, plugin).ratio_to_best)
+
+
+_RATIO: dict[type, bool] = {}
+
+
 class DeltaCache(Protocol):
     """An exact memo of a :class:`DynamicScore`'s ``delta`` over one snapshot."""
 
@@ -157,6 +172,23 @@ class CachedDelta(Protocol):
 
     def delta_cache(self, snap: Snapshot) -> DeltaCache:
         """A new memo of ``delta`` over ``snap`` (it follows ``snap``'s free arrays)."""
+        ...
+
+
+@runtime_checkable
+class ZeroDelta(Protocol):
+    """A :class:`DynamicScore` that can tell, cheaper than ``delta``, nodes where its
+    ``delta`` is exactly 0 (GPU fragmentation for a CPU-only request: the batch
+    assigner's per-class bound then skips computing it there)."""
+
+    def unchanged(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        """Bool ``(len(idx),)``: True where ``delta(req, snap, idx)`` is provably 0;
+        False where unsure."""
+        ...
+
+    def least_positive(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
+        """A lower bound of ``delta`` on every node where :meth:`unchanged` is False
+        (``pressure``: the plugin's, for this snapshot); 0 when none is known."""
         ...
 
 

@@ -26,6 +26,7 @@ filters' reasons ("no node fits: 0/11 nodes available: 9 site not allowed …").
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -38,12 +39,43 @@ from placement.framework import (
     Feasibility,
     FilterResult,
     Framework,
-    RatioToBest,
     default_framework,
+    ratio_to_best,
 )
-from placement.plugins.resources import NodeResourcesFit
+from placement.plugins.resources import (
+    REASON_CPU,
+    REASON_GPU,
+    REASON_MEMORY,
+    NodeResourcesFit,
+)
 from placement.predict import CycleState, ExplainsFallback, provides
-from placement.snapshot import TIERS, Snapshot
+from placement.snapshot import CPU_EPS, TIERS, Snapshot
+
+MAX_COUNTS = 256
+"""Filter-count tables a :class:`Planner` keeps ((static key, request shape) pairs; one
+``(n,)`` array each), all dropped beyond."""
+
+
+@dataclass
+class _Counts:
+    """The filters' attributed verdict for one (static key, request shape): ``reasons``
+    (attribution order), ``code`` per node (index into ``reasons``, -1 = feasible),
+    ``counts`` per code + 1 (``counts[0]`` = feasible nodes), ``per_class`` feasible
+    members per node class, ``synced``: how much of the assigner's change log is in."""
+
+    reasons: list[str]
+    code: np.ndarray
+    counts: np.ndarray
+    per_class: np.ndarray
+    synced: int
+
+    def filtered(self) -> dict[str, int]:
+        """Reason → nodes attributed to it, as :attr:`Feasibility.filtered`."""
+        out: dict[str, int] = {}
+        for k in np.flatnonzero(self.counts[1:]).tolist():
+            name = self.reasons[k]
+            out[name] = out.get(name, 0) + int(self.counts[k + 1])
+        return out
 
 
 class Planner:
@@ -65,6 +97,8 @@ class Planner:
         self.framework = fw
         self.assigner = BatchAssigner(snapshot, fw, classes=NodeClasses(snapshot, cached))
         self._static: dict[tuple[object, ...], dict[str, FilterResult]] = {}
+        self._codes: dict[tuple[object, ...], tuple[list[str], np.ndarray, np.ndarray, int]] = {}
+        self._counts: dict[tuple[object, ...], _Counts] = {}
         self._weights: dict[tuple[float, ...], dict[str, float]] = {}
 
     def place_one(self, req: PlacementRequest, *, explain: bool = True, pin: int | None = None,
@@ -79,6 +113,7 @@ class Planner:
         """
         a, snap = self.assigner, self.snap
         a.observe(req)
+        a.keep = 1 + ALTERNATIVES if explain else 1  # the runners-up shown, exact
         extra: list[str] = []
         if pin is not None and a.fits_node(req, pin):
             j = pin
@@ -118,6 +153,84 @@ class Planner:
                 f.name: f.filter(req, self.snap, state) for f in fw.filters
                 if f.name != NodeResourcesFit.name}
         return fw.run_filters(req, self.snap, fw.new_state(), known)
+
+    def _static_codes(self, req: PlacementRequest
+                      ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+        """Per static key: the reasons in attribution order (filters in plugin order, each
+        filter's reasons in its order, ``NodeResourcesFit``'s three in its place), the
+        index of the first static reason rejecting each node among the filters before
+        ``NodeResourcesFit`` and after it (``(n,)``, -1 = none), and where its reasons
+        start."""
+        key = static_key(req)
+        held = self._codes.get(key)
+        if held is not None:
+            return held
+        self._filters(req)  # the static verdicts, once per static key
+        known = self._static[key]
+        n = self.snap.n
+        reasons: list[str] = []
+        pre, post = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        at, codes = -1, pre
+        for plugin in self.framework.filters:
+            if plugin.name == NodeResourcesFit.name:
+                at, codes = len(reasons), post
+                reasons += [REASON_CPU, REASON_MEMORY, REASON_GPU]
+                continue
+            for rej in known[plugin.name].rejections:
+                codes[(codes < 0) & rej.mask] = len(reasons)
+                reasons.append(rej.reason)
+        held = self._codes[key] = (reasons, pre, post, at)
+        return held
+
+    def _attributed(self, req: PlacementRequest, idx: np.ndarray | None = None) -> np.ndarray:
+        """The reason (index into :meth:`_static_codes`' list) each node of ``idx`` (all
+        by default) is attributed to, as :meth:`Framework.run_filters` attributes it;
+        -1 = feasible."""
+        _, pre, post, at = self._static_codes(req)
+        r, s = req.task.resources, self.snap
+        if idx is None:
+            idx = np.arange(s.n)
+        res = np.where(s.free_cpu[idx] + CPU_EPS < r.cpu, at,
+                       np.where(s.free_mem[idx] < r.memory, at + 1,
+                                np.where(s.gpu_fit(r.gpu, idx), -1, at + 2)))
+        p = pre[idx]
+        out: np.ndarray = np.where(p >= 0, p, np.where(res >= 0, res, post[idx]))
+        return out
+
+    def _filter_counts(self, req: PlacementRequest) -> _Counts:
+        """The filters' verdict on the snapshot as it stands, kept per (static key,
+        request shape) and refreshed only on the nodes the assigner changed since (one
+        placement changes one node): the explanation's filter counts in ``O(changes)``
+        rather than a pass of every filter over the ``n`` nodes."""
+        r = req.task.resources
+        key = (static_key(req), float(r.cpu), int(r.memory), int(r.gpu))
+        a, cl = self.assigner, self.assigner.classes
+        assert cl is not None
+        st = self._counts.get(key)
+        if st is None:
+            if len(self._counts) >= MAX_COUNTS:
+                self._counts.clear()
+            reasons = self._static_codes(req)[0]
+            code = self._attributed(req)
+            st = self._counts[key] = _Counts(
+                reasons, code, np.bincount(code + 1, minlength=len(reasons) + 1),
+                np.bincount(cl.of[code < 0], minlength=cl.count), len(a.changed))
+        elif st.synced < len(a.changed):
+            u = np.unique(np.array(a.changed[st.synced:], dtype=np.int64))
+            old, new = st.code[u], self._attributed(req, u)
+            # usually one node: scalar updates beat ufunc.at
+            for i, o, c in zip(u.tolist(), old.tolist(), new.tolist(), strict=True):
+                if o == c:
+                    continue
+                st.counts[o + 1] -= 1
+                st.counts[c + 1] += 1
+                if o < 0:
+                    st.per_class[cl.of[i]] -= 1
+                if c < 0:
+                    st.per_class[cl.of[i]] += 1
+            st.code[u] = new
+            st.synced = len(a.changed)
+        return st
 
     def _unschedulable(self, req: PlacementRequest) -> str:
         feas = self._filters(req)
@@ -179,9 +292,8 @@ class Planner:
                  and dp.name in dnames else 0.0)
             scores[dp.name] = round(MAX_SCORE * (1.0 - d), 2)
 
-        feas = self._filters(req)
-        fitting = np.zeros(cl.count, dtype=bool)
-        fitting[cl.of[feas.mask]] = True
+        counts = self._filter_counts(req)
+        fitting = counts.per_class > 0
         fitting[c] = True
         rep_state = CycleState(fw.predictor, {"predictions": cc.predictions})
         reasons: list[str] = []
@@ -196,7 +308,7 @@ class Planner:
                 full = np.zeros(snap.n)
                 shown = np.zeros(snap.n, dtype=bool)
                 ok = np.isfinite(raw)  # in the form the plugin's score has
-                shift = not (isinstance(plugin, RatioToBest) and plugin.ratio_to_best)
+                shift = not ratio_to_best(plugin)
                 full[dyn.idx[ok]] = raw[ok] - raw[ok].min() if shift else raw[ok]
                 shown[dyn.idx[ok]] = True
                 line = plugin.describe(req, snap, fw.new_state(), full, j, shown)
@@ -204,7 +316,7 @@ class Planner:
                 line = None
             if line:
                 reasons.append(line)
-        feasible = int(feas.mask.sum())
+        feasible = int(counts.counts[0])
         reasons.append(f"{feasible} of {snap.n} nodes feasible")
         reasons.extend(extra)
         version = fw.predictor.version
@@ -214,11 +326,11 @@ class Planner:
                 reasons.append(why)
                 version = "analytic-v1"
         return PlacementDecision.model_construct(
-            **fields, scores=scores, reasons=reasons, filtered=feas.filtered,
-            alternatives=self._runners_up(cc, j, feas.mask), model_version=version,
+            **fields, scores=scores, reasons=reasons, filtered=counts.filtered(),
+            alternatives=self._runners_up(cc, j, counts.code), model_version=version,
             feasible_nodes=feasible)
 
-    def _runners_up(self, cc: ClassCosts, j: int, feasible: np.ndarray) -> list[dict[str, object]]:
+    def _runners_up(self, cc: ClassCosts, j: int, code: np.ndarray) -> list[dict[str, object]]:
         """Up to :data:`ALTERNATIVES` other feasible nodes, best first, with their totals:
         the fragmentation term's candidates when it decided, else the classes in cost
         order (within a class, node order)."""
@@ -227,18 +339,20 @@ class Planner:
         dyn = a.last_dynamic
         if dyn is not None:
             top = ALTERNATIVES + 1
-            best = (np.argsort(dyn.total, kind="stable") if dyn.total.size <= top else
-                    np.argpartition(dyn.total, top - 1)[:top])
-            for k in sorted(best.tolist(), key=lambda k: (dyn.total[k], k)):
+            tot = dyn.total
+            fc = snap.free_cpu[dyn.idx]  # ties as the choice breaks them: least free cpu
+            sel = (np.flatnonzero(tot <= np.partition(tot, top - 1)[top - 1])
+                   if tot.size > top else np.arange(tot.size))
+            for k in sel[np.lexsort((sel, fc[sel], tot[sel]))].tolist():
                 i = int(dyn.idx[k])
                 if i != j and len(out) < ALTERNATIVES:
                     out.append({"node": snap.ids[i],
-                                "total": round(MAX_SCORE * (1.0 - float(dyn.total[k])), 2)})
+                                "total": round(MAX_SCORE * (1.0 - float(tot[k])), 2)})
             return out
         assert a.classes is not None
         for cls in cc.order:
             m = a.classes.members[cls]
-            for i in m[feasible[m]]:
+            for i in m[code[m] < 0]:
                 if int(i) == j:
                     continue
                 out.append({"node": snap.ids[int(i)],

@@ -1,18 +1,24 @@
-"""Decision throughput and latency at 1k, 10k and 100k nodes: :func:`placement.plan`'s
-path (:class:`placement.plan.Planner`, the node-class assigner) vs the naive rescan.
+"""Decision throughput and latency at 1k, 10k and 100k nodes: the product's entry point
+(:class:`placement.plan.Planner.place_one`, the node-class assigner, as the reconciler,
+preview and migration call it) end to end, explanation included, vs the naive rescan.
 
 Nodes: the six scenario-A node types spread over :data:`SITES` sites (each its own
 location, RTT 5–60 ms between them), background load 0–50 % — so the node classes
 number ``6 × SITES`` whatever the node count. Requests: drawn from :data:`TEMPLATES`
 task templates (as replicas of a deployment or the tasks of a parameter sweep share
-one spec), mixed cpu/memory/gpu, some with SLOs and input data. A second row
-("distinct") makes every request its own task class — the worst case for the cache.
+one spec), mixed cpu/memory/gpu, some with SLOs and input data. The "distinct" row makes
+every request its own task class — the worst case for the cache.
 
-A third row evaluates the GPU-fragmentation term without its per-node memo
-(:data:`UNMEMO`) on the first 2,000 template requests and checks it places them exactly
-as the memoised row does. Both sides place the same requests on copies of the same snapshot, timed per request
-with ``time.perf_counter``: ``Planner.place_one`` end to end (decision object included;
-the explanation only in the :data:`EXPLAINED` row, which must place identically).
+Rows (:data:`ROWS`), each placing its requests on a copy of the same snapshot, timed per
+request with ``time.perf_counter`` (decision object and, unless said, its explanation —
+reasons, scores, filter counts, runners-up — included):
+
+* the product path, GPU fragmentation on (default weight) and off;
+* :data:`BEFORE`: the path as it was before the per-class bound, side by side in the
+  same run — the fragmentation term evaluated on up to 1,024 fitting nodes per request
+  (the tightest of each class), no pruning — timed interleaved with the product row,
+  request by request, so that load on a shared machine weighs on both alike;
+* the naive full rescan.
 """
 
 from __future__ import annotations
@@ -27,16 +33,16 @@ from placement import DataSource, PlacementRequest, Snapshot, StaticNetwork
 from placement.batch import naive_assign
 from placement.framework import default_framework
 from placement.plan import Planner
-from placement.plugins.fragmentation import GpuFragmentation
 
 SITES = 8
 TEMPLATES = 50
-UNMEMO = "continuum (templates), fragmentation not memoised"
-EXPLAINED = "continuum (templates), explanation included"
-"""The same requests through :meth:`placement.plan.Planner.place_one` with the decision's
-explanation built (reasons, scores, filter counts, runners-up): the reconciler's path."""
-"""The assigner with the term computed afresh for every candidate of every request
-(``cache_dynamic=False``): the same placements (checked here), the cost before the memo."""
+PRODUCT = "continuum (templates)"
+BEFORE = "before: 1,024 candidates, no bound (templates)"
+"""The assigner as it was before the per-class bound (``prune_dynamic=False``,
+``dynamic_candidates=1024``), explanation included: the old path, timed in the same run."""
+CHECKED = 2000
+"""Requests of the product row whose choice is checked against the exhaustive one (a
+quarter of that above 10k nodes, where each exhaustive choice costs milliseconds)."""
 
 
 def cluster(n: int, seed: int = 0) -> tuple[list[Node], StaticNetwork]:
@@ -96,49 +102,90 @@ class Row:
     build_s: float
 
 
+def _planner(snap: Snapshot, fragmentation: bool, prune: bool = True,
+             cap: int | None = None) -> Planner:
+    fw = default_framework() if fragmentation else default_framework(fragmentation_weight=0.0)
+    p = Planner(snap.copy(), fw)
+    p.assigner.prune_dynamic = prune
+    p.assigner.dynamic_candidates = cap
+    return p
+
+
+def exhaustive_choice(p: Planner, req: PlacementRequest) -> int:
+    """The node the exhaustive evaluation picks for ``req`` in ``p``'s current state
+    (``prune_dynamic`` off, no candidate cap), without placing it."""
+    a = p.assigner
+    saved = a.prune_dynamic, a.dynamic_candidates, a.keep
+    a.prune_dynamic, a.dynamic_candidates, a.keep = False, None, 1
+    try:
+        a.observe(req)
+        return a.choose(req)
+    finally:
+        a.prune_dynamic, a.dynamic_candidates, a.keep = saved
+
+
 def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
+    """The rows of the module docstring at ``n`` nodes; raises AssertionError when the
+    product path picks another node than the exhaustive evaluation (the check)."""
     import time
 
     nodes, net = cluster(n)
     snap = Snapshot(nodes=nodes, network=net)
     rows = []
-    off = default_framework()
-    for plugin in off.scores:
-        if isinstance(plugin, GpuFragmentation):
-            plugin.weight = 0.0
     chosen: dict[str, list[int]] = {}
-    for label, reqs, fw, memo in (
-            ("continuum (templates)", requests(fast_requests), default_framework(), True),
-            (EXPLAINED, requests(fast_requests), default_framework(), True),
-            ("continuum (distinct)", requests(min(fast_requests, 3000), 2, True),
-             default_framework(), True),
-            (UNMEMO, requests(min(fast_requests, 2000)), default_framework(), False),
-            ("continuum (templates), fragmentation off", requests(fast_requests), off, True),
-            ("continuum (distinct), fragmentation off",
-             requests(min(fast_requests, 3000), 2, True), off, True)):
-        t0 = time.perf_counter()
-        p = Planner(snap.copy(), fw)
-        p.assigner.cache_dynamic = memo
-        a = p.assigner
-        build = time.perf_counter() - t0
-        explain = label == EXPLAINED
-        lat = np.empty(len(reqs))
-        placed = 0
-        got = chosen[label] = []
-        for k, r in enumerate(reqs):
-            s = time.perf_counter()
-            dec = p.place_one(r, explain=explain).decision
-            lat[k] = time.perf_counter() - s
-            j = -1 if dec is None else p.snap.index[dec.node]
-            placed += j >= 0
-            got.append(j)
-        if not memo or explain:  # the memo is exact, explaining changes nothing: the same
-            ref = chosen["continuum (templates)"][:len(got)]  # requests go to the same nodes
-            if got != ref:
-                raise AssertionError(f"{n} nodes: placements of {label!r} differ")
-        assert a.classes is not None
-        rows.append(Row(n, a.classes.count, label, len(reqs), placed, len(reqs) / lat.sum(),
-                        float(np.percentile(lat, 99)) * 1e3, build))
+    distinct = min(fast_requests, 3000)
+    product = PRODUCT + ", explanation included"
+    checked, limit = 0, CHECKED if n <= 10_000 else CHECKED // 4
+    before = BEFORE + ", explanation included"
+    # (label, requests, fragmentation on, bound on, candidate cap, explain); a group's rows
+    # are timed interleaved, request by request (the product path and the old one: load
+    # on a shared machine drifts alike for both)
+    groups = [
+        [(product, requests(fast_requests), True, True, 1024, True),
+         (before, requests(fast_requests), True, False, 1024, True)],
+        [(PRODUCT + ", no explanation", requests(fast_requests), True, True, 1024, False)],
+        [("continuum (distinct), explanation included", requests(distinct, 2, True), True,
+          True, 1024, True)],
+        [(PRODUCT + ", fragmentation off, explanation included", requests(fast_requests),
+          False, True, 1024, True)],
+        [("continuum (distinct), fragmentation off, explanation included",
+          requests(distinct, 2, True), False, True, 1024, True)]]
+    for group in groups:
+        planners, builds = [], []
+        for _, _, frag, prune, cap, _ in group:
+            t0 = time.perf_counter()
+            planners.append(_planner(snap, frag, prune, cap))
+            builds.append(time.perf_counter() - t0)
+        count = len(group[0][1])
+        lats = [np.empty(count) for _ in group]
+        placed = [0] * len(group)
+        for label, *_ in group:
+            chosen[label] = []
+        for k in range(count):
+            for g in (range(len(group)) if k % 2 == 0 else reversed(range(len(group)))):
+                label, reqs, _, _, _, explain = group[g]
+                p, r = planners[g], reqs[k]
+                want = (exhaustive_choice(p, r) if label == product and k < limit
+                        and r.task.resources.gpu <= 0 else None)
+                s = time.perf_counter()
+                dec = p.place_one(r, explain=explain).decision
+                lats[g][k] = time.perf_counter() - s
+                j = -1 if dec is None else p.snap.index[dec.node]
+                if want is not None:
+                    checked += 1
+                    if j != want:
+                        raise AssertionError(f"{n} nodes: request {k} placed on node {j}, "
+                                             f"the exhaustive evaluation picks {want}")
+                placed[g] += j >= 0
+                chosen[label].append(j)
+        for g, (label, *_) in enumerate(group):
+            if label.endswith("no explanation") and chosen[label] != chosen[product]:
+                raise AssertionError(f"{n} nodes: explaining changed a placement")
+            a = planners[g].assigner
+            assert a.classes is not None
+            lat = lats[g]
+            rows.append(Row(n, a.classes.count, label, count, placed[g], count / lat.sum(),
+                            float(np.percentile(lat, 99)) * 1e3, builds[g]))
     reqs = requests(naive_requests)
     s2 = snap.copy()
     lat = np.empty(len(reqs))
@@ -147,6 +194,8 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
         s = time.perf_counter()
         placed += int(naive_assign([r], s2)[0] >= 0)
         lat[k] = time.perf_counter() - s
+    print(f"{n:,} nodes: {checked} decisions checked against the exhaustive evaluation, "
+          "all the same", flush=True)
     rows.append(Row(n, n, "naive full rescan", len(reqs), placed, len(reqs) / lat.sum(),
                     float(np.percentile(lat, 99)) * 1e3, 0.0))
     return rows

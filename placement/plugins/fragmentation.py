@@ -48,7 +48,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from placement.framework import CachedDelta, DynamicScore, ObservesBatch, Term, Weighted
+from placement.framework import (
+    CachedDelta,
+    DynamicScore,
+    ObservesBatch,
+    Term,
+    Weighted,
+    ZeroDelta,
+)
 from placement.predict import CycleState
 from placement.snapshot import CPU_EPS
 
@@ -116,6 +123,27 @@ def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray,
     return frag_matrix(free_cpu, free_mem, slots, unit, wl, fill) @ wl.prob  # type: ignore[no-any-return]
 
 
+def fill_count(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
+               wl: Workload) -> np.ndarray:
+    """How many pods of each task type the nodes still hold, by their free GPUs, cpu and
+    memory together: shape ``(k, T)`` (float; ``inf`` for a type asking for nothing).
+    Arguments as :func:`fragmentation`; the fill-up measure's count."""
+    frac = (wl.gpu > 0) & (wl.gpu < unit)
+    full = (slots == unit).sum(axis=1)
+    need = -(-wl.gpu // unit)
+    g = np.maximum(wl.gpu, 1)
+    by_frac = (slots[:, :, None] // g[None, None, :]).sum(axis=1)         # (k, T)
+    by_whole = full[:, None] // np.maximum(need, 1)[None, :]
+    by_gpu = np.where(frac[None, :], by_frac, by_whole)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        by_cpu = np.where(wl.cpu[None, :] > 0, np.floor(
+            (np.maximum(free_cpu, 0)[:, None] + CPU_EPS) / wl.cpu[None, :]), np.inf)
+        by_mem = np.where(wl.memory[None, :] > 0, np.floor(
+            np.maximum(free_mem, 0)[:, None] / wl.memory[None, :]), np.inf)
+    out: np.ndarray = np.minimum(by_gpu, np.minimum(by_cpu, by_mem))
+    return out
+
+
 def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
                 wl: Workload, fill: bool = True) -> np.ndarray:
     """Fragmented GPUs per node and task type, ``frag_n(m)``, shape ``(k, T)``.
@@ -131,17 +159,7 @@ def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, u
     full = (slots == unit).sum(axis=1)
     need = -(-wl.gpu // unit)
     if fill:
-        g = np.maximum(wl.gpu, 1)
-        # how many pods of each type the node still holds, by gpu, cpu and memory
-        by_frac = (slots[:, :, None] // g[None, None, :]).sum(axis=1)     # (k, T)
-        by_whole = full[:, None] // np.maximum(need, 1)[None, :]
-        by_gpu = np.where(frac[None, :], by_frac, by_whole)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            by_cpu = np.where(wl.cpu[None, :] > 0, np.floor(
-                (np.maximum(free_cpu, 0)[:, None] + CPU_EPS) / wl.cpu[None, :]), np.inf)
-            by_mem = np.where(wl.memory[None, :] > 0, np.floor(
-                np.maximum(free_mem, 0)[:, None] / wl.memory[None, :]), np.inf)
-        count = np.minimum(by_gpu, np.minimum(by_cpu, by_mem))
+        count = fill_count(free_cpu, free_mem, slots, unit, wl)
         usable_units = np.where(frac[None, :], count * wl.gpu[None, :],
                                 count * need[None, :] * unit)
         frag = np.where((wl.gpu > 0)[None, :], idle[:, None] - usable_units / unit,
@@ -193,8 +211,8 @@ class GpuFragmentation:
 
     Declares (:mod:`placement.framework`) :class:`DynamicScore` (reads free capacity:
     evaluated per request, never cached per task class), :class:`CachedDelta`
-    (:class:`FragmentationCache`), :class:`ObservesBatch` (learns the workload) and
-    :class:`Weighted`.
+    (:class:`FragmentationCache`), :class:`ObservesBatch` (learns the workload),
+    :class:`Weighted` and :class:`ZeroDelta` (:meth:`unchanged`).
     """
 
     name = NAME
@@ -216,6 +234,7 @@ class GpuFragmentation:
         self._seen: set[str] = set()
         self._order: deque[tuple[str, tuple[float, int, int]]] = deque()
         self._cached: Workload | None = None
+        self._support: tuple[Workload | None, np.ndarray, np.ndarray] | None = None
 
     def observe(self, req: PlacementRequest) -> None:
         """Count ``req``'s (cpu, memory, gpu) type once per request key."""
@@ -225,6 +244,7 @@ class GpuFragmentation:
         t = (float(r.cpu), int(r.memory), int(r.gpu))
         self._seen.add(req.key)
         self._order.append((req.key, t))
+        changed = t not in self._counts  # the set of types seen, not only their counts
         self._counts[t] += 1
         if len(self._order) > MEMORY:
             old_key, old_t = self._order.popleft()
@@ -232,7 +252,10 @@ class GpuFragmentation:
             self._counts[old_t] -= 1
             if self._counts[old_t] <= 0:
                 del self._counts[old_t]
+                changed = True
         self._cached = None
+        if changed or len(self._counts) > MAX_TYPES:  # then the top types move with counts
+            self._support = None
 
     def distribution(self) -> Workload | None:
         """The workload in use: the fixed one, or the learned one (None before any)."""
@@ -260,6 +283,78 @@ class GpuFragmentation:
         after_slots = take_slots(slots, int(r.gpu), unit)
         after = fragmentation(cpu - r.cpu, mem - r.memory, after_slots, unit, wl, self.fill)
         return (after - before) * self.pressure(snap)  # type: ignore[no-any-return]
+
+    def _gpu_types(self) -> tuple[Workload | None, np.ndarray, np.ndarray]:
+        """The workload's GPU types with ``p > 0`` (None when there are none) and their cpu
+        and memory as safe divisors (1 where 0), ``(1, S)``. Kept until the set of types
+        changes (:meth:`observe`): the popularities do not matter to :meth:`unchanged`,
+        so a new request key does not rebuild the workload for it."""
+        if self._support is None:
+            wl = self.distribution()
+            sel = (wl.gpu > 0) & (wl.prob > 0) if wl is not None else None
+            if wl is None or sel is None or not sel.any():
+                self._support = (None, np.ones((1, 0)), np.ones((1, 0), dtype=np.int64))
+            else:
+                sub = Workload(wl.cpu[sel], wl.memory[sel], wl.gpu[sel], wl.prob[sel])
+                c, m = sub.cpu[None, :], sub.memory[None, :]
+                self._support = (sub, np.where(c > 0, c, 1.0), np.where(m > 0, m, 1))
+        return self._support
+
+    def unchanged(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        """Nodes of ``idx`` where a CPU-only ``req`` leaves every task type's fragments
+        as they are, so :meth:`delta` is exactly 0 there: bool ``(len(idx),)``.
+
+        Placing no GPU changes no GPU slot; a type's fragments change only if the cpu
+        and memory left change how many of its pods the node holds (fill-up measure) or
+        whether one fits (FGD's). Comparing those counts before and after is exact for
+        the types of the workload with ``p > 0`` (the rest weigh 0) and cheaper than
+        ``ΔF`` (no memo, no product with ``p``). Always False for a GPU request.
+        """
+        r = req.task.resources
+        if r.gpu > 0 or idx.size == 0:
+            return np.zeros(idx.size, dtype=bool)
+        sub, c, m = self._gpu_types()
+        if sub is None or snap.gpu_slots.shape[1] == 0:
+            return np.ones(idx.size, dtype=bool)  # delta is 0: no GPU type, or no GPUs
+        cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
+        if self.fill:  # fill_count's formulas; its GPU bound is the same before and after
+            slots = snap.gpu_slots[idx]
+            by_gpu = fill_count(np.full(idx.size, np.inf), np.full(idx.size, np.inf), slots,
+                                snap.gpu_unit, sub)
+            cpu0, mem0 = np.maximum(cpu, 0)[:, None], np.maximum(mem, 0)[:, None]
+            cpu1 = np.maximum(cpu - r.cpu, 0)[:, None]
+            mem1 = np.maximum(mem - r.memory, 0)[:, None]
+            no_c, no_m = sub.cpu[None, :] <= 0, sub.memory[None, :] <= 0
+            before = np.minimum(by_gpu, np.minimum(
+                np.where(no_c, np.inf, np.floor((cpu0 + CPU_EPS) / c)),
+                np.where(no_m, np.inf, np.floor(mem0 / m))))
+            after = np.minimum(by_gpu, np.minimum(
+                np.where(no_c, np.inf, np.floor((cpu1 + CPU_EPS) / c)),
+                np.where(no_m, np.inf, np.floor(mem1 / m))))
+        else:
+            c, m = sub.cpu[None, :], sub.memory[None, :]
+            before = (cpu[:, None] + CPU_EPS >= c) & (mem[:, None] >= m)
+            after = ((cpu - r.cpu)[:, None] + CPU_EPS >= c) & ((mem - r.memory)[:, None] >= m)
+        same: np.ndarray = (before == after).all(axis=1)
+        return same
+
+    def least_positive(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
+        """A lower bound of :meth:`delta` where :meth:`unchanged` is False (fill-up measure,
+        CPU-only request): there a type ``m`` with ``p_m > 0`` holds fewer pods, so its
+        fragments grow by at least one pod's GPUs (``g_m / unit`` for a fractional type,
+        its whole GPUs otherwise) and ``ΔF ≥ pressure · min_m p_m · that``, less a margin
+        for rounding. 0 for FGD's measure or a GPU request (no bound known)."""
+        wl = self.distribution()
+        if not self.fill or req.task.resources.gpu > 0 or wl is None:
+            return 0.0
+        sel = (wl.gpu > 0) & (wl.prob > 0)
+        if not sel.any():
+            return 0.0
+        unit = snap.gpu_unit
+        g = wl.gpu[sel]
+        pod = np.where(g < unit, g / unit, -(-g // unit)).astype(np.float64)
+        least = float(pressure) * float((wl.prob[sel] * pod).min())
+        return max(0.0, least * (1.0 - 1e-9) - 1e-12)
 
     def delta_cache(self, snap: Snapshot) -> FragmentationCache:
         """An exact memo of :meth:`delta` over ``snap`` (:class:`FragmentationCache`)."""
@@ -448,5 +543,6 @@ class FragmentationCache:
 
 
 # Declared capabilities (placement.framework): mypy checks the signatures.
-_DECLARED: tuple[type[DynamicScore], type[CachedDelta], type[ObservesBatch], type[Weighted]] = (
-    GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation)
+_DECLARED: tuple[type[DynamicScore], type[CachedDelta], type[ObservesBatch], type[Weighted],
+                 type[ZeroDelta]] = (
+    GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation)

@@ -93,3 +93,24 @@ def test_measured_load_is_reevaluated_within_a_batch_by_the_assigner_too():
     reqs = [request(task(f"t{i}", 1, GI, work=60.0), f"r{i}") for i in range(8)]
     chosen = BatchAssigner(snap, with_load(default_framework())).assign(reqs)
     assert sorted(np.bincount(chosen, minlength=2).tolist()) == [4, 4]
+
+
+def test_filter_counts_kept_per_shape_match_a_full_pass_of_the_filters():
+    """The explanation's filter counts (kept per static key and request shape, refreshed
+    on the nodes placements changed) equal a pass of every filter over the snapshot as it
+    stands, decision after decision, until capacity runs out (SLO rejections and cpu
+    shortage on the same nodes: attributed to the filter first in plugin order)."""
+    nodes, reqs = _mixed_nodes()[:6], _requests() * 3
+    snap = snapshot(nodes)
+    fw = default_framework()
+    planner = Planner(snap, fw, reqs)
+    full = 0
+    for r in reqs:
+        want = fw.run_filters(r, snap, fw.new_state())
+        d = planner.place_one(r).decision
+        if d is None:
+            continue
+        assert d.filtered == want.filtered
+        assert d.feasible_nodes == int(want.mask.sum())
+        full += any(k == "nodes lack cpu" for k in want.filtered)
+    assert full  # capacity did run out on some nodes
