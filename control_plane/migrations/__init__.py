@@ -37,8 +37,9 @@ logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
 """The first revision: the schema of the releases before migrations."""
-LOCK_KEY = 0x636F6E74696E7575 & 0x7FFFFFFFFFFFFFFF
-"""PostgreSQL advisory lock key (``"continuu"``) held while a replica upgrades."""
+LOCK_KEY = 0x636F6E742D6D6967  # b"cont-mig"
+"""PostgreSQL advisory lock key held while a replica upgrades; not the leader's
+(:data:`control_plane.leader.ADVISORY_KEY`, held for as long as a replica leads)."""
 _in_process = threading.Lock()  # Alembic's context and op are process-wide proxies
 
 

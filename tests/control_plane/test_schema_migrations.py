@@ -189,3 +189,10 @@ def test_a_database_migrated_by_a_newer_release_is_refused(database_url: str) ->
     with pytest.raises(SchemaMismatch) as e:
         Store(database_url)
     assert "revision 9999" in str(e.value) and "newer Continuum" in str(e.value)
+
+
+def test_the_upgrade_lock_is_not_the_leaders() -> None:
+    """A replica starting while another leads must not wait on the leader's lock."""
+    from control_plane.leader import ADVISORY_KEY
+
+    assert LOCK_KEY != ADVISORY_KEY
