@@ -37,10 +37,9 @@ logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
 """The first revision: the schema of the releases before migrations."""
-LOCK_KEY = int.from_bytes(b"cmigrate", "big")
-"""PostgreSQL advisory lock key (``"cmigrate"``) held while a replica upgrades; not the
-leader's (:data:`control_plane.leader.ADVISORY_KEY`), which a running leader holds for
-as long as it leads."""
+LOCK_KEY = 0x636F6E742D6D6967  # b"cont-mig"
+"""PostgreSQL advisory lock key held while a replica upgrades; not the leader's
+(:data:`control_plane.leader.ADVISORY_KEY`, held for as long as a replica leads)."""
 _in_process = threading.Lock()  # Alembic's context and op are process-wide proxies
 
 

@@ -189,3 +189,19 @@ def test_a_database_migrated_by_a_newer_release_is_refused(database_url: str) ->
     with pytest.raises(SchemaMismatch) as e:
         Store(database_url)
     assert "revision 9999" in str(e.value) and "newer Continuum" in str(e.value)
+
+
+def test_a_replica_opens_the_store_while_another_leads(postgres) -> None:  # type: ignore[no-untyped-def]
+    """The upgrade's lock is not the leader's (held for as long as a replica leads)."""
+    from control_plane.leader import ADVISORY_KEY
+
+    url = postgres.new_database()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as leader:
+            leader.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_KEY})
+            Store(url).close()  # with one key for both, this waited forever
+            leader.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+    finally:
+        engine.dispose()
+        postgres.drop_database(url)
