@@ -483,7 +483,9 @@ def listen_for_wakes(store: Store, wake: Callable[[], None], stop: threading.Eve
                 pg.autocommit = True
                 pg.execute(f"LISTEN {WAKE_CHANNEL}")
                 while not stop.is_set():
-                    for _ in pg.notifies(timeout=1.0):
+                    # a short timeout: ``stop`` is seen within 0.25 s (a server's stop
+                    # waits for this thread)
+                    for _ in pg.notifies(timeout=0.25):
                         wake()
             finally:
                 pg.close()
