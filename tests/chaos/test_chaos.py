@@ -1,0 +1,156 @@
+"""Chaos tests (issue 15): the control plane killed, the broker and the database
+restarted during a workload on real backends, judged from the backends' side.
+
+Loopback only, seeded (``CHAOS_SEED``, default 15), bounded (pytest-timeout on each).
+The workload is ``chaos-<i>`` workflows of four short tasks (tests/chaos/harness.py:
+a device of two real ``continuum-agent``s on the real Mosquitto, the real Slurm 22.05
+and a simulated site). Each test asserts, from what the backends recorded (the agents'
+logs and run directories, slurmctld's job table by run id, the twin's record): every
+accepted workflow Succeeded, every task executed exactly once, and every run's final
+state in the API is its backend's. Select them with ``pytest -m chaos``; ``-s`` shows
+the figures, which are also written to ``chaos-*.json`` in the test's tmp directory.
+
+Today the control plane is one ``continuum server`` on SQLite: killing "the leader" is
+killing it and starting it again (crash recovery), and the takeover time is from the
+SIGKILL until the restarted server's reconciler completed its first cycle (``/readyz``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.adapters.slurm.conftest import SlurmCluster
+from tests.chaos.harness import (
+    TASKS_PER_WORKFLOW,
+    Backends,
+    Replicas,
+    chaos_workflow,
+    problems,
+    register_sites,
+    summary,
+    write_report,
+)
+from tests.conftest import AgentFactory, AgentProcess, Mosquitto, SlurmBeds
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.chaos, pytest.mark.mosquitto, pytest.mark.slurm]
+
+SEED = int(os.environ.get("CHAOS_SEED", "15"))
+SLURM_RELEASE = "22.05"
+"""One release is enough here: the Slurm adapter's own tests cover the others."""
+
+
+def chaos_pause(seconds: float) -> None:
+    """Let the workload run for ``seconds`` before the next fault: the seeded random
+    point of the fault itself, not a wait for a condition."""
+    time.sleep(seconds)
+
+
+@pytest.fixture
+def hpc(slurm_beds: SlurmBeds) -> SlurmCluster:
+    return slurm_beds.get(SLURM_RELEASE)
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[Replicas]:
+    reps = Replicas(tmp_path)
+    yield reps
+    reps.stop()
+
+
+def continuum(replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto,
+              hpc: SlurmCluster) -> list[AgentProcess]:
+    """Start the replicas, register the three sites and start two agents (both in the
+    fleet before the workload starts); returns the agents."""
+    replicas.start()
+    api = replicas.api()
+    register_sites(api, mosquitto.url, hpc)
+    agents.trust(replicas.state_dir)
+    spawned = [agents.spawn(f"chaos-pi-{i}") for i in range(2)]
+    wait_for(lambda: sum(n["ready"] for n in api.get("/v1/nodes", site="fleet")["items"]) == 2,
+             timeout=30, message="both agents in the fleet")
+    return spawned
+
+
+def judge(name: str, tmp_path: Path, replicas: Replicas, agents: list[AgentProcess],
+          hpc: SlurmCluster, wids: list[str], started: float, extra: dict[str, object],
+          timeout: float = 150) -> None:
+    """Wait for every workflow to end, read the backends, write and print the report,
+    and assert nothing was lost or run twice."""
+    workflows = replicas.api().wait_all(wids, timeout=timeout)
+    backends = Backends.read(agents, hpc, replicas)
+    found = problems(workflows, backends)
+    report = {"test": name, "seed": SEED, "wall_s": round(time.monotonic() - started, 1),
+              **summary(workflows, backends), **replicas.takeover_summary(), **extra,
+              "problems": found}
+    write_report(tmp_path / f"chaos-{name}.json", report)
+    assert found == [], "\n".join(found)
+    assert len(workflows) == len(wids)
+
+
+@pytest.mark.timeout(420)
+def test_kill_the_leader_at_50_random_points(
+        replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto, hpc: SlurmCluster,
+        tmp_path: Path) -> None:
+    """50 workflows (200 tasks), one submitted before each kill; each SIGKILL lands
+    0–1.5 s (seeded) after the leader is back: during placement, dispatch, running
+    tasks, finished runs not yet recorded."""
+    started = time.monotonic()
+    spawned = continuum(replicas, agents, mosquitto, hpc)
+    api = replicas.api()
+    rng = random.Random(SEED)
+    wids = []
+    for i in range(50):
+        wids.append(api.submit(chaos_workflow(i)))
+        chaos_pause(rng.uniform(0.0, 1.5))
+        replicas.kill_leader()
+    assert len(wids) * TASKS_PER_WORKFLOW == 200
+    judge("kill-leader", tmp_path, replicas, spawned, hpc, wids, started, {})
+
+
+@pytest.mark.timeout(300)
+def test_20_mosquitto_restarts_during_a_workload(
+        replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto, hpc: SlurmCluster,
+        tmp_path: Path) -> None:
+    """20 workflows (80 tasks), one submitted before each broker restart, which lands
+    0–1.5 s (seeded) later; the broker keeps nothing across a restart (persistence off)."""
+    started = time.monotonic()
+    spawned = continuum(replicas, agents, mosquitto, hpc)
+    api = replicas.api()
+    rng = random.Random(SEED)
+    wids = []
+    down: list[float] = []
+    for i in range(20):
+        wids.append(api.submit(chaos_workflow(i)))
+        chaos_pause(rng.uniform(0.0, 1.5))
+        t0 = time.monotonic()
+        mosquitto.restart()
+        down.append(time.monotonic() - t0)
+    judge("mosquitto-restarts", tmp_path, replicas, spawned, hpc, wids, started,
+          {"mosquittoRestarts": len(down), "brokerDown_s": {"max": round(max(down), 3)}})
+
+
+@pytest.mark.timeout(240)
+def test_database_restart_during_a_workload(
+        replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto, hpc: SlurmCluster,
+        tmp_path: Path) -> None:
+    """10 workflows (40 tasks); the database server is restarted once while they run.
+    On SQLite there is no server: the report says the restart was not exercised (it
+    is not counted as done), and the workload is still checked end to end."""
+    started = time.monotonic()
+    spawned = continuum(replicas, agents, mosquitto, hpc)
+    api = replicas.api()
+    rng = random.Random(SEED)
+    wids = [api.submit(chaos_workflow(i)) for i in range(5)]
+    chaos_pause(rng.uniform(0.5, 1.5))
+    not_done = replicas.restart_database()
+    wids += [api.submit(chaos_workflow(i)) for i in range(5, 10)]
+    extra: dict[str, object] = {"databaseRestart": "done" if not_done is None
+                                else f"NOT EXERCISED: {not_done}"}
+    judge("database-restart", tmp_path, replicas, spawned, hpc, wids, started, extra)
