@@ -59,6 +59,75 @@ SERVER_ENV = {
 small predictor bootstrap (it is trained at every start)."""
 
 
+# ---------------------------------------------------------------- PostgreSQL
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class Postgres:
+    """A private PostgreSQL 15 on 127.0.0.1:``port`` with its data in ``dir`` (owned by
+    the ``postgres`` user; the tests run as root), database ``continuum``, trust auth.
+
+    Integrator: this stands in for the ``postgres`` session fixture of the pg branch
+    (deploy/dev/postgres.sh); swap it for that fixture's ``.new_database()`` and
+    ``.restart()`` at the merge."""
+
+    dir: Path
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/continuum"
+
+    def _pg(self, *argv: str, timeout: float = 60) -> None:
+        r = subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True,
+                           text=True, timeout=timeout, cwd="/")
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {r.stderr.strip() or r.stdout.strip()}")
+
+    def start(self) -> Postgres:
+        """initdb (first time), start, and create database ``continuum`` (first time).
+
+        Raises:
+            RuntimeError: a PostgreSQL command failed (its stderr)."""
+        data = self.dir / "data"
+        if not data.exists():
+            os.chown(self.dir, *_postgres_ids())
+            self._pg(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+            self._ctl("start")
+            self._pg(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                     "-U", "postgres", "continuum")
+        else:
+            self._ctl("start")
+        return self
+
+    def _ctl(self, action: str) -> None:
+        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-w", "-m", "fast",
+                 "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
+                 "-l", str(self.dir / "log"), action)
+
+    def restart(self) -> float:
+        """Stop (fast: every connection is cut) and start again; returns the seconds
+        the database was down."""
+        t0 = time.monotonic()
+        self._ctl("restart")
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        try:
+            self._ctl("stop")
+        except RuntimeError:
+            pass
+
+
+def _postgres_ids() -> tuple[int, int]:
+    import pwd
+
+    pw = pwd.getpwnam("postgres")
+    return pw.pw_uid, pw.pw_gid
+
+
 # ---------------------------------------------------------------- replicas
 
 
@@ -127,12 +196,16 @@ class Replicas:
     tmp: Path
     n: int = 1
     database_url: str | None = None
+    postgres: Postgres | None = None
+    """The PostgreSQL server of ``database_url``, for :meth:`restart_database`."""
     env: dict[str, str] = field(default_factory=dict)
     replicas: list[Replica] = field(default_factory=list)
     takeovers: list[float] = field(default_factory=list)
     """Seconds from each :meth:`kill_leader`'s SIGKILL to a new leader, in order."""
 
     def __post_init__(self) -> None:
+        if self.postgres is not None and self.database_url is None:
+            self.database_url = self.postgres.url
         if self.database_url is None and self.n != 1:
             raise ValueError("SQLite supports one replica only: give database_url for n > 1")
         self.state_dir = self.tmp / "state"
@@ -182,16 +255,16 @@ class Replicas:
         self.takeovers.append(took)
         return took
 
-    def restart_database(self) -> str | None:
-        """Restart the database server under the replicas; returns None when done, or
-        why it cannot be done. SQLite has no server (it is a file the replica opens), so
-        this returns the reason and the test reports that the database restart was not
-        exercised. Integrator: with PostgreSQL, stop and start it here (``postgres``
-        fixture's ``restart()``) and return None."""
-        if self.database_url is None or self.database_url.startswith("sqlite"):
-            return ("SQLite has no database server to restart (the database is a file in "
-                    f"{self.state_dir}); a database restart needs PostgreSQL")
-        raise NotImplementedError(f"restarting the database of {self.database_url}")
+    def restart_database(self) -> float:
+        """Restart the PostgreSQL server under the replicas (every connection cut);
+        returns the seconds it was down.
+
+        Raises:
+            ValueError: the replicas run on SQLite, which has no server to restart."""
+        if self.postgres is None:
+            raise ValueError(f"no database server to restart: the replicas use "
+                             f"{self.database_url or 'SQLite in ' + str(self.state_dir)}")
+        return self.postgres.restart()
 
     def token(self) -> str:
         return admin_token(self.state_dir)
