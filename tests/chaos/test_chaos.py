@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from tests.helpers import wait_for
 pytestmark = [pytest.mark.chaos, pytest.mark.mosquitto, pytest.mark.slurm]
 
 SEED = int(os.environ.get("CHAOS_SEED", "15"))
+ACTIVE = ("Placed", "Dispatched", "Running")
 SLURM_RELEASE = "22.05"
 """One release is enough here: the Slurm adapter's own tests cover the others."""
 
@@ -100,7 +102,7 @@ def judge(name: str, tmp_path: Path, replicas: Replicas, agents: list[AgentProce
     assert len(workflows) == len(wids)
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_kill_the_leader_at_50_random_points(
         replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto, hpc: SlurmCluster,
         tmp_path: Path) -> None:
@@ -112,12 +114,18 @@ def test_kill_the_leader_at_50_random_points(
     api = replicas.api()
     rng = random.Random(SEED)
     wids = []
+    at_kill: list[Counter[str]] = []
     for i in range(50):
         wids.append(api.submit(chaos_workflow(i)))
         chaos_pause(rng.uniform(0.0, 1.5))
+        # what the kill interrupts, as the API shows it just before
+        at_kill.append(Counter(r["state"] for r in api.get("/v1/runs", limit=1000)["items"]
+                               if r["state"] in ACTIVE))
         replicas.kill_leader()
     assert len(wids) * TASKS_PER_WORKFLOW == 200
-    judge("kill-leader", tmp_path, replicas, spawned, hpc, wids, started, {})
+    judge("kill-leader", tmp_path, replicas, spawned, hpc, wids, started, {
+        "killsWithRunsIn": {s: sum(1 for c in at_kill if c[s]) for s in ACTIVE},
+        "activeRunsAtKills": sum(sum(c.values()) for c in at_kill)})
 
 
 @pytest.mark.timeout(300)
