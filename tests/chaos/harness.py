@@ -175,6 +175,15 @@ class Replica:
         except httpx.HTTPError:
             return False
 
+    def serves(self) -> bool:
+        """The process answers HTTP (``/healthz``), whether or not its loop has cycled."""
+        if not self.alive():
+            return False
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def is_leader(self) -> bool:
         """This replica leads and its reconciler has completed a cycle. With one replica
         (SQLite) it always leads once ready. Integrator, for N replicas on PostgreSQL:
@@ -199,6 +208,9 @@ class Replicas:
     replicas: list[Replica] = field(default_factory=list)
     takeovers: list[float] = field(default_factory=list)
     """Seconds from each :meth:`kill_leader`'s SIGKILL to a new leader, in order."""
+    serving: list[float] = field(default_factory=list)
+    """One replica: seconds from each SIGKILL until the restarted process answered HTTP
+    (the part of the takeover that is the process start)."""
 
     def __post_init__(self) -> None:
         if self.postgres is not None and self.database_url is None:
@@ -245,6 +257,8 @@ class Replicas:
         victim.kill()
         if self.n == 1:
             victim.start()
+            wait_for(victim.serves, timeout=timeout, interval=0.02, message=self._why_no_leader)
+            self.serving.append(time.monotonic() - t0)
         self.leader(timeout)
         took = time.monotonic() - t0
         if self.n > 1:
@@ -282,7 +296,10 @@ class Replicas:
                 "database": "sqlite" if self.database_url is None else self.database_url.split(":")[0],
                 "takeover_s": {"median": round(median(t), 3) if t else None,
                                "max": round(max(t), 3) if t else None,
-                               "all": [round(x, 3) for x in t]}}
+                               "all": [round(x, 3) for x in t]},
+                **({"restartServing_s": {"median": round(median(self.serving), 3),
+                                         "max": round(max(self.serving), 3)}}
+                   if self.serving else {})}
 
 
 class Api:
