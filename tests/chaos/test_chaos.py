@@ -34,6 +34,7 @@ import pytest
 from tests.adapters.slurm.conftest import SlurmCluster
 from tests.chaos.harness import (
     TASKS_PER_WORKFLOW,
+    Api,
     Backends,
     Postgres,
     Replicas,
@@ -58,6 +59,20 @@ def chaos_pause(seconds: float) -> None:
     """Let the workload run for ``seconds`` before the next fault: the seeded random
     point of the fault itself, not a wait for a condition."""
     time.sleep(seconds)
+
+
+def active_runs(api: Api) -> Counter[str]:
+    """Runs Placed, Dispatched or Running by state, as the API shows them now (what a
+    fault about to be injected interrupts)."""
+    return Counter(r["state"] for r in api.get("/v1/runs", limit=1000)["items"]
+                   if r["state"] in ACTIVE)
+
+
+def interrupted(what: str, seen: list[Counter[str]]) -> dict[str, object]:
+    """For the report: how many faults found runs in each active state, and how many
+    runs were active at the faults in all."""
+    return {f"{what}WithRunsIn": {s: sum(1 for c in seen if c[s]) for s in ACTIVE},
+            f"activeRunsAt{what.title()}": sum(sum(c.values()) for c in seen)}
 
 
 @pytest.fixture
@@ -118,14 +133,11 @@ def test_kill_the_leader_at_50_random_points(
     for i in range(50):
         wids.append(api.submit(chaos_workflow(i)))
         chaos_pause(rng.uniform(0.0, 1.5))
-        # what the kill interrupts, as the API shows it just before
-        at_kill.append(Counter(r["state"] for r in api.get("/v1/runs", limit=1000)["items"]
-                               if r["state"] in ACTIVE))
+        at_kill.append(active_runs(api))
         replicas.kill_leader()
     assert len(wids) * TASKS_PER_WORKFLOW == 200
-    judge("kill-leader", tmp_path, replicas, spawned, hpc, wids, started, {
-        "killsWithRunsIn": {s: sum(1 for c in at_kill if c[s]) for s in ACTIVE},
-        "activeRunsAtKills": sum(sum(c.values()) for c in at_kill)})
+    judge("kill-leader", tmp_path, replicas, spawned, hpc, wids, started,
+          interrupted("kills", at_kill))
 
 
 @pytest.mark.timeout(300)
@@ -140,14 +152,17 @@ def test_20_mosquitto_restarts_during_a_workload(
     rng = random.Random(SEED)
     wids = []
     down: list[float] = []
+    at_restart: list[Counter[str]] = []
     for i in range(20):
         wids.append(api.submit(chaos_workflow(i)))
         chaos_pause(rng.uniform(0.0, 1.5))
+        at_restart.append(active_runs(api))
         t0 = time.monotonic()
         mosquitto.restart()
         down.append(time.monotonic() - t0)
     judge("mosquitto-restarts", tmp_path, replicas, spawned, hpc, wids, started,
-          {"mosquittoRestarts": len(down), "brokerDown_s": {"max": round(max(down), 3)}})
+          {"mosquittoRestarts": len(down), "brokerDown_s": {"max": round(max(down), 3)},
+           **interrupted("restarts", at_restart)})
 
 
 @pytest.fixture
