@@ -199,7 +199,12 @@ def test_database_restart_during_a_workload(
     rng = random.Random(SEED)
     wids = [api.submit(chaos_workflow(i)) for i in range(5)]
     chaos_pause(rng.uniform(0.5, 1.5))
+    at_restart = [active_runs(api)]
     down = pg_replicas.restart_database()
     wids += [api.submit(chaos_workflow(i)) for i in range(5, 10)]
     judge("database-restart", tmp_path, pg_replicas, spawned, hpc, wids, started,
-          {"databaseRestarts": 1, "databaseDown_s": round(down, 3)})
+          {"databaseRestarts": 1, "databaseDown_s": round(down, 3),
+           **interrupted("restarts", at_restart),
+           # the restart was felt: cycles failed on the cut connections and the loop went on
+           "failedCycles": sum(r.logs().count("reconcile cycle failed")
+                               for r in pg_replicas.replicas)})
