@@ -53,7 +53,9 @@ Time is computed from ``ctx.clock()`` (wall epoch seconds) and the facts in
 ``Handle.data``, never from in-memory timers: no threads, and a new adapter instance
 (after a control-plane restart) answers ``status`` for old handles and counts their
 resources as busy. The twin also journals its handles to ``ctx.state_dir`` so a
-resubmission with the same request id after a restart returns the same handle.
+resubmission with the same request id after a restart — or by another control-plane
+replica sharing that directory, whose adapter started earlier — returns the same handle
+(a submit looks the run id up in the journal when it does not hold it).
 
 Besides that journal (compacted to the live runs at each start), the twin keeps an
 append-only **record** of every run it started, ``<state_dir>/sim-<site>.record.jsonl``:
@@ -252,6 +254,33 @@ class SimAdapter:
             log.warning("sim site %s: cannot compact journal %s: %s",
                         self.site.name, self._journal, e)
 
+    def _journaled(self, run_id: str) -> Handle | None:
+        """The live handle of ``run_id`` another instance of this site journaled since
+        this one started (another control-plane replica sharing the state directory),
+        taken over; None when the journal holds none."""
+        if self._journal is None or not self._journal.exists():
+            return None
+        found: Handle | None = None
+        try:
+            with self._journal.open() as f:
+                for line in f:
+                    if run_id not in line:
+                        continue
+                    try:
+                        ev = json.loads(line)
+                        if ev["op"] == "put" and ev["handle"]["runId"] == run_id:
+                            found = Handle.from_json(ev["handle"])
+                        elif ev["op"] == "del" and ev["runId"] == run_id:
+                            found = None
+                    except (ValueError, KeyError, TypeError):
+                        continue
+        except OSError as e:
+            log.warning("sim site %s: cannot read journal %s: %s", self.site.name, self._journal, e)
+            return None
+        if found is not None:
+            self._runs[run_id] = found
+        return found
+
     def _journal_put(self, h: Handle) -> None:
         self._append({"op": "put", "handle": h.to_json()})
 
@@ -313,7 +342,7 @@ class SimAdapter:
         return out
 
     def submit(self, run: TaskRun, node: Node, request_id: str) -> Handle:
-        known = self._runs.get(request_id)
+        known = self._runs.get(request_id) or self._journaled(request_id)
         if known is not None:
             return known
         name = node.name if node.name in self._nodes else node.id.rsplit("/", 1)[-1]

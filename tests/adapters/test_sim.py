@@ -434,3 +434,19 @@ def test_record_lists_each_started_run_once_across_restarts(env, tmp_path):
     clock.advance(60 / 60)
     assert record_state(got[0], clock()) is RunState.Succeeded
     assert read_record(tmp_path / "nowhere", "cloud-test") == []
+
+
+def test_submit_finds_a_run_another_replica_journaled(env, tmp_path):
+    # two control-plane replicas on one state directory, each with its own adapter: the
+    # new leader re-submits a run the old one submitted but did not record as Dispatched
+    clock, _, ctx = env
+    old, new = SimAdapter(site(), ctx), SimAdapter(site(), ctx)
+    h = old.submit(trun(task(work=7200)), node(old, "c5-0"), "run-1")
+    clock.advance(1)
+    assert new.submit(trun(task(work=7200)), node(new, "c5-0"), "run-1").to_json() == h.to_json()
+    assert node(new, "c5-0").free.cpu == 15
+    assert [r.run_id for r in read_record(tmp_path, "cloud-test")] == ["run-1"]
+    new.release(h)  # released (journaled "del"): a later submit starts it anew
+    fresh = SimAdapter(site(), ctx)
+    fresh.submit(trun(task(work=7200)), node(fresh, "c5-0"), "run-1")
+    assert [r.run_id for r in read_record(tmp_path, "cloud-test")] == ["run-1", "run-1"]
