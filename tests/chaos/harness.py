@@ -59,72 +59,6 @@ SERVER_ENV = {
 small predictor bootstrap (it is trained at every start)."""
 
 
-# ---------------------------------------------------------------- PostgreSQL
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@dataclass
-class Postgres:
-    """A private PostgreSQL 15 on 127.0.0.1:``port`` with its data in ``dir`` (owned by
-    the ``postgres`` user; the tests run as root), database ``continuum``, trust auth.
-
-    Integrator: this stands in for the ``postgres`` session fixture of the pg branch
-    (deploy/dev/postgres.sh); swap it for that fixture's ``.new_database()`` and
-    ``.restart()`` at the merge."""
-
-    dir: Path
-    port: int = field(default_factory=free_port)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/continuum"
-
-    def _pg(self, *argv: str, timeout: float = 60) -> None:
-        r = subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True,
-                           text=True, timeout=timeout, cwd="/")
-        if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed: {r.stderr.strip() or r.stdout.strip()}")
-
-    def start(self) -> Postgres:
-        """initdb (first time), start, and create database ``continuum`` (first time).
-
-        Raises:
-            RuntimeError: a PostgreSQL command failed (its stderr)."""
-        data = self.dir / "data"
-        if not data.exists():
-            os.chown(self.dir, *_postgres_ids())
-            self._pg(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-            self._ctl("start")
-            self._pg(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                     "-U", "postgres", "continuum")
-        else:
-            self._ctl("start")
-        return self
-
-    def _ctl(self, action: str) -> None:
-        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-w", "-m", "fast",
-                 "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
-                 "-l", str(self.dir / "log"), action)
-
-    def restart(self) -> None:
-        """Stop (fast: every connection is cut) and start again."""
-        self._ctl("restart")
-
-    def stop(self) -> None:
-        try:
-            self._ctl("stop")
-        except RuntimeError:
-            pass
-
-
-def _postgres_ids() -> tuple[int, int]:
-    import pwd
-
-    pw = pwd.getpwnam("postgres")
-    return pw.pw_uid, pw.pw_gid
-
-
 # ---------------------------------------------------------------- replicas
 
 
@@ -185,10 +119,15 @@ class Replica:
             return False
 
     def is_leader(self) -> bool:
-        """This replica leads and its reconciler has completed a cycle. With one replica
-        (SQLite) it always leads once ready. Integrator, for N replicas on PostgreSQL:
-        also ask the replica's role (e.g. ``/healthz``'s leader flag and epoch) here."""
-        return self.ready()
+        """This replica leads (``/leaderz`` role) and its reconciler has completed a
+        cycle (``/readyz`` 200: on the leader it needs one)."""
+        if not self.alive():
+            return False
+        try:
+            role = httpx.get(f"{self.url}/leaderz", timeout=2).json().get("role")
+        except (httpx.HTTPError, ValueError):
+            return False
+        return role == "leader" and self.ready()
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -202,8 +141,9 @@ class Replicas:
     tmp: Path
     n: int = 1
     database_url: str | None = None
-    postgres: Postgres | None = None
-    """The PostgreSQL server of ``database_url``, for :meth:`restart_database`."""
+    postgres: Any = None
+    """The PostgreSQL server of ``database_url`` (the suite's ``postgres`` fixture: its
+    ``restart()``), for :meth:`restart_database`."""
     env: dict[str, str] = field(default_factory=dict)
     replicas: list[Replica] = field(default_factory=list)
     takeovers: list[float] = field(default_factory=list)
@@ -213,8 +153,6 @@ class Replicas:
     (the part of the takeover that is the process start)."""
 
     def __post_init__(self) -> None:
-        if self.postgres is not None and self.database_url is None:
-            self.database_url = self.postgres.url
         if self.database_url is None and self.n != 1:
             raise ValueError("SQLite supports one replica only: give database_url for n > 1")
         self.state_dir = self.tmp / "state"
@@ -227,10 +165,13 @@ class Replicas:
                                          {**env, "CONTINUUM_PUBLIC_URL": f"http://127.0.0.1:{port}"}))
 
     def start(self, timeout: float = 60) -> Replicas:
-        """Start every replica and wait for a leader."""
-        for r in self.replicas:
-            r.start()
+        """Start the first replica, wait for it to lead (it makes the keys and the schema
+        in the shared state directory and database), then the others as followers."""
+        self.replicas[0].start()
         self.leader(timeout)
+        for r in self.replicas[1:]:
+            r.start()
+            wait_for(r.serves, timeout=timeout, interval=0.05, message=self._why_no_leader)
         return self
 
     def leader(self, timeout: float = 60) -> Replica:
@@ -251,7 +192,8 @@ class Replicas:
         """SIGKILL the leader; returns (and records in :attr:`takeovers`) the seconds
         until a replica leads again. One replica: it is restarted at once, so the
         takeover is crash recovery (process start + the first reconcile cycle). Several:
-        the killed one is restarted after the takeover (it rejoins as a follower)."""
+        a follower takes over; the killed one is restarted after the takeover and this
+        returns once it serves again (a follower, ready for the next kill)."""
         victim = self.leader(timeout)
         t0 = time.monotonic()
         victim.kill()
@@ -263,6 +205,7 @@ class Replicas:
         took = time.monotonic() - t0
         if self.n > 1:
             victim.start()
+            wait_for(victim.serves, timeout=timeout, interval=0.05, message=self._why_no_leader)
         self.takeovers.append(took)
         return took
 

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import subprocess
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -36,7 +33,6 @@ from tests.chaos.harness import (
     TASKS_PER_WORKFLOW,
     Api,
     Backends,
-    Postgres,
     Replicas,
     chaos_workflow,
     problems,
@@ -81,8 +77,16 @@ def hpc(slurm_beds: SlurmBeds) -> SlurmCluster:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Replicas]:
-    reps = Replicas(tmp_path)
+def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replicas]:
+    """The control plane: ``postgresql-2`` (default; two replicas on a new database of the
+    session's PostgreSQL 15) or ``sqlite-1`` (one replica on SQLite: a kill is a crash
+    and a restart)."""
+    setup = getattr(request, "param", "postgresql-2")
+    if setup == "sqlite-1":
+        reps = Replicas(tmp_path)
+    else:
+        pg = request.getfixturevalue("postgres")
+        reps = Replicas(tmp_path, n=2, database_url=pg.new_database(), postgres=pg)
     yield reps
     reps.stop()
 
@@ -118,28 +122,30 @@ def judge(name: str, tmp_path: Path, replicas: Replicas, agents: list[AgentProce
 
 
 @pytest.mark.timeout(900)  # 4.5 min alone on 2 CPUs; 9 min with other suites running
-def test_kill_the_leader_at_50_random_points(
-        replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto, hpc: SlurmCluster,
-        tmp_path: Path) -> None:
-    """50 workflows (200 tasks), one submitted before each kill; each SIGKILL lands
-    0–1.5 s (seeded) after the leader is back: during placement, dispatch, running
-    tasks, finished runs not yet recorded."""
+@pytest.mark.parametrize(("replicas", "kills"), [("postgresql-2", 50), ("sqlite-1", 20)],
+                         indirect=["replicas"])
+def test_kill_the_leader_at_random_points(
+        replicas: Replicas, kills: int, agents: AgentFactory, mosquitto: Mosquitto,
+        hpc: SlurmCluster, tmp_path: Path) -> None:
+    """``kills`` workflows (4 tasks each: 200 with 50 kills), one submitted before each
+    SIGKILL of the leader, which lands 0–1.5 s (seeded) after the previous takeover:
+    during placement, dispatch, running tasks, finished runs not yet recorded."""
     started = time.monotonic()
     spawned = continuum(replicas, agents, mosquitto, hpc)
     api = replicas.api()
     rng = random.Random(SEED)
     wids = []
     at_kill: list[Counter[str]] = []
-    for i in range(50):
+    for i in range(kills):
         wids.append(api.submit(chaos_workflow(i)))
         chaos_pause(rng.uniform(0.0, 1.5))
         at_kill.append(active_runs(api))
         replicas.kill_leader()
-    assert len(wids) * TASKS_PER_WORKFLOW == 200
-    judge("kill-leader", tmp_path, replicas, spawned, hpc, wids, started, {
+    assert len(wids) * TASKS_PER_WORKFLOW == 4 * kills
+    judge(f"kill-leader-{replicas.n}", tmp_path, replicas, spawned, hpc, wids, started, {
         **interrupted("kills", at_kill),
-        # runs a restarted server submitted again under their run id and Slurm's
-        # adapter found already there (then judged: each ran once)
+        # runs a new leader submitted again under their run id and Slurm's adapter found
+        # already there (then judged: each ran once)
         "slurmResubmitsFound": sum(r.logs().count("not submitting again")
                                    for r in replicas.replicas)})
 
@@ -169,42 +175,25 @@ def test_20_mosquitto_restarts_during_a_workload(
            **interrupted("restarts", at_restart)})
 
 
-@pytest.fixture
-def pg_replicas(tmp_path: Path) -> Iterator[Replicas]:
-    """One replica on a private PostgreSQL 15 (SQLite has no server to restart)."""
-    # not under pytest's tmp: the postgres user must reach its data directory
-    pg = Postgres(Path(tempfile.mkdtemp(prefix="continuum-chaos-pg-")))
-    try:
-        pg.start()
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        shutil.rmtree(pg.dir, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL 15: {e}")
-    reps = Replicas(tmp_path, postgres=pg)
-    yield reps
-    reps.stop()
-    pg.stop()
-    shutil.rmtree(pg.dir, ignore_errors=True)
-
-
 @pytest.mark.timeout(240)
 def test_database_restart_during_a_workload(
-        pg_replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto, hpc: SlurmCluster,
+        replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto, hpc: SlurmCluster,
         tmp_path: Path) -> None:
     """10 workflows (40 tasks) on PostgreSQL; the database server is restarted (fast
     shutdown: every connection cut) 0.5–1.5 s (seeded) after the first five were
     submitted, while they run; the other five are submitted once it is back."""
     started = time.monotonic()
-    spawned = continuum(pg_replicas, agents, mosquitto, hpc)
-    api = pg_replicas.api()
+    spawned = continuum(replicas, agents, mosquitto, hpc)
+    api = replicas.api()
     rng = random.Random(SEED)
     wids = [api.submit(chaos_workflow(i)) for i in range(5)]
     chaos_pause(rng.uniform(0.5, 1.5))
     at_restart = [active_runs(api)]
-    down = pg_replicas.restart_database()
+    down = replicas.restart_database()
     wids += [api.submit(chaos_workflow(i)) for i in range(5, 10)]
-    judge("database-restart", tmp_path, pg_replicas, spawned, hpc, wids, started,
+    judge("database-restart", tmp_path, replicas, spawned, hpc, wids, started,
           {"databaseRestarts": 1, "databaseDown_s": round(down, 3),
            **interrupted("restarts", at_restart),
            # the restart was felt: cycles failed on the cut connections and the loop went on
            "failedCycles": sum(r.logs().count("reconcile cycle failed")
-                               for r in pg_replicas.replicas)})
+                               for r in replicas.replicas)})
