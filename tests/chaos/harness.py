@@ -4,13 +4,13 @@ real backends, and what the backends themselves recorded.
 * :class:`Replicas` starts N ``python -m control_plane.cli server`` subprocesses with
   given settings (``CONTINUUM_*`` environment) on one state directory they share (keys,
   artifacts, the admin token, the twin's record) and one database; it knows which one
-  leads, kills it with SIGKILL (:meth:`Replicas.kill_leader`) and measures the takeover:
-  the time from the kill until a replica answers as the leader whose reconciler has
-  completed a cycle (``/readyz`` 200: it answers 503 until the loop's first cycle ends).
-  Today there is one replica on SQLite, so a kill is a crash and a restart of the same
-  process (crash recovery) and the takeover includes the process start. **The switch to
-  N replicas on PostgreSQL is in this class only**: see :meth:`Replica.is_leader`,
-  :meth:`Replicas.kill_leader` and :meth:`Replicas.restart_database`.
+  leads (``/leaderz``), kills it with SIGKILL (:meth:`Replicas.kill_leader`) and
+  measures the takeover: the time from the kill until a replica answers as the leader
+  whose reconciler has completed a cycle (``/readyz`` 200: on the leader it answers 503
+  until the loop's first cycle ends). With several replicas on PostgreSQL a follower
+  takes over and the killed one is restarted as a follower; with one replica on SQLite
+  a kill is a crash and a restart of the same process (crash recovery), and the takeover
+  includes the process start. :meth:`Replicas.restart_database` restarts PostgreSQL.
 * :func:`chaos_workflow` is one workflow of the workload: four short tasks over a device
   of the MQTT fleet, the real Slurm and a simulated site.
 * :class:`Backends` reads what ran from each backend's own side — each agent's log (its

@@ -10,11 +10,11 @@ accepted workflow Succeeded, every task executed exactly once, and every run's f
 state in the API is its backend's. Select them with ``pytest -m chaos``; ``-s`` shows
 the figures, which are also written to ``chaos-*.json`` in the test's tmp directory.
 
-Today the control plane is one ``continuum server`` — on SQLite for the kills and the
-broker restarts, on a private PostgreSQL 15 for the database restart: killing "the
-leader" is killing it and starting it again (crash recovery), and the takeover time is
-from the SIGKILL until the restarted server's reconciler completed its first cycle
-(``/readyz``).
+The control plane is two ``continuum server`` replicas on a new database of the
+session's PostgreSQL 15 (``postgres`` fixture): killing the leader makes the follower
+take over, and the takeover time is from the SIGKILL until the follower answers as the
+leader with a completed reconcile cycle (``/leaderz``, ``/readyz``). The kill test also
+runs with one replica on SQLite, where a kill is a crash and a restart (crash recovery).
 """
 
 from __future__ import annotations
