@@ -384,18 +384,29 @@ def device_executions(agent: AgentProcess) -> list[Execution]:
     return out
 
 
-def slurm_executions(slurm: SlurmCluster) -> list[Execution]:
-    """Every Continuum job in slurmctld's job table (slurmrestd), one per job; the run id
-    is the job name's suffix. Finished jobs stay listed for MinJobAge (600 s here)."""
-    out = []
-    for j in slurm.jobs():
-        name = str(j.get("name") or "")
-        if not name.startswith("continuum-"):
-            continue
-        st = JOB_STATE_TABLE.get(str(j.get("job_state") or ""))
-        out.append(Execution(name.removeprefix("continuum-"), f"slurm job {j.get('job_id')}",
-                             st.value if st is not None and st.terminal else None))
-    return out
+@dataclass
+class SlurmRecord:
+    """Every Continuum job seen in slurmctld's job table (slurmrestd), by job id, with
+    the latest state seen. Call :meth:`poll` during the workload: slurmctld forgets a
+    finished job after MinJobAge (600 s here), less than a slow run of a chaos test."""
+
+    slurm: SlurmCluster
+    jobs: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def poll(self) -> SlurmRecord:
+        for j in self.slurm.jobs():
+            if str(j.get("name") or "").startswith("continuum-") and "job_id" in j:
+                self.jobs[int(j["job_id"])] = j
+        return self
+
+    def executions(self) -> list[Execution]:
+        """One per job; the run id is the job name's suffix."""
+        out = []
+        for jid, j in sorted(self.jobs.items()):
+            st = JOB_STATE_TABLE.get(str(j.get("job_state") or ""))
+            out.append(Execution(str(j["name"]).removeprefix("continuum-"), f"slurm job {jid}",
+                                 st.value if st is not None and st.terminal else None))
+        return out
 
 
 def sim_executions(state_dirs: Iterable[Path], site: str) -> list[Execution]:
@@ -416,12 +427,12 @@ class Backends:
     executions: list[Execution]
 
     @classmethod
-    def read(cls, agents: Iterable[AgentProcess], slurm: SlurmCluster,
+    def read(cls, agents: Iterable[AgentProcess], slurm: SlurmRecord,
              replicas: Replicas, twin: str = "twin") -> Backends:
         ex: list[Execution] = []
         for a in agents:
             ex += device_executions(a)
-        ex += slurm_executions(slurm)
+        ex += slurm.poll().executions()
         ex += sim_executions([r.state_dir for r in replicas.replicas], twin)
         return cls(ex)
 
@@ -491,5 +502,5 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     print(f"\n{json.dumps(report, sort_keys=True)}\n(written to {path})")
 
 
-__all__ = ["Api", "Backends", "Execution", "Replica", "Replicas", "chaos_workflow",
+__all__ = ["Api", "Backends", "Execution", "Replica", "Replicas", "SlurmRecord", "chaos_workflow",
            "problems", "register_sites", "summary", "write_report"]

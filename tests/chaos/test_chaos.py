@@ -34,6 +34,7 @@ from tests.chaos.harness import (
     Api,
     Backends,
     Replicas,
+    SlurmRecord,
     chaos_workflow,
     problems,
     register_sites,
@@ -77,6 +78,12 @@ def hpc(slurm_beds: SlurmBeds) -> SlurmCluster:
 
 
 @pytest.fixture
+def jobs(hpc: SlurmCluster) -> SlurmRecord:
+    """Slurm's job table as seen during the test (polled at each fault and at the end)."""
+    return SlurmRecord(hpc)
+
+
+@pytest.fixture
 def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replicas]:
     """The control plane: ``postgresql-2`` (default; two replicas on a new database of the
     session's PostgreSQL 15) or ``sqlite-1`` (one replica on SQLite: a kill is a crash
@@ -106,12 +113,12 @@ def continuum(replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto,
 
 
 def judge(name: str, tmp_path: Path, replicas: Replicas, agents: list[AgentProcess],
-          hpc: SlurmCluster, wids: list[str], started: float, extra: dict[str, object],
+          jobs: SlurmRecord, wids: list[str], started: float, extra: dict[str, object],
           timeout: float = 150) -> None:
     """Wait for every workflow to end, read the backends, write and print the report,
     and assert nothing was lost or run twice."""
     workflows = replicas.api().wait_all(wids, timeout=timeout)
-    backends = Backends.read(agents, hpc, replicas)
+    backends = Backends.read(agents, jobs, replicas)
     found = problems(workflows, backends)
     report = {"test": name, "seed": SEED, "wall_s": round(time.monotonic() - started, 1),
               **summary(workflows, backends), **replicas.takeover_summary(), **extra,
@@ -126,7 +133,7 @@ def judge(name: str, tmp_path: Path, replicas: Replicas, agents: list[AgentProce
                          indirect=["replicas"])
 def test_kill_the_leader_at_random_points(
         replicas: Replicas, kills: int, agents: AgentFactory, mosquitto: Mosquitto,
-        hpc: SlurmCluster, tmp_path: Path) -> None:
+        hpc: SlurmCluster, jobs: SlurmRecord, tmp_path: Path) -> None:
     """``kills`` workflows (4 tasks each: 200 with 50 kills), one submitted before each
     SIGKILL of the leader, which lands 0–1.5 s (seeded) after the previous takeover:
     during placement, dispatch, running tasks, finished runs not yet recorded."""
@@ -140,9 +147,10 @@ def test_kill_the_leader_at_random_points(
         wids.append(api.submit(chaos_workflow(i)))
         chaos_pause(rng.uniform(0.0, 1.5))
         at_kill.append(active_runs(api))
+        jobs.poll()
         replicas.kill_leader()
     assert len(wids) * TASKS_PER_WORKFLOW == 4 * kills
-    judge(f"kill-leader-{replicas.n}", tmp_path, replicas, spawned, hpc, wids, started, {
+    judge(f"kill-leader-{replicas.n}", tmp_path, replicas, spawned, jobs, wids, started, {
         **interrupted("kills", at_kill),
         # runs a new leader submitted again under their run id and Slurm's adapter found
         # already there (then judged: each ran once)
@@ -153,7 +161,7 @@ def test_kill_the_leader_at_random_points(
 @pytest.mark.timeout(300)
 def test_20_mosquitto_restarts_during_a_workload(
         replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto, hpc: SlurmCluster,
-        tmp_path: Path) -> None:
+        jobs: SlurmRecord, tmp_path: Path) -> None:
     """20 workflows (80 tasks), one submitted before each broker restart, which lands
     0–1.5 s (seeded) later; the broker keeps nothing across a restart (persistence off)."""
     started = time.monotonic()
@@ -167,10 +175,11 @@ def test_20_mosquitto_restarts_during_a_workload(
         wids.append(api.submit(chaos_workflow(i)))
         chaos_pause(rng.uniform(0.0, 1.5))
         at_restart.append(active_runs(api))
+        jobs.poll()
         t0 = time.monotonic()
         mosquitto.restart()
         down.append(time.monotonic() - t0)
-    judge("mosquitto-restarts", tmp_path, replicas, spawned, hpc, wids, started,
+    judge("mosquitto-restarts", tmp_path, replicas, spawned, jobs, wids, started,
           {"mosquittoRestarts": len(down), "brokerDown_s": {"max": round(max(down), 3)},
            **interrupted("restarts", at_restart)})
 
@@ -178,7 +187,7 @@ def test_20_mosquitto_restarts_during_a_workload(
 @pytest.mark.timeout(240)
 def test_database_restart_during_a_workload(
         replicas: Replicas, agents: AgentFactory, mosquitto: Mosquitto, hpc: SlurmCluster,
-        tmp_path: Path) -> None:
+        jobs: SlurmRecord, tmp_path: Path) -> None:
     """10 workflows (40 tasks) on PostgreSQL; the database server is restarted (fast
     shutdown: every connection cut) 0.5–1.5 s (seeded) after the first five were
     submitted, while they run; the other five are submitted once it is back."""
@@ -191,7 +200,7 @@ def test_database_restart_during_a_workload(
     at_restart = [active_runs(api)]
     down = replicas.restart_database()
     wids += [api.submit(chaos_workflow(i)) for i in range(5, 10)]
-    judge("database-restart", tmp_path, replicas, spawned, hpc, wids, started,
+    judge("database-restart", tmp_path, replicas, spawned, jobs, wids, started,
           {"databaseRestarts": 1, "databaseDown_s": round(down, 3),
            **interrupted("restarts", at_restart),
            # the restart was felt: cycles failed on the cut connections and the loop went on
