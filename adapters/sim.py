@@ -53,7 +53,16 @@ Time is computed from ``ctx.clock()`` (wall epoch seconds) and the facts in
 ``Handle.data``, never from in-memory timers: no threads, and a new adapter instance
 (after a control-plane restart) answers ``status`` for old handles and counts their
 resources as busy. The twin also journals its handles to ``ctx.state_dir`` so a
-resubmission with the same request id after a restart returns the same handle.
+resubmission with the same request id after a restart — or by another control-plane
+replica sharing that directory, whose adapter started earlier — returns the same handle
+(a submit looks the run id up in the journal when it does not hold it).
+
+Besides that journal (compacted to the live runs at each start), the twin keeps an
+append-only **record** of every run it started, ``<state_dir>/sim-<site>.record.jsonl``:
+one line per new submission (``{"handle": <Handle JSON>}``), never rewritten, so what the
+twin ran can be read from outside the control plane (:func:`read_record`, and
+:func:`record_state` for a recorded run's state at a wall time) — e.g. a chaos test
+checking that no run was started twice across control-plane crashes.
 
 Why one module of this size: the digital twin is one adapter whose node groups, virtual
 clock, journal and failure injection share one state; it has no backend of its own to
@@ -202,6 +211,7 @@ class SimAdapter:
                 self._nodes[n] = g
         self._runs: dict[str, Handle] = {}
         self._journal = Path(ctx.state_dir) / f"sim-{site.name}.jsonl" if ctx.state_dir else None
+        self._record = record_path(Path(ctx.state_dir), site.name) if ctx.state_dir else None
         self._load_journal()
 
     # -------------------------------------------------------- journal
@@ -244,22 +254,49 @@ class SimAdapter:
             log.warning("sim site %s: cannot compact journal %s: %s",
                         self.site.name, self._journal, e)
 
+    def _journaled(self, run_id: str) -> Handle | None:
+        """The live handle of ``run_id`` another instance of this site journaled since
+        this one started (another control-plane replica sharing the state directory),
+        taken over; None when the journal holds none."""
+        if self._journal is None or not self._journal.exists():
+            return None
+        found: Handle | None = None
+        try:
+            with self._journal.open() as f:
+                for line in f:
+                    if run_id not in line:
+                        continue
+                    try:
+                        ev = json.loads(line)
+                        if ev["op"] == "put" and ev["handle"]["runId"] == run_id:
+                            found = Handle.from_json(ev["handle"])
+                        elif ev["op"] == "del" and ev["runId"] == run_id:
+                            found = None
+                    except (ValueError, KeyError, TypeError):
+                        continue
+        except OSError as e:
+            log.warning("sim site %s: cannot read journal %s: %s", self.site.name, self._journal, e)
+            return None
+        if found is not None:
+            self._runs[run_id] = found
+        return found
+
     def _journal_put(self, h: Handle) -> None:
         self._append({"op": "put", "handle": h.to_json()})
 
     def _journal_del(self, run_id: str) -> None:
         self._append({"op": "del", "runId": run_id})
 
-    def _append(self, event: dict[str, Any]) -> None:
-        if self._journal is None:
+    def _append(self, event: dict[str, Any], path: Path | None = None) -> None:
+        path = path or self._journal
+        if path is None:
             return
         try:
-            self._journal.parent.mkdir(parents=True, exist_ok=True)
-            with self._journal.open("a") as f:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
                 f.write(json.dumps(event) + "\n")
         except OSError as e:
-            log.warning("sim site %s: cannot write journal %s: %s",
-                        self.site.name, self._journal, e)
+            log.warning("sim site %s: cannot write %s: %s", self.site.name, path, e)
 
     # -------------------------------------------------------- protocol
 
@@ -305,7 +342,7 @@ class SimAdapter:
         return out
 
     def submit(self, run: TaskRun, node: Node, request_id: str) -> Handle:
-        known = self._runs.get(request_id)
+        known = self._runs.get(request_id) or self._journaled(request_id)
         if known is not None:
             return known
         name = node.name if node.name in self._nodes else node.id.rsplit("/", 1)[-1]
@@ -380,7 +417,13 @@ class SimAdapter:
                    node=name, data=data)
         self._runs[request_id] = h
         self._journal_put(h)
+        self._record_started(h)
         return h
+
+    def _record_started(self, h: Handle) -> None:
+        """Append the new run to the never-compacted record (see the module docstring)."""
+        if self._record is not None:
+            self._append({"handle": h.to_json()}, self._record)
 
     def status(self, handles: Sequence[Handle]) -> dict[str, RunStatus]:
         now = self.ctx.clock()
@@ -530,6 +573,38 @@ class SimAdapter:
         return "\n".join(lines)
 
 
+def record_path(state_dir: Path, site: str) -> Path:
+    """Where the twin of site ``site`` records every run it started under ``state_dir``."""
+    return state_dir / f"sim-{site}.record.jsonl"
+
+
+def read_record(state_dir: Path, site: str) -> list[Handle]:
+    """Every run the twin of ``site`` started under ``state_dir`` (the control plane's
+    state directory), oldest first; one entry per submission, so a run id listed twice was
+    started twice. Empty when nothing was recorded. A torn last line (the control plane
+    killed mid-write) is skipped.
+
+    Raises:
+        OSError: the record exists but cannot be read.
+    """
+    path = record_path(state_dir, site)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(Handle.from_json(json.loads(line)["handle"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def record_state(h: Handle, now: float) -> RunState:
+    """The state of recorded run ``h`` at wall time ``now`` (epoch s), by the twin's own
+    model: what its ``status`` answers, cancellations made after the record aside."""
+    return SimAdapter._timeline(h.data, now)[0]
+
+
 def _is_sim_handle(h: Handle) -> bool:
     d = h.data or {}
     need = ("submittedAt", "timeScale", "queueWaitV", "transferV", "runtimeV", "endV",
@@ -545,4 +620,4 @@ def factory(site: SiteSpec, ctx: AdapterContext) -> SimAdapter:
 register(SiteKind.sim, factory)
 
 __all__ = ["SimAdapter", "SimConfig", "SimConfigError", "SimNodeGroup", "factory",
-           "parse_config", "DEFAULT_WORK_CORE_S"]
+           "parse_config", "read_record", "record_path", "record_state", "DEFAULT_WORK_CORE_S"]

@@ -20,7 +20,15 @@ from adapters.base import (
     Handle,
     TaskRun,
 )
-from adapters.sim import DEFAULT_WORK_CORE_S, SimAdapter, SimConfigError, factory
+from adapters.sim import (
+    DEFAULT_WORK_CORE_S,
+    SimAdapter,
+    SimConfigError,
+    factory,
+    read_record,
+    record_path,
+    record_state,
+)
 from continuum.model import RunState, SiteHealth, SiteKind, SiteSpec, Task, Tier
 
 T0 = 1_800_000_000.0
@@ -406,3 +414,39 @@ def test_status_answers_only_own_site_handles(env):
     h = a.submit(trun(task()), node(a, "c5-0"), "r")
     other = Handle.from_json({**h.to_json(), "site": "elsewhere", "runId": "r2"})
     assert list(a.status([h, other])) == ["r"]
+
+
+def test_record_lists_each_started_run_once_across_restarts(env, tmp_path):
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    h = a.submit(trun(task(work=60)), node(a, "c5-0"), "run-1")
+    a.submit(trun(task(work=60)), node(a, "c5-0"), "run-1")  # idempotent: not started again
+    a.release(h)
+    b = SimAdapter(site(), ctx)  # a restart compacts the journal, never the record
+    b.submit(trun(task(work=60)), node(b, "c5-0"), "run-1")  # released: started again
+    b.submit(trun(task(work=7200), "run-2"), node(b, "c5-1"), "run-2")
+    with record_path(tmp_path, "cloud-test").open("a") as f:
+        f.write('{"handle": {"torn')  # a control plane killed mid-write
+    got = read_record(tmp_path, "cloud-test")
+    assert [r.run_id for r in got] == ["run-1", "run-1", "run-2"]
+    assert got[0].to_json() == h.to_json()
+    assert record_state(got[2], clock()) is RunState.Running
+    clock.advance(60 / 60)
+    assert record_state(got[0], clock()) is RunState.Succeeded
+    assert read_record(tmp_path / "nowhere", "cloud-test") == []
+
+
+def test_submit_finds_a_run_another_replica_journaled(env, tmp_path):
+    # two control-plane replicas on one state directory, each with its own adapter: the
+    # new leader re-submits a run the old one submitted but did not record as Dispatched
+    clock, _, ctx = env
+    old, new = SimAdapter(site(), ctx), SimAdapter(site(), ctx)
+    h = old.submit(trun(task(work=7200)), node(old, "c5-0"), "run-1")
+    clock.advance(1)
+    assert new.submit(trun(task(work=7200)), node(new, "c5-0"), "run-1").to_json() == h.to_json()
+    assert node(new, "c5-0").free.cpu == 15
+    assert [r.run_id for r in read_record(tmp_path, "cloud-test")] == ["run-1"]
+    new.release(h)  # released (journaled "del"): a later submit starts it anew
+    fresh = SimAdapter(site(), ctx)
+    fresh.submit(trun(task(work=7200)), node(fresh, "c5-0"), "run-1")
+    assert [r.run_id for r in read_record(tmp_path, "cloud-test")] == ["run-1", "run-1"]

@@ -180,6 +180,29 @@ def test_replicas_upgrading_a_new_database_together_migrate_it_once(postgres) ->
         postgres.drop_database(url)
 
 
+def test_a_replica_starts_while_another_leads(postgres) -> None:  # type: ignore[no-untyped-def]
+    """The leader holds its advisory lock for as long as it leads: a replica starting
+    meanwhile (its upgrade finds the database at head) must not wait for it."""
+    from control_plane.leader import ADVISORY_KEY
+
+    url = postgres.new_database()
+    Store(url).close()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as leader:
+            assert leader.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                  {"k": ADVISORY_KEY}).scalar()
+            r = subprocess.run([sys.executable, "-m", "control_plane.cli", "db", "upgrade",
+                                "--database-url", url], capture_output=True, text=True,
+                               timeout=60)
+            assert r.returncode == 0 and "already at revision" in r.stdout + r.stderr, r
+            leader.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+            leader.commit()
+    finally:
+        engine.dispose()
+        postgres.drop_database(url)
+
+
 def test_a_database_migrated_by_a_newer_release_is_refused(database_url: str) -> None:
     Store(database_url).close()
     engine = create_engine(database_url)
