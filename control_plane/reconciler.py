@@ -68,6 +68,13 @@ Proposer = Callable[[float], list[Action]]
 """Called with ``now`` after the cycle's own actions are applied; returns more actions."""
 
 
+def failure_backoff_s(failures: int, interval_s: float) -> float:
+    """Seconds to wait after ``failures`` (≥ 1) cycles failed in a row: the interval,
+    doubled per further failure, at most ``max(interval_s, 5)`` — a database that is down
+    is not asked again every interval, and is asked again within 5 s once it is back."""
+    return min(interval_s * 2 ** min(failures - 1, 10), max(interval_s, 5.0))
+
+
 def policy_of(settings: Settings) -> Policy:
     """The decisions' knobs from the settings."""
     return Policy(retry_backoff_s=settings.retry_backoff_s,
@@ -135,14 +142,27 @@ class Reconciler:
         Raises:
             Fenced: a write found this replica no longer leads (the loop stops).
         """
+        failures = 0
         while not stop.is_set():
+            interval = self.settings.reconcile_interval_s
             try:
                 self.cycle()
             except Fenced:
                 raise  # not the leader any more: the caller stops this loop
-            except Exception:
-                log.exception("reconcile cycle failed; retrying next interval")
-            self._wake.wait(self.settings.reconcile_interval_s)
+            except Exception as e:
+                failures += 1
+                if failures == 1:
+                    log.exception("reconcile cycle failed; retrying next interval")
+                elif failures & (failures - 1) == 0:  # 2, 4, 8, …: no traceback per cycle
+                    log.warning("reconcile cycle failed %d times in a row: %s: %s",
+                                failures, type(e).__name__, str(e).splitlines()[0] if str(e)
+                                else "")
+                interval = failure_backoff_s(failures, interval)
+            else:
+                if failures:
+                    log.info("reconcile cycle succeeded again after %d failed", failures)
+                failures = 0
+            self._wake.wait(interval)
             self._wake.clear()
 
     def cycle(self) -> None:

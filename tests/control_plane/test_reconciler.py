@@ -5,10 +5,16 @@ placed but not yet dispatched before a crash being submitted exactly once."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import select
 
+from control_plane.reconciler import Reconciler, failure_backoff_s
 from control_plane.store import RunRow
 from tests.control_plane.harness import control_plane, wait_state, workflow
 from tests.helpers import wait_for
@@ -84,3 +90,37 @@ def test_run_placed_before_a_crash_is_submitted_once(tmp_path: Path, database_ur
         wf = wait_state(api, wid, ("Succeeded", "Failed"), timeout=30)
     assert wf["state"] == "Succeeded"
     assert [r["id"] for r in wf["runs"]] == [run.id]
+
+
+def test_a_failing_cycle_logs_one_traceback_then_backs_off(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A database that is down fails every cycle: one traceback, then one line at 2, 4, 8 …
+    failures, waits doubling from the interval (at most max(interval, 5 s)), and a line
+    when a cycle succeeds again."""
+    calls: list[float] = []
+    stop = threading.Event()
+
+    def cycle() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 6:
+            stop.set()
+        elif len(calls) <= 4:
+            raise RuntimeError("connection refused\nIs the server running?")
+
+    loop = SimpleNamespace(cycle=cycle, _wake=threading.Event(),
+                           settings=SimpleNamespace(reconcile_interval_s=0.02))
+    with caplog.at_level(logging.INFO, logger="control_plane.reconciler"):
+        Reconciler.run_forever(loop, stop)  # type: ignore[arg-type]
+    records = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert records == [
+        ("ERROR", "reconcile cycle failed; retrying next interval", True),
+        ("WARNING", "reconcile cycle failed 2 times in a row: RuntimeError: connection refused",
+         False),
+        ("WARNING", "reconcile cycle failed 4 times in a row: RuntimeError: connection refused",
+         False),
+        ("INFO", "reconcile cycle succeeded again after 4 failed", False)]
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert [round(g, 2) >= w for g, w in zip(gaps, [0.02, 0.04, 0.08, 0.16, 0.02],
+                                              strict=True)] == [True] * 5
+    assert [failure_backoff_s(n, 1.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
+    assert failure_backoff_s(3, 30.0) == 30.0
