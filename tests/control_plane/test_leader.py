@@ -35,7 +35,7 @@ from control_plane.server import ControlPlane
 from control_plane.settings import Settings
 from control_plane.store import LeaseRow, RunRow, Store, TaskRow, WorkflowRow, utcnow
 from tests.conftest import Postgres, free_port
-from tests.control_plane.harness import federation, wait_state, workflow
+from tests.control_plane.harness import artifact_url, federation, run_of, wait_state, workflow
 from tests.helpers import admin_headers, admin_token, wait_for
 
 
@@ -244,6 +244,25 @@ def test_follower_serves_the_api_and_the_leader_runs_its_work(
         assert ca.delete("/v1/sites/sim-2").status_code == 200
         wait_for(lambda: b.federation.get_adapter("sim-2") is None, timeout=5,
                  message="b forgets sim-2")
+
+
+def test_an_artifact_written_through_one_replica_is_read_through_the_other(
+        two: tuple[ControlPlane, ControlPlane]) -> None:
+    """Artifacts live in the state directory the replicas share (the supported way; no
+    S3-compatible store): an upload to the follower is served by the leader."""
+    a, b = two
+    long = workflow("long", [{"name": "forever", "command": ["true"], "work": 10_000_000,
+                              "outputs": [{"name": "data/readings.csv", "path": "r.csv"}]}])
+    with TestClient(a.app, headers=admin_headers(a)) as ca, \
+            TestClient(b.app, headers=admin_headers(b)) as cb:
+        wid = cb.post("/v1/workflows", json=long).json()["id"]
+        wait_state(cb, wid, ("Running",))
+        r = cb.put(artifact_url(cb, wid, run_of(cb, wid, "forever"), "data/readings.csv"),
+                   content=b"t,v\n1,2\n")
+        assert r.status_code == 201, r.text
+        got = ca.get(f"/v1/artifacts/{wid}/data/readings.csv")
+        assert got.status_code == 200 and got.content == b"t,v\n1,2\n"
+        assert got.headers["x-content-sha256"] == r.json()["sha256"]
 
 
 def test_a_submit_on_the_follower_wakes_the_leader(pg_url: str, tmp_path: Path) -> None:
