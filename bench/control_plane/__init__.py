@@ -1,1 +1,2 @@
-"""Control-plane benchmarks: submit throughput over the REST API (``submit``)."""
+"""Control-plane benchmarks: submit throughput over the REST API (``submit``), takeover
+time of a follower after SIGKILL of the leader (``takeover``)."""

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,9 @@ from typing import Any
 import httpx
 import yaml
 
+from bench.control_plane.postgres import private_postgres
+
 REPO = Path(__file__).resolve().parents[2]
-POSTGRES_SH = REPO / "deploy" / "dev" / "postgres.sh"
 
 FEDERATION: dict[str, Any] = {
     "apiVersion": "continuum/v1", "kind": "Federation", "metadata": {"name": "bench"},
@@ -62,21 +64,6 @@ def percentile(xs: list[float], q: float) -> float:
     """Nearest-rank percentile ``q`` (0–100) of ``xs`` (non-empty)."""
     s = sorted(xs)
     return s[max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))]
-
-
-def create_database(pg: Path, name: str) -> str:
-    """CREATE DATABASE ``name`` on the PostgreSQL in ``pg``; returns its SQLAlchemy URL."""
-    import sqlalchemy
-
-    def url(db: str) -> str:
-        return subprocess.run(["bash", str(POSTGRES_SH), "url", str(pg), db], check=True,
-                              capture_output=True, text=True).stdout.strip()
-
-    engine = sqlalchemy.create_engine(url("postgres"), isolation_level="AUTOCOMMIT")
-    with engine.connect() as c:
-        c.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
-    return url(name)
 
 
 @dataclass
@@ -200,30 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.database == "sqlite" and max(args.replicas) > 1:
         ap.error("--database sqlite supports one replica only")
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="continuum-bench-") as tmp:
-        pg = Path(tmp) / "pg"
-        if args.database == "postgresql":
-            subprocess.run(["bash", str(POSTGRES_SH), "start", str(pg)], check=True,
-                           stdout=subprocess.DEVNULL)
-        try:
-            for n in args.replicas:
-                work = Path(tmp) / f"r{n}"
-                work.mkdir()
-                url = None
-                if args.database == "postgresql":
-                    url = create_database(pg, f"bench_r{n}")
-                reps = Replicas(n, work, url)
-                try:
-                    for c in args.clients:
-                        r = measure(reps, c, args.seconds)
-                        print(f"replicas={n} clients={c}: {r.rate:.0f} submits/s "
-                              f"({r.accepted} accepted, {r.errors} errors)", flush=True)
-                        results.append(r)
-                finally:
-                    reps.stop()
-        finally:
-            if args.database == "postgresql":
-                subprocess.run(["bash", str(POSTGRES_SH), "stop", str(pg)], check=False)
+    with tempfile.TemporaryDirectory(prefix="continuum-bench-") as tmp, ExitStack() as stack:
+        pg = (stack.enter_context(private_postgres())
+              if args.database == "postgresql" else None)
+        for n in args.replicas:
+            work = Path(tmp) / f"r{n}"
+            work.mkdir()
+            url = pg.create_database(f"bench_r{n}") if pg is not None else None
+            reps = Replicas(n, work, url)
+            try:
+                for c in args.clients:
+                    r = measure(reps, c, args.seconds)
+                    print(f"replicas={n} clients={c}: {r.rate:.0f} submits/s "
+                          f"({r.accepted} accepted, {r.errors} errors)", flush=True)
+                    results.append(r)
+            finally:
+                reps.stop()
     print(f"\n{args.database}, {args.seconds:.0f} s per row\n")
     print(table(results))
     return 0

@@ -1,16 +1,16 @@
 """Takeover time of a follower replica after SIGKILL of the leader's ``continuum server``.
 
-Starts a private PostgreSQL 15 on loopback (initdb into a temporary directory, as the
-``postgres`` user), then ``--kills`` times: two ``continuum server`` replicas on one fresh
-database and one shared state directory (the second started once the first leads),
-SIGKILL of the leader at a random point (seeded) of the follower's step period, and the
-time until the follower's ``GET /leaderz`` says ``leader`` (polled every 20 ms). Prints
+Starts a private PostgreSQL 15 on loopback (``deploy/dev/postgres.sh``), then ``--kills``
+times: two ``continuum server`` replicas on one fresh database and one shared state
+directory (the second started once the first leads), SIGKILL of the leader at a random
+point (seeded) of the follower's step period, and the time until the follower's
+``GET /leaderz`` says ``leader`` (polled every 20 ms). Prints
 each time, the median and the max.
 
 Reproduce (root, PostgreSQL 15 from the Debian packages; about 1 minute on 2 cores)::
 
-    .venv/bin/python bench/leader_takeover.py --kills 5
-    .venv/bin/python bench/leader_takeover.py --kills 5 --lease-s 3
+    .venv/bin/python -m bench.control_plane.takeover --kills 5
+    .venv/bin/python -m bench.control_plane.takeover --kills 5 --lease-s 3
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import signal
 import socket
 import statistics
@@ -30,17 +29,15 @@ from pathlib import Path
 
 import httpx
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+from bench.control_plane.postgres import PrivatePostgres, private_postgres
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def as_postgres(*cmd: str) -> None:
-    subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True)
 
 
 def role(port: int) -> str | None:
@@ -59,12 +56,10 @@ def wait(pred: object, timeout: float, what: str) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def one_kill(pg_port: int, lease_s: float, work: Path, n: int, rng: random.Random) -> float:
-    db = f"takeover_{n}"
-    as_postgres(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U",
-                "postgres", db)
-    env = {**os.environ,
-           "CONTINUUM_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/{db}",
+def one_kill(pg: PrivatePostgres, lease_s: float, work: Path, n: int,
+             rng: random.Random) -> float:
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "CONTINUUM_DATABASE_URL": pg.create_database(f"takeover_{n}"),
            "CONTINUUM_LEADER_LEASE_S": str(lease_s)}
     state = work / f"state-{n}"
     ports = [free_port(), free_port()]
@@ -74,7 +69,7 @@ def one_kill(pg_port: int, lease_s: float, work: Path, n: int, rng: random.Rando
             with (work / f"server-{n}-{i}.log").open("ab") as log:
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "control_plane.cli", "server", "--port", str(port),
-                     "--state-dir", str(state)], env=env, stdout=log, stderr=subprocess.STDOUT))
+                     "--state-dir", str(state)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
             wait(lambda p=port, i=i: role(p) == ("leader" if i == 0 else "follower"), 60,
                  f"replica {i} to come up")
         time.sleep(rng.uniform(0, lease_s))  # at a random point of the follower's step period
@@ -97,28 +92,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    work = Path(tempfile.mkdtemp(prefix="continuum-takeover-"))
-    shutil.chown(work, "postgres", "postgres")
-    pg_port = free_port()
-    as_postgres(str(PG_BIN / "initdb"), "-D", str(work / "data"), "-A", "trust", "-U",
-                "postgres")
-    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(work / "data"), "-o",
-                f"-p {pg_port} -k {work} -c listen_addresses=127.0.0.1", "-l",
-                str(work / "pg.log"), "-w", "start")
-    try:
+    with tempfile.TemporaryDirectory(prefix="continuum-takeover-") as tmp, \
+            private_postgres() as pg:
         times = []
         for n in range(args.kills):
-            took = one_kill(pg_port, args.lease_s, work, n, rng)
+            took = one_kill(pg, args.lease_s, Path(tmp), n, rng)
             times.append(took)
             print(f"kill {n + 1}: takeover {took:.2f} s", flush=True)
-        print(f"leader_lease_s={args.lease_s:g}: median {statistics.median(times):.2f} s, "
-              f"max {max(times):.2f} s over {len(times)} kills "
-              f"(bound: leader_lease_s/3 = {args.lease_s / 3:.2f} s plus one step)")
-    finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
-                        str(work / "data"), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
-
+    print(f"leader_lease_s={args.lease_s:g}: median {statistics.median(times):.2f} s, "
+          f"max {max(times):.2f} s over {len(times)} kills "
+          f"(bound: leader_lease_s/3 = {args.lease_s / 3:.2f} s plus one step)")
 
 if __name__ == "__main__":
     main()
