@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +62,24 @@ small predictor bootstrap (it is trained at every start)."""
 
 
 # ---------------------------------------------------------------- replicas
+
+
+def listening_port() -> int:
+    """A free port below the kernel's ephemeral range (``ip_local_port_range``, 32768+
+    here): a killed replica restarts on its port, and a port from that range can meanwhile
+    be the source port of any outgoing connection (seen: "port … is already in use" with
+    no listener, on the 50-kill test)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 @dataclass
@@ -160,7 +180,7 @@ class Replicas:
         if self.database_url is not None:
             env["CONTINUUM_DATABASE_URL"] = self.database_url
         for i in range(self.n):
-            port = free_port()
+            port = listening_port()
             self.replicas.append(Replica(i, port, self.state_dir, self.tmp / f"replica-{i}.log",
                                          {**env, "CONTINUUM_PUBLIC_URL": f"http://127.0.0.1:{port}"}))
 
