@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -120,6 +121,37 @@ class Authority:
             raise ValueError("oidc_jwks_url needs oidc_issuer and oidc_audience too")
         self._jwks: jwt.PyJWKClient | None = None
         self._jwks_lock = threading.Lock()
+        self._valid_at: dict[str, float] = {}
+        """jti → when (monotonic s) the tokens table last said it is known and not revoked;
+        trusted for ``auth_revocation_cache_s`` (see :meth:`_check_row`)."""
+
+    _VALID_CACHE_MAX = 10_000
+    """Most token ids :attr:`_valid_at` holds; it is emptied when full (a bound on memory,
+    not a limit on callers: a token not in it is read from the table)."""
+
+    def _check_row(self, jti: str, must_exist: bool) -> None:
+        """Refuse a token whose ``tokens`` row is revoked (or, ``must_exist``, missing).
+        A token found valid is not read again for ``auth_revocation_cache_s`` seconds on
+        this replica; :meth:`revoke` forgets it at once.
+
+        Raises:
+            Unauthorized: unknown (when ``must_exist``) or revoked.
+        """
+        ttl = self.settings.auth_revocation_cache_s
+        now = time.monotonic()
+        checked = self._valid_at.get(jti)
+        if checked is not None and now - checked < ttl:
+            return
+        with self.store.session() as s:
+            row = s.get(TokenRow, jti)
+            if row is None and must_exist:
+                raise Unauthorized("the token is unknown to this control plane")
+            if row is not None and row.revoked_at is not None:
+                raise Unauthorized("the token has been revoked")
+        if ttl > 0:
+            if len(self._valid_at) >= self._VALID_CACHE_MAX:
+                self._valid_at.clear()
+            self._valid_at[jti] = now
 
     # ------------------------------------------------------------ issuing
 
@@ -196,12 +228,7 @@ class Authority:
             raise Unauthorized("the token's signature is not valid") from e
         except jwt.PyJWTError as e:
             raise Unauthorized(f"the token is not valid: {e}") from e
-        with self.store.session() as s:
-            row = s.get(TokenRow, str(claims["jti"]))
-            if row is None:
-                raise Unauthorized("the token is unknown to this control plane")
-            if row.revoked_at is not None:
-                raise Unauthorized("the token has been revoked")
+        self._check_row(str(claims["jti"]), must_exist=True)
         return Principal(subject=str(claims["sub"]), roles=_roles(list(claims.get("roles", []))),
                          tenants=frozenset(map(str, claims.get("tenants", []))),
                          token_id=str(claims["jti"]))
@@ -227,10 +254,7 @@ class Authority:
                                "characters")
         jti = claims.get("jti")
         if jti:
-            with self.store.session() as s:
-                row = s.get(TokenRow, str(jti))
-                if row is not None and row.revoked_at is not None:
-                    raise Unauthorized("the token has been revoked")
+            self._check_row(str(jti), must_exist=False)
         return Principal(subject=str(claims["sub"]),
                          roles=_roles(_claim(claims, st.oidc_roles_claim)),
                          tenants=frozenset(_claim(claims, st.oidc_tenants_claim)),
@@ -255,7 +279,8 @@ class Authority:
                 return None
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
-            return row
+        self._valid_at.pop(token_id, None)  # refused here from now on
+        return row
 
 
 def token_view(row: TokenRow) -> dict[str, Any]:

@@ -7,7 +7,11 @@ They write desired state only (a new workflow with its tasks, a workflow's
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
+
+from sqlalchemy.orm import Session
 
 from adapters.base import Handle
 from continuum.errors import AdapterError, Conflict, NotFound
@@ -16,11 +20,14 @@ from control_plane.artifact_access import CapabilityRefused
 from control_plane.federation import Federation
 from control_plane.store import (
     ArtifactRow,
+    AuditRow,
+    GroupCommit,
     RunRow,
     Store,
     TaskRow,
     WorkflowRow,
     add_event,
+    backlog_tasks,
     new_id,
 )
 from control_plane.validation import check_workflow, effective_dependencies
@@ -28,35 +35,100 @@ from control_plane.validation import check_workflow, effective_dependencies
 log = logging.getLogger(__name__)
 
 
-class WorkflowService:
-    """``wake``: runs the reconciler's next cycle now (it acts on what was written)."""
+class Backlogged(Exception):
+    """A submit refused because too many tasks already wait to be placed (the API's 429).
+    ``backlog`` and ``bound`` in tasks, ``retry_after_s`` in seconds."""
 
-    def __init__(self, store: Store, federation: Federation, wake: Callable[[], None]) -> None:
+    def __init__(self, backlog: int, bound: int, retry_after_s: int) -> None:
+        self.backlog, self.bound, self.retry_after_s = backlog, bound, retry_after_s
+        super().__init__(f"backlog: {backlog} tasks are waiting to be placed, the bound is "
+                         f"{bound} (submit_max_backlog_tasks); retry after {retry_after_s} s")
+
+
+class Admission:
+    """Admission control of submits: refuses a workflow while the backlog (tasks
+    ``Waiting`` or ``Ready``, as :func:`~control_plane.store.backlog_tasks` counts them in
+    the shared store, so every replica sees the same) would pass ``bound`` tasks.
+
+    The count is read at most every ``recount_s`` seconds; between reads the tasks this
+    replica accepted are added to it, so one replica never overshoots the bound, and N
+    replicas together by at most what the others accept in ``recount_s``. A workflow
+    larger than the bound is accepted when the backlog is empty (else it never could be).
+    ``observe(backlog)`` receives each estimate (the metrics gauge)."""
+
+    def __init__(self, store: Store, bound: int, retry_after_s: int,
+                 observe: Callable[[int], None] = lambda _: None,
+                 recount_s: float = 0.5) -> None:
+        self.store, self.bound, self.retry_after_s = store, bound, retry_after_s
+        self.observe, self.recount_s = observe, recount_s
+        self._lock = threading.Lock()
+        self._counted = 0
+        self._added = 0
+        self._at = -float("inf")
+
+    def admit(self, tasks: int) -> None:
+        """Count ``tasks`` more into the backlog, or refuse them.
+
+        Raises:
+            Backlogged: the backlog plus ``tasks`` would be over the bound.
+        """
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at >= self.recount_s:
+                with self.store.session() as s:
+                    self._counted, self._added, self._at = backlog_tasks(s), 0, now
+            backlog = self._counted + self._added
+            self.observe(backlog)
+            if backlog > 0 and backlog + tasks > self.bound:
+                raise Backlogged(backlog, self.bound, self.retry_after_s)
+            self._added += tasks
+
+
+class WorkflowService:
+    """``wake``: runs the reconciler's next cycle now (it acts on what was written);
+    ``admission``: the backlog bound submits are checked against (None: no bound)."""
+
+    def __init__(self, store: Store, federation: Federation, wake: Callable[[], None],
+                 admission: Admission | None = None) -> None:
         self.store = store
         self.federation = federation
         self.wake = wake
+        self.admission = admission
+        self._writes = GroupCommit(store)
 
-    def submit(self, doc: WorkflowDocument, tenant: str = "default") -> WorkflowRow:
-        """Check and store a workflow of ``tenant`` with its tasks in one transaction;
-        returns its row.
+    def submit(self, doc: WorkflowDocument, tenant: str = "default",
+               audit: Callable[[], AuditRow] | None = None) -> WorkflowRow:
+        """Check and store a workflow of ``tenant`` with its tasks (and ``audit()``, the
+        call's audit record, when given) in one transaction; returns its row once it is
+        committed. Concurrent submits share a commit (:class:`GroupCommit`).
 
         Raises:
             ValidationFailed: see :func:`control_plane.validation.check_workflow`.
+            Backlogged: the backlog is over the bound (see :class:`Admission`).
         """
         check_workflow(doc, self.federation.nodes())
+        if self.admission is not None:
+            self.admission.admit(len(doc.spec.tasks))
         deps = effective_dependencies(doc)
-        wf = WorkflowRow(id=new_id("wf"), name=doc.metadata.name,
-                         state=WorkflowState.Pending, document=doc.wire(), tenant=tenant)
-        with self.store.session() as s:
+        wf_id, document = new_id("wf"), doc.wire()
+        tasks = [(t.name, t.wire(), deps[t.name]) for t in doc.spec.tasks]
+
+        def write(s: Session) -> WorkflowRow:
+            wf = WorkflowRow(id=wf_id, name=doc.metadata.name, state=WorkflowState.Pending,
+                             document=document, tenant=tenant)
             s.add(wf)
             s.flush()
-            for t in doc.spec.tasks:
-                s.add(TaskRow(workflow_id=wf.id, name=t.name, spec=t.wire(),
-                              depends_on=deps[t.name],
-                              state=TaskState.Waiting if deps[t.name] else TaskState.Ready))
-            add_event(s, "WorkflowAccepted", f"{len(doc.spec.tasks)} tasks", workflow_id=wf.id)
+            s.add_all([TaskRow(workflow_id=wf_id, name=name, spec=spec, depends_on=after,
+                               state=TaskState.Waiting if after else TaskState.Ready)
+                       for name, spec, after in tasks])
+            add_event(s, "WorkflowAccepted", f"{len(tasks)} tasks", workflow_id=wf_id)
+            if audit is not None:
+                s.add(audit())
+            return wf
+
+        wf: WorkflowRow = self._writes.write(write)
         log.info("workflow %s (%s) of tenant %s accepted with %d tasks", wf.id, wf.name, tenant,
-                 len(doc.spec.tasks))
+                 len(tasks))
         self.wake()
         return wf
 
@@ -129,4 +201,4 @@ class WorkflowService:
             return f"(logs unavailable: {e})"
 
 
-__all__ = ["WorkflowService"]
+__all__ = ["Admission", "Backlogged", "WorkflowService"]
