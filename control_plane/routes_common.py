@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy import Select
 
 from control_plane import deps
@@ -64,6 +66,14 @@ async def read_body(request: Request) -> bytes:
             in by the :class:`~control_plane.input_limits.BodyLimit` middleware).
     """
     return await request.body()
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON answer encoded with orjson (several times faster than ``json``); for
+    content of plain JSON types with string keys (an API view, not arbitrary data)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def iso(dt: Any) -> str | None:

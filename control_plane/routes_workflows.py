@@ -16,6 +16,7 @@ from control_plane.audit import WRITTEN, audit_row
 from control_plane.auth import AUDIT_SCOPE_KEY, Principal, audit_tenant
 from control_plane.routes_common import (
     MAX_OFFSET,
+    FastJSONResponse,
     PrincipalDep,
     SettingsDep,
     StoreDep,
@@ -27,7 +28,7 @@ from control_plane.routes_common import (
 )
 from control_plane.routes_runs import event_view, run_view
 from control_plane.store import LIVE_WORKFLOW_STATES, EventRow, RunRow, TaskRow, WorkflowRow
-from control_plane.validation import parse_document
+from control_plane.validation import parse_document_cached
 
 router = APIRouter(tags=["workflows"])
 
@@ -115,7 +116,7 @@ async def submit_workflow(request: Request, workflows: WorkflowsDep, principal: 
     "backlog"``. The 201 comes once the workflow, its tasks and the call's audit record
     are committed (one transaction, shared with concurrent submits).
     """
-    doc = parse_document(await read_body(request), request.headers.get("content-type"))
+    doc = parse_document_cached(await read_body(request), request.headers.get("content-type"))
     tenant = submit_tenant(principal, doc.metadata.tenant, settings.auth_default_tenant)
     audit_tenant(request, tenant)
     record = request.scope.get(AUDIT_SCOPE_KEY)
@@ -123,7 +124,7 @@ async def submit_workflow(request: Request, workflows: WorkflowsDep, principal: 
                                  lambda: audit_row(request.scope, 201))
     if isinstance(record, dict):
         record[WRITTEN] = True  # committed with the workflow
-    return JSONResponse(workflow_summary(wf), status_code=201,
+    return FastJSONResponse(workflow_summary(wf), status_code=201,
                         headers={"Location": f"/v1/workflows/{wf.id}"})
 
 
