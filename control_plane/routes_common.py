@@ -14,7 +14,7 @@ from sqlalchemy import Select
 
 from control_plane import deps
 from control_plane.artifacts import LocalArtifactStore
-from control_plane.auth import Principal, authenticate
+from control_plane.auth import Principal, authenticate_async
 from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
 from control_plane.models import ModelService
@@ -42,7 +42,7 @@ WorkflowsDep = Annotated[WorkflowService, Depends(deps.get_workflows)]
 LoopDep = Annotated[deps.Loop, Depends(deps.get_loop)]
 DevicesDep = Annotated[Callable[[], list[dict[str, Any]]], Depends(deps.get_devices)]
 EnrollmentDep = Annotated[Enrollment, Depends(deps.get_enrollment)]
-PrincipalDep = Annotated[Principal, Depends(authenticate)]
+PrincipalDep = Annotated[Principal, Depends(authenticate_async)]
 
 
 def in_tenants(q: Select[Any], principal: Principal) -> Select[Any]:

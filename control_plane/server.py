@@ -121,7 +121,8 @@ class ControlPlane:
             self.store, self.federation, self.loop.wake,
             Admission(self.store, settings.submit_max_backlog_tasks,
                       settings.submit_backlog_retry_after_s,
-                      observe=self.metrics.submit_backlog.set))
+                      observe=self.metrics.submit_backlog.set),
+            wake_local=self.reconciler.wake)
         self.app = create_app(Services(
             settings=settings, store=self.store, federation=self.federation,
             artifacts=self.artifacts, collector=self.collector, network=self.network,

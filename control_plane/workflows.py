@@ -19,6 +19,7 @@ from continuum.errors import AdapterError, Conflict, NotFound
 from continuum.model import RunState, TaskState, WorkflowDocument, WorkflowState
 from control_plane.artifact_access import CapabilityRefused
 from control_plane.federation import Federation
+from control_plane.leader import notify_wake_in
 from control_plane.store import (
     ArtifactRow,
     AuditRow,
@@ -93,14 +94,20 @@ class Admission:
 
 class WorkflowService:
     """``wake``: runs the reconciler's next cycle now (it acts on what was written);
-    ``admission``: the backlog bound submits are checked against (None: no bound)."""
+    ``admission``: the backlog bound submits are checked against (None: no bound);
+    ``wake_local``: given, a submit wakes the leader by a NOTIFY inside its own
+    transaction (:func:`~control_plane.leader.notify_wake_in`, once per group commit)
+    and calls this for this replica's loop, instead of ``wake`` (a transaction of its
+    own per submit on PostgreSQL)."""
 
     def __init__(self, store: Store, federation: Federation, wake: Callable[[], None],
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 wake_local: Callable[[], None] | None = None) -> None:
         self.store = store
         self.federation = federation
         self.wake = wake
         self.admission = admission
+        self.wake_local = wake_local
         self._writes = GroupCommit(store)
 
     def submit(self, doc: WorkflowDocument, tenant: str = "default",
@@ -137,12 +144,14 @@ class WorkflowService:
             if audit is not None:
                 row = audit()
                 s.execute(insert(AuditRow), [{c: getattr(row, c) for c in _AUDIT_COLUMNS}])
+            if self.wake_local is not None:
+                notify_wake_in(s)
             return wf
 
         wf: WorkflowRow = self._writes.write(write)
         log.info("workflow %s (%s) of tenant %s accepted with %d tasks", wf.id, wf.name, tenant,
                  len(tasks))
-        self.wake()
+        (self.wake_local or self.wake)()
         return wf
 
     def cancel(self, workflow_id: str) -> WorkflowRow:
