@@ -304,8 +304,12 @@ def check_workflow(doc: WorkflowDocument, nodes: list[Node]) -> None:
                                 "dependencies (an input counts as a dependency on its producer)",
                                 "dependency_cycle"))
     if nodes:
+        verdicts: dict[tuple[float, int, int], str | None] = {}  # one look per request shape
         for i, t in enumerate(tasks):
-            why = never_fits(t, nodes)
+            shape = (t.resources.cpu, t.resources.memory, t.resources.gpu)
+            if shape not in verdicts:
+                verdicts[shape] = never_fits(t, nodes)
+            why = verdicts[shape]
             if why:
                 problems.append(Problem(["spec", "tasks", i, "resources"],
                                         f"task {t.name!r} can never be placed: {why}; lower the "
