@@ -262,3 +262,28 @@ def test_every_accepted_submit_survives_sigkill_amid_concurrent_submits(tmp_path
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def test_parsed_documents_are_remembered_per_body_and_failures_are_not() -> None:
+    import json
+
+    from continuum.errors import ValidationFailed
+    from control_plane import validation
+
+    body = json.dumps(workflow("remembered")).encode()
+    first = validation.parse_document_cached(body, "application/json")
+    assert validation.parse_document_cached(body, "application/json") is first
+    other = validation.parse_document_cached(body.replace(b"remembered", b"other"),
+                                             "application/json")
+    assert other.metadata.name == "other"
+    bad = json.dumps(workflow("bad", [{"name": "a", "command": ["true"], "wrk": 1}])).encode()
+    for _ in range(2):  # each time the 422, never a remembered document
+        with pytest.raises(ValidationFailed) as e:
+            validation.parse_document_cached(bad, "application/json")
+        assert e.value.problems[0].loc[-1] == "wrk"
+    assert (bad, "application/json") not in validation._parsed
+    big = json.dumps(workflow("big", [{"name": f"t{i}", "command": ["true"], "work": 1}
+                                      for i in range(2000)])).encode()
+    assert len(big) > validation.CACHED_BODY_BYTES
+    assert validation.parse_document_cached(big, None) is not validation.parse_document_cached(
+        big, None)
