@@ -26,7 +26,7 @@ from typing import Literal
 
 from fastapi import HTTPException, Request
 
-from control_plane.auth import Role, require
+from control_plane.auth import Role, authenticate_async, check_roles
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def rule_for(method: str, path: str) -> Rule | None:
     return ROUTE_RULES.get(route_key(method, path))
 
 
-def enforce(request: Request) -> None:
+async def enforce(request: Request) -> None:
     """App-wide dependency: apply the route's :class:`Rule` before it runs.
 
     Raises:
@@ -113,7 +113,7 @@ def enforce(request: Request) -> None:
         raise HTTPException(403, f"{request.method} {path} has no access rule "
                                  "(control_plane/access.py ROUTE_RULES)")
     if rule.kind == "bearer":
-        require(*rule.roles)(request)
+        check_roles(await authenticate_async(request), rule.roles)
     # "capability": the route itself accepts a run capability or an API token
 
 

@@ -12,7 +12,9 @@ Errors share one shape: ``{"detail": [{"loc": [...], "msg": "...", "type": "..."
 for 422 (each problem naming its field and the fix) and for 413 (a body over its route's
 limit, type ``body_too_large``, counted while it streams in: see
 :mod:`control_plane.input_limits`), and ``{"detail": "..."}`` for 401, 403, 404, 409,
-429, 502 and 503. A request that needs the leader's loop (site removal) answered by a
+429, 502 and 503 (a submit refused because the backlog of tasks waiting to be placed is
+over ``submit_max_backlog_tasks`` is a 429 with ``Retry-After`` and ``"reason":
+"backlog"``). A request that needs the leader's loop (site removal) answered by a
 follower replica is redirected to the leader (307, ``Location`` on the leader's API URL),
 or refused with 503 and ``Retry-After`` while no leader is elected.
 """
@@ -50,6 +52,7 @@ from control_plane.routes_common import MAX_BODY_BYTES
 from control_plane.routes_nodes import node_view
 from control_plane.routes_runs import run_view
 from control_plane.routes_workflows import workflow_summary
+from control_plane.workflows import Backlogged
 
 
 def create_app(services: Services) -> FastAPI:
@@ -104,6 +107,13 @@ def create_app(services: Services) -> FastAPI:
                 url += "?" + request.url.query
             return Response(status_code=307, headers={"Location": url})
         return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "2"})
+
+    @app.exception_handler(Backlogged)
+    async def _backlogged(_: Request, e: Backlogged) -> JSONResponse:
+        services.metrics.submits_refused.labels("backlog").inc()
+        return JSONResponse({"detail": str(e), "reason": "backlog", "backlogTasks": e.backlog,
+                             "maxBacklogTasks": e.bound}, status_code=429,
+                            headers={"Retry-After": str(e.retry_after_s)})
 
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, e: Conflict) -> JSONResponse:

@@ -56,22 +56,37 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            token_id = record.get("token_id")
-            row = AuditRow(at=utcnow(), subject=record.get("subject", "-"),
-                           # an external issuer's jti may be longer than the column
-                           token_id=token_id[:AuditRow.token_id.type.length] if token_id else None,
-                           tenant=record.get("tenant", ""),
-                           method=scope["method"], path=scope["path"][:2000], status=status,
-                           outcome=outcome_of(status))
-            try:
-                await run_in_threadpool(self._write, row)
-            except Exception:
-                log.exception("audit record of %s %s (%s) not written", row.method,
-                              row.path, row.subject)
+            if not record.get(WRITTEN):
+                row = audit_row(scope, status)
+                try:
+                    await run_in_threadpool(self._write, row)
+                except Exception:
+                    log.exception("audit record of %s %s (%s) not written", row.method,
+                                  row.path, row.subject)
 
     def _write(self, row: AuditRow) -> None:
         with self.store.session() as s:
             s.add(row)
+
+
+WRITTEN = "written"
+"""Key a route sets (true) in the scope's audit record when it wrote the record itself,
+in its own transaction (see :func:`audit_row`): the middleware then writes none."""
+
+
+def audit_row(scope: Scope, status: int) -> AuditRow:
+    """The audit record of the call in ``scope`` answered ``status``, from what
+    :func:`control_plane.auth.authenticate` put in the scope. A route that writes it in
+    its own transaction (the workflow submit: one commit instead of two) then sets
+    ``scope[AUDIT_SCOPE_KEY][WRITTEN] = True``."""
+    record: dict[str, Any] = scope.get(AUDIT_SCOPE_KEY) or {}
+    token_id = record.get("token_id")
+    return AuditRow(at=utcnow(), subject=record.get("subject", "-"),
+                    # an external issuer's jti may be longer than the column
+                    token_id=token_id[:AuditRow.token_id.type.length] if token_id else None,
+                    tenant=record.get("tenant", ""),
+                    method=scope["method"], path=scope["path"][:2000], status=status,
+                    outcome=outcome_of(status))
 
 
 def audit_view(row: AuditRow) -> dict[str, Any]:
@@ -80,4 +95,4 @@ def audit_view(row: AuditRow) -> dict[str, Any]:
             "path": row.path, "status": row.status, "outcome": row.outcome}
 
 
-__all__ = ["AuditMiddleware", "MUTATING", "audit_view", "outcome_of"]
+__all__ = ["AuditMiddleware", "MUTATING", "WRITTEN", "audit_row", "audit_view", "outcome_of"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -33,6 +34,7 @@ from typing import Any
 
 import jwt
 from fastapi import HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from control_plane.keys import write_secret_once
@@ -120,6 +122,60 @@ class Authority:
             raise ValueError("oidc_jwks_url needs oidc_issuer and oidc_audience too")
         self._jwks: jwt.PyJWKClient | None = None
         self._jwks_lock = threading.Lock()
+        self._principals: dict[str, tuple[Principal, float]] = {}
+        """token → its principal and expiry (s since the epoch), for :meth:`verified`."""
+        self._valid_at: dict[str, float] = {}
+        """jti → when (monotonic s) the tokens table last said it is known and not revoked;
+        trusted for ``auth_revocation_cache_s`` (see :meth:`_check_row`)."""
+
+    _VALID_CACHE_MAX = 10_000
+    """Most token ids :attr:`_valid_at` holds; it is emptied when full (a bound on memory,
+    not a limit on callers: a token not in it is read from the table)."""
+
+    def _check_row(self, jti: str, must_exist: bool) -> None:
+        """Refuse a token whose ``tokens`` row is revoked (or, ``must_exist``, missing).
+        A token found valid is not read again for ``auth_revocation_cache_s`` seconds on
+        this replica; :meth:`revoke` forgets it at once.
+
+        Raises:
+            Unauthorized: unknown (when ``must_exist``) or revoked.
+        """
+        ttl = self.settings.auth_revocation_cache_s
+        now = time.monotonic()
+        checked = self._valid_at.get(jti)
+        if checked is not None and now - checked < ttl:
+            return
+        with self.store.session() as s:
+            row = s.get(TokenRow, jti)
+            if row is None and must_exist:
+                raise Unauthorized("the token is unknown to this control plane")
+            if row is not None and row.revoked_at is not None:
+                raise Unauthorized("the token has been revoked")
+        if ttl > 0:
+            if len(self._valid_at) >= self._VALID_CACHE_MAX:
+                self._valid_at.clear()
+                self._principals.clear()
+            self._valid_at[jti] = now
+
+    def verified(self, token: str) -> Principal | None:
+        """The principal of ``token`` when this replica verified it within
+        ``auth_revocation_cache_s`` and it has not expired since: no signature check, no
+        I/O (the API's event loop asks this before sending a request to a thread for
+        :meth:`verify`). None otherwise."""
+        entry = self._principals.get(token)
+        if entry is None or entry[0].token_id is None:
+            return None
+        principal, exp = entry
+        checked = self._valid_at.get(principal.token_id)  # type: ignore[arg-type]
+        if (checked is None or time.monotonic() - checked >= self.settings.auth_revocation_cache_s
+                or time.time() >= exp):
+            return None
+        return principal
+
+    def _remember(self, token: str, principal: Principal, exp: Any) -> Principal:
+        if self.settings.auth_revocation_cache_s > 0 and principal.token_id is not None:
+            self._principals[token] = (principal, float(exp))
+        return principal
 
     # ------------------------------------------------------------ issuing
 
@@ -196,15 +252,11 @@ class Authority:
             raise Unauthorized("the token's signature is not valid") from e
         except jwt.PyJWTError as e:
             raise Unauthorized(f"the token is not valid: {e}") from e
-        with self.store.session() as s:
-            row = s.get(TokenRow, str(claims["jti"]))
-            if row is None:
-                raise Unauthorized("the token is unknown to this control plane")
-            if row.revoked_at is not None:
-                raise Unauthorized("the token has been revoked")
-        return Principal(subject=str(claims["sub"]), roles=_roles(list(claims.get("roles", []))),
-                         tenants=frozenset(map(str, claims.get("tenants", []))),
-                         token_id=str(claims["jti"]))
+        self._check_row(str(claims["jti"]), must_exist=True)
+        return self._remember(token, Principal(
+            subject=str(claims["sub"]), roles=_roles(list(claims.get("roles", []))),
+            tenants=frozenset(map(str, claims.get("tenants", []))),
+            token_id=str(claims["jti"])), claims["exp"])
 
     def _verify_oidc(self, token: str) -> Principal:
         st = self.settings
@@ -227,14 +279,11 @@ class Authority:
                                "characters")
         jti = claims.get("jti")
         if jti:
-            with self.store.session() as s:
-                row = s.get(TokenRow, str(jti))
-                if row is not None and row.revoked_at is not None:
-                    raise Unauthorized("the token has been revoked")
-        return Principal(subject=str(claims["sub"]),
-                         roles=_roles(_claim(claims, st.oidc_roles_claim)),
-                         tenants=frozenset(_claim(claims, st.oidc_tenants_claim)),
-                         token_id=str(jti) if jti else None)
+            self._check_row(str(jti), must_exist=False)
+        return self._remember(token, Principal(
+            subject=str(claims["sub"]), roles=_roles(_claim(claims, st.oidc_roles_claim)),
+            tenants=frozenset(_claim(claims, st.oidc_tenants_claim)),
+            token_id=str(jti) if jti else None), claims["exp"])
 
     # ------------------------------------------------------------ managing
 
@@ -255,7 +304,8 @@ class Authority:
                 return None
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
-            return row
+        self._valid_at.pop(token_id, None)  # refused here from now on
+        return row
 
 
 def token_view(row: TokenRow) -> dict[str, Any]:
@@ -279,8 +329,28 @@ def _unauthorized(message: str) -> HTTPException:
                                                 if "no bearer" not in message else "Bearer"})
 
 
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("no bearer token: send 'Authorization: Bearer TOKEN' (the "
+                            "bootstrap admin token is <state_dir>/admin.token; more with "
+                            "`continuum tokens create`)")
+    return token.strip()
+
+
+def _authenticated(request: Request, principal: Principal) -> Principal:
+    request.state.principal = principal
+    record = request.scope.get(AUDIT_SCOPE_KEY)
+    if isinstance(record, dict):
+        record.update(subject=principal.subject, token_id=principal.token_id,
+                      tenant=",".join(sorted(principal.tenants)))
+    return principal
+
+
 def authenticate(request: Request) -> Principal:
-    """FastAPI dependency: the caller's :class:`Principal` (computed once per request).
+    """The caller's :class:`Principal` (computed once per request; may read the
+    database: call it from a thread, or use :func:`authenticate_async`).
 
     Raises:
         HTTPException 401 (``WWW-Authenticate: Bearer``): no ``Authorization: Bearer``
@@ -289,22 +359,43 @@ def authenticate(request: Request) -> Principal:
     cached = getattr(request.state, "principal", None)
     if isinstance(cached, Principal):
         return cached
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("no bearer token: send 'Authorization: Bearer TOKEN' (the "
-                            "bootstrap admin token is <state_dir>/admin.token; more with "
-                            "`continuum tokens create`)")
     authority: Authority = request.app.state.services.auth
     try:
-        principal = authority.verify(token.strip())
+        principal = authority.verify(_bearer(request))
     except Unauthorized as e:
         raise _unauthorized(str(e)) from e
-    request.state.principal = principal
-    record = request.scope.get(AUDIT_SCOPE_KEY)
-    if isinstance(record, dict):
-        record.update(subject=principal.subject, token_id=principal.token_id,
-                      tenant=",".join(sorted(principal.tenants)))
+    return _authenticated(request, principal)
+
+
+async def authenticate_async(request: Request) -> Principal:
+    """FastAPI dependency: :func:`authenticate` without leaving the event loop when the
+    token was verified within ``auth_revocation_cache_s`` (:meth:`Authority.verified`),
+    else in a worker thread.
+
+    Raises:
+        HTTPException 401: see :func:`authenticate`.
+    """
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    authority: Authority = request.app.state.services.auth
+    principal = authority.verified(_bearer(request))
+    if principal is not None:
+        return _authenticated(request, principal)
+    return await run_in_threadpool(authenticate, request)
+
+
+def check_roles(principal: Principal, roles: tuple[Role, ...]) -> Principal:
+    """``principal`` when it holds one of ``roles`` (any when empty; admin holds all).
+
+    Raises:
+        HTTPException 403: it holds none of them (the detail names them).
+    """
+    if roles and not principal.has_any(*roles):
+        raise HTTPException(403, "this needs the role "
+                            + " or ".join(sorted({Role.admin.value, *(r.value for r in roles)}))
+                            + f"; {principal.subject} has "
+                            + (", ".join(sorted(principal.roles)) or "no role"))
     return principal
 
 
@@ -316,14 +407,8 @@ def require(*roles: Role) -> Any:
         HTTPException 401: see :func:`authenticate`.
         HTTPException 403: it holds none of ``roles`` (the detail names them).
     """
-    def dependency(request: Request) -> Principal:
-        principal = authenticate(request)
-        if roles and not principal.has_any(*roles):
-            raise HTTPException(403, "this needs the role "
-                                + " or ".join(sorted({Role.admin.value, *(r.value for r in roles)}))
-                                + f"; {principal.subject} has "
-                                + (", ".join(sorted(principal.roles)) or "no role"))
-        return principal
+    async def dependency(request: Request) -> Principal:
+        return check_roles(await authenticate_async(request), roles)
     return dependency
 
 
@@ -335,4 +420,5 @@ def audit_tenant(request: Request, tenant: str) -> None:
 
 
 __all__ = ["ADMIN_TOKEN_FILE", "Authority", "Principal", "Role", "Unauthorized",
-           "audit_tenant", "authenticate", "require", "token_view"]
+           "audit_tenant", "authenticate", "authenticate_async", "check_roles", "require",
+           "token_view"]

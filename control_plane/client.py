@@ -15,6 +15,10 @@ Without ``token`` the client uses ``$CONTINUUM_TOKEN``, else the current context
 
 A request only the leader replica carries out (site removal) that a follower answers
 with a 307 is sent again to the leader's URL, with the token (:data:`MAX_LEADER_REDIRECTS`).
+A 429 with ``Retry-After`` (a submit while the backlog is over its bound, a credential
+endpoint's rate limit: nothing was done) is sent again after the time it names, at most
+``busy_retries`` times and :data:`MAX_RETRY_AFTER_S` per wait; then its
+:class:`ApiError` is raised.
 
 Every method raises :class:`ApiError` (with the HTTP status and the server's
 ``detail``) on a non-2xx answer, and :class:`ConnectionFailed` when the control plane
@@ -36,6 +40,24 @@ import yaml
 TERMINAL_WORKFLOW_STATES = ("Succeeded", "Failed", "Cancelled")
 MAX_LEADER_REDIRECTS = 3
 """How many 307/308 answers (a follower replica pointing at the leader) one call follows."""
+BUSY_RETRIES = 5
+"""Default of ``busy_retries``: how many 429 answers with ``Retry-After`` one call waits
+out before raising."""
+MAX_RETRY_AFTER_S = 30.0
+"""Longest wait honoured for one ``Retry-After`` (s): a larger value is waited this long."""
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` of a 429 answer in seconds (capped at
+    :data:`MAX_RETRY_AFTER_S`); None for another answer, or one without a usable
+    delay-seconds value."""
+    if response.status_code != 429:
+        return None
+    try:
+        value = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER_S) if value == value else None
 
 
 class ApiError(Exception):
@@ -100,11 +122,14 @@ class Client:
     ``url``: default ``$CONTINUUM_URL``, the current context's ``server``, else
     http://127.0.0.1:8080. ``token``: default ``$CONTINUUM_TOKEN``, else the current
     context's; sent as ``Authorization: Bearer``. ``ca``: a CA bundle file to verify an
-    https server with (default: the context's, else the system's).
+    https server with (default: the context's, else the system's). ``busy_retries``: how
+    many 429 answers with ``Retry-After`` one call waits out (0: raise at the first).
     """
 
     def __init__(self, url: str | None = None, timeout: float = 10.0, *,
-                 token: str | None = None, ca: str | None = None):
+                 token: str | None = None, ca: str | None = None,
+                 busy_retries: int = BUSY_RETRIES):
+        self.busy_retries = busy_retries
         ctx = current_context()
         self.url = (url or os.environ.get("CONTINUUM_URL") or ctx.get("server")
                     or "http://127.0.0.1:8080").rstrip("/")
@@ -125,6 +150,22 @@ class Client:
         self.close()
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
+        r = self._send(method, path, **kw)
+        for _ in range(self.busy_retries):
+            wait = retry_after_s(r)
+            if wait is None:
+                break
+            time.sleep(wait)  # a 429: nothing was done, so sending it again is safe
+            r = self._send(method, path, **kw)
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise ApiError(r.status_code, detail)
+        return r.json() if r.content else None
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             r = self._http.request(method, path, **kw)
             # a follower replica sends a request that needs the leader there (307): sent
@@ -138,13 +179,7 @@ class Client:
             raise ConnectionFailed(f"cannot reach the control plane at {self.url}: {e}. "
                                    "Is `continuum server` running? (set --url or CONTINUUM_URL)"
                                    ) from e
-        if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail", r.text)
-            except ValueError:
-                detail = r.text
-            raise ApiError(r.status_code, detail)
-        return r.json() if r.content else None
+        return r
 
     # ------------------------------------------------------------ workflows
 

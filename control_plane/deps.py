@@ -71,53 +71,53 @@ def services(request: Request) -> Services:
     return s
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return services(request).settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return services(request).store
 
 
-def get_federation(request: Request) -> Federation:
+async def get_federation(request: Request) -> Federation:
     return services(request).federation
 
 
-def get_artifacts(request: Request) -> LocalArtifactStore:
+async def get_artifacts(request: Request) -> LocalArtifactStore:
     return services(request).artifacts
 
 
-def get_collector(request: Request) -> Collector:
+async def get_collector(request: Request) -> Collector:
     return services(request).collector
 
 
-def get_network(request: Request) -> TopologyModel:
+async def get_network(request: Request) -> TopologyModel:
     return services(request).network
 
 
-def get_metrics(request: Request) -> ControlPlaneMetrics:
+async def get_metrics(request: Request) -> ControlPlaneMetrics:
     return services(request).metrics
 
 
-def get_models(request: Request) -> ModelService:
+async def get_models(request: Request) -> ModelService:
     return services(request).models
 
 
-def get_workflows(request: Request) -> WorkflowService:
+async def get_workflows(request: Request) -> WorkflowService:
     return services(request).workflows
 
 
-def get_loop(request: Request) -> Loop:
+async def get_loop(request: Request) -> Loop:
     return services(request).loop
 
 
-def get_devices(request: Request) -> Callable[[], list[dict[str, Any]]]:
+async def get_devices(request: Request) -> Callable[[], list[dict[str, Any]]]:
     return services(request).devices
 
 
-def get_auth(request: Request) -> Authority:
+async def get_auth(request: Request) -> Authority:
     return services(request).auth
 
 
-def get_enrollment(request: Request) -> Enrollment:
+async def get_enrollment(request: Request) -> Enrollment:
     return services(request).enrollment

@@ -457,6 +457,14 @@ class Leadership:
                 if row is not None else None}
 
 
+def notify_wake_in(s: Session) -> None:
+    """PostgreSQL: ``NOTIFY`` :data:`WAKE_CHANNEL` within the transaction of ``s``, so the
+    leader wakes when it commits (PostgreSQL folds the same notification sent several
+    times in one transaction into one). Nothing on other databases."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_notify(:c, '')"), {"c": WAKE_CHANNEL})
+
+
 def notify_wake(store: Store) -> None:
     """PostgreSQL: ``NOTIFY`` :data:`WAKE_CHANNEL`, so the leader (whichever replica it
     is) runs its next cycle now. Nothing on other databases; a failure is only logged

@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy import Select
 
 from control_plane import deps
 from control_plane.artifacts import LocalArtifactStore
-from control_plane.auth import Principal, authenticate
+from control_plane.auth import Principal, authenticate_async
 from control_plane.enrollment import Enrollment
 from control_plane.federation import Federation
 from control_plane.models import ModelService
@@ -40,7 +42,7 @@ WorkflowsDep = Annotated[WorkflowService, Depends(deps.get_workflows)]
 LoopDep = Annotated[deps.Loop, Depends(deps.get_loop)]
 DevicesDep = Annotated[Callable[[], list[dict[str, Any]]], Depends(deps.get_devices)]
 EnrollmentDep = Annotated[Enrollment, Depends(deps.get_enrollment)]
-PrincipalDep = Annotated[Principal, Depends(authenticate)]
+PrincipalDep = Annotated[Principal, Depends(authenticate_async)]
 
 
 def in_tenants(q: Select[Any], principal: Principal) -> Select[Any]:
@@ -64,6 +66,14 @@ async def read_body(request: Request) -> bytes:
             in by the :class:`~control_plane.input_limits.BodyLimit` middleware).
     """
     return await request.body()
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON answer encoded with orjson (several times faster than ``json``); for
+    content of plain JSON types with string keys (an API view, not arbitrary data)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def iso(dt: Any) -> str | None:

@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 
 from continuum.errors import NotFound, Problem, ValidationFailed
 from continuum.model import TaskState, WorkflowState
-from control_plane.auth import Principal, audit_tenant
+from control_plane.audit import WRITTEN, audit_row
+from control_plane.auth import AUDIT_SCOPE_KEY, Principal, audit_tenant
 from control_plane.routes_common import (
     MAX_OFFSET,
+    FastJSONResponse,
     PrincipalDep,
     SettingsDep,
     StoreDep,
@@ -26,7 +28,7 @@ from control_plane.routes_common import (
 )
 from control_plane.routes_runs import event_view, run_view
 from control_plane.store import LIVE_WORKFLOW_STATES, EventRow, RunRow, TaskRow, WorkflowRow
-from control_plane.validation import parse_document
+from control_plane.validation import parse_document_cached
 
 router = APIRouter(tags=["workflows"])
 
@@ -109,13 +111,20 @@ async def submit_workflow(request: Request, workflows: WorkflowsDep, principal: 
     task produces, and tasks no node could ever hold. The workflow's tenant is
     ``metadata.tenant``, else the caller's only tenant (an admin in none: the
     ``auth_default_tenant``); a caller in several must name one (422), and naming one
-    it is not in is a 403.
+    it is not in is a 403. While the backlog of tasks waiting to be placed is over
+    ``submit_max_backlog_tasks``, a 429 with ``Retry-After`` (s) and ``"reason":
+    "backlog"``. The 201 comes once the workflow, its tasks and the call's audit record
+    are committed (one transaction, shared with concurrent submits).
     """
-    doc = parse_document(await read_body(request), request.headers.get("content-type"))
+    doc = parse_document_cached(await read_body(request), request.headers.get("content-type"))
     tenant = submit_tenant(principal, doc.metadata.tenant, settings.auth_default_tenant)
     audit_tenant(request, tenant)
-    wf = await run_in_threadpool(workflows.submit, doc, tenant)
-    return JSONResponse(workflow_summary(wf), status_code=201,
+    record = request.scope.get(AUDIT_SCOPE_KEY)
+    wf = await run_in_threadpool(workflows.submit, doc, tenant,
+                                 lambda: audit_row(request.scope, 201))
+    if isinstance(record, dict):
+        record[WRITTEN] = True  # committed with the workflow
+    return FastJSONResponse(workflow_summary(wf), status_code=201,
                         headers={"Location": f"/v1/workflows/{wf.id}"})
 
 

@@ -50,7 +50,7 @@ from control_plane.reconciler import Reconciler
 from control_plane.relay import StoreRelay
 from control_plane.settings import Settings
 from control_plane.store import Store, WorkflowRow
-from control_plane.workflows import WorkflowService
+from control_plane.workflows import Admission, WorkflowService
 from monitoring.collector import Collector
 from monitoring.metrics import ControlPlaneMetrics
 from monitoring.telemetry import DeviceReading
@@ -117,7 +117,12 @@ class ControlPlane:
         self.loop = LeaderLoop(self.reconciler, self.leadership,
                                notify=lambda: notify_wake(self.store))
         """The loop as the API sees it: a follower's ``wake`` NOTIFYs the leader."""
-        self.workflows = WorkflowService(self.store, self.federation, self.loop.wake)
+        self.workflows = WorkflowService(
+            self.store, self.federation, self.loop.wake,
+            Admission(self.store, settings.submit_max_backlog_tasks,
+                      settings.submit_backlog_retry_after_s,
+                      observe=self.metrics.submit_backlog.set),
+            wake_local=self.reconciler.wake)
         self.app = create_app(Services(
             settings=settings, store=self.store, federation=self.federation,
             artifacts=self.artifacts, collector=self.collector, network=self.network,

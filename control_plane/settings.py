@@ -277,6 +277,13 @@ class AuthSettings(BaseModel):
     oidc_tenants_claim: str = "tenants"
     """Claim (dotted path) holding the tenants of an external token, e.g. ``groups``.
     "tenants", named like this control plane's own claim."""
+    auth_revocation_cache_s: float = Field(default=2.0, ge=0, le=60)
+    """How long a replica trusts its last look-up that a token is known and not revoked
+    (s), instead of reading the ``tokens`` table on every request. A revocation takes
+    effect at once on the replica that carried it out and within this bound on the
+    others. 2 s: a busy client sends hundreds of requests in that time (one read each
+    saved), while a stolen token outlives its revocation by no more than a retry. 0:
+    read the table on every request."""
 
 
 def _rate(value: str) -> str:
@@ -313,6 +320,16 @@ class LimitSettings(BaseModel):
     tokens, API tokens), as ``N/second|minute|hour``; 429 with ``Retry-After`` beyond.
     60 a minute: a fleet behind one NAT address still enrols a device a second, while a
     flood of password hashing (each enrolment derives one) stays cheap."""
+
+    submit_max_backlog_tasks: int = Field(default=20_000, ge=1)
+    """Most tasks waiting to be placed (``Waiting`` or ``Ready``, of every tenant) before
+    ``POST /v1/workflows`` answers 429 with ``Retry-After`` instead of queueing more.
+    20,000: about 100 s of the reconciler's work at the ~200 tasks completed/s it
+    sustains at 10,000 live tasks (bench/RESULTS.md), so an accepted workflow still starts
+    within a couple of minutes; raise it with a faster reconciler."""
+    submit_backlog_retry_after_s: int = Field(default=2, ge=1, le=300)
+    """``Retry-After`` (s) of a submit refused because of the backlog: about the time the
+    reconciler needs to place a few hundred tasks."""
 
     @field_validator("auth_rate_limit")
     @classmethod

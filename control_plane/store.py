@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -48,7 +50,7 @@ from sqlalchemy.types import TypeDecorator
 from continuum.model import RunState, TaskState, WorkflowDocument, WorkflowState
 from control_plane.migrations import SchemaMismatch, upgrade
 
-__all__ = ["SchemaMismatch", "Store"]  # SchemaMismatch: re-exported for callers
+__all__ = ["GroupCommit", "SchemaMismatch", "Store"]  # SchemaMismatch: re-exported
 
 
 def utcnow() -> datetime:
@@ -403,6 +405,89 @@ class Store:
         self.engine.dispose()
 
 
+class _Write:
+    __slots__ = ("fn", "done", "result", "error")
+
+    def __init__(self, fn: Callable[[Session], Any]) -> None:
+        self.fn = fn
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Writes from many threads committed together: :meth:`write` returns once its write
+    is committed (durable, as with :meth:`Store.session`), but writes that arrive while
+    another group is committing share the next commit, so N concurrent writers pay for
+    about one fsync instead of N. No thread of its own: the first waiting caller commits
+    the group (at most ``max_group`` writes) for the others.
+
+    A group whose transaction fails is retried one write per transaction, so only the
+    write that fails gets its error.
+    """
+
+    def __init__(self, store: Store, max_group: int = 256) -> None:
+        self.store = store
+        self.max_group = max_group
+        self._cond = threading.Condition()
+        self._pending: list[_Write] = []
+        self._writing = False
+
+    def write(self, fn: Callable[[Session], Any]) -> Any:
+        """Run ``fn(session)`` in a transaction shared with other writers' and commit it;
+        returns what ``fn`` returned. ``fn`` may run twice (a failed group is retried
+        one write at a time), so it must build the rows it adds itself.
+
+        Raises:
+            whatever ``fn`` or the commit raised (its transaction was rolled back).
+        """
+        item = _Write(fn)
+        with self._cond:
+            self._pending.append(item)
+        while True:
+            with self._cond:
+                while not item.done and self._writing:
+                    self._cond.wait()
+                if item.done:
+                    break
+                self._writing = True  # this caller commits the next group
+                group = self._pending[:self.max_group]
+                del self._pending[:self.max_group]
+            try:
+                self._commit(group)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _commit(self, group: list[_Write]) -> None:
+        try:
+            with self.store.session() as s:
+                results = [w.fn(s) for w in group]
+            for w, r in zip(group, results, strict=True):
+                w.result = r
+        except Exception as e:
+            if len(group) == 1:
+                group[0].error = e
+            else:
+                for w in group:  # each alone: only the one that fails gets its error
+                    try:
+                        with self.store.session() as s:
+                            w.result = w.fn(s)
+                    except Exception as e1:
+                        w.error = e1
+        except BaseException as e:
+            for w in group:
+                w.error = e
+            raise
+        finally:
+            for w in group:
+                w.done = True
+
+
 def _install_fence(s: Session, check: FenceCheck) -> None:
     done = False
 
@@ -420,6 +505,17 @@ def add_event(s: Session, type_: str, message: str, *, workflow_id: str | None =
     """Record one event (``type_`` e.g. ``RunPlaced``) with the current time."""
     s.add(EventRow(workflow_id=workflow_id, run_id=run_id, type=type_, message=message,
                    at=utcnow()))
+
+
+BACKLOG_TASK_STATES = (TaskState.Waiting, TaskState.Ready)
+"""Tasks not yet placed: the backlog that submits are admitted against."""
+
+
+def backlog_tasks(s: Session) -> int:
+    """How many tasks wait to be placed (:data:`BACKLOG_TASK_STATES`): one count over the
+    index on ``tasks.state``."""
+    return int(s.scalar(select(func.count()).select_from(TaskRow)
+                        .where(TaskRow.state.in_(BACKLOG_TASK_STATES))) or 0)
 
 
 ACTIVE_RUN_STATES = tuple(st for st in RunState if st.active)

@@ -87,6 +87,12 @@ class ControlPlaneMetrics:
         self.queue_depth = Gauge(
             "continuum_queue_depth", "Work waiting: queue=ready (tasks awaiting placement), "
             "placed (runs awaiting dispatch).", ["queue"], registry=r)
+        self.submit_backlog = Gauge(
+            "continuum_submit_backlog_tasks", "Tasks waiting to be placed (Waiting or "
+            "Ready) as this replica's admission control last estimated them.", registry=r)
+        self.submits_refused = Counter(
+            "continuum_submits_refused_total", "Workflow submits answered 429, by reason "
+            "(backlog: over submit_max_backlog_tasks).", ["reason"], registry=r)
         self.site_queue_depth = Gauge(
             "continuum_site_queue_depth", "Runs dispatched to a site and not yet running "
             "(queued in its backend).", ["site"], registry=r)
