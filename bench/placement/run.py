@@ -31,6 +31,7 @@ from placement.learned import LearnedPredictor, ModelSet, train
 from placement.milp import objective, solve
 from placement.plan import Planner
 from placement.plugins.fragmentation import GpuFragmentation
+from placement.plugins.locality import DataLocality
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "RESULTS.md"
@@ -205,6 +206,109 @@ def scenario_a(instances: int, batch_size: int, learned: LearnedPredictor,
                 "unplaced, and unplaced work counts 0 J)")
              + " — no placement can do better.")
     return text, summary
+
+
+# ---------------------------------------------------------------- data locality (A)
+
+DATA_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+"""Data weights swept on scenario A (time, latency and energy at 1 each)."""
+
+
+def _with_objective(reqs: Sequence[PlacementRequest], obj: Objective) -> list[PlacementRequest]:
+    return [dataclasses.replace(r, objective=obj) for r in reqs]
+
+
+def _old_data_term(predictor: LearnedPredictor) -> Framework:
+    """The default framework with the data term measured as before issue 16 (transfer
+    seconds, :class:`~placement.plugins.locality.DataLocality` ``cost="transfer_s"``)."""
+    fw = default_framework(predictor)
+    names = [p.name for p in fw.scores]
+    fw.scores[names.index(DataLocality.name)] = DataLocality("transfer_s")
+    return fw
+
+
+def pareto(points: dict[str, tuple[float, float, float]]) -> set[str]:
+    """The names whose (completion, energy, WAN bytes) no other point dominates (≤ in
+    all three, < in one)."""
+    out = set()
+    for a, pa in points.items():
+        if not any(all(x <= y for x, y in zip(pb, pa, strict=True)) and pb != pa
+                   for b, pb in points.items() if b != a):
+            out.add(a)
+    return out
+
+
+def data_front(instances: int, batch_size: int, learned: LearnedPredictor,
+               load: float = 0.4) -> tuple[str, dict[str, dict[str, float]]]:
+    """Scenario A's trade of completion, energy and WAN bytes over the data weight
+    (:data:`DATA_WEIGHTS`, the other terms at 1) against kube-default, locality-first
+    and greedy-energy, on the instances of :func:`scenario_a` (same seeds); plus the
+    pre-issue-16 data term (transfer seconds) at weights 1 and 4."""
+    base_obj = A.OBJECTIVE
+    runs: dict[str, tuple[Callable[..., np.ndarray], Objective | None]] = {
+        "kube-default": (P.kube_default(1), None),
+        "locality-first": (P.locality_first(), None),
+        "greedy-energy": (P.greedy_energy(), None),
+    }
+    for w in DATA_WEIGHTS:
+        runs[f"continuum-learned, data weight {w:g}"] = (
+            P.continuum(learned), base_obj.model_copy(update={"data": w}))
+    for w in (1.0, 4.0):
+        runs[f"continuum-learned, data weight {w:g}, old term (transfer s)"] = (
+            P.continuum(learned, framework=_old_data_term(learned)),
+            base_obj.model_copy(update={"data": w}))
+    stats = {name: {k: [] for k in ("completion", "latency", "energy", "wan", "slo",
+                                    "unplaced")} for name in runs}
+    for inst in range(instances):
+        it = A.instance(inst, load, batch_size)
+        for name, (pol, obj) in runs.items():
+            reqs = it.requests if obj is None else _with_objective(it.requests, obj)
+            score_a(stats[name], it.jobs, pol(reqs, it.snapshot.copy()), it.snapshot,
+                    it.types)
+    summary = {name: {"mean_completion": float(np.mean(st["completion"])),
+                      "energy": float(np.mean(st["energy"])),
+                      "wan": float(np.mean(st["wan"])), "slo": float(np.sum(st["slo"])),
+                      "unplaced": float(np.sum(st["unplaced"]))}
+               for name, st in stats.items()}
+    ref = summary["continuum-learned, data weight 0"]
+    front = pareto({n: (s["mean_completion"], s["energy"], s["wan"])
+                    for n, s in summary.items() if s["unplaced"] == 0})
+    rows = []
+    for name, s in summary.items():
+        cut = ref["wan"] / s["wan"] if s["wan"] > 0 else float("inf")
+        rows.append([name, f"{s['mean_completion']:.0f}",
+                     f"{100 * (s['mean_completion'] / ref['mean_completion'] - 1):+.1f} %",
+                     f"{s['energy'] / 1e3:.0f}", f"{s['wan'] / 2**30:.1f}",
+                     "∞" if cut == float("inf") else f"{cut:.1f}×", f"{s['slo']:.0f}",
+                     f"{s['unplaced']:.0f}", "yes" if name in front else ""])
+    text = table(["policy", "mean completion s", "vs data weight 0", "energy kJ/batch",
+                  "WAN GiB/batch", "WAN cut vs data weight 0", "SLO violations", "unplaced",
+                  "Pareto front"], rows)
+    text += (f"\n\n{instances} instances × {batch_size} requests (scenario A's, same seeds), "
+             "objective time = latency = energy = 1 and the data weight shown. WAN bytes: "
+             "input bytes read from another location (ground truth, "
+             "`scenario_a.evaluate`). Pareto front: no other row of the table (with "
+             "nothing unplaced) is at least as good in completion, energy and WAN bytes "
+             "and better in one.")
+    return text, summary
+
+
+def data_target(summary: dict[str, dict[str, float]]) -> tuple[str, bool, str]:
+    """(measured text, met?, best row) for "a data weight that cuts WAN bytes ≥ 5× for
+    ≤ 10 % completion" against data weight 0: the weight with the largest cut among those
+    within 10 % completion (else the least completion cost among those cutting ≥ 5×)."""
+    ref = summary["continuum-learned, data weight 0"]
+    cands = []
+    for w in DATA_WEIGHTS[1:]:
+        s = summary[f"continuum-learned, data weight {w:g}"]
+        cut = ref["wan"] / s["wan"] if s["wan"] > 0 else float("inf")
+        cost = 100 * (s["mean_completion"] / ref["mean_completion"] - 1)
+        cands.append((w, cut, cost))
+    ok = [c for c in cands if c[1] >= 5 and c[2] <= 10]
+    w, cut, cost = (max(ok, key=lambda c: (c[1], -c[2])) if ok
+                    else min(cands, key=lambda c: (c[1] < 5, c[2])))
+    cut_s = "∞" if cut == float("inf") else f"{cut:.1f}×"
+    return f"data weight {w:g}: WAN {cut_s} less, completion {cost:+.1f} %", bool(ok), f"{w:g}"
 
 
 # ---------------------------------------------------------------- scenario B
@@ -453,7 +557,8 @@ def throughput_targets(rows: list[T.Row]) -> list[list[str]]:
 
 
 def targets(a: dict[str, dict[str, float]], c: dict[str, dict[str, float]],
-            rows: list[T.Row]) -> str:
+            rows: list[T.Row], data: dict[str, dict[str, float]] | None = None,
+            gpu: list[list[str]] | None = None) -> str:
     """The issue's targets with the measured figures, side by side."""
     kube, mine = a["kube-default"], a["continuum-learned"]
     completion = 100 * (1 - mine["mean_completion"] / kube["mean_completion"])
@@ -471,6 +576,11 @@ def targets(a: dict[str, dict[str, float]], c: dict[str, dict[str, float]],
     line("≥ 25 % lower mean completion than kube-default (A)", f"{completion:.1f} %",
          completion >= 25)
     line("≥ 20 % less energy than kube-default (A)", f"{energy:.1f} %", energy >= 20)
+    if data is not None:
+        measured, ok, _ = data_target(data)
+        line("a data weight that cuts WAN bytes ≥ 5× for ≤ 10 % completion (A, vs data "
+             "weight 0)", measured, ok)
+    out += gpu or []
     out += throughput_targets(rows)
     return table(["target", "measured", ""], out)
 
