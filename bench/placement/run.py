@@ -222,9 +222,8 @@ def _old_data_term(predictor: LearnedPredictor) -> Framework:
     """The default framework with the data term measured as before issue 16 (transfer
     seconds, :class:`~placement.plugins.locality.DataLocality` ``cost="transfer_s"``)."""
     fw = default_framework(predictor)
-    names = [p.name for p in fw.scores]
-    fw.scores[names.index(DataLocality.name)] = DataLocality("transfer_s")
-    return fw
+    return dataclasses.replace(fw, scores=[DataLocality("transfer_s") if p.name == DataLocality.name
+                                           else p for p in fw.scores])
 
 
 def pareto(points: dict[str, tuple[float, float, float]]) -> set[str]:
@@ -257,8 +256,9 @@ def data_front(instances: int, batch_size: int, learned: LearnedPredictor,
         runs[f"continuum-learned, data weight {w:g}, old term (transfer s)"] = (
             P.continuum(learned, framework=_old_data_term(learned)),
             base_obj.model_copy(update={"data": w}))
-    stats = {name: {k: [] for k in ("completion", "latency", "energy", "wan", "slo",
-                                    "unplaced")} for name in runs}
+    stats: dict[str, dict[str, list[float]]] = {
+        name: {k: [] for k in ("completion", "latency", "energy", "wan", "slo", "unplaced")}
+        for name in runs}
     for inst in range(instances):
         it = A.instance(inst, load, batch_size)
         for name, (pol, obj) in runs.items():
