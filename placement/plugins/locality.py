@@ -13,7 +13,7 @@ Two measures (:attr:`DataLocality.cost`):
   completion time** (a GiB is ≈ 86 s on a 100 Mbit/s site uplink). Bytes copied within a
   location count :data:`LAN_WEIGHT` each. The floor was chosen on scenario A of the
   bench (bench/RESULTS.md, "Data locality"): with 1 GiB the product's default data
-  weight (1) cuts WAN bytes 16× for 7 % completion; with 10 GiB it needs a weight of 2,
+  weight (1) cuts WAN bytes 11× for 7 % completion; with 10 GiB it needs a weight of 2,
   with the share of the request's input as the measure (floor = all of it) the front had
   a cliff (no weight between "nothing moves" and "+15 % completion"). Transfer *time* is
   already part of predicted completion (:mod:`placement.plugins.completion`); this term
