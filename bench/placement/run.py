@@ -593,8 +593,9 @@ What limits the missed targets (analysis of this benchmark, not measured by it):
   is charged half the watts per core of a 32-core cloud node, so keeping it by its data
   costs energy as well as the HPC's 1.3× speed; pre-processing kept in the factory runs
   on the Jetsons and pushes services to the slower Pis. Locality-first (every task
-  where its input lives, kube-default among those nodes) moves nothing but is slower
-  than Continuum at the high data weights, which also move (almost) nothing.
+  where its input lives, kube-default among those nodes) moves the least (what is left
+  does not fit where its input lives) but finishes later, and spends more energy, than
+  Continuum at data weight 4, which moves as little.
 - **GPU packing (issue 16 item 5b).** Continuum placed every CPU-only pod of the trace
   on GPU hosts (the energy term: a 96-core host takes a smaller share of its 250 W per
   core), and the fill-up measure saw no fragment until a GPU type's own pods no longer

@@ -173,6 +173,8 @@ def test_bad_input_is_named() -> None:
         Workload.of([(1.0, GI, U, 0.0)])
     with pytest.raises(ValueError, match="weight must be >= 0"):
         GpuFragmentation(weight=-1)
+    with pytest.raises(ValueError, match="strand must be >= 0"):
+        GpuFragmentation(strand=-0.5)
     with pytest.raises(ValueError, match="gpu_unit must be >= 1"):
         Snapshot(nodes=[node()], network=network(), gpu_unit=0)
 
