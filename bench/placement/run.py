@@ -610,10 +610,10 @@ What limits the missed targets (analysis of this benchmark, not measured by it):
   (mostly fractional ones) while allocating about 1.3 points fewer GPUs: Continuum
   fills GPUs with the bigger pods, kube-default admits more small ones. On
   `gpuspec33` in trace order Continuum fails 1,442 pods against kube-default's 788,
-  with or without the stranding count: its workload distribution ignores the GPU-model
-  constraints, so it packs pods onto the models a third of the pods are pinned to
-  (what would fix it — a per-model workload, as FGD's simulator keeps per GPU type —
-  is not done). The stranding count is exact under the class bound (`unchanged`
+  with or without the stranding count. Not analysed yet; the likely cause (unverified)
+  is that the workload distribution ignores the GPU-model constraints, so unconstrained
+  pods are packed onto the models a third of the pods are pinned to (a per-model
+  workload would address it — not done). The stranding count is exact under the class bound (`unchanged`
   compares it too) but continuous in cpu, so `least_positive` gives no gap while it is
   on: CPU-only requests evaluate more nodes per class on GPU clusters, and the bound's
   gain over the `before` row shrinks (decision throughput table).
