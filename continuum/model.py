@@ -350,7 +350,7 @@ class Objective(Model):
     time: float = Field(default=1.0, ge=0, description="predicted completion time")
     latency: float = Field(default=1.0, ge=0, description="RTT to the task's SLO target")
     energy: float = Field(default=1.0, ge=0, description="predicted energy (J)")
-    data: float = Field(default=1.0, ge=0, description="input bytes moved")
+    data: float = Field(default=1.0, ge=0, description="input bytes moved over the WAN")
 
 
 class WorkflowSpec(Model):

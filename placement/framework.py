@@ -377,7 +377,7 @@ def default_framework(predictor: Predictor | None = None, *,
         filters=[constraints.NodeConstraints(), resources.NodeResourcesFit(),
                  latency.SloLatency()],
         scores=[completion.CompletionTime(), latency.SloLatency(), energy.Energy(),
-                locality.DataLocality(),
+                locality.DataLocality("wan_bytes"),
                 fragmentation.GpuFragmentation(fragmentation.DEFAULT_WEIGHT
                                                if fragmentation_weight is None
                                                else fragmentation_weight)],

@@ -22,6 +22,10 @@ Formulas (all vectorised over nodes):
 * transfer_s = Σ over sources of min over replica locations (bytes·8 / bandwidth +
   RTT/1000), zero for a source cached on the node itself; sources are fetched one after
   another (a conservative upper bound on parallel fetches).
+* wan_bytes = Σ over sources of the bytes that cross a location boundary: zero on a
+  node at one of the source's replica locations (a LAN copy, or a read in place) or
+  caching it, the source's bytes elsewhere. Not a prediction of the model (it follows
+  from the topology), so every predictor shares it (:func:`wan_bytes`).
 """
 
 from __future__ import annotations
@@ -108,6 +112,25 @@ def source_transfer(source: DataSource, snap: Snapshot) -> tuple[np.ndarray, np.
         seconds[cached] = 0.0
         moved[cached] = 0
     return seconds, moved
+
+
+def wan_bytes(sources: Sequence[DataSource], snap: Snapshot) -> np.ndarray:
+    """Input bytes that cross the WAN per node (module docstring), int64 ``(snap.n,)``:
+    a source adds its bytes on every node outside its replica locations (``locations``
+    and the locations of ``nodes``) and not caching it. A source with no replica
+    anywhere adds nothing (unknown), as in :func:`source_transfer`."""
+    out = np.zeros(snap.n, dtype=np.int64)
+    for src in sources:
+        replicas = {snap.resolve_location(x) for x in src.locations}
+        replicas |= {snap.resolve_location(x) for x in src.nodes}
+        if not replicas:
+            continue
+        at = np.array([loc in replicas for loc in snap.locations], dtype=bool)
+        local = at[snap.loc] if snap.n else np.zeros(0, dtype=bool)
+        cached = [snap.index[x] for x in src.nodes if x in snap.index]
+        local[cached] = True
+        out += np.where(local, 0, src.bytes).astype(np.int64)
+    return out
 
 
 # ---------------------------------------------------------------- predictor seam
@@ -229,6 +252,7 @@ class NodePredictions:
     queue_wait_s: np.ndarray
     transfer_s: np.ndarray
     bytes_moved: np.ndarray
+    wan_bytes: np.ndarray
     completion_s: np.ndarray
     energy_j: np.ndarray
     rtt_ms: np.ndarray | None
@@ -257,6 +281,7 @@ def predictions(req: PlacementRequest, snap: Snapshot, state: CycleState) -> Nod
         queue_wait_s=queue,
         transfer_s=transfer,
         bytes_moved=moved,
+        wan_bytes=wan_bytes(req.sources, snap),
         completion_s=queue + transfer + runtime,
         energy_j=energy,
         rtt_ms=rtt,

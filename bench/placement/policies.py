@@ -30,6 +30,11 @@ filter: the others have no notion of RTT SLOs (kube-scheduler does not).
 * ``greedy-latency``: least RTT to the task's SLO target, else to its first input's
   location (ties → lowest index).
 * ``greedy-energy``: least analytic energy (J) (ties → lowest index).
+* ``locality-first``: each task where its input lives — the feasible nodes moving the
+  fewest input bytes over the WAN (:func:`placement.predict.wan_bytes`), among them the
+  least RTT to the SLO target or first input (as ``greedy-latency``), among those
+  kube-default's score (highest, ties → lowest index): a Kubernetes cluster with a node
+  affinity to the data's location, falling back to the nearest nodes when none fits.
 * ``continuum-analytic`` / ``continuum-learned``: :func:`placement.plan` (the entry
   point the control plane places through; node-class assigner, no explanations) with the
   analytic or the learned predictor.
@@ -45,7 +50,7 @@ from placement import CycleState, PlacementRequest, Snapshot, plan
 from placement.batch import size_order
 from placement.framework import Framework, default_framework
 from placement.plugins.constraints import NodeConstraints
-from placement.predict import AnalyticPredictor, Predictor
+from placement.predict import AnalyticPredictor, Predictor, wan_bytes
 
 Policy = Callable[[Sequence[PlacementRequest], Snapshot], np.ndarray]
 
@@ -182,6 +187,18 @@ def greedy_energy() -> Policy:
     def choose(req: PlacementRequest, snap: Snapshot, ok: np.ndarray) -> int:
         e = a.energy_j(req.task, snap, a.runtime_s(req.task, snap))
         return int(np.argmin(np.where(ok, e, np.inf)))
+    return _generic(choose)
+
+
+def locality_first() -> Policy:
+    """Each task where its input lives (module docstring)."""
+    def choose(req: PlacementRequest, snap: Snapshot, ok: np.ndarray) -> int:
+        wan = np.where(ok, wan_bytes(req.sources, snap), np.iinfo(np.int64).max)
+        near = ok & (wan == wan.min())
+        rtt = np.where(near, _latency_target(req, snap), np.inf)
+        best = np.flatnonzero(near & (rtt == rtt.min()))
+        score = kube_scores(req, snap, best)
+        return int(best[int(np.argmax(score))])
     return _generic(choose)
 
 

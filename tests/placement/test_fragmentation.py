@@ -16,7 +16,12 @@ import pytest
 from placement import Snapshot, default_framework, place
 from placement.batch import BatchAssigner
 from placement.framework import Framework
-from placement.plugins.fragmentation import GpuFragmentation, Workload, fragmentation
+from placement.plugins.fragmentation import (
+    GpuFragmentation,
+    Workload,
+    fragmentation,
+    stranding,
+)
 from tests.placement.placement_factories import GI, network, node, request, task
 
 U = 1000  # milli-GPUs per GPU
@@ -168,6 +173,8 @@ def test_bad_input_is_named() -> None:
         Workload.of([(1.0, GI, U, 0.0)])
     with pytest.raises(ValueError, match="weight must be >= 0"):
         GpuFragmentation(weight=-1)
+    with pytest.raises(ValueError, match="strand must be >= 0"):
+        GpuFragmentation(strand=-0.5)
     with pytest.raises(ValueError, match="gpu_unit must be >= 1"):
         Snapshot(nodes=[node()], network=network(), gpu_unit=0)
 
@@ -253,8 +260,9 @@ def test_memoised_term_same_batches(order: str) -> None:
 @pytest.mark.parametrize("unit", [1, U])
 @pytest.mark.parametrize("fill", [True, False])
 @pytest.mark.parametrize("keep", [1, 4])
+@pytest.mark.parametrize("strand", [0.0, 1.0])
 def test_class_bound_places_as_the_exhaustive_evaluation(unit: int, fill: bool,
-                                                         keep: int) -> None:
+                                                         keep: int, strand: float) -> None:
     """The per-class bound on the fragmentation term (BatchAssigner.prune_dynamic) prunes
     only what cannot rank: on seeded random instances (tied free states included), with
     runs released in between, every request goes to the node the exhaustive evaluation
@@ -270,6 +278,7 @@ def test_class_bound_places_as_the_exhaustive_evaluation(unit: int, fill: bool,
             for p in fw.scores:
                 if isinstance(p, GpuFragmentation):
                     p.fill = fill
+                    p.strand = strand
             a = BatchAssigner(snap.copy(), fw, prune_dynamic=prune, keep=keep,
                               dynamic_candidates=None)
             sides.append(a)
@@ -294,3 +303,48 @@ def test_class_bound_places_as_the_exhaustive_evaluation(unit: int, fill: bool,
                 for a in sides:
                     a.release(i, res.cpu, res.memory, res.gpu)
     assert evaluated[True] < evaluated[False]
+
+
+# one GPU type: 0.3 GPU and 3 cores; a GPU holds 3 such pods (0.1 left over), so the
+# fill-up measure needs 9 cores per GPU, while the workload's ratio (3 cores per 0.3
+# GPU) needs 10 cores to feed a whole GPU
+STRAND_TYPE = [(3.0, GI, 300, 1.0)]
+
+
+def test_stranding_counts_gpus_the_cpu_can_no_longer_feed() -> None:
+    wl = Workload.of(STRAND_TYPE)
+    slots = np.array([[U], [U], [0], [U]])
+    got = stranding(np.array([10.0, 9.0, 0.0, 40.0]), np.full(4, 64 * GI), slots, U, wl)
+    assert got.tolist() == pytest.approx([0.0, 0.1, 0.0, 0.0])
+    # without a GPU type nothing is stranded; the measure adds it with its weight
+    assert not stranding(np.array([1.0]), np.array([GI]), slots[:1], U,
+                         Workload.of([(3.0, GI, 0, 1.0)])).any()
+    base = fragmentation(np.array([9.0]), np.array([64 * GI]), slots[:1], U, wl)
+    with_s = fragmentation(np.array([9.0]), np.array([64 * GI]), slots[:1], U, wl,
+                           strand=2.0)
+    assert with_s[0] == pytest.approx(base[0] + 0.2)
+
+
+@pytest.mark.parametrize("path", ["framework", "batch"])
+def test_cpu_only_pod_avoids_stranding_a_gpu_the_fill_up_measure_misses(path: str) -> None:
+    """Two equal GPU hosts, 10 and 14 cores free; a 1-core CPU-only pod. The fill-up
+    measure sees no change on either (3 pods of the type still fit each GPU), so the
+    tie-break (least free cpu) strands a GPU of the first; with the stranding count the
+    pod goes to the host that can spare the core."""
+    nodes = [node("a/tight", 16, 64 * GI, U, free=(10.0, 64 * GI, U)),
+             node("a/roomy", 16, 64 * GI, U, free=(14.0, 64 * GI, U))]
+    got = {}
+    for strand in (0.0, 1.0):
+        snap = Snapshot(nodes=nodes, network=network(), gpu_unit=U)
+        fw = fw_with(Workload.of(STRAND_TYPE))
+        for p in fw.scores:
+            if isinstance(p, GpuFragmentation):
+                p.strand = strand
+        req = request(task(cpu=1, mem=GI), latency=0, data=0)
+        if path == "framework":
+            out = place([req], snap, fw)[0]
+            assert out.decision is not None
+            got[strand] = out.decision.node
+        else:
+            got[strand] = snap.ids[BatchAssigner(snap, fw).assign_one(req)]
+    assert got == {0.0: "a/tight", 1.0: "a/roomy"}
