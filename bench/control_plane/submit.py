@@ -103,7 +103,9 @@ class Replicas:
         for port in self.ports:
             while not self._answers(port):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"replica on port {port} did not start; see {work}")
+                    i = self.ports.index(port)
+                    tail = (work / f"server-{i}.log").read_text()[-2000:]
+                    raise RuntimeError(f"replica {i} on port {port} did not start:\n{tail}")
                 time.sleep(0.2)
 
     @staticmethod
