@@ -17,7 +17,10 @@ workflow finished:
   ``--scrape`` seconds: a scrape interval in which the count grew by one gives that
   cycle's exact time; one in which it grew by k > 1 counts k cycles at their mean;
 * server RSS — the largest resident set sampled at each scrape;
-* database — SQLite file + WAL + shm at the end.
+* database — SQLite file + WAL + shm at the end;
+* wall and server CPU — seconds from the first submit to the last workflow finished, and
+  the user + system CPU seconds the server used meanwhile (on a shared machine, CPU well
+  under wall says the server waited for a core).
 
 Afterwards it checks over ``GET /v1/workflows`` that every workflow Succeeded and
 every one of its 10 tasks did. A size that does not finish within ``--timeout`` seconds
@@ -72,6 +75,7 @@ class LiveResult:
     database_bytes: int
     submit_seconds: float
     rejected_429: int
+    server_cpu_s: float
     finished: bool
     problems: list[str] = field(default_factory=list)
 
@@ -198,7 +202,7 @@ def run_size(tasks: int, work: Path, *, nodes: int = 1000, sites: int = 2,
         while sampler._last is None and time.monotonic() < deadline:
             time.sleep(0.05)
         sampler.recording = True
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), server.cpu_seconds()
         accepted, rejected = asyncio.run(submit_all(server.url, server.headers, n_wf, clients))
         t_submit = time.monotonic() - t0
         finished = False
@@ -208,6 +212,7 @@ def run_size(tasks: int, work: Path, *, nodes: int = 1000, sites: int = 2,
                 break
             time.sleep(scrape / 2)
         seconds = time.monotonic() - t0
+        cpu = server.cpu_seconds() - cpu0
         sampler.stop_event.set()
         sampler.join()
         problems = [f"scrape: {sampler.error}"] if sampler.error else []
@@ -220,7 +225,7 @@ def run_size(tasks: int, work: Path, *, nodes: int = 1000, sites: int = 2,
                           tasks_succeeded=task_ok, workflows_succeeded=wf_ok,
                           cycles_s=sampler.cycles, rss_peak_bytes=sampler.rss_peak,
                           database_bytes=server.database_bytes(), submit_seconds=t_submit,
-                          rejected_429=rejected, finished=finished, problems=problems)
+                          rejected_429=rejected, server_cpu_s=cpu, finished=finished, problems=problems)
     finally:
         sampler.stop_event.set()
         server.stop()
@@ -246,8 +251,8 @@ def table(results: list[LiveResult]) -> str:
     """The live-work table in markdown; ×k after a figure is its growth from the row 10×
     smaller."""
     rows = ["| live tasks | tasks completed/s | mean cycle (s) | p99 cycle (s) | longest (s) "
-            "| cycles | server RSS (MB) | SQLite (MB) | all Succeeded |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "| cycles | server RSS (MB) | SQLite (MB) | wall (s) | server CPU (s) | all Succeeded |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for i, r in enumerate(results):
         ok = "yes" if not r.problems else "; ".join(r.problems)
         rows.append(
@@ -257,7 +262,8 @@ def table(results: list[LiveResult]) -> str:
             f"| {r.rss_peak_bytes / 1e6:.0f}"
             f"{_growth(results, i, r.rss_peak_bytes, lambda x: x.rss_peak_bytes)} "
             f"| {r.database_bytes / 1e6:.1f}"
-            f"{_growth(results, i, r.database_bytes, lambda x: x.database_bytes)} | {ok} |")
+            f"{_growth(results, i, r.database_bytes, lambda x: x.database_bytes)} "
+            f"| {r.seconds:.1f} | {r.server_cpu_s:.1f} | {ok} |")
     return "\n".join(rows)
 
 
@@ -270,7 +276,7 @@ def comparison(results: list[LiveResult]) -> str:
             continue
         rate, cyc, rss, db = PREVIOUS[r.tasks]
         now = (r.rate, r.cycle_mean, r.rss_peak_bytes / 1e6, r.database_bytes / 1e6)
-        cells = [f"{p:g} → {n:.3g} (×{n / p:.2f})" for p, n in zip((rate, cyc, rss, db), now)]
+        cells = [f"{p:g} → {n:.3g} (×{n / p:.2f})" for p, n in zip((rate, cyc, rss, db), now, strict=True)]
         rows.append(f"| {r.tasks:,} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

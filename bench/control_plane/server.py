@@ -22,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.control_plane.submit import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+Labels = tuple[tuple[str, str], ...]
+"""A sample's labels, sorted by name."""
 
 
 class Server:
@@ -64,11 +66,11 @@ class Server:
         except httpx.TransportError:
             return False
 
-    def metrics(self, client: httpx.Client | None = None) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    def metrics(self, client: httpx.Client | None = None) -> dict[str, dict[Labels, float]]:
         """``/metrics`` parsed: sample name → {sorted label pairs → value}."""
         get = client.get if client is not None else httpx.get
         text = get(f"{self.url}/metrics", timeout=30).text
-        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        out: dict[str, dict[Labels, float]] = {}
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
                 out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
