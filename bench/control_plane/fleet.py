@@ -17,7 +17,8 @@ Phases, on one server:
 1. **surge** — every device connects as fast as this process can open connections; the
    bench then polls ``GET /v1/devices`` until every device is listed with its Hello (or
    ``--surge-timeout`` passes) and reports the connect rate, the time until all were
-   visible and how many never appeared;
+   visible, how many never appeared, and how many devices' Hellos the broker
+   acknowledged (PUBACK: the device did announce itself; the control plane missed it);
 2. **idle** — the connected fleet sends nothing for ``--fleet-seconds`` while the bench
    scrapes ``/metrics`` once a second as in the telemetry phases: the server's CPU, which
    the per-message CPU figure subtracts;
@@ -70,6 +71,8 @@ class SimDevice:
     def __init__(self, device_id: str, port: int) -> None:
         self.id = device_id
         self.connected = False
+        self.hello_mid: int | None = None
+        self.hello_acked = False  # the broker acknowledged the Hello (PUBACK)
         self.sent: collections.deque[float] = collections.deque()  # telemetry send times
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id,
                         protocol=mqtt.MQTTv311)
@@ -77,6 +80,7 @@ class SimDevice:
                    encode(DeviceStatus(device_id=device_id, state="offline")), qos=1,
                    retain=True)
         c.on_connect = self._on_connect
+        c.on_publish = self._on_publish
         self.client = c
         self.port = port
 
@@ -89,7 +93,13 @@ class SimDevice:
                       memory=4 * 2**30, location="dc", agent_version="bench-sim",
                       power=PowerProfile(idle_watts=3, max_watts=7, source="bench figure"),
                       emulated=True)
-        client.publish(topic(self.id, "hello"), encode(hello), qos=1, retain=True)
+        self.hello_mid = client.publish(topic(self.id, "hello"), encode(hello), qos=1,
+                                        retain=True).mid
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
+                    props: Any = None) -> None:
+        if mid == self.hello_mid:
+            self.hello_acked = True
         client.publish(topic(self.id, "status"),
                        encode(DeviceStatus(device_id=self.id, state="online")), qos=1,
                        retain=True)
@@ -194,6 +204,8 @@ class FleetResult:
     visible_seconds: float | None
     missing_after_surge: int
     idle_cpu_percent: float
+    announced: int
+    """Devices whose Hello the broker acknowledged (PUBACK)."""
     rates: list[RateResult] = field(default_factory=list)
 
 
@@ -299,7 +311,7 @@ def run(devices: int, rates: list[float], *, seconds: float = 20.0,
                 telemetry_seen(server, http)
             idle = (server.cpu_seconds() - cpu0) / (time.monotonic() - t1) * 100
             out = FleetResult(devices, fleet.connect_seconds, visible, devices - len(seen),
-                              idle)
+                              idle, sum(d.hello_acked for d in fleet.devices))
             busy: threading.Thread | None = None
             if busy_tasks:
                 assert server is not None
@@ -327,11 +339,12 @@ def run(devices: int, rates: list[float], *, seconds: float = 20.0,
 def table(results: list[FleetResult], busy_tasks: int = 0) -> str:
     """The fleet tables in markdown: the surge, then telemetry rate vs CPU and lag."""
     rows = ["| devices | connect (s) | all visible after (s) | never visible "
-            "| server CPU idle (% of a core) |", "|---:|---:|---:|---:|---:|"]
+            "| Hellos the broker acked | server CPU idle (% of a core) |",
+            "|---:|---:|---:|---:|---:|---:|"]
     for f in results:
         vis = f"{f.visible_seconds:.1f}" if f.visible_seconds is not None else "—"
         rows.append(f"| {f.devices:,} | {f.connect_seconds:.1f} | {vis} "
-                    f"| {f.missing_after_surge} | {f.idle_cpu_percent:.1f} |")
+                    f"| {f.missing_after_surge} | {f.announced} | {f.idle_cpu_percent:.1f} |")
     busy = f" with the reconciler busy ({busy_tasks:,} live tasks submitted)" if busy_tasks else ""
     rows += ["", f"Telemetry{busy}:", "",
              "| devices | msgs/s asked | msgs/s sent | server CPU (% of a core) "
