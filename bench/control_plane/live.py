@@ -113,6 +113,11 @@ class Sampler(threading.Thread):
         self.error: str | None = None
         self._last: tuple[float, float] | None = None
 
+    @property
+    def scraped(self) -> bool:
+        """Whether one scrape has succeeded (the server's families are there)."""
+        return self._last is not None
+
     def run(self) -> None:
         with httpx.Client() as http:
             while not self.stop_event.is_set():
@@ -199,7 +204,7 @@ def run_size(tasks: int, work: Path, *, nodes: int = 1000, sites: int = 2,
     try:
         sampler.start()
         deadline = time.monotonic() + 60  # the sites' first inventory
-        while sampler._last is None and time.monotonic() < deadline:
+        while not sampler.scraped and time.monotonic() < deadline:
             time.sleep(0.05)
         sampler.recording = True
         t0, cpu0 = time.monotonic(), server.cpu_seconds()
