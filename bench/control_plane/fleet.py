@@ -71,6 +71,7 @@ class SimDevice:
     def __init__(self, device_id: str, port: int) -> None:
         self.id = device_id
         self.connected = False
+        self.announce_pending = False
         self.hello_mid: int | None = None
         self.hello_acked = False  # the broker acknowledged the Hello (PUBACK)
         self.sent: collections.deque[float] = collections.deque()  # telemetry send times
@@ -86,23 +87,28 @@ class SimDevice:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any = None) -> None:
-        if rc != 0:
-            return
-        self.connected = True
+        if rc == 0:
+            self.connected = True
+            self.announce_pending = True  # published by the loop, outside paho's callback
+
+    def announce(self) -> None:
+        """Publish the retained Hello and online status (QoS 1), as the agent does."""
+        self.announce_pending = False
+        client = self.client
         hello = Hello(device_id=self.id, hostname=self.id, arch="aarch64", cpus=4,
                       memory=4 * 2**30, location="dc", agent_version="bench-sim",
                       power=PowerProfile(idle_watts=3, max_watts=7, source="bench figure"),
                       emulated=True)
         self.hello_mid = client.publish(topic(self.id, "hello"), encode(hello), qos=1,
                                         retain=True).mid
+        client.publish(topic(self.id, "status"),
+                       encode(DeviceStatus(device_id=self.id, state="online")), qos=1,
+                       retain=True)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
                     props: Any = None) -> None:
         if mid == self.hello_mid:
             self.hello_acked = True
-        client.publish(topic(self.id, "status"),
-                       encode(DeviceStatus(device_id=self.id, state="online")), qos=1,
-                       retain=True)
 
     def telemetry(self) -> None:
         """Publish one Telemetry (QoS 0) dated now; remembers when."""
@@ -146,7 +152,10 @@ class Fleet(threading.Thread):
             sel.register(sock, selectors.EVENT_READ, d)
             if d.client.want_write():
                 d.client.loop_write()
-            self._read(sel, 0)
+            for key, _ in sel.select(0):
+                key.data.client.loop_read()
+                if key.data.announce_pending:
+                    key.data.announce()
         self.connect_seconds = time.monotonic() - t0
         nxt = 0
         owed = 0.0
@@ -181,6 +190,8 @@ class Fleet(threading.Thread):
     def _pump(self, sel: selectors.BaseSelector, timeout: float) -> None:
         self._read(sel, timeout)
         for d in self.devices:
+            if d.announce_pending:
+                d.announce()
             if d.client.want_write():
                 d.client.loop_write()
 
