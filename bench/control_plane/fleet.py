@@ -1,0 +1,403 @@
+"""A fleet of simulated devices against a real Mosquitto and one control plane: does every
+device appear after a connection surge, and what do telemetry messages cost the server
+(CPU) and how far behind it falls (lag) at a given rate.
+
+The simulated devices speak the device wire protocol v1 (:mod:`edge_agent.protocol`) as
+``continuum-agent`` does on connect — a retained :class:`Hello` and a retained online
+:class:`DeviceStatus` at QoS 1, the offline status as last will — and then only
+:class:`Telemetry` (QoS 0); they run no work. All of them live in this one process: one
+paho-mqtt client per device, driven by one select loop (paho's external-loop API), so a
+fleet of thousands costs one thread. The broker is a private Mosquitto started with
+``deploy/dev/mosquitto.sh`` (anonymous, its default settings); the control plane has one
+``devices`` site on it (no enrolment required) and, with ``--busy-tasks``, a sim site of
+1,000 nodes that the bench keeps busy with live work during the telemetry phases.
+
+Phases, on one server:
+
+1. **surge** — every device connects as fast as this process can open connections; the
+   bench then polls ``GET /v1/devices`` until every device is listed with its Hello (or
+   ``--surge-timeout`` passes) and reports the connect rate, the time until all were
+   visible, how many never appeared, and how many devices' Hellos the broker
+   acknowledged (PUBACK: the device did announce itself; the control plane missed it);
+2. **idle** — the connected fleet sends nothing for ``--fleet-seconds`` while the bench
+   scrapes ``/metrics`` once a second as in the telemetry phases: the server's CPU, which
+   the per-message CPU figure subtracts;
+3. **telemetry** — for each rate in ``--rates``, the devices take turns sending telemetry
+   at that total rate (msgs/s) for ``--fleet-seconds``. Server CPU is user+system time over the
+   phase (% of one core). Lag: each device's latest telemetry timestamp the server
+   exports on ``/metrics`` (``continuum_device_telemetry_timestamp_seconds``) is matched
+   to what was sent; a device's lag at a scrape is the age of its oldest message the
+   server has not yet taken in (0 when it is up to date); the bench reports the largest
+   lag over devices, its median and maximum over the scrapes (one per second), and after
+   the last message, how long until the server had every device's last one ("drain") or
+   how many it never got.
+
+Reproduce::
+
+    python -m bench.control_plane.fleet --devices 1000 --rates 1000 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import selectors
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+
+from bench.control_plane.live import submit_all
+from bench.control_plane.server import REPO, Server, sim_federation
+from bench.control_plane.submit import free_port
+from continuum.model import PowerProfile
+from edge_agent.protocol import DeviceStatus, Hello, Telemetry, encode, topic
+
+MOSQUITTO_SH = REPO / "deploy" / "dev" / "mosquitto.sh"
+
+
+class SimDevice:
+    """One simulated device: a paho client that announces itself on connect."""
+
+    def __init__(self, device_id: str, port: int) -> None:
+        self.id = device_id
+        self.connected = False
+        self.announce_pending = False
+        self.hello_mid: int | None = None
+        self.hello_acked = False  # the broker acknowledged the Hello (PUBACK)
+        self.sent: collections.deque[float] = collections.deque()  # telemetry send times
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id,
+                        protocol=mqtt.MQTTv311)
+        c.will_set(topic(device_id, "status"),
+                   encode(DeviceStatus(device_id=device_id, state="offline")), qos=1,
+                   retain=True)
+        c.on_connect = self._on_connect
+        c.on_publish = self._on_publish
+        self.client = c
+        self.port = port
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                    props: Any = None) -> None:
+        if rc == 0:
+            self.connected = True
+            self.announce_pending = True  # published by the loop, outside paho's callback
+
+    def announce(self) -> None:
+        """Publish the retained Hello and online status (QoS 1), as the agent does."""
+        self.announce_pending = False
+        client = self.client
+        hello = Hello(device_id=self.id, hostname=self.id, arch="aarch64", cpus=4,
+                      memory=4 * 2**30, location="dc", agent_version="bench-sim",
+                      power=PowerProfile(idle_watts=3, max_watts=7, source="bench figure"),
+                      emulated=True)
+        self.hello_mid = client.publish(topic(self.id, "hello"), encode(hello), qos=1,
+                                        retain=True).mid
+        client.publish(topic(self.id, "status"),
+                       encode(DeviceStatus(device_id=self.id, state="online")), qos=1,
+                       retain=True)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
+                    props: Any = None) -> None:
+        if mid == self.hello_mid:
+            self.hello_acked = True
+
+    def telemetry(self) -> None:
+        """Publish one Telemetry (QoS 0) dated now; remembers when."""
+        now = time.time()
+        t = Telemetry(device_id=self.id, at=datetime.fromtimestamp(now, UTC), cpu_percent=12.5,
+                      memory_used=2**30, memory_total=4 * 2**30, load1=0.3, power_watts=3.5)
+        self.sent.append(now)
+        self.client.publish(topic(self.id, "telemetry"), encode(t), qos=0)
+
+
+class Fleet(threading.Thread):
+    """``n`` :class:`SimDevice` driven by one select loop in this thread; ``rate``
+    (settable) is the total telemetry messages/s, 0 for none."""
+
+    def __init__(self, n: int, port: int) -> None:
+        super().__init__(daemon=True)
+        self.devices = [SimDevice(f"simdev-{i:06d}", port) for i in range(n)]
+        self.port = port
+        self.rate = 0.0
+        self.sent = 0
+        self.stop_event = threading.Event()
+        self.connect_seconds = 0.0
+        self.lock = threading.Lock()  # taken by readers of SimDevice.sent
+        self.error: str | None = None  # why the loop stopped, if it failed
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:
+            self.error = f"{type(e).__name__}: {e}"
+            raise
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        t0 = time.monotonic()
+        for d in self.devices:  # the surge: connect every device as fast as we can
+            d.client.connect("127.0.0.1", self.port, keepalive=60)
+            sock = d.client.socket()
+            if sock is None:
+                raise RuntimeError(f"{d.id}: no socket after connect")
+            sel.register(sock, selectors.EVENT_READ, d)
+            if d.client.want_write():
+                d.client.loop_write()
+            for key, _ in sel.select(0):
+                key.data.client.loop_read()
+                if key.data.announce_pending:
+                    key.data.announce()
+        self.connect_seconds = time.monotonic() - t0
+        nxt = 0
+        owed = 0.0
+        last = last_misc = time.monotonic()
+        while not self.stop_event.is_set():
+            self._pump(sel, 0.005)
+            now = time.monotonic()
+            owed += self.rate * (now - last)
+            last = now
+            with self.lock:
+                while owed >= 1:
+                    d = self.devices[nxt]
+                    nxt = (nxt + 1) % len(self.devices)
+                    owed -= 1
+                    if d.connected:
+                        d.telemetry()
+                        self.sent += 1
+            if now - last_misc > 1:
+                last_misc = now
+                for d in self.devices:
+                    d.client.loop_misc()
+        for d in self.devices:
+            d.client.disconnect()
+            self._pump(sel, 0)
+        sel.close()
+
+    @staticmethod
+    def _read(sel: selectors.BaseSelector, timeout: float) -> None:
+        for key, _ in sel.select(timeout):
+            key.data.client.loop_read()
+
+    def _pump(self, sel: selectors.BaseSelector, timeout: float) -> None:
+        self._read(sel, timeout)
+        for d in self.devices:
+            if d.announce_pending:
+                d.announce()
+            if d.client.want_write():
+                d.client.loop_write()
+
+
+@dataclass
+class RateResult:
+    rate: float
+    sent: int
+    seconds: float
+    cpu_percent: float
+    lag_median_s: float
+    lag_max_s: float
+    drain_s: float | None
+    never_arrived: int
+
+
+@dataclass
+class FleetResult:
+    devices: int
+    connect_seconds: float
+    visible_seconds: float | None
+    missing_after_surge: int
+    idle_cpu_percent: float
+    announced: int
+    """Devices whose Hello the broker acknowledged (PUBACK)."""
+    rates: list[RateResult] = field(default_factory=list)
+
+
+def devices_visible(server: Server, http: httpx.Client) -> set[str]:
+    """Ids of the devices ``GET /v1/devices`` lists with their Hello, whatever their state
+    (the simulated devices send nothing between the surge and the telemetry phases, so
+    the first ones may be ``lost`` — silent longer than ``offlineAfter`` — before the
+    last ones connect)."""
+    items = http.get(f"{server.url}/v1/devices", headers=server.headers).json()["items"]
+    return {d["deviceId"] for d in items if d.get("hello")}
+
+
+def telemetry_seen(server: Server, http: httpx.Client) -> dict[str, float]:
+    """Device name → latest telemetry timestamp the server exports (Unix s)."""
+    m = server.metrics(http).get("continuum_device_telemetry_timestamp_seconds", {})
+    return {dict(k)["device"]: v for k, v in m.items()}
+
+
+def lag_now(fleet: Fleet, seen: dict[str, float], at: float) -> tuple[float, int]:
+    """(largest age over devices of the oldest message the server has not yet taken in,
+    devices behind); drops from each device's record what the server already has."""
+    worst, behind = 0.0, 0
+    with fleet.lock:
+        for d in fleet.devices:
+            ts = seen.get(d.id, float("-inf"))
+            while d.sent and d.sent[0] <= ts + 1e-5:
+                d.sent.popleft()
+            if d.sent and d.sent[0] < at:
+                behind += 1
+                worst = max(worst, at - d.sent[0])
+    return worst, behind
+
+
+def measure_rate(server: Server, fleet: Fleet, http: httpx.Client, rate: float,
+                 seconds: float, drain_timeout: float) -> RateResult:
+    for d in fleet.devices:
+        d.sent.clear()
+    if fleet.error:
+        raise RuntimeError(f"the simulated fleet stopped: {fleet.error}")
+    sent0, cpu0, t0 = fleet.sent, server.cpu_seconds(), time.monotonic()
+    fleet.rate = rate
+    lags = []
+    while time.monotonic() - t0 < seconds:
+        time.sleep(1)
+        at = time.time()
+        lags.append(lag_now(fleet, telemetry_seen(server, http), at)[0])
+    fleet.rate = 0
+    took = time.monotonic() - t0
+    cpu = (server.cpu_seconds() - cpu0) / took * 100
+    sent = fleet.sent - sent0
+    t_end = time.monotonic()
+    drain: float | None = None
+    behind = 0
+    while time.monotonic() - t_end < drain_timeout:
+        _, behind = lag_now(fleet, telemetry_seen(server, http), float("inf"))
+        if behind == 0:
+            drain = time.monotonic() - t_end
+            break
+        time.sleep(0.5)
+    return RateResult(rate=rate, sent=sent, seconds=took, cpu_percent=cpu,
+                      lag_median_s=statistics.median(lags) if lags else float("nan"),
+                      lag_max_s=max(lags) if lags else float("nan"), drain_s=drain,
+                      never_arrived=behind)
+
+
+def run(devices: int, rates: list[float], *, seconds: float = 20.0,
+        surge_timeout: float = 60.0, busy_tasks: int = 0, drain_timeout: float = 30.0
+        ) -> FleetResult:
+    """All three phases on a fresh Mosquitto and control plane; see the module docstring."""
+    with tempfile.TemporaryDirectory(prefix="continuum-fleet-") as tmp:
+        work = Path(tmp)
+        port = free_port()
+        broker_dir = work / "mosquitto"
+        subprocess.run(["bash", str(MOSQUITTO_SH), "start", str(broker_dir), str(port)],
+                       check=True)
+        fed = sim_federation(1000, 1) if busy_tasks else sim_federation(1, 1)
+        fed["spec"]["sites"].append({"name": "fleet", "kind": "devices", "tier": "device",
+                                     "location": "dc",
+                                     "config": {"broker": f"mqtt://127.0.0.1:{port}"}})
+        server = None
+        fleet = Fleet(devices, port)
+        try:
+            server = Server(work, fed)
+            http = httpx.Client(timeout=60)
+            t0 = time.monotonic()
+            fleet.start()
+            visible: float | None = None
+            names = {d.id for d in fleet.devices}
+            seen: set[str] = set()
+            while time.monotonic() - t0 < surge_timeout:
+                seen = devices_visible(server, http) & names
+                if len(seen) == devices:
+                    visible = time.monotonic() - t0
+                    break
+                time.sleep(0.5)
+            print(f"fleet={devices}: connected in {fleet.connect_seconds:.1f} s, "
+                  f"{len(seen)}/{devices} visible"
+                  + (f" after {visible:.1f} s" if visible is not None else
+                     f" after {surge_timeout:.0f} s"), flush=True)
+            cpu0, t1 = server.cpu_seconds(), time.monotonic()
+            while time.monotonic() - t1 < seconds:  # the same scrapes as a telemetry phase
+                time.sleep(1)
+                telemetry_seen(server, http)
+            idle = (server.cpu_seconds() - cpu0) / (time.monotonic() - t1) * 100
+            out = FleetResult(devices, fleet.connect_seconds, visible, devices - len(seen),
+                              idle, sum(d.hello_acked for d in fleet.devices))
+            busy: threading.Thread | None = None
+            if busy_tasks:
+                assert server is not None
+                srv = server
+                busy = threading.Thread(target=lambda: asyncio.run(submit_all(
+                    srv.url, srv.headers, busy_tasks // 10, 4)), daemon=True)
+                busy.start()
+            for rate in rates:
+                r = measure_rate(server, fleet, http, rate, seconds, drain_timeout)
+                print(f"fleet={devices} rate={rate:g}/s: sent {r.sent}, server CPU "
+                      f"{r.cpu_percent:.0f} %, lag median {r.lag_median_s:.2f} s max "
+                      f"{r.lag_max_s:.2f} s, never arrived {r.never_arrived}", flush=True)
+                out.rates.append(r)
+            http.close()
+            return out
+        finally:
+            fleet.stop_event.set()
+            if fleet.is_alive():
+                fleet.join(timeout=30)
+            if server is not None:
+                server.stop()
+            subprocess.run(["bash", str(MOSQUITTO_SH), "stop", str(broker_dir)], check=False)
+
+
+def table(results: list[FleetResult], busy_tasks: int = 0) -> str:
+    """The fleet tables in markdown: the surge, then telemetry rate vs CPU and lag."""
+    rows = ["| devices | connect (s) | all visible after (s) | never visible "
+            "| Hellos the broker acked | server CPU idle (% of a core) |",
+            "|---:|---:|---:|---:|---:|---:|"]
+    for f in results:
+        vis = f"{f.visible_seconds:.1f}" if f.visible_seconds is not None else "—"
+        rows.append(f"| {f.devices:,} | {f.connect_seconds:.1f} | {vis} "
+                    f"| {f.missing_after_surge} | {f.announced} | {f.idle_cpu_percent:.1f} |")
+    busy = f" with the reconciler busy ({busy_tasks:,} live tasks submitted)" if busy_tasks else ""
+    rows += ["", f"Telemetry{busy}:", "",
+             "| devices | msgs/s asked | msgs/s sent | server CPU (% of a core) "
+             "| µs CPU per msg | lag median (s) | lag max (s) | drain (s) | never arrived |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for f in results:
+        for r in f.rates:
+            sent_rate = r.sent / r.seconds if r.seconds else 0.0
+            per = ((r.cpu_percent - f.idle_cpu_percent) / 100 / sent_rate * 1e6
+                   if sent_rate else float("nan"))
+            drain = f"{r.drain_s:.1f}" if r.drain_s is not None else "—"
+            rows.append(f"| {f.devices:,} | {r.rate:,.0f} | {sent_rate:,.0f} "
+                        f"| {r.cpu_percent:.0f} | {per:.0f} | {r.lag_median_s:.2f} "
+                        f"| {r.lag_max_s:.2f} | {drain} | {r.never_arrived} |")
+    return "\n".join(rows)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--devices", type=int, nargs="+", default=[1000],
+                    help="fleet sizes, each on a fresh broker and server (default: 1000)")
+    ap.add_argument("--rates", type=float, nargs="+", default=[1000, 5000],
+                    help="telemetry msgs/s in all (default: 1000 5000)")
+    ap.add_argument("--fleet-seconds", type=float, default=20.0,
+                    help="length of the idle and of each telemetry phase (default 20)")
+    ap.add_argument("--surge-timeout", type=float, default=60.0,
+                    help="seconds to wait for every device to be visible (default 60)")
+    ap.add_argument("--busy-tasks", type=int, default=0,
+                    help="live tasks submitted during the telemetry phases (default 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    results = [run(n, args.rates, seconds=args.fleet_seconds,
+                   surge_timeout=args.surge_timeout, busy_tasks=args.busy_tasks)
+               for n in args.devices]
+    print()
+    print(table(results, args.busy_tasks))
+    return 0 if all(f.missing_after_surge == 0 for f in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
