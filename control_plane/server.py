@@ -92,7 +92,7 @@ class ControlPlane:
         self.ctx = AdapterContext(
             artifacts=self.artifacts, state_dir=settings.state_dir, wake=self._wake.set,
             sign=command_signing_key(settings.state_dir).sign,
-            device_enrolled=self.enrollment.is_enrolled, relay=StoreRelay(self.store),
+            device_enrolled=self.enrollment.is_enrolled, relay=self._relay(),
             dropped=lambda site, reason:
                 self.metrics.device_messages_dropped.labels(site, reason).inc())
         self.collector = Collector(self.metrics, topology=self.network,
@@ -184,6 +184,14 @@ class ControlPlane:
                     self.federation.refresh(time.time())
             except Exception:
                 log.exception("federation resync failed; retrying next period")
+
+    def _relay(self) -> StoreRelay | None:
+        """The device-message relay through the database, where replicas can share it
+        (PostgreSQL); None on SQLite, which serves one replica: there every message is
+        consumed by this process and nothing needs relaying (the write per consumed
+        message would only cost CPU: the control-plane fleet bench measured 22 % of the
+        server's samples in the relay at 1,000 telemetry msgs/s)."""
+        return StoreRelay(self.store) if self.store.engine.dialect.name != "sqlite" else None
 
     def _site_config(self, name: str) -> tuple[SiteKind, dict[str, Any]]:
         spec = self.federation.site(name).spec

@@ -27,6 +27,8 @@ from continuum.errors import PermanentError
 from continuum.model import RunState, SiteKind, SiteSpec, Task
 from control_plane.broker import EmbeddedBroker
 from control_plane.relay import RETENTION_S, StoreRelay
+from control_plane.server import ControlPlane
+from control_plane.settings import Settings
 from control_plane.store import Store
 from edge_agent.protocol import TOPIC_PREFIX, topic
 from edge_agent.protocol.session import MqttSession
@@ -280,3 +282,16 @@ def test_after_a_broker_restart_updates_are_still_consumed_once(
     wait_for(lambda: len(leader.session.live(t)) + len(other.session.live(t))
              == len(observer.on(t)), 10, message="every update consumed by one replica")
     assert sorted(leader.session.live(t) + other.session.live(t)) == sorted(observer.on(t))
+
+
+def test_the_control_plane_relays_only_on_a_database_replicas_share(
+        tmp_path, database_url) -> None:  # type: ignore[no-untyped-def]
+    """SQLite serves one replica: its devices adapters get no relay (no write per consumed
+    message); on PostgreSQL they relay through the database."""
+    cp = ControlPlane(Settings(state_dir=tmp_path / "state", database_url=database_url))
+    try:
+        assert (cp.ctx.relay is None) == database_url.startswith("sqlite")
+        assert cp.ctx.relay is None or isinstance(cp.ctx.relay, StoreRelay)
+    finally:
+        cp.federation.close()
+        cp.store.close()
