@@ -261,6 +261,15 @@ class Reconciler:
         return Observed(now=now, workflows=obs_wfs, tasks=obs_tasks, runs=obs_runs,
                         statuses=found, status_errors=errors, artifacts=artifacts)
 
+    def abandon_requests(self, error: Exception) -> None:
+        """Fail every request still queued with ``error`` (the loop stopped: this replica
+        stepped down), so its caller answers now instead of at its timeout."""
+        with self._requests_lock:
+            todo, self._requests = self._requests, []
+        for _, fut in todo:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(error)
+
     def _serve_requests(self) -> None:
         with self._requests_lock:
             todo, self._requests = self._requests, []

@@ -41,6 +41,8 @@ from control_plane.leader import (
     LeaderLoop,
     Leadership,
     Lease,
+    NotLeader,
+    current_leader,
     listen_for_wakes,
     notify_wake,
 )
@@ -162,6 +164,12 @@ class ControlPlane:
             self.reconciler.run_forever(stop)
         except Fenced as e:
             self.leadership.lost(str(e))
+        finally:  # a request queued for this loop goes to the new leader (307) or waits (503)
+            try:
+                leader = current_leader(self.store)
+            except Exception:  # the database is why the loop stopped
+                leader = None
+            self.reconciler.abandon_requests(NotLeader(leader))
 
     def _follow(self, reason: str) -> None:
         """Lost the lease: stop the loop (it ends after its current step; its writes

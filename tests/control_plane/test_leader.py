@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -23,12 +24,14 @@ from fastapi.testclient import TestClient
 
 from adapters.kubernetes.lease import LeaseLock
 from continuum.model import RunState, TaskState, WorkflowState
+from control_plane.actions import RemoveSite
 from control_plane.client import Client
 from control_plane.leader import (
     DatabaseElector,
     Fenced,
     KubernetesLeaseElector,
     Leadership,
+    NotLeader,
     current_leader,
 )
 from control_plane.server import ControlPlane
@@ -389,3 +392,19 @@ def test_sigkill_of_the_leader_process(pg_url: str, tmp_path: Path) -> None:
                     p.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def test_a_request_queued_when_the_loop_stops_is_answered_not_leader(tmp_path: Path) -> None:
+    """The loop ended (this replica stepped down) with a site removal still queued: the
+    waiting call gets NotLeader at once (307 to the new leader, or 503), not a timeout."""
+    cp = ControlPlane(Settings(state_dir=tmp_path / "state"), federation())
+    try:
+        fut = cp.reconciler.request(RemoveSite("cloud", cancel_runs=False))
+        stopped = threading.Event()
+        stopped.set()
+        cp._run_loop(stopped)  # the loop's term ends at once
+        error = fut.exception(timeout=1)
+        assert isinstance(error, NotLeader) and error.leader is None
+    finally:
+        cp.federation.close()
+        cp.store.close()
