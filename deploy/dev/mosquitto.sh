@@ -59,6 +59,10 @@ start() {
     echo "log_type warning"
     echo "log_type notice"
     echo "max_packet_size 1048576"
+    # Sized for a fleet's connection surge: every device's retained hello and status
+    # reach the control plane's client at once, and beyond max_queued_messages (default
+    # 1,000) Mosquitto drops them; 250,000 covers 100k devices' two announcements.
+    echo "max_queued_messages 250000"
     if [ "$(id -u)" = 0 ]; then echo "user root"; fi
     if [ -n "$pwfile" ]; then
       echo "allow_anonymous false"

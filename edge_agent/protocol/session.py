@@ -157,6 +157,8 @@ class MqttSession:
         self._sub_lock = threading.Lock()
         self._catch_up: dict[int, str] = {}
         """SUBSCRIBE message id → plain filter to unsubscribe at its SUBACK."""
+        self._unsubscribing: set[int] = set()
+        """UNSUBSCRIBE message ids of catch-up twins not yet acknowledged."""
         self._share_mids: dict[int, tuple[str, int]] = {}
         """SUBSCRIBE message id of a ``$share`` filter → (plain filter, QoS)."""
         self._share_refused = False
@@ -186,6 +188,7 @@ class MqttSession:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
         self.client = c
         """The paho client (publish through it or :meth:`publish`)."""
         self._arm_backoff()
@@ -202,6 +205,15 @@ class MqttSession:
         """Whether subscriptions made with ``share`` are shared ones now: MQTT 5 and the
         broker did not refuse a ``$share`` filter."""
         return self.mqtt5 and not self._share_refused
+
+    @property
+    def catching_up(self) -> bool:
+        """Whether a plain catch-up twin of a shared subscription may still be subscribed
+        (its SUBACK or the UNSUBACK of its removal not yet received): meanwhile a live
+        message can come on both, i.e. to this replica and to another one (harmless: run
+        updates are ordered by ``seq``)."""
+        with self._sub_lock:
+            return bool(self._catch_up or self._unsubscribing)
 
     def subscribe(self, topic: str, qos: int = 1, share: str | None = None) -> None:
         """Subscribe to ``topic`` now if connected, and again on every reconnect.
@@ -286,6 +298,7 @@ class MqttSession:
         with self._sub_lock:
             subs = list(self._subscriptions.items())
             self._catch_up.clear()
+            self._unsubscribing.clear()
             self._share_mids.clear()
         for t, (qos, share) in subs:
             self._subscribe(client, t, qos, share)
@@ -293,13 +306,20 @@ class MqttSession:
         log.info("%s: connected to %s", self.label, self.broker)
         self._hook("on_connect", self.on_connect, client)
 
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, *_: Any) -> None:
+        with self._sub_lock:
+            self._unsubscribing.discard(mid)
+
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
                       properties: Any = None) -> None:
         with self._sub_lock:
             plain = self._catch_up.pop(mid, None)
             shared = self._share_mids.pop(mid, None)
         if plain is not None:  # the retained messages are queued: live ones go to the group
-            client.unsubscribe(plain)
+            _, unsub_mid = client.unsubscribe(plain)
+            if unsub_mid is not None:
+                with self._sub_lock:
+                    self._unsubscribing.add(unsub_mid)
         if shared is not None and any(r.is_failure for r in reason_codes):
             # e.g. 0x9E "Shared Subscriptions not supported": keep the plain filter (its
             # catch-up twin, acknowledged after this SUBACK) subscribed for good
