@@ -77,7 +77,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -172,6 +172,12 @@ class DevicesConfig(BaseModel):
         description="MQTT 5 shared subscriptions for telemetry and run updates: true "
         "(MQTT 5 required), false (MQTT 3.1.1, every replica gets every message), unset "
         "(MQTT 5, falling back to 3.1.1 when the broker refuses it)")
+    announcement_resync: float | None = Field(
+        default=300.0, gt=0,
+        description="seconds between re-reads of every device's retained hello and status "
+        "(a new SUBSCRIBE makes the broker send them again): devices whose announcement "
+        "the broker dropped during a connection surge appear at the latest then; unset: "
+        "only at (re)connection")
     share_group: str = Field(
         default="continuum", min_length=1, max_length=64, pattern=r"^[^/+#]+$",
         description="the share group of the shared subscriptions ($share/<group>/...)")
@@ -211,6 +217,9 @@ class _Device:
     telemetry: Telemetry | None = None
     telemetry_at: float = 0.0
     last_seen: float = 0.0
+    announced: dict[str, int] = field(default_factory=dict)
+    """Leaf (``hello``, ``status``) → hash of the payload last handled: the same retained
+    announcement sent again (a re-read) changes nothing, not even ``last_seen``."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +275,10 @@ class DevicesAdapter:
         self._connected = threading.Event()
         """Set while connected, once ``_connected_at`` is updated for this connection."""
         self._connected_at = 0.0
+        self._resynced_at = 0.0
+        """When the retained announcements were last (re)read: connection or resync."""
+        self.rereads_ignored = 0
+        """Retained announcements ignored as identical to the one last handled."""
         """ctx.clock() of the last (re)connection to the broker: a device's silence counts
         from no earlier than this, so devices are not declared offline merely because the
         broker (or this side's connection) was down while they were reconnecting."""
@@ -312,7 +325,7 @@ class DevicesAdapter:
 
     def _on_connect(self, client: mqtt.Client) -> None:
         """(Re)connected and subscribed: devices' silence counts from now at the earliest."""
-        self._connected_at = self.ctx.clock()
+        self._connected_at = self._resynced_at = self.ctx.clock()
         self._connected.set()
 
     @property
@@ -349,16 +362,18 @@ class DevicesAdapter:
             leaf = msg.topic[len(TOPIC_PREFIX) + 1:].split("/")[1:2]
             with self._lock:
                 self.consumed[leaf[0] if leaf else "?"] += 1
-            self._handle(msg.topic, msg.payload)
+            self._handle(msg.topic, msg.payload, retained=bool(msg.retain))
         except Exception:  # never let a payload kill the loop thread
             log.exception("site %s: error handling a message on %s", self.site.name, msg.topic)
 
     def _handle(self, t: str, payload: bytes | bytearray, *, at: float | None = None,
-                relayed: bool = False) -> None:
+                relayed: bool = False, retained: bool = False) -> None:
         """Handle one message on topic ``t``: from the broker, or (``relayed``) one that
         another replica received at ``at`` (s since the epoch) and relayed. A telemetry or
         run update from the broker that is believed is relayed (when shared
-        subscriptions are in effect)."""
+        subscriptions are in effect). A ``retained`` hello or status identical to the one
+        last handled for the device is a re-read (:meth:`_resync_announcements`) and is
+        ignored: it says nothing about the device being alive now."""
         rest = t[len(TOPIC_PREFIX) + 1:].split("/")
         if not t.startswith(TOPIC_PREFIX + "/") or len(rest) < 2:
             self._reject(t, "topic is not a protocol topic")
@@ -409,20 +424,28 @@ class DevicesAdapter:
                     with self._lock:
                         self._devices.pop(device_id, None)
                     return
+                if retained and self._announced(device_id, leaf, payload):
+                    self.rereads_ignored += 1
+                    return
                 hello = decode(Hello, payload)
                 self._check_device(hello.device_id, device_id)
                 with self._lock:
                     d = self._device(device_id)
                     d.hello, d.hello_at, d.last_seen = hello, now, now
+                    d.announced[leaf] = hash(bytes(payload))
                 wake = True
             elif leaf == "status" and len(rest) == 2:
                 if not payload:
+                    return
+                if retained and self._announced(device_id, leaf, payload):
+                    self.rereads_ignored += 1
                     return
                 st = decode(DeviceStatus, payload)
                 self._check_device(st.device_id, device_id)
                 with self._lock:
                     d = self._device(device_id)
                     d.status = st
+                    d.announced[leaf] = hash(bytes(payload))
                     if st.state == "online":
                         d.last_seen = now
                 wake = True
@@ -542,6 +565,24 @@ class DevicesAdapter:
                 device_id=device_id, run_id=run_id, seq=0, state="Failed",
                 reason=f"device {device_id} refused the command: {rej.reason}: {rej.detail}")}
         return True
+
+    def _announced(self, device_id: str, leaf: str, payload: bytes | bytearray) -> bool:
+        """Whether ``payload`` is the ``leaf`` announcement last handled for the device."""
+        with self._lock:
+            d = self._devices.get(device_id)
+            return d is not None and d.announced.get(leaf) == hash(bytes(payload))
+
+    def _resync_announcements(self, now: float) -> None:
+        """Every ``announcementResync`` seconds subscribe to ``hello`` and ``status`` again:
+        the broker sends every retained announcement anew, so a device whose announcement
+        was dropped (e.g. past Mosquitto's ``max_queued_messages`` in a connection surge)
+        appears; the ones already known are ignored (:meth:`_handle`)."""
+        every = self.config.announcement_resync
+        if every is None or not self.connected or now - self._resynced_at < every:
+            return
+        self._resynced_at = now
+        for leaf in ("hello", "status"):
+            self._session.subscribe(f"{TOPIC_PREFIX}/+/{leaf}", qos=1)
 
     @staticmethod
     def _check_device(in_payload: str, in_topic: str) -> None:
@@ -675,6 +716,7 @@ class DevicesAdapter:
         forgets the devices past ``forgetAfter``."""
         now = self.ctx.clock()
         self._forget_expired(now)
+        self._resync_announcements(now)
         nodes: list[Node] = []
         with self._lock:
             used: dict[str, list[float]] = {}

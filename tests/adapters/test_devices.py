@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,3 +275,34 @@ def test_a_broker_restart_gives_devices_offline_after_to_come_back(tmp_path) -> 
     finally:
         a.close()
         broker.stop()
+
+
+def test_announcements_are_read_again_and_a_re_read_is_no_sign_of_life(
+        mosquitto, tmp_path, agents) -> None:  # type: ignore[no-untyped-def]
+    """A device whose announcement the adapter never got (as when Mosquitto drops it past
+    max_queued_messages in a surge) appears at the next re-read of the retained hello and
+    status; for a device already known the re-read changes nothing — a hung agent (process
+    stopped, connection open) is not seen alive by it."""
+    a = make_adapter(mosquitto.url, tmp_path, Wakes(), offlineAfter=30, announcementResync=0.5)
+    try:
+        wait_for(lambda: a.connected, 10, message="adapter connected")
+        ag = agents.spawn(None, "--location", "lab-1")
+        wait_for(lambda: any(n.name == ag.device_id and n.ready for n in a.inventory()), 15,
+                 message=lambda: f"device ready; agent log:\n{ag.logs()}")
+        os.kill(ag.proc.pid, signal.SIGSTOP)  # hung: silent, its connection stays open
+        try:
+            with a._lock:
+                a._devices.pop(ag.device_id)  # its announcements lost
+            wait_for(lambda: ag.device_id in {n.name for n in a.inventory()}, 10,
+                     message="the device back from the re-read of its retained hello")
+            with a._lock:
+                seen = a._devices[ag.device_id].last_seen
+            ignored = a.rereads_ignored
+            wait_for(lambda: (a.inventory(), a.rereads_ignored >= ignored + 2)[1], 10,
+                     message="the next re-read (hello and status) ignored")
+            with a._lock:
+                assert a._devices[ag.device_id].last_seen == seen
+        finally:
+            os.kill(ag.proc.pid, signal.SIGCONT)
+    finally:
+        a.close()
