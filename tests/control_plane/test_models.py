@@ -75,7 +75,8 @@ def test_preview_plans_without_running(tmp_path: Path) -> None:
         assert [p["task"] for p in body["plan"]] == ["a", "b"]
         assert body["unschedulable"] == []
         pa, pb = (p["predicted"] for p in body["plan"])
-        assert body["predicted"]["completionS"] >= pa["completionS"] + pb["completionS"] - 1e-6
+        # the total is rounded to the millisecond (routes_models.py), the parts are not
+        assert body["predicted"]["completionS"] >= pa["completionS"] + pb["completionS"] - 5e-4
         assert body["predicted"]["energyJ"] > 0
         assert body["predicted"]["bytesMoved"] == pa.get("bytesMoved", 0) + pb.get("bytesMoved", 0)
         assert api.get("/v1/workflows").json()["items"] == []  # nothing was created
