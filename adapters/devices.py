@@ -96,7 +96,14 @@ from adapters.base import (
 )
 from adapters.capabilities import DeviceFleet, DeviceTelemetry, conforms
 from adapters.registry import register
-from continuum.errors import Conflict, NotFound, PermanentError, TransientError, UnsupportedError
+from continuum.errors import (
+    AdapterError,
+    Conflict,
+    NotFound,
+    PermanentError,
+    TransientError,
+    UnsupportedError,
+)
 from continuum.model import Node, Resources, RunState, SiteHealth, SiteKind, SiteSpec
 from edge_agent.protocol import (
     TOPIC_PREFIX,
@@ -222,11 +229,21 @@ class _Device:
     announcement sent again (a re-read) changes nothing, not even ``last_seen``."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Dispatched:
     device_id: str
     cpu: float
     memory: int
+    spec: RunSpec | None = None
+    """What was sent (to send it again while the device says nothing of the run)."""
+    sent_at: float = 0.0
+
+
+RESEND_AFTER_S = 10.0
+"""A run the device has said nothing about this long after its RunCommand was sent gets the
+command again (a broker without persistence loses a command it acknowledged when it
+restarts before delivering it; the agent answers a duplicate with the run's latest state
+and never runs it twice)."""
 
 
 class DevicesAdapter:
@@ -789,7 +806,7 @@ class DevicesAdapter:
         self._publish(device_id, cmd, f"submit run {request_id}")
         with self._lock:
             self._dispatched[request_id] = _Dispatched(device_id, task.resources.cpu,
-                                                       task.resources.memory)
+                                                       task.resources.memory, spec, now)
         log.info("site %s: run %s submitted to device %s", self.site.name, request_id, device_id)
         return Handle(site=self.site.name, run_id=request_id, backend_id=request_id,
                       node=node.id, data={"device": device_id})
@@ -803,6 +820,8 @@ class DevicesAdapter:
         self._relay_pull()
         out: dict[str, RunStatus] = {}
         strays: list[tuple[str, str]] = []
+        resend: list[tuple[str, RunSpec]] = []
+        now = self.ctx.clock()
         with self._lock:
             for h in handles:
                 device_id = self._device_of(h)
@@ -812,6 +831,11 @@ class DevicesAdapter:
                     strays.append((h.run_id, other))
                 upd = by_device.get(device_id)
                 if upd is None:
+                    disp = self._dispatched.get(h.run_id)
+                    if (disp is not None and disp.spec is not None
+                            and now - disp.sent_at >= RESEND_AFTER_S):
+                        disp.sent_at = now
+                        resend.append((disp.device_id, disp.spec))
                     continue
                 out[h.run_id] = RunStatus(
                     state=RUN_STATE_TABLE[upd.state], reason=upd.reason,
@@ -824,6 +848,15 @@ class DevicesAdapter:
         for run_id, other in strays:
             self._drop(topic(other, f"runs/{run_id}"), other, "not_placed_here",
                        f"run {run_id} is not placed on device {other!r}")
+        for device_id, spec in resend:
+            log.info("site %s: device %s said nothing of run %s for %.0f s: sending its "
+                     "RunCommand again", self.site.name, device_id, spec.run_id, RESEND_AFTER_S)
+            try:
+                self._publish(device_id, RunCommand(
+                    id=f"run-{spec.run_id}-{uuid.uuid4().hex[:8]}", spec=spec),
+                    f"resend run {spec.run_id}")
+            except AdapterError as e:  # broker down: the next status() tries again
+                log.info("site %s: resend of run %s: %s", self.site.name, spec.run_id, e)
         return out
 
     def _device_of(self, handle: Handle) -> str:

@@ -22,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from adapters import devices as devices_adapter
 from adapters import registry
 from adapters.base import AdapterContext, ArtifactOut, Handle, TaskRun
 from adapters.devices import RUN_STATE_TABLE, DevicesAdapter
@@ -306,3 +307,23 @@ def test_announcements_are_read_again_and_a_re_read_is_no_sign_of_life(
             os.kill(ag.proc.pid, signal.SIGCONT)
     finally:
         a.close()
+
+
+def test_a_run_command_the_device_never_got_is_sent_again(
+        adapter, device, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A broker without persistence loses a RunCommand it acknowledged if it restarts
+    before delivering it (seen in the Mosquitto chaos test: the run stayed Dispatched).
+    While the device says nothing of the run, status() sends the command again after
+    RESEND_AFTER_S; the run then executes, once."""
+    node = node_of(adapter, device.device_id)
+    real_publish = adapter._publish
+    monkeypatch.setattr(adapter, "_publish", lambda *a, **k: None)  # acknowledged, lost
+    h = adapter.submit(task_run("run-lost", name="l", command=["true"]), node, "run-lost")
+    monkeypatch.setattr(adapter, "_publish", real_publish)
+    assert adapter.status([h]) == {}  # the device knows nothing of it
+    with adapter._lock:
+        adapter._dispatched["run-lost"].sent_at -= devices_adapter.RESEND_AFTER_S
+    got = wait_for(lambda: (s := adapter.status([h]).get("run-lost")) and s.state.terminal
+                   and s, 15, message=lambda: f"run-lost done; agent log:\n{device.logs()}")
+    assert got.state == RunState.Succeeded
+    assert device.logs().count("run run-lost: started pid") == 1
