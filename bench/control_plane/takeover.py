@@ -19,7 +19,6 @@ import argparse
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,14 +29,9 @@ from pathlib import Path
 import httpx
 
 from bench.control_plane.postgres import PrivatePostgres, private_postgres
+from bench.control_plane.submit import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def role(port: int) -> str | None:

@@ -120,23 +120,21 @@ class Replica:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
 
-    def ready(self) -> bool:
-        """``/readyz`` answers 200: the store answers and a reconcile cycle completed."""
+    def _answers_200(self, path: str) -> bool:
         if not self.alive():
             return False
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}{path}", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
+    def ready(self) -> bool:
+        """``/readyz`` answers 200: the store answers and a reconcile cycle completed."""
+        return self._answers_200("/readyz")
+
     def serves(self) -> bool:
         """The process answers HTTP (``/healthz``), whether or not its loop has cycled."""
-        if not self.alive():
-            return False
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return self._answers_200("/healthz")
 
     def is_leader(self) -> bool:
         """This replica leads (``/leaderz`` role) and its reconciler has completed a
