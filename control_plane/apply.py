@@ -60,6 +60,12 @@ from placement import DataSource, Framework, PlacementRequest, Snapshot, plan
 
 log = logging.getLogger(__name__)
 
+IO_BATCH = 200
+"""Most runs submitted (or released) between two commits: their rows are read in one
+transaction and their handles written in one, so a batch costs two commits, not one per
+run, while a crash in the middle of one re-submits at most this many runs (idempotently:
+the request id is the run id)."""
+
 REMOVE_WAIT_S = 10.0
 """How long site removal waits for the backend to report its cancelled work ended (s)."""
 
@@ -96,15 +102,36 @@ class Applier:
         """Carry out ``actions`` in order. ``decider`` gets the outcome of a failed submit
         (its actions are applied at once); without one, the next cycle decides."""
         writes: list[Action] = []
+        batch: list[d.Dispatch | d.Release] = []  # consecutive submits or releases
         for a in actions:
-            if isinstance(a, d.StopWorkflow | d.MigrateRun | d.Dispatch | d.Release
-                          | d.PlaceTasks | d.RemoveSite):
+            if isinstance(a, d.Dispatch | d.Release):
+                if batch and type(batch[0]) is not type(a) or len(batch) == IO_BATCH:
+                    self._io_batch(batch, decider)
+                    batch = []
+                self._write(writes)
+                writes = []
+                batch.append(a)
+                continue
+            self._io_batch(batch, decider)
+            batch = []
+            if isinstance(a, d.StopWorkflow | d.MigrateRun | d.PlaceTasks | d.RemoveSite):
                 self._write(writes)
                 writes = []
                 self._io(a, decider)
             else:
                 writes.append(a)
+        self._io_batch(batch, decider)
         self._write(writes)
+
+    def _io_batch(self, batch: Sequence[d.Dispatch | d.Release],
+                  decider: Decider | None) -> None:
+        if not batch:
+            return
+        ids = [a.run_id for a in batch]
+        if isinstance(batch[0], d.Dispatch):
+            self._dispatch(ids, decider)
+        else:
+            self._release(ids)
 
     def _write(self, actions: Sequence[Action]) -> None:
         if not actions:
@@ -164,10 +191,6 @@ class Applier:
             self._stop_workflow(a)
         elif isinstance(a, d.MigrateRun):
             self._migrate(a)
-        elif isinstance(a, d.Dispatch):
-            self._dispatch(a.run_id, decider)
-        elif isinstance(a, d.Release):
-            self._release(a.run_id)
         elif isinstance(a, d.PlaceTasks):
             if self._place_batch(a.task_ids):
                 self.wake()  # the next cycle dispatches the new runs
@@ -296,24 +319,32 @@ class Applier:
                 task.reason = f"migrating: {a.message}"
             self.moves += 1
 
-    def _release(self, run_id: str) -> None:
+    def _release(self, run_ids: Sequence[str]) -> None:
+        """Release finished runs on their backends, then mark them released in one
+        transaction (a release the backend refuses is tried again next cycle)."""
         with self.store.session() as s:
-            run = s.get(RunRow, run_id)
-            if run is None or run.released or not run.state.terminal:
-                return
-            site, handle = run.site, run.handle
-        adapter = self.federation.get_adapter(site or "") if handle else None
-        if adapter is not None and handle:
-            self.store.check_fence()
-            try:
-                adapter.release(Handle.from_json(handle))
-            except AdapterError as e:
-                log.debug("run %s: release deferred: %s", run_id, e)
-                return
+            todo = [(r.id, r.site, r.handle) for rid in run_ids
+                    if (r := s.get(RunRow, rid)) is not None
+                    and not r.released and r.state.terminal]
+        if not todo:
+            return
+        if any(handle for _, _, handle in todo):
+            self.store.check_fence()  # once per batch: a fenced (old) leader releases nothing
+        done = []
+        for run_id, site, handle in todo:
+            adapter = self.federation.get_adapter(site or "") if handle else None
+            if adapter is not None and handle:
+                try:
+                    adapter.release(Handle.from_json(handle))
+                except AdapterError as e:
+                    log.debug("run %s: release deferred: %s", run_id, e)
+                    continue
+            done.append(run_id)
         with self.store.session() as s:
-            run = s.get(RunRow, run_id)
-            if run is not None:
-                run.released = True
+            for run_id in done:
+                run = s.get(RunRow, run_id)
+                if run is not None:
+                    run.released = True
 
     def remove_site(self, a: d.RemoveSite) -> dict[str, Any]:
         """Drain the site, cancel (or leave) its active runs and wait them out, then forget it.
@@ -504,55 +535,71 @@ class Applier:
 
     # ------------------------------------------------------------ dispatch
 
-    def _dispatch(self, run_id: str, decider: Decider | None) -> None:
+    def _dispatch(self, run_ids: Sequence[str], decider: Decider | None) -> None:
+        """Submit the Placed runs ``run_ids`` (at most :data:`IO_BATCH`): their task runs
+        are built in one transaction, each is submitted to its backend, and the handles
+        are written in one transaction (Placed → Dispatched). A refused submit goes to
+        ``decider`` (:meth:`~control_plane.decide.Decider.submit_failed`)."""
+        todo: list[tuple[str, TaskRun, str | None, str | None]] = []
         with self.store.session() as s:
-            run = s.get(RunRow, run_id)
-            if run is None or run.state != RunState.Placed:
-                return
-            doc = self._doc(s, run.workflow_id)
-            task_row = s.get(TaskRow, run.task_id)
-            assert task_row is not None
-            task = Task.model_validate(task_row.spec)
-            _, inputs = self._sources(s, run.workflow_id, task, doc, run.id)
-            outputs = [ArtifactOut(name=o.name, path=o.path, size_hint=o.size,
-                                   url=self.capabilities.url(self.settings.api_url,
-                                                             run.workflow_id, run.id, o.name,
-                                                             Mode.write))
-                       for o in task.outputs]
-            dataset_bytes = sum(ds.size for ds in doc.spec.datasets if ds.name in task.datasets)
-            tr = TaskRun(run_id=run.id, workflow_id=run.workflow_id,
-                         workflow_name=doc.metadata.name, task=task, attempt=run.attempt,
-                         inputs=inputs, outputs=outputs, dataset_bytes=dataset_bytes,
-                         tenant=run_tenant(s, run.workflow_id))
-            site, node_id = run.site, run.node
-        adapter = self.federation.get_adapter(site or "")
-        node: Node | None = self.federation.node(node_id or "")
-        error, handle, transient = "", None, False
-        if adapter is None or node is None:
-            error = f"node {node_id} is no longer in the inventory"
-        else:
-            # a fenced (old) leader submits nothing; one whose lease is taken over after
-            # this check submits at most a duplicate of the same request id (= run id),
-            # which the adapter answers with the same work: submission is idempotent
-            self.store.check_fence()
+            for run_id in run_ids:
+                run = s.get(RunRow, run_id)
+                if run is None or run.state != RunState.Placed:
+                    continue
+                todo.append((run_id, self._task_run(s, run), run.site, run.node))
+        if not todo:
+            return
+        # a fenced (old) leader submits nothing; one whose lease is taken over after this
+        # check submits at most duplicates of the same request ids (= run ids), which the
+        # adapters answer with the same work: submission is idempotent
+        self.store.check_fence()
+        handles: dict[str, tuple[Handle, str | None]] = {}
+        failed: list[tuple[str, str, bool]] = []
+        for run_id, tr, site, node_id in todo:
+            adapter = self.federation.get_adapter(site or "")
+            node: Node | None = self.federation.node(node_id or "")
+            if adapter is None or node is None:
+                failed.append((run_id, f"node {node_id} is no longer in the inventory", False))
+                continue
             try:
-                handle = adapter.submit(tr, node, request_id=run_id)
+                handles[run_id] = adapter.submit(tr, node, request_id=run_id), site
             except TransientError as e:
-                error, transient = str(e), True
+                failed.append((run_id, str(e), True))
             except AdapterError as e:
-                error = str(e)
+                failed.append((run_id, str(e), False))
             except Exception as e:  # an adapter bug fails the run, not the loop
                 log.exception("site %s: submit of %s failed", site, run_id)
-                error = f"submit failed: {e!r}"
-        if handle is not None:
+                failed.append((run_id, f"submit failed: {e!r}", False))
+        if handles:
             with self.store.session() as s:
-                row = s.get(RunRow, run_id)
-                if row is not None and row.state == RunState.Placed:
-                    row.handle, row.dispatched_at = handle.to_json(), _ts(self.clock())
-                    self._set_run_state(s, row, RunState.Dispatched, f"submitted to {site}")
-            return
+                at = _ts(self.clock())
+                for run_id, (handle, site) in handles.items():
+                    row = s.get(RunRow, run_id)
+                    if row is not None and row.state == RunState.Placed:
+                        row.handle, row.dispatched_at = handle.to_json(), at
+                        self._set_run_state(s, row, RunState.Dispatched, f"submitted to {site}")
         if decider is not None:
-            self.apply(decider.submit_failed(run_id, error, transient), decider)
+            for run_id, error, transient in failed:
+                self.apply(decider.submit_failed(run_id, error, transient), decider)
+
+    def _task_run(self, s: Session, run: RunRow) -> TaskRun:
+        """What the backend is handed for ``run``: its task, inputs and outputs with the
+        run's artifact capabilities, and its tenant."""
+        doc = self._doc(s, run.workflow_id)
+        task_row = s.get(TaskRow, run.task_id)
+        assert task_row is not None
+        task = Task.model_validate(task_row.spec)
+        _, inputs = self._sources(s, run.workflow_id, task, doc, run.id)
+        outputs = [ArtifactOut(name=o.name, path=o.path, size_hint=o.size,
+                               url=self.capabilities.url(self.settings.api_url,
+                                                         run.workflow_id, run.id, o.name,
+                                                         Mode.write))
+                   for o in task.outputs]
+        dataset_bytes = sum(ds.size for ds in doc.spec.datasets if ds.name in task.datasets)
+        return TaskRun(run_id=run.id, workflow_id=run.workflow_id,
+                       workflow_name=doc.metadata.name, task=task, attempt=run.attempt,
+                       inputs=inputs, outputs=outputs, dataset_bytes=dataset_bytes,
+                       tenant=run_tenant(s, run.workflow_id))
 
 
 __all__ = ["Applier"]

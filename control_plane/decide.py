@@ -112,8 +112,9 @@ class RunView:
 class Observed:
     """One cycle's observation (see ``Reconciler.observe``).
 
-    ``statuses``: run id → what its backend said this cycle (a run of a removed site is
-    reported Failed); ``status_errors``: site → why its status call failed (its runs
+    ``statuses``: run id → what its backend said this cycle, where it is news since the
+    reconciler last handed that run's status over (a run of a removed site is reported
+    Failed); ``status_errors``: site → why its status call failed (its runs
     are left as they are); ``artifacts``: (workflow id, name) of every kept artifact
     of the workflows with a run reported Succeeded this cycle (read after the statuses)."""
 

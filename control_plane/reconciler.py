@@ -1,4 +1,12 @@
-"""The reconciler: one level-triggered loop that drives every workflow to its end.
+"""The reconciler: one loop that drives every workflow to its end — level-triggered at
+start, edge-driven in steady state.
+
+A leader's first cycle, one every ``full_resync_s`` (the safety net), and the one after a
+failed cycle or a site removal read every live workflow (*full*); every other cycle reads
+and decides only the workflows something happened to (see :meth:`Reconciler.observe`),
+so its cost follows the change, not the live work. The decisions are per workflow (rule
+5's placement batch takes whatever Ready tasks the cycle read), so a cycle over a subset
+decides for that subset exactly what a full one would.
 
 Each cycle is **observe → decide → apply**:
 
@@ -30,19 +38,21 @@ placed before a crash is simply submitted again.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import or_, select
 
 from adapters.base import Handle, RunStatus
 from continuum.errors import AdapterError
-from continuum.model import RunState, WorkflowState
+from continuum.model import RunState, TaskState, WorkflowState
 from control_plane import decide as d
 from control_plane.apply import Applier
 from control_plane.decide import Action, Decider, Observed, Policy, epoch
@@ -66,6 +76,30 @@ log = logging.getLogger(__name__)
 
 Proposer = Callable[[float], list[Action]]
 """Called with ``now`` after the cycle's own actions are applied; returns more actions."""
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    """A dispatched or running run whose backend status each cycle polls."""
+
+    run_id: str
+    site: str
+    handle: Handle
+    workflow_id: str
+
+
+def _news(st: RunStatus) -> tuple[object, ...]:
+    """What of a backend status is news to the decisions: its state, start time, reason
+    and whether it is simulated. A running run's growing energy and output tail are not
+    (they are recorded at its next change and at each full resync; the run's logs route
+    reads the live tail from the backend), so a steady running run costs no cycle."""
+    return st.state, st.started_at, st.reason, st.simulated
+
+
+def _chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    """``ids`` in slices of at most ``size`` (one ``IN (…)`` each: SQLite allows 32,766
+    parameters a statement, and short lists keep each query's plan an index lookup)."""
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 def failure_backoff_s(failures: int, interval_s: float) -> float:
@@ -113,6 +147,20 @@ class Reconciler:
         self._requests_lock = threading.Lock()
         self.last_cycle_at: float | None = None
         self.cycles = 0
+        self.observed_workflows = 0
+        """How many workflows the last cycle read and decided."""
+        self._next_full = 0.0
+        """When the next full resync is due (epoch s); 0: at the next cycle."""
+        self._dirty: set[str] = set()
+        """Workflows the previous cycle acted on: read again next cycle."""
+        self._timers: list[tuple[float, str]] = []
+        """Heap of (epoch s, workflow id): a retry backoff that ends then."""
+        self._tracked: dict[str, _Tracked] = {}
+        """Run id → the dispatched or running run whose status is polled."""
+        self._tracked_by_wf: dict[str, set[str]] = {}
+        self._seen: dict[str, tuple[object, ...]] = {}
+        """Run id → :func:`_news` of the backend status last handed to the decisions."""
+        self._next_gauges = 0.0
         self.applier = Applier(store, federation, settings, metrics, network, framework,
                                self.wake, clock)
 
@@ -143,6 +191,7 @@ class Reconciler:
             Fenced: a write found this replica no longer leads (the loop stops).
         """
         failures = 0
+        self.resync()  # level-triggered at start: a new leader reads everything once
         while not stop.is_set():
             interval = self.settings.reconcile_interval_s
             try:
@@ -151,6 +200,7 @@ class Reconciler:
                 raise  # not the leader any more: the caller stops this loop
             except Exception as e:
                 failures += 1
+                self.resync()  # what the failed cycle consumed is read again in full
                 if failures == 1:
                     log.exception("reconcile cycle failed; retrying next interval")
                 elif failures & (failures - 1) == 0:  # 2, 4, 8, …: no traceback per cycle
@@ -171,7 +221,9 @@ class Reconciler:
         self._serve_requests()
         obs = self.observe()
         decider = Decider(obs, self.policy)
-        self.apply(decider.decide(), decider)
+        actions = decider.decide()
+        self.apply(actions, decider)
+        self._acted_on(actions, decider)
         now = obs.now
         for propose in self._proposers:
             try:
@@ -183,6 +235,7 @@ class Reconciler:
                 continue
             moves = self.applier.moves
             self.apply(actions)
+            self._acted_on(actions, None)
             if self.applier.moves > moves:
                 self.wake()  # re-place the moved work now (a refused cancel waits a cycle)
         for hook in self._hooks:
@@ -192,7 +245,9 @@ class Reconciler:
                 raise
             except Exception:
                 log.exception("cycle hook %r failed; the cycle goes on", hook)
-        export_gauges(self.store, self.metrics, self.federation, self.network)
+        if now >= self._next_gauges:  # the counts scan every row: not every cycle
+            self._next_gauges = now + self.settings.gauges_interval_s
+            export_gauges(self.store, self.metrics, self.federation, self.network)
         self.metrics.reconcile_cycle.observe(time.perf_counter() - t0)
         self.last_cycle_at = self.clock()
         self.cycles += 1
@@ -209,35 +264,135 @@ class Reconciler:
 
     # ------------------------------------------------------------ observe
 
-    def observe(self, now: float | None = None, *, statuses: bool = True) -> Observed:
+    def resync(self) -> None:
+        """Make the next cycle a full one (every live workflow re-read and decided)."""
+        self._next_full = 0.0
+
+    def observe(self, now: float | None = None, *, statuses: bool = True,
+                full: bool | None = None) -> Observed:
         """One inventory refresh, one status call per site with dispatched runs, and the
-        store rows the decisions need (see :class:`~control_plane.decide.Observed`)."""
+        store rows the decisions need (see :class:`~control_plane.decide.Observed`).
+
+        ``full`` (default: when the full-resync period has passed, and on the first
+        cycle) reads every live workflow; otherwise only the *changed* ones: those the
+        previous cycle acted on, those with a timer due (a retry backoff that ends),
+        those Pending or Cancelling in the store (a submission or a cancel, found over
+        the index on ``workflows.state``), and those with a run whose backend status
+        is news (:func:`_news`)."""
         now = self.clock() if now is None else now
         self.federation.refresh(now)
-        with self.store.session() as s:
-            wfs = s.scalars(select(WorkflowRow).where(WorkflowRow.state.in_(
-                (WorkflowState.Pending, WorkflowState.Running, WorkflowState.Cancelling)))).all()
-            live = [w.id for w in wfs]
-            tasks = s.scalars(select(TaskRow).where(TaskRow.workflow_id.in_(live))).all()
-            runs = s.scalars(select(RunRow).where(or_(
-                RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.released.is_(False)))).all()
-            wf_of = {r.id: r.workflow_id for r in runs}
-            by_site: dict[str, list[Handle]] = defaultdict(list)
-            for r in runs:
-                if r.state in (RunState.Dispatched, RunState.Running) and r.handle and r.site:
-                    by_site[r.site].append(Handle.from_json(r.handle))
-            obs_wfs = tuple(d.WorkflowView(w.id, w.name, w.state) for w in wfs)
-            obs_tasks = tuple(d.TaskView(
-                t.id, t.workflow_id, t.name, t.state, tuple(t.depends_on), t.attempts,
-                int(t.spec.get("retries", 0)), epoch(t.not_before), t.reason,
-                tuple(o["name"] for o in t.spec.get("outputs", []))) for t in tasks)
-            obs_runs = tuple(d.RunView(
-                r.id, r.workflow_id, r.task_id, r.state, r.site, r.node, bool(r.handle),
-                epoch(r.placed_at), epoch(r.started_at), r.reason, r.replaces_run_id,
-                r.released) for r in runs)
+        if full is None:
+            full = now >= self._next_full
         found: dict[str, RunStatus] = {}
         errors: dict[str, str] = {}
-        for site, handles in by_site.items() if statuses else ():
+        if full:
+            self._next_full = now + self.settings.full_resync_s
+            self._dirty.clear()
+            self._timers.clear()
+            self._tracked.clear()
+            self._tracked_by_wf.clear()
+            self._seen.clear()
+            ids: set[str] | None = None
+        else:
+            ids = set(self._dirty)
+            self._dirty.clear()
+            while self._timers and self._timers[0][0] <= now:
+                ids.add(heapq.heappop(self._timers)[1])
+            if statuses:  # the backends' news first: what changed decides what is read
+                found = self._poll(list(self._tracked.values()), errors)
+                ids.update(self._tracked[rid].workflow_id for rid, st in found.items()
+                           if self._seen.get(rid) != _news(st))
+        wfs, tasks, runs, handles = self._read(ids, now)
+        if statuses:
+            new = [t for r in runs if (t := self._track(r, handles)) is not None
+                   and t.run_id not in found]
+            found.update(self._poll(new, errors))
+        live_runs = {r.id for r in runs}
+        found = {rid: st for rid, st in found.items()  # what the decisions have not seen
+                 if rid in live_runs and self._seen.get(rid) != _news(st)}
+        self._seen.update((rid, _news(st)) for rid, st in found.items())
+        wf_of = {r.id: r.workflow_id for r in runs}
+        # read after the statuses: an output is uploaded before its run reports success
+        done = {wf_of[rid] for rid, st in found.items() if st.state == RunState.Succeeded}
+        artifacts: frozenset[tuple[str, str]] = frozenset()
+        if done:
+            with self.store.session() as s:
+                artifacts = frozenset(
+                    (w, n) for w, n in s.execute(select(ArtifactRow.workflow_id, ArtifactRow.name)
+                                                 .where(ArtifactRow.workflow_id.in_(done))))
+        self.observed_workflows = len(wfs)
+        return Observed(now=now, workflows=wfs, tasks=tasks, runs=runs,
+                        statuses=found, status_errors=errors, artifacts=artifacts)
+
+    def _read(self, ids: set[str] | None, now: float) -> tuple[
+            tuple[d.WorkflowView, ...], tuple[d.TaskView, ...], tuple[d.RunView, ...],
+            dict[str, Handle]]:
+        """The live workflows among ``ids`` (None: all, plus every unreleased run) with
+        their tasks and active or unreleased runs, as views, and the handles of those
+        runs that are dispatched or running; the tracked runs of those workflows are
+        forgotten (:meth:`_track` adds the current ones back)."""
+        live = (WorkflowState.Pending, WorkflowState.Running, WorkflowState.Cancelling)
+        with self.store.session() as s:
+            if ids is None:
+                wf_rows = list(s.scalars(select(WorkflowRow).where(WorkflowRow.state.in_(live))))
+                task_rows = list(s.scalars(select(TaskRow).where(
+                    TaskRow.workflow_id.in_([w.id for w in wf_rows]))))
+                run_rows = list(s.scalars(select(RunRow).where(or_(
+                    RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.released.is_(False)))))
+            else:
+                ids.update(s.scalars(select(WorkflowRow.id).where(WorkflowRow.state.in_(
+                    (WorkflowState.Pending, WorkflowState.Cancelling)))))
+                wf_rows, task_rows, run_rows = [], [], []
+                for chunk in _chunks(sorted(ids)):
+                    wf_rows += s.scalars(select(WorkflowRow).where(
+                        WorkflowRow.id.in_(chunk), WorkflowRow.state.in_(live)))
+                    task_rows += s.scalars(select(TaskRow).where(TaskRow.workflow_id.in_(chunk)))
+                    run_rows += s.scalars(select(RunRow).where(
+                        RunRow.workflow_id.in_(chunk),
+                        or_(RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.released.is_(False))))
+                untracked = [rid for wf_id in ids for rid in self._tracked_by_wf.pop(wf_id, ())]
+            live_ids = {w.id for w in wf_rows}
+            wfs = tuple(d.WorkflowView(w.id, w.name, w.state) for w in wf_rows)
+            tasks = tuple(d.TaskView(
+                t.id, t.workflow_id, t.name, t.state, tuple(t.depends_on), t.attempts,
+                int(t.spec.get("retries", 0)), epoch(t.not_before), t.reason,
+                tuple(o["name"] for o in t.spec.get("outputs", []))) for t in task_rows
+                if t.workflow_id in live_ids)
+            runs = tuple(d.RunView(
+                r.id, r.workflow_id, r.task_id, r.state, r.site, r.node, bool(r.handle),
+                epoch(r.placed_at), epoch(r.started_at), r.reason, r.replaces_run_id,
+                r.released) for r in run_rows)
+            handles = {r.id: Handle.from_json(r.handle) for r in run_rows
+                       if r.state in (RunState.Dispatched, RunState.Running)
+                       and r.handle and r.site}
+        for rid in untracked if ids is not None else ():
+            self._tracked.pop(rid, None)
+            if rid not in handles:  # no longer dispatched or running: forget what it said
+                self._seen.pop(rid, None)
+        for t in tasks:  # a retry backoff that ends later: read that workflow then
+            if t.state == TaskState.Ready and t.not_before is not None and t.not_before > now:
+                heapq.heappush(self._timers, (t.not_before, t.workflow_id))
+        return wfs, tasks, runs, handles
+
+    def _track(self, run: d.RunView, handles: dict[str, Handle]) -> _Tracked | None:
+        """Start polling ``run``'s backend status if it is dispatched or running (its
+        handle in ``handles``)."""
+        handle = handles.get(run.id)
+        if handle is None or run.site is None:
+            return None
+        t = _Tracked(run.id, run.site, handle, run.workflow_id)
+        self._tracked[run.id] = t
+        self._tracked_by_wf.setdefault(run.workflow_id, set()).add(run.id)
+        return t
+
+    def _poll(self, runs: Sequence[_Tracked], errors: dict[str, str]) -> dict[str, RunStatus]:
+        """One ``status`` call per site for ``runs`` (a removed site's runs are reported
+        Failed; a site whose call fails is recorded in ``errors``)."""
+        by_site: dict[str, list[Handle]] = defaultdict(list)
+        for t in runs:
+            by_site[t.site].append(t.handle)
+        found: dict[str, RunStatus] = {}
+        for site, handles in by_site.items():
             adapter = self.federation.get_adapter(site)
             if adapter is None:
                 found.update({h.run_id: RunStatus(RunState.Failed,
@@ -249,17 +404,36 @@ class Reconciler:
             except AdapterError as e:
                 log.warning("site %s: status failed: %s", site, e)
                 errors[site] = str(e)
-        # read after the statuses: an output is uploaded before its run reports success
-        done = {wf_of[rid] for rid, st in found.items()
-                if st.state == RunState.Succeeded and rid in wf_of}
-        artifacts: frozenset[tuple[str, str]] = frozenset()
-        if done:
-            with self.store.session() as s:
-                artifacts = frozenset(
-                    (w, n) for w, n in s.execute(select(ArtifactRow.workflow_id, ArtifactRow.name)
-                                                 .where(ArtifactRow.workflow_id.in_(done))))
-        return Observed(now=now, workflows=obs_wfs, tasks=obs_tasks, runs=obs_runs,
-                        statuses=found, status_errors=errors, artifacts=artifacts)
+        return found
+
+    def _acted_on(self, actions: Sequence[Action], decider: Decider | None) -> None:
+        """Mark the workflows ``actions`` concern as changed: the next cycle reads them
+        again (an action that must be retried — a deferred release, a refused submit, an
+        unplaceable task — is produced again there). An action about a run this
+        reconciler does not know makes the next cycle a full one."""
+        for a in actions:
+            if isinstance(a, d.RecordStatus):
+                continue  # nothing follows from it
+            if isinstance(a, d.RemoveSite):
+                self.resync()
+            elif isinstance(a, d.PlaceTasks):
+                for task_id in a.task_ids:
+                    if decider is not None and task_id in decider.tasks:
+                        self._dirty.add(decider.tasks[task_id].workflow_id)
+                    else:
+                        self.resync()
+            elif (wf := getattr(a, "workflow_id", None)) is not None:
+                self._dirty.add(wf)
+            elif (tid := getattr(a, "task_id", None)) is not None and (
+                    decider is not None and tid in decider.tasks):
+                self._dirty.add(decider.tasks[tid].workflow_id)
+            elif (rid := getattr(a, "run_id", None)) is not None and (
+                    decider is not None and rid in decider.runs):
+                self._dirty.add(decider.runs[rid].workflow_id)
+            elif rid is not None and rid in self._tracked:
+                self._dirty.add(self._tracked[rid].workflow_id)
+            else:
+                self.resync()
 
     def abandon_requests(self, error: Exception) -> None:
         """Fail every request still queued with ``error`` (the loop stopped: this replica
@@ -286,5 +460,7 @@ class Reconciler:
                 fut.set_exception(e)
             else:
                 fut.set_result(result)
+            finally:
+                self._acted_on([action], None)
 
 __all__ = ["Proposer", "Reconciler", "policy_of"]

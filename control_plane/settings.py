@@ -129,6 +129,17 @@ class ReconcilerSettings(BaseModel):
     dispatch_deadline_s: float = Field(default=60.0, ge=0)
     """A placed run whose backend keeps refusing it transiently for this long is failed
     and its task retried (s). 60 s covers a slurmrestd or broker restart."""
+    full_resync_s: float = Field(default=60.0, ge=0)
+    """Period of the reconciler's full resync (s): every live workflow is re-read and
+    decided again, whatever changed. Between resyncs a cycle reads only the workflows
+    something happened to (see :mod:`control_plane.reconciler`), so this is the safety
+    net for a change no edge reported. 60 s bounds how long such a change can wait at one
+    scan of the live rows a minute; 0 makes every cycle a full one (the level-triggered
+    loop before issue 16)."""
+    gauges_interval_s: float = Field(default=5.0, ge=0)
+    """How often the reconciler re-counts runs, workflows and queues for the Prometheus
+    gauges (s): those counts scan every row, so they are not taken every cycle. 5 s is
+    a third of Prometheus' default 15 s scrape interval."""
 
 
 class FederationSettings(BaseModel):

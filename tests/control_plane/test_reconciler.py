@@ -107,7 +107,7 @@ def test_a_failing_cycle_logs_one_traceback_then_backs_off(
         elif len(calls) <= 4:
             raise RuntimeError("connection refused\nIs the server running?")
 
-    loop = SimpleNamespace(cycle=cycle, _wake=threading.Event(),
+    loop = SimpleNamespace(cycle=cycle, _wake=threading.Event(), resync=lambda: None,
                            settings=SimpleNamespace(reconcile_interval_s=0.02))
     with caplog.at_level(logging.INFO, logger="control_plane.reconciler"):
         Reconciler.run_forever(loop, stop)  # type: ignore[arg-type]
@@ -124,3 +124,34 @@ def test_a_failing_cycle_logs_one_traceback_then_backs_off(
                                               strict=True)] == [True] * 5
     assert [failure_backoff_s(n, 1.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
     assert failure_backoff_s(3, 30.0) == 30.0
+
+
+def test_a_cycle_reads_only_the_workflows_that_changed(tmp_path: Path,
+                                                       database_url: str) -> None:
+    """Edge-driven in steady state: once every run is dispatched and running, a cycle
+    reads no workflow; a cancel makes the next cycle read that workflow alone; a full
+    resync reads every live one (and a new leader starts with one)."""
+    long_task = {"name": "a", "command": ["true"], "work": 100_000}  # ~3 h at time scale 10
+    with control_plane(tmp_path, database_url=database_url, time_scale=10.0) as (cp, api):
+        cp.stop()  # drive the cycle by hand
+        rec = cp.reconciler
+        ids = [api.post("/v1/workflows", json=workflow(f"wf{i}", tasks=[long_task])).json()["id"]
+               for i in range(5)]
+        rec.cycle()
+        assert rec.observed_workflows == 5  # the first cycle is a full one
+
+        def quiet() -> bool:
+            rec.cycle()
+            return rec.observed_workflows == 0
+
+        wait_for(quiet, timeout=20, message="a cycle that reads nothing")
+        assert {api.get(f"/v1/workflows/{w}").json()["state"] for w in ids} == {"Running"}
+        assert api.delete(f"/v1/workflows/{ids[2]}").status_code == 202
+        rec.cycle()
+        assert rec.observed_workflows == 1
+        assert api.get(f"/v1/workflows/{ids[2]}").json()["state"] == "Cancelled"
+        rec.cycle()  # the cancel's own writes: that workflow once more, now finished
+        wait_for(quiet, timeout=20, message="quiet again after the cancel")
+        rec.resync()
+        rec.cycle()
+        assert rec.observed_workflows == 4  # the full resync: every live workflow
