@@ -28,9 +28,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from adapters.base import ArtifactIn, ArtifactOut, Handle, RunStatus, TaskRun
@@ -51,6 +51,7 @@ from control_plane.store import (
     TaskRow,
     WorkflowRow,
     add_event,
+    chunks,
     failed_nodes,
     new_id,
 )
@@ -59,6 +60,8 @@ from monitoring.topology import TopologyModel
 from placement import DataSource, Framework, PlacementRequest, Snapshot, plan
 
 log = logging.getLogger(__name__)
+
+_Row = TypeVar("_Row")
 
 IO_BATCH = 200
 """Most runs submitted (or released) between two commits: their rows are read in one
@@ -138,8 +141,14 @@ class Applier:
             return
         now = self.clock()
         with self.store.session() as s:
+            # the rows the actions change, in one query per table (s.get then finds them
+            # in the session instead of asking the database once per action)
+            run_ids = [rid for a in actions if (rid := getattr(a, "run_id", None))]
+            task_ids = [tid for a in actions if (tid := getattr(a, "task_id", None))]
+            loaded = (preload(s, RunRow, run_ids), preload(s, TaskRow, task_ids))
             for a in actions:
                 self._write_one(s, a, now)
+            del loaded
 
     def _write_one(self, s: Session, a: Action, now: float) -> None:
         if isinstance(a, d.SetRunState | d.RecordStatus | d.DispatchRetry | d.AbortMove):
@@ -323,8 +332,9 @@ class Applier:
         """Release finished runs on their backends, then mark them released in one
         transaction (a release the backend refuses is tried again next cycle)."""
         with self.store.session() as s:
+            rows = preload(s, RunRow, run_ids)
             todo = [(r.id, r.site, r.handle) for rid in run_ids
-                    if (r := s.get(RunRow, rid)) is not None
+                    if (r := rows.get(rid)) is not None
                     and not r.released and r.state.terminal]
         if not todo:
             return
@@ -340,11 +350,9 @@ class Applier:
                     log.debug("run %s: release deferred: %s", run_id, e)
                     continue
             done.append(run_id)
-        with self.store.session() as s:
-            for run_id in done:
-                run = s.get(RunRow, run_id)
-                if run is not None:
-                    run.released = True
+        if done:
+            with self.store.session() as s:
+                s.execute(update(RunRow).where(RunRow.id.in_(done)).values(released=True))
 
     def remove_site(self, a: d.RemoveSite) -> dict[str, Any]:
         """Drain the site, cancel (or leave) its active runs and wait them out, then forget it.
@@ -460,16 +468,17 @@ class Applier:
         now = self.clock()
         placed = 0
         with self.store.session() as s:
-            rows = {t.id: t for t in s.scalars(select(TaskRow).where(  # one query, not one per task
-                TaskRow.id.in_(task_ids), TaskRow.state == TaskState.Ready))}
-            ready = [rows[i] for i in task_ids if i in rows]
+            rows = preload(s, TaskRow, task_ids)  # not one query per task
+            ready = [t for i in task_ids if (t := rows.get(i)) is not None
+                     and t.state == TaskState.Ready]
             if not ready:
                 return 0
             requests, by_key = [], {}
+            started: set[str] = set()
             failed_on = failed_nodes(s, [t.id for t in ready])
             for t in ready:
                 doc = self._doc(s, t.workflow_id)
-                task = Task.model_validate(t.spec)
+                task = self._docs.task(s, t.workflow_id, t.name)
                 sources, _ = self._sources(s, t.workflow_id, task, doc)
                 requests.append(PlacementRequest(key=str(t.id), task=task,
                                                  objective=doc.spec.objective, sources=sources,
@@ -498,7 +507,6 @@ class Applier:
                              site=dec.site, node=dec.node, placement=dec.wire(),
                              created_at=_ts(now), placed_at=_ts(now))
                 s.add(run)
-                s.flush()
                 add_event(s, "RunPending", f"run {run.id} of task {t.name}, attempt {t.attempts}",
                           workflow_id=t.workflow_id, run_id=run.id)
                 self._set_run_state(s, run, RunState.Placed,
@@ -506,10 +514,17 @@ class Applier:
                                     + "; ".join(dec.reasons))
                 self.metrics.placements.labels(dec.site, dec.tier.value).inc()
                 placed += 1
-                wf = s.get(WorkflowRow, t.workflow_id)
-                if wf is not None and wf.state == WorkflowState.Pending:
-                    wf.state, wf.updated_at = WorkflowState.Running, _ts(now)
-                    add_event(s, "WorkflowRunning", "first task placed", workflow_id=wf.id)
+                started.add(t.workflow_id)
+            # Pending → Running once a first task is placed (columns only: a workflow
+            # row's document is not loaded for it)
+            for chunk in chunks(sorted(started)):
+                first = list(s.scalars(select(WorkflowRow.id).where(
+                    WorkflowRow.id.in_(chunk), WorkflowRow.state == WorkflowState.Pending)))
+                if first:
+                    s.execute(update(WorkflowRow).where(WorkflowRow.id.in_(first))
+                              .values(state=WorkflowState.Running, updated_at=_ts(now)))
+                    for wf_id in first:
+                        add_event(s, "WorkflowRunning", "first task placed", workflow_id=wf_id)
         return placed
 
     def _start_move(self, s: Session, a: d.StartMove) -> None:
@@ -542,8 +557,9 @@ class Applier:
         ``decider`` (:meth:`~control_plane.decide.Decider.submit_failed`)."""
         todo: list[tuple[str, TaskRun, str | None, str | None]] = []
         with self.store.session() as s:
+            rows = preload(s, RunRow, run_ids)
             for run_id in run_ids:
-                run = s.get(RunRow, run_id)
+                run = rows.get(run_id)
                 if run is None or run.state != RunState.Placed:
                     continue
                 todo.append((run_id, self._task_run(s, run), run.site, run.node))
@@ -573,8 +589,9 @@ class Applier:
         if handles:
             with self.store.session() as s:
                 at = _ts(self.clock())
+                rows = preload(s, RunRow, list(handles))
                 for run_id, (handle, site) in handles.items():
-                    row = s.get(RunRow, run_id)
+                    row = rows.get(run_id)
                     if row is not None and row.state == RunState.Placed:
                         row.handle, row.dispatched_at = handle.to_json(), at
                         self._set_run_state(s, row, RunState.Dispatched, f"submitted to {site}")
@@ -586,9 +603,7 @@ class Applier:
         """What the backend is handed for ``run``: its task, inputs and outputs with the
         run's artifact capabilities, and its tenant."""
         doc = self._doc(s, run.workflow_id)
-        task_row = s.get(TaskRow, run.task_id)
-        assert task_row is not None
-        task = Task.model_validate(task_row.spec)
+        task = self._docs.task(s, run.workflow_id, run.task_name)
         _, inputs = self._sources(s, run.workflow_id, task, doc, run.id)
         outputs = [ArtifactOut(name=o.name, path=o.path, size_hint=o.size,
                                url=self.capabilities.url(self.settings.api_url,
@@ -608,5 +623,18 @@ __all__ = ["Applier"]
 def run_tenant(s: Session, workflow_id: str) -> str:
     """The tenant of a run: its workflow's. The one place a dispatched run's tenant is
     read (Slurm sites map it to a user, ``userMap``)."""
-    wf = s.get(WorkflowRow, workflow_id)
-    return wf.tenant if wf is not None else ""
+    return s.scalar(select(WorkflowRow.tenant).where(WorkflowRow.id == workflow_id)) or ""
+
+
+def preload(s: Session, model: type[_Row], ids: Sequence[Any]) -> dict[Any, _Row]:
+    """The rows of ``model`` with primary keys ``ids`` (those that exist), by key, read
+    in one query per 500 ids. While the caller holds the dict, ``s.get`` also finds them
+    without a query each (the session's identity map only keeps weak references)."""
+    out: dict[Any, _Row] = {}
+    todo = list(dict.fromkeys(ids))
+    for chunk in chunks(todo):
+        out.update((r.id, r) for r in s.scalars(  # type: ignore[attr-defined]
+            select(model).where(model.id.in_(chunk))))  # type: ignore[attr-defined]
+    return out
+
+

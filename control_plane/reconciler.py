@@ -67,6 +67,7 @@ from control_plane.store import (
     Store,
     TaskRow,
     WorkflowRow,
+    chunks,
 )
 from monitoring.metrics import ControlPlaneMetrics
 from monitoring.topology import TopologyModel
@@ -94,12 +95,6 @@ def _news(st: RunStatus) -> tuple[object, ...]:
     (they are recorded at its next change and at each full resync; the run's logs route
     reads the live tail from the backend), so a steady running run costs no cycle."""
     return st.state, st.started_at, st.reason, st.simulated
-
-
-def _chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:
-    """``ids`` in slices of at most ``size`` (one ``IN (…)`` each: SQLite allows 32,766
-    parameters a statement, and short lists keep each query's plan an index lookup)."""
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 def failure_backoff_s(failures: int, interval_s: float) -> float:
@@ -161,6 +156,8 @@ class Reconciler:
         self._seen: dict[str, tuple[object, ...]] = {}
         """Run id → :func:`_news` of the backend status last handed to the decisions."""
         self._next_gauges = 0.0
+        self._task_static: dict[int, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
+        """Task id → (retries, depends_on, output names) of a live workflow's task."""
         self.applier = Applier(store, federation, settings, metrics, network, framework,
                                self.wake, clock)
 
@@ -327,52 +324,75 @@ class Reconciler:
     def _read(self, ids: set[str] | None, now: float) -> tuple[
             tuple[d.WorkflowView, ...], tuple[d.TaskView, ...], tuple[d.RunView, ...],
             dict[str, Handle]]:
-        """The live workflows among ``ids`` (None: all, plus every unreleased run) with
-        their tasks and active or unreleased runs, as views, and the handles of those
-        runs that are dispatched or running; the tracked runs of those workflows are
-        forgotten (:meth:`_track` adds the current ones back)."""
+        """The live workflows among ``ids`` (None: every live one, and every workflow with
+        a run not yet released) with their tasks and active or unreleased runs, as views,
+        and the handles of those runs that are dispatched or running; the tracked runs of
+        those workflows are forgotten (:meth:`_track` adds the current ones back).
+
+        Only the columns the views need are read (a workflow's document and a task's spec
+        are not parsed again: a task's retries, outputs and dependencies never change, so
+        they are kept from its first read until its workflow ends)."""
         live = (WorkflowState.Pending, WorkflowState.Running, WorkflowState.Cancelling)
         with self.store.session() as s:
             if ids is None:
-                wf_rows = list(s.scalars(select(WorkflowRow).where(WorkflowRow.state.in_(live))))
-                task_rows = list(s.scalars(select(TaskRow).where(
-                    TaskRow.workflow_id.in_([w.id for w in wf_rows]))))
-                run_rows = list(s.scalars(select(RunRow).where(or_(
-                    RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.released.is_(False)))))
+                self._task_static.clear()
+                ids = set(s.scalars(select(WorkflowRow.id).where(WorkflowRow.state.in_(live))))
+                ids.update(s.scalars(select(RunRow.workflow_id).distinct().where(
+                    RunRow.released.is_(False))))
             else:
                 ids.update(s.scalars(select(WorkflowRow.id).where(WorkflowRow.state.in_(
                     (WorkflowState.Pending, WorkflowState.Cancelling)))))
-                wf_rows, task_rows, run_rows = [], [], []
-                for chunk in _chunks(sorted(ids)):
-                    wf_rows += s.scalars(select(WorkflowRow).where(
-                        WorkflowRow.id.in_(chunk), WorkflowRow.state.in_(live)))
-                    task_rows += s.scalars(select(TaskRow).where(TaskRow.workflow_id.in_(chunk)))
-                    run_rows += s.scalars(select(RunRow).where(
-                        RunRow.workflow_id.in_(chunk),
-                        or_(RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.released.is_(False))))
-                untracked = [rid for wf_id in ids for rid in self._tracked_by_wf.pop(wf_id, ())]
+            wf_rows: list[Any] = []
+            task_rows: list[Any] = []
+            run_rows: list[Any] = []
+            for chunk in chunks(sorted(ids)):
+                wf_rows += s.execute(select(WorkflowRow.id, WorkflowRow.name, WorkflowRow.state)
+                                     .where(WorkflowRow.id.in_(chunk),
+                                            WorkflowRow.state.in_(live)))
+                task_rows += s.execute(select(
+                    TaskRow.id, TaskRow.workflow_id, TaskRow.name, TaskRow.state,
+                    TaskRow.attempts, TaskRow.not_before, TaskRow.reason)
+                    .where(TaskRow.workflow_id.in_(chunk)))
+                run_rows += s.execute(select(
+                    RunRow.id, RunRow.workflow_id, RunRow.task_id, RunRow.state, RunRow.site,
+                    RunRow.node, RunRow.handle, RunRow.placed_at, RunRow.started_at,
+                    RunRow.reason, RunRow.replaces_run_id, RunRow.released)
+                    .where(RunRow.workflow_id.in_(chunk),
+                           or_(RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.released.is_(False))))
             live_ids = {w.id for w in wf_rows}
-            wfs = tuple(d.WorkflowView(w.id, w.name, w.state) for w in wf_rows)
-            tasks = tuple(d.TaskView(
-                t.id, t.workflow_id, t.name, t.state, tuple(t.depends_on), t.attempts,
-                int(t.spec.get("retries", 0)), epoch(t.not_before), t.reason,
-                tuple(o["name"] for o in t.spec.get("outputs", []))) for t in task_rows
-                if t.workflow_id in live_ids)
-            runs = tuple(d.RunView(
-                r.id, r.workflow_id, r.task_id, r.state, r.site, r.node, bool(r.handle),
-                epoch(r.placed_at), epoch(r.started_at), r.reason, r.replaces_run_id,
-                r.released) for r in run_rows)
-            handles = {r.id: Handle.from_json(r.handle) for r in run_rows
-                       if r.state in (RunState.Dispatched, RunState.Running)
-                       and r.handle and r.site}
-        for rid in untracked if ids is not None else ():
+            unknown = [t.id for t in task_rows
+                       if t.workflow_id in live_ids and t.id not in self._task_static]
+            for chunk_ids in chunks(unknown):
+                for tid, spec, after in s.execute(select(TaskRow.id, TaskRow.spec,
+                                                         TaskRow.depends_on)
+                                                  .where(TaskRow.id.in_(chunk_ids))):
+                    self._task_static[tid] = (int(spec.get("retries", 0)), tuple(after),
+                                              tuple(o["name"] for o in spec.get("outputs", [])))
+        untracked = [rid for wf_id in ids for rid in self._tracked_by_wf.pop(wf_id, ())]
+        wfs = tuple(d.WorkflowView(w.id, w.name, w.state) for w in wf_rows)
+        tasks = []
+        for t in task_rows:
+            if t.workflow_id not in live_ids:
+                self._task_static.pop(t.id, None)  # its workflow ended
+                continue
+            retries, after, outputs = self._task_static[t.id]
+            tasks.append(d.TaskView(t.id, t.workflow_id, t.name, t.state, after, t.attempts,
+                                    retries, epoch(t.not_before), t.reason, outputs))
+        runs = tuple(d.RunView(
+            r.id, r.workflow_id, r.task_id, r.state, r.site, r.node, bool(r.handle),
+            epoch(r.placed_at), epoch(r.started_at), r.reason, r.replaces_run_id,
+            r.released) for r in run_rows)
+        handles = {r.id: Handle.from_json(r.handle) for r in run_rows
+                   if r.state in (RunState.Dispatched, RunState.Running)
+                   and r.handle and r.site}
+        for rid in untracked:
             self._tracked.pop(rid, None)
             if rid not in handles:  # no longer dispatched or running: forget what it said
                 self._seen.pop(rid, None)
         for t in tasks:  # a retry backoff that ends later: read that workflow then
             if t.state == TaskState.Ready and t.not_before is not None and t.not_before > now:
                 heapq.heappush(self._timers, (t.not_before, t.workflow_id))
-        return wfs, tasks, runs, handles
+        return wfs, tuple(tasks), runs, handles
 
     def _track(self, run: d.RunView, handles: dict[str, Handle]) -> _Tracked | None:
         """Start polling ``run``'s backend status if it is dispatched or running (its

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -47,7 +47,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from continuum.model import RunState, TaskState, WorkflowDocument, WorkflowState
+from continuum.model import RunState, Task, TaskState, WorkflowDocument, WorkflowState
 from control_plane.migrations import SchemaMismatch, upgrade
 
 __all__ = ["GroupCommit", "SchemaMismatch", "Store"]  # SchemaMismatch: re-exported
@@ -525,6 +525,12 @@ LIVE_WORKFLOW_STATES = (WorkflowState.Pending, WorkflowState.Running)
 """Workflows whose tasks advance and get placed."""
 
 
+def chunks(ids: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
+    """``ids`` in slices of at most ``size``, one ``IN (…)`` each: SQLite allows 32,766
+    parameters a statement, and short lists keep each query an index lookup."""
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
 def failed_nodes(s: Session, task_ids: list[int]) -> dict[int, frozenset[str]]:
     """Task id → the node ids where its earlier runs failed (one query); placement then
     prefers another node for the retry."""
@@ -545,6 +551,7 @@ class DocumentCache:
 
     def __init__(self) -> None:
         self._docs: dict[str, WorkflowDocument] = {}
+        self._tasks: dict[str, dict[str, Task]] = {}
 
     def get(self, s: Session, workflow_id: str) -> WorkflowDocument:
         """The document of ``workflow_id`` (which must exist)."""
@@ -555,10 +562,21 @@ class DocumentCache:
             doc = self._docs[workflow_id] = WorkflowDocument.model_validate(row.document)
         return doc
 
+    def task(self, s: Session, workflow_id: str, name: str) -> Task:
+        """Task ``name`` of ``workflow_id``'s document (both must exist): the validated
+        task a task row's ``spec`` was stored from, without validating it again."""
+        tasks = self._tasks.get(workflow_id)
+        if tasks is None:
+            tasks = self._tasks[workflow_id] = {t.name: t for t in
+                                                self.get(s, workflow_id).spec.tasks}
+        return tasks[name]
+
     def forget(self, workflow_id: str) -> None:
         """Drop one document (its workflow finished)."""
         self._docs.pop(workflow_id, None)
+        self._tasks.pop(workflow_id, None)
 
     def keep_only(self, workflow_ids: set[str]) -> None:
         """Drop every document but those of ``workflow_ids`` (the live ones)."""
         self._docs = {k: v for k, v in self._docs.items() if k in workflow_ids}
+        self._tasks = {k: v for k, v in self._tasks.items() if k in workflow_ids}
