@@ -24,7 +24,8 @@ decisions, so a chain of dependencies advances in one cycle):
    with a Failed or Cancelled dependency is Cancelled; a workflow with a Failed task
    Fails (its other runs cancelled); one whose tasks all succeeded Succeeds.
 5. **place** — every Ready task of a live workflow whose backoff has passed, in one
-   batch (:class:`PlaceTasks`; placement itself runs in ``apply``, see there).
+   batch of at most ``max_placements`` (:class:`PlaceTasks`; placement itself runs in
+   ``apply``, see there; the workflows of tasks left out are in ``Decider.deferred``).
 6. **dispatch** — every Placed run is submitted (:class:`Dispatch`); a submit that
    fails comes back through :meth:`Decider.submit_failed`: a transient refusal is
    retried until ``dispatch_deadline_s`` after placement, then the run Fails.
@@ -134,6 +135,9 @@ class Policy:
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 60.0
     dispatch_deadline_s: float = 60.0
+    max_placements: int = 1_000_000
+    """Most tasks one cycle places (the rest wait for the next cycle, oldest workflows
+    first): bounds a cycle's length when a burst of work arrives."""
 
 
 def retry_delay(policy: Policy, attempt: int) -> float:
@@ -174,6 +178,9 @@ class Decider:
         self._tasks_by_wf: dict[str, list[TaskView]] = {}
         for t in observed.tasks:
             self._tasks_by_wf.setdefault(t.workflow_id, []).append(t)
+        self.deferred: set[str] = set()
+        """Workflows with Ready tasks left out of this cycle's placement batch
+        (``Policy.max_placements``)."""
         self._runs_by_wf: dict[str, list[RunView]] = {}
         for r in observed.runs:
             self._runs_by_wf.setdefault(r.workflow_id, []).append(r)
@@ -325,12 +332,14 @@ class Decider:
 
     def place(self) -> list[Action]:
         now = self.obs.now
-        ready = tuple(t.id for t in self.obs.tasks
-                      if self.tstate[t.id] == TaskState.Ready
-                      and self.wstate.get(t.workflow_id) in (WorkflowState.Pending,
-                                                              WorkflowState.Running)
-                      and ((nb := self.not_before[t.id]) is None or nb <= now))
-        return [PlaceTasks(ready)] if ready else []
+        ready = [t for t in self.obs.tasks
+                 if self.tstate[t.id] == TaskState.Ready
+                 and self.wstate.get(t.workflow_id) in (WorkflowState.Pending,
+                                                         WorkflowState.Running)
+                 and ((nb := self.not_before[t.id]) is None or nb <= now)]
+        cap = self.policy.max_placements
+        self.deferred.update(t.workflow_id for t in ready[cap:])
+        return [PlaceTasks(tuple(t.id for t in ready[:cap]))] if ready else []
 
     def dispatch(self) -> list[Action]:
         return [Dispatch(r.id) for r in self.obs.runs if self.rstate[r.id] == RunState.Placed]

@@ -89,6 +89,10 @@ class _Tracked:
     workflow_id: str
 
 
+_LIVE = (WorkflowState.Pending, WorkflowState.Running, WorkflowState.Cancelling)
+"""The states of a workflow that is not finished."""
+
+
 def _news(st: RunStatus) -> tuple[object, ...]:
     """What of a backend status is news to the decisions: its state, start time, reason
     and whether it is simulated. A running run's growing energy and output tail are not
@@ -108,7 +112,8 @@ def policy_of(settings: Settings) -> Policy:
     """The decisions' knobs from the settings."""
     return Policy(retry_backoff_s=settings.retry_backoff_s,
                   retry_backoff_max_s=settings.retry_backoff_max_s,
-                  dispatch_deadline_s=settings.dispatch_deadline_s)
+                  dispatch_deadline_s=settings.dispatch_deadline_s,
+                  max_placements=settings.cycle_max_placements)
 
 
 class Reconciler:
@@ -144,6 +149,8 @@ class Reconciler:
         self.cycles = 0
         self.observed_workflows = 0
         """How many workflows the last cycle read and decided."""
+        self.backlogged = False
+        """Whether the last cycle left changed workflows for the next (its cap)."""
         self._next_full = 0.0
         """When the next full resync is due (epoch s); 0: at the next cycle."""
         self._dirty: set[str] = set()
@@ -221,6 +228,9 @@ class Reconciler:
         actions = decider.decide()
         self.apply(actions, decider)
         self._acted_on(actions, decider)
+        self._dirty.update(decider.deferred)  # Ready tasks past this cycle's placement cap
+        if self.backlogged or decider.deferred:
+            self.wake()  # more changed work than one cycle takes: the next one starts now
         now = obs.now
         for propose in self._proposers:
             try:
@@ -270,35 +280,49 @@ class Reconciler:
         """One inventory refresh, one status call per site with dispatched runs, and the
         store rows the decisions need (see :class:`~control_plane.decide.Observed`).
 
-        ``full`` (default: when the full-resync period has passed, and on the first
-        cycle) reads every live workflow; otherwise only the *changed* ones: those the
-        previous cycle acted on, those with a timer due (a retry backoff that ends),
-        those Pending or Cancelling in the store (a submission or a cancel, found over
-        the index on ``workflows.state``), and those with a run whose backend status
-        is news (:func:`_news`)."""
+        A cycle reads only the *changed* workflows: those with a run whose backend
+        status is news (:func:`_news`), those the previous cycle acted on or left over,
+        those with a timer due (a retry backoff that ends), and those Pending or
+        Cancelling in the store (a submission or a cancel on any replica, over the index
+        on ``workflows.state``, oldest first) — at most ``cycle_max_workflows``, in that
+        order; the rest are left for the next cycle (``backlogged``). ``full`` (default:
+        on the first cycle and when ``full_resync_s`` has passed) first forgets what was
+        known and counts every live workflow, and every one with a run not yet released,
+        as changed."""
         now = self.clock() if now is None else now
         self.federation.refresh(now)
         if full is None:
             full = now >= self._next_full
         found: dict[str, RunStatus] = {}
         errors: dict[str, str] = {}
-        if full:
+        if full:  # forget what was known; every live workflow is a change
             self._next_full = now + self.settings.full_resync_s
-            self._dirty.clear()
             self._timers.clear()
             self._tracked.clear()
             self._tracked_by_wf.clear()
             self._seen.clear()
-            ids: set[str] | None = None
-        else:
-            ids = set(self._dirty)
-            self._dirty.clear()
-            while self._timers and self._timers[0][0] <= now:
-                ids.add(heapq.heappop(self._timers)[1])
-            if statuses:  # the backends' news first: what changed decides what is read
-                found = self._poll(list(self._tracked.values()), errors)
-                ids.update(self._tracked[rid].workflow_id for rid, st in found.items()
-                           if self._seen.get(rid) != _news(st))
+            self._task_static.clear()
+            with self.store.session() as s:
+                self._dirty.update(s.scalars(select(WorkflowRow.id).where(
+                    WorkflowRow.state.in_(_LIVE))))
+                self._dirty.update(s.scalars(select(RunRow.workflow_id).distinct().where(
+                    RunRow.released.is_(False))))
+        changed: list[str] = []
+        if statuses and self._tracked:  # the backends' news: what changed decides what is read
+            found = self._poll(list(self._tracked.values()), errors)
+            changed = [self._tracked[rid].workflow_id for rid, st in found.items()
+                       if self._seen.get(rid) != _news(st)]
+        due = []
+        while self._timers and self._timers[0][0] <= now:
+            due.append(heapq.heappop(self._timers)[1])
+        limit = self.settings.cycle_max_workflows
+        with self.store.session() as s:  # submissions and cancels, oldest first
+            asked = s.scalars(select(WorkflowRow.id).where(WorkflowRow.state.in_(
+                (WorkflowState.Pending, WorkflowState.Cancelling)))
+                .order_by(WorkflowRow.created_at).limit(limit + 1))  # +1: is there more?
+            queue = list(dict.fromkeys([*changed, *self._dirty, *due, *asked]))
+        ids, self._dirty = set(queue[:limit]), set(queue[limit:])
+        self.backlogged = len(queue) > limit
         wfs, tasks, runs, handles = self._read(ids, now)
         if statuses:
             new = [t for r in runs if (t := self._track(r, handles)) is not None
@@ -321,27 +345,19 @@ class Reconciler:
         return Observed(now=now, workflows=wfs, tasks=tasks, runs=runs,
                         statuses=found, status_errors=errors, artifacts=artifacts)
 
-    def _read(self, ids: set[str] | None, now: float) -> tuple[
+    def _read(self, ids: set[str], now: float) -> tuple[
             tuple[d.WorkflowView, ...], tuple[d.TaskView, ...], tuple[d.RunView, ...],
             dict[str, Handle]]:
-        """The live workflows among ``ids`` (None: every live one, and every workflow with
-        a run not yet released) with their tasks and active or unreleased runs, as views,
+        """The live workflows among ``ids`` with their tasks and active or unreleased
+        runs, as views,
         and the handles of those runs that are dispatched or running; the tracked runs of
         those workflows are forgotten (:meth:`_track` adds the current ones back).
 
         Only the columns the views need are read (a workflow's document and a task's spec
         are not parsed again: a task's retries, outputs and dependencies never change, so
         they are kept from its first read until its workflow ends)."""
-        live = (WorkflowState.Pending, WorkflowState.Running, WorkflowState.Cancelling)
+        live = _LIVE
         with self.store.session() as s:
-            if ids is None:
-                self._task_static.clear()
-                ids = set(s.scalars(select(WorkflowRow.id).where(WorkflowRow.state.in_(live))))
-                ids.update(s.scalars(select(RunRow.workflow_id).distinct().where(
-                    RunRow.released.is_(False))))
-            else:
-                ids.update(s.scalars(select(WorkflowRow.id).where(WorkflowRow.state.in_(
-                    (WorkflowState.Pending, WorkflowState.Cancelling)))))
             wf_rows: list[Any] = []
             task_rows: list[Any] = []
             run_rows: list[Any] = []

@@ -211,6 +211,16 @@ def test_ready_tasks_are_placed_in_one_batch_once_their_backoff_passed() -> None
     assert of(decide(obs, POLICY), PlaceTasks) == [PlaceTasks((1, 3))]
 
 
+def test_a_placement_batch_past_its_cap_defers_the_rest_to_the_next_cycle() -> None:
+    other = WorkflowView("wf-2", "other", WorkflowState.Running)
+    obs = Observed(now=NOW, workflows=(WF, other), tasks=(
+        task(1, "a", TaskState.Ready), task(2, "b", TaskState.Ready),
+        TaskView(3, other.id, "c", TaskState.Ready)))
+    decider = Decider(obs, Policy(max_placements=2))
+    assert of(decider.decide(), PlaceTasks) == [PlaceTasks((1, 2))]
+    assert decider.deferred == {"wf-2"}
+
+
 def test_placed_runs_are_dispatched() -> None:
     obs = observed([task(1, "a", TaskState.Running)], [run("r1", 1, RunState.Placed,
                                                            has_handle=False)])

@@ -155,3 +155,25 @@ def test_a_cycle_reads_only_the_workflows_that_changed(tmp_path: Path,
         rec.resync()
         rec.cycle()
         assert rec.observed_workflows == 4  # the full resync: every live workflow
+
+
+def test_a_burst_past_the_cycle_cap_is_taken_over_several_cycles(tmp_path: Path,
+                                                                  database_url: str) -> None:
+    """At most ``cycle_max_workflows`` workflows a cycle, oldest submissions first; a
+    cycle that left some wakes the next, and every workflow finishes."""
+    with control_plane(tmp_path, database_url=database_url, cycle_max_workflows=2) as (cp, api):
+        cp.stop()
+        rec = cp.reconciler
+        ids = [api.post("/v1/workflows", json=workflow(f"wf{i}", tasks=[
+            {"name": "a", "command": ["true"], "work": 1}])).json()["id"] for i in range(5)]
+        rec.cycle()
+        assert rec.observed_workflows == 2 and rec.backlogged
+        states = lambda: [api.get(f"/v1/workflows/{w}").json()["state"] for w in ids]  # noqa: E731
+        assert states()[:2] == ["Running", "Running"]  # the oldest two were placed
+        assert states()[2:] == ["Pending"] * 3
+
+        def finished() -> bool:
+            rec.cycle()
+            return rec.observed_workflows <= 2 and set(states()) == {"Succeeded"}
+
+        wait_for(finished, timeout=30, message="every workflow Succeeded")
