@@ -212,6 +212,11 @@ class SimAdapter:
         self._runs: dict[str, Handle] = {}
         self._journal = Path(ctx.state_dir) / f"sim-{site.name}.jsonl" if ctx.state_dir else None
         self._record = record_path(Path(ctx.state_dir), site.name) if ctx.state_dir else None
+        self._journal_inode, self._journal_pos = -1, 0
+        self._journal_runs: dict[str, dict[str, Any] | None] = {}
+        """What :meth:`_journaled` has read of the journal: run id → its last handle
+        (None once deleted), up to byte ``_journal_pos`` of the file with inode
+        ``_journal_inode``."""
         self._load_journal()
 
     # -------------------------------------------------------- journal
@@ -257,28 +262,41 @@ class SimAdapter:
     def _journaled(self, run_id: str) -> Handle | None:
         """The live handle of ``run_id`` another instance of this site journaled since
         this one started (another control-plane replica sharing the state directory),
-        taken over; None when the journal holds none."""
-        if self._journal is None or not self._journal.exists():
+        taken over; None when the journal holds none.
+
+        The journal is read from where the previous call stopped (from the start again
+        when it was compacted meanwhile), so each line is parsed once, not once per
+        submit."""
+        if self._journal is None:
             return None
-        found: Handle | None = None
         try:
-            with self._journal.open() as f:
-                for line in f:
-                    if run_id not in line:
-                        continue
+            with self._journal.open("rb") as f:
+                ident = os.fstat(f.fileno()).st_ino
+                if ident != self._journal_inode or os.fstat(f.fileno()).st_size < self._journal_pos:
+                    self._journal_inode, self._journal_pos, self._journal_runs = ident, 0, {}
+                f.seek(self._journal_pos)
+                for raw in f:
+                    if not raw.endswith(b"\n"):
+                        break  # a line still being written: read it next time
+                    self._journal_pos += len(raw)
                     try:
-                        ev = json.loads(line)
-                        if ev["op"] == "put" and ev["handle"]["runId"] == run_id:
-                            found = Handle.from_json(ev["handle"])
-                        elif ev["op"] == "del" and ev["runId"] == run_id:
-                            found = None
+                        ev = json.loads(raw)
+                        if ev["op"] == "put":
+                            self._journal_runs[ev["handle"]["runId"]] = ev["handle"]
+                        else:
+                            self._journal_runs[ev["runId"]] = None
                     except (ValueError, KeyError, TypeError):
                         continue
+        except FileNotFoundError:
+            return None
         except OSError as e:
             log.warning("sim site %s: cannot read journal %s: %s", self.site.name, self._journal, e)
             return None
-        if found is not None:
-            self._runs[run_id] = found
+        data = self._journal_runs.get(run_id)
+        if data is None:
+            return None
+        found = Handle.from_json(json.loads(json.dumps(data)))  # a copy we own
+        self._runs[run_id] = found
         return found
 
     def _journal_put(self, h: Handle) -> None:

@@ -150,12 +150,21 @@ class MigrationController:
         self._last_eval = 0.0
         self._lost_since: dict[str, float] = {}
         """run id → when this process first saw its node not placeable."""
+        self._next_lost_check = 0.0
+        """When :meth:`replace_lost` runs next (epoch s): every half inventory interval,
+        sooner when a grace ends (each run costs one row of a scan of the active runs)."""
         self._docs = DocumentCache()
 
     def on_cycle(self, now: float) -> list[Action]:
         """The moves to make now (called once per reconcile cycle, after its actions)."""
-        actions = self.replace_lost(now)
         st = self.settings
+        actions: list[Action] = []
+        if now >= self._next_lost_check:  # the inventory changes at most that often
+            actions = self.replace_lost(now)
+            self._next_lost_check = now + st.inventory_interval_s / 2
+            if self._lost_since:  # a grace that ends sooner: check then
+                self._next_lost_check = min(self._next_lost_check, min(
+                    self._lost_since.values()) + st.migration_lost_grace_s)
         if st.migration_interval_s > 0 and now - self._last_eval >= st.migration_interval_s:
             self._last_eval = now
             actions += self.reevaluate(now, skip={a.run_id for a in actions
@@ -174,14 +183,16 @@ class MigrationController:
         grace restarts when the site answers again; a run whose cancel the backend refuses
         stays active, so it is proposed again next cycle.
         """
-        sites = {rt.spec.name: rt for rt in self.federation.sites()}
+        sites = {rt.spec.name: (rt, {n.id: n for n in rt.nodes})
+                 for rt in self.federation.sites()}
         grace = self.settings.migration_lost_grace_s
         out: list[Action] = []
         seen: set[str] = set()
         with self.store.session() as s:
-            runs = s.scalars(select(RunRow).where(RunRow.state.in_(ACTIVE_RUN_STATES))).all()
+            runs = s.execute(select(RunRow.id, RunRow.site, RunRow.node).where(
+                RunRow.state.in_(ACTIVE_RUN_STATES))).all()
             for run in runs:
-                why = self._lost(run, sites)
+                why = self._lost(run.site, run.node, sites)
                 if why is None:
                     continue
                 seen.add(run.id)
@@ -193,20 +204,22 @@ class MigrationController:
         return out
 
     @staticmethod
-    def _lost(run: RunRow, sites: dict[str, Any]) -> str | None:
-        """Why ``run``'s node counts as lost, from its site's last successful inventory;
-        None when it is fine or when nothing is known (site Unreachable or removed —
-        the reconciler fails the runs of a removed site)."""
-        rt = sites.get(run.site or "")
-        if run.node is None or rt is None or rt.health == SiteHealth.Unreachable:
+    def _lost(site: str | None, node: str | None,
+              sites: dict[str, tuple[Any, dict[str, Node]]]) -> str | None:
+        """Why a run's ``node`` on ``site`` counts as lost, from the site's last
+        successful inventory (``sites``: name → (runtime, node id → node)); None when it
+        is fine or when nothing is known (site Unreachable or removed — the reconciler
+        fails the runs of a removed site)."""
+        rt, by_id = sites.get(site or "", (None, {}))
+        if node is None or rt is None or rt.health == SiteHealth.Unreachable:
             return None
-        nd = next((n for n in rt.nodes if n.id == run.node), None)
+        nd = by_id.get(node)
         if nd is None:
-            return f"node {run.node} left the inventory"
+            return f"node {node} left the inventory"
         if not nd.ready:
             if nd.labels.get(AUTONOMOUS_LABEL) == "true":
                 return None  # a KubeEdge edge node: its pods go on while it is disconnected
-            return f"node {run.node} is not ready (offline)"
+            return f"node {node} is not ready (offline)"
         return None
 
     # ------------------------------------------------------------ re-evaluation
@@ -234,8 +247,8 @@ class MigrationController:
             # each candidate is scored on its own node as if it were not there (else its
             # own cores and load make its node look worse than an equal empty one, and a
             # service would hop between identical nodes)
-            nodes = _without(nodes, [(r, Task.model_validate(t.spec)) for r in runs
-                                     if (t := s.get(TaskRow, r.task_id)) is not None])
+            nodes = _without(nodes, [(r, self._docs.task(s, r.workflow_id, r.task_name))
+                                     for r in runs])
             snap = Snapshot(nodes=nodes, network=self.network, now=now)
             assigner = BatchAssigner(snap.copy(), self.framework())
             assert assigner.classes is not None
@@ -247,7 +260,7 @@ class MigrationController:
                 task_row = s.get(TaskRow, run.task_id)
                 if task_row is None or task_row.state != TaskState.Running:
                     continue
-                task = Task.model_validate(task_row.spec)
+                task = self._docs.task(s, run.workflow_id, run.task_name)
                 service = task.kind == "service"
                 if run.state == RunState.Running and not service:
                     continue  # a running job finishes where it is

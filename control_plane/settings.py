@@ -196,7 +196,8 @@ class MigrationSettings(BaseModel):
 
     migration_interval_s: float = Field(default=30.0, ge=0)
     """How often running services and queued jobs are re-evaluated (s); lost work is
-    re-placed every cycle regardless. 30 s: moves are rare and each costs a restart."""
+    checked every half ``inventory_interval_s`` regardless. 30 s: moves are rare and each
+    costs a restart."""
     migration_horizon_s: float = Field(default=600.0, gt=0)
     """Horizon over which a migration's expected gain is counted (s): ten minutes, the
     order of a service's rescheduling period."""
