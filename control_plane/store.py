@@ -41,6 +41,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -360,6 +361,11 @@ class Store:
             if self._fence is not None:
                 _install_fence(s, self._fence)
             yield s
+            if events := s.info.pop(_EVENTS, None):  # one INSERT for the block's events
+                s.flush()
+                if self._fence is not None and not s.info.get(_FENCE_CHECKED):
+                    self._fence(s)
+                s.execute(insert(EventRow), events)
 
     def fenced(self, check: FenceCheck) -> Store:
         """A view of this store (same engine) whose write transactions first run
@@ -494,17 +500,24 @@ def _install_fence(s: Session, check: FenceCheck) -> None:
     def before_flush(session: Session, *_: Any) -> None:
         nonlocal done
         if not done and (session.new or session.dirty or session.deleted):
-            done = True
+            done = session.info[_FENCE_CHECKED] = True
             check(session)
 
     event.listen(s, "before_flush", before_flush)
 
 
+_EVENTS = "continuum.events"
+_FENCE_CHECKED = "continuum.fence_checked"
+
+
 def add_event(s: Session, type_: str, message: str, *, workflow_id: str | None = None,
               run_id: str | None = None) -> None:
-    """Record one event (``type_`` e.g. ``RunPlaced``) with the current time."""
-    s.add(EventRow(workflow_id=workflow_id, run_id=run_id, type=type_, message=message,
-                   at=utcnow()))
+    """Record one event (``type_`` e.g. ``RunPlaced``) with the current time, in the
+    transaction of ``s`` (a :meth:`Store.session`): the block's events are written by one
+    bulk INSERT when it ends, not as an ORM object each."""
+    s.info.setdefault(_EVENTS, []).append({
+        "workflow_id": workflow_id, "run_id": run_id, "type": type_, "message": message,
+        "at": utcnow()})
 
 
 BACKLOG_TASK_STATES = (TaskState.Waiting, TaskState.Ready)
