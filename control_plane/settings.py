@@ -136,16 +136,17 @@ class ReconcilerSettings(BaseModel):
     net for a change no edge reported. 60 s bounds how long such a change can wait at one
     scan of the live rows a minute; 0 makes every cycle a full one (the level-triggered
     loop before issue 16)."""
-    cycle_max_workflows: int = Field(default=500, ge=1)
+    cycle_max_workflows: int = Field(default=200, ge=1)
     """Most workflows one reconcile cycle reads and decides; the rest of what changed
     waits for the next cycle (which a busy cycle starts at once), submissions oldest
-    first. 500 workflows of 10 tasks keep a cycle well under a second on a 2-core
-    machine (bench/RESULTS.md), so a cancel or a finished run is acted on promptly even
-    under a burst of submissions."""
-    cycle_max_placements: int = Field(default=500, ge=1)
-    """Most tasks one reconcile cycle places (the rest are placed by the next cycles). At
-    about 1–2 ms a placement with its writes, 500 bounds a cycle's placement step to
-    about a second (bench/RESULTS.md)."""
+    first, so a cancel or a finished run is acted on promptly even under a burst of
+    submissions. 200 (with ``cycle_max_placements``) kept the mean cycle at 0.8 s and the
+    longest at 1.6 s with 10,000 live tasks on a loaded 2-core machine, at the same
+    tasks/s as 500 (bench/RESULTS.md, "Live work vs the reconcile cycle")."""
+    cycle_max_placements: int = Field(default=200, ge=1)
+    """Most tasks one reconcile cycle places (the rest are placed by the next cycles):
+    a placement costs 1–3 ms with its writes and the dispatch that follows, so 200 bounds
+    that part of a cycle to well under a second (see ``cycle_max_workflows``)."""
     gauges_interval_s: float = Field(default=5.0, ge=0)
     """How often the reconciler re-counts runs, workflows and queues for the Prometheus
     gauges (s): those counts scan every row, so they are not taken every cycle. 5 s is
