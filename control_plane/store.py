@@ -34,6 +34,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -94,6 +95,7 @@ class Base(DeclarativeBase):
 
 class WorkflowRow(Base):
     __tablename__ = "workflows"
+    __table_args__ = (Index("ix_workflows_state_created_at", "state", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), index=True)
@@ -151,7 +153,7 @@ class RunRow(Base):
     accounting: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """The backend's accounting record of the finished run (RunStatus.accounting)."""
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
-    released: Mapped[bool] = mapped_column(Boolean, default=False)
+    released: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     replaces_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     """Set on the new run of a make-before-break move: the run it replaces. The move is
     in progress while both are active (the old one serves until the new one runs)."""
