@@ -450,3 +450,21 @@ def test_submit_finds_a_run_another_replica_journaled(env, tmp_path):
     fresh = SimAdapter(site(), ctx)
     fresh.submit(trun(task(work=7200)), node(fresh, "c5-0"), "run-1")
     assert [r.run_id for r in read_record(tmp_path, "cloud-test")] == ["run-1", "run-1"]
+
+
+def test_journal_lookups_read_on_from_where_they_stopped(env, tmp_path):
+    # the new leader's adapter looks up each unknown request id in the journal: what the
+    # old one journaled after an earlier lookup is found too, a release (del) is seen,
+    # and a compaction (the file replaced) is read again from its start
+    clock, _, ctx = env
+    old, new = SimAdapter(site(), ctx), SimAdapter(site(), ctx)
+    assert new._journaled("run-1") is None
+    h1 = old.submit(trun(task(work=7200)), node(old, "c5-0"), "run-1")
+    assert new._journaled("run-1").to_json() == h1.to_json()
+    h2 = old.submit(trun(task(work=7200)), node(old, "c5-0"), "run-2")
+    old.release(h1)
+    assert new._journaled("run-2").to_json() == h2.to_json()
+    assert SimAdapter(site(), ctx)._journaled("run-1") is None  # released
+    third = SimAdapter(site(), ctx)  # starting, it compacts the journal to run-2 alone
+    h3 = third.submit(trun(task(work=7200)), node(third, "c5-0"), "run-3")
+    assert new._journaled("run-3").to_json() == h3.to_json()
