@@ -445,31 +445,39 @@ class Reconciler:
     def _acted_on(self, actions: Sequence[Action], decider: Decider | None) -> None:
         """Mark the workflows ``actions`` concern as changed: the next cycle reads them
         again (an action that must be retried — a deferred release, a refused submit, an
-        unplaceable task — is produced again there). An action about a run this
-        reconciler does not know makes the next cycle a full one."""
+        unplaceable task — is produced again there). A site removal makes the next cycle
+        a full one."""
+        runs: list[str] = []
+        tasks: list[int] = []
         for a in actions:
             if isinstance(a, d.RecordStatus):
                 continue  # nothing follows from it
             if isinstance(a, d.RemoveSite):
                 self.resync()
             elif isinstance(a, d.PlaceTasks):
-                for task_id in a.task_ids:
-                    if decider is not None and task_id in decider.tasks:
-                        self._dirty.add(decider.tasks[task_id].workflow_id)
-                    else:
-                        self.resync()
+                tasks += a.task_ids
             elif (wf := getattr(a, "workflow_id", None)) is not None:
                 self._dirty.add(wf)
-            elif (tid := getattr(a, "task_id", None)) is not None and (
-                    decider is not None and tid in decider.tasks):
-                self._dirty.add(decider.tasks[tid].workflow_id)
-            elif (rid := getattr(a, "run_id", None)) is not None and (
-                    decider is not None and rid in decider.runs):
-                self._dirty.add(decider.runs[rid].workflow_id)
-            elif rid is not None and rid in self._tracked:
-                self._dirty.add(self._tracked[rid].workflow_id)
-            else:
-                self.resync()
+            elif (tid := getattr(a, "task_id", None)) is not None:
+                tasks.append(tid)
+            elif (rid := getattr(a, "run_id", None)) is not None:
+                runs.append(rid)
+        known_tasks = decider.tasks if decider is not None else {}
+        known_runs = decider.runs if decider is not None else {}
+        unknown_tasks = [t for t in tasks if t not in known_tasks]
+        unknown_runs = [r for r in runs if r not in known_runs and r not in self._tracked]
+        self._dirty.update(known_tasks[t].workflow_id for t in tasks if t in known_tasks)
+        self._dirty.update(known_runs[r].workflow_id for r in runs if r in known_runs)
+        self._dirty.update(self._tracked[r].workflow_id for r in runs
+                           if r not in known_runs and r in self._tracked)
+        if unknown_tasks or unknown_runs:  # a proposer's or a request's: ask the store
+            with self.store.session() as s:
+                for chunk in chunks(unknown_tasks):
+                    self._dirty.update(s.scalars(select(TaskRow.workflow_id)
+                                                 .where(TaskRow.id.in_(chunk))))
+                for chunk in chunks(unknown_runs):
+                    self._dirty.update(s.scalars(select(RunRow.workflow_id)
+                                                 .where(RunRow.id.in_(chunk))))
 
     def abandon_requests(self, error: Exception) -> None:
         """Fail every request still queued with ``error`` (the loop stopped: this replica
