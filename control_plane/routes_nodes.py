@@ -52,7 +52,7 @@ def decode_cursor(cursor: str) -> str:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         after = json.loads(raw)["after"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
         after = None
     if not isinstance(after, str):
         raise ValidationFailed([Problem(["query", "cursor"], "not a cursor of this list: "
