@@ -291,7 +291,11 @@ def _show(data: dict[str, object], table: Callable[[bool], RenderableType],
           output: Output) -> None:
     """Print ``data`` as ``output`` says; ``table(wide)`` renders it as a table."""
     if output == Output.json:
-        console.print_json(json.dumps(data))
+        if console.is_terminal:
+            console.print_json(json.dumps(data))
+        else:  # what print_json writes to a pipe, without its highlighting pass (minutes
+            # for the JSON of 100k devices)
+            console.file.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     elif output == Output.yaml:
         console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False,
                       highlight=False, soft_wrap=True)

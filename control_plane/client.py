@@ -45,6 +45,10 @@ BUSY_RETRIES = 5
 out before raising."""
 MAX_RETRY_AFTER_S = 30.0
 """Longest wait honoured for one ``Retry-After`` (s): a larger value is waited this long."""
+LIST_PAGE = 5000
+"""Default ``page_size`` of :meth:`Client.nodes` and :meth:`Client.devices`: the server's
+largest page, since a page of devices costs the server about as much as the whole list
+(5,000 devices: 0.9 s in pages of 5,000, 3.5 s in pages of 500)."""
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
@@ -276,10 +280,11 @@ class Client:
 
     def nodes(self, site: str | None = None, tier: str | None = None, *,
               ready: bool | None = None, prefix: str | None = None,
-              limit: int | None = None, page_size: int = 500) -> dict[str, Any]:
+              limit: int | None = None, page_size: int = LIST_PAGE) -> dict[str, Any]:
         """``GET /v1/nodes``, every page: ``{"items": [node...], "next", "total"}`` in id
         order; at most ``limit`` nodes (``next`` then continues). ``page_size``: nodes per
-        request (1–5000). Filters: ``site``, ``tier``, ``ready``, ``prefix`` (of the name).
+        request (1–5000, default :data:`LIST_PAGE`). Filters: ``site``, ``tier``,
+        ``ready``, ``prefix`` (of the name).
 
         Raises:
             ApiError: 422 for a bad filter or ``page_size``.
@@ -292,11 +297,11 @@ class Client:
 
     def devices(self, site: str | None = None, state: str | None = None, *,
                 prefix: str | None = None, limit: int | None = None,
-                page_size: int = 500) -> dict[str, Any]:
+                page_size: int = LIST_PAGE) -> dict[str, Any]:
         """``GET /v1/devices``, every page: ``{"items": [device...], "next", "total"}`` in
         ``site/deviceId`` order; at most ``limit`` devices (``next`` then continues).
-        Filters: ``site``, ``state`` (online, offline, lost, unknown), ``prefix`` (of the
-        device id).
+        ``page_size``: devices per request (1–5000, default :data:`LIST_PAGE`). Filters:
+        ``site``, ``state`` (online, offline, lost, unknown), ``prefix`` (of the device id).
 
         Raises:
             ApiError: 422 for a bad filter or ``page_size``.
