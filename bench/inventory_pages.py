@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -74,7 +75,7 @@ def main() -> None:
             httpx.post(f"{url}/v1/sites", headers=h, json=site).raise_for_status()
             announce(broker.port, args.devices)
 
-            def get(params: dict[str, object]) -> httpx.Response:
+            def get(params: dict[str, Any]) -> httpx.Response:
                 r = httpx.get(f"{url}/v1/devices", headers=h, params=params, timeout=300)
                 r.raise_for_status()
                 return r
@@ -82,7 +83,9 @@ def main() -> None:
             wait_for(lambda: get({"limit": 1}).json()["total"] == args.devices, 300,
                      message="every device listed")
             print(f"devices: {args.devices}")
-            for params in ({"limit": 500}, {"limit": 5000}, {"limit": 500, "state": "offline"}):
+            pages: list[dict[str, Any]] = [{"limit": 500}, {"limit": 5000},
+                                           {"limit": 500, "state": "offline"}]
+            for params in pages:
                 times = []
                 for _ in range(args.repeat):
                     t = time.perf_counter()
