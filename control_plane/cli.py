@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import yaml
@@ -291,7 +291,11 @@ def _show(data: dict[str, object], table: Callable[[bool], RenderableType],
           output: Output) -> None:
     """Print ``data`` as ``output`` says; ``table(wide)`` renders it as a table."""
     if output == Output.json:
-        console.print_json(json.dumps(data))
+        if console.is_terminal:
+            console.print_json(json.dumps(data))
+        else:  # what print_json writes to a pipe, without its highlighting pass (minutes
+            # for the JSON of 100k devices)
+            console.file.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     elif output == Output.yaml:
         console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False,
                       highlight=False, soft_wrap=True)
@@ -322,13 +326,31 @@ def get_runs(workflow: Annotated[str | None, typer.Option(help="only runs of thi
     _show(data, lambda wide: render.runs_table(data["items"], wide), output)
 
 
+LimitOpt = Annotated[int | None, typer.Option(
+    min=1, help="list at most this many (default: all, fetched a page at a time)")]
+
+
+def _more(data: dict[str, Any], output: Output) -> None:
+    """Under a table cut short by ``--limit``: how many matched in all."""
+    if data.get("next") and output in (Output.table, Output.wide):
+        console.print(f"[dim]{len(data['items'])} of {data['total']} shown "
+                      "(raise --limit for more)[/dim]")
+
+
 @get_app.command("nodes")
 def get_nodes(site: Annotated[str | None, typer.Option(help="only this site")] = None,
               tier: Annotated[str | None, typer.Option(help="device, edge, cloud or hpc")] = None,
+              ready: Annotated[bool | None, typer.Option(
+                  "--ready/--not-ready", help="only ready (or not ready) nodes")] = None,
+              prefix: Annotated[str | None, typer.Option(
+                  help="only nodes whose name starts with this")] = None,
+              limit: LimitOpt = None,
               url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
-    """List the nodes placement can choose from."""
-    data = _call(lambda: _client(url).nodes(site=site, tier=tier))
+    """List the nodes placement can choose from, in id order."""
+    data = _call(lambda: _client(url).nodes(site=site, tier=tier, ready=ready, prefix=prefix,
+                                            limit=limit))
     _show(data, lambda wide: render.nodes_table(data["items"], wide), output)
+    _more(data, output)
 
 
 @get_app.command("sites")
@@ -339,10 +361,18 @@ def get_sites(url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
 
 
 @get_app.command("devices")
-def get_devices(url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
-    """List the device agents with their last telemetry."""
-    data = _call(lambda: _client(url).devices())
+def get_devices(site: Annotated[str | None, typer.Option(help="only this site")] = None,
+                state: Annotated[str | None, typer.Option(
+                    help="online, offline, lost or unknown")] = None,
+                prefix: Annotated[str | None, typer.Option(
+                    help="only devices whose id starts with this")] = None,
+                limit: LimitOpt = None,
+                url: UrlOpt = DEFAULT_URL, output: OutOpt = Output.table) -> None:
+    """List the device agents with their last telemetry, in site/device order."""
+    data = _call(lambda: _client(url).devices(site=site, state=state, prefix=prefix,
+                                              limit=limit))
     _show(data, lambda wide: render.devices_table(data["items"], wide), output)
+    _more(data, output)
 
 
 @describe_app.command("run")

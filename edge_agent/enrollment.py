@@ -13,7 +13,6 @@ import os
 import ssl
 from pathlib import Path
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -64,6 +63,8 @@ def enroll(server: str, token: str, device_id: str, state_dir: Path, *,
     Raises:
         EnrollmentError: the control plane refused (the reason it gave) or was unreachable.
     """
+    import httpx  # lazy: `continuum-agent run` reads the enrolment without it (lean agent)
+
     url = server.rstrip("/") + "/v1/devices/enroll"
     try:
         r = httpx.post(url, json={"token": token, "deviceId": device_id}, timeout=timeout,

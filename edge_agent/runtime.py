@@ -45,7 +45,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from edge_agent.protocol import ArtifactGet, OutputDigest, RunSpec
@@ -419,6 +418,8 @@ class Runtime:
             shutil.copyfile(hit, dest)
             log.info("input %s: cache hit (%s)", get.name, digest[:12])
             return 0
+        import httpx  # lazy: an idle agent never loads it (issue 16, lean agent)
+
         tmp = dest.with_name(dest.name + ".part")
         h = hashlib.sha256()
         n = 0
@@ -455,6 +456,8 @@ class Runtime:
         Returns bytes uploaded. Raises:
             RunFailure: a 4xx answer, still failing at the deadline, or cancelled.
         """
+        import httpx  # lazy: an idle agent never loads it (issue 16, lean agent)
+
         cancel = cancel or threading.Event()
         data = path.read_bytes()
         deadline = time.monotonic() + self.upload_deadline

@@ -141,7 +141,7 @@ def test_sites_nodes_devices_topology(api) -> None:  # type: ignore[no-untyped-d
     assert [n["id"] for n in nodes] == ["hpc/cpu"] and nodes[0]["simulated"] is True
     assert api.get("/v1/nodes/hpc/cpu").json()["capacity"]["cpu"] == 64
     assert api.get("/v1/nodes/hpc/none").status_code == 404
-    assert api.get("/v1/devices").json() == {"items": []}
+    assert api.get("/v1/devices").json() == {"items": [], "next": None, "total": 0, "limit": 500}
     links = api.get("/v1/topology").json()["links"]
     assert isinstance(links, list)
 

@@ -1,0 +1,98 @@
+"""A lean agent (issue 16 item 3): the base install (``pip install .``, no extras) carries
+the agent and nothing of the server.
+
+Aspects: a real agent, started as ``python -m edge_agent.cli run`` against a real
+Mosquitto and left idle after its first telemetry, never imports a server package (nor
+httpx, which only fetching or uploading an artifact and ``enroll`` load); every
+third-party distribution the agent's modules import is a base dependency of
+pyproject.toml or one of theirs, and no server package is a base dependency. The idle
+agent's RSS is measured in bench/RESULTS.md (``bench/agent_rss.sh``), not asserted here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from edge_agent.protocol import topic
+from tests.conftest import AgentFactory
+from tests.helpers import Observer, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+SERVER_ONLY = frozenset({
+    "fastapi", "starlette", "uvicorn", "httptools", "uvloop", "orjson", "sqlalchemy",
+    "alembic", "psycopg", "amqtt", "pwdlib", "numpy", "scipy", "sklearn", "prometheus_client",
+    "prometheus_api_client", "pydantic_settings", "kubernetes", "jwt", "limits", "matplotlib",
+    # the control plane's own packages
+    "control_plane", "adapters", "placement", "monitoring",
+})
+"""Top-level modules an agent must not load (what the ``server`` extra and the server's
+packages provide)."""
+
+LAZY = frozenset({"httpx"})
+"""Base dependencies an idle agent does not load (artifact transfer and enrolment only)."""
+
+
+def imported_roots(log: str) -> set[str]:
+    """Top-level module names of every ``-X importtime`` line in ``log``."""
+    names = {line.rsplit("|", 1)[1].strip() for line in log.splitlines()
+             if line.startswith("import time:") and "|" in line}
+    return {n.split(".")[0] for n in names} - {"imported package"}  # the header line
+
+
+def test_an_idle_agent_loads_no_server_package(agents: AgentFactory, observer: Observer) -> None:
+    a = agents.spawn(None, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    wait_for(lambda: observer.latest(topic(a.device_id, "telemetry")), 15,
+             message=lambda: f"first telemetry; log:\n{a.logs()[-3000:]}")
+    assert a.terminate() == 0, a.logs()[-3000:]
+    roots = imported_roots(a.logs())
+    assert {"edge_agent", "paho", "pydantic", "psutil"} <= roots, sorted(roots)  # it parsed
+    assert not roots & SERVER_ONLY, sorted(roots & SERVER_ONLY)
+    assert not roots & LAZY, sorted(roots & LAZY)
+
+
+def _base_closure() -> set[str]:
+    """Canonical names of the base dependencies and everything they require (as
+    installed here), extras and non-matching markers left out."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in project["dependencies"]]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        todo += [Requirement(r) for r in md.requires(req.name) or []]
+    return seen
+
+
+def test_the_base_install_carries_what_the_agent_imports() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    server = {canonicalize_name(Requirement(r).name)
+              for r in project["optional-dependencies"]["server"]}
+    assert base & server == {"cryptography"}  # the agent verifies signed commands with it
+    assert not {"fastapi", "sqlalchemy", "numpy", "scipy", "scikit-learn", "uvicorn",
+                "pydantic-settings", "kubernetes", "orjson"} & base
+    code = ("import json, sys\n"
+            "bare = set(sys.modules)\n"  # what the interpreter and site loaded
+            "import edge_agent.cli, edge_agent.agent, edge_agent.enrollment\n"
+            "print(json.dumps(sorted(set(sys.modules) - bare)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    roots = {m.split(".")[0] for m in json.loads(out)} - set(sys.stdlib_module_names)
+    assert not roots & SERVER_ONLY, sorted(roots & SERVER_ONLY)
+    owners = md.packages_distributions()
+    dists = {canonicalize_name(d) for r in roots for d in owners.get(r, [])} - {"continuum"}
+    assert {"pydantic", "paho-mqtt", "psutil", "typer", "cryptography"} <= dists, dists
+    closure = _base_closure()
+    assert dists <= closure, f"imported by the agent, not in the base install: {dists - closure}"
