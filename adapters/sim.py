@@ -213,9 +213,9 @@ class SimAdapter:
         self._journal = Path(ctx.state_dir) / f"sim-{site.name}.jsonl" if ctx.state_dir else None
         self._record = record_path(Path(ctx.state_dir), site.name) if ctx.state_dir else None
         self._journal_inode, self._journal_pos = -1, 0
-        self._journal_runs: dict[str, dict[str, Any] | None] = {}
-        """What :meth:`_journaled` has read of the journal: run id → its last handle
-        (None once deleted), up to byte ``_journal_pos`` of the file with inode
+        self._journal_runs: dict[str, dict[str, Any]] = {}
+        """What :meth:`_journaled` has read of the journal: run id → the handle of each
+        run not released, up to byte ``_journal_pos`` of the file with inode
         ``_journal_inode``."""
         self._load_journal()
 
@@ -283,8 +283,8 @@ class SimAdapter:
                         ev = json.loads(raw)
                         if ev["op"] == "put":
                             self._journal_runs[ev["handle"]["runId"]] = ev["handle"]
-                        else:
-                            self._journal_runs[ev["runId"]] = None
+                        else:  # released: kept no longer (the index holds live runs only)
+                            self._journal_runs.pop(ev["runId"], None)
                     except (ValueError, KeyError, TypeError):
                         continue
         except FileNotFoundError:
