@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,13 @@ def test_announcements_are_read_again_and_a_re_read_is_no_sign_of_life(
         try:
             with a._lock:
                 a._devices.pop(ag.device_id)  # its announcements lost
-            wait_for(lambda: ag.device_id in {n.name for n in a.inventory()}, 10,
+            def back() -> bool:  # its retained hello and status both read again
+                listed = ag.device_id in {n.name for n in a.inventory()}
+                with a._lock:
+                    d = a._devices.get(ag.device_id)
+                    return listed and d is not None and d.status is not None
+
+            wait_for(back, 10,
                      message="the device back from the re-read of its retained hello")
             with a._lock:
                 seen = a._devices[ag.device_id].last_seen
@@ -327,3 +334,44 @@ def test_a_run_command_the_device_never_got_is_sent_again(
                    and s, 15, message=lambda: f"run-lost done; agent log:\n{device.logs()}")
     assert got.state == RunState.Succeeded
     assert device.logs().count("run run-lost: started pid") == 1
+
+
+def test_a_hung_agent_is_lost_within_two_heartbeats_and_back_when_it_resumes(
+        mosquitto, tmp_path, agents) -> None:  # type: ignore[no-untyped-def]
+    """A hung agent (process stopped: silent, its connection open, so no last will) is
+    ``lost`` — its node not ready — once silent longer than two of the heartbeat intervals
+    its hello announces (no ``offlineAfter`` set), and online again when it resumes."""
+    heartbeat = 1.0
+    a = make_adapter(mosquitto.url, tmp_path, Wakes())
+    try:
+        wait_for(lambda: a.connected, 10, message="adapter connected")
+        ag = agents.spawn(None, "--location", "lab-1", telemetry_interval=heartbeat)
+
+        def node() -> Any:
+            return next((n for n in a.inventory() if n.name == ag.device_id), None)
+
+        def state() -> str | None:
+            return next((d["state"] for d in a.devices() if d["deviceId"] == ag.device_id),
+                        None)
+
+        wait_for(lambda: (n := node()) is not None and n.ready and n.utilisation is not None,
+                 15, message=lambda: f"device ready with telemetry; agent log:\n{ag.logs()}")
+        [d] = [d for d in a.devices() if d["deviceId"] == ag.device_id]
+        assert d["hello"]["telemetry_interval"] == heartbeat
+        limit = devices_adapter.LOST_AFTER_HEARTBEATS * heartbeat
+        os.kill(ag.proc.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            # the last heartbeat came before the stop: lost at most `limit` after it, seen
+            # at the next check (wait_for polls every 0.05 s; 0.5 s of margin for a busy host)
+            wait_for(lambda: state() == "lost" and not node().ready, limit + 0.5,
+                     message=lambda: f"device lost within {limit:g} s (+0.5 s) of the stop: "
+                     f"{state()}")
+            print(f"lost {time.monotonic() - stopped_at:.2f} s after the stop")
+            assert a.health()[0] == SiteHealth.Degraded
+        finally:
+            os.kill(ag.proc.pid, signal.SIGCONT)
+        wait_for(lambda: state() == "online" and node().ready, 10,
+                 message=lambda: f"device online again after SIGCONT: {state()}")
+    finally:
+        a.close()
