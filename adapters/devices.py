@@ -81,7 +81,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -229,6 +229,26 @@ LOST_AFTER_MIN_S = 2.0
 sub-second heartbeat would otherwise flap on a scheduling hiccup)."""
 
 
+class _View(NamedTuple):
+    """What :meth:`DevicesAdapter.inventory` needs of one device, replaced whole (under
+    the lock) by every message that changes it, so a snapshot of the fleet is a list of
+    references taken under the lock and read after releasing it."""
+
+    device_id: str
+    node: Node | None
+    telemetry: Telemetry | None
+    says_online: bool
+    last_seen: float
+    silence_limit: float
+
+
+def _ready(says_online: bool, last_seen: float, limit: float, since: float,
+           now: float) -> bool:
+    """Ready: the device's status says online and it was heard within ``limit`` s of
+    ``now``, its silence counted from ``since`` (the last (re)connection) at the earliest."""
+    return says_online and now - max(last_seen, since) <= limit
+
+
 @dataclass
 class _Device:
     device_id: str
@@ -246,6 +266,14 @@ class _Device:
     announced: dict[str, int] = field(default_factory=dict)
     """Leaf (``hello``, ``status``) → hash of the payload last handled: the same retained
     announcement sent again (a re-read) changes nothing, not even ``last_seen``."""
+    view: _View | None = None
+    """The fields above as :meth:`DevicesAdapter.inventory` reads them (:meth:`seen`)."""
+
+    def seen(self) -> None:
+        """Refresh :attr:`view` after changing the fields (call with the adapter's lock)."""
+        self.view = _View(self.device_id, self.node, self.telemetry,
+                          self.status is not None and self.status.state == "online",
+                          self.last_seen, self.silence_limit)
 
 
 @dataclass
@@ -322,7 +350,7 @@ class DevicesAdapter:
         """This adapter instance in the relay (its own rows are not read back)."""
         self.consumed: Counter[str] = Counter()
         """Messages this adapter received from the broker, by topic leaf (``runs`` for
-        ``runs/<id>``)."""
+        ``runs/<id>``); written by paho's loop thread alone (read it by key)."""
         self.relayed_in: Counter[str] = Counter()
         """Messages another replica consumed that this adapter handled from the relay."""
         self._relay_pending: dict[str, RelayedMessage] = {}
@@ -396,8 +424,8 @@ class DevicesAdapter:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             leaf = msg.topic[len(TOPIC_PREFIX) + 1:].split("/")[1:2]
-            with self._lock:
-                self.consumed[leaf[0] if leaf else "?"] += 1
+            # paho's loop thread is the only writer of ``consumed``: no lock per message
+            self.consumed[leaf[0] if leaf else "?"] += 1
             self._handle(msg.topic, msg.payload, retained=bool(msg.retain))
         except Exception:  # never let a payload kill the loop thread
             log.exception("site %s: error handling a message on %s", self.site.name, msg.topic)
@@ -454,6 +482,7 @@ class DevicesAdapter:
                         wake = True
                     d = self._device(device_id)
                     d.last_seen = max(d.last_seen, now)
+                    d.seen()
                 relay_rank = float(upd.seq)
             elif leaf == "hello" and len(rest) == 2:
                 if not payload:  # cleared: the device was forgotten (here or elsewhere)
@@ -470,6 +499,7 @@ class DevicesAdapter:
                     d = self._device(device_id)
                     d.hello, d.hello_at, d.last_seen = hello, now, now
                     d.node, d.silence_limit = node, limit
+                    d.seen()
                     d.announced[leaf] = hash(bytes(payload))
                 wake = True
             elif leaf == "status" and len(rest) == 2:
@@ -486,6 +516,7 @@ class DevicesAdapter:
                     d.announced[leaf] = hash(bytes(payload))
                     if st.state == "online":
                         d.last_seen = now
+                    d.seen()
                 wake = True
             elif leaf == "rejected" and len(rest) == 2:
                 wake = self._on_rejected(device_id, decode(CommandRejected, payload))
@@ -497,6 +528,7 @@ class DevicesAdapter:
                     if now >= d.telemetry_at:  # a relayed one may be older than ours
                         d.telemetry, d.telemetry_at = tel, now
                     d.last_seen = max(d.last_seen, now)
+                    d.seen()
                 relay_rank = now
             else:
                 self._reject(t, "unknown topic leaf")
@@ -717,8 +749,8 @@ class DevicesAdapter:
         (:meth:`_silence_limit`) of ``now`` — or of this side's last (re)connection,
         whichever is later (after a broker restart each agent gets that long to reconnect
         before it counts offline)."""
-        return (d.status is not None and d.status.state == "online"
-                and now - max(d.last_seen, self._connected_at) <= d.silence_limit)
+        return _ready(d.status is not None and d.status.state == "online", d.last_seen,
+                      d.silence_limit, self._connected_at, now)
 
     def _silence_limit(self, hello: Hello | None) -> float:
         """Seconds without a message before a device saying it is online is lost:
@@ -789,12 +821,12 @@ class DevicesAdapter:
         """One Node per device that sent a Hello, sorted by device id (offline and lost
         ones with ``ready=False``); first forgets the devices past ``forgetAfter``.
 
-        Built incrementally: each device's node is made once per hello (:meth:`_node_of`);
-        under the lock this takes only a snapshot — per device its prebuilt node, latest
-        telemetry and readiness, and the resources of runs dispatched there — and copies
-        the nodes with those live fields after releasing it, so MQTT messages wait at
-        most for the snapshot (about 2 ms at 5,000 devices; bench/control_plane/
-        devices_adapter.py)."""
+        Built incrementally: each device's node is made once per hello (:meth:`_node_of`)
+        and every message replaces the device's :class:`_View`; under the lock this takes
+        only the list of views and the resources of runs dispatched per device, and it
+        copies the nodes with their readiness, free resources and telemetry after
+        releasing it, so MQTT messages wait at most for that list (about 1 ms at 5,000
+        devices: ``python -m bench.control_plane.devices_adapter``)."""
         now = self.ctx.clock()
         self._forget_expired(now)
         self._resync_announcements(now)
@@ -807,14 +839,16 @@ class DevicesAdapter:
                 u = used.setdefault(disp.device_id, [0.0, 0.0])
                 u[0] += disp.cpu
                 u[1] += disp.memory
-            snap = [(d.device_id, d.node, d.telemetry, self._online(d, now))
-                    for d in self._devices.values() if d.node is not None]
-        snap.sort(key=lambda row: row[0])
+            views = [d.view for d in self._devices.values()]
+        since = self._connected_at  # silence counts from the last (re)connection at the earliest
+        snap = sorted((v for v in views if v is not None and v.node is not None),
+                      key=lambda v: v.device_id)
         nodes: list[Node] = []
-        for device_id, base, tel, ready in snap:
+        for device_id, base, tel, says_online, last_seen, limit in snap:
             assert base is not None  # filtered above
             if not self._enrolled(device_id):  # e.g. revoked
                 continue
+            ready = _ready(says_online, last_seen, limit, since, now)
             # the prebuilt node's parts (capacity, labels, ...) are shared, never mutated
             update: dict[str, Any] = {"ready": ready}
             if device_id in used:
@@ -1004,21 +1038,21 @@ class DevicesAdapter:
     def devices(self) -> list[dict[str, Any]]:
         """Every known device for ``GET /v1/devices`` (JSON-ready dicts, camelCase keys)."""
         now = self.ctx.clock()
-        out: list[dict[str, Any]] = []
-        with self._lock:
-            for d in sorted(self._devices.values(), key=lambda d: d.device_id):
-                out.append({
-                    "site": self.site.name,
-                    "deviceId": d.device_id,
-                    "online": self._online(d, now),
-                    "state": self._state(d, now),
-                    "lastSeen": (datetime.fromtimestamp(d.last_seen, UTC).isoformat()
-                                 if d.last_seen else None),
-                    "hello": d.hello.model_dump(mode="json") if d.hello else None,
-                    "telemetry": d.telemetry.model_dump(mode="json") if d.telemetry else None,
-                    "running": list(d.status.running) if d.status else [],
-                })
-        return out
+        with self._lock:  # the payload models are replaced, never changed: dump them after
+            rows = [(d.device_id, self._state(d, now), d.last_seen, d.hello, d.telemetry,
+                     d.status) for d in self._devices.values()]
+        rows.sort(key=lambda row: row[0])
+        return [{
+            "site": self.site.name,
+            "deviceId": device_id,
+            "online": state == "online",
+            "state": state,
+            "lastSeen": (datetime.fromtimestamp(last_seen, UTC).isoformat()
+                         if last_seen else None),
+            "hello": hello.model_dump(mode="json") if hello else None,
+            "telemetry": tel.model_dump(mode="json") if tel else None,
+            "running": list(status.running) if status else [],
+        } for device_id, state, last_seen, hello, tel, status in rows]
 
 
 def _factory(site: SiteSpec, ctx: AdapterContext) -> DevicesAdapter:

@@ -14,15 +14,25 @@ payloads as ``continuum-agent`` sends them. Then:
 * ``--messages`` telemetry messages are handled round-robin over the fleet: CPU
   (``time.process_time``) per message, median over ``--repeat`` rounds.
 
+With ``--broker`` the telemetry goes through a private Mosquitto
+(``deploy/dev/mosquitto.sh``) and the adapter's own MQTT session (paho's loop thread, the
+shared subscription) instead: a publisher subprocess announces ``--devices`` devices and
+sends ``--messages`` telemetry messages as fast as it can (QoS 0); the figure is this
+process's CPU (every thread: paho's network loop, decoding, the handler) per telemetry
+message the adapter consumed, from its first to its last.
+
 Reproduce::
 
     python -m bench.control_plane.devices_adapter --devices 5000
+    python -m bench.control_plane.devices_adapter --devices 1000 --broker --messages 50000
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -35,6 +45,8 @@ import paho.mqtt.client as mqtt
 
 from adapters.base import AdapterContext
 from adapters.devices import DevicesAdapter, _Dispatched
+from bench.control_plane.fleet import MOSQUITTO_SH
+from bench.control_plane.server import REPO
 from bench.control_plane.submit import free_port
 from continuum.model import PowerProfile, SiteKind, SiteSpec
 from edge_agent.protocol import DeviceStatus, Hello, Telemetry, encode, topic
@@ -92,23 +104,104 @@ def telemetry(device_id: str) -> bytes:
                             peer_rtt_ms={"lab-2": 1.7}))
 
 
-def fleet_adapter(devices: int, state_dir: Path) -> DevicesAdapter:
+def hello(k: int) -> Hello:
+    d = f"dev-{k:06d}"
+    return Hello(device_id=d, hostname=d, arch="aarch64", cpus=4, memory=4 * 2**30,
+                 location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4),
+                 speed=0.35, labels={"rack": str(k % 40)}, profile="pi4", emulated=True,
+                 agent_version="bench", telemetry_interval=5.0)
+
+
+def fleet_adapter(devices: int, state_dir: Path, port: int | None = None) -> DevicesAdapter:
+    """A devices adapter on ``port`` (default: a port where nothing listens) that has
+    handled every device's hello, online status and one telemetry."""
     site = SiteSpec(name="fleet", kind=SiteKind.devices,
-                    config={"broker": f"mqtt://127.0.0.1:{free_port()}"})
+                    config={"broker": f"mqtt://127.0.0.1:{port or free_port()}"})
     a = DevicesAdapter(site, AdapterContext(artifacts=_NoArtifacts(), state_dir=state_dir))
+    if port is not None:
+        return a
     for k in range(devices):
         d = f"dev-{k:06d}"
-        hello = Hello(device_id=d, hostname=d, arch="aarch64", cpus=4, memory=4 * 2**30,
-                      location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4),
-                      speed=0.35, labels={"rack": str(k % 40)}, profile="pi4", emulated=True,
-                      agent_version="bench", telemetry_interval=5.0)
-        a._on_message(_PAHO, None, message(topic(d, "hello"), encode(hello), retain=True))
+        a._on_message(_PAHO, None, message(topic(d, "hello"), encode(hello(k)), retain=True))
         a._on_message(_PAHO, None, message(topic(d, "status"), encode(
             DeviceStatus(device_id=d, state="online")), retain=True))
         a._on_message(_PAHO, None, message(topic(d, "telemetry"), telemetry(d)))
         if k % 10 == 0:
             a._dispatched[f"run-{k}"] = _Dispatched(d, 1.0, 2**28)
     return a
+
+
+def publish(port: int, devices: int, messages: int) -> None:
+    """The publisher subprocess: every device's retained hello and online status (QoS 1),
+    then ``messages`` telemetry round-robin (QoS 0) as fast as paho sends them."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher",
+                    protocol=mqtt.MQTTv311)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    for k in range(devices):
+        d = f"dev-{k:06d}"
+        c.publish(topic(d, "hello"), encode(hello(k)), qos=1, retain=True)
+        info = c.publish(topic(d, "status"), encode(DeviceStatus(device_id=d, state="online")),
+                         qos=1, retain=True)
+    info.wait_for_publish(30)
+    sys.stdout.write("announced\n")
+    sys.stdout.flush()
+    sys.stdin.readline()  # the adapter has seen every device: go
+    payloads = [(topic(f"dev-{k:06d}", "telemetry"), telemetry(f"dev-{k:06d}"))
+                for k in range(devices)]
+    for i in range(messages):
+        t, p = payloads[i % devices]
+        c.publish(t, p, qos=0)
+    c.publish("bench/done", b"", qos=1).wait_for_publish(60)
+    c.loop_stop()
+    c.disconnect()
+
+
+def through_broker(devices: int, messages: int) -> float:
+    """CPU (s) of this process per telemetry message consumed through Mosquitto."""
+    with TemporaryDirectory() as tmp:
+        port = free_port()
+        broker_dir = Path(tmp) / "mosquitto"
+        subprocess.run(["bash", str(MOSQUITTO_SH), "start", str(broker_dir), str(port)],
+                       check=True)
+        a = fleet_adapter(devices, Path(tmp), port)
+        pub = None
+        try:
+            deadline = time.monotonic() + 30
+            while not a.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pub = subprocess.Popen(
+                [sys.executable, "-m", "bench.control_plane.devices_adapter", "--publish",
+                 str(port), "--devices", str(devices), "--messages", str(messages)],
+                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert pub.stdout is not None and pub.stdin is not None
+            assert pub.stdout.readline().strip() == "announced"
+            deadline = time.monotonic() + 60
+            while len(a.devices()) < devices and time.monotonic() < deadline:
+                time.sleep(0.05)
+            base = a.consumed["telemetry"]
+            pub.stdin.write("go\n")
+            pub.stdin.flush()
+            while a.consumed["telemetry"] == base:
+                time.sleep(0.001)
+            c0, n0 = time.process_time(), a.consumed["telemetry"]
+            c1 = c0
+            last, still = n0, time.monotonic()
+            while time.monotonic() - still < 1.0:  # until nothing arrived for 1 s
+                time.sleep(0.01)
+                if a.consumed["telemetry"] != last:
+                    last, still = a.consumed["telemetry"], time.monotonic()
+                    c1 = time.process_time()
+            pub.wait(timeout=60)
+            got = last - n0
+            print(f"telemetry consumed: {got + 1} of {messages} sent")
+            return (c1 - c0) / got
+        finally:
+            if pub is not None and pub.poll() is None:
+                pub.kill()
+            a.close()
+            subprocess.run(["bash", str(MOSQUITTO_SH), "stop", str(broker_dir)], check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=20, help="inventory() calls timed")
     ap.add_argument("--messages", type=int, default=20000, help="telemetry messages per round")
     ap.add_argument("--repeat", type=int, default=5, help="rounds of telemetry")
+    ap.add_argument("--broker", action="store_true",
+                    help="telemetry through a private Mosquitto and the adapter's session")
+    ap.add_argument("--publish", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.publish:
+        publish(args.publish, args.devices, args.messages)
+        return 0
+    if args.broker:
+        per = through_broker(args.devices, args.messages)
+        print(f"devices: {args.devices}")
+        print(f"telemetry through Mosquitto: {per * 1e6:.1f} µs CPU of this process per "
+              f"message consumed")
+        return 0
     with TemporaryDirectory() as tmp:
         a = fleet_adapter(args.devices, Path(tmp))
         try:
