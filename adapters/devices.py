@@ -1030,10 +1030,12 @@ class DevicesAdapter:
         """The latest telemetry of every device that sent a Hello and telemetry."""
         now = self.ctx.clock()
         with self._lock:
-            return [DeviceTelemetry(d.device_id, d.hello.location, self._online(d, now),
-                                    d.telemetry_at, d.telemetry)
-                    for d in sorted(self._devices.values(), key=lambda d: d.device_id)
-                    if d.hello is not None and d.telemetry is not None]
+            out = [DeviceTelemetry(d.device_id, d.hello.location, self._online(d, now),
+                                   d.telemetry_at, d.telemetry)
+                   for d in self._devices.values()
+                   if d.hello is not None and d.telemetry is not None]
+        out.sort(key=lambda t: t.device_id)  # after releasing the lock
+        return out
 
     def devices(self) -> list[dict[str, Any]]:
         """Every known device for ``GET /v1/devices`` (JSON-ready dicts, camelCase keys)."""

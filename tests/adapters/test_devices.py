@@ -375,3 +375,22 @@ def test_a_hung_agent_is_lost_within_two_heartbeats_and_back_when_it_resumes(
                  message=lambda: f"device online again after SIGCONT: {state()}")
     finally:
         a.close()
+
+
+def test_a_hello_that_makes_no_valid_node_is_rejected(adapter, observer, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Each node is built once, from its hello: a hello whose figures make no valid node
+    (speed 0) is rejected as malformed with the field named, and no node appears."""
+    from continuum.model import PowerProfile
+    from edge_agent.protocol import Hello
+
+    before = adapter.malformed
+    bad = Hello(device_id="slow-1", hostname="slow-1", arch="aarch64", cpus=4, memory=2**30,
+                location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4), speed=0,
+                agent_version="test")
+    observer.client.publish(topic("slow-1", "hello"), encode(bad), qos=1).wait_for_publish(5)
+    wait_for(lambda: adapter.malformed > before, 5,
+             message=lambda: f"the hello rejected ({adapter.malformed_by_reason})")
+    assert adapter.malformed_by_reason["invalid Hello"] >= 1, adapter.malformed_by_reason
+    assert "rejected payload on continuum/v1/devices/slow-1/hello: invalid Hello: speed" \
+        in caplog.text
+    assert "slow-1" not in {n.name for n in adapter.inventory()}
