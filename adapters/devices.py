@@ -662,8 +662,9 @@ class DevicesAdapter:
 
     def _device(self, device_id: str) -> _Device:
         d = self._devices.get(device_id)
-        if d is None:
-            d = self._devices[device_id] = _Device(device_id)
+        if d is None:  # no hello yet: the silence limit of a device that announces none
+            d = self._devices[device_id] = _Device(device_id,
+                                                   silence_limit=self._silence_limit(None))
         return d
 
     def _state(self, d: _Device, now: float) -> str:
