@@ -394,3 +394,29 @@ def test_a_hello_that_makes_no_valid_node_is_rejected(adapter, observer, caplog)
     assert "rejected payload on continuum/v1/devices/slow-1/hello: invalid Hello: speed" \
         in caplog.text
     assert "slow-1" not in {n.name for n in adapter.inventory()}
+
+
+def test_a_device_heard_before_its_hello_has_the_sites_silence_limit(
+        mosquitto, tmp_path, observer) -> None:  # type: ignore[no-untyped-def]
+    """``offlineAfter`` is every device's silence limit, also for a device whose status
+    came before (or without) its hello."""
+    from edge_agent.protocol import DeviceStatus
+
+    now = [1_000.0]
+    site = SiteSpec(name="fleet", kind=SiteKind.devices,
+                    config={"broker": mosquitto.url, "offlineAfter": 5})
+    a = DevicesAdapter(site, AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path,
+                                            wake=Wakes(), clock=lambda: now[0]))
+    try:
+        wait_for(lambda: a.connected, 10, message="adapter connected")
+        observer.client.publish(topic("early-1", "status"), encode(
+            DeviceStatus(device_id="early-1", state="online")), qos=1).wait_for_publish(5)
+
+        def state() -> str | None:
+            return next((d["state"] for d in a.devices() if d["deviceId"] == "early-1"), None)
+
+        wait_for(lambda: state() == "online", 10, message="the status handled")
+        now[0] += 6  # silent for longer than offlineAfter
+        assert state() == "lost"
+    finally:
+        a.close()
