@@ -37,7 +37,8 @@ Site config (``SiteSpec.config``, camelCase): ``broker`` (``mqtt://host:port`` o
 ``mqtts://``), ``username``, ``password``, ``tlsCa``, ``tlsInsecure``, ``offlineAfter``
 (seconds without a message from a device before it is not ready, for every device;
 default: per device, twice the telemetry (heartbeat) interval its hello announces —
-``Hello.telemetry_interval`` — at least 2 s, or 30 s when it announces none),
+``Hello.telemetry_interval`` — at least 2 s, or 30 s when it announces none; after a
+broker restart a device last heard before it has ``RECONNECT_WINDOW_S`` more),
 ``forgetAfter`` (seconds a device may stay offline or silent before the adapter forgets
 it, as :meth:`DevicesAdapter.forget` does; default: never), ``requireEnrollment``
 (believe only devices enrolled in this site; default false), ``sharedSubscriptions`` and
@@ -125,7 +126,7 @@ from edge_agent.protocol import (
     encode,
     topic,
 )
-from edge_agent.protocol.session import MqttSession, parse_broker_url
+from edge_agent.protocol.session import RECONNECT_MAX_S, MqttSession, parse_broker_url
 from edge_agent.protocol.signing import sign_command
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,12 @@ intervals is lost (issue 16: a hung agent, connection open, is declared lost in 
 LOST_AFTER_MIN_S = 2.0
 """The shortest silence (s) that makes a device lost, whatever interval it announces (a
 sub-second heartbeat would otherwise flap on a scheduling hiccup)."""
+RECONNECT_WINDOW_S = RECONNECT_MAX_S
+"""After this side's (re)connection to the broker, how much longer (s) than its silence
+limit a device that announces its heartbeat and was last heard before it has to be heard
+again: after a broker restart agents reconnect within their reconnect backoff's ceiling
+(``RECONNECT_MAX_S``, jittered), and are not lost — their work not moved — meanwhile. A
+device heard since then has the plain limit."""
 
 
 class _View(NamedTuple):
@@ -240,13 +247,16 @@ class _View(NamedTuple):
     says_online: bool
     last_seen: float
     silence_limit: float
+    reconnect_window: float
 
 
-def _ready(says_online: bool, last_seen: float, limit: float, since: float,
+def _ready(says_online: bool, last_seen: float, limit: float, window: float, since: float,
            now: float) -> bool:
     """Ready: the device's status says online and it was heard within ``limit`` s of
-    ``now``, its silence counted from ``since`` (the last (re)connection) at the earliest."""
-    return says_online and now - max(last_seen, since) <= limit
+    ``now``, or — not heard since this side (re)connected to the broker at ``since`` —
+    that (re)connection was within ``window`` s."""
+    return says_online and (now - last_seen <= limit
+                            or (last_seen < since and now - since <= window))
 
 
 @dataclass
@@ -259,6 +269,9 @@ class _Device:
     copies it with the current readiness, free resources and telemetry)."""
     silence_limit: float = DEFAULT_OFFLINE_AFTER_S
     """Seconds of silence after which the device is lost (from its hello and the config)."""
+    reconnect_window: float = DEFAULT_OFFLINE_AFTER_S
+    """Seconds after this side's (re)connection during which it is not lost unless heard
+    since (:func:`_ready`)."""
     status: DeviceStatus | None = None
     telemetry: Telemetry | None = None
     telemetry_at: float = 0.0
@@ -273,7 +286,7 @@ class _Device:
         """Refresh :attr:`view` after changing the fields (call with the adapter's lock)."""
         self.view = _View(self.device_id, self.node, self.telemetry,
                           self.status is not None and self.status.state == "online",
-                          self.last_seen, self.silence_limit)
+                          self.last_seen, self.silence_limit, self.reconnect_window)
 
 
 @dataclass
@@ -494,11 +507,11 @@ class DevicesAdapter:
                     return
                 hello = decode(Hello, payload)
                 self._check_device(hello.device_id, device_id)
-                node, limit = self._node_of(hello), self._silence_limit(hello)
+                node, (limit, window) = self._node_of(hello), self._silence_limits(hello)
                 with self._lock:
                     d = self._device(device_id)
                     d.hello, d.hello_at, d.last_seen = hello, now, now
-                    d.node, d.silence_limit = node, limit
+                    d.node, d.silence_limit, d.reconnect_window = node, limit, window
                     d.seen()
                     d.announced[leaf] = hash(bytes(payload))
                 wake = True
@@ -662,9 +675,10 @@ class DevicesAdapter:
 
     def _device(self, device_id: str) -> _Device:
         d = self._devices.get(device_id)
-        if d is None:  # no hello yet: the silence limit of a device that announces none
-            d = self._devices[device_id] = _Device(device_id,
-                                                   silence_limit=self._silence_limit(None))
+        if d is None:  # no hello yet: the silence limits of a device that announces none
+            limit, window = self._silence_limits(None)
+            d = self._devices[device_id] = _Device(device_id, silence_limit=limit,
+                                                   reconnect_window=window)
         return d
 
     def _state(self, d: _Device, now: float) -> str:
@@ -746,23 +760,26 @@ class DevicesAdapter:
                          device_id, e)
 
     def _online(self, d: _Device, now: float) -> bool:
-        """Online: its last status said so and it was heard within its silence limit
-        (:meth:`_silence_limit`) of ``now`` — or of this side's last (re)connection,
-        whichever is later (after a broker restart each agent gets that long to reconnect
-        before it counts offline)."""
+        """Online: its last status said so and it was heard within its silence limit of
+        ``now`` — or, not heard since this side's last (re)connection to the broker, that
+        was within its reconnect window (:meth:`_silence_limits`: after a broker restart
+        each agent gets that long to reconnect before it counts offline)."""
         return _ready(d.status is not None and d.status.state == "online", d.last_seen,
-                      d.silence_limit, self._connected_at, now)
+                      d.silence_limit, d.reconnect_window, self._connected_at, now)
 
-    def _silence_limit(self, hello: Hello | None) -> float:
-        """Seconds without a message before a device saying it is online is lost:
-        ``offlineAfter`` when set; else :data:`LOST_AFTER_HEARTBEATS` of the heartbeat
-        interval its hello announces, at least :data:`LOST_AFTER_MIN_S`; else
-        :data:`DEFAULT_OFFLINE_AFTER_S`."""
+    def _silence_limits(self, hello: Hello | None) -> tuple[float, float]:
+        """``(limit, window)``: seconds without a message before a device saying it is
+        online is lost, and seconds after this side's (re)connection during which it is
+        not. ``offlineAfter`` for both when set; else, when its hello announces its
+        heartbeat interval, :data:`LOST_AFTER_HEARTBEATS` of it (at least
+        :data:`LOST_AFTER_MIN_S`) and that plus :data:`RECONNECT_WINDOW_S`; else
+        :data:`DEFAULT_OFFLINE_AFTER_S` for both."""
         if self.config.offline_after is not None:
-            return self.config.offline_after
+            return self.config.offline_after, self.config.offline_after
         if hello is not None and hello.telemetry_interval is not None:
-            return max(LOST_AFTER_MIN_S, LOST_AFTER_HEARTBEATS * hello.telemetry_interval)
-        return DEFAULT_OFFLINE_AFTER_S
+            limit = max(LOST_AFTER_MIN_S, LOST_AFTER_HEARTBEATS * hello.telemetry_interval)
+            return limit, limit + RECONNECT_WINDOW_S
+        return DEFAULT_OFFLINE_AFTER_S, DEFAULT_OFFLINE_AFTER_S
 
     def _node_of(self, hello: Hello) -> Node:
         """The device's node as its hello describes it (``free`` = capacity, ready, no
@@ -845,11 +862,11 @@ class DevicesAdapter:
         snap = sorted((v for v in views if v is not None and v.node is not None),
                       key=lambda v: v.device_id)
         nodes: list[Node] = []
-        for device_id, base, tel, says_online, last_seen, limit in snap:
+        for device_id, base, tel, says_online, last_seen, limit, window in snap:
             assert base is not None  # filtered above
             if not self._enrolled(device_id):  # e.g. revoked
                 continue
-            ready = _ready(says_online, last_seen, limit, since, now)
+            ready = _ready(says_online, last_seen, limit, window, since, now)
             # the prebuilt node's parts (capacity, labels, ...) are shared, never mutated
             update: dict[str, Any] = {"ready": ready}
             if device_id in used:

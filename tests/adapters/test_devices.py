@@ -420,3 +420,53 @@ def test_a_device_heard_before_its_hello_has_the_sites_silence_limit(
         assert state() == "lost"
     finally:
         a.close()
+
+
+def test_after_a_broker_restart_devices_have_their_reconnect_window(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A device that announces a short heartbeat is not lost merely because the broker
+    restarted: last heard before this side's reconnection, it has its silence limit plus
+    the agents' reconnect backoff ceiling (RECONNECT_WINDOW_S) to be heard again — its
+    work is not moved while agents reconnect — and is lost after that."""
+    import paho.mqtt.client as mqtt
+
+    from continuum.model import PowerProfile
+    from edge_agent.protocol import DeviceStatus, Hello
+    from tests.conftest import Mosquitto
+
+    broker = Mosquitto(dir=tmp_path / "broker", port=free_port())
+    broker.dir.mkdir()
+    broker.start()
+    now = [1_000.0]
+    site = SiteSpec(name="fleet", kind=SiteKind.devices, config={"broker": broker.url})
+    a = DevicesAdapter(site, AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path,
+                                            wake=Wakes(), clock=lambda: now[0]))
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="d1")
+    try:
+        wait_for(lambda: a.connected, 10, message="adapter connected")
+        dev.connect("127.0.0.1", broker.port)
+        dev.loop_start()
+        hello = Hello(device_id="d1", hostname="d1", arch="aarch64", cpus=4, memory=2**30,
+                      location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4),
+                      agent_version="test", telemetry_interval=1.0)
+        for leaf, payload in (("hello", hello), ("status", DeviceStatus(device_id="d1",
+                                                                         state="online"))):
+            dev.publish(topic("d1", leaf), encode(payload), qos=1).wait_for_publish(5)
+
+        def ready() -> bool | None:
+            return next((n.ready for n in a.inventory() if n.name == "d1"), None)
+
+        wait_for(lambda: ready() is True, 10, message="device d1 ready")
+        dev.loop_stop()  # the device stays silent from here on
+        broker.stop()
+        wait_for(lambda: not a.connected, 10, message="adapter sees the broker gone")
+        now[0] += 60  # the outage outlasts every limit
+        broker.start()
+        wait_for(lambda: a.connected, 30, message="adapter reconnected")
+        limit = devices_adapter.LOST_AFTER_HEARTBEATS * 1.0
+        now[0] += limit + 1  # past its silence limit, within its reconnect window
+        assert ready() is True, "agents get their reconnect window after a broker restart"
+        now[0] += devices_adapter.RECONNECT_WINDOW_S  # the window is over, still silent
+        assert ready() is False
+    finally:
+        a.close()
+        broker.stop()
