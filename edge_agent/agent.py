@@ -4,7 +4,8 @@ On (re)connect the agent publishes a retained :class:`Hello` and a retained onli
 :class:`DeviceStatus` (its last will is the retained offline status), subscribes to its
 ``commands`` topic at QoS 1, re-publishes every unacknowledged outbox message in order
 and the latest state of every run it still holds. Telemetry (the heartbeat) goes out
-every ``telemetry_interval`` s at QoS 0.
+every ``telemetry_interval`` s at QoS 0; the Hello announces that interval, and the control
+plane declares the device lost once it has been silent for two of them.
 
 Commands are obeyed only when signed by the control plane's command key (the enrolled
 ``commandKey`` or ``--command-key``), addressed to this device, within their validity
@@ -406,6 +407,7 @@ class Agent:
             profile=p.name if p.emulated else None, emulated=p.emulated,
             python_modules=self.python_modules, agent_version=edge_agent.__version__,
             known_runs=[r.run_id for r in self.outbox.runs()],
+            telemetry_interval=self.config.telemetry_interval,
         )
 
     def _status(self, state: str) -> DeviceStatus:
@@ -413,7 +415,14 @@ class Agent:
                             running=sorted(self._active))
 
     def _telemetry_loop(self) -> None:
-        while not self._stop.wait(self.config.telemetry_interval):
+        """One telemetry message every ``telemetry_interval`` s, on a fixed schedule (the
+        time a sample takes does not stretch the announced heartbeat); after a stall
+        (e.g. the process was stopped) the schedule restarts from now, with no burst."""
+        every = self.config.telemetry_interval
+        next_at = time.monotonic() + every
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            now = time.monotonic()
+            next_at = next_at + every if next_at + every > now else now + every
             if not self.connected.is_set():
                 continue
             try:

@@ -80,6 +80,11 @@ class Hello(Payload):
     started_at: datetime = Field(default_factory=_now)
     known_runs: list[str] = Field(default_factory=list)
     """Run ids the agent still holds (running, or finished and not yet forgotten)."""
+    telemetry_interval: float | None = Field(default=None, gt=0)
+    """Seconds between this agent's telemetry messages, its heartbeat (``None``: not
+    announced). The control plane declares a device that says it is online but has been
+    silent longer than twice this ``lost`` (its node not ready). A control plane older
+    than this field rejects a Hello carrying it: upgrade the control plane first."""
 
 
 class DeviceStatus(Payload):
@@ -252,6 +257,13 @@ def decode(model: type[M] | object, data: bytes | bytearray) -> Any:
     """
     if len(data) > MAX_PAYLOAD_BYTES:
         raise ProtocolError(f"payload of {len(data)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
+    try:  # fast path: pydantic parses and validates the JSON in one pass (a valid payload)
+        fast: BaseModel = (_COMMAND.validate_json(data) if model is Command
+                           else model.model_validate_json(data))  # type: ignore[union-attr]
+        if "v" in fast.model_fields_set:  # a payload without "v" is refused below
+            return fast
+    except ValidationError:
+        pass  # not valid: the checks below say why (or accept what json.loads reads, e.g. UTF-16)
     try:
         obj = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,13 @@ def test_announcements_are_read_again_and_a_re_read_is_no_sign_of_life(
         try:
             with a._lock:
                 a._devices.pop(ag.device_id)  # its announcements lost
-            wait_for(lambda: ag.device_id in {n.name for n in a.inventory()}, 10,
+            def back() -> bool:  # its retained hello and status both read again
+                listed = ag.device_id in {n.name for n in a.inventory()}
+                with a._lock:
+                    d = a._devices.get(ag.device_id)
+                    return listed and d is not None and d.status is not None
+
+            wait_for(back, 10,
                      message="the device back from the re-read of its retained hello")
             with a._lock:
                 seen = a._devices[ag.device_id].last_seen
@@ -327,3 +334,139 @@ def test_a_run_command_the_device_never_got_is_sent_again(
                    and s, 15, message=lambda: f"run-lost done; agent log:\n{device.logs()}")
     assert got.state == RunState.Succeeded
     assert device.logs().count("run run-lost: started pid") == 1
+
+
+def test_a_hung_agent_is_lost_within_two_heartbeats_and_back_when_it_resumes(
+        mosquitto, tmp_path, agents) -> None:  # type: ignore[no-untyped-def]
+    """A hung agent (process stopped: silent, its connection open, so no last will) is
+    ``lost`` — its node not ready — once silent longer than two of the heartbeat intervals
+    its hello announces (no ``offlineAfter`` set), and online again when it resumes."""
+    heartbeat = 1.0
+    a = make_adapter(mosquitto.url, tmp_path, Wakes())
+    try:
+        wait_for(lambda: a.connected, 10, message="adapter connected")
+        ag = agents.spawn(None, "--location", "lab-1", telemetry_interval=heartbeat)
+
+        def node() -> Any:
+            return next((n for n in a.inventory() if n.name == ag.device_id), None)
+
+        def state() -> str | None:
+            return next((d["state"] for d in a.devices() if d["deviceId"] == ag.device_id),
+                        None)
+
+        wait_for(lambda: (n := node()) is not None and n.ready and n.utilisation is not None,
+                 15, message=lambda: f"device ready with telemetry; agent log:\n{ag.logs()}")
+        [d] = [d for d in a.devices() if d["deviceId"] == ag.device_id]
+        assert d["hello"]["telemetry_interval"] == heartbeat
+        limit = devices_adapter.LOST_AFTER_HEARTBEATS * heartbeat
+        os.kill(ag.proc.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            # the last heartbeat came before the stop: lost at most `limit` after it, seen
+            # at the next check (wait_for polls every 0.05 s; 0.5 s of margin for a busy host)
+            wait_for(lambda: state() == "lost" and not node().ready, limit + 0.5,
+                     message=lambda: f"device lost within {limit:g} s (+0.5 s) of the stop: "
+                     f"{state()}")
+            print(f"lost {time.monotonic() - stopped_at:.2f} s after the stop")
+            assert a.health()[0] == SiteHealth.Degraded
+        finally:
+            os.kill(ag.proc.pid, signal.SIGCONT)
+        wait_for(lambda: state() == "online" and node().ready, 10,
+                 message=lambda: f"device online again after SIGCONT: {state()}")
+    finally:
+        a.close()
+
+
+def test_a_hello_that_makes_no_valid_node_is_rejected(adapter, observer, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Each node is built once, from its hello: a hello whose figures make no valid node
+    (speed 0) is rejected as malformed with the field named, and no node appears."""
+    from continuum.model import PowerProfile
+    from edge_agent.protocol import Hello
+
+    before = adapter.malformed
+    bad = Hello(device_id="slow-1", hostname="slow-1", arch="aarch64", cpus=4, memory=2**30,
+                location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4), speed=0,
+                agent_version="test")
+    observer.client.publish(topic("slow-1", "hello"), encode(bad), qos=1).wait_for_publish(5)
+    wait_for(lambda: adapter.malformed > before, 5,
+             message=lambda: f"the hello rejected ({adapter.malformed_by_reason})")
+    assert adapter.malformed_by_reason["invalid Hello"] >= 1, adapter.malformed_by_reason
+    assert "rejected payload on continuum/v1/devices/slow-1/hello: invalid Hello: speed" \
+        in caplog.text
+    assert "slow-1" not in {n.name for n in adapter.inventory()}
+
+
+def test_a_device_heard_before_its_hello_has_the_sites_silence_limit(
+        mosquitto, tmp_path, observer) -> None:  # type: ignore[no-untyped-def]
+    """``offlineAfter`` is every device's silence limit, also for a device whose status
+    came before (or without) its hello."""
+    from edge_agent.protocol import DeviceStatus
+
+    now = [1_000.0]
+    site = SiteSpec(name="fleet", kind=SiteKind.devices,
+                    config={"broker": mosquitto.url, "offlineAfter": 5})
+    a = DevicesAdapter(site, AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path,
+                                            wake=Wakes(), clock=lambda: now[0]))
+    try:
+        wait_for(lambda: a.connected, 10, message="adapter connected")
+        observer.client.publish(topic("early-1", "status"), encode(
+            DeviceStatus(device_id="early-1", state="online")), qos=1).wait_for_publish(5)
+
+        def state() -> str | None:
+            return next((d["state"] for d in a.devices() if d["deviceId"] == "early-1"), None)
+
+        wait_for(lambda: state() == "online", 10, message="the status handled")
+        now[0] += 6  # silent for longer than offlineAfter
+        assert state() == "lost"
+    finally:
+        a.close()
+
+
+def test_after_a_broker_restart_devices_have_their_reconnect_window(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A device that announces a short heartbeat is not lost merely because the broker
+    restarted: last heard before this side's reconnection, it has its silence limit plus
+    the agents' reconnect backoff ceiling (RECONNECT_WINDOW_S) to be heard again — its
+    work is not moved while agents reconnect — and is lost after that."""
+    import paho.mqtt.client as mqtt
+
+    from continuum.model import PowerProfile
+    from edge_agent.protocol import DeviceStatus, Hello
+    from tests.conftest import Mosquitto
+
+    broker = Mosquitto(dir=tmp_path / "broker", port=free_port())
+    broker.dir.mkdir()
+    broker.start()
+    now = [1_000.0]
+    site = SiteSpec(name="fleet", kind=SiteKind.devices, config={"broker": broker.url})
+    a = DevicesAdapter(site, AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path,
+                                            wake=Wakes(), clock=lambda: now[0]))
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="d1")
+    try:
+        wait_for(lambda: a.connected, 10, message="adapter connected")
+        dev.connect("127.0.0.1", broker.port)
+        dev.loop_start()
+        hello = Hello(device_id="d1", hostname="d1", arch="aarch64", cpus=4, memory=2**30,
+                      location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4),
+                      agent_version="test", telemetry_interval=1.0)
+        for leaf, payload in (("hello", hello), ("status", DeviceStatus(device_id="d1",
+                                                                         state="online"))):
+            dev.publish(topic("d1", leaf), encode(payload), qos=1).wait_for_publish(5)
+
+        def ready() -> bool | None:
+            return next((n.ready for n in a.inventory() if n.name == "d1"), None)
+
+        wait_for(lambda: ready() is True, 10, message="device d1 ready")
+        dev.loop_stop()  # the device stays silent from here on
+        broker.stop()
+        wait_for(lambda: not a.connected, 10, message="adapter sees the broker gone")
+        now[0] += 60  # the outage outlasts every limit
+        broker.start()
+        wait_for(lambda: a.connected, 30, message="adapter reconnected")
+        limit = devices_adapter.LOST_AFTER_HEARTBEATS * 1.0
+        now[0] += limit + 1  # past its silence limit, within its reconnect window
+        assert ready() is True, "agents get their reconnect window after a broker restart"
+        now[0] += devices_adapter.RECONNECT_WINDOW_S  # the window is over, still silent
+        assert ready() is False
+    finally:
+        a.close()
+        broker.stop()

@@ -182,3 +182,34 @@ def test_an_upload_retrying_against_a_dead_server_stops_when_the_run_is_cancelle
     with pytest.raises(RunFailure, match="upload cancelled"):
         rt.upload(f"http://127.0.0.1:{port}/v1/artifacts/wf/out", out, "out", cancel)
     assert time.monotonic() - t0 < 15
+
+
+DECODED = [
+    # payload, what decode() says (the one-pass path must refuse what the checks refuse)
+    (b'{"device_id": "d", "cpu_percent": 1, "memory_used": 1, "memory_total": 2, '
+     b'"load1": 0, "power_watts": 1}', "protocol version None is not supported"),
+    (b'{"v": 2}', "protocol version 2 is not supported"),
+    (b"[1]", "must be a JSON object, got list"),
+    (b"\xff", "not UTF-8 JSON"),
+    (b'{"v": 1, "device_id": "d"}', "invalid Telemetry: cpu_percent: Field required"),
+    (b'{"v": 1, "device_id": "d", "cpu_percent": 1, "memory_used": 1, "memory_total": 2, '
+     b'"load1": 0, "power_watts": 1, "bogus": 1}', "invalid Telemetry: bogus"),
+]
+
+
+@pytest.mark.parametrize("payload,match", DECODED)
+def test_decode_refuses_what_the_protocol_refuses(payload: bytes, match: str) -> None:
+    from edge_agent.protocol import ProtocolError, Telemetry, decode
+
+    with pytest.raises(ProtocolError, match=match):
+        decode(Telemetry, payload)
+
+
+def test_decode_reads_a_valid_payload_and_utf16_json() -> None:
+    from edge_agent.protocol import Telemetry, decode
+
+    text = ('{"v": 1, "device_id": "d", "cpu_percent": 12.5, "memory_used": 1, '
+            '"memory_total": 2, "load1": 0.5, "power_watts": 3, "at": "2026-01-01T00:00:00Z"}')
+    for data in (text.encode(), text.encode("utf-16")):  # json.loads reads UTF-16 too
+        t = decode(Telemetry, data)
+        assert (t.device_id, t.cpu_percent, t.at.year) == ("d", 12.5, 2026)
