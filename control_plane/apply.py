@@ -331,11 +331,12 @@ class Applier:
     def _release(self, run_ids: Sequence[str]) -> None:
         """Release finished runs on their backends, then mark them released in one
         transaction (a release the backend refuses is tried again next cycle)."""
-        with self.store.session() as s:
-            rows = preload(s, RunRow, run_ids)
-            todo = [(r.id, r.site, r.handle) for rid in run_ids
-                    if (r := rows.get(rid)) is not None
-                    and not r.released and r.state.terminal]
+        with self.store.session() as s:  # the three columns it needs, not whole rows
+            todo = [(r.id, r.site, r.handle) for chunk in chunks(list(run_ids))
+                    for r in s.execute(select(RunRow.id, RunRow.site, RunRow.handle, RunRow.state)
+                                       .where(RunRow.id.in_(chunk),
+                                              RunRow.released.is_(False)))
+                    if r.state.terminal]
         if not todo:
             return
         if any(handle for _, _, handle in todo):
