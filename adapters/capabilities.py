@@ -26,7 +26,7 @@ import (:func:`conforms` checks the names), not a request in production::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -98,8 +98,13 @@ class DeviceTelemetry:
 class DeviceFleet(Protocol):
     """A fleet of devices that report themselves (the MQTT ``devices`` site)."""
 
-    def devices(self) -> list[dict[str, Any]]:
-        """Every known device, JSON-ready with camelCase keys (``GET /v1/devices``)."""
+    def device_states(self) -> list[tuple[str, str]]:
+        """``(device id, state)`` of every known device: what a page is chosen from."""
+        ...
+
+    def devices(self, ids: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The known devices (those of ``ids``; None: every one), JSON-ready with camelCase
+        keys (``GET /v1/devices``)."""
         ...
 
     def telemetry(self) -> list[DeviceTelemetry]:

@@ -79,7 +79,7 @@ import ssl
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -1076,12 +1076,23 @@ class DevicesAdapter:
         out.sort(key=lambda t: t.device_id)  # after releasing the lock
         return out
 
-    def devices(self) -> list[dict[str, Any]]:
-        """Every known device for ``GET /v1/devices`` (JSON-ready dicts, camelCase keys)."""
+    def device_states(self) -> list[tuple[str, str]]:
+        """``(device id, state)`` of every known device (state as in :meth:`devices`): the
+        light index a page of ``GET /v1/devices`` is chosen from before any device is
+        serialised."""
+        now = self.ctx.clock()
+        with self._lock:
+            return [(d.device_id, self._state(d, now)) for d in self._devices.values()]
+
+    def devices(self, ids: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The known devices (those of ``ids``; None: every one) for ``GET /v1/devices``
+        (JSON-ready dicts, camelCase keys), in device id order."""
         now = self.ctx.clock()
         with self._lock:  # the payload models are replaced, never changed: dump them after
+            chosen = (self._devices.values() if ids is None
+                      else [d for i in ids if (d := self._devices.get(i)) is not None])
             rows = [(d.device_id, self._state(d, now), d.last_seen, d.hello, d.telemetry,
-                     d.status) for d in self._devices.values()]
+                     d.status) for d in chosen]
         rows.sort(key=lambda row: row[0])
         return [{
             "site": self.site.name,

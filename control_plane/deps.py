@@ -7,7 +7,7 @@ route asks for exactly what it uses, e.g. ``store: Annotated[Store, Depends(get_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Collection
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +45,16 @@ class Loop(Protocol):
     def request(self, action: Action) -> Future[Any]: ...
 
 
+class DeviceListing(Protocol):
+    """What ``GET /v1/devices`` needs: the light index of every fleet's devices, then the
+    serialised devices of one page (:class:`control_plane.server.ControlPlane`)."""
+
+    def device_states(self) -> list[tuple[str, str, str]]: ...
+
+    def devices(self, wanted: Collection[tuple[str, str]] | None = None
+                ) -> list[dict[str, Any]]: ...
+
+
 @dataclass(frozen=True)
 class Services:
     """Everything the routers may use; each route takes only its part."""
@@ -59,7 +69,7 @@ class Services:
     models: ModelService
     workflows: WorkflowService
     loop: Loop
-    devices: Callable[[], list[dict[str, Any]]]
+    devices: DeviceListing
     """Every device of every fleet, as the API lists them."""
     enrollment: Enrollment
     auth: Authority
@@ -111,7 +121,7 @@ async def get_loop(request: Request) -> Loop:
     return services(request).loop
 
 
-async def get_devices(request: Request) -> Callable[[], list[dict[str, Any]]]:
+async def get_devices(request: Request) -> DeviceListing:
     return services(request).devices
 
 

@@ -4,7 +4,6 @@ filled by :func:`control_plane.deps.get_store`, and so on)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -40,7 +39,7 @@ MetricsDep = Annotated[ControlPlaneMetrics, Depends(deps.get_metrics)]
 ModelsDep = Annotated[ModelService, Depends(deps.get_models)]
 WorkflowsDep = Annotated[WorkflowService, Depends(deps.get_workflows)]
 LoopDep = Annotated[deps.Loop, Depends(deps.get_loop)]
-DevicesDep = Annotated[Callable[[], list[dict[str, Any]]], Depends(deps.get_devices)]
+DevicesDep = Annotated[deps.DeviceListing, Depends(deps.get_devices)]
 EnrollmentDep = Annotated[Enrollment, Depends(deps.get_enrollment)]
 PrincipalDep = Annotated[Principal, Depends(authenticate_async)]
 

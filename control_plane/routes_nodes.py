@@ -161,12 +161,13 @@ def list_devices(devices: DevicesDep,
     lastSeen, hello, telemetry, running}``. Follow ``next`` (as ``cursor``, with the
     same filters) until it is null to list every device. 422 naming the field:
     ``limit`` outside 1–5000, an unknown ``state``, a ``cursor`` this API did not give."""
-    items = (d for d in devices()
-             if (site is None or d["site"] == site) and (state is None or d.get("state") == state)
-             and (not prefix or str(d.get("deviceId")).startswith(prefix)))
-    page, after, total = keyset_page(items, lambda d: f"{d['site']}/{d.get('deviceId')}",
-                                     cursor, limit)
-    return {"items": page, "next": after, "total": total, "limit": limit}
+    index = ((s, i) for s, i, st in devices.device_states()
+             if (site is None or s == site) and (state is None or st == state)
+             and (not prefix or i.startswith(prefix)))
+    page, after, total = keyset_page(index, lambda k: f"{k[0]}/{k[1]}", cursor, limit)
+    # only the page's devices are serialised (a fleet's payloads cost far more than its ids)
+    items = sorted(devices.devices(page), key=lambda d: f"{d['site']}/{d['deviceId']}")
+    return {"items": items, "next": after, "total": total, "limit": limit}
 
 
 @router.get("/v1/topology", summary="RTT and bandwidth between locations")

@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ class ControlPlane:
             settings=settings, store=self.store, federation=self.federation,
             artifacts=self.artifacts, collector=self.collector, network=self.network,
             metrics=self.metrics, models=self.models, workflows=self.workflows,
-            loop=self.loop, devices=self.devices, enrollment=self.enrollment,
+            loop=self.loop, devices=self, enrollment=self.enrollment,
             auth=self.auth))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -274,13 +275,29 @@ class ControlPlane:
         return self.workflows.submit(doc, doc.metadata.tenant
                                      or self.settings.auth_default_tenant)
 
-    def devices(self) -> list[dict[str, Any]]:
+    def _fleets(self) -> list[tuple[str, DeviceFleet]]:
+        return [(rt.spec.name, rt.adapter) for rt in self.federation.sites()
+                if rt.spec.kind == SiteKind.devices and isinstance(rt.adapter, DeviceFleet)]
+
+    def device_states(self) -> list[tuple[str, str, str]]:
+        """``(site, device id, state)`` of every device of every fleet."""
+        return [(site, device_id, state) for site, fleet in self._fleets()
+                for device_id, state in fleet.device_states()]
+
+    def devices(self, wanted: Collection[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+        """The devices ``(site, device id)`` of ``wanted`` (None: every device of every
+        fleet), JSON-ready for ``GET /v1/devices``; only those are serialised."""
+        by_site: dict[str, list[str]] | None = None
+        if wanted is not None:
+            by_site = {}
+            for site, device_id in wanted:
+                by_site.setdefault(site, []).append(device_id)
         out: list[dict[str, Any]] = []
-        for rt in self.federation.sites():
-            if rt.spec.kind == SiteKind.devices and isinstance(rt.adapter, DeviceFleet):
-                for d in rt.adapter.devices():
-                    item = d if isinstance(d, dict) else d.model_dump(mode="json", by_alias=True)
-                    out.append({"site": rt.spec.name, **item})
+        for site, fleet in self._fleets():
+            if by_site is not None and site not in by_site:
+                continue
+            for d in fleet.devices(None if by_site is None else by_site[site]):
+                out.append({"site": site, **d})
         return out
 
 
