@@ -119,6 +119,17 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     broker.stop()
 
 
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real Mosquitto of this test's own, which it may stop, restart or fill with
+    retained messages without disturbing the session's."""
+    broker = Mosquitto(dir=tmp_path / "own-broker", port=free_port())
+    broker.dir.mkdir()
+    broker.start()
+    yield broker
+    broker.stop()
+
+
 @dataclass
 class Postgres:
     """A PostgreSQL cluster in ``dir`` on 127.0.0.1:``port``, controlled through

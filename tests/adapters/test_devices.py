@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -231,32 +232,31 @@ def test_typed_errors(mosquitto, tmp_path, adapter, device) -> None:  # type: ig
         make_adapter(mosquitto.url, tmp_path, bogus=1)
 
 
-def test_a_broker_restart_gives_devices_offline_after_to_come_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """After the adapter reconnects, a device's silence counts from the reconnection, so a
-    device that was silent only because the broker was down is not declared offline (and
-    its work migrated) before it had ``offlineAfter`` to reconnect itself."""
+@contextmanager
+def silent_after_a_restart(own_broker, tmp_path, config, **hello_kw):  # type: ignore[no-untyped-def]
+    """Device d1 announces itself (retained hello and online status) to an adapter of
+    ``config`` on a private broker and is seen ready, then falls silent; the broker is
+    stopped, the adapter's clock moved on 60 s (past every silence limit) and the broker
+    started again. Yields ``(now, ready)``: the adapter's clock (a one-item list, to move
+    on) and whether d1's node is ready."""
     import paho.mqtt.client as mqtt
 
     from continuum.model import PowerProfile
     from edge_agent.protocol import DeviceStatus, Hello
-    from tests.conftest import Mosquitto
 
-    broker = Mosquitto(dir=tmp_path / "broker", port=free_port())
-    broker.dir.mkdir()
-    broker.start()
     now = [1_000.0]
     site = SiteSpec(name="fleet", kind=SiteKind.devices,
-                    config={"broker": broker.url, "offlineAfter": 5})
+                    config={"broker": own_broker.url, **config})
     a = DevicesAdapter(site, AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path,
                                             wake=Wakes(), clock=lambda: now[0]))
     dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="d1")
     try:
         wait_for(lambda: a.connected, 10, message="adapter connected")
-        dev.connect("127.0.0.1", broker.port)
+        dev.connect("127.0.0.1", own_broker.port)
         dev.loop_start()
         hello = Hello(device_id="d1", hostname="d1", arch="aarch64", cpus=4, memory=2**30,
                       location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4),
-                      agent_version="test")
+                      agent_version="test", **hello_kw)
         for leaf, payload in (("hello", hello), ("status", DeviceStatus(device_id="d1",
                                                                          state="online"))):
             dev.publish(topic("d1", leaf), encode(payload), qos=1).wait_for_publish(5)
@@ -266,17 +266,25 @@ def test_a_broker_restart_gives_devices_offline_after_to_come_back(tmp_path) -> 
 
         wait_for(lambda: ready() is True, 10, message="device d1 ready")
         dev.loop_stop()  # the device stays silent from here on
-        broker.stop()
+        own_broker.stop()
         wait_for(lambda: not a.connected, 10, message="adapter sees the broker gone")
-        now[0] += 30  # the outage outlasts offlineAfter
-        broker.start()
+        now[0] += 60  # the outage outlasts every silence limit
+        own_broker.start()
         wait_for(lambda: a.connected, 30, message="adapter reconnected")
+        yield now, ready
+    finally:
+        a.close()
+
+
+def test_a_broker_restart_gives_devices_offline_after_to_come_back(  # type: ignore[no-untyped-def]
+        own_broker, tmp_path) -> None:
+    """After the adapter reconnects, a device's silence counts from the reconnection, so a
+    device that was silent only because the broker was down is not declared offline (and
+    its work migrated) before it had ``offlineAfter`` to reconnect itself."""
+    with silent_after_a_restart(own_broker, tmp_path, {"offlineAfter": 5}) as (now, ready):
         assert ready() is True, "silent only since the reconnection: not offline yet"
         now[0] += 6  # offlineAfter after the reconnection, still silent
         assert ready() is False
-    finally:
-        a.close()
-        broker.stop()
 
 
 def test_announcements_are_read_again_and_a_re_read_is_no_sign_of_life(
@@ -422,51 +430,16 @@ def test_a_device_heard_before_its_hello_has_the_sites_silence_limit(
         a.close()
 
 
-def test_after_a_broker_restart_devices_have_their_reconnect_window(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_after_a_broker_restart_devices_have_their_reconnect_window(  # type: ignore[no-untyped-def]
+        own_broker, tmp_path) -> None:
     """A device that announces a short heartbeat is not lost merely because the broker
     restarted: last heard before this side's reconnection, it has its silence limit plus
     the agents' reconnect backoff ceiling (RECONNECT_WINDOW_S) to be heard again — its
     work is not moved while agents reconnect — and is lost after that."""
-    import paho.mqtt.client as mqtt
-
-    from continuum.model import PowerProfile
-    from edge_agent.protocol import DeviceStatus, Hello
-    from tests.conftest import Mosquitto
-
-    broker = Mosquitto(dir=tmp_path / "broker", port=free_port())
-    broker.dir.mkdir()
-    broker.start()
-    now = [1_000.0]
-    site = SiteSpec(name="fleet", kind=SiteKind.devices, config={"broker": broker.url})
-    a = DevicesAdapter(site, AdapterContext(artifacts=NoArtifacts(), state_dir=tmp_path,
-                                            wake=Wakes(), clock=lambda: now[0]))
-    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="d1")
-    try:
-        wait_for(lambda: a.connected, 10, message="adapter connected")
-        dev.connect("127.0.0.1", broker.port)
-        dev.loop_start()
-        hello = Hello(device_id="d1", hostname="d1", arch="aarch64", cpus=4, memory=2**30,
-                      location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4),
-                      agent_version="test", telemetry_interval=1.0)
-        for leaf, payload in (("hello", hello), ("status", DeviceStatus(device_id="d1",
-                                                                         state="online"))):
-            dev.publish(topic("d1", leaf), encode(payload), qos=1).wait_for_publish(5)
-
-        def ready() -> bool | None:
-            return next((n.ready for n in a.inventory() if n.name == "d1"), None)
-
-        wait_for(lambda: ready() is True, 10, message="device d1 ready")
-        dev.loop_stop()  # the device stays silent from here on
-        broker.stop()
-        wait_for(lambda: not a.connected, 10, message="adapter sees the broker gone")
-        now[0] += 60  # the outage outlasts every limit
-        broker.start()
-        wait_for(lambda: a.connected, 30, message="adapter reconnected")
+    with silent_after_a_restart(own_broker, tmp_path, {},
+                                telemetry_interval=1.0) as (now, ready):
         limit = devices_adapter.LOST_AFTER_HEARTBEATS * 1.0
         now[0] += limit + 1  # past its silence limit, within its reconnect window
         assert ready() is True, "agents get their reconnect window after a broker restart"
         now[0] += devices_adapter.RECONNECT_WINDOW_S  # the window is over, still silent
         assert ready() is False
-    finally:
-        a.close()
-        broker.stop()

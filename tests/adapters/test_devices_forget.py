@@ -12,7 +12,6 @@ through the control plane.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,13 @@ from adapters.devices import DevicesAdapter
 from continuum.errors import Conflict, NotFound
 from continuum.model import PowerProfile, SiteHealth, SiteKind, SiteSpec
 from edge_agent.protocol import DeviceStatus, Hello, encode, topic
-from tests.conftest import Mosquitto, free_port
+from tests.conftest import Mosquitto
 from tests.helpers import NoArtifacts, Wakes, admin_headers, wait_for
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(dir=tmp_path / "broker", port=free_port())
-    b.dir.mkdir()
-    b.start()
-    yield b
-    b.stop()
+def broker(own_broker: Mosquitto) -> Mosquitto:
+    return own_broker
 
 
 class FakeDevice:

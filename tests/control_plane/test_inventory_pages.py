@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from continuum.model import PowerProfile
 from control_plane.client import Client
 from edge_agent.protocol import DeviceStatus, Hello, encode, topic
-from tests.conftest import Mosquitto, free_port
+from tests.conftest import Mosquitto
 from tests.control_plane.harness import control_plane, served
 from tests.helpers import admin_headers, wait_for
 
@@ -158,12 +158,8 @@ def test_client_and_cli_follow_next(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(dir=tmp_path / "broker", port=free_port())
-    b.dir.mkdir()
-    b.start()
-    yield b
-    b.stop()
+def broker(own_broker: Mosquitto) -> Mosquitto:
+    return own_broker
 
 
 def announce(broker: Mosquitto, devices: dict[str, str]) -> None:
