@@ -141,8 +141,9 @@ class Applier:
             return
         now = self.clock()
         with self.store.session() as s:
-            # the rows the actions change, in one query per table (s.get then finds them
-            # in the session instead of asking the database once per action)
+            # the rows the actions change, in one query per table: while ``loaded`` holds
+            # them, s.get finds them in the session (whose identity map keeps only weak
+            # references) instead of asking the database once per action
             run_ids = [rid for a in actions if (rid := getattr(a, "run_id", None))]
             task_ids = [tid for a in actions if (tid := getattr(a, "task_id", None))]
             loaded = (preload(s, RunRow, run_ids), preload(s, TaskRow, task_ids))
