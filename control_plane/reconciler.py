@@ -275,8 +275,7 @@ class Reconciler:
         """Make the next cycle a full one (every live workflow re-read and decided)."""
         self._next_full = 0.0
 
-    def observe(self, now: float | None = None, *, statuses: bool = True,
-                full: bool | None = None) -> Observed:
+    def observe(self, now: float | None = None, *, statuses: bool = True) -> Observed:
         """One inventory refresh, one status call per site with dispatched runs, and the
         store rows the decisions need (see :class:`~control_plane.decide.Observed`).
 
@@ -285,14 +284,13 @@ class Reconciler:
         those with a timer due (a retry backoff that ends), and those Pending or
         Cancelling in the store (a submission or a cancel on any replica, over the index
         on ``workflows.state``, oldest first) — at most ``cycle_max_workflows``, in that
-        order; the rest are left for the next cycle (``backlogged``). ``full`` (default:
-        on the first cycle and when ``full_resync_s`` has passed) first forgets what was
-        known and counts every live workflow, and every one with a run not yet released,
-        as changed."""
+        order; the rest are left for the next cycle (``backlogged``). A full resync (the
+        first cycle, one every ``full_resync_s``, and one after :meth:`resync`) first
+        forgets what was known and counts every live workflow, and every one with a run
+        not yet released, as changed."""
         now = self.clock() if now is None else now
         self.federation.refresh(now)
-        if full is None:
-            full = now >= self._next_full
+        full = now >= self._next_full
         found: dict[str, RunStatus] = {}
         errors: dict[str, str] = {}
         if full:  # forget what was known; every live workflow is a change
