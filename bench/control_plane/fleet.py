@@ -225,8 +225,15 @@ def devices_visible(server: Server, http: httpx.Client) -> set[str]:
     (the simulated devices send nothing between the surge and the telemetry phases, so
     the first ones may be ``lost`` — silent longer than ``offlineAfter`` — before the
     last ones connect)."""
-    items = http.get(f"{server.url}/v1/devices", headers=server.headers).json()["items"]
-    return {d["deviceId"] for d in items if d.get("hello")}
+    out: set[str] = set()
+    params: dict[str, Any] = {"limit": 5000}  # the API's largest page; follow ``next``
+    while True:
+        page = http.get(f"{server.url}/v1/devices", headers=server.headers,
+                        params=params).json()
+        out |= {d["deviceId"] for d in page["items"] if d.get("hello")}
+        if not page.get("next"):
+            return out
+        params["cursor"] = page["next"]
 
 
 def telemetry_seen(server: Server, http: httpx.Client) -> dict[str, float]:
