@@ -352,13 +352,16 @@ class DeviceTelemetryCollector(Collector):
         return b"".join(out)
 
     def _render(self, d: DeviceReading) -> tuple[str, ...]:
-        """One device's sample lines, per family of :data:`_DEVICE_FAMILIES`."""
+        """One device's sample lines, per family of :data:`_DEVICE_FAMILIES` (the
+        device's labels escaped once for all of them)."""
         lines = [""] * len(_DEVICE_FAMILIES)
+        lab = (f'site="{_escape_label(d.site)}",device="{_escape_label(d.device)}",'
+               f'location="{_escape_label(d.location)}"')
         for i, labels, value in self._samples(d):
-            names = ("site", "device", "location", *_DEVICE_FAMILIES[i][2])
-            lab = ",".join(f'{k}="{_escape_label(v)}"' for k, v in zip(names, labels,
-                                                                      strict=True))
-            lines[i] += f"{_DEVICE_FAMILIES[i][0]}{{{lab}}} {floatToGoString(value)}\n"
+            name, _, extra = _DEVICE_FAMILIES[i]
+            more = "".join(f',{k}="{_escape_label(v)}"'
+                           for k, v in zip(extra, labels[3:], strict=True))
+            lines[i] += f"{name}{{{lab}{more}}} {floatToGoString(value)}\n"
         return tuple(lines)
 
 
