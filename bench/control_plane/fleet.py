@@ -383,8 +383,10 @@ def table(results: list[FleetResult], busy_tasks: int = 0) -> str:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--devices", type=int, nargs="+", default=[1000],
                     help="fleet sizes, each on a fresh broker and server (default: 1000)")
-    ap.add_argument("--rates", type=float, nargs="+", default=[1000, 5000],
-                    help="telemetry msgs/s in all (default: 1000 5000)")
+    ap.add_argument("--rates", type=float, nargs="*", default=[1000, 5000],
+                    help="telemetry msgs/s in all (default: 1000 5000; none: the surge and "
+                         "idle phases only). Lag needs per-device series on /metrics, "
+                         "exported up to monitoring.metrics.PER_DEVICE_SERIES_LIMIT devices")
     ap.add_argument("--fleet-seconds", type=float, default=20.0,
                     help="length of the idle and of each telemetry phase (default 20)")
     ap.add_argument("--surge-timeout", type=float, default=60.0,
