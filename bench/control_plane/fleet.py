@@ -30,7 +30,8 @@ Phases, on one server:
    server has not yet taken in (0 when it is up to date); the bench reports the largest
    lag over devices, its median and maximum over the scrapes (one per second), and after
    the last message, how long until the server had every device's last one ("drain") or
-   how many it never got.
+   how many it never got. The per-device timestamps are exported only up to
+   ``monitoring.metrics.PER_DEVICE_SERIES_LIMIT`` devices, so lag is measured up to there.
 
 Reproduce::
 
