@@ -8,22 +8,33 @@ base units (seconds), ``_total`` for counters.
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from monitoring.telemetry import DeviceReading
+
+PER_DEVICE_SERIES_LIMIT = 10_000
+"""Largest fleet (devices with telemetry, all sites) whose per-device series ``/metrics``
+exports (about 11 samples a device); a larger one gets only the fleet-wide families."""
 
 
 class ControlPlaneMetrics:
     """The metric families; the reconciler and the API update them."""
 
-    def __init__(self, devices: Callable[[], list[DeviceReading]] | None = None) -> None:
+    def __init__(self, devices: Callable[[], list[DeviceReading]] | None = None, *,
+                 per_device_limit: int | None = None) -> None:
         """``devices``: every device's latest telemetry, read at scrape time (re-exported
-        by :class:`DeviceTelemetryCollector`); None exports no device families."""
+        by :class:`DeviceTelemetryCollector`); None exports no device families.
+        ``per_device_limit``: largest fleet exported per device (None:
+        :data:`PER_DEVICE_SERIES_LIMIT`)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.placements = Counter(
@@ -114,8 +125,10 @@ class ControlPlaneMetrics:
         self.metrics_age = Gauge(
             "continuum_site_metrics_age_seconds", "Seconds since the site's Prometheus last "
             "answered.", ["site"], registry=r)
-        self.devices = DeviceTelemetryCollector(devices)
-        r.register(self.devices)
+        # not on the registry: exposition() appends its text, rendered with a per-device cache
+        self.devices = DeviceTelemetryCollector(
+            devices, per_device_limit=PER_DEVICE_SERIES_LIMIT if per_device_limit is None
+            else per_device_limit)
 
         # ---- Slurm partitions (issue-slurm). Names of vpenso/prometheus-slurm-exporter
         # (partitions.go, partition_wait.go) with a ``site`` label added, so one Prometheus
@@ -209,7 +222,7 @@ class ControlPlaneMetrics:
 
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.devices.exposition()
 
 
 # ---- monitoring (issue 5): the devices' telemetry, re-exported with device labels
@@ -219,60 +232,172 @@ class DeviceTelemetryCollector(Collector):
     """Re-exports every device's latest telemetry at scrape time, labelled
     ``site``, ``device`` and ``location`` (so one Prometheus sees the devices too).
 
-    Families (base units, Prometheus naming practice): ``continuum_device_up`` (1 online,
-    0 offline), ``continuum_device_cpu_utilisation_ratio`` (0..1),
+    Per-device families (base units, Prometheus naming practice): ``continuum_device_up``
+    (1 online, 0 offline), ``continuum_device_cpu_utilisation_ratio`` (0..1),
     ``continuum_device_memory_used_bytes``, ``continuum_device_memory_total_bytes``,
     ``continuum_device_load1``, ``continuum_device_power_watts`` (extra label
     ``source``: model, rapl, ina219), ``continuum_device_running_runs``,
     ``continuum_device_rtt_seconds`` (agent → broker), ``continuum_device_peer_rtt_seconds``
     (extra label ``peer``), ``continuum_device_temperature_celsius`` and
-    ``continuum_device_telemetry_timestamp_seconds`` (when the device measured).
+    ``continuum_device_telemetry_timestamp_seconds`` (when the device measured). They are
+    exported only while the fleet (every site's devices with telemetry together) has at
+    most ``per_device_limit`` devices; above it only the fleet-wide families are.
+
+    Fleet-wide families, always exported (labelled ``site``): ``continuum_devices``
+    (devices with telemetry, extra label ``state``: online, offline) and
+    ``continuum_device_telemetry_age_seconds`` (now − each device's latest ``at``, extra
+    label ``quantile``: 0.5, 0.9, 0.99 and 1 — the oldest).
+
+    :meth:`exposition` renders these in the text format and keeps each device's lines
+    from one scrape to the next, re-rendering only the devices whose reading changed, so
+    a scrape of an unchanged fleet costs a join, not a formatting of every sample.
     ``source`` is given by the control plane; without it nothing is exported.
     """
 
-    def __init__(self, source: Callable[[], list[DeviceReading]] | None = None) -> None:
+    QUANTILES = (0.5, 0.9, 0.99, 1.0)
+
+    def __init__(self, source: Callable[[], list[DeviceReading]] | None = None, *,
+                 per_device_limit: int = PER_DEVICE_SERIES_LIMIT,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``per_device_limit``: largest fleet (devices) exported per device; ``clock``:
+        Unix s, for the telemetry ages."""
         self.source = source
+        self.per_device_limit = per_device_limit
+        self.clock = clock
+        # (site, device) → (the reading rendered, its lines per per-device family)
+        self._lines: dict[tuple[str, str], tuple[DeviceReading, tuple[str, ...]]] = {}
+        self._lock = threading.Lock()  # scrapes may come concurrently
+        self.rendered = 0  # devices whose lines were (re)rendered, over all scrapes
 
     def describe(self) -> list[Metric]:
         return []  # families depend on the fleet; skip the registry's name check
 
+    @staticmethod
+    def _samples(d: DeviceReading) -> Iterator[tuple[int, tuple[str, ...], float]]:
+        """(index in :data:`_DEVICE_FAMILIES`, label values, value) of one device."""
+        v = (d.site, d.device, d.location)
+        yield 0, v, 1.0 if d.online else 0.0
+        yield 1, v, d.cpu_utilisation
+        yield 2, v, float(d.memory_used)
+        yield 3, v, float(d.memory_total)
+        yield 4, v, d.load1
+        yield 5, (*v, d.power_source), d.power_watts
+        yield 6, v, float(d.running)
+        if d.rtt_ms is not None:
+            yield 7, v, d.rtt_ms / 1000.0
+        for p, ms in sorted(d.peer_rtt_ms.items()):
+            yield 8, (*v, p), ms / 1000.0
+        if d.temperature_c is not None:
+            yield 9, v, d.temperature_c
+        yield 10, v, d.at
+
+    def _fleet(self, readings: list[DeviceReading]) -> Iterator[GaugeMetricFamily]:
+        """The fleet-wide families of ``readings``."""
+        count = GaugeMetricFamily("continuum_devices", "Devices with telemetry, by site and "
+                                  "state (online, offline).", labels=["site", "state"])
+        age = GaugeMetricFamily(
+            "continuum_device_telemetry_age_seconds", "Quantiles over a site's devices of "
+            "the age of each device's latest telemetry (s; quantile 1: the oldest).",
+            labels=["site", "quantile"])
+        by_site: dict[str, list[DeviceReading]] = {}
+        for d in readings:
+            by_site.setdefault(d.site, []).append(d)
+        now = self.clock()
+        for site, ds in sorted(by_site.items()):
+            online = sum(1 for d in ds if d.online)
+            count.add_metric([site, "online"], float(online))
+            count.add_metric([site, "offline"], float(len(ds) - online))
+            ages = sorted(now - d.at for d in ds)
+            for q in self.QUANTILES:
+                age.add_metric([site, floatToGoString(q)],
+                               ages[max(0, math.ceil(q * len(ages)) - 1)])  # nearest rank
+        yield count
+        yield age
+
     def collect(self) -> Iterator[Metric]:
         readings = self.source() if self.source is not None else []
-        lab = ["site", "device", "location"]
-
-        def fam(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, labels=[*lab, *extra])
-
-        up = fam("continuum_device_up", "1 when the device is online, 0 when offline.")
-        cpu = fam("continuum_device_cpu_utilisation_ratio", "CPU busy fraction (0..1).")
-        mem = fam("continuum_device_memory_used_bytes", "Memory in use (bytes).")
-        memt = fam("continuum_device_memory_total_bytes", "Memory of the device (bytes).")
-        load = fam("continuum_device_load1", "One-minute load average.")
-        power = fam("continuum_device_power_watts", "Power draw (W).", ("source",))
-        running = fam("continuum_device_running_runs", "Runs executing on the device.")
-        rtt = fam("continuum_device_rtt_seconds", "Measured round trip to the broker (s).")
-        peer = fam("continuum_device_peer_rtt_seconds", "Measured round trip to a peer (s).",
-                   ("peer",))
-        temp = fam("continuum_device_temperature_celsius", "Device temperature (°C).")
-        ts = fam("continuum_device_telemetry_timestamp_seconds",
-                 "When the device took its latest telemetry (Unix s).")
+        yield from self._fleet(readings)
+        if len(readings) > self.per_device_limit:
+            return
+        fams = [GaugeMetricFamily(name, doc, labels=["site", "device", "location", *extra])
+                for name, doc, extra in _DEVICE_FAMILIES]
         for d in readings:
-            v = [d.site, d.device, d.location]
-            up.add_metric(v, 1.0 if d.online else 0.0)
-            cpu.add_metric(v, d.cpu_utilisation)
-            mem.add_metric(v, float(d.memory_used))
-            memt.add_metric(v, float(d.memory_total))
-            load.add_metric(v, d.load1)
-            power.add_metric([*v, d.power_source], d.power_watts)
-            running.add_metric(v, float(d.running))
-            if d.rtt_ms is not None:
-                rtt.add_metric(v, d.rtt_ms / 1000.0)
-            for p, ms in sorted(d.peer_rtt_ms.items()):
-                peer.add_metric([*v, p], ms / 1000.0)
-            if d.temperature_c is not None:
-                temp.add_metric(v, d.temperature_c)
-            ts.add_metric(v, d.at)
-        yield from (up, cpu, mem, memt, load, power, running, rtt, peer, temp, ts)
+            for i, labels, value in self._samples(d):
+                fams[i].add_metric(list(labels), value)
+        yield from fams
+
+    def exposition(self) -> bytes:
+        """The device families in the text exposition format (as ``generate_latest``
+        writes them; UTF-8), per-device lines re-rendered only for changed readings."""
+        readings = self.source() if self.source is not None else []
+        out = [generate_latest(_Families(list(self._fleet(readings))))]
+        with self._lock:
+            if len(readings) > self.per_device_limit:
+                self._lines.clear()
+                return b"".join(out)
+            old, new = self._lines, {}
+            for d in readings:
+                key = (d.site, d.device)
+                hit = old.get(key)
+                if hit is None or hit[0] != d:
+                    hit = (d, self._render(d))
+                    self.rendered += 1
+                new[key] = hit
+            self._lines = new
+            rows = [lines for _, lines in new.values()]
+        for i, (name, doc, _) in enumerate(_DEVICE_FAMILIES):
+            text = "".join(r[i] for r in rows)
+            out.append(f"# HELP {name} {_escape_help(doc)}\n# TYPE {name} gauge\n{text}"
+                       .encode())
+        return b"".join(out)
+
+    def _render(self, d: DeviceReading) -> tuple[str, ...]:
+        """One device's sample lines, per family of :data:`_DEVICE_FAMILIES` (the
+        device's labels escaped once for all of them)."""
+        lines = [""] * len(_DEVICE_FAMILIES)
+        lab = (f'site="{_escape_label(d.site)}",device="{_escape_label(d.device)}",'
+               f'location="{_escape_label(d.location)}"')
+        for i, labels, value in self._samples(d):
+            name, _, extra = _DEVICE_FAMILIES[i]
+            more = "".join(f',{k}="{_escape_label(v)}"'
+                           for k, v in zip(extra, labels[3:], strict=True))
+            lines[i] += f"{name}{{{lab}{more}}} {floatToGoString(value)}\n"
+        return tuple(lines)
+
+
+# name, help, labels after site/device/location; the order of the exposition
+_DEVICE_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("continuum_device_up", "1 when the device is online, 0 when offline.", ()),
+    ("continuum_device_cpu_utilisation_ratio", "CPU busy fraction (0..1).", ()),
+    ("continuum_device_memory_used_bytes", "Memory in use (bytes).", ()),
+    ("continuum_device_memory_total_bytes", "Memory of the device (bytes).", ()),
+    ("continuum_device_load1", "One-minute load average.", ()),
+    ("continuum_device_power_watts", "Power draw (W).", ("source",)),
+    ("continuum_device_running_runs", "Runs executing on the device.", ()),
+    ("continuum_device_rtt_seconds", "Measured round trip to the broker (s).", ()),
+    ("continuum_device_peer_rtt_seconds", "Measured round trip to a peer (s).", ("peer",)),
+    ("continuum_device_temperature_celsius", "Device temperature (°C).", ()),
+    ("continuum_device_telemetry_timestamp_seconds",
+     "When the device took its latest telemetry (Unix s).", ()),
+)
+
+
+def _escape_label(v: str) -> str:
+    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _escape_help(doc: str) -> str:
+    return doc.replace("\\", r"\\").replace("\n", r"\n")
+
+
+class _Families:
+    """Ready-made metric families as something ``generate_latest`` can collect."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
 
 
 class SlurmPartitionStats(Protocol):

@@ -30,7 +30,8 @@ Phases, on one server:
    server has not yet taken in (0 when it is up to date); the bench reports the largest
    lag over devices, its median and maximum over the scrapes (one per second), and after
    the last message, how long until the server had every device's last one ("drain") or
-   how many it never got.
+   how many it never got. The per-device timestamps are exported only up to
+   ``monitoring.metrics.PER_DEVICE_SERIES_LIMIT`` devices, so lag is measured up to there.
 
 Reproduce::
 
@@ -225,8 +226,15 @@ def devices_visible(server: Server, http: httpx.Client) -> set[str]:
     (the simulated devices send nothing between the surge and the telemetry phases, so
     the first ones may be ``lost`` — silent longer than ``offlineAfter`` — before the
     last ones connect)."""
-    items = http.get(f"{server.url}/v1/devices", headers=server.headers).json()["items"]
-    return {d["deviceId"] for d in items if d.get("hello")}
+    out: set[str] = set()
+    params: dict[str, Any] = {"limit": 5000}  # the API's largest page; follow ``next``
+    while True:
+        page = http.get(f"{server.url}/v1/devices", headers=server.headers,
+                        params=params).json()
+        out |= {d["deviceId"] for d in page["items"] if d.get("hello")}
+        if not page.get("next"):
+            return out
+        params["cursor"] = page["next"]
 
 
 def telemetry_seen(server: Server, http: httpx.Client) -> dict[str, float]:
@@ -376,8 +384,10 @@ def table(results: list[FleetResult], busy_tasks: int = 0) -> str:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--devices", type=int, nargs="+", default=[1000],
                     help="fleet sizes, each on a fresh broker and server (default: 1000)")
-    ap.add_argument("--rates", type=float, nargs="+", default=[1000, 5000],
-                    help="telemetry msgs/s in all (default: 1000 5000)")
+    ap.add_argument("--rates", type=float, nargs="*", default=[1000, 5000],
+                    help="telemetry msgs/s in all (default: 1000 5000; none: the surge and "
+                         "idle phases only). Lag needs per-device series on /metrics, "
+                         "exported up to monitoring.metrics.PER_DEVICE_SERIES_LIMIT devices")
     ap.add_argument("--fleet-seconds", type=float, default=20.0,
                     help="length of the idle and of each telemetry phase (default 20)")
     ap.add_argument("--surge-timeout", type=float, default=60.0,
