@@ -84,7 +84,8 @@ class ControlPlane:
         self.auth = Authority(settings, self.store)
         self.admin_token_path = self.auth.bootstrap()
         """``<state_dir>/admin.token``: the bootstrap admin token (0600)."""
-        self.metrics = ControlPlaneMetrics(devices=self.device_readings)
+        self.metrics = ControlPlaneMetrics(devices=self.device_readings,
+                                           per_device_limit=settings.device_series_limit)
         self.artifacts = LocalArtifactStore(settings.artifact_dir, self.store)
         topo = (Topology(locations=federation_doc.spec.locations, links=federation_doc.spec.links)
                 if federation_doc else Topology())

@@ -229,6 +229,12 @@ class MonitoringSettings(BaseModel):
     """How often each site's Prometheus is queried (s), on the collector's own thread.
     5 s: a third of Prometheus's usual 15 s scrape interval, so a new sample is seen
     promptly."""
+    device_series_limit: int = Field(default=10_000, ge=0)
+    """Largest fleet (devices with telemetry, all sites) whose per-device series
+    ``/metrics`` exports (about 11 samples a device); a larger fleet gets only the
+    fleet-wide families (``continuum_devices``, telemetry age quantiles). 10,000: one
+    scrape of that many changed devices renders in ~0.3 s on this project's 2-core
+    machine (bench/RESULTS.md, fleet section)."""
 
 
 class DeviceSettings(BaseModel):

@@ -52,3 +52,10 @@ def test_nonsense_values_are_refused_naming_the_field() -> None:
         Settings(reconcile_interval_s=0)
     with pytest.raises(ValidationError, match="port"):
         Settings(port=70000)
+
+
+def test_the_device_series_limit_reaches_the_metrics(tmp_path: Path) -> None:
+    from tests.control_plane.harness import control_plane
+
+    with control_plane(tmp_path, device_series_limit=3) as (cp, _):
+        assert cp.metrics.devices.per_device_limit == 3
