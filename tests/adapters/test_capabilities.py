@@ -49,5 +49,6 @@ def test_conforms_names_the_missing_method() -> None:
             pass
 
     conforms(SimAdapter)  # nothing declared: nothing to check
-    with pytest.raises(TypeError, match=r"Renamed declares DeviceFleet but lacks devices$"):
+    with pytest.raises(TypeError, match=r"Renamed declares DeviceFleet but lacks "
+                                        r"device_states, devices$"):
         conforms(Renamed, DeviceFleet)

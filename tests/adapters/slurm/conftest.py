@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import uuid
@@ -30,7 +31,7 @@ import uvicorn
 from adapters.slurm.client import SlurmRestClient, TokenSource
 from control_plane.server import ControlPlane
 from control_plane.settings import Settings
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.helpers import admin_headers, admin_token, wait_for
 
 SLURM_SH = REPO / "deploy" / "dev" / "slurm.sh"
@@ -161,7 +162,10 @@ class LiveControlPlane:
         config = uvicorn.Config(self.cp.app, host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        sock = port_socket(self.port)  # bound here: the factory's reservation shares it
+        sock.listen(128)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        daemon=True)
         self._thread.start()
         wait_for(lambda: self._server is not None and self._server.started, timeout=20,
                  message=f"uvicorn listening on {self.url}")
@@ -214,13 +218,32 @@ class LiveControlPlane:
                         message=lambda: f"a run of {task} reaching {states}: {self.runs(wid, task)}")
 
 
+def port_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1:``port`` (0: a free one) with SO_REUSEPORT, so
+    several of this process's sockets can hold the same port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
 @dataclass
 class LiveFactory:
+    """Control planes started one after the other on one state directory and one port.
+    The port stays reserved (a bound, not listening, socket) from the factory's creation
+    to :meth:`close`, so no other process and no outgoing connection's ephemeral port
+    takes it between a free-port probe and the bind, or between two starts."""
+
     tmp: Path
     started: list[LiveControlPlane] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
+    reservation: socket.socket = field(default_factory=port_socket)
+    port: int = 0
 
     saved_token: str | None = field(default_factory=lambda: os.environ.get("CONTINUUM_TOKEN"))
+
+    def __post_init__(self) -> None:
+        self.port = self.reservation.getsockname()[1]
 
     def __call__(self, **settings: Any) -> LiveControlPlane:
         """A started control plane on the factory's state dir and port (same each call);
@@ -235,6 +258,7 @@ class LiveFactory:
         for lcp in self.started:
             if lcp._thread is not None and lcp._thread.is_alive():
                 lcp.stop()
+        self.reservation.close()
         if self.saved_token is None:
             os.environ.pop("CONTINUUM_TOKEN", None)
         else:
