@@ -333,7 +333,7 @@ class Applier:
         """Release finished runs on their backends, then mark them released in one
         transaction (a release the backend refuses is tried again next cycle)."""
         with self.store.session() as s:  # the three columns it needs, not whole rows
-            todo = [(r.id, r.site, r.handle) for chunk in chunks(list(run_ids))
+            todo = [(r.id, r.site, r.handle) for chunk in chunks(run_ids)
                     for r in s.execute(select(RunRow.id, RunRow.site, RunRow.handle, RunRow.state)
                                        .where(RunRow.id.in_(chunk),
                                               RunRow.released.is_(False)))

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from adapters.base import Handle, RunStatus
 from continuum.errors import AdapterError
@@ -293,18 +294,13 @@ class Reconciler:
         full = now >= self._next_full
         found: dict[str, RunStatus] = {}
         errors: dict[str, str] = {}
-        if full:  # forget what was known; every live workflow is a change
+        if full:  # forget what was known; every live workflow is a change (read below)
             self._next_full = now + self.settings.full_resync_s
             self._timers.clear()
             self._tracked.clear()
             self._tracked_by_wf.clear()
             self._seen.clear()
             self._task_static.clear()
-            with self.store.session() as s:
-                self._dirty.update(s.scalars(select(WorkflowRow.id).where(
-                    WorkflowRow.state.in_(_LIVE))))
-                self._dirty.update(s.scalars(select(RunRow.workflow_id).distinct().where(
-                    RunRow.released.is_(False))))
         changed: list[str] = []
         if statuses and self._tracked:  # the backends' news: what changed decides what is read
             found = self._poll(list(self._tracked.values()), errors)
@@ -314,14 +310,19 @@ class Reconciler:
         while self._timers and self._timers[0][0] <= now:
             due.append(heapq.heappop(self._timers)[1])
         limit = self.settings.cycle_max_workflows
-        with self.store.session() as s:  # submissions and cancels, oldest first
-            asked = s.scalars(select(WorkflowRow.id).where(WorkflowRow.state.in_(
+        with self.store.session() as s:  # one transaction: what changed, then its rows
+            if full:
+                self._dirty.update(s.scalars(select(WorkflowRow.id).where(
+                    WorkflowRow.state.in_(_LIVE))))
+                self._dirty.update(s.scalars(select(RunRow.workflow_id).distinct().where(
+                    RunRow.released.is_(False))))
+            asked = s.scalars(select(WorkflowRow.id).where(WorkflowRow.state.in_(  # oldest first
                 (WorkflowState.Pending, WorkflowState.Cancelling)))
                 .order_by(WorkflowRow.created_at).limit(limit + 1))  # +1: is there more?
             queue = list(dict.fromkeys([*changed, *self._dirty, *due, *asked]))
-        ids, self._dirty = set(queue[:limit]), set(queue[limit:])
-        self.backlogged = len(queue) > limit
-        wfs, tasks, runs, handles = self._read(ids, now)
+            ids, self._dirty = set(queue[:limit]), set(queue[limit:])
+            self.backlogged = len(queue) > limit
+            wfs, tasks, runs, handles = self._read(s, ids, now)
         if statuses:
             new = [t for r in runs if (t := self._track(r, handles)) is not None
                    and t.run_id not in found]
@@ -343,45 +344,43 @@ class Reconciler:
         return Observed(now=now, workflows=wfs, tasks=tasks, runs=runs,
                         statuses=found, status_errors=errors, artifacts=artifacts)
 
-    def _read(self, ids: set[str], now: float) -> tuple[
+    def _read(self, s: Session, ids: set[str], now: float) -> tuple[
             tuple[d.WorkflowView, ...], tuple[d.TaskView, ...], tuple[d.RunView, ...],
             dict[str, Handle]]:
-        """The live workflows among ``ids`` with their tasks and active or unreleased
-        runs, as views,
-        and the handles of those runs that are dispatched or running; the tracked runs of
-        those workflows are forgotten (:meth:`_track` adds the current ones back).
+        """The live workflows among ``ids`` with their tasks and active or unreleased runs,
+        as views, read in session ``s``, and the handles of those runs that are dispatched
+        or running; the tracked runs of those workflows are forgotten (:meth:`_track` adds
+        the current ones back).
 
         Only the columns the views need are read (a workflow's document and a task's spec
         are not parsed again: a task's retries, outputs and dependencies never change, so
         they are kept from its first read until its workflow ends)."""
-        live = _LIVE
-        with self.store.session() as s:
-            wf_rows: list[Any] = []
-            task_rows: list[Any] = []
-            run_rows: list[Any] = []
-            for chunk in chunks(sorted(ids)):
-                wf_rows += s.execute(select(WorkflowRow.id, WorkflowRow.name, WorkflowRow.state)
-                                     .where(WorkflowRow.id.in_(chunk),
-                                            WorkflowRow.state.in_(live)))
-                task_rows += s.execute(select(
-                    TaskRow.id, TaskRow.workflow_id, TaskRow.name, TaskRow.state,
-                    TaskRow.attempts, TaskRow.not_before, TaskRow.reason)
-                    .where(TaskRow.workflow_id.in_(chunk)))
-                run_rows += s.execute(select(
-                    RunRow.id, RunRow.workflow_id, RunRow.task_id, RunRow.state, RunRow.site,
-                    RunRow.node, RunRow.handle, RunRow.placed_at, RunRow.started_at,
-                    RunRow.reason, RunRow.replaces_run_id, RunRow.released)
-                    .where(RunRow.workflow_id.in_(chunk),
-                           or_(RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.released.is_(False))))
-            live_ids = {w.id for w in wf_rows}
-            unknown = [t.id for t in task_rows
-                       if t.workflow_id in live_ids and t.id not in self._task_static]
-            for chunk_ids in chunks(unknown):
-                for tid, spec, after in s.execute(select(TaskRow.id, TaskRow.spec,
-                                                         TaskRow.depends_on)
-                                                  .where(TaskRow.id.in_(chunk_ids))):
-                    self._task_static[tid] = (int(spec.get("retries", 0)), tuple(after),
-                                              tuple(o["name"] for o in spec.get("outputs", [])))
+        wf_rows: list[Any] = []
+        task_rows: list[Any] = []
+        run_rows: list[Any] = []
+        for chunk in chunks(sorted(ids)):
+            wf_rows += s.execute(select(WorkflowRow.id, WorkflowRow.name, WorkflowRow.state)
+                                 .where(WorkflowRow.id.in_(chunk),
+                                        WorkflowRow.state.in_(_LIVE)))
+            task_rows += s.execute(select(
+                TaskRow.id, TaskRow.workflow_id, TaskRow.name, TaskRow.state,
+                TaskRow.attempts, TaskRow.not_before, TaskRow.reason)
+                .where(TaskRow.workflow_id.in_(chunk)))
+            run_rows += s.execute(select(
+                RunRow.id, RunRow.workflow_id, RunRow.task_id, RunRow.state, RunRow.site,
+                RunRow.node, RunRow.handle, RunRow.placed_at, RunRow.started_at,
+                RunRow.reason, RunRow.replaces_run_id, RunRow.released)
+                .where(RunRow.workflow_id.in_(chunk),
+                       or_(RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.released.is_(False))))
+        live_ids = {w.id for w in wf_rows}
+        unknown = [t.id for t in task_rows
+                   if t.workflow_id in live_ids and t.id not in self._task_static]
+        for chunk_ids in chunks(unknown):
+            for tid, spec, after in s.execute(select(TaskRow.id, TaskRow.spec,
+                                                     TaskRow.depends_on)
+                                              .where(TaskRow.id.in_(chunk_ids))):
+                self._task_static[tid] = (int(spec.get("retries", 0)), tuple(after),
+                                          tuple(o["name"] for o in spec.get("outputs", [])))
         untracked = [rid for wf_id in ids for rid in self._tracked_by_wf.pop(wf_id, ())]
         wfs = tuple(d.WorkflowView(w.id, w.name, w.state) for w in wf_rows)
         tasks = []

@@ -31,7 +31,7 @@ Phases, on one server:
    lag over devices, its median and maximum over the scrapes (one per second), and after
    the last message, how long until the server had every device's last one ("drain") or
    how many it never got. The per-device timestamps are exported only up to
-   ``monitoring.metrics.PER_DEVICE_SERIES_LIMIT`` devices, so lag is measured up to there.
+   the server's ``device_series_limit`` devices, so lag is measured up to there.
 
 Reproduce::
 
@@ -387,7 +387,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rates", type=float, nargs="*", default=[1000, 5000],
                     help="telemetry msgs/s in all (default: 1000 5000; none: the surge and "
                          "idle phases only). Lag needs per-device series on /metrics, "
-                         "exported up to monitoring.metrics.PER_DEVICE_SERIES_LIMIT devices")
+                         "exported up to the server's device_series_limit (10,000) devices")
     ap.add_argument("--fleet-seconds", type=float, default=20.0,
                     help="length of the idle and of each telemetry phase (default 20)")
     ap.add_argument("--surge-timeout", type=float, default=60.0,
