@@ -70,7 +70,7 @@ class Services:
     workflows: WorkflowService
     loop: Loop
     devices: DeviceListing
-    """Every device of every fleet, as the API lists them."""
+    """The devices of every fleet, as the API lists them (an index, then a page)."""
     enrollment: Enrollment
     auth: Authority
     """Issues and verifies the API's tokens (control_plane/auth.py)."""
