@@ -5,9 +5,9 @@ ControlPlane itself); :meth:`ControlPlane.serve` runs it under uvicorn.
 
 One ControlPlane is one **replica** (:mod:`control_plane.leader`): every replica serves
 the API and re-reads the sites table every ``federation_resync_s``; only the replica that
-holds the lease runs the reconcile loop (with the migration controller and model
-retraining as its proposer and hook), writing through the fenced store view. It starts
-the loop when it becomes leader and stops it when it loses the lease."""
+holds the lease runs the reconcile loop (with the migration controller as its proposer,
+model retraining and retention as its hooks), writing through the fenced store view. It
+starts the loop when it becomes leader and stops it when it loses the lease."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ from control_plane.migration import MigrationController
 from control_plane.models import ModelService
 from control_plane.reconciler import Reconciler
 from control_plane.relay import StoreRelay
+from control_plane.retention import Retention
 from control_plane.settings import Settings
 from control_plane.store import Store, WorkflowRow
 from control_plane.workflows import Admission, WorkflowService
@@ -112,10 +113,13 @@ class ControlPlane:
         self.models = ModelService(settings, self.store, self.federation.nodes, self.metrics)
         self.migration = MigrationController(settings, leader_store, self.federation,
                                              self.network, lambda: self.models.framework)
+        self.retention = Retention(leader_store, settings.artifact_dir, self.metrics,
+                                   workflow_retention_s=settings.workflow_retention_s,
+                                   audit_retention_s=settings.audit_retention_s)
         self.reconciler = Reconciler(leader_store, self.federation, settings,
                                      self.metrics, self.network,
                                      framework=lambda: self.models.framework,
-                                     hooks=[self.models.on_cycle],
+                                     hooks=[self.models.on_cycle, self.retention.on_cycle],
                                      proposers=[self.migration.on_cycle],
                                      wake_event=self._wake)
         self.loop = LeaderLoop(self.reconciler, self.leadership,

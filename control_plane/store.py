@@ -106,7 +106,8 @@ class WorkflowRow(Base):
     """The tenant (project) the workflow, its runs, events and artifacts belong to."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True,
+                                                         index=True)
 
 
 class TaskRow(Base):

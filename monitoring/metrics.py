@@ -101,6 +101,10 @@ class ControlPlaneMetrics:
         self.submit_backlog = Gauge(
             "continuum_submit_backlog_tasks", "Tasks waiting to be placed (Waiting or "
             "Ready) as this replica's admission control last estimated them.", registry=r)
+        self.retention_deleted = Counter(
+            "continuum_retention_deleted_total", "Rows deleted past their retention, by "
+            "kind (workflows: each with its tasks, runs, events and artifacts; audit).",
+            ["kind"], registry=r)
         self.submits_refused = Counter(
             "continuum_submits_refused_total", "Workflow submits answered 429, by reason "
             "(backlog: over submit_max_backlog_tasks).", ["reason"], registry=r)
