@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from continuum.errors import NotFound, Problem, ValidationFailed
 from continuum.model import TaskState, WorkflowState
@@ -135,7 +135,7 @@ def list_workflows(store: StoreDep, principal: PrincipalDep,
                    offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> dict[str, Any]:
     """Newest first; filter by ``state``; paginate with ``limit`` and ``offset``."""
     with store.session() as s:
-        q = in_tenants(select(WorkflowRow), principal)
+        q = in_tenants(select(WorkflowRow).options(defer(WorkflowRow.document)), principal)
         cq = in_tenants(select(func.count()).select_from(WorkflowRow), principal)
         if state is not None:
             q = q.where(WorkflowRow.state == state)
