@@ -19,9 +19,12 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
+# re-exported: the types the edge agent shares live in continuum.base (its lean import)
+from continuum.base import Model as Model
+from continuum.base import PowerProfile as PowerProfile
+from continuum.base import Tier as Tier
 from continuum.units import Bytes, Cores, Seconds
 
 API_VERSION = "continuum/v1"
@@ -42,31 +45,7 @@ Name = Annotated[str, AfterValidator(_dns_label)]
 """A DNS-1123 label (Kubernetes object-name rules), e.g. ``preprocess``."""
 
 
-class Model(BaseModel):
-    """Base: camelCase aliases on the wire, snake_case in Python, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        populate_by_name=True,
-        alias_generator=to_camel,
-        use_enum_values=False,
-    )
-
-    def wire(self) -> dict[str, Any]:
-        """JSON-ready dict with camelCase keys (what the API returns)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
 # ---------------------------------------------------------------- enumerations
-
-
-class Tier(StrEnum):
-    """Where in the continuum a node sits, nearest the data first."""
-
-    device = "device"
-    edge = "edge"
-    cloud = "cloud"
-    hpc = "hpc"
 
 
 class SiteKind(StrEnum):
@@ -165,28 +144,6 @@ class Resources(Model):
     cpu: Cores = 1.0
     memory: Bytes = 256 * 2**20
     gpu: int = Field(default=0, ge=0)
-
-
-class PowerProfile(Model):
-    """A node's linear power model: ``idle_watts`` at 0 % and ``max_watts`` at 100 % CPU.
-
-    The linear idle→max model is from Fan, Weber & Barroso, "Power provisioning for a
-    warehouse-sized computer", ISCA 2007. ``gpu_watts`` is each GPU's board power
-    (TDP) when busy. ``source`` cites where the figures come from.
-    """
-
-    idle_watts: float = Field(ge=0)
-    max_watts: float = Field(ge=0)
-    gpu_watts: float = Field(default=0.0, ge=0)
-    source: str = ""
-
-    @model_validator(mode="after")
-    def _max_above_idle(self) -> PowerProfile:
-        if self.max_watts < self.idle_watts:
-            raise ValueError(
-                f"maxWatts ({self.max_watts}) must be >= idleWatts ({self.idle_watts})"
-            )
-        return self
 
 
 class Taint(Model):

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from continuum.model import Tier
+from continuum.base import Tier
 from edge_agent.config import ENV_PREFIX, AgentConfig
 from edge_agent.profiles import PROFILES, get_profile
 

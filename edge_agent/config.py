@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from continuum.model import Tier
+from continuum.base import Tier
 from edge_agent.protocol.session import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,

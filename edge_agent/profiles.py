@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from continuum.model import PowerProfile
+from continuum.base import PowerProfile
 
 GiB = 2**30
 

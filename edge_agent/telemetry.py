@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
-from continuum.model import PowerProfile
+from continuum.base import PowerProfile
 from edge_agent.profiles import DeviceProfile
 from edge_agent.protocol import Telemetry
 

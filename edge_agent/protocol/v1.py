@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from continuum.model import PowerProfile, Tier
+from continuum.base import PowerProfile, Tier
 
 PROTOCOL_VERSION = 1
 TOPIC_PREFIX = "continuum/v1/devices"
