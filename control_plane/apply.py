@@ -616,16 +616,10 @@ class Applier:
         return TaskRun(run_id=run.id, workflow_id=run.workflow_id,
                        workflow_name=doc.metadata.name, task=task, attempt=run.attempt,
                        inputs=inputs, outputs=outputs, dataset_bytes=dataset_bytes,
-                       tenant=run_tenant(s, run.workflow_id))
+                       tenant=self._docs.tenant(s, run.workflow_id))
 
 
 __all__ = ["Applier"]
-
-
-def run_tenant(s: Session, workflow_id: str) -> str:
-    """The tenant of a run: its workflow's. The one place a dispatched run's tenant is
-    read (Slurm sites map it to a user, ``userMap``)."""
-    return s.scalar(select(WorkflowRow.tenant).where(WorkflowRow.id == workflow_id)) or ""
 
 
 def preload(s: Session, model: type[_Row], ids: Sequence[Any],

@@ -568,6 +568,7 @@ class DocumentCache:
     def __init__(self) -> None:
         self._docs: dict[str, WorkflowDocument] = {}
         self._tasks: dict[str, dict[str, Task]] = {}
+        self._tenants: dict[str, str] = {}
 
     def get(self, s: Session, workflow_id: str) -> WorkflowDocument:
         """The document of ``workflow_id`` (which must exist)."""
@@ -587,12 +588,26 @@ class DocumentCache:
                                                 self.get(s, workflow_id).spec.tasks}
         return tasks[name]
 
+    def tenant(self, s: Session, workflow_id: str) -> str:
+        """The tenant of ``workflow_id`` ("" when it does not exist), the one place a
+        dispatched run's tenant is read (Slurm sites map it to a user, ``userMap``). A
+        workflow's tenant never changes, so it is read once (dispatch asked once per run)."""
+        tenant = self._tenants.get(workflow_id)
+        if tenant is None:
+            tenant = s.scalar(select(WorkflowRow.tenant).where(WorkflowRow.id == workflow_id))
+            if tenant is None:
+                return ""
+            self._tenants[workflow_id] = tenant
+        return tenant
+
     def forget(self, workflow_id: str) -> None:
         """Drop one document (its workflow finished)."""
         self._docs.pop(workflow_id, None)
         self._tasks.pop(workflow_id, None)
+        self._tenants.pop(workflow_id, None)
 
     def keep_only(self, workflow_ids: set[str]) -> None:
         """Drop every document but those of ``workflow_ids`` (the live ones)."""
         self._docs = {k: v for k, v in self._docs.items() if k in workflow_ids}
         self._tasks = {k: v for k, v in self._tasks.items() if k in workflow_ids}
+        self._tenants = {k: v for k, v in self._tenants.items() if k in workflow_ids}
