@@ -130,4 +130,3 @@ class Retention:
         log.info("retention: deleted %d audit rows older than %s (audit_retention_s=%g)",
                  len(ids), cutoff.isoformat(timespec="seconds"), self.audit_retention_s)
         return len(ids)
-
