@@ -193,6 +193,20 @@ class ZeroDelta(Protocol):
 
 
 @runtime_checkable
+class DescribesCandidates(Protocol):
+    """A :class:`DynamicScore` that renders its reason from the candidates a choice
+    evaluated alone (no ``n``-sized arrays): :class:`placement.plan.Planner` asks it
+    instead of ``describe`` (GPU fragmentation)."""
+
+    def describe_candidates(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
+                            raw: np.ndarray, at: int) -> str | None:
+        """``describe``'s line with ``idx`` the candidate node indices ``(k,)``, ``raw``
+        their raw cost in the form the plugin's ``score`` has ``(k,)``, ``at`` the chosen
+        node's position in ``idx``."""
+        ...
+
+
+@runtime_checkable
 class ObservesBatch(Protocol):
     """A plugin that learns from the requests it will see (e.g. the task-type mix of
     GPU fragmentation): the batch assigner calls ``observe`` for every request of a batch

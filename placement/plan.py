@@ -33,12 +33,14 @@ import numpy as np
 
 from continuum.model import PlacementDecision, Prediction
 from placement.assign import ALTERNATIVES, Outcome, PlacementRequest
-from placement.batch import BatchAssigner, ClassCosts, NodeClasses, static_key
+from placement.batch import BatchAssigner, ClassCosts, DynamicChoice, NodeClasses, static_key
 from placement.framework import (
     MAX_SCORE,
+    DescribesCandidates,
     Feasibility,
     FilterResult,
     Framework,
+    ScorePlugin,
     default_framework,
     ratio_to_best,
 )
@@ -51,6 +53,9 @@ from placement.plugins.resources import (
 from placement.predict import CycleState, ExplainsFallback, provides
 from placement.snapshot import CPU_EPS, TIERS, Snapshot
 
+MAX_LINES = 4096
+"""Static reason lists a :class:`Planner` keeps ((task class, node class, classes with a
+feasible node) triples), all dropped beyond."""
 MAX_COUNTS = 256
 """Filter-count tables a :class:`Planner` keeps ((static key, request shape) pairs; one
 ``(n,)`` array each), all dropped beyond."""
@@ -100,6 +105,9 @@ class Planner:
         self._codes: dict[tuple[object, ...], tuple[list[str], np.ndarray, np.ndarray, int]] = {}
         self._counts: dict[tuple[object, ...], _Counts] = {}
         self._weights: dict[tuple[float, ...], dict[str, float]] = {}
+        self._scores: dict[int, tuple[ClassCosts, dict[int, dict[str, float]]]] = {}
+        self._lines: dict[tuple[int, int, bytes],
+                          tuple[ClassCosts, list[tuple[ScorePlugin, str | None]]]] = {}
 
     def place_one(self, req: PlacementRequest, *, explain: bool = True, pin: int | None = None,
                   note: str = "") -> Outcome:
@@ -281,39 +289,17 @@ class Planner:
             return PlacementDecision.model_construct(
                 **fields, scores={}, reasons=[], filtered={}, alternatives=[],
                 model_version=fw.predictor.version, feasible_nodes=0)
-        caps = fw.capabilities()
-        scores: dict[str, float] = {}
-        for name, raw in cc.raw.items():
-            v = np.maximum(raw, 0.0)
-            f = cc.floors[name]
-            scores[name] = round(float(MAX_SCORE * (v[cc.feasible].min() + f) / (v[c] + f)), 2)
-        for dp in caps.dynamic:
+        scores = dict(self._class_scores(cc, c))
+        for dp in fw.capabilities().dynamic:
             d = (float(dyn.d[dp.name][at]) if dyn is not None and at >= 0
                  and dp.name in dnames else 0.0)
             scores[dp.name] = round(MAX_SCORE * (1.0 - d), 2)
 
         counts = self._filter_counts(req)
-        fitting = counts.per_class > 0
-        fitting[c] = True
-        rep_state = CycleState(fw.predictor, {"predictions": cc.predictions})
         reasons: list[str] = []
-        for plugin in fw.scores:
-            if weights[plugin.name] <= 0:
-                continue
-            if plugin.name in cc.raw:
-                line = plugin.describe(req, cl.rep_snap, rep_state, cc.raw[plugin.name], c,
-                                       fitting)
-            elif dyn is not None and plugin.name in dnames and at >= 0:
-                raw = dyn.raw[plugin.name]
-                full = np.zeros(snap.n)
-                shown = np.zeros(snap.n, dtype=bool)
-                ok = np.isfinite(raw)  # in the form the plugin's score has
-                shift = not ratio_to_best(plugin)
-                full[dyn.idx[ok]] = raw[ok] - raw[ok].min() if shift else raw[ok]
-                shown[dyn.idx[ok]] = True
-                line = plugin.describe(req, snap, fw.new_state(), full, j, shown)
-            else:
-                line = None
+        for plugin, line in self._static_lines(req, cc, c, counts, weights):
+            if line is None and dyn is not None and plugin.name in dnames and at >= 0:
+                line = self._dynamic_line(req, plugin, dyn, at)
             if line:
                 reasons.append(line)
         feasible = int(counts.counts[0])
@@ -329,6 +315,72 @@ class Planner:
             **fields, scores=scores, reasons=reasons, filtered=counts.filtered(),
             alternatives=self._runners_up(cc, j, counts.code), model_version=version,
             feasible_nodes=feasible)
+
+    def _class_scores(self, cc: ClassCosts, c: int) -> dict[str, float]:
+        """The static plugins' scores of node class ``c`` for ``cc``'s task class,
+        ``100 · (min + floor) / (v + floor)`` over the statically feasible classes:
+        constants of (task class, node class), kept."""
+        held = self._scores.get(id(cc))
+        if held is None or held[0] is not cc:
+            held = self._scores[id(cc)] = (cc, {})
+        out = held[1].get(c)
+        if out is None:
+            out = held[1][c] = {}
+            for name, raw in cc.raw.items():
+                v = np.maximum(raw, 0.0)
+                f = cc.floors[name]
+                out[name] = round(float(MAX_SCORE * (v[cc.feasible].min() + f) / (v[c] + f)),
+                                  2)
+        return out
+
+    def _static_lines(self, req: PlacementRequest, cc: ClassCosts, c: int, counts: _Counts,
+                      weights: dict[str, float]) -> list[tuple[ScorePlugin, str | None]]:
+        """Per weighted score plugin in plugin order, its reason when it is a static one
+        (``describe`` over the representatives, among the node classes with a feasible
+        node now and ``c``), else None. A static plugin's line reads only the task class
+        (``cc``), ``c`` and which classes have a feasible node, so it is kept per those
+        (at most :data:`MAX_LINES` entries, all dropped beyond)."""
+        fitting = counts.per_class > 0
+        fitting[c] = True
+        key = (id(cc), c, fitting.tobytes())
+        held = self._lines.get(key)
+        if held is not None and held[0] is cc:
+            return held[1]
+        if len(self._lines) >= MAX_LINES:
+            self._lines.clear()
+        cl = self.assigner.classes
+        assert cl is not None
+        fw = self.framework
+        rep_state = CycleState(fw.predictor, {"predictions": cc.predictions})
+        out: list[tuple[ScorePlugin, str | None]] = []
+        for plugin in fw.scores:
+            if weights[plugin.name] <= 0:
+                continue
+            line = (plugin.describe(req, cl.rep_snap, rep_state, cc.raw[plugin.name], c,
+                                    fitting) if plugin.name in cc.raw else None)
+            out.append((plugin, line))
+        self._lines[key] = (cc, out)
+        return out
+
+    def _dynamic_line(self, req: PlacementRequest, plugin: ScorePlugin, dyn: DynamicChoice,
+                      at: int) -> str | None:
+        """A dynamic plugin's reason over the candidates of the choice (``at``: the chosen
+        node's position among them): through :class:`DescribesCandidates` when the
+        plugin offers it (only the candidates read), else ``describe`` over ``n``-sized
+        arrays."""
+        snap = self.snap
+        raw = dyn.raw[plugin.name]
+        ok = np.isfinite(raw)  # in the form the plugin's score has
+        vals = raw[ok] - raw[ok].min() if not ratio_to_best(plugin) else raw[ok]
+        if provides(plugin, DescribesCandidates):
+            return cast(DescribesCandidates, plugin).describe_candidates(
+                req, snap, dyn.idx[ok], vals, int(np.count_nonzero(ok[:at])))
+        full = np.zeros(snap.n)
+        shown = np.zeros(snap.n, dtype=bool)
+        full[dyn.idx[ok]] = vals
+        shown[dyn.idx[ok]] = True
+        return plugin.describe(req, snap, self.framework.new_state(), full, int(dyn.idx[at]),
+                               shown)
 
     def _runners_up(self, cc: ClassCosts, j: int, code: np.ndarray) -> list[dict[str, object]]:
         """Up to :data:`ALTERNATIVES` other feasible nodes, best first, with their totals:

@@ -70,6 +70,7 @@ import numpy as np
 
 from placement.framework import (
     CachedDelta,
+    DescribesCandidates,
     DynamicScore,
     ObservesBatch,
     Term,
@@ -263,7 +264,8 @@ class GpuFragmentation:
     Declares (:mod:`placement.framework`) :class:`DynamicScore` (reads free capacity:
     evaluated per request, never cached per task class), :class:`CachedDelta`
     (:class:`FragmentationCache`), :class:`ObservesBatch` (learns the workload),
-    :class:`Weighted` and :class:`ZeroDelta` (:meth:`unchanged`).
+    :class:`Weighted`, :class:`ZeroDelta` (:meth:`unchanged`) and
+    :class:`DescribesCandidates` (:meth:`describe_candidates`).
     """
 
     name = NAME
@@ -455,17 +457,31 @@ class GpuFragmentation:
         """None when the term did not tell the feasible nodes apart (no free GPU among
         them, GPUs not scarce, or the same growth everywhere — e.g. a CPU-only task among
         nodes it fragments alike): a term that contributed nothing is not named."""
-        if snap.gpu_slots.shape[1] == 0 or not snap.gpu_slots[mask].any():
+        if snap.gpu_slots.shape[1] == 0:
             return None
-        values = raw[mask]
-        if values.size < 2 or float(values.max() - values.min()) <= 1e-9:
+        return _reason(bool(snap.gpu_slots[mask].any()), raw[mask], float(raw[chosen]))
+
+    def describe_candidates(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
+                            raw: np.ndarray, at: int) -> str | None:
+        """:meth:`describe` read from the candidates alone: ``idx`` the candidate node
+        indices ``(k,)``, ``raw`` their ``ΔF − min ΔF`` ``(k,)``, ``at`` the chosen one's
+        position in ``idx`` — the same line, without ``n``-sized arrays."""
+        if snap.gpu_slots.shape[1] == 0:
             return None
-        mine = float(raw[chosen])
-        if mine <= 1e-9:
-            others = values[values > 1e-9]
-            return (f"least growth of GPU fragmentation ({float(others.min()):.2f} GPU more "
-                    "on the next best node)")
-        return f"GPU fragmentation grows {mine:.2f} GPU more than on the best node"
+        return _reason(bool(snap.gpu_slots[idx].any()), raw, float(raw[at]))
+
+
+def _reason(any_gpu: bool, values: np.ndarray, mine: float) -> str | None:
+    """The reason of :meth:`GpuFragmentation.describe`: ``values`` the shifted growth of
+    the feasible nodes, ``mine`` the chosen one's; ``any_gpu``: whether any has a free
+    GPU."""
+    if not any_gpu or values.size < 2 or float(values.max() - values.min()) <= 1e-9:
+        return None
+    if mine <= 1e-9:
+        others = values[values > 1e-9]
+        return (f"least growth of GPU fragmentation ({float(others.min()):.2f} GPU more "
+                "on the next best node)")
+    return f"GPU fragmentation grows {mine:.2f} GPU more than on the best node"
 
 
 class FragmentationCache:
@@ -614,5 +630,6 @@ class FragmentationCache:
 
 # Declared capabilities (placement.framework): mypy checks the signatures.
 _DECLARED: tuple[type[DynamicScore], type[CachedDelta], type[ObservesBatch], type[Weighted],
-                 type[ZeroDelta]] = (
-    GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation)
+                 type[ZeroDelta], type[DescribesCandidates]] = (
+    GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation,
+    GpuFragmentation)
