@@ -47,6 +47,7 @@ import numpy as np
 from continuum.model import Task
 from placement.assign import DataSource, PlacementRequest
 from placement.framework import (
+    BoundsDelta,
     CachedDelta,
     DeltaCache,
     DynamicScore,
@@ -633,6 +634,12 @@ class BatchAssigner:
         first: float | None = None
         zero = False
         zd = cast(ZeroDelta, plugin) if provides(plugin, ZeroDelta) else None
+        bd = cast(BoundsDelta, plugin) if zd is not None and provides(plugin, BoundsDelta) \
+            else None
+        # a node whose ΔF is above x_min has a total above its group's ΔF = 0 ones by more
+        # than the choice's tie band (1e-12, and 2e-9 of margin), as gap_ok asks below
+        band = (1e-12 + 2e-9) * w / w_dyn
+        x_min = f * band / (1.0 - band) if band < 1.0 else np.inf
         # where ΔF is not 0 it is at least gap_x: such a node's total is above its
         # group's ΔF = 0 ones by more than the choice's tie band (then it is not computed
         # when keep nodes at or below that total are known)
@@ -685,18 +692,26 @@ class BatchAssigner:
                     visited.append(ch)
                     h = s.gpu_slots[cand[ch]].any(axis=1)
                     raw[ch[~h]] = 0.0
+                    big = np.zeros(ch.size, dtype=bool)
                     if h.any() and zd is not None:  # provably 0 without computing it
                         sure = np.zeros(ch.size, dtype=bool)
-                        sure[h] = zd.unchanged(req, s, cand[ch[h]])
+                        if bd is not None:  # and provably above the tie band elsewhere
+                            sure[h], lower = bd.growth_bound(req, s, cand[ch[h]], pressure)
+                            big[h] = lower > x_min
+                        else:
+                            sure[h] = zd.unchanged(req, s, cand[ch[h]])
                         raw[ch[sure]] = 0.0
                         h &= ~sure
                     zk = np.flatnonzero(raw[ch] == 0.0)
                     if zk.size >= keep - found:
                         h[zk[keep - found - 1]:] = False
                     if h.any() and gap_ok():
-                        pending.append(ch[h])  # ΔF ≥ the gap: decided below
-                    elif h.any():
-                        raw[ch[h]] = self._dynamic_delta(plugin, req, cand[ch[h]], pressure)
+                        big |= h
+                    if (h & big).any():
+                        pending.append(ch[h & big])  # ΔF ≥ the gap: decided below
+                    if (h & ~big).any():
+                        at = ch[h & ~big]
+                        raw[at] = self._dynamic_delta(plugin, req, cand[at], pressure)
                     found += int(np.count_nonzero(raw[ch] == 0.0))
                     if found >= keep:
                         break

@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from placement.framework import (
+    BoundsDelta,
     CachedDelta,
     DescribesCandidates,
     DynamicScore,
@@ -264,8 +265,8 @@ class GpuFragmentation:
     Declares (:mod:`placement.framework`) :class:`DynamicScore` (reads free capacity:
     evaluated per request, never cached per task class), :class:`CachedDelta`
     (:class:`FragmentationCache`), :class:`ObservesBatch` (learns the workload),
-    :class:`Weighted`, :class:`ZeroDelta` (:meth:`unchanged`) and
-    :class:`DescribesCandidates` (:meth:`describe_candidates`).
+    :class:`Weighted`, :class:`ZeroDelta` (:meth:`unchanged`), :class:`BoundsDelta`
+    (:meth:`growth_bound`) and :class:`DescribesCandidates` (:meth:`describe_candidates`).
     """
 
     name = NAME
@@ -370,16 +371,34 @@ class GpuFragmentation:
         also be the same (computed as :meth:`delta` does). Always False for a GPU
         request.
         """
+        return self.growth_bound(req, snap, idx, 0.0)[0]
+
+    def growth_bound(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
+                     pressure: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`unchanged` and, where it is False, a lower bound of :meth:`delta` per node
+        (``pressure``: :meth:`pressure` of ``snap``): ``(same, lower)``, bool and float
+        ``(len(idx),)``; ``lower`` is 0 where ``same`` or where no bound is known (a GPU
+        request, FGD's measure).
+
+        With the fill-up measure a CPU-only request never lowers a type's pod count nor
+        ``S_n`` (less cpu/memory feeds no more pods and no more GPUs), so ``ΔF`` is a sum
+        of non-negative parts: where a type's count drops, ``ΔF`` is at least
+        :meth:`least_positive`'s one-pod bound (the :attr:`strand` part only adds);
+        where the counts are the same, the fill-up part is bit for bit the same before
+        and after, and ``ΔF = pressure · strand · (S_after − S_before)``, known exactly
+        here (``S_n`` as :meth:`delta` computes it). Less a margin for rounding."""
         r = req.task.resources
-        if r.gpu > 0 or idx.size == 0:
-            return np.zeros(idx.size, dtype=bool)
+        k = idx.size
+        none = np.zeros(k)
+        if r.gpu > 0 or k == 0:
+            return np.zeros(k, dtype=bool), none
         sub, c, m = self._gpu_types()
         if sub is None or snap.gpu_slots.shape[1] == 0:
-            return np.ones(idx.size, dtype=bool)  # delta is 0: no GPU type, or no GPUs
+            return np.ones(k, dtype=bool), none  # delta is 0: no GPU type, or no GPUs
         cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
         if self.fill:  # fill_count's formulas; its GPU bound is the same before and after
             slots = snap.gpu_slots[idx]
-            by_gpu = fill_count(np.full(idx.size, np.inf), np.full(idx.size, np.inf), slots,
+            by_gpu = fill_count(np.full(k, np.inf), np.full(k, np.inf), slots,
                                 snap.gpu_unit, sub)
             cpu0, mem0 = np.maximum(cpu, 0)[:, None], np.maximum(mem, 0)[:, None]
             cpu1 = np.maximum(cpu - r.cpu, 0)[:, None]
@@ -396,13 +415,21 @@ class GpuFragmentation:
             before = (cpu[:, None] + CPU_EPS >= c) & (mem[:, None] >= m)
             after = ((cpu - r.cpu)[:, None] + CPU_EPS >= c) & ((mem - r.memory)[:, None] >= m)
         same: np.ndarray = (before == after).all(axis=1)
+        lower = none
+        if self.fill and pressure > 0 and not same.all():
+            lower = np.where(same, 0.0, self._least_pod(req, snap, pressure))
         if self.strand and same.any():  # S_n as delta computes it, before and after
             wl = self.distribution()
             assert wl is not None
             slots = snap.gpu_slots[idx]
-            same &= stranding(cpu, mem, slots, snap.gpu_unit, wl) == stranding(
-                cpu - r.cpu, mem - r.memory, slots, snap.gpu_unit, wl)
-        return same
+            s0 = stranding(cpu, mem, slots, snap.gpu_unit, wl)
+            s1 = stranding(cpu - r.cpu, mem - r.memory, slots, snap.gpu_unit, wl)
+            grown = same & (s0 != s1)
+            same &= ~grown
+            if pressure > 0 and grown.any():
+                gain = pressure * self.strand * (s1 - s0)
+                lower = np.where(grown, np.maximum(gain * (1.0 - 1e-9) - 1e-12, 0.0), lower)
+        return same, lower
 
     def least_positive(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
         """A lower bound of :meth:`delta` where :meth:`unchanged` is False (fill-up measure,
@@ -411,8 +438,15 @@ class GpuFragmentation:
         its whole GPUs otherwise) and ``ΔF ≥ pressure · min_m p_m · that``, less a margin
         for rounding. 0 for FGD's measure, a GPU request or with :attr:`strand` on (``S_n``
         grows continuously with the cpu taken: no positive bound)."""
+        if self.strand:
+            return 0.0
+        return self._least_pod(req, snap, pressure)
+
+    def _least_pod(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
+        """:meth:`least_positive`'s one-pod bound, whatever :attr:`strand` (it bounds
+        ``ΔF`` where a type's pod count drops; :meth:`growth_bound`)."""
         wl = self.distribution()
-        if not self.fill or self.strand or req.task.resources.gpu > 0 or wl is None:
+        if not self.fill or req.task.resources.gpu > 0 or wl is None:
             return 0.0
         sel = (wl.gpu > 0) & (wl.prob > 0)
         if not sel.any():
@@ -630,6 +664,6 @@ class FragmentationCache:
 
 # Declared capabilities (placement.framework): mypy checks the signatures.
 _DECLARED: tuple[type[DynamicScore], type[CachedDelta], type[ObservesBatch], type[Weighted],
-                 type[ZeroDelta], type[DescribesCandidates]] = (
+                 type[ZeroDelta], type[DescribesCandidates], type[BoundsDelta]] = (
     GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation,
-    GpuFragmentation)
+    GpuFragmentation, GpuFragmentation)

@@ -348,3 +348,36 @@ def test_cpu_only_pod_avoids_stranding_a_gpu_the_fill_up_measure_misses(path: st
         else:
             got[strand] = snap.ids[BatchAssigner(snap, fw).assign_one(req)]
     assert got == {0.0: "a/tight", 1.0: "a/roomy"}
+
+
+@pytest.mark.parametrize("unit", [1, U])
+@pytest.mark.parametrize("strand", [0.0, 1.0])
+def test_growth_bound_is_a_lower_bound_of_delta(unit: int, strand: float) -> None:
+    """``growth_bound``: where it says ``same`` the plugin's ΔF is exactly 0, elsewhere
+    ΔF is at least its ``lower`` (which the per-class bound uses to leave nodes
+    uncomputed), and the bound is positive on some nodes (it is used at all)."""
+    positive = 0
+    for seed in range(25):
+        snap, reqs = _random_instance(seed, unit)
+        fw = default_framework()
+        plugin = next(p for p in fw.scores if isinstance(p, GpuFragmentation))
+        plugin.strand = strand
+        a = BatchAssigner(snap, fw)
+        for r in reqs[:20]:  # some GPUs in use, so the pressure is above 0
+            a.assign_one(r)
+        idx = np.flatnonzero(snap.gpu_slots.any(axis=1))
+        pressure = plugin.pressure(snap)
+        if not idx.size or pressure <= 0:
+            continue
+        for r in reqs:
+            if r.task.resources.gpu > 0:
+                continue
+            ok = idx[snap.fits(r.task.resources)[idx]]
+            same, lower = plugin.growth_bound(r, snap, ok, pressure)
+            assert np.array_equal(same, plugin.unchanged(r, snap, ok))
+            d = plugin.delta(r, snap, ok)
+            assert (d[same] == 0.0).all(), f"seed {seed}, request {r.key}"
+            assert (d >= lower).all(), f"seed {seed}, request {r.key}: {d - lower}"
+            assert (lower[same] == 0.0).all()
+            positive += int((lower > 0).sum())
+    assert positive > 0
