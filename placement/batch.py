@@ -365,6 +365,9 @@ class BatchAssigner:
         self.last_dynamic: DynamicChoice | None = None
         self.last_costs: tuple[PlacementRequest, ClassCosts] | None = None
         """The request :meth:`choose` last saw and its :class:`ClassCosts`."""
+        self._gpu_version = 0
+        """Bumped whenever free GPU units change (:meth:`_pressure`)."""
+        self._pressures: dict[int, tuple[DynamicScore, int, float]] = {}
         self.changed: list[int] = []
         """Node indices whose free capacity this assigner changed, in order (take,
         release): what per-node tables kept beside it (the explanations' filter counts)
@@ -400,7 +403,7 @@ class BatchAssigner:
                 continue
             w = fw.weight_of(p, req.objective)
             if w > 0:
-                level = float(p.pressure(self.snap))
+                level = self._pressure(p)
                 if level > 0:  # else the term is 0 on every node
                     used.append((p, w, level))
         if not used:
@@ -409,6 +412,20 @@ class BatchAssigner:
         ws = sum(w for q in fw.scores if not caps.is_dynamic(q)
                  and q.lower_is_better and (w := weights.get(q.name, 0.0)) > 0)
         return used, ws
+
+    def _pressure(self, plugin: DynamicScore) -> float:
+        """``plugin.pressure(snap)``, kept while the snapshot's GPUs are as they were: GPU
+        fragmentation's reads the free GPU units (an ``O(n)`` sum), which change only
+        through :meth:`take`, :meth:`release` and :meth:`_best_of` (the assumption
+        :attr:`changed` and the class bounds make too); measured load's reads no free
+        capacity at all, so any plugin whose pressure reads only free GPUs and static
+        node fields is kept exactly."""
+        held = self._pressures.get(id(plugin))
+        if held is not None and held[0] is plugin and held[1] == self._gpu_version:
+            return held[2]
+        level = float(plugin.pressure(self.snap))
+        self._pressures[id(plugin)] = (plugin, self._gpu_version, level)
+        return level
 
     def _fits(self, m: np.ndarray, cpu: float, mem: int, gpu: int,
               skip: np.ndarray | None = None) -> np.ndarray:
@@ -435,6 +452,8 @@ class BatchAssigner:
         s.free_mem[i] -= r.memory
         s.free_gpu[i] -= r.gpu
         s.take_gpus(i, r.gpu)
+        if r.gpu:
+            self._gpu_version += 1
         return i
 
     def prefetch(self, requests: Sequence[PlacementRequest]) -> None:
@@ -794,6 +813,8 @@ class BatchAssigner:
         s.free_mem[i] += memory
         s.free_gpu[i] += gpu
         s.give_gpus(i, gpu)
+        if gpu:
+            self._gpu_version += 1
         c = self.classes.of[i]
         self._ub_cpu[c] = max(self._ub_cpu[c], s.free_cpu[i])
         self._ub_mem[c] = max(self._ub_mem[c], s.free_mem[i])
@@ -853,11 +874,13 @@ class BatchAssigner:
                       s.gpu_slots.copy())
         (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
          self._ub_gpu[:], s.gpu_slots[:]) = saved
+        self._gpu_version += 1
         by_regret = self.assign(requests, "regret")
         if self.value(requests, by_regret) > self.value(requests, by_size):
             return by_regret
         (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
          self._ub_gpu[:], s.gpu_slots[:]) = after_size
+        self._gpu_version += 1
         return by_size
 
     def node_costs(self, req: PlacementRequest) -> np.ndarray:

@@ -224,7 +224,8 @@ class Planner:
                 reasons, code, np.bincount(code + 1, minlength=len(reasons) + 1),
                 np.bincount(cl.of[code < 0], minlength=cl.count), len(a.changed))
         elif st.synced < len(a.changed):
-            u = np.unique(np.array(a.changed[st.synced:], dtype=np.int64))
+            # a few nodes: a set beats np.unique (which also imports numpy.ma on first use)
+            u = np.array(sorted(set(a.changed[st.synced:])), dtype=np.int64)
             old, new = st.code[u], self._attributed(req, u)
             # usually one node: scalar updates beat ufunc.at
             for i, o, c in zip(u.tolist(), old.tolist(), new.tolist(), strict=True):
