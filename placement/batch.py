@@ -711,8 +711,11 @@ class BatchAssigner:
                     visited.append(ch)
                     h = s.gpu_slots[cand[ch]].any(axis=1)
                     raw[ch[~h]] = 0.0
+                    zk = np.flatnonzero(~h)  # nodes after the keep-th of these cannot rank
+                    if zk.size >= keep - found:
+                        h[zk[keep - found - 1]:] = False
                     big = np.zeros(ch.size, dtype=bool)
-                    if h.any() and zd is not None:  # provably 0 without computing it
+                    if zd is not None and h.any():  # provably 0 without computing it
                         sure = np.zeros(ch.size, dtype=bool)
                         if bd is not None:  # and provably above the tie band elsewhere
                             sure[h], lower = bd.growth_bound(req, s, cand[ch[h]], pressure)
