@@ -337,6 +337,11 @@ class BatchAssigner:
     """Bound GPU fragmentation per node class (:meth:`_frag_walk`): ``ΔF`` is computed
     only on the classes, and the nodes within them, that can still be among the best;
     the same placements as with False, the exhaustive evaluation of every candidate."""
+    bound_growth: bool = True
+    """With :attr:`prune_dynamic`: leave uncomputed the GPU nodes whose fragmentation
+    growth provably ranks them after enough ``ΔF = 0`` nodes
+    (:class:`~placement.framework.BoundsDelta`); False computes ``ΔF`` on every GPU node
+    ahead of them that is not provably at 0 (the path before; same placements)."""
     keep: int = 1
     """How many of the best candidates a dynamic choice must know exactly: 1 for the
     choice; :class:`placement.plan.Planner` asks for the runners-up of an explanation
@@ -653,8 +658,8 @@ class BatchAssigner:
         first: float | None = None
         zero = False
         zd = cast(ZeroDelta, plugin) if provides(plugin, ZeroDelta) else None
-        bd = cast(BoundsDelta, plugin) if zd is not None and provides(plugin, BoundsDelta) \
-            else None
+        bd = cast(BoundsDelta, plugin) if (self.bound_growth and zd is not None
+                                           and provides(plugin, BoundsDelta)) else None
         # a node whose ΔF is above x_min has a total above its group's ΔF = 0 ones by more
         # than the choice's tie band (1e-12, and 2e-9 of margin), as gap_ok asks below
         band = (1e-12 + 2e-9) * w / w_dyn

@@ -105,6 +105,12 @@ class Planner:
         self._codes: dict[tuple[object, ...], tuple[list[str], np.ndarray, np.ndarray, int]] = {}
         self._counts: dict[tuple[object, ...], _Counts] = {}
         self._weights: dict[tuple[float, ...], dict[str, float]] = {}
+        self.lean_explanations = True
+        """Keep the static scores and reasons per (task class, node class, classes with a
+        feasible node) and let a dynamic term describe itself from the candidates
+        (:class:`DescribesCandidates`); False rebuilds them for every decision and
+        describes dynamic terms over ``n``-sized arrays (the path before, for the
+        benchmark's side-by-side; the same explanations)."""
         self._scores: dict[int, tuple[ClassCosts, dict[int, dict[str, float]]]] = {}
         self._lines: dict[tuple[int, int, bytes],
                           tuple[ClassCosts, list[tuple[ScorePlugin, str | None]]]] = {}
@@ -321,7 +327,7 @@ class Planner:
         """The static plugins' scores of node class ``c`` for ``cc``'s task class,
         ``100 · (min + floor) / (v + floor)`` over the statically feasible classes:
         constants of (task class, node class), kept."""
-        held = self._scores.get(id(cc))
+        held = self._scores.get(id(cc)) if self.lean_explanations else None
         if held is None or held[0] is not cc:
             held = self._scores[id(cc)] = (cc, {})
         out = held[1].get(c)
@@ -344,7 +350,7 @@ class Planner:
         fitting = counts.per_class > 0
         fitting[c] = True
         key = (id(cc), c, fitting.tobytes())
-        held = self._lines.get(key)
+        held = self._lines.get(key) if self.lean_explanations else None
         if held is not None and held[0] is cc:
             return held[1]
         if len(self._lines) >= MAX_LINES:
@@ -373,7 +379,7 @@ class Planner:
         raw = dyn.raw[plugin.name]
         ok = np.isfinite(raw)  # in the form the plugin's score has
         vals = raw[ok] - raw[ok].min() if not ratio_to_best(plugin) else raw[ok]
-        if provides(plugin, DescribesCandidates):
+        if self.lean_explanations and provides(plugin, DescribesCandidates):
             return cast(DescribesCandidates, plugin).describe_candidates(
                 req, snap, dyn.idx[ok], vals, int(np.count_nonzero(ok[:at])))
         full = np.zeros(snap.n)

@@ -14,10 +14,13 @@ request with ``time.perf_counter`` (decision object and, unless said, its explan
 reasons, scores, filter counts, runners-up — included):
 
 * the product path, GPU fragmentation on (default weight) and off;
-* :data:`BEFORE`: the path as it was before the per-class bound, side by side in the
-  same run — the fragmentation term evaluated on up to 1,024 fitting nodes per request
-  (the tightest of each class), no pruning — timed interleaved with the product row,
-  request by request, so that load on a shared machine weighs on both alike;
+* :data:`BEFORE`: the path as it was before the growth bound and the lean explanations
+  (issue 16 item 4, second round), side by side in the same run — ``ΔF`` computed on
+  every GPU node ahead of enough ``ΔF = 0`` ones (``bound_growth=False``), static scores
+  and reasons rebuilt for every decision and the fragmentation reason read through
+  ``n``-sized arrays (``Planner.lean_explanations=False``) — timed interleaved with the
+  product row, request by request, so that load on a shared machine weighs on both
+  alike;
 * the naive full rescan.
 """
 
@@ -37,9 +40,9 @@ from placement.plan import Planner
 SITES = 8
 TEMPLATES = 50
 PRODUCT = "continuum (templates)"
-BEFORE = "before: 1,024 candidates, no bound (templates)"
-"""The assigner as it was before the per-class bound (``prune_dynamic=False``,
-``dynamic_candidates=1024``), explanation included: the old path, timed in the same run."""
+BEFORE = "before: no growth bound, explanation rebuilt (templates)"
+"""The path as it was before this round (``bound_growth=False``,
+``lean_explanations=False``), explanation included: the old path, timed in the same run."""
 CHECKED = 2000
 """Requests of the product row whose choice is checked against the exhaustive one (a
 quarter of that above 10k nodes, where each exhaustive choice costs milliseconds)."""
@@ -103,11 +106,15 @@ class Row:
 
 
 def _planner(snap: Snapshot, fragmentation: bool, prune: bool = True,
-             cap: int | None = None) -> Planner:
+             cap: int | None = None, lean: bool = True) -> Planner:
+    """A planner on a copy of ``snap``; ``lean`` False: the path before this round
+    (:data:`BEFORE`)."""
     fw = default_framework() if fragmentation else default_framework(fragmentation_weight=0.0)
     p = Planner(snap.copy(), fw)
     p.assigner.prune_dynamic = prune
     p.assigner.dynamic_candidates = cap
+    p.assigner.bound_growth = lean
+    p.lean_explanations = lean
     return p
 
 
@@ -142,7 +149,7 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     # on a shared machine drifts alike for both)
     groups = [
         [(product, requests(fast_requests), True, True, 1024, True),
-         (before, requests(fast_requests), True, False, 1024, True)],
+         (before, requests(fast_requests), True, True, 1024, True)],
         [(PRODUCT + ", no explanation", requests(fast_requests), True, True, 1024, False)],
         [("continuum (distinct), explanation included", requests(distinct, 2, True), True,
           True, 1024, True)],
@@ -152,9 +159,9 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
           requests(distinct, 2, True), False, True, 1024, True)]]
     for group in groups:
         planners, builds = [], []
-        for _, _, frag, prune, cap, _ in group:
+        for label, _, frag, prune, cap, _ in group:
             t0 = time.perf_counter()
-            planners.append(_planner(snap, frag, prune, cap))
+            planners.append(_planner(snap, frag, prune, cap, label != before))
             builds.append(time.perf_counter() - t0)
         count = len(group[0][1])
         lats = [np.empty(count) for _ in group]

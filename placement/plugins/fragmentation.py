@@ -396,20 +396,19 @@ class GpuFragmentation:
         if sub is None or snap.gpu_slots.shape[1] == 0:
             return np.ones(k, dtype=bool), none  # delta is 0: no GPU type, or no GPUs
         cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
+        slots = snap.gpu_slots[idx]
+        # before and after stacked (rows k..2k-1 = after): one pass of each formula,
+        # elementwise, so every value is what a pass over either half alone gives
+        cpu2 = np.concatenate([cpu, cpu - r.cpu])
+        mem2 = np.concatenate([mem, mem - r.memory])
         if self.fill:  # fill_count's formulas; its GPU bound is the same before and after
-            slots = snap.gpu_slots[idx]
             by_gpu = fill_count(np.full(k, np.inf), np.full(k, np.inf), slots,
                                 snap.gpu_unit, sub)
-            cpu0, mem0 = np.maximum(cpu, 0)[:, None], np.maximum(mem, 0)[:, None]
-            cpu1 = np.maximum(cpu - r.cpu, 0)[:, None]
-            mem1 = np.maximum(mem - r.memory, 0)[:, None]
             no_c, no_m = sub.cpu[None, :] <= 0, sub.memory[None, :] <= 0
-            before = np.minimum(by_gpu, np.minimum(
-                np.where(no_c, np.inf, np.floor((cpu0 + CPU_EPS) / c)),
-                np.where(no_m, np.inf, np.floor(mem0 / m))))
-            after = np.minimum(by_gpu, np.minimum(
-                np.where(no_c, np.inf, np.floor((cpu1 + CPU_EPS) / c)),
-                np.where(no_m, np.inf, np.floor(mem1 / m))))
+            lim = np.minimum(
+                np.where(no_c, np.inf, np.floor((np.maximum(cpu2, 0)[:, None] + CPU_EPS) / c)),
+                np.where(no_m, np.inf, np.floor(np.maximum(mem2, 0)[:, None] / m)))
+            before, after = np.minimum(by_gpu, lim[:k]), np.minimum(by_gpu, lim[k:])
         else:
             c, m = sub.cpu[None, :], sub.memory[None, :]
             before = (cpu[:, None] + CPU_EPS >= c) & (mem[:, None] >= m)
@@ -421,9 +420,8 @@ class GpuFragmentation:
         if self.strand and same.any():  # S_n as delta computes it, before and after
             wl = self.distribution()
             assert wl is not None
-            slots = snap.gpu_slots[idx]
-            s0 = stranding(cpu, mem, slots, snap.gpu_unit, wl)
-            s1 = stranding(cpu - r.cpu, mem - r.memory, slots, snap.gpu_unit, wl)
+            both = stranding(cpu2, mem2, np.concatenate([slots, slots]), snap.gpu_unit, wl)
+            s0, s1 = both[:k], both[k:]
             grown = same & (s0 != s1)
             same &= ~grown
             if pressure > 0 and grown.any():
