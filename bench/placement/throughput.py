@@ -134,6 +134,7 @@ def exhaustive_choice(p: Planner, req: PlacementRequest) -> int:
 def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     """The rows of the module docstring at ``n`` nodes; raises AssertionError when the
     product path picks another node than the exhaustive evaluation (the check)."""
+    import gc
     import time
 
     nodes, net = cluster(n)
@@ -163,6 +164,7 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
             t0 = time.perf_counter()
             planners.append(_planner(snap, frag, prune, cap, label != before))
             builds.append(time.perf_counter() - t0)
+        gc.collect()  # the snapshot's garbage is not collected inside the timed loop
         count = len(group[0][1])
         lats = [np.empty(count) for _ in group]
         placed = [0] * len(group)
