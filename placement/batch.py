@@ -38,6 +38,7 @@ explanations are placement/plan.py.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -302,6 +303,113 @@ class DynamicChoice:
     total: np.ndarray
 
 
+class _GroupIndex:
+    """The members of one group of equal-cost node classes sorted by (free cpu, position
+    in the group), kept in step with the assigner's change log: the fitting nodes of a
+    CPU-only request in the frag walk's tie-break order without an ``O(group)`` pass.
+
+    ``m``: the group's members in class order (as :meth:`BatchAssigner._groups`);
+    ``val``/``pos``: free cpu and position in ``m``, ascending by (value, position);
+    ``key``: the free cpu each position is filed under; ``synced``: how much of the
+    change log is in.
+    """
+
+    def __init__(self, snap: Snapshot, classes: NodeClasses, cls: np.ndarray,
+                 members: np.ndarray, synced: int) -> None:
+        self.m = members
+        sizes = [int(classes.members[int(c)].size) for c in cls]
+        self.offset = dict(zip(cls.tolist(), np.cumsum([0, *sizes[:-1]]).tolist(),
+                               strict=True))
+        self.rebuild(snap, synced)
+
+    def rebuild(self, snap: Snapshot, synced: int) -> None:
+        """File every member afresh (``O(g log g)``)."""
+        v = snap.free_cpu[self.m]
+        self.key = v.copy()
+        self.pos = np.lexsort((np.arange(v.size), v))
+        self.val = v[self.pos]
+        self.synced = synced
+
+    def sync(self, snap: Snapshot, classes: NodeClasses, changed: list[int]) -> None:
+        """Refile the members whose free cpu changed since the last sync (``O(moved)``
+        each), or rebuild when many did."""
+        new = changed[self.synced:]
+        if not new:
+            return
+        if len(new) > max(64, self.m.size // 16):
+            self.rebuild(snap, len(changed))
+            return
+        val, pos = self.val, self.pos
+        for i in set(new):
+            c = int(classes.of[i])
+            o = self.offset.get(c)
+            if o is None:
+                continue
+            p = o + int(np.searchsorted(classes.members[c], i))
+            old, v = float(self.key[p]), float(snap.free_cpu[i])
+            if old == v:
+                continue
+            lo, hi = np.searchsorted(val, old, "left"), np.searchsorted(val, old, "right")
+            at = int(lo + np.searchsorted(pos[lo:hi], p))
+            lo, hi = np.searchsorted(val, v, "left"), np.searchsorted(val, v, "right")
+            to = int(lo + np.searchsorted(pos[lo:hi], p))  # among the others and itself
+            if to > at:  # overlapping slices: numpy copies them as memmove does
+                val[at:to - 1], pos[at:to - 1] = val[at + 1:to], pos[at + 1:to]
+                val[to - 1], pos[to - 1] = v, p
+            else:
+                val[to + 1:at + 1], pos[to + 1:at + 1] = val[to:at], pos[to:at]
+                val[to], pos[to] = v, p
+            self.key[p] = v
+        self.synced = len(changed)
+
+
+class _Fitting:
+    """The fitting nodes of one group for a CPU-only request (free cpu ≥ ``cpu``, free
+    memory ≥ ``mem``) in (free cpu, position) order, materialised as far as asked:
+    ``nodes``/``vals`` the prefix known, ``done`` whether it is all of them. ``chunks``
+    yields position ranges exactly as :func:`_least_first` over all of them would."""
+
+    def __init__(self, gi: _GroupIndex, snap: Snapshot, cpu: float, mem: int) -> None:
+        self.gi, self.snap, self.mem = gi, snap, mem
+        self.at = int(np.searchsorted(gi.val, cpu, "left"))
+        self.nodes = np.zeros(0, dtype=np.int64)
+        self.vals = np.zeros(0)
+        self.done = self.at >= gi.val.size
+
+    def ensure(self, count: int) -> None:
+        """Materialise at least ``count`` fitting nodes (fewer when there are not)."""
+        gi = self.gi
+        while not self.done and self.nodes.size < count:
+            w = max(64, 2 * (count - self.nodes.size))
+            end = min(gi.val.size, self.at + w)
+            nd = gi.m[gi.pos[self.at:end]]
+            ok = self.snap.free_mem[nd] >= self.mem
+            self.nodes = np.concatenate([self.nodes, nd[ok]])
+            self.vals = np.concatenate([self.vals, gi.val[self.at:end][ok]])
+            self.at = end
+            self.done = end >= gi.val.size
+
+    def past(self, value: float) -> None:
+        """Materialise every fitting node of free cpu ≤ ``value``."""
+        while not self.done and (not self.vals.size or self.vals[-1] <= value):
+            self.ensure(self.nodes.size + 64)
+
+    def chunks(self, first: int) -> Iterator[np.ndarray]:
+        b, k = 0, max(1, first)
+        while True:
+            self.ensure(b + k + 1)
+            if self.nodes.size <= b:
+                return
+            if self.nodes.size - b > k:
+                cut = float(self.vals[b + k - 1])
+                self.past(cut)
+                e = b + int(np.searchsorted(self.vals[b:], cut, "right"))
+            else:
+                e = self.nodes.size
+            yield np.arange(b, e)
+            b, k = e, k * 4
+
+
 def size_order(requests: Sequence[PlacementRequest]) -> list[int]:
     """Largest first (gpu, cpu, memory descending), ties in input order — as :func:`place`."""
     return sorted(range(len(requests)), key=lambda i: (
@@ -342,6 +450,11 @@ class BatchAssigner:
     growth provably ranks them after enough ``ΔF = 0`` nodes
     (:class:`~placement.framework.BoundsDelta`); False computes ``ΔF`` on every GPU node
     ahead of them that is not provably at 0 (the path before; same placements)."""
+    index_groups: bool = True
+    """With :attr:`prune_dynamic`: find a CPU-only request's fitting nodes of a group of
+    equal-cost classes through a per-group index sorted by free cpu (kept in step with
+    :attr:`changed`), not a fit test over every member; False = the test (the path
+    before; same placements)."""
     keep: int = 1
     """How many of the best candidates a dynamic choice must know exactly: 1 for the
     choice; :class:`placement.plan.Planner` asks for the runners-up of an explanation
@@ -373,6 +486,7 @@ class BatchAssigner:
         self._gpu_version = 0
         """Bumped whenever free GPU units change (:meth:`_pressure`)."""
         self._pressures: dict[int, tuple[DynamicScore, int, float]] = {}
+        self._gindex: dict[bytes, _GroupIndex] = {}
         self.changed: list[int] = []
         """Node indices whose free capacity this assigner changed, in order (take,
         release): what per-node tables kept beside it (the explanations' filter counts)
@@ -624,6 +738,19 @@ class BatchAssigner:
         self._group_memo[id(cc)] = (cc, out)
         return out
 
+    def _group_index(self, cls: np.ndarray, members: np.ndarray) -> _GroupIndex:
+        """The :class:`_GroupIndex` of the group of classes ``cls`` (shared by every task
+        class with that group), synced with :attr:`changed`."""
+        assert self.classes is not None
+        key = cls.tobytes()
+        gi = self._gindex.get(key)
+        if gi is None:
+            gi = self._gindex[key] = _GroupIndex(self.snap, self.classes, cls, members,
+                                                 len(self.changed))
+        else:
+            gi.sync(self.snap, self.classes, self.changed)
+        return gi
+
     def _frag_walk(self, req: PlacementRequest, cc: ClassCosts, plugin: DynamicScore,
                    w_dyn: float, pressure: float, w_static: float,
                    skip: np.ndarray | None = None) -> int:
@@ -688,21 +815,33 @@ class BatchAssigner:
                 & (self._ub_gpu[cls] >= gpu)
             if not room.any():
                 continue
-            m = members if room.all() else members[np.repeat(room, sizes)]
-            fits = self._fits(m, cpu, mem, gpu, skip)
-            if skip is None:  # classes with room by their bounds but no fitting node
-                hit = np.zeros(cl.count, dtype=bool)
-                hit[cl.of[m[fits]]] = True
-                for c in cls[room & ~hit[cls]]:
-                    self._refresh_bounds(int(c))
-            if not fits.any():
-                continue
+            gpu_free = bool((self._ub_gpu[cls[room]] > 0).any())
+            width = keep if not gpu_free else 32
+            fit: _Fitting | None = None
+            if self.index_groups and skip is None:  # the index: no pass over the members
+                fit = _Fitting(self._group_index(cls, members), s, cpu, mem)
+                fit.ensure(1)
+                if not fit.nodes.size:
+                    continue
+                chunks = fit.chunks(width)
+                first_chunk = next(chunks)
+                cand = fit.nodes
+                chunks = itertools.chain([first_chunk], chunks)
+            else:
+                m = members if room.all() else members[np.repeat(room, sizes)]
+                fits = self._fits(m, cpu, mem, gpu, skip)
+                if skip is None:  # classes with room by their bounds but no fitting node
+                    hit = np.zeros(cl.count, dtype=bool)
+                    hit[cl.of[m[fits]]] = True
+                    for c in cls[room & ~hit[cls]]:
+                        self._refresh_bounds(int(c))
+                if not fits.any():
+                    continue
+                cand = m[fits]
+                chunks = _least_first(s.free_cpu[cand], width)
             if first is None:
                 first = sc
-            gpu_free = bool((self._ub_gpu[cls[room]] > 0).any())
-            cand = m[fits]
             raw = np.full(cand.size, np.inf)
-            chunks = _least_first(s.free_cpu[cand], keep if not gpu_free else 32)
             if not gpu_free:  # no free GPU in the group: ΔF = 0 on all, least free cpu first
                 raw[next(chunks)[:keep]] = 0.0
                 zero = True
@@ -713,6 +852,9 @@ class BatchAssigner:
                 pending: list[np.ndarray] = []
                 visited: list[np.ndarray] = []
                 for ch in chunks:
+                    if fit is not None and fit.nodes.size > cand.size:  # materialised more
+                        cand = fit.nodes
+                        raw = np.concatenate([raw, np.full(cand.size - raw.size, np.inf)])
                     visited.append(ch)
                     h = s.gpu_slots[cand[ch]].any(axis=1)
                     raw[ch[~h]] = 0.0
@@ -883,12 +1025,14 @@ class BatchAssigner:
         (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
          self._ub_gpu[:], s.gpu_slots[:]) = saved
         self._gpu_version += 1
+        self._gindex.clear()  # restored without the change log
         by_regret = self.assign(requests, "regret")
         if self.value(requests, by_regret) > self.value(requests, by_size):
             return by_regret
         (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
          self._ub_gpu[:], s.gpu_slots[:]) = after_size
         self._gpu_version += 1
+        self._gindex.clear()
         return by_size
 
     def node_costs(self, req: PlacementRequest) -> np.ndarray:

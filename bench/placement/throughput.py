@@ -16,7 +16,8 @@ reasons, scores, filter counts, runners-up — included):
 * the product path, GPU fragmentation on (default weight) and off;
 * :data:`BEFORE`: the path as it was before the growth bound and the lean explanations
   (issue 16 item 4, second round), side by side in the same run — ``ΔF`` computed on
-  every GPU node ahead of enough ``ΔF = 0`` ones (``bound_growth=False``), static scores
+  every GPU node ahead of enough ``ΔF = 0`` ones (``bound_growth=False``), a fit test
+  over every member of a group instead of its index (``index_groups=False``), static scores
   and reasons rebuilt for every decision and the fragmentation reason read through
   ``n``-sized arrays (``Planner.lean_explanations=False``) — timed interleaved with the
   product row, request by request, so that load on a shared machine weighs on both
@@ -41,7 +42,7 @@ SITES = 8
 TEMPLATES = 50
 PRODUCT = "continuum (templates)"
 BEFORE = "before: no growth bound, explanation rebuilt (templates)"
-"""The path as it was before this round (``bound_growth=False``,
+"""The path as it was before this round (``bound_growth=False``, ``index_groups=False``,
 ``lean_explanations=False``), explanation included: the old path, timed in the same run."""
 CHECKED = 2000
 """Requests of the product row whose choice is checked against the exhaustive one (a
@@ -114,6 +115,7 @@ def _planner(snap: Snapshot, fragmentation: bool, prune: bool = True,
     p.assigner.prune_dynamic = prune
     p.assigner.dynamic_candidates = cap
     p.assigner.bound_growth = lean
+    p.assigner.index_groups = lean
     p.lean_explanations = lean
     return p
 
