@@ -293,6 +293,8 @@ class GpuFragmentation:
         self._order: deque[tuple[str, tuple[float, int, int]]] = deque()
         self._cached: Workload | None = None
         self._support: tuple[Workload | None, np.ndarray, np.ndarray] | None = None
+        self._gpu_fills: dict[tuple[bytes, tuple[int, ...], int],
+                              tuple[Workload, np.ndarray]] = {}
 
     def observe(self, req: PlacementRequest) -> None:
         """Count ``req``'s (cpu, memory, gpu) type once per request key."""
@@ -402,8 +404,7 @@ class GpuFragmentation:
         cpu2 = np.concatenate([cpu, cpu - r.cpu])
         mem2 = np.concatenate([mem, mem - r.memory])
         if self.fill:  # fill_count's formulas; its GPU bound is the same before and after
-            by_gpu = fill_count(np.full(k, np.inf), np.full(k, np.inf), slots,
-                                snap.gpu_unit, sub)
+            by_gpu = self._by_gpu(slots, snap.gpu_unit, sub)
             no_c, no_m = sub.cpu[None, :] <= 0, sub.memory[None, :] <= 0
             lim = np.minimum(
                 np.where(no_c, np.inf, np.floor((np.maximum(cpu2, 0)[:, None] + CPU_EPS) / c)),
@@ -428,6 +429,23 @@ class GpuFragmentation:
                 gain = pressure * self.strand * (s1 - s0)
                 lower = np.where(grown, np.maximum(gain * (1.0 - 1e-9) - 1e-12, 0.0), lower)
         return same, lower
+
+    def _by_gpu(self, slots: np.ndarray, unit: int, sub: Workload) -> np.ndarray:
+        """:func:`fill_count` bounded by the GPUs alone (cpu and memory unlimited) for the
+        rows ``slots`` ``(k, G)`` and the types ``sub``, shape ``(k, T)``: kept per
+        (slots, unit, types) — a CPU-only request changes no slot, so the blocks of free
+        GPU states the bound walk asks about repeat. At most 256 blocks, then all
+        dropped."""
+        key = (slots.tobytes(), slots.shape, unit)
+        held = self._gpu_fills.get(key)
+        if held is not None and held[0] is sub:
+            return held[1]
+        if len(self._gpu_fills) >= 256:
+            self._gpu_fills.clear()
+        k = slots.shape[0]
+        out = fill_count(np.full(k, np.inf), np.full(k, np.inf), slots, unit, sub)
+        self._gpu_fills[key] = (sub, out)
+        return out
 
     def least_positive(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
         """A lower bound of :meth:`delta` where :meth:`unchanged` is False (fill-up measure,
