@@ -680,21 +680,31 @@ class BatchAssigner:
         w_dyn = sum(w for _, w, _ in dyns)
         cand: list[np.ndarray] = []
         first: float | None = None
-        for c in cc.order:
-            sc = float(cc.cost[c])
+        # class by class in cost order; a group of equal-cost classes with one fit test
+        for sc, cls, sizes, members in self._groups(cc):
             if first is not None and w_static * (sc - first) > w_dyn:
                 break
-            if self._ub_cpu[c] < cpu or self._ub_mem[c] < mem or self._ub_gpu[c] < gpu:
+            room = (self._ub_cpu[cls] >= cpu) & (self._ub_mem[cls] >= mem) \
+                & (self._ub_gpu[cls] >= gpu)
+            if not room.any():
                 continue
-            m = self.classes.members[c]
+            if room.all():
+                m, szs, rc = members, sizes, cls
+            else:
+                m, szs, rc = members[np.repeat(room, sizes)], sizes[room], cls[room]
             fits = self._fits(m, cpu, mem, gpu, skip)
-            if not fits.any():
-                if skip is None:
+            ends = np.cumsum(szs)
+            starts = ends - szs
+            hits = np.logical_or.reduceat(fits, starts)
+            if skip is None:
+                for c in rc[~hits]:
                     self._refresh_bounds(int(c))
+            if not hits.any():
                 continue
             if first is None:
                 first = sc
-            cand.append(m[fits])
+            for b, e in zip(starts[hits].tolist(), ends[hits].tolist(), strict=True):
+                cand.append(m[b:e][fits[b:e]])
         if not cand:
             return -1
         total_cand = sum(c.size for c in cand)
@@ -705,18 +715,88 @@ class BatchAssigner:
         static = cc.cost[self.classes.of[idx]]
         raws: dict[str, np.ndarray] = {}
         ds: dict[str, np.ndarray] = {}
+        lazy = self._lazy_fragmentation(req, dyns)
+        for plugin, _, pressure in dyns:
+            if plugin is not lazy:
+                raws[plugin.name] = self._dynamic_raw(plugin, req, idx, static, w_static,
+                                                      w_dyn, pressure, alone=len(dyns) == 1)
+                ds[plugin.name] = _normalised(plugin, raws[plugin.name])
+        if lazy is not None:  # bounded by the others' terms, computed first
+            raws[lazy.name] = self._bounded_growth(req, lazy, idx, static, dyns, ds, w_static)
+            ds[lazy.name] = _normalised(lazy, raws[lazy.name])
         acc = w_static * static
-        for plugin, w, pressure in dyns:
-            raw = self._dynamic_raw(plugin, req, idx, static, w_static, w_dyn, pressure,
-                                    alone=len(dyns) == 1)
-            d = _normalised(plugin, raw)
-            raws[plugin.name], ds[plugin.name] = raw, d
-            acc = acc + w * d
+        for plugin, w, _ in dyns:  # summed in plugin order, as without the bound
+            acc = acc + w * ds[plugin.name]
         total = acc / (w_static + w_dyn)
         best = np.flatnonzero(total <= total.min() + 1e-12)
         k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
         self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raws, ds, total)
         return int(idx[k])
+
+    def _lazy_fragmentation(self, req: PlacementRequest,
+                            dyns: list[tuple[DynamicScore, float, float]]
+                            ) -> DynamicScore | None:
+        """The GPU-fragmentation term :meth:`_assign_dynamic` may bound
+        (:meth:`_bounded_growth`): with another dynamic term beside it (measured load,
+        as the control plane places), for a CPU-only request, with :attr:`prune_dynamic`
+        and :attr:`bound_growth` on and a plugin offering
+        :class:`~placement.framework.BoundsDelta`; else None."""
+        if (len(dyns) < 2 or not (self.prune_dynamic and self.bound_growth)
+                or req.task.resources.gpu > 0):
+            return None
+        for plugin, _, _ in dyns:
+            if plugin.term == "fragmentation" and provides(plugin, BoundsDelta) \
+                    and not ratio_to_best(plugin):
+                return plugin
+        return None
+
+    def _bounded_growth(self, req: PlacementRequest, plugin: DynamicScore, idx: np.ndarray,
+                        static: np.ndarray, dyns: list[tuple[DynamicScore, float, float]],
+                        ds: dict[str, np.ndarray], w_static: float) -> np.ndarray:
+        """GPU fragmentation's raw ``ΔF`` over the candidates ``idx`` of a CPU-only request
+        beside other dynamic terms (``ds``: their normalised costs): exact wherever the
+        node can be among the :attr:`keep` best totals, ``inf`` (normalised to 1) where it
+        provably cannot.
+
+        ``ΔF ≥ 0`` for a CPU-only request and ``ΔF = 0`` on a node without a free GPU or
+        where :meth:`~placement.framework.ZeroDelta.unchanged` holds, so once such a node
+        is among the candidates the term's minimum is 0 and ``d = 1 − f / (ΔF + f)``.
+        :meth:`~placement.framework.BoundsDelta.growth_bound` bounds ``ΔF`` from below on
+        the other GPU nodes; a node whose total with that bound is above the best total
+        known (plus the choice's 1e-12 tie band) and the ``keep``-th best, by 1e-9, cannot
+        rank, and its ``ΔF`` is not computed."""
+        s = self.snap
+        _, w, pressure = next(x for x in dyns if x[0] is plugin)
+        raw = np.zeros(idx.size)
+        has = s.gpu_slots[idx].any(axis=1)
+        if not has.any():
+            return raw
+        at = np.flatnonzero(has)
+        same, lower = cast(BoundsDelta, plugin).growth_bound(req, s, idx[at], pressure)
+        unk = at[~same]
+        if unk.size == 0:
+            return raw
+        if unk.size == idx.size:  # no node known at ΔF = 0: the minimum is unknown
+            raw[unk] = self._dynamic_delta(plugin, req, idx[unk], pressure)
+            return raw
+        wsum = w_static + sum(x[1] for x in dyns)
+        other = w_static * static
+        for q, wq, _ in dyns:
+            if q is not plugin:
+                other = other + wq * ds[q.name]
+        zero = np.ones(idx.size, dtype=bool)
+        zero[unk] = False
+        tot0 = other[zero] / wsum
+        keep = max(1, self.keep)
+        kth = float(np.partition(tot0, keep - 1)[keep - 1]) if tot0.size >= keep else np.inf
+        f = float(plugin.floor)
+        low = lower[~same]
+        bound = (other[unk] + w * (1.0 - f / (low + f))) / wsum
+        need = bound <= max(float(tot0.min()) + 1e-12, kth) + 1e-9
+        raw[unk[~need]] = np.inf
+        if need.any():
+            raw[unk[need]] = self._dynamic_delta(plugin, req, idx[unk[need]], pressure)
+        return raw
 
     def _groups(self, cc: ClassCosts) -> list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
         """``cc``'s feasible classes grouped by equal cost, in cost order: (cost, class

@@ -414,3 +414,44 @@ def test_group_index_follows_takes_and_releases() -> None:
                                 gi.m, len(a.changed))
             assert np.array_equal(gi.pos, fresh.pos) and np.array_equal(gi.val, fresh.val)
     assert indexed > 0
+
+
+@pytest.mark.parametrize("keep", [1, 4])
+@pytest.mark.parametrize("strand", [0.0, 1.0])
+def test_growth_bound_beside_measured_load_places_as_without(keep: int, strand: float) -> None:
+    """With measured load beside it (the control plane's framework: two dynamic terms,
+    so the class walk does not apply), the growth bound leaves ΔF uncomputed only where a
+    node cannot rank: every request goes to the node the full evaluation of the capped
+    candidates picks, with the same ``keep`` best totals, and fewer ΔF are computed."""
+    from placement.plugins.load import with_load
+
+    evaluated = {True: 0, False: 0}
+    for seed in range(25):
+        snap, reqs = _random_instance(seed, U)
+        sides = []
+        for bound in (True, False):
+            fw = with_load(default_framework())
+            for p in fw.scores:
+                if isinstance(p, GpuFragmentation):
+                    p.strand = strand
+            sides.append(BatchAssigner(snap.copy(), fw, keep=keep, bound_growth=bound))
+        rng = np.random.default_rng(4000 + seed)
+        placed: list[tuple[int, object]] = []
+        for r in reqs:
+            got = [a.assign_one(r) for a in sides]
+            assert got[0] == got[1], f"seed {seed}, request {r.key}: {got}"
+            dyn = [a.last_dynamic for a in sides]
+            assert (dyn[0] is None) == (dyn[1] is None)
+            if dyn[0] is not None and dyn[1] is not None:
+                best = [np.sort(d.total)[:keep] for d in dyn]
+                assert np.allclose(best[0], best[1], rtol=0, atol=1e-12), \
+                    f"seed {seed}, request {r.key}"
+                for bound, d in zip((True, False), dyn, strict=True):
+                    evaluated[bound] += int(np.isfinite(d.raw[GpuFragmentation.name]).sum())
+            if got[0] >= 0:
+                placed.append((got[0], r.task.resources))
+            if placed and rng.uniform() < 0.2:  # a run ends
+                i, res = placed.pop(int(rng.integers(len(placed))))
+                for a in sides:
+                    a.release(i, res.cpu, res.memory, res.gpu)
+    assert evaluated[True] < evaluated[False]
