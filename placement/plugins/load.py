@@ -106,9 +106,20 @@ class NodeLoad:
 
     def describe(self, req: PlacementRequest, snap: Snapshot, state: CycleState,
                  raw: np.ndarray, chosen: int, mask: np.ndarray) -> str | None:
-        u = float(effective_load(snap, np.array([chosen]))[0])
-        stale = " (stale value, penalised)" if snap.metrics_stale[chosen] else ""
-        return f"CPU load {u:.0%}{stale}"
+        return _line(snap, chosen)
+
+    def describe_candidates(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
+                            raw: np.ndarray, at: int) -> str | None:
+        """:meth:`describe` of the chosen candidate ``idx[at]`` (it reads only that node;
+        :class:`~placement.framework.DescribesCandidates`)."""
+        return _line(snap, int(idx[at]))
+
+
+def _line(snap: Snapshot, chosen: int) -> str:
+    """NodeLoad's reason for node ``chosen``: its believed load, and whether it is stale."""
+    u = float(effective_load(snap, np.array([chosen]))[0])
+    stale = " (stale value, penalised)" if snap.metrics_stale[chosen] else ""
+    return f"CPU load {u:.0%}{stale}"
 
 
 def with_load(framework: Framework) -> Framework:
