@@ -680,29 +680,40 @@ class BatchAssigner:
         w_dyn = sum(w for _, w, _ in dyns)
         cand: list[np.ndarray] = []
         first: float | None = None
-        # class by class in cost order; a group of equal-cost classes with one fit test
-        for sc, cls, sizes, members in self._groups(cc):
-            if first is not None and w_static * (sc - first) > w_dyn:
-                break
-            room = (self._ub_cpu[cls] >= cpu) & (self._ub_mem[cls] >= mem) \
-                & (self._ub_gpu[cls] >= gpu)
-            if not room.any():
-                continue
-            if room.all():
-                m, szs, rc = members, sizes, cls
-            else:
-                m, szs, rc = members[np.repeat(room, sizes)], sizes[room], cls[room]
+        # classes in cost order: the first with a fitting node fixes the band, whose
+        # classes with room (by their bounds) then take one fit test together
+        order = cc.order
+        room = np.flatnonzero((self._ub_cpu[order] >= cpu) & (self._ub_mem[order] >= mem)
+                              & (self._ub_gpu[order] >= gpu))
+        members = self.classes.members
+        k = 0
+        while k < room.size and first is None:
+            c = int(order[room[k]])
+            m = members[c]
+            fits = self._fits(m, cpu, mem, gpu, skip)
+            k += 1
+            if fits.any():
+                first = float(cc.cost[c])
+                cand.append(m[fits])
+            elif skip is None:
+                self._refresh_bounds(c)
+        if first is not None and k < room.size:
+            rest = room[k:]
+            rest = rest[w_static * (cc.cost[order[rest]] - first) <= w_dyn]  # the band
+        else:
+            rest = room[:0]
+        if rest.size:
+            cls = order[rest]
+            ms = [members[int(c)] for c in cls]
+            szs = np.array([x.size for x in ms], dtype=np.int64)
+            m = np.concatenate(ms)
             fits = self._fits(m, cpu, mem, gpu, skip)
             ends = np.cumsum(szs)
             starts = ends - szs
             hits = np.logical_or.reduceat(fits, starts)
             if skip is None:
-                for c in rc[~hits]:
+                for c in cls[~hits]:
                     self._refresh_bounds(int(c))
-            if not hits.any():
-                continue
-            if first is None:
-                first = sc
             for b, e in zip(starts[hits].tolist(), ends[hits].tolist(), strict=True):
                 cand.append(m[b:e][fits[b:e]])
         if not cand:
