@@ -38,6 +38,7 @@ explanations are placement/plan.py.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -47,6 +48,7 @@ import numpy as np
 from continuum.model import Task
 from placement.assign import DataSource, PlacementRequest
 from placement.framework import (
+    BoundsDelta,
     CachedDelta,
     DeltaCache,
     DynamicScore,
@@ -301,6 +303,113 @@ class DynamicChoice:
     total: np.ndarray
 
 
+class _GroupIndex:
+    """The members of one group of equal-cost node classes sorted by (free cpu, position
+    in the group), kept in step with the assigner's change log: the fitting nodes of a
+    CPU-only request in the frag walk's tie-break order without an ``O(group)`` pass.
+
+    ``m``: the group's members in class order (as :meth:`BatchAssigner._groups`);
+    ``val``/``pos``: free cpu and position in ``m``, ascending by (value, position);
+    ``key``: the free cpu each position is filed under; ``synced``: how much of the
+    change log is in.
+    """
+
+    def __init__(self, snap: Snapshot, classes: NodeClasses, cls: np.ndarray,
+                 members: np.ndarray, synced: int) -> None:
+        self.m = members
+        sizes = [int(classes.members[int(c)].size) for c in cls]
+        self.offset = dict(zip(cls.tolist(), np.cumsum([0, *sizes[:-1]]).tolist(),
+                               strict=True))
+        self.rebuild(snap, synced)
+
+    def rebuild(self, snap: Snapshot, synced: int) -> None:
+        """File every member afresh (``O(g log g)``)."""
+        v = snap.free_cpu[self.m]
+        self.key = v.copy()
+        self.pos = np.lexsort((np.arange(v.size), v))
+        self.val = v[self.pos]
+        self.synced = synced
+
+    def sync(self, snap: Snapshot, classes: NodeClasses, changed: list[int]) -> None:
+        """Refile the members whose free cpu changed since the last sync (``O(moved)``
+        each), or rebuild when many did."""
+        new = changed[self.synced:]
+        if not new:
+            return
+        if len(new) > max(64, self.m.size // 16):
+            self.rebuild(snap, len(changed))
+            return
+        val, pos = self.val, self.pos
+        for i in set(new):
+            c = int(classes.of[i])
+            o = self.offset.get(c)
+            if o is None:
+                continue
+            p = o + int(np.searchsorted(classes.members[c], i))
+            old, v = float(self.key[p]), float(snap.free_cpu[i])
+            if old == v:
+                continue
+            lo, hi = np.searchsorted(val, old, "left"), np.searchsorted(val, old, "right")
+            at = int(lo + np.searchsorted(pos[lo:hi], p))
+            lo, hi = np.searchsorted(val, v, "left"), np.searchsorted(val, v, "right")
+            to = int(lo + np.searchsorted(pos[lo:hi], p))  # among the others and itself
+            if to > at:  # overlapping slices: numpy copies them as memmove does
+                val[at:to - 1], pos[at:to - 1] = val[at + 1:to], pos[at + 1:to]
+                val[to - 1], pos[to - 1] = v, p
+            else:
+                val[to + 1:at + 1], pos[to + 1:at + 1] = val[to:at], pos[to:at]
+                val[to], pos[to] = v, p
+            self.key[p] = v
+        self.synced = len(changed)
+
+
+class _Fitting:
+    """The fitting nodes of one group for a CPU-only request (free cpu ≥ ``cpu``, free
+    memory ≥ ``mem``) in (free cpu, position) order, materialised as far as asked:
+    ``nodes``/``vals`` the prefix known, ``done`` whether it is all of them. ``chunks``
+    yields position ranges exactly as :func:`_least_first` over all of them would."""
+
+    def __init__(self, gi: _GroupIndex, snap: Snapshot, cpu: float, mem: int) -> None:
+        self.gi, self.snap, self.mem = gi, snap, mem
+        self.at = int(np.searchsorted(gi.val, cpu, "left"))
+        self.nodes = np.zeros(0, dtype=np.int64)
+        self.vals = np.zeros(0)
+        self.done = self.at >= gi.val.size
+
+    def ensure(self, count: int) -> None:
+        """Materialise at least ``count`` fitting nodes (fewer when there are not)."""
+        gi = self.gi
+        while not self.done and self.nodes.size < count:
+            w = max(64, 2 * (count - self.nodes.size))
+            end = min(gi.val.size, self.at + w)
+            nd = gi.m[gi.pos[self.at:end]]
+            ok = self.snap.free_mem[nd] >= self.mem
+            self.nodes = np.concatenate([self.nodes, nd[ok]])
+            self.vals = np.concatenate([self.vals, gi.val[self.at:end][ok]])
+            self.at = end
+            self.done = end >= gi.val.size
+
+    def past(self, value: float) -> None:
+        """Materialise every fitting node of free cpu ≤ ``value``."""
+        while not self.done and (not self.vals.size or self.vals[-1] <= value):
+            self.ensure(self.nodes.size + 64)
+
+    def chunks(self, first: int) -> Iterator[np.ndarray]:
+        b, k = 0, max(1, first)
+        while True:
+            self.ensure(b + k + 1)
+            if self.nodes.size <= b:
+                return
+            if self.nodes.size - b > k:
+                cut = float(self.vals[b + k - 1])
+                self.past(cut)
+                e = b + int(np.searchsorted(self.vals[b:], cut, "right"))
+            else:
+                e = self.nodes.size
+            yield np.arange(b, e)
+            b, k = e, k * 4
+
+
 def size_order(requests: Sequence[PlacementRequest]) -> list[int]:
     """Largest first (gpu, cpu, memory descending), ties in input order — as :func:`place`."""
     return sorted(range(len(requests)), key=lambda i: (
@@ -336,6 +445,16 @@ class BatchAssigner:
     """Bound GPU fragmentation per node class (:meth:`_frag_walk`): ``ΔF`` is computed
     only on the classes, and the nodes within them, that can still be among the best;
     the same placements as with False, the exhaustive evaluation of every candidate."""
+    bound_growth: bool = True
+    """With :attr:`prune_dynamic`: leave uncomputed the GPU nodes whose fragmentation
+    growth provably ranks them after enough ``ΔF = 0`` nodes
+    (:class:`~placement.framework.BoundsDelta`); False computes ``ΔF`` on every GPU node
+    ahead of them that is not provably at 0 (the path before; same placements)."""
+    index_groups: bool = True
+    """With :attr:`prune_dynamic`: find a CPU-only request's fitting nodes of a group of
+    equal-cost classes through a per-group index sorted by free cpu (kept in step with
+    :attr:`changed`), not a fit test over every member; False = the test (the path
+    before; same placements)."""
     keep: int = 1
     """How many of the best candidates a dynamic choice must know exactly: 1 for the
     choice; :class:`placement.plan.Planner` asks for the runners-up of an explanation
@@ -364,6 +483,10 @@ class BatchAssigner:
         self.last_dynamic: DynamicChoice | None = None
         self.last_costs: tuple[PlacementRequest, ClassCosts] | None = None
         """The request :meth:`choose` last saw and its :class:`ClassCosts`."""
+        self._gpu_version = 0
+        """Bumped whenever free GPU units change (:meth:`_pressure`)."""
+        self._pressures: dict[int, tuple[DynamicScore, int, float]] = {}
+        self._gindex: dict[bytes, _GroupIndex] = {}
         self.changed: list[int] = []
         """Node indices whose free capacity this assigner changed, in order (take,
         release): what per-node tables kept beside it (the explanations' filter counts)
@@ -399,7 +522,7 @@ class BatchAssigner:
                 continue
             w = fw.weight_of(p, req.objective)
             if w > 0:
-                level = float(p.pressure(self.snap))
+                level = self._pressure(p)
                 if level > 0:  # else the term is 0 on every node
                     used.append((p, w, level))
         if not used:
@@ -408,6 +531,20 @@ class BatchAssigner:
         ws = sum(w for q in fw.scores if not caps.is_dynamic(q)
                  and q.lower_is_better and (w := weights.get(q.name, 0.0)) > 0)
         return used, ws
+
+    def _pressure(self, plugin: DynamicScore) -> float:
+        """``plugin.pressure(snap)``, kept while the snapshot's GPUs are as they were: GPU
+        fragmentation's reads the free GPU units (an ``O(n)`` sum), which change only
+        through :meth:`take`, :meth:`release` and :meth:`_best_of` (the assumption
+        :attr:`changed` and the class bounds make too); measured load's reads no free
+        capacity at all, so any plugin whose pressure reads only free GPUs and static
+        node fields is kept exactly."""
+        held = self._pressures.get(id(plugin))
+        if held is not None and held[0] is plugin and held[1] == self._gpu_version:
+            return held[2]
+        level = float(plugin.pressure(self.snap))
+        self._pressures[id(plugin)] = (plugin, self._gpu_version, level)
+        return level
 
     def _fits(self, m: np.ndarray, cpu: float, mem: int, gpu: int,
               skip: np.ndarray | None = None) -> np.ndarray:
@@ -434,6 +571,8 @@ class BatchAssigner:
         s.free_mem[i] -= r.memory
         s.free_gpu[i] -= r.gpu
         s.take_gpus(i, r.gpu)
+        if r.gpu:
+            self._gpu_version += 1
         return i
 
     def prefetch(self, requests: Sequence[PlacementRequest]) -> None:
@@ -541,21 +680,42 @@ class BatchAssigner:
         w_dyn = sum(w for _, w, _ in dyns)
         cand: list[np.ndarray] = []
         first: float | None = None
-        for c in cc.order:
-            sc = float(cc.cost[c])
-            if first is not None and w_static * (sc - first) > w_dyn:
-                break
-            if self._ub_cpu[c] < cpu or self._ub_mem[c] < mem or self._ub_gpu[c] < gpu:
-                continue
-            m = self.classes.members[c]
+        # classes in cost order: the first with a fitting node fixes the band, whose
+        # classes with room (by their bounds) then take one fit test together
+        order = cc.order
+        room = np.flatnonzero((self._ub_cpu[order] >= cpu) & (self._ub_mem[order] >= mem)
+                              & (self._ub_gpu[order] >= gpu))
+        members = self.classes.members
+        k = 0
+        while k < room.size and first is None:
+            c = int(order[room[k]])
+            m = members[c]
             fits = self._fits(m, cpu, mem, gpu, skip)
-            if not fits.any():
-                if skip is None:
+            k += 1
+            if fits.any():
+                first = float(cc.cost[c])
+                cand.append(m[fits])
+            elif skip is None:
+                self._refresh_bounds(c)
+        if first is not None and k < room.size:
+            rest = room[k:]
+            rest = rest[w_static * (cc.cost[order[rest]] - first) <= w_dyn]  # the band
+        else:
+            rest = room[:0]
+        if rest.size:
+            cls = order[rest]
+            ms = [members[int(c)] for c in cls]
+            szs = np.array([x.size for x in ms], dtype=np.int64)
+            m = np.concatenate(ms)
+            fits = self._fits(m, cpu, mem, gpu, skip)
+            ends = np.cumsum(szs)
+            starts = ends - szs
+            hits = np.logical_or.reduceat(fits, starts)
+            if skip is None:
+                for c in cls[~hits]:
                     self._refresh_bounds(int(c))
-                continue
-            if first is None:
-                first = sc
-            cand.append(m[fits])
+            for b, e in zip(starts[hits].tolist(), ends[hits].tolist(), strict=True):
+                cand.append(m[b:e][fits[b:e]])
         if not cand:
             return -1
         total_cand = sum(c.size for c in cand)
@@ -566,18 +726,88 @@ class BatchAssigner:
         static = cc.cost[self.classes.of[idx]]
         raws: dict[str, np.ndarray] = {}
         ds: dict[str, np.ndarray] = {}
+        lazy = self._lazy_fragmentation(req, dyns)
+        for plugin, _, pressure in dyns:
+            if plugin is not lazy:
+                raws[plugin.name] = self._dynamic_raw(plugin, req, idx, static, w_static,
+                                                      w_dyn, pressure, alone=len(dyns) == 1)
+                ds[plugin.name] = _normalised(plugin, raws[plugin.name])
+        if lazy is not None:  # bounded by the others' terms, computed first
+            raws[lazy.name] = self._bounded_growth(req, lazy, idx, static, dyns, ds, w_static)
+            ds[lazy.name] = _normalised(lazy, raws[lazy.name])
         acc = w_static * static
-        for plugin, w, pressure in dyns:
-            raw = self._dynamic_raw(plugin, req, idx, static, w_static, w_dyn, pressure,
-                                    alone=len(dyns) == 1)
-            d = _normalised(plugin, raw)
-            raws[plugin.name], ds[plugin.name] = raw, d
-            acc = acc + w * d
+        for plugin, w, _ in dyns:  # summed in plugin order, as without the bound
+            acc = acc + w * ds[plugin.name]
         total = acc / (w_static + w_dyn)
         best = np.flatnonzero(total <= total.min() + 1e-12)
         k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
         self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raws, ds, total)
         return int(idx[k])
+
+    def _lazy_fragmentation(self, req: PlacementRequest,
+                            dyns: list[tuple[DynamicScore, float, float]]
+                            ) -> DynamicScore | None:
+        """The GPU-fragmentation term :meth:`_assign_dynamic` may bound
+        (:meth:`_bounded_growth`): with another dynamic term beside it (measured load,
+        as the control plane places), for a CPU-only request, with :attr:`prune_dynamic`
+        and :attr:`bound_growth` on and a plugin offering
+        :class:`~placement.framework.BoundsDelta`; else None."""
+        if (len(dyns) < 2 or not (self.prune_dynamic and self.bound_growth)
+                or req.task.resources.gpu > 0):
+            return None
+        for plugin, _, _ in dyns:
+            if plugin.term == "fragmentation" and provides(plugin, BoundsDelta) \
+                    and not ratio_to_best(plugin):
+                return plugin
+        return None
+
+    def _bounded_growth(self, req: PlacementRequest, plugin: DynamicScore, idx: np.ndarray,
+                        static: np.ndarray, dyns: list[tuple[DynamicScore, float, float]],
+                        ds: dict[str, np.ndarray], w_static: float) -> np.ndarray:
+        """GPU fragmentation's raw ``ΔF`` over the candidates ``idx`` of a CPU-only request
+        beside other dynamic terms (``ds``: their normalised costs): exact wherever the
+        node can be among the :attr:`keep` best totals, ``inf`` (normalised to 1) where it
+        provably cannot.
+
+        ``ΔF ≥ 0`` for a CPU-only request and ``ΔF = 0`` on a node without a free GPU or
+        where :meth:`~placement.framework.ZeroDelta.unchanged` holds, so once such a node
+        is among the candidates the term's minimum is 0 and ``d = 1 − f / (ΔF + f)``.
+        :meth:`~placement.framework.BoundsDelta.growth_bound` bounds ``ΔF`` from below on
+        the other GPU nodes; a node whose total with that bound is above the best total
+        known (plus the choice's 1e-12 tie band) and the ``keep``-th best, by 1e-9, cannot
+        rank, and its ``ΔF`` is not computed."""
+        s = self.snap
+        _, w, pressure = next(x for x in dyns if x[0] is plugin)
+        raw = np.zeros(idx.size)
+        has = s.gpu_slots[idx].any(axis=1)
+        if not has.any():
+            return raw
+        at = np.flatnonzero(has)
+        same, lower = cast(BoundsDelta, plugin).growth_bound(req, s, idx[at], pressure)
+        unk = at[~same]
+        if unk.size == 0:
+            return raw
+        if unk.size == idx.size:  # no node known at ΔF = 0: the minimum is unknown
+            raw[unk] = self._dynamic_delta(plugin, req, idx[unk], pressure)
+            return raw
+        wsum = w_static + sum(x[1] for x in dyns)
+        other = w_static * static
+        for q, wq, _ in dyns:
+            if q is not plugin:
+                other = other + wq * ds[q.name]
+        zero = np.ones(idx.size, dtype=bool)
+        zero[unk] = False
+        tot0 = other[zero] / wsum
+        keep = max(1, self.keep)
+        kth = float(np.partition(tot0, keep - 1)[keep - 1]) if tot0.size >= keep else np.inf
+        f = float(plugin.floor)
+        low = lower[~same]
+        bound = (other[unk] + w * (1.0 - f / (low + f))) / wsum
+        need = bound <= max(float(tot0.min()) + 1e-12, kth) + 1e-9
+        raw[unk[~need]] = np.inf
+        if need.any():
+            raw[unk[need]] = self._dynamic_delta(plugin, req, idx[unk[need]], pressure)
+        return raw
 
     def _groups(self, cc: ClassCosts) -> list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
         """``cc``'s feasible classes grouped by equal cost, in cost order: (cost, class
@@ -598,6 +828,19 @@ class BatchAssigner:
                             np.array([m.size for m in ms], dtype=np.int64), np.concatenate(ms)))
         self._group_memo[id(cc)] = (cc, out)
         return out
+
+    def _group_index(self, cls: np.ndarray, members: np.ndarray) -> _GroupIndex:
+        """The :class:`_GroupIndex` of the group of classes ``cls`` (shared by every task
+        class with that group), synced with :attr:`changed`."""
+        assert self.classes is not None
+        key = cls.tobytes()
+        gi = self._gindex.get(key)
+        if gi is None:
+            gi = self._gindex[key] = _GroupIndex(self.snap, self.classes, cls, members,
+                                                 len(self.changed))
+        else:
+            gi.sync(self.snap, self.classes, self.changed)
+        return gi
 
     def _frag_walk(self, req: PlacementRequest, cc: ClassCosts, plugin: DynamicScore,
                    w_dyn: float, pressure: float, w_static: float,
@@ -633,6 +876,12 @@ class BatchAssigner:
         first: float | None = None
         zero = False
         zd = cast(ZeroDelta, plugin) if provides(plugin, ZeroDelta) else None
+        bd = cast(BoundsDelta, plugin) if (self.bound_growth and zd is not None
+                                           and provides(plugin, BoundsDelta)) else None
+        # a node whose ΔF is above x_min has a total above its group's ΔF = 0 ones by more
+        # than the choice's tie band (1e-12, and 2e-9 of margin), as gap_ok asks below
+        band = (1e-12 + 2e-9) * w / w_dyn
+        x_min = f * band / (1.0 - band) if band < 1.0 else np.inf
         # where ΔF is not 0 it is at least gap_x: such a node's total is above its
         # group's ΔF = 0 ones by more than the choice's tie band (then it is not computed
         # when keep nodes at or below that total are known)
@@ -657,21 +906,33 @@ class BatchAssigner:
                 & (self._ub_gpu[cls] >= gpu)
             if not room.any():
                 continue
-            m = members if room.all() else members[np.repeat(room, sizes)]
-            fits = self._fits(m, cpu, mem, gpu, skip)
-            if skip is None:  # classes with room by their bounds but no fitting node
-                hit = np.zeros(cl.count, dtype=bool)
-                hit[cl.of[m[fits]]] = True
-                for c in cls[room & ~hit[cls]]:
-                    self._refresh_bounds(int(c))
-            if not fits.any():
-                continue
+            gpu_free = bool((self._ub_gpu[cls[room]] > 0).any())
+            width = keep if not gpu_free else 32
+            fit: _Fitting | None = None
+            if self.index_groups and skip is None:  # the index: no pass over the members
+                fit = _Fitting(self._group_index(cls, members), s, cpu, mem)
+                fit.ensure(1)
+                if not fit.nodes.size:
+                    continue
+                chunks = fit.chunks(width)
+                first_chunk = next(chunks)
+                cand = fit.nodes
+                chunks = itertools.chain([first_chunk], chunks)
+            else:
+                m = members if room.all() else members[np.repeat(room, sizes)]
+                fits = self._fits(m, cpu, mem, gpu, skip)
+                if skip is None:  # classes with room by their bounds but no fitting node
+                    hit = np.zeros(cl.count, dtype=bool)
+                    hit[cl.of[m[fits]]] = True
+                    for c in cls[room & ~hit[cls]]:
+                        self._refresh_bounds(int(c))
+                if not fits.any():
+                    continue
+                cand = m[fits]
+                chunks = _least_first(s.free_cpu[cand], width)
             if first is None:
                 first = sc
-            gpu_free = bool((self._ub_gpu[cls[room]] > 0).any())
-            cand = m[fits]
             raw = np.full(cand.size, np.inf)
-            chunks = _least_first(s.free_cpu[cand], keep if not gpu_free else 32)
             if not gpu_free:  # no free GPU in the group: ΔF = 0 on all, least free cpu first
                 raw[next(chunks)[:keep]] = 0.0
                 zero = True
@@ -682,21 +943,35 @@ class BatchAssigner:
                 pending: list[np.ndarray] = []
                 visited: list[np.ndarray] = []
                 for ch in chunks:
+                    if fit is not None and fit.nodes.size > cand.size:  # materialised more
+                        cand = fit.nodes
+                        raw = np.concatenate([raw, np.full(cand.size - raw.size, np.inf)])
                     visited.append(ch)
                     h = s.gpu_slots[cand[ch]].any(axis=1)
                     raw[ch[~h]] = 0.0
-                    if h.any() and zd is not None:  # provably 0 without computing it
+                    zk = np.flatnonzero(~h)  # nodes after the keep-th of these cannot rank
+                    if zk.size >= keep - found:
+                        h[zk[keep - found - 1]:] = False
+                    big = np.zeros(ch.size, dtype=bool)
+                    if zd is not None and h.any():  # provably 0 without computing it
                         sure = np.zeros(ch.size, dtype=bool)
-                        sure[h] = zd.unchanged(req, s, cand[ch[h]])
+                        if bd is not None:  # and provably above the tie band elsewhere
+                            sure[h], lower = bd.growth_bound(req, s, cand[ch[h]], pressure)
+                            big[h] = lower > x_min
+                        else:
+                            sure[h] = zd.unchanged(req, s, cand[ch[h]])
                         raw[ch[sure]] = 0.0
                         h &= ~sure
                     zk = np.flatnonzero(raw[ch] == 0.0)
                     if zk.size >= keep - found:
                         h[zk[keep - found - 1]:] = False
                     if h.any() and gap_ok():
-                        pending.append(ch[h])  # ΔF ≥ the gap: decided below
-                    elif h.any():
-                        raw[ch[h]] = self._dynamic_delta(plugin, req, cand[ch[h]], pressure)
+                        big |= h
+                    if (h & big).any():
+                        pending.append(ch[h & big])  # ΔF ≥ the gap: decided below
+                    if (h & ~big).any():
+                        at = ch[h & ~big]
+                        raw[at] = self._dynamic_delta(plugin, req, cand[at], pressure)
                     found += int(np.count_nonzero(raw[ch] == 0.0))
                     if found >= keep:
                         break
@@ -779,6 +1054,8 @@ class BatchAssigner:
         s.free_mem[i] += memory
         s.free_gpu[i] += gpu
         s.give_gpus(i, gpu)
+        if gpu:
+            self._gpu_version += 1
         c = self.classes.of[i]
         self._ub_cpu[c] = max(self._ub_cpu[c], s.free_cpu[i])
         self._ub_mem[c] = max(self._ub_mem[c], s.free_mem[i])
@@ -838,11 +1115,15 @@ class BatchAssigner:
                       s.gpu_slots.copy())
         (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
          self._ub_gpu[:], s.gpu_slots[:]) = saved
+        self._gpu_version += 1
+        self._gindex.clear()  # restored without the change log
         by_regret = self.assign(requests, "regret")
         if self.value(requests, by_regret) > self.value(requests, by_size):
             return by_regret
         (s.free_cpu[:], s.free_mem[:], s.free_gpu[:], self._ub_cpu[:], self._ub_mem[:],
          self._ub_gpu[:], s.gpu_slots[:]) = after_size
+        self._gpu_version += 1
+        self._gindex.clear()
         return by_size
 
     def node_costs(self, req: PlacementRequest) -> np.ndarray:

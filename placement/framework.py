@@ -193,6 +193,34 @@ class ZeroDelta(Protocol):
 
 
 @runtime_checkable
+class BoundsDelta(Protocol):
+    """A :class:`ZeroDelta` that also bounds ``delta`` from below where it is not 0 (GPU
+    fragmentation for a CPU-only request): the batch assigner's per-class bound then
+    leaves uncomputed the nodes that provably rank after enough ``delta = 0`` ones."""
+
+    def growth_bound(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
+                     pressure: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(same, lower)``, bool and float ``(len(idx),)``: ``same`` as ``unchanged``;
+        ``lower`` a lower bound of ``delta`` (0 where ``same`` or none is known), for the
+        plugin's ``pressure`` of ``snap``."""
+        ...
+
+
+@runtime_checkable
+class DescribesCandidates(Protocol):
+    """A :class:`DynamicScore` that renders its reason from the candidates a choice
+    evaluated alone (no ``n``-sized arrays): :class:`placement.plan.Planner` asks it
+    instead of ``describe`` (GPU fragmentation)."""
+
+    def describe_candidates(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
+                            raw: np.ndarray, at: int) -> str | None:
+        """``describe``'s line with ``idx`` the candidate node indices ``(k,)``, ``raw``
+        their raw cost in the form the plugin's ``score`` has ``(k,)``, ``at`` the chosen
+        node's position in ``idx``."""
+        ...
+
+
+@runtime_checkable
 class ObservesBatch(Protocol):
     """A plugin that learns from the requests it will see (e.g. the task-type mix of
     GPU fragmentation): the batch assigner calls ``observe`` for every request of a batch

@@ -33,12 +33,14 @@ import numpy as np
 
 from continuum.model import PlacementDecision, Prediction
 from placement.assign import ALTERNATIVES, Outcome, PlacementRequest
-from placement.batch import BatchAssigner, ClassCosts, NodeClasses, static_key
+from placement.batch import BatchAssigner, ClassCosts, DynamicChoice, NodeClasses, static_key
 from placement.framework import (
     MAX_SCORE,
+    DescribesCandidates,
     Feasibility,
     FilterResult,
     Framework,
+    ScorePlugin,
     default_framework,
     ratio_to_best,
 )
@@ -51,23 +53,39 @@ from placement.plugins.resources import (
 from placement.predict import CycleState, ExplainsFallback, provides
 from placement.snapshot import CPU_EPS, TIERS, Snapshot
 
+MAX_LINES = 4096
+"""Static reason lists a :class:`Planner` keeps ((task class, node class, classes with a
+feasible node) triples), all dropped beyond."""
 MAX_COUNTS = 256
-"""Filter-count tables a :class:`Planner` keeps ((static key, request shape) pairs; one
-``(n,)`` array each), all dropped beyond."""
+"""Capacity-verdict tables a :class:`Planner` keeps (request shapes; one ``(n,)`` array
+each), all dropped beyond."""
+
+
+@dataclass
+class _ShapeFit:
+    """``NodeResourcesFit``'s verdict for one request shape: ``res`` per node (-1 = fits,
+    0/1/2 = lacks cpu/memory/gpu, its reasons' order), ``per_class`` members per node class
+    by verdict, shape ``(C, 4)`` (column ``res + 1``), ``synced``: how much of the
+    assigner's change log is in."""
+
+    res: np.ndarray
+    per_class: np.ndarray
+    synced: int
 
 
 @dataclass
 class _Counts:
-    """The filters' attributed verdict for one (static key, request shape): ``reasons``
-    (attribution order), ``code`` per node (index into ``reasons``, -1 = feasible),
-    ``counts`` per code + 1 (``counts[0]`` = feasible nodes), ``per_class`` feasible
-    members per node class, ``synced``: how much of the assigner's change log is in."""
+    """The filters' attributed verdict for one request as the snapshot stands:
+    ``reasons`` (attribution order), ``counts`` per code + 1 (``counts[0]`` = feasible
+    nodes), ``per_class`` feasible members per node class, ``open`` node classes no static
+    filter rejects (their members are feasible where ``res`` is -1), ``res``
+    ``NodeResourcesFit``'s verdict per node."""
 
     reasons: list[str]
-    code: np.ndarray
     counts: np.ndarray
     per_class: np.ndarray
-    synced: int
+    open: np.ndarray
+    res: np.ndarray
 
     def filtered(self) -> dict[str, int]:
         """Reason → nodes attributed to it, as :attr:`Feasibility.filtered`."""
@@ -98,8 +116,19 @@ class Planner:
         self.assigner = BatchAssigner(snapshot, fw, classes=NodeClasses(snapshot, cached))
         self._static: dict[tuple[object, ...], dict[str, FilterResult]] = {}
         self._codes: dict[tuple[object, ...], tuple[list[str], np.ndarray, np.ndarray, int]] = {}
-        self._counts: dict[tuple[object, ...], _Counts] = {}
+        self._shapes: dict[tuple[float, int, int], _ShapeFit] = {}
+        self._count_plans: dict[tuple[object, ...], tuple[
+            np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]] = {}
         self._weights: dict[tuple[float, ...], dict[str, float]] = {}
+        self.lean_explanations = True
+        """Keep the static scores and reasons per (task class, node class, classes with a
+        feasible node) and let a dynamic term describe itself from the candidates
+        (:class:`DescribesCandidates`); False rebuilds them for every decision and
+        describes dynamic terms over ``n``-sized arrays (the path before, for the
+        benchmark's side-by-side; the same explanations)."""
+        self._scores: dict[int, tuple[ClassCosts, dict[int, dict[str, float]]]] = {}
+        self._lines: dict[tuple[int, int, bytes],
+                          tuple[ClassCosts, list[tuple[ScorePlugin, str | None]]]] = {}
 
     def place_one(self, req: PlacementRequest, *, explain: bool = True, pin: int | None = None,
                   note: str = "") -> Outcome:
@@ -154,83 +183,108 @@ class Planner:
                 if f.name != NodeResourcesFit.name}
         return fw.run_filters(req, self.snap, fw.new_state(), known)
 
-    def _static_codes(self, req: PlacementRequest
-                      ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    def _class_codes(self, req: PlacementRequest, key: tuple[object, ...]
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
         """Per static key: the reasons in attribution order (filters in plugin order, each
         filter's reasons in its order, ``NodeResourcesFit``'s three in its place), the
-        index of the first static reason rejecting each node among the filters before
-        ``NodeResourcesFit`` and after it (``(n,)``, -1 = none), and where its reasons
-        start."""
-        key = static_key(req)
+        index of the first static reason rejecting each node class among the filters
+        before ``NodeResourcesFit`` and after it (``(C,)``, -1 = none), and where its
+        reasons start (``key``: ``static_key(req)``). The static filters read no free
+        capacity and the nodes of a class agree on everything they read
+        (:class:`~placement.batch.NodeClasses`, as the assigner's static mask assumes), so
+        they run on the class representatives."""
         held = self._codes.get(key)
         if held is not None:
             return held
-        self._filters(req)  # the static verdicts, once per static key
-        known = self._static[key]
-        n = self.snap.n
+        fw, cl = self.framework, self.assigner.classes
+        assert cl is not None
+        state = fw.new_state()
         reasons: list[str] = []
-        pre, post = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        pre = np.full(cl.count, -1, dtype=np.int64)
+        post = np.full(cl.count, -1, dtype=np.int64)
         at, codes = -1, pre
-        for plugin in self.framework.filters:
+        for plugin in fw.filters:
             if plugin.name == NodeResourcesFit.name:
                 at, codes = len(reasons), post
                 reasons += [REASON_CPU, REASON_MEMORY, REASON_GPU]
                 continue
-            for rej in known[plugin.name].rejections:
+            for rej in plugin.filter(req, cl.rep_snap, state).rejections:
                 codes[(codes < 0) & rej.mask] = len(reasons)
                 reasons.append(rej.reason)
         held = self._codes[key] = (reasons, pre, post, at)
         return held
 
-    def _attributed(self, req: PlacementRequest, idx: np.ndarray | None = None) -> np.ndarray:
-        """The reason (index into :meth:`_static_codes`' list) each node of ``idx`` (all
-        by default) is attributed to, as :meth:`Framework.run_filters` attributes it;
-        -1 = feasible."""
-        _, pre, post, at = self._static_codes(req)
+    def _res_codes(self, req: PlacementRequest, idx: np.ndarray | None = None) -> np.ndarray:
+        """``NodeResourcesFit``'s verdict on each node of ``idx`` (all by default) as
+        :meth:`Framework.run_filters` attributes it: -1 = fits, 0/1/2 = lacks
+        cpu/memory/gpu (the first lacking)."""
         r, s = req.task.resources, self.snap
         if idx is None:
             idx = np.arange(s.n)
-        res = np.where(s.free_cpu[idx] + CPU_EPS < r.cpu, at,
-                       np.where(s.free_mem[idx] < r.memory, at + 1,
-                                np.where(s.gpu_fit(r.gpu, idx), -1, at + 2)))
-        p = pre[idx]
-        out: np.ndarray = np.where(p >= 0, p, np.where(res >= 0, res, post[idx]))
+        out: np.ndarray = np.where(s.free_cpu[idx] + CPU_EPS < r.cpu, 0,
+                                   np.where(s.free_mem[idx] < r.memory, 1,
+                                            np.where(s.gpu_fit(r.gpu, idx), -1, 2))
+                                   ).astype(np.int8)
         return out
 
-    def _filter_counts(self, req: PlacementRequest) -> _Counts:
-        """The filters' verdict on the snapshot as it stands, kept per (static key,
-        request shape) and refreshed only on the nodes the assigner changed since (one
-        placement changes one node): the explanation's filter counts in ``O(changes)``
-        rather than a pass of every filter over the ``n`` nodes."""
+    def _shape_fit(self, req: PlacementRequest) -> _ShapeFit:
+        """The capacity verdict of ``req``'s shape, kept per shape and refreshed only on
+        the nodes the assigner changed since (one placement changes one node)."""
         r = req.task.resources
-        key = (static_key(req), float(r.cpu), int(r.memory), int(r.gpu))
+        key = (float(r.cpu), int(r.memory), int(r.gpu))
         a, cl = self.assigner, self.assigner.classes
         assert cl is not None
-        st = self._counts.get(key)
+        st = self._shapes.get(key)
         if st is None:
-            if len(self._counts) >= MAX_COUNTS:
-                self._counts.clear()
-            reasons = self._static_codes(req)[0]
-            code = self._attributed(req)
-            st = self._counts[key] = _Counts(
-                reasons, code, np.bincount(code + 1, minlength=len(reasons) + 1),
-                np.bincount(cl.of[code < 0], minlength=cl.count), len(a.changed))
+            if len(self._shapes) >= MAX_COUNTS:
+                self._shapes.clear()
+            res = self._res_codes(req)
+            per = np.bincount(cl.of * 4 + res + 1, minlength=cl.count * 4
+                              ).reshape(cl.count, 4)
+            st = self._shapes[key] = _ShapeFit(res, per, len(a.changed))
         elif st.synced < len(a.changed):
-            u = np.unique(np.array(a.changed[st.synced:], dtype=np.int64))
-            old, new = st.code[u], self._attributed(req, u)
+            # a few nodes: a set beats np.unique (which also imports numpy.ma on first use)
+            u = np.array(sorted(set(a.changed[st.synced:])), dtype=np.int64)
+            old, new = st.res[u], self._res_codes(req, u)
             # usually one node: scalar updates beat ufunc.at
             for i, o, c in zip(u.tolist(), old.tolist(), new.tolist(), strict=True):
-                if o == c:
-                    continue
-                st.counts[o + 1] -= 1
-                st.counts[c + 1] += 1
-                if o < 0:
-                    st.per_class[cl.of[i]] -= 1
-                if c < 0:
-                    st.per_class[cl.of[i]] += 1
-            st.code[u] = new
+                if o != c:
+                    k = int(cl.of[i])
+                    st.per_class[k, o + 1] -= 1
+                    st.per_class[k, c + 1] += 1
+            st.res[u] = new
             st.synced = len(a.changed)
         return st
+
+    def _filter_counts(self, req: PlacementRequest) -> _Counts:
+        """The filters' verdict on the snapshot as it stands, from the static verdict per
+        node class (per static key) and the capacity verdict per request shape: the
+        explanation's filter counts in ``O(C + changes)`` rather than a pass of every
+        filter over the ``n`` nodes."""
+        key = static_key(req)
+        reasons, pre, post, at = self._class_codes(req, key)
+        plan = self._count_plans.get(key)
+        if plan is None:  # what does not change with capacity, per static key
+            m = len(reasons) + 1
+            rejected, late = pre >= 0, post >= 0  # late: a static filter after capacity
+            assert self.assigner.classes is not None
+            sizes = np.array([x.size for x in self.assigner.classes.members], dtype=np.int64)
+            base = np.bincount(pre[rejected] + 1, weights=sizes[rejected], minlength=m
+                               ).astype(np.int64)  # every member: the class's reason
+            plan = self._count_plans[key] = (
+                base, ~rejected, (~rejected) & late, post[(~rejected) & late] + 1,
+                (~rejected) & ~late, m)
+        base, free, late, late_code, open_, m = plan
+        sf = self._shape_fit(req)
+        per = sf.per_class
+        counts = base.copy()
+        counts[at + 1:at + 4] += per[free, 1:].sum(axis=0)
+        if late_code.size:
+            counts += np.bincount(late_code, weights=per[late, 0], minlength=m
+                                  ).astype(np.int64)
+        feasible = np.where(open_, per[:, 0], 0)
+        counts[0] = feasible.sum()
+        return _Counts(reasons, counts, feasible, open_, sf.res)
 
     def _unschedulable(self, req: PlacementRequest) -> str:
         feas = self._filters(req)
@@ -281,39 +335,17 @@ class Planner:
             return PlacementDecision.model_construct(
                 **fields, scores={}, reasons=[], filtered={}, alternatives=[],
                 model_version=fw.predictor.version, feasible_nodes=0)
-        caps = fw.capabilities()
-        scores: dict[str, float] = {}
-        for name, raw in cc.raw.items():
-            v = np.maximum(raw, 0.0)
-            f = cc.floors[name]
-            scores[name] = round(float(MAX_SCORE * (v[cc.feasible].min() + f) / (v[c] + f)), 2)
-        for dp in caps.dynamic:
+        scores = dict(self._class_scores(cc, c))
+        for dp in fw.capabilities().dynamic:
             d = (float(dyn.d[dp.name][at]) if dyn is not None and at >= 0
                  and dp.name in dnames else 0.0)
             scores[dp.name] = round(MAX_SCORE * (1.0 - d), 2)
 
         counts = self._filter_counts(req)
-        fitting = counts.per_class > 0
-        fitting[c] = True
-        rep_state = CycleState(fw.predictor, {"predictions": cc.predictions})
         reasons: list[str] = []
-        for plugin in fw.scores:
-            if weights[plugin.name] <= 0:
-                continue
-            if plugin.name in cc.raw:
-                line = plugin.describe(req, cl.rep_snap, rep_state, cc.raw[plugin.name], c,
-                                       fitting)
-            elif dyn is not None and plugin.name in dnames and at >= 0:
-                raw = dyn.raw[plugin.name]
-                full = np.zeros(snap.n)
-                shown = np.zeros(snap.n, dtype=bool)
-                ok = np.isfinite(raw)  # in the form the plugin's score has
-                shift = not ratio_to_best(plugin)
-                full[dyn.idx[ok]] = raw[ok] - raw[ok].min() if shift else raw[ok]
-                shown[dyn.idx[ok]] = True
-                line = plugin.describe(req, snap, fw.new_state(), full, j, shown)
-            else:
-                line = None
+        for plugin, line in self._static_lines(req, cc, c, counts, weights):
+            if line is None and dyn is not None and plugin.name in dnames and at >= 0:
+                line = self._dynamic_line(req, plugin, dyn, at)
             if line:
                 reasons.append(line)
         feasible = int(counts.counts[0])
@@ -327,10 +359,76 @@ class Planner:
                 version = "analytic-v1"
         return PlacementDecision.model_construct(
             **fields, scores=scores, reasons=reasons, filtered=counts.filtered(),
-            alternatives=self._runners_up(cc, j, counts.code), model_version=version,
+            alternatives=self._runners_up(cc, j, counts), model_version=version,
             feasible_nodes=feasible)
 
-    def _runners_up(self, cc: ClassCosts, j: int, code: np.ndarray) -> list[dict[str, object]]:
+    def _class_scores(self, cc: ClassCosts, c: int) -> dict[str, float]:
+        """The static plugins' scores of node class ``c`` for ``cc``'s task class,
+        ``100 · (min + floor) / (v + floor)`` over the statically feasible classes:
+        constants of (task class, node class), kept."""
+        held = self._scores.get(id(cc)) if self.lean_explanations else None
+        if held is None or held[0] is not cc:
+            held = self._scores[id(cc)] = (cc, {})
+        out = held[1].get(c)
+        if out is None:
+            out = held[1][c] = {}
+            for name, raw in cc.raw.items():
+                v = np.maximum(raw, 0.0)
+                f = cc.floors[name]
+                out[name] = round(float(MAX_SCORE * (v[cc.feasible].min() + f) / (v[c] + f)),
+                                  2)
+        return out
+
+    def _static_lines(self, req: PlacementRequest, cc: ClassCosts, c: int, counts: _Counts,
+                      weights: dict[str, float]) -> list[tuple[ScorePlugin, str | None]]:
+        """Per weighted score plugin in plugin order, its reason when it is a static one
+        (``describe`` over the representatives, among the node classes with a feasible
+        node now and ``c``), else None. A static plugin's line reads only the task class
+        (``cc``), ``c`` and which classes have a feasible node, so it is kept per those
+        (at most :data:`MAX_LINES` entries, all dropped beyond)."""
+        fitting = counts.per_class > 0
+        fitting[c] = True
+        key = (id(cc), c, fitting.tobytes())
+        held = self._lines.get(key) if self.lean_explanations else None
+        if held is not None and held[0] is cc:
+            return held[1]
+        if len(self._lines) >= MAX_LINES:
+            self._lines.clear()
+        cl = self.assigner.classes
+        assert cl is not None
+        fw = self.framework
+        rep_state = CycleState(fw.predictor, {"predictions": cc.predictions})
+        out: list[tuple[ScorePlugin, str | None]] = []
+        for plugin in fw.scores:
+            if weights[plugin.name] <= 0:
+                continue
+            line = (plugin.describe(req, cl.rep_snap, rep_state, cc.raw[plugin.name], c,
+                                    fitting) if plugin.name in cc.raw else None)
+            out.append((plugin, line))
+        self._lines[key] = (cc, out)
+        return out
+
+    def _dynamic_line(self, req: PlacementRequest, plugin: ScorePlugin, dyn: DynamicChoice,
+                      at: int) -> str | None:
+        """A dynamic plugin's reason over the candidates of the choice (``at``: the chosen
+        node's position among them): through :class:`DescribesCandidates` when the
+        plugin offers it (only the candidates read), else ``describe`` over ``n``-sized
+        arrays."""
+        snap = self.snap
+        raw = dyn.raw[plugin.name]
+        ok = np.isfinite(raw)  # in the form the plugin's score has
+        vals = raw[ok] - raw[ok].min() if not ratio_to_best(plugin) else raw[ok]
+        if self.lean_explanations and provides(plugin, DescribesCandidates):
+            return cast(DescribesCandidates, plugin).describe_candidates(
+                req, snap, dyn.idx[ok], vals, int(np.count_nonzero(ok[:at])))
+        full = np.zeros(snap.n)
+        shown = np.zeros(snap.n, dtype=bool)
+        full[dyn.idx[ok]] = vals
+        shown[dyn.idx[ok]] = True
+        return plugin.describe(req, snap, self.framework.new_state(), full, int(dyn.idx[at]),
+                               shown)
+
+    def _runners_up(self, cc: ClassCosts, j: int, counts: _Counts) -> list[dict[str, object]]:
         """Up to :data:`ALTERNATIVES` other feasible nodes, best first, with their totals:
         the fragmentation term's candidates when it decided, else the classes in cost
         order (within a class, node order)."""
@@ -351,8 +449,10 @@ class Planner:
             return out
         assert a.classes is not None
         for cls in cc.order:
+            if not counts.open[cls]:
+                continue
             m = a.classes.members[cls]
-            for i in m[code[m] < 0]:
+            for i in m[counts.res[m] < 0]:
                 if int(i) == j:
                     continue
                 out.append({"node": snap.ids[int(i)],

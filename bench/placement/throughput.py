@@ -14,10 +14,16 @@ request with ``time.perf_counter`` (decision object and, unless said, its explan
 reasons, scores, filter counts, runners-up — included):
 
 * the product path, GPU fragmentation on (default weight) and off;
-* :data:`BEFORE`: the path as it was before the per-class bound, side by side in the
-  same run — the fragmentation term evaluated on up to 1,024 fitting nodes per request
-  (the tightest of each class), no pruning — timed interleaved with the product row,
-  request by request, so that load on a shared machine weighs on both alike;
+* :data:`BEFORE`: the path as it was before the growth bound and the lean explanations
+  (issue 16 item 4, second round), side by side in the same run — ``ΔF`` computed on
+  every GPU node ahead of enough ``ΔF = 0`` ones (``bound_growth=False``), a fit test
+  over every member of a group instead of its index (``index_groups=False``), static scores
+  and reasons rebuilt for every decision and the fragmentation reason read through
+  ``n``-sized arrays (``Planner.lean_explanations=False``) — timed interleaved with the
+  product row, request by request, so that load on a shared machine weighs on both
+  alike;
+* :data:`LOAD`: the framework the control plane builds (measured load on), where the
+  per-class bound does not apply (two dynamic terms);
 * the naive full rescan.
 """
 
@@ -33,13 +39,19 @@ from placement import DataSource, PlacementRequest, Snapshot, StaticNetwork
 from placement.batch import naive_assign
 from placement.framework import default_framework
 from placement.plan import Planner
+from placement.plugins.load import with_load
 
 SITES = 8
 TEMPLATES = 50
 PRODUCT = "continuum (templates)"
-BEFORE = "before: 1,024 candidates, no bound (templates)"
-"""The assigner as it was before the per-class bound (``prune_dynamic=False``,
-``dynamic_candidates=1024``), explanation included: the old path, timed in the same run."""
+BEFORE = "before: no growth bound, explanation rebuilt (templates)"
+"""The path as it was before this round (``bound_growth=False``, ``index_groups=False``,
+``lean_explanations=False``), explanation included: the old path, timed in the same run."""
+LOAD = "continuum (templates), measured load on (the control plane's framework)"
+"""``with_load(default_framework())``, as control_plane/models.py builds it: NodeLoad is a
+second dynamic term, so the per-class bound does not apply (the capped evaluation of up
+to 1,024 fitting nodes); the nodes carry no measured utilisation here, so the load is
+the accounting ``1 − free/allocatable``."""
 CHECKED = 2000
 """Requests of the product row whose choice is checked against the exhaustive one (a
 quarter of that above 10k nodes, where each exhaustive choice costs milliseconds)."""
@@ -103,11 +115,18 @@ class Row:
 
 
 def _planner(snap: Snapshot, fragmentation: bool, prune: bool = True,
-             cap: int | None = None) -> Planner:
+             cap: int | None = None, lean: bool = True, load: bool = False) -> Planner:
+    """A planner on a copy of ``snap``; ``lean`` False: the path before this round
+    (:data:`BEFORE`); ``load``: with measured load (:data:`LOAD`)."""
     fw = default_framework() if fragmentation else default_framework(fragmentation_weight=0.0)
+    if load:
+        fw = with_load(fw)
     p = Planner(snap.copy(), fw)
     p.assigner.prune_dynamic = prune
     p.assigner.dynamic_candidates = cap
+    p.assigner.bound_growth = lean
+    p.assigner.index_groups = lean
+    p.lean_explanations = lean
     return p
 
 
@@ -127,6 +146,7 @@ def exhaustive_choice(p: Planner, req: PlacementRequest) -> int:
 def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     """The rows of the module docstring at ``n`` nodes; raises AssertionError when the
     product path picks another node than the exhaustive evaluation (the check)."""
+    import gc
     import time
 
     nodes, net = cluster(n)
@@ -137,25 +157,28 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     product = PRODUCT + ", explanation included"
     checked, limit = 0, CHECKED if n <= 10_000 else CHECKED // 4
     before = BEFORE + ", explanation included"
-    # (label, requests, fragmentation on, bound on, candidate cap, explain); a group's rows
-    # are timed interleaved, request by request (the product path and the old one: load
-    # on a shared machine drifts alike for both)
+    # (label, requests, fragmentation on, bound on, candidate cap, explain, measured load);
+    # a group's rows are timed interleaved, request by request (the product path and the
+    # old one: load on a shared machine drifts alike for both)
     groups = [
-        [(product, requests(fast_requests), True, True, 1024, True),
-         (before, requests(fast_requests), True, False, 1024, True)],
-        [(PRODUCT + ", no explanation", requests(fast_requests), True, True, 1024, False)],
+        [(product, requests(fast_requests), True, True, 1024, True, False),
+         (before, requests(fast_requests), True, True, 1024, True, False)],
+        [(LOAD + ", explanation included", requests(fast_requests), True, True, 1024, True,
+          True)],
+        [(PRODUCT + ", no explanation", requests(fast_requests), True, True, 1024, False, False)],
         [("continuum (distinct), explanation included", requests(distinct, 2, True), True,
-          True, 1024, True)],
+          True, 1024, True, False)],
         [(PRODUCT + ", fragmentation off, explanation included", requests(fast_requests),
-          False, True, 1024, True)],
+          False, True, 1024, True, False)],
         [("continuum (distinct), fragmentation off, explanation included",
-          requests(distinct, 2, True), False, True, 1024, True)]]
+          requests(distinct, 2, True), False, True, 1024, True, False)]]
     for group in groups:
         planners, builds = [], []
-        for _, _, frag, prune, cap, _ in group:
+        for label, _, frag, prune, cap, _, load in group:
             t0 = time.perf_counter()
-            planners.append(_planner(snap, frag, prune, cap))
+            planners.append(_planner(snap, frag, prune, cap, label != before, load))
             builds.append(time.perf_counter() - t0)
+        gc.collect()  # the snapshot's garbage is not collected inside the timed loop
         count = len(group[0][1])
         lats = [np.empty(count) for _ in group]
         placed = [0] * len(group)
@@ -163,7 +186,7 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
             chosen[label] = []
         for k in range(count):
             for g in (range(len(group)) if k % 2 == 0 else reversed(range(len(group)))):
-                label, reqs, _, _, _, explain = group[g]
+                label, reqs, _, _, _, explain, _ = group[g]
                 p, r = planners[g], reqs[k]
                 want = (exhaustive_choice(p, r) if label == product and k < limit
                         and r.task.resources.gpu <= 0 else None)

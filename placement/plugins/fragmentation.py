@@ -69,7 +69,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from placement.framework import (
+    BoundsDelta,
     CachedDelta,
+    DescribesCandidates,
     DynamicScore,
     ObservesBatch,
     Term,
@@ -263,7 +265,8 @@ class GpuFragmentation:
     Declares (:mod:`placement.framework`) :class:`DynamicScore` (reads free capacity:
     evaluated per request, never cached per task class), :class:`CachedDelta`
     (:class:`FragmentationCache`), :class:`ObservesBatch` (learns the workload),
-    :class:`Weighted` and :class:`ZeroDelta` (:meth:`unchanged`).
+    :class:`Weighted`, :class:`ZeroDelta` (:meth:`unchanged`), :class:`BoundsDelta`
+    (:meth:`growth_bound`) and :class:`DescribesCandidates` (:meth:`describe_candidates`).
     """
 
     name = NAME
@@ -290,6 +293,8 @@ class GpuFragmentation:
         self._order: deque[tuple[str, tuple[float, int, int]]] = deque()
         self._cached: Workload | None = None
         self._support: tuple[Workload | None, np.ndarray, np.ndarray] | None = None
+        self._gpu_fills: dict[tuple[bytes, tuple[int, ...], int],
+                              tuple[Workload, np.ndarray]] = {}
 
     def observe(self, req: PlacementRequest) -> None:
         """Count ``req``'s (cpu, memory, gpu) type once per request key."""
@@ -368,39 +373,79 @@ class GpuFragmentation:
         also be the same (computed as :meth:`delta` does). Always False for a GPU
         request.
         """
+        return self.growth_bound(req, snap, idx, 0.0)[0]
+
+    def growth_bound(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
+                     pressure: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`unchanged` and, where it is False, a lower bound of :meth:`delta` per node
+        (``pressure``: :meth:`pressure` of ``snap``): ``(same, lower)``, bool and float
+        ``(len(idx),)``; ``lower`` is 0 where ``same`` or where no bound is known (a GPU
+        request, FGD's measure).
+
+        With the fill-up measure a CPU-only request never lowers a type's pod count nor
+        ``S_n`` (less cpu/memory feeds no more pods and no more GPUs), so ``ΔF`` is a sum
+        of non-negative parts: where a type's count drops, ``ΔF`` is at least
+        :meth:`least_positive`'s one-pod bound (the :attr:`strand` part only adds);
+        where the counts are the same, the fill-up part is bit for bit the same before
+        and after, and ``ΔF = pressure · strand · (S_after − S_before)``, known exactly
+        here (``S_n`` as :meth:`delta` computes it). Less a margin for rounding."""
         r = req.task.resources
-        if r.gpu > 0 or idx.size == 0:
-            return np.zeros(idx.size, dtype=bool)
+        k = idx.size
+        none = np.zeros(k)
+        if r.gpu > 0 or k == 0:
+            return np.zeros(k, dtype=bool), none
         sub, c, m = self._gpu_types()
         if sub is None or snap.gpu_slots.shape[1] == 0:
-            return np.ones(idx.size, dtype=bool)  # delta is 0: no GPU type, or no GPUs
+            return np.ones(k, dtype=bool), none  # delta is 0: no GPU type, or no GPUs
         cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
+        slots = snap.gpu_slots[idx]
+        # before and after stacked (rows k..2k-1 = after): one pass of each formula,
+        # elementwise, so every value is what a pass over either half alone gives
+        cpu2 = np.concatenate([cpu, cpu - r.cpu])
+        mem2 = np.concatenate([mem, mem - r.memory])
         if self.fill:  # fill_count's formulas; its GPU bound is the same before and after
-            slots = snap.gpu_slots[idx]
-            by_gpu = fill_count(np.full(idx.size, np.inf), np.full(idx.size, np.inf), slots,
-                                snap.gpu_unit, sub)
-            cpu0, mem0 = np.maximum(cpu, 0)[:, None], np.maximum(mem, 0)[:, None]
-            cpu1 = np.maximum(cpu - r.cpu, 0)[:, None]
-            mem1 = np.maximum(mem - r.memory, 0)[:, None]
+            by_gpu = self._by_gpu(slots, snap.gpu_unit, sub)
             no_c, no_m = sub.cpu[None, :] <= 0, sub.memory[None, :] <= 0
-            before = np.minimum(by_gpu, np.minimum(
-                np.where(no_c, np.inf, np.floor((cpu0 + CPU_EPS) / c)),
-                np.where(no_m, np.inf, np.floor(mem0 / m))))
-            after = np.minimum(by_gpu, np.minimum(
-                np.where(no_c, np.inf, np.floor((cpu1 + CPU_EPS) / c)),
-                np.where(no_m, np.inf, np.floor(mem1 / m))))
+            lim = np.minimum(
+                np.where(no_c, np.inf, np.floor((np.maximum(cpu2, 0)[:, None] + CPU_EPS) / c)),
+                np.where(no_m, np.inf, np.floor(np.maximum(mem2, 0)[:, None] / m)))
+            before, after = np.minimum(by_gpu, lim[:k]), np.minimum(by_gpu, lim[k:])
         else:
             c, m = sub.cpu[None, :], sub.memory[None, :]
             before = (cpu[:, None] + CPU_EPS >= c) & (mem[:, None] >= m)
             after = ((cpu - r.cpu)[:, None] + CPU_EPS >= c) & ((mem - r.memory)[:, None] >= m)
         same: np.ndarray = (before == after).all(axis=1)
+        lower = none
+        if self.fill and pressure > 0 and not same.all():
+            lower = np.where(same, 0.0, self._least_pod(req, snap, pressure))
         if self.strand and same.any():  # S_n as delta computes it, before and after
             wl = self.distribution()
             assert wl is not None
-            slots = snap.gpu_slots[idx]
-            same &= stranding(cpu, mem, slots, snap.gpu_unit, wl) == stranding(
-                cpu - r.cpu, mem - r.memory, slots, snap.gpu_unit, wl)
-        return same
+            both = stranding(cpu2, mem2, np.concatenate([slots, slots]), snap.gpu_unit, wl)
+            s0, s1 = both[:k], both[k:]
+            grown = same & (s0 != s1)
+            same &= ~grown
+            if pressure > 0 and grown.any():
+                gain = pressure * self.strand * (s1 - s0)
+                lower = np.where(grown, np.maximum(gain * (1.0 - 1e-9) - 1e-12, 0.0), lower)
+        return same, lower
+
+    def _by_gpu(self, slots: np.ndarray, unit: int, sub: Workload) -> np.ndarray:
+        """:func:`fill_count` bounded by the GPUs alone (cpu and memory unlimited) for the
+        rows ``slots`` ``(k, G)`` and the types ``sub``, shape ``(k, T)``: kept per
+        (slots, unit, types) — a CPU-only request changes no slot, so the blocks of free
+        GPU states the bound walk asks about repeat. At most 256 blocks, then all
+        dropped."""
+        key = (slots.tobytes(), slots.shape, unit)
+        held = self._gpu_fills.get(key)
+        if held is not None and held[0] is sub:
+            return held[1]
+        if len(self._gpu_fills) >= 256:
+            self._gpu_fills.clear()
+        k = slots.shape[0]
+        out = fill_count(np.full(k, np.inf), np.full(k, np.inf), slots, unit, sub)
+        self._gpu_fills[key] = (sub, out)
+        return out
 
     def least_positive(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
         """A lower bound of :meth:`delta` where :meth:`unchanged` is False (fill-up measure,
@@ -409,8 +454,15 @@ class GpuFragmentation:
         its whole GPUs otherwise) and ``ΔF ≥ pressure · min_m p_m · that``, less a margin
         for rounding. 0 for FGD's measure, a GPU request or with :attr:`strand` on (``S_n``
         grows continuously with the cpu taken: no positive bound)."""
+        if self.strand:
+            return 0.0
+        return self._least_pod(req, snap, pressure)
+
+    def _least_pod(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
+        """:meth:`least_positive`'s one-pod bound, whatever :attr:`strand` (it bounds
+        ``ΔF`` where a type's pod count drops; :meth:`growth_bound`)."""
         wl = self.distribution()
-        if not self.fill or self.strand or req.task.resources.gpu > 0 or wl is None:
+        if not self.fill or req.task.resources.gpu > 0 or wl is None:
             return 0.0
         sel = (wl.gpu > 0) & (wl.prob > 0)
         if not sel.any():
@@ -455,17 +507,31 @@ class GpuFragmentation:
         """None when the term did not tell the feasible nodes apart (no free GPU among
         them, GPUs not scarce, or the same growth everywhere — e.g. a CPU-only task among
         nodes it fragments alike): a term that contributed nothing is not named."""
-        if snap.gpu_slots.shape[1] == 0 or not snap.gpu_slots[mask].any():
+        if snap.gpu_slots.shape[1] == 0:
             return None
-        values = raw[mask]
-        if values.size < 2 or float(values.max() - values.min()) <= 1e-9:
+        return _reason(bool(snap.gpu_slots[mask].any()), raw[mask], float(raw[chosen]))
+
+    def describe_candidates(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
+                            raw: np.ndarray, at: int) -> str | None:
+        """:meth:`describe` read from the candidates alone: ``idx`` the candidate node
+        indices ``(k,)``, ``raw`` their ``ΔF − min ΔF`` ``(k,)``, ``at`` the chosen one's
+        position in ``idx`` — the same line, without ``n``-sized arrays."""
+        if snap.gpu_slots.shape[1] == 0:
             return None
-        mine = float(raw[chosen])
-        if mine <= 1e-9:
-            others = values[values > 1e-9]
-            return (f"least growth of GPU fragmentation ({float(others.min()):.2f} GPU more "
-                    "on the next best node)")
-        return f"GPU fragmentation grows {mine:.2f} GPU more than on the best node"
+        return _reason(bool(snap.gpu_slots[idx].any()), raw, float(raw[at]))
+
+
+def _reason(any_gpu: bool, values: np.ndarray, mine: float) -> str | None:
+    """The reason of :meth:`GpuFragmentation.describe`: ``values`` the shifted growth of
+    the feasible nodes, ``mine`` the chosen one's; ``any_gpu``: whether any has a free
+    GPU."""
+    if not any_gpu or values.size < 2 or float(values.max() - values.min()) <= 1e-9:
+        return None
+    if mine <= 1e-9:
+        others = values[values > 1e-9]
+        return (f"least growth of GPU fragmentation ({float(others.min()):.2f} GPU more "
+                "on the next best node)")
+    return f"GPU fragmentation grows {mine:.2f} GPU more than on the best node"
 
 
 class FragmentationCache:
@@ -614,5 +680,6 @@ class FragmentationCache:
 
 # Declared capabilities (placement.framework): mypy checks the signatures.
 _DECLARED: tuple[type[DynamicScore], type[CachedDelta], type[ObservesBatch], type[Weighted],
-                 type[ZeroDelta]] = (
-    GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation)
+                 type[ZeroDelta], type[DescribesCandidates], type[BoundsDelta]] = (
+    GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation, GpuFragmentation,
+    GpuFragmentation, GpuFragmentation)

@@ -55,20 +55,25 @@ def _initial_free_cpu(snap: Snapshot) -> np.ndarray:
         dtype=np.float64))
 
 
-def effective_load(snap: Snapshot) -> np.ndarray:
-    """Per node utilisation placement believes, 0..MAX_LOAD, shape ``(n,)`` (module docstring)."""
-    free, alloc = snap.free_cpu, snap.alloc_cpu
+def effective_load(snap: Snapshot, idx: np.ndarray | None = None) -> np.ndarray:
+    """Per node utilisation placement believes, 0..MAX_LOAD (module docstring): shape
+    ``(n,)``, or ``(len(idx),)`` over the nodes ``idx`` only (elementwise: the same values,
+    without an ``O(n)`` pass — the batch assigner asks per request over its candidates)."""
+    if idx is None:
+        idx = np.arange(snap.n)
+    k = idx.size
+    free, alloc = snap.free_cpu[idx], snap.alloc_cpu[idx]
     bounded = np.isfinite(free) & np.isfinite(alloc) & (alloc > 0)
-    accounted = np.zeros(snap.n)
+    accounted = np.zeros(k)
     np.subtract(1.0, free / np.where(bounded, alloc, 1.0), out=accounted, where=bounded)
     with np.errstate(invalid="ignore"):  # inf − inf where free is unbounded: not used
-        assumed = np.where(np.isfinite(free), _initial_free_cpu(snap) - free, 0.0)
-    cap = snap.cap_cpu
-    added = np.divide(np.maximum(assumed, 0.0), cap, out=np.zeros(snap.n),
+        assumed = np.where(np.isfinite(free), _initial_free_cpu(snap)[idx] - free, 0.0)
+    cap = snap.cap_cpu[idx]
+    added = np.divide(np.maximum(assumed, 0.0), cap, out=np.zeros(k),
                       where=np.isfinite(cap) & (cap > 0))
     # NaN (unknown) measured + added is NaN; fmax then takes the accounting alone
-    u = np.clip(np.fmax(snap.utilisation + added, accounted), 0.0, 1.0)
-    u = np.where(snap.metrics_stale, u + STALE_PENALTY * (1.0 - u), u)
+    u = np.clip(np.fmax(snap.utilisation[idx] + added, accounted), 0.0, 1.0)
+    u = np.where(snap.metrics_stale[idx], u + STALE_PENALTY * (1.0 - u), u)
     out: np.ndarray = np.minimum(u, MAX_LOAD)
     return out
 
@@ -92,7 +97,7 @@ class NodeLoad:
     def delta(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
         """The slowdown over ``idx`` now (it reads free capacity, so the batch assigner
         re-evaluates it per request: a :class:`~placement.framework.DynamicScore`)."""
-        out: np.ndarray = 1.0 / (1.0 - effective_load(snap)[idx])
+        out: np.ndarray = 1.0 / (1.0 - effective_load(snap, idx))
         return out
 
     def pressure(self, snap: Snapshot) -> float:
@@ -101,9 +106,20 @@ class NodeLoad:
 
     def describe(self, req: PlacementRequest, snap: Snapshot, state: CycleState,
                  raw: np.ndarray, chosen: int, mask: np.ndarray) -> str | None:
-        u = float(effective_load(snap)[chosen])
-        stale = " (stale value, penalised)" if snap.metrics_stale[chosen] else ""
-        return f"CPU load {u:.0%}{stale}"
+        return _line(snap, chosen)
+
+    def describe_candidates(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
+                            raw: np.ndarray, at: int) -> str | None:
+        """:meth:`describe` of the chosen candidate ``idx[at]`` (it reads only that node;
+        :class:`~placement.framework.DescribesCandidates`)."""
+        return _line(snap, int(idx[at]))
+
+
+def _line(snap: Snapshot, chosen: int) -> str:
+    """NodeLoad's reason for node ``chosen``: its believed load, and whether it is stale."""
+    u = float(effective_load(snap, np.array([chosen]))[0])
+    stale = " (stale value, penalised)" if snap.metrics_stale[chosen] else ""
+    return f"CPU load {u:.0%}{stale}"
 
 
 def with_load(framework: Framework) -> Framework:

@@ -348,3 +348,110 @@ def test_cpu_only_pod_avoids_stranding_a_gpu_the_fill_up_measure_misses(path: st
         else:
             got[strand] = snap.ids[BatchAssigner(snap, fw).assign_one(req)]
     assert got == {0.0: "a/tight", 1.0: "a/roomy"}
+
+
+@pytest.mark.parametrize("unit", [1, U])
+@pytest.mark.parametrize("strand", [0.0, 1.0])
+def test_growth_bound_is_a_lower_bound_of_delta(unit: int, strand: float) -> None:
+    """``growth_bound``: where it says ``same`` the plugin's ΔF is exactly 0, elsewhere
+    ΔF is at least its ``lower`` (which the per-class bound uses to leave nodes
+    uncomputed), and the bound is positive on some nodes (it is used at all)."""
+    positive = 0
+    for seed in range(25):
+        snap, reqs = _random_instance(seed, unit)
+        fw = default_framework()
+        plugin = next(p for p in fw.scores if isinstance(p, GpuFragmentation))
+        plugin.strand = strand
+        a = BatchAssigner(snap, fw)
+        for r in reqs[:20]:  # some GPUs in use, so the pressure is above 0
+            a.assign_one(r)
+        idx = np.flatnonzero(snap.gpu_slots.any(axis=1))
+        pressure = plugin.pressure(snap)
+        if not idx.size or pressure <= 0:
+            continue
+        for r in reqs:
+            if r.task.resources.gpu > 0:
+                continue
+            ok = idx[snap.fits(r.task.resources)[idx]]
+            same, lower = plugin.growth_bound(r, snap, ok, pressure)
+            assert np.array_equal(same, plugin.unchanged(r, snap, ok))
+            d = plugin.delta(r, snap, ok)
+            assert (d[same] == 0.0).all(), f"seed {seed}, request {r.key}"
+            assert (d >= lower).all(), f"seed {seed}, request {r.key}: {d - lower}"
+            assert (lower[same] == 0.0).all()
+            positive += int((lower > 0).sum())
+    assert positive > 0
+
+
+def test_group_index_follows_takes_and_releases() -> None:
+    """The per-group index the bound walks (sorted by free cpu, then position) stays
+    what a fresh sort gives after placements and releases, and the walk places as the
+    fit test over every member does (index_groups off)."""
+    from placement.batch import _GroupIndex
+
+    indexed = 0
+    for seed in range(15):
+        snap, reqs = _random_instance(seed, U)
+        sides = [BatchAssigner(snap.copy(), default_framework(), index_groups=on)
+                 for on in (True, False)]
+        rng = np.random.default_rng(3000 + seed)
+        placed: list[tuple[int, object]] = []
+        for r in reqs:
+            got = [a.assign_one(r) for a in sides]
+            assert got[0] == got[1], f"seed {seed}, request {r.key}: {got}"
+            if got[0] >= 0:
+                placed.append((got[0], r.task.resources))
+            if placed and rng.uniform() < 0.3:  # a run ends
+                i, res = placed.pop(int(rng.integers(len(placed))))
+                for a in sides:
+                    a.release(i, res.cpu, res.memory, res.gpu)
+        a = sides[0]
+        assert a.classes is not None
+        for gi in a._gindex.values():
+            indexed += 1
+            gi.sync(a.snap, a.classes, a.changed)
+            fresh = _GroupIndex(a.snap, a.classes, np.array(list(gi.offset), dtype=np.int64),
+                                gi.m, len(a.changed))
+            assert np.array_equal(gi.pos, fresh.pos) and np.array_equal(gi.val, fresh.val)
+    assert indexed > 0
+
+
+@pytest.mark.parametrize("keep", [1, 4])
+@pytest.mark.parametrize("strand", [0.0, 1.0])
+def test_growth_bound_beside_measured_load_places_as_without(keep: int, strand: float) -> None:
+    """With measured load beside it (the control plane's framework: two dynamic terms,
+    so the class walk does not apply), the growth bound leaves ΔF uncomputed only where a
+    node cannot rank: every request goes to the node the full evaluation of the capped
+    candidates picks, with the same ``keep`` best totals, and fewer ΔF are computed."""
+    from placement.plugins.load import with_load
+
+    evaluated = {True: 0, False: 0}
+    for seed in range(25):
+        snap, reqs = _random_instance(seed, U)
+        sides = []
+        for bound in (True, False):
+            fw = with_load(default_framework())
+            for p in fw.scores:
+                if isinstance(p, GpuFragmentation):
+                    p.strand = strand
+            sides.append(BatchAssigner(snap.copy(), fw, keep=keep, bound_growth=bound))
+        rng = np.random.default_rng(4000 + seed)
+        placed: list[tuple[int, object]] = []
+        for r in reqs:
+            got = [a.assign_one(r) for a in sides]
+            assert got[0] == got[1], f"seed {seed}, request {r.key}: {got}"
+            dyn = [a.last_dynamic for a in sides]
+            assert (dyn[0] is None) == (dyn[1] is None)
+            if dyn[0] is not None and dyn[1] is not None:
+                best = [np.sort(d.total)[:keep] for d in dyn]
+                assert np.allclose(best[0], best[1], rtol=0, atol=1e-12), \
+                    f"seed {seed}, request {r.key}"
+                for bound, d in zip((True, False), dyn, strict=True):
+                    evaluated[bound] += int(np.isfinite(d.raw[GpuFragmentation.name]).sum())
+            if got[0] >= 0:
+                placed.append((got[0], r.task.resources))
+            if placed and rng.uniform() < 0.2:  # a run ends
+                i, res = placed.pop(int(rng.integers(len(placed))))
+                for a in sides:
+                    a.release(i, res.cpu, res.memory, res.gpu)
+    assert evaluated[True] < evaluated[False]
