@@ -138,7 +138,7 @@ class RunRow(Base):
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)
     handle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
