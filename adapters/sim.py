@@ -344,14 +344,10 @@ class SimAdapter:
             u = busy_cpu / g.cpu
             watts = (g.power.idle_watts + (g.power.max_watts - g.power.idle_watts) * u
                      + g.power.gpu_watts * busy_gpu)
-            # model_construct: every value comes from the validated node group or is
-            # computed from it; validating 1,000 nodes' models every inventory was 9 %
-            # of the server's samples in the live bench at 10,000 tasks
-            cap = Resources.model_construct(cpu=g.cpu, memory=g.memory, gpu=g.gpu)
-            free = Resources.model_construct(
-                cpu=max(0.0, g.cpu - cpu_r), memory=max(0, g.memory - int(mem_r)),
-                gpu=max(0, g.gpu - int(gpu_r)))
-            out.append(Node.model_construct(
+            cap = Resources(cpu=g.cpu, memory=g.memory, gpu=g.gpu)
+            free = Resources(cpu=max(0.0, g.cpu - cpu_r), memory=max(0, g.memory - int(mem_r)),
+                             gpu=max(0, g.gpu - int(gpu_r)))
+            out.append(Node(
                 id=f"{self.site.name}/{name}", name=name, site=self.site.name,
                 site_kind=SiteKind.sim, tier=self.tier, arch=g.arch,
                 capacity=cap, allocatable=cap.model_copy(), free=free,
