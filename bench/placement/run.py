@@ -6,7 +6,8 @@ trace, :mod:`scenario_b`); decision throughput at 1k/10k/100k nodes against the 
 rescan (:mod:`throughput`). Prints the tables, rewrites the "Placement" section of
 ``bench/RESULTS.md`` and writes ``bench/placement/placement.png``.
 
-Options: ``--quick`` (fewer instances and requests, for a smoke run), ``--no-write``.
+Options: ``--quick`` (fewer instances and requests, for a smoke run), ``--no-write``,
+``--throughput-only NODES`` and ``--gpu-only`` (one table only, printed, nothing written).
 """
 
 from __future__ import annotations
@@ -745,7 +746,15 @@ def main() -> None:
     ap.add_argument("--throughput-only", metavar="NODES",
                     help="only the decision-throughput table at these node counts "
                          "(e.g. 10000,100000), printed with its targets; writes nothing")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="only the table of scenario B's both pod lists, trace order and "
+                         "FGD's protocol (seeds 1, 2, 3; seed 1 with --quick), printed with "
+                         "its targets; writes nothing")
     args = ap.parse_args()
+    if args.gpu_only:
+        f_text, f_targets = scenario_b_fgd((1,) if args.quick else (1, 2, 3))
+        print(f_text + "\n\n" + table(["target", "measured", ""], f_targets))
+        return
     if args.throughput_only:
         sizes = [int(x) for x in args.throughput_only.split(",")]
         t_text, t_rows = throughput(args.quick, sizes)
