@@ -50,6 +50,25 @@ CPU-only request may now raise ``F_n`` by an arbitrarily small amount:
 order it left 123 pods unplaced where the fill-up measure alone left 147, at a higher
 GPU allocation (bench/RESULTS.md).
 
+**Pods, not GPUs** (``pods=True``, the default). FGD counts fragments in GPUs, so a
+type's fragments weigh by the GPUs they leave idle: keeping an 8-GPU host whole for a
+type that is 0.5 % of the pods outweighs leaving room for several fractional pods.
+Scheduled pods are what fails, so here each type's fragments are counted in the pods of
+that type they could have held: ``F_n = Σ_m q_m · frag_n(m)`` with ``q_m = p_m · unit /
+size_m`` (:func:`type_weights`; ``size_m`` the units one pod of ``m`` takes: its request
+when fractional, its whole GPUs otherwise, one GPU for a CPU-only type, whose
+fragments — all free GPUs — are the same on every node a request can take), and
+``S_n`` over the mean size of a GPU pod. With the fill-up measure ``q_m · frag_n(m) =
+p_m · (idle_n / size_m − count_n(m))``: the pods of ``m`` the node's free GPUs would
+hold unfragmented, less those it holds. A request takes the same GPUs on every node, so
+the choice is decided by ``−Σ_m p_m · Δcount_n(m)``: the expected pods it blocks.
+Every entry of :func:`frag_matrix` is as before (only the weights change), so
+:class:`FragmentationCache` stays exact, a CPU-only request still never lowers ``F_n``,
+and with :attr:`~GpuFragmentation.strand` off its least growth is ``pressure · min_m
+p_m`` (one pod). On the Alibaba trace with the weight of :data:`DEFAULT_WEIGHT` it fails
+73 pods in trace order where GPUs as the unit fail 91, and 752 vs 820 on the
+``gpuspec33`` list (bench/RESULTS.md).
+
 **Scarcity.** ``ΔF`` is multiplied by the GPU pressure (allocated share of the
 snapshot's GPU capacity): stranding a GPU costs nothing in an idle cluster.
 
@@ -86,10 +105,16 @@ if TYPE_CHECKING:
 NAME = "GpuFragmentation"
 MAX_TYPES = 32
 """Task types kept in the learned workload distribution (most frequent first)."""
-DEFAULT_WEIGHT = 0.5
-"""Beside the objective's terms (each 1 by default). Chosen on the benchmark: on the
-Alibaba trace 0.5 places more pods than 0.25 or 1 (147 vs 165 vs 149 failed of 8,152);
-on scenario A every weight > 0 costs energy (see bench/RESULTS.md)."""
+DEFAULT_WEIGHT = 5.0
+"""Beside the objective's terms (each 1 by default). The term's normalised cost is below 1
+(``1 − floor / (ΔF + floor)``), so at weight ``w`` beside completion and energy at 1 it
+decides at most ``w / (w + 2)`` of a node's total: at 0.5 (before issue 16) the energy
+term alone outweighed any fragmentation, sending GPU pods to the lowest-TDP models
+whatever they fragmented. Chosen on the benchmark (Alibaba trace, trace order, failed of
+8,152 pods, default / ``gpuspec33`` list, with :attr:`GpuFragmentation.pods`): 0.5 →
+123 / 1,442 (GPUs as the unit), 2 → 79 / 796, 5 → 73 / 752, 10 → 73 / 729, 20 → 73 /
+737; the GPU allocation stays within 0.3 points (bench/RESULTS.md). Scenario A (no
+GPU scarcity) is unaffected with the learned predictor."""
 STRAND_WEIGHT = 1.0
 """Weight of the stranding count ``S_n`` in ``F_n`` (module docstring): 1 counts a GPU
 its host can no longer feed as one fragmented GPU (of the GPU workload's share)."""
@@ -131,9 +156,25 @@ class Workload:
                    np.array([t[2] for t in types], dtype=np.int64), a / a.sum())
 
 
+def type_weights(wl: Workload, unit: int, pods: bool = False) -> np.ndarray:
+    """The weight of each task type's fragments in ``F_n``, shape ``(T,)``: its
+    popularity ``p_m`` (fragments in GPUs), or with ``pods`` ``p_m · unit / size_m``
+    with ``size_m`` the units one pod of ``m`` takes (its request when fractional, its
+    whole GPUs otherwise, one GPU for a CPU-only type): fragments in pods of ``m`` they
+    could have held (module docstring, "Pods, not GPUs")."""
+    if not pods:
+        return wl.prob
+    size = np.where(wl.gpu <= 0, unit,
+                    np.where(wl.gpu < unit, wl.gpu, -(-wl.gpu // unit) * unit))
+    out: np.ndarray = wl.prob * unit / size
+    return out
+
+
 def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
-                  wl: Workload, fill: bool = True, strand: float = 0.0) -> np.ndarray:
-    """Expected fragmented GPUs ``F_n`` per node (module docstring), shape ``(k,)``.
+                  wl: Workload, fill: bool = True, strand: float = 0.0,
+                  pods: bool = False) -> np.ndarray:
+    """Expected fragmentation ``F_n`` per node (module docstring), shape ``(k,)``: in GPUs,
+    or with ``pods`` in pods (:func:`type_weights`).
 
     ``free_cpu`` (cores) and ``free_mem`` (bytes): shape ``(k,)``; ``slots``: free units
     per physical GPU, ``(k, G)``; ``unit``: units per GPU. ``fill=False``: FGD's
@@ -143,17 +184,19 @@ def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray,
     k = slots.shape[0]
     if slots.shape[1] == 0 or k == 0:
         return np.zeros(k)
-    out: np.ndarray = frag_matrix(free_cpu, free_mem, slots, unit, wl, fill) @ wl.prob
+    out: np.ndarray = frag_matrix(free_cpu, free_mem, slots, unit, wl, fill) \
+        @ type_weights(wl, unit, pods)
     if strand:
-        out = out + strand * stranding(free_cpu, free_mem, slots, unit, wl)
+        out = out + strand * stranding(free_cpu, free_mem, slots, unit, wl, pods)
     return out
 
 
 def stranding(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
-              wl: Workload) -> np.ndarray:
+              wl: Workload, pods: bool = False) -> np.ndarray:
     """GPUs the nodes' cpu and memory can no longer feed at the GPU workload's ratio,
     ``S_n`` of the module docstring, shape ``(k,)`` (arguments as :func:`fragmentation`;
-    zeros when the workload has no GPU type)."""
+    zeros when the workload has no GPU type); with ``pods``, over the mean units of one
+    GPU pod (``Σ p_m size_m / Σ p_m``): in pods."""
     sel = (wl.gpu > 0) & (wl.prob > 0)
     k = slots.shape[0]
     if not sel.any() or k == 0 or slots.shape[1] == 0:
@@ -169,6 +212,9 @@ def stranding(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, uni
     if k_mem > 0:
         feed = np.minimum(feed, np.maximum(free_mem, 0) / k_mem)
     out: np.ndarray = float(p.sum()) * (units - feed) / unit
+    if pods:  # in GPU pods: over the mean units of one (as type_weights sizes them)
+        size = np.where(g < unit, g, -(-g // unit) * unit)
+        out = out * unit / (float((p * size).sum()) / float(p.sum()))
     return out
 
 
@@ -248,7 +294,8 @@ def take_slots(slots: np.ndarray, g: int, unit: int) -> np.ndarray:
 
 
 class GpuFragmentation:
-    """Score: growth of the node's expected GPU fragmentation (GPUs), lower is better.
+    """Score: growth of the node's expected GPU fragmentation (pods it blocks, or GPUs with
+    ``pods=False``), lower is better.
 
     Args:
         weight: the plugin's weight beside the objective's terms (0 switches it off).
@@ -259,6 +306,8 @@ class GpuFragmentation:
         knee: pressure below which the term is off (0 = scale linearly from empty).
         strand: weight of the CPU/memory stranding count (module docstring; 0 = the
             fill-up or FGD measure alone).
+        pods: count fragments in the pods of each type they could have held (True) or
+            in GPUs as FGD does (False); module docstring, "Pods, not GPUs".
 
     Declares (:mod:`placement.framework`) :class:`DynamicScore` (reads free capacity:
     evaluated per request, never cached per task class), :class:`CachedDelta`
@@ -270,16 +319,17 @@ class GpuFragmentation:
     term: Term = "fragmentation"
     lower_is_better = True
     floor = 0.05
-    """GPUs: a twentieth of a GPU more or less fragmented does not matter."""
+    """In the measure's unit (pods, or GPUs): a twentieth more or less does not matter."""
 
     def __init__(self, weight: float = DEFAULT_WEIGHT, workload: Workload | None = None,
                  fill: bool = True, scarcity: bool = True, knee: float = 0.0,
-                 strand: float = STRAND_WEIGHT) -> None:
+                 strand: float = STRAND_WEIGHT, pods: bool = True) -> None:
         if weight < 0:
             raise ValueError(f"GpuFragmentation weight must be >= 0, got {weight}")
         if strand < 0:
             raise ValueError(f"GpuFragmentation strand must be >= 0, got {strand}")
         self.strand = strand
+        self.pods = pods
         self.weight = weight
         self.fill = fill
         self.scarcity = scarcity
@@ -334,10 +384,10 @@ class GpuFragmentation:
         r = req.task.resources
         unit = snap.gpu_unit
         cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
-        before = fragmentation(cpu, mem, slots, unit, wl, self.fill, self.strand)
+        before = fragmentation(cpu, mem, slots, unit, wl, self.fill, self.strand, self.pods)
         after_slots = take_slots(slots, int(r.gpu), unit)
         after = fragmentation(cpu - r.cpu, mem - r.memory, after_slots, unit, wl, self.fill,
-                              self.strand)
+                              self.strand, self.pods)
         return (after - before) * self.pressure(snap)  # type: ignore[no-any-return]
 
     def _gpu_types(self) -> tuple[Workload | None, np.ndarray, np.ndarray]:
@@ -398,8 +448,8 @@ class GpuFragmentation:
             wl = self.distribution()
             assert wl is not None
             slots = snap.gpu_slots[idx]
-            same &= stranding(cpu, mem, slots, snap.gpu_unit, wl) == stranding(
-                cpu - r.cpu, mem - r.memory, slots, snap.gpu_unit, wl)
+            same &= stranding(cpu, mem, slots, snap.gpu_unit, wl, self.pods) == stranding(
+                cpu - r.cpu, mem - r.memory, slots, snap.gpu_unit, wl, self.pods)
         return same
 
     def least_positive(self, req: PlacementRequest, snap: Snapshot, pressure: float) -> float:
@@ -407,8 +457,9 @@ class GpuFragmentation:
         CPU-only request): there a type ``m`` with ``p_m > 0`` holds fewer pods, so its
         fragments grow by at least one pod's GPUs (``g_m / unit`` for a fractional type,
         its whole GPUs otherwise) and ``ΔF ≥ pressure · min_m p_m · that``, less a margin
-        for rounding. 0 for FGD's measure, a GPU request or with :attr:`strand` on (``S_n``
-        grows continuously with the cpu taken: no positive bound)."""
+        for rounding; with :attr:`pods` a pod of ``m`` weighs ``p_m`` whatever its size.
+        0 for FGD's measure, a GPU request or with :attr:`strand` on (``S_n`` grows
+        continuously with the cpu taken: no positive bound)."""
         wl = self.distribution()
         if not self.fill or self.strand or req.task.resources.gpu > 0 or wl is None:
             return 0.0
@@ -417,7 +468,8 @@ class GpuFragmentation:
             return 0.0
         unit = snap.gpu_unit
         g = wl.gpu[sel]
-        pod = np.where(g < unit, g / unit, -(-g // unit)).astype(np.float64)
+        pod = np.ones(g.size) if self.pods else \
+            np.where(g < unit, g / unit, -(-g // unit)).astype(np.float64)
         least = float(pressure) * float((wl.prob[sel] * pod).min())
         return max(0.0, least * (1.0 - 1e-9) - 1e-12)
 
@@ -463,9 +515,11 @@ class GpuFragmentation:
         mine = float(raw[chosen])
         if mine <= 1e-9:
             others = values[values > 1e-9]
-            return (f"least growth of GPU fragmentation ({float(others.min()):.2f} GPU more "
+            return (f"least growth of GPU fragmentation ({float(others.min()):.2f} "
+                    f"{'pods blocked' if self.pods else 'GPU'} more "
                     "on the next best node)")
-        return f"GPU fragmentation grows {mine:.2f} GPU more than on the best node"
+        return (f"GPU fragmentation grows {mine:.2f} {'pods blocked' if self.pods else 'GPU'} "
+                "more than on the best node")
 
 
 class FragmentationCache:
@@ -601,12 +655,13 @@ class FragmentationCache:
                 if part.shape[0]:
                     sub[miss] = part
                     values[rows[miss][:, None], cols[None, :]] = part
-        before, after = before @ wl.prob, after @ wl.prob
+        q = type_weights(wl, s.gpu_unit, p.pods)
+        before, after = before @ q, after @ q
         if p.strand:  # as fragmentation() adds it: O(k), not memoised
             a_all = take_slots(slots, key[2], s.gpu_unit)
-            before = before + p.strand * stranding(cpu, mem, slots, s.gpu_unit, wl)
+            before = before + p.strand * stranding(cpu, mem, slots, s.gpu_unit, wl, p.pods)
             after = after + p.strand * stranding(cpu - key[0], mem - key[1], a_all,
-                                                 s.gpu_unit, wl)
+                                                 s.gpu_unit, wl, p.pods)
         if pressure is None:
             pressure = p.pressure(s)
         return (after - before) * pressure  # type: ignore[no-any-return]
