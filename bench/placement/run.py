@@ -387,14 +387,19 @@ def replay_b(pods: Sequence[B.Pod], base: Snapshot,
     return chosen, lat
 
 
-NO_STRAND = "continuum, fill-up measure without stranding (before issue 16)"
+NO_STRAND = "continuum, fill-up measure in GPUs, weight 0.5 (before issue 16)"
+STRAND_GPUS = "continuum, + stranding count, in GPUs, weight 0.5 (issue 16, first pass)"
 
 
-def _no_stranding(fw: Framework) -> Framework:
-    """``fw`` with the fragmentation term's CPU/memory stranding count off."""
+def _before_16(fw: Framework, strand: bool = False) -> Framework:
+    """``fw`` with the fragmentation term as before issue 16: fragments in GPUs, weight
+    0.5, without the CPU/memory stranding count (``strand``: with it, as issue 16's first
+    pass)."""
     for plugin in fw.scores:
         if isinstance(plugin, GpuFragmentation):
-            plugin.strand = 0.0
+            plugin.weight, plugin.pods = 0.5, False
+            if not strand:
+                plugin.strand = 0.0
     return fw
 
 
@@ -413,12 +418,13 @@ def scenario_b_fgd(seeds: Sequence[int]) -> tuple[str, list[list[str]]]:
     """Both pod lists of the trace, in trace order and under FGD's protocol
     (:func:`scenario_b.fgd_arrivals`: shuffled, inflated to 1.3× the GPUs, none leaving)
     with each of ``seeds``: pods failed (fractional / whole GPU) and GPU allocation for
-    kube-default and Continuum with and without the stranding count. Returns the table
+    kube-default, Continuum as before issue 16 ("today"), as after its first pass (the
+    stranding count) and as now (fragments in pods, weight 5). Returns the table
     and the target rows ("fewer failed pods than kube-default at ≥ the GPU allocation of
-    today", today = the fill-up measure without stranding)."""
+    today", today = the term before issue 16)."""
     nodes = B.load_nodes()
     base = Snapshot(nodes=nodes, network=A.network(), gpu_unit=B.GPU_UNIT)
-    names = ("kube-default", NO_STRAND, "continuum (with GpuFragmentation)")
+    names = ("kube-default", NO_STRAND, STRAND_GPUS, "continuum (with GpuFragmentation)")
     rows, targets_ = [], []
     for file in B.POD_FILES:
         pods = B.load_pods(None, file)
@@ -430,8 +436,9 @@ def scenario_b_fgd(seeds: Sequence[int]) -> tuple[str, list[list[str]]]:
                 for name in names:
                     pol: Callable[..., np.ndarray] | Framework = (
                         P.kube_default(2) if name == "kube-default"
-                        else _no_stranding(default_framework()) if name == NO_STRAND
-                        else default_framework())
+                        else _before_16(default_framework()) if name == NO_STRAND
+                        else _before_16(default_framework(), strand=True)
+                        if name == STRAND_GPUS else default_framework())
                     chosen, _ = replay_b(arr, base, pol)
                     sc = score_b(arr, base, chosen)
                     fr, wh = _gpu_pods_failed(arr, chosen)
@@ -444,7 +451,7 @@ def scenario_b_fgd(seeds: Sequence[int]) -> tuple[str, list[list[str]]]:
                              str(n_pods), name, f"{a[:, 0].mean():.0f}",
                              f"{a[:, 1].mean():.0f}", f"{a[:, 2].mean():.0f}",
                              f"{100 * a[:, 3].mean():.2f}"])
-            k, today, new = (np.array(got[n]).mean(axis=0) for n in names)
+            k, today, _, new = (np.array(got[n]).mean(axis=0) for n in names)
             ok = new[0] < k[0] and new[3] >= today[3]
             targets_.append([
                 f"fewer failed pods than kube-default at ≥ today's GPU allocation "
@@ -458,7 +465,9 @@ def scenario_b_fgd(seeds: Sequence[int]) -> tuple[str, list[list[str]]]:
              "milli-GPUs, at the end: none leaves) are means over the seeds. FGD's "
              "protocol as in `scenario_b.fgd_arrivals`; seeds " + ", ".join(map(str, seeds))
              + ". `gpuspec33`: a third of the pods constrained to GPU models (node labels). "
-             "\"today\" is the fill-up measure without the stranding count.")
+             "\"today\" is the term before issue 16 (fill-up measure in GPUs, no stranding "
+             "count, weight 0.5); the last row of each group is the default now (fragments "
+             "in pods, stranding count, weight 5).")
     return text, targets_
 
 
@@ -476,7 +485,8 @@ def scenario_b(limit: int | None, departures: bool = False
         "random": P.random_policy(2), "round-robin": P.round_robin(),
         "kube-default": P.kube_default(2), "greedy-energy": P.greedy_energy(),
         "continuum, no fragmentation term": no_fgd,
-        NO_STRAND: _no_stranding(default_framework()),
+        NO_STRAND: _before_16(default_framework()),
+        STRAND_GPUS: _before_16(default_framework(), strand=True),
         "continuum (with GpuFragmentation)": default_framework(),
     }
     rows, summary = [], {}
