@@ -65,9 +65,9 @@ the choice is decided by ``−Σ_m p_m · Δcount_n(m)``: the expected pods it b
 Every entry of :func:`frag_matrix` is as before (only the weights change), so
 :class:`FragmentationCache` stays exact, a CPU-only request still never lowers ``F_n``,
 and with :attr:`~GpuFragmentation.strand` off its least growth is ``pressure · min_m
-p_m`` (one pod). On the Alibaba trace with the weight of :data:`DEFAULT_WEIGHT` it fails
-73 pods in trace order where GPUs as the unit fail 91, and 752 vs 820 on the
-``gpuspec33`` list (bench/RESULTS.md).
+p_m`` (one pod). On the Alibaba trace in trace order it fails 113 pods where GPUs as the
+unit fail 123 (1,348 vs 1,442 on the ``gpuspec33`` list) at the default weight, 73 vs 91
+(752 vs 820) at weight 5 (bench/RESULTS.md).
 
 **Scarcity.** ``ΔF`` is multiplied by the GPU pressure (allocated share of the
 snapshot's GPU capacity): stranding a GPU costs nothing in an idle cluster.
@@ -105,16 +105,17 @@ if TYPE_CHECKING:
 NAME = "GpuFragmentation"
 MAX_TYPES = 32
 """Task types kept in the learned workload distribution (most frequent first)."""
-DEFAULT_WEIGHT = 5.0
+DEFAULT_WEIGHT = 0.5
 """Beside the objective's terms (each 1 by default). The term's normalised cost is below 1
 (``1 − floor / (ΔF + floor)``), so at weight ``w`` beside completion and energy at 1 it
-decides at most ``w / (w + 2)`` of a node's total: at 0.5 (before issue 16) the energy
-term alone outweighed any fragmentation, sending GPU pods to the lowest-TDP models
-whatever they fragmented. Chosen on the benchmark (Alibaba trace, trace order, failed of
-8,152 pods, default / ``gpuspec33`` list, with :attr:`GpuFragmentation.pods`): 0.5 →
-123 / 1,442 (GPUs as the unit), 2 → 79 / 796, 5 → 73 / 752, 10 → 73 / 729, 20 → 73 /
-737; the GPU allocation stays within 0.3 points (bench/RESULTS.md). Scenario A (no
-GPU scarcity) is unaffected with the learned predictor."""
+decides at most ``w / (w + 2)`` of a node's total, and other terms can outweigh any
+fragmentation: on the Alibaba ``gpuspec33`` pod list (trace order) 1,348 of 8,152 pods
+fail at 0.5 against 752 at 5
+(``placement_fragmentation_weight``; 2 → 796, 10 → 729, 20 → 737; default list 113 at
+0.5, 73 at 5). But the term cannot tell whether GPU work will follow: on scenario A (one
+batch, no future GPU work; ``--quick``'s 6 batches) weight 5 costs the learned predictor's
+placements 7 % completion and 20 % energy (unchanged at 0.5). So the default stays 0.5 and a GPU-sharing
+cluster sets 5 (bench/RESULTS.md, docs/configuration.md)."""
 STRAND_WEIGHT = 1.0
 """Weight of the stranding count ``S_n`` in ``F_n`` (module docstring): 1 counts a GPU
 its host can no longer feed as one fragmented GPU (of the GPU workload's share)."""
