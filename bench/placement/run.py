@@ -633,8 +633,9 @@ What limits the missed targets (analysis of this benchmark, not measured by it):
   20 → 737 failed on `gpuspec33` in trace order) Continuum beats kube-default in trace
   order on both lists (73 vs 156, 752 vs 788) at a higher GPU allocation (95.69 % and
   86.91 % vs today's 95.50 % and 77.98 %). It costs energy: 9.0 MWh vs 8.1 in scenario
-  B, and on scenario A (`--quick`'s 6 batches, where no GPU work follows) 7 % completion
-  and 20 % energy for the learned predictor's placements. So 5 is the documented setting
+  B, and on scenario A (30 batches, where no GPU work follows) 9 % completion and 25 %
+  energy for the learned predictor's placements (1,467 s and 12,753 kJ per batch vs
+  1,343 s and 10,207 kJ; kube-default 1,495 s and 12,177 kJ). So 5 is the documented setting
   for a GPU-sharing cluster (`placement_fragmentation_weight`) and the default stays
   0.5: at the default the `gpuspec33` trace-order target is missed (1,348 vs 788). A
   knee on the GPU pressure (the term off below 50 % or 80 % allocation) was worse (301 and

@@ -112,10 +112,11 @@ decides at most ``w / (w + 2)`` of a node's total, and other terms can outweigh 
 fragmentation: on the Alibaba ``gpuspec33`` pod list (trace order) 1,348 of 8,152 pods
 fail at 0.5 against 752 at 5
 (``placement_fragmentation_weight``; 2 → 796, 10 → 729, 20 → 737; default list 113 at
-0.5, 73 at 5). But the term cannot tell whether GPU work will follow: on scenario A (one
-batch, no future GPU work; ``--quick``'s 6 batches) weight 5 costs the learned predictor's
-placements 7 % completion and 20 % energy (unchanged at 0.5). So the default stays 0.5 and a GPU-sharing
-cluster sets 5 (bench/RESULTS.md, docs/configuration.md)."""
+0.5, 73 at 5). But the term cannot tell whether GPU work will follow: on scenario A (30
+batches, no future GPU work) weight 5 costs the learned predictor's placements 9 %
+completion and 25 % energy, more energy than kube-default's (unchanged at 0.5). So the
+default stays 0.5 and a GPU-sharing cluster sets 5 (bench/RESULTS.md,
+docs/configuration.md)."""
 STRAND_WEIGHT = 1.0
 """Weight of the stranding count ``S_n`` in ``F_n`` (module docstring): 1 counts a GPU
 its host can no longer feed as one fragmented GPU (of the GPU workload's share)."""
@@ -247,7 +248,7 @@ def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, u
     Arguments as :func:`fragmentation` (``slots`` must have at least one column); every
     entry depends only on its own node and type (elementwise), which is what lets
     :class:`FragmentationCache` memoise entries exactly. ``F_n`` is ``frag_matrix(...)
-    @ wl.prob``.
+    @ type_weights(wl, unit, pods)``.
     """
     idle = slots.sum(axis=1) / unit                                       # (k,)
     frac = (wl.gpu > 0) & (wl.gpu < unit)
@@ -534,7 +535,7 @@ class FragmentationCache:
     current version. Entries are kept for "before" (the node as it is) and, per request
     shape ``(cpu, memory, gpu)``, for "after" (the node with that request placed), one
     column per task type ever seen (the workload's ``p`` is applied afresh on every
-    call: a new request key changes it, not the entries). ``F_n = frag @ p`` is then
+    call: a new request key changes it, not the entries). ``F_n = frag @ q`` (:func:`type_weights`) is then
     computed exactly as :meth:`GpuFragmentation.delta` does, so :meth:`delta` returns the
     same values — bit for bit — at the cost of recomputing only the nodes changed since.
 
