@@ -50,6 +50,25 @@ CPU-only request may now raise ``F_n`` by an arbitrarily small amount:
 order it left 123 pods unplaced where the fill-up measure alone left 147, at a higher
 GPU allocation (bench/RESULTS.md).
 
+**Pods, not GPUs** (``pods=True``, the default). FGD counts fragments in GPUs, so a
+type's fragments weigh by the GPUs they leave idle: keeping an 8-GPU host whole for a
+type that is 0.5 % of the pods outweighs leaving room for several fractional pods.
+Scheduled pods are what fails, so here each type's fragments are counted in the pods of
+that type they could have held: ``F_n = Σ_m q_m · frag_n(m)`` with ``q_m = p_m · unit /
+size_m`` (:func:`type_weights`; ``size_m`` the units one pod of ``m`` takes: its request
+when fractional, its whole GPUs otherwise, one GPU for a CPU-only type, whose
+fragments — all free GPUs — are the same on every node a request can take), and
+``S_n`` over the mean size of a GPU pod. With the fill-up measure ``q_m · frag_n(m) =
+p_m · (idle_n / size_m − count_n(m))``: the pods of ``m`` the node's free GPUs would
+hold unfragmented, less those it holds. A request takes the same GPUs on every node, so
+the choice is decided by ``−Σ_m p_m · Δcount_n(m)``: the expected pods it blocks.
+Every entry of :func:`frag_matrix` is as before (only the weights change), so
+:class:`FragmentationCache` stays exact, a CPU-only request still never lowers ``F_n``,
+and with :attr:`~GpuFragmentation.strand` off its least growth is ``pressure · min_m
+p_m`` (one pod). On the Alibaba trace in trace order it fails 113 pods where GPUs as the
+unit fail 123 (1,348 vs 1,442 on the ``gpuspec33`` list) at the default weight, 73 vs 91
+(752 vs 820) at weight 5 (bench/RESULTS.md).
+
 **Scarcity.** ``ΔF`` is multiplied by the GPU pressure (allocated share of the
 snapshot's GPU capacity): stranding a GPU costs nothing in an idle cluster.
 
@@ -89,9 +108,17 @@ NAME = "GpuFragmentation"
 MAX_TYPES = 32
 """Task types kept in the learned workload distribution (most frequent first)."""
 DEFAULT_WEIGHT = 0.5
-"""Beside the objective's terms (each 1 by default). Chosen on the benchmark: on the
-Alibaba trace 0.5 places more pods than 0.25 or 1 (147 vs 165 vs 149 failed of 8,152);
-on scenario A every weight > 0 costs energy (see bench/RESULTS.md)."""
+"""Beside the objective's terms (each 1 by default). The term's normalised cost is below 1
+(``1 − floor / (ΔF + floor)``), so at weight ``w`` beside completion and energy at 1 it
+decides at most ``w / (w + 2)`` of a node's total, and other terms can outweigh any
+fragmentation: on the Alibaba ``gpuspec33`` pod list (trace order) 1,348 of 8,152 pods
+fail at 0.5 against 752 at 5
+(``placement_fragmentation_weight``; 2 → 796, 10 → 729, 20 → 737; default list 113 at
+0.5, 73 at 5). But the term cannot tell whether GPU work will follow: on scenario A (30
+batches, no future GPU work) weight 5 costs the learned predictor's placements 9 %
+completion and 25 % energy, more energy than kube-default's (unchanged at 0.5). So the
+default stays 0.5 and a GPU-sharing cluster sets 5 (bench/RESULTS.md,
+docs/configuration.md)."""
 STRAND_WEIGHT = 1.0
 """Weight of the stranding count ``S_n`` in ``F_n`` (module docstring): 1 counts a GPU
 its host can no longer feed as one fragmented GPU (of the GPU workload's share)."""
@@ -133,9 +160,25 @@ class Workload:
                    np.array([t[2] for t in types], dtype=np.int64), a / a.sum())
 
 
+def type_weights(wl: Workload, unit: int, pods: bool = False) -> np.ndarray:
+    """The weight of each task type's fragments in ``F_n``, shape ``(T,)``: its
+    popularity ``p_m`` (fragments in GPUs), or with ``pods`` ``p_m · unit / size_m``
+    with ``size_m`` the units one pod of ``m`` takes (its request when fractional, its
+    whole GPUs otherwise, one GPU for a CPU-only type): fragments in pods of ``m`` they
+    could have held (module docstring, "Pods, not GPUs")."""
+    if not pods:
+        return wl.prob
+    size = np.where(wl.gpu <= 0, unit,
+                    np.where(wl.gpu < unit, wl.gpu, -(-wl.gpu // unit) * unit))
+    out: np.ndarray = wl.prob * unit / size
+    return out
+
+
 def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
-                  wl: Workload, fill: bool = True, strand: float = 0.0) -> np.ndarray:
-    """Expected fragmented GPUs ``F_n`` per node (module docstring), shape ``(k,)``.
+                  wl: Workload, fill: bool = True, strand: float = 0.0,
+                  pods: bool = False) -> np.ndarray:
+    """Expected fragmentation ``F_n`` per node (module docstring), shape ``(k,)``: in GPUs,
+    or with ``pods`` in pods (:func:`type_weights`).
 
     ``free_cpu`` (cores) and ``free_mem`` (bytes): shape ``(k,)``; ``slots``: free units
     per physical GPU, ``(k, G)``; ``unit``: units per GPU. ``fill=False``: FGD's
@@ -145,17 +188,19 @@ def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray,
     k = slots.shape[0]
     if slots.shape[1] == 0 or k == 0:
         return np.zeros(k)
-    out: np.ndarray = frag_matrix(free_cpu, free_mem, slots, unit, wl, fill) @ wl.prob
+    out: np.ndarray = frag_matrix(free_cpu, free_mem, slots, unit, wl, fill) \
+        @ type_weights(wl, unit, pods)
     if strand:
-        out = out + strand * stranding(free_cpu, free_mem, slots, unit, wl)
+        out = out + strand * stranding(free_cpu, free_mem, slots, unit, wl, pods)
     return out
 
 
 def stranding(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
-              wl: Workload) -> np.ndarray:
+              wl: Workload, pods: bool = False) -> np.ndarray:
     """GPUs the nodes' cpu and memory can no longer feed at the GPU workload's ratio,
     ``S_n`` of the module docstring, shape ``(k,)`` (arguments as :func:`fragmentation`;
-    zeros when the workload has no GPU type)."""
+    zeros when the workload has no GPU type); with ``pods``, over the mean units of one
+    GPU pod (``Σ p_m size_m / Σ p_m``): in pods."""
     sel = (wl.gpu > 0) & (wl.prob > 0)
     k = slots.shape[0]
     if not sel.any() or k == 0 or slots.shape[1] == 0:
@@ -171,6 +216,9 @@ def stranding(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, uni
     if k_mem > 0:
         feed = np.minimum(feed, np.maximum(free_mem, 0) / k_mem)
     out: np.ndarray = float(p.sum()) * (units - feed) / unit
+    if pods:  # in GPU pods: over the mean units of one (as type_weights sizes them)
+        size = np.where(g < unit, g, -(-g // unit) * unit)
+        out = out * unit / (float((p * size).sum()) / float(p.sum()))
     return out
 
 
@@ -202,7 +250,7 @@ def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, u
     Arguments as :func:`fragmentation` (``slots`` must have at least one column); every
     entry depends only on its own node and type (elementwise), which is what lets
     :class:`FragmentationCache` memoise entries exactly. ``F_n`` is ``frag_matrix(...)
-    @ wl.prob``.
+    @ type_weights(wl, unit, pods)``.
     """
     idle = slots.sum(axis=1) / unit                                       # (k,)
     frac = (wl.gpu > 0) & (wl.gpu < unit)
@@ -250,7 +298,8 @@ def take_slots(slots: np.ndarray, g: int, unit: int) -> np.ndarray:
 
 
 class GpuFragmentation:
-    """Score: growth of the node's expected GPU fragmentation (GPUs), lower is better.
+    """Score: growth of the node's expected GPU fragmentation (pods it blocks, or GPUs with
+    ``pods=False``), lower is better.
 
     Args:
         weight: the plugin's weight beside the objective's terms (0 switches it off).
@@ -261,6 +310,8 @@ class GpuFragmentation:
         knee: pressure below which the term is off (0 = scale linearly from empty).
         strand: weight of the CPU/memory stranding count (module docstring; 0 = the
             fill-up or FGD measure alone).
+        pods: count fragments in the pods of each type they could have held (True) or
+            in GPUs as FGD does (False); module docstring, "Pods, not GPUs".
 
     Declares (:mod:`placement.framework`) :class:`DynamicScore` (reads free capacity:
     evaluated per request, never cached per task class), :class:`CachedDelta`
@@ -273,16 +324,17 @@ class GpuFragmentation:
     term: Term = "fragmentation"
     lower_is_better = True
     floor = 0.05
-    """GPUs: a twentieth of a GPU more or less fragmented does not matter."""
+    """In the measure's unit (pods, or GPUs): a twentieth more or less does not matter."""
 
     def __init__(self, weight: float = DEFAULT_WEIGHT, workload: Workload | None = None,
                  fill: bool = True, scarcity: bool = True, knee: float = 0.0,
-                 strand: float = STRAND_WEIGHT) -> None:
+                 strand: float = STRAND_WEIGHT, pods: bool = True) -> None:
         if weight < 0:
             raise ValueError(f"GpuFragmentation weight must be >= 0, got {weight}")
         if strand < 0:
             raise ValueError(f"GpuFragmentation strand must be >= 0, got {strand}")
         self.strand = strand
+        self.pods = pods
         self.weight = weight
         self.fill = fill
         self.scarcity = scarcity
@@ -339,10 +391,10 @@ class GpuFragmentation:
         r = req.task.resources
         unit = snap.gpu_unit
         cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
-        before = fragmentation(cpu, mem, slots, unit, wl, self.fill, self.strand)
+        before = fragmentation(cpu, mem, slots, unit, wl, self.fill, self.strand, self.pods)
         after_slots = take_slots(slots, int(r.gpu), unit)
         after = fragmentation(cpu - r.cpu, mem - r.memory, after_slots, unit, wl, self.fill,
-                              self.strand)
+                              self.strand, self.pods)
         return (after - before) * self.pressure(snap)  # type: ignore[no-any-return]
 
     def _gpu_types(self) -> tuple[Workload | None, np.ndarray, np.ndarray]:
@@ -421,7 +473,8 @@ class GpuFragmentation:
         if self.strand and same.any():  # S_n as delta computes it, before and after
             wl = self.distribution()
             assert wl is not None
-            both = stranding(cpu2, mem2, np.concatenate([slots, slots]), snap.gpu_unit, wl)
+            both = stranding(cpu2, mem2, np.concatenate([slots, slots]), snap.gpu_unit, wl,
+                             self.pods)
             s0, s1 = both[:k], both[k:]
             grown = same & (s0 != s1)
             same &= ~grown
@@ -452,8 +505,9 @@ class GpuFragmentation:
         CPU-only request): there a type ``m`` with ``p_m > 0`` holds fewer pods, so its
         fragments grow by at least one pod's GPUs (``g_m / unit`` for a fractional type,
         its whole GPUs otherwise) and ``ΔF ≥ pressure · min_m p_m · that``, less a margin
-        for rounding. 0 for FGD's measure, a GPU request or with :attr:`strand` on (``S_n``
-        grows continuously with the cpu taken: no positive bound)."""
+        for rounding; with :attr:`pods` a pod of ``m`` weighs ``p_m`` whatever its size.
+        0 for FGD's measure, a GPU request or with :attr:`strand` on (``S_n`` grows
+        continuously with the cpu taken: no positive bound)."""
         if self.strand:
             return 0.0
         return self._least_pod(req, snap, pressure)
@@ -469,7 +523,8 @@ class GpuFragmentation:
             return 0.0
         unit = snap.gpu_unit
         g = wl.gpu[sel]
-        pod = np.where(g < unit, g / unit, -(-g // unit)).astype(np.float64)
+        pod = np.ones(g.size) if self.pods else \
+            np.where(g < unit, g / unit, -(-g // unit)).astype(np.float64)
         least = float(pressure) * float((wl.prob[sel] * pod).min())
         return max(0.0, least * (1.0 - 1e-9) - 1e-12)
 
@@ -509,7 +564,8 @@ class GpuFragmentation:
         nodes it fragments alike): a term that contributed nothing is not named."""
         if snap.gpu_slots.shape[1] == 0:
             return None
-        return _reason(bool(snap.gpu_slots[mask].any()), raw[mask], float(raw[chosen]))
+        return _reason(bool(snap.gpu_slots[mask].any()), raw[mask], float(raw[chosen]),
+                       self.pods)
 
     def describe_candidates(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray,
                             raw: np.ndarray, at: int) -> str | None:
@@ -518,20 +574,22 @@ class GpuFragmentation:
         position in ``idx`` — the same line, without ``n``-sized arrays."""
         if snap.gpu_slots.shape[1] == 0:
             return None
-        return _reason(bool(snap.gpu_slots[idx].any()), raw, float(raw[at]))
+        return _reason(bool(snap.gpu_slots[idx].any()), raw, float(raw[at]), self.pods)
 
 
-def _reason(any_gpu: bool, values: np.ndarray, mine: float) -> str | None:
+def _reason(any_gpu: bool, values: np.ndarray, mine: float, pods: bool) -> str | None:
     """The reason of :meth:`GpuFragmentation.describe`: ``values`` the shifted growth of
     the feasible nodes, ``mine`` the chosen one's; ``any_gpu``: whether any has a free
-    GPU."""
+    GPU; ``pods``: the growth is in pods blocked (:attr:`GpuFragmentation.pods`), else in
+    GPUs."""
+    unit = "pods blocked" if pods else "GPU"
     if not any_gpu or values.size < 2 or float(values.max() - values.min()) <= 1e-9:
         return None
     if mine <= 1e-9:
         others = values[values > 1e-9]
-        return (f"least growth of GPU fragmentation ({float(others.min()):.2f} GPU more "
+        return (f"least growth of GPU fragmentation ({float(others.min()):.2f} {unit} more "
                 "on the next best node)")
-    return f"GPU fragmentation grows {mine:.2f} GPU more than on the best node"
+    return f"GPU fragmentation grows {mine:.2f} {unit} more than on the best node"
 
 
 class FragmentationCache:
@@ -545,7 +603,7 @@ class FragmentationCache:
     current version. Entries are kept for "before" (the node as it is) and, per request
     shape ``(cpu, memory, gpu)``, for "after" (the node with that request placed), one
     column per task type ever seen (the workload's ``p`` is applied afresh on every
-    call: a new request key changes it, not the entries). ``F_n = frag @ p`` is then
+    call: a new request key changes it, not the entries). ``F_n = frag @ q`` (:func:`type_weights`) is then
     computed exactly as :meth:`GpuFragmentation.delta` does, so :meth:`delta` returns the
     same values — bit for bit — at the cost of recomputing only the nodes changed since.
 
@@ -667,12 +725,13 @@ class FragmentationCache:
                 if part.shape[0]:
                     sub[miss] = part
                     values[rows[miss][:, None], cols[None, :]] = part
-        before, after = before @ wl.prob, after @ wl.prob
+        q = type_weights(wl, s.gpu_unit, p.pods)
+        before, after = before @ q, after @ q
         if p.strand:  # as fragmentation() adds it: O(k), not memoised
             a_all = take_slots(slots, key[2], s.gpu_unit)
-            before = before + p.strand * stranding(cpu, mem, slots, s.gpu_unit, wl)
+            before = before + p.strand * stranding(cpu, mem, slots, s.gpu_unit, wl, p.pods)
             after = after + p.strand * stranding(cpu - key[0], mem - key[1], a_all,
-                                                 s.gpu_unit, wl)
+                                                 s.gpu_unit, wl, p.pods)
         if pressure is None:
             pressure = p.pressure(s)
         return (after - before) * pressure  # type: ignore[no-any-return]

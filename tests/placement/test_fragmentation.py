@@ -21,6 +21,7 @@ from placement.plugins.fragmentation import (
     Workload,
     fragmentation,
     stranding,
+    type_weights,
 )
 from tests.placement.placement_factories import GI, network, node, request, task
 
@@ -261,8 +262,9 @@ def test_memoised_term_same_batches(order: str) -> None:
 @pytest.mark.parametrize("fill", [True, False])
 @pytest.mark.parametrize("keep", [1, 4])
 @pytest.mark.parametrize("strand", [0.0, 1.0])
-def test_class_bound_places_as_the_exhaustive_evaluation(unit: int, fill: bool,
-                                                         keep: int, strand: float) -> None:
+@pytest.mark.parametrize("pods", [True, False])
+def test_class_bound_places_as_the_exhaustive_evaluation(unit: int, fill: bool, keep: int,
+                                                         strand: float, pods: bool) -> None:
     """The per-class bound on the fragmentation term (BatchAssigner.prune_dynamic) prunes
     only what cannot rank: on seeded random instances (tied free states included), with
     runs released in between, every request goes to the node the exhaustive evaluation
@@ -279,6 +281,7 @@ def test_class_bound_places_as_the_exhaustive_evaluation(unit: int, fill: bool,
                 if isinstance(p, GpuFragmentation):
                     p.fill = fill
                     p.strand = strand
+                    p.pods = pods
             a = BatchAssigner(snap.copy(), fw, prune_dynamic=prune, keep=keep,
                               dynamic_candidates=None)
             sides.append(a)
@@ -350,9 +353,10 @@ def test_cpu_only_pod_avoids_stranding_a_gpu_the_fill_up_measure_misses(path: st
     assert got == {0.0: "a/tight", 1.0: "a/roomy"}
 
 
+@pytest.mark.parametrize("pods", [False, True])
 @pytest.mark.parametrize("unit", [1, U])
 @pytest.mark.parametrize("strand", [0.0, 1.0])
-def test_growth_bound_is_a_lower_bound_of_delta(unit: int, strand: float) -> None:
+def test_growth_bound_is_a_lower_bound_of_delta(unit: int, strand: float, pods: bool) -> None:
     """``growth_bound``: where it says ``same`` the plugin's ΔF is exactly 0, elsewhere
     ΔF is at least its ``lower`` (which the per-class bound uses to leave nodes
     uncomputed), and the bound is positive on some nodes (it is used at all)."""
@@ -361,7 +365,7 @@ def test_growth_bound_is_a_lower_bound_of_delta(unit: int, strand: float) -> Non
         snap, reqs = _random_instance(seed, unit)
         fw = default_framework()
         plugin = next(p for p in fw.scores if isinstance(p, GpuFragmentation))
-        plugin.strand = strand
+        plugin.strand, plugin.pods = strand, pods
         a = BatchAssigner(snap, fw)
         for r in reqs[:20]:  # some GPUs in use, so the pressure is above 0
             a.assign_one(r)
@@ -455,3 +459,55 @@ def test_growth_bound_beside_measured_load_places_as_without(keep: int, strand: 
                 for a in sides:
                     a.release(i, res.cpu, res.memory, res.gpu)
     assert evaluated[True] < evaluated[False]
+
+
+# two task types: small fractional pods (0.2 GPU, 2 cores) and 2-GPU pods (8 cores),
+# equally popular
+POD_TYPES = [(2.0, GI, 200, 1.0), (8.0, GI, 2 * U, 1.0)]
+
+
+def test_fragments_counted_in_pods_they_block() -> None:
+    """A 0.4-GPU, 8-core request. On an idle 2-GPU host with 100 cores it blocks the one
+    2-GPU pod and 2 small ones (10 → 8, the GPU it takes); on a 1-GPU host with 10 cores
+    it blocks 4 small pods (5 → 1: the cores run out). In GPUs (FGD's unit) the 2-GPU pod
+    weighs most (ΔF 0.8 vs 0); in pods the four small ones do (0.4 vs 0.9)."""
+    wl = Workload.of(POD_TYPES)
+    cpu = np.array([100.0, 10.0])
+    mem = np.full(2, 64 * GI)
+    slots = np.array([[U, U], [U, 0]])
+    after = np.array([[600, U], [600, 0]])
+    for pods, expected in ((False, [0.8, 0.0]), (True, [0.4, 0.9])):
+        d = fragmentation(cpu - 8, mem - GI, after, U, wl, pods=pods) \
+            - fragmentation(cpu, mem, slots, U, wl, pods=pods)
+        assert d.tolist() == pytest.approx(expected)
+    assert type_weights(wl, U, pods=True).tolist() == pytest.approx([2.5, 0.25])
+    assert type_weights(wl, U).tolist() == pytest.approx([0.5, 0.5])
+    # stranding in pods: over the mean GPU pod (1.1 GPU)
+    s = stranding(np.array([2.0]), np.array([63 * GI]), after[1:], U, wl)
+    assert s.tolist() == pytest.approx([0.16])
+    assert stranding(np.array([2.0]), np.array([63 * GI]), after[1:], U, wl,
+                     pods=True).tolist() == pytest.approx([0.16 / 1.1])
+
+
+@pytest.mark.parametrize("path", ["framework", "batch"])
+def test_pod_measure_spares_small_pods_over_a_rare_big_one(path: str) -> None:
+    """The state of the test above: counted in GPUs (stranding included) the request goes
+    to the 1-GPU host and blocks four small pods to keep the 2-GPU host whole; counted in
+    pods it goes to the 2-GPU host and blocks one 2-GPU pod (and no small one more)."""
+    nodes = [node("a/two-gpu", 128, 64 * GI, 2 * U, free=(100.0, 64 * GI, 2 * U)),
+             node("a/one-gpu", 128, 64 * GI, U, free=(10.0, 64 * GI, U))]
+    got = {}
+    for pods in (False, True):
+        snap = Snapshot(nodes=nodes, network=network(), gpu_unit=U)
+        fw = fw_with(Workload.of(POD_TYPES))
+        for p in fw.scores:
+            if isinstance(p, GpuFragmentation):
+                p.pods = pods
+        req = request(task(cpu=8, mem=GI, gpu=400), latency=0, data=0)
+        if path == "framework":
+            out = place([req], snap, fw)[0]
+            assert out.decision is not None
+            got[pods] = out.decision.node
+        else:
+            got[pods] = snap.ids[BatchAssigner(snap, fw).assign_one(req)]
+    assert got == {False: "a/one-gpu", True: "a/two-gpu"}
