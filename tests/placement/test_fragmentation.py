@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placement import Snapshot, default_framework, place
+from placement import PlacementRequest, Snapshot, default_framework, place
 from placement.batch import BatchAssigner
 from placement.framework import Framework
 from placement.plugins.fragmentation import (
@@ -258,6 +258,35 @@ def test_memoised_term_same_batches(order: str) -> None:
         assert np.array_equal(got[0], got[1]), f"seed {seed}"
 
 
+def _replay_side_by_side(sides: list[BatchAssigner], reqs: list[PlacementRequest],
+                         seed: int, keep: int) -> list[int]:
+    """Place ``reqs`` on both assigners (a seeded fifth of the placed runs released in
+    between), asserting each request goes to the same node with the same ``keep`` best
+    totals (to 1e-12: the last bits of ``F = frag @ p`` over a different set of rows);
+    returns how many ΔF each side computed."""
+    evaluated = [0, 0]
+    rng = np.random.default_rng(seed)
+    placed: list[tuple[int, object]] = []
+    for r in reqs:
+        got = [a.assign_one(r) for a in sides]
+        assert got[0] == got[1], f"seed {seed}, request {r.key}: {got}"
+        dyn = [a.last_dynamic for a in sides]
+        assert (dyn[0] is None) == (dyn[1] is None)
+        if dyn[0] is not None and dyn[1] is not None:
+            best = [np.sort(d.total)[:keep] for d in dyn]
+            assert np.allclose(best[0], best[1], rtol=0, atol=1e-12), \
+                f"seed {seed}, request {r.key}"
+            for i, d in enumerate(dyn):
+                evaluated[i] += int(np.isfinite(d.raw[GpuFragmentation.name]).sum())
+        if got[0] >= 0:
+            placed.append((got[0], r.task.resources))
+        if placed and rng.uniform() < 0.2:  # a run ends
+            i, res = placed.pop(int(rng.integers(len(placed))))
+            for a in sides:
+                a.release(i, res.cpu, res.memory, res.gpu)
+    return evaluated
+
+
 @pytest.mark.parametrize("unit", [1, U])
 @pytest.mark.parametrize("fill", [True, False])
 @pytest.mark.parametrize("keep", [1, 4])
@@ -285,26 +314,9 @@ def test_class_bound_places_as_the_exhaustive_evaluation(unit: int, fill: bool, 
             a = BatchAssigner(snap.copy(), fw, prune_dynamic=prune, keep=keep,
                               dynamic_candidates=None)
             sides.append(a)
-        rng = np.random.default_rng(2000 + seed)
-        placed: list[tuple[int, object]] = []
-        for r in reqs:
-            got = [a.assign_one(r) for a in sides]
-            assert got[0] == got[1], f"seed {seed}, request {r.key}: {got}"
-            dyn = [a.last_dynamic for a in sides]
-            assert (dyn[0] is None) == (dyn[1] is None)
-            if dyn[0] is not None and dyn[1] is not None:
-                best = [np.sort(d.total)[:keep] for d in dyn]
-                # equal up to the last bits of F = frag @ p over a different set of rows
-                assert np.allclose(best[0], best[1], rtol=0, atol=1e-12), \
-                    f"seed {seed}, request {r.key}"
-                for prune, d in zip((True, False), dyn, strict=True):
-                    evaluated[prune] += int(np.isfinite(d.raw[GpuFragmentation.name]).sum())
-            if got[0] >= 0:
-                placed.append((got[0], r.task.resources))
-            if placed and rng.uniform() < 0.2:  # a run ends
-                i, res = placed.pop(int(rng.integers(len(placed))))
-                for a in sides:
-                    a.release(i, res.cpu, res.memory, res.gpu)
+        for side, n in zip((True, False), _replay_side_by_side(sides, reqs, 2000 + seed, keep),
+                           strict=True):
+            evaluated[side] += n
     assert evaluated[True] < evaluated[False]
 
 
@@ -439,25 +451,9 @@ def test_growth_bound_beside_measured_load_places_as_without(keep: int, strand: 
                 if isinstance(p, GpuFragmentation):
                     p.strand = strand
             sides.append(BatchAssigner(snap.copy(), fw, keep=keep, bound_growth=bound))
-        rng = np.random.default_rng(4000 + seed)
-        placed: list[tuple[int, object]] = []
-        for r in reqs:
-            got = [a.assign_one(r) for a in sides]
-            assert got[0] == got[1], f"seed {seed}, request {r.key}: {got}"
-            dyn = [a.last_dynamic for a in sides]
-            assert (dyn[0] is None) == (dyn[1] is None)
-            if dyn[0] is not None and dyn[1] is not None:
-                best = [np.sort(d.total)[:keep] for d in dyn]
-                assert np.allclose(best[0], best[1], rtol=0, atol=1e-12), \
-                    f"seed {seed}, request {r.key}"
-                for bound, d in zip((True, False), dyn, strict=True):
-                    evaluated[bound] += int(np.isfinite(d.raw[GpuFragmentation.name]).sum())
-            if got[0] >= 0:
-                placed.append((got[0], r.task.resources))
-            if placed and rng.uniform() < 0.2:  # a run ends
-                i, res = placed.pop(int(rng.integers(len(placed))))
-                for a in sides:
-                    a.release(i, res.cpu, res.memory, res.gpu)
+        for side, n in zip((True, False), _replay_side_by_side(sides, reqs, 4000 + seed, keep),
+                           strict=True):
+            evaluated[side] += n
     assert evaluated[True] < evaluated[False]
 
 
