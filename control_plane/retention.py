@@ -12,11 +12,13 @@ file, and a tenant's artifacts counted against its quota forever.
 * An **audit** row is deleted ``audit_retention_s`` after the call it records.
 
 0 keeps them forever. The leader sweeps (a reconcile-cycle hook): once every
-:data:`SWEEP_INTERVAL_S`, at most :data:`BATCH` workflows and :data:`AUDIT_BATCH` audit
-rows a transaction, one transaction of each per cycle, so a long backlog (retention just
+:data:`SWEEP_INTERVAL_S`, at most :data:`BATCH` workflows (:data:`TASK_BUDGET` tasks) and
+:data:`AUDIT_BATCH` audit rows a transaction, fenced in that transaction, one of each per
+cycle, so a long backlog (retention just
 enabled on a big store) is worked off over several cycles instead of holding one up.
 Deleted rows free pages that SQLite reuses (the file does not shrink: ``VACUUM`` does
-that, offline)."""
+that, offline). Model retraining learns from the stored runs (beside the twin's
+samples), so it sees the last ``workflow_retention_s`` of work."""
 
 from __future__ import annotations
 
@@ -25,9 +27,8 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import delete, exists, func, select
 
-from continuum.model import WorkflowState
 from control_plane.store import (
     ArtifactRow,
     AuditRow,
@@ -45,11 +46,14 @@ SWEEP_INTERVAL_S = 60.0
 """Seconds between sweeps while nothing is left over: retention is counted in days, so
 a minute late is nothing; a sweep that filled its batch runs again the next cycle."""
 BATCH = 500
-"""Most workflows deleted in one transaction: each carries its tasks, runs and events
-(~80 rows for a workflow of 10 tasks), so a batch is ~40,000 row deletes."""
+"""Most workflows deleted in one transaction (~40,000 row deletes for workflows of 10
+tasks: each carries its tasks, runs and events)."""
+TASK_BUDGET = 20_000
+"""Most tasks of the workflows deleted in one transaction (at least one workflow): a
+batch of big workflows is cut short, so one transaction never holds SQLite's write lock
+for long (API writes wait for it)."""
 AUDIT_BATCH = 5000
 """Most audit rows deleted in one transaction."""
-FINISHED = (WorkflowState.Succeeded, WorkflowState.Failed, WorkflowState.Cancelled)
 
 
 class Retention:
@@ -71,11 +75,13 @@ class Retention:
         """When the next sweep is due (epoch s); 0: at the next cycle."""
 
     def on_cycle(self, now: float) -> None:
-        """The reconcile-cycle hook: sweep when due (see the module docstring)."""
+        """The reconcile-cycle hook: sweep when due (see the module docstring); a sweep
+        that fails is tried again a sweep interval later, not every cycle."""
         if now < self._next:
             return
-        full = self.sweep(now)
-        self._next = now if full else now + SWEEP_INTERVAL_S
+        self._next = now + SWEEP_INTERVAL_S
+        if self.sweep(now):
+            self._next = now  # a full batch: more may be due, the next cycle sweeps again
 
     def sweep(self, now: float) -> bool:
         """One batch of each kind past its retention at ``now`` (epoch s) deleted.
@@ -93,38 +99,55 @@ class Retention:
         return full
 
     def _workflows(self, before: float) -> int:
+        """Delete the workflows finished before ``before`` (epoch s), at most :data:`BATCH`
+        and :data:`TASK_BUDGET` tasks; returns how many, or :data:`BATCH` when the batch
+        was cut by the task budget (more are due)."""
         cutoff = datetime.fromtimestamp(before, UTC)
         unreleased = exists().where(RunRow.workflow_id == WorkflowRow.id, ~RunRow.released)
         with self.store.session() as s:
-            ids = list(s.scalars(
-                select(WorkflowRow.id)
-                .where(WorkflowRow.finished_at < cutoff, WorkflowRow.state.in_(FINISHED),
-                       ~unreleased)
-                .order_by(WorkflowRow.finished_at).limit(BATCH)))
-        if not ids:
-            return 0
-        self.store.check_fence()  # a fenced (old) leader deletes nothing
-        with self.store.session() as s:
+            # finished_at is set only when a workflow ends (and cleared at submit), so the
+            # range alone selects finished ones, over its index
+            ids = list(s.scalars(select(WorkflowRow.id)
+                                 .where(WorkflowRow.finished_at < cutoff, ~unreleased)
+                                 .order_by(WorkflowRow.finished_at).limit(BATCH)))
+            if not ids:
+                return 0
+            sizes = dict(s.execute(select(TaskRow.workflow_id, func.count())
+                                   .where(TaskRow.workflow_id.in_(ids))
+                                   .group_by(TaskRow.workflow_id)).all())
+            take: list[str] = []
+            tasks = 0
+            for wf in ids:
+                tasks += sizes.get(wf, 0)
+                if take and tasks > TASK_BUDGET:
+                    break
+                take.append(wf)
+            self.store.fence_in(s)  # a fenced (old) leader deletes nothing
             for table in (EventRow, ArtifactRow, RunRow, TaskRow):
-                s.execute(delete(table).where(table.workflow_id.in_(ids)))
-            s.execute(delete(WorkflowRow).where(WorkflowRow.id.in_(ids)))
-        for wf in ids:  # after the commit: a crash before this leaves bytes, not dangling rows
-            shutil.rmtree(self.artifact_root / wf, ignore_errors=True)
-        self.metrics.retention_deleted.labels("workflows").inc(len(ids))
+                s.execute(delete(table).where(table.workflow_id.in_(take)))
+            s.execute(delete(WorkflowRow).where(WorkflowRow.id.in_(take)))
+        for wf in take:  # after the commit: a crash before this leaves bytes, not dangling rows
+            try:
+                shutil.rmtree(self.artifact_root / wf)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("retention: cannot remove the artifacts of deleted workflow %s "
+                            "(%s): %s", wf, self.artifact_root / wf, e)
+        self.metrics.retention_deleted.labels("workflows").inc(len(take))
         log.info("retention: deleted %d workflows finished before %s with their tasks, runs, "
-                 "events and artifacts (workflow_retention_s=%g)", len(ids),
+                 "events and artifacts (workflow_retention_s=%g)", len(take),
                  cutoff.isoformat(timespec="seconds"), self.workflow_retention_s)
-        return len(ids)
+        return BATCH if len(take) < len(ids) else len(take)
 
     def _audit(self, before: float) -> int:
         cutoff = datetime.fromtimestamp(before, UTC)
         with self.store.session() as s:
             ids = list(s.scalars(select(AuditRow.id).where(AuditRow.at < cutoff)
-                                 .order_by(AuditRow.id).limit(AUDIT_BATCH)))
-        if not ids:
-            return 0
-        self.store.check_fence()
-        with self.store.session() as s:
+                                 .order_by(AuditRow.at).limit(AUDIT_BATCH)))
+            if not ids:
+                return 0
+            self.store.fence_in(s)
             s.execute(delete(AuditRow).where(AuditRow.id.in_(ids)))
         self.metrics.retention_deleted.labels("audit").inc(len(ids))
         log.info("retention: deleted %d audit rows older than %s (audit_retention_s=%g)",

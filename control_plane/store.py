@@ -388,6 +388,19 @@ class Store:
             with self._sessions() as s, s.begin():
                 self._fence(s)
 
+    def fence_in(self, s: Session) -> None:
+        """Run the fence in ``s``'s transaction, before a bulk statement (``delete``,
+        ``update``): those do not flush, so they do not trigger the automatic check of
+        :meth:`session`. Nothing on an unfenced store.
+
+        Raises:
+            whatever the fence raises (:class:`control_plane.leader.Fenced`); the
+            transaction is then rolled back.
+        """
+        if self._fence is not None and not s.info.get(_FENCE_CHECKED):
+            s.info[_FENCE_CHECKED] = True
+            self._fence(s)
+
     def vacuum(self, *tables: str) -> None:
         """Rewrite storage so rows just changed leave no old bytes behind (e.g. a secret
         just sealed): SQLite rewrites the whole file (``VACUUM``) and empties the

@@ -150,6 +150,25 @@ def test_a_backlog_is_deleted_a_batch_per_cycle_then_once_a_sweep_interval(
         store.close()
 
 
+def test_a_batch_of_big_workflows_is_cut_at_the_task_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention, "TASK_BUDGET", 1)  # each workflow here has one task
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    now = time.time()
+    with store.session() as s:
+        for i in range(3):
+            _workflow(s, f"wf{i}", WorkflowState.Succeeded, _ago(now, DAY + i))
+    r = Retention(store, tmp_path / "artifacts", ControlPlaneMetrics(),
+                  workflow_retention_s=60, audit_retention_s=0)
+    try:
+        for left in (2, 1):
+            assert r.sweep(now) is True  # cut short: more are due
+            with store.session() as s:
+                assert s.scalar(select(func.count()).select_from(WorkflowRow)) == left
+    finally:
+        store.close()
+
+
 def test_a_workflow_past_retention_is_gone_from_the_api_and_its_bytes_from_the_quota(
         tmp_path: Path) -> None:
     with control_plane(tmp_path, workflow_retention_s=7 * DAY) as (cp, client):
