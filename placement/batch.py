@@ -375,15 +375,20 @@ class _Fitting:
         self.nodes = np.zeros(0, dtype=np.int64)
         self.vals = np.zeros(0)
         self.done = self.at >= gi.val.size
+        self.window = 64
+        """Members scanned per step; doubles after a step that found no fitting node
+        (memory rejects most of the group: ``O(log group)`` steps, not ``group / 64``)."""
 
     def ensure(self, count: int) -> None:
         """Materialise at least ``count`` fitting nodes (fewer when there are not)."""
         gi = self.gi
         while not self.done and self.nodes.size < count:
-            w = max(64, 2 * (count - self.nodes.size))
+            w = max(self.window, 2 * (count - self.nodes.size))
             end = min(gi.val.size, self.at + w)
             nd = gi.m[gi.pos[self.at:end]]
             ok = self.snap.free_mem[nd] >= self.mem
+            if not ok.any():
+                self.window *= 2
             self.nodes = np.concatenate([self.nodes, nd[ok]])
             self.vals = np.concatenate([self.vals, gi.val[self.at:end][ok]])
             self.at = end
