@@ -356,6 +356,7 @@ class Applier:
             done.append(run_id)
         if done:
             with self.store.session() as s:
+                self.store.fence_in(s)  # a bulk update does not flush: fence it here
                 s.execute(update(RunRow).where(RunRow.id.in_(done)).values(released=True))
 
     def remove_site(self, a: d.RemoveSite) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from adapters.kubernetes.lease import LeaseLock
 from continuum.model import RunState, TaskState, WorkflowState
@@ -135,6 +136,11 @@ def test_paused_leader_is_fenced_and_changes_nothing(store: Store) -> None:
                 run.state, run.reason = RunState.Failed, "written by a fenced leader"
         with pytest.raises(Fenced):
             fenced.check_fence()  # what the applier runs before a backend call
+        with pytest.raises(Fenced):  # a bulk statement does not flush: fenced explicitly
+            with fenced.session() as s:
+                fenced.fence_in(s)
+                s.execute(update(RunRow).where(RunRow.id == run_id)
+                          .values(reason="bulk write by a fenced leader"))
         with store.session() as s:
             run = s.get(RunRow, run_id)
             assert run is not None
