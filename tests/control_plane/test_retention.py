@@ -118,34 +118,41 @@ def test_retention_zero_keeps_everything(tmp_path: Path) -> None:
         store.close()
 
 
+def _finished_a_day_ago(tmp_path: Path, n: int, now: float) -> tuple[Store, Retention]:
+    """A SQLite store holding ``n`` workflows finished a day before ``now`` (one task
+    each, the oldest last) and a Retention of 60 s for workflows, none for audit rows."""
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    with store.session() as s:
+        for i in range(n):
+            _workflow(s, f"wf{i}", WorkflowState.Succeeded, _ago(now, DAY + i))
+    return store, Retention(store, tmp_path / "artifacts", ControlPlaneMetrics(),
+                            workflow_retention_s=60, audit_retention_s=0)
+
+
+def _workflows_left(store: Store) -> int:
+    with store.session() as s:
+        return s.scalar(select(func.count()).select_from(WorkflowRow)) or 0
+
+
 def test_a_backlog_is_deleted_a_batch_per_cycle_then_once_a_sweep_interval(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retention, "BATCH", 2)
-    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
     now = time.time()
-    with store.session() as s:
-        for i in range(5):
-            _workflow(s, f"wf{i}", WorkflowState.Succeeded, _ago(now, DAY + i))
-    r = Retention(store, tmp_path / "artifacts", ControlPlaneMetrics(),
-                  workflow_retention_s=60, audit_retention_s=0)
-
-    def left() -> int:
-        with store.session() as s:
-            return s.scalar(select(func.count()).select_from(WorkflowRow)) or 0
+    store, r = _finished_a_day_ago(tmp_path, 5, now)
 
     try:
         seen = []
         for _ in range(4):  # cycles 0.1 s apart: a full batch makes the next cycle sweep
             r.on_cycle(now)
-            seen.append(left())
+            seen.append(_workflows_left(store))
             now += 0.1
         assert seen == [3, 1, 0, 0]
         with store.session() as s:
             _workflow(s, "late", WorkflowState.Succeeded, _ago(now, DAY))
         r.on_cycle(now)  # the last sweep was not full: not due before SWEEP_INTERVAL_S
-        assert left() == 1
+        assert _workflows_left(store) == 1
         r.on_cycle(now + retention.SWEEP_INTERVAL_S)
-        assert left() == 0
+        assert _workflows_left(store) == 0
     finally:
         store.close()
 
@@ -153,18 +160,12 @@ def test_a_backlog_is_deleted_a_batch_per_cycle_then_once_a_sweep_interval(
 def test_a_batch_of_big_workflows_is_cut_at_the_task_budget(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retention, "TASK_BUDGET", 1)  # each workflow here has one task
-    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
     now = time.time()
-    with store.session() as s:
-        for i in range(3):
-            _workflow(s, f"wf{i}", WorkflowState.Succeeded, _ago(now, DAY + i))
-    r = Retention(store, tmp_path / "artifacts", ControlPlaneMetrics(),
-                  workflow_retention_s=60, audit_retention_s=0)
+    store, r = _finished_a_day_ago(tmp_path, 3, now)
     try:
         for left in (2, 1):
             assert r.sweep(now) is True  # cut short: more are due
-            with store.session() as s:
-                assert s.scalar(select(func.count()).select_from(WorkflowRow)) == left
+            assert _workflows_left(store) == left
     finally:
         store.close()
 
