@@ -291,7 +291,9 @@ class Agent:
                     self._early_acks.clear()
                 self._early_acks.add(mid)
                 return
-        self.outbox.ack(oid)
+            # Acked under the lock: a flush between the pop and the ack would see the
+            # message neither in flight nor acked, and publish it a second time.
+            self.outbox.ack(oid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:

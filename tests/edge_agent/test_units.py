@@ -2,7 +2,8 @@
 
 Aspects: the linear power model, profiles, config validation and broker URLs, the
 reconnect backoff bounds, the outbox (order, ack, persistence across reopen, forget),
-local policy decisions, the runtime's path safety and environment, kill_tree.
+local policy decisions, the runtime's path safety and environment, kill_tree, an ack racing
+a flush (no message published twice).
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
+from paho.mqtt.enums import MQTTErrorCode
 from pydantic import ValidationError
 
 from continuum.model import PowerProfile
@@ -101,6 +105,46 @@ def _agent(tmp_path: Path, **cfg: object) -> Agent:
     cfg.setdefault("run_as", "root" if os.geteuid() == 0 else None)
     return Agent(AgentConfig(device_id="d1", state_dir=tmp_path, profile="pi4", **cfg))  # type: ignore[arg-type]
 
+
+
+def test_an_ack_racing_a_flush_does_not_publish_the_message_twice(tmp_path: Path) -> None:
+    """paho's thread acks a message while another thread flushes the outbox: the flush
+    must see it either in flight or acked, never neither (it was then published twice,
+    and two control-plane replicas each consumed one copy)."""
+    agent = _agent(tmp_path)
+    published: list[bytes] = []
+
+    class Client:
+        def publish(self, topic: str, payload: bytes, qos: int = 0,
+                    retain: bool = False) -> SimpleNamespace:
+            published.append(payload)
+            return SimpleNamespace(rc=MQTTErrorCode.MQTT_ERR_SUCCESS, mid=len(published))
+
+    agent._client = Client()  # type: ignore[assignment]
+    agent.connected.set()
+    agent.outbox.enqueue("continuum/d1/runs/r1", b"update-1", run_id="r1")
+    agent._flush()
+    assert published == [b"update-1"]
+    acking, release = threading.Event(), threading.Event()
+    ack = agent.outbox.ack
+
+    def slow_ack(outbox_id: int) -> None:
+        acking.set()
+        release.wait(5)
+        ack(outbox_id)
+
+    agent.outbox.ack = slow_ack  # type: ignore[method-assign]
+    acker = threading.Thread(target=agent._on_publish, args=(None, None, 1, 0))
+    acker.start()
+    assert acking.wait(5)
+    flusher = threading.Thread(target=agent._flush)
+    flusher.start()
+    flusher.join(0.3)  # a racing flush had published again by now
+    release.set()
+    acker.join(5)
+    flusher.join(5)
+    assert published == [b"update-1"] and agent.outbox.pending() == []
+    agent.outbox.close()
 
 POLICY = [
     # allow prefixes, spec fields, refused by (None = allowed)
