@@ -99,13 +99,19 @@ class ModelService:
 
     # ------------------------------------------------------------ training
 
-    def retrain(self, source: str = "auto") -> dict[str, Any]:
+    def retrain(self, source: str = "auto", *, scheduled: bool = False) -> dict[str, Any]:
         """Train on ``source`` (``store``: recorded runs; ``twin``: bootstrap only;
         ``auto``: both), save a new version, serve it. Returns :meth:`view` plus
         ``trainedOn`` (sample counts).
 
+        ``scheduled``: a retrain of the schedule, which keeps the served set when that set
+        learned from recorded runs and the store holds none any more (retention deleted
+        them after a quiet ``workflow_retention_s``): a set from the twin alone would
+        forget what the recorded runs taught.
+
         Raises:
-            ValidationFailed: unknown ``source``, or no sample at all to train on.
+            ValidationFailed: unknown ``source``, no sample at all to train on, or (only
+                when ``scheduled``) no recorded run left while the served set had some.
         """
         if source not in SOURCES:
             raise ValidationFailed([Problem(
@@ -114,6 +120,12 @@ class ModelService:
                 "unknown_source")])
         with self._lock:
             recorded = self.store_samples() if source in ("auto", "store") else []
+            served = self.predictor.models
+            if scheduled and not recorded and served is not None and served.recorded:
+                raise ValidationFailed([Problem(
+                    ["query", "source"],
+                    f"no recorded run left (the served v{served.version} learned from "
+                    f"{served.recorded}); keeping it", "no_recorded_runs")])
             boot = (twin_history(self.nodes(), self.settings.model_bootstrap_samples)
                     if source in ("auto", "twin") else [])
             samples = recorded + boot
@@ -130,7 +142,7 @@ class ModelService:
                     f"too few samples ({len(samples)}) for any target: let more runs "
                     "succeed, or train with source=twin", "too_few_samples")])
             ms = self.store.save(models, f"{source}: {len(recorded)} recorded + "
-                                         f"{len(boot)} twin runs")
+                                         f"{len(boot)} twin runs", recorded=len(recorded))
             self.serve(ms)
             self._last_train = time.time()
             log.info("models v%d trained on %d recorded + %d twin runs", ms.version,
@@ -149,7 +161,7 @@ class ModelService:
 
         def run() -> None:
             try:
-                self.retrain("auto")
+                self.retrain("auto", scheduled=True)
             except ValidationFailed as e:
                 log.info("scheduled retrain skipped: %s", e)
             except Exception:

@@ -18,7 +18,9 @@ cycle, so a long backlog (retention just
 enabled on a big store) is worked off over several cycles instead of holding one up.
 Deleted rows free pages that SQLite reuses (the file does not shrink: ``VACUUM`` does
 that, offline). Model retraining learns from the stored runs (beside the twin's
-samples), so it sees the last ``workflow_retention_s`` of work."""
+samples), so it sees the last ``workflow_retention_s`` of work (a scheduled retrain that
+finds none keeps a served set learned from recorded runs:
+:meth:`control_plane.models.ModelService.retrain`)."""
 
 from __future__ import annotations
 

@@ -307,6 +307,9 @@ class ModelSet:
     trained_at: float
     source: str
     models: dict[str, TargetModel] = field(default_factory=dict)
+    recorded: int = 0
+    """How many of the training samples were recorded runs (the rest came from the twin;
+    0 for sets saved before this field existed)."""
 
     def info(self) -> list[ModelInfo]:
         """One :class:`ModelInfo` per target, by name; non-finite errors are None."""
@@ -334,12 +337,14 @@ class ModelStore:
             return []
         return sorted(int(p.stem.split("-v")[1]) for p in self.directory.glob("models-v*.joblib"))
 
-    def save(self, models: dict[str, TargetModel], source: str) -> ModelSet:
+    def save(self, models: dict[str, TargetModel], source: str,
+             recorded: int = 0) -> ModelSet:
+        """Write ``models`` as the next version (``recorded``: see :attr:`ModelSet.recorded`)."""
         import joblib
 
         self.directory.mkdir(parents=True, exist_ok=True)
         v = (self.versions() or [0])[-1] + 1
-        ms = ModelSet(v, time.time(), source, models)
+        ms = ModelSet(v, time.time(), source, models, recorded)
         tmp = self.directory / f".models-v{v}.tmp"
         joblib.dump(ms, tmp)
         tmp.replace(self.directory / f"models-v{v}.joblib")

@@ -7,7 +7,8 @@ latest version; bad sources and nothing-to-train-on are clear 422s; recorded run
 training samples; ``POST /v1/placements:preview`` returns the plan and its predicted
 completion, energy and bytes moved without creating anything, and rejects invalid
 documents like submission does; decisions carry the learned model's version; the
-retrain schedule counts from the latest set's training time across restarts; queue
+retrain schedule counts from the latest set's training time across restarts, and keeps a set
+learned from recorded runs once retention deleted them all; queue
 waits are scored as an MAE in seconds (an idle Slurm cluster's all-zero waits included),
 served, stored and exported as such; a model swap that lands in the middle of a
 placement batch does not mix versions within it.
@@ -163,6 +164,35 @@ def test_the_retrain_schedule_survives_a_restart(tmp_path: Path) -> None:
         wait_for(lambda: cp.reconciler.cycles >= target, 30, message="40 cycles")
         assert api.get("/v1/models").json()["version"] == "learned-v2"
         assert not (tmp_path / "models" / "models-v3.joblib").exists()
+
+
+def test_a_scheduled_retrain_keeps_a_set_that_learned_from_runs_retention_deleted(
+        tmp_path: Path) -> None:
+    """After a quiet retention window the store holds no run: the schedule must not
+    replace a set learned from recorded runs with one from the twin alone (an operator's
+    retrain still may)."""
+    import time
+
+    import pytest
+
+    from continuum.errors import ValidationFailed
+    from tests.helpers import wait_for
+
+    with control_plane(tmp_path, model_bootstrap_samples=200, model_retrain_interval_s=3600,
+                       workflow_retention_s=0.001) as (cp, api):
+        wf = api.post("/v1/workflows", json=workflow("learn")).json()["id"]
+        assert wait_state(api, wf, ("Succeeded", "Failed"))["state"] == "Succeeded"
+        v1 = api.post("/v1/models:retrain", params={"source": "auto"}).json()
+        assert v1["version"] == "learned-v1" and v1["trainedOn"]["recorded"] == 2
+        wait_for(lambda: cp.retention.sweep(time.time()) is not None
+                 and api.get(f"/v1/workflows/{wf}").status_code == 404, 20,
+                 message="retention to delete the finished workflow and its runs")
+        with pytest.raises(ValidationFailed, match="no recorded run left"):
+            cp.models.retrain("auto", scheduled=True)
+        assert api.get("/v1/models").json()["version"] == "learned-v1"
+        assert not (tmp_path / "models" / "models-v2.joblib").exists()
+        again = api.post("/v1/models:retrain", params={"source": "auto"}).json()
+        assert again["version"] == "learned-v2" and again["trainedOn"]["recorded"] == 0
 
 
 def test_idle_slurm_queue_waits_are_scored_in_seconds(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
