@@ -33,9 +33,19 @@ Phases, on one server:
    how many it never got. The per-device timestamps are exported only up to
    the server's ``device_series_limit`` devices, so lag is measured up to there.
 
+A fleet larger than one process's file descriptors (``ulimit -n``: one socket per device
+in the simulator, one per connection at the broker) is spread over ``--edge-brokers``
+Mosquittos bridged to the control plane's (``MOSQUITTO_BRIDGE`` of
+``deploy/dev/mosquitto.sh``, as a site's broker would be) and ``--sim-processes``
+simulator processes; the devices connect to the edge brokers in turn. Such a fleet runs
+the surge and idle phases only (``--rates`` with no value): the telemetry phases read
+each device's send times, which live in one process.
+
 Reproduce::
 
     python -m bench.control_plane.fleet --devices 1000 --rates 1000 5000
+    python -m bench.control_plane.fleet --devices 100000 --rates --edge-brokers 6 \
+        --sim-processes 6 --surge-timeout 900
 """
 
 from __future__ import annotations
@@ -43,6 +53,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import multiprocessing
+import multiprocessing.connection
+import os
 import selectors
 import statistics
 import subprocess
@@ -120,18 +133,24 @@ class SimDevice:
         self.client.publish(topic(self.id, "telemetry"), encode(t), qos=0)
 
 
-class Fleet(threading.Thread):
-    """``n`` :class:`SimDevice` driven by one select loop in this thread; ``rate``
-    (settable) is the total telemetry messages/s, 0 for none."""
+def device_ids(n: int) -> list[str]:
+    """The simulated devices' ids, in connection order."""
+    return [f"simdev-{i:06d}" for i in range(n)]
 
-    def __init__(self, n: int, port: int) -> None:
+
+class Fleet(threading.Thread):
+    """:class:`SimDevice` ``ids[i]`` on broker port ``ports[i % len(ports)]``, driven by
+    one select loop in this thread; ``rate`` (settable) is the total telemetry
+    messages/s, 0 for none."""
+
+    def __init__(self, ids: list[str], ports: list[int]) -> None:
         super().__init__(daemon=True)
-        self.devices = [SimDevice(f"simdev-{i:06d}", port) for i in range(n)]
-        self.port = port
+        self.devices = [SimDevice(d, ports[i % len(ports)]) for i, d in enumerate(ids)]
         self.rate = 0.0
         self.sent = 0
         self.stop_event = threading.Event()
         self.connect_seconds = 0.0
+        self.connected = threading.Event()  # every device's connect is under way
         self.lock = threading.Lock()  # taken by readers of SimDevice.sent
         self.error: str | None = None  # why the loop stopped, if it failed
 
@@ -146,7 +165,7 @@ class Fleet(threading.Thread):
         sel = selectors.DefaultSelector()
         t0 = time.monotonic()
         for d in self.devices:  # the surge: connect every device as fast as we can
-            d.client.connect("127.0.0.1", self.port, keepalive=60)
+            d.client.connect("127.0.0.1", d.port, keepalive=60)
             sock = d.client.socket()
             if sock is None:
                 raise RuntimeError(f"{d.id}: no socket after connect")
@@ -158,6 +177,7 @@ class Fleet(threading.Thread):
                 if key.data.announce_pending:
                     key.data.announce()
         self.connect_seconds = time.monotonic() - t0
+        self.connected.set()
         nxt = 0
         owed = 0.0
         last = last_misc = time.monotonic()
@@ -195,6 +215,70 @@ class Fleet(threading.Thread):
                 d.announce()
             if d.client.want_write():
                 d.client.loop_write()
+
+
+def _fleet_process(ids: list[str], ports: list[int],
+                   conn: multiprocessing.connection.Connection) -> None:
+    """A :class:`Fleet` in a process of its own (:class:`ProcessFleet`): sends its
+    connect time once every device's connect is under way, then, when asked (any
+    message), how many Hellos the broker acknowledged, and stops."""
+    fleet = Fleet(ids, ports)
+    fleet.start()
+    while not fleet.connected.wait(0.5):
+        if fleet.error or not fleet.is_alive():
+            conn.send(("error", fleet.error or "the fleet's loop stopped"))
+            return
+    conn.send(("connected", fleet.connect_seconds))
+    conn.recv()
+    conn.send(("acked", sum(d.hello_acked for d in fleet.devices)))
+    fleet.stop_event.set()
+    fleet.join(timeout=60)
+
+
+class ProcessFleet:
+    """The devices ``ids`` spread over ``processes`` simulator processes (each a
+    :class:`Fleet` holding its share of the sockets), device ``i`` on broker port
+    ``ports[i % len(ports)]``. Surge only: no telemetry."""
+
+    def __init__(self, ids: list[str], ports: list[int], processes: int) -> None:
+        self.ids = ids
+        ctx = multiprocessing.get_context("spawn")  # no fork of this process's threads
+        self.conns: list[multiprocessing.connection.Connection] = []
+        self.procs = []
+        for k in range(processes):
+            mine = list(range(k, len(ids), processes))
+            parent, child = ctx.Pipe()
+            self.conns.append(parent)
+            self.procs.append(ctx.Process(
+                target=_fleet_process, daemon=True,
+                args=([ids[i] for i in mine], [ports[i % len(ports)] for i in mine], child)))
+        self._connect: list[float] = []
+
+    def start(self) -> None:
+        for p in self.procs:
+            p.start()
+
+    @property
+    def connect_seconds(self) -> float:
+        """The slowest process's connect time (waits for every process to report)."""
+        while len(self._connect) < len(self.conns):
+            kind, value = self.conns[len(self._connect)].recv()
+            if kind != "connected":
+                raise RuntimeError(f"a simulator process failed: {value}")
+            self._connect.append(value)
+        return max(self._connect)
+
+    def stop(self) -> int:
+        """Stops every process; returns how many Hellos the broker acknowledged."""
+        self.connect_seconds  # noqa: B018 — each process reports its connect time first
+        acked = 0
+        for c in self.conns:
+            c.send("stop")
+        for c in self.conns:
+            acked += c.recv()[1]
+        for p in self.procs:
+            p.join(timeout=60)
+        return acked
 
 
 @dataclass
@@ -291,28 +375,50 @@ def measure_rate(server: Server, fleet: Fleet, http: httpx.Client, rate: float,
 
 
 def run(devices: int, rates: list[float], *, seconds: float = 20.0,
-        surge_timeout: float = 60.0, busy_tasks: int = 0, drain_timeout: float = 30.0
-        ) -> FleetResult:
-    """All three phases on a fresh Mosquitto and control plane; see the module docstring."""
+        surge_timeout: float = 60.0, busy_tasks: int = 0, drain_timeout: float = 30.0,
+        edge_brokers: int = 0, sim_processes: int = 1) -> FleetResult:
+    """All three phases on a fresh Mosquitto and control plane; see the module docstring.
+
+    ``edge_brokers``: Mosquittos bridged to the control plane's that the devices connect
+    to in turn (0: the devices connect to the control plane's broker);
+    ``sim_processes``: simulator processes (above 1, ``rates`` must be empty).
+
+    Raises:
+        ValueError: ``rates`` given with more than one simulator process.
+    """
+    if sim_processes > 1 and rates:
+        raise ValueError("telemetry rates need the fleet in one process (--sim-processes 1)")
     with tempfile.TemporaryDirectory(prefix="continuum-fleet-") as tmp:
         work = Path(tmp)
         port = free_port()
-        broker_dir = work / "mosquitto"
-        subprocess.run(["bash", str(MOSQUITTO_SH), "start", str(broker_dir), str(port)],
+        brokers = [work / "mosquitto"]
+        subprocess.run(["bash", str(MOSQUITTO_SH), "start", str(brokers[0]), str(port)],
                        check=True)
-        fed = sim_federation(1000, 1) if busy_tasks else sim_federation(1, 1)
-        fed["spec"]["sites"].append({"name": "fleet", "kind": "devices", "tier": "device",
-                                     "location": "dc",
-                                     "config": {"broker": f"mqtt://127.0.0.1:{port}"}})
+        ports = [port]
         server = None
-        fleet = Fleet(devices, port)
+        fleet: Fleet | ProcessFleet | None = None
         try:
+            if edge_brokers:
+                ports = []
+                for k in range(edge_brokers):
+                    brokers.append(work / f"edge-{k}")
+                    ports.append(free_port())
+                    subprocess.run(["bash", str(MOSQUITTO_SH), "start", str(brokers[-1]),
+                                    str(ports[-1])], check=True,
+                                   env={**os.environ, "MOSQUITTO_BRIDGE": f"127.0.0.1:{port}"})
+            fed = sim_federation(1000, 1) if busy_tasks else sim_federation(1, 1)
+            fed["spec"]["sites"].append({"name": "fleet", "kind": "devices", "tier": "device",
+                                         "location": "dc",
+                                         "config": {"broker": f"mqtt://127.0.0.1:{port}"}})
+            ids = device_ids(devices)
+            fleet = (ProcessFleet(ids, ports, sim_processes) if sim_processes > 1
+                     else Fleet(ids, ports))
             server = Server(work, fed)
             http = httpx.Client(timeout=60)
             t0 = time.monotonic()
             fleet.start()
             visible: float | None = None
-            names = {d.id for d in fleet.devices}
+            names = set(ids)
             seen: set[str] = set()
             while time.monotonic() - t0 < surge_timeout:
                 seen = devices_visible(server, http) & names
@@ -329,8 +435,12 @@ def run(devices: int, rates: list[float], *, seconds: float = 20.0,
                 time.sleep(1)
                 telemetry_seen(server, http)
             idle = (server.cpu_seconds() - cpu0) / (time.monotonic() - t1) * 100
+            if isinstance(fleet, ProcessFleet):
+                acked = fleet.stop()
+            else:
+                acked = sum(d.hello_acked for d in fleet.devices)
             out = FleetResult(devices, fleet.connect_seconds, visible, devices - len(seen),
-                              idle, sum(d.hello_acked for d in fleet.devices))
+                              idle, acked)
             busy: threading.Thread | None = None
             if busy_tasks:
                 assert server is not None
@@ -339,6 +449,7 @@ def run(devices: int, rates: list[float], *, seconds: float = 20.0,
                     srv.url, srv.headers, busy_tasks // 10, 4)), daemon=True)
                 busy.start()
             for rate in rates:
+                assert isinstance(fleet, Fleet)
                 r = measure_rate(server, fleet, http, rate, seconds, drain_timeout)
                 print(f"fleet={devices} rate={rate:g}/s: sent {r.sent}, server CPU "
                       f"{r.cpu_percent:.0f} %, lag median {r.lag_median_s:.2f} s max "
@@ -347,12 +458,17 @@ def run(devices: int, rates: list[float], *, seconds: float = 20.0,
             http.close()
             return out
         finally:
-            fleet.stop_event.set()
-            if fleet.is_alive():
-                fleet.join(timeout=30)
+            if isinstance(fleet, Fleet):
+                fleet.stop_event.set()
+                if fleet.is_alive():
+                    fleet.join(timeout=30)
+            elif fleet is not None:
+                for proc in fleet.procs:
+                    proc.kill()
             if server is not None:
                 server.stop()
-            subprocess.run(["bash", str(MOSQUITTO_SH), "stop", str(broker_dir)], check=False)
+            for b in reversed(brokers):
+                subprocess.run(["bash", str(MOSQUITTO_SH), "stop", str(b)], check=False)
 
 
 def table(results: list[FleetResult], busy_tasks: int = 0) -> str:
@@ -394,6 +510,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="seconds to wait for every device to be visible (default 60)")
     ap.add_argument("--busy-tasks", type=int, default=0,
                     help="live tasks submitted during the telemetry phases (default 0)")
+    ap.add_argument("--edge-brokers", type=int, default=0,
+                    help="Mosquittos bridged to the control plane's that the devices "
+                         "connect to in turn (default 0: the devices connect to it "
+                         "directly); each broker holds at most `ulimit -n` connections")
+    ap.add_argument("--sim-processes", type=int, default=1,
+                    help="simulator processes sharing the devices (default 1; above 1 "
+                         "the surge and idle phases only: give --rates no value)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,8 +524,11 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.sim_processes > 1 and args.rates:
+        ap.error("--sim-processes above 1 runs the surge only: give --rates no value")
     results = [run(n, args.rates, seconds=args.fleet_seconds,
-                   surge_timeout=args.surge_timeout, busy_tasks=args.busy_tasks)
+                   surge_timeout=args.surge_timeout, busy_tasks=args.busy_tasks,
+                   edge_brokers=args.edge_brokers, sim_processes=args.sim_processes)
                for n in args.devices]
     print()
     print(table(results, args.busy_tasks))

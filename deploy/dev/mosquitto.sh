@@ -14,6 +14,11 @@
 # port accepts connections. `stop` stops it and waits for it to exit. Prints nothing
 # but errors. Installs the Debian package `mosquitto` with apt-get if the binary is
 # missing and we are root.
+#
+# With MOSQUITTO_BRIDGE=HOST:PORT in the environment, `start` makes an edge broker: it
+# bridges `continuum/#` both ways (QoS 1, retain flags kept) to the broker at HOST:PORT,
+# as a site's own broker would to the control plane's (bench/control_plane/fleet.py
+# spreads a fleet larger than one process's file descriptors over several of them).
 set -euo pipefail
 
 die() { echo "mosquitto.sh: $*" >&2; exit 1; }
@@ -74,6 +79,15 @@ start() {
     if [ -n "$certfile" ]; then
       echo "certfile $certfile"
       echo "keyfile $keyfile"
+    fi
+    if [ -n "${MOSQUITTO_BRIDGE:-}" ]; then
+      echo "connection edge-$port"
+      echo "address ${MOSQUITTO_BRIDGE}"
+      echo "topic continuum/# both 1"
+      echo "bridge_protocol_version mqttv311"
+      echo "try_private true"
+      echo "notifications false"
+      echo "cleansession true"
     fi
   } >"$dir/mosquitto.conf"
   "$bin" -c "$dir/mosquitto.conf" >>"$dir/mosquitto.log" 2>&1 &
