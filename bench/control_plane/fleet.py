@@ -82,8 +82,9 @@ MOSQUITTO_SH = REPO / "deploy" / "dev" / "mosquitto.sh"
 class SimDevice:
     """One simulated device: a paho client that announces itself on connect."""
 
-    def __init__(self, device_id: str, port: int) -> None:
+    def __init__(self, device_id: str, port: int, source: str = "") -> None:
         self.id = device_id
+        self.source = source
         self.connected = False
         self.announce_pending = False
         self.hello_mid: int | None = None
@@ -138,14 +139,28 @@ def device_ids(n: int) -> list[str]:
     return [f"simdev-{i:06d}" for i in range(n)]
 
 
-class Fleet(threading.Thread):
-    """:class:`SimDevice` ``ids[i]`` on broker port ``ports[i % len(ports)]``, driven by
-    one select loop in this thread; ``rate`` (settable) is the total telemetry
-    messages/s, 0 for none."""
+PER_SOURCE = 20_000
+"""Devices per loopback source address: Linux's ephemeral ports (32768–60999 by
+default) run out near 28,000 connections from one address."""
 
-    def __init__(self, ids: list[str], ports: list[int]) -> None:
+
+def source_address(i: int) -> str:
+    """Device ``i``'s loopback source address: ``127.0.0.1`` for the first
+    :data:`PER_SOURCE`, then ``127.0.1.1``, ``127.0.2.1``, ..."""
+    return f"127.0.{i // PER_SOURCE}.1"
+
+
+class Fleet(threading.Thread):
+    """:class:`SimDevice` ``ids[i]`` on broker port ``ports[i % len(ports)]`` from source
+    address ``sources[i]`` (default :func:`source_address`), driven by one select loop in
+    this thread; ``rate`` (settable) is the total telemetry messages/s, 0 for none."""
+
+    def __init__(self, ids: list[str], ports: list[int],
+                 sources: list[str] | None = None) -> None:
         super().__init__(daemon=True)
-        self.devices = [SimDevice(d, ports[i % len(ports)]) for i, d in enumerate(ids)]
+        sources = sources or [source_address(i) for i in range(len(ids))]
+        self.devices = [SimDevice(d, ports[i % len(ports)], sources[i])
+                        for i, d in enumerate(ids)]
         self.rate = 0.0
         self.sent = 0
         self.stop_event = threading.Event()
@@ -165,7 +180,7 @@ class Fleet(threading.Thread):
         sel = selectors.DefaultSelector()
         t0 = time.monotonic()
         for d in self.devices:  # the surge: connect every device as fast as we can
-            d.client.connect("127.0.0.1", d.port, keepalive=60)
+            d.client.connect("127.0.0.1", d.port, keepalive=60, bind_address=d.source)
             sock = d.client.socket()
             if sock is None:
                 raise RuntimeError(f"{d.id}: no socket after connect")
@@ -217,12 +232,12 @@ class Fleet(threading.Thread):
                 d.client.loop_write()
 
 
-def _fleet_process(ids: list[str], ports: list[int],
+def _fleet_process(ids: list[str], ports: list[int], sources: list[str],
                    conn: multiprocessing.connection.Connection) -> None:
     """A :class:`Fleet` in a process of its own (:class:`ProcessFleet`): sends its
     connect time once every device's connect is under way, then, when asked (any
     message), how many Hellos the broker acknowledged, and stops."""
-    fleet = Fleet(ids, ports)
+    fleet = Fleet(ids, ports, sources)
     fleet.start()
     while not fleet.connected.wait(0.5):
         if fleet.error or not fleet.is_alive():
@@ -251,7 +266,8 @@ class ProcessFleet:
             self.conns.append(parent)
             self.procs.append(ctx.Process(
                 target=_fleet_process, daemon=True,
-                args=([ids[i] for i in mine], [ports[i % len(ports)] for i in mine], child)))
+                args=([ids[i] for i in mine], [ports[i % len(ports)] for i in mine],
+                      [source_address(i) for i in mine], child)))
         self._connect: list[float] = []
 
     def start(self) -> None:
@@ -319,6 +335,14 @@ def devices_visible(server: Server, http: httpx.Client) -> set[str]:
         if not page.get("next"):
             return out
         params["cursor"] = page["next"]
+
+
+def devices_listed(server: Server, http: httpx.Client) -> int:
+    """How many devices ``GET /v1/devices`` lists (its ``total``, from a page of one: the
+    surge's frequent check, which must not load the server with serialising the fleet)."""
+    page = http.get(f"{server.url}/v1/devices", headers=server.headers,
+                    params={"limit": 1}).json()
+    return int(page["total"])
 
 
 def telemetry_seen(server: Server, http: httpx.Client) -> dict[str, float]:
@@ -420,12 +444,21 @@ def run(devices: int, rates: list[float], *, seconds: float = 20.0,
             visible: float | None = None
             names = set(ids)
             seen: set[str] = set()
+            said = t0
             while time.monotonic() - t0 < surge_timeout:
-                seen = devices_visible(server, http) & names
-                if len(seen) == devices:
-                    visible = time.monotonic() - t0
-                    break
+                listed = devices_listed(server, http)
+                if time.monotonic() - said >= 10:
+                    said = time.monotonic()
+                    print(f"fleet={devices}: {listed} listed after {said - t0:.0f} s",
+                          flush=True)
+                if listed >= devices:  # then check every Hello
+                    seen = devices_visible(server, http) & names
+                    if len(seen) == devices:
+                        visible = time.monotonic() - t0
+                        break
                 time.sleep(0.5)
+            else:
+                seen = devices_visible(server, http) & names
             print(f"fleet={devices}: connected in {fleet.connect_seconds:.1f} s, "
                   f"{len(seen)}/{devices} visible"
                   + (f" after {visible:.1f} s" if visible is not None else
