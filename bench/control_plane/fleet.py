@@ -166,6 +166,7 @@ class Fleet(threading.Thread):
         self.stop_event = threading.Event()
         self.connect_seconds = 0.0
         self.connected = threading.Event()  # every device's connect is under way
+        self.dropped = 0  # connections the broker closed (not reconnected)
         self.lock = threading.Lock()  # taken by readers of SimDevice.sent
         self.error: str | None = None  # why the loop stopped, if it failed
 
@@ -178,8 +179,8 @@ class Fleet(threading.Thread):
 
     def _run(self) -> None:
         sel = selectors.DefaultSelector()
-        t0 = time.monotonic()
-        for d in self.devices:  # the surge: connect every device as fast as we can
+        t0 = last_misc = time.monotonic()
+        for i, d in enumerate(self.devices):  # the surge: connect all as fast as we can
             d.client.connect("127.0.0.1", d.port, keepalive=60, bind_address=d.source)
             sock = d.client.socket()
             if sock is None:
@@ -188,9 +189,13 @@ class Fleet(threading.Thread):
             if d.client.want_write():
                 d.client.loop_write()
             for key, _ in sel.select(0):
-                key.data.client.loop_read()
+                self._read_one(sel, key)
                 if key.data.announce_pending:
                     key.data.announce()
+            if time.monotonic() - last_misc > 1:  # keepalive pings of those connected
+                last_misc = time.monotonic()
+                for c in self.devices[:i]:
+                    c.client.loop_misc()
         self.connect_seconds = time.monotonic() - t0
         self.connected.set()
         nxt = 0
@@ -218,10 +223,19 @@ class Fleet(threading.Thread):
             self._pump(sel, 0)
         sel.close()
 
-    @staticmethod
-    def _read(sel: selectors.BaseSelector, timeout: float) -> None:
+    def _read_one(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        """Read what the broker sent device ``key.data``; a connection the broker closed
+        leaves the selector (its descriptor number is reused by the next socket)."""
+        d = key.data
+        d.client.loop_read()
+        if d.client.socket() is not key.fileobj:
+            sel.unregister(key.fileobj)
+            d.connected = False
+            self.dropped += 1
+
+    def _read(self, sel: selectors.BaseSelector, timeout: float) -> None:
         for key, _ in sel.select(timeout):
-            key.data.client.loop_read()
+            self._read_one(sel, key)
 
     def _pump(self, sel: selectors.BaseSelector, timeout: float) -> None:
         self._read(sel, timeout)
@@ -245,7 +259,7 @@ def _fleet_process(ids: list[str], ports: list[int], sources: list[str],
             return
     conn.send(("connected", fleet.connect_seconds))
     conn.recv()
-    conn.send(("acked", sum(d.hello_acked for d in fleet.devices)))
+    conn.send(("acked", sum(d.hello_acked for d in fleet.devices), fleet.dropped))
     fleet.stop_event.set()
     fleet.join(timeout=60)
 
@@ -284,17 +298,19 @@ class ProcessFleet:
             self._connect.append(value)
         return max(self._connect)
 
-    def stop(self) -> int:
-        """Stops every process; returns how many Hellos the broker acknowledged."""
+    def stop(self) -> tuple[int, int]:
+        """Stops every process; returns how many Hellos the broker acknowledged and how
+        many connections it closed."""
         self.connect_seconds  # noqa: B018 — each process reports its connect time first
-        acked = 0
+        acked = dropped = 0
         for c in self.conns:
             c.send("stop")
         for c in self.conns:
-            acked += c.recv()[1]
+            _, a, dr = c.recv()
+            acked, dropped = acked + a, dropped + dr
         for p in self.procs:
             p.join(timeout=60)
-        return acked
+        return acked, dropped
 
 
 @dataclass
@@ -469,9 +485,12 @@ def run(devices: int, rates: list[float], *, seconds: float = 20.0,
                 telemetry_seen(server, http)
             idle = (server.cpu_seconds() - cpu0) / (time.monotonic() - t1) * 100
             if isinstance(fleet, ProcessFleet):
-                acked = fleet.stop()
+                acked, dropped = fleet.stop()
             else:
-                acked = sum(d.hello_acked for d in fleet.devices)
+                acked, dropped = sum(d.hello_acked for d in fleet.devices), fleet.dropped
+            if dropped:
+                print(f"fleet={devices}: the brokers closed {dropped} simulated devices' "
+                      "connections (not reconnected)", flush=True)
             out = FleetResult(devices, fleet.connect_seconds, visible, devices - len(seen),
                               idle, acked)
             busy: threading.Thread | None = None
