@@ -2,12 +2,13 @@
 the agent and nothing of the server.
 
 Aspects: a real agent, started as ``python -m edge_agent.cli run`` against a real
-Mosquitto and left idle after its first telemetry, never imports a server package (nor
-httpx, which only fetching or uploading an artifact and ``enroll`` load, nor
-cryptography, which the first signed command loads); every third-party distribution the
+Mosquitto and left idle after its first telemetry, never imports a server package, nor
+httpx (which only fetching or uploading an artifact and ``enroll`` load), nor
+cryptography (which the first signed command loads), nor what only the base install's
+client CLI ``continuum`` uses (typer, rich, PyYAML); every third-party distribution the
 agent's modules import, at start or later, is a base dependency of pyproject.toml or one
-of theirs, and no server package is a base dependency. The idle
-agent's RSS is measured in bench/RESULTS.md (``bench/agent_rss.sh``), not asserted here.
+of theirs, and no server package is a base dependency. The idle agent's RSS is measured
+in bench/RESULTS.md (``bench/agent_rss.sh``), not asserted here.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ packages provide)."""
 LAZY = frozenset({"httpx", "cryptography"})
 """Base dependencies an idle agent does not load: httpx (artifact transfer and enrolment
 only) and cryptography (verifying a signed command)."""
+CLIENT_ONLY = frozenset({"typer", "click", "rich", "yaml"})
+"""Top-level modules of base dependencies the agent never loads: the client CLI
+(``continuum``, control_plane/cli.py) is typer and rich and reads YAML; the agent's own
+command line is argparse."""
 
 
 def imported_roots(log: str) -> set[str]:
@@ -59,6 +64,7 @@ def test_an_idle_agent_loads_no_server_package(agents: AgentFactory, observer: O
     assert {"edge_agent", "paho", "pydantic", "psutil"} <= roots, sorted(roots)  # it parsed
     assert not roots & SERVER_ONLY, sorted(roots & SERVER_ONLY)
     assert not roots & LAZY, sorted(roots & LAZY)
+    assert not roots & CLIENT_ONLY, sorted(roots & CLIENT_ONLY)
 
 
 def _base_closure() -> set[str]:
@@ -94,6 +100,7 @@ def test_the_base_install_carries_what_the_agent_imports() -> None:
     loaded = set(json.loads(out))
     roots = {m.split(".")[0] for m in loaded} - set(sys.stdlib_module_names)
     assert not roots & SERVER_ONLY, sorted(roots & SERVER_ONLY)
+    assert not roots & CLIENT_ONLY, sorted(roots & CLIENT_ONLY)
     # the server's models (every schema built: ~30 ms of start-up) stay out; the few types
     # the agent shares come from continuum.base
     assert "continuum.model" not in loaded and "continuum.base" in loaded
@@ -101,6 +108,6 @@ def test_the_base_install_carries_what_the_agent_imports() -> None:
     # and what it loads later (LAZY; not imported here: httpx would also load the click
     # and rich of its optional CLI where the environment has them)
     dists = {canonicalize_name(d) for r in roots | LAZY for d in owners.get(r, [])} - {"continuum"}
-    assert {"pydantic", "paho-mqtt", "psutil", "typer", "cryptography"} <= dists, dists
+    assert {"pydantic", "paho-mqtt", "psutil", "cryptography"} <= dists, dists
     closure = _base_closure()
     assert dists <= closure, f"imported by the agent, not in the base install: {dists - closure}"
