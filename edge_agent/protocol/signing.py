@@ -20,10 +20,13 @@ refuse replays stay few (it forgets a nonce once its command has expired). A com
 queued longer than that (an agent offline for minutes) is refused as expired and
 reported, so the control plane places the run again instead of it starting late.
 
-Why ``cryptography`` is imported inside the functions: an idle agent holds its command
-key as the raw 32 bytes (:func:`public_key_bytes`) and loads the library (about 7 MB of
-resident memory) at the first command it verifies (issue 16's lean agent,
-``bench/agent_rss.sh``).
+Why the agent verifies with PyNaCl (libsodium) while the control plane signs with
+``cryptography``: loading cryptography's Ed25519 (its own OpenSSL) costs a process about
+8 MB of resident memory, PyNaCl about 2 MB (issue 16's lean agent,
+``bench/agent_rss.sh``). An Ed25519 signature is the same bytes to both. Neither is
+imported before it is needed: an idle agent holds its command key as the raw 32 bytes
+(:func:`public_key_bytes`) and loads PyNaCl at the first command it verifies;
+``cryptography`` only reads a PEM key.
 """
 
 from __future__ import annotations
@@ -99,18 +102,17 @@ def verify_signature(obj: Mapping[str, Any], key: Ed25519PublicKey | bytes) -> N
         CommandRefused: ``unsigned`` (no signature) or ``bad-signature`` (not base64, or
             not made by the key's private half over these bytes).
     """
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
 
     sig = obj.get("signature")
     if not sig:
         raise CommandRefused("unsigned", "the command carries no signature")
-    if isinstance(key, bytes):
-        key = Ed25519PublicKey.from_public_bytes(key)
     try:
         raw = base64.b64decode(str(sig), validate=True)
-        key.verify(raw, canonical_json(obj))
-    except (binascii.Error, ValueError, InvalidSignature) as e:
+        VerifyKey(key if isinstance(key, bytes) else key.public_bytes_raw()).verify(
+            canonical_json(obj), raw)
+    except (binascii.Error, ValueError, BadSignatureError) as e:
         raise CommandRefused("bad-signature", "the signature does not match the control "
                              "plane's command key (is this agent enrolled with this control "
                              "plane?)") from e

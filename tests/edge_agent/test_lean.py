@@ -4,10 +4,12 @@ the agent and nothing of the server.
 Aspects: a real agent, started as ``python -m edge_agent.cli run`` against a real
 Mosquitto and left idle after its first telemetry, never imports a server package, nor
 httpx (which only fetching or uploading an artifact and ``enroll`` load), nor
-cryptography (which the first signed command loads), nor what only the base install's
+cryptography (which only a PEM command key loads) or PyNaCl (which the first signed
+command loads), nor what only the base install's
 client CLI ``continuum`` uses (typer, rich, PyYAML); every third-party distribution the
 agent's modules import, at start or later, is a base dependency of pyproject.toml or one
-of theirs, and no server package is a base dependency. The idle agent's RSS is measured
+of theirs, and no server package is a base dependency. An agent that ran a signed
+command has loaded PyNaCl and still not cryptography. The idle agent's RSS is measured
 in bench/RESULTS.md (``bench/agent_rss.sh``), not asserted here.
 """
 
@@ -39,9 +41,9 @@ SERVER_ONLY = frozenset({
 """Top-level modules an agent must not load (what the ``server`` extra and the server's
 packages provide)."""
 
-LAZY = frozenset({"httpx", "cryptography"})
+LAZY = frozenset({"httpx", "nacl", "cryptography"})
 """Base dependencies an idle agent does not load: httpx (artifact transfer and enrolment
-only) and cryptography (verifying a signed command)."""
+only), PyNaCl (verifying a signed command) and cryptography (reading a PEM command key)."""
 CLIENT_ONLY = frozenset({"typer", "click", "rich", "yaml"})
 """Top-level modules of base dependencies the agent never loads: the client CLI
 (``continuum``, control_plane/cli.py) is typer and rich and reads YAML; the agent's own
@@ -65,6 +67,19 @@ def test_an_idle_agent_loads_no_server_package(agents: AgentFactory, observer: O
     assert not roots & SERVER_ONLY, sorted(roots & SERVER_ONLY)
     assert not roots & LAZY, sorted(roots & LAZY)
     assert not roots & CLIENT_ONLY, sorted(roots & CLIENT_ONLY)
+
+
+def test_an_agent_that_ran_a_signed_command_verified_it_without_cryptography(
+        agents: AgentFactory, observer: Observer) -> None:
+    a = agents.spawn(None, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    wait_for(lambda: observer.latest(topic(a.device_id, "telemetry")), 15,
+             message=lambda: f"first telemetry; log:\n{a.logs()[-3000:]}")
+    assert observer.wait_run(a.device_id, observer.run(a.device_id, argv=["true"])).state \
+        == "Succeeded", a.logs()[-3000:]
+    assert a.terminate() == 0, a.logs()[-3000:]
+    roots = imported_roots(a.logs())
+    assert "nacl" in roots, sorted(roots)
+    assert not roots & ({"cryptography", "httpx"} | SERVER_ONLY | CLIENT_ONLY), sorted(roots)
 
 
 def _base_closure() -> set[str]:
@@ -108,6 +123,6 @@ def test_the_base_install_carries_what_the_agent_imports() -> None:
     # and what it loads later (LAZY; not imported here: httpx would also load the click
     # and rich of its optional CLI where the environment has them)
     dists = {canonicalize_name(d) for r in roots | LAZY for d in owners.get(r, [])} - {"continuum"}
-    assert {"pydantic", "paho-mqtt", "psutil", "cryptography"} <= dists, dists
+    assert {"pydantic", "paho-mqtt", "psutil", "pynacl", "cryptography"} <= dists, dists
     closure = _base_closure()
     assert dists <= closure, f"imported by the agent, not in the base install: {dists - closure}"
