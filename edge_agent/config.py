@@ -11,7 +11,6 @@ import re
 import shlex
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from continuum.base import Tier
@@ -129,9 +128,9 @@ class AgentConfig(BaseModel):
     @classmethod
     def _key(cls, v: str | None) -> str | None:
         if v is not None:
-            from edge_agent.protocol.signing import load_public_key
+            from edge_agent.protocol.signing import public_key_bytes
 
-            load_public_key(v)
+            public_key_bytes(v)
         return v
 
     @field_validator("allow_command")
@@ -146,17 +145,18 @@ class AgentConfig(BaseModel):
     def address(self) -> BrokerAddress:
         return parse_broker_url(self.broker)
 
-    def command_public_key(self) -> Ed25519PublicKey | None:
-        """The key commands must be signed with: ``command_key``, else ``commandKey`` of
-        ``<state_dir>/enrollment.json``; ``None`` when neither is there.
+    def command_public_key(self) -> bytes | None:
+        """The key commands must be signed with, as its raw 32 bytes (what
+        :func:`~edge_agent.protocol.signing.verify_signature` takes): ``command_key``, else
+        ``commandKey`` of ``<state_dir>/enrollment.json``; ``None`` when neither is there.
 
         Raises:
             ValueError: the enrolment file is not JSON or its ``commandKey`` is no key.
         """
-        from edge_agent.protocol.signing import load_public_key
+        from edge_agent.protocol.signing import public_key_bytes
 
         if self.command_key is not None:
-            return load_public_key(self.command_key)
+            return public_key_bytes(self.command_key)
         path = self.state_dir / ENROLLMENT_FILE
         try:
             data = json.loads(path.read_text())
@@ -168,6 +168,6 @@ class AgentConfig(BaseModel):
         if not key:
             return None
         try:
-            return load_public_key(str(key))
+            return public_key_bytes(str(key))
         except ValueError as e:
             raise ValueError(f"{path}: commandKey: {e}") from e

@@ -19,6 +19,14 @@ a captured command is useless soon after, and that the nonces an agent must reme
 refuse replays stay few (it forgets a nonce once its command has expired). A command
 queued longer than that (an agent offline for minutes) is refused as expired and
 reported, so the control plane places the run again instead of it starting late.
+
+Why the agent verifies with PyNaCl (libsodium) while the control plane signs with
+``cryptography``: loading cryptography's Ed25519 (its own OpenSSL) costs a process about
+8 MB of resident memory, PyNaCl about 2 MB (issue 16's lean agent,
+``bench/agent_rss.sh``). An Ed25519 signature is the same bytes to both. Neither is
+imported before it is needed: an idle agent holds its command key as the raw 32 bytes
+(:func:`public_key_bytes`) and loads PyNaCl at the first command it verifies;
+``cryptography`` only reads a PEM key.
 """
 
 from __future__ import annotations
@@ -31,12 +39,12 @@ import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 COMMAND_TTL_S = 300.0
 """Default lifetime (s) of a signed command; see the module docstring for why."""
@@ -86,20 +94,25 @@ def sign_command(cmd: BaseModel, device_id: str, sign: Signer, *,
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def verify_signature(obj: Mapping[str, Any], key: Ed25519PublicKey) -> None:
-    """Check ``obj['signature']`` against :func:`canonical_json` of ``obj``.
+def verify_signature(obj: Mapping[str, Any], key: Ed25519PublicKey | bytes) -> None:
+    """Check ``obj['signature']`` against :func:`canonical_json` of ``obj``; ``key`` is the
+    public key, or its raw 32 bytes (:func:`public_key_bytes`).
 
     Raises:
         CommandRefused: ``unsigned`` (no signature) or ``bad-signature`` (not base64, or
             not made by the key's private half over these bytes).
     """
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
     sig = obj.get("signature")
     if not sig:
         raise CommandRefused("unsigned", "the command carries no signature")
     try:
         raw = base64.b64decode(str(sig), validate=True)
-        key.verify(raw, canonical_json(obj))
-    except (binascii.Error, ValueError, InvalidSignature) as e:
+        VerifyKey(key if isinstance(key, bytes) else key.public_bytes_raw()).verify(
+            canonical_json(obj), raw)
+    except (binascii.Error, ValueError, BadSignatureError) as e:
         raise CommandRefused("bad-signature", "the signature does not match the control "
                              "plane's command key (is this agent enrolled with this control "
                              "plane?)") from e
@@ -131,6 +144,8 @@ def check_validity(device_id: str, addressee: str, issued_at: datetime, expires_
 
 def encode_public_key(key: Ed25519PublicKey) -> str:
     """Base64 of the raw 32-byte public key (what enrolment hands out as ``commandKey``)."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
 
@@ -142,20 +157,35 @@ def load_public_key(value: str | bytes) -> Ed25519PublicKey:
     Raises:
         ValueError: none of these, or not an Ed25519 key (the message says which).
     """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return Ed25519PublicKey.from_public_bytes(public_key_bytes(value))
+
+
+def public_key_bytes(value: str | bytes) -> bytes:
+    """The raw 32 bytes of an Ed25519 public key given as :func:`load_public_key` takes it;
+    only PEM loads ``cryptography`` (any 32 bytes are a key to it: it checks the length).
+
+    Raises:
+        ValueError: none of these forms, or not an Ed25519 key (the message says which).
+    """
     if isinstance(value, str) and value and os.path.isfile(value):
         value = Path(value).read_bytes()
     data = value.encode() if isinstance(value, str) else bytes(value)
     text = data.strip()
     if text.startswith(b"-----BEGIN"):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             key = serialization.load_pem_public_key(text)
         except ValueError as e:
             raise ValueError(f"not a PEM public key: {e}") from e
         if not isinstance(key, Ed25519PublicKey):
             raise ValueError(f"the PEM key is {type(key).__name__}, not Ed25519")
-        return key
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     if len(data) == 32:
-        return Ed25519PublicKey.from_public_bytes(data)
+        return data
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -163,4 +193,4 @@ def load_public_key(value: str | bytes) -> Ed25519PublicKey:
                          "holding one") from e
     if len(raw) != 32:
         raise ValueError(f"a command key is 32 raw bytes; this base64 decodes to {len(raw)}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return raw

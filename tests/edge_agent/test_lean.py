@@ -2,11 +2,15 @@
 the agent and nothing of the server.
 
 Aspects: a real agent, started as ``python -m edge_agent.cli run`` against a real
-Mosquitto and left idle after its first telemetry, never imports a server package (nor
-httpx, which only fetching or uploading an artifact and ``enroll`` load); every
-third-party distribution the agent's modules import is a base dependency of
-pyproject.toml or one of theirs, and no server package is a base dependency. The idle
-agent's RSS is measured in bench/RESULTS.md (``bench/agent_rss.sh``), not asserted here.
+Mosquitto and left idle after its first telemetry, never imports a server package, nor
+httpx (which only fetching or uploading an artifact and ``enroll`` load), nor
+cryptography (which only a PEM command key loads) or PyNaCl (which the first signed
+command loads), nor what only the base install's
+client CLI ``continuum`` uses (typer, rich, PyYAML); every third-party distribution the
+agent's modules import, at start or later, is a base dependency of pyproject.toml or one
+of theirs, and no server package is a base dependency. An agent that ran a signed
+command has loaded PyNaCl and still not cryptography. The idle agent's RSS is measured
+in bench/RESULTS.md (``bench/agent_rss.sh``), not asserted here.
 """
 
 from __future__ import annotations
@@ -37,8 +41,13 @@ SERVER_ONLY = frozenset({
 """Top-level modules an agent must not load (what the ``server`` extra and the server's
 packages provide)."""
 
-LAZY = frozenset({"httpx"})
-"""Base dependencies an idle agent does not load (artifact transfer and enrolment only)."""
+LAZY = frozenset({"httpx", "nacl", "cryptography"})
+"""Base dependencies an idle agent does not load: httpx (artifact transfer and enrolment
+only), PyNaCl (verifying a signed command) and cryptography (reading a PEM command key)."""
+CLIENT_ONLY = frozenset({"typer", "click", "rich", "yaml"})
+"""Top-level modules of base dependencies the agent never loads: the client CLI
+(``continuum``, control_plane/cli.py) is typer and rich and reads YAML; the agent's own
+command line is argparse."""
 
 
 def imported_roots(log: str) -> set[str]:
@@ -57,6 +66,20 @@ def test_an_idle_agent_loads_no_server_package(agents: AgentFactory, observer: O
     assert {"edge_agent", "paho", "pydantic", "psutil"} <= roots, sorted(roots)  # it parsed
     assert not roots & SERVER_ONLY, sorted(roots & SERVER_ONLY)
     assert not roots & LAZY, sorted(roots & LAZY)
+    assert not roots & CLIENT_ONLY, sorted(roots & CLIENT_ONLY)
+
+
+def test_an_agent_that_ran_a_signed_command_verified_it_without_cryptography(
+        agents: AgentFactory, observer: Observer) -> None:
+    a = agents.spawn(None, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    wait_for(lambda: observer.latest(topic(a.device_id, "telemetry")), 15,
+             message=lambda: f"first telemetry; log:\n{a.logs()[-3000:]}")
+    assert observer.wait_run(a.device_id, observer.run(a.device_id, argv=["true"])).state \
+        == "Succeeded", a.logs()[-3000:]
+    assert a.terminate() == 0, a.logs()[-3000:]
+    roots = imported_roots(a.logs())
+    assert "nacl" in roots, sorted(roots)
+    assert not roots & ({"cryptography", "httpx"} | SERVER_ONLY | CLIENT_ONLY), sorted(roots)
 
 
 def _base_closure() -> set[str]:
@@ -92,11 +115,14 @@ def test_the_base_install_carries_what_the_agent_imports() -> None:
     loaded = set(json.loads(out))
     roots = {m.split(".")[0] for m in loaded} - set(sys.stdlib_module_names)
     assert not roots & SERVER_ONLY, sorted(roots & SERVER_ONLY)
+    assert not roots & CLIENT_ONLY, sorted(roots & CLIENT_ONLY)
     # the server's models (every schema built: ~30 ms of start-up) stay out; the few types
     # the agent shares come from continuum.base
     assert "continuum.model" not in loaded and "continuum.base" in loaded
     owners = md.packages_distributions()
-    dists = {canonicalize_name(d) for r in roots for d in owners.get(r, [])} - {"continuum"}
-    assert {"pydantic", "paho-mqtt", "psutil", "typer", "cryptography"} <= dists, dists
+    # and what it loads later (LAZY; not imported here: httpx would also load the click
+    # and rich of its optional CLI where the environment has them)
+    dists = {canonicalize_name(d) for r in roots | LAZY for d in owners.get(r, [])} - {"continuum"}
+    assert {"pydantic", "paho-mqtt", "psutil", "pynacl", "cryptography"} <= dists, dists
     closure = _base_closure()
     assert dists <= closure, f"imported by the agent, not in the base install: {dists - closure}"
