@@ -53,6 +53,7 @@ from placement.framework import (
     DeltaCache,
     DynamicScore,
     Framework,
+    NodeDelta,
     ZeroDelta,
     default_framework,
     ratio_to_best,
@@ -363,6 +364,59 @@ class _GroupIndex:
         self.synced = len(changed)
 
 
+class _NodeTable:
+    """A :class:`~placement.framework.NodeDelta` plugin's value per node and its least
+    value per node class, kept in step with the assigner's change log (the per-class
+    bound of the joint class walk, :meth:`BatchAssigner._joint_walk`).
+
+    ``x``: float ``(n,)``, ``node_delta`` of every node as the snapshot stands; ``low``:
+    float ``(C,)``, the least ``x`` over each class's members (all of them, fitting or
+    not: a lower bound of the class's fitting ones); ``arg``: int ``(C,)``, the first
+    member (by node index) holding it; ``synced``: how much of the change log is in.
+    """
+
+    def __init__(self, plugin: NodeDelta, snap: Snapshot, classes: NodeClasses,
+                 synced: int) -> None:
+        self.plugin: object = plugin
+        self.delta = plugin.node_delta
+        self.rebuild(snap, classes, synced)
+
+    def rebuild(self, snap: Snapshot, classes: NodeClasses, synced: int) -> None:
+        """Every node afresh (``O(n)``)."""
+        x = np.asarray(self.delta(snap, np.arange(snap.n)), dtype=np.float64)
+        self.x = x
+        sizes = np.array([m.size for m in classes.members], dtype=np.int64)
+        if not sizes.size:
+            self.low, self.arg = np.zeros(0), np.zeros(0, dtype=np.int64)
+        else:
+            order = np.concatenate(classes.members)  # class by class, members ascending
+            xo = x[order]
+            low = np.minimum.reduceat(xo, np.cumsum(sizes) - sizes)
+            at = np.flatnonzero(xo == np.repeat(low, sizes))
+            seg = np.repeat(np.arange(sizes.size), sizes)[at]
+            self.low = low
+            self.arg = order[at[np.unique(seg, return_index=True)[1]]]
+        self.synced = synced
+
+    def sync(self, snap: Snapshot, classes: NodeClasses, changed: list[int]) -> None:
+        """Recompute the nodes changed since the last sync and their classes' least
+        value (``O(class size)`` each), or rebuild when many changed."""
+        new = changed[self.synced:]
+        if not new:
+            return
+        if len(new) > max(64, snap.n // 64):
+            self.rebuild(snap, classes, len(changed))
+            return
+        u = np.unique(np.array(new, dtype=np.int64))
+        self.x[u] = self.delta(snap, u)
+        for c in np.unique(classes.of[u]).tolist():
+            m = classes.members[c]
+            v = self.x[m]
+            j = int(v.argmin())
+            self.low[c], self.arg[c] = v[j], m[j]
+        self.synced = len(changed)
+
+
 class _Fitting:
     """The fitting nodes of one group for a CPU-only request (free cpu ≥ ``cpu``, free
     memory ≥ ``mem``) in (free cpu, position) order, materialised as far as asked:
@@ -460,6 +514,12 @@ class BatchAssigner:
     equal-cost classes through a per-group index sorted by free cpu (kept in step with
     :attr:`changed`), not a fit test over every member; False = the test (the path
     before; same placements)."""
+    joint_bound: bool = True
+    """With :attr:`prune_dynamic`: bound every dynamic term per node class together for a
+    CPU-only request when GPU fragmentation is not alone — measured load beside it, as the
+    control plane places (:meth:`_joint_walk`); the same placements as the exhaustive
+    evaluation. False = the capped evaluation of :attr:`dynamic_candidates` nodes (the
+    path before)."""
     keep: int = 1
     """How many of the best candidates a dynamic choice must know exactly: 1 for the
     choice; :class:`placement.plan.Planner` asks for the runners-up of an explanation
@@ -492,6 +552,7 @@ class BatchAssigner:
         """Bumped whenever free GPU units change (:meth:`_pressure`)."""
         self._pressures: dict[int, tuple[DynamicScore, int, float]] = {}
         self._gindex: dict[bytes, _GroupIndex] = {}
+        self._tables: dict[int, _NodeTable] = {}
         self.changed: list[int] = []
         """Node indices whose free capacity this assigner changed, in order (take,
         release): what per-node tables kept beside it (the explanations' filter counts)
@@ -622,6 +683,8 @@ class BatchAssigner:
                     and used[0][0].term == "fragmentation" and req.task.resources.gpu <= 0):
                 plugin, w, level = used[0]
                 return self._frag_walk(req, cc, plugin, w, level, w_static, skip)
+            if self._joint_applies(req, used):
+                return self._joint_walk(req, cc, used, w_static, skip)
             return self._assign_dynamic(req, cc, used, w_static, skip=skip)
         r = req.task.resources
         cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
@@ -665,8 +728,9 @@ class BatchAssigner:
 
     def _assign_dynamic(self, req: PlacementRequest, cc: ClassCosts,
                         dyns: list[tuple[DynamicScore, float, float]], w_static: float,
-                        skip: np.ndarray | None = None) -> int:
-        """Static class cost plus the dynamic terms over the fitting nodes.
+                        skip: np.ndarray | None = None, capped: bool = True) -> int:
+        """Static class cost plus the dynamic terms over the fitting nodes (``capped``
+        False: every fitting node of the band, whatever :attr:`dynamic_candidates`).
 
         A node's cost is ``(W_s·cost_class + Σ_p w_p·d_p) / (W_s + Σ_p w_p)`` with
         ``d_p = 1 − f / (x + f)``, ``x`` plugin ``p``'s raw cost minus its minimum over
@@ -724,7 +788,8 @@ class BatchAssigner:
         if not cand:
             return -1
         total_cand = sum(c.size for c in cand)
-        if self.dynamic_candidates is not None and total_cand > self.dynamic_candidates:
+        if capped and self.dynamic_candidates is not None \
+                and total_cand > self.dynamic_candidates:
             per = max(1, self.dynamic_candidates // len(cand))
             cand = [self._tightest(c, per, gpu) for c in cand]
         idx = np.concatenate(cand)
@@ -747,6 +812,237 @@ class BatchAssigner:
         best = np.flatnonzero(total <= total.min() + 1e-12)
         k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
         self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raws, ds, total)
+        return int(idx[k])
+
+    def _joint_applies(self, req: PlacementRequest,
+                       dyns: list[tuple[DynamicScore, float, float]]) -> bool:
+        """Whether :meth:`_joint_walk` places ``req``: a CPU-only request with
+        :attr:`prune_dynamic` and :attr:`joint_bound` on, and dynamic terms that are
+        :class:`~placement.framework.NodeDelta` ratio-to-best terms (measured load; at
+        least one) and at most one GPU-fragmentation term (shift-normalised)."""
+        if not (self.prune_dynamic and self.joint_bound) or req.task.resources.gpu > 0:
+            return False
+        local = frag = 0
+        for plugin, _, _ in dyns:
+            if provides(plugin, NodeDelta) and ratio_to_best(plugin):
+                local += 1
+            elif plugin.term == "fragmentation" and not ratio_to_best(plugin):
+                frag += 1
+            else:
+                return False
+        return local > 0 and frag <= 1
+
+    def _node_table(self, plugin: DynamicScore) -> _NodeTable:
+        """``plugin``'s :class:`_NodeTable`, synced with :attr:`changed`."""
+        assert self.classes is not None
+        held = self._tables.get(id(plugin))
+        if held is None or held.plugin is not plugin:
+            held = self._tables[id(plugin)] = _NodeTable(
+                cast(NodeDelta, plugin), self.snap, self.classes, len(self.changed))
+        else:
+            held.sync(self.snap, self.classes, self.changed)
+        return held
+
+    def _joint_walk(self, req: PlacementRequest, cc: ClassCosts,
+                    dyns: list[tuple[DynamicScore, float, float]], w_static: float,
+                    skip: np.ndarray | None = None) -> int:
+        """:meth:`_assign_dynamic` for a CPU-only request whose dynamic terms are measured
+        load (any :class:`~placement.framework.NodeDelta`) and GPU fragmentation, bounded
+        per node class together: the exhaustive evaluation's choice — every fitting node
+        of the band, ``capped=False`` — and its :attr:`keep` best totals, evaluating few
+        classes.
+
+        A node's total is ``(W_s·cost_class + Σ_p w_p·d_p) / W`` (:meth:`_assign_dynamic`).
+        Per node class a lower bound of it is the sum of each term's own lower bound,
+        weighted as the framework weights the term:
+
+        * a :class:`~placement.framework.NodeDelta` term ``x`` (ratio to the best,
+          ``d = 1 − (low + f) / (x + f)``): ``low``, the least ``x`` over the band's
+          fitting nodes, is found exactly from the per-class least values of the
+          :class:`_NodeTable` (a class's least member usually fits; a class whose least
+          one does not is scanned while its least value is below the ``low`` found), and
+          ``x ≥`` the class's least value over all its members bounds ``d``. Valid
+          because ``node_delta`` reads only the node itself and its free capacity changes
+          only through :meth:`take`/:meth:`release` (the change log), or a restore that
+          drops the tables (:meth:`_best_of`), and is the same for every request;
+        * GPU fragmentation: a CPU-only request has ``ΔF ≥ 0`` and ``ΔF = 0`` on a node
+          without a free GPU, so once such a node is among the fitting nodes of the band
+          the term's minimum is 0 and ``d ≥ 0`` (bound 0 per class); within an evaluated
+          class :meth:`~placement.framework.BoundsDelta.growth_bound` bounds it per node,
+          and ``ΔF`` is computed only where that bound can still rank.
+
+        Classes are evaluated by ascending bound (ties in the exhaustive order); the walk
+        stops at the first whose bound is above both the best exact total found (plus
+        the choice's 1e-12 tie band) and the :attr:`keep`-th best, by 1e-9 — such a class,
+        and every later one, cannot hold the choice, a tied node, or a runner-up. The
+        exact totals are computed as :meth:`_assign_dynamic` computes them (same
+        normalisers, same order of summation), so ties break alike (least free cpu, then
+        the exhaustive order). Falls back to the exhaustive evaluation when no fitting
+        node of the band is known at ``ΔF = 0`` (the fragmentation minimum is unknown).
+        :attr:`last_dynamic` lists the nodes evaluated exactly, in the exhaustive order.
+        """
+        assert self.classes is not None
+        r = req.task.resources
+        cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
+        s, cl = self.snap, self.classes
+        members = cl.members
+        w_dyn = sum(w for _, w, _ in dyns)
+        wsum = w_static + w_dyn
+        keep = max(1, self.keep)
+        # the band of the exhaustive evaluation, as _assign_dynamic finds it
+        order = cc.order
+        room = np.flatnonzero((self._ub_cpu[order] >= cpu) & (self._ub_mem[order] >= mem)
+                              & (self._ub_gpu[order] >= gpu))
+        k = 0
+        first: float | None = None
+        while k < room.size and first is None:
+            c = int(order[room[k]])
+            k += 1
+            if self._fits(members[c], cpu, mem, gpu, skip).any():
+                first = float(cc.cost[c])
+            elif skip is None:
+                self._refresh_bounds(c)
+        if first is None:
+            return -1
+        rest = room[k:]
+        rest = rest[w_static * (cc.cost[order[rest]] - first) <= w_dyn]
+        pos = np.concatenate([room[k - 1:k], rest])  # positions in cc.order
+        band = order[pos]
+        locs = [(p, w, self._node_table(p)) for p, w, _ in dyns if provides(p, NodeDelta)]
+        frag = next(((p, w, lv) for p, w, lv in dyns if not provides(p, NodeDelta)), None)
+        lows: dict[str, float] = {}
+        bound = w_static * cc.cost[band]
+        zero = frag is None
+        for p, w, t in locs:  # each term's normaliser over the band's fitting nodes, exact
+            least = np.maximum(t.low[band], 0.0)
+            arg = t.arg[band]
+            ok = self._fits(arg, cpu, mem, gpu, skip)
+            low = float(least[ok].min()) if ok.any() else np.inf
+            if not zero:  # a fitting node without a free GPU: ΔF = 0 there
+                zero = bool((ok & ~s.gpu_slots[arg].any(axis=1)).any())
+            unsure = np.flatnonzero(~ok & (least < low))
+            for j in unsure[np.argsort(least[unsure], kind="stable")].tolist():
+                if least[j] >= low:
+                    break
+                m = members[int(band[j])]
+                fits = self._fits(m, cpu, mem, gpu, skip)
+                if fits.any():
+                    low = min(low, float(np.maximum(t.x[m[fits]], 0.0).min()))
+            f = float(p.floor)
+            lows[p.name] = low
+            bound = bound + w * (1.0 - (low + f) / (least + f))
+        if not zero:  # look for one in the classes without a free GPU
+            for c in band[self._ub_gpu[band] <= 0].tolist():
+                m = members[c]
+                fits = self._fits(m, cpu, mem, gpu, skip)
+                if (fits & ~s.gpu_slots[m].any(axis=1)).any():
+                    zero = True
+                    break
+        if not zero:  # the fragmentation minimum is unknown: nothing can be pruned
+            return self._assign_dynamic(req, cc, dyns, w_static, skip, capped=False)
+        bound = bound / wsum
+        zd = bd = None
+        if frag is not None:
+            zd = cast(ZeroDelta, frag[0]) if provides(frag[0], ZeroDelta) else None
+            bd = cast(BoundsDelta, frag[0]) if (self.bound_growth and zd is not None
+                                                and provides(frag[0], BoundsDelta)) else None
+        known = np.zeros(0)  # exact totals so far
+
+        def beyond(extra: np.ndarray) -> float:
+            """The total above which a node cannot rank, given the exact totals known."""
+            tots = np.concatenate([known, extra]) if extra.size else known
+            if not tots.size:
+                return np.inf
+            kth = float(np.partition(tots, keep - 1)[keep - 1]) if tots.size >= keep \
+                else np.inf
+            return max(float(tots.min()) + 1e-12, kth) + 1e-9
+
+        limit = np.inf
+        parts: list[tuple[int, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray],
+                          np.ndarray]] = []
+        for j in np.lexsort((pos, bound)).tolist():
+            if bound[j] > limit:
+                break  # this class, and every later one, cannot rank
+            c = int(band[j])
+            m = members[c]
+            fits = self._fits(m, cpu, mem, gpu, skip)
+            if not fits.any():
+                if skip is None:
+                    self._refresh_bounds(c)
+                continue
+            cand = m[fits]
+            raws: dict[str, np.ndarray] = {}
+            ds: dict[str, np.ndarray] = {}
+            for p, _, t in locs:
+                f = float(p.floor)
+                raws[p.name] = x = t.x[cand]
+                ds[p.name] = 1.0 - (lows[p.name] + f) / (np.maximum(x, 0.0) + f)
+            static = np.full(cand.size, cc.cost[c])
+            if frag is not None:
+                fp, fw, level = frag
+                f = float(fp.floor)
+                rf = np.zeros(cand.size)
+                has = s.gpu_slots[cand].any(axis=1)
+                if has.any():
+                    rest_w = w_static * static  # the total but for ΔF, times W
+                    for p, w, _ in locs:
+                        rest_w = rest_w + w * ds[p.name]
+                    rf[has] = np.inf
+                    # the class's GPU nodes by their total at ΔF = 0, a chunk at a time:
+                    # one whose total at ΔF = 0 is beyond the totals known (the GPU-less
+                    # nodes', exact at ΔF = 0, and those resolved) cannot rank
+                    at = np.flatnonzero(has)
+                    at = at[np.argsort(rest_w[at], kind="stable")]
+                    mine = [rest_w[~has] / wsum]
+                    width = 4 * keep
+                    while at.size:
+                        lim = beyond(np.concatenate(mine))
+                        at = at[:int(np.searchsorted(rest_w[at] / wsum, lim, "right"))]
+                        ch, at = at[:width], at[width:]
+                        width *= 4
+                        if not ch.size:
+                            break
+                        if bd is not None:
+                            same, lower = bd.growth_bound(req, s, cand[ch], level)
+                        elif zd is not None:
+                            same, lower = zd.unchanged(req, s, cand[ch]), np.zeros(ch.size)
+                        else:
+                            same, lower = np.zeros(ch.size, dtype=bool), np.zeros(ch.size)
+                        rf[ch[same]] = 0.0
+                        mine.append(rest_w[ch[same]] / wsum)
+                        unk, lower = ch[~same], lower[~same]
+                        if unk.size:
+                            lim = beyond(np.concatenate(mine))
+                            low_tot = (rest_w[unk] + fw * (1.0 - f / (lower + f))) / wsum
+                            unk = unk[low_tot <= lim]
+                        if unk.size:
+                            rf[unk] = self._dynamic_delta(fp, req, cand[unk], level)
+                            mine.append((rest_w[unk] + fw * (1.0 - f / (rf[unk] + f))) / wsum)
+                raws[fp.name] = rf
+                ds[fp.name] = 1.0 - f / (rf + f)  # the term's minimum is 0
+            acc = w_static * static
+            for p, w, _ in dyns:  # summed in plugin order, as _assign_dynamic does
+                acc = acc + w * ds[p.name]
+            total = acc / wsum
+            done = np.isfinite(raws[frag[0].name]) if frag is not None \
+                else np.ones(cand.size, dtype=bool)
+            parts.append((int(pos[j]), cand[done], {n: v[done] for n, v in raws.items()},
+                          {n: v[done] for n, v in ds.items()}, total[done]))
+            known = np.concatenate([known, total[done]])
+            limit = beyond(np.zeros(0))
+        if not parts or not sum(x[1].size for x in parts):  # not reached: the first fits
+            return self._assign_dynamic(req, cc, dyns, w_static, skip, capped=False)
+        idx = np.concatenate([x[1] for x in parts])
+        at_pos = np.concatenate([np.full(x[1].size, x[0]) for x in parts])
+        perm = np.lexsort((idx, at_pos))  # the exhaustive order: class by class, node order
+        idx = idx[perm]
+        names = [p.name for p, _, _ in dyns]
+        raw = {n: np.concatenate([x[2][n] for x in parts])[perm] for n in names}
+        d = {n: np.concatenate([x[3][n] for x in parts])[perm] for n in names}
+        total = np.concatenate([x[4] for x in parts])[perm]
+        best = np.flatnonzero(total <= total.min() + 1e-12)
+        k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
+        self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raw, d, total)
         return int(idx[k])
 
     def _lazy_fragmentation(self, req: PlacementRequest,
@@ -1122,6 +1418,7 @@ class BatchAssigner:
          self._ub_gpu[:], s.gpu_slots[:]) = saved
         self._gpu_version += 1
         self._gindex.clear()  # restored without the change log
+        self._tables.clear()
         by_regret = self.assign(requests, "regret")
         if self.value(requests, by_regret) > self.value(requests, by_size):
             return by_regret
@@ -1129,6 +1426,7 @@ class BatchAssigner:
          self._ub_gpu[:], s.gpu_slots[:]) = after_size
         self._gpu_version += 1
         self._gindex.clear()
+        self._tables.clear()
         return by_size
 
     def node_costs(self, req: PlacementRequest) -> np.ndarray:
