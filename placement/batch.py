@@ -889,16 +889,26 @@ class BatchAssigner:
         w_dyn = sum(w for _, w, _ in dyns)
         wsum = w_static + w_dyn
         keep = max(1, self.keep)
+        locs = [(p, w, self._node_table(p)) for p, w, _ in dyns if provides(p, NodeDelta)]
+        held: dict[int, np.ndarray] = {}  # class → its members' fit, this request
+
+        def fitting(c: int) -> np.ndarray:
+            f = held.get(c)
+            if f is None:
+                f = held[c] = self._fits(members[c], cpu, mem, gpu, skip)
+            return f
+
         # the band of the exhaustive evaluation, as _assign_dynamic finds it
         order = cc.order
         room = np.flatnonzero((self._ub_cpu[order] >= cpu) & (self._ub_mem[order] >= mem)
                               & (self._ub_gpu[order] >= gpu))
         k = 0
         first: float | None = None
+        head = locs[0][2].arg  # a member per class: when it fits, the class has a fit
         while k < room.size and first is None:
             c = int(order[room[k]])
             k += 1
-            if self._fits(members[c], cpu, mem, gpu, skip).any():
+            if self._fits(head[c:c + 1], cpu, mem, gpu, skip)[0] or fitting(c).any():
                 first = float(cc.cost[c])
             elif skip is None:
                 self._refresh_bounds(c)
@@ -908,7 +918,6 @@ class BatchAssigner:
         rest = rest[w_static * (cc.cost[order[rest]] - first) <= w_dyn]
         pos = np.concatenate([room[k - 1:k], rest])  # positions in cc.order
         band = order[pos]
-        locs = [(p, w, self._node_table(p)) for p, w, _ in dyns if provides(p, NodeDelta)]
         frag = next(((p, w, lv) for p, w, lv in dyns if not provides(p, NodeDelta)), None)
         lows: dict[str, float] = {}
         bound = w_static * cc.cost[band]
@@ -924,17 +933,17 @@ class BatchAssigner:
             for j in unsure[np.argsort(least[unsure], kind="stable")].tolist():
                 if least[j] >= low:
                     break
-                m = members[int(band[j])]
-                fits = self._fits(m, cpu, mem, gpu, skip)
+                c = int(band[j])
+                fits = fitting(c)
                 if fits.any():
-                    low = min(low, float(np.maximum(t.x[m[fits]], 0.0).min()))
+                    low = min(low, float(np.maximum(t.x[members[c][fits]], 0.0).min()))
             f = float(p.floor)
             lows[p.name] = low
             bound = bound + w * (1.0 - (low + f) / (least + f))
         if not zero:  # look for one in the classes without a free GPU
             for c in band[self._ub_gpu[band] <= 0].tolist():
                 m = members[c]
-                fits = self._fits(m, cpu, mem, gpu, skip)
+                fits = fitting(c)
                 if (fits & ~s.gpu_slots[m].any(axis=1)).any():
                     zero = True
                     break
@@ -946,16 +955,15 @@ class BatchAssigner:
             zd = cast(ZeroDelta, frag[0]) if provides(frag[0], ZeroDelta) else None
             bd = cast(BoundsDelta, frag[0]) if (self.bound_growth and zd is not None
                                                 and provides(frag[0], BoundsDelta)) else None
-        known = np.zeros(0)  # exact totals so far
+        top = np.zeros(0)  # the least exact totals found so far, ascending, at most keep
 
-        def beyond(extra: np.ndarray) -> float:
-            """The total above which a node cannot rank, given the exact totals known."""
-            tots = np.concatenate([known, extra]) if extra.size else known
-            if not tots.size:
+        def beyond(least: np.ndarray) -> float:
+            """The total above which a node cannot rank, given the least exact totals
+            found (ascending)."""
+            if not least.size:
                 return np.inf
-            kth = float(np.partition(tots, keep - 1)[keep - 1]) if tots.size >= keep \
-                else np.inf
-            return max(float(tots.min()) + 1e-12, kth) + 1e-9
+            kth = float(least[keep - 1]) if least.size >= keep else np.inf
+            return max(float(least[0]) + 1e-12, kth) + 1e-9
 
         limit = np.inf
         parts: list[tuple[int, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray],
@@ -965,71 +973,86 @@ class BatchAssigner:
                 break  # this class, and every later one, cannot rank
             c = int(band[j])
             m = members[c]
-            fits = self._fits(m, cpu, mem, gpu, skip)
+            fits = fitting(c)
             if not fits.any():
                 if skip is None:
                     self._refresh_bounds(c)
                 continue
             cand = m[fits]
+            lows_d: dict[str, np.ndarray] = {}
+            rest_w = np.full(cand.size, w_static * cc.cost[c])  # the total but for ΔF, × W
+            for p, w, t in locs:
+                f = float(p.floor)
+                lows_d[p.name] = dp = 1.0 - (lows[p.name] + f) / (np.maximum(t.x[cand], 0.0) + f)
+                rest_w = rest_w + w * dp
+            # the class's nodes by their total at ΔF = 0 (a lower bound, exact where ΔF is
+            # 0), a chunk at a time: a node whose bound is beyond the totals found cannot rank
+            sel = np.flatnonzero(rest_w / wsum <= limit) if np.isfinite(limit) \
+                else np.arange(cand.size)
+            width = 4 * keep
+            done: list[np.ndarray] = []
+            rfs: list[np.ndarray] = []
+            while sel.size:
+                if sel.size > width:
+                    cut = np.partition(rest_w[sel], width - 1)[width - 1]
+                    ch, sel = sel[rest_w[sel] <= cut], sel[rest_w[sel] > cut]
+                else:
+                    ch, sel = sel, sel[:0]
+                width *= 4
+                rf = np.zeros(ch.size)
+                if frag is not None:
+                    fp, fw, level = frag
+                    f = float(fp.floor)
+                    at = np.flatnonzero(s.gpu_slots[cand[ch]].any(axis=1))
+                    if at.size:
+                        if bd is not None:
+                            same, lower = bd.growth_bound(req, s, cand[ch[at]], level)
+                        elif zd is not None:
+                            same = zd.unchanged(req, s, cand[ch[at]])
+                            lower = np.zeros(at.size)
+                        else:
+                            same, lower = np.zeros(at.size, dtype=bool), np.zeros(at.size)
+                        unk, lower = at[~same], lower[~same]
+                        if unk.size:
+                            sure = np.ones(ch.size, dtype=bool)
+                            sure[unk] = False
+                            lim = beyond(np.sort(np.concatenate(  # with the chunk's ΔF = 0
+                                [top, rest_w[ch[sure]] / wsum]))[:keep])
+                            low_tot = (rest_w[ch[unk]] + fw * (1.0 - f / (lower + f))) / wsum
+                            need = low_tot <= lim
+                            rf[unk[~need]] = np.inf
+                            if need.any():
+                                rf[unk[need]] = self._dynamic_delta(fp, req, cand[ch[unk[need]]],
+                                                                    level)
+                fin = np.isfinite(rf)
+                ch, rf = ch[fin], rf[fin]
+                if frag is not None:
+                    f = float(frag[0].floor)
+                    tot = (rest_w[ch] + frag[1] * (1.0 - f / (rf + f))) / wsum
+                else:
+                    tot = rest_w[ch] / wsum
+                top = np.sort(np.concatenate([top, tot]))[:keep]
+                done.append(ch)
+                rfs.append(rf)
+                limit = beyond(top)
+                if sel.size:
+                    sel = sel[rest_w[sel] / wsum <= limit]
+            if not done:
+                continue
+            ch = np.concatenate(done)
             raws: dict[str, np.ndarray] = {}
             ds: dict[str, np.ndarray] = {}
             for p, _, t in locs:
-                f = float(p.floor)
-                raws[p.name] = x = t.x[cand]
-                ds[p.name] = 1.0 - (lows[p.name] + f) / (np.maximum(x, 0.0) + f)
-            static = np.full(cand.size, cc.cost[c])
+                raws[p.name] = t.x[cand[ch]]
+                ds[p.name] = lows_d[p.name][ch]
             if frag is not None:
-                fp, fw, level = frag
-                f = float(fp.floor)
-                rf = np.zeros(cand.size)
-                has = s.gpu_slots[cand].any(axis=1)
-                if has.any():
-                    rest_w = w_static * static  # the total but for ΔF, times W
-                    for p, w, _ in locs:
-                        rest_w = rest_w + w * ds[p.name]
-                    rf[has] = np.inf
-                    # the class's GPU nodes by their total at ΔF = 0, a chunk at a time:
-                    # one whose total at ΔF = 0 is beyond the totals known (the GPU-less
-                    # nodes', exact at ΔF = 0, and those resolved) cannot rank
-                    at = np.flatnonzero(has)
-                    at = at[np.argsort(rest_w[at], kind="stable")]
-                    mine = [rest_w[~has] / wsum]
-                    width = 4 * keep
-                    while at.size:
-                        lim = beyond(np.concatenate(mine))
-                        at = at[:int(np.searchsorted(rest_w[at] / wsum, lim, "right"))]
-                        ch, at = at[:width], at[width:]
-                        width *= 4
-                        if not ch.size:
-                            break
-                        if bd is not None:
-                            same, lower = bd.growth_bound(req, s, cand[ch], level)
-                        elif zd is not None:
-                            same, lower = zd.unchanged(req, s, cand[ch]), np.zeros(ch.size)
-                        else:
-                            same, lower = np.zeros(ch.size, dtype=bool), np.zeros(ch.size)
-                        rf[ch[same]] = 0.0
-                        mine.append(rest_w[ch[same]] / wsum)
-                        unk, lower = ch[~same], lower[~same]
-                        if unk.size:
-                            lim = beyond(np.concatenate(mine))
-                            low_tot = (rest_w[unk] + fw * (1.0 - f / (lower + f))) / wsum
-                            unk = unk[low_tot <= lim]
-                        if unk.size:
-                            rf[unk] = self._dynamic_delta(fp, req, cand[unk], level)
-                            mine.append((rest_w[unk] + fw * (1.0 - f / (rf[unk] + f))) / wsum)
-                raws[fp.name] = rf
-                ds[fp.name] = 1.0 - f / (rf + f)  # the term's minimum is 0
-            acc = w_static * static
+                f = float(frag[0].floor)
+                raws[frag[0].name] = rf = np.concatenate(rfs)
+                ds[frag[0].name] = 1.0 - f / (rf + f)  # the term's minimum is 0
+            acc = w_static * np.full(ch.size, cc.cost[c])
             for p, w, _ in dyns:  # summed in plugin order, as _assign_dynamic does
                 acc = acc + w * ds[p.name]
-            total = acc / wsum
-            done = np.isfinite(raws[frag[0].name]) if frag is not None \
-                else np.ones(cand.size, dtype=bool)
-            parts.append((int(pos[j]), cand[done], {n: v[done] for n, v in raws.items()},
-                          {n: v[done] for n, v in ds.items()}, total[done]))
-            known = np.concatenate([known, total[done]])
-            limit = beyond(np.zeros(0))
+            parts.append((int(pos[j]), cand[ch], raws, ds, acc / wsum))
         if not parts or not sum(x[1].size for x in parts):  # not reached: the first fits
             return self._assign_dynamic(req, cc, dyns, w_static, skip, capped=False)
         idx = np.concatenate([x[1] for x in parts])
