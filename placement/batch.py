@@ -365,14 +365,15 @@ class _GroupIndex:
 
 
 class _NodeTable:
-    """A :class:`~placement.framework.NodeDelta` plugin's value per node and its least
-    value per node class, kept in step with the assigner's change log (the per-class
-    bound of the joint class walk, :meth:`BatchAssigner._joint_walk`).
+    """A :class:`~placement.framework.NodeDelta` plugin's value per node and each node
+    class's members sorted by it, kept in step with the assigner's change log (the
+    per-class bound of the joint class walk, :meth:`BatchAssigner._joint_walk`).
 
-    ``x``: float ``(n,)``, ``node_delta`` of every node as the snapshot stands; ``low``:
-    float ``(C,)``, the least ``x`` over each class's members (all of them, fitting or
-    not: a lower bound of the class's fitting ones); ``arg``: int ``(C,)``, the first
-    member (by node index) holding it; ``synced``: how much of the change log is in.
+    ``x``: float ``(n,)``, ``node_delta`` of every node as the snapshot stands; ``sv``/
+    ``sn``: per class, its members' values ascending and the members in that order (ties
+    by node index); ``low``/``arg``: float/int ``(C,)``, each class's least value over
+    all its members (fitting or not: a lower bound of its fitting ones) and the member
+    holding it (``sv[c][0]``, ``sn[c][0]``); ``synced``: how much of the change log is in.
     """
 
     def __init__(self, plugin: NodeDelta, snap: Snapshot, classes: NodeClasses,
@@ -382,38 +383,48 @@ class _NodeTable:
         self.rebuild(snap, classes, synced)
 
     def rebuild(self, snap: Snapshot, classes: NodeClasses, synced: int) -> None:
-        """Every node afresh (``O(n)``)."""
+        """Every node afresh (``O(n log n)``)."""
         x = np.asarray(self.delta(snap, np.arange(snap.n)), dtype=np.float64)
         self.x = x
-        sizes = np.array([m.size for m in classes.members], dtype=np.int64)
-        if not sizes.size:
-            self.low, self.arg = np.zeros(0), np.zeros(0, dtype=np.int64)
-        else:
-            order = np.concatenate(classes.members)  # class by class, members ascending
-            xo = x[order]
-            low = np.minimum.reduceat(xo, np.cumsum(sizes) - sizes)
-            at = np.flatnonzero(xo == np.repeat(low, sizes))
-            seg = np.repeat(np.arange(sizes.size), sizes)[at]
-            self.low = low
-            self.arg = order[at[np.unique(seg, return_index=True)[1]]]
+        self.sv: list[np.ndarray] = []
+        self.sn: list[np.ndarray] = []
+        for m in classes.members:
+            o = np.lexsort((m, x[m]))
+            self.sv.append(x[m][o])
+            self.sn.append(m[o])
+        self.low = np.array([v[0] for v in self.sv])
+        self.arg = np.array([n[0] for n in self.sn], dtype=np.int64)
         self.synced = synced
 
     def sync(self, snap: Snapshot, classes: NodeClasses, changed: list[int]) -> None:
-        """Recompute the nodes changed since the last sync and their classes' least
-        value (``O(class size)`` each), or rebuild when many changed."""
+        """Refile the nodes changed since the last sync in their class's order
+        (``O(class size)`` memory moves each), or rebuild when many changed."""
         new = changed[self.synced:]
         if not new:
             return
         if len(new) > max(64, snap.n // 64):
             self.rebuild(snap, classes, len(changed))
             return
-        u = np.unique(np.array(new, dtype=np.int64))
-        self.x[u] = self.delta(snap, u)
-        for c in np.unique(classes.of[u]).tolist():
-            m = classes.members[c]
-            v = self.x[m]
-            j = int(v.argmin())
-            self.low[c], self.arg[c] = v[j], m[j]
+        u = np.array(sorted(set(new)), dtype=np.int64)
+        now = np.asarray(self.delta(snap, u), dtype=np.float64)
+        for i, v in zip(u.tolist(), now.tolist(), strict=True):
+            old = float(self.x[i])
+            if old == v:
+                continue
+            self.x[i] = v
+            c = int(classes.of[i])
+            vals, nodes = self.sv[c], self.sn[c]
+            lo, hi = np.searchsorted(vals, old, "left"), np.searchsorted(vals, old, "right")
+            at = int(lo + np.searchsorted(nodes[lo:hi], i))
+            lo, hi = np.searchsorted(vals, v, "left"), np.searchsorted(vals, v, "right")
+            to = int(lo + np.searchsorted(nodes[lo:hi], i))  # among the others and itself
+            if to > at:  # overlapping slices: numpy copies them as memmove does
+                vals[at:to - 1], nodes[at:to - 1] = vals[at + 1:to], nodes[at + 1:to]
+                vals[to - 1], nodes[to - 1] = v, i
+            else:
+                vals[to + 1:at + 1], nodes[to + 1:at + 1] = vals[to:at], nodes[to:at]
+                vals[to], nodes[to] = v, i
+            self.low[c], self.arg[c] = vals[0], nodes[0]
         self.synced = len(changed)
 
 
@@ -968,91 +979,115 @@ class BatchAssigner:
         limit = np.inf
         parts: list[tuple[int, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray],
                           np.ndarray]] = []
-        for j in np.lexsort((pos, bound)).tolist():
-            if bound[j] > limit:
-                break  # this class, and every later one, cannot rank
-            c = int(band[j])
-            m = members[c]
+        def chunks(c: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            """Class ``c``'s fitting nodes that can still rank, a chunk at a time by
+            their total at ``ΔF = 0`` (a lower bound; exact where ``ΔF`` is 0), ascending:
+            (nodes, that total × W). One load-like term: from the class's members sorted
+            by it, stopping where the next one's bound is beyond :func:`beyond` (``O(chunk)``,
+            not ``O(class)``); several: from all its fitting members."""
+            base = w_static * cc.cost[c]
+            width = 4 * keep
+            if len(locs) == 1:
+                p, w, t = locs[0]
+                f, low = float(p.floor), lows[p.name]
+                vals, nodes = t.sv[c], t.sn[c]
+                b = 0
+                while b < nodes.size:
+                    lead = base + w * (1.0 - (low + f) / (max(float(vals[b]), 0.0) + f))
+                    if lead / wsum > limit:
+                        return  # sorted: no later member can rank
+                    e = min(nodes.size, b + width)
+                    width *= 4
+                    nd = nodes[b:e]
+                    b = e
+                    nd = nd[self._fits(nd, cpu, mem, gpu, skip)]
+                    if nd.size:
+                        rw = base + w * (1.0 - (low + f) / (np.maximum(t.x[nd], 0.0) + f))
+                        keep_ = rw / wsum <= limit
+                        yield nd[keep_], rw[keep_]
+                return
             fits = fitting(c)
             if not fits.any():
                 if skip is None:
                     self._refresh_bounds(c)
-                continue
-            cand = m[fits]
-            lows_d: dict[str, np.ndarray] = {}
-            rest_w = np.full(cand.size, w_static * cc.cost[c])  # the total but for ΔF, × W
+                return
+            cand = members[c][fits]
+            rest_w = np.full(cand.size, base)
             for p, w, t in locs:
                 f = float(p.floor)
-                lows_d[p.name] = dp = 1.0 - (lows[p.name] + f) / (np.maximum(t.x[cand], 0.0) + f)
-                rest_w = rest_w + w * dp
-            # the class's nodes by their total at ΔF = 0 (a lower bound, exact where ΔF is
-            # 0), a chunk at a time: a node whose bound is beyond the totals found cannot rank
-            sel = np.flatnonzero(rest_w / wsum <= limit) if np.isfinite(limit) \
-                else np.arange(cand.size)
-            width = 4 * keep
-            done: list[np.ndarray] = []
-            rfs: list[np.ndarray] = []
+                rest_w = rest_w + w * (1.0 - (lows[p.name] + f)
+                                       / (np.maximum(t.x[cand], 0.0) + f))
+            sel = np.arange(cand.size)
             while sel.size:
+                sel = sel[rest_w[sel] / wsum <= limit]
                 if sel.size > width:
                     cut = np.partition(rest_w[sel], width - 1)[width - 1]
                     ch, sel = sel[rest_w[sel] <= cut], sel[rest_w[sel] > cut]
                 else:
                     ch, sel = sel, sel[:0]
                 width *= 4
-                rf = np.zeros(ch.size)
+                if ch.size:
+                    yield cand[ch], rest_w[ch]
+
+        for j in np.lexsort((pos, bound)).tolist():
+            if bound[j] > limit:
+                break  # this class, and every later one, cannot rank
+            c = int(band[j])
+            done: list[np.ndarray] = []
+            rfs: list[np.ndarray] = []
+            for nd, rest_w in chunks(c):
+                rf = np.zeros(nd.size)
                 if frag is not None:
                     fp, fw, level = frag
                     f = float(fp.floor)
-                    at = np.flatnonzero(s.gpu_slots[cand[ch]].any(axis=1))
+                    at = np.flatnonzero(s.gpu_slots[nd].any(axis=1))
                     if at.size:
                         if bd is not None:
-                            same, lower = bd.growth_bound(req, s, cand[ch[at]], level)
+                            same, lower = bd.growth_bound(req, s, nd[at], level)
                         elif zd is not None:
-                            same = zd.unchanged(req, s, cand[ch[at]])
-                            lower = np.zeros(at.size)
+                            same, lower = zd.unchanged(req, s, nd[at]), np.zeros(at.size)
                         else:
                             same, lower = np.zeros(at.size, dtype=bool), np.zeros(at.size)
                         unk, lower = at[~same], lower[~same]
                         if unk.size:
-                            sure = np.ones(ch.size, dtype=bool)
+                            sure = np.ones(nd.size, dtype=bool)
                             sure[unk] = False
                             lim = beyond(np.sort(np.concatenate(  # with the chunk's ΔF = 0
-                                [top, rest_w[ch[sure]] / wsum]))[:keep])
-                            low_tot = (rest_w[ch[unk]] + fw * (1.0 - f / (lower + f))) / wsum
+                                [top, rest_w[sure] / wsum]))[:keep])
+                            low_tot = (rest_w[unk] + fw * (1.0 - f / (lower + f))) / wsum
                             need = low_tot <= lim
                             rf[unk[~need]] = np.inf
                             if need.any():
-                                rf[unk[need]] = self._dynamic_delta(fp, req, cand[ch[unk[need]]],
+                                rf[unk[need]] = self._dynamic_delta(fp, req, nd[unk[need]],
                                                                     level)
                 fin = np.isfinite(rf)
-                ch, rf = ch[fin], rf[fin]
+                nd, rf, rest_w = nd[fin], rf[fin], rest_w[fin]
                 if frag is not None:
                     f = float(frag[0].floor)
-                    tot = (rest_w[ch] + frag[1] * (1.0 - f / (rf + f))) / wsum
+                    tot = (rest_w + frag[1] * (1.0 - f / (rf + f))) / wsum
                 else:
-                    tot = rest_w[ch] / wsum
+                    tot = rest_w / wsum
                 top = np.sort(np.concatenate([top, tot]))[:keep]
-                done.append(ch)
-                rfs.append(rf)
                 limit = beyond(top)
-                if sel.size:
-                    sel = sel[rest_w[sel] / wsum <= limit]
+                done.append(nd)
+                rfs.append(rf)
             if not done:
                 continue
-            ch = np.concatenate(done)
+            cand = np.concatenate(done)
             raws: dict[str, np.ndarray] = {}
             ds: dict[str, np.ndarray] = {}
-            for p, _, t in locs:
-                raws[p.name] = t.x[cand[ch]]
-                ds[p.name] = lows_d[p.name][ch]
+            for p, _, t in locs:  # the terms as _assign_dynamic normalises them
+                f = float(p.floor)
+                raws[p.name] = x = t.x[cand]
+                ds[p.name] = 1.0 - (lows[p.name] + f) / (np.maximum(x, 0.0) + f)
             if frag is not None:
                 f = float(frag[0].floor)
                 raws[frag[0].name] = rf = np.concatenate(rfs)
                 ds[frag[0].name] = 1.0 - f / (rf + f)  # the term's minimum is 0
-            acc = w_static * np.full(ch.size, cc.cost[c])
+            acc = w_static * np.full(cand.size, cc.cost[c])
             for p, w, _ in dyns:  # summed in plugin order, as _assign_dynamic does
                 acc = acc + w * ds[p.name]
-            parts.append((int(pos[j]), cand[ch], raws, ds, acc / wsum))
+            parts.append((int(pos[j]), cand, raws, ds, acc / wsum))
         if not parts or not sum(x[1].size for x in parts):  # not reached: the first fits
             return self._assign_dynamic(req, cc, dyns, w_static, skip, capped=False)
         idx = np.concatenate([x[1] for x in parts])

@@ -23,7 +23,9 @@ reasons, scores, filter counts, runners-up — included):
   product row, request by request, so that load on a shared machine weighs on both
   alike;
 * :data:`LOAD`: the framework the control plane builds (measured load on: two dynamic
-  terms, bounded per node class together, ``BatchAssigner._joint_walk``);
+  terms, bounded per node class together, ``BatchAssigner._joint_walk``), and
+  :data:`LOAD_BEFORE`, the same without that bound (the capped evaluation), timed
+  interleaved with it;
 * the naive full rescan.
 """
 
@@ -53,6 +55,9 @@ second dynamic term, bounded per node class together with GPU fragmentation for 
 CPU-only request (``BatchAssigner._joint_walk``; a GPU request keeps the capped
 evaluation of up to 1,024 fitting nodes, as in the product row); the nodes carry no
 measured utilisation here, so the load is the accounting ``1 − free/allocatable``."""
+LOAD_BEFORE = "before: measured load on, capped evaluation (the control plane's framework)"
+""":data:`LOAD` as before the joint bound (``joint_bound=False``: every request on up to
+1,024 capped candidates), timed interleaved with it."""
 CHECKED = 2000
 """Requests of the product row, and of the :data:`LOAD` row, whose CPU-only choices are
 checked against the exhaustive one (a quarter of that above 10k nodes, where each
@@ -117,9 +122,11 @@ class Row:
 
 
 def _planner(snap: Snapshot, fragmentation: bool, prune: bool = True,
-             cap: int | None = None, lean: bool = True, load: bool = False) -> Planner:
+             cap: int | None = None, lean: bool = True, load: bool = False,
+             joint: bool = True) -> Planner:
     """A planner on a copy of ``snap``; ``lean`` False: the path before this round
-    (:data:`BEFORE`); ``load``: with measured load (:data:`LOAD`)."""
+    (:data:`BEFORE`); ``load``: with measured load (:data:`LOAD`); ``joint`` False: without
+    the joint bound (:data:`LOAD_BEFORE`)."""
     fw = default_framework() if fragmentation else default_framework(fragmentation_weight=0.0)
     if load:
         fw = with_load(fw)
@@ -129,6 +136,7 @@ def _planner(snap: Snapshot, fragmentation: bool, prune: bool = True,
     p.assigner.bound_growth = lean
     p.assigner.index_groups = lean
     p.lean_explanations = lean
+    p.assigner.joint_bound = joint
     return p
 
 
@@ -159,6 +167,7 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     distinct = min(fast_requests, 3000)
     product = PRODUCT + ", explanation included"
     control = LOAD + ", explanation included"
+    control_before = LOAD_BEFORE + ", explanation included"
     checked, limit = {product: 0, control: 0}, CHECKED if n <= 10_000 else CHECKED // 4
     before = BEFORE + ", explanation included"
     # (label, requests, fragmentation on, bound on, candidate cap, explain, measured load);
@@ -167,7 +176,8 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     groups = [
         [(product, requests(fast_requests), True, True, 1024, True, False),
          (before, requests(fast_requests), True, True, 1024, True, False)],
-        [(control, requests(fast_requests), True, True, 1024, True, True)],
+        [(control, requests(fast_requests), True, True, 1024, True, True),
+         (control_before, requests(fast_requests), True, True, 1024, True, True)],
         [(PRODUCT + ", no explanation", requests(fast_requests), True, True, 1024, False, False)],
         [("continuum (distinct), explanation included", requests(distinct, 2, True), True,
           True, 1024, True, False)],
@@ -179,7 +189,8 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
         planners, builds = [], []
         for label, _, frag, prune, cap, _, load in group:
             t0 = time.perf_counter()
-            planners.append(_planner(snap, frag, prune, cap, label != before, load))
+            planners.append(_planner(snap, frag, prune, cap, label != before, load,
+                                     label != control_before))
             builds.append(time.perf_counter() - t0)
         gc.collect()  # the snapshot's garbage is not collected inside the timed loop
         count = len(group[0][1])

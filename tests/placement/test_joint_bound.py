@@ -31,11 +31,12 @@ def _with_load_measured(snap: Snapshot, seed: int) -> Snapshot:
     rng = np.random.default_rng(500 + seed)
     nodes = []
     for nd in snap.nodes:
-        u: float | None = float(rng.choice([0.05, 0.3, 0.6, 0.9]))
+        level = float(rng.choice([0.05, 0.3, 0.6, 0.9]))
+        u: float | None = level
         if rng.uniform() < 0.3:
             u = None
         elif rng.uniform() < 0.3:
-            u = float(u) + float(rng.uniform(-0.004, 0.004))
+            u = level + float(rng.uniform(-0.004, 0.004))
         nodes.append(nd.model_copy(update={"utilisation": u,
                                            "metrics_stale": bool(rng.uniform() < 0.2)}))
     return Snapshot(nodes=nodes, network=snap.network, gpu_unit=snap.gpu_unit)
@@ -130,10 +131,12 @@ def test_joint_bound_same_batches(order: str) -> None:
         assert np.array_equal(got[0], got[1]), f"seed {seed}"
         a = sides[0]
         assert a.classes is not None
-        for plugin, table in [(next(p for p in a.framework.scores if isinstance(p, NodeLoad)),
-                               None)]:
-            table = a._node_table(plugin)
-            fresh = _NodeTable(plugin, a.snap, a.classes, len(a.changed))
-            assert np.array_equal(table.x, fresh.x)
-            assert np.array_equal(table.low, fresh.low)
-            assert np.array_equal(table.arg, fresh.arg)
+        plugin = next(p for p in a.framework.scores if isinstance(p, NodeLoad))
+        table = a._node_table(plugin)
+        fresh = _NodeTable(plugin, a.snap, a.classes, len(a.changed))
+        assert np.array_equal(table.x, fresh.x)
+        assert np.array_equal(table.low, fresh.low)
+        assert np.array_equal(table.arg, fresh.arg)
+        for c in range(a.classes.count):  # each class's members in order, ties by index
+            assert np.array_equal(table.sv[c], fresh.sv[c])
+            assert np.array_equal(table.sn[c], fresh.sn[c])
