@@ -882,6 +882,10 @@ class BatchAssigner:
           class :meth:`~placement.framework.BoundsDelta.growth_bound` bounds it per node,
           and ``ΔF`` is computed only where that bound can still rank.
 
+        Within a class the fitting nodes are resolved a chunk at a time by their total at
+        ``ΔF = 0`` (a lower bound of it): with one load-like term, from the class's members
+        sorted by that term (:class:`_NodeTable`; the total at ``ΔF = 0`` grows with it),
+        stopping at the first member whose bound is beyond, so a class costs ``O(chunk)``.
         Classes are evaluated by ascending bound (ties in the exhaustive order); the walk
         stops at the first whose bound is above both the best exact total found (plus
         the choice's 1e-12 tie band) and the :attr:`keep`-th best, by 1e-9 — such a class,
@@ -979,6 +983,7 @@ class BatchAssigner:
         limit = np.inf
         parts: list[tuple[int, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray],
                           np.ndarray]] = []
+
         def chunks(c: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             """Class ``c``'s fitting nodes that can still rank, a chunk at a time by
             their total at ``ΔF = 0`` (a lower bound; exact where ``ΔF`` is 0), ascending:
