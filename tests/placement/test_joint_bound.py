@@ -7,7 +7,8 @@ every CPU-only request goes to the node the exhaustive evaluation of every fitti
 candidate picks, with the same ``keep`` best totals, and fewer nodes are evaluated; the
 same with a retry's nodes to avoid (``skip``), with measured load alone (no GPU), whole
 batches in every order (``best`` restores capacity, which the per-node table must notice),
-and the per-node table stays equal to one built afresh.
+two load-like terms (their bounds summed), and the per-node table stays equal to one built
+afresh.
 """
 
 from __future__ import annotations
@@ -140,3 +141,31 @@ def test_joint_bound_same_batches(order: str) -> None:
         for c in range(a.classes.count):  # each class's members in order, ties by index
             assert np.array_equal(table.sv[c], fresh.sv[c])
             assert np.array_equal(table.sn[c], fresh.sn[c])
+
+
+class _OtherLoad(NodeLoad):
+    """A second load-like term (another name and floor): the walk's several-term path."""
+
+    name = "OtherLoad"
+    floor = 0.25
+
+
+@pytest.mark.parametrize("keep", [1, 4])
+def test_two_load_terms_sum_their_bounds(keep: int) -> None:
+    """Two :class:`~placement.framework.NodeDelta` terms beside GPU fragmentation: the class
+    bound is the sum of both terms' own bounds, and every CPU-only request still goes to
+    the exhaustive evaluation's node with the same ``keep`` best totals."""
+    from dataclasses import replace
+
+    for seed in range(20):
+        snap, reqs = _random_instance(seed, U)
+        loaded = _with_load_measured(snap, seed)
+        sides = []
+        for prune in (True, False):
+            fw = _control_plane_framework()
+            fw = replace(fw, scores=[*fw.scores, _OtherLoad()])
+            sides.append(BatchAssigner(loaded.copy(), fw, keep=keep, prune_dynamic=prune,
+                                       dynamic_candidates=None if not prune else 1024))
+        _replay_side_by_side(sides, _cpu_only(reqs), 8000 + seed, keep)
+        dyn = sides[0].last_dynamic
+        assert dyn is not None and {p.name for p in dyn.plugins} >= {NodeLoad.name, "OtherLoad"}
