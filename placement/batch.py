@@ -507,13 +507,15 @@ class BatchAssigner:
     leaves large holes for large requests); False = the first fitting node."""
     dynamic_candidates: int | None = 1024
     """Most nodes a dynamic score plugin is evaluated on per request where the per-class
-    bound does not apply (a GPU request, whose ``ΔF`` may be negative, or several dynamic
-    terms): the tightest of each class, a heuristic; None = every fitting node of the
+    bound does not apply (a GPU request, whose ``ΔF`` may be negative, or dynamic terms
+    :meth:`_joint_walk` does not cover, or :attr:`joint_bound` off): the tightest of each
+    class, a heuristic; None = every fitting node of the
     band. Requests the bound covers are evaluated over every fitting node of the band
     (pruned, exactly); with :attr:`prune_dynamic` False the cap applies to all."""
     prune_dynamic: bool = True
-    """Bound GPU fragmentation per node class (:meth:`_frag_walk`): ``ΔF`` is computed
-    only on the classes, and the nodes within them, that can still be among the best;
+    """Bound GPU fragmentation per node class (:meth:`_frag_walk`; beside measured load,
+    both together: :meth:`_joint_walk`): ``ΔF`` is computed only on the classes, and the
+    nodes within them, that can still be among the best;
     the same placements as with False, the exhaustive evaluation of every candidate."""
     bound_growth: bool = True
     """With :attr:`prune_dynamic`: leave uncomputed the GPU nodes whose fragmentation
