@@ -896,6 +896,9 @@ class BatchAssigner:
         normalisers, same order of summation), so ties break alike (least free cpu, then
         the exhaustive order). Falls back to the exhaustive evaluation when no fitting
         node of the band is known at ``ΔF = 0`` (the fragmentation minimum is unknown).
+        Requests it does not cover (:meth:`_joint_applies`: a GPU request, whose ``ΔF``
+        may be negative; a dynamic term neither load-like nor GPU fragmentation;
+        :attr:`joint_bound` off) take :meth:`_assign_dynamic`'s capped evaluation.
         :attr:`last_dynamic` lists the nodes evaluated exactly, in the exhaustive order.
         """
         assert self.classes is not None
