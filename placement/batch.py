@@ -53,6 +53,7 @@ from placement.framework import (
     DeltaCache,
     DynamicScore,
     Framework,
+    NodeDelta,
     ZeroDelta,
     default_framework,
     ratio_to_best,
@@ -363,6 +364,70 @@ class _GroupIndex:
         self.synced = len(changed)
 
 
+class _NodeTable:
+    """A :class:`~placement.framework.NodeDelta` plugin's value per node and each node
+    class's members sorted by it, kept in step with the assigner's change log (the
+    per-class bound of the joint class walk, :meth:`BatchAssigner._joint_walk`).
+
+    ``x``: float ``(n,)``, ``node_delta`` of every node as the snapshot stands; ``sv``/
+    ``sn``: per class, its members' values ascending and the members in that order (ties
+    by node index); ``low``/``arg``: float/int ``(C,)``, each class's least value over
+    all its members (fitting or not: a lower bound of its fitting ones) and the member
+    holding it (``sv[c][0]``, ``sn[c][0]``); ``synced``: how much of the change log is in.
+    """
+
+    def __init__(self, plugin: NodeDelta, snap: Snapshot, classes: NodeClasses,
+                 synced: int) -> None:
+        self.plugin: object = plugin
+        self.delta = plugin.node_delta
+        self.rebuild(snap, classes, synced)
+
+    def rebuild(self, snap: Snapshot, classes: NodeClasses, synced: int) -> None:
+        """Every node afresh (``O(n log n)``)."""
+        x = np.asarray(self.delta(snap, np.arange(snap.n)), dtype=np.float64)
+        self.x = x
+        self.sv: list[np.ndarray] = []
+        self.sn: list[np.ndarray] = []
+        for m in classes.members:
+            o = np.lexsort((m, x[m]))
+            self.sv.append(x[m][o])
+            self.sn.append(m[o])
+        self.low = np.array([v[0] for v in self.sv])
+        self.arg = np.array([n[0] for n in self.sn], dtype=np.int64)
+        self.synced = synced
+
+    def sync(self, snap: Snapshot, classes: NodeClasses, changed: list[int]) -> None:
+        """Refile the nodes changed since the last sync in their class's order
+        (``O(class size)`` memory moves each), or rebuild when many changed."""
+        new = changed[self.synced:]
+        if not new:
+            return
+        if len(new) > max(64, snap.n // 64):
+            self.rebuild(snap, classes, len(changed))
+            return
+        u = np.array(sorted(set(new)), dtype=np.int64)
+        now = np.asarray(self.delta(snap, u), dtype=np.float64)
+        for i, v in zip(u.tolist(), now.tolist(), strict=True):
+            old = float(self.x[i])
+            if old == v:
+                continue
+            self.x[i] = v
+            c = int(classes.of[i])
+            vals, nodes = self.sv[c], self.sn[c]
+            lo, hi = np.searchsorted(vals, old, "left"), np.searchsorted(vals, old, "right")
+            at = int(lo + np.searchsorted(nodes[lo:hi], i))
+            lo, hi = np.searchsorted(vals, v, "left"), np.searchsorted(vals, v, "right")
+            to = int(lo + np.searchsorted(nodes[lo:hi], i))  # among the others and itself
+            if to > at:  # overlapping slices: numpy copies them as memmove does
+                vals[at:to - 1], nodes[at:to - 1] = vals[at + 1:to], nodes[at + 1:to]
+                vals[to - 1], nodes[to - 1] = v, i
+            else:
+                vals[to + 1:at + 1], nodes[to + 1:at + 1] = vals[to:at], nodes[to:at]
+                vals[to], nodes[to] = v, i
+            self.low[c], self.arg[c] = vals[0], nodes[0]
+        self.synced = len(changed)
+
+
 class _Fitting:
     """The fitting nodes of one group for a CPU-only request (free cpu ≥ ``cpu``, free
     memory ≥ ``mem``) in (free cpu, position) order, materialised as far as asked:
@@ -442,13 +507,15 @@ class BatchAssigner:
     leaves large holes for large requests); False = the first fitting node."""
     dynamic_candidates: int | None = 1024
     """Most nodes a dynamic score plugin is evaluated on per request where the per-class
-    bound does not apply (a GPU request, whose ``ΔF`` may be negative, or several dynamic
-    terms): the tightest of each class, a heuristic; None = every fitting node of the
+    bound does not apply (a GPU request, whose ``ΔF`` may be negative, or dynamic terms
+    :meth:`_joint_walk` does not cover, or :attr:`joint_bound` off): the tightest of each
+    class, a heuristic; None = every fitting node of the
     band. Requests the bound covers are evaluated over every fitting node of the band
     (pruned, exactly); with :attr:`prune_dynamic` False the cap applies to all."""
     prune_dynamic: bool = True
-    """Bound GPU fragmentation per node class (:meth:`_frag_walk`): ``ΔF`` is computed
-    only on the classes, and the nodes within them, that can still be among the best;
+    """Bound GPU fragmentation per node class (:meth:`_frag_walk`; beside measured load,
+    both together: :meth:`_joint_walk`): ``ΔF`` is computed only on the classes, and the
+    nodes within them, that can still be among the best;
     the same placements as with False, the exhaustive evaluation of every candidate."""
     bound_growth: bool = True
     """With :attr:`prune_dynamic`: leave uncomputed the GPU nodes whose fragmentation
@@ -460,6 +527,12 @@ class BatchAssigner:
     equal-cost classes through a per-group index sorted by free cpu (kept in step with
     :attr:`changed`), not a fit test over every member; False = the test (the path
     before; same placements)."""
+    joint_bound: bool = True
+    """With :attr:`prune_dynamic`: bound every dynamic term per node class together for a
+    CPU-only request when GPU fragmentation is not alone — measured load beside it, as the
+    control plane places (:meth:`_joint_walk`); the same placements as the exhaustive
+    evaluation. False = the capped evaluation of :attr:`dynamic_candidates` nodes (the
+    path before)."""
     keep: int = 1
     """How many of the best candidates a dynamic choice must know exactly: 1 for the
     choice; :class:`placement.plan.Planner` asks for the runners-up of an explanation
@@ -492,6 +565,7 @@ class BatchAssigner:
         """Bumped whenever free GPU units change (:meth:`_pressure`)."""
         self._pressures: dict[int, tuple[DynamicScore, int, float]] = {}
         self._gindex: dict[bytes, _GroupIndex] = {}
+        self._tables: dict[int, _NodeTable] = {}
         self.changed: list[int] = []
         """Node indices whose free capacity this assigner changed, in order (take,
         release): what per-node tables kept beside it (the explanations' filter counts)
@@ -622,6 +696,8 @@ class BatchAssigner:
                     and used[0][0].term == "fragmentation" and req.task.resources.gpu <= 0):
                 plugin, w, level = used[0]
                 return self._frag_walk(req, cc, plugin, w, level, w_static, skip)
+            if self._joint_applies(req, used):
+                return self._joint_walk(req, cc, used, w_static, skip)
             return self._assign_dynamic(req, cc, used, w_static, skip=skip)
         r = req.task.resources
         cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
@@ -665,8 +741,9 @@ class BatchAssigner:
 
     def _assign_dynamic(self, req: PlacementRequest, cc: ClassCosts,
                         dyns: list[tuple[DynamicScore, float, float]], w_static: float,
-                        skip: np.ndarray | None = None) -> int:
-        """Static class cost plus the dynamic terms over the fitting nodes.
+                        skip: np.ndarray | None = None, capped: bool = True) -> int:
+        """Static class cost plus the dynamic terms over the fitting nodes (``capped``
+        False: every fitting node of the band, whatever :attr:`dynamic_candidates`).
 
         A node's cost is ``(W_s·cost_class + Σ_p w_p·d_p) / (W_s + Σ_p w_p)`` with
         ``d_p = 1 − f / (x + f)``, ``x`` plugin ``p``'s raw cost minus its minimum over
@@ -724,7 +801,8 @@ class BatchAssigner:
         if not cand:
             return -1
         total_cand = sum(c.size for c in cand)
-        if self.dynamic_candidates is not None and total_cand > self.dynamic_candidates:
+        if capped and self.dynamic_candidates is not None \
+                and total_cand > self.dynamic_candidates:
             per = max(1, self.dynamic_candidates // len(cand))
             cand = [self._tightest(c, per, gpu) for c in cand]
         idx = np.concatenate(cand)
@@ -747,6 +825,292 @@ class BatchAssigner:
         best = np.flatnonzero(total <= total.min() + 1e-12)
         k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
         self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raws, ds, total)
+        return int(idx[k])
+
+    def _joint_applies(self, req: PlacementRequest,
+                       dyns: list[tuple[DynamicScore, float, float]]) -> bool:
+        """Whether :meth:`_joint_walk` places ``req``: a CPU-only request with
+        :attr:`prune_dynamic` and :attr:`joint_bound` on, and dynamic terms that are
+        :class:`~placement.framework.NodeDelta` ratio-to-best terms (measured load; at
+        least one) and at most one GPU-fragmentation term (shift-normalised)."""
+        if not (self.prune_dynamic and self.joint_bound) or req.task.resources.gpu > 0:
+            return False
+        local = frag = 0
+        for plugin, _, _ in dyns:
+            if provides(plugin, NodeDelta) and ratio_to_best(plugin):
+                local += 1
+            elif plugin.term == "fragmentation" and not ratio_to_best(plugin):
+                frag += 1
+            else:
+                return False
+        return local > 0 and frag <= 1
+
+    def _node_table(self, plugin: DynamicScore) -> _NodeTable:
+        """``plugin``'s :class:`_NodeTable`, synced with :attr:`changed`."""
+        assert self.classes is not None
+        held = self._tables.get(id(plugin))
+        if held is None or held.plugin is not plugin:
+            held = self._tables[id(plugin)] = _NodeTable(
+                cast(NodeDelta, plugin), self.snap, self.classes, len(self.changed))
+        else:
+            held.sync(self.snap, self.classes, self.changed)
+        return held
+
+    def _joint_walk(self, req: PlacementRequest, cc: ClassCosts,
+                    dyns: list[tuple[DynamicScore, float, float]], w_static: float,
+                    skip: np.ndarray | None = None) -> int:
+        """:meth:`_assign_dynamic` for a CPU-only request whose dynamic terms are measured
+        load (any :class:`~placement.framework.NodeDelta`) and GPU fragmentation, bounded
+        per node class together: the exhaustive evaluation's choice — every fitting node
+        of the band, ``capped=False`` — and its :attr:`keep` best totals, evaluating few
+        classes.
+
+        A node's total is ``(W_s·cost_class + Σ_p w_p·d_p) / W`` (:meth:`_assign_dynamic`).
+        Per node class a lower bound of it is the sum of each term's own lower bound,
+        weighted as the framework weights the term:
+
+        * a :class:`~placement.framework.NodeDelta` term ``x`` (ratio to the best,
+          ``d = 1 − (low + f) / (x + f)``): ``low``, the least ``x`` over the band's
+          fitting nodes, is found exactly from the per-class least values of the
+          :class:`_NodeTable` (a class's least member usually fits; a class whose least
+          one does not is scanned while its least value is below the ``low`` found), and
+          ``x ≥`` the class's least value over all its members bounds ``d``. Valid
+          because ``node_delta`` reads only the node itself and its free capacity changes
+          only through :meth:`take`/:meth:`release` (the change log), or a restore that
+          drops the tables (:meth:`_best_of`), and is the same for every request;
+        * GPU fragmentation: a CPU-only request has ``ΔF ≥ 0`` and ``ΔF = 0`` on a node
+          without a free GPU, so once such a node is among the fitting nodes of the band
+          the term's minimum is 0 and ``d ≥ 0`` (bound 0 per class); within an evaluated
+          class :meth:`~placement.framework.BoundsDelta.growth_bound` bounds it per node,
+          and ``ΔF`` is computed only where that bound can still rank.
+
+        Within a class the fitting nodes are resolved a chunk at a time by their total at
+        ``ΔF = 0`` (a lower bound of it): with one load-like term, from the class's members
+        sorted by that term (:class:`_NodeTable`; the total at ``ΔF = 0`` grows with it),
+        stopping at the first member whose bound is beyond, so a class costs ``O(chunk)``.
+        Classes are evaluated by ascending bound (ties in the exhaustive order); the walk
+        stops at the first whose bound is above both the best exact total found (plus
+        the choice's 1e-12 tie band) and the :attr:`keep`-th best, by 1e-9 — such a class,
+        and every later one, cannot hold the choice, a tied node, or a runner-up. The
+        exact totals are computed as :meth:`_assign_dynamic` computes them (same
+        normalisers, same order of summation), so ties break alike (least free cpu, then
+        the exhaustive order). Falls back to the exhaustive evaluation when no fitting
+        node of the band is known at ``ΔF = 0`` (the fragmentation minimum is unknown).
+        Requests it does not cover (:meth:`_joint_applies`: a GPU request, whose ``ΔF``
+        may be negative; a dynamic term neither load-like nor GPU fragmentation;
+        :attr:`joint_bound` off) take :meth:`_assign_dynamic`'s capped evaluation.
+        :attr:`last_dynamic` lists the nodes evaluated exactly, in the exhaustive order.
+        """
+        assert self.classes is not None
+        r = req.task.resources
+        cpu, mem, gpu = r.cpu - CPU_EPS, r.memory, r.gpu
+        s, cl = self.snap, self.classes
+        members = cl.members
+        w_dyn = sum(w for _, w, _ in dyns)
+        wsum = w_static + w_dyn
+        keep = max(1, self.keep)
+        locs = [(p, w, self._node_table(p)) for p, w, _ in dyns if provides(p, NodeDelta)]
+        held: dict[int, np.ndarray] = {}  # class → its members' fit, this request
+
+        def fitting(c: int) -> np.ndarray:
+            f = held.get(c)
+            if f is None:
+                f = held[c] = self._fits(members[c], cpu, mem, gpu, skip)
+            return f
+
+        # the band of the exhaustive evaluation, as _assign_dynamic finds it
+        order = cc.order
+        room = np.flatnonzero((self._ub_cpu[order] >= cpu) & (self._ub_mem[order] >= mem)
+                              & (self._ub_gpu[order] >= gpu))
+        k = 0
+        first: float | None = None
+        head = locs[0][2].arg  # a member per class: when it fits, the class has a fit
+        while k < room.size and first is None:
+            c = int(order[room[k]])
+            k += 1
+            if self._fits(head[c:c + 1], cpu, mem, gpu, skip)[0] or fitting(c).any():
+                first = float(cc.cost[c])
+            elif skip is None:
+                self._refresh_bounds(c)
+        if first is None:
+            return -1
+        rest = room[k:]
+        rest = rest[w_static * (cc.cost[order[rest]] - first) <= w_dyn]
+        pos = np.concatenate([room[k - 1:k], rest])  # positions in cc.order
+        band = order[pos]
+        frag = next(((p, w, lv) for p, w, lv in dyns if not provides(p, NodeDelta)), None)
+        lows: dict[str, float] = {}
+        bound = w_static * cc.cost[band]
+        zero = frag is None
+        for p, w, t in locs:  # each term's normaliser over the band's fitting nodes, exact
+            least = np.maximum(t.low[band], 0.0)
+            arg = t.arg[band]
+            ok = self._fits(arg, cpu, mem, gpu, skip)
+            low = float(least[ok].min()) if ok.any() else np.inf
+            if not zero:  # a fitting node without a free GPU: ΔF = 0 there
+                zero = bool((ok & ~s.gpu_slots[arg].any(axis=1)).any())
+            unsure = np.flatnonzero(~ok & (least < low))
+            for j in unsure[np.argsort(least[unsure], kind="stable")].tolist():
+                if least[j] >= low:
+                    break
+                c = int(band[j])
+                fits = fitting(c)
+                if fits.any():
+                    low = min(low, float(np.maximum(t.x[members[c][fits]], 0.0).min()))
+            f = float(p.floor)
+            lows[p.name] = low
+            bound = bound + w * (1.0 - (low + f) / (least + f))
+        if not zero:  # look for one in the classes without a free GPU
+            for c in band[self._ub_gpu[band] <= 0].tolist():
+                m = members[c]
+                fits = fitting(c)
+                if (fits & ~s.gpu_slots[m].any(axis=1)).any():
+                    zero = True
+                    break
+        if not zero:  # the fragmentation minimum is unknown: nothing can be pruned
+            return self._assign_dynamic(req, cc, dyns, w_static, skip, capped=False)
+        bound = bound / wsum
+        zd = bd = None
+        if frag is not None:
+            zd = cast(ZeroDelta, frag[0]) if provides(frag[0], ZeroDelta) else None
+            bd = cast(BoundsDelta, frag[0]) if (self.bound_growth and zd is not None
+                                                and provides(frag[0], BoundsDelta)) else None
+        top = np.zeros(0)  # the least exact totals found so far, ascending, at most keep
+
+        def beyond(least: np.ndarray) -> float:
+            """The total above which a node cannot rank, given the least exact totals
+            found (ascending)."""
+            if not least.size:
+                return np.inf
+            kth = float(least[keep - 1]) if least.size >= keep else np.inf
+            return max(float(least[0]) + 1e-12, kth) + 1e-9
+
+        limit = np.inf
+        parts: list[tuple[int, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray],
+                          np.ndarray]] = []
+
+        def chunks(c: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            """Class ``c``'s fitting nodes that can still rank, a chunk at a time by
+            their total at ``ΔF = 0`` (a lower bound; exact where ``ΔF`` is 0), ascending:
+            (nodes, that total × W). One load-like term: from the class's members sorted
+            by it, stopping where the next one's bound is beyond :func:`beyond` (``O(chunk)``,
+            not ``O(class)``); several: from all its fitting members."""
+            base = w_static * cc.cost[c]
+            width = 4 * keep
+            if len(locs) == 1:
+                p, w, t = locs[0]
+                f, low = float(p.floor), lows[p.name]
+                vals, nodes = t.sv[c], t.sn[c]
+                b = 0
+                while b < nodes.size:
+                    lead = base + w * (1.0 - (low + f) / (max(float(vals[b]), 0.0) + f))
+                    if lead / wsum > limit:
+                        return  # sorted: no later member can rank
+                    e = min(nodes.size, b + width)
+                    width *= 4
+                    nd = nodes[b:e]
+                    b = e
+                    nd = nd[self._fits(nd, cpu, mem, gpu, skip)]
+                    if nd.size:
+                        rw = base + w * (1.0 - (low + f) / (np.maximum(t.x[nd], 0.0) + f))
+                        keep_ = rw / wsum <= limit
+                        yield nd[keep_], rw[keep_]
+                return
+            fits = fitting(c)
+            if not fits.any():
+                if skip is None:
+                    self._refresh_bounds(c)
+                return
+            cand = members[c][fits]
+            rest_w = np.full(cand.size, base)
+            for p, w, t in locs:
+                f = float(p.floor)
+                rest_w = rest_w + w * (1.0 - (lows[p.name] + f)
+                                       / (np.maximum(t.x[cand], 0.0) + f))
+            sel = np.arange(cand.size)
+            while sel.size:
+                sel = sel[rest_w[sel] / wsum <= limit]
+                if sel.size > width:
+                    cut = np.partition(rest_w[sel], width - 1)[width - 1]
+                    ch, sel = sel[rest_w[sel] <= cut], sel[rest_w[sel] > cut]
+                else:
+                    ch, sel = sel, sel[:0]
+                width *= 4
+                if ch.size:
+                    yield cand[ch], rest_w[ch]
+
+        for j in np.lexsort((pos, bound)).tolist():
+            if bound[j] > limit:
+                break  # this class, and every later one, cannot rank
+            c = int(band[j])
+            done: list[np.ndarray] = []
+            rfs: list[np.ndarray] = []
+            for nd, rest_w in chunks(c):
+                rf = np.zeros(nd.size)
+                if frag is not None:
+                    fp, fw, level = frag
+                    f = float(fp.floor)
+                    at = np.flatnonzero(s.gpu_slots[nd].any(axis=1))
+                    if at.size:
+                        if bd is not None:
+                            same, lower = bd.growth_bound(req, s, nd[at], level)
+                        elif zd is not None:
+                            same, lower = zd.unchanged(req, s, nd[at]), np.zeros(at.size)
+                        else:
+                            same, lower = np.zeros(at.size, dtype=bool), np.zeros(at.size)
+                        unk, lower = at[~same], lower[~same]
+                        if unk.size:
+                            sure = np.ones(nd.size, dtype=bool)
+                            sure[unk] = False
+                            lim = beyond(np.sort(np.concatenate(  # with the chunk's ΔF = 0
+                                [top, rest_w[sure] / wsum]))[:keep])
+                            low_tot = (rest_w[unk] + fw * (1.0 - f / (lower + f))) / wsum
+                            need = low_tot <= lim
+                            rf[unk[~need]] = np.inf
+                            if need.any():
+                                rf[unk[need]] = self._dynamic_delta(fp, req, nd[unk[need]],
+                                                                    level)
+                fin = np.isfinite(rf)
+                nd, rf, rest_w = nd[fin], rf[fin], rest_w[fin]
+                if frag is not None:
+                    f = float(frag[0].floor)
+                    tot = (rest_w + frag[1] * (1.0 - f / (rf + f))) / wsum
+                else:
+                    tot = rest_w / wsum
+                top = np.sort(np.concatenate([top, tot]))[:keep]
+                limit = beyond(top)
+                done.append(nd)
+                rfs.append(rf)
+            if not done:
+                continue
+            cand = np.concatenate(done)
+            raws: dict[str, np.ndarray] = {}
+            ds: dict[str, np.ndarray] = {}
+            for p, _, t in locs:  # the terms as _assign_dynamic normalises them
+                f = float(p.floor)
+                raws[p.name] = x = t.x[cand]
+                ds[p.name] = 1.0 - (lows[p.name] + f) / (np.maximum(x, 0.0) + f)
+            if frag is not None:
+                f = float(frag[0].floor)
+                raws[frag[0].name] = rf = np.concatenate(rfs)
+                ds[frag[0].name] = 1.0 - f / (rf + f)  # the term's minimum is 0
+            acc = w_static * np.full(cand.size, cc.cost[c])
+            for p, w, _ in dyns:  # summed in plugin order, as _assign_dynamic does
+                acc = acc + w * ds[p.name]
+            parts.append((int(pos[j]), cand, raws, ds, acc / wsum))
+        if not parts or not sum(x[1].size for x in parts):  # not reached: the first fits
+            return self._assign_dynamic(req, cc, dyns, w_static, skip, capped=False)
+        idx = np.concatenate([x[1] for x in parts])
+        at_pos = np.concatenate([np.full(x[1].size, x[0]) for x in parts])
+        perm = np.lexsort((idx, at_pos))  # the exhaustive order: class by class, node order
+        idx = idx[perm]
+        names = [p.name for p, _, _ in dyns]
+        raw = {n: np.concatenate([x[2][n] for x in parts])[perm] for n in names}
+        d = {n: np.concatenate([x[3][n] for x in parts])[perm] for n in names}
+        total = np.concatenate([x[4] for x in parts])[perm]
+        best = np.flatnonzero(total <= total.min() + 1e-12)
+        k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
+        self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raw, d, total)
         return int(idx[k])
 
     def _lazy_fragmentation(self, req: PlacementRequest,
@@ -1122,6 +1486,7 @@ class BatchAssigner:
          self._ub_gpu[:], s.gpu_slots[:]) = saved
         self._gpu_version += 1
         self._gindex.clear()  # restored without the change log
+        self._tables.clear()
         by_regret = self.assign(requests, "regret")
         if self.value(requests, by_regret) > self.value(requests, by_size):
             return by_regret
@@ -1129,6 +1494,7 @@ class BatchAssigner:
          self._ub_gpu[:], s.gpu_slots[:]) = after_size
         self._gpu_version += 1
         self._gindex.clear()
+        self._tables.clear()
         return by_size
 
     def node_costs(self, req: PlacementRequest) -> np.ndarray:

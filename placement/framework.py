@@ -20,7 +20,8 @@ Optional plugin methods are declared protocols, never looked up by name:
 :class:`DynamicScore` (a term that reads free capacity: ``delta``, ``pressure``;
 :class:`RatioToBest` says how the assigner normalises it),
 :class:`CachedDelta` (an exact per-snapshot memo of that delta), :class:`ZeroDelta`
-(where that delta is provably 0), :class:`ObservesBatch`
+(where that delta is provably 0), :class:`NodeDelta` (a delta kept per node, bounded per
+node class), :class:`ObservesBatch`
 (``observe``: learns from every request of a batch) and :class:`Weighted` (``weight``, for
 a term outside the objective). The predictor's optional methods are declared in
 :mod:`placement.predict` (``PredictsQueueWait``, ``Prefetches``, ``ExplainsFallback``).
@@ -203,6 +204,20 @@ class BoundsDelta(Protocol):
         """``(same, lower)``, bool and float ``(len(idx),)``: ``same`` as ``unchanged``;
         ``lower`` a lower bound of ``delta`` (0 where ``same`` or none is known), for the
         plugin's ``pressure`` of ``snap``."""
+        ...
+
+
+@runtime_checkable
+class NodeDelta(Protocol):
+    """A :class:`DynamicScore` whose ``delta`` is the same for every request and, at a
+    node, reads only that node — its static fields and its own free capacity (measured
+    load). The batch assigner then keeps it per node, refreshing only the nodes whose free
+    capacity it changed, and bounds it per node class by the least over the class's
+    members: the joint class walk (:meth:`placement.batch.BatchAssigner._joint_walk`),
+    which needs it finite and normalised as a :class:`RatioToBest`."""
+
+    def node_delta(self, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        """``delta(req, snap, idx)`` for any ``req``, shape ``(len(idx),)``, finite."""
         ...
 
 

@@ -669,8 +669,10 @@ What limits the missed targets (analysis of this benchmark, not measured by it):
   docs/placement.md): classes are walked in cost order in groups of equal cost and stop
   where their best reachable total (`ΔF = 0`) cannot rank; within a group nodes are taken
   least free cpu first and `ΔF` is computed only ahead of the first nodes provably at 0
-  (`GpuFragmentation.unchanged`). The bench checks every CPU-only choice of the product row
-  against the exhaustive evaluation in the same state. Nodes whose `ΔF` is provably
+  (`GpuFragmentation.unchanged`). With measured load beside it (the control plane's
+  framework) both terms are bounded per class together (`BatchAssigner._joint_walk`). The
+  bench checks every CPU-only choice of the product row, and of the control plane's
+  framework row, against the exhaustive evaluation in the same state. Nodes whose `ΔF` is provably
   beyond the tie band (`GpuFragmentation.growth_bound`) are left uncomputed once enough
   `ΔF = 0` ones rank before them, and a group's fitting nodes come from an index sorted by
   free cpu. The `before` row is the path before those two and the lean explanations

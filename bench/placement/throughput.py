@@ -22,8 +22,10 @@ reasons, scores, filter counts, runners-up — included):
   ``n``-sized arrays (``Planner.lean_explanations=False``) — timed interleaved with the
   product row, request by request, so that load on a shared machine weighs on both
   alike;
-* :data:`LOAD`: the framework the control plane builds (measured load on), where the
-  per-class bound does not apply (two dynamic terms);
+* :data:`LOAD`: the framework the control plane builds (measured load on: two dynamic
+  terms, bounded per node class together, ``BatchAssigner._joint_walk``), and
+  :data:`LOAD_BEFORE`, the same without that bound (the capped evaluation), timed
+  interleaved with it;
 * the naive full rescan.
 """
 
@@ -49,12 +51,17 @@ BEFORE = "before: no growth bound, explanation rebuilt (templates)"
 ``lean_explanations=False``), explanation included: the old path, timed in the same run."""
 LOAD = "continuum (templates), measured load on (the control plane's framework)"
 """``with_load(default_framework())``, as control_plane/models.py builds it: NodeLoad is a
-second dynamic term, so the per-class bound does not apply (the capped evaluation of up
-to 1,024 fitting nodes); the nodes carry no measured utilisation here, so the load is
-the accounting ``1 − free/allocatable``."""
+second dynamic term, bounded per node class together with GPU fragmentation for a
+CPU-only request (``BatchAssigner._joint_walk``; a GPU request keeps the capped
+evaluation of up to 1,024 fitting nodes, as in the product row); the nodes carry no
+measured utilisation here, so the load is the accounting ``1 − free/allocatable``."""
+LOAD_BEFORE = "before: measured load on, capped evaluation (the control plane's framework)"
+""":data:`LOAD` as before the joint bound (``joint_bound=False``: every request on up to
+1,024 capped candidates), timed interleaved with it."""
 CHECKED = 2000
-"""Requests of the product row whose choice is checked against the exhaustive one (a
-quarter of that above 10k nodes, where each exhaustive choice costs milliseconds)."""
+"""Requests of the product row, and of the :data:`LOAD` row, whose CPU-only choices are
+checked against the exhaustive one (a quarter of that above 10k nodes, where each
+exhaustive choice costs milliseconds)."""
 
 
 def cluster(n: int, seed: int = 0) -> tuple[list[Node], StaticNetwork]:
@@ -115,9 +122,11 @@ class Row:
 
 
 def _planner(snap: Snapshot, fragmentation: bool, prune: bool = True,
-             cap: int | None = None, lean: bool = True, load: bool = False) -> Planner:
+             cap: int | None = None, lean: bool = True, load: bool = False,
+             joint: bool = True) -> Planner:
     """A planner on a copy of ``snap``; ``lean`` False: the path before this round
-    (:data:`BEFORE`); ``load``: with measured load (:data:`LOAD`)."""
+    (:data:`BEFORE`); ``load``: with measured load (:data:`LOAD`); ``joint`` False: without
+    the joint bound (:data:`LOAD_BEFORE`)."""
     fw = default_framework() if fragmentation else default_framework(fragmentation_weight=0.0)
     if load:
         fw = with_load(fw)
@@ -127,6 +136,7 @@ def _planner(snap: Snapshot, fragmentation: bool, prune: bool = True,
     p.assigner.bound_growth = lean
     p.assigner.index_groups = lean
     p.lean_explanations = lean
+    p.assigner.joint_bound = joint
     return p
 
 
@@ -145,7 +155,8 @@ def exhaustive_choice(p: Planner, req: PlacementRequest) -> int:
 
 def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     """The rows of the module docstring at ``n`` nodes; raises AssertionError when the
-    product path picks another node than the exhaustive evaluation (the check)."""
+    product path, or the control plane's framework (:data:`LOAD`), picks another node for
+    a CPU-only request than the exhaustive evaluation in the same state (the check)."""
     import gc
     import time
 
@@ -155,7 +166,9 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     chosen: dict[str, list[int]] = {}
     distinct = min(fast_requests, 3000)
     product = PRODUCT + ", explanation included"
-    checked, limit = 0, CHECKED if n <= 10_000 else CHECKED // 4
+    control = LOAD + ", explanation included"
+    control_before = LOAD_BEFORE + ", explanation included"
+    checked, limit = {product: 0, control: 0}, CHECKED if n <= 10_000 else CHECKED // 4
     before = BEFORE + ", explanation included"
     # (label, requests, fragmentation on, bound on, candidate cap, explain, measured load);
     # a group's rows are timed interleaved, request by request (the product path and the
@@ -163,8 +176,8 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
     groups = [
         [(product, requests(fast_requests), True, True, 1024, True, False),
          (before, requests(fast_requests), True, True, 1024, True, False)],
-        [(LOAD + ", explanation included", requests(fast_requests), True, True, 1024, True,
-          True)],
+        [(control, requests(fast_requests), True, True, 1024, True, True),
+         (control_before, requests(fast_requests), True, True, 1024, True, True)],
         [(PRODUCT + ", no explanation", requests(fast_requests), True, True, 1024, False, False)],
         [("continuum (distinct), explanation included", requests(distinct, 2, True), True,
           True, 1024, True, False)],
@@ -176,7 +189,8 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
         planners, builds = [], []
         for label, _, frag, prune, cap, _, load in group:
             t0 = time.perf_counter()
-            planners.append(_planner(snap, frag, prune, cap, label != before, load))
+            planners.append(_planner(snap, frag, prune, cap, label != before, load,
+                                     label != control_before))
             builds.append(time.perf_counter() - t0)
         gc.collect()  # the snapshot's garbage is not collected inside the timed loop
         count = len(group[0][1])
@@ -188,17 +202,18 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
             for g in (range(len(group)) if k % 2 == 0 else reversed(range(len(group)))):
                 label, reqs, _, _, _, explain, _ = group[g]
                 p, r = planners[g], reqs[k]
-                want = (exhaustive_choice(p, r) if label == product and k < limit
+                want = (exhaustive_choice(p, r) if label in (product, control) and k < limit
                         and r.task.resources.gpu <= 0 else None)
                 s = time.perf_counter()
                 dec = p.place_one(r, explain=explain).decision
                 lats[g][k] = time.perf_counter() - s
                 j = -1 if dec is None else p.snap.index[dec.node]
                 if want is not None:
-                    checked += 1
+                    checked[label] += 1
                     if j != want:
-                        raise AssertionError(f"{n} nodes: request {k} placed on node {j}, "
-                                             f"the exhaustive evaluation picks {want}")
+                        raise AssertionError(f"{n} nodes, {label}: request {k} placed on "
+                                             f"node {j}, the exhaustive evaluation picks "
+                                             f"{want}")
                 placed[g] += j >= 0
                 chosen[label].append(j)
         for g, (label, *_) in enumerate(group):
@@ -217,8 +232,9 @@ def measure(n: int, fast_requests: int, naive_requests: int) -> list[Row]:
         s = time.perf_counter()
         placed += int(naive_assign([r], s2)[0] >= 0)
         lat[k] = time.perf_counter() - s
-    print(f"{n:,} nodes: {checked} decisions checked against the exhaustive evaluation, "
-          "all the same", flush=True)
+    print(f"{n:,} nodes: {checked[product]} decisions of the product row and "
+          f"{checked[control]} of the control plane's framework checked against the exhaustive "
+          "evaluation, all the same", flush=True)
     rows.append(Row(n, n, "naive full rescan", len(reqs), placed, len(reqs) / lat.sum(),
                     float(np.percentile(lat, 99)) * 1e3, 0.0))
     return rows

@@ -97,6 +97,15 @@ class NodeLoad:
     def delta(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
         """The slowdown over ``idx`` now (it reads free capacity, so the batch assigner
         re-evaluates it per request: a :class:`~placement.framework.DynamicScore`)."""
+        return self.node_delta(snap, idx)
+
+    def node_delta(self, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        """:meth:`delta` without a request, shape ``(len(idx),)``, in ``[1, 20]``: it
+        reads neither the request nor other nodes — node ``i``'s slowdown reads only its
+        free cpu (which the batch assigner changes through ``take``/``release``) and
+        fields fixed for the snapshot (allocatable, capacity, the cpu free when the
+        snapshot was built, measured utilisation and its staleness) — so the assigner
+        keeps it per node (:class:`~placement.framework.NodeDelta`)."""
         out: np.ndarray = 1.0 / (1.0 - effective_load(snap, idx))
         return out
 

@@ -436,9 +436,10 @@ def test_group_index_follows_takes_and_releases() -> None:
 @pytest.mark.parametrize("strand", [0.0, 1.0])
 def test_growth_bound_beside_measured_load_places_as_without(keep: int, strand: float) -> None:
     """With measured load beside it (the control plane's framework: two dynamic terms,
-    so the class walk does not apply), the growth bound leaves ΔF uncomputed only where a
-    node cannot rank: every request goes to the node the full evaluation of the capped
-    candidates picks, with the same ``keep`` best totals, and fewer ΔF are computed."""
+    bounded per class together for a CPU-only request — BatchAssigner._joint_walk — and
+    evaluated on capped candidates for a GPU one), the growth bound leaves ΔF uncomputed
+    only where a node cannot rank: every request goes to the node the evaluation without
+    it picks, with the same ``keep`` best totals, and fewer ΔF are computed."""
     from placement.plugins.load import with_load
 
     evaluated = {True: 0, False: 0}

@@ -1,0 +1,171 @@
+"""The joint class walk (BatchAssigner._joint_walk): measured load beside GPU
+fragmentation, the control plane's framework, bounded per node class together.
+
+Aspects: on seeded random clusters with measured load on (measured utilisation per node,
+some unknown, some stale, nodes of one class a little apart), runs released in between,
+every CPU-only request goes to the node the exhaustive evaluation of every fitting
+candidate picks, with the same ``keep`` best totals, and fewer nodes are evaluated; the
+same with a retry's nodes to avoid (``skip``), with measured load alone (no GPU), whole
+batches in every order (``best`` restores capacity, which the per-node table must notice),
+two load-like terms (their bounds summed), and the per-node table stays equal to one built
+afresh.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from placement import PlacementRequest, Snapshot, default_framework
+from placement.batch import BatchAssigner, _NodeTable
+from placement.framework import Framework
+from placement.plugins.fragmentation import GpuFragmentation
+from placement.plugins.load import NodeLoad, with_load
+from tests.placement.placement_factories import GI, network, node, request, task
+from tests.placement.test_fragmentation import U, _random_instance, _replay_side_by_side
+
+
+def _with_load_measured(snap: Snapshot, seed: int) -> Snapshot:
+    """``snap``'s nodes with measured utilisation: a few levels (so classes stay few),
+    some nodes a little off their level (same class, different load), some unknown,
+    some stale."""
+    rng = np.random.default_rng(500 + seed)
+    nodes = []
+    for nd in snap.nodes:
+        level = float(rng.choice([0.05, 0.3, 0.6, 0.9]))
+        u: float | None = level
+        if rng.uniform() < 0.3:
+            u = None
+        elif rng.uniform() < 0.3:
+            u = level + float(rng.uniform(-0.004, 0.004))
+        nodes.append(nd.model_copy(update={"utilisation": u,
+                                           "metrics_stale": bool(rng.uniform() < 0.2)}))
+    return Snapshot(nodes=nodes, network=snap.network, gpu_unit=snap.gpu_unit)
+
+
+def _control_plane_framework(strand: float = 1.0) -> Framework:
+    fw = with_load(default_framework())
+    for p in fw.scores:
+        if isinstance(p, GpuFragmentation):
+            p.strand = strand
+    return fw
+
+
+def _sides(snap: Snapshot, keep: int, strand: float = 1.0) -> list[BatchAssigner]:
+    """The product's setting (the walk, capped candidates for what it does not cover)
+    and the exhaustive evaluation, on copies of ``snap``."""
+    return [BatchAssigner(snap.copy(), _control_plane_framework(strand), keep=keep),
+            BatchAssigner(snap.copy(), _control_plane_framework(strand), keep=keep,
+                          prune_dynamic=False, dynamic_candidates=None)]
+
+
+def _cpu_only(reqs: list[PlacementRequest]) -> list[PlacementRequest]:
+    return [r for r in reqs if r.task.resources.gpu <= 0]
+
+
+@pytest.mark.parametrize("unit", [1, U])
+@pytest.mark.parametrize("keep", [1, 4])
+@pytest.mark.parametrize("strand", [0.0, 1.0])
+def test_joint_bound_places_as_the_exhaustive_evaluation(unit: int, keep: int,
+                                                         strand: float) -> None:
+    evaluated = {True: 0, False: 0}
+    for seed in range(25):
+        snap, reqs = _random_instance(seed, unit)
+        sides = _sides(_with_load_measured(snap, seed), keep, strand)
+        for side, n in zip((True, False),
+                           _replay_side_by_side(sides, _cpu_only(reqs), 6000 + seed, keep),
+                           strict=True):
+            evaluated[side] += n
+    assert evaluated[True] < evaluated[False]
+
+
+def test_joint_bound_with_nodes_to_avoid() -> None:
+    """``choose(req, skip)`` (a retry avoiding nodes) picks as the exhaustive evaluation."""
+    for seed in range(25):
+        snap, reqs = _random_instance(seed, U)
+        sides = _sides(_with_load_measured(snap, seed), 1)
+        rng = np.random.default_rng(7000 + seed)
+        for r in _cpu_only(reqs):
+            skip = rng.uniform(size=snap.n) < 0.3
+            got = [a.choose(r, skip) for a in sides]
+            assert got[0] == got[1], f"seed {seed}, request {r.key}: {got}"
+            if got[0] >= 0:
+                assert not skip[got[0]]
+                for a in sides:
+                    a.take(got[0], r)
+
+
+def test_measured_load_alone_is_walked_exactly() -> None:
+    """No GPU in the cluster: measured load is the only dynamic term, still walked per
+    class, still the exhaustive choice."""
+    rng = np.random.default_rng(3)
+    nodes = []
+    for i in range(60):
+        cpu = float(rng.choice([4, 8, 16]))
+        u = float(rng.choice([0.1, 0.5])) if rng.uniform() < 0.7 else None
+        used = float(rng.uniform(0, 0.8))
+        nodes.append(node(f"s{i % 3}/n{i}", cpu, 32 * GI,
+                          free=(round(cpu * (1 - used), 1), int(32 * GI * (1 - used)), 0))
+                     .model_copy(update={"utilisation": u}))
+    snap = Snapshot(nodes=nodes, network=network())
+    sides = _sides(snap, 4)
+    for k in range(150):
+        r = request(task(f"t{k % 5}", float(rng.choice([0.5, 1, 2])), GI), key=f"r{k}")
+        got = [a.assign_one(r) for a in sides]
+        assert got[0] == got[1], f"request {k}: {got}"
+        dyn = [a.last_dynamic for a in sides]
+        assert dyn[0] is not None and dyn[1] is not None
+        assert [p.name for p in dyn[0].plugins] == [NodeLoad.name]
+        assert np.allclose(np.sort(dyn[0].total)[:4], np.sort(dyn[1].total)[:4],
+                           rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", ["size", "regret", "best"])
+def test_joint_bound_same_batches(order: str) -> None:
+    """Whole batches of CPU-only requests come out as the exhaustive evaluation's, and the
+    per-node table the walk kept equals one built afresh on the final state."""
+    for seed in range(15):
+        snap, reqs = _random_instance(seed, U)
+        loaded = _with_load_measured(snap, seed)
+        sides = _sides(loaded, 1)
+        got = [a.assign(_cpu_only(reqs), order) for a in sides]
+        assert np.array_equal(got[0], got[1]), f"seed {seed}"
+        a = sides[0]
+        assert a.classes is not None
+        plugin = next(p for p in a.framework.scores if isinstance(p, NodeLoad))
+        table = a._node_table(plugin)
+        fresh = _NodeTable(plugin, a.snap, a.classes, len(a.changed))
+        assert np.array_equal(table.x, fresh.x)
+        assert np.array_equal(table.low, fresh.low)
+        assert np.array_equal(table.arg, fresh.arg)
+        for c in range(a.classes.count):  # each class's members in order, ties by index
+            assert np.array_equal(table.sv[c], fresh.sv[c])
+            assert np.array_equal(table.sn[c], fresh.sn[c])
+
+
+class _OtherLoad(NodeLoad):
+    """A second load-like term (another name and floor): the walk's several-term path."""
+
+    name = "OtherLoad"
+    floor = 0.25
+
+
+@pytest.mark.parametrize("keep", [1, 4])
+def test_two_load_terms_sum_their_bounds(keep: int) -> None:
+    """Two :class:`~placement.framework.NodeDelta` terms beside GPU fragmentation: the class
+    bound is the sum of both terms' own bounds, and every CPU-only request still goes to
+    the exhaustive evaluation's node with the same ``keep`` best totals."""
+    from dataclasses import replace
+
+    for seed in range(20):
+        snap, reqs = _random_instance(seed, U)
+        loaded = _with_load_measured(snap, seed)
+        sides = []
+        for prune in (True, False):
+            fw = _control_plane_framework()
+            fw = replace(fw, scores=[*fw.scores, _OtherLoad()])
+            sides.append(BatchAssigner(loaded.copy(), fw, keep=keep, prune_dynamic=prune,
+                                       dynamic_candidates=None if not prune else 1024))
+        _replay_side_by_side(sides, _cpu_only(reqs), 8000 + seed, keep)
+        dyn = sides[0].last_dynamic
+        assert dyn is not None and {p.name for p in dyn.plugins} >= {NodeLoad.name, "OtherLoad"}
