@@ -229,8 +229,10 @@ class Applier:
         run.state = state
         self.metrics.run_transitions.labels(state.value).inc()
         add_event(s, f"Run{state.value}", message, workflow_id=run.workflow_id, run_id=run.id)
-        log.info("run %s (%s/%s): %s — %s", run.id, run.workflow_id, run.task_name,
-                 state.value, message)
+        # a run's end at INFO; the steps every run takes on its way there (placed,
+        # dispatched, running: its events) at DEBUG, not three log lines per task
+        log.log(logging.INFO if state.terminal else logging.DEBUG, "run %s (%s/%s): %s — %s",
+                run.id, run.workflow_id, run.task_name, state.value, message)
 
     @staticmethod
     def _record(run: RunRow | ColumnRow, st: RunStatus) -> None:
@@ -577,30 +579,31 @@ class Applier:
         are built in one transaction, each is submitted to its backend, and the handles
         are written in one transaction (Placed → Dispatched). A refused submit goes to
         ``decider`` (:meth:`~control_plane.decide.Decider.submit_failed`)."""
-        todo: list[tuple[str, TaskRun, str | None, str | None]] = []
+        todo: list[tuple[ColumnRow, TaskRun]] = []
         with self.store.session() as s:
             rows = read_rows(s, RunRow, run_ids, _DISPATCH_COLUMNS)
             for run_id in run_ids:
                 run = rows.get(run_id)
                 if run is None or run.state != RunState.Placed:
                     continue
-                todo.append((run_id, self._task_run(s, run), run.site, run.node))
+                todo.append((run, self._task_run(s, run)))
         if not todo:
             return
         # a fenced (old) leader submits nothing; one whose lease is taken over after this
         # check submits at most duplicates of the same request ids (= run ids), which the
         # adapters answer with the same work: submission is idempotent
         self.store.check_fence()
-        handles: dict[str, tuple[Handle, str | None]] = {}
+        handles: dict[str, Handle] = {}
         failed: list[tuple[str, str, bool]] = []
-        for run_id, tr, site, node_id in todo:
+        for run, tr in todo:
+            run_id, site, node_id = run.id, run.site, run.node
             adapter = self.federation.get_adapter(site or "")
             node: Node | None = self.federation.node(node_id or "")
             if adapter is None or node is None:
                 failed.append((run_id, f"node {node_id} is no longer in the inventory", False))
                 continue
             try:
-                handles[run_id] = adapter.submit(tr, node, request_id=run_id), site
+                handles[run_id] = adapter.submit(tr, node, request_id=run_id)
             except TransientError as e:
                 failed.append((run_id, str(e), True))
             except AdapterError as e:
@@ -609,15 +612,16 @@ class Applier:
                 log.exception("site %s: submit of %s failed", site, run_id)
                 failed.append((run_id, f"submit failed: {e!r}", False))
         if handles:
+            # the rows as read above, not read again: this thread is the only writer of
+            # run rows (a fenced old leader writes nothing), so a run read Placed is
+            # still Placed
             with self.store.session() as s:
                 at = _ts(self.clock())
-                rows = read_rows(s, RunRow, list(handles), _DISPATCH_COLUMNS)
-                for run_id, (handle, site) in handles.items():
-                    row = rows.get(run_id)
-                    if row is not None and row.state == RunState.Placed:
-                        row.handle, row.dispatched_at = handle.to_json(), at
-                        self._set_run_state(s, row, RunState.Dispatched, f"submitted to {site}")
-                self.store.write_rows(s, RunRow, rows.values())
+                done = [run for run, _ in todo if run.id in handles]
+                for run in done:
+                    run.handle, run.dispatched_at = handles[run.id].to_json(), at
+                    self._set_run_state(s, run, RunState.Dispatched, f"submitted to {run.site}")
+                self.store.write_rows(s, RunRow, done)
         if decider is not None:
             for run_id, error, transient in failed:
                 self.apply(decider.submit_failed(run_id, error, transient), decider)

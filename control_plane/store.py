@@ -614,12 +614,13 @@ def read_rows(s: Session, model: type[Base], ids: Sequence[Any],
     ids in ``s``'s transaction. Nothing is flushed first: read before writing ORM
     objects in the same session."""
     table = table_of(model)
-    cols = [table.c.id, *(table.c[c] for c in columns if c != "id")]
+    names = ["id", *(c for c in columns if c != "id")]
+    stmt = select(*(table.c[c] for c in names))
     out: dict[Any, ColumnRow] = {}
     conn = s.connection()
     for chunk in chunks(list(dict.fromkeys(ids))):
-        for r in conn.execute(select(*cols).where(table.c.id.in_(chunk))):
-            out[r[0]] = ColumnRow(r._asdict())
+        for r in conn.execute(stmt.where(table.c.id.in_(chunk))):
+            out[r[0]] = ColumnRow(dict(zip(names, r, strict=True)))
     return out
 
 
