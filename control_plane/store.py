@@ -416,12 +416,11 @@ class Store:
             whatever the fence raises (:class:`control_plane.leader.Fenced`).
         """
         groups: dict[frozenset[str], list[dict[str, Any]]] = {}
-        for row in rows:
-            if changed := row.changed():
-                values = row.values()
-                groups.setdefault(frozenset(changed), []).append(
-                    {"b_id": values["id"], **{f"b_{c}": values[c] for c in changed}})
-                changed.clear()
+        written = [row for row in rows if row.changed()]
+        for row in written:
+            values, changed = row.values(), row.changed()
+            groups.setdefault(frozenset(changed), []).append(
+                {"b_id": values["id"], **{f"b_{c}": values[c] for c in changed}})
         if not groups:
             return 0
         self.fence_in(s)
@@ -430,7 +429,9 @@ class Store:
         for cols, params in groups.items():
             conn.execute(update(table).where(table.c.id == bindparam("b_id"))
                          .values({c: bindparam(f"b_{c}") for c in sorted(cols)}), params)
-        return sum(len(p) for p in groups.values())
+        for row in written:
+            row.changed().clear()
+        return len(written)
 
     def vacuum(self, *tables: str) -> None:
         """Rewrite storage so rows just changed leave no old bytes behind (e.g. a secret
