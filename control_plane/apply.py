@@ -143,7 +143,7 @@ class Applier:
         now = self.clock()
         with self.store.session() as s:
             # the columns the actions read and change, in one Core query per table (and
-            # the placements of the runs that succeed: their predictions are scored), the
+            # the predictions of the runs that succeed: they are scored), the
             # changes written back in one executemany UPDATE per table and set of columns
             run_ids = [rid for a in actions if (rid := getattr(a, "run_id", None))]
             task_ids = [tid for a in actions if (tid := getattr(a, "task_id", None))]
@@ -153,8 +153,9 @@ class Applier:
             rows = _Rows(read_rows(s, RunRow, run_ids, _RUN_COLUMNS),
                          read_rows(s, TaskRow, task_ids, _TASK_COLUMNS),
                          read_rows(s, WorkflowRow, wf_ids, _WORKFLOW_COLUMNS))
-            for rid, placement in (read_placements(s, scored) if scored else {}).items():
-                rows.runs[rid].values()["placement"] = placement  # read, not a change
+            for rid, predicted in (read_predictions(s, scored) if scored else {}).items():
+                # the part of the placement scored, not its explanation; read, not a change
+                rows.runs[rid].values()["placement"] = {"predicted": predicted}
             for a in actions:
                 self._write_one(s, a, now, rows)
             self.store.write_rows(s, RunRow, rows.runs.values())
@@ -494,6 +495,7 @@ class Applier:
             started: set[str] = set()
             new_runs: list[dict[str, Any]] = []
             failed_on = failed_nodes(s, [t.id for t in ready])
+            self._docs.load(s, [t.workflow_id for t in ready])  # one query, not one each
             for t in ready:
                 doc = self._doc(s, t.workflow_id)
                 task = self._docs.task(s, t.workflow_id, t.name)
@@ -582,6 +584,7 @@ class Applier:
         todo: list[tuple[ColumnRow, TaskRun]] = []
         with self.store.session() as s:
             rows = read_rows(s, RunRow, run_ids, _DISPATCH_COLUMNS)
+            self._docs.load(s, [r.workflow_id for r in rows.values()])
             for run_id in run_ids:
                 run = rows.get(run_id)
                 if run is None or run.state != RunState.Placed:
@@ -669,12 +672,14 @@ class _Rows:
         self.runs, self.tasks, self.workflows = runs, tasks, workflows
 
 
-def read_placements(s: Session, run_ids: Sequence[str]) -> dict[str, Any]:
-    """Run id → its stored placement (wire form), one query per 500 ids."""
+def read_predictions(s: Session, run_ids: Sequence[str]) -> dict[str, Any]:
+    """Run id → the ``predicted`` member of its stored placement (None without one), one
+    query per 500 ids; the database extracts it, so the placement's explanation (most of
+    its bytes) is not decoded."""
     out: dict[str, Any] = {}
     for chunk in chunks(list(dict.fromkeys(run_ids))):
-        out.update((rid, placement) for rid, placement in s.execute(
-            select(RunRow.id, RunRow.placement).where(RunRow.id.in_(chunk))))
+        out.update((rid, predicted) for rid, predicted in s.execute(
+            select(RunRow.id, RunRow.placement["predicted"]).where(RunRow.id.in_(chunk))))
     return out
 
 

@@ -683,6 +683,17 @@ class DocumentCache:
             self._tenants.setdefault(workflow_id, row.tenant)
         return doc
 
+    def load(self, s: Session, workflow_ids: Iterable[str]) -> None:
+        """Read and validate the documents of ``workflow_ids`` not cached yet, one query
+        per 500 (a batch of placements needs many; ids that do not exist are skipped)."""
+        todo = [w for w in dict.fromkeys(workflow_ids) if w not in self._docs]
+        for chunk in chunks(todo):
+            for wf_id, document, tenant in s.execute(
+                    select(WorkflowRow.id, WorkflowRow.document, WorkflowRow.tenant)
+                    .where(WorkflowRow.id.in_(chunk))):
+                self._docs[wf_id] = WorkflowDocument.model_validate(document)
+                self._tenants.setdefault(wf_id, tenant)
+
     def task(self, s: Session, workflow_id: str, name: str) -> Task:
         """Task ``name`` of ``workflow_id``'s document (both must exist): the validated
         task a task row's ``spec`` was stored from, without validating it again."""
