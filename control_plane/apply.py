@@ -28,10 +28,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, defer
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 from adapters.base import ArtifactIn, ArtifactOut, Handle, RunStatus, TaskRun
 from adapters.capabilities import FindsWork
@@ -45,6 +45,7 @@ from control_plane.settings import Settings
 from control_plane.store import (
     ACTIVE_RUN_STATES,
     ArtifactRow,
+    ColumnRow,
     DocumentCache,
     RunRow,
     Store,
@@ -54,14 +55,14 @@ from control_plane.store import (
     chunks,
     failed_nodes,
     new_id,
+    read_rows,
+    table_of,
 )
 from monitoring.metrics import ControlPlaneMetrics
 from monitoring.topology import TopologyModel
 from placement import DataSource, Framework, PlacementRequest, Snapshot, plan
 
 log = logging.getLogger(__name__)
-
-_Row = TypeVar("_Row")
 
 IO_BATCH = 200
 """Most runs submitted (or released) between two commits: their rows are read in one
@@ -141,21 +142,29 @@ class Applier:
             return
         now = self.clock()
         with self.store.session() as s:
-            # the rows the actions change, in one query per table: while ``loaded`` holds
-            # them, s.get finds them in the session (whose identity map keeps only weak
-            # references) instead of asking the database once per action
+            # the columns the actions read and change, in one Core query per table (and
+            # the predictions of the runs that succeed: they are scored), the
+            # changes written back in one executemany UPDATE per table and set of columns
             run_ids = [rid for a in actions if (rid := getattr(a, "run_id", None))]
             task_ids = [tid for a in actions if (tid := getattr(a, "task_id", None))]
             wf_ids = [a.workflow_id for a in actions if isinstance(a, d.FinishWorkflow)]
-            loaded = (preload(s, RunRow, run_ids), preload(s, TaskRow, task_ids),
-                      preload(s, WorkflowRow, wf_ids))
+            scored = [a.run_id for a in actions
+                      if isinstance(a, d.SetRunState) and a.state == RunState.Succeeded]
+            rows = _Rows(read_rows(s, RunRow, run_ids, _RUN_COLUMNS),
+                         read_rows(s, TaskRow, task_ids, _TASK_COLUMNS),
+                         read_rows(s, WorkflowRow, wf_ids, _WORKFLOW_COLUMNS))
+            for rid, predicted in (read_predictions(s, scored) if scored else {}).items():
+                # the part of the placement scored, not its explanation; read, not a change
+                rows.runs[rid].values()["placement"] = {"predicted": predicted}
             for a in actions:
-                self._write_one(s, a, now)
-            del loaded
+                self._write_one(s, a, now, rows)
+            self.store.write_rows(s, RunRow, rows.runs.values())
+            self.store.write_rows(s, TaskRow, rows.tasks.values())
+            self.store.write_rows(s, WorkflowRow, rows.workflows.values())
 
-    def _write_one(self, s: Session, a: Action, now: float) -> None:
+    def _write_one(self, s: Session, a: Action, now: float, rows: _Rows) -> None:
         if isinstance(a, d.SetRunState | d.RecordStatus | d.DispatchRetry | d.AbortMove):
-            run = s.get(RunRow, a.run_id)
+            run = rows.runs.get(a.run_id)
             if run is None or not run.state.active:
                 return
             if isinstance(a, d.RecordStatus):
@@ -171,17 +180,17 @@ class Applier:
                           run_id=run.id)
             return
         if isinstance(a, d.StartMove):
-            self._start_move(s, a)
+            self._start_move(s, a, rows.runs.get(a.run_id))
             return
         if isinstance(a, d.FinishWorkflow):
-            wf = s.get(WorkflowRow, a.workflow_id)
+            wf = rows.workflows.get(a.workflow_id)
             if wf is not None and not wf.state.terminal:
                 self._finish_workflow(s, wf, a.state, a.reason)
             return
         if not isinstance(a, d.RetryTask | d.FailTask | d.SucceedTask | d.MarkTaskReady
                           | d.CancelTask):
             raise TypeError(f"not a write action: {a!r}")
-        task = s.get(TaskRow, a.task_id)
+        task = rows.tasks.get(a.task_id)
         if task is None:
             return
         if isinstance(a, d.RetryTask) and task.state == TaskState.Running:
@@ -214,23 +223,27 @@ class Applier:
     def _doc(self, s: Session, workflow_id: str) -> WorkflowDocument:
         return self._docs.get(s, workflow_id)
 
-    def _set_run_state(self, s: Session, run: RunRow, state: RunState, message: str) -> None:
+    def _set_run_state(self, s: Session, run: RunRow | ColumnRow, state: RunState,
+                       message: str) -> None:
         if run.state == state:
             return
         run.state = state
         self.metrics.run_transitions.labels(state.value).inc()
         add_event(s, f"Run{state.value}", message, workflow_id=run.workflow_id, run_id=run.id)
-        log.info("run %s (%s/%s): %s — %s", run.id, run.workflow_id, run.task_name,
-                 state.value, message)
+        # a run's end at INFO; the steps every run takes on its way there (placed,
+        # dispatched, running: its events) at DEBUG, not three log lines per task
+        log.log(logging.INFO if state.terminal else logging.DEBUG, "run %s (%s/%s): %s — %s",
+                run.id, run.workflow_id, run.task_name, state.value, message)
 
     @staticmethod
-    def _record(run: RunRow, st: RunStatus) -> None:
+    def _record(run: RunRow | ColumnRow, st: RunStatus) -> None:
         if st.started_at and run.started_at is None:
             run.started_at = st.started_at
         run.output_tail = st.output_tail or run.output_tail
         run.simulated = run.simulated or st.simulated
 
-    def _transition(self, s: Session, run: RunRow, a: d.SetRunState, now: float) -> None:
+    def _transition(self, s: Session, run: RunRow | ColumnRow, a: d.SetRunState,
+                    now: float) -> None:
         st = a.status
         if st is not None:
             self._record(run, st)
@@ -257,7 +270,7 @@ class Applier:
                                             run.energy_j)
         self._set_run_state(s, run, a.state, a.message)
 
-    def _finish_workflow(self, s: Session, wf: WorkflowRow, state: WorkflowState,
+    def _finish_workflow(self, s: Session, wf: WorkflowRow | ColumnRow, state: WorkflowState,
                          reason: str) -> None:
         wf.state, wf.reason = state, reason
         wf.finished_at = wf.updated_at = _ts(self.clock())
@@ -473,14 +486,16 @@ class Applier:
         now = self.clock()
         placed = 0
         with self.store.session() as s:
-            rows = preload(s, TaskRow, task_ids)  # not one query per task
+            rows = read_rows(s, TaskRow, task_ids, _TASK_COLUMNS)  # not one query per task
             ready = [t for i in task_ids if (t := rows.get(i)) is not None
                      and t.state == TaskState.Ready]
             if not ready:
                 return 0
             requests, by_key = [], {}
             started: set[str] = set()
+            new_runs: list[dict[str, Any]] = []
             failed_on = failed_nodes(s, [t.id for t in ready])
+            self._docs.load(s, [t.workflow_id for t in ready])  # one query, not one each
             for t in ready:
                 doc = self._doc(s, t.workflow_id)
                 task = self._docs.task(s, t.workflow_id, t.name)
@@ -507,34 +522,40 @@ class Applier:
                 dec = out.decision
                 t.attempts += 1
                 t.state, t.reason, t.not_before = TaskState.Running, "", None
-                run = RunRow(id=new_id("run"), workflow_id=t.workflow_id, task_id=t.id,
-                             task_name=t.name, attempt=t.attempts, state=RunState.Pending,
-                             site=dec.site, node=dec.node, placement=dec.wire(),
-                             created_at=_ts(now), placed_at=_ts(now))
-                s.add(run)
+                run = ColumnRow(_new_run(
+                    id=new_id("run"), workflow_id=t.workflow_id, task_id=t.id,
+                    task_name=t.name, attempt=t.attempts, state=RunState.Pending,
+                    site=dec.site, node=dec.node, placement=dec.wire(),
+                    created_at=_ts(now), placed_at=_ts(now)))
                 add_event(s, "RunPending", f"run {run.id} of task {t.name}, attempt {t.attempts}",
                           workflow_id=t.workflow_id, run_id=run.id)
                 self._set_run_state(s, run, RunState.Placed,
                                     f"placed on {dec.node} ({dec.tier.value}): "
                                     + "; ".join(dec.reasons))
+                new_runs.append(run.values())
                 self.metrics.placements.labels(dec.site, dec.tier.value).inc()
                 placed += 1
                 started.add(t.workflow_id)
+            self.store.write_rows(s, TaskRow, rows.values())
+            if new_runs:  # one executemany INSERT, not an ORM object each
+                self.store.fence_in(s)
+                s.connection().execute(insert(table_of(RunRow)), new_runs)
             # Pending → Running once a first task is placed (columns only: a workflow
             # row's document is not loaded for it)
             for chunk in chunks(sorted(started)):
                 first = list(s.scalars(select(WorkflowRow.id).where(
                     WorkflowRow.id.in_(chunk), WorkflowRow.state == WorkflowState.Pending)))
                 if first:
+                    self.store.fence_in(s)
                     s.execute(update(WorkflowRow).where(WorkflowRow.id.in_(first))
                               .values(state=WorkflowState.Running, updated_at=_ts(now)))
                     for wf_id in first:
                         add_event(s, "WorkflowRunning", "first task placed", workflow_id=wf_id)
         return placed
 
-    def _start_move(self, s: Session, a: d.StartMove) -> None:
-        """Write a make-before-break move's new run (see :class:`~control_plane.decide.StartMove`)."""
-        old = s.get(RunRow, a.run_id)
+    def _start_move(self, s: Session, a: d.StartMove, old: ColumnRow | None) -> None:
+        """Write a make-before-break move's new run (see :class:`~control_plane.decide.StartMove`);
+        ``old``: the run it replaces, as read."""
         if old is None or old.state not in (RunState.Dispatched, RunState.Running):
             return
         now = _ts(self.clock())
@@ -560,30 +581,32 @@ class Applier:
         are built in one transaction, each is submitted to its backend, and the handles
         are written in one transaction (Placed → Dispatched). A refused submit goes to
         ``decider`` (:meth:`~control_plane.decide.Decider.submit_failed`)."""
-        todo: list[tuple[str, TaskRun, str | None, str | None]] = []
+        todo: list[tuple[ColumnRow, TaskRun]] = []
         with self.store.session() as s:
-            rows = preload(s, RunRow, run_ids, _DISPATCH_UNREAD)
+            rows = read_rows(s, RunRow, run_ids, _DISPATCH_COLUMNS)
+            self._docs.load(s, [r.workflow_id for r in rows.values()])
             for run_id in run_ids:
                 run = rows.get(run_id)
                 if run is None or run.state != RunState.Placed:
                     continue
-                todo.append((run_id, self._task_run(s, run), run.site, run.node))
+                todo.append((run, self._task_run(s, run)))
         if not todo:
             return
         # a fenced (old) leader submits nothing; one whose lease is taken over after this
         # check submits at most duplicates of the same request ids (= run ids), which the
         # adapters answer with the same work: submission is idempotent
         self.store.check_fence()
-        handles: dict[str, tuple[Handle, str | None]] = {}
+        handles: dict[str, Handle] = {}
         failed: list[tuple[str, str, bool]] = []
-        for run_id, tr, site, node_id in todo:
+        for run, tr in todo:
+            run_id, site, node_id = run.id, run.site, run.node
             adapter = self.federation.get_adapter(site or "")
             node: Node | None = self.federation.node(node_id or "")
             if adapter is None or node is None:
                 failed.append((run_id, f"node {node_id} is no longer in the inventory", False))
                 continue
             try:
-                handles[run_id] = adapter.submit(tr, node, request_id=run_id), site
+                handles[run_id] = adapter.submit(tr, node, request_id=run_id)
             except TransientError as e:
                 failed.append((run_id, str(e), True))
             except AdapterError as e:
@@ -592,19 +615,21 @@ class Applier:
                 log.exception("site %s: submit of %s failed", site, run_id)
                 failed.append((run_id, f"submit failed: {e!r}", False))
         if handles:
+            # the rows as read above, not read again: this thread is the only writer of
+            # run rows (a fenced old leader writes nothing), so a run read Placed is
+            # still Placed
             with self.store.session() as s:
                 at = _ts(self.clock())
-                rows = preload(s, RunRow, list(handles), _DISPATCH_UNREAD)
-                for run_id, (handle, site) in handles.items():
-                    row = rows.get(run_id)
-                    if row is not None and row.state == RunState.Placed:
-                        row.handle, row.dispatched_at = handle.to_json(), at
-                        self._set_run_state(s, row, RunState.Dispatched, f"submitted to {site}")
+                done = [run for run, _ in todo if run.id in handles]
+                for run in done:
+                    run.handle, run.dispatched_at = handles[run.id].to_json(), at
+                    self._set_run_state(s, run, RunState.Dispatched, f"submitted to {run.site}")
+                self.store.write_rows(s, RunRow, done)
         if decider is not None:
             for run_id, error, transient in failed:
                 self.apply(decider.submit_failed(run_id, error, transient), decider)
 
-    def _task_run(self, s: Session, run: RunRow) -> TaskRun:
+    def _task_run(self, s: Session, run: ColumnRow) -> TaskRun:
         """What the backend is handed for ``run``: its task, inputs and outputs with the
         run's artifact capabilities, and its tenant."""
         doc = self._doc(s, run.workflow_id)
@@ -625,32 +650,44 @@ class Applier:
 __all__ = ["Applier"]
 
 
-def preload(s: Session, model: type[_Row], ids: Sequence[Any],
-            unread: Sequence[Any] = ()) -> dict[Any, _Row]:
-    """The rows of ``model`` with primary keys ``ids`` (those that exist), by key, read
-    in one query per 500 ids. While the caller holds the dict, ``s.get`` also finds them
-    without a query each (the session's identity map only keeps weak references).
-    ``unread``: columns left unread besides :data:`_UNREAD`'s (reading one later costs a
-    query per row; writing one costs nothing)."""
-    out: dict[Any, _Row] = {}
-    todo = list(dict.fromkeys(ids))
-    unread = [defer(c) for c in (*_UNREAD.get(model, ()), *unread)]
-    for chunk in chunks(todo):
-        out.update((r.id, r) for r in s.scalars(  # type: ignore[attr-defined]
-            select(model).where(model.id.in_(chunk)).options(*unread)))  # type: ignore[attr-defined]
+_RUN_COLUMNS = ("workflow_id", "task_id", "task_name", "attempt", "state", "reason", "site",
+                "node", "started_at", "output_tail", "simulated", "energy_j", "runtime_s")
+"""The run columns ``apply`` reads (a run's JSON columns are not: decoding them was a fifth
+of a busy reconciler's time; a succeeded run's ``placement`` is read on its own)."""
+_TASK_COLUMNS = ("workflow_id", "name", "state", "reason", "attempts")
+"""The task columns ``apply`` reads (a task's spec comes from the document cache)."""
+_WORKFLOW_COLUMNS = ("name", "state")
+"""The workflow columns ``apply`` reads (not its document)."""
+_DISPATCH_COLUMNS = ("workflow_id", "task_name", "attempt", "state", "site", "node")
+"""The run columns dispatch reads."""
+
+
+class _Rows:
+    """One write transaction's rows by key, as read (:func:`read_rows`)."""
+
+    __slots__ = ("runs", "tasks", "workflows")
+
+    def __init__(self, runs: dict[str, ColumnRow], tasks: dict[int, ColumnRow],
+                 workflows: dict[str, ColumnRow]) -> None:
+        self.runs, self.tasks, self.workflows = runs, tasks, workflows
+
+
+def read_predictions(s: Session, run_ids: Sequence[str]) -> dict[str, Any]:
+    """Run id → the ``predicted`` member of its stored placement (None without one), one
+    query per 500 ids; the database extracts it, so the placement's explanation (most of
+    its bytes) is not decoded."""
+    out: dict[str, Any] = {}
+    for chunk in chunks(list(dict.fromkeys(run_ids))):
+        out.update((rid, predicted) for rid, predicted in s.execute(
+            select(RunRow.id, RunRow.placement["predicted"]).where(RunRow.id.in_(chunk))))
     return out
 
 
-_UNREAD: dict[type, tuple[Any, ...]] = {TaskRow: (TaskRow.spec, TaskRow.depends_on),
-                                        RunRow: (RunRow.accounting,),
-                                        WorkflowRow: (WorkflowRow.document,)}
-"""JSON columns :func:`preload` leaves unread (the applier never reads them: a task's spec
-and a workflow's document come from the document cache; decoding them was a fifth of a
-busy reconciler's time, and reading a finishing workflow's document 4 % of the server's
-samples at 10,000 live tasks)."""
-_DISPATCH_UNREAD = (RunRow.placement, RunRow.handle)
-"""The JSON columns dispatch neither reads nor needs (it writes the handle): a placement
-carries its explanation, and decoding them was 2 % of the server's samples at 10,000
-live tasks."""
-
-
+def _new_run(**values: Any) -> dict[str, Any]:
+    """Every column of a new run row (an executemany INSERT needs the same keys in each):
+    ``values`` over the defaults."""
+    return {"reason": "", "handle": None, "dispatched_at": None, "started_at": None,
+            "finished_at": None, "exit_code": None, "output_tail": "", "bytes_in": 0,
+            "bytes_out": 0, "energy_j": None, "runtime_s": None, "cpu_time_s": None,
+            "max_rss_bytes": None, "accounting": None, "simulated": False,
+            "released": False, "replaces_run_id": None, **values}

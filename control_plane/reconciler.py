@@ -358,15 +358,16 @@ class Reconciler:
         wf_rows: list[Any] = []
         task_rows: list[Any] = []
         run_rows: list[Any] = []
+        db = s.connection()  # plain Core rows: the ORM's result layer is not needed here
         for chunk in chunks(sorted(ids)):
-            wf_rows += s.execute(select(WorkflowRow.id, WorkflowRow.name, WorkflowRow.state)
+            wf_rows += db.execute(select(WorkflowRow.id, WorkflowRow.name, WorkflowRow.state)
                                  .where(WorkflowRow.id.in_(chunk),
                                         WorkflowRow.state.in_(_LIVE)))
-            task_rows += s.execute(select(
+            task_rows += db.execute(select(
                 TaskRow.id, TaskRow.workflow_id, TaskRow.name, TaskRow.state,
                 TaskRow.attempts, TaskRow.not_before, TaskRow.reason)
                 .where(TaskRow.workflow_id.in_(chunk)))
-            run_rows += s.execute(select(
+            run_rows += db.execute(select(
                 RunRow.id, RunRow.workflow_id, RunRow.task_id, RunRow.state, RunRow.site,
                 RunRow.node, RunRow.handle, RunRow.placed_at, RunRow.started_at,
                 RunRow.reason, RunRow.replaces_run_id, RunRow.released)
@@ -376,7 +377,7 @@ class Reconciler:
         unknown = [t.id for t in task_rows
                    if t.workflow_id in live_ids and t.id not in self._task_static]
         for chunk_ids in chunks(unknown):
-            for tid, spec, after in s.execute(select(TaskRow.id, TaskRow.spec,
+            for tid, spec, after in db.execute(select(TaskRow.id, TaskRow.spec,
                                                      TaskRow.depends_on)
                                               .where(TaskRow.id.in_(chunk_ids))):
                 self._task_static[tid] = (int(spec.get("retries", 0)), tuple(after),

@@ -5,13 +5,15 @@ columns read back as enums (on SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select, text
 
 from continuum.model import WorkflowState
-from control_plane.store import SchemaMismatch, SiteRow, Store, WorkflowRow
+from control_plane.leader import Fenced
+from control_plane.store import SchemaMismatch, SiteRow, Store, WorkflowRow, read_rows
 
 
 def test_a_database_from_before_replaces_run_id_is_refused_with_the_fix(tmp_path: Path) -> None:
@@ -38,6 +40,46 @@ def test_states_are_stored_as_their_values_and_read_back_as_enums(database_url: 
             assert conn.execute(text("SELECT state FROM workflows")).all() == [("Cancelling",)]
     finally:
         raw.dispose()
+
+
+def test_column_rows_write_back_what_changed_fenced(database_url: str) -> None:
+    """The reconciler's hot path: rows read with Core, changed, written back in one
+    executemany per set of changed columns, only in a transaction the fence admits."""
+    store = Store(database_url)
+    with store.session() as s:
+        s.add_all([WorkflowRow(id=f"wf-{i}", name=f"w{i}", state=WorkflowState.Running,
+                               reason="", document={"i": i}) for i in range(3)])
+    with store.session() as s:
+        rows = read_rows(s, WorkflowRow, ["wf-0", "wf-1", "wf-2", "wf-none"], ["name", "state"])
+    assert sorted(rows) == ["wf-0", "wf-1", "wf-2"]
+    assert rows["wf-0"].state is WorkflowState.Running
+    with pytest.raises(AttributeError, match="document"):
+        _ = rows["wf-0"].document  # a column not read
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    rows["wf-0"].state, rows["wf-0"].finished_at = WorkflowState.Succeeded, at
+    rows["wf-1"].reason = "cancelled on request"
+    rows["wf-2"].name = "w2"  # the value it has: not a change
+    assert rows["wf-2"].changed() == set()
+
+    def refuse(_: object) -> None:
+        raise Fenced("lease taken over")
+
+    fenced = store.fenced(refuse)
+    with pytest.raises(Fenced), fenced.session() as s:
+        fenced.write_rows(s, WorkflowRow, rows.values())
+    with store.session() as s:  # nothing was written
+        assert s.scalars(select(WorkflowRow.state).where(WorkflowRow.id == "wf-0")).one() \
+            is WorkflowState.Running
+    with store.session() as s:  # the changes were kept: written now
+        assert store.write_rows(s, WorkflowRow, rows.values()) == 2
+        assert store.write_rows(s, WorkflowRow, rows.values()) == 0  # written: unchanged
+    with store.session() as s:
+        got = {w.id: (w.state, w.reason, w.finished_at, w.document, w.name)
+               for w in s.scalars(select(WorkflowRow))}
+    store.close()
+    assert got == {"wf-0": (WorkflowState.Succeeded, "", at, {"i": 0}, "w0"),
+                   "wf-1": (WorkflowState.Running, "cancelled on request", None, {"i": 1}, "w1"),
+                   "wf-2": (WorkflowState.Running, "", None, {"i": 2}, "w2")}
 
 
 def _on_disk(store: Store, table: str) -> bytes:
