@@ -894,8 +894,14 @@ class BatchAssigner:
         and every later one, cannot hold the choice, a tied node, or a runner-up. The
         exact totals are computed as :meth:`_assign_dynamic` computes them (same
         normalisers, same order of summation), so ties break alike (least free cpu, then
-        the exhaustive order). Falls back to the exhaustive evaluation when no fitting
-        node of the band is known at ``ΔF = 0`` (the fragmentation minimum is unknown).
+        the exhaustive order). A fitting node of the band known at ``ΔF = 0`` — without a
+        free GPU (a class's least member, or any member of a class without free GPU), or
+        a class's fitting least member that :meth:`~placement.framework.ZeroDelta.unchanged`
+        proves at 0 — is listed among the candidates with its exact total, so the term's
+        minimum over them is 0 as in the exhaustive evaluation (the explanation reads
+        it). When none is known (the fragmentation minimum is unknown) the request takes
+        :meth:`_assign_dynamic`'s capped evaluation, the path before the walk: at most
+        :attr:`dynamic_candidates` nodes, exhaustive only below that cap.
         Requests it does not cover (:meth:`_joint_applies`: a GPU request, whose ``ΔF``
         may be negative; a dynamic term neither load-like nor GPU fragmentation;
         :attr:`joint_bound` off) take :meth:`_assign_dynamic`'s capped evaluation.
@@ -939,16 +945,27 @@ class BatchAssigner:
         pos = np.concatenate([room[k - 1:k], rest])  # positions in cc.order
         band = order[pos]
         frag = next(((p, w, lv) for p, w, lv in dyns if not provides(p, NodeDelta)), None)
+        zd = bd = None
+        if frag is not None:
+            zd = cast(ZeroDelta, frag[0]) if provides(frag[0], ZeroDelta) else None
+            bd = cast(BoundsDelta, frag[0]) if (self.bound_growth and zd is not None
+                                                and provides(frag[0], BoundsDelta)) else None
         lows: dict[str, float] = {}
         bound = w_static * cc.cost[band]
         zero = frag is None
+        zero_at = -1  # a fitting node of the band known at ΔF = 0 (none needed without frag)
+        heads: list[np.ndarray] = []  # the fitting least members, per load-like term
         for p, w, t in locs:  # each term's normaliser over the band's fitting nodes, exact
             least = np.maximum(t.low[band], 0.0)
             arg = t.arg[band]
             ok = self._fits(arg, cpu, mem, gpu, skip)
             low = float(least[ok].min()) if ok.any() else np.inf
             if not zero:  # a fitting node without a free GPU: ΔF = 0 there
-                zero = bool((ok & ~s.gpu_slots[arg].any(axis=1)).any())
+                at0 = np.flatnonzero(ok & ~s.gpu_slots[arg].any(axis=1))
+                if at0.size:
+                    zero, zero_at = True, int(arg[at0[0]])
+                else:
+                    heads.append(arg[ok])
             unsure = np.flatnonzero(~ok & (least < low))
             for j in unsure[np.argsort(least[unsure], kind="stable")].tolist():
                 if least[j] >= low:
@@ -964,17 +981,18 @@ class BatchAssigner:
             for c in band[self._ub_gpu[band] <= 0].tolist():
                 m = members[c]
                 fits = fitting(c)
-                if (fits & ~s.gpu_slots[m].any(axis=1)).any():
-                    zero = True
+                at0 = np.flatnonzero(fits & ~s.gpu_slots[m].any(axis=1))
+                if at0.size:
+                    zero, zero_at = True, int(m[at0[0]])
                     break
-        if not zero:  # the fragmentation minimum is unknown: nothing can be pruned
-            return self._assign_dynamic(req, cc, dyns, w_static, skip, capped=False)
+        if not zero and zd is not None and heads:  # a fitting least member with a free
+            cand0 = np.unique(np.concatenate(heads))  # GPU that the request leaves alone
+            same = zd.unchanged(req, s, cand0)
+            if same.any():
+                zero, zero_at = True, int(cand0[np.flatnonzero(same)[0]])
+        if not zero:  # the fragmentation minimum is unknown: the capped evaluation
+            return self._assign_dynamic(req, cc, dyns, w_static, skip)
         bound = bound / wsum
-        zd = bd = None
-        if frag is not None:
-            zd = cast(ZeroDelta, frag[0]) if provides(frag[0], ZeroDelta) else None
-            bd = cast(BoundsDelta, frag[0]) if (self.bound_growth and zd is not None
-                                                and provides(frag[0], BoundsDelta)) else None
         top = np.zeros(0)  # the least exact totals found so far, ascending, at most keep
 
         def beyond(least: np.ndarray) -> float:
@@ -1039,6 +1057,28 @@ class BatchAssigner:
                 if ch.size:
                     yield cand[ch], rest_w[ch]
 
+        def part(j: int, cand: np.ndarray, rf: np.ndarray
+                 ) -> tuple[int, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray],
+                            np.ndarray]:
+            """The band's ``j``-th class's nodes ``cand`` (``rf``: their exact ``ΔF``)
+            as :meth:`_assign_dynamic` evaluates them: (position in ``cc.order``, nodes,
+            raw and normalised costs per term, totals)."""
+            c = int(band[j])
+            raws: dict[str, np.ndarray] = {}
+            ds: dict[str, np.ndarray] = {}
+            for p, _, t in locs:  # the terms as _assign_dynamic normalises them
+                f = float(p.floor)
+                raws[p.name] = x = t.x[cand]
+                ds[p.name] = 1.0 - (lows[p.name] + f) / (np.maximum(x, 0.0) + f)
+            if frag is not None:
+                f = float(frag[0].floor)
+                raws[frag[0].name] = rf
+                ds[frag[0].name] = 1.0 - f / (rf + f)  # the term's minimum is 0
+            acc = w_static * np.full(cand.size, cc.cost[c])
+            for p, w, _ in dyns:  # summed in plugin order, as _assign_dynamic does
+                acc = acc + w * ds[p.name]
+            return int(pos[j]), cand, raws, ds, acc / wsum
+
         for j in np.lexsort((pos, bound)).tolist():
             if bound[j] > limit:
                 break  # this class, and every later one, cannot rank
@@ -1081,25 +1121,17 @@ class BatchAssigner:
                 limit = beyond(top)
                 done.append(nd)
                 rfs.append(rf)
-            if not done:
-                continue
-            cand = np.concatenate(done)
-            raws: dict[str, np.ndarray] = {}
-            ds: dict[str, np.ndarray] = {}
-            for p, _, t in locs:  # the terms as _assign_dynamic normalises them
-                f = float(p.floor)
-                raws[p.name] = x = t.x[cand]
-                ds[p.name] = 1.0 - (lows[p.name] + f) / (np.maximum(x, 0.0) + f)
-            if frag is not None:
-                f = float(frag[0].floor)
-                raws[frag[0].name] = rf = np.concatenate(rfs)
-                ds[frag[0].name] = 1.0 - f / (rf + f)  # the term's minimum is 0
-            acc = w_static * np.full(cand.size, cc.cost[c])
-            for p, w, _ in dyns:  # summed in plugin order, as _assign_dynamic does
-                acc = acc + w * ds[p.name]
-            parts.append((int(pos[j]), cand, raws, ds, acc / wsum))
-        if not parts or not sum(x[1].size for x in parts):  # not reached: the first fits
-            return self._assign_dynamic(req, cc, dyns, w_static, skip, capped=False)
+            if done:
+                parts.append(part(j, np.concatenate(done), np.concatenate(rfs)))
+        # the band's first class has a fitting node, and nothing is pruned before one is
+        # evaluated exactly
+        assert parts, "the joint walk evaluated no fitting node"
+        if zero_at >= 0 and not any((x[1] == zero_at).any() for x in parts):
+            # the node known at ΔF = 0, with its exact total: the fragmentation term's
+            # minimum over the candidates is 0, as in the exhaustive evaluation (which
+            # explanations read, Planner._dynamic_line); beyond the limit, it cannot rank
+            j0 = int(np.flatnonzero(band == cl.of[zero_at])[0])
+            parts.append(part(j0, np.array([zero_at], dtype=np.int64), np.zeros(1)))
         idx = np.concatenate([x[1] for x in parts])
         at_pos = np.concatenate([np.full(x[1].size, x[0]) for x in parts])
         perm = np.lexsort((idx, at_pos))  # the exhaustive order: class by class, node order

@@ -169,3 +169,49 @@ def test_two_load_terms_sum_their_bounds(keep: int) -> None:
         _replay_side_by_side(sides, _cpu_only(reqs), 8000 + seed, keep)
         dyn = sides[0].last_dynamic
         assert dyn is not None and {p.name for p in dyn.plugins} >= {NodeLoad.name, "OtherLoad"}
+
+
+def _loaded_cpu_and_partly_used_gpu_nodes() -> Snapshot:
+    """GPU-less nodes heavily loaded (``ΔF = 0`` there, never the choice) beside lightly
+    loaded GPU nodes with part of their GPUs in use (``ΔF > 0`` for a CPU-only request):
+    the walk prunes every ``ΔF = 0`` node by load."""
+    nodes = [node(f"s0/c{i}", 16, 64 * GI, free=(4.0, 16 * GI, 0))
+             .model_copy(update={"utilisation": 0.9}) for i in range(4)]
+    nodes += [node(f"s0/g{i}", 16, 64 * GI, 4 * U, free=(float(6 + i), 40 * GI, 2 * U + 300))
+              .model_copy(update={"utilisation": 0.05}) for i in range(6)]
+    return Snapshot(nodes=nodes, network=network(), gpu_unit=U)
+
+
+def test_walk_explains_fragmentation_as_the_exhaustive_evaluation() -> None:
+    """When the walk prunes every node at ``ΔF = 0``, the planner's explanation still
+    measures growth from 0 (the exhaustive evaluation's minimum): the same reasons,
+    runners-up and scores as the exhaustive path, request after request."""
+    from placement.plan import Planner
+
+    snap = _loaded_cpu_and_partly_used_gpu_nodes()
+    planners = []
+    for prune in (True, False):
+        p = Planner(snap.copy(), _control_plane_framework())
+        p.assigner.prune_dynamic = prune
+        if not prune:
+            p.assigner.dynamic_candidates = None
+        planners.append(p)
+    mix = [request(task(f"w{k}", 4.0, 8 * GI, U // 2 if k % 2 else U), key=f"w{k}")
+           for k in range(6)]  # a workload with GPU tasks: fragmentation matters
+    for p in planners:
+        for m in mix:
+            p.assigner.observe(m)
+    pruned = 0
+    for k in range(4):
+        r = request(task(f"c{k}", 2.0, 4 * GI), key=f"c{k}")
+        outs = [p.place_one(r) for p in planners]
+        got = [o.decision for o in outs]
+        assert got[0].node == got[1].node, f"request {k}"
+        assert got[0].reasons == got[1].reasons, f"request {k}"
+        assert got[0].alternatives == got[1].alternatives, f"request {k}"
+        assert got[0].scores == got[1].scores, f"request {k}"
+        assert any("GPU fragmentation grows" in x for x in got[0].reasons), got[0].reasons
+        dyn = [p.assigner.last_dynamic for p in planners]
+        assert dyn[0] is not None and dyn[1] is not None
+        pruned += dyn[1].idx.size - dyn[0].idx.size
+    assert pruned > 0  # the walk did leave out nodes at ΔF = 0
