@@ -151,7 +151,9 @@ RELAY_LOOKBACK_S = 5.0
 read began (the relay's clock): covers writes that committed late."""
 _TOMBSTONE_RANK = 1e18
 """The rank of a run's cleared message: higher than any update's ``seq``."""
-
+RESYNC_QUIET_S = 10.0
+"""Seconds without a retained message before the announcements are read again (at most
+half of ``announcementResync``): :meth:`DevicesAdapter._resync_announcements`."""
 
 class DevicesConfig(BaseModel):
     """``SiteSpec.config`` of a ``devices`` site (camelCase keys, unknown keys rejected)."""
@@ -357,6 +359,8 @@ class DevicesAdapter:
         self._connected_at = 0.0
         self._resynced_at = 0.0
         """When the retained announcements were last (re)read: connection or resync."""
+        self._retained_at = 0.0
+        """When the last retained message arrived (the burst of a (re)read drains)."""
         self.rereads_ignored = 0
         """Retained announcements ignored as identical to the one last handled."""
         """ctx.clock() of the last (re)connection to the broker: a device's silence counts
@@ -442,6 +446,8 @@ class DevicesAdapter:
             leaf = msg.topic[len(TOPIC_PREFIX) + 1:].split("/")[1:2]
             # paho's loop thread is the only writer of ``consumed``: no lock per message
             self.consumed[leaf[0] if leaf else "?"] += 1
+            if msg.retain:
+                self._retained_at = self.ctx.clock()
             self._handle(msg.topic, msg.payload, retained=bool(msg.retain))
         except Exception:  # never let a payload kill the loop thread
             log.exception("site %s: error handling a message on %s", self.site.name, msg.topic)
@@ -662,9 +668,17 @@ class DevicesAdapter:
         """Every ``announcementResync`` seconds subscribe to ``hello`` and ``status`` again:
         the broker sends every retained announcement anew, so a device whose announcement
         was dropped (e.g. past Mosquitto's ``max_queued_messages`` in a connection surge)
-        appears; the ones already known are ignored (:meth:`_handle`)."""
+        appears; the ones already known are ignored (:meth:`_handle`).
+
+        Only once the previous burst drained (no retained message for ``min(10 s,
+        announcementResync / 2)``): re-subscribing while the broker still sends the last
+        one adds a whole fleet's announcements to what it queues for this client, and
+        past ``max_queued_messages`` it drops some — the loss the re-read exists to
+        repair (seen at 100,000 devices with a control plane slower than the surge)."""
         every = self.config.announcement_resync
         if every is None or not self.connected or now - self._resynced_at < every:
+            return
+        if now - self._retained_at < min(RESYNC_QUIET_S, every / 2):
             return
         self._resynced_at = now
         for leaf in ("hello", "status"):

@@ -324,6 +324,25 @@ def test_announcements_are_read_again_and_a_re_read_is_no_sign_of_life(
         a.close()
 
 
+def test_announcements_are_read_again_only_once_the_last_burst_drained(
+        mosquitto, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Re-subscribing while the broker still sends the previous burst of retained
+    announcements would queue a second fleet's worth for the control plane's client (and
+    past max_queued_messages lose some): the re-read waits for a quiet moment."""
+    a = make_adapter(mosquitto.url, tmp_path, Wakes(), announcementResync=2)
+    try:
+        wait_for(lambda: a.connected, 10, message="adapter connected")
+        due = a.ctx.clock() - 3  # the re-read is due
+        a._resynced_at = due
+        a._retained_at = a.ctx.clock()  # a retained message just arrived
+        a.inventory()
+        assert a._resynced_at == due, "re-read while the last burst was still arriving"
+        a._retained_at = a.ctx.clock() - 1.5  # quiet for more than half the interval
+        a.inventory()
+        assert a._resynced_at > due
+    finally:
+        a.close()
+
 def test_a_run_command_the_device_never_got_is_sent_again(
         adapter, device, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A broker without persistence loses a RunCommand it acknowledged if it restarts
