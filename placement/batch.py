@@ -304,6 +304,22 @@ class DynamicChoice:
     total: np.ndarray
 
 
+def _refile(vals: np.ndarray, keys: np.ndarray, old: float, v: float, k: int) -> None:
+    """Move ``k``, filed under value ``old`` in ``vals``/``keys`` (ascending by (value,
+    key)), to value ``v``, in place: ``O(log n)`` searches and one memory move of the
+    entries between its old and new place."""
+    lo, hi = np.searchsorted(vals, old, "left"), np.searchsorted(vals, old, "right")
+    at = int(lo + np.searchsorted(keys[lo:hi], k))
+    lo, hi = np.searchsorted(vals, v, "left"), np.searchsorted(vals, v, "right")
+    to = int(lo + np.searchsorted(keys[lo:hi], k))  # among the others and itself
+    if to > at:  # overlapping slices: numpy copies them as memmove does
+        vals[at:to - 1], keys[at:to - 1] = vals[at + 1:to], keys[at + 1:to]
+        vals[to - 1], keys[to - 1] = v, k
+    else:
+        vals[to + 1:at + 1], keys[to + 1:at + 1] = vals[to:at], keys[to:at]
+        vals[to], keys[to] = v, k
+
+
 class _GroupIndex:
     """The members of one group of equal-cost node classes sorted by (free cpu, position
     in the group), kept in step with the assigner's change log: the fitting nodes of a
@@ -350,16 +366,7 @@ class _GroupIndex:
             old, v = float(self.key[p]), float(snap.free_cpu[i])
             if old == v:
                 continue
-            lo, hi = np.searchsorted(val, old, "left"), np.searchsorted(val, old, "right")
-            at = int(lo + np.searchsorted(pos[lo:hi], p))
-            lo, hi = np.searchsorted(val, v, "left"), np.searchsorted(val, v, "right")
-            to = int(lo + np.searchsorted(pos[lo:hi], p))  # among the others and itself
-            if to > at:  # overlapping slices: numpy copies them as memmove does
-                val[at:to - 1], pos[at:to - 1] = val[at + 1:to], pos[at + 1:to]
-                val[to - 1], pos[to - 1] = v, p
-            else:
-                val[to + 1:at + 1], pos[to + 1:at + 1] = val[to:at], pos[to:at]
-                val[to], pos[to] = v, p
+            _refile(val, pos, old, v, p)
             self.key[p] = v
         self.synced = len(changed)
 
@@ -382,9 +389,22 @@ class _NodeTable:
         self.delta = plugin.node_delta
         self.rebuild(snap, classes, synced)
 
+    def _values(self, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        """``node_delta`` at ``idx``, float ``(len(idx),)``; raises ValueError naming the
+        plugin and the node when a value is not finite (the class bounds need it
+        finite: a NaN would sort anywhere and prune a node that could win)."""
+        x = np.asarray(self.delta(snap, idx), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(x))
+        if bad.size:
+            i = int(idx[bad[0]])
+            raise ValueError(f"{type(self.plugin).__name__}.node_delta is {x[bad[0]]} at node "
+                             f"{snap.ids[i]!r}: a NodeDelta plugin must return finite values")
+        return x
+
     def rebuild(self, snap: Snapshot, classes: NodeClasses, synced: int) -> None:
-        """Every node afresh (``O(n log n)``)."""
-        x = np.asarray(self.delta(snap, np.arange(snap.n)), dtype=np.float64)
+        """Every node afresh (``O(n log n)``); raises ValueError when ``node_delta`` is not
+        finite somewhere."""
+        x = self._values(snap, np.arange(snap.n))
         self.x = x
         self.sv: list[np.ndarray] = []
         self.sn: list[np.ndarray] = []
@@ -406,7 +426,7 @@ class _NodeTable:
             self.rebuild(snap, classes, len(changed))
             return
         u = np.array(sorted(set(new)), dtype=np.int64)
-        now = np.asarray(self.delta(snap, u), dtype=np.float64)
+        now = self._values(snap, u)
         for i, v in zip(u.tolist(), now.tolist(), strict=True):
             old = float(self.x[i])
             if old == v:
@@ -414,16 +434,7 @@ class _NodeTable:
             self.x[i] = v
             c = int(classes.of[i])
             vals, nodes = self.sv[c], self.sn[c]
-            lo, hi = np.searchsorted(vals, old, "left"), np.searchsorted(vals, old, "right")
-            at = int(lo + np.searchsorted(nodes[lo:hi], i))
-            lo, hi = np.searchsorted(vals, v, "left"), np.searchsorted(vals, v, "right")
-            to = int(lo + np.searchsorted(nodes[lo:hi], i))  # among the others and itself
-            if to > at:  # overlapping slices: numpy copies them as memmove does
-                vals[at:to - 1], nodes[at:to - 1] = vals[at + 1:to], nodes[at + 1:to]
-                vals[to - 1], nodes[to - 1] = v, i
-            else:
-                vals[to + 1:at + 1], nodes[to + 1:at + 1] = vals[to:at], nodes[to:at]
-                vals[to], nodes[to] = v, i
+            _refile(vals, nodes, old, v, i)
             self.low[c], self.arg[c] = vals[0], nodes[0]
         self.synced = len(changed)
 
@@ -515,8 +526,11 @@ class BatchAssigner:
     prune_dynamic: bool = True
     """Bound GPU fragmentation per node class (:meth:`_frag_walk`; beside measured load,
     both together: :meth:`_joint_walk`): ``ΔF`` is computed only on the classes, and the
-    nodes within them, that can still be among the best;
-    the same placements as with False, the exhaustive evaluation of every candidate."""
+    nodes within them, that can still be among the best. The requests the bounds cover are
+    placed as False with :attr:`dynamic_candidates` None places them (the exhaustive
+    evaluation of every candidate); the others (a GPU request; the joint walk when no
+    ``ΔF = 0`` node is known) take the capped evaluation either way, so with the default
+    cap False may differ from True where more than 1,024 nodes fit."""
     bound_growth: bool = True
     """With :attr:`prune_dynamic`: leave uncomputed the GPU nodes whose fragmentation
     growth provably ranks them after enough ``ΔF = 0`` nodes

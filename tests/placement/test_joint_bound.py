@@ -3,12 +3,17 @@ fragmentation, the control plane's framework, bounded per node class together.
 
 Aspects: on seeded random clusters with measured load on (measured utilisation per node,
 some unknown, some stale, nodes of one class a little apart), runs released in between,
-every CPU-only request goes to the node the exhaustive evaluation of every fitting
-candidate picks, with the same ``keep`` best totals, and fewer nodes are evaluated; the
-same with a retry's nodes to avoid (``skip``), with measured load alone (no GPU), whole
-batches in every order (``best`` restores capacity, which the per-node table must notice),
-two load-like terms (their bounds summed), and the per-node table stays equal to one built
-afresh.
+every request — the GPU ones too, so the learned workload has GPU task types and ``ΔF``
+differs between nodes, which the walk's fragmentation half must bound right — goes to the
+node the exhaustive evaluation of every fitting candidate picks, with the same ``keep``
+best totals, and fewer nodes are evaluated (GPU requests take the capped evaluation, whose
+cap of 1,024 never binds on these 10–40 nodes: exhaustive on both sides); the same with a
+retry's nodes to avoid (``skip``), with measured load alone (no GPU), whole batches in
+every order (``best`` restores capacity, which the per-node table must notice), two
+load-like terms (their bounds summed), and the per-node table stays equal to one built
+afresh. Hand-built cases: a class whose least-loaded member lacks memory while its next
+member beats every other class, and the explanation of a choice when the walk prunes
+every ``ΔF = 0`` node (the same text as the exhaustive evaluation's).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from placement import PlacementRequest, Snapshot, default_framework
+from placement import Snapshot, default_framework
 from placement.batch import BatchAssigner, _NodeTable
 from placement.framework import Framework
 from placement.plugins.fragmentation import GpuFragmentation
@@ -59,10 +64,6 @@ def _sides(snap: Snapshot, keep: int, strand: float = 1.0) -> list[BatchAssigner
                           prune_dynamic=False, dynamic_candidates=None)]
 
 
-def _cpu_only(reqs: list[PlacementRequest]) -> list[PlacementRequest]:
-    return [r for r in reqs if r.task.resources.gpu <= 0]
-
-
 @pytest.mark.parametrize("unit", [1, U])
 @pytest.mark.parametrize("keep", [1, 4])
 @pytest.mark.parametrize("strand", [0.0, 1.0])
@@ -73,7 +74,7 @@ def test_joint_bound_places_as_the_exhaustive_evaluation(unit: int, keep: int,
         snap, reqs = _random_instance(seed, unit)
         sides = _sides(_with_load_measured(snap, seed), keep, strand)
         for side, n in zip((True, False),
-                           _replay_side_by_side(sides, _cpu_only(reqs), 6000 + seed, keep),
+                           _replay_side_by_side(sides, reqs, 6000 + seed, keep),
                            strict=True):
             evaluated[side] += n
     assert evaluated[True] < evaluated[False]
@@ -85,7 +86,7 @@ def test_joint_bound_with_nodes_to_avoid() -> None:
         snap, reqs = _random_instance(seed, U)
         sides = _sides(_with_load_measured(snap, seed), 1)
         rng = np.random.default_rng(7000 + seed)
-        for r in _cpu_only(reqs):
+        for r in reqs:
             skip = rng.uniform(size=snap.n) < 0.3
             got = [a.choose(r, skip) for a in sides]
             assert got[0] == got[1], f"seed {seed}, request {r.key}: {got}"
@@ -122,13 +123,13 @@ def test_measured_load_alone_is_walked_exactly() -> None:
 
 @pytest.mark.parametrize("order", ["size", "regret", "best"])
 def test_joint_bound_same_batches(order: str) -> None:
-    """Whole batches of CPU-only requests come out as the exhaustive evaluation's, and the
+    """Whole batches of requests come out as the exhaustive evaluation's, and the
     per-node table the walk kept equals one built afresh on the final state."""
     for seed in range(15):
         snap, reqs = _random_instance(seed, U)
         loaded = _with_load_measured(snap, seed)
         sides = _sides(loaded, 1)
-        got = [a.assign(_cpu_only(reqs), order) for a in sides]
+        got = [a.assign(reqs, order) for a in sides]
         assert np.array_equal(got[0], got[1]), f"seed {seed}"
         a = sides[0]
         assert a.classes is not None
@@ -153,7 +154,7 @@ class _OtherLoad(NodeLoad):
 @pytest.mark.parametrize("keep", [1, 4])
 def test_two_load_terms_sum_their_bounds(keep: int) -> None:
     """Two :class:`~placement.framework.NodeDelta` terms beside GPU fragmentation: the class
-    bound is the sum of both terms' own bounds, and every CPU-only request still goes to
+    bound is the sum of both terms' own bounds, and every request still goes to
     the exhaustive evaluation's node with the same ``keep`` best totals."""
     from dataclasses import replace
 
@@ -166,7 +167,7 @@ def test_two_load_terms_sum_their_bounds(keep: int) -> None:
             fw = replace(fw, scores=[*fw.scores, _OtherLoad()])
             sides.append(BatchAssigner(loaded.copy(), fw, keep=keep, prune_dynamic=prune,
                                        dynamic_candidates=None if not prune else 1024))
-        _replay_side_by_side(sides, _cpu_only(reqs), 8000 + seed, keep)
+        _replay_side_by_side(sides, reqs, 8000 + seed, keep)
         dyn = sides[0].last_dynamic
         assert dyn is not None and {p.name for p in dyn.plugins} >= {NodeLoad.name, "OtherLoad"}
 
@@ -215,3 +216,47 @@ def test_walk_explains_fragmentation_as_the_exhaustive_evaluation() -> None:
         assert dyn[0] is not None and dyn[1] is not None
         pruned += dyn[1].idx.size - dyn[0].idx.size
     assert pruned > 0  # the walk did leave out nodes at ΔF = 0
+
+
+@pytest.mark.parametrize("keep", [1, 4])
+def test_least_loaded_member_without_room(keep: int) -> None:
+    """A class whose least-loaded member lacks memory (so its least value is only a
+    bound) while its next member beats every other class: the walk scans it, and picks
+    as the exhaustive evaluation with the same ``keep`` best totals."""
+    nodes = [
+        node("s0/a", 16, 64 * GI, free=(15.0, 0, 0)),  # least loaded, no memory
+        node("s0/b", 16, 64 * GI, free=(14.0, 32 * GI, 0)),
+        node("s0/c", 16, 64 * GI, free=(8.0, 32 * GI, 0)),
+        node("s0/y", 16, 64 * GI, free=(15.0, 32 * GI, 0)),
+        node("s0/z", 16, 64 * GI, free=(12.0, 32 * GI, 0)),
+    ]
+    util = [0.05, 0.05, 0.05, 0.3, 0.3]
+    nodes = [nd.model_copy(update={"utilisation": u}) for nd, u in zip(nodes, util,
+                                                                       strict=True)]
+    snap = Snapshot(nodes=nodes, network=network())
+    sides = _sides(snap, keep)
+    r = request(task("t", 1.0, GI), key="r0")
+    got = [a.choose(r) for a in sides]
+    assert got[0] == got[1] == snap.ids.index("s0/b"), got
+    dyn = [a.last_dynamic for a in sides]
+    assert dyn[0] is not None and dyn[1] is not None
+    assert np.allclose(np.sort(dyn[0].total)[:keep], np.sort(dyn[1].total)[:keep],
+                       rtol=0, atol=1e-12)
+
+
+class _BrokenLoad(NodeLoad):
+    """A load-like term that breaks its contract: not finite on one node."""
+
+    def node_delta(self, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
+        out = super().node_delta(snap, idx)
+        return np.where(idx == 1, np.nan, out)
+
+
+def test_node_table_refuses_values_that_are_not_finite() -> None:
+    """The per-node table behind the class bound refuses a ``node_delta`` that is not
+    finite, naming the plugin and the node, rather than sorting a NaN and pruning."""
+    snap, _ = _random_instance(0, U)
+    a = BatchAssigner(snap.copy(), _control_plane_framework())
+    assert a.classes is not None
+    with pytest.raises(ValueError, match=rf"_BrokenLoad\.node_delta is nan at node '{snap.ids[1]}'"):
+        _NodeTable(_BrokenLoad(), a.snap, a.classes, 0)
