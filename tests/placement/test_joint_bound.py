@@ -260,3 +260,28 @@ def test_node_table_refuses_values_that_are_not_finite() -> None:
     assert a.classes is not None
     with pytest.raises(ValueError, match=rf"_BrokenLoad\.node_delta is nan at node '{snap.ids[1]}'"):
         _NodeTable(_BrokenLoad(), a.snap, a.classes, 0)
+
+
+def test_no_node_known_at_zero_growth_takes_the_capped_evaluation() -> None:
+    """Every node has a free GPU and the request grows fragmentation on each: no node of
+    the band is known at ``ΔF = 0``, so the walk leaves the request to the capped
+    evaluation — at most ``dynamic_candidates`` nodes (here 2), not every fitting one —
+    which, with the cap not binding, still picks as the exhaustive evaluation."""
+    snap = Snapshot(nodes=_loaded_cpu_and_partly_used_gpu_nodes().nodes[4:], network=network(),
+                    gpu_unit=U)
+    mix = [request(task(f"w{k}", 4.0, 8 * GI, U // 2 if k % 2 else U), key=f"w{k}")
+           for k in range(6)]
+    sides = [*_sides(snap, 1), BatchAssigner(snap.copy(), _control_plane_framework(), keep=1,
+                                             dynamic_candidates=2)]
+    for a in sides:
+        for m in mix:
+            a.observe(m)
+    r = request(task("c", 2.0, 4 * GI), key="c")
+    got = [a.choose(r) for a in sides]
+    assert got[0] == got[1]
+    dyn = [a.last_dynamic for a in sides]
+    assert dyn[0] is not None and dyn[1] is not None and dyn[2] is not None
+    raw = dyn[1].raw[GpuFragmentation.name]
+    assert (raw > 0).all()  # no node at ΔF = 0
+    assert dyn[0].idx.size == dyn[1].idx.size == snap.n
+    assert dyn[2].idx.size <= 2
