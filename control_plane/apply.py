@@ -615,12 +615,15 @@ class Applier:
                 log.exception("site %s: submit of %s failed", site, run_id)
                 failed.append((run_id, f"submit failed: {e!r}", False))
         if handles:
-            # the rows as read above, not read again: this thread is the only writer of
-            # run rows (a fenced old leader writes nothing), so a run read Placed is
-            # still Placed
+            # the rows as read above (their JSON columns are not read again), but only
+            # those still Placed: a loop thread of an earlier term of this process may
+            # outlive it (a slow backend) and pass the fence of the current one, while
+            # the run moved on (Running, Succeeded, cancelled)
             with self.store.session() as s:
                 at = _ts(self.clock())
-                done = [run for run, _ in todo if run.id in handles]
+                still = set(s.scalars(select(RunRow.id).where(
+                    RunRow.id.in_(list(handles)), RunRow.state == RunState.Placed)))
+                done = [run for run, _ in todo if run.id in still]
                 for run in done:
                     run.handle, run.dispatched_at = handles[run.id].to_json(), at
                     self._set_run_state(s, run, RunState.Dispatched, f"submitted to {run.site}")

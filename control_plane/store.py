@@ -92,6 +92,12 @@ def _state(enum: type[StrEnum]) -> Enum:
                 values_callable=lambda e: [m.value for m in e])
 
 
+NULLABLE_JSON = JSON(none_as_null=True)
+"""A JSON column whose ``None`` is SQL NULL however it is written (the ORM and the Core
+statements of :meth:`Store.write_rows` alike; plain ``JSON`` stores the text ``null`` for a
+``None`` written through Core)."""
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -139,8 +145,8 @@ class RunRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     site: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    handle: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON, nullable=True)
+    placement: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -154,7 +160,7 @@ class RunRow(Base):
     runtime_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     cpu_time_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    accounting: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    accounting: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON, nullable=True)
     """The backend's accounting record of the finished run (RunStatus.accounting)."""
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     released: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
@@ -369,8 +375,7 @@ class Store:
             yield s
             if events := s.info.pop(_EVENTS, None):  # one INSERT for the block's events
                 s.flush()
-                if self._fence is not None and not s.info.get(_FENCE_CHECKED):
-                    self._fence(s)
+                self.fence_in(s)
                 # the table's, not the ORM's bulk INSERT (its per-row bookkeeping was
                 # 4 % of a busy reconciler's time)
                 s.connection().execute(insert(table_of(EventRow)), events)
@@ -403,8 +408,8 @@ class Store:
             transaction is then rolled back.
         """
         if self._fence is not None and not s.info.get(_FENCE_CHECKED):
-            s.info[_FENCE_CHECKED] = True
             self._fence(s)
+            s.info[_FENCE_CHECKED] = True  # only once it passed
 
     def write_rows(self, s: Session, model: type[Base], rows: Iterable[ColumnRow]) -> int:
         """Write back the changed columns of ``rows`` (read by :func:`read_rows` from
@@ -543,13 +548,14 @@ class GroupCommit:
 
 
 def _install_fence(s: Session, check: FenceCheck) -> None:
-    done = False
+    """Run ``check`` before the first flush that writes, unless the transaction already
+    passed it (:meth:`Store.fence_in`)."""
 
     def before_flush(session: Session, *_: Any) -> None:
-        nonlocal done
-        if not done and (session.new or session.dirty or session.deleted):
-            done = session.info[_FENCE_CHECKED] = True
+        if not session.info.get(_FENCE_CHECKED) and (
+                session.new or session.dirty or session.deleted):
             check(session)
+            session.info[_FENCE_CHECKED] = True
 
     event.listen(s, "before_flush", before_flush)
 

@@ -1,7 +1,8 @@
 """The reconciler: retries with backoff then failure with the reason, dependants
 cancelled, unschedulable tasks waiting with a reason, a restart of the control plane
 (same state directory) re-adopting runs instead of starting them again, and a run
-placed but not yet dispatched before a crash being submitted exactly once."""
+placed but not yet dispatched before a crash being submitted exactly once, and a run
+that moved on while it was submitted keeping its state."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
+from continuum.model import RunState
 from control_plane.reconciler import Reconciler, failure_backoff_s
 from control_plane.store import RunRow
 from tests.control_plane.harness import control_plane, wait_state, workflow
@@ -91,6 +93,38 @@ def test_run_placed_before_a_crash_is_submitted_once(tmp_path: Path, database_ur
     assert wf["state"] == "Succeeded"
     assert [r["id"] for r in wf["runs"]] == [run.id]
 
+
+def test_a_run_that_moved_on_while_it_was_submitted_is_not_set_back_to_dispatched(
+        tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dispatch writes the handles onto the rows it read before submitting, but only
+    onto those still Placed: a run that another writer moved on meanwhile (a loop thread of
+    an earlier term outliving it, a cancel) keeps its state."""
+    with control_plane(tmp_path, database_url=database_url, time_scale=10.0) as (cp, api):
+        cp.stop()  # drive the cycle by hand
+        wid = api.post("/v1/workflows", json=workflow(tasks=[
+            {"name": "a", "command": ["true"], "work": 5}])).json()["id"]
+        cp.reconciler._place(cp.reconciler.clock())
+        with cp.store.session() as s:
+            (run_id,) = s.scalars(select(RunRow.id).where(RunRow.workflow_id == wid)).all()
+            # SQL NULL, not the JSON text 'null', though the new run went in through Core
+            assert s.scalar(select(RunRow.id).where(RunRow.handle.is_(None),
+                                                    RunRow.accounting.is_(None))) == run_id
+        adapter = cp.federation.get_adapter("cloud")
+        assert adapter is not None
+        submit = adapter.submit
+
+        def moved_on_then_submit(run, node, request_id):  # type: ignore[no-untyped-def]
+            with cp.store.session() as s:
+                row = s.get(RunRow, run_id)
+                assert row is not None
+                row.state = RunState.Cancelled
+            return submit(run, node, request_id=request_id)
+
+        monkeypatch.setattr(adapter, "submit", moved_on_then_submit)
+        cp.reconciler.applier._dispatch([run_id], None)
+        with cp.store.session() as s:
+            row = s.get(RunRow, run_id)
+            assert row is not None and row.state == RunState.Cancelled and row.handle is None
 
 def test_a_failing_cycle_logs_one_traceback_then_backs_off(
         caplog: pytest.LogCaptureFixture) -> None:
