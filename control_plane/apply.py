@@ -584,7 +584,8 @@ class Applier:
         todo: list[tuple[ColumnRow, TaskRun]] = []
         with self.store.session() as s:
             rows = read_rows(s, RunRow, run_ids, _DISPATCH_COLUMNS)
-            self._docs.load(s, [r.workflow_id for r in rows.values()])
+            self._docs.load(s, [r.workflow_id for r in rows.values()
+                                if r.state == RunState.Placed])
             for run_id in run_ids:
                 run = rows.get(run_id)
                 if run is None or run.state != RunState.Placed:
