@@ -14,9 +14,10 @@ fleet of thousands costs one thread. The broker is a private Mosquitto started w
 
 Phases, on one server:
 
-1. **surge** — every device connects as fast as this process can open connections; the
-   bench then polls ``GET /v1/devices`` until every device is listed with its Hello (or
-   ``--surge-timeout`` passes) and reports the connect rate, the time until all were
+1. **surge** — every device connects as fast as the simulator can open connections; the
+   bench polls ``GET /v1/devices``'s ``total`` (a page of one, twice a second, the count
+   printed every 10 s) and, once it reaches the fleet, lists every device to check each has
+   its Hello (or ``--surge-timeout`` passes); it reports the connect rate, the time until all were
    visible, how many never appeared, and how many devices' Hellos the broker
    acknowledged (PUBACK: the device did announce itself; the control plane missed it);
 2. **idle** — the connected fleet sends nothing for ``--fleet-seconds`` while the bench
@@ -270,7 +271,6 @@ class ProcessFleet:
     ``ports[i % len(ports)]``. Surge only: no telemetry."""
 
     def __init__(self, ids: list[str], ports: list[int], processes: int) -> None:
-        self.ids = ids
         ctx = multiprocessing.get_context("spawn")  # no fork of this process's threads
         self.conns: list[multiprocessing.connection.Connection] = []
         self.procs = []
@@ -283,25 +283,30 @@ class ProcessFleet:
                 args=([ids[i] for i in mine], [ports[i % len(ports)] for i in mine],
                       [source_address(i) for i in mine], child)))
         self._connect: list[float] = []
+        self.connect_seconds = 0.0
+        """The slowest process's connect time, once :meth:`wait_connected` returned."""
 
     def start(self) -> None:
         for p in self.procs:
             p.start()
 
-    @property
-    def connect_seconds(self) -> float:
-        """The slowest process's connect time (waits for every process to report)."""
+    def wait_connected(self) -> None:
+        """Wait until every process reported its connect time (:attr:`connect_seconds`).
+
+        Raises:
+            RuntimeError: a simulator process failed (its error is in the message).
+        """
         while len(self._connect) < len(self.conns):
             kind, value = self.conns[len(self._connect)].recv()
             if kind != "connected":
                 raise RuntimeError(f"a simulator process failed: {value}")
             self._connect.append(value)
-        return max(self._connect)
+        self.connect_seconds = max(self._connect)
 
     def stop(self) -> tuple[int, int]:
         """Stops every process; returns how many Hellos the broker acknowledged and how
         many connections it closed."""
-        self.connect_seconds  # noqa: B018 — each process reports its connect time first
+        self.wait_connected()  # each process reports its connect time first
         acked = dropped = 0
         for c in self.conns:
             c.send("stop")
@@ -475,6 +480,8 @@ def run(devices: int, rates: list[float], *, seconds: float = 20.0,
                 time.sleep(0.5)
             else:
                 seen = devices_visible(server, http) & names
+            if isinstance(fleet, ProcessFleet):
+                fleet.wait_connected()
             print(f"fleet={devices}: connected in {fleet.connect_seconds:.1f} s, "
                   f"{len(seen)}/{devices} visible"
                   + (f" after {visible:.1f} s" if visible is not None else
