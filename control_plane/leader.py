@@ -351,6 +351,8 @@ class Leadership:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._lost: str | None = None
+        self._term = threading.local()
+        """Per thread: the lease whose term the thread works for (see :meth:`bind`)."""
 
     @property
     def identity(self) -> str:
@@ -365,16 +367,30 @@ class Leadership:
     def leading(self) -> bool:
         return self._lease is not None
 
+    def bind(self, lease: Lease) -> None:
+        """Bind the calling thread to the term of ``lease``: from now on its fenced
+        writes pass only while this replica still holds that epoch. The leader-only
+        loop of a term calls it first, so a loop of an ended term that has not stopped
+        yet cannot write under a later term of the same replica (lost, then led again).
+        A thread that never bound (a test driving a cycle by hand) writes under the
+        current term."""
+        self._term.lease = lease
+
     def check(self, s: Session) -> None:
         """The fence of the leader-only components' store (see
         :meth:`control_plane.store.Store.fenced`).
 
         Raises:
-            Fenced: this replica does not lead (any more).
+            Fenced: this replica does not lead (any more), or the calling thread's term
+                (:meth:`bind`) is not the current one.
         """
         lease = self._lease
         if lease is None:
             raise Fenced("this replica is not the leader")
+        term: Lease | None = getattr(self._term, "lease", None)
+        if term is not None and term.epoch != lease.epoch:
+            raise Fenced(f"the term of epoch {term.epoch} ended (this replica now leads "
+                         f"epoch {lease.epoch})")
         Fence(lease.name, lease.holder, lease.epoch).check(s)
 
     def step(self) -> None:

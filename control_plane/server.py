@@ -161,11 +161,12 @@ class ControlPlane:
             self._thread.join(timeout=30)
         self._leader_stop = stop = threading.Event()
         self.federation.sync()  # the sites as stored now, before the first cycle
-        self._thread = threading.Thread(target=self._run_loop, args=(stop,),
+        self._thread = threading.Thread(target=self._run_loop, args=(stop, lease),
                                         name=f"reconciler-epoch-{lease.epoch}", daemon=True)
         self._thread.start()
 
-    def _run_loop(self, stop: threading.Event) -> None:
+    def _run_loop(self, stop: threading.Event, lease: Lease) -> None:
+        self.leadership.bind(lease)  # this loop writes for its own term only
         try:
             self.reconciler.run_forever(stop)
         except Fenced as e:

@@ -32,6 +32,7 @@ from control_plane.leader import (
     Fenced,
     KubernetesLeaseElector,
     Leadership,
+    Lease,
     NotLeader,
     current_leader,
 )
@@ -156,6 +157,70 @@ def test_paused_leader_is_fenced_and_changes_nothing(store: Store) -> None:
     finally:
         a_lead.elector.close()
         b.close()
+
+
+class ScriptedElector:
+    """An elector whose answers the test sets (``lease``), writing them to the lease row."""
+
+    identity, ttl_s = "a", 6.0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.lease: Lease | None = None
+
+    def step(self) -> Lease | None:
+        if self.lease is not None:
+            with self.store.session() as s:
+                s.merge(LeaseRow(name=self.lease.name, holder=self.lease.holder,
+                                 epoch=self.lease.epoch, expires_at=utcnow()))
+        return self.lease
+
+    def resign(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_loop_of_an_ended_term_is_fenced_when_the_replica_leads_again(tmp_path: Path) -> None:
+    """Lost, then led again under a new epoch: a thread still working for the old term
+    (bound to it) is refused, though the replica leads and the row names it."""
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    run_id = a_run(store)
+    el = ScriptedElector(store)
+    lead = Leadership(el, store, on_lead=lambda _l: None, on_lose=lambda _r: None)
+    fenced = store.fenced(lead.check)
+    try:
+        el.lease = Lease("reconciler", "a", 1)
+        lead.step()
+        first = lead.lease
+        assert first is not None and first.epoch == 1
+        el.lease = Lease("reconciler", "a", 2)  # the same replica, a new term
+        lead.step()
+        assert lead.lease is not None and lead.lease.epoch == 2
+        outcome: dict[int, str] = {}
+
+        def write_as(term: Lease, reason: str) -> None:
+            lead.bind(term)
+            try:
+                with fenced.session() as s:
+                    s.get(RunRow, run_id).reason = reason  # type: ignore[union-attr]
+                outcome[term.epoch] = "written"
+            except Fenced as e:
+                outcome[term.epoch] = str(e)
+
+        for term, reason in ((first, "by the old term"), (lead.lease, "by the new term")):
+            t = threading.Thread(target=write_as, args=(term, reason))
+            t.start()
+            t.join()
+        assert outcome[2] == "written"
+        assert "term of epoch 1 ended" in outcome[1]
+        with store.session() as s:
+            assert s.get(RunRow, run_id).reason == "by the new term"  # type: ignore[union-attr]
+        with fenced.session() as s:  # an unbound thread writes under the current term
+            s.get(RunRow, run_id).reason = "unbound"  # type: ignore[union-attr]
+    finally:
+        store.close()
 
 
 def test_expired_lease_of_a_live_leader_is_renewed_not_taken(store: Store) -> None:
@@ -408,7 +473,7 @@ def test_a_request_queued_when_the_loop_stops_is_answered_not_leader(tmp_path: P
         fut = cp.reconciler.request(RemoveSite("cloud", cancel_runs=False))
         stopped = threading.Event()
         stopped.set()
-        cp._run_loop(stopped)  # the loop's term ends at once
+        cp._run_loop(stopped, Lease("reconciler", "r", 1))  # the loop's term ends at once
         error = fut.exception(timeout=1)
         assert isinstance(error, NotLeader) and error.leader is None
     finally:
