@@ -617,9 +617,9 @@ class Applier:
                 failed.append((run_id, f"submit failed: {e!r}", False))
         if handles:
             # the rows as read above (their JSON columns are not read again), but only
-            # those still Placed: a loop thread of an earlier term of this process may
-            # outlive it (a slow backend) and pass the fence of the current one, while
-            # the run moved on (Running, Succeeded, cancelled)
+            # those still Placed: the run may have moved on while its backend answered
+            # (a slow backend: a cancel, or the next term's loop — whose writes this
+            # thread's fence then refuses, Leadership.bind)
             with self.store.session() as s:
                 at = _ts(self.clock())
                 still = set(s.scalars(select(RunRow.id).where(

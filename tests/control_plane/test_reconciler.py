@@ -97,8 +97,8 @@ def test_run_placed_before_a_crash_is_submitted_once(tmp_path: Path, database_ur
 def test_a_run_that_moved_on_while_it_was_submitted_is_not_set_back_to_dispatched(
         tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Dispatch writes the handles onto the rows it read before submitting, but only
-    onto those still Placed: a run that another writer moved on meanwhile (a loop thread of
-    an earlier term outliving it, a cancel) keeps its state."""
+    onto those still Placed: a run that another writer moved on meanwhile (a cancel, the
+    loop of a later term) keeps its state."""
     with control_plane(tmp_path, database_url=database_url, time_scale=10.0) as (cp, api):
         cp.stop()  # drive the cycle by hand
         wid = api.post("/v1/workflows", json=workflow(tasks=[
