@@ -171,7 +171,9 @@ class Applier:
                 self._record(run, a.status)
             elif isinstance(a, d.SetRunState):
                 self._transition(s, run, a, now)
-            elif isinstance(a, d.DispatchRetry):
+            elif isinstance(a, d.DispatchRetry):  # once per distinct refusal (decide)
+                log.warning("run %s: site %s refused the submit, retrying: %s", run.id,
+                            run.site, a.error)
                 run.reason = a.error
                 add_event(s, "DispatchRetry", a.error, workflow_id=run.workflow_id,
                           run_id=run.id)

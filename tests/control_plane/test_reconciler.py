@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
+from continuum.errors import TransientError
 from continuum.model import RunState
 from control_plane.reconciler import Reconciler, failure_backoff_s
 from control_plane.store import RunRow
@@ -125,6 +126,35 @@ def test_a_run_that_moved_on_while_it_was_submitted_is_not_set_back_to_dispatche
         with cp.store.session() as s:
             row = s.get(RunRow, run_id)
             assert row is not None and row.state == RunState.Cancelled and row.handle is None
+
+def test_a_transient_submit_refusal_is_logged_once_per_reason_and_retried(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with control_plane(tmp_path, time_scale=10.0) as (cp, api):
+        cp.stop()  # drive the cycle by hand
+        adapter = cp.federation.get_adapter("cloud")
+        assert adapter is not None
+        submit, refusals = adapter.submit, [0]
+
+        def refuse_twice(run, node, request_id):  # type: ignore[no-untyped-def]
+            if refusals[0] < 2:
+                refusals[0] += 1
+                raise TransientError("the queue is full", site="cloud")
+            return submit(run, node, request_id=request_id)
+
+        monkeypatch.setattr(adapter, "submit", refuse_twice)
+        wid = api.post("/v1/workflows", json=workflow(tasks=[
+            {"name": "a", "command": ["true"], "work": 5}])).json()["id"]
+        with caplog.at_level(logging.WARNING, logger="control_plane.apply"):
+            for _ in range(4):
+                cp.reconciler.cycle()
+        refused = [r.getMessage() for r in caplog.records if "refused the submit" in r.message]
+        assert len(refused) == 1 and "site cloud" in refused[0], refused
+        assert "the queue is full" in refused[0]
+        runs = api.get(f"/v1/workflows/{wid}").json()["runs"]
+        assert refusals[0] == 2 and [r["state"] for r in runs] in (
+            ["Dispatched"], ["Running"], ["Succeeded"])
+
 
 def test_a_failing_cycle_logs_one_traceback_then_backs_off(
         caplog: pytest.LogCaptureFixture) -> None:
