@@ -10,7 +10,10 @@ accepted submits per second and latency percentiles (nearest-rank). Only 201 ans
 count; any other answer is reported as an error.
 
 The clients share the machine with the servers (2 cores here), so the figures are what one
-machine does end to end, not the server alone.
+machine does end to end, not the server alone. Two columns say where the CPU went, less
+disturbed by other load than the rates: the replicas' CPU time over the row (their API,
+and their reconcilers placing, dispatching and finishing what was accepted) and the
+clients' (this process's), each in ms per accepted submit.
 
 Reproduce::
 
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 from bench.control_plane.postgres import private_postgres
@@ -74,6 +78,10 @@ class Result:
     errors: int
     seconds: float
     latencies_s: list[float]
+    server_cpu_s: float
+    """CPU time of every replica process over the row (user + system), seconds."""
+    client_cpu_s: float
+    """CPU time of the clients' process over the row, seconds."""
 
     @property
     def rate(self) -> float:
@@ -124,6 +132,14 @@ class Replicas:
         token = (self.state_dir / "admin.token").read_text().strip()
         return {"Authorization": f"Bearer {token}"}
 
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the replica processes have used so far, seconds."""
+        total = 0.0
+        for p in self.procs:
+            t = psutil.Process(p.pid).cpu_times()
+            total += t.user + t.system
+        return total
+
     def stop(self) -> None:
         for p in self.procs:
             p.terminate()
@@ -160,18 +176,22 @@ def measure(replicas: Replicas, clients: int, seconds: float) -> Result:
                                        latencies, counts) for i in range(clients)))
         return time.monotonic() - t0
 
+    server0, client0 = replicas.cpu_s(), time.process_time()
     took = asyncio.run(main())
-    return Result(len(replicas.ports), clients, counts[0], counts[1], took, latencies)
+    return Result(len(replicas.ports), clients, counts[0], counts[1], took, latencies,
+                  replicas.cpu_s() - server0, time.process_time() - client0)
 
 
 def table(results: list[Result]) -> str:
-    rows = ["| replicas | clients | accepted | submits/s | p50 (ms) | p99 (ms) | errors |",
-            "|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| replicas | clients | accepted | submits/s | p50 (ms) | p99 (ms) | errors "
+            "| server CPU ms/submit | client CPU ms/submit |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lat = r.latencies_s or [float("nan")]
+        per = 1e3 / r.accepted if r.accepted else float("nan")
         rows.append(f"| {r.replicas} | {r.clients} | {r.accepted} | {r.rate:.0f} | "
                     f"{percentile(lat, 50) * 1e3:.0f} | {percentile(lat, 99) * 1e3:.0f} | "
-                    f"{r.errors} |")
+                    f"{r.errors} | {r.server_cpu_s * per:.2f} | {r.client_cpu_s * per:.2f} |")
     return "\n".join(rows)
 
 
