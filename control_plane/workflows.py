@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from adapters.base import Handle
@@ -23,7 +22,6 @@ from control_plane.leader import notify_wake_in
 from control_plane.store import (
     ArtifactRow,
     AuditRow,
-    EventRow,
     GroupCommit,
     RunRow,
     Store,
@@ -31,6 +29,7 @@ from control_plane.store import (
     WorkflowRow,
     add_event,
     backlog_tasks,
+    insert_later,
     new_id,
     utcnow,
 )
@@ -128,22 +127,22 @@ class WorkflowService:
         tasks = [(t.name, t.wire(), deps[t.name]) for t in doc.spec.tasks]
 
         def write(s: Session) -> WorkflowRow:
-            # bulk INSERTs, not the ORM's unit of work: a submit's CPU is mostly this
+            # rows, not the ORM's unit of work, inserted with the rest of the group's
+            # (one executemany a table for the whole group commit)
             now = utcnow()
             wf = WorkflowRow(id=wf_id, name=doc.metadata.name, state=WorkflowState.Pending,
                              reason="", document=document, tenant=tenant, created_at=now,
                              updated_at=now, finished_at=None)
-            s.execute(insert(WorkflowRow), [{c: getattr(wf, c) for c in _WORKFLOW_COLUMNS}])
-            s.execute(insert(TaskRow), [
+            insert_later(s, WorkflowRow, ({c: getattr(wf, c) for c in _WORKFLOW_COLUMNS},))
+            insert_later(s, TaskRow, (
                 {"workflow_id": wf_id, "name": name, "spec": spec, "depends_on": after,
                  "reason": "", "attempts": 0,
                  "state": TaskState.Waiting if after else TaskState.Ready}
-                for name, spec, after in tasks])
-            s.execute(insert(EventRow), [{"workflow_id": wf_id, "type": "WorkflowAccepted",
-                                          "message": f"{len(tasks)} tasks", "at": now}])
+                for name, spec, after in tasks))
+            add_event(s, "WorkflowAccepted", f"{len(tasks)} tasks", workflow_id=wf_id)
             if audit is not None:
                 row = audit()
-                s.execute(insert(AuditRow), [{c: getattr(row, c) for c in _AUDIT_COLUMNS}])
+                insert_later(s, AuditRow, ({c: getattr(row, c) for c in _AUDIT_COLUMNS},))
             if self.wake_local is not None:
                 notify_wake_in(s)
             return wf

@@ -5,15 +5,29 @@ columns read back as enums (on SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy.orm import Session
 
-from continuum.model import WorkflowState
+from continuum.model import TaskState, WorkflowState
 from control_plane.leader import Fenced
-from control_plane.store import SchemaMismatch, SiteRow, Store, WorkflowRow, read_rows
+from control_plane.store import (
+    EventRow,
+    GroupCommit,
+    SchemaMismatch,
+    SiteRow,
+    Store,
+    TaskRow,
+    WorkflowRow,
+    _Write,
+    add_event,
+    insert_later,
+    read_rows,
+)
 
 
 def test_a_database_from_before_replaces_run_id_is_refused_with_the_fix(tmp_path: Path) -> None:
@@ -80,6 +94,51 @@ def test_column_rows_write_back_what_changed_fenced(database_url: str) -> None:
     assert got == {"wf-0": (WorkflowState.Succeeded, "", at, {"i": 0}, "w0"),
                    "wf-1": (WorkflowState.Running, "cancelled on request", None, {"i": 1}, "w1"),
                    "wf-2": (WorkflowState.Running, "", None, {"i": 2}, "w2")}
+
+
+def test_rows_inserted_later_go_in_one_statement_a_table_for_a_whole_group_commit(
+        database_url: str) -> None:
+    """``insert_later``: a group commit of several writers' rows is one INSERT per table,
+    parents first; a fence that refuses the block inserts nothing."""
+    store = Store(database_url)
+    inserts: list[tuple[str, int]] = []
+
+    def count(_conn, _cursor, statement, parameters, _context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT"):
+            table = statement.split()[2].strip('"')
+            inserts.append((table, len(parameters) if executemany else 1))
+
+    def write(i: int) -> Callable[[Session], str]:
+        def fn(s: Session) -> str:
+            insert_later(s, WorkflowRow, ({"id": f"wf-{i}", "name": f"w{i}", "reason": "",
+                                           "state": WorkflowState.Pending, "document": {}},))
+            insert_later(s, TaskRow, ({"workflow_id": f"wf-{i}", "name": n, "spec": {},
+                                       "depends_on": [], "reason": "", "attempts": 0,
+                                       "state": TaskState.Ready} for n in "ab"))
+            add_event(s, "WorkflowAccepted", "2 tasks", workflow_id=f"wf-{i}")
+            return f"wf-{i}"
+        return fn
+
+    writes = GroupCommit(store)
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        writes._commit(group := [_Write(write(i)) for i in range(3)])
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+    assert [w.result for w in group] == ["wf-0", "wf-1", "wf-2"]
+    assert inserts == [("workflows", 3), ("tasks", 6), ("events", 3)]
+
+    def refuse(_: object) -> None:
+        raise Fenced("lease taken over")
+
+    fenced = store.fenced(refuse)
+    with pytest.raises(Fenced), fenced.session() as s:
+        write(9)(s)
+    with store.session() as s:
+        assert sorted(s.scalars(select(WorkflowRow.id))) == ["wf-0", "wf-1", "wf-2"]
+        assert s.scalar(select(func.count()).select_from(TaskRow)) == 6
+        assert s.scalar(select(func.count()).select_from(EventRow)) == 3
+    store.close()
 
 
 def _on_disk(store: Store, table: str) -> bytes:
