@@ -901,7 +901,10 @@ class BatchAssigner:
         Within a class the fitting nodes are resolved a chunk at a time by their total at
         ``ΔF = 0`` (a lower bound of it): with one load-like term, from the class's members
         sorted by that term (:class:`_NodeTable`; the total at ``ΔF = 0`` grows with it),
-        stopping at the first member whose bound is beyond, so a class costs ``O(chunk)``.
+        stopping at the first member whose bound is beyond, so a class costs ``O(chunk)``;
+        a run of members with equal values is taken at once, and of its members without
+        a free GPU only the :attr:`keep` that rank first are evaluated
+        (:meth:`_ranking_ties`: an idle class does not cost ``O(class)`` evaluations).
         Classes are evaluated by ascending bound (ties in the exhaustive order); the walk
         stops at the first whose bound is above both the best exact total found (plus
         the choice's 1e-12 tie band) and the :attr:`keep`-th best, by 1e-9 — such a class,
@@ -1040,9 +1043,14 @@ class BatchAssigner:
                         return  # sorted: no later member can rank
                     e = min(nodes.size, b + width)
                     width *= 4
+                    tied = bool(vals[e - 1] == vals[b])
+                    if tied:  # a run of equal values: all of it at once
+                        e = int(np.searchsorted(vals, vals[b], "right"))
                     nd = nodes[b:e]
                     b = e
                     nd = nd[self._fits(nd, cpu, mem, gpu, skip)]
+                    if tied and nd.size > keep:
+                        nd = self._ranking_ties(nd, keep)
                     if nd.size:
                         rw = base + w * (1.0 - (low + f) / (np.maximum(t.x[nd], 0.0) + f))
                         keep_ = rw / wsum <= limit
@@ -1158,6 +1166,25 @@ class BatchAssigner:
         k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
         self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raw, d, total)
         return int(idx[k])
+
+    def _ranking_ties(self, nd: np.ndarray, keep: int) -> np.ndarray:
+        """Of fitting nodes ``nd`` of one node class with equal load-like values (a run of
+        :class:`_NodeTable`), those that can rank (ascending): the ones with a free GPU,
+        and of the others only the ``keep`` first by (free cpu, node index).
+
+        Those others have the same exact total (same class cost, same load-like term,
+        ``ΔF = 0`` without a free GPU), and a tie goes to the least free cpu, then the
+        exhaustive order (node order within a class): the ``keep`` first of them precede
+        every other in the choice and the runners-up alike. So ``O(run)`` once instead of
+        evaluating every tied node (on an idle site, most of a class)."""
+        s = self.snap
+        zero = ~s.gpu_slots[nd].any(axis=1)
+        if int(np.count_nonzero(zero)) <= keep:
+            return nd
+        z = nd[zero]
+        z = z[np.lexsort((z, s.free_cpu[z]))[:keep]]
+        out: np.ndarray = np.sort(np.concatenate([z, nd[~zero]]))
+        return out
 
     def _lazy_fragmentation(self, req: PlacementRequest,
                             dyns: list[tuple[DynamicScore, float, float]]
