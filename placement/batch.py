@@ -78,22 +78,28 @@ BIG_MEM = np.iinfo(np.int64).max // 4
 # ---------------------------------------------------------------- node classes
 
 
-def _node_key(snap: Snapshot, i: int) -> tuple[object, ...]:
-    """What makes two nodes interchangeable for scoring, free capacity aside. The measured
-    CPU utilisation (rounded to 1 %, the resolution NodeLoad's reasons show) and its
-    staleness are part of it, so nodes under different live load never share a class
-    (else NodeLoad would score every member with the representative's load)."""
-    nd = snap.nodes[i]
-    u = float(snap.utilisation[i])
-    return (
-        None if np.isnan(u) else round(u, 2), bool(snap.metrics_stale[i]),
-        int(snap.tier[i]), nd.arch, nd.site, int(snap.loc[i]), float(snap.speed[i]),
-        float(snap.cap_cpu[i]), float(snap.idle_watts[i]), float(snap.max_watts[i]),
-        float(snap.gpu_watts[i]), bool(snap.ready[i]), tuple(nd.runtimes),
-        float(snap.queue_wait_s[i]), int(snap.taint_group[i]),
-        tuple(sorted(nd.labels.items())), bool(snap.draining[i]),
-        None if nd.python_modules is None else tuple(nd.python_modules),
-    )
+def _node_keys(snap: Snapshot) -> list[tuple[object, ...]]:
+    """What makes two nodes interchangeable for scoring, free capacity aside, per node. The
+    measured CPU utilisation (rounded to 1 %, the resolution NodeLoad's reasons show) and
+    its staleness are part of it, so nodes under different live load never share a class
+    (else NodeLoad would score every member with the representative's load).
+
+    The snapshot's columns are read once as Python lists (``tolist``: the same floats,
+    ints and bools an element read gives), not an element at a time: ``O(n)`` with a
+    small constant, as every :func:`placement.plan` call builds the classes anew."""
+    rounded = {u: round(u, 2) for u in set(snap.utilisation.tolist())}  # few distinct
+    cols = zip(
+        snap.utilisation.tolist(), snap.metrics_stale.tolist(), snap.tier.tolist(),
+        snap.loc.tolist(), snap.speed.tolist(), snap.cap_cpu.tolist(),
+        snap.idle_watts.tolist(), snap.max_watts.tolist(), snap.gpu_watts.tolist(),
+        snap.ready.tolist(), snap.queue_wait_s.tolist(), snap.taint_group.tolist(),
+        snap.draining.tolist(), snap.nodes[:snap.n], strict=True)
+    return [
+        (None if u != u else rounded[u], stale, tier, nd.arch, nd.site, loc, speed, cap,
+         idle, mx, gw, ready, tuple(nd.runtimes), qw, taint, tuple(sorted(nd.labels.items())),
+         draining, None if nd.python_modules is None else tuple(nd.python_modules))
+        for u, stale, tier, loc, speed, cap, idle, mx, gw, ready, qw, taint, draining, nd
+        in cols]
 
 
 @dataclass
@@ -117,13 +123,11 @@ class NodeClasses:
     def __post_init__(self) -> None:
         snap = self.snap
         index: dict[tuple[object, ...], int] = {}
-        of = np.empty(snap.n, dtype=np.int64)
+        keys = _node_keys(snap)
         own = self.distinct
-        for i in range(snap.n):
-            key = _node_key(snap, i)
-            if own and snap.ids[i] in own:
-                key = (*key, snap.ids[i])
-            of[i] = index.setdefault(key, len(index))
+        if own:
+            keys = [(*k, nid) if nid in own else k for k, nid in zip(keys, snap.ids, strict=True)]
+        of = np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
         self.of = of
         order = np.argsort(of, kind="stable")
         bounds = np.searchsorted(of[order], np.arange(len(index) + 1))
