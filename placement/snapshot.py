@@ -148,9 +148,11 @@ class Snapshot:
         self.taint_sets: list[tuple[Taint, ...]] = []
         groups = []
         for nd in nodes:
-            ts = (tuple(sorted(nd.taints, key=lambda t: (t.key, t.value, t.effect)))
-                  if nd.taints else ())
-            key = tuple((t.key, t.value, t.effect) for t in ts)
+            ts: tuple[Taint, ...] = ()
+            key: tuple[tuple[str, str, str], ...] = ()
+            if nd.taints:  # most nodes have none: no sort, no key to build
+                ts = tuple(sorted(nd.taints, key=lambda t: (t.key, t.value, t.effect)))
+                key = tuple((t.key, t.value, t.effect) for t in ts)
             if key not in taint_keys:
                 taint_keys[key] = len(self.taint_sets)
                 self.taint_sets.append(ts)
