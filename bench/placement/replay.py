@@ -14,8 +14,9 @@ nodes almost empty).
 
 For each batch size it places ``--tasks`` requests in batches of that size and prints
 CPU µs per decision (``time.process_time``), the snapshot's construction and the
-``plan`` call apart, the best of ``--repeat`` rounds (each round a fresh set of batches;
-the first batch of the first round warms the caches and is not timed).
+``plan`` call apart, the best of ``--repeat`` rounds (by the ``plan`` figure; each round
+places all ``--tasks`` afresh; one untimed call of one request warms the imports and
+the predictor first).
 
 Reproduce::
 
