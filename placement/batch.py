@@ -78,22 +78,28 @@ BIG_MEM = np.iinfo(np.int64).max // 4
 # ---------------------------------------------------------------- node classes
 
 
-def _node_key(snap: Snapshot, i: int) -> tuple[object, ...]:
-    """What makes two nodes interchangeable for scoring, free capacity aside. The measured
-    CPU utilisation (rounded to 1 %, the resolution NodeLoad's reasons show) and its
-    staleness are part of it, so nodes under different live load never share a class
-    (else NodeLoad would score every member with the representative's load)."""
-    nd = snap.nodes[i]
-    u = float(snap.utilisation[i])
-    return (
-        None if np.isnan(u) else round(u, 2), bool(snap.metrics_stale[i]),
-        int(snap.tier[i]), nd.arch, nd.site, int(snap.loc[i]), float(snap.speed[i]),
-        float(snap.cap_cpu[i]), float(snap.idle_watts[i]), float(snap.max_watts[i]),
-        float(snap.gpu_watts[i]), bool(snap.ready[i]), tuple(nd.runtimes),
-        float(snap.queue_wait_s[i]), int(snap.taint_group[i]),
-        tuple(sorted(nd.labels.items())), bool(snap.draining[i]),
-        None if nd.python_modules is None else tuple(nd.python_modules),
-    )
+def _node_keys(snap: Snapshot) -> list[tuple[object, ...]]:
+    """What makes two nodes interchangeable for scoring, free capacity aside, per node. The
+    measured CPU utilisation (rounded to 1 %, the resolution NodeLoad's reasons show) and
+    its staleness are part of it, so nodes under different live load never share a class
+    (else NodeLoad would score every member with the representative's load).
+
+    The snapshot's columns are read once as Python lists (``tolist``: the same floats,
+    ints and bools an element read gives), not an element at a time: ``O(n)`` with a
+    small constant, as every :func:`placement.plan` call builds the classes anew."""
+    rounded = {u: round(u, 2) for u in set(snap.utilisation.tolist())}  # few distinct
+    cols = zip(
+        snap.utilisation.tolist(), snap.metrics_stale.tolist(), snap.tier.tolist(),
+        snap.loc.tolist(), snap.speed.tolist(), snap.cap_cpu.tolist(),
+        snap.idle_watts.tolist(), snap.max_watts.tolist(), snap.gpu_watts.tolist(),
+        snap.ready.tolist(), snap.queue_wait_s.tolist(), snap.taint_group.tolist(),
+        snap.draining.tolist(), snap.nodes[:snap.n], strict=True)
+    return [
+        (None if u != u else rounded[u], stale, tier, nd.arch, nd.site, loc, speed, cap,
+         idle, mx, gw, ready, tuple(nd.runtimes), qw, taint, tuple(sorted(nd.labels.items())),
+         draining, None if nd.python_modules is None else tuple(nd.python_modules))
+        for u, stale, tier, loc, speed, cap, idle, mx, gw, ready, qw, taint, draining, nd
+        in cols]
 
 
 @dataclass
@@ -117,13 +123,11 @@ class NodeClasses:
     def __post_init__(self) -> None:
         snap = self.snap
         index: dict[tuple[object, ...], int] = {}
-        of = np.empty(snap.n, dtype=np.int64)
+        keys = _node_keys(snap)
         own = self.distinct
-        for i in range(snap.n):
-            key = _node_key(snap, i)
-            if own and snap.ids[i] in own:
-                key = (*key, snap.ids[i])
-            of[i] = index.setdefault(key, len(index))
+        if own:
+            keys = [(*k, nid) if nid in own else k for k, nid in zip(keys, snap.ids, strict=True)]
+        of = np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
         self.of = of
         order = np.argsort(of, kind="stable")
         bounds = np.searchsorted(of[order], np.arange(len(index) + 1))
@@ -901,7 +905,10 @@ class BatchAssigner:
         Within a class the fitting nodes are resolved a chunk at a time by their total at
         ``ΔF = 0`` (a lower bound of it): with one load-like term, from the class's members
         sorted by that term (:class:`_NodeTable`; the total at ``ΔF = 0`` grows with it),
-        stopping at the first member whose bound is beyond, so a class costs ``O(chunk)``.
+        stopping at the first member whose bound is beyond, so a class costs ``O(chunk)``;
+        a run of members with equal values is taken at once, and of its members without
+        a free GPU only the :attr:`keep` that rank first are evaluated
+        (:meth:`_ranking_ties`: an idle class does not cost ``O(class)`` evaluations).
         Classes are evaluated by ascending bound (ties in the exhaustive order); the walk
         stops at the first whose bound is above both the best exact total found (plus
         the choice's 1e-12 tie band) and the :attr:`keep`-th best, by 1e-9 — such a class,
@@ -1040,9 +1047,14 @@ class BatchAssigner:
                         return  # sorted: no later member can rank
                     e = min(nodes.size, b + width)
                     width *= 4
+                    tied = bool(vals[e - 1] == vals[b])
+                    if tied:  # a run of equal values: all of it at once
+                        e = int(np.searchsorted(vals, vals[b], "right"))
                     nd = nodes[b:e]
                     b = e
                     nd = nd[self._fits(nd, cpu, mem, gpu, skip)]
+                    if tied and nd.size > keep:
+                        nd = self._ranking_ties(nd, keep)
                     if nd.size:
                         rw = base + w * (1.0 - (low + f) / (np.maximum(t.x[nd], 0.0) + f))
                         keep_ = rw / wsum <= limit
@@ -1158,6 +1170,25 @@ class BatchAssigner:
         k = int(best[np.argmin(s.free_cpu[idx[best]])]) if self.best_fit else int(best[0])
         self.last_dynamic = DynamicChoice(tuple(p for p, _, _ in dyns), idx, raw, d, total)
         return int(idx[k])
+
+    def _ranking_ties(self, nd: np.ndarray, keep: int) -> np.ndarray:
+        """Of fitting nodes ``nd`` of one node class with equal load-like values (a run of
+        :class:`_NodeTable`), those that can rank (ascending): the ones with a free GPU,
+        and of the others only the ``keep`` first by (free cpu, node index).
+
+        Those others have the same exact total (same class cost, same load-like term,
+        ``ΔF = 0`` without a free GPU), and a tie goes to the least free cpu, then the
+        exhaustive order (node order within a class): the ``keep`` first of them precede
+        every other in the choice and the runners-up alike. So ``O(run)`` once instead of
+        evaluating every tied node (on an idle site, most of a class)."""
+        s = self.snap
+        zero = ~s.gpu_slots[nd].any(axis=1)
+        if int(np.count_nonzero(zero)) <= keep:
+            return nd
+        z = nd[zero]
+        z = z[np.lexsort((z, s.free_cpu[z]))[:keep]]
+        out: np.ndarray = np.sort(np.concatenate([z, nd[~zero]]))
+        return out
 
     def _lazy_fragmentation(self, req: PlacementRequest,
                             dyns: list[tuple[DynamicScore, float, float]]

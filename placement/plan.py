@@ -441,12 +441,11 @@ class Planner:
             fc = snap.free_cpu[dyn.idx]  # ties as the choice breaks them: least free cpu
             sel = (np.flatnonzero(tot <= np.partition(tot, top - 1)[top - 1])
                    if tot.size > top else np.arange(tot.size))
-            for k in sel[np.lexsort((sel, fc[sel], tot[sel]))].tolist():
-                i = int(dyn.idx[k])
-                if i != j and len(out) < ALTERNATIVES:
-                    out.append({"node": snap.ids[i],
-                                "total": round(MAX_SCORE * (1.0 - float(tot[k])), 2)})
-            return out
+            ranked = sel[np.lexsort((sel, fc[sel], tot[sel]))][:top]  # j among them or not
+            for i, t in zip(dyn.idx[ranked].tolist(), tot[ranked].tolist(), strict=True):
+                if i != j:
+                    out.append({"node": snap.ids[i], "total": round(MAX_SCORE * (1.0 - t), 2)})
+            return out[:ALTERNATIVES]
         assert a.classes is not None
         for cls in cc.order:
             if not counts.open[cls]:

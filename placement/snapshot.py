@@ -107,7 +107,10 @@ class Snapshot:
         self.idle_watts = np.array([nd.power.idle_watts for nd in nodes], dtype=np.float64)
         self.max_watts = np.array([nd.power.max_watts for nd in nodes], dtype=np.float64)
         self.gpu_watts = np.array([nd.power.gpu_watts for nd in nodes], dtype=np.float64)
-        self.tier = np.array([TIER_CODE[Tier(nd.tier)] for nd in nodes], dtype=np.int8)
+        # Tier(t) only for a value that is not a member already (an enum call per node
+        # costs more than the rest of the column)
+        self.tier = np.array([TIER_CODE[t] if t in TIER_CODE else TIER_CODE[Tier(t)]
+                              for t in [nd.tier for nd in nodes]], dtype=np.int8)
         self.arch = np.array([nd.arch for nd in nodes], dtype=object)
         self.site = np.array([nd.site for nd in nodes], dtype=object)
         self.ready = np.array([nd.ready for nd in nodes], dtype=bool)
@@ -145,8 +148,11 @@ class Snapshot:
         self.taint_sets: list[tuple[Taint, ...]] = []
         groups = []
         for nd in nodes:
-            ts = tuple(sorted(nd.taints, key=lambda t: (t.key, t.value, t.effect)))
-            key = tuple((t.key, t.value, t.effect) for t in ts)
+            ts: tuple[Taint, ...] = ()
+            key: tuple[tuple[str, str, str], ...] = ()
+            if nd.taints:  # most nodes have none: no sort, no key to build
+                ts = tuple(sorted(nd.taints, key=lambda t: (t.key, t.value, t.effect)))
+                key = tuple((t.key, t.value, t.effect) for t in ts)
             if key not in taint_keys:
                 taint_keys[key] = len(self.taint_sets)
                 self.taint_sets.append(ts)

@@ -294,3 +294,44 @@ def test_joint_bound_more_seeds_near_the_cut() -> None:
     for seed in range(100, 125):
         snap, reqs = _random_instance(seed, U)
         _replay_side_by_side(_sides(_with_load_measured(snap, seed), 4), reqs, 6000 + seed, 4)
+
+
+def test_tied_members_of_an_idle_class_explained_as_the_exhaustive_evaluation() -> None:
+    """An idle site of identical nodes (most of a class at the same load, as the control
+    plane's sim sites): of each run of tied members without a free GPU the walk evaluates
+    only the ``keep`` first by (free cpu, node index) (``_ranking_ties``), and still
+    places, explains and lists runners-up as the exhaustive evaluation, whose candidates
+    are every tied node. Free cpu differs within a run (the measured load, not the
+    accounting, sets the value), and a few GPU nodes sit in the band."""
+    from placement.plan import Planner
+
+    rng = np.random.default_rng(11)
+    nodes = []
+    for i in range(120):
+        gpu = 1 if i % 30 == 0 else 0
+        free = float(rng.choice([8.0, 10.0, 12.0, 16.0]))
+        nodes.append(node(f"s{i % 2}/n{i}", 16, 64 * GI, gpu, gpu_w=0.0,
+                          free=(free, 64 * GI, gpu))
+                     .model_copy(update={"utilisation": 0.5}))
+    snap = Snapshot(nodes=nodes, network=network())
+    planners = []
+    for prune in (True, False):
+        p = Planner(snap.copy(), _control_plane_framework())
+        p.assigner.prune_dynamic = prune
+        if not prune:
+            p.assigner.dynamic_candidates = None
+        planners.append(p)
+    evaluated = [0, 0]
+    for k in range(150):
+        r = request(task(f"t{k % 3}", float(rng.choice([0.5, 1.0, 2.0])), GI), key=f"r{k}")
+        got = [p.place_one(r).decision for p in planners]
+        assert got[0] is not None and got[1] is not None
+        assert got[0].node == got[1].node, f"request {k}"
+        assert got[0].reasons == got[1].reasons, f"request {k}"
+        assert got[0].alternatives == got[1].alternatives, f"request {k}"
+        assert got[0].scores == got[1].scores, f"request {k}"
+        for i, p in enumerate(planners):
+            dyn = p.assigner.last_dynamic
+            assert dyn is not None
+            evaluated[i] += dyn.idx.size
+    assert evaluated[0] * 4 < evaluated[1]
