@@ -217,6 +217,8 @@ class SimAdapter:
         """What :meth:`_journaled` has read of the journal: run id → the handle of each
         run not released, up to byte ``_journal_pos`` of the file with inode
         ``_journal_inode``."""
+        self._made_dirs: set[Path] = set()
+        """The folders :meth:`_append` has made (or found) already."""
         self._load_journal()
 
     # -------------------------------------------------------- journal
@@ -280,11 +282,7 @@ class SimAdapter:
                         break  # a line still being written: read it next time
                     self._journal_pos += len(raw)
                     try:
-                        ev = json.loads(raw)
-                        if ev["op"] == "put":
-                            self._journal_runs[ev["handle"]["runId"]] = ev["handle"]
-                        else:  # released: kept no longer (the index holds live runs only)
-                            self._journal_runs.pop(ev["runId"], None)
+                        self._journal_read(json.loads(raw))
                     except (ValueError, KeyError, TypeError):
                         continue
         except FileNotFoundError:
@@ -299,6 +297,18 @@ class SimAdapter:
         self._runs[run_id] = found
         return found
 
+    def _journal_read(self, ev: dict[str, Any]) -> None:
+        """Take one journal line (parsed) into ``_journal_runs``.
+
+        Raises:
+            KeyError, TypeError: not a journal line.
+        """
+        if ev["op"] == "put":  # a copy of the handle's data: the live handle changes it
+            self._journal_runs[ev["handle"]["runId"]] = {**ev["handle"],
+                                                         "data": dict(ev["handle"].get("data") or {})}
+        else:  # released: kept no longer (the index holds live runs only)
+            self._journal_runs.pop(ev["runId"], None)
+
     def _journal_put(self, h: Handle) -> None:
         self._append({"op": "put", "handle": h.to_json()})
 
@@ -306,13 +316,29 @@ class SimAdapter:
         self._append({"op": "del", "runId": run_id})
 
     def _append(self, event: dict[str, Any], path: Path | None = None) -> None:
+        """Append ``event`` as one JSON line to ``path`` (the journal by default), its
+        folder made at the first write. A journal line that directly follows what
+        :meth:`_journaled` has read (no other instance wrote in between) is counted as
+        read: this instance's own lines are not parsed again at its next submit."""
         path = path or self._journal
         if path is None:
             return
+        line = (json.dumps(event) + "\n").encode()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                f.write(json.dumps(event) + "\n")
+            if path.parent not in self._made_dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(path.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)  # one write of a whole line: appended as a unit
+                if path == self._journal:
+                    end = os.lseek(fd, 0, os.SEEK_CUR)
+                    if (os.fstat(fd).st_ino == self._journal_inode
+                            and end - len(line) == self._journal_pos):
+                        self._journal_pos = end
+                        self._journal_read(event)
+            finally:
+                os.close(fd)
         except OSError as e:
             log.warning("sim site %s: cannot write %s: %s", self.site.name, path, e)
 

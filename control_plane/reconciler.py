@@ -419,6 +419,20 @@ class Reconciler:
         self._tracked_by_wf.setdefault(run.workflow_id, set()).add(run.id)
         return t
 
+    def _untrack(self, run_id: str) -> None:
+        """Stop polling ``run_id``: it ended in the store and was handed to its backend's
+        ``release``. A run is released in the cycle it ends, while it is still tracked
+        (it was Dispatched or Running when its workflow was read); polling it once more
+        asked the backend about work it had just forgotten (the sim twin adopted it back
+        and journaled it again). A release the backend refused is produced again when
+        its workflow is read (it is marked changed all the same)."""
+        t = self._tracked.pop(run_id, None)
+        self._seen.pop(run_id, None)
+        if t is not None:
+            by_wf = self._tracked_by_wf.get(t.workflow_id)
+            if by_wf is not None:
+                by_wf.discard(run_id)
+
     def _poll(self, runs: Sequence[_Tracked], errors: dict[str, str]) -> dict[str, RunStatus]:
         """One ``status`` call per site for ``runs`` (a removed site's runs are reported
         Failed; a site whose call fails is recorded in ``errors``)."""
@@ -450,6 +464,8 @@ class Reconciler:
         for a in actions:
             if isinstance(a, d.RecordStatus):
                 continue  # nothing follows from it
+            if isinstance(a, d.Release):
+                self._untrack(a.run_id)
             if isinstance(a, d.RemoveSite):
                 self.resync()
             elif isinstance(a, d.PlaceTasks):

@@ -468,3 +468,31 @@ def test_journal_lookups_read_on_from_where_they_stopped(env, tmp_path):
     third = SimAdapter(site(), ctx)  # starting, it compacts the journal to run-2 alone
     h3 = third.submit(trun(task(work=7200)), node(third, "c5-0"), "run-3")
     assert new._journaled("run-3").to_json() == h3.to_json()
+
+
+def test_own_journal_lines_are_not_parsed_again_but_others_are(env, tmp_path, monkeypatch):
+    # a submit looks its request id up in the journal from where the last lookup
+    # stopped: this instance's own lines right after that point count as read (not
+    # decoded again), a line another instance wrote in between is read as before
+    clock, _, ctx = env
+    a, b = SimAdapter(site(), ctx), SimAdapter(site(), ctx)
+    journal = tmp_path / "sim-cloud-test.jsonl"
+    a.submit(trun(task(work=7200)), node(a, "c5-0"), "run-1")
+    a.submit(trun(task(work=7200)), node(a, "c5-0"), "run-2")  # reads run-1's line once
+    assert a._journal_pos == journal.stat().st_size
+    decoded: list[str] = []
+    loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda s, **kw: decoded.append(s) or loads(s, **kw))
+    a.submit(trun(task(work=7200)), node(a, "c5-0"), "run-3")
+    assert decoded == []  # its own run-2 and run-3 lines: counted, not decoded
+    hb = b.submit(trun(task(work=7200)), node(b, "c5-0"), "run-b")
+    decoded.clear()
+    a.submit(trun(task(work=7200)), node(a, "c5-0"), "run-4")
+    assert len(decoded) == 1  # b's line, once
+    assert a._journal_pos == journal.stat().st_size
+    assert set(a._journal_runs) == {"run-1", "run-2", "run-3", "run-b", "run-4"}
+    b.release(hb)
+    assert a._journaled("run-b") is None  # b's release seen
+    a.release(a._runs["run-4"])
+    assert "run-4" not in a._journal_runs  # its own release counted
+    assert a._journaled("run-4") is None

@@ -2,7 +2,8 @@
 cancelled, unschedulable tasks waiting with a reason, a restart of the control plane
 (same state directory) re-adopting runs instead of starting them again, and a run
 placed but not yet dispatched before a crash being submitted exactly once, and a run
-that moved on while it was submitted keeping its state."""
+that moved on while it was submitted keeping its state, and a released run not polled
+again."""
 
 from __future__ import annotations
 
@@ -241,3 +242,36 @@ def test_a_burst_past_the_cycle_cap_is_taken_over_several_cycles(tmp_path: Path,
             return rec.observed_workflows <= 2 and set(states()) == {"Succeeded"}
 
         wait_for(finished, timeout=30, message="every workflow Succeeded")
+
+
+def test_a_released_run_is_polled_no_more(tmp_path: Path, database_url: str) -> None:
+    """A run is released in the cycle it ends; the next cycles do not ask its backend
+    about it again (the sim twin used to adopt the released run back, journal it again
+    and keep it for good)."""
+    with control_plane(tmp_path, database_url=database_url) as (cp, api):
+        cp.stop()  # drive the cycle by hand
+        rec = cp.reconciler
+        adapter = cp.federation.get_adapter("cloud")
+        assert adapter is not None
+        wid = api.post("/v1/workflows", json=workflow()).json()["id"]
+
+        def released() -> bool:
+            rec.cycle()
+            with cp.store.session() as s:
+                runs = s.scalars(select(RunRow).where(RunRow.workflow_id == wid)).all()
+            return len(runs) == 2 and all(r.released for r in runs)
+
+        wait_for(released, timeout=20, message="both runs released")
+        asked: list[str] = []
+        status = adapter.status
+
+        def recording(handles):  # type: ignore[no-untyped-def]
+            asked.extend(h.run_id for h in handles)
+            return status(handles)
+
+        adapter.status = recording  # type: ignore[method-assign]
+        for _ in range(3):
+            rec.cycle()
+        assert asked == []
+        assert adapter._runs == {}  # type: ignore[attr-defined]
+        assert api.get(f"/v1/workflows/{wid}").json()["state"] == "Succeeded"
