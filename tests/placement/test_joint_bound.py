@@ -24,6 +24,7 @@ import pytest
 from placement import Snapshot, default_framework
 from placement.batch import BatchAssigner, _NodeTable
 from placement.framework import Framework
+from placement.plan import Planner
 from placement.plugins.fragmentation import GpuFragmentation
 from placement.plugins.load import NodeLoad, with_load
 from tests.placement.placement_factories import GI, network, node, request, task
@@ -183,13 +184,9 @@ def _loaded_cpu_and_partly_used_gpu_nodes() -> Snapshot:
     return Snapshot(nodes=nodes, network=network(), gpu_unit=U)
 
 
-def test_walk_explains_fragmentation_as_the_exhaustive_evaluation() -> None:
-    """When the walk prunes every node at ``ΔF = 0``, the planner's explanation still
-    measures growth from 0 (the exhaustive evaluation's minimum): the same reasons,
-    runners-up and scores as the exhaustive path, request after request."""
-    from placement.plan import Planner
-
-    snap = _loaded_cpu_and_partly_used_gpu_nodes()
+def _pruned_and_exhaustive(snap: Snapshot) -> list[Planner]:
+    """Two planners of the control plane's framework on copies of ``snap``: the walk
+    (pruned) and the exhaustive evaluation."""
     planners = []
     for prune in (True, False):
         p = Planner(snap.copy(), _control_plane_framework())
@@ -197,6 +194,15 @@ def test_walk_explains_fragmentation_as_the_exhaustive_evaluation() -> None:
         if not prune:
             p.assigner.dynamic_candidates = None
         planners.append(p)
+    return planners
+
+
+def test_walk_explains_fragmentation_as_the_exhaustive_evaluation() -> None:
+    """When the walk prunes every node at ``ΔF = 0``, the planner's explanation still
+    measures growth from 0 (the exhaustive evaluation's minimum): the same reasons,
+    runners-up and scores as the exhaustive path, request after request."""
+    snap = _loaded_cpu_and_partly_used_gpu_nodes()
+    planners = _pruned_and_exhaustive(snap)
     mix = [request(task(f"w{k}", 4.0, 8 * GI, U // 2 if k % 2 else U), key=f"w{k}")
            for k in range(6)]  # a workload with GPU tasks: fragmentation matters
     for p in planners:
@@ -303,8 +309,6 @@ def test_tied_members_of_an_idle_class_explained_as_the_exhaustive_evaluation() 
     places, explains and lists runners-up as the exhaustive evaluation, whose candidates
     are every tied node. Free cpu differs within a run (the measured load, not the
     accounting, sets the value), and a few GPU nodes sit in the band."""
-    from placement.plan import Planner
-
     rng = np.random.default_rng(11)
     nodes = []
     for i in range(120):
@@ -314,13 +318,7 @@ def test_tied_members_of_an_idle_class_explained_as_the_exhaustive_evaluation() 
                           free=(free, 64 * GI, gpu))
                      .model_copy(update={"utilisation": 0.5}))
     snap = Snapshot(nodes=nodes, network=network())
-    planners = []
-    for prune in (True, False):
-        p = Planner(snap.copy(), _control_plane_framework())
-        p.assigner.prune_dynamic = prune
-        if not prune:
-            p.assigner.dynamic_candidates = None
-        planners.append(p)
+    planners = _pruned_and_exhaustive(snap)
     evaluated = [0, 0]
     for k in range(150):
         r = request(task(f"t{k % 3}", float(rng.choice([0.5, 1.0, 2.0])), GI), key=f"r{k}")
