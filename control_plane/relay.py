@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -50,8 +51,16 @@ class StoreRelay:
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"the device-message relay supports SQLite and PostgreSQL, "
                              f"not {dialect}")
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._pg = dialect == "postgresql"
+        table = cast(Table, DeviceMessageRow.__table__)
+        ins = (postgresql.insert if self._pg else sqlite.insert)(table)
+        ex = ins.excluded
+        self._upsert = ins.on_conflict_do_update(
+            index_elements=[table.c.site, table.c.topic],
+            set_={"payload": ex.payload, "rank": ex.rank, "received_at": ex.received_at,
+                  "origin": ex.origin, "written_at": ex.written_at},
+            where=table.c.rank <= ex.rank)
+        """The upsert of one row (Core, on the table): executed with many parameter sets."""
 
     def _now(self, s: Session) -> float:
         if self.clock is not None:
@@ -63,7 +72,14 @@ class StoreRelay:
 
     def put(self, site: str, messages: Sequence[RelayedMessage]) -> None:
         """Upsert each message (kept unless its topic holds a higher rank); delete the
-        site's rows older than :data:`RETENTION_S`. One transaction."""
+        site's rows older than :data:`RETENTION_S`. One transaction.
+
+        The upsert is one statement built once and executed with a parameter set per
+        topic (the driver's executemany: SQLite's, psycopg's pipeline), so its SQL is
+        compiled once per process, not once per batch: a batch of 1,000 rows as one
+        multi-row VALUES compiled 1,000 rows of bind parameters on every flush (about
+        240 µs of CPU per relayed telemetry message at 5,000 msgs/s from 1,000 devices:
+        ``python -m bench.control_plane.telemetry_ingest``)."""
         latest: dict[str, RelayedMessage] = {}
         for m in messages:  # one row per topic per statement (PostgreSQL requires it)
             if m.topic not in latest or m.rank >= latest[m.topic].rank:
@@ -71,17 +87,10 @@ class StoreRelay:
         with self.store.session() as s:
             now = self._now(s)
             if latest:
-                ins = self._insert(DeviceMessageRow).values([
+                s.execute(self._upsert, [
                     {"site": site, "topic": m.topic, "payload": bytes(m.payload),
                      "rank": m.rank, "received_at": m.received_at, "origin": m.origin,
                      "written_at": now} for m in latest.values()])
-                ex = ins.excluded
-                s.execute(ins.on_conflict_do_update(
-                    index_elements=[DeviceMessageRow.site, DeviceMessageRow.topic],
-                    set_={"payload": ex.payload, "rank": ex.rank,
-                          "received_at": ex.received_at, "origin": ex.origin,
-                          "written_at": ex.written_at},
-                    where=DeviceMessageRow.rank <= ex.rank))
             s.execute(delete(DeviceMessageRow).where(
                 DeviceMessageRow.site == site,
                 DeviceMessageRow.written_at < now - RETENTION_S))

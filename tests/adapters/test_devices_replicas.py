@@ -192,8 +192,8 @@ def test_release_tombstone_makes_every_replica_forget_the_run(replicas, agents) 
              message="the other replica forgot the released run")
 
 
-def test_store_relay_keeps_the_highest_rank_and_expires(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+def test_store_relay_keeps_the_highest_rank_and_expires(database_url: str) -> None:
+    store = Store(database_url)
     now = [1000.0]
     relay = StoreRelay(store, clock=lambda: now[0])
     t = f"{TOPIC_PREFIX}/d1/runs/r1"
@@ -208,6 +208,13 @@ def test_store_relay_keeps_the_highest_rank_and_expires(tmp_path) -> None:  # ty
     relay.put("s", [RelayedMessage(t, b"", 1e18, 1001.0, "y")])  # the tombstone wins
     [m], _ = relay.since("s", 1000.5)
     assert (m.payload, m.origin) == (b"", "y")
+    # a batch of many topics: each row is upserted on its own rank
+    many = [f"{TOPIC_PREFIX}/d{k}/telemetry" for k in range(300)]
+    relay.put("s", [RelayedMessage(tk, b"old", 10.0, 1000.0, "x") for tk in many])
+    relay.put("s", [RelayedMessage(tk, b"new" if k % 2 else b"stale", 11.0 if k % 2 else 9.0,
+                                   1001.0, "y") for k, tk in enumerate(many)])
+    rows = {m.topic: m.payload for m in relay.since("s", 0)[0]}
+    assert [rows[tk] for tk in many] == [b"new" if k % 2 else b"old" for k in range(300)]
     now[0] = 1001.0 + RETENTION_S + 1
     relay.put("s", [])
     assert relay.since("s", 0)[0] == []
