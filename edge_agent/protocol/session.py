@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,78 @@ def parse_broker_url(url: str) -> BrokerAddress:
         )
     tls = parts.scheme == "mqtts"
     return BrokerAddress(host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls)
+
+
+READ_CHUNK_BYTES = 64 * 1024
+"""Bytes asked of the socket per read by :class:`BufferedClient`."""
+
+
+class BufferedClient(mqtt.Client):
+    """paho's client, reading the socket a chunk at a time.
+
+    paho 2.x reads each incoming packet with three or more ``recv`` calls (the command
+    byte, each byte of the remaining length, then the rest) and handles one packet per
+    ``select``: four system calls and a trip round its loop for every telemetry
+    message. This client asks the socket for up to :data:`READ_CHUNK_BYTES` at once,
+    serves paho's small reads from that chunk, and handles every packet the chunk holds
+    before paho's loop selects again (a chunk is never left waiting on ``select``:
+    :meth:`loop_read` returns only once it is used up or the connection is gone). What
+    paho does with each packet is unchanged; the chunk is dropped with the socket.
+    """
+
+    _chunk: bytes = b""
+    _chunk_pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        chunk, pos = self._chunk, self._chunk_pos
+        if pos >= len(chunk):
+            # paho's own read (its errors: BlockingIOError when the socket has nothing
+            # yet, b"" when the broker closed the connection)
+            chunk = super()._sock_recv(READ_CHUNK_BYTES)
+            if not chunk:
+                return chunk
+            self._chunk, pos = chunk, 0
+        self._chunk_pos = pos + bufsize
+        return chunk[pos:pos + bufsize]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the socket that paho has not taken yet."""
+        return max(0, len(self._chunk) - self._chunk_pos)
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None
+               and self._chunk_pos < len(self._chunk)):  # every read takes ≥ 1 byte of it
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        packet = self._in_packet
+        header, data = packet["command"], packet["packet"]
+        qos = (header & 0x06) >> 1
+        if (self._protocol != mqtt.MQTTv5 or qos > 1 or len(data) < 3
+                or self._logger is not None or self.on_log is not None):
+            return super()._handle_publish()
+        end = 2 + ((data[0] << 8) | data[1])  # after the topic
+        at = end + 2 if qos else end  # the properties' length (a variable byte integer)
+        if at >= len(data) or data[at] != 0:  # properties present (or malformed): paho's
+            return super()._handle_publish()
+        message = mqtt.MQTTMessage(mid=(data[end] << 8) | data[end + 1] if qos else 0,
+                                   topic=bytes(data[2:end]))
+        message.dup = bool(header & 0x08)
+        message.qos = qos
+        message.retain = bool(header & 0x01)
+        message.payload = bytes(data[at + 1:])
+        message.timestamp = mqtt.time_func()
+        self._handle_on_message(message)
+        if qos == 0 or self._manual_ack:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._send_puback(message.mid)
+
+    def _sock_close(self) -> None:
+        self._chunk, self._chunk_pos = b"", 0  # what was read belongs to that connection
+        super()._sock_close()
 
 
 @dataclass(frozen=True)
@@ -166,12 +238,13 @@ class MqttSession:
         self._fallback_311 = fallback_311
         self._attempt = 0
         self._stopping = False
+        c: mqtt.Client
         if mqtt5:
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                            protocol=mqtt.MQTTv5)
+            c = BufferedClient(CallbackAPIVersion.VERSION2, client_id=client_id,
+                               protocol=mqtt.MQTTv5)
         else:
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                            clean_session=clean_session, protocol=mqtt.MQTTv311)
+            c = BufferedClient(CallbackAPIVersion.VERSION2, client_id=client_id,
+                               clean_session=clean_session, protocol=mqtt.MQTTv311)
         if username:
             c.username_pw_set(username, password)
         if tls_ca and tls_ca.lstrip().startswith("-----BEGIN"):  # the CA's PEM text itself
@@ -358,5 +431,6 @@ class MqttSession:
         self._hook("on_publish", self.on_publish, client, userdata, mid, rc, properties)
 
 
-__all__ = ["RECONNECT_MAX_S", "RECONNECT_MIN_S", "BrokerAddress", "MqttSession", "Will",
+__all__ = ["READ_CHUNK_BYTES", "RECONNECT_MAX_S", "RECONNECT_MIN_S", "BrokerAddress",
+           "BufferedClient", "MqttSession", "Will",
            "jittered_backoff", "parse_broker_url"]
