@@ -373,7 +373,10 @@ class DevicesAdapter:
         ``runs/<id>``); written by paho's loop thread alone (read it by key)."""
         self.relayed_in: Counter[str] = Counter()
         """Messages another replica consumed that this adapter handled from the relay."""
-        self._relay_pending: dict[str, RelayedMessage] = {}
+        self._relay_pending: dict[str, tuple[bytes, float, float]] = {}
+        """topic → (payload, rank, received_at) of the latest message consumed on it and
+        not yet written to the relay (a :class:`RelayedMessage` is made per topic at the
+        flush, not per message)."""
         self._relay_lock = threading.Lock()
         """Serialises reads of the relay (the relay thread's and ``status``'s)."""
         self._relay_after = 0.0
@@ -442,25 +445,30 @@ class DevicesAdapter:
         return self.ctx.device_enrolled(self.site.name, device_id)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        t = "?"
         try:
-            leaf = msg.topic[len(TOPIC_PREFIX) + 1:].split("/")[1:2]
+            t = msg.topic  # paho decodes the topic at every read of it: once
+            rest = t[len(TOPIC_PREFIX) + 1:].split("/")
             # paho's loop thread is the only writer of ``consumed``: no lock per message
-            self.consumed[leaf[0] if leaf else "?"] += 1
+            self.consumed[rest[1] if len(rest) > 1 else "?"] += 1
             if msg.retain:
                 self._retained_at = self.ctx.clock()
-            self._handle(msg.topic, msg.payload, retained=bool(msg.retain))
+            self._handle(t, msg.payload, retained=bool(msg.retain), rest=rest)
         except Exception:  # never let a payload kill the loop thread
-            log.exception("site %s: error handling a message on %s", self.site.name, msg.topic)
+            log.exception("site %s: error handling a message on %s", self.site.name, t)
 
     def _handle(self, t: str, payload: bytes | bytearray, *, at: float | None = None,
-                relayed: bool = False, retained: bool = False) -> None:
+                relayed: bool = False, retained: bool = False,
+                rest: list[str] | None = None) -> None:
         """Handle one message on topic ``t``: from the broker, or (``relayed``) one that
         another replica received at ``at`` (s since the epoch) and relayed. A telemetry or
         run update from the broker that is believed is relayed (when shared
         subscriptions are in effect). A ``retained`` hello or status identical to the one
         last handled for the device is a re-read (:meth:`_resync_announcements`) and is
-        ignored: it says nothing about the device being alive now."""
-        rest = t[len(TOPIC_PREFIX) + 1:].split("/")
+        ignored: it says nothing about the device being alive now. ``rest``: the topic's
+        segments after the prefix, when the caller split it already."""
+        if rest is None:
+            rest = t[len(TOPIC_PREFIX) + 1:].split("/")
         if not t.startswith(TOPIC_PREFIX + "/") or len(rest) < 2:
             self._reject(t, "topic is not a protocol topic")
             return
@@ -570,12 +578,10 @@ class DevicesAdapter:
         relay and this message may have reached this replica alone."""
         if self.ctx.relay is None or not self._session.shared:
             return
-        m = RelayedMessage(topic=t, payload=payload, rank=rank, received_at=received_at,
-                           origin=self.origin)
         with self._lock:
             old = self._relay_pending.get(t)
-            if old is None or rank >= old.rank:
-                self._relay_pending[t] = m
+            if old is None or rank >= old[1]:
+                self._relay_pending[t] = (payload, rank, received_at)
 
     def _relay_loop(self) -> None:
         while not self._stop.wait(RELAY_INTERVAL_S):
@@ -591,7 +597,10 @@ class DevicesAdapter:
         if relay is None or not batch:
             return
         try:
-            relay.put(self.site.name, list(batch.values()))
+            relay.put(self.site.name, [
+                RelayedMessage(topic=t, payload=payload, rank=rank, received_at=received_at,
+                               origin=self.origin)
+                for t, (payload, rank, received_at) in batch.items()])
         except Exception as e:  # the database's own errors: keep them, retry
             with self._lock:
                 for t, m in batch.items():

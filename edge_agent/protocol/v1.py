@@ -257,10 +257,11 @@ def decode(model: type[M] | object, data: bytes | bytearray) -> Any:
     """
     if len(data) > MAX_PAYLOAD_BYTES:
         raise ProtocolError(f"payload of {len(data)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
-    try:  # fast path: pydantic parses and validates the JSON in one pass (a valid payload)
+    try:  # fast path: pydantic parses and validates the JSON in one pass (a valid payload);
+        # the model's validator itself (what model_validate_json calls), once per message
         fast: BaseModel = (_COMMAND.validate_json(data) if model is Command
-                           else model.model_validate_json(data))  # type: ignore[union-attr]
-        if "v" in fast.model_fields_set:  # a payload without "v" is refused below
+                           else model.__pydantic_validator__.validate_json(data))  # type: ignore[union-attr]
+        if "v" in fast.__pydantic_fields_set__:  # a payload without "v" is refused below
             return fast
     except ValidationError:
         pass  # not valid: the checks below say why (or accept what json.loads reads, e.g. UTF-16)
