@@ -217,6 +217,8 @@ class SimAdapter:
         """What :meth:`_journaled` has read of the journal: run id → the handle of each
         run not released, up to byte ``_journal_pos`` of the file with inode
         ``_journal_inode``."""
+        self._templates: dict[str, Node] = {}
+        """Node name → its fixed fields as validated once (:meth:`_node_template`)."""
         self._made_dirs: set[Path] = set()
         """The folders :meth:`_append` has made (or found) already."""
         self._load_journal()
@@ -384,20 +386,33 @@ class SimAdapter:
             u = busy_cpu / g.cpu
             watts = (g.power.idle_watts + (g.power.max_watts - g.power.idle_watts) * u
                      + g.power.gpu_watts * busy_gpu)
-            cap = Resources(cpu=g.cpu, memory=g.memory, gpu=g.gpu)
             free = Resources(cpu=max(0.0, g.cpu - cpu_r), memory=max(0, g.memory - int(mem_r)),
                              gpu=max(0, g.gpu - int(gpu_r)))
-            out.append(Node(
+            # the node's fixed fields validated once (its template), the measured ones set
+            # on a shallow copy: validating a whole Node was ~70 µs, 35 ms an inventory of 500
+            out.append(self._node_template(name, g).model_copy(update={
+                "free": free, "utilisation": u, "power_watts": watts, "observed_at": observed}))
+        return out
+
+    def _node_template(self, name: str, g: SimNodeGroup) -> Node:
+        """Node ``name`` of group ``g`` as an inventory reports it, without what is
+        measured (free resources, utilisation, power, time): validated at the first
+        inventory, then copied. Its nested values are shared by every copy; nothing
+        changes a reported node in place (a changed node is a ``model_copy``)."""
+        node = self._templates.get(name)
+        if node is None:
+            cap = Resources(cpu=g.cpu, memory=g.memory, gpu=g.gpu)
+            node = self._templates[name] = Node(
                 id=f"{self.site.name}/{name}", name=name, site=self.site.name,
                 site_kind=SiteKind.sim, tier=self.tier, arch=g.arch,
-                capacity=cap, allocatable=cap.model_copy(), free=free,
+                capacity=cap, allocatable=cap.model_copy(), free=cap.model_copy(),
                 labels={**g.labels, "continuum.io/simulated": "true"},
                 taints=list(g.taints), speed=g.speed, power=g.power,
                 location=self.location, runtimes=list(g.runtimes), ready=True,
-                simulated=True, utilisation=u, power_watts=watts, observed_at=observed,
+                simulated=True, utilisation=0.0, power_watts=g.power.idle_watts,
                 queue_wait_s=g.queue_wait,
-            ))
-        return out
+            )
+        return node
 
     def submit(self, run: TaskRun, node: Node, request_id: str) -> Handle:
         known = self._runs.get(request_id) or self._journaled(request_id)
