@@ -127,6 +127,18 @@ class Applier:
         self._io_batch(batch, decider)
         self._write(writes)
 
+    def dispatch_placed(self, task_ids: Sequence[int]) -> int:
+        """Submit the Placed runs of ``task_ids`` (those placement just made) now, in
+        batches of :data:`IO_BATCH`, as :meth:`_dispatch` does; a refused submit leaves
+        its run Placed for the next cycle's decisions (no decider here: the run is not in
+        this cycle's). Returns how many runs were found Placed."""
+        with self.store.session() as s:
+            ids = [rid for chunk in chunks(list(dict.fromkeys(task_ids)))
+                   for rid in s.scalars(select(RunRow.id).where(
+                       RunRow.task_id.in_(chunk), RunRow.state == RunState.Placed))]
+        self.apply([d.Dispatch(rid) for rid in ids])
+        return len(ids)
+
     def _io_batch(self, batch: Sequence[d.Dispatch | d.Release],
                   decider: Decider | None) -> None:
         if not batch:

@@ -221,13 +221,15 @@ class Reconciler:
             self._wake.clear()
 
     def cycle(self) -> None:
-        """observe → decide → apply, then the proposers' actions, then the hooks."""
+        """observe → decide → apply (and the submits of the runs it placed), then the
+        proposers' actions, then the hooks."""
         t0 = time.perf_counter()
         self._serve_requests()
         obs = self.observe()
         decider = Decider(obs, self.policy)
         actions = decider.decide()
         self.apply(actions, decider)
+        self._dispatch_placed(actions)
         self._acted_on(actions, decider)
         self._dirty.update(decider.deferred)  # Ready tasks past this cycle's placement cap
         if self.backlogged or decider.deferred:
@@ -263,6 +265,17 @@ class Reconciler:
     def apply(self, actions: Sequence[Action], decider: Decider | None = None) -> None:
         """See :meth:`control_plane.apply.Applier.apply`."""
         self.applier.apply(actions, decider)
+
+    def _dispatch_placed(self, actions: Sequence[Action]) -> None:
+        """Submit the runs this cycle's placement made in this cycle (they are not in the
+        decisions, which were taken before it): waiting for the next cycle's decisions
+        cost every wave of tasks one more cycle and one more read of its workflow. The
+        next cycle reads those workflows all the same (placement marks them changed) and
+        tracks the runs; a refused submit leaves its run Placed, and the next cycle's
+        decisions retry or fail it as before."""
+        task_ids = [t for a in actions if isinstance(a, d.PlaceTasks) for t in a.task_ids]
+        if task_ids:
+            self.applier.dispatch_placed(task_ids)
 
     def _place(self, now: float) -> None:
         """Only the placement step (tests: a run placed, then a crash before dispatch)."""
