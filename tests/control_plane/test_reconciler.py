@@ -322,3 +322,25 @@ def test_a_released_run_is_polled_no_more(tmp_path: Path, database_url: str) -> 
         assert asked == []
         assert adapter._runs == {}  # type: ignore[attr-defined]
         assert api.get(f"/v1/workflows/{wid}").json()["state"] == "Succeeded"
+
+
+def test_a_finished_workflows_tasks_are_not_read_and_their_cache_is_dropped(
+        tmp_path: Path, database_url: str) -> None:
+    """The cycle after a workflow ends reads its unreleased runs, not its tasks, and
+    forgets the static columns (retries, dependencies, outputs) it kept of them."""
+    with control_plane(tmp_path, database_url=database_url) as (cp, api):
+        cp.stop()  # drive the cycle by hand
+        rec = cp.reconciler
+        wid = api.post("/v1/workflows", json=workflow()).json()["id"]
+        rec.cycle()
+        assert len(rec._static_by_wf.get(wid, ())) == 2 and len(rec._task_static) == 2
+
+        def finished() -> bool:
+            rec.cycle()
+            return api.get(f"/v1/workflows/{wid}").json()["state"] == "Succeeded"
+
+        wait_for(finished, timeout=20, message="the workflow Succeeded")
+        rec._dirty.add(wid)
+        obs = rec.observe(statuses=False)
+        assert obs.workflows == () and obs.tasks == ()
+        assert wid not in rec._static_by_wf and rec._task_static == {}
