@@ -217,6 +217,8 @@ class SimAdapter:
         """What :meth:`_journaled` has read of the journal: run id → the handle of each
         run not released, up to byte ``_journal_pos`` of the file with inode
         ``_journal_inode``."""
+        self._templates: dict[str, Node] = {}
+        """Node name → its fixed fields as validated once (:meth:`_node_template`)."""
         self._made_dirs: set[Path] = set()
         """The folders :meth:`_append` has made (or found) already."""
         self._load_journal()
@@ -272,6 +274,25 @@ class SimAdapter:
         if self._journal is None:
             return None
         try:
+            st = os.stat(self._journal)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.warning("sim site %s: cannot read journal %s: %s", self.site.name, self._journal, e)
+            return None
+        if st.st_ino != self._journal_inode or st.st_size != self._journal_pos:
+            self._read_journal()  # not at its end: another instance wrote (or compacted)
+        data = self._journal_runs.get(run_id)
+        if data is None:
+            return None
+        found = Handle.from_json(json.loads(json.dumps(data)))  # a copy we own
+        self._runs[run_id] = found
+        return found
+
+    def _read_journal(self) -> None:
+        """Read the journal from where :meth:`_journaled` stopped into ``_journal_runs``."""
+        assert self._journal is not None
+        try:
             with self._journal.open("rb") as f:
                 ident = os.fstat(f.fileno()).st_ino
                 if ident != self._journal_inode or os.fstat(f.fileno()).st_size < self._journal_pos:
@@ -286,16 +307,9 @@ class SimAdapter:
                     except (ValueError, KeyError, TypeError):
                         continue
         except FileNotFoundError:
-            return None
+            return
         except OSError as e:
             log.warning("sim site %s: cannot read journal %s: %s", self.site.name, self._journal, e)
-            return None
-        data = self._journal_runs.get(run_id)
-        if data is None:
-            return None
-        found = Handle.from_json(json.loads(json.dumps(data)))  # a copy we own
-        self._runs[run_id] = found
-        return found
 
     def _journal_read(self, ev: dict[str, Any]) -> None:
         """Take one journal line (parsed) into ``_journal_runs``.
@@ -315,15 +329,17 @@ class SimAdapter:
     def _journal_del(self, run_id: str) -> None:
         self._append({"op": "del", "runId": run_id})
 
-    def _append(self, event: dict[str, Any], path: Path | None = None) -> None:
+    def _append(self, event: dict[str, Any], path: Path | None = None,
+                text: str | None = None) -> None:
         """Append ``event`` as one JSON line to ``path`` (the journal by default), its
-        folder made at the first write. A journal line that directly follows what
-        :meth:`_journaled` has read (no other instance wrote in between) is counted as
-        read: this instance's own lines are not parsed again at its next submit."""
+        folder made at the first write; ``text``: ``json.dumps(event)`` when the caller
+        has it. A journal line that directly follows what :meth:`_journaled` has read (no
+        other instance wrote in between) is counted as read: this instance's own lines
+        are not parsed again at its next submit."""
         path = path or self._journal
         if path is None:
             return
-        line = (json.dumps(event) + "\n").encode()
+        line = ((json.dumps(event) if text is None else text) + "\n").encode()
         try:
             if path.parent not in self._made_dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,20 +386,33 @@ class SimAdapter:
             u = busy_cpu / g.cpu
             watts = (g.power.idle_watts + (g.power.max_watts - g.power.idle_watts) * u
                      + g.power.gpu_watts * busy_gpu)
-            cap = Resources(cpu=g.cpu, memory=g.memory, gpu=g.gpu)
             free = Resources(cpu=max(0.0, g.cpu - cpu_r), memory=max(0, g.memory - int(mem_r)),
                              gpu=max(0, g.gpu - int(gpu_r)))
-            out.append(Node(
+            # the node's fixed fields validated once (its template), the measured ones set
+            # on a shallow copy: validating a whole Node was ~70 µs, 35 ms an inventory of 500
+            out.append(self._node_template(name, g).model_copy(update={
+                "free": free, "utilisation": u, "power_watts": watts, "observed_at": observed}))
+        return out
+
+    def _node_template(self, name: str, g: SimNodeGroup) -> Node:
+        """Node ``name`` of group ``g`` as an inventory reports it, without what is
+        measured (free resources, utilisation, power, time): validated at the first
+        inventory, then copied. Its nested values are shared by every copy; nothing
+        changes a reported node in place (a changed node is a ``model_copy``)."""
+        node = self._templates.get(name)
+        if node is None:
+            cap = Resources(cpu=g.cpu, memory=g.memory, gpu=g.gpu)
+            node = self._templates[name] = Node(
                 id=f"{self.site.name}/{name}", name=name, site=self.site.name,
                 site_kind=SiteKind.sim, tier=self.tier, arch=g.arch,
-                capacity=cap, allocatable=cap.model_copy(), free=free,
+                capacity=cap, allocatable=cap.model_copy(), free=cap.model_copy(),
                 labels={**g.labels, "continuum.io/simulated": "true"},
                 taints=list(g.taints), speed=g.speed, power=g.power,
                 location=self.location, runtimes=list(g.runtimes), ready=True,
-                simulated=True, utilisation=u, power_watts=watts, observed_at=observed,
+                simulated=True, utilisation=0.0, power_watts=g.power.idle_watts,
                 queue_wait_s=g.queue_wait,
-            ))
-        return out
+            )
+        return node
 
     def submit(self, run: TaskRun, node: Node, request_id: str) -> Handle:
         known = self._runs.get(request_id) or self._journaled(request_id)
@@ -460,14 +489,17 @@ class SimAdapter:
         h = Handle(site=self.site.name, run_id=request_id, backend_id=f"sim-{request_id}",
                    node=name, data=data)
         self._runs[request_id] = h
-        self._journal_put(h)
-        self._record_started(h)
+        wire = h.to_json()
+        text = json.dumps(wire)  # encoded once for the journal and the record
+        self._append({"op": "put", "handle": wire}, text=f'{{"op": "put", "handle": {text}}}')
+        self._record_started(wire, text)
         return h
 
-    def _record_started(self, h: Handle) -> None:
-        """Append the new run to the never-compacted record (see the module docstring)."""
+    def _record_started(self, wire: dict[str, Any], text: str) -> None:
+        """Append the new run (its handle as JSON: ``wire``, encoded ``text``) to the
+        never-compacted record (see the module docstring)."""
         if self._record is not None:
-            self._append({"handle": h.to_json()}, self._record)
+            self._append({"handle": wire}, self._record, text=f'{{"handle": {text}}}')
 
     def status(self, handles: Sequence[Handle]) -> dict[str, RunStatus]:
         now = self.ctx.clock()

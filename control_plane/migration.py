@@ -68,6 +68,7 @@ from control_plane.store import (
     RunRow,
     Store,
     TaskRow,
+    chunks,
     new_id,
 )
 from monitoring.topology import TopologyModel
@@ -242,31 +243,34 @@ class MigrationController:
         out: list[Action] = []
         skip = skip or set()
         with self.store.session() as s:
-            runs = s.scalars(select(RunRow).where(
+            # the columns a candidate needs, not whole rows (a run's placement, handle and
+            # accounting are JSON the scoring never reads)
+            runs = s.execute(select(*_CANDIDATE_COLUMNS).where(
                 RunRow.state.in_([RunState.Dispatched, RunState.Running]))).all()
+            self._docs.load(s, [r.workflow_id for r in runs])  # one query, not one each
+            tasks = [self._docs.task(s, r.workflow_id, r.task_name) for r in runs]
             # each candidate is scored on its own node as if it were not there (else its
             # own cores and load make its node look worse than an equal empty one, and a
             # service would hop between identical nodes)
-            nodes = _without(nodes, [(r, self._docs.task(s, r.workflow_id, r.task_name))
-                                     for r in runs])
+            nodes = _without(nodes, list(zip(runs, tasks, strict=True)))
             snap = Snapshot(nodes=nodes, network=self.network, now=now)
             assigner = BatchAssigner(snap.copy(), self.framework())
             assert assigner.classes is not None
-            for run in runs:
+            # a running job finishes where it is: only queued jobs and services are
+            # candidates; their tasks' states and other active runs in one query each
+            candidates = [(run, task) for run, task in zip(runs, tasks, strict=True)
+                          if run.node in snap.index and run.id not in skip
+                          and (run.state != RunState.Running or task.kind == "service")]
+            task_ids = [run.task_id for run, _ in candidates]
+            task_state = _task_states(s, task_ids)
+            active = _active_runs_of(s, task_ids)
+            for run, task in candidates:
                 if len(out) >= st.migration_max_per_cycle:
                     break
-                if run.node not in snap.index or run.id in skip:
+                if task_state.get(run.task_id) != TaskState.Running:
                     continue
-                task_row = s.get(TaskRow, run.task_id)
-                if task_row is None or task_row.state != TaskState.Running:
-                    continue
-                task = self._docs.task(s, run.workflow_id, run.task_name)
                 service = task.kind == "service"
-                if run.state == RunState.Running and not service:
-                    continue  # a running job finishes where it is
-                if s.scalars(select(RunRow.id).where(
-                        RunRow.task_id == run.task_id, RunRow.id != run.id,
-                        RunRow.state.in_(ACTIVE_RUN_STATES))).first() is not None:
+                if active.get(run.task_id, set()) - {run.id}:
                     continue  # a move of this task is already under way
                 doc = self._doc(s, run.workflow_id)
                 req = PlacementRequest(run.id, task, doc.spec.objective)
@@ -298,7 +302,7 @@ class MigrationController:
             self._docs.keep_only(live)
         return out
 
-    def _start_move(self, run: RunRow, task: Task, doc: WorkflowDocument, target: str,
+    def _start_move(self, run: Any, task: Task, doc: WorkflowDocument, target: str,
                     v: Verdict, now: float) -> StartMove | None:
         """Make-before-break: a new run on ``target``; the old one serves until it runs."""
         from placement import PlacementRequest, Snapshot, plan
@@ -332,12 +336,37 @@ class MigrationController:
         return None if not np.isfinite(others[k]) else (snap.ids[k], float(others[k]))
 
 
-def _without(nodes: list[Node], footprints: list[tuple[RunRow, Task]]) -> list[Node]:
+_CANDIDATE_COLUMNS = (RunRow.id, RunRow.workflow_id, RunRow.task_id, RunRow.task_name,
+                      RunRow.state, RunRow.node, RunRow.placed_at, RunRow.dispatched_at)
+"""The run columns re-evaluation reads (:meth:`MigrationController.reevaluate`)."""
+
+
+def _task_states(s: Session, task_ids: list[int]) -> dict[int, TaskState]:
+    """Task id → its state, one query per 500 ids."""
+    out: dict[int, TaskState] = {}
+    for chunk in chunks(list(dict.fromkeys(task_ids))):
+        out.update((tid, state) for tid, state in s.execute(
+            select(TaskRow.id, TaskRow.state).where(TaskRow.id.in_(chunk))))
+    return out
+
+
+def _active_runs_of(s: Session, task_ids: list[int]) -> dict[int, set[str]]:
+    """Task id → the ids of its active runs (those of ``task_ids`` with any), one query
+    per 500 ids."""
+    out: dict[int, set[str]] = {}
+    for chunk in chunks(list(dict.fromkeys(task_ids))):
+        for tid, rid in s.execute(select(RunRow.task_id, RunRow.id).where(
+                RunRow.task_id.in_(chunk), RunRow.state.in_(ACTIVE_RUN_STATES))):
+            out.setdefault(tid, set()).add(rid)
+    return out
+
+
+def _without(nodes: list[Node], footprints: list[tuple[Any, Task]]) -> list[Node]:
     """``nodes`` with the movable runs taken off their nodes: a queued job's or running
     service's requested resources added back to its node's ``free`` (capped at
     ``allocatable``) and a running service's cores (``cpu / capacity.cpu``) taken off the
     node's measured utilisation. Other runs stay where they are."""
-    by_node: dict[str, list[tuple[RunRow, Task]]] = {}
+    by_node: dict[str, list[tuple[Any, Task]]] = {}
     for run, task in footprints:
         movable = run.state == RunState.Dispatched or task.kind == "service"
         if run.node and movable:

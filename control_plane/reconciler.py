@@ -166,6 +166,8 @@ class Reconciler:
         self._next_gauges = 0.0
         self._task_static: dict[int, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
         """Task id → (retries, depends_on, output names) of a live workflow's task."""
+        self._static_by_wf: dict[str, list[int]] = {}
+        """Workflow id → the ids of its tasks in ``_task_static``."""
         self.applier = Applier(store, federation, settings, metrics, network, framework,
                                self.wake, clock)
 
@@ -221,13 +223,15 @@ class Reconciler:
             self._wake.clear()
 
     def cycle(self) -> None:
-        """observe → decide → apply, then the proposers' actions, then the hooks."""
+        """observe → decide → apply (and the submits of the runs it placed), then the
+        proposers' actions, then the hooks."""
         t0 = time.perf_counter()
         self._serve_requests()
         obs = self.observe()
         decider = Decider(obs, self.policy)
         actions = decider.decide()
         self.apply(actions, decider)
+        self._dispatch_placed(actions)
         self._acted_on(actions, decider)
         self._dirty.update(decider.deferred)  # Ready tasks past this cycle's placement cap
         if self.backlogged or decider.deferred:
@@ -263,6 +267,17 @@ class Reconciler:
     def apply(self, actions: Sequence[Action], decider: Decider | None = None) -> None:
         """See :meth:`control_plane.apply.Applier.apply`."""
         self.applier.apply(actions, decider)
+
+    def _dispatch_placed(self, actions: Sequence[Action]) -> None:
+        """Submit the runs this cycle's placement made in this cycle (they are not in the
+        decisions, which were taken before it): waiting for the next cycle's decisions
+        cost every wave of tasks one more cycle and one more read of its workflow. The
+        next cycle reads those workflows all the same (placement marks them changed) and
+        tracks the runs; a refused submit leaves its run Placed, and the next cycle's
+        decisions retry or fail it as before."""
+        task_ids = [t for a in actions if isinstance(a, d.PlaceTasks) for t in a.task_ids]
+        if task_ids:
+            self.applier.dispatch_placed(task_ids)
 
     def _place(self, now: float) -> None:
         """Only the placement step (tests: a run placed, then a crash before dispatch)."""
@@ -301,6 +316,7 @@ class Reconciler:
             self._tracked_by_wf.clear()
             self._seen.clear()
             self._task_static.clear()
+            self._static_by_wf.clear()
         changed: list[str] = []
         if statuses and self._tracked:  # the backends' news: what changed decides what is read
             found = self._poll(list(self._tracked.values()), errors)
@@ -360,13 +376,15 @@ class Reconciler:
         run_rows: list[Any] = []
         db = s.connection()  # plain Core rows: the ORM's result layer is not needed here
         for chunk in chunks(sorted(ids)):
-            wf_rows += db.execute(select(WorkflowRow.id, WorkflowRow.name, WorkflowRow.state)
-                                 .where(WorkflowRow.id.in_(chunk),
-                                        WorkflowRow.state.in_(_LIVE)))
-            task_rows += db.execute(select(
-                TaskRow.id, TaskRow.workflow_id, TaskRow.name, TaskRow.state,
-                TaskRow.attempts, TaskRow.not_before, TaskRow.reason)
-                .where(TaskRow.workflow_id.in_(chunk)))
+            live = db.execute(select(WorkflowRow.id, WorkflowRow.name, WorkflowRow.state)
+                              .where(WorkflowRow.id.in_(chunk),
+                                     WorkflowRow.state.in_(_LIVE))).all()
+            wf_rows += live
+            if live:  # an ended workflow's tasks are not needed (its runs may be)
+                task_rows += db.execute(select(
+                    TaskRow.id, TaskRow.workflow_id, TaskRow.name, TaskRow.state,
+                    TaskRow.attempts, TaskRow.not_before, TaskRow.reason)
+                    .where(TaskRow.workflow_id.in_([w.id for w in live])))
             run_rows += db.execute(select(
                 RunRow.id, RunRow.workflow_id, RunRow.task_id, RunRow.state, RunRow.site,
                 RunRow.node, RunRow.handle, RunRow.placed_at, RunRow.started_at,
@@ -374,21 +392,21 @@ class Reconciler:
                 .where(RunRow.workflow_id.in_(chunk),
                        or_(RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.released.is_(False))))
         live_ids = {w.id for w in wf_rows}
-        unknown = [t.id for t in task_rows
-                   if t.workflow_id in live_ids and t.id not in self._task_static]
+        for wf_id in ids - live_ids:  # it ended: forget its tasks' static columns
+            for tid in self._static_by_wf.pop(wf_id, ()):
+                self._task_static.pop(tid, None)
+        unknown = [t.id for t in task_rows if t.id not in self._task_static]
         for chunk_ids in chunks(unknown):
-            for tid, spec, after in db.execute(select(TaskRow.id, TaskRow.spec,
-                                                     TaskRow.depends_on)
-                                              .where(TaskRow.id.in_(chunk_ids))):
+            for tid, wf_id, spec, after in db.execute(select(
+                    TaskRow.id, TaskRow.workflow_id, TaskRow.spec, TaskRow.depends_on)
+                    .where(TaskRow.id.in_(chunk_ids))):
                 self._task_static[tid] = (int(spec.get("retries", 0)), tuple(after),
                                           tuple(o["name"] for o in spec.get("outputs", [])))
+                self._static_by_wf.setdefault(wf_id, []).append(tid)
         untracked = [rid for wf_id in ids for rid in self._tracked_by_wf.pop(wf_id, ())]
         wfs = tuple(d.WorkflowView(w.id, w.name, w.state) for w in wf_rows)
         tasks = []
         for t in task_rows:
-            if t.workflow_id not in live_ids:
-                self._task_static.pop(t.id, None)  # its workflow ended
-                continue
             retries, after, outputs = self._task_static[t.id]
             tasks.append(d.TaskView(t.id, t.workflow_id, t.name, t.state, after, t.attempts,
                                     retries, epoch(t.not_before), t.reason, outputs))

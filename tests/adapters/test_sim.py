@@ -29,7 +29,7 @@ from adapters.sim import (
     record_path,
     record_state,
 )
-from continuum.model import RunState, SiteHealth, SiteKind, SiteSpec, Task, Tier
+from continuum.model import Node, RunState, SiteHealth, SiteKind, SiteSpec, Task, Tier
 
 T0 = 1_800_000_000.0
 
@@ -185,6 +185,24 @@ def test_inventory_deducts_active_runs_and_models_power(env):
     p = nodes["part"]  # reserved while queued, but not busy
     assert p.free.cpu == 124 and p.utilisation == 0 and p.power_watts == 100
     assert nodes["c5-0"].free == nodes["c5-0"].allocatable
+
+
+def test_each_inventory_is_a_snapshot_of_its_own(env):
+    """Nodes are copies of one validated template per node: an earlier inventory's node
+    keeps what it measured when later ones change, and every one validates as a Node."""
+    clock, _, ctx = env
+    a = SimAdapter(site(), ctx)
+    before = {n.name: n for n in a.inventory()}
+    a.submit(trun(task(resources={"cpu": 4}, work=3600), "r1"), node(a, "c5-0"), "r1")
+    clock.advance(0.5)
+    after = {n.name: n for n in a.inventory()}
+    assert before["c5-0"].free.cpu == 16 and before["c5-0"].utilisation == 0
+    assert before["c5-0"].observed_at.timestamp() == T0
+    assert after["c5-0"].free.cpu == 12 and after["c5-0"].utilisation == pytest.approx(0.25)
+    assert after["c5-0"].observed_at.timestamp() == T0 + 0.5
+    assert after["c5-0"] is not before["c5-0"] and after["c5-0"].free is not before["c5-0"].free
+    for n in after.values():
+        assert Node.model_validate(n.model_dump()) == n
 
 
 # ---------------------------------------------------------------- submit and timeline

@@ -5,6 +5,7 @@ replaces, and the decisions read the move from that column."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,6 +100,27 @@ def test_an_action_applied_twice_changes_the_row_once(world: World) -> None:
     # a finished run is never moved back
     world.applier.apply([SetRunState("old", RunState.Running, "running again")])
     assert world.run("old").state == RunState.Failed
+
+
+def test_a_run_that_fails_is_logged_at_info_one_that_succeeds_at_debug(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """Every step is an event; the log says at INFO only a run's bad end (a succeeded run,
+    the common case, is a DEBUG line: one line a task was a busy reconciler's CPU)."""
+    with world.store.session() as s:
+        s.add(RunRow(id="ok", workflow_id="wf-1", task_id=1, task_name="svc", attempt=1,
+                     state=RunState.Running, site="gone", node="gone/n1", created_at=T0,
+                     placed_at=T0))
+    with caplog.at_level(logging.DEBUG, logger="control_plane.apply"):
+        world.applier.apply([
+            SetRunState("ok", RunState.Succeeded, "succeeded on gone/n1 in 1.0s",
+                        status=RunStatus(RunState.Succeeded, exit_code=0), runtime_s=1.0),
+            SetRunState("old", RunState.Failed, "failed on gone/n1: boom", reason="boom",
+                        status=RunStatus(RunState.Failed, reason="boom", exit_code=2))])
+    levels = {r.getMessage().split()[1]: r.levelno for r in caplog.records
+              if r.getMessage().startswith("run ")}
+    assert levels == {"ok": logging.DEBUG, "old": logging.INFO}
+    assert world.events("RunSucceeded") == ["succeeded on gone/n1 in 1.0s"]
+    assert world.events("RunFailed") == ["failed on gone/n1: boom"]
 
 
 def test_a_stop_cancels_runs_ends_tasks_and_finishes_the_workflow_once(world: World) -> None:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
-from continuum.errors import TransientError
+from continuum.errors import AdapterError, TransientError
 from continuum.model import RunState
 from control_plane.reconciler import Reconciler, failure_backoff_s
 from control_plane.store import RunRow
@@ -94,6 +94,53 @@ def test_run_placed_before_a_crash_is_submitted_once(tmp_path: Path, database_ur
         wf = wait_state(api, wid, ("Succeeded", "Failed"), timeout=30)
     assert wf["state"] == "Succeeded"
     assert [r["id"] for r in wf["runs"]] == [run.id]
+
+
+def test_a_run_is_submitted_in_the_cycle_that_places_it(tmp_path: Path,
+                                                        database_url: str) -> None:
+    """A cycle submits the runs its own placement made: a new task is Dispatched after
+    one cycle (it used to wait Placed for the next cycle's decisions), with the events of
+    both steps, and the next cycle tracks it."""
+    with control_plane(tmp_path, database_url=database_url, time_scale=10.0) as (cp, api):
+        cp.stop()  # drive the cycle by hand
+        wid = api.post("/v1/workflows", json=workflow(tasks=[
+            {"name": "a", "command": ["true"], "work": 100_000}])).json()["id"]
+        cp.reconciler.cycle()
+        with cp.store.session() as s:
+            (run,) = s.scalars(select(RunRow).where(RunRow.workflow_id == wid)).all()
+            assert run.state == RunState.Dispatched and run.handle is not None
+        events = [e["type"] for e in api.get(f"/v1/workflows/{wid}").json()["events"]]
+        assert events.index("RunPlaced") < events.index("RunDispatched")
+        cp.reconciler.cycle()
+        assert run.id in cp.reconciler._tracked
+
+
+def test_a_refused_submit_right_after_placement_is_decided_next_cycle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A permanent refusal of the submit made in the placing cycle leaves the run Placed;
+    the next cycle's decisions submit it again and fail it (its task is retried)."""
+    with control_plane(tmp_path, time_scale=10.0) as (cp, api):
+        cp.stop()  # drive the cycle by hand
+        adapter = cp.federation.get_adapter("cloud")
+        assert adapter is not None
+        calls: list[str] = []
+
+        def refuse(run, node, request_id):  # type: ignore[no-untyped-def]
+            calls.append(request_id)
+            raise AdapterError("no such partition", site="cloud")
+
+        monkeypatch.setattr(adapter, "submit", refuse)
+        wid = api.post("/v1/workflows", json=workflow(tasks=[
+            {"name": "a", "command": ["true"], "work": 5}])).json()["id"]
+        cp.reconciler.cycle()
+        (run,) = api.get(f"/v1/workflows/{wid}").json()["runs"]
+        assert run["state"] == "Placed" and calls == [run["id"]]
+        cp.reconciler.cycle()
+        runs = {r["id"]: r for r in api.get(f"/v1/workflows/{wid}").json()["runs"]}
+        assert runs[run["id"]]["state"] == "Failed"
+        assert "could not dispatch" in runs[run["id"]]["reason"]
+        assert "no such partition" in runs[run["id"]]["reason"]
+        assert calls[:2] == [run["id"], run["id"]]
 
 
 def test_a_run_that_moved_on_while_it_was_submitted_is_not_set_back_to_dispatched(
@@ -275,3 +322,25 @@ def test_a_released_run_is_polled_no_more(tmp_path: Path, database_url: str) -> 
         assert asked == []
         assert adapter._runs == {}  # type: ignore[attr-defined]
         assert api.get(f"/v1/workflows/{wid}").json()["state"] == "Succeeded"
+
+
+def test_a_finished_workflows_tasks_are_not_read_and_their_cache_is_dropped(
+        tmp_path: Path, database_url: str) -> None:
+    """The cycle after a workflow ends reads its unreleased runs, not its tasks, and
+    forgets the static columns (retries, dependencies, outputs) it kept of them."""
+    with control_plane(tmp_path, database_url=database_url) as (cp, api):
+        cp.stop()  # drive the cycle by hand
+        rec = cp.reconciler
+        wid = api.post("/v1/workflows", json=workflow()).json()["id"]
+        rec.cycle()
+        assert len(rec._static_by_wf.get(wid, ())) == 2 and len(rec._task_static) == 2
+
+        def finished() -> bool:
+            rec.cycle()
+            return api.get(f"/v1/workflows/{wid}").json()["state"] == "Succeeded"
+
+        wait_for(finished, timeout=20, message="the workflow Succeeded")
+        rec._dirty.add(wid)
+        obs = rec.observe(statuses=False)
+        assert obs.workflows == () and obs.tasks == ()
+        assert wid not in rec._static_by_wf and rec._task_static == {}
