@@ -57,3 +57,14 @@ def test_a_copy_made_before_any_memo_use_shares_the_memo() -> None:
     snap = snapshot(_nodes())
     early = snap.copy()
     assert node_classes(early) is node_classes(snap)
+
+
+def test_a_planner_uses_the_snapshots_node_classes_unless_inputs_have_cached_copies() -> None:
+    from placement import DataSource, Planner
+
+    snap = snapshot([node("s/a"), node("s/b")])  # alike: one class
+    assert Planner(snap).assigner.classes is node_classes(snap)
+    assert node_classes(snap).count == 1
+    src = DataSource(bytes=10, locations=["munich"], nodes=["s/b"])
+    own = Planner(snap, requests=[request(task(), sources=[src])]).assigner.classes
+    assert own is not None and own.count == 2  # s/b holds a copy: a class of its own
