@@ -60,7 +60,7 @@ from control_plane.store import (
 )
 from monitoring.metrics import ControlPlaneMetrics
 from monitoring.topology import TopologyModel
-from placement import DataSource, Framework, PlacementRequest, Snapshot, plan
+from placement import DataSource, Framework, PlacementRequest, Snapshot, SnapshotCache, plan
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ class Applier:
             settings.state_dir, settings.artifact_capability_ttl_s)
         """Mints the per-run artifact capabilities carried in the URLs a run is handed."""
         self._docs = DocumentCache()
+        self.snapshots = SnapshotCache()
+        """The placement snapshot of the inventory, rebuilt only when the federation's
+        inventory or the network changed since the last batch (:meth:`_snapshot`)."""
         self.moves = 0
         """Runs migrated or moves started so far (a producer's actions that took effect)."""
 
@@ -498,6 +501,15 @@ class Applier:
             sources.append(DataSource(bytes=ds.size, locations=list(ds.locations)))
         return sources, inputs
 
+    def _snapshot(self, now: float) -> Snapshot:
+        """The placeable nodes (draining sites' too) as a fresh per-batch snapshot: a copy
+        of the one kept while ``federation.inventory_generation`` and ``network.version``
+        are unchanged (both read before the nodes are listed), else built anew."""
+        version = getattr(self.network, "version", None)
+        key = None if version is None else (self.federation.inventory_generation, version)
+        return self.snapshots.get(key, lambda: self.federation.placeable_nodes(draining=True),
+                                  self.network, now)
+
     def _place_batch(self, task_ids: Sequence[int]) -> int:
         """Place the still-Ready tasks in one batch: Pending → Placed; returns the count."""
         now = self.clock()
@@ -522,9 +534,7 @@ class Applier:
                                                  avoid=failed_on.get(t.id, frozenset())))
                 by_key[str(t.id)] = t
             t0 = time.perf_counter()
-            outcomes = plan(requests, Snapshot(nodes=self.federation.placeable_nodes(draining=True),
-                                               network=self.network, now=now),
-                            self.framework())
+            outcomes = plan(requests, self._snapshot(now), self.framework())
             self.metrics.placement_cycle.observe(time.perf_counter() - t0)
             for out in outcomes:
                 t = by_key[out.key]

@@ -79,6 +79,7 @@ class Federation:
         """Held while the sites table and ``_sites`` are made to agree (register, remove,
         :meth:`sync`), so a resync never sees one without the other."""
         self._failed: dict[str, str] = {}
+        self._generation = 0
         self.collector = collector
         """Joins live metrics onto each refreshed inventory (None: inventories as is)."""
         keys = settings.sealing_keys.get_secret_value() if settings.sealing_keys else None
@@ -118,7 +119,9 @@ class Federation:
                 with self._lock:
                     rt = self._sites.get(name)
                 if rt is not None:
-                    rt.draining = draining
+                    if rt.draining != draining:
+                        rt.draining = draining
+                        self._changed()
                     continue
                 try:
                     spec = SiteSpec.model_validate(
@@ -142,12 +145,31 @@ class Federation:
                 gone = [self._sites.pop(n) for n in list(self._sites) if n not in names]
                 for rt in gone:
                     rt.removed = True
+        if added or gone:
+            self._changed()
         for rt in gone:
             self._forget(rt)
         if added or gone:
             log.info("sites from the store: added %s, removed %s", added or "none",
                      [rt.spec.name for rt in gone] or "none")
         return added, [rt.spec.name for rt in gone]
+
+    @property
+    def inventory_generation(self) -> int:
+        """A counter that grows after every change to what :meth:`placeable_nodes` returns:
+        a site added or removed, its ``draining`` set, its inventory or health refreshed
+        (every refresh counts, changed or not). Equal values read before two
+        :meth:`placeable_nodes` calls mean equal node lists, so a caller may keep what it
+        built from the first (the applier's :class:`~placement.snapshot.SnapshotCache`).
+        Adapters hand out new :class:`Node` objects for a change, never edit one in place.
+        """
+        return self._generation
+
+    def _changed(self) -> None:
+        """Count one inventory change; called after the change is in place, so a reader
+        that sees the new generation also sees the new state."""
+        with self._lock:
+            self._generation += 1
 
     def _log_once(self, name: str, message: str) -> None:
         if self._failed.get(name) != message:
@@ -190,6 +212,7 @@ class Federation:
             with self._lock:
                 old = self._sites.get(spec.name)
                 self._sites[spec.name] = rt
+            self._changed()
         if old is not None:  # a resync started the stored site meanwhile: keep ours
             old.adapter.close()
         log.info("site %s (%s) registered: %s, %d nodes", spec.name, spec.kind.value,
@@ -208,6 +231,7 @@ class Federation:
             if row is not None:
                 row.draining = draining
         rt.draining = draining
+        self._changed()
         log.info("site %s: %s", name, "draining" if draining else "taking new work again")
         return rt
 
@@ -223,6 +247,7 @@ class Federation:
                 rt = self.site(name)
                 del self._sites[name]
                 rt.removed = True
+            self._changed()
             with self.store.session() as s:
                 row = s.get(SiteRow, name)
                 if row is not None:
@@ -311,6 +336,7 @@ class Federation:
         if (health, message) != (rt.health, rt.message):
             log.info("site %s: %s %s", rt.spec.name, health.value, message)
         rt.nodes, rt.health, rt.message, rt.inventory_at = nodes, health, message, now
+        self._changed()
         if rt.removed:
             return  # removed while its inventory was being taken: publish nothing
         self.metrics.site_up.labels(rt.spec.name, rt.spec.kind.value).set(

@@ -93,6 +93,10 @@ class TopologyModel:
         self._configured: dict[tuple[str, str], _Entry] = {}
         self._measured: dict[tuple[str, str], _Entry] = {}
         self._modelled: dict[tuple[str, str], _Entry] = {}
+        self.version = 0
+        """Grows with every update (:meth:`add_location`, :meth:`configure`,
+        :meth:`observe`): equal values mean every pair answers as before, so a caller may
+        keep RTTs and bandwidths it read (the applier's snapshot cache)."""
         if topology is not None:
             for loc in topology.locations:
                 self.add_location(loc)
@@ -105,12 +109,14 @@ class TopologyModel:
         """Add or replace a location (its coordinates feed the modelled RTTs)."""
         self._locations[location.name] = location
         self._modelled.clear()
+        self.version += 1
 
     def configure(self, link: Link) -> None:
         """Set a configured link (used where no measurement exists)."""
         self._configured[_pair(link.a, link.b)] = _Entry(
             link.rtt_ms, link.bandwidth_bps, "configured"
         )
+        self.version += 1
 
     def observe(self, a: str, b: str, rtt_ms: float, bandwidth_bps: float | None = None,
                 at: float | None = None) -> None:
@@ -128,6 +134,7 @@ class TopologyModel:
             raise ValueError(f"bandwidth_bps {bandwidth_bps!r} must be > 0")
         bw = bandwidth_bps if bandwidth_bps is not None else self.bandwidth_bps(a, b)
         self._measured[_pair(a, b)] = _Entry(rtt_ms, bw, "measured", at)
+        self.version += 1
 
     # ---------------------------------------------------------------- lookups
 

@@ -25,7 +25,7 @@ from placement.framework import (
 from placement.network import Network, StaticNetwork
 from placement.plan import Planner, plan
 from placement.predict import AnalyticPredictor, CycleState, NodePredictions, Predictor
-from placement.snapshot import Snapshot
+from placement.snapshot import Snapshot, SnapshotCache
 
 __all__ = [
     "AnalyticPredictor",
@@ -44,6 +44,7 @@ __all__ = [
     "Rejection",
     "ScorePlugin",
     "Snapshot",
+    "SnapshotCache",
     "StaticNetwork",
     "default_framework",
     "never_fits",

@@ -563,7 +563,7 @@ class BatchAssigner:
 
     def __post_init__(self) -> None:
         if self.classes is None:
-            self.classes = NodeClasses(self.snap)
+            self.classes = node_classes(self.snap)
         self._static: dict[tuple[object, ...], np.ndarray] = {}
         cl = self.classes
         s = self.snap

@@ -33,7 +33,14 @@ import numpy as np
 
 from continuum.model import PlacementDecision, Prediction
 from placement.assign import ALTERNATIVES, Outcome, PlacementRequest
-from placement.batch import BatchAssigner, ClassCosts, DynamicChoice, NodeClasses, static_key
+from placement.batch import (
+    BatchAssigner,
+    ClassCosts,
+    DynamicChoice,
+    NodeClasses,
+    node_classes,
+    static_key,
+)
 from placement.framework import (
     MAX_SCORE,
     DescribesCandidates,
@@ -113,7 +120,10 @@ class Planner:
         cached = frozenset(x for r in requests for s in r.sources for x in s.nodes)
         self.snap = snapshot
         self.framework = fw
-        self.assigner = BatchAssigner(snapshot, fw, classes=NodeClasses(snapshot, cached))
+        # no cached copies among the batch's inputs: the snapshot's own classes (its memo,
+        # kept by copies and by the applier's SnapshotCache between batches)
+        classes = NodeClasses(snapshot, cached) if cached else node_classes(snapshot)
+        self.assigner = BatchAssigner(snapshot, fw, classes=classes)
         self._static: dict[tuple[object, ...], dict[str, FilterResult]] = {}
         self._codes: dict[tuple[object, ...], tuple[list[str], np.ndarray, np.ndarray, int]] = {}
         self._shapes: dict[tuple[float, int, int], _ShapeFit] = {}

@@ -19,6 +19,7 @@ listed in :data:`MEMO_KEYS`.
 from __future__ import annotations
 
 import copy as _copy
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
@@ -168,6 +169,7 @@ class Snapshot:
             self._where[nd.id] = nd.location
         for loc in self.locations:
             self._where[loc] = loc
+        self._memo_nodes = nodes  # bound now, so copies made before a first memo() share it
 
     # ------------------------------------------------------------------ lookups
 
@@ -323,3 +325,57 @@ class Snapshot:
         other.free_gpu = self.free_gpu.copy()
         other.gpu_slots = self.gpu_slots.copy()
         return other
+
+
+class SnapshotCache:
+    """Hands out per-batch snapshots of an inventory that changes less often than it is
+    placed on: while the caller's ``key`` is unchanged, a :meth:`Snapshot.copy` of the
+    one built for that key (own free arrays, as built; shared columns, RTT/bandwidth/
+    label caches and memo: node classes, the predictors' per-class outputs), else a
+    snapshot built afresh, kept for the next call.
+
+    The caller vouches for the key: equal keys must mean the same node list (same
+    :class:`Node` objects, none edited in place) and a network answering as before — the
+    applier uses ``(federation.inventory_generation, network.version)``, each read
+    *before* the nodes are listed, so a change racing the build only costs a rebuild.
+    ``None`` as key never reuses. A copy's placement is identical to one on a fresh
+    snapshot of the same nodes: every column and memo value is a function of the nodes
+    and the network alone, and the copy's free arrays start as the nodes' ``free``.
+    Calls are serialised by a lock (copies share their lazily filled caches, whose
+    values are the same whoever fills them).
+
+    ``builds`` / ``reuses`` count the two outcomes.
+    """
+
+    def __init__(self) -> None:
+        self._key: object = None
+        self._base: Snapshot | None = None
+        self._lock = threading.Lock()
+        self.builds = 0
+        self.reuses = 0
+
+    def get(self, key: object, nodes: Callable[[], list[Node]], network: Network, now: float,
+            gpu_unit: int = 1) -> Snapshot:
+        """A snapshot of ``nodes()`` (called only when it must be built) for ``key``, its
+        free arrays the nodes' own; ``now`` set. Raises what :class:`Snapshot` raises."""
+        with self._lock:
+            return self._get(key, nodes, network, now, gpu_unit)
+
+    def _get(self, key: object, nodes: Callable[[], list[Node]], network: Network,
+             now: float, gpu_unit: int) -> Snapshot:
+        base = self._base
+        if (key is None or base is None or key != self._key or base.network is not network
+                or base.gpu_unit != gpu_unit):
+            base = Snapshot(nodes=nodes(), network=network, now=now, gpu_unit=gpu_unit)
+            self._key, self._base = (key, base) if key is not None else (None, None)
+            self.builds += 1
+        else:
+            self.reuses += 1
+        snap = base.copy()
+        snap.now = now
+        return snap
+
+    def clear(self) -> None:
+        """Forget the kept snapshot (the next :meth:`get` builds)."""
+        with self._lock:
+            self._key, self._base = None, None
