@@ -9,12 +9,22 @@ to ``per_device_limit`` devices.
 
 from __future__ import annotations
 
+import math
+import random
+import struct
 from dataclasses import replace
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
-from monitoring.metrics import ControlPlaneMetrics, DeviceTelemetryCollector
+from monitoring.metrics import (
+    _DEVICE_FAMILIES,
+    ControlPlaneMetrics,
+    DeviceTelemetryCollector,
+    _Families,
+    _go,
+)
 from monitoring.telemetry import DeviceReading
 
 NOW = 1_700_000_100.0
@@ -92,3 +102,77 @@ def test_fleet_wide_families_always_per_device_only_up_to_the_limit() -> None:
                    if n == "continuum_device_telemetry_age_seconds"}
             assert age == {"0.5": 49.0, "0.9": 89.0, "0.99": 98.0, "1.0": 99.0}
             assert any(n == "continuum_device_up" for n, _ in got) is per_device
+
+
+def _reference_render(d: DeviceReading) -> tuple[str, ...]:
+    """The per-device lines as the collector rendered them before the fast path (c8ebce6):
+    prometheus-client's ``floatToGoString`` per value, labels joined per line."""
+    lines = [""] * len(_DEVICE_FAMILIES)
+    lab = (f'site="{_escape_reference(d.site)}",device="{_escape_reference(d.device)}",'
+           f'location="{_escape_reference(d.location)}"')
+    for i, labels, value in DeviceTelemetryCollector._samples(d):
+        name, _, extra = _DEVICE_FAMILIES[i]
+        more = "".join(f',{k}="{_escape_reference(v)}"'
+                       for k, v in zip(extra, labels[3:], strict=True))
+        lines[i] += f"{name}{{{lab}{more}}} {floatToGoString(value)}\n"
+    return tuple(lines)
+
+
+def _escape_reference(v: str) -> str:
+    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _odd_floats(rng: random.Random) -> list[float]:
+    """Floats of every kind ``floatToGoString`` treats apart: specials, signed zeros,
+    integral values around Go's switch to exponents (1e6, 1e7), Python's (1e16), tiny and
+    huge exponents, random bit patterns (subnormals included)."""
+    out = [math.inf, -math.inf, math.nan, 0.0, -0.0, 5e-324, -5e-324, 1.7976931348623157e308,
+           -1.7976931348623157e308, 2.2250738585072014e-308, 0.1, 1 / 3, 1e21, 1e22, 1e-7]
+    for e in range(-30, 30):
+        for m in (1.0, 1.5, 9.999999, 1.2345678912345, 7.0):
+            out += [m * 10.0**e, -m * 10.0**e]
+    for n in (999_999, 1_000_000, 1_000_001, 1_234_567, 9_999_999, 10_000_000, 2**30, 2**31,
+              2**53, 2**53 + 1, 10**15, 10**16, 10**16 + 2, 1_764_633_600, 4 * 2**30):
+        out += [float(n), float(-n), n + 0.5, n + 0.25, n - 0.001]
+    out += [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+            for _ in range(20_000)]
+    out += [rng.uniform(-1e9, 1e9) for _ in range(5_000)]
+    out += [rng.randrange(0, 2**40) / rng.choice((1, 10, 1000, 1024)) for _ in range(5_000)]
+    return out
+
+
+def test_fast_float_format_equals_floatToGoString() -> None:
+    vals: list[float | int | bool] = [*_odd_floats(random.Random(7)), 0, 1, -3, 2**30,
+                                      10**25, True, False]
+    for v in vals:
+        assert _go(v) == floatToGoString(v), v
+
+
+def test_rendering_is_byte_identical_to_the_reference_for_varied_readings() -> None:
+    rng = random.Random(11)
+    floats = _odd_floats(rng)
+    names = ["dc", "lab \\ 2", 'we"ird', "new\nline", "ünï", "", "a,b=c}{"]
+    fleet = []
+    for i in range(3_000):
+        fleet.append(DeviceReading(
+            site=rng.choice(names), device=f"{rng.choice(names)}-{i}",
+            location=rng.choice(names), online=rng.random() < 0.8,
+            at=rng.choice(floats), received_at=rng.choice(floats),
+            cpu_utilisation=rng.choice(floats), memory_used=rng.randrange(-1, 2**44),
+            memory_total=rng.choice((4 * 2**30, 0, 10**17, 123)), load1=rng.choice(floats),
+            power_watts=rng.choice((*floats[:40], 3, rng.choice(floats))),
+            power_source=rng.choice(["model", "rapl", 'in"a\\219']),
+            running=rng.randrange(0, 10**8), rtt_ms=rng.choice((None, rng.choice(floats))),
+            peer_rtt_ms={rng.choice(names): rng.choice(floats)
+                         for _ in range(rng.randrange(0, 4))},
+            temperature_c=rng.choice((None, rng.choice(floats)))))
+    coll = DeviceTelemetryCollector(lambda: fleet, clock=lambda: NOW)
+    for d in fleet:
+        assert coll._render(d) == _reference_render(d), d
+    # and so the exposition: the fleet-wide families, then each family's lines in order
+    head = generate_latest(_Families(list(coll._fleet(fleet))))
+    want = b"".join([head] + [
+        (f"# HELP {name} {doc}\n# TYPE {name} gauge\n"
+         + "".join(_reference_render(d)[i] for d in fleet)).encode()
+        for i, (name, doc, _) in enumerate(_DEVICE_FAMILIES)])
+    assert coll.exposition() == want
