@@ -343,14 +343,15 @@ class DeviceTelemetryCollector(Collector):
             for d in readings:
                 key = (d.site, d.device)
                 hit = old.get(key)
-                if hit is None or hit[0] != d:
+                if hit is None or (hit[0] is not d and hit[0] != d):
                     hit = (d, self._render(d))
                     self.rendered += 1
                 new[key] = hit
             self._lines = new
             rows = [lines for _, lines in new.values()]
-        for i, (name, doc, _) in enumerate(_DEVICE_FAMILIES):
-            text = "".join(r[i] for r in rows)
+        columns = zip(*rows, strict=True) if rows else ((),) * len(_DEVICE_FAMILIES)
+        for (name, doc, _), column in zip(_DEVICE_FAMILIES, columns, strict=True):
+            text = "".join(column)
             out.append(f"# HELP {name} {_escape_help(doc)}\n# TYPE {name} gauge\n{text}"
                        .encode())
         return b"".join(out)

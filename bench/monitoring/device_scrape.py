@@ -2,17 +2,23 @@
 exposition``), in one process with no server around it, the readings built in advance.
 
 For each fleet size: every device changed since the last scrape, 10 % changed, none
-changed; process CPU per scrape, the median over ``--repeat`` scrapes. Run it under
-``PYTHONPATH=<tree>`` to measure that tree's code (the base via ``git archive``)::
+changed; process CPU per scrape, the median over ``--repeat`` scrapes. With ``--base``
+(a ``monitoring/metrics.py`` of another tree, e.g. the base via ``git archive``), that
+module's collector is measured too, in the same process, the two alternating scrape by
+scrape so that a shared machine's noise falls on both alike::
 
-    PYTHONPATH=. .venv/bin/python -m bench.monitoring.device_scrape --devices 1000 10000
+    PYTHONPATH=. .venv/bin/python -m bench.monitoring.device_scrape --devices 1000 10000 \
+        --base /tmp/base/monitoring/metrics.py
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import statistics
 import time
+from typing import Any
 
 from monitoring.metrics import DeviceTelemetryCollector
 from monitoring.telemetry import DeviceReading
@@ -34,9 +40,10 @@ def fleet(n: int, step: int) -> list[DeviceReading]:
         temperature_c=40.0 + ((k + step) % 90) / 10.0) for k in range(n)]
 
 
-def measure(n: int, changed: float, repeat: int) -> tuple[float, int]:
-    """Median ms CPU of a scrape with ``changed`` (0..1) of ``n`` devices changed since the
-    previous one, and the exposition's size (bytes)."""
+def measure(n: int, changed: float, repeat: int,
+            collectors: dict[str, type[Any]]) -> dict[str, tuple[float, int]]:
+    """Per collector class: median ms CPU of a scrape with ``changed`` (0..1) of ``n``
+    devices changed since the previous one, and the exposition's size (bytes)."""
     steps = [fleet(n, s) for s in range(2)]
     every = max(1, round(1 / changed)) if changed else 0
     views = []
@@ -44,29 +51,53 @@ def measure(n: int, changed: float, repeat: int) -> tuple[float, int]:
         views.append([steps[s][k] if every and k % every == 0 else steps[0][k]
                       for k in range(n)])
     current = [views[0]]
-    coll = DeviceTelemetryCollector(lambda: current[0], per_device_limit=max(n, 10_000),
-                                    clock=lambda: T0 + 5)
-    size = len(coll.exposition())
-    spent = []
+    colls = {name: cls(lambda: current[0], per_device_limit=max(n, 10_000),
+                       clock=lambda: T0 + 5) for name, cls in collectors.items()}
+    sizes = {name: len(c.exposition()) for name, c in colls.items()}
+    texts = {c.exposition() for c in colls.values()}
+    assert len(texts) == 1, "the collectors' expositions differ"
+    gc.collect()
+    gc.freeze()  # the readings are long-lived, as the server's are (cf. tune_gc)
+    spent: dict[str, list[float]] = {name: [] for name in colls}
     for i in range(repeat):
         current[0] = views[(i + 1) % 2]
-        t = time.process_time()
-        coll.exposition()
-        spent.append(time.process_time() - t)
-    return statistics.median(spent) * 1000, size
+        for name, c in colls.items():
+            c.exposition()  # a scrape in the previous state, not timed
+            current[0] = views[i % 2]
+            t = time.process_time()
+            c.exposition()
+            spent[name].append(time.process_time() - t)
+            current[0] = views[(i + 1) % 2]
+    gc.unfreeze()
+    return {name: (statistics.median(v) * 1000, sizes[name]) for name, v in spent.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--base", help="another tree's monitoring/metrics.py to measure too")
     args = ap.parse_args()
+    collectors: dict[str, type[Any]] = {}
+    if args.base:
+        spec = importlib.util.spec_from_file_location("base_metrics", args.base)
+        assert spec is not None and spec.loader is not None
+        base = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(base)
+        collectors["base"] = base.DeviceTelemetryCollector
+    collectors["this tree"] = DeviceTelemetryCollector
+    print("| devices | code | every device changed | 10 % changed | none changed | bytes |")
+    print("|---:|---|---:|---:|---:|---:|")
     for n in args.devices:
-        row = [f"{n:,}"]
+        rows: dict[str, list[str]] = {name: [] for name in collectors}
+        sizes: dict[str, int] = {}
         for changed in (1.0, 0.1, 0.0):
-            ms, size = measure(n, changed, args.repeat)
-            row.append(f"{ms:.1f} ms")
-        print(" | ".join(row), f"| {size:,} bytes", flush=True)
+            for name, (ms, size) in measure(n, changed, args.repeat, collectors).items():
+                rows[name].append(f"{ms:.1f} ms")
+                sizes[name] = size
+        for name, cells in rows.items():
+            print(f"| {n:,} | {name} | " + " | ".join(cells) + f" | {sizes[name]:,} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
