@@ -23,7 +23,7 @@ from typing import Any
 import uvicorn
 
 from adapters.base import AdapterContext
-from adapters.capabilities import DeviceFleet
+from adapters.capabilities import DeviceFleet, DeviceTelemetry
 from continuum.errors import AdapterError, Conflict, TransientError
 from continuum.federation import FederationDocument, load_federation
 from continuum.model import SiteKind, Topology, WorkflowDocument
@@ -86,6 +86,9 @@ class ControlPlane:
         self.auth = Authority(settings, self.store)
         self.admin_token_path = self.auth.bootstrap()
         """``<state_dir>/admin.token``: the bootstrap admin token (0600)."""
+        self._readings: dict[tuple[str, str], tuple[DeviceTelemetry, DeviceReading]] = {}
+        """(site, device id) → the telemetry read and the reading built, at the last
+        :meth:`device_readings`."""
         self.metrics = ControlPlaneMetrics(devices=self.device_readings,
                                            per_device_limit=settings.device_series_limit)
         self.artifacts = LocalArtifactStore(settings.artifact_dir, self.store)
@@ -309,22 +312,54 @@ class ControlPlane:
 
 
     def device_readings(self) -> list[DeviceReading]:
-        """Every device's latest telemetry (monitoring's view of the devices adapters)."""
+        """Every device's latest telemetry (monitoring's view of the devices adapters); a
+        device whose telemetry, state and location are as at the previous call keeps
+        its :class:`DeviceReading` object (see :func:`device_readings`)."""
         out: list[DeviceReading] = []
+        cache: dict[tuple[str, str], tuple[DeviceTelemetry, DeviceReading]] = {}
+        previous = self._readings
         for rt in self.federation.sites():
             if rt.spec.kind != SiteKind.devices or not isinstance(rt.adapter, DeviceFleet):
                 continue
-            for d in rt.adapter.telemetry():
-                t = d.telemetry
-                out.append(DeviceReading(
-                    site=rt.spec.name, device=d.device_id, location=d.location,
-                    online=d.online, at=t.at.timestamp(), received_at=d.received_at,
-                    cpu_utilisation=min(1.0, max(0.0, t.cpu_percent / 100.0)),
-                    memory_used=t.memory_used, memory_total=t.memory_total, load1=t.load1,
-                    power_watts=t.power_watts, power_source=t.power_source,
-                    running=t.running, rtt_ms=t.rtt_ms, peer_rtt_ms=dict(t.peer_rtt_ms),
-                    temperature_c=t.temperature_c))
+            out += device_readings(rt.spec.name, rt.adapter.telemetry(), previous, cache)
+        self._readings = cache  # concurrent scrapes: each builds its own; the last is kept
         return out
+
+
+def device_readings(site: str, telemetry: list[DeviceTelemetry],
+                    previous: dict[tuple[str, str], tuple[DeviceTelemetry, DeviceReading]],
+                    cache: dict[tuple[str, str], tuple[DeviceTelemetry, DeviceReading]],
+                    ) -> list[DeviceReading]:
+    """One devices site's :class:`DeviceReading` per ``telemetry`` entry, in its order.
+
+    ``previous`` maps ``(site, device id)`` to what an earlier call read and built;
+    where the entry holds the same ``Telemetry`` object (payload models are replaced,
+    never changed) with the same ``online``, ``received_at`` and ``location``, its
+    reading is reused, so an unchanged device costs a lookup and the metrics
+    collector sees the same object. Every entry read is put in ``cache``."""
+    out: list[DeviceReading] = []
+    for d in telemetry:
+        key = (site, d.device_id)
+        hit = previous.get(key)
+        t = d.telemetry
+        if hit is not None:
+            was = hit[0]
+            if (was.telemetry is t and was.online == d.online
+                    and was.received_at == d.received_at and was.location == d.location):
+                cache[key] = hit
+                out.append(hit[1])
+                continue
+        r = DeviceReading(
+            site=site, device=d.device_id, location=d.location,
+            online=d.online, at=t.at.timestamp(), received_at=d.received_at,
+            cpu_utilisation=min(1.0, max(0.0, t.cpu_percent / 100.0)),
+            memory_used=t.memory_used, memory_total=t.memory_total, load1=t.load1,
+            power_watts=t.power_watts, power_source=t.power_source,
+            running=t.running, rtt_ms=t.rtt_ms, peer_rtt_ms=dict(t.peer_rtt_ms),
+            temperature_c=t.temperature_c)
+        cache[key] = (d, r)
+        out.append(r)
+    return out
 
 
 GC_THRESHOLD0 = 50_000
