@@ -159,6 +159,47 @@ def publish(port: int, devices: int, messages: int) -> None:
     c.disconnect()
 
 
+def publish_and_time(a: DevicesAdapter, port: int, devices: int,
+                     messages: int) -> tuple[float, int, int]:
+    """Once ``a`` is connected, start this module's ``--publish`` client against the broker
+    on ``port``, wait until ``a`` lists all ``devices``, let it send ``messages``
+    telemetry messages and time this process while ``a`` consumes them (until none
+    arrived for 1 s). Returns (CPU s of this process per message consumed after the
+    first, messages consumed after the first, messages consumed in all)."""
+    deadline = time.monotonic() + 30
+    while not a.connected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pub = subprocess.Popen(
+        [sys.executable, "-m", "bench.control_plane.devices_adapter", "--publish",
+         str(port), "--devices", str(devices), "--messages", str(messages)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert pub.stdout is not None and pub.stdin is not None
+        assert pub.stdout.readline().strip() == "announced"
+        deadline = time.monotonic() + 60
+        while len(a.device_states()) < devices and time.monotonic() < deadline:
+            time.sleep(0.05)
+        base = a.consumed["telemetry"]
+        pub.stdin.write("go\n")
+        pub.stdin.flush()
+        while a.consumed["telemetry"] == base:
+            time.sleep(0.001)
+        c0, n0 = time.process_time(), a.consumed["telemetry"]
+        c1 = c0
+        last, still = n0, time.monotonic()
+        while time.monotonic() - still < 1.0:  # until nothing arrived for 1 s
+            time.sleep(0.01)
+            if a.consumed["telemetry"] != last:
+                last, still = a.consumed["telemetry"], time.monotonic()
+                c1 = time.process_time()
+        pub.wait(timeout=60)
+        got = last - n0
+        return (c1 - c0) / got, got, last - base
+    finally:
+        if pub.poll() is None:
+            pub.kill()
+
+
 def through_broker(devices: int, messages: int) -> float:
     """CPU (s) of this process per telemetry message consumed through Mosquitto."""
     with TemporaryDirectory() as tmp:
@@ -167,40 +208,11 @@ def through_broker(devices: int, messages: int) -> float:
         subprocess.run(["bash", str(MOSQUITTO_SH), "start", str(broker_dir), str(port)],
                        check=True)
         a = fleet_adapter(devices, Path(tmp), port)
-        pub = None
         try:
-            deadline = time.monotonic() + 30
-            while not a.connected and time.monotonic() < deadline:
-                time.sleep(0.05)
-            pub = subprocess.Popen(
-                [sys.executable, "-m", "bench.control_plane.devices_adapter", "--publish",
-                 str(port), "--devices", str(devices), "--messages", str(messages)],
-                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            assert pub.stdout is not None and pub.stdin is not None
-            assert pub.stdout.readline().strip() == "announced"
-            deadline = time.monotonic() + 60
-            while len(a.devices()) < devices and time.monotonic() < deadline:
-                time.sleep(0.05)
-            base = a.consumed["telemetry"]
-            pub.stdin.write("go\n")
-            pub.stdin.flush()
-            while a.consumed["telemetry"] == base:
-                time.sleep(0.001)
-            c0, n0 = time.process_time(), a.consumed["telemetry"]
-            c1 = c0
-            last, still = n0, time.monotonic()
-            while time.monotonic() - still < 1.0:  # until nothing arrived for 1 s
-                time.sleep(0.01)
-                if a.consumed["telemetry"] != last:
-                    last, still = a.consumed["telemetry"], time.monotonic()
-                    c1 = time.process_time()
-            pub.wait(timeout=60)
-            got = last - n0
+            per_msg, got, _ = publish_and_time(a, port, devices, messages)
             print(f"telemetry consumed: {got + 1} of {messages} sent")
-            return (c1 - c0) / got
+            return per_msg
         finally:
-            if pub is not None and pub.poll() is None:
-                pub.kill()
             a.close()
             subprocess.run(["bash", str(MOSQUITTO_SH), "stop", str(broker_dir)], check=False)
 

@@ -45,7 +45,6 @@ import argparse
 import cProfile
 import statistics
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -57,9 +56,14 @@ import paho.mqtt.client as mqtt
 
 from adapters.base import AdapterContext, RelayedMessage
 from adapters.devices import RELAY_INTERVAL_S, DevicesAdapter
-from bench.control_plane.devices_adapter import _NoArtifacts, hello, message, telemetry
+from bench.control_plane.devices_adapter import (
+    _NoArtifacts,
+    hello,
+    message,
+    publish_and_time,
+    telemetry,
+)
 from bench.control_plane.fleet import MOSQUITTO_SH
-from bench.control_plane.server import REPO
 from bench.control_plane.submit import free_port
 from continuum.model import SiteKind, SiteSpec
 from edge_agent.protocol import DeviceStatus, encode, topic
@@ -219,40 +223,11 @@ def through_broker(args: argparse.Namespace) -> tuple[float, int]:
                 prof.runcall(run, client)
             mqtt.Client._thread_main = profiled  # type: ignore[method-assign, assignment]
         a, dropped = make_adapter(port, Path(tmp), relay)
-        pub = None
         try:
-            deadline = time.monotonic() + 30
-            while not a.connected and time.monotonic() < deadline:
-                time.sleep(0.05)
-            pub = subprocess.Popen(
-                [sys.executable, "-m", "bench.control_plane.devices_adapter", "--publish",
-                 str(port), "--devices", str(args.devices), "--messages", str(args.messages)],
-                cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            assert pub.stdout is not None and pub.stdin is not None
-            assert pub.stdout.readline().strip() == "announced"
-            deadline = time.monotonic() + 60
-            while len(a.device_states()) < args.devices and time.monotonic() < deadline:
-                time.sleep(0.05)
-            base = a.consumed["telemetry"]
-            pub.stdin.write("go\n")
-            pub.stdin.flush()
-            while a.consumed["telemetry"] == base:
-                time.sleep(0.001)
-            c0, n0 = time.process_time(), a.consumed["telemetry"]
-            c1 = c0
-            last, still = n0, time.monotonic()
-            while time.monotonic() - still < 1.0:  # until nothing arrived for 1 s
-                time.sleep(0.01)
-                if a.consumed["telemetry"] != last:
-                    last, still = a.consumed["telemetry"], time.monotonic()
-                    c1 = time.process_time()
-            pub.wait(timeout=60)
+            per_msg, _, consumed = publish_and_time(a, port, args.devices, args.messages)
             assert not dropped and a.malformed == 0, (dropped, a.malformed_by_reason)
-            got = last - n0
-            return (c1 - c0) / got * 1e6, last - base
+            return per_msg * 1e6, consumed
         finally:
-            if pub is not None and pub.poll() is None:
-                pub.kill()
             a.close()
             if prof is not None:
                 prof.dump_stats(args.profile)
