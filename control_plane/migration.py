@@ -70,6 +70,7 @@ from control_plane.store import (
     TaskRow,
     chunks,
     new_id,
+    read_rows,
 )
 from monitoring.topology import TopologyModel
 from placement import Framework, Snapshot
@@ -262,12 +263,13 @@ class MigrationController:
                           if run.node in snap.index and run.id not in skip
                           and (run.state != RunState.Running or task.kind == "service")]
             task_ids = [run.task_id for run, _ in candidates]
-            task_state = _task_states(s, task_ids)
+            task_rows = read_rows(s, TaskRow, task_ids, ["state"])
             active = _active_runs_of(s, task_ids)
             for run, task in candidates:
                 if len(out) >= st.migration_max_per_cycle:
                     break
-                if task_state.get(run.task_id) != TaskState.Running:
+                row = task_rows.get(run.task_id)
+                if row is None or row.state != TaskState.Running:
                     continue
                 service = task.kind == "service"
                 if active.get(run.task_id, set()) - {run.id}:
@@ -339,15 +341,6 @@ class MigrationController:
 _CANDIDATE_COLUMNS = (RunRow.id, RunRow.workflow_id, RunRow.task_id, RunRow.task_name,
                       RunRow.state, RunRow.node, RunRow.placed_at, RunRow.dispatched_at)
 """The run columns re-evaluation reads (:meth:`MigrationController.reevaluate`)."""
-
-
-def _task_states(s: Session, task_ids: list[int]) -> dict[int, TaskState]:
-    """Task id → its state, one query per 500 ids."""
-    out: dict[int, TaskState] = {}
-    for chunk in chunks(list(dict.fromkeys(task_ids))):
-        out.update((tid, state) for tid, state in s.execute(
-            select(TaskRow.id, TaskRow.state).where(TaskRow.id.in_(chunk))))
-    return out
 
 
 def _active_runs_of(s: Session, task_ids: list[int]) -> dict[int, set[str]]:
