@@ -124,21 +124,17 @@ def stop_relay_thread(a: DevicesAdapter) -> None:
 def scraper(a: DevicesAdapter) -> Any:
     """A function that builds the control plane's device readings from ``a`` and renders
     ``/metrics``' device families, as one scrape does."""
+    from control_plane.server import device_readings
     from monitoring.metrics import DeviceTelemetryCollector
     from monitoring.telemetry import DeviceReading
 
+    previous: dict[Any, Any] = {}
+
     def readings() -> list[DeviceReading]:
-        out = []
-        for d in a.telemetry():  # as ControlPlane.device_readings builds them
-            t = d.telemetry
-            out.append(DeviceReading(
-                site="fleet", device=d.device_id, location=d.location, online=d.online,
-                at=t.at.timestamp(), received_at=d.received_at,
-                cpu_utilisation=min(1.0, max(0.0, t.cpu_percent / 100.0)),
-                memory_used=t.memory_used, memory_total=t.memory_total, load1=t.load1,
-                power_watts=t.power_watts, power_source=t.power_source, running=t.running,
-                rtt_ms=t.rtt_ms, peer_rtt_ms=dict(t.peer_rtt_ms),
-                temperature_c=t.temperature_c))
+        nonlocal previous  # as ControlPlane.device_readings keeps them between scrapes
+        cache: dict[Any, Any] = {}
+        out = device_readings("fleet", a.telemetry(), previous, cache)
+        previous = cache
         return out
 
     collector = DeviceTelemetryCollector(readings)
