@@ -1421,7 +1421,9 @@ class BatchAssigner:
                     found += int(np.count_nonzero(raw[ch] == 0.0))
                     if found >= keep:
                         break
-                if pending and ahead + found < keep:  # they may rank: compute them
+                # they may rank: compute them (also while no ΔF = 0 is known — the
+                # totals ``ahead`` counts assume the minimum is 0)
+                if pending and (ahead + found < keep or not (zero or found)):
                     at = np.concatenate(pending)
                     raw[at] = self._dynamic_delta(plugin, req, cand[at], pressure)
                 seq = np.concatenate(visited)
