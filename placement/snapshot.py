@@ -42,6 +42,8 @@ MEMO_KEYS: dict[str, str] = {
                "task features, with the predictor and model set they came from",
     "gpu_capacity_units": "total allocatable GPU units of the nodes (GpuFragmentation.pressure)",
     "initial_free_cpu": "free cores per node before any assume (plugins.load.NodeLoad)",
+    "static_masks": "per static-constraint key, the nodes that admit it and their share of "
+                    "the GPU capacity (plugins.fragmentation.admit_matrix and reach)",
 }
 """The keys of :meth:`Snapshot.memo` in use, and what each holds. Every value is a function
 of ``nodes`` (and ``network``) alone, never of the free arrays, which is what lets copies

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from continuum.model import Taint, Tier, Toleration
+from continuum.model import Constraints, Taint, Tier, Toleration
 from placement.framework import FilterResult, Rejection
 from placement.predict import CycleState
 from placement.snapshot import TIER_CODE, TIERS
@@ -57,6 +57,49 @@ def untolerated(taints: tuple[Taint, ...], tolerations: list[Toleration]) -> lis
             and not any(tolerates(tol, t) for tol in tolerations)]
 
 
+StaticKey = tuple[tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, ...],
+                  tuple[str, ...]]
+"""The fixed-property part of a task's constraints: (labels as sorted pairs, arch, tiers,
+sites), each sorted (:func:`static_key`)."""
+
+
+def tier_ok(tiers: list[Tier], snap: Snapshot) -> np.ndarray:
+    """Boolean ``(n,)``: the node's tier is one of ``tiers`` (non-empty)."""
+    return np.isin(snap.tier, [TIER_CODE[Tier(t)] for t in tiers])
+
+
+def labels_ok(labels: dict[str, str], snap: Snapshot) -> np.ndarray:
+    """Boolean ``(n,)``: the node carries every ``key=value`` of ``labels``."""
+    ok = np.ones(snap.n, dtype=bool)
+    for k, v in labels.items():
+        ok &= snap.label_mask(k, v)
+    return ok
+
+
+def static_key(c: Constraints) -> StaticKey | None:
+    """The constraints of ``c`` that read only a node's fixed properties (labels, arch,
+    tier, site) as a hashable key; None when ``c`` has none. Readiness, draining and
+    taints change while a node lives and are left out."""
+    if not (c.labels or c.arch or c.tiers or c.sites):
+        return None
+    return (tuple(sorted(c.labels.items())), tuple(sorted(c.arch)),
+            tuple(sorted(str(Tier(t)) for t in c.tiers)), tuple(sorted(c.sites)))
+
+
+def static_mask(key: StaticKey, snap: Snapshot) -> np.ndarray:
+    """Boolean ``(n,)``: the nodes a task with the static constraints ``key``
+    (:func:`static_key`) may ever run on, by the same rules as :class:`NodeConstraints`."""
+    labels, arch, tiers, sites = key
+    ok = labels_ok(dict(labels), snap)
+    if arch:
+        ok &= np.isin(snap.arch, list(arch))
+    if tiers:
+        ok &= tier_ok([Tier(t) for t in tiers], snap)
+    if sites:
+        ok &= np.isin(snap.site, list(sites))
+    return ok
+
+
 class NodeConstraints:
     """Filter: readiness, tiers, arch, labels, sites, draining sites, taints/tolerations,
     container runtime, required Python modules."""
@@ -72,10 +115,9 @@ class NodeConstraints:
                                 fix="wait for nodes to become ready")]
 
         if c.tiers:
-            allowed = [TIER_CODE[Tier(t)] for t in c.tiers]
             names = ", ".join(str(Tier(t)) for t in c.tiers)
             rejections.append(Rejection(
-                REASON_TIER, ~np.isin(snap.tier, allowed),
+                REASON_TIER, ~tier_ok(c.tiers, snap),
                 lambda att: f"allowed: {names}; these are "
                             + ", ".join(sorted({str(TIERS[i]) for i in snap.tier[att]})),
                 f"widen constraints.tiers beyond {names}",
@@ -87,9 +129,7 @@ class NodeConstraints:
                 lambda att: f"allowed: {archs}", f"build for more than {archs}",
             ))
         if c.labels:
-            ok = np.ones(n, dtype=bool)
-            for k, v in c.labels.items():
-                ok &= snap.label_mask(k, v)
+            ok = labels_ok(c.labels, snap)
             want = ", ".join(f"{k}={v}" for k, v in c.labels.items())
             rejections.append(Rejection(REASON_LABELS, ~ok, lambda att: f"need {want}",
                                         f"relax constraints.labels ({want})"))

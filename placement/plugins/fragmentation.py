@@ -19,8 +19,9 @@ follows :meth:`placement.snapshot.Snapshot.take_gpus` (best-fit GPU).
 
 The workload distribution ``p`` is, unless given (:attr:`GpuFragmentation.workload`),
 learned online from the requests this plugin has scored (each request key counted
-once, the :data:`MAX_TYPES` most frequent (cpu, memory, gpu) types kept) — the paper
-takes it from the target workload; here it comes only from work already seen.
+once, the :data:`MAX_TYPES` most frequent (cpu, memory, gpu, static constraints) types
+kept) — the paper takes it from the target workload; here it comes only from work
+already seen.
 
 **Fill-up extension** (``fill=True``, the default). FGD asks whether *one* pod of type
 ``m`` fits; a 96-core GPU host that loses 10 cores to a CPU-only pod still fits one GPU
@@ -69,6 +70,25 @@ p_m`` (one pod). On the Alibaba trace in trace order it fails 113 pods where GPU
 unit fail 123 (1,348 vs 1,442 on the ``gpuspec33`` list) at the default weight, 73 vs 91
 (752 vs 820) at weight 5 (bench/RESULTS.md).
 
+**Constrained types** (``constrained=True``, the default). A type whose pods require node
+labels, an arch, a tier or a site (:func:`~placement.plugins.constraints.static_key`:
+the constraints that read fixed node properties, e.g. a GPU model as in the trace's
+``gpuspec33`` list) is a type of its own, and on a node that does not admit it none of
+its pods fit: every free GPU is its fragment, FGD's "does not fit" case
+(:func:`admit_matrix`). Its weight is divided by its *reach* ``ρ_m``, the share of the
+cluster's GPU capacity on the nodes that admit it (:func:`reach`; 1
+for an unconstrained or CPU-only type): ``F_n`` is the fragmentation the arriving
+workload meets at node ``n``, and a pod of a type that may use only ``ρ_m`` of the
+GPUs meets each of them ``1/ρ_m`` times as often as one that may use all. So a request
+that any GPU could take leaves the GPUs only a constrained type can use to that type.
+Each entry of :func:`frag_matrix` still depends only on its node and type, so the memo
+stays exact, and the weights only grow (``q_m ≥ p_m``), so the one-pod bound of
+:meth:`GpuFragmentation.growth_bound` stays a lower bound. On the ``gpuspec33`` list in
+trace order it fails 1,326 pods where keying types by (cpu, memory, gpu) alone fails
+1,348 at the default weight, and 658 vs 752 at weight 5 (kube-default 788;
+bench/RESULTS.md): unconstrained pods drawn to the 70 W T4s by the energy term were
+what left T4-only pods without a GPU.
+
 **Scarcity.** ``ΔF`` is multiplied by the GPU pressure (allocated share of the
 snapshot's GPU capacity): stranding a GPU costs nothing in an idle cluster.
 
@@ -97,6 +117,7 @@ from placement.framework import (
     Weighted,
     ZeroDelta,
 )
+from placement.plugins.constraints import StaticKey, static_key, static_mask
 from placement.predict import CycleState
 from placement.snapshot import CPU_EPS
 
@@ -105,20 +126,22 @@ if TYPE_CHECKING:
     from placement.snapshot import Snapshot
 
 NAME = "GpuFragmentation"
+TypeKey = tuple[float, int, int, StaticKey | None]
+"""A task type: (cpu cores, memory bytes, gpu units, static constraints)."""
 MAX_TYPES = 32
 """Task types kept in the learned workload distribution (most frequent first)."""
 DEFAULT_WEIGHT = 0.5
 """Beside the objective's terms (each 1 by default). The term's normalised cost is below 1
 (``1 − floor / (ΔF + floor)``), so at weight ``w`` beside completion and energy at 1 it
 decides at most ``w / (w + 2)`` of a node's total, and other terms can outweigh any
-fragmentation: on the Alibaba ``gpuspec33`` pod list (trace order) 1,348 of 8,152 pods
-fail at 0.5 against 752 at 5
-(``placement_fragmentation_weight``; 2 → 796, 10 → 729, 20 → 737; default list 113 at
-0.5, 73 at 5). But the term cannot tell whether GPU work will follow: on scenario A (30
-batches, no future GPU work) weight 5 costs the learned predictor's placements 9 %
-completion and 25 % energy, more energy than kube-default's (unchanged at 0.5). So the
-default stays 0.5 and a GPU-sharing cluster sets 5 (bench/RESULTS.md,
-docs/configuration.md)."""
+fragmentation: on the Alibaba ``gpuspec33`` pod list (trace order) 1,326 of 8,152 pods
+fail at 0.5 against 658 at 5
+(``placement_fragmentation_weight``; 1 → 776, 2 → 675, 10 → 656, 20 → 652; kube-default
+788; default list 113 at 0.5 and 1, 73 at 5). But the term cannot tell whether GPU work
+will follow: on scenario A (30 batches, no future GPU work) weight 5 costs the learned
+predictor's placements 9 % completion and 25 % energy, more energy than kube-default's,
+and weight 1 costs 2.1 % and 5.6 % (unchanged at 0.5). So the default stays 0.5 and a
+GPU-sharing cluster sets 5 (bench/RESULTS.md, docs/configuration.md)."""
 STRAND_WEIGHT = 1.0
 """Weight of the stranding count ``S_n`` in ``F_n`` (module docstring): 1 counts a GPU
 its host can no longer feed as one fragmented GPU (of the GPU workload's share)."""
@@ -131,65 +154,128 @@ class Workload:
     """Task types and their popularity: arrays of shape ``(T,)``.
 
     ``cpu`` (cores), ``memory`` (bytes), ``gpu`` (units of the snapshot's ``gpu_unit``),
-    ``prob`` (sums to 1). Raises ``ValueError`` on mismatched shapes or negative
-    probabilities.
+    ``prob`` (sums to 1); ``admit``: each type's static constraints
+    (:func:`~placement.plugins.constraints.static_key`, None = any node), or empty when
+    no type has any ("Constrained types" in the module docstring). Raises ``ValueError``
+    on mismatched shapes or negative probabilities.
     """
 
     cpu: np.ndarray
     memory: np.ndarray
     gpu: np.ndarray
     prob: np.ndarray
+    admit: tuple[StaticKey | None, ...] = ()
 
     def __post_init__(self) -> None:
         shapes = {a.shape for a in (self.cpu, self.memory, self.gpu, self.prob)}
         if len(shapes) != 1 or self.prob.ndim != 1:
             raise ValueError(f"Workload arrays must share one 1-d shape, got {shapes}")
+        if self.admit and len(self.admit) != self.prob.size:
+            raise ValueError(f"Workload admit has {len(self.admit)} keys for "
+                             f"{self.prob.size} types")
         if (self.prob < 0).any():
             raise ValueError("Workload prob must be >= 0")
 
     @classmethod
-    def of(cls, types: list[tuple[float, int, int, float]]) -> Workload:
-        """From ``(cpu cores, memory bytes, gpu units, weight)`` tuples (weights normalised)."""
+    def of(cls, types: list[tuple[float, int, int, float]]
+           | list[tuple[float, int, int, float, StaticKey | None]]) -> Workload:
+        """From ``(cpu cores, memory bytes, gpu units, weight)`` tuples (weights
+        normalised), each optionally with a fifth element: its static constraints."""
         if not types:
             raise ValueError("Workload.of needs at least one (cpu, memory, gpu, weight) type")
         a = np.array([t[3] for t in types], dtype=np.float64)
         if a.sum() <= 0:
             raise ValueError("Workload weights must add up to more than 0")
+        keys = tuple(t[4] if len(t) > 4 else None for t in types)
         return cls(np.array([t[0] for t in types], dtype=np.float64),
                    np.array([t[1] for t in types], dtype=np.int64),
-                   np.array([t[2] for t in types], dtype=np.int64), a / a.sum())
+                   np.array([t[2] for t in types], dtype=np.int64), a / a.sum(),
+                   keys if any(k is not None for k in keys) else ())
+
+    def select(self, sel: np.ndarray) -> Workload:
+        """The types where the boolean ``sel`` ``(T,)`` holds (popularity as it is)."""
+        keys = tuple(k for k, s in zip(self.admit, sel.tolist(), strict=True) if s) \
+            if self.admit else ()
+        return Workload(self.cpu[sel], self.memory[sel], self.gpu[sel], self.prob[sel],
+                        keys if any(k is not None for k in keys) else ())
 
 
-def type_weights(wl: Workload, unit: int, pods: bool = False) -> np.ndarray:
+def _admitting(key: StaticKey, snap: Snapshot) -> tuple[np.ndarray, float]:
+    """The nodes that admit ``key`` (:func:`~placement.plugins.constraints.static_mask`,
+    bool ``(n,)``) and their share of the snapshot's allocatable GPU units (1 when no node
+    has a GPU); kept per key in the snapshot's memo (both read only the nodes)."""
+    held: dict[StaticKey, tuple[np.ndarray, float]] = snap.memo("static_masks", dict)
+    got = held.get(key)
+    if got is None:
+        mask = static_mask(key, snap)
+        gpus = np.array([nd.allocatable.gpu for nd in snap.nodes], dtype=np.float64)
+        cap = float(gpus.sum())
+        got = held[key] = (mask, float(gpus[mask].sum()) / cap if cap > 0 else 1.0)
+    return got
+
+
+def admit_matrix(wl: Workload, snap: Snapshot, idx: np.ndarray | None = None
+                 ) -> np.ndarray | None:
+    """Boolean ``(k, T)``: node ``idx[i]`` (every node when None) meets type ``m``'s static
+    constraints (:attr:`Workload.admit`); None when no type has any (every node admits
+    every type). ``O(k · T)``."""
+    if not wl.admit:
+        return None
+    k = snap.n if idx is None else idx.size
+    cols = [np.ones(k, dtype=bool) if key is None
+            else _admitting(key, snap)[0] if idx is None else _admitting(key, snap)[0][idx]
+            for key in wl.admit]
+    return np.stack(cols, axis=1)
+
+
+def reach(wl: Workload, snap: Snapshot) -> np.ndarray | None:
+    """The share ``ρ_m`` of ``snap``'s GPU capacity each type of ``wl`` may use, ``(T,)``
+    (None when no type is constrained; module docstring, "Constrained types"): 1 for an
+    unconstrained type, and for a CPU-only one or one no GPU node admits, whose fragments
+    (all free GPUs) are alike on every node a request can take."""
+    if not wl.admit:
+        return None
+    share = np.array([1.0 if key is None else _admitting(key, snap)[1] for key in wl.admit])
+    out: np.ndarray = np.where((wl.gpu > 0) & (share > 0), share, 1.0)
+    return out
+
+
+def type_weights(wl: Workload, unit: int, pods: bool = False,
+                 reach: np.ndarray | None = None) -> np.ndarray:
     """The weight of each task type's fragments in ``F_n``, shape ``(T,)``: its
     popularity ``p_m`` (fragments in GPUs), or with ``pods`` ``p_m · unit / size_m``
     with ``size_m`` the units one pod of ``m`` takes (its request when fractional, its
     whole GPUs otherwise, one GPU for a CPU-only type): fragments in pods of ``m`` they
-    could have held (module docstring, "Pods, not GPUs")."""
+    could have held (module docstring, "Pods, not GPUs"); each divided by ``reach``
+    ``(T,)`` when given (:func:`reach`, "Constrained types")."""
+    prob = wl.prob if reach is None else wl.prob / reach
     if not pods:
-        return wl.prob
+        return prob
     size = np.where(wl.gpu <= 0, unit,
                     np.where(wl.gpu < unit, wl.gpu, -(-wl.gpu // unit) * unit))
-    out: np.ndarray = wl.prob * unit / size
+    out: np.ndarray = prob * unit / size
     return out
 
 
 def fragmentation(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
                   wl: Workload, fill: bool = True, strand: float = 0.0,
-                  pods: bool = False) -> np.ndarray:
+                  pods: bool = False, admit: np.ndarray | None = None,
+                  reach: np.ndarray | None = None) -> np.ndarray:
     """Expected fragmentation ``F_n`` per node (module docstring), shape ``(k,)``: in GPUs,
     or with ``pods`` in pods (:func:`type_weights`).
 
     ``free_cpu`` (cores) and ``free_mem`` (bytes): shape ``(k,)``; ``slots``: free units
     per physical GPU, ``(k, G)``; ``unit``: units per GPU. ``fill=False``: FGD's
     measure (one pod of each type); ``fill=True``: the fill-up extension; ``strand``:
-    the weight of :func:`stranding` added (module docstring; 0 = without it).
+    the weight of :func:`stranding` added (module docstring; 0 = without it);
+    ``admit``: bool ``(k, T)``, where each type may run (:func:`admit_matrix`'s rows;
+    None = everywhere).
     """
     k = slots.shape[0]
     if slots.shape[1] == 0 or k == 0:
         return np.zeros(k)
-    out: np.ndarray = frag_matrix(free_cpu, free_mem, slots, unit, wl, fill) \
-        @ type_weights(wl, unit, pods)
+    out: np.ndarray = frag_matrix(free_cpu, free_mem, slots, unit, wl, fill, admit) \
+        @ type_weights(wl, unit, pods, reach)
     if strand:
         out = out + strand * stranding(free_cpu, free_mem, slots, unit, wl, pods)
     return out
@@ -223,10 +309,11 @@ def stranding(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, uni
 
 
 def fill_count(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
-               wl: Workload) -> np.ndarray:
+               wl: Workload, admit: np.ndarray | None = None) -> np.ndarray:
     """How many pods of each task type the nodes still hold, by their free GPUs, cpu and
-    memory together: shape ``(k, T)`` (float; ``inf`` for a type asking for nothing).
-    Arguments as :func:`fragmentation`; the fill-up measure's count."""
+    memory together: shape ``(k, T)`` (float; ``inf`` for a type asking for nothing; 0
+    where ``admit`` is False). Arguments as :func:`fragmentation`; the fill-up measure's
+    count."""
     frac = (wl.gpu > 0) & (wl.gpu < unit)
     full = (slots == unit).sum(axis=1)
     need = -(-wl.gpu // unit)
@@ -240,14 +327,19 @@ def fill_count(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, un
         by_mem = np.where(wl.memory[None, :] > 0, np.floor(
             np.maximum(free_mem, 0)[:, None] / wl.memory[None, :]), np.inf)
     out: np.ndarray = np.minimum(by_gpu, np.minimum(by_cpu, by_mem))
+    if admit is not None:
+        out = np.where(admit, out, 0.0)
     return out
 
 
 def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, unit: int,
-                wl: Workload, fill: bool = True) -> np.ndarray:
+                wl: Workload, fill: bool = True, admit: np.ndarray | None = None
+                ) -> np.ndarray:
     """Fragmented GPUs per node and task type, ``frag_n(m)``, shape ``(k, T)``.
 
-    Arguments as :func:`fragmentation` (``slots`` must have at least one column); every
+    Arguments as :func:`fragmentation` (``slots`` must have at least one column); a type
+    a node does not admit cannot use any of its GPUs (every free GPU is a fragment, as
+    when it does not fit). Every
     entry depends only on its own node and type (elementwise), which is what lets
     :class:`FragmentationCache` memoise entries exactly. ``F_n`` is ``frag_matrix(...)
     @ type_weights(wl, unit, pods)``.
@@ -258,7 +350,7 @@ def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, u
     full = (slots == unit).sum(axis=1)
     need = -(-wl.gpu // unit)
     if fill:
-        count = fill_count(free_cpu, free_mem, slots, unit, wl)
+        count = fill_count(free_cpu, free_mem, slots, unit, wl, admit)
         usable_units = np.where(frac[None, :], count * wl.gpu[None, :],
                                 count * need[None, :] * unit)
         frag = np.where((wl.gpu > 0)[None, :], idle[:, None] - usable_units / unit,
@@ -266,6 +358,8 @@ def frag_matrix(free_cpu: np.ndarray, free_mem: np.ndarray, slots: np.ndarray, u
         return frag  # type: ignore[no-any-return]
     res_fit = (free_cpu[:, None] + CPU_EPS >= wl.cpu[None, :]) \
         & (free_mem[:, None] >= wl.memory[None, :])                       # (k, T)
+    if admit is not None:
+        res_fit &= admit
     # fractional types: fits when one GPU holds it; fragments = GPUs holding less
     below = slots[:, :, None] < wl.gpu[None, None, :]                     # (k, G, T)
     frag_frac = (slots[:, :, None] * below).sum(axis=1) / unit            # (k, T)
@@ -312,6 +406,9 @@ class GpuFragmentation:
             fill-up or FGD measure alone).
         pods: count fragments in the pods of each type they could have held (True) or
             in GPUs as FGD does (False); module docstring, "Pods, not GPUs".
+        constrained: key the learned task types by their static constraints too (True)
+            or by (cpu, memory, gpu) alone (False); module docstring, "Constrained
+            types".
 
     Declares (:mod:`placement.framework`) :class:`DynamicScore` (reads free capacity:
     evaluated per request, never cached per task class), :class:`CachedDelta`
@@ -328,32 +425,36 @@ class GpuFragmentation:
 
     def __init__(self, weight: float = DEFAULT_WEIGHT, workload: Workload | None = None,
                  fill: bool = True, scarcity: bool = True, knee: float = 0.0,
-                 strand: float = STRAND_WEIGHT, pods: bool = True) -> None:
+                 strand: float = STRAND_WEIGHT, pods: bool = True,
+                 constrained: bool = True) -> None:
         if weight < 0:
             raise ValueError(f"GpuFragmentation weight must be >= 0, got {weight}")
         if strand < 0:
             raise ValueError(f"GpuFragmentation strand must be >= 0, got {strand}")
         self.strand = strand
         self.pods = pods
+        self.constrained = constrained
         self.weight = weight
         self.fill = fill
         self.scarcity = scarcity
         self.knee = knee
         self.workload = workload
-        self._counts: Counter[tuple[float, int, int]] = Counter()
+        self._counts: Counter[TypeKey] = Counter()
         self._seen: set[str] = set()
-        self._order: deque[tuple[str, tuple[float, int, int]]] = deque()
+        self._order: deque[tuple[str, TypeKey]] = deque()
         self._cached: Workload | None = None
         self._support: tuple[Workload | None, np.ndarray, np.ndarray] | None = None
         self._gpu_fills: dict[tuple[bytes, tuple[int, ...], int],
                               tuple[Workload, np.ndarray]] = {}
 
     def observe(self, req: PlacementRequest) -> None:
-        """Count ``req``'s (cpu, memory, gpu) type once per request key."""
+        """Count ``req``'s (cpu, memory, gpu, static constraints) type once per request
+        key."""
         if self.workload is not None or req.key in self._seen:
             return
         r = req.task.resources
-        t = (float(r.cpu), int(r.memory), int(r.gpu))
+        t = (float(r.cpu), int(r.memory), int(r.gpu),
+             static_key(req.task.constraints) if self.constrained else None)
         self._seen.add(req.key)
         self._order.append((req.key, t))
         changed = t not in self._counts  # the set of types seen, not only their counts
@@ -375,7 +476,7 @@ class GpuFragmentation:
             return self.workload
         if self._cached is None and self._counts:
             top = self._counts.most_common(MAX_TYPES)
-            self._cached = Workload.of([(c, m, g, float(w)) for (c, m, g), w in top])
+            self._cached = Workload.of([(c, m, g, float(w), a) for (c, m, g, a), w in top])
         return self._cached
 
     def delta(self, req: PlacementRequest, snap: Snapshot, idx: np.ndarray) -> np.ndarray:
@@ -391,10 +492,13 @@ class GpuFragmentation:
         r = req.task.resources
         unit = snap.gpu_unit
         cpu, mem = snap.free_cpu[idx], snap.free_mem[idx]
-        before = fragmentation(cpu, mem, slots, unit, wl, self.fill, self.strand, self.pods)
+        admit = admit_matrix(wl, snap, idx)
+        rho = reach(wl, snap)
+        before = fragmentation(cpu, mem, slots, unit, wl, self.fill, self.strand, self.pods,
+                               admit, rho)
         after_slots = take_slots(slots, int(r.gpu), unit)
         after = fragmentation(cpu - r.cpu, mem - r.memory, after_slots, unit, wl, self.fill,
-                              self.strand, self.pods)
+                              self.strand, self.pods, admit, rho)
         return (after - before) * self.pressure(snap)  # type: ignore[no-any-return]
 
     def _gpu_types(self) -> tuple[Workload | None, np.ndarray, np.ndarray]:
@@ -408,7 +512,7 @@ class GpuFragmentation:
             if wl is None or sel is None or not sel.any():
                 self._support = (None, np.ones((1, 0)), np.ones((1, 0), dtype=np.int64))
             else:
-                sub = Workload(wl.cpu[sel], wl.memory[sel], wl.gpu[sel], wl.prob[sel])
+                sub = wl.select(sel)
                 c, m = sub.cpu[None, :], sub.memory[None, :]
                 self._support = (sub, np.where(c > 0, c, 1.0), np.where(m > 0, m, 1))
         return self._support
@@ -455,8 +559,11 @@ class GpuFragmentation:
         # elementwise, so every value is what a pass over either half alone gives
         cpu2 = np.concatenate([cpu, cpu - r.cpu])
         mem2 = np.concatenate([mem, mem - r.memory])
+        admit = admit_matrix(sub, snap, idx)
         if self.fill:  # fill_count's formulas; its GPU bound is the same before and after
             by_gpu = self._by_gpu(slots, snap.gpu_unit, sub)
+            if admit is not None:  # a type a node does not admit holds 0 pods there
+                by_gpu = np.where(admit, by_gpu, 0.0)
             no_c, no_m = sub.cpu[None, :] <= 0, sub.memory[None, :] <= 0
             lim = np.minimum(
                 np.where(no_c, np.inf, np.floor((np.maximum(cpu2, 0)[:, None] + CPU_EPS) / c)),
@@ -466,6 +573,8 @@ class GpuFragmentation:
             c, m = sub.cpu[None, :], sub.memory[None, :]
             before = (cpu[:, None] + CPU_EPS >= c) & (mem[:, None] >= m)
             after = ((cpu - r.cpu)[:, None] + CPU_EPS >= c) & ((mem - r.memory)[:, None] >= m)
+            if admit is not None:
+                before, after = before & admit, after & admit
         same: np.ndarray = (before == after).all(axis=1)
         lower = none
         if self.fill and pressure > 0 and not same.all():
@@ -630,23 +739,25 @@ class FragmentationCache:
         self._reset()
 
     def _reset(self) -> None:
-        self._col: dict[tuple[float, int, int], int] = {}
+        self._col: dict[TypeKey, int] = {}
         self._stores: dict[tuple[float, int, int] | None, tuple[np.ndarray, np.ndarray]] = {}
         self._wl: Workload | None = None
-        self._by_types: dict[tuple[bytes, bytes, bytes], np.ndarray] = {}
+        self._by_types: dict[tuple[bytes, bytes, bytes, tuple[StaticKey | None, ...]],
+                             np.ndarray] = {}
         self._cols = np.zeros(0, dtype=np.int64)
 
     def _columns(self, wl: Workload) -> np.ndarray:
         if wl is self._wl:
             return self._cols
-        types = (wl.cpu.tobytes(), wl.memory.tobytes(), wl.gpu.tobytes())
+        types = (wl.cpu.tobytes(), wl.memory.tobytes(), wl.gpu.tobytes(), wl.admit)
         known = self._by_types.get(types)
         if known is not None:  # same types in the same order, new popularity
             self._wl, self._cols = wl, known
             return known
         cols = []
-        for c, m, g in zip(wl.cpu.tolist(), wl.memory.tolist(), wl.gpu.tolist(), strict=True):
-            key = (float(c), int(m), int(g))
+        for c, m, g, a in zip(wl.cpu.tolist(), wl.memory.tolist(), wl.gpu.tolist(),
+                              wl.admit or (None,) * wl.prob.size, strict=True):
+            key = (float(c), int(m), int(g), a)
             j = self._col.get(key)
             if j is None:
                 if len(self._col) >= self.MAX_COLUMNS:
@@ -716,16 +827,18 @@ class FragmentationCache:
         nb, na = int(b_miss.sum()), int(a_miss.sum())
         if nb or na:  # one frag_matrix call for every missing entry, before and after
             a_slots = take_slots(slots[a_miss], key[2], s.gpu_unit)
+            admit = admit_matrix(wl, s, idx)
             new = frag_matrix(np.concatenate([cpu[b_miss], cpu[a_miss] - key[0]]),
                               np.concatenate([mem[b_miss], mem[a_miss] - key[1]]),
                               np.concatenate([slots[b_miss], a_slots]), s.gpu_unit, wl,
-                              p.fill)
+                              p.fill, None if admit is None
+                              else np.concatenate([admit[b_miss], admit[a_miss]]))
             for sub, values, miss, part in ((before, b_values, b_miss, new[:nb]),
                                             (after, a_values, a_miss, new[nb:])):
                 if part.shape[0]:
                     sub[miss] = part
                     values[rows[miss][:, None], cols[None, :]] = part
-        q = type_weights(wl, s.gpu_unit, p.pods)
+        q = type_weights(wl, s.gpu_unit, p.pods, reach(wl, s))
         before, after = before @ q, after @ q
         if p.strand:  # as fragmentation() adds it: O(k), not memoised
             a_all = take_slots(slots, key[2], s.gpu_unit)

@@ -20,12 +20,23 @@ from placement.plugins.fragmentation import (
     GpuFragmentation,
     Workload,
     fragmentation,
+    reach,
     stranding,
     type_weights,
 )
 from tests.placement.placement_factories import GI, network, node, request, task
 
 U = 1000  # milli-GPUs per GPU
+
+
+def _place_by(path: str, req: PlacementRequest, snap: Snapshot, fw: Framework) -> str:
+    """The node ``req`` goes to through ``place`` (the control plane's path,
+    ``path="framework"``) or the batch assigner (``"batch"``)."""
+    if path == "framework":
+        out = place([req], snap, fw)[0]
+        assert out.decision is not None
+        return out.decision.node
+    return snap.ids[BatchAssigner(snap, fw).assign_one(req)]
 
 
 def fw_with(workload: Workload | None, weight: float = 1.0, scarcity: bool = False
@@ -105,13 +116,7 @@ def test_fragmentation_choices(name: str, nodes: list, taken: list[int], t, wl,
         snap.free_gpu[i] -= units
         snap.take_gpus(i, units)
     fw = fw_with(Workload.of(wl))
-    if path == "framework":
-        out = place([request(t, latency=0, data=0)], snap, fw)[0]
-        assert out.decision is not None
-        chosen = out.decision.node
-    else:
-        j = BatchAssigner(snap, fw).assign_one(request(t, latency=0, data=0))
-        chosen = snap.ids[j]
+    chosen = _place_by(path, request(t, latency=0, data=0), snap, fw)
     if expected is None:
         # no fragmentation either way: the static terms decide (the bigger host's
         # smaller power share), exactly as without the plugin
@@ -180,10 +185,12 @@ def test_bad_input_is_named() -> None:
         Snapshot(nodes=[node()], network=network(), gpu_unit=0)
 
 
-def _random_instance(seed: int, unit: int) -> tuple[Snapshot, list]:
+def _random_instance(seed: int, unit: int, labelled: bool = False) -> tuple[Snapshot, list]:
     """Nodes of a few classes with random (partly repeated) free states, some GPUs in
-    use (pressure > 0), and requests of a few shapes, some repeated."""
+    use (pressure > 0), and requests of a few shapes, some repeated; ``labelled``: the
+    nodes carry a GPU ``model`` label (a or b) and some shapes require model a."""
     rng = np.random.default_rng(seed)
+    lab = np.random.default_rng(seed + 500)
     kinds = [(8, 32 * GI, 0), (16, 64 * GI, 1 * unit), (32, 128 * GI, 4 * unit),
              (64, 256 * GI, 8 * unit)]
     nodes = []
@@ -192,16 +199,19 @@ def _random_instance(seed: int, unit: int) -> tuple[Snapshot, list]:
         used = float(rng.choice([0.0, 0.25, rng.uniform(0, 0.9)]))
         free_gpu = int(rng.integers(0, gpu + 1)) if gpu and rng.uniform() < 0.5 else gpu
         nodes.append(node(f"s{i % 3}/n{i}", cpu, mem, gpu,
-                          free=(round(cpu * (1 - used), 1), int(mem * (1 - used)), free_gpu)))
+                          free=(round(cpu * (1 - used), 1), int(mem * (1 - used)), free_gpu),
+                          labels={"model": str(lab.choice(["a", "b"]))} if labelled else None))
     snap = Snapshot(nodes=nodes, network=network(), gpu_unit=unit)
     gpus = [0, 0, 0, unit // 2 if unit > 1 else 1, unit // 4 if unit > 1 else 1, unit,
             2 * unit]
     shapes = [(float(rng.choice([0.5, 1, 2, 4, 8])), int(rng.choice([1, 2, 8])) * GI,
                int(rng.choice(gpus))) for _ in range(8)]
+    wants = [{"model": "a"} if labelled and lab.uniform() < 0.5 else {} for _ in shapes]
     reqs = []
     for k in range(int(rng.integers(30, 80))):
-        c, m, g = shapes[int(rng.integers(len(shapes)))]
-        reqs.append(request(task(f"t{k % 11}", c, m, g), key=f"r{k}"))
+        j = int(rng.integers(len(shapes)))
+        c, m, g = shapes[j]
+        reqs.append(request(task(f"t{k % 11}", c, m, g, labels=wants[j]), key=f"r{k}"))
     return snap, reqs
 
 
@@ -356,12 +366,7 @@ def test_cpu_only_pod_avoids_stranding_a_gpu_the_fill_up_measure_misses(path: st
             if isinstance(p, GpuFragmentation):
                 p.strand = strand
         req = request(task(cpu=1, mem=GI), latency=0, data=0)
-        if path == "framework":
-            out = place([req], snap, fw)[0]
-            assert out.decision is not None
-            got[strand] = out.decision.node
-        else:
-            got[strand] = snap.ids[BatchAssigner(snap, fw).assign_one(req)]
+        got[strand] = _place_by(path, req, snap, fw)
     assert got == {0.0: "a/tight", 1.0: "a/roomy"}
 
 
@@ -501,10 +506,104 @@ def test_pod_measure_spares_small_pods_over_a_rare_big_one(path: str) -> None:
             if isinstance(p, GpuFragmentation):
                 p.pods = pods
         req = request(task(cpu=8, mem=GI, gpu=400), latency=0, data=0)
-        if path == "framework":
-            out = place([req], snap, fw)[0]
-            assert out.decision is not None
-            got[pods] = out.decision.node
-        else:
-            got[pods] = snap.ids[BatchAssigner(snap, fw).assign_one(req)]
+        got[pods] = _place_by(path, req, snap, fw)
     assert got == {False: "a/one-gpu", True: "a/two-gpu"}
+
+
+def test_constrained_type_counts_only_where_admitted() -> None:
+    """A type that requires label model=t4: on a node without it none of its pods fit, so
+    every free GPU is its fragment (FGD's "does not fit" case); on a node with it, as if
+    unconstrained. Its static key and mask follow NodeConstraints' rules."""
+    from placement.plugins.constraints import static_key, static_mask
+    from placement.plugins.fragmentation import admit_matrix, fill_count
+
+    key = static_key(task(labels={"model": "t4"}, arch=["x86_64"]).constraints)
+    assert key == ((("model", "t4"),), ("x86_64",), (), ())
+    assert static_key(task().constraints) is None
+    nodes = [node("a/t4", 16, 64 * GI, 2 * U, labels={"model": "t4"}),
+             node("a/g2", 16, 64 * GI, 2 * U, labels={"model": "g2"}),
+             node("a/arm", 16, 64 * GI, 2 * U, labels={"model": "t4"}, arch="aarch64")]
+    snap = Snapshot(nodes=nodes, network=network(), gpu_unit=U)
+    assert static_mask(key, snap).tolist() == [True, False, False]
+    wl = Workload.of([(2.0, GI, 500, 1.0, None), (2.0, GI, 500, 1.0, key)])
+    admit = admit_matrix(wl, snap)
+    assert admit is not None and admit.tolist() == [[True, True], [True, False],
+                                                     [True, False]]
+    cpu, mem = np.full(3, 16.0), np.full(3, 64 * GI)
+    slots = np.array([[U, 600]] * 3)
+    count = fill_count(cpu, mem, slots, U, wl, admit)
+    assert count.tolist() == [[3, 3], [3, 0], [3, 0]]
+    frag = fragmentation(cpu, mem, slots, U, Workload.of([(2.0, GI, 500, 1.0, key)]),
+                         admit=admit[:, 1:])
+    assert frag.tolist() == pytest.approx([0.1, 1.6, 1.6])
+    assert fragmentation(cpu, mem, slots, U, wl, fill=False, admit=admit).tolist() \
+        == pytest.approx([0.0, 0.8, 0.8])  # one pod fits both GPUs on t4
+    assert Workload.of([(2.0, GI, 500, 1.0)]).admit == ()  # unconstrained: no masks
+
+
+@pytest.mark.parametrize("path", ["framework", "batch"])
+def test_unconstrained_pod_keeps_the_gpus_a_constrained_type_needs(path: str) -> None:
+    """Half the pods seen so far require the t4 model (one of two GPU hosts), half run
+    anywhere. An unconstrained 0.5-GPU pod, whose energy favours the t4 host (70 W vs
+    250 W GPUs), goes to the other host: with task types keyed by their constraints the
+    t4 host's GPUs are the only ones the constrained half can use (each of its pods
+    weighs 1 / reach = 2 there). Keyed by (cpu, memory, gpu) alone the two halves are
+    one type that fits both hosts alike and energy decides."""
+    nodes = [node("a/t4", 16, 64 * GI, 2 * U, labels={"model": "t4"}, gpu_w=0.07),
+             node("a/g2", 16, 64 * GI, 2 * U, labels={"model": "g2"}, gpu_w=0.25)]
+    got = {}
+    for constrained in (True, False):
+        snap = Snapshot(nodes=nodes, network=network(), gpu_unit=U)
+        fw = fw_with(None, weight=10.0)
+        plugin = next(p for p in fw.scores if isinstance(p, GpuFragmentation))
+        plugin.constrained = constrained
+        for k in range(6):
+            plugin.observe(request(task(cpu=2, mem=GI, gpu=500,
+                                        labels={"model": "t4"} if k % 2 else {}),
+                                   key=f"seen-{k}"))
+        wl = plugin.distribution()
+        assert wl is not None and len(wl.admit) == (2 if constrained else 0)
+        if constrained:
+            rho = reach(wl, snap)
+            assert rho is not None and sorted(rho.tolist()) == [0.5, 1.0]
+        req = request(task(cpu=2, mem=GI, gpu=500), key="new", latency=0, data=0)
+        got[constrained] = _place_by(path, req, snap, fw)
+    assert got == {True: "a/g2", False: "a/t4"}
+
+
+def test_constrained_types_keep_the_memo_and_the_bound_exact() -> None:
+    """With nodes labelled by GPU model and some request shapes requiring one: the memo's
+    ΔF equals the plugin's bit for bit, ``growth_bound`` stays a lower bound (exactly 0
+    where it says ``same``), and the per-class bound — alone and beside measured load —
+    places as the exhaustive evaluation (a constrained request's band may hold no node at
+    ΔF = 0: then nothing may be pruned)."""
+    from placement.plugins.fragmentation import FragmentationCache
+    from placement.plugins.load import with_load
+
+    constrained_types = 0
+    for seed in range(12):
+        snap, reqs = _random_instance(seed, U, labelled=True)
+        for joint in (True, False):
+            pair = [BatchAssigner(snap.copy(), with_load(default_framework()) if joint
+                                  else default_framework(), prune_dynamic=prune,
+                                  dynamic_candidates=None) for prune in (True, False)]
+            _replay_side_by_side(pair, reqs, 3000 + seed, 1)
+        sides = pair
+        s = sides[0].snap
+        plugin = next(p for p in sides[0].framework.scores if isinstance(p, GpuFragmentation))
+        wl = plugin.distribution()
+        idx = np.flatnonzero(s.gpu_slots.any(axis=1))
+        if wl is None or not idx.size:
+            continue
+        constrained_types += sum(k is not None for k in wl.admit)
+        memo = FragmentationCache(plugin, s)
+        pressure = plugin.pressure(s)
+        for r in reqs[:12]:
+            assert np.array_equal(memo.delta(r, idx), plugin.delta(r, s, idx))
+            if r.task.resources.gpu > 0 or pressure <= 0:
+                continue
+            ok = idx[s.fits(r.task.resources)[idx]]
+            same, lower = plugin.growth_bound(r, s, ok, pressure)
+            d = plugin.delta(r, s, ok)
+            assert (d[same] == 0.0).all() and (d >= lower).all(), f"seed {seed}, {r.key}"
+    assert constrained_types > 0
