@@ -311,7 +311,10 @@ class Demo:
         except (RuntimeError, TimeoutError, OSError) as e:
             hint = ("; pass --port 0 (any free port) or another port"
                     if isinstance(e, listen.PortInUse) else "")
-            self.console.print(f"[red]demo failed:[/red] {e}{hint}", highlight=False)
+            # one line, never wrapped by rich: the hint's flag stays copyable whatever the
+            # length of the message before it (e.g. the command line holding the port)
+            self.console.print(f"[red]demo failed:[/red] {e}{hint}", highlight=False,
+                               soft_wrap=True)
             return 1
         except (Interrupted, KeyboardInterrupt) as e:
             return 128 + self._say_stopping(e)

@@ -151,6 +151,9 @@ def test_demo_on_a_taken_explicit_port_fails_at_once_and_never_talks_to_it(
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"port {port} on 127.0.0.1 is already in use" in r.stdout, r.stdout
     assert "--port 0" in r.stdout and "submitted" not in r.stdout
+    # one line, however long (rich would wrap it at 80 columns, splitting "--port 0"
+    # when the command line holding the port is long)
+    assert len(r.stdout.strip().splitlines()) == 1, r.stdout
     assert connections_to(listener) == 0
 
 
