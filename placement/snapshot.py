@@ -40,7 +40,7 @@ MEMO_KEYS: dict[str, str] = {
     "node_classes": "placement.batch.NodeClasses of the snapshot (placement.batch.node_classes)",
     "learned": "a LearnedPredictor's (model output, out-of-distribution mask) per target and "
                "task features, with the predictor and model set they came from",
-    "gpu_capacity_units": "total allocatable GPU units of the nodes (GpuFragmentation.pressure)",
+    "gpu_capacity_units": "total allocatable GPU units of the nodes (fragmentation.gpu_capacity)",
     "initial_free_cpu": "free cores per node before any assume (plugins.load.NodeLoad)",
     "static_masks": "per static-constraint key, the nodes that admit it and their share of "
                     "the GPU capacity (plugins.fragmentation.admit_matrix and reach)",

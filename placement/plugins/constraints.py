@@ -68,6 +68,16 @@ def tier_ok(tiers: list[Tier], snap: Snapshot) -> np.ndarray:
     return np.isin(snap.tier, [TIER_CODE[Tier(t)] for t in tiers])
 
 
+def arch_ok(arch: list[str], snap: Snapshot) -> np.ndarray:
+    """Boolean ``(n,)``: the node's arch is one of ``arch`` (non-empty)."""
+    return np.isin(snap.arch, list(arch))
+
+
+def sites_ok(sites: list[str], snap: Snapshot) -> np.ndarray:
+    """Boolean ``(n,)``: the node's site is one of ``sites`` (non-empty)."""
+    return np.isin(snap.site, list(sites))
+
+
 def labels_ok(labels: dict[str, str], snap: Snapshot) -> np.ndarray:
     """Boolean ``(n,)``: the node carries every ``key=value`` of ``labels``."""
     ok = np.ones(snap.n, dtype=bool)
@@ -92,11 +102,11 @@ def static_mask(key: StaticKey, snap: Snapshot) -> np.ndarray:
     labels, arch, tiers, sites = key
     ok = labels_ok(dict(labels), snap)
     if arch:
-        ok &= np.isin(snap.arch, list(arch))
+        ok &= arch_ok(list(arch), snap)
     if tiers:
         ok &= tier_ok([Tier(t) for t in tiers], snap)
     if sites:
-        ok &= np.isin(snap.site, list(sites))
+        ok &= sites_ok(list(sites), snap)
     return ok
 
 
@@ -125,7 +135,7 @@ class NodeConstraints:
         if c.arch:
             archs = ", ".join(c.arch)
             rejections.append(Rejection(
-                REASON_ARCH, ~np.isin(snap.arch, list(c.arch)),
+                REASON_ARCH, ~arch_ok(c.arch, snap),
                 lambda att: f"allowed: {archs}", f"build for more than {archs}",
             ))
         if c.labels:
@@ -136,7 +146,7 @@ class NodeConstraints:
         if c.sites:
             sites = ", ".join(c.sites)
             rejections.append(Rejection(
-                REASON_SITE, ~np.isin(snap.site, list(c.sites)),
+                REASON_SITE, ~sites_ok(c.sites, snap),
                 lambda att: f"allowed: {sites}", f"widen constraints.sites beyond {sites}",
             ))
         if snap.draining.any():

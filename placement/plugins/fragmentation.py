@@ -155,9 +155,9 @@ class Workload:
 
     ``cpu`` (cores), ``memory`` (bytes), ``gpu`` (units of the snapshot's ``gpu_unit``),
     ``prob`` (sums to 1); ``admit``: each type's static constraints
-    (:func:`~placement.plugins.constraints.static_key`, None = any node), or empty when
-    no type has any ("Constrained types" in the module docstring). Raises ``ValueError``
-    on mismatched shapes or negative probabilities.
+    (:func:`~placement.plugins.constraints.static_key`, None = any node), stored empty
+    when no type has any ("Constrained types" in the module docstring). Raises
+    ``ValueError`` on mismatched shapes or negative probabilities.
     """
 
     cpu: np.ndarray
@@ -173,6 +173,8 @@ class Workload:
         if self.admit and len(self.admit) != self.prob.size:
             raise ValueError(f"Workload admit has {len(self.admit)} keys for "
                              f"{self.prob.size} types")
+        if all(k is None for k in self.admit):  # no constrained type: one spelling, ()
+            object.__setattr__(self, "admit", ())
         if (self.prob < 0).any():
             raise ValueError("Workload prob must be >= 0")
 
@@ -186,18 +188,16 @@ class Workload:
         a = np.array([t[3] for t in types], dtype=np.float64)
         if a.sum() <= 0:
             raise ValueError("Workload weights must add up to more than 0")
-        keys = tuple(t[4] if len(t) > 4 else None for t in types)
         return cls(np.array([t[0] for t in types], dtype=np.float64),
                    np.array([t[1] for t in types], dtype=np.int64),
                    np.array([t[2] for t in types], dtype=np.int64), a / a.sum(),
-                   keys if any(k is not None for k in keys) else ())
+                   tuple(t[4] if len(t) > 4 else None for t in types))
 
     def select(self, sel: np.ndarray) -> Workload:
         """The types where the boolean ``sel`` ``(T,)`` holds (popularity as it is)."""
         keys = tuple(k for k, s in zip(self.admit, sel.tolist(), strict=True) if s) \
             if self.admit else ()
-        return Workload(self.cpu[sel], self.memory[sel], self.gpu[sel], self.prob[sel],
-                        keys if any(k is not None for k in keys) else ())
+        return Workload(self.cpu[sel], self.memory[sel], self.gpu[sel], self.prob[sel], keys)
 
 
 def _admitting(key: StaticKey, snap: Snapshot) -> tuple[np.ndarray, float]:
@@ -208,10 +208,16 @@ def _admitting(key: StaticKey, snap: Snapshot) -> tuple[np.ndarray, float]:
     got = held.get(key)
     if got is None:
         mask = static_mask(key, snap)
-        gpus = np.array([nd.allocatable.gpu for nd in snap.nodes], dtype=np.float64)
-        cap = float(gpus.sum())
-        got = held[key] = (mask, float(gpus[mask].sum()) / cap if cap > 0 else 1.0)
+        cap = gpu_capacity(snap)
+        mine = sum(snap.nodes[i].allocatable.gpu for i in np.flatnonzero(mask).tolist())
+        got = held[key] = (mask, float(mine) / cap if cap > 0 else 1.0)
     return got
+
+
+def gpu_capacity(snap: Snapshot) -> float:
+    """The snapshot's allocatable GPU units in all (kept in its memo)."""
+    return snap.memo("gpu_capacity_units",
+                     lambda: float(sum(nd.allocatable.gpu for nd in snap.nodes)))
 
 
 def admit_matrix(wl: Workload, snap: Snapshot, idx: np.ndarray | None = None
@@ -648,8 +654,7 @@ class GpuFragmentation:
         when they run out."""
         if not self.scarcity:
             return 1.0
-        cap = snap.memo("gpu_capacity_units",
-                        lambda: float(sum(nd.allocatable.gpu for nd in snap.nodes)))
+        cap = gpu_capacity(snap)
         if cap <= 0:
             return 0.0
         used = 1.0 - float(snap.free_gpu.sum()) / cap
