@@ -84,6 +84,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import msgspec
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -107,7 +108,15 @@ from continuum.errors import (
     TransientError,
     UnsupportedError,
 )
-from continuum.model import Node, Resources, RunState, SiteHealth, SiteKind, SiteSpec
+from continuum.model import (
+    Node,
+    PowerProfile,
+    Resources,
+    RunState,
+    SiteHealth,
+    SiteKind,
+    SiteSpec,
+)
 from edge_agent.protocol import (
     TOPIC_PREFIX,
     ArtifactGet,
@@ -121,9 +130,11 @@ from edge_agent.protocol import (
     RunCommand,
     RunSpec,
     RunUpdate,
+    SignedCommand,
     Telemetry,
     decode,
     encode,
+    to_dict,
     topic,
 )
 from edge_agent.protocol.session import RECONNECT_MAX_S, MqttSession, parse_broker_url
@@ -823,7 +834,8 @@ class DevicesAdapter:
                 id=f"{self.site.name}/{hello.device_id}", name=hello.device_id,
                 site=self.site.name, site_kind=SiteKind.devices, tier=hello.tier,
                 arch=hello.arch, capacity=cap, allocatable=cap.model_copy(),
-                free=cap.model_copy(), labels=labels, speed=hello.speed, power=hello.power,
+                free=cap.model_copy(), labels=labels, speed=hello.speed,
+                power=PowerProfile(**msgspec.structs.asdict(hello.power)),
                 location=hello.location, runtimes=list(hello.runtimes),
                 python_modules=hello.python_modules)
         except ValidationError as e:
@@ -831,7 +843,7 @@ class DevicesAdapter:
             where = ".".join(str(p) for p in first["loc"])
             raise ProtocolError(f"invalid Hello: {where}: {first['msg']}") from e
 
-    def _publish(self, device_id: str, payload: BaseModel, what: str) -> None:
+    def _publish(self, device_id: str, payload: SignedCommand, what: str) -> None:
         """Sign ``payload`` for ``device_id`` (when ``ctx.sign`` is set) and publish it on
         the device's ``commands`` topic, waiting for the broker's PUBACK.
 
@@ -844,7 +856,7 @@ class DevicesAdapter:
                                  retry_after=2.0)
         sign = self.ctx.sign
         data = (sign_command(payload, device_id, sign) if sign is not None
-                else encode(payload.model_copy(update={"device_id": device_id})))
+                else encode(msgspec.structs.replace(payload, device_id=device_id)))
         info = self._session.publish(topic(device_id, "commands"), data, qos=1)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise TransientError(f"publish to {device_id} failed ({mqtt.error_string(info.rc)})"
@@ -1124,8 +1136,8 @@ class DevicesAdapter:
             "state": state,
             "lastSeen": (datetime.fromtimestamp(last_seen, UTC).isoformat()
                          if last_seen else None),
-            "hello": hello.model_dump(mode="json") if hello else None,
-            "telemetry": tel.model_dump(mode="json") if tel else None,
+            "hello": to_dict(hello) if hello else None,
+            "telemetry": to_dict(tel) if tel else None,
             "running": list(status.running) if status else [],
         } for device_id, state, last_seen, hello, tel, status in rows]
 

@@ -26,10 +26,9 @@ import httpx
 import paho.mqtt.client as mqtt
 from typer.testing import CliRunner
 
-from continuum.model import PowerProfile
 from control_plane import cli
 from control_plane.client import Client
-from edge_agent.protocol import DeviceStatus, Hello, Telemetry, encode, topic
+from edge_agent.protocol import DevicePower, DeviceStatus, Hello, Telemetry, encode, topic
 from tests.conftest import Mosquitto, free_port
 from tests.control_plane.harness import served
 from tests.helpers import admin_headers, wait_for
@@ -46,7 +45,7 @@ def announce(port: int, n: int) -> None:
         d = f"d{i:06d}"
         hello = Hello(device_id=d, hostname=d, arch="aarch64", cpus=4, memory=2**30,
                       location="lab-1", agent_version="bench",
-                      power=PowerProfile(idle_watts=2.7, max_watts=6.4))
+                      power=DevicePower(idle_watts=2.7, max_watts=6.4))
         tel = Telemetry(device_id=d, cpu_percent=10, memory_used=2**28, memory_total=2**30,
                         load1=0.1, power_watts=3.0, power_source="model")
         for leaf, payload in (("hello", hello), ("status", DeviceStatus(device_id=d, state="online")),

@@ -19,15 +19,30 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
-# re-exported: the types the edge agent shares live in continuum.base (its lean import)
-from continuum.base import Model as Model
-from continuum.base import PowerProfile as PowerProfile
-from continuum.base import Tier as Tier
+# re-exported: Tier lives in a module without pydantic, for the edge agent (its lean import)
+from continuum.tier import Tier as Tier
 from continuum.units import Bytes, Cores, Seconds
 
 API_VERSION = "continuum/v1"
+
+
+class Model(BaseModel):
+    """Base: camelCase aliases on the wire, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        use_enum_values=False,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """JSON-ready dict with camelCase keys (what the API returns)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -136,6 +151,28 @@ class WorkflowState(StrEnum):
 
 
 # ---------------------------------------------------------------- resources and power
+
+
+class PowerProfile(Model):
+    """A node's linear power model: ``idle_watts`` at 0 % and ``max_watts`` at 100 % CPU.
+
+    The linear idle→max model is from Fan, Weber & Barroso, "Power provisioning for a
+    warehouse-sized computer", ISCA 2007. ``gpu_watts`` is each GPU's board power
+    (TDP) when busy. ``source`` cites where the figures come from.
+    """
+
+    idle_watts: float = Field(ge=0)
+    max_watts: float = Field(ge=0)
+    gpu_watts: float = Field(default=0.0, ge=0)
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _max_above_idle(self) -> PowerProfile:
+        if self.max_watts < self.idle_watts:
+            raise ValueError(
+                f"maxWatts ({self.max_watts}) must be >= idleWatts ({self.idle_watts})"
+            )
+        return self
 
 
 class Resources(Model):

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from continuum.base import Tier
+from continuum.tier import Tier
 from edge_agent.config import ENV_PREFIX, AgentConfig
 from edge_agent.profiles import PROFILES, get_profile
 
@@ -274,7 +272,7 @@ def run(*, device_id: str | None, broker: str | None, tls_ca: Path | None,
         )
         prof = get_profile(config.profile)
         key = config.command_public_key()
-    except (ValidationError, ValueError) as e:
+    except ValueError as e:
         _say(f"continuum-agent: invalid configuration: {e}")
         raise SystemExit(2) from e
     if key is None and not config.insecure_accept_unsigned:

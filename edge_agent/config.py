@@ -1,4 +1,4 @@
-"""The agent's configuration (:class:`AgentConfig`), validated with pydantic.
+"""The agent's configuration (:class:`AgentConfig`), a msgspec Struct checked on creation.
 
 Every field is a ``continuum-agent run`` option and may also be given as an environment
 variable ``CONTINUUM_AGENT_<FIELD>`` (e.g. ``CONTINUUM_AGENT_BROKER``); see :mod:`edge_agent.cli`.
@@ -10,10 +10,11 @@ import json
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from msgspec import Struct, field
 
-from continuum.base import Tier
+from continuum.tier import Tier
 from edge_agent.protocol.session import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
@@ -27,10 +28,21 @@ ENROLLMENT_FILE = "enrollment.json"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-class AgentConfig(BaseModel):
-    """What one ``continuum-agent`` needs. Units: seconds (s), cores, bytes."""
+_POSITIVE = ("telemetry_interval", "limit_cpu_seconds", "limit_address_space", "limit_open_files",
+             "limit_processes", "max_cpu", "max_memory", "upload_deadline", "reconnect_min",
+             "reconnect_max")
+"""Fields that must be > 0 when given."""
 
-    model_config = ConfigDict(extra="forbid")
+
+class AgentConfig(Struct, kw_only=True):
+    """What one ``continuum-agent`` needs. Units: seconds (s), cores, bytes.
+
+    Checked when created (``__post_init__``); paths given as strings become
+    :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: a field out of range or malformed; the message names the field.
+    """
 
     broker: str = "mqtt://127.0.0.1:1883"
     """Broker URL, ``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
@@ -48,16 +60,16 @@ class AgentConfig(BaseModel):
     location: str = "unknown"
     """A location name known to the control plane's topology (e.g. ``lab-1``)."""
     tier: Tier = Tier.device
-    labels: dict[str, str] = Field(default_factory=dict)
-    rtt_peers: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    rtt_peers: list[str] = field(default_factory=list)
     """Peers whose round trip is measured with each telemetry: ``location=host:port``."""
     profile: str | None = None
     """A device profile (see :mod:`edge_agent.profiles`); ``None`` = this host's own figures."""
     state_dir: Path = Path("/var/lib/continuum-agent")
     """Working directories, the artifact cache and the outbox database live here."""
-    telemetry_interval: float = Field(default=5.0, gt=0)
+    telemetry_interval: float = 5.0
     """Seconds between telemetry messages (they double as the heartbeat)."""
-    allow_command: list[str] = Field(default_factory=list)
+    allow_command: list[str] = field(default_factory=list)
     """Command prefixes this device runs (shell-like tokens, e.g. ``python3`` or
     ``/usr/bin/env python3``); empty = any command. The first token is compared as the
     program it resolves to (``shutil.which`` on the runs' PATH, then every symlink
@@ -73,73 +85,52 @@ class AgentConfig(BaseModel):
     """User that tasks run as. ``None``: ``continuum-run`` when the agent runs as root
     (created by the installer), else the agent's own user. ``root`` must be said
     explicitly."""
-    limit_cpu_seconds: int | None = Field(default=None, gt=0)
+    limit_cpu_seconds: int | None = None
     """RLIMIT_CPU of each task process (CPU seconds); ``None`` = unlimited (the run's
     ``timeoutS`` bounds wall time)."""
-    limit_address_space: int | None = Field(default=None, gt=0)
+    limit_address_space: int | None = None
     """RLIMIT_AS of each task process (bytes of virtual memory); ``None`` = unlimited,
     because address space counts reservations (JVMs, Go and CUDA reserve far more than
     they use) and a ceiling below them breaks such programs."""
-    limit_open_files: int | None = Field(default=1024, gt=0)
+    limit_open_files: int | None = 1024
     """RLIMIT_NOFILE of each task process (descriptors); 1024 is the usual default."""
-    limit_processes: int | None = Field(default=512, gt=0)
+    limit_processes: int | None = 512
     """RLIMIT_NPROC of each task process: processes/threads of the run user in all (not
     enforced for root); 512 stops a fork bomb and leaves room for parallel builds."""
-    max_cpu: float | None = Field(default=None, gt=0)
+    max_cpu: float | None = None
     """Largest cpu request (cores) accepted; ``None`` = the device's cpus."""
-    max_memory: int | None = Field(default=None, gt=0)
+    max_memory: int | None = None
     """Largest memory request (bytes) accepted; ``None`` = the device's memory."""
-    kill_grace: float = Field(default=5.0, ge=0)
+    kill_grace: float = 5.0
     """Seconds between SIGTERM and SIGKILL when a run is cancelled or times out."""
-    upload_deadline: float = Field(default=300.0, gt=0)
+    upload_deadline: float = 300.0
     """Seconds an output upload keeps retrying (the control plane may be restarting)."""
-    keepalive: int = Field(default=30, ge=5)
+    keepalive: int = 30
     """MQTT keep-alive (s)."""
-    reconnect_min: float = Field(default=RECONNECT_MIN_S, gt=0)
-    reconnect_max: float = Field(default=RECONNECT_MAX_S, gt=0)
+    reconnect_min: float = RECONNECT_MIN_S
+    reconnect_max: float = RECONNECT_MAX_S
     """Bounds (s) of the jittered exponential reconnect backoff (see
     :mod:`edge_agent.protocol.session` for why these defaults)."""
 
-    @field_validator("device_id")
-    @classmethod
-    def _device_id(cls, v: str) -> str:
-        if not _DEVICE_ID.match(v):
-            raise ValueError(
-                f"device id {v!r} must be 1-63 letters, digits, '_', '.' or '-' (no '/', '+', '#')"
-            )
-        return v
-
-    @field_validator("broker")
-    @classmethod
-    def _broker(cls, v: str) -> str:
-        parse_broker_url(v)
-        return v
-
-    @field_validator("rtt_peers")
-    @classmethod
-    def _peers(cls, v: list[str]) -> list[str]:
-        from edge_agent.telemetry import parse_peer
-
-        for p in v:
-            parse_peer(p)
-        return v
-
-    @field_validator("command_key")
-    @classmethod
-    def _key(cls, v: str | None) -> str | None:
-        if v is not None:
-            from edge_agent.protocol.signing import public_key_bytes
-
-            public_key_bytes(v)
-        return v
-
-    @field_validator("allow_command")
-    @classmethod
-    def _allow(cls, v: list[str]) -> list[str]:
-        for p in v:
-            if not shlex.split(p):
-                raise ValueError("an --allow-command prefix must not be empty")
-        return v
+    def __post_init__(self) -> None:
+        for name in ("tls_ca", "server_ca", "state_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+        self.tier = Tier(self.tier)
+        _check("device_id", self.device_id, _device_id)
+        _check("broker", self.broker, parse_broker_url)
+        _check("rtt_peers", self.rtt_peers, _peers)
+        _check("command_key", self.command_key, _key)
+        _check("allow_command", self.allow_command, _allow)
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}: must be greater than 0, got {value!r}")
+        if self.kill_grace < 0:
+            raise ValueError(f"kill_grace: must be greater than or equal to 0, got {self.kill_grace!r}")
+        if self.keepalive < 5:
+            raise ValueError(f"keepalive: must be greater than or equal to 5, got {self.keepalive!r}")
 
     @property
     def address(self) -> BrokerAddress:
@@ -171,3 +162,37 @@ class AgentConfig(BaseModel):
             return public_key_bytes(str(key))
         except ValueError as e:
             raise ValueError(f"{path}: commandKey: {e}") from e
+
+
+def _check(name: str, value: Any, check: Any) -> None:
+    try:
+        check(value)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from e
+
+
+def _device_id(v: str) -> None:
+    if not _DEVICE_ID.match(v):
+        raise ValueError(
+            f"device id {v!r} must be 1-63 letters, digits, '_', '.' or '-' (no '/', '+', '#')"
+        )
+
+
+def _peers(v: list[str]) -> None:
+    from edge_agent.telemetry import parse_peer
+
+    for p in v:
+        parse_peer(p)
+
+
+def _key(v: str | None) -> None:
+    if v is not None:
+        from edge_agent.protocol.signing import public_key_bytes
+
+        public_key_bytes(v)
+
+
+def _allow(v: list[str]) -> None:
+    for p in v:
+        if not shlex.split(p):
+            raise ValueError("an --allow-command prefix must not be empty")

@@ -13,8 +13,7 @@ import os
 import ssl
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
+import msgspec
 
 ENROLLMENT_FILE = "enrollment.json"
 SERVER_CA_FILE = "server-ca.pem"
@@ -25,11 +24,9 @@ class EnrollmentError(Exception):
     """Enrolment failed; the message says why (the control plane's answer included)."""
 
 
-class Enrollment(BaseModel):
-    """What enrolment gave this device (``enrollment.json``, camelCase keys)."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
-                              extra="ignore")
+class Enrollment(msgspec.Struct, kw_only=True, rename="camel"):
+    """What enrolment gave this device (``enrollment.json``, camelCase keys; other keys
+    are ignored)."""
 
     device_id: str
     site: str
@@ -78,14 +75,17 @@ def enroll(server: str, token: str, device_id: str, state_dir: Path, *,
         except ValueError:
             detail = r.text
         raise EnrollmentError(f"enrolment refused ({r.status_code}): {detail}")
-    result = Enrollment.model_validate(r.json())
+    try:
+        result = msgspec.json.decode(r.content, type=Enrollment)
+    except msgspec.ValidationError as e:
+        raise EnrollmentError(f"the control plane's answer is not an enrolment: {e}") from e
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if result.ca_pem:
         (state_dir / CA_FILE).write_text(result.ca_pem)
     if server_ca is not None:  # the runs' artifact transfers verify the API with it too
         (state_dir / SERVER_CA_FILE).write_bytes(Path(server_ca).read_bytes())
     _write_private(state_dir / ENROLLMENT_FILE,
-                   json.dumps(result.model_dump(by_alias=True), indent=2) + "\n")
+                   json.dumps(msgspec.to_builtins(result), indent=2) + "\n")
     return result
 
 
@@ -99,8 +99,8 @@ def load(state_dir: Path) -> Enrollment | None:
     if not path.exists():
         return None
     try:
-        return Enrollment.model_validate_json(path.read_text())
-    except (OSError, ValueError) as e:
+        return msgspec.json.decode(path.read_bytes(), type=Enrollment)
+    except (OSError, msgspec.DecodeError) as e:
         raise EnrollmentError(f"{path} is not a valid enrolment: {e}") from e
 
 

@@ -21,7 +21,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.protocol import RunSpec, RunUpdate
+import msgspec
+
+from edge_agent.protocol import RunSpec, RunUpdate, encode
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -124,7 +126,7 @@ class Outbox:
         with self._lock:
             try:
                 self._db.execute("INSERT INTO runs (run_id, spec) VALUES (?, ?)",
-                                 (spec.run_id, spec.model_dump_json()))
+                                 (spec.run_id, encode(spec).decode()))
             except sqlite3.IntegrityError:
                 return False
             return True
@@ -139,7 +141,7 @@ class Outbox:
             try:
                 self._db.execute(
                     "UPDATE runs SET latest = ?, seq = ?, state = ? WHERE run_id = ?",
-                    (update.model_dump_json(), update.seq, update.state, update.run_id),
+                    (encode(update).decode(), update.seq, update.state, update.run_id),
                 )
                 cur = self._db.execute(
                     "INSERT INTO outbox (topic, payload, qos, retain, run_id) "
@@ -190,6 +192,6 @@ class Outbox:
 def _record(row: tuple[str, str, str | None]) -> RunRecord:
     return RunRecord(
         run_id=row[0],
-        spec=RunSpec.model_validate_json(row[1]),
-        latest=RunUpdate.model_validate_json(row[2]) if row[2] else None,
+        spec=msgspec.json.decode(row[1], type=RunSpec),
+        latest=msgspec.json.decode(row[2], type=RunUpdate) if row[2] else None,
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from continuum.base import PowerProfile
+from edge_agent.protocol import DevicePower
 
 GiB = 2**30
 
@@ -33,7 +33,7 @@ class DeviceProfile:
     cpus: float
     memory: int
     arch: str
-    power: PowerProfile
+    power: DevicePower
     speed: float
     gpus: int = 0
     labels: dict[str, str] = field(default_factory=dict)
@@ -52,7 +52,7 @@ PROFILES: dict[str, DeviceProfile] = {
         # Idle ≈2.7 W and full CPU load (stress) ≈6.4 W at the wall: Tom's Hardware,
         # "Raspberry Pi 4 Review" (2019) power measurements, consistent with RasPi.TV's
         # "How much power does Pi4B use?" (2019).
-        power=PowerProfile(
+        power=DevicePower(
             idle_watts=2.7, max_watts=6.4,
             source="Tom's Hardware Raspberry Pi 4 review (2019) / RasPi.TV Pi4B power "
                    "measurements: idle 2.7 W, full CPU load 6.4 W",
@@ -69,7 +69,7 @@ PROFILES: dict[str, DeviceProfile] = {
         # NVIDIA Jetson Nano System-on-Module data sheet (DA-09366-001): two power
         # modes, 5 W (2 cores, capped clocks) and 10 W (MAXN, 4 cores); the linear model
         # spans the 5 W budget to the 10 W budget.
-        power=PowerProfile(
+        power=DevicePower(
             idle_watts=5.0, max_watts=10.0,
             source="NVIDIA Jetson Nano module data sheet DA-09366-001: 5 W and 10 W (MAXN) "
                    "power modes",
@@ -96,7 +96,7 @@ def host_profile() -> DeviceProfile:
         cpus=cpus,
         memory=psutil.virtual_memory().total,
         arch=platform.machine() or "unknown",
-        power=PowerProfile(
+        power=DevicePower(
             idle_watts=_HOST_IDLE_W,
             max_watts=_HOST_IDLE_W + _HOST_W_PER_CORE * cpus,
             source="default, not measured: 10 W idle + 10 W per core (order of magnitude "

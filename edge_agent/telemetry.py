@@ -15,12 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
-from continuum.base import PowerProfile
 from edge_agent.profiles import DeviceProfile
-from edge_agent.protocol import Telemetry
+from edge_agent.protocol import DevicePower, Telemetry
 
 
-def model_power(power: PowerProfile, utilisation: float) -> float:
+def model_power(power: DevicePower, utilisation: float) -> float:
     """Watts drawn at CPU busy fraction ``utilisation`` (clamped to 0..1), linear model.
 
     Source: Fan, Weber & Barroso, ISCA 2007 (see the module docstring).

@@ -49,8 +49,8 @@ from adapters.devices import DevicesAdapter, _Dispatched
 from bench.control_plane.fleet import MOSQUITTO_SH
 from bench.control_plane.server import REPO
 from bench.control_plane.submit import free_port
-from continuum.model import PowerProfile, SiteKind, SiteSpec
-from edge_agent.protocol import DeviceStatus, Hello, Telemetry, encode, topic
+from continuum.model import SiteKind, SiteSpec
+from edge_agent.protocol import DevicePower, DeviceStatus, Hello, Telemetry, encode, topic
 
 _PAHO = cast(mqtt.Client, None)
 """The client argument paho passes to ``on_message`` (the adapter does not use it)."""
@@ -108,7 +108,7 @@ def telemetry(device_id: str) -> bytes:
 def hello(k: int) -> Hello:
     d = f"dev-{k:06d}"
     return Hello(device_id=d, hostname=d, arch="aarch64", cpus=4, memory=4 * 2**30,
-                 location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4),
+                 location="lab-1", power=DevicePower(idle_watts=2.7, max_watts=6.4),
                  speed=0.35, labels={"rack": str(k % 40)}, profile="pi4", emulated=True,
                  agent_version="bench", telemetry_interval=5.0)
 

@@ -74,8 +74,7 @@ import paho.mqtt.client as mqtt
 from bench.control_plane.live import submit_all
 from bench.control_plane.server import REPO, Server, sim_federation
 from bench.control_plane.submit import free_port
-from continuum.model import PowerProfile
-from edge_agent.protocol import DeviceStatus, Hello, Telemetry, encode, topic
+from edge_agent.protocol import DevicePower, DeviceStatus, Hello, Telemetry, encode, topic
 
 MOSQUITTO_SH = REPO / "deploy" / "dev" / "mosquitto.sh"
 
@@ -113,7 +112,7 @@ class SimDevice:
         client = self.client
         hello = Hello(device_id=self.id, hostname=self.id, arch="aarch64", cpus=4,
                       memory=4 * 2**30, location="dc", agent_version="bench-sim",
-                      power=PowerProfile(idle_watts=3, max_watts=7, source="bench figure"),
+                      power=DevicePower(idle_watts=3, max_watts=7, source="bench figure"),
                       emulated=True)
         self.hello_mid = client.publish(topic(self.id, "hello"), encode(hello), qos=1,
                                         retain=True).mid

@@ -30,6 +30,7 @@ from edge_agent.protocol.v1 import (
     CancelCommand,
     Command,
     CommandRejected,
+    DevicePower,
     DeviceStatus,
     ForgetCommand,
     Hello,
@@ -43,13 +44,14 @@ from edge_agent.protocol.v1 import (
     decode,
     device_id_from_topic,
     encode,
+    to_dict,
     topic,
 )
 
 __all__ = [
     "DEVICE_PUBLISHES", "DEVICE_SUBSCRIBES", "MAX_PAYLOAD_BYTES", "PROTOCOL_VERSION", "TOPIC_PREFIX",
     "ArtifactGet", "ArtifactPut",
-    "CancelCommand", "Command", "CommandRejected", "DeviceStatus", "ForgetCommand", "Hello",
+    "CancelCommand", "Command", "CommandRejected", "DevicePower", "DeviceStatus", "ForgetCommand", "Hello",
     "OutputDigest", "ProtocolError", "RunCommand", "RunSpec", "RunUpdate", "SignedCommand",
-    "Telemetry", "decode", "device_id_from_topic", "encode", "topic",
+    "Telemetry", "decode", "device_id_from_topic", "encode", "to_dict", "topic",
 ]

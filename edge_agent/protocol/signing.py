@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+import msgspec
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -78,7 +78,7 @@ def canonical_json(obj: Mapping[str, Any]) -> bytes:
                       ensure_ascii=False).encode()
 
 
-def sign_command(cmd: BaseModel, device_id: str, sign: Signer, *,
+def sign_command(cmd: msgspec.Struct, device_id: str, sign: Signer, *,
                  ttl_s: float = COMMAND_TTL_S, now: datetime | None = None) -> bytes:
     """Address, date, nonce and sign ``cmd``; returns the wire bytes (UTF-8 JSON).
 
@@ -86,10 +86,10 @@ def sign_command(cmd: BaseModel, device_id: str, sign: Signer, *,
     modified. ``ttl_s`` is the lifetime in seconds.
     """
     issued = now or datetime.now(UTC)
-    obj = cmd.model_copy(update={
-        "device_id": device_id, "issued_at": issued,
-        "expires_at": issued + timedelta(seconds=ttl_s), "nonce": secrets.token_hex(16),
-        "signature": None}).model_dump(mode="json")
+    obj: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(
+        cmd, device_id=device_id, issued_at=issued,
+        expires_at=issued + timedelta(seconds=ttl_s), nonce=secrets.token_hex(16),
+        signature=None))
     obj["signature"] = base64.b64encode(sign(canonical_json(obj))).decode()
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 

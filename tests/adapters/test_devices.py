@@ -241,8 +241,7 @@ def silent_after_a_restart(own_broker, tmp_path, config, **hello_kw):  # type: i
     on) and whether d1's node is ready."""
     import paho.mqtt.client as mqtt
 
-    from continuum.model import PowerProfile
-    from edge_agent.protocol import DeviceStatus, Hello
+    from edge_agent.protocol import DevicePower, DeviceStatus, Hello
 
     now = [1_000.0]
     site = SiteSpec(name="fleet", kind=SiteKind.devices,
@@ -255,7 +254,7 @@ def silent_after_a_restart(own_broker, tmp_path, config, **hello_kw):  # type: i
         dev.connect("127.0.0.1", own_broker.port)
         dev.loop_start()
         hello = Hello(device_id="d1", hostname="d1", arch="aarch64", cpus=4, memory=2**30,
-                      location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4),
+                      location="lab-1", power=DevicePower(idle_watts=2.7, max_watts=6.4),
                       agent_version="test", **hello_kw)
         for leaf, payload in (("hello", hello), ("status", DeviceStatus(device_id="d1",
                                                                          state="online"))):
@@ -407,12 +406,11 @@ def test_a_hung_agent_is_lost_within_two_heartbeats_and_back_when_it_resumes(
 def test_a_hello_that_makes_no_valid_node_is_rejected(adapter, observer, caplog) -> None:  # type: ignore[no-untyped-def]
     """Each node is built once, from its hello: a hello whose figures make no valid node
     (speed 0) is rejected as malformed with the field named, and no node appears."""
-    from continuum.model import PowerProfile
-    from edge_agent.protocol import Hello
+    from edge_agent.protocol import DevicePower, Hello
 
     before = adapter.malformed
     bad = Hello(device_id="slow-1", hostname="slow-1", arch="aarch64", cpus=4, memory=2**30,
-                location="lab-1", power=PowerProfile(idle_watts=2.7, max_watts=6.4), speed=0,
+                location="lab-1", power=DevicePower(idle_watts=2.7, max_watts=6.4), speed=0,
                 agent_version="test")
     observer.client.publish(topic("slow-1", "hello"), encode(bad), qos=1).wait_for_publish(5)
     wait_for(lambda: adapter.malformed > before, 5,

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from adapters.base import AdapterContext
 from adapters.devices import DevicesAdapter
 from continuum.errors import Conflict, NotFound
-from continuum.model import PowerProfile, SiteHealth, SiteKind, SiteSpec
-from edge_agent.protocol import DeviceStatus, Hello, encode, topic
+from continuum.model import SiteHealth, SiteKind, SiteSpec
+from edge_agent.protocol import DevicePower, DeviceStatus, Hello, encode, topic
 from tests.conftest import Mosquitto
 from tests.helpers import NoArtifacts, Wakes, admin_headers, wait_for
 
@@ -46,7 +46,7 @@ class FakeDevice:
     def announce(self) -> None:
         hello = Hello(device_id=self.device_id, hostname=self.device_id, arch="aarch64",
                       cpus=4, memory=2**30, location="lab-1",
-                      power=PowerProfile(idle_watts=2.7, max_watts=6.4), agent_version="test")
+                      power=DevicePower(idle_watts=2.7, max_watts=6.4), agent_version="test")
         for leaf, payload in (("hello", hello),
                               ("status", DeviceStatus(device_id=self.device_id, state="online"))):
             self.client.publish(topic(self.device_id, leaf), encode(payload), qos=1,

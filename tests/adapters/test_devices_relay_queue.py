@@ -22,7 +22,7 @@ import pytest
 from adapters.base import AdapterContext, RelayedMessage
 from adapters.devices import DevicesAdapter
 from continuum.model import SiteKind, SiteSpec
-from edge_agent.protocol import RunUpdate, Telemetry, encode, topic
+from edge_agent.protocol import RunUpdate, Telemetry, decode, encode, topic
 from tests.conftest import free_port
 
 
@@ -92,7 +92,7 @@ def test_the_relay_gets_the_latest_message_per_topic(setup) -> None:  # type: ig
     assert set(got) == {topic("d1", "telemetry"), topic("d2", "telemetry"),
                         topic("d1", "runs/r-1")}
     d1 = got[topic("d1", "telemetry")]
-    assert Telemetry.model_validate_json(d1.payload).cpu_percent == 20
+    assert decode(Telemetry, d1.payload).cpu_percent == 20
     assert (d1.rank, d1.received_at) == (1001.0, 1001.0)
     assert got[topic("d1", "runs/r-1")].payload == seq2
     assert got[topic("d1", "runs/r-1")].rank == 2.0
@@ -112,7 +112,7 @@ def test_a_failed_write_is_queued_again_unless_newer_came(setup) -> None:  # typ
     deliver(a, topic("d2", "telemetry"), tel("d2", 50))
     a._relay_flush()
     [batch] = relay.puts
-    got = {m.topic: Telemetry.model_validate_json(m.payload).cpu_percent for m in batch}
+    got = {m.topic: decode(Telemetry, m.payload).cpu_percent for m in batch}
     assert got == {topic("d1", "telemetry"): 10, topic("d2", "telemetry"): 50}
 
 

@@ -24,9 +24,8 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from continuum.model import PowerProfile
 from control_plane.client import Client
-from edge_agent.protocol import DeviceStatus, Hello, encode, topic
+from edge_agent.protocol import DevicePower, DeviceStatus, Hello, encode, topic
 from tests.conftest import Mosquitto
 from tests.control_plane.harness import control_plane, served
 from tests.helpers import admin_headers, wait_for
@@ -172,7 +171,7 @@ def announce(broker: Mosquitto, devices: dict[str, str]) -> None:
         for device_id, state in devices.items():
             hello = Hello(device_id=device_id, hostname=device_id, arch="aarch64", cpus=4,
                           memory=2**30, location="lab-1", agent_version="test",
-                          power=PowerProfile(idle_watts=2.7, max_watts=6.4))
+                          power=DevicePower(idle_watts=2.7, max_watts=6.4))
             status = DeviceStatus(device_id=device_id, state=state)  # type: ignore[arg-type]
             for leaf, payload in (("hello", hello), ("status", status)):
                 client.publish(topic(device_id, leaf), encode(payload), qos=1,

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 
@@ -130,8 +131,8 @@ def test_inputs_verified_cached_and_outputs_uploaded(agent, observer, artifacts:
     assert artifacts.gets["/data.csv"] == 1
 
     # An output this device produced is an input it need not download.
-    produced = get.model_copy(update={"url": artifacts.url("nowhere"), "path": "again.txt",
-                                      "sha256": hashlib.sha256(b"1001").hexdigest(), "size": 4})
+    produced = msgspec.structs.replace(get, url=artifacts.url("nowhere"), path="again.txt",
+                                       sha256=hashlib.sha256(b"1001").hexdigest(), size=4)
     run3 = observer.run(agent.device_id, argv=["cat", "again.txt"], inputs=[produced])
     final3 = observer.wait_run(agent.device_id, run3)
     assert final3.state == "Succeeded" and final3.output_tail == "1001"
@@ -140,7 +141,7 @@ def test_inputs_verified_cached_and_outputs_uploaded(agent, observer, artifacts:
 
 def test_input_digest_mismatch_and_missing_output_fail(agent, observer, artifacts):  # type: ignore[no-untyped-def]
     get = artifacts.add("x.bin", b"payload")
-    bad = get.model_copy(update={"sha256": "0" * 64})
+    bad = msgspec.structs.replace(get, sha256="0" * 64)
     r1 = observer.run(agent.device_id, argv=["true"], inputs=[bad])
     f1 = observer.wait_run(agent.device_id, r1)
     assert f1.state == "Failed" and "sha256 mismatch" in f1.reason

@@ -6,7 +6,8 @@ Mosquitto and left idle after its first telemetry, never imports a server packag
 httpx (which only fetching or uploading an artifact and ``enroll`` load), nor
 cryptography (which only a PEM command key loads) or PyNaCl (which the first signed
 command loads), nor what only the base install's
-client CLI ``continuum`` uses (typer, rich, PyYAML); every third-party distribution the
+client CLI ``continuum`` and the server use (typer, rich, PyYAML, pydantic: the wire
+protocol's models and the agent's configuration are msgspec Structs); every third-party distribution the
 agent's modules import, at start or later, is a base dependency of pyproject.toml or one
 of theirs, and no server package is a base dependency. An agent that ran a signed
 command has loaded PyNaCl and still not cryptography. The idle agent's RSS is measured
@@ -44,10 +45,10 @@ packages provide)."""
 LAZY = frozenset({"httpx", "nacl", "cryptography"})
 """Base dependencies an idle agent does not load: httpx (artifact transfer and enrolment
 only), PyNaCl (verifying a signed command) and cryptography (reading a PEM command key)."""
-CLIENT_ONLY = frozenset({"typer", "click", "rich", "yaml"})
+CLIENT_ONLY = frozenset({"typer", "click", "rich", "yaml", "pydantic", "pydantic_core"})
 """Top-level modules of base dependencies the agent never loads: the client CLI
-(``continuum``, control_plane/cli.py) is typer and rich and reads YAML; the agent's own
-command line is argparse."""
+(``continuum``, control_plane/cli.py) is typer and rich, reads YAML and validates with
+pydantic; the agent's own command line is argparse and its models are msgspec Structs."""
 
 
 def imported_roots(log: str) -> set[str]:
@@ -63,7 +64,7 @@ def test_an_idle_agent_loads_no_server_package(agents: AgentFactory, observer: O
              message=lambda: f"first telemetry; log:\n{a.logs()[-3000:]}")
     assert a.terminate() == 0, a.logs()[-3000:]
     roots = imported_roots(a.logs())
-    assert {"edge_agent", "paho", "pydantic", "psutil"} <= roots, sorted(roots)  # it parsed
+    assert {"edge_agent", "paho", "msgspec", "psutil"} <= roots, sorted(roots)  # it parsed
     assert not roots & SERVER_ONLY, sorted(roots & SERVER_ONLY)
     assert not roots & LAZY, sorted(roots & LAZY)
     assert not roots & CLIENT_ONLY, sorted(roots & CLIENT_ONLY)
@@ -116,13 +117,13 @@ def test_the_base_install_carries_what_the_agent_imports() -> None:
     roots = {m.split(".")[0] for m in loaded} - set(sys.stdlib_module_names)
     assert not roots & SERVER_ONLY, sorted(roots & SERVER_ONLY)
     assert not roots & CLIENT_ONLY, sorted(roots & CLIENT_ONLY)
-    # the server's models (every schema built: ~30 ms of start-up) stay out; the few types
-    # the agent shares come from continuum.base
-    assert "continuum.model" not in loaded and "continuum.base" in loaded
+    # the server's models stay out (pydantic's, every schema built: ~30 ms of start-up);
+    # the one type the agent shares with them, Tier, comes from continuum.tier
+    assert not {"continuum.model", "continuum.base"} & loaded and "continuum.tier" in loaded
     owners = md.packages_distributions()
     # and what it loads later (LAZY; not imported here: httpx would also load the click
     # and rich of its optional CLI where the environment has them)
     dists = {canonicalize_name(d) for r in roots | LAZY for d in owners.get(r, [])} - {"continuum"}
-    assert {"pydantic", "paho-mqtt", "psutil", "pynacl", "cryptography"} <= dists, dists
+    assert {"msgspec", "paho-mqtt", "psutil", "pynacl", "cryptography"} <= dists, dists
     closure = _base_closure()
     assert dists <= closure, f"imported by the agent, not in the base install: {dists - closure}"

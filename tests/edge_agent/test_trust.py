@@ -20,6 +20,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -89,7 +90,7 @@ def test_forged_or_stale_commands_are_refused_and_reported(
     marker = tmp_path / "ran"
     cmd = _run_cmd(f"r-{attack}", ["sh", "-c", f"touch {marker}"])
     if attack == "unsigned":
-        data = encode(cmd.model_copy(update={"device_id": agent.device_id}))
+        data = encode(msgspec.structs.replace(cmd, device_id=agent.device_id))
     elif attack == "bad-signature":
         data = sign_command(cmd, agent.device_id, Ed25519PrivateKey.generate().sign)
     elif attack == "misaddressed":
