@@ -255,3 +255,42 @@ def test_decode_reads_a_valid_payload_and_utf16_json() -> None:
     for data in (text.encode(), text.encode("utf-16")):  # json.loads reads UTF-16 too
         t = decode(Telemetry, data)
         assert (t.device_id, t.cpu_percent, t.at.year) == ("d", 12.5, 2026)
+
+
+def test_payloads_round_trip_and_a_bad_nested_field_is_named() -> None:
+    """What encode() writes, decode() reads back equal (commands through the union, told
+    apart by ``type``); a bad field deep in a payload is named by its path."""
+    from edge_agent.protocol import (
+        ArtifactGet,
+        CancelCommand,
+        Command,
+        Hello,
+        ProtocolError,
+        RunCommand,
+        decode,
+    )
+
+    hello = Hello(device_id="d", hostname="d", arch="aarch64", cpus=4.0, memory=2**30,
+                  location="lab-1", power=DevicePower(idle_watts=2.7, max_watts=6.4),
+                  agent_version="t", telemetry_interval=5.0)
+    assert decode(Hello, encode(hello)) == hello
+    run = RunCommand(id="c1", spec=RunSpec(run_id="r1", workflow_id="w", task="t",
+                                           argv=["true"], inputs=[ArtifactGet(
+                                               name="x", path="x", url="http://h/x",
+                                               sha256="0" * 64, size=1)]))
+    cancel = CancelCommand(id="c2", run_id="r1")
+    for cmd in (run, cancel):
+        data = encode(cmd)
+        assert f'"type":"{cmd.type}"'.encode() in data and decode(Command, data) == cmd
+    bad = encode(run).replace(b'"size":1', b'"size":"big"')
+    with pytest.raises(ProtocolError, match=r"invalid Command: spec\.inputs\.0\.size: "
+                                            r"Expected `int`, got `str`"):
+        decode(Command, bad)
+    weak = encode(hello).replace(b'"max_watts":6.4', b'"max_watts":1.0')
+    with pytest.raises(ProtocolError, match=r"invalid Hello: power: max_watts \(1\.0\) "
+                                            r"must be >= idle_watts"):
+        decode(Hello, weak)
+    silent = encode(hello).replace(b'"telemetry_interval":5.0', b'"telemetry_interval":0')
+    with pytest.raises(ProtocolError, match="invalid Hello: telemetry_interval: Expected "
+                                            "`float` > 0.0"):
+        decode(Hello, silent)
