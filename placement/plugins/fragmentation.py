@@ -67,8 +67,8 @@ Every entry of :func:`frag_matrix` is as before (only the weights change), so
 :class:`FragmentationCache` stays exact, a CPU-only request still never lowers ``F_n``,
 and with :attr:`~GpuFragmentation.strand` off its least growth is ``pressure · min_m
 p_m`` (one pod). On the Alibaba trace in trace order it fails 113 pods where GPUs as the
-unit fail 123 (1,348 vs 1,442 on the ``gpuspec33`` list) at the default weight, 73 vs 91
-(752 vs 820) at weight 5 (bench/RESULTS.md).
+unit fail 123 (1,348 vs 1,442 on the ``gpuspec33`` list) at weight 0.5 (the default
+then), 73 vs 91 (752 vs 820) at weight 5 (bench/RESULTS.md).
 
 **Constrained types** (``constrained=True``, the default). A type whose pods require node
 labels, an arch, a tier or a site (:func:`~placement.plugins.constraints.static_key`:
@@ -85,7 +85,7 @@ Each entry of :func:`frag_matrix` still depends only on its node and type, so th
 stays exact, and the weights only grow (``q_m ≥ p_m``), so the one-pod bound of
 :meth:`GpuFragmentation.growth_bound` stays a lower bound. On the ``gpuspec33`` list in
 trace order it fails 1,326 pods where keying types by (cpu, memory, gpu) alone fails
-1,348 at the default weight, and 658 vs 752 at weight 5 (kube-default 788;
+1,348 at weight 0.5 (the default then), and 656 vs 752 at weight 5 (kube-default 788;
 bench/RESULTS.md): unconstrained pods drawn to the 70 W T4s by the energy term were
 what left T4-only pods without a GPU.
 
@@ -130,18 +130,20 @@ TypeKey = tuple[float, int, int, StaticKey | None]
 """A task type: (cpu cores, memory bytes, gpu units, static constraints)."""
 MAX_TYPES = 32
 """Task types kept in the learned workload distribution (most frequent first)."""
-DEFAULT_WEIGHT = 0.5
+DEFAULT_WEIGHT = 1.0
 """Beside the objective's terms (each 1 by default). The term's normalised cost is below 1
 (``1 − floor / (ΔF + floor)``), so at weight ``w`` beside completion and energy at 1 it
-decides at most ``w / (w + 2)`` of a node's total, and other terms can outweigh any
-fragmentation: on the Alibaba ``gpuspec33`` pod list (trace order) 1,326 of 8,152 pods
-fail at 0.5 against 658 at 5
-(``placement_fragmentation_weight``; 1 → 776, 2 → 675, 10 → 656, 20 → 652; kube-default
-788; default list 113 at 0.5 and 1, 73 at 5). But the term cannot tell whether GPU work
-will follow: on scenario A (30 batches, no future GPU work) weight 5 costs the learned
-predictor's placements 9 % completion and 25 % energy, more energy than kube-default's,
-and weight 1 costs 2.1 % and 5.6 % (unchanged at 0.5). So the default stays 0.5 and a
-GPU-sharing cluster sets 5 (bench/RESULTS.md, docs/configuration.md)."""
+decides at most ``w / (w + 2)`` of a node's total (a third at 1), and other terms can
+outweigh any fragmentation. 1 is the lowest weight measured that packs the Alibaba GPU
+trace in trace order better than kube-default on both pod lists (bench/RESULTS.md): on
+``gpuspec33`` 776 of 8,152 pods fail at 86.61 % GPU allocation (kube-default 788; 1,326 at
+0.5, the default until then; 656 at 5), on the default list 113 (kube-default 156; 113 at
+0.5, 73 at 5). The term cannot tell whether GPU work will follow: on scenario A (30
+batches × 48, no future GPU work, learned predictor) weight 1 costs 2.1 % completion and
+5.6 % energy against 0.5 (1,371 s and 10,782 kJ per batch vs 1,343 s and 10,207 kJ;
+kube-default 1,495 s and 12,177 kJ), contended A 0.5 % and 1.9 %; weight 5 costs 9 % and
+25 %, more energy than kube-default's. So 1 is the default and a GPU-sharing cluster sets
+5 (``placement_fragmentation_weight``, docs/configuration.md)."""
 STRAND_WEIGHT = 1.0
 """Weight of the stranding count ``S_n`` in ``F_n`` (module docstring): 1 counts a GPU
 its host can no longer feed as one fragmented GPU (of the GPU workload's share)."""

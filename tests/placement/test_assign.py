@@ -9,6 +9,7 @@ from placement_factories import GI, node, request, snapshot, task
 from continuum.model import PlacementDecision
 from placement import DataSource, place
 from placement.plugins import constraints, resources
+from placement.plugins.fragmentation import DEFAULT_WEIGHT
 
 
 def test_decision_fields_filled():
@@ -23,7 +24,7 @@ def test_decision_fields_filled():
     assert set(d.scores) == {"CompletionTime", "SloLatency", "Energy", "DataLocality",
                              "GpuFragmentation"}
     assert all(0 <= v <= 100 for v in d.scores.values())
-    assert d.weights == {**dict.fromkeys(d.scores, 1.0), "GpuFragmentation": 0.5}
+    assert d.weights == {**dict.fromkeys(d.scores, 1.0), "GpuFragmentation": DEFAULT_WEIGHT}
     assert 0 < d.total <= 100
     assert d.feasible_nodes == 3 and d.filtered == {resources.REASON_CPU: 1}
     assert d.model_version == "analytic-v1"

@@ -174,9 +174,9 @@ def test_two_load_terms_sum_their_bounds(keep: int) -> None:
 
 
 def _loaded_cpu_and_partly_used_gpu_nodes() -> Snapshot:
-    """GPU-less nodes heavily loaded (``ΔF = 0`` there, never the choice) beside lightly
-    loaded GPU nodes with part of their GPUs in use (``ΔF > 0`` for a CPU-only request):
-    the walk prunes every ``ΔF = 0`` node by load."""
+    """GPU-less nodes heavily loaded (``ΔF = 0`` there, never the choice at fragmentation
+    weight 0.5) beside lightly loaded GPU nodes with part of their GPUs in use (``ΔF > 0``
+    for a CPU-only request): the walk prunes every ``ΔF = 0`` node by load."""
     nodes = [node(f"s0/c{i}", 16, 64 * GI, free=(4.0, 16 * GI, 0))
              .model_copy(update={"utilisation": 0.9}) for i in range(4)]
     nodes += [node(f"s0/g{i}", 16, 64 * GI, 4 * U, free=(float(6 + i), 40 * GI, 2 * U + 300))
@@ -184,12 +184,18 @@ def _loaded_cpu_and_partly_used_gpu_nodes() -> Snapshot:
     return Snapshot(nodes=nodes, network=network(), gpu_unit=U)
 
 
-def _pruned_and_exhaustive(snap: Snapshot) -> list[Planner]:
+def _pruned_and_exhaustive(snap: Snapshot, weight: float | None = None) -> list[Planner]:
     """Two planners of the control plane's framework on copies of ``snap``: the walk
-    (pruned) and the exhaustive evaluation."""
+    (pruned) and the exhaustive evaluation; ``weight``: the fragmentation term's, if not
+    the default."""
     planners = []
     for prune in (True, False):
-        p = Planner(snap.copy(), _control_plane_framework())
+        fw = _control_plane_framework()
+        if weight is not None:
+            for plugin in fw.scores:
+                if isinstance(plugin, GpuFragmentation):
+                    plugin.weight = weight
+        p = Planner(snap.copy(), fw)
         p.assigner.prune_dynamic = prune
         if not prune:
             p.assigner.dynamic_candidates = None
@@ -202,7 +208,10 @@ def test_walk_explains_fragmentation_as_the_exhaustive_evaluation() -> None:
     measures growth from 0 (the exhaustive evaluation's minimum): the same reasons,
     runners-up and scores as the exhaustive path, request after request."""
     snap = _loaded_cpu_and_partly_used_gpu_nodes()
-    planners = _pruned_and_exhaustive(snap)
+    # at weight 0.5 the GPU-less nodes' load outweighs the fragmentation a GPU node takes
+    # on, so no ΔF = 0 node is the choice; at 1 (the default) the load term, which cannot
+    # exceed its weight, no longer does and the request goes to a loaded GPU-less node
+    planners = _pruned_and_exhaustive(snap, weight=0.5)
     mix = [request(task(f"w{k}", 4.0, 8 * GI, U // 2 if k % 2 else U), key=f"w{k}")
            for k in range(6)]  # a workload with GPU tasks: fragmentation matters
     for p in planners:
