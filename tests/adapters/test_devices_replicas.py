@@ -11,6 +11,7 @@ embedded amqtt of ``continuum demo``) gets MQTT 3.1.1 and plain subscriptions.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import uuid
@@ -188,8 +189,24 @@ def test_release_tombstone_makes_every_replica_forget_the_run(replicas, agents) 
     wait_for(lambda: "run-released" in other.adapter._updates, 10,
              message="the other replica knows the run (relayed or consumed)")
     leader.adapter.release(h)
+
+    def what_other_holds() -> str:  # what a failure needs (once seen under a loaded suite)
+        t = topic(ag.device_id, "runs/run-released")
+
+        def brief(payload: bytes) -> str:
+            return "(cleared)" if not payload else "seq {seq} {state}".format(**json.loads(payload))
+
+        rows = [(brief(m.payload), m.rank, m.origin, m.version)
+                for m in StoreRelay(other.store).since("fleet", 0)[0] if m.topic == t]
+        consumed = [(brief(p), "retained" if r else "live")
+                    for tt, p, r in list(other.session.got) if tt == t]
+        return (f"the other replica forgot the released run; it holds "
+                f"{other.adapter._updates.get('run-released')!r}; its relay cursor "
+                f"{other.adapter._relay_after}; the relay row {rows}; what it consumed on "
+                f"that topic {consumed}")
+
     wait_for(lambda: "run-released" not in other.adapter._updates, 10,
-             message="the other replica forgot the released run")
+             message=what_other_holds)
 
 
 def test_store_relay_keeps_the_highest_rank_and_expires(database_url: str) -> None:
