@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,8 @@ class AgentConfig(Struct, kw_only=True):
             raise ValueError(f"{path}: commandKey: {e}") from e
 
 
-def _check(name: str, value: Any, check: Any) -> None:
+def _check(name: str, value: Any, check: Callable[[Any], object]) -> None:
+    """Run ``check`` on ``value``; its ValueError is raised again with the field's name."""
     try:
         check(value)
     except ValueError as e:
