@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import cast
 
 import numpy as np
@@ -104,7 +104,10 @@ def _node_keys(snap: Snapshot) -> list[tuple[object, ...]]:
 
 @dataclass
 class NodeClasses:
-    """The node classes of one snapshot.
+    """The node classes of one snapshot (``snap``, read only while they are built: the
+    snapshot keeps them in its memo, so holding it here would make a reference cycle that
+    leaves every snapshot — its nodes and ``n``-sized arrays — to the cyclic garbage
+    collector).
 
     ``of``: class index per node, shape ``(n,)``; ``members``: node indices per class
     (ascending); ``reps``: representative node index per class, shape ``(C,)``;
@@ -113,15 +116,14 @@ class NodeClasses:
     of their own (e.g. nodes holding a cached input copy, which transfer nothing).
     """
 
-    snap: Snapshot
+    snap: InitVar[Snapshot]
     distinct: frozenset[str] = frozenset()
     of: np.ndarray = field(init=False)
     members: list[np.ndarray] = field(init=False)
     reps: np.ndarray = field(init=False)
     rep_snap: Snapshot = field(init=False)
 
-    def __post_init__(self) -> None:
-        snap = self.snap
+    def __post_init__(self, snap: Snapshot) -> None:
         index: dict[tuple[object, ...], int] = {}
         keys = _node_keys(snap)
         own = self.distinct
